@@ -1,0 +1,484 @@
+//! A compact, namespace-aware element tree read with quick-xml.
+//!
+//! Input: the raw bytes of one document. Output: [`Dom`], an arena of elements matched later by
+//! local name (prefixes are irrelevant; namespaces are classified, not compared by prefix).
+//! Failure modes are [`DecodeError`]s with a stable code: the size limit is checked before any
+//! copy, the depth limit while reading, and any DOCTYPE stops the read before an entity could
+//! be declared, so nothing is ever expanded or fetched.
+//!
+//! Text is kept per element (direct text only, CDATA included), trimmed: real senders indent
+//! values and send whitespace-only elements that mean "empty".
+
+use std::borrow::Cow;
+
+use quick_xml::events::{BytesStart, Event};
+use quick_xml::name::ResolveResult;
+use quick_xml::NsReader;
+
+use super::DecodeError;
+
+/// The namespaces whose elements are BOD content. Matching is case-insensitive because one real
+/// sender (HxGN EAM) declares `InforOAGIs/2`.
+const BOD_NAMESPACES: [&str; 3] = [
+    "http://schema.infor.com/inforoagis/2",
+    "http://www.openapplications.org/oagis/9",
+    "http://www.openapplications.org/oagis/10",
+];
+
+/// Where an element's name lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ns {
+    /// A BOD namespace (InforOAGIS/2, OAGIS 9 or 10) or no namespace at all.
+    Bod,
+    /// SOAP envelope namespaces (1.1 and 1.2), used to unwrap a BOD sent inside one.
+    Soap,
+    /// Anything else, e.g. vendor extensions inside `UserArea`.
+    Foreign,
+}
+
+/// One element. Children are indices into [`Dom::nodes`], in document order.
+#[derive(Debug, Clone)]
+pub struct Element {
+    pub name: Box<str>,
+    pub ns: Ns,
+    pub attrs: Vec<(Box<str>, Box<str>)>,
+    pub text: String,
+    pub children: Vec<usize>,
+}
+
+impl Element {
+    /// Attribute value by local name (prefix ignored).
+    pub fn attr(&self, name: &str) -> Option<&str> {
+        self.attrs
+            .iter()
+            .find(|(k, _)| &**k == name)
+            .map(|(_, v)| v.as_ref())
+    }
+}
+
+/// The element tree of one document; `nodes[0]` is the root.
+#[derive(Debug, Clone)]
+pub struct Dom {
+    pub nodes: Vec<Element>,
+}
+
+/// Limits enforced while reading.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_bytes: usize,
+    pub max_depth: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_bytes: 4 * 1024 * 1024,
+            max_depth: 64,
+        }
+    }
+}
+
+impl Dom {
+    /// The root element.
+    pub fn root(&self) -> &Element {
+        &self.nodes[0]
+    }
+
+    pub fn node(&self, idx: usize) -> &Element {
+        &self.nodes[idx]
+    }
+
+    /// Children of `parent` in a BOD namespace with the given local name.
+    pub fn children<'a>(
+        &'a self,
+        parent: usize,
+        name: &'a str,
+    ) -> impl Iterator<Item = usize> + 'a {
+        self.nodes[parent]
+            .children
+            .iter()
+            .copied()
+            .filter(move |&c| self.nodes[c].ns == Ns::Bod && &*self.nodes[c].name == name)
+    }
+
+    /// First child of `parent` with the given local name.
+    pub fn child(&self, parent: usize, name: &str) -> Option<usize> {
+        self.children(parent, name).next()
+    }
+
+    /// Follows a `/`-separated path of local names from `parent`, taking the first match at
+    /// each step.
+    pub fn find(&self, parent: usize, path: &str) -> Option<usize> {
+        path.split('/')
+            .try_fold(parent, |at, step| self.child(at, step))
+    }
+
+    /// Trimmed text at `path` below `parent`; `None` when absent or empty.
+    pub fn text(&self, parent: usize, path: &str) -> Option<&str> {
+        self.find(parent, path)
+            .map(|i| self.nodes[i].text.as_str())
+            .filter(|t| !t.is_empty())
+    }
+
+    /// Parses a document. The bytes are decoded as UTF-8 unless the XML declaration or a BOM
+    /// names another encoding that encoding_rs knows (one real C# sender sends iso-8859-1).
+    pub fn parse(bytes: &[u8], limits: Limits) -> Result<Dom, DecodeError> {
+        if bytes.len() > limits.max_bytes {
+            return Err(DecodeError::TooLarge {
+                size: bytes.len(),
+                limit: limits.max_bytes,
+            });
+        }
+        let text = decode_text(bytes)?;
+        read_tree(&text, limits.max_depth)
+    }
+}
+
+/// Turns bytes into text: a BOM or a declared non-UTF-8 encoding is honoured; otherwise the
+/// bytes must be valid UTF-8.
+fn decode_text(bytes: &[u8]) -> Result<Cow<'_, str>, DecodeError> {
+    if let Some((encoding, bom_len)) = encoding_rs::Encoding::for_bom(bytes) {
+        let (text, had_errors) = encoding.decode_without_bom_handling(&bytes[bom_len..]);
+        if had_errors {
+            return Err(DecodeError::NotWellFormed {
+                message: format!("invalid {} byte sequence", encoding.name()),
+                position: None,
+            });
+        }
+        return Ok(text);
+    }
+    if let Some(label) = declared_encoding(bytes) {
+        match encoding_rs::Encoding::for_label(label.as_bytes()) {
+            Some(enc) if enc != encoding_rs::UTF_8 => {
+                let (text, _, had_errors) = enc.decode(bytes);
+                if had_errors {
+                    return Err(DecodeError::NotWellFormed {
+                        message: format!("invalid {} byte sequence", enc.name()),
+                        position: None,
+                    });
+                }
+                return Ok(text);
+            }
+            Some(_) => {}
+            None => {
+                return Err(DecodeError::NotWellFormed {
+                    message: format!("unsupported encoding {label:?}"),
+                    position: None,
+                })
+            }
+        }
+    }
+    std::str::from_utf8(bytes)
+        .map(Cow::Borrowed)
+        .map_err(|e| DecodeError::NotWellFormed {
+            message: format!("invalid UTF-8 at byte {}", e.valid_up_to()),
+            position: Some(e.valid_up_to() as u64),
+        })
+}
+
+/// The `encoding` pseudo-attribute of a leading XML declaration, if any.
+fn declared_encoding(bytes: &[u8]) -> Option<String> {
+    let head = bytes.get(..bytes.len().min(200))?;
+    let head = String::from_utf8_lossy(head);
+    let decl = head.trim_start().strip_prefix("<?xml")?;
+    let decl = &decl[..decl.find("?>")?];
+    let at = decl.find("encoding")?;
+    let rest = decl[at + "encoding".len()..]
+        .trim_start()
+        .strip_prefix('=')?;
+    let rest = rest.trim_start();
+    let quote = rest.chars().next()?;
+    if quote != '"' && quote != '\'' {
+        return None;
+    }
+    let value = &rest[1..];
+    Some(value[..value.find(quote)?].to_string())
+}
+
+fn classify(ns: &ResolveResult<'_>) -> Ns {
+    match ns {
+        ResolveResult::Unbound => Ns::Bod,
+        ResolveResult::Bound(ns) => {
+            let uri = String::from_utf8_lossy(ns.as_ref()).to_ascii_lowercase();
+            let uri = uri.trim_end_matches('/');
+            if BOD_NAMESPACES.contains(&uri) {
+                Ns::Bod
+            } else if uri == "http://schemas.xmlsoap.org/soap/envelope"
+                || uri == "http://www.w3.org/2003/05/soap-envelope"
+            {
+                Ns::Soap
+            } else {
+                Ns::Foreign
+            }
+        }
+        // An undeclared prefix: quick-xml reports it; treat the element as foreign rather than
+        // failing, the typed reader decides whether it matters.
+        ResolveResult::Unknown(_) => Ns::Foreign,
+    }
+}
+
+fn not_well_formed(message: impl Into<String>, position: u64) -> DecodeError {
+    DecodeError::NotWellFormed {
+        message: message.into(),
+        position: Some(position),
+    }
+}
+
+fn read_tree(text: &str, max_depth: usize) -> Result<Dom, DecodeError> {
+    let mut reader = NsReader::from_str(text);
+    reader.config_mut().check_end_names = true;
+    reader.config_mut().trim_text(false);
+
+    let mut nodes: Vec<Element> = Vec::with_capacity(128);
+    let mut stack: Vec<usize> = Vec::with_capacity(16);
+    let mut root_closed = false;
+
+    loop {
+        let position = reader.buffer_position();
+        let (ns, event) = match reader.read_resolved_event() {
+            Ok(v) => v,
+            Err(e) => {
+                let message = e.to_string();
+                return Err(not_well_formed(message, reader.error_position()));
+            }
+        };
+        if root_closed && matches!(event, Event::Start(_) | Event::Empty(_)) {
+            return Err(not_well_formed("more than one root element", position));
+        }
+        match event {
+            Event::Start(start) => {
+                let idx = push_element(&mut nodes, &stack, classify(&ns), &start, position)?;
+                stack.push(idx);
+                if stack.len() > max_depth {
+                    return Err(DecodeError::TooDeep { limit: max_depth });
+                }
+            }
+            Event::Empty(start) => {
+                push_element(&mut nodes, &stack, classify(&ns), &start, position)?;
+                if stack.len() + 1 > max_depth {
+                    return Err(DecodeError::TooDeep { limit: max_depth });
+                }
+                if stack.is_empty() {
+                    root_closed = true;
+                }
+            }
+            Event::End(_) => {
+                if let Some(idx) = stack.pop() {
+                    let text = &mut nodes[idx].text;
+                    let trimmed = text.trim();
+                    if trimmed.len() != text.len() {
+                        *text = trimmed.to_string();
+                    }
+                }
+                if stack.is_empty() {
+                    root_closed = true;
+                }
+            }
+            Event::Text(t) => {
+                let piece = t
+                    .decode()
+                    .map_err(|e| not_well_formed(e.to_string(), position))?;
+                match stack.last() {
+                    Some(&idx) => nodes[idx].text.push_str(&piece),
+                    None if piece.trim().is_empty() => {}
+                    None => return Err(not_well_formed("text outside the root element", position)),
+                }
+            }
+            Event::CData(t) => {
+                let piece = t
+                    .decode()
+                    .map_err(|e| not_well_formed(e.to_string(), position))?;
+                match stack.last() {
+                    Some(&idx) => nodes[idx].text.push_str(&piece),
+                    None => {
+                        return Err(not_well_formed("CDATA outside the root element", position))
+                    }
+                }
+            }
+            Event::GeneralRef(r) => {
+                let resolved = resolve_reference(&r).map_err(|m| not_well_formed(m, position))?;
+                match stack.last() {
+                    Some(&idx) => nodes[idx].text.push(resolved),
+                    None => {
+                        return Err(not_well_formed(
+                            "reference outside the root element",
+                            position,
+                        ))
+                    }
+                }
+            }
+            Event::DocType(_) => return Err(DecodeError::DoctypeForbidden),
+            Event::Decl(_) | Event::PI(_) | Event::Comment(_) => {}
+            Event::Eof => {
+                if !stack.is_empty() {
+                    return Err(not_well_formed(
+                        format!(
+                            "unexpected end of document inside <{}>",
+                            nodes[stack[stack.len() - 1]].name
+                        ),
+                        position,
+                    ));
+                }
+                if nodes.is_empty() {
+                    return Err(not_well_formed("no root element", position));
+                }
+                return Ok(Dom { nodes });
+            }
+        }
+    }
+}
+
+fn push_element(
+    nodes: &mut Vec<Element>,
+    stack: &[usize],
+    ns: Ns,
+    start: &BytesStart<'_>,
+    position: u64,
+) -> Result<usize, DecodeError> {
+    let name = std::str::from_utf8(start.local_name().into_inner())
+        .map_err(|e| not_well_formed(e.to_string(), position))?;
+    let mut attrs = Vec::new();
+    for attr in start.attributes() {
+        let attr = attr.map_err(|e| not_well_formed(e.to_string(), position))?;
+        let key = attr.key;
+        // Namespace declarations are not data.
+        if key.as_ref() == b"xmlns" || key.as_ref().starts_with(b"xmlns:") {
+            continue;
+        }
+        let local = std::str::from_utf8(key.local_name().into_inner())
+            .map_err(|e| not_well_formed(e.to_string(), position))?;
+        let value = attr
+            .unescape_value()
+            .map_err(|e| not_well_formed(e.to_string(), position))?;
+        attrs.push((Box::from(local), Box::from(value.trim())));
+    }
+    let idx = nodes.len();
+    nodes.push(Element {
+        name: Box::from(name),
+        ns,
+        attrs,
+        text: String::new(),
+        children: Vec::new(),
+    });
+    if let Some(&parent) = stack.last() {
+        nodes[parent].children.push(idx);
+    } else if idx != 0 {
+        return Err(not_well_formed("more than one root element", position));
+    }
+    Ok(idx)
+}
+
+/// Resolves `&name;` and `&#NN;` references. Only the five predefined entities exist: a
+/// document cannot declare more because DOCTYPE is refused.
+fn resolve_reference(r: &quick_xml::events::BytesRef<'_>) -> Result<char, String> {
+    if r.is_char_ref() {
+        return match r.resolve_char_ref() {
+            Ok(Some(c)) => Ok(c),
+            _ => Err("invalid character reference".to_string()),
+        };
+    }
+    let name = r.decode().map_err(|e| e.to_string())?;
+    match name.as_ref() {
+        "lt" => Ok('<'),
+        "gt" => Ok('>'),
+        "amp" => Ok('&'),
+        "apos" => Ok('\''),
+        "quot" => Ok('"'),
+        other => Err(format!("undefined entity &{other};")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Dom, DecodeError> {
+        Dom::parse(s.as_bytes(), Limits::default())
+    }
+
+    #[test]
+    fn prefixes_are_ignored_and_namespaces_classified() {
+        let dom = parse(
+            r#"<oa:A xmlns:oa="http://www.openapplications.org/oagis/9" xmlns:v="urn:x">
+                 <oa:B>  x  </oa:B><v:C>y</v:C></oa:A>"#,
+        )
+        .unwrap();
+        assert_eq!(&*dom.root().name, "A");
+        assert_eq!(dom.text(0, "B"), Some("x"));
+        assert_eq!(
+            dom.child(0, "C"),
+            None,
+            "foreign elements are not BOD content"
+        );
+        let c = dom.root().children[1];
+        assert_eq!(dom.node(c).ns, Ns::Foreign);
+    }
+
+    #[test]
+    fn entities_and_cdata_are_resolved_into_text() {
+        let dom = parse("<A>a &amp; b &#x41;<![CDATA[<c>]]></A>").unwrap();
+        assert_eq!(dom.root().text, "a & b A<c>");
+    }
+
+    #[test]
+    fn doctype_is_refused_before_any_expansion() {
+        let err = parse(
+            r#"<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;">]><A>&lol2;</A>"#,
+        )
+        .unwrap_err();
+        assert_eq!(err.code(), "doctype_forbidden");
+    }
+
+    #[test]
+    fn undefined_entities_are_not_well_formed() {
+        assert_eq!(parse("<A>&foo;</A>").unwrap_err().code(), "not_well_formed");
+    }
+
+    #[test]
+    fn truncated_and_mismatched_documents_are_not_well_formed() {
+        for bad in [
+            "<A><B>x</B>",
+            "<A><B>x</C></A>",
+            "",
+            "just text",
+            "<A/><B/>",
+            "<A/>tail",
+        ] {
+            assert_eq!(parse(bad).unwrap_err().code(), "not_well_formed", "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn limits_are_enforced() {
+        let err = Dom::parse(
+            b"<A>0123456789</A>",
+            Limits {
+                max_bytes: 10,
+                max_depth: 64,
+            },
+        )
+        .unwrap_err();
+        assert_eq!(err.code(), "too_large");
+        let deep = format!("{}{}", "<a>".repeat(70), "</a>".repeat(70));
+        assert_eq!(parse(&deep).unwrap_err().code(), "too_deep");
+        let deep_empty = format!("{}<b/>{}", "<a>".repeat(64), "</a>".repeat(64));
+        assert_eq!(parse(&deep_empty).unwrap_err().code(), "too_deep");
+    }
+
+    #[test]
+    fn latin1_declared_documents_are_transcoded() {
+        let mut bytes = b"<?xml version=\"1.0\" encoding=\"iso-8859-1\"?><A>M".to_vec();
+        bytes.push(0xFC); // ü in latin-1
+        bytes.extend_from_slice(b"nchen</A>");
+        assert_eq!(
+            Dom::parse(&bytes, Limits::default()).unwrap().root().text,
+            "München"
+        );
+    }
+
+    #[test]
+    fn invalid_utf8_is_not_well_formed() {
+        let err = Dom::parse(b"<A>\xff\xfe</A>", Limits::default()).unwrap_err();
+        assert_eq!(err.code(), "not_well_formed");
+    }
+}

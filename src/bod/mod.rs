@@ -1,0 +1,275 @@
+//! The BOD document model, its reader and its writers.
+//!
+//! - [`dom`]: bytes → element tree (limits, DOCTYPE refusal, namespaces, encodings).
+//! - [`read`]: element tree → [`Bod`] (envelope, verb header, typed nouns), matching children by
+//!   local name so element order and prefixes do not matter.
+//! - [`write`]: [`Bod`]-independent writers for `ConfirmBOD`, `Acknowledge<Noun>` and
+//!   `Sync<Noun>`/`Process<Noun>`.
+//!
+//! The model is deliberately lossless where senders are sloppy: values are trimmed, text that
+//! repeats per `languageID` is kept per language, unknown `UserArea` content is kept, and
+//! unparseable dates keep their raw string.
+
+pub mod dom;
+pub mod read;
+pub mod write;
+
+use serde::{Deserialize, Serialize};
+
+pub use dom::Limits;
+
+/// Why a document could not be read at all. Codes are stable (replay JSON, DLQ headers,
+/// metrics labels).
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("document is not well-formed XML: {message}")]
+    NotWellFormed {
+        message: String,
+        position: Option<u64>,
+    },
+    #[error(
+        "DOCTYPE declarations are not accepted (entity expansion and external fetches are refused)"
+    )]
+    DoctypeForbidden,
+    #[error("document is {size} bytes, over the limit of {limit}")]
+    TooLarge { size: usize, limit: usize },
+    #[error("document nests deeper than {limit} elements")]
+    TooDeep { limit: usize },
+    #[error("root element <{root}> is not a BOD: {why}")]
+    UnknownRoot { root: String, why: &'static str },
+}
+
+impl DecodeError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            DecodeError::NotWellFormed { .. } => "not_well_formed",
+            DecodeError::DoctypeForbidden => "doctype_forbidden",
+            DecodeError::TooLarge { .. } => "too_large",
+            DecodeError::TooDeep { .. } => "too_deep",
+            DecodeError::UnknownRoot { .. } => "unknown_root",
+        }
+    }
+}
+
+/// One Business Object Document.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bod {
+    /// Local name of the BOD root (`SyncCustomerPartyMaster`), after unwrapping a SOAP envelope.
+    pub root: String,
+    /// The verb element's name in the DataArea (`Sync`).
+    pub verb: String,
+    /// The first noun element's name in the DataArea (`CustomerPartyMaster`); may disagree with
+    /// the root (one real sender wraps `WooSalesOrder` in `SyncSalesOrder`).
+    pub noun: String,
+    pub release_id: Option<String>,
+    pub language_code: Option<String>,
+    pub area: ApplicationArea,
+    pub header: VerbHeader,
+    pub nouns: Vec<Noun>,
+}
+
+impl Bod {
+    /// `/SyncCustomerPartyMaster`, the prefix of every error path in this document.
+    pub fn path(&self) -> String {
+        format!("/{}", self.root)
+    }
+}
+
+/// `ApplicationArea` (also used for `OriginalApplicationArea`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ApplicationArea {
+    pub logical_id: Option<String>,
+    pub component_id: Option<String>,
+    pub confirmation_code: Option<String>,
+    /// `CreationDateTime` as sent (junk such as `3/3/2021, 6:08 AM` is kept, not refused).
+    pub creation: Option<String>,
+    pub bod_id: Option<String>,
+}
+
+/// The verb element: identification of the tenant/entity and what to do.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct VerbHeader {
+    pub tenant_id: Option<String>,
+    pub accounting_entity_id: Option<String>,
+    pub location_id: Option<String>,
+    /// `ActionCriteria/ActionExpression/@actionCode` (Sync/Process).
+    pub action_code: Option<String>,
+    /// `Process/@acknowledgeCode`.
+    pub acknowledge_code: Option<String>,
+    /// `OriginalApplicationArea` (Acknowledge/Confirm).
+    pub original: Option<ApplicationArea>,
+    /// `ResponseCriteria/ResponseExpression/@actionCode` (Accepted | Modified | Rejected).
+    pub response_code: Option<String>,
+    /// `ResponseCriteria/ChangeStatus/(ReasonCode|Description)` of a Rejected Acknowledge.
+    pub response_reason: Option<String>,
+}
+
+/// A noun instance in the DataArea.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Noun {
+    Account(Box<Party>),
+    Contact(Box<Contact>),
+    /// A noun bodflow does not model (its name is kept for the rejection message).
+    Other {
+        name: String,
+        path: String,
+    },
+}
+
+impl Noun {
+    pub fn path(&self) -> &str {
+        match self {
+            Noun::Account(p) => &p.path,
+            Noun::Contact(c) => &c.path,
+            Noun::Other { path, .. } => path,
+        }
+    }
+}
+
+/// An `ID` element with its identity attributes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Id {
+    pub value: String,
+    pub accounting_entity: Option<String>,
+    pub location: Option<String>,
+    pub lid: Option<String>,
+    /// `variationID` as sent: absent, empty, small, or 13+-digit epoch millis.
+    pub variation: Option<String>,
+    pub scheme_name: Option<String>,
+}
+
+/// Text that may repeat once per `languageID`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LangText {
+    pub lang: Option<String>,
+    pub text: String,
+}
+
+/// Picks the text for `language` (case-insensitive), else one without a language, else the
+/// first. This is CRM's documented XPath rule, made configurable.
+pub fn pick_language<'a>(texts: &'a [LangText], language: &str) -> Option<&'a str> {
+    texts
+        .iter()
+        .find(|t| {
+            t.lang
+                .as_deref()
+                .is_some_and(|l| l.eq_ignore_ascii_case(language))
+        })
+        .or_else(|| {
+            texts
+                .iter()
+                .find(|t| t.lang.as_deref().is_none_or(str::is_empty))
+        })
+        .or_else(|| texts.first())
+        .map(|t| t.text.as_str())
+        .filter(|t| !t.is_empty())
+}
+
+/// A postal address (`Location/Address`, `CommunicationDetail/Address`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Address {
+    /// `@type`: `Text` or `Discrete` (two views of one location).
+    pub kind: Option<String>,
+    pub attention: Option<String>,
+    /// Non-empty `AddressLine`s in `@sequence` order (gaps are normal).
+    pub lines: Vec<String>,
+    pub building_number: Option<String>,
+    pub building_name: Option<String>,
+    pub street_name: Option<String>,
+    pub unit: Option<String>,
+    pub floor: Option<String>,
+    pub post_office_box: Option<String>,
+    pub city: Option<String>,
+    pub subdivision: Option<String>,
+    pub subdivision2: Option<String>,
+    /// `CountryCode` as sent, in the sender's format (mapped by the country stage).
+    pub country: Option<String>,
+    pub postal_code: Option<String>,
+    pub preferred: bool,
+}
+
+/// A `Communication` (party) or `CommunicationDetail` (contact) entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Channel {
+    /// `ChannelCode` (`Phone`, `EMail`, `Web Site`, ...), or inferred from the value.
+    pub channel: ChannelKind,
+    /// `UseCode` (`Office`, `Fax`, `Mobile`, ...).
+    pub use_code: Option<String>,
+    pub value: String,
+    pub preferred: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChannelKind {
+    #[default]
+    Phone,
+    Email,
+    Web,
+}
+
+/// `SalesPersonReference`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SalesPerson {
+    pub id: Option<String>,
+    pub names: Vec<LangText>,
+    pub role: Option<String>,
+}
+
+/// A `UserArea` value: `Property/NameValue[@name,@type]`, or any other element's text under
+/// its path below `UserArea`. Kept, never interpreted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NameValue {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    pub value: String,
+}
+
+/// `CustomerPartyMaster`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Party {
+    /// XML path of this noun, for error locations.
+    pub path: String,
+    /// `PartyIDs/ID` (the first is the sender's key; more may carry other schemes).
+    pub ids: Vec<Id>,
+    /// `AccountIDs/ID`.
+    pub account_ids: Vec<String>,
+    pub names: Vec<LangText>,
+    pub currency: Option<String>,
+    pub status: Option<String>,
+    pub payment_term: Option<String>,
+    /// `Classification/Codes/Code` values.
+    pub classifications: Vec<String>,
+    pub sales_persons: Vec<SalesPerson>,
+    pub addresses: Vec<Address>,
+    pub channels: Vec<Channel>,
+    pub user_area: Vec<NameValue>,
+    pub last_modified: Option<String>,
+}
+
+/// `ContactMaster`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Contact {
+    pub path: String,
+    /// `IDs/ID`.
+    pub ids: Vec<Id>,
+    pub names: Vec<LangText>,
+    pub given_name: Option<String>,
+    pub family_name: Option<String>,
+    pub job_title: Option<String>,
+    pub channels: Vec<Channel>,
+    pub address: Option<Address>,
+    /// `EmployerReference/(DocumentID|PartyIDs|IDs)/ID`: the account this person works for.
+    pub employer: Option<Id>,
+    pub classifications: Vec<String>,
+    pub status: Option<String>,
+    pub sales_persons: Vec<SalesPerson>,
+    pub user_area: Vec<NameValue>,
+}
+
+/// Reads one document: decode + typed model. The only entry point for untrusted bytes.
+pub fn parse(bytes: &[u8], limits: Limits) -> Result<Bod, DecodeError> {
+    let dom = dom::Dom::parse(bytes, limits)?;
+    read::read_bod(&dom)
+}

@@ -1,0 +1,481 @@
+//! Element tree → [`Bod`]. Children are matched by local name, never by position: the Infor
+//! schemas for the party and contact nouns are not public and senders disagree on order.
+//!
+//! Reading never fails on content, only on shape: a root without `ApplicationArea` and
+//! `DataArea`, or a DataArea without a verb, is not a BOD. Everything a stage could object to
+//! (missing IDs, bad codes) is left for validation, which knows the sender's configuration.
+
+use super::dom::{Dom, Ns};
+use super::{
+    Address, ApplicationArea, Bod, Channel, ChannelKind, Contact, DecodeError, Id, LangText,
+    NameValue, Noun, Party, SalesPerson, VerbHeader,
+};
+
+/// Builds the typed BOD from an element tree.
+pub fn read_bod(dom: &Dom) -> Result<Bod, DecodeError> {
+    let root = find_bod_root(dom)?;
+    let root_name = dom.node(root).name.to_string();
+    let unknown = |why| DecodeError::UnknownRoot {
+        root: root_name.clone(),
+        why,
+    };
+    let area_idx = dom
+        .child(root, "ApplicationArea")
+        .ok_or_else(|| unknown("no ApplicationArea"))?;
+    let data = dom
+        .child(root, "DataArea")
+        .ok_or_else(|| unknown("no DataArea"))?;
+    let mut content = dom
+        .node(data)
+        .children
+        .iter()
+        .copied()
+        .filter(|&c| dom.node(c).ns == Ns::Bod);
+    let verb_idx = content
+        .next()
+        .ok_or_else(|| unknown("DataArea has no verb"))?;
+    let noun_idxs: Vec<usize> = content.collect();
+    let verb = dom.node(verb_idx).name.to_string();
+    let noun = noun_idxs
+        .first()
+        .map(|&n| dom.node(n).name.to_string())
+        .unwrap_or_default();
+
+    let mut nouns = Vec::with_capacity(noun_idxs.len());
+    for (i, &n) in noun_idxs.iter().enumerate() {
+        let name = dom.node(n).name.to_string();
+        let same_name = noun_idxs
+            .iter()
+            .filter(|&&m| *dom.node(m).name == *name)
+            .count();
+        let ordinal = noun_idxs[..i]
+            .iter()
+            .filter(|&&m| *dom.node(m).name == *name)
+            .count()
+            + 1;
+        let path = if same_name > 1 {
+            format!("/{root_name}/DataArea/{name}[{ordinal}]")
+        } else {
+            format!("/{root_name}/DataArea/{name}")
+        };
+        nouns.push(match name.as_str() {
+            "CustomerPartyMaster" => Noun::Account(Box::new(read_party(dom, n, path))),
+            "ContactMaster" => Noun::Contact(Box::new(read_contact(dom, n, path))),
+            _ => Noun::Other { name, path },
+        });
+    }
+
+    let root_el = dom.node(root);
+    Ok(Bod {
+        root: root_name.clone(),
+        verb,
+        noun,
+        release_id: root_el.attr("releaseID").map(str::to_string),
+        language_code: root_el.attr("languageCode").map(str::to_string),
+        area: read_area(dom, area_idx),
+        header: read_verb(dom, verb_idx),
+        nouns,
+    })
+}
+
+/// The BOD root: the document root, or the first element of a SOAP `Body`.
+fn find_bod_root(dom: &Dom) -> Result<usize, DecodeError> {
+    let root = dom.root();
+    if root.ns == Ns::Soap && &*root.name == "Envelope" {
+        let body = root
+            .children
+            .iter()
+            .copied()
+            .find(|&c| dom.node(c).ns == Ns::Soap && &*dom.node(c).name == "Body");
+        return body
+            .and_then(|b| dom.node(b).children.first().copied())
+            .ok_or(DecodeError::UnknownRoot {
+                root: "Envelope".into(),
+                why: "SOAP envelope without a BOD in its Body",
+            });
+    }
+    if root.ns != Ns::Bod {
+        return Err(DecodeError::UnknownRoot {
+            root: root.name.to_string(),
+            why: "not in a BOD namespace",
+        });
+    }
+    Ok(0)
+}
+
+fn owned(dom: &Dom, at: usize, path: &str) -> Option<String> {
+    dom.text(at, path).map(str::to_string)
+}
+
+fn read_area(dom: &Dom, at: usize) -> ApplicationArea {
+    ApplicationArea {
+        logical_id: owned(dom, at, "Sender/LogicalID"),
+        component_id: owned(dom, at, "Sender/ComponentID"),
+        confirmation_code: owned(dom, at, "Sender/ConfirmationCode"),
+        creation: owned(dom, at, "CreationDateTime"),
+        bod_id: owned(dom, at, "BODID"),
+    }
+}
+
+fn read_verb(dom: &Dom, at: usize) -> VerbHeader {
+    let action_code = dom
+        .find(at, "ActionCriteria/ActionExpression")
+        .and_then(|e| dom.node(e).attr("actionCode"))
+        .filter(|v| !v.is_empty())
+        .map(str::to_string);
+    let response = dom.find(at, "ResponseCriteria/ResponseExpression");
+    let response_reason = dom
+        .text(at, "ResponseCriteria/ChangeStatus/ReasonCode")
+        .or_else(|| dom.text(at, "ResponseCriteria/ChangeStatus/Description"))
+        .or_else(|| dom.text(at, "ResponseCriteria/ChangeStatus/Reason"))
+        .map(str::to_string);
+    VerbHeader {
+        tenant_id: owned(dom, at, "TenantID"),
+        accounting_entity_id: owned(dom, at, "AccountingEntityID"),
+        location_id: owned(dom, at, "LocationID"),
+        action_code,
+        acknowledge_code: dom.node(at).attr("acknowledgeCode").map(str::to_string),
+        original: dom
+            .child(at, "OriginalApplicationArea")
+            .map(|o| read_area(dom, o)),
+        response_code: response
+            .and_then(|r| dom.node(r).attr("actionCode"))
+            .filter(|v| !v.is_empty())
+            .map(str::to_string),
+        response_reason,
+    }
+}
+
+fn read_id(dom: &Dom, at: usize) -> Id {
+    let el = dom.node(at);
+    let attr = |n: &str| el.attr(n).map(str::to_string);
+    Id {
+        value: el.text.clone(),
+        accounting_entity: attr("accountingEntity").filter(|v| !v.is_empty()),
+        location: attr("location").filter(|v| !v.is_empty()),
+        lid: attr("lid").filter(|v| !v.is_empty()),
+        variation: attr("variationID"),
+        scheme_name: attr("schemeName").filter(|v| !v.is_empty()),
+    }
+}
+
+fn read_ids(dom: &Dom, at: usize, container: &str) -> Vec<Id> {
+    dom.children(at, container)
+        .flat_map(|c| dom.children(c, "ID"))
+        .map(|i| read_id(dom, i))
+        .collect()
+}
+
+fn lang_texts(dom: &Dom, at: usize, name: &str) -> Vec<LangText> {
+    dom.children(at, name)
+        .map(|n| {
+            let el = dom.node(n);
+            LangText {
+                lang: el.attr("languageID").map(str::to_string),
+                text: el.text.clone(),
+            }
+        })
+        .collect()
+}
+
+fn classifications(dom: &Dom, at: usize) -> Vec<String> {
+    dom.children(at, "Classification")
+        .flat_map(|c| {
+            let direct = dom.children(c, "Code");
+            let coded = dom
+                .children(c, "Codes")
+                .flat_map(|cs| dom.children(cs, "Code"));
+            direct.chain(coded).collect::<Vec<_>>()
+        })
+        .map(|c| dom.node(c).text.clone())
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+fn is_true(value: Option<&str>) -> bool {
+    value.is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
+}
+
+fn read_address(dom: &Dom, at: usize) -> Address {
+    let el = dom.node(at);
+    let mut lines: Vec<(u32, usize, String)> = dom
+        .children(at, "AddressLine")
+        .enumerate()
+        .map(|(pos, l)| {
+            let line = dom.node(l);
+            let seq = line
+                .attr("sequence")
+                .and_then(|s| s.parse::<u32>().ok())
+                .unwrap_or(u32::MAX);
+            (seq, pos, line.text.clone())
+        })
+        .filter(|(_, _, t)| !t.is_empty())
+        .collect();
+    lines.sort();
+    Address {
+        kind: el
+            .attr("type")
+            .filter(|v| !v.is_empty())
+            .map(str::to_string),
+        attention: owned(dom, at, "AttentionOfName"),
+        lines: lines.into_iter().map(|(_, _, t)| t).collect(),
+        building_number: owned(dom, at, "BuildingNumber"),
+        building_name: owned(dom, at, "BuildingName"),
+        street_name: owned(dom, at, "StreetName"),
+        unit: owned(dom, at, "Unit"),
+        floor: owned(dom, at, "Floor"),
+        post_office_box: owned(dom, at, "PostOfficeBox"),
+        city: owned(dom, at, "CityName"),
+        subdivision: owned(dom, at, "CountrySubDivisionCode"),
+        subdivision2: owned(dom, at, "CountrySubDivision2Code"),
+        country: owned(dom, at, "CountryCode"),
+        postal_code: owned(dom, at, "PostalCode"),
+        preferred: is_true(el.attr("preferredIndicator"))
+            || is_true(dom.text(at, "Preference/Indicator")),
+    }
+}
+
+/// Channel kind from `ChannelCode`, else from the value's shape.
+fn channel_kind(code: Option<&str>, uri: bool, value: &str) -> ChannelKind {
+    let code = code.map(|c| c.to_ascii_lowercase().replace(['-', ' ', '_'], ""));
+    match code.as_deref() {
+        Some("email" | "mail") => ChannelKind::Email,
+        Some("website" | "web" | "url" | "internet") => ChannelKind::Web,
+        Some("phone" | "telephone" | "fax" | "mobile") => ChannelKind::Phone,
+        _ if value.contains('@') => ChannelKind::Email,
+        _ if uri => ChannelKind::Web,
+        _ => ChannelKind::Phone,
+    }
+}
+
+/// A `Communication`/`CommunicationDetail` carrying a number or URI; `None` when it carries
+/// neither (an address-only detail, or empty placeholders as in the SX.e samples).
+fn read_channel(dom: &Dom, at: usize) -> Option<Channel> {
+    let (value, uri) = match (dom.text(at, "DialNumber"), dom.text(at, "URI")) {
+        (Some(d), _) => (d, false),
+        (None, Some(u)) => (u, true),
+        (None, None) => return None,
+    };
+    let el = dom.node(at);
+    Some(Channel {
+        channel: channel_kind(dom.text(at, "ChannelCode"), uri, value),
+        use_code: owned(dom, at, "UseCode"),
+        value: value.to_string(),
+        preferred: is_true(el.attr("preferredIndicator"))
+            || is_true(dom.text(at, "Preference/Indicator")),
+    })
+}
+
+fn read_sales_persons(dom: &Dom, at: usize) -> Vec<SalesPerson> {
+    dom.children(at, "SalesPersonReference")
+        .map(|s| SalesPerson {
+            id: read_ids(dom, s, "IDs")
+                .into_iter()
+                .map(|i| i.value)
+                .find(|v| !v.is_empty()),
+            names: lang_texts(dom, s, "Name"),
+            role: owned(dom, s, "SalesPersonRole"),
+        })
+        .collect()
+}
+
+/// Everything under `UserArea`: `Property/NameValue` pairs by name, any other leaf by its path.
+fn read_user_area(dom: &Dom, at: usize) -> Vec<NameValue> {
+    let mut out = Vec::new();
+    for ua in dom.node(at).children.iter().copied() {
+        let el = dom.node(ua);
+        if &*el.name != "UserArea" {
+            continue;
+        }
+        for &child in &el.children {
+            collect_user_area(dom, child, String::new(), &mut out);
+        }
+    }
+    out
+}
+
+fn collect_user_area(dom: &Dom, at: usize, prefix: String, out: &mut Vec<NameValue>) {
+    let el = dom.node(at);
+    if &*el.name == "NameValue" {
+        out.push(NameValue {
+            name: el.attr("name").unwrap_or_default().to_string(),
+            kind: el.attr("type").map(str::to_string),
+            value: el.text.clone(),
+        });
+        return;
+    }
+    let path = if prefix.is_empty() {
+        el.name.to_string()
+    } else {
+        format!("{prefix}/{}", el.name)
+    };
+    if el.children.is_empty() {
+        if !el.text.is_empty() {
+            out.push(NameValue {
+                name: path,
+                kind: None,
+                value: el.text.clone(),
+            });
+        }
+        return;
+    }
+    // `Property` wrappers add nothing to a name.
+    let next = if &*el.name == "Property" {
+        prefix
+    } else {
+        path
+    };
+    for &child in &el.children {
+        collect_user_area(dom, child, next.clone(), out);
+    }
+}
+
+fn read_party(dom: &Dom, at: usize, path: String) -> Party {
+    let addresses = dom
+        .children(at, "Location")
+        .flat_map(|l| dom.children(l, "Address"))
+        .map(|a| read_address(dom, a))
+        .collect();
+    Party {
+        path,
+        ids: read_ids(dom, at, "PartyIDs"),
+        account_ids: read_ids(dom, at, "AccountIDs")
+            .into_iter()
+            .map(|i| i.value)
+            .filter(|v| !v.is_empty())
+            .collect(),
+        names: lang_texts(dom, at, "Name"),
+        currency: owned(dom, at, "CurrencyCode"),
+        status: owned(dom, at, "Status/Code"),
+        payment_term: owned(dom, at, "PaymentTermID")
+            .or_else(|| owned(dom, at, "PaymentTerm/IDs/ID")),
+        classifications: classifications(dom, at),
+        sales_persons: read_sales_persons(dom, at),
+        addresses,
+        channels: dom
+            .children(at, "Communication")
+            .filter_map(|c| read_channel(dom, c))
+            .collect(),
+        user_area: read_user_area(dom, at),
+        last_modified: owned(dom, at, "LastModificationDateTime"),
+    }
+}
+
+fn read_contact(dom: &Dom, at: usize, path: String) -> Contact {
+    let details: Vec<usize> = dom.children(at, "CommunicationDetail").collect();
+    let address = details
+        .iter()
+        .find_map(|&d| dom.child(d, "Address"))
+        .or_else(|| dom.find(at, "Location/Address"))
+        .map(|a| read_address(dom, a));
+    let employer = dom.child(at, "EmployerReference").and_then(|e| {
+        ["DocumentID/ID", "PartyIDs/ID", "IDs/ID", "ID"]
+            .iter()
+            .find_map(|p| dom.find(e, p))
+            .map(|i| read_id(dom, i))
+    });
+    Contact {
+        path,
+        ids: read_ids(dom, at, "IDs"),
+        names: lang_texts(dom, at, "Name"),
+        given_name: owned(dom, at, "GivenName"),
+        family_name: owned(dom, at, "FamilyName"),
+        job_title: owned(dom, at, "JobTitle"),
+        channels: details
+            .iter()
+            .chain(dom.children(at, "Communication").collect::<Vec<_>>().iter())
+            .filter_map(|&d| read_channel(dom, d))
+            .collect(),
+        address,
+        employer,
+        classifications: classifications(dom, at),
+        status: owned(dom, at, "Status/Code"),
+        sales_persons: read_sales_persons(dom, at),
+        user_area: read_user_area(dom, at),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{parse, pick_language, Limits, Noun};
+
+    const PARTY: &str = r#"<?xml version="1.0"?>
+<SyncCustomerPartyMaster xmlns="http://schema.infor.com/InforOAGIS/2" releaseID="9.2">
+  <ApplicationArea>
+    <Sender><LogicalID>lid://infor.ln.ln01/3555</LogicalID><ConfirmationCode>OnError</ConfirmationCode></Sender>
+    <CreationDateTime>2025-09-24T09:33:09.770Z</CreationDateTime>
+    <BODID>infor-nid:T:3555::C1:?CustomerPartyMaster&amp;verb=Sync</BODID>
+  </ApplicationArea>
+  <DataArea>
+    <Sync><TenantID>ACME</TenantID><AccountingEntityID>3555</AccountingEntityID>
+      <ActionCriteria><ActionExpression actionCode="Change">Change</ActionExpression></ActionCriteria></Sync>
+    <CustomerPartyMaster>
+      <PartyIDs><ID accountingEntity="3555" variationID="1763360144691">C1</ID></PartyIDs>
+      <Name languageID="de-DE">Acme GmbH (de)</Name><Name languageID="en-us">Acme GmbH</Name>
+      <Location><Address type="Text"><AddressLine sequence="3">c</AddressLine><!-- gap -->
+        <AddressLine sequence="1">a</AddressLine><AddressLine sequence="2">
+        </AddressLine><CountryCode>DEU</CountryCode></Address></Location>
+      <Communication><ChannelCode>EMail</ChannelCode><URI>info@acme.example</URI></Communication>
+      <Communication><ChannelCode>Phone</ChannelCode><DialNumber/></Communication>
+      <SalesPersonReference><IDs><ID>1001</ID></IDs><SalesPersonRole>Internal</SalesPersonRole></SalesPersonReference>
+      <UserArea><Property><NameValue name="ln.Area" type="String">North</NameValue></Property><X><Y>z</Y></X></UserArea>
+    </CustomerPartyMaster>
+  </DataArea>
+</SyncCustomerPartyMaster>"#;
+
+    #[test]
+    fn reads_envelope_verb_and_party() {
+        let bod = parse(PARTY.as_bytes(), Limits::default()).unwrap();
+        assert_eq!(
+            (bod.verb.as_str(), bod.noun.as_str()),
+            ("Sync", "CustomerPartyMaster")
+        );
+        assert_eq!(
+            bod.area.logical_id.as_deref(),
+            Some("lid://infor.ln.ln01/3555")
+        );
+        assert_eq!(
+            bod.area.bod_id.as_deref(),
+            Some("infor-nid:T:3555::C1:?CustomerPartyMaster&verb=Sync")
+        );
+        assert_eq!(bod.header.action_code.as_deref(), Some("Change"));
+        let Noun::Account(p) = &bod.nouns[0] else {
+            panic!("expected a party")
+        };
+        assert_eq!(
+            p.path,
+            "/SyncCustomerPartyMaster/DataArea/CustomerPartyMaster"
+        );
+        assert_eq!(p.ids[0].variation.as_deref(), Some("1763360144691"));
+        assert_eq!(pick_language(&p.names, "en-US"), Some("Acme GmbH"));
+        assert_eq!(p.addresses[0].lines, vec!["a", "c"]);
+        assert_eq!(p.channels.len(), 1, "an empty DialNumber is no channel");
+        assert_eq!(p.sales_persons[0].id.as_deref(), Some("1001"));
+        let names: Vec<_> = p.user_area.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, vec!["ln.Area", "X/Y"]);
+    }
+
+    #[test]
+    fn soap_envelopes_are_unwrapped() {
+        let doc = r#"<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body>
+          <oa:ConfirmBOD xmlns:oa="http://www.openapplications.org/oagis/9"><oa:ApplicationArea/>
+          <oa:DataArea><oa:Confirm/><oa:BOD/></oa:DataArea></oa:ConfirmBOD></s:Body></s:Envelope>"#;
+        let bod = parse(doc.as_bytes(), Limits::default()).unwrap();
+        assert_eq!(
+            (bod.root.as_str(), bod.verb.as_str()),
+            ("ConfirmBOD", "Confirm")
+        );
+    }
+
+    #[test]
+    fn non_bod_roots_are_unknown() {
+        for doc in [
+            "<html><body/></html>",
+            "<A><ApplicationArea/></A>",
+            "<x:A xmlns:x='urn:q'/>",
+        ] {
+            let err = parse(doc.as_bytes(), Limits::default()).unwrap_err();
+            assert_eq!(err.code(), "unknown_root", "{doc}");
+        }
+    }
+}

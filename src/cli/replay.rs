@@ -1,0 +1,281 @@
+//! `bodflow replay PATH...`: the pipeline offline, on the embedded store (DESIGN §5.1).
+//!
+//! Files are read and prepared (decode + the stateless stages) on a reader thread while the
+//! main thread commits in input order, so both cores work. The outbox is drained as the broker
+//! publisher would: each row is written under `--out` (when given) and then removed. The store
+//! is flushed before exit; without `--store` it is temporary.
+//!
+//! Exit 0 when every input was processed — rejections are results. Exit 2 on an I/O error
+//! (an unreadable input, an unwritable `--out`, a store that keeps failing).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::config::Config;
+use crate::pipeline::{Input, Outcome, Pipeline, Prepared, Report};
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// BOD files or folders.
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    /// Configuration file (default: ./bodflow.toml, else PATH/bodflow.toml, else built-in).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Keep the hub store in this folder (default: a temporary store).
+    #[arg(long)]
+    store: Option<PathBuf>,
+    /// Write every emitted BOD into this folder.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// One JSON object per input line instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Processing time written into emitted BODs (RFC 3339), for reproducible output.
+    #[arg(long, hide = true)]
+    now: Option<DateTime<Utc>>,
+}
+
+/// Attempts for a commit that fails with a store error before replay gives up.
+const STORE_ATTEMPTS: u32 = 5;
+/// Published outbox rows are removed in batches of this many documents.
+const DRAIN_BATCH: usize = 512;
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let (config, config_path) = Config::resolve(args.config.as_deref(), &args.paths)?;
+    match &config_path {
+        Some(p) => {
+            tracing::info!(config = %p.display(), applications = config.applications.len(), "Configuration loaded")
+        }
+        None => {
+            tracing::warn!("No bodflow.toml found: built-in defaults, no applications configured")
+        }
+    }
+    let inputs = super::collect_inputs(&args.paths)?;
+    let store = match &args.store {
+        Some(dir) => {
+            Store::open(dir).with_context(|| format!("opening store {}", dir.display()))?
+        }
+        None => Store::temporary().context("opening a temporary store")?,
+    };
+    if let Some(out) = &args.out {
+        std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    }
+    let pipeline = Pipeline::new(Arc::new(config), Arc::new(store));
+    let roots: Vec<PathBuf> = args.paths.clone();
+    let now = args.now;
+
+    let progress = if inputs.len() >= 1000 {
+        ProgressBar::with_draw_target(Some(inputs.len() as u64), ProgressDrawTarget::stderr())
+    } else {
+        ProgressBar::hidden()
+    };
+    progress.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+
+    let started = Instant::now();
+    let mut counts = [0usize; 6];
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut drained: Vec<u64> = Vec::new();
+
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<anyhow::Result<(PathBuf, Prepared)>>(256);
+        let reader_pipeline = pipeline.clone();
+        let inputs_ref = &inputs;
+        scope.spawn(move || {
+            for path in inputs_ref {
+                let item = read_input(path, &reader_pipeline.config).map(|bytes| {
+                    let source = path.display().to_string();
+                    let input = Input {
+                        bytes: &bytes,
+                        source: &source,
+                        message_id: None,
+                        reply_to: None,
+                        received_at: now.unwrap_or_else(Utc::now),
+                        released: false,
+                    };
+                    (path.clone(), reader_pipeline.prepare(&input))
+                });
+                if tx.send(item).is_err() {
+                    break;
+                }
+            }
+        });
+        for item in rx {
+            let (path, prepared) = item?;
+            let mut report = commit_with_retry(&pipeline, &prepared)?;
+            write_outputs(
+                &pipeline.store,
+                &mut report,
+                &path,
+                &roots,
+                args.out.as_deref(),
+            )?;
+            drained.extend(report.outputs.iter().map(|o| o.seq));
+            if drained.len() >= DRAIN_BATCH {
+                pipeline.store.remove_outbox(&drained)?;
+                drained.clear();
+            }
+            counts[outcome_index(report.outcome)] += 1;
+            if args.json {
+                serde_json::to_writer(&mut out, &report)?;
+                writeln!(out)?;
+            } else {
+                writeln!(out, "{}", text_line(&report))?;
+            }
+            progress.inc(1);
+        }
+        Ok(())
+    })?;
+    pipeline.store.remove_outbox(&drained)?;
+    pipeline.store.flush()?;
+    out.flush()?;
+    progress.finish_and_clear();
+
+    let elapsed = started.elapsed().as_secs_f64();
+    let total: usize = counts.iter().sum();
+    let names = [
+        "applied",
+        "duplicate",
+        "stale",
+        "rejected",
+        "parked",
+        "filtered",
+    ];
+    let summary: Vec<String> = names
+        .iter()
+        .zip(counts)
+        .filter(|(_, c)| *c > 0)
+        .map(|(n, c)| format!("{c} {n}"))
+        .collect();
+    tracing::info!(
+        documents = total,
+        seconds = format!("{elapsed:.3}"),
+        per_second = format!("{:.0}", total as f64 / elapsed.max(1e-9)),
+        "Replayed: {}",
+        summary.join(", ")
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reads one input, refusing to buffer a file over the size limit: it becomes a `too_large`
+/// rejection from its first `max_bytes + 1` bytes.
+fn read_input(path: &Path, config: &Config) -> anyhow::Result<Vec<u8>> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let limit = config.limits.max_bytes as u64 + 1;
+    let mut bytes = Vec::new();
+    file.take(limit)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("reading {}", path.display()))?;
+    Ok(bytes)
+}
+
+fn commit_with_retry(pipeline: &Pipeline, prepared: &Prepared) -> anyhow::Result<Report> {
+    let mut attempt = 0;
+    loop {
+        match pipeline.commit(prepared) {
+            Ok(r) => return Ok(r),
+            Err(e @ StoreError::Corrupt { .. }) => return Err(e.into()),
+            Err(e) if attempt + 1 >= STORE_ATTEMPTS => return Err(e.into()),
+            Err(e) => {
+                attempt += 1;
+                tracing::warn!(error = %e, attempt, "Store commit failed, retrying");
+                std::thread::sleep(Duration::from_millis(50 << attempt));
+            }
+        }
+    }
+}
+
+fn outcome_index(o: Outcome) -> usize {
+    match o {
+        Outcome::Applied => 0,
+        Outcome::Duplicate => 1,
+        Outcome::Stale => 2,
+        Outcome::Rejected => 3,
+        Outcome::Parked => 4,
+        Outcome::Filtered => 5,
+    }
+}
+
+/// `fixtures/sub/a.xml` under root `fixtures` → `sub__a`.
+fn output_stem(path: &Path, roots: &[PathBuf]) -> String {
+    let rel = roots
+        .iter()
+        .filter(|r| r.is_dir())
+        .find_map(|r| path.strip_prefix(r).ok())
+        .unwrap_or(path);
+    let rel = rel.with_extension("");
+    rel.components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join("__")
+}
+
+fn write_outputs(
+    store: &Store,
+    report: &mut Report,
+    path: &Path,
+    roots: &[PathBuf],
+    out: Option<&Path>,
+) -> anyhow::Result<()> {
+    let Some(dir) = out else {
+        return Ok(());
+    };
+    let stem = output_stem(path, roots);
+    for (n, o) in report.outputs.iter_mut().enumerate() {
+        let Some(row) = store.outbox_row(o.seq)? else {
+            continue;
+        };
+        let file = dir.join(format!("{stem}.{}.{}.xml", n + 1, row.kind));
+        std::fs::write(&file, row.xml.as_bytes())
+            .with_context(|| format!("writing {}", file.display()))?;
+        o.file = Some(file.display().to_string());
+    }
+    Ok(())
+}
+
+fn text_line(r: &Report) -> String {
+    let mut line = format!("{}: {}", r.source, r.outcome.as_str());
+    if let Some(a) = r.action {
+        line.push_str(&format!(
+            " {}",
+            serde_json::to_value(a)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default()
+        ));
+    }
+    if let Some(rec) = &r.record {
+        line.push_str(&format!(" {rec}"));
+    }
+    if let Some(e) = &r.error {
+        line.push_str(&format!(" [{}/{}] {}", e.stage.as_str(), e.code, e.message));
+    }
+    if let Some(o) = &r.owner {
+        line.push_str(&format!(" owner={o}"));
+    }
+    if let Some(c) = &r.country {
+        line.push_str(&format!(" country={c}"));
+    }
+    if !r.outputs.is_empty() {
+        let outs: Vec<String> = r
+            .outputs
+            .iter()
+            .map(|o| format!("{}→{}", o.kind, o.to))
+            .collect();
+        line.push_str(&format!(" => {}", outs.join(", ")));
+    }
+    line
+}

@@ -1,0 +1,626 @@
+//! Configuration: one TOML tree (DESIGN §5.2), strict.
+//!
+//! Every struct denies unknown keys, and loading reports the offending key's full path
+//! (`applications[1].flows.ContactMaster.inbound.delet`), so a typo never silently falls back to
+//! a default. After parsing, [`Config::check`] verifies references between sections (owners
+//! that must be users, unique logical IDs, nouns that exist).
+//!
+//! Resolution order for the file: `--config F`, then `./bodflow.toml`, then for `replay` and
+//! `check` a `bodflow.toml` inside the first input folder (fixture sets carry their own
+//! applications), then built-in defaults.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Environment variable that overrides `amqp.url`.
+pub const AMQP_URL_ENV: &str = "BODFLOW_AMQP_URL";
+
+/// Nouns bodflow keeps hub records for.
+pub const NOUNS: [&str; 2] = ["CustomerPartyMaster", "ContactMaster"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {key}: {message}")]
+    Invalid {
+        path: String,
+        key: String,
+        message: String,
+    },
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// bodflow's own identity and store.
+    #[serde(default)]
+    pub hub: Hub,
+    /// The message broker.
+    #[serde(default)]
+    pub amqp: Amqp,
+    /// The operator HTTP endpoint.
+    #[serde(default)]
+    pub http: Http,
+    /// Limits applied to every inbound document before it is parsed further.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Hub users and teams: record owners and account managers.
+    #[serde(default)]
+    pub users: Vec<User>,
+    /// The applications on the bus, by logical ID.
+    #[serde(default)]
+    pub applications: Vec<Application>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Hub {
+    /// Sender LogicalID of everything bodflow emits.
+    pub logical_id: String,
+    /// Tenant written into emitted BODs; when set, inbound BODs naming another tenant
+    /// (compared case-insensitively, as ION does) are rejected `wrong_tenant`.
+    pub tenant: Option<String>,
+    /// The sled folder of the hub store.
+    pub store: PathBuf,
+    /// Pattern for account numbers assigned to accounts created through Process BODs;
+    /// `{seq}` or `{seq:06}` is replaced by a store-wide sequence.
+    pub account_number_format: String,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Hub {
+            logical_id: "lid://bodflow.hub".into(),
+            tenant: None,
+            store: PathBuf::from("data/bodflow.db"),
+            account_number_format: "C{seq:06}".into(),
+        }
+    }
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Amqp {
+    /// Broker URL; `BODFLOW_AMQP_URL` overrides it. Redacted in logs.
+    pub url: String,
+    /// Unacknowledged deliveries the broker may push at once (bounds memory).
+    pub prefetch: u16,
+}
+
+impl Default for Amqp {
+    fn default() -> Self {
+        Amqp {
+            url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            prefetch: 256,
+        }
+    }
+}
+
+impl fmt::Debug for Amqp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Amqp")
+            .field("url", &redact_url(&self.url))
+            .field("prefetch", &self.prefetch)
+            .finish()
+    }
+}
+
+/// `amqp://user:secret@host` → `amqp://user:***@host`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    match rest.split_once('@') {
+        Some((creds, host)) => match creds.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+            None => format!("{scheme}://{creds}@{host}"),
+        },
+        None => url.to_string(),
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http {
+    /// Address of `/metrics`, `/healthz` and `/readyz`.
+    pub listen: String,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Http {
+            listen: "127.0.0.1:9464".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Larger documents are rejected `too_large` before they are parsed.
+    pub max_bytes: usize,
+    /// Deeper element nesting is rejected `too_deep` while reading.
+    pub max_depth: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        let l = crate::bod::Limits::default();
+        Limits {
+            max_bytes: l.max_bytes,
+            max_depth: l.max_depth,
+        }
+    }
+}
+
+impl From<Limits> for crate::bod::Limits {
+    fn from(l: Limits) -> Self {
+        crate::bod::Limits {
+            max_bytes: l.max_bytes,
+            max_depth: l.max_depth,
+        }
+    }
+}
+
+/// A hub user or team.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    /// The hub's user ID (`U-JSMITH`), written as owner / account manager.
+    pub id: String,
+    /// First name, matched with `last_name` against a SalesPersonReference Name.
+    #[serde(default)]
+    pub first_name: Option<String>,
+    /// Last name.
+    #[serde(default)]
+    pub last_name: Option<String>,
+    /// Personnel number: first match for a SalesPersonReference ID.
+    #[serde(default)]
+    pub personnel_number: Option<String>,
+    /// External personnel number: second match for a SalesPersonReference ID.
+    #[serde(default)]
+    pub external_personnel_number: Option<String>,
+}
+
+/// How an application writes country codes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CountryCodeFormat {
+    /// ISO 3166-1 alpha-2 (`US`).
+    #[default]
+    Iso2,
+    /// ISO 3166-1 alpha-3 (`USA`).
+    Iso3,
+    /// The application's own table (`alternate_country_codes`), ISO alpha-2 otherwise.
+    Alternate,
+}
+
+/// What happens when a document names a record bodflow has no cross-reference for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CreatePolicy {
+    /// Create a new hub record.
+    #[default]
+    Create,
+    /// Link to an unlinked record matching on `match_on`, else create.
+    MatchOrCreate,
+    /// Link to a matching record, else park until one appears.
+    MatchOnly,
+    /// Park until an operator links it.
+    Manual,
+    /// Count and drop.
+    Ignore,
+}
+
+/// Keys a document can be matched on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MatchKey {
+    AccountNumber,
+    ExternalNumber,
+    Email,
+}
+
+/// Field groups an application can master.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FieldGroup {
+    Identity,
+    Address,
+    Communication,
+    Commercial,
+    Owner,
+    Classification,
+}
+
+impl FieldGroup {
+    pub const ALL: [FieldGroup; 6] = [
+        FieldGroup::Identity,
+        FieldGroup::Address,
+        FieldGroup::Communication,
+        FieldGroup::Commercial,
+        FieldGroup::Owner,
+        FieldGroup::Classification,
+    ];
+}
+
+/// Delete handling of a flow.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeleteMode {
+    /// Mark the record deleted; it stops flowing out.
+    #[default]
+    Soft,
+    /// Remove the record and its cross-references.
+    Hard,
+    /// Deletes do not flow (`delete = false`).
+    #[serde(alias = "false")]
+    Off,
+}
+
+impl<'de> Deserialize<'de> for DeleteModeOrBool {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bool(bool),
+            Mode(DeleteMode),
+        }
+        Ok(DeleteModeOrBool(match Raw::deserialize(d)? {
+            Raw::Bool(false) => DeleteMode::Off,
+            Raw::Bool(true) => DeleteMode::Soft,
+            Raw::Mode(m) => m,
+        }))
+    }
+}
+
+/// `delete = "soft" | "hard" | false` (true means soft).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct DeleteModeOrBool(pub DeleteMode);
+
+/// One direction of a flow.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Direction {
+    /// New records flow.
+    pub create: bool,
+    /// Changes to existing records flow.
+    pub update: bool,
+    /// Deletes flow, and how they are applied.
+    pub delete: DeleteModeOrBool,
+    /// Outbound only: the field groups sent (all when absent).
+    pub fields: Option<Vec<FieldGroup>>,
+}
+
+impl Default for Direction {
+    fn default() -> Self {
+        Direction {
+            create: true,
+            update: true,
+            delete: DeleteModeOrBool(DeleteMode::Soft),
+            fields: None,
+        }
+    }
+}
+
+/// Inbound and outbound flow of one noun for one application.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Flows {
+    /// From the application into the hub.
+    pub inbound: Direction,
+    /// From the hub to the application (`Sync<Noun>`).
+    pub outbound: Direction,
+}
+
+/// An application on the bus.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Application {
+    /// Display name; its slug names the application's reply queue.
+    pub name: String,
+    /// Its logical ID; senders with a `/suffix` (`lid://infor.ln.ln01/3555`) match too.
+    pub logical_id: String,
+    /// Inactive applications' documents are parked, and released on re-activation.
+    #[serde(default = "yes")]
+    pub active: bool,
+    /// How it writes country codes.
+    #[serde(default)]
+    pub country_code_format: CountryCodeFormat,
+    /// Its own codes → ISO alpha-2 (`{ UK = "GB" }`), used with `alternate`.
+    #[serde(default)]
+    pub alternate_country_codes: BTreeMap<String, String>,
+    /// Account number of the placeholder account for contacts whose account is unknown.
+    #[serde(default)]
+    pub default_account: Option<String>,
+    /// Account manager of accounts it creates when no sales person matches.
+    #[serde(default)]
+    pub default_account_manager: Option<String>,
+    /// Owner of records when no sales person matches.
+    #[serde(default)]
+    pub default_record_owner: Option<String>,
+    /// The SalesPersonRole whose reference decides the owner (`Internal`).
+    #[serde(default)]
+    pub sales_person_role: Option<String>,
+    /// Which `languageID` to read when text repeats per language.
+    #[serde(default = "default_language")]
+    pub language_code: String,
+    /// What a document for a record without cross-reference does.
+    #[serde(default)]
+    pub create_policy: CreatePolicy,
+    /// Keys for `match_or_create` / `match_only`.
+    #[serde(default)]
+    pub match_on: Vec<MatchKey>,
+    /// Field groups it masters once a record is linked (empty: all).
+    #[serde(default)]
+    pub masters: Vec<FieldGroup>,
+    /// Per noun flows; a noun without an entry flows fully in both directions.
+    #[serde(default)]
+    pub flows: BTreeMap<String, Flows>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_language() -> String {
+    "en-US".into()
+}
+
+impl Application {
+    /// Whether a sender logical ID denotes this application (exactly, or with a `/suffix`).
+    pub fn matches_sender(&self, sender: &str) -> bool {
+        sender == self.logical_id
+            || sender
+                .strip_prefix(self.logical_id.as_str())
+                .is_some_and(|rest| rest.starts_with('/'))
+    }
+
+    /// Flows for a noun (defaults when not configured).
+    pub fn flows_for(&self, noun: &str) -> Flows {
+        self.flows.get(noun).cloned().unwrap_or_default()
+    }
+
+    /// `LN Europe` → `ln-europe`, for `bodflow.to.<slug>`.
+    pub fn slug(&self) -> String {
+        let mut slug = String::with_capacity(self.name.len());
+        for c in self.name.chars() {
+            if c.is_ascii_alphanumeric() {
+                slug.push(c.to_ascii_lowercase());
+            } else if !slug.ends_with('-') {
+                slug.push('-');
+            }
+        }
+        slug.trim_matches('-').to_string()
+    }
+}
+
+impl Config {
+    /// Parses TOML text; `origin` names the source in errors.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let de = toml::Deserializer::parse(text).map_err(|e| ConfigError::Invalid {
+            path: origin.to_string(),
+            key: "(syntax)".into(),
+            message: e.to_string(),
+        })?;
+        let config: Config =
+            serde_path_to_error::deserialize(de).map_err(|e| ConfigError::Invalid {
+                path: origin.to_string(),
+                key: e.path().to_string(),
+                message: e.inner().message().to_string(),
+            })?;
+        config.check(origin)?;
+        Ok(config)
+    }
+
+    /// Reads and checks a file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut config = Config::from_toml(&text, &path.display().to_string())?;
+        config.apply_env();
+        Ok(config)
+    }
+
+    /// Applies `BODFLOW_AMQP_URL`.
+    pub fn apply_env(&mut self) {
+        if let Ok(url) = std::env::var(AMQP_URL_ENV) {
+            if !url.is_empty() {
+                self.amqp.url = url;
+            }
+        }
+    }
+
+    /// Resolves the configuration file (see the module docs) and loads it.
+    pub fn resolve(
+        explicit: Option<&Path>,
+        inputs: &[PathBuf],
+    ) -> Result<(Config, Option<PathBuf>), ConfigError> {
+        if let Some(path) = explicit {
+            return Ok((Config::load(path)?, Some(path.to_path_buf())));
+        }
+        let local = PathBuf::from("bodflow.toml");
+        if local.is_file() {
+            return Ok((Config::load(&local)?, Some(local)));
+        }
+        if let Some(dir) = inputs.first().filter(|p| p.is_dir()) {
+            let beside = dir.join("bodflow.toml");
+            if beside.is_file() {
+                return Ok((Config::load(&beside)?, Some(beside)));
+            }
+        }
+        let mut config = Config::default();
+        config.apply_env();
+        Ok((config, None))
+    }
+
+    fn check(&self, origin: &str) -> Result<(), ConfigError> {
+        let err = |key: String, message: String| ConfigError::Invalid {
+            path: origin.to_string(),
+            key,
+            message,
+        };
+        let user_known = |id: &str| self.users.iter().any(|u| u.id == id);
+        for (i, user) in self.users.iter().enumerate() {
+            if user.id.trim().is_empty() {
+                return Err(err(format!("users[{i}].id"), "must not be empty".into()));
+            }
+            if self.users[..i].iter().any(|u| u.id == user.id) {
+                return Err(err(
+                    format!("users[{i}].id"),
+                    format!("duplicate user {:?}", user.id),
+                ));
+            }
+        }
+        for (i, app) in self.applications.iter().enumerate() {
+            let key = |k: &str| format!("applications[{i}].{k}");
+            if app.logical_id.trim().is_empty() {
+                return Err(err(key("logical_id"), "must not be empty".into()));
+            }
+            if let Some(other) = self.applications[..i]
+                .iter()
+                .find(|o| o.matches_sender(&app.logical_id) || app.matches_sender(&o.logical_id))
+            {
+                return Err(err(
+                    key("logical_id"),
+                    format!("{:?} overlaps application {:?}", app.logical_id, other.name),
+                ));
+            }
+            if app.slug().is_empty() {
+                return Err(err(
+                    key("name"),
+                    "needs at least one letter or digit".into(),
+                ));
+            }
+            for (field, value) in [
+                ("default_record_owner", &app.default_record_owner),
+                ("default_account_manager", &app.default_account_manager),
+            ] {
+                if let Some(id) = value {
+                    if !user_known(id) {
+                        return Err(err(
+                            key(field),
+                            format!("unknown user {id:?} (add it to [[users]])"),
+                        ));
+                    }
+                }
+            }
+            for (code, iso) in &app.alternate_country_codes {
+                if rust_iso3166::from_alpha2(iso).is_none() {
+                    return Err(err(
+                        key(&format!("alternate_country_codes.{code}")),
+                        format!("{iso:?} is not an ISO 3166-1 alpha-2 code"),
+                    ));
+                }
+            }
+            if matches!(
+                app.create_policy,
+                CreatePolicy::MatchOrCreate | CreatePolicy::MatchOnly
+            ) && app.match_on.is_empty()
+            {
+                return Err(err(
+                    key("match_on"),
+                    format!("required by create_policy {:?}", app.create_policy),
+                ));
+            }
+            for noun in app.flows.keys() {
+                if !NOUNS.contains(&noun.as_str()) {
+                    return Err(err(
+                        key(&format!("flows.{noun}")),
+                        format!("unknown noun (expected one of {NOUNS:?})"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The application a sender logical ID belongs to.
+    pub fn application(&self, sender: &str) -> Option<(usize, &Application)> {
+        self.applications
+            .iter()
+            .enumerate()
+            .find(|(_, a)| a.matches_sender(sender))
+    }
+
+    pub fn user(&self, id: &str) -> Option<&User> {
+        self.users.iter().find(|u| u.id == id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_fail_with_their_path() {
+        let err = Config::from_toml(
+            "[[applications]]\nname='a'\nlogical_id='lid://a'\n[applications.flows.ContactMaster]\ninbound = { delet = 'soft' }\n",
+            "t.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("applications[0].flows.ContactMaster.inbound.delet"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn delete_accepts_false_and_modes() {
+        let cfg = Config::from_toml(
+            "[[applications]]\nname='a'\nlogical_id='lid://a'\n[applications.flows.ContactMaster]\ninbound = { delete = false }\noutbound = { delete = 'hard' }\n",
+            "t.toml",
+        )
+        .unwrap();
+        let flows = cfg.applications[0].flows_for("ContactMaster");
+        assert_eq!(flows.inbound.delete.0, DeleteMode::Off);
+        assert_eq!(flows.outbound.delete.0, DeleteMode::Hard);
+    }
+
+    #[test]
+    fn references_are_checked() {
+        let err = Config::from_toml(
+            "[[applications]]\nname='a'\nlogical_id='lid://a'\ndefault_record_owner='U-NOBODY'\n",
+            "t.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("default_record_owner") && err.contains("U-NOBODY"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn senders_with_suffix_match_and_slugs_are_clean() {
+        let cfg = Config::from_toml(
+            "[[applications]]\nname='LN Europe (01)'\nlogical_id='lid://infor.ln.ln01'\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert!(cfg.application("lid://infor.ln.ln01/3555").is_some());
+        assert!(cfg.application("lid://infor.ln.ln012").is_none());
+        assert_eq!(cfg.applications[0].slug(), "ln-europe-01");
+    }
+
+    #[test]
+    fn amqp_url_is_redacted_in_debug() {
+        let dbg = format!("{:?}", Amqp::default());
+        assert!(
+            dbg.contains("guest:***@") && !dbg.contains("guest:guest"),
+            "{dbg}"
+        );
+    }
+}

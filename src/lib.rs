@@ -1,0 +1,27 @@
+//! bodflow keeps customers and contact persons in sync across business applications by
+//! processing OAGIS / Infor ION Business Object Documents (BODs).
+//!
+//! # Layout
+//!
+//! A BOD goes through the modules in this order (DESIGN.md §3):
+//!
+//! - [`bod`]: the document model. [`bod::dom`] reads bytes into an element tree under size,
+//!   depth and DOCTYPE rules; [`bod::read`] turns it into a typed [`bod::Bod`];
+//!   [`bod::write`] writes ConfirmBOD, Acknowledge and Sync documents.
+//! - [`pipeline`]: the stages. [`pipeline::validate`], [`pipeline::country`] and
+//!   [`pipeline::owner`] are pure functions over typed values; [`pipeline::upsert`] applies a
+//!   document in one store transaction and [`pipeline::emit`] writes the outbox rows in it.
+//! - [`store`]: the sled hub store, the only module that knows sled.
+//! - [`config`]: the TOML configuration tree.
+//! - [`generate`]: deterministic synthetic BODs for benchmarks and load tests.
+//! - [`cli`]: the `bodflow` commands; `main.rs` only calls [`cli::main`].
+//!
+//! `replay` (offline) and the broker service call the same [`pipeline::Pipeline`], so an
+//! offline replay proves what production does.
+
+pub mod bod;
+pub mod cli;
+pub mod config;
+pub mod generate;
+pub mod pipeline;
+pub mod store;

@@ -1,0 +1,473 @@
+//! The staged pipeline: decode → validate → map country codes → assign owner → upsert → emit.
+//!
+//! `replay` and `run` both call [`Pipeline::prepare`] (pure: decode and the three stateless
+//! stages, safe to run on any thread) and then [`Pipeline::commit`] (one store transaction that
+//! applies the change and writes the message-id marker and every outbox row it emits). A
+//! [`Report`] describes the result; it is the replay JSON line (DESIGN §5.4).
+//!
+//! Errors: every rejection is a [`Rejection`] (stage, stable code, message, XML path) and is a
+//! *result*, not a failure. The only `Err` is a [`StoreError`]: transient, retried by callers.
+
+pub mod country;
+pub mod emit;
+pub mod owner;
+pub mod upsert;
+pub mod validate;
+
+use std::sync::Arc;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
+
+use crate::bod::{self, ApplicationArea, Bod, DecodeError};
+use crate::config::Config;
+use crate::store::{Fields, Kind, Marker, Owner, ParkReason, Parked, Store, StoreError, XrefKey};
+
+/// Where a document stopped or was decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    Decode,
+    Validate,
+    Country,
+    Owner,
+    Upsert,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Decode => "decode",
+            Stage::Validate => "validate",
+            Stage::Country => "country",
+            Stage::Owner => "owner",
+            Stage::Upsert => "upsert",
+        }
+    }
+}
+
+/// A coded refusal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Rejection {
+    pub stage: Stage,
+    pub code: &'static str,
+    pub message: String,
+    pub path: Option<String>,
+}
+
+impl From<DecodeError> for Rejection {
+    fn from(e: DecodeError) -> Rejection {
+        Rejection {
+            stage: Stage::Decode,
+            code: e.code(),
+            message: e.to_string(),
+            path: None,
+        }
+    }
+}
+
+/// What became of a document (DESIGN §5.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Applied,
+    Duplicate,
+    Stale,
+    Rejected,
+    Parked,
+    Filtered,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Applied => "applied",
+            Outcome::Duplicate => "duplicate",
+            Outcome::Stale => "stale",
+            Outcome::Rejected => "rejected",
+            Outcome::Parked => "parked",
+            Outcome::Filtered => "filtered",
+        }
+    }
+
+    /// Whether a later delivery with the same message id is a duplicate. Rejections are not
+    /// final: a corrected document re-sent under its message id (DLQ replay) must apply.
+    pub fn is_final(self) -> bool {
+        self != Outcome::Rejected
+    }
+
+    /// Precedence when a document's nouns end differently: the most telling wins.
+    fn rank(self) -> u8 {
+        match self {
+            Outcome::Rejected => 5,
+            Outcome::Parked => 4,
+            Outcome::Applied => 3,
+            Outcome::Stale => 2,
+            Outcome::Duplicate => 1,
+            Outcome::Filtered => 0,
+        }
+    }
+}
+
+/// What an applied document did to its record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Created,
+    Updated,
+    Linked,
+    Deleted,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verb {
+    Sync,
+    Process,
+    Acknowledge,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Intent {
+    Upsert,
+    Delete,
+}
+
+/// A validated document on its way through the stages.
+#[derive(Debug)]
+pub struct Doc {
+    pub bod: Bod,
+    /// Index of the sender's application in `config.applications`.
+    pub app: usize,
+    pub verb: Verb,
+    pub items: Vec<Item>,
+}
+
+/// One noun instance in hub terms.
+#[derive(Debug, Clone)]
+pub struct Item {
+    pub kind: Kind,
+    pub path: String,
+    /// The sender's key; `id` is empty for a Process asking bodflow to assign one.
+    pub key: XrefKey,
+    /// Normalised variationID (digits, no leading zeros), if sent.
+    pub variation: Option<String>,
+    pub intent: Intent,
+    pub fields: Fields,
+    /// Country code as sent; the country stage maps it into `fields.address.country`.
+    pub raw_country: Option<String>,
+    pub country_path: String,
+    /// Contacts: the sender's key of the account.
+    pub employer: Option<XrefKey>,
+    pub sales_persons: Vec<bod::SalesPerson>,
+    pub match_values: Vec<(crate::config::MatchKey, String)>,
+    /// Set by the owner stage.
+    pub owner: Owner,
+    /// Decisions and why, in stage order (shown by replay and tracking).
+    pub notes: Vec<String>,
+}
+
+/// One inbound document and its delivery metadata.
+#[derive(Debug, Clone)]
+pub struct Input<'a> {
+    pub bytes: &'a [u8],
+    /// File path or `amqp`.
+    pub source: &'a str,
+    /// AMQP `message_id`; a payload digest when absent.
+    pub message_id: Option<&'a str>,
+    /// AMQP `reply_to`: replies go there instead of the sender's queue.
+    pub reply_to: Option<&'a str>,
+    pub received_at: DateTime<Utc>,
+    /// Set when a parked document is released: its own parked marker must not make it a
+    /// duplicate.
+    pub released: bool,
+}
+
+/// The digest used as message id when a delivery has none (DESIGN §2).
+pub fn payload_digest(bytes: &[u8]) -> String {
+    let hash = blake3::hash(bytes);
+    hash.to_hex()[..32].to_string()
+}
+
+/// Everything known about a document after the stateless stages.
+#[derive(Debug)]
+pub struct Prepared {
+    pub ctx: Context,
+    pub state: State,
+}
+
+/// Delivery facts carried to commit and the report.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub source: String,
+    pub message_id: String,
+    pub reply_to: Option<String>,
+    pub now: String,
+    pub released: bool,
+    /// The sender's ApplicationArea when it could be read (decoded, or sniffed from a broken
+    /// document) — needed to answer with a ConfirmBOD.
+    pub area: Option<ApplicationArea>,
+    pub verb: Option<String>,
+    pub noun: Option<String>,
+    pub tenant: Option<String>,
+    /// The document as text, kept for parking.
+    pub payload: String,
+}
+
+#[derive(Debug)]
+pub enum State {
+    Rejected {
+        rejection: Rejection,
+        /// The sender's application, when known (ConfirmBOD goes to it).
+        app: Option<usize>,
+        /// Process documents also get an `Acknowledge<Noun>` Rejected.
+        process: Option<(Kind, Option<String>)>,
+    },
+    Inactive {
+        app: usize,
+    },
+    Ready(Box<Doc>),
+}
+
+/// One output of a document, as reported.
+#[derive(Debug, Clone, Serialize)]
+pub struct OutputReport {
+    pub kind: String,
+    pub to: String,
+    pub file: Option<String>,
+    #[serde(skip)]
+    pub seq: u64,
+}
+
+/// The result of one document (DESIGN §5.4 replay line).
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub source: String,
+    pub message_id: String,
+    pub bod_id: Option<String>,
+    pub verb: Option<String>,
+    pub noun: Option<String>,
+    pub sender: Option<String>,
+    pub outcome: Outcome,
+    pub action: Option<Action>,
+    pub record: Option<String>,
+    pub owner: Option<String>,
+    pub country: Option<String>,
+    pub error: Option<Rejection>,
+    pub outputs: Vec<OutputReport>,
+    /// Every noun's result when a document carries more than one.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub nouns: Vec<NounReport>,
+    /// Why: each stage's decision in order ("country DEU→DE (iso3)", "owner U-JSMITH: ...").
+    pub decisions: Vec<String>,
+}
+
+/// Result for one noun instance.
+#[derive(Debug, Clone, Serialize)]
+pub struct NounReport {
+    pub path: String,
+    pub outcome: Outcome,
+    pub action: Option<Action>,
+    pub record: Option<String>,
+}
+
+/// The pipeline: configuration plus store.
+#[derive(Clone)]
+pub struct Pipeline {
+    pub config: Arc<Config>,
+    pub store: Arc<Store>,
+}
+
+impl Pipeline {
+    pub fn new(config: Arc<Config>, store: Arc<Store>) -> Pipeline {
+        Pipeline { config, store }
+    }
+
+    /// Decode, validate, map country codes, assign owner. Pure; never touches the store.
+    pub fn prepare(&self, input: &Input<'_>) -> Prepared {
+        prepare(&self.config, input)
+    }
+
+    /// Applies a prepared document in one store transaction.
+    pub fn commit(&self, prepared: &Prepared) -> Result<Report, StoreError> {
+        let config = &self.config;
+        let ctx = &prepared.ctx;
+        match &prepared.state {
+            State::Rejected {
+                rejection,
+                app,
+                process,
+            } => {
+                let outputs = self.store.transact(|tx| {
+                    let mut em = emit::Emitter::new(config, ctx);
+                    em.rejection(tx, *app, rejection, process.as_ref())?;
+                    tx.put_marker(
+                        &ctx.message_id,
+                        &Marker {
+                            outcome: Outcome::Rejected.as_str().into(),
+                            record: None,
+                            bod_id: ctx.area.as_ref().and_then(|a| a.bod_id.clone()),
+                        },
+                    )?;
+                    Ok(em.into_outputs())
+                })?;
+                let mut report = base_report(ctx, Outcome::Rejected);
+                report.error = Some(rejection.clone());
+                report.outputs = outputs;
+                Ok(report)
+            }
+            State::Inactive { app } => {
+                let application = &config.applications[*app];
+                let outcome = self.store.transact(|tx| {
+                    if let Some(m) = tx.marker(&ctx.message_id)? {
+                        if upsert::blocks(&m, ctx) {
+                            return Ok(Outcome::Duplicate);
+                        }
+                    }
+                    tx.park(Parked {
+                        seq: 0,
+                        message_id: ctx.message_id.clone(),
+                        reason: ParkReason::InactiveApplication,
+                        application: application.logical_id.clone(),
+                        key: None,
+                        source: ctx.source.clone(),
+                        payload: ctx.payload.clone(),
+                    })?;
+                    tx.put_marker(
+                        &ctx.message_id,
+                        &Marker {
+                            outcome: Outcome::Parked.as_str().into(),
+                            record: None,
+                            bod_id: ctx.area.as_ref().and_then(|a| a.bod_id.clone()),
+                        },
+                    )?;
+                    Ok(Outcome::Parked)
+                })?;
+                let mut report = base_report(ctx, outcome);
+                if outcome == Outcome::Parked {
+                    report.decisions.push(format!(
+                        "parked: application {:?} is inactive (released on re-activation)",
+                        application.name
+                    ));
+                }
+                Ok(report)
+            }
+            State::Ready(doc) => {
+                let applied = self
+                    .store
+                    .transact(|tx| upsert::apply(tx, config, ctx, doc))?;
+                Ok(applied.into_report(ctx, doc))
+            }
+        }
+    }
+
+    /// prepare + commit.
+    pub fn process(&self, input: &Input<'_>) -> Result<Report, StoreError> {
+        let prepared = self.prepare(input);
+        self.commit(&prepared)
+    }
+}
+
+fn base_report(ctx: &Context, outcome: Outcome) -> Report {
+    Report {
+        source: ctx.source.clone(),
+        message_id: ctx.message_id.clone(),
+        bod_id: ctx.area.as_ref().and_then(|a| a.bod_id.clone()),
+        verb: ctx.verb.clone(),
+        noun: ctx.noun.clone(),
+        sender: ctx.area.as_ref().and_then(|a| a.logical_id.clone()),
+        outcome,
+        action: None,
+        record: None,
+        owner: None,
+        country: None,
+        error: None,
+        outputs: Vec::new(),
+        nouns: Vec::new(),
+        decisions: Vec::new(),
+    }
+}
+
+/// The stateless stages.
+pub fn prepare(config: &Config, input: &Input<'_>) -> Prepared {
+    let message_id = input
+        .message_id
+        .filter(|m| !m.is_empty())
+        .map(str::to_string)
+        .unwrap_or_else(|| payload_digest(input.bytes));
+    let mut ctx = Context {
+        source: input.source.to_string(),
+        message_id,
+        reply_to: input.reply_to.map(str::to_string),
+        now: input.received_at.to_rfc3339_opts(SecondsFormat::Secs, true),
+        released: input.released,
+        area: None,
+        verb: None,
+        noun: None,
+        tenant: None,
+        payload: String::new(),
+    };
+    let reject = |ctx: Context, rejection: Rejection, app, process| Prepared {
+        ctx,
+        state: State::Rejected {
+            rejection,
+            app,
+            process,
+        },
+    };
+
+    let bod = match bod::parse(input.bytes, config.limits.into()) {
+        Ok(bod) => bod,
+        Err(e) => {
+            // Best effort: a broken document may still name its sender, who asked for a
+            // ConfirmBOD.
+            ctx.area = emit::sniff_area(input.bytes);
+            let app = sender_app(config, ctx.area.as_ref());
+            return reject(ctx, e.into(), app, None);
+        }
+    };
+    ctx.area = Some(bod.area.clone());
+    ctx.verb = Some(bod.verb.clone());
+    ctx.noun = Some(bod.noun.clone());
+    ctx.tenant = bod.header.tenant_id.clone();
+    let app = sender_app(config, ctx.area.as_ref());
+    let process = (bod.verb == "Process")
+        .then(|| Kind::from_noun(&bod.noun))
+        .flatten()
+        .map(|k| (k, bod.header.acknowledge_code.clone()));
+
+    let mut doc = match validate::validate(bod, config) {
+        Ok(validate::Checked::Doc(doc)) => doc,
+        Ok(validate::Checked::Inactive { app }) => {
+            ctx.payload = String::from_utf8_lossy(input.bytes).into_owned();
+            return Prepared {
+                ctx,
+                state: State::Inactive { app },
+            };
+        }
+        Err(e) => return reject(ctx, e.into(), app, process),
+    };
+    let application = &config.applications[doc.app];
+    if let Err(e) = country::map_inbound(&mut doc, application) {
+        return reject(ctx, e.into(), app, process);
+    }
+    owner::assign(&mut doc, application, config);
+    if needs_payload(application) {
+        ctx.payload = String::from_utf8_lossy(input.bytes).into_owned();
+    }
+    Prepared {
+        ctx,
+        state: State::Ready(doc),
+    }
+}
+
+/// Policies that may park a document need its bytes in the transaction.
+fn needs_payload(app: &crate::config::Application) -> bool {
+    use crate::config::CreatePolicy::*;
+    matches!(app.create_policy, MatchOrCreate | MatchOnly | Manual)
+}
+
+fn sender_app(config: &Config, area: Option<&ApplicationArea>) -> Option<usize> {
+    area.and_then(|a| a.logical_id.as_deref())
+        .and_then(|lid| config.application(lid))
+        .map(|(i, _)| i)
+}

@@ -1,0 +1,1009 @@
+//! Stage 4, upsert: apply a validated document to the hub inside one store transaction.
+//!
+//! For each noun instance (DESIGN §3 "upsert"):
+//! 1. **Identity**: the sender's cross-reference names the record; without one, the
+//!    application's `create_policy` decides (create, match on `match_on` keys and link, park,
+//!    or ignore). Two matching records are never merged silently: the document is parked
+//!    `ambiguous_match`.
+//! 2. **Staleness**: a variationID lower than the one stored for that cross-reference is
+//!    `stale`, equal is `duplicate`; a message id already applied is `duplicate` and emits
+//!    nothing.
+//! 3. **Mastership**: once a record is linked to other applications, a sender changes only the
+//!    field groups it `masters` (all when it lists none).
+//! 4. **Contacts** resolve their account through the sender's cross-references; an unknown
+//!    account leaves the contact on the application's `default_account` (a placeholder created
+//!    on first use) with the intended parent remembered, and the contact is re-linked when
+//!    that account arrives.
+//! 5. **Delete** per the inbound flow: soft (marked deleted, stops flowing), hard (removed with
+//!    its cross-references), or off (filtered).
+//!
+//! Emission (ConfirmBOD, Acknowledge, Sync fan-out) happens in the same transaction through
+//! [`Emitter`]. The closure may be re-run by sled on conflict, so this module only reads and
+//! writes through the transaction and keeps no state outside it.
+
+use crate::config::{Application, Config, CreatePolicy, DeleteMode, FieldGroup, MatchKey};
+use crate::store::{
+    Fields, HubRecord, Kind, Marker, Owner, ParkReason, Parked, Tx, TxResult, Xref, XrefKey,
+};
+
+use super::emit::Emitter;
+use super::{
+    Action, Context, Doc, Intent, Item, NounReport, Outcome, Rejection, Report, Stage, Verb,
+};
+
+/// The result of one document's transaction.
+#[derive(Debug)]
+pub struct Applied {
+    pub items: Vec<ItemResult>,
+    pub rejection: Option<Rejection>,
+    pub outputs: Vec<super::OutputReport>,
+    /// Set when the whole document was a duplicate by message id.
+    pub duplicate_message: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct ItemResult {
+    pub outcome: Outcome,
+    pub action: Option<Action>,
+    pub record: Option<String>,
+    pub notes: Vec<String>,
+}
+
+impl ItemResult {
+    fn new(outcome: Outcome, action: Option<Action>, record: Option<String>, note: String) -> Self {
+        ItemResult {
+            outcome,
+            action,
+            record,
+            notes: vec![note],
+        }
+    }
+}
+
+/// Whether an existing marker makes this delivery a duplicate.
+pub fn blocks(marker: &Marker, ctx: &Context) -> bool {
+    let final_outcome = marker.outcome != Outcome::Rejected.as_str();
+    let own_park = marker.outcome == Outcome::Parked.as_str() && ctx.released;
+    final_outcome && !own_park
+}
+
+/// Applies a document. Pure over the transaction (see module docs).
+pub fn apply(tx: &Tx<'_>, config: &Config, ctx: &Context, doc: &Doc) -> TxResult<Applied> {
+    let mut em = Emitter::new(config, ctx);
+    if let Some(marker) = tx.marker(&ctx.message_id)? {
+        if blocks(&marker, ctx) {
+            return Ok(Applied {
+                items: vec![ItemResult::new(
+                    Outcome::Duplicate,
+                    None,
+                    marker.record.clone(),
+                    format!(
+                        "message id {} already processed ({})",
+                        ctx.message_id, marker.outcome
+                    ),
+                )],
+                rejection: None,
+                outputs: Vec::new(),
+                duplicate_message: true,
+            });
+        }
+    }
+    let app = &config.applications[doc.app];
+
+    if doc.verb == Verb::Acknowledge {
+        // bodflow correlates an Acknowledge with a Process it sent; none is pending in this
+        // store for that BODID.
+        let original = doc
+            .bod
+            .header
+            .original
+            .as_ref()
+            .and_then(|o| o.bod_id.clone())
+            .unwrap_or_default();
+        let rejection = Rejection {
+            stage: Stage::Upsert,
+            code: "unknown_correlation",
+            message: format!("no Process with BODID {original:?} is awaiting acknowledgement"),
+            path: Some(format!(
+                "{}/DataArea/Acknowledge/OriginalApplicationArea/BODID",
+                doc.bod.path()
+            )),
+        };
+        em.rejection(tx, Some(doc.app), &rejection, None)?;
+        put_marker(tx, ctx, Outcome::Rejected, None)?;
+        return Ok(Applied {
+            items: Vec::new(),
+            rejection: Some(rejection),
+            outputs: em.into_outputs(),
+            duplicate_message: false,
+        });
+    }
+
+    let mut items = Vec::with_capacity(doc.items.len());
+    for item in &doc.items {
+        let mut result = apply_item(tx, config, ctx, doc, app, item, &mut em)?;
+        let mut notes = item.notes.clone();
+        notes.append(&mut result.notes);
+        result.notes = notes;
+        items.push(result);
+    }
+    let outcome = items
+        .iter()
+        .map(|r| r.outcome)
+        .max_by_key(|o| o.rank())
+        .unwrap_or(Outcome::Filtered);
+    let records: Vec<String> = items.iter().filter_map(|r| r.record.clone()).collect();
+    put_marker(tx, ctx, outcome, records.first().cloned())?;
+    if outcome != Outcome::Duplicate {
+        em.success(tx, doc.app, outcome.as_str(), &records)?;
+    }
+    Ok(Applied {
+        items,
+        rejection: None,
+        outputs: em.into_outputs(),
+        duplicate_message: false,
+    })
+}
+
+fn put_marker(
+    tx: &Tx<'_>,
+    ctx: &Context,
+    outcome: Outcome,
+    record: Option<String>,
+) -> TxResult<()> {
+    tx.put_marker(
+        &ctx.message_id,
+        &Marker {
+            outcome: outcome.as_str().into(),
+            record,
+            bod_id: ctx.area.as_ref().and_then(|a| a.bod_id.clone()),
+        },
+    )
+}
+
+/// variationID guard: incoming vs stored for the same cross-reference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guard {
+    Apply,
+    Stale,
+    Duplicate,
+}
+
+/// Compares normalised decimal strings (no leading zeros) of any length: longer is larger.
+pub fn guard(stored: &str, incoming: Option<&str>) -> Guard {
+    let Some(incoming) = incoming else {
+        return Guard::Apply;
+    };
+    if stored.is_empty() {
+        return Guard::Apply;
+    }
+    match (incoming.len(), incoming).cmp(&(stored.len(), stored)) {
+        std::cmp::Ordering::Greater => Guard::Apply,
+        std::cmp::Ordering::Equal => Guard::Duplicate,
+        std::cmp::Ordering::Less => Guard::Stale,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn apply_item(
+    tx: &Tx<'_>,
+    config: &Config,
+    ctx: &Context,
+    doc: &Doc,
+    app: &Application,
+    item: &Item,
+    em: &mut Emitter<'_>,
+) -> TxResult<ItemResult> {
+    let noun = item.kind.noun();
+    let inbound = app.flows_for(noun).inbound;
+    let existing = if item.key.id.is_empty() {
+        None
+    } else {
+        match tx.xref(&item.key)? {
+            Some(hub_id) => tx.record(&hub_id)?,
+            None => None,
+        }
+    };
+
+    let Some(mut record) = existing else {
+        if item.intent == Intent::Delete {
+            return Ok(ItemResult::new(
+                Outcome::Filtered,
+                None,
+                None,
+                format!(
+                    "delete of {} ignored: no hub record for it",
+                    item.key.display()
+                ),
+            ));
+        }
+        if !inbound.create {
+            return Ok(ItemResult::new(
+                Outcome::Filtered,
+                None,
+                None,
+                format!("inbound {noun} creates are off for {}", app.name),
+            ));
+        }
+        return place_new(tx, config, ctx, doc, app, item, em);
+    };
+
+    let stored = record
+        .xrefs
+        .iter()
+        .find(|x| x.key(item.kind) == item.key)
+        .map(|x| x.variation.clone())
+        .unwrap_or_default();
+    match guard(&stored, item.variation.as_deref()) {
+        Guard::Apply => {}
+        Guard::Stale => {
+            return Ok(ItemResult::new(
+                Outcome::Stale,
+                None,
+                Some(record.id),
+                format!(
+                    "variationID {} is older than the applied {stored}",
+                    item.variation.as_deref().unwrap_or("")
+                ),
+            ))
+        }
+        Guard::Duplicate => {
+            return Ok(ItemResult::new(
+                Outcome::Duplicate,
+                None,
+                Some(record.id),
+                format!("variationID {stored} was already applied"),
+            ))
+        }
+    }
+    set_variation(&mut record, item);
+
+    if item.intent == Intent::Delete {
+        return delete(tx, doc, item, inbound.delete.0, record, em);
+    }
+    if !inbound.update {
+        return Ok(ItemResult::new(
+            Outcome::Filtered,
+            None,
+            Some(record.id),
+            format!("inbound {noun} updates are off for {}", app.name),
+        ));
+    }
+    if record.deleted {
+        return Ok(ItemResult::new(
+            Outcome::Filtered,
+            None,
+            Some(record.id.clone()),
+            format!("{} is deleted; updates are not applied", record.id),
+        ));
+    }
+    let before = record.clone();
+    let mut notes = Vec::new();
+    let groups = merge(&mut record, item, app, &mut notes);
+    if item.kind == Kind::Contact {
+        link_employer(tx, config, app, item, &mut record, &mut notes)?;
+    }
+    let changed = content_changed(&before, &record);
+    if changed {
+        record.revision += 1;
+    }
+    tx.put_record(&record)?;
+    if changed {
+        reindex(tx, Some(&before), Some(&record))?;
+        em.fan_out(tx, doc.app, &record, false)?;
+        notes.push(format!("updated {} ({groups})", record.id));
+    } else {
+        notes.push(format!("{} unchanged", record.id));
+    }
+    if doc.verb == Verb::Process {
+        em.accepted(
+            tx,
+            doc.app,
+            &record,
+            doc.bod.header.acknowledge_code.as_deref(),
+        )?;
+    }
+    Ok(ItemResult {
+        outcome: Outcome::Applied,
+        action: Some(Action::Updated),
+        record: Some(record.id),
+        notes,
+    })
+}
+
+fn set_variation(record: &mut HubRecord, item: &Item) {
+    if let Some(x) = record
+        .xrefs
+        .iter_mut()
+        .find(|x| x.key(item.kind) == item.key)
+    {
+        if let Some(v) = &item.variation {
+            x.variation = v.clone();
+        }
+    }
+}
+
+/// Everything but cross-reference bookkeeping.
+fn content_changed(a: &HubRecord, b: &HubRecord) -> bool {
+    a.fields != b.fields
+        || a.owner != b.owner
+        || a.account != b.account
+        || a.deleted != b.deleted
+        || a.xrefs.len() != b.xrefs.len()
+}
+
+/// Field groups `app` may change on `record` now.
+fn writable_groups(record: &HubRecord, app: &Application) -> Vec<FieldGroup> {
+    let linked_elsewhere = record.xrefs.iter().any(|x| x.application != app.logical_id);
+    if !linked_elsewhere || app.masters.is_empty() {
+        FieldGroup::ALL.to_vec()
+    } else {
+        app.masters.clone()
+    }
+}
+
+/// Applies the item's content group by group; returns the groups written, for the notes.
+fn merge(
+    record: &mut HubRecord,
+    item: &Item,
+    app: &Application,
+    notes: &mut Vec<String>,
+) -> String {
+    let groups = writable_groups(record, app);
+    let has = |g| groups.contains(&g);
+    let incoming = &item.fields;
+    let current = &mut record.fields;
+    if has(FieldGroup::Identity) {
+        merge_identity(current, incoming);
+    }
+    if has(FieldGroup::Address) && incoming.address.is_some() {
+        current.address = incoming.address.clone();
+    }
+    if has(FieldGroup::Communication) {
+        let c = &incoming.communication;
+        if !c.phones.is_empty() || !c.emails.is_empty() || c.web.is_some() {
+            current.communication = c.clone();
+        }
+    }
+    if has(FieldGroup::Commercial) {
+        let c = &incoming.commercial;
+        if c.currency.is_some() {
+            current.commercial.currency = c.currency.clone();
+        }
+        if c.payment_term.is_some() {
+            current.commercial.payment_term = c.payment_term.clone();
+        }
+    }
+    if has(FieldGroup::Classification) && !incoming.classification.is_empty() {
+        current.classification = incoming.classification.clone();
+    }
+    // An update only moves the owner to a sales person it names, never back to a default.
+    if has(FieldGroup::Owner) && item.owner.owner.as_deref() != app.default_record_owner.as_deref()
+    {
+        record.owner.owner = item.owner.owner.clone();
+    }
+    for nv in &incoming.user_area {
+        match current.user_area.iter_mut().find(|c| c.name == nv.name) {
+            Some(c) => *c = nv.clone(),
+            None => current.user_area.push(nv.clone()),
+        }
+    }
+    let skipped: Vec<&str> = FieldGroup::ALL
+        .iter()
+        .filter(|g| !groups.contains(g))
+        .map(|g| group_name(*g))
+        .collect();
+    if !skipped.is_empty() {
+        notes.push(format!(
+            "mastership: {} does not master {} (ignored)",
+            app.name,
+            skipped.join(", ")
+        ));
+    }
+    groups
+        .iter()
+        .map(|g| group_name(*g))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn group_name(g: FieldGroup) -> &'static str {
+    match g {
+        FieldGroup::Identity => "identity",
+        FieldGroup::Address => "address",
+        FieldGroup::Communication => "communication",
+        FieldGroup::Commercial => "commercial",
+        FieldGroup::Owner => "owner",
+        FieldGroup::Classification => "classification",
+    }
+}
+
+fn merge_identity(current: &mut Fields, incoming: &Fields) {
+    let (c, i) = (&mut current.identity, &incoming.identity);
+    let set = |slot: &mut Option<String>, value: &Option<String>| {
+        if value.is_some() {
+            slot.clone_from(value);
+        }
+    };
+    set(&mut c.name, &i.name);
+    set(&mut c.given_name, &i.given_name);
+    set(&mut c.family_name, &i.family_name);
+    set(&mut c.job_title, &i.job_title);
+    set(&mut c.account_number, &i.account_number);
+    set(&mut c.external_number, &i.external_number);
+    set(&mut c.status, &i.status);
+}
+
+/// The values a record is findable by, per match key.
+fn match_values(record: &HubRecord) -> [(MatchKey, Option<&str>); 3] {
+    let f = &record.fields;
+    [
+        (
+            MatchKey::AccountNumber,
+            f.identity.account_number.as_deref(),
+        ),
+        (
+            MatchKey::ExternalNumber,
+            f.identity.external_number.as_deref(),
+        ),
+        (
+            MatchKey::Email,
+            f.communication.emails.first().map(String::as_str),
+        ),
+    ]
+}
+
+/// Keeps the match indexes in step with a record's change (`before` = `None`: new record;
+/// `after` = `None`: removed record).
+fn reindex(tx: &Tx<'_>, before: Option<&HubRecord>, after: Option<&HubRecord>) -> TxResult<()> {
+    let old = before.map(match_values);
+    let new = after.map(match_values);
+    for i in 0..3 {
+        let o = old.as_ref().and_then(|v| v[i].1);
+        let n = new.as_ref().and_then(|v| v[i].1);
+        if o == n {
+            continue;
+        }
+        if let (Some(value), Some(r)) = (o, before) {
+            tx.index(r.kind, match_values(r)[i].0, value, &r.id, false)?;
+        }
+        if let (Some(value), Some(r)) = (n, after) {
+            tx.index(r.kind, match_values(r)[i].0, value, &r.id, true)?;
+        }
+    }
+    Ok(())
+}
+
+fn delete(
+    tx: &Tx<'_>,
+    doc: &Doc,
+    item: &Item,
+    mode: DeleteMode,
+    mut record: HubRecord,
+    em: &mut Emitter<'_>,
+) -> TxResult<ItemResult> {
+    match mode {
+        DeleteMode::Off => Ok(ItemResult::new(
+            Outcome::Filtered,
+            None,
+            Some(record.id.clone()),
+            "inbound deletes are off".into(),
+        )),
+        DeleteMode::Soft => {
+            if record.deleted {
+                tx.put_record(&record)?;
+                return Ok(ItemResult::new(
+                    Outcome::Duplicate,
+                    None,
+                    Some(record.id.clone()),
+                    format!("{} is already deleted", record.id),
+                ));
+            }
+            record.deleted = true;
+            record.fields.identity.status = Some("Deleted".into());
+            record.revision += 1;
+            tx.put_record(&record)?;
+            em.fan_out(tx, doc.app, &record, true)?;
+            Ok(ItemResult::new(
+                Outcome::Applied,
+                Some(Action::Deleted),
+                Some(record.id.clone()),
+                format!("soft-deleted {}", record.id),
+            ))
+        }
+        DeleteMode::Hard => {
+            record.deleted = true;
+            record.revision += 1;
+            em.fan_out(tx, doc.app, &record, true)?;
+            for x in &record.xrefs {
+                tx.remove_xref(&x.key(record.kind))?;
+            }
+            reindex(tx, Some(&record), None)?;
+            if let Some(parent) = &record.intended_parent {
+                forget_waiting(tx, parent, &record.id)?;
+            }
+            tx.remove_record(&record.id)?;
+            Ok(ItemResult::new(
+                Outcome::Applied,
+                Some(Action::Deleted),
+                Some(record.id.clone()),
+                format!("hard-deleted {} ({})", record.id, item.key.display()),
+            ))
+        }
+    }
+}
+
+/// No cross-reference yet: apply the application's create policy.
+fn place_new(
+    tx: &Tx<'_>,
+    config: &Config,
+    ctx: &Context,
+    doc: &Doc,
+    app: &Application,
+    item: &Item,
+    em: &mut Emitter<'_>,
+) -> TxResult<ItemResult> {
+    let policy = app.create_policy;
+    let park = |reason: ParkReason, note: String| -> TxResult<ItemResult> {
+        tx.park(Parked {
+            seq: 0,
+            message_id: ctx.message_id.clone(),
+            reason,
+            application: app.logical_id.clone(),
+            key: Some(item.key.clone()),
+            source: ctx.source.clone(),
+            payload: ctx.payload.clone(),
+        })?;
+        Ok(ItemResult::new(Outcome::Parked, None, None, note))
+    };
+    match policy {
+        CreatePolicy::Ignore => {
+            return Ok(ItemResult::new(
+                Outcome::Filtered,
+                None,
+                None,
+                format!("create_policy ignore: {} is not taken", item.key.display()),
+            ))
+        }
+        CreatePolicy::Manual => {
+            return park(
+                ParkReason::ManualLink,
+                format!(
+                    "parked: create_policy manual, {} waits for `bodflow link`",
+                    item.key.display()
+                ),
+            )
+        }
+        CreatePolicy::Create => {}
+        CreatePolicy::MatchOrCreate | CreatePolicy::MatchOnly => {
+            let (candidates, via) = find_matches(tx, app, item)?;
+            match candidates.len() {
+                0 if policy == CreatePolicy::MatchOnly => {
+                    return park(
+                        ParkReason::NoMatch,
+                        format!(
+                            "parked: create_policy match_only, no record matches {}",
+                            item.key.display()
+                        ),
+                    )
+                }
+                0 => {}
+                1 => {
+                    let hub_id = &candidates[0];
+                    return link(tx, config, doc, app, item, hub_id, &via, em);
+                }
+                _ => {
+                    return park(
+                        ParkReason::AmbiguousMatch,
+                        format!(
+                            "parked ambiguous_match: {} records match by {via}: {}",
+                            candidates.len(),
+                            candidates.join(", ")
+                        ),
+                    )
+                }
+            }
+        }
+    }
+    create(tx, config, doc, app, item, em)
+}
+
+/// Unlinked (for this application), live records matching the item's keys, in `match_on`
+/// order: the first key that finds anything decides.
+fn find_matches(tx: &Tx<'_>, app: &Application, item: &Item) -> TxResult<(Vec<String>, String)> {
+    for key in &app.match_on {
+        for (k, value) in &item.match_values {
+            if k != key {
+                continue;
+            }
+            let mut found = Vec::new();
+            for hub_id in tx.matches(item.kind, *key, value)? {
+                if let Some(r) = tx.record(&hub_id)? {
+                    if !r.deleted && r.xref_for(&app.logical_id).is_none() {
+                        found.push(hub_id);
+                    }
+                }
+            }
+            if !found.is_empty() {
+                let via = format!("{} {value:?}", match_name(*key));
+                return Ok((found, via));
+            }
+        }
+    }
+    Ok((Vec::new(), String::new()))
+}
+
+fn match_name(k: MatchKey) -> &'static str {
+    match k {
+        MatchKey::AccountNumber => "account_number",
+        MatchKey::ExternalNumber => "external_number",
+        MatchKey::Email => "email",
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn link(
+    tx: &Tx<'_>,
+    config: &Config,
+    doc: &Doc,
+    app: &Application,
+    item: &Item,
+    hub_id: &str,
+    via: &str,
+    em: &mut Emitter<'_>,
+) -> TxResult<ItemResult> {
+    let Some(mut record) = tx.record(hub_id)? else {
+        return create(tx, config, doc, app, item, em);
+    };
+    let before = record.clone();
+    record.xrefs.push(Xref {
+        application: item.key.application.clone(),
+        accounting_entity: item.key.accounting_entity.clone(),
+        id: item.key.id.clone(),
+        variation: item.variation.clone().unwrap_or_default(),
+    });
+    let mut notes = vec![format!("linked to {hub_id} by {via}")];
+    merge(&mut record, item, app, &mut notes);
+    if item.kind == Kind::Contact {
+        link_employer(tx, config, app, item, &mut record, &mut notes)?;
+    }
+    record.revision += 1;
+    tx.put_xref(&item.key, &record.id)?;
+    tx.put_record(&record)?;
+    reindex(tx, Some(&before), Some(&record))?;
+    if item.kind == Kind::Account {
+        relink_waiting(tx, doc, &item.key, &record.id, em, &mut notes)?;
+    }
+    em.fan_out(tx, doc.app, &record, false)?;
+    if doc.verb == Verb::Process {
+        em.accepted(
+            tx,
+            doc.app,
+            &record,
+            doc.bod.header.acknowledge_code.as_deref(),
+        )?;
+    }
+    Ok(ItemResult {
+        outcome: Outcome::Applied,
+        action: Some(Action::Linked),
+        record: Some(record.id),
+        notes,
+    })
+}
+
+fn format_account_number(pattern: &str, seq: u64) -> String {
+    let Some(start) = pattern.find("{seq") else {
+        return format!("{pattern}{seq}");
+    };
+    let Some(len) = pattern[start..].find('}') else {
+        return format!("{pattern}{seq}");
+    };
+    let spec = &pattern[start + 4..start + len];
+    let width = spec
+        .strip_prefix(":0")
+        .or_else(|| spec.strip_prefix(':'))
+        .and_then(|w| w.parse::<usize>().ok())
+        .unwrap_or(0);
+    format!(
+        "{}{seq:0width$}{}",
+        &pattern[..start],
+        &pattern[start + len + 1..]
+    )
+}
+
+fn create(
+    tx: &Tx<'_>,
+    config: &Config,
+    doc: &Doc,
+    app: &Application,
+    item: &Item,
+    em: &mut Emitter<'_>,
+) -> TxResult<ItemResult> {
+    let seq = tx.next(item.kind.prefix())?;
+    let id = format!("{}-{seq:06}", item.kind.prefix());
+    let mut fields = item.fields.clone();
+    let mut key = item.key.clone();
+    let mut notes = Vec::new();
+    if key.id.is_empty() {
+        // A Process asking bodflow to assign the ID.
+        key.id = match item.kind {
+            Kind::Account => {
+                let n = tx.next("account_number")?;
+                format_account_number(&config.hub.account_number_format, n)
+            }
+            Kind::Contact => id.clone(),
+        };
+        notes.push(format!("assigned ID {}", key.id));
+    }
+    if item.kind == Kind::Account && fields.identity.account_number.is_none() {
+        fields.identity.account_number = Some(key.id.clone());
+    }
+    let owner = Owner {
+        owner: item.owner.owner.clone(),
+        account_manager: match item.kind {
+            Kind::Account => item.owner.account_manager.clone(),
+            Kind::Contact => None,
+        },
+    };
+    let mut record = HubRecord {
+        id: id.clone(),
+        kind: item.kind,
+        deleted: false,
+        placeholder: false,
+        fields,
+        owner,
+        account: None,
+        intended_parent: None,
+        xrefs: vec![Xref {
+            application: key.application.clone(),
+            accounting_entity: key.accounting_entity.clone(),
+            id: key.id.clone(),
+            variation: item.variation.clone().unwrap_or_default(),
+        }],
+        created_by: app.logical_id.clone(),
+        revision: 1,
+    };
+    if item.kind == Kind::Contact {
+        link_employer(tx, config, app, item, &mut record, &mut notes)?;
+    }
+    tx.put_record(&record)?;
+    tx.put_xref(&key, &id)?;
+    reindex(tx, None, Some(&record))?;
+    notes.insert(0, format!("created {id} for {}", key.display()));
+    if item.kind == Kind::Account {
+        relink_waiting(tx, doc, &key, &id, em, &mut notes)?;
+    }
+    em.fan_out(tx, doc.app, &record, false)?;
+    if doc.verb == Verb::Process {
+        em.accepted(
+            tx,
+            doc.app,
+            &record,
+            doc.bod.header.acknowledge_code.as_deref(),
+        )?;
+    }
+    Ok(ItemResult {
+        outcome: Outcome::Applied,
+        action: Some(Action::Created),
+        record: Some(id),
+        notes,
+    })
+}
+
+/// Points a contact at its account: the one its EmployerReference names through the sender's
+/// cross-references; else the application's default account, remembering the intended parent.
+fn link_employer(
+    tx: &Tx<'_>,
+    config: &Config,
+    app: &Application,
+    item: &Item,
+    record: &mut HubRecord,
+    notes: &mut Vec<String>,
+) -> TxResult<()> {
+    let resolved = match &item.employer {
+        Some(parent) => tx.xref(parent)?,
+        None => None,
+    };
+    let previous_intent = record.intended_parent.clone();
+    match (resolved, &item.employer) {
+        (Some(account), _) => {
+            if let Some(old) = &previous_intent {
+                forget_waiting(tx, old, &record.id)?;
+            }
+            record.intended_parent = None;
+            if record.account.as_deref() != Some(account.as_str()) {
+                notes.push(format!("contact of {account}"));
+            }
+            record.account = Some(account);
+        }
+        (None, Some(parent)) => {
+            if previous_intent.as_ref() != Some(parent) {
+                if let Some(old) = &previous_intent {
+                    forget_waiting(tx, old, &record.id)?;
+                }
+                let mut waiting = tx.waiting_children(parent)?;
+                if !waiting.contains(&record.id) {
+                    waiting.push(record.id.clone());
+                }
+                tx.set_waiting_children(parent, &waiting)?;
+            }
+            record.intended_parent = Some(parent.clone());
+            record.account = default_account(tx, config, app)?;
+            notes.push(format!(
+                "account {} unknown: {}, re-linked when it arrives",
+                parent.display(),
+                match &record.account {
+                    Some(a) => format!("kept on default account {a}"),
+                    None => "kept without account".to_string(),
+                }
+            ));
+        }
+        (None, None) => {
+            if record.account.is_none() {
+                record.account = default_account(tx, config, app)?;
+                if let Some(a) = &record.account {
+                    notes.push(format!("no EmployerReference: default account {a}"));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn forget_waiting(tx: &Tx<'_>, parent: &XrefKey, contact: &str) -> TxResult<()> {
+    let mut waiting = tx.waiting_children(parent)?;
+    let before = waiting.len();
+    waiting.retain(|c| c != contact);
+    if waiting.len() != before {
+        tx.set_waiting_children(parent, &waiting)?;
+    }
+    Ok(())
+}
+
+/// The hub ID of the application's default account, created as a placeholder on first use.
+fn default_account(tx: &Tx<'_>, _config: &Config, app: &Application) -> TxResult<Option<String>> {
+    let Some(number) = app.default_account.as_deref() else {
+        return Ok(None);
+    };
+    for hub_id in tx.matches(Kind::Account, MatchKey::AccountNumber, number)? {
+        if let Some(r) = tx.record(&hub_id)? {
+            if !r.deleted {
+                return Ok(Some(hub_id));
+            }
+        }
+    }
+    let seq = tx.next(Kind::Account.prefix())?;
+    let id = format!("{}-{seq:06}", Kind::Account.prefix());
+    let record = HubRecord {
+        id: id.clone(),
+        kind: Kind::Account,
+        deleted: false,
+        placeholder: true,
+        fields: Fields {
+            identity: crate::store::Identity {
+                name: Some(format!("Default account {number} ({})", app.name)),
+                account_number: Some(number.to_string()),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+        owner: Owner {
+            owner: app.default_record_owner.clone(),
+            account_manager: app.default_account_manager.clone(),
+        },
+        account: None,
+        intended_parent: None,
+        xrefs: Vec::new(),
+        created_by: String::new(),
+        revision: 1,
+    };
+    tx.put_record(&record)?;
+    tx.index(Kind::Account, MatchKey::AccountNumber, number, &id, true)?;
+    Ok(Some(id))
+}
+
+/// An account just got the key `key`: contacts that were waiting for it move to it.
+fn relink_waiting(
+    tx: &Tx<'_>,
+    doc: &Doc,
+    key: &XrefKey,
+    account: &str,
+    em: &mut Emitter<'_>,
+    notes: &mut Vec<String>,
+) -> TxResult<()> {
+    let waiting = tx.waiting_children(key)?;
+    if waiting.is_empty() {
+        return Ok(());
+    }
+    for contact_id in &waiting {
+        let Some(mut contact) = tx.record(contact_id)? else {
+            continue;
+        };
+        contact.account = Some(account.to_string());
+        contact.intended_parent = None;
+        contact.revision += 1;
+        tx.put_record(&contact)?;
+        em.fan_out(tx, doc.app, &contact, false)?;
+    }
+    tx.set_waiting_children(key, &[])?;
+    notes.push(format!(
+        "re-linked waiting contacts {} to {account}",
+        waiting.join(", ")
+    ));
+    Ok(())
+}
+
+impl Applied {
+    /// The replay line for this document.
+    pub fn into_report(self, ctx: &Context, doc: &Doc) -> Report {
+        let outcome = if let Some(_r) = &self.rejection {
+            Outcome::Rejected
+        } else {
+            self.items
+                .iter()
+                .map(|r| r.outcome)
+                .max_by_key(|o| o.rank())
+                .unwrap_or(Outcome::Filtered)
+        };
+        let mut report = super::base_report(ctx, outcome);
+        report.error = self.rejection;
+        report.outputs = self.outputs;
+        let first = self.items.first();
+        report.action = first.and_then(|r| r.action);
+        report.record = first.and_then(|r| r.record.clone());
+        if let Some(item) = doc.items.first() {
+            if !self.duplicate_message && report.error.is_none() {
+                report.owner = item.owner.owner.clone();
+                report.country = item.fields.address.as_ref().and_then(|a| a.country.clone());
+            }
+        }
+        if self.items.len() > 1 {
+            report.nouns = self
+                .items
+                .iter()
+                .zip(&doc.items)
+                .map(|(r, i)| NounReport {
+                    path: i.path.clone(),
+                    outcome: r.outcome,
+                    action: r.action,
+                    record: r.record.clone(),
+                })
+                .collect();
+        }
+        for r in self.items {
+            report.decisions.extend(r.notes);
+        }
+        report
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn variation_guard_handles_empty_small_and_epoch_millis() {
+        assert_eq!(guard("", Some("5")), Guard::Apply);
+        assert_eq!(
+            guard("5", None),
+            Guard::Apply,
+            "no variation: last writer wins"
+        );
+        assert_eq!(guard("5", Some("6")), Guard::Apply);
+        assert_eq!(guard("5", Some("5")), Guard::Duplicate);
+        assert_eq!(guard("10", Some("9")), Guard::Stale, "numeric, not lexical");
+        assert_eq!(guard("1763360144691", Some("1763360144692")), Guard::Apply);
+        assert_eq!(
+            guard("99999999999999999999999", Some("100000000000000000000000")),
+            Guard::Apply,
+            "beyond u64"
+        );
+    }
+
+    #[test]
+    fn account_number_format_pads_the_sequence() {
+        assert_eq!(format_account_number("C{seq:06}", 42), "C000042");
+        assert_eq!(format_account_number("{seq}-X", 7), "7-X");
+        assert_eq!(format_account_number("N", 3), "N3");
+    }
+}

@@ -1,0 +1,556 @@
+//! Stage 1, validate: is this a document bodflow may apply, from whom, and is it complete?
+//!
+//! Input: a decoded [`Bod`] and the configuration. Output: a [`Doc`] whose items carry the
+//! normalised content in hub terms (fields grouped for mastership, the sender's key, the raw
+//! country code for the next stage), or [`Checked::Inactive`] for an inactive sender (parked,
+//! not rejected), or a [`ValidationError`] naming code and XML path.
+//!
+//! Real senders are sloppy (bod-format.md §11): values arrive trimmed from the reader, text is
+//! picked per the application's `language_code`, unknown action codes are refused by name.
+
+use crate::bod::{self, pick_language, Address, Bod, Channel, ChannelKind, Id, Noun};
+use crate::config::{Application, Config, MatchKey};
+use crate::store::{Commercial, Communication, Fields, HubAddress, Identity, Kind, Phone, XrefKey};
+
+use super::{Doc, Intent, Item, Rejection, Stage, Verb};
+
+/// Longest accepted identifier (InforOAGIS NormalizedStringBaseType).
+pub const MAX_ID: usize = 64;
+/// Longest accepted name or text value.
+pub const MAX_TEXT: usize = 255;
+/// variationID digits (u128 holds 38).
+const MAX_VARIATION_DIGITS: usize = 38;
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum ValidationError {
+    #[error("{path}: required")]
+    MissingField { path: String },
+    #[error("sender {logical_id:?} is not a configured application")]
+    UnknownSender { logical_id: String, path: String },
+    #[error("{what} is not supported (bodflow handles Sync, Process and Acknowledge of CustomerPartyMaster and ContactMaster)")]
+    UnsupportedDocument { what: String, path: String },
+    #[error("{path}: {value:?} is not one of {expected}")]
+    InvalidCode {
+        path: String,
+        value: String,
+        expected: &'static str,
+    },
+    #[error("{path}: longer than {max} characters")]
+    TooLong { path: String, max: usize },
+    #[error("{path}: {why}")]
+    InvalidValue { path: String, why: String },
+    #[error("tenant {tenant:?} is not this hub's tenant {expected:?}")]
+    WrongTenant {
+        tenant: String,
+        expected: String,
+        path: String,
+    },
+}
+
+impl ValidationError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            ValidationError::MissingField { .. } => "missing_field",
+            ValidationError::UnknownSender { .. } => "unknown_sender",
+            ValidationError::UnsupportedDocument { .. } => "unsupported_document",
+            ValidationError::InvalidCode { .. } => "invalid_code",
+            ValidationError::TooLong { .. } => "too_long",
+            ValidationError::InvalidValue { .. } => "invalid_value",
+            ValidationError::WrongTenant { .. } => "wrong_tenant",
+        }
+    }
+
+    pub fn path(&self) -> &str {
+        match self {
+            ValidationError::MissingField { path }
+            | ValidationError::UnknownSender { path, .. }
+            | ValidationError::UnsupportedDocument { path, .. }
+            | ValidationError::InvalidCode { path, .. }
+            | ValidationError::TooLong { path, .. }
+            | ValidationError::InvalidValue { path, .. }
+            | ValidationError::WrongTenant { path, .. } => path,
+        }
+    }
+}
+
+impl From<ValidationError> for Rejection {
+    fn from(e: ValidationError) -> Rejection {
+        Rejection {
+            stage: Stage::Validate,
+            code: e.code(),
+            path: Some(e.path().to_string()),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// What validation decided.
+#[derive(Debug)]
+pub enum Checked {
+    Doc(Box<Doc>),
+    /// The sender's application is configured but inactive: park the document.
+    Inactive {
+        app: usize,
+    },
+}
+
+type Result<T> = std::result::Result<T, ValidationError>;
+
+fn missing(path: String) -> ValidationError {
+    ValidationError::MissingField { path }
+}
+
+/// Validates a document against the configuration.
+pub fn validate(bod: Bod, config: &Config) -> Result<Checked> {
+    let root = bod.path();
+    let sender_path = format!("{root}/ApplicationArea/Sender/LogicalID");
+    let sender = bod
+        .area
+        .logical_id
+        .clone()
+        .ok_or_else(|| missing(sender_path.clone()))?;
+    let (app_idx, app) =
+        config
+            .application(&sender)
+            .ok_or_else(|| ValidationError::UnknownSender {
+                logical_id: sender.clone(),
+                path: sender_path,
+            })?;
+
+    let verb = match bod.verb.as_str() {
+        "Sync" => Verb::Sync,
+        "Process" => Verb::Process,
+        "Acknowledge" => Verb::Acknowledge,
+        other => {
+            return Err(ValidationError::UnsupportedDocument {
+                what: format!("verb {other:?}"),
+                path: format!("{root}/DataArea/{other}"),
+            })
+        }
+    };
+    if bod.nouns.is_empty() {
+        return Err(missing(format!("{root}/DataArea/{}", root_noun(&bod))));
+    }
+    for noun in &bod.nouns {
+        if let Noun::Other { name, path } = noun {
+            return Err(ValidationError::UnsupportedDocument {
+                what: format!("noun {name:?}"),
+                path: path.clone(),
+            });
+        }
+    }
+    if !app.active {
+        return Ok(Checked::Inactive { app: app_idx });
+    }
+
+    if let Some(code) = &bod.area.confirmation_code {
+        if !["Never", "OnError", "Always"].contains(&code.as_str()) {
+            return Err(ValidationError::InvalidCode {
+                path: format!("{root}/ApplicationArea/Sender/ConfirmationCode"),
+                value: code.clone(),
+                expected: "Never, OnError, Always",
+            });
+        }
+    }
+    let verb_path = format!("{root}/DataArea/{}", bod.verb);
+    if let (Some(expected), Some(tenant)) = (&config.hub.tenant, &bod.header.tenant_id) {
+        if !expected.eq_ignore_ascii_case(tenant) {
+            return Err(ValidationError::WrongTenant {
+                tenant: tenant.clone(),
+                expected: expected.clone(),
+                path: format!("{verb_path}/TenantID"),
+            });
+        }
+    }
+
+    let mut intent = Intent::Upsert;
+    match verb {
+        Verb::Sync | Verb::Process => {
+            if let Some(code) = &bod.header.action_code {
+                match code.to_ascii_lowercase().as_str() {
+                    "add" | "change" | "replace" => {}
+                    "delete" => intent = Intent::Delete,
+                    _ => {
+                        return Err(ValidationError::InvalidCode {
+                            path: format!(
+                                "{verb_path}/ActionCriteria/ActionExpression/@actionCode"
+                            ),
+                            value: code.clone(),
+                            expected: "Add, Change, Replace, Delete",
+                        })
+                    }
+                }
+            }
+        }
+        Verb::Acknowledge => {
+            let code = bod.header.response_code.clone().ok_or_else(|| {
+                missing(format!(
+                    "{verb_path}/ResponseCriteria/ResponseExpression/@actionCode"
+                ))
+            })?;
+            if !["Accepted", "Modified", "Rejected"].contains(&code.as_str()) {
+                return Err(ValidationError::InvalidCode {
+                    path: format!("{verb_path}/ResponseCriteria/ResponseExpression/@actionCode"),
+                    value: code,
+                    expected: "Accepted, Modified, Rejected",
+                });
+            }
+            if bod
+                .header
+                .original
+                .as_ref()
+                .and_then(|o| o.bod_id.as_ref())
+                .is_none()
+            {
+                return Err(missing(format!(
+                    "{verb_path}/OriginalApplicationArea/BODID"
+                )));
+            }
+        }
+    }
+
+    let ae = bod.header.accounting_entity_id.clone().unwrap_or_default();
+    let mut items = Vec::with_capacity(bod.nouns.len());
+    for noun in &bod.nouns {
+        items.push(match noun {
+            Noun::Account(p) => party_item(p, app, verb, intent, &ae)?,
+            Noun::Contact(c) => contact_item(c, app, verb, intent, &ae)?,
+            Noun::Other { .. } => continue,
+        });
+    }
+    Ok(Checked::Doc(Box::new(Doc {
+        bod,
+        app: app_idx,
+        verb,
+        items,
+    })))
+}
+
+fn root_noun(bod: &Bod) -> String {
+    bod.root
+        .strip_prefix(bod.verb.as_str())
+        .unwrap_or(&bod.root)
+        .to_string()
+}
+
+fn check_len(value: &str, max: usize, path: impl FnOnce() -> String) -> Result<()> {
+    if value.chars().count() > max {
+        return Err(ValidationError::TooLong { path: path(), max });
+    }
+    Ok(())
+}
+
+/// The sender's key for a noun: its first ID, checked. `None` when empty and allowed to be
+/// (a Process asking bodflow to assign one).
+fn check_id(id: Option<&Id>, path: &str, may_be_empty: bool) -> Result<Option<String>> {
+    let value = id.map(|i| i.value.as_str()).unwrap_or("");
+    if value.is_empty() {
+        return if may_be_empty {
+            Ok(None)
+        } else {
+            Err(missing(path.to_string()))
+        };
+    }
+    check_len(value, MAX_ID, || path.to_string())?;
+    if value.chars().any(char::is_control) {
+        return Err(ValidationError::InvalidValue {
+            path: path.to_string(),
+            why: "control characters are not allowed in IDs".into(),
+        });
+    }
+    Ok(Some(value.to_string()))
+}
+
+/// variationID: absent/empty → None; otherwise decimal digits (leading zeros dropped).
+fn check_variation(id: Option<&Id>, path: &str) -> Result<Option<String>> {
+    let Some(raw) = id.and_then(|i| i.variation.as_deref()) else {
+        return Ok(None);
+    };
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    if !raw.bytes().all(|b| b.is_ascii_digit()) || raw.len() > MAX_VARIATION_DIGITS {
+        return Err(ValidationError::InvalidValue {
+            path: format!("{path}/@variationID"),
+            why: format!(
+                "{raw:?} is not a decimal number of at most {MAX_VARIATION_DIGITS} digits"
+            ),
+        });
+    }
+    let trimmed = raw.trim_start_matches('0');
+    Ok(Some(
+        if trimmed.is_empty() { "0" } else { trimmed }.to_string(),
+    ))
+}
+
+fn is_delete_status(status: Option<&str>) -> bool {
+    status.is_some_and(|s| {
+        let s = s.to_ascii_lowercase().replace([' ', '_', '-'], "");
+        s == "deleted" || s == "markedfordeletion"
+    })
+}
+
+fn check_email(value: &str, path: &str) -> Result<()> {
+    let ok = value.split_once('@').is_some_and(|(local, domain)| {
+        !local.is_empty() && domain.contains('.') && !domain.contains('@')
+    }) && !value.chars().any(char::is_whitespace);
+    if !ok {
+        return Err(ValidationError::InvalidValue {
+            path: path.to_string(),
+            why: format!("{value:?} is not an e-mail address"),
+        });
+    }
+    check_len(value, MAX_TEXT, || path.to_string())
+}
+
+fn communication(channels: &[Channel], path: &str) -> Result<Communication> {
+    let mut c = Communication::default();
+    // The preferred entry of each kind goes first.
+    let mut sorted: Vec<&Channel> = channels.iter().collect();
+    sorted.sort_by_key(|ch| !ch.preferred);
+    for ch in sorted {
+        match ch.channel {
+            ChannelKind::Email => {
+                check_email(&ch.value, &format!("{path}/URI"))?;
+                if !c.emails.contains(&ch.value) {
+                    c.emails.push(ch.value.clone());
+                }
+            }
+            ChannelKind::Web => {
+                check_len(&ch.value, MAX_TEXT, || format!("{path}/URI"))?;
+                c.web.get_or_insert_with(|| ch.value.clone());
+            }
+            ChannelKind::Phone => {
+                check_len(&ch.value, MAX_ID, || format!("{path}/DialNumber"))?;
+                c.phones.push(Phone {
+                    use_code: ch.use_code.clone(),
+                    number: ch.value.clone(),
+                });
+            }
+        }
+    }
+    Ok(c)
+}
+
+/// One hub address from a location's address views: the preferred one, completed from its
+/// siblings (a `Text` view has lines, a `Discrete` one street and number).
+fn hub_address(addresses: &[Address]) -> Option<(HubAddress, Option<String>)> {
+    let base = addresses
+        .iter()
+        .find(|a| a.preferred)
+        .or_else(|| addresses.first())?;
+    let from_any = |f: fn(&Address) -> Option<&String>| {
+        f(base).or_else(|| addresses.iter().find_map(f)).cloned()
+    };
+    let mut lines = base.lines.clone();
+    if lines.is_empty() {
+        lines = addresses
+            .iter()
+            .find(|a| !a.lines.is_empty())
+            .map(|a| a.lines.clone())
+            .unwrap_or_default();
+    }
+    if lines.is_empty() {
+        let street = [base.street_name.as_deref(), base.building_number.as_deref()]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(" ");
+        if !street.is_empty() {
+            lines.push(street);
+        }
+        if let Some(po) = &base.post_office_box {
+            lines.push(format!("PO Box {po}"));
+        }
+    }
+    let address = HubAddress {
+        lines,
+        city: from_any(|a| a.city.as_ref()),
+        subdivision: from_any(|a| a.subdivision.as_ref()),
+        postal_code: from_any(|a| a.postal_code.as_ref()),
+        country: None,
+    };
+    Some((address, from_any(|a| a.country.as_ref())))
+}
+
+fn check_text(value: Option<String>, path: impl FnOnce() -> String) -> Result<Option<String>> {
+    if let Some(v) = &value {
+        check_len(v, MAX_TEXT, path)?;
+    }
+    Ok(value)
+}
+
+fn party_item(
+    p: &bod::Party,
+    app: &Application,
+    verb: Verb,
+    intent: Intent,
+    ae: &str,
+) -> Result<Item> {
+    let id_path = format!("{}/PartyIDs/ID", p.path);
+    let primary = p.ids.first();
+    let may_assign = verb == Verb::Process && intent == Intent::Upsert;
+    let id = check_id(primary, &id_path, may_assign || verb == Verb::Acknowledge)?;
+    let variation = check_variation(primary, &id_path)?;
+    let delete = intent == Intent::Delete || is_delete_status(p.status.as_deref());
+    let name = pick_language(&p.names, &app.language_code).map(str::to_string);
+    if name.is_none() && !delete && verb != Verb::Acknowledge {
+        return Err(missing(format!("{}/Name", p.path)));
+    }
+    let name = check_text(name, || format!("{}/Name", p.path))?;
+    for (i, a) in p.account_ids.iter().enumerate() {
+        check_len(a, MAX_ID, || format!("{}/AccountIDs/ID[{}]", p.path, i + 1))?;
+    }
+    let external = p
+        .ids
+        .iter()
+        .skip(1)
+        .find(|i| {
+            i.scheme_name
+                .as_deref()
+                .is_some_and(|s| s.to_ascii_lowercase().starts_with("external"))
+        })
+        .map(|i| i.value.clone())
+        .filter(|v| !v.is_empty());
+    let communication = communication(&p.channels, &format!("{}/Communication", p.path))?;
+    let address = hub_address(&p.addresses);
+    let account_number = p.account_ids.first().cloned().or_else(|| id.clone());
+    let mut match_values = Vec::new();
+    if let Some(n) = &account_number {
+        match_values.push((MatchKey::AccountNumber, n.clone()));
+    }
+    if let Some(x) = &external {
+        match_values.push((MatchKey::ExternalNumber, x.clone()));
+    }
+    if let Some(e) = communication.emails.first() {
+        match_values.push((MatchKey::Email, e.clone()));
+    }
+    let accounting_entity = primary
+        .and_then(|i| i.accounting_entity.clone())
+        .unwrap_or_else(|| ae.to_string());
+    Ok(Item {
+        kind: Kind::Account,
+        path: p.path.clone(),
+        key: XrefKey {
+            kind: Kind::Account,
+            application: app.logical_id.clone(),
+            accounting_entity,
+            id: id.unwrap_or_default(),
+        },
+        variation,
+        intent: if delete { Intent::Delete } else { intent },
+        fields: Fields {
+            identity: Identity {
+                name,
+                account_number: p.account_ids.first().cloned(),
+                external_number: external,
+                status: p.status.clone(),
+                ..Default::default()
+            },
+            address: address.as_ref().map(|(a, _)| a.clone()),
+            communication,
+            commercial: Commercial {
+                currency: p.currency.clone(),
+                payment_term: p.payment_term.clone(),
+            },
+            classification: p.classifications.clone(),
+            user_area: p.user_area.clone(),
+        },
+        raw_country: address.and_then(|(_, c)| c),
+        country_path: format!("{}/Location/Address/CountryCode", p.path),
+        employer: None,
+        sales_persons: p.sales_persons.clone(),
+        match_values,
+        owner: Default::default(),
+        notes: Vec::new(),
+    })
+}
+
+fn contact_item(
+    c: &bod::Contact,
+    app: &Application,
+    verb: Verb,
+    intent: Intent,
+    ae: &str,
+) -> Result<Item> {
+    let id_path = format!("{}/IDs/ID", c.path);
+    let primary = c.ids.first();
+    let may_assign = verb == Verb::Process && intent == Intent::Upsert;
+    let id = check_id(primary, &id_path, may_assign || verb == Verb::Acknowledge)?;
+    let variation = check_variation(primary, &id_path)?;
+    let delete = intent == Intent::Delete || is_delete_status(c.status.as_deref());
+    let name = pick_language(&c.names, &app.language_code).map(str::to_string);
+    if name.is_none() && c.family_name.is_none() && !delete && verb != Verb::Acknowledge {
+        return Err(missing(format!("{}/FamilyName", c.path)));
+    }
+    let name = check_text(name, || format!("{}/Name", c.path))?;
+    let given = check_text(c.given_name.clone(), || format!("{}/GivenName", c.path))?;
+    let family = check_text(c.family_name.clone(), || format!("{}/FamilyName", c.path))?;
+    let job = check_text(c.job_title.clone(), || format!("{}/JobTitle", c.path))?;
+    let communication = communication(&c.channels, &format!("{}/CommunicationDetail", c.path))?;
+    let address = c
+        .address
+        .as_ref()
+        .and_then(|a| hub_address(std::slice::from_ref(a)));
+    let employer = match &c.employer {
+        Some(e) if !e.value.is_empty() => {
+            check_id(
+                Some(e),
+                &format!("{}/EmployerReference/DocumentID/ID", c.path),
+                false,
+            )?;
+            Some(XrefKey {
+                kind: Kind::Account,
+                application: app.logical_id.clone(),
+                accounting_entity: e
+                    .accounting_entity
+                    .clone()
+                    .unwrap_or_else(|| ae.to_string()),
+                id: e.value.clone(),
+            })
+        }
+        _ => None,
+    };
+    let mut match_values = Vec::new();
+    if let Some(e) = communication.emails.first() {
+        match_values.push((MatchKey::Email, e.clone()));
+    }
+    let accounting_entity = primary
+        .and_then(|i| i.accounting_entity.clone())
+        .unwrap_or_else(|| ae.to_string());
+    Ok(Item {
+        kind: Kind::Contact,
+        path: c.path.clone(),
+        key: XrefKey {
+            kind: Kind::Contact,
+            application: app.logical_id.clone(),
+            accounting_entity,
+            id: id.unwrap_or_default(),
+        },
+        variation,
+        intent: if delete { Intent::Delete } else { intent },
+        fields: Fields {
+            identity: Identity {
+                name,
+                given_name: given,
+                family_name: family,
+                job_title: job,
+                status: c.status.clone(),
+                ..Default::default()
+            },
+            address: address.as_ref().map(|(a, _)| a.clone()),
+            communication,
+            commercial: Commercial::default(),
+            classification: c.classifications.clone(),
+            user_area: c.user_area.clone(),
+        },
+        raw_country: address.and_then(|(_, c)| c),
+        country_path: format!("{}/CommunicationDetail/Address/CountryCode", c.path),
+        employer,
+        sales_persons: c.sales_persons.clone(),
+        match_values,
+        owner: Default::default(),
+        notes: Vec::new(),
+    })
+}

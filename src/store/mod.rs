@@ -1,0 +1,483 @@
+//! The embedded hub store: the only code that knows sled.
+//!
+//! Everything that must change together lives in one sled tree (`hub`) under key prefixes, so
+//! one transaction covers a record change, its cross-references and match indexes, the
+//! message-id marker and the outbox rows it emits (DESIGN §4):
+//!
+//! | prefix | key | value |
+//! | --- | --- | --- |
+//! | `r` | hub ID | [`HubRecord`] |
+//! | `x` | kind, application, accounting entity, application ID | hub ID |
+//! | `i` | match key, normalised value | hub IDs |
+//! | `m` | message id | [`Marker`] |
+//! | `o` | big-endian sequence | [`OutboxRow`] |
+//! | `p` | big-endian sequence | [`Parked`] |
+//! | `c` | parent xref key | contact hub IDs waiting for that account |
+//! | `s` | counter name | big-endian u64 |
+//!
+//! sled transactions do not support iteration, which is why cross-references are also kept on
+//! the record and waiting contacts are a list under their parent's key. Transaction closures
+//! are re-run on conflict, so they must be pure functions of what they read.
+//!
+//! Durability: sled writes go to its log and are flushed by [`Store::flush`] (group commit by
+//! the caller) and by sled's background flusher; nothing is durable before a flush.
+
+pub mod model;
+
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+
+use crate::config::MatchKey;
+pub use model::*;
+
+/// Store failures are transient from a message's point of view: the message is not acked and
+/// is retried (DESIGN §4), except `Corrupt`, which needs an operator.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store I/O: {0}")]
+    Io(#[from] sled::Error),
+    #[error("store value under {key:?} is unreadable: {message}")]
+    Corrupt { key: String, message: String },
+}
+
+impl StoreError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            StoreError::Io(_) => "store_io",
+            StoreError::Corrupt { .. } => "store_corrupt",
+        }
+    }
+}
+
+/// Result inside a transaction closure.
+pub type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
+
+const SEP: u8 = 0x1f;
+
+fn key(prefix: u8, parts: &[&str]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + parts.iter().map(|p| p.len() + 1).sum::<usize>());
+    k.push(prefix);
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            k.push(SEP);
+        }
+        k.extend_from_slice(p.as_bytes());
+    }
+    k
+}
+
+fn xref_key(x: &XrefKey) -> Vec<u8> {
+    key(
+        b'x',
+        &[x.kind.prefix(), &x.application, &x.accounting_entity, &x.id],
+    )
+}
+
+fn seq_key(prefix: u8, seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9);
+    k.push(prefix);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Serializing our own plain structs to JSON cannot fail (no maps with non-string keys).
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+fn decode<T: DeserializeOwned>(k: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        key: String::from_utf8_lossy(k).into_owned(),
+        message: e.to_string(),
+    })
+}
+
+fn abort(e: StoreError) -> ConflictableTransactionError<StoreError> {
+    ConflictableTransactionError::Abort(e)
+}
+
+/// Normalises a match value: trimmed, case-folded (e-mail addresses and account numbers are
+/// compared case-insensitively).
+pub fn normalize_match(value: &str) -> String {
+    value.trim().to_lowercase()
+}
+
+fn match_tag(k: MatchKey) -> &'static str {
+    match k {
+        MatchKey::AccountNumber => "account_number",
+        MatchKey::ExternalNumber => "external_number",
+        MatchKey::Email => "email",
+    }
+}
+
+/// The open store. Open once per process (sled holds a file lock).
+pub struct Store {
+    db: sled::Db,
+    hub: sled::Tree,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store at `path`.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(32 * 1024 * 1024)
+            .open()?;
+        Store::from_db(db)
+    }
+
+    /// A store in a temporary folder, removed when dropped.
+    pub fn temporary() -> Result<Store, StoreError> {
+        let db = sled::Config::new()
+            .temporary(true)
+            .cache_capacity(32 * 1024 * 1024)
+            .open()?;
+        Store::from_db(db)
+    }
+
+    fn from_db(db: sled::Db) -> Result<Store, StoreError> {
+        let hub = db.open_tree("hub")?;
+        Ok(Store { db, hub })
+    }
+
+    /// Runs `f` atomically. `f` may run more than once (conflicts) and must be pure.
+    pub fn transact<T>(&self, f: impl Fn(&Tx<'_>) -> TxResult<T>) -> Result<T, StoreError> {
+        self.hub
+            .transaction(|tree| f(&Tx { tree }))
+            .map_err(|e| match e {
+                TransactionError::Abort(e) => e,
+                TransactionError::Storage(e) => StoreError::Io(e),
+            })
+    }
+
+    /// Makes everything written so far durable; returns the bytes flushed.
+    pub fn flush(&self) -> Result<usize, StoreError> {
+        Ok(self.db.flush()?)
+    }
+
+    /// On-disk size in bytes.
+    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
+        Ok(self.db.size_on_disk()?)
+    }
+
+    fn scan<T: DeserializeOwned>(
+        &self,
+        prefix: u8,
+    ) -> impl Iterator<Item = Result<(Vec<u8>, T), StoreError>> + '_ {
+        self.hub.scan_prefix([prefix]).map(|item| {
+            let (k, v) = item?;
+            let value = decode(&k, &v)?;
+            Ok((k.to_vec(), value))
+        })
+    }
+
+    /// All hub records in hub-ID order (accounts, then contacts).
+    pub fn records(&self) -> impl Iterator<Item = Result<HubRecord, StoreError>> + '_ {
+        self.scan::<HubRecord>(b'r').map(|r| r.map(|(_, v)| v))
+    }
+
+    pub fn record(&self, id: &str) -> Result<Option<HubRecord>, StoreError> {
+        let k = key(b'r', &[id]);
+        self.hub.get(&k)?.map(|v| decode(&k, &v)).transpose()
+    }
+
+    /// The hub ID an application's key points at.
+    pub fn resolve(&self, x: &XrefKey) -> Result<Option<String>, StoreError> {
+        let k = xref_key(x);
+        self.hub.get(&k)?.map(|v| decode(&k, &v)).transpose()
+    }
+
+    pub fn marker(&self, message_id: &str) -> Result<Option<Marker>, StoreError> {
+        let k = key(b'm', &[message_id]);
+        self.hub.get(&k)?.map(|v| decode(&k, &v)).transpose()
+    }
+
+    /// Pending outbox rows in the order they were written.
+    pub fn outbox(&self) -> impl Iterator<Item = Result<(u64, OutboxRow), StoreError>> + '_ {
+        self.scan::<OutboxRow>(b'o')
+            .map(|r| r.map(|(k, v)| (seq_of(&k), v)))
+    }
+
+    pub fn outbox_row(&self, seq: u64) -> Result<Option<OutboxRow>, StoreError> {
+        let k = seq_key(b'o', seq);
+        self.hub.get(&k)?.map(|v| decode(&k, &v)).transpose()
+    }
+
+    /// Removes published rows (after their confirm).
+    pub fn remove_outbox(&self, seqs: &[u64]) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for &s in seqs {
+            batch.remove(seq_key(b'o', s));
+        }
+        Ok(self.hub.apply_batch(batch)?)
+    }
+
+    pub fn outbox_len(&self) -> usize {
+        self.hub.scan_prefix([b'o']).count()
+    }
+
+    /// Parked documents in parking order.
+    pub fn parked(&self) -> impl Iterator<Item = Result<Parked, StoreError>> + '_ {
+        self.scan::<Parked>(b'p').map(|r| r.map(|(_, v)| v))
+    }
+}
+
+fn seq_of(k: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    if let Some(tail) = k.get(1..9) {
+        b.copy_from_slice(tail);
+    }
+    u64::from_be_bytes(b)
+}
+
+/// Typed access inside a transaction.
+pub struct Tx<'a> {
+    tree: &'a TransactionalTree,
+}
+
+impl Tx<'_> {
+    fn get<T: DeserializeOwned>(&self, k: &[u8]) -> TxResult<Option<T>> {
+        match self.tree.get(k)? {
+            Some(v) => decode(k, &v).map(Some).map_err(abort),
+            None => Ok(None),
+        }
+    }
+
+    fn put<T: Serialize>(&self, k: Vec<u8>, value: &T) -> TxResult<()> {
+        self.tree.insert(k, encode(value))?;
+        Ok(())
+    }
+
+    pub fn record(&self, id: &str) -> TxResult<Option<HubRecord>> {
+        self.get(&key(b'r', &[id]))
+    }
+
+    pub fn put_record(&self, record: &HubRecord) -> TxResult<()> {
+        self.put(key(b'r', &[&record.id]), record)
+    }
+
+    pub fn remove_record(&self, id: &str) -> TxResult<()> {
+        self.tree.remove(key(b'r', &[id]))?;
+        Ok(())
+    }
+
+    pub fn xref(&self, x: &XrefKey) -> TxResult<Option<String>> {
+        self.get(&xref_key(x))
+    }
+
+    pub fn put_xref(&self, x: &XrefKey, hub_id: &str) -> TxResult<()> {
+        self.put(xref_key(x), &hub_id)
+    }
+
+    pub fn remove_xref(&self, x: &XrefKey) -> TxResult<()> {
+        self.tree.remove(xref_key(x))?;
+        Ok(())
+    }
+
+    /// Hub IDs indexed under a match key and value.
+    pub fn matches(&self, kind: Kind, k: MatchKey, value: &str) -> TxResult<Vec<String>> {
+        let ik = key(
+            b'i',
+            &[kind.prefix(), match_tag(k), &normalize_match(value)],
+        );
+        Ok(self.get::<Vec<String>>(&ik)?.unwrap_or_default())
+    }
+
+    /// Adds (`add = true`) or removes a hub ID under a match key and value.
+    pub fn index(
+        &self,
+        kind: Kind,
+        k: MatchKey,
+        value: &str,
+        hub_id: &str,
+        add: bool,
+    ) -> TxResult<()> {
+        let norm = normalize_match(value);
+        if norm.is_empty() {
+            return Ok(());
+        }
+        let ik = key(b'i', &[kind.prefix(), match_tag(k), &norm]);
+        let mut ids = self.get::<Vec<String>>(&ik)?.unwrap_or_default();
+        let present = ids.iter().any(|i| i == hub_id);
+        match (add, present) {
+            (true, false) => ids.push(hub_id.to_string()),
+            (false, true) => ids.retain(|i| i != hub_id),
+            _ => return Ok(()),
+        }
+        if ids.is_empty() {
+            self.tree.remove(ik)?;
+            Ok(())
+        } else {
+            self.put(ik, &ids)
+        }
+    }
+
+    pub fn marker(&self, message_id: &str) -> TxResult<Option<Marker>> {
+        self.get(&key(b'm', &[message_id]))
+    }
+
+    pub fn put_marker(&self, message_id: &str, marker: &Marker) -> TxResult<()> {
+        self.put(key(b'm', &[message_id]), marker)
+    }
+
+    /// Increments and returns a named counter (first value 1).
+    pub fn next(&self, counter: &str) -> TxResult<u64> {
+        let k = key(b's', &[counter]);
+        let current = self
+            .tree
+            .get(&k)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0);
+        let next = current + 1;
+        self.tree.insert(k, &next.to_be_bytes())?;
+        Ok(next)
+    }
+
+    pub fn push_outbox(&self, row: &OutboxRow) -> TxResult<u64> {
+        let seq = self.next("outbox")?;
+        self.put(seq_key(b'o', seq), row)?;
+        Ok(seq)
+    }
+
+    pub fn park(&self, mut parked: Parked) -> TxResult<u64> {
+        let seq = self.next("parked")?;
+        parked.seq = seq;
+        self.put(seq_key(b'p', seq), &parked)?;
+        Ok(seq)
+    }
+
+    /// Contacts waiting for the account an application knows as `parent`.
+    pub fn waiting_children(&self, parent: &XrefKey) -> TxResult<Vec<String>> {
+        Ok(self.get(&waiting_key(parent))?.unwrap_or_default())
+    }
+
+    pub fn set_waiting_children(&self, parent: &XrefKey, ids: &[String]) -> TxResult<()> {
+        if ids.is_empty() {
+            self.tree.remove(waiting_key(parent))?;
+            Ok(())
+        } else {
+            self.put(waiting_key(parent), &ids)
+        }
+    }
+}
+
+fn waiting_key(parent: &XrefKey) -> Vec<u8> {
+    let mut k = xref_key(parent);
+    k[0] = b'c';
+    k
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str) -> HubRecord {
+        HubRecord {
+            id: id.into(),
+            kind: Kind::Account,
+            deleted: false,
+            placeholder: false,
+            fields: Fields::default(),
+            owner: Owner::default(),
+            account: None,
+            intended_parent: None,
+            xrefs: vec![],
+            created_by: "lid://a".into(),
+            revision: 1,
+        }
+    }
+
+    #[test]
+    fn a_transaction_writes_all_or_nothing() {
+        let store = Store::temporary().unwrap();
+        let failed = store.transact(|tx| {
+            tx.put_record(&record("ACC-000001"))?;
+            tx.put_marker(
+                "m1",
+                &Marker {
+                    outcome: "applied".into(),
+                    record: None,
+                    bod_id: None,
+                },
+            )?;
+            Err::<(), _>(abort(StoreError::Corrupt {
+                key: "k".into(),
+                message: "boom".into(),
+            }))
+        });
+        assert!(failed.is_err());
+        assert_eq!(store.record("ACC-000001").unwrap(), None);
+        assert_eq!(store.marker("m1").unwrap(), None);
+
+        store
+            .transact(|tx| {
+                tx.put_record(&record("ACC-000001"))?;
+                tx.push_outbox(&OutboxRow {
+                    kind: "ConfirmBOD".into(),
+                    to: "lid://a".into(),
+                    reply_to: None,
+                    bod_id: "b".into(),
+                    correlation_id: "m1".into(),
+                    document_name: "Confirm.BOD".into(),
+                    tenant: None,
+                    xml: "<x/>".into(),
+                })
+            })
+            .unwrap();
+        assert!(store.record("ACC-000001").unwrap().is_some());
+        assert_eq!(store.outbox().count(), 1);
+    }
+
+    #[test]
+    fn counters_indexes_and_waiting_children() {
+        let store = Store::temporary().unwrap();
+        let (a, b) = store
+            .transact(|tx| Ok((tx.next("acc")?, tx.next("acc")?)))
+            .unwrap();
+        assert_eq!((a, b), (1, 2));
+        store
+            .transact(|tx| {
+                tx.index(
+                    Kind::Account,
+                    MatchKey::Email,
+                    " Info@Acme.example ",
+                    "ACC-1",
+                    true,
+                )?;
+                tx.index(
+                    Kind::Account,
+                    MatchKey::Email,
+                    "info@acme.example",
+                    "ACC-2",
+                    true,
+                )?;
+                tx.index(
+                    Kind::Account,
+                    MatchKey::Email,
+                    "info@acme.example",
+                    "ACC-1",
+                    false,
+                )
+            })
+            .unwrap();
+        let m = store
+            .transact(|tx| tx.matches(Kind::Account, MatchKey::Email, "INFO@acme.example"))
+            .unwrap();
+        assert_eq!(m, vec!["ACC-2".to_string()]);
+        let parent = XrefKey {
+            kind: Kind::Account,
+            application: "lid://a".into(),
+            accounting_entity: "1".into(),
+            id: "C9".into(),
+        };
+        store
+            .transact(|tx| tx.set_waiting_children(&parent, &["CON-1".into()]))
+            .unwrap();
+        let w = store.transact(|tx| tx.waiting_children(&parent)).unwrap();
+        assert_eq!(w, vec!["CON-1".to_string()]);
+    }
+}

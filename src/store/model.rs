@@ -1,0 +1,294 @@
+//! What the hub store holds: golden records with their cross-references, the message-id
+//! markers, outbox rows and parked documents. Serialized as JSON so a store stays readable
+//! with `bodflow records --json` and new optional fields do not break old stores.
+
+use serde::{Deserialize, Serialize};
+
+use crate::bod::NameValue;
+
+/// Account or contact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    Account,
+    Contact,
+}
+
+impl Kind {
+    pub fn noun(self) -> &'static str {
+        match self {
+            Kind::Account => "CustomerPartyMaster",
+            Kind::Contact => "ContactMaster",
+        }
+    }
+
+    pub fn from_noun(noun: &str) -> Option<Kind> {
+        match noun {
+            "CustomerPartyMaster" => Some(Kind::Account),
+            "ContactMaster" => Some(Kind::Contact),
+            _ => None,
+        }
+    }
+
+    /// Hub ID prefix: `ACC-000042`, `CON-000007`.
+    pub fn prefix(self) -> &'static str {
+        match self {
+            Kind::Account => "ACC",
+            Kind::Contact => "CON",
+        }
+    }
+}
+
+/// One application's key for a record: (logical ID, accounting entity, application ID).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct XrefKey {
+    pub kind: Kind,
+    /// The configured application's logical ID (not a sender's `/suffix` variant).
+    pub application: String,
+    #[serde(default)]
+    pub accounting_entity: String,
+    pub id: String,
+}
+
+impl XrefKey {
+    /// Readable form for messages and tracking: `lid://a|3555|C1`.
+    pub fn display(&self) -> String {
+        if self.accounting_entity.is_empty() {
+            format!("{}|{}", self.application, self.id)
+        } else {
+            format!(
+                "{}|{}|{}",
+                self.application, self.accounting_entity, self.id
+            )
+        }
+    }
+}
+
+/// A cross-reference as kept on the record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Xref {
+    pub application: String,
+    #[serde(default)]
+    pub accounting_entity: String,
+    pub id: String,
+    /// Last applied variationID ("" when the sender sends none).
+    #[serde(default)]
+    pub variation: String,
+}
+
+impl Xref {
+    pub fn key(&self, kind: Kind) -> XrefKey {
+        XrefKey {
+            kind,
+            application: self.application.clone(),
+            accounting_entity: self.accounting_entity.clone(),
+            id: self.id.clone(),
+        }
+    }
+}
+
+/// Names, numbers and status: field group `identity`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub given_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub family_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_title: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_number: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_number: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+}
+
+/// Field group `address`; the country is always ISO 3166-1 alpha-2 in the hub.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HubAddress {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lines: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub city: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subdivision: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postal_code: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub country: Option<String>,
+}
+
+/// A phone-like channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Phone {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub use_code: Option<String>,
+    pub number: String,
+}
+
+/// Field group `communication`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Communication {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub phones: Vec<Phone>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub emails: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub web: Option<String>,
+}
+
+/// Field group `commercial`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Commercial {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payment_term: Option<String>,
+}
+
+/// Field group `owner`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_manager: Option<String>,
+}
+
+/// The content an application may send, grouped by field group so mastership and outbound
+/// field selection work group by group.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fields {
+    #[serde(default)]
+    pub identity: Identity,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<HubAddress>,
+    #[serde(default)]
+    pub communication: Communication,
+    #[serde(default)]
+    pub commercial: Commercial,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub classification: Vec<String>,
+    /// Unknown `UserArea` content, kept and passed on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub user_area: Vec<NameValue>,
+}
+
+/// A golden record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HubRecord {
+    pub id: String,
+    pub kind: Kind,
+    #[serde(default)]
+    pub deleted: bool,
+    /// Created by bodflow as an application's `default_account`, not by a sender.
+    #[serde(default)]
+    pub placeholder: bool,
+    pub fields: Fields,
+    #[serde(default)]
+    pub owner: Owner,
+    /// Contact → its account's hub ID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+    /// Contact whose account was unknown on arrival: the account it names, re-linked when
+    /// that account arrives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intended_parent: Option<XrefKey>,
+    pub xrefs: Vec<Xref>,
+    /// Logical ID of the application whose document created it (empty for placeholders).
+    #[serde(default)]
+    pub created_by: String,
+    /// Incremented on every applied change.
+    pub revision: u64,
+}
+
+impl HubRecord {
+    pub fn xref_for(&self, application: &str) -> Option<&Xref> {
+        self.xrefs.iter().find(|x| x.application == application)
+    }
+
+    /// Display name for lists: name, else given + family name.
+    pub fn display_name(&self) -> String {
+        let id = &self.fields.identity;
+        if let Some(n) = &id.name {
+            return n.clone();
+        }
+        [id.given_name.as_deref(), id.family_name.as_deref()]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// What became of a message id; written with the change it caused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Marker {
+    pub outcome: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bod_id: Option<String>,
+}
+
+/// A document to publish, written in the same transaction as the change that caused it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxRow {
+    /// Root name of the emitted BOD (`SyncCustomerPartyMaster`, `ConfirmBOD`).
+    pub kind: String,
+    /// Receiving application's logical ID (the routing key on `bodflow.out`).
+    pub to: String,
+    /// Explicit reply destination from the inbound `reply_to` (a queue), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<String>,
+    /// Its BODID, also the AMQP `message_id`.
+    pub bod_id: String,
+    /// The inbound message id it answers (AMQP `correlation_id`).
+    pub correlation_id: String,
+    /// ION `documentName` (`Sync.CustomerPartyMaster`).
+    pub document_name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    pub xml: String,
+}
+
+/// Why a document is parked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ParkReason {
+    /// Its application is inactive; released on re-activation.
+    InactiveApplication,
+    /// `match_only` found no record to link to.
+    NoMatch,
+    /// More than one hub record matches its keys.
+    AmbiguousMatch,
+    /// `manual` policy: an operator links it.
+    ManualLink,
+}
+
+impl ParkReason {
+    pub fn code(self) -> &'static str {
+        match self {
+            ParkReason::InactiveApplication => "inactive_application",
+            ParkReason::NoMatch => "no_match",
+            ParkReason::AmbiguousMatch => "ambiguous_match",
+            ParkReason::ManualLink => "manual_link",
+        }
+    }
+}
+
+/// A parked document: kept whole so releasing it re-runs the very same bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Parked {
+    pub seq: u64,
+    pub message_id: String,
+    pub reason: ParkReason,
+    pub application: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<XrefKey>,
+    pub source: String,
+    pub payload: String,
+}
