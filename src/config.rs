@@ -554,6 +554,25 @@ impl Config {
             .find(|(_, a)| a.matches_sender(sender))
     }
 
+    /// Match keys the hub must index: those some application matches on, plus account
+    /// numbers when an application has a default account (found by its number).
+    pub fn indexed_keys(&self) -> Vec<MatchKey> {
+        let mut keys = Vec::new();
+        for app in &self.applications {
+            if matches!(app.create_policy, CreatePolicy::MatchOrCreate | CreatePolicy::MatchOnly) {
+                for k in &app.match_on {
+                    if !keys.contains(k) {
+                        keys.push(*k);
+                    }
+                }
+            }
+            if app.default_account.is_some() && !keys.contains(&MatchKey::AccountNumber) {
+                keys.push(MatchKey::AccountNumber);
+            }
+        }
+        keys
+    }
+
     pub fn user(&self, id: &str) -> Option<&User> {
         self.users.iter().find(|u| u.id == id)
     }

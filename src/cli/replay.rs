@@ -46,8 +46,13 @@ pub struct Args {
 
 /// Attempts for a commit that fails with a store error before replay gives up.
 const STORE_ATTEMPTS: u32 = 5;
-/// Published outbox rows are removed in batches of this many documents.
-const DRAIN_BATCH: usize = 512;
+/// Published outbox rows are removed in batches of this many rows.
+const DRAIN_BATCH: usize = 1024;
+/// Documents per store transaction (group commit).
+const GROUP: usize = 64;
+
+/// A group of inputs and their prepared documents, from the reader thread.
+type Batch<'a> = (&'a [PathBuf], Vec<Prepared>);
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let (config, config_path) = Config::resolve(args.config.as_deref(), &args.paths)?;
@@ -69,7 +74,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(out) = &args.out {
         std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     }
-    let pipeline = Pipeline::new(Arc::new(config), Arc::new(store));
+    let pipeline = Pipeline::new(Arc::new(config), Arc::new(store))?;
     let roots: Vec<PathBuf> = args.paths.clone();
     let now = args.now;
 
@@ -90,51 +95,52 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut drained: Vec<u64> = Vec::new();
 
     std::thread::scope(|scope| -> anyhow::Result<()> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<anyhow::Result<(PathBuf, Prepared)>>(256);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<anyhow::Result<Batch>>(8);
         let reader_pipeline = pipeline.clone();
         let inputs_ref = &inputs;
         scope.spawn(move || {
-            for path in inputs_ref {
-                let item = read_input(path, &reader_pipeline.config).map(|bytes| {
-                    let source = path.display().to_string();
-                    let input = Input {
-                        bytes: &bytes,
-                        source: &source,
-                        message_id: None,
-                        reply_to: None,
-                        received_at: now.unwrap_or_else(Utc::now),
-                        released: false,
-                    };
-                    (path.clone(), reader_pipeline.prepare(&input))
-                });
-                if tx.send(item).is_err() {
+            for chunk in inputs_ref.chunks(GROUP) {
+                let batch = chunk
+                    .iter()
+                    .map(|path| -> anyhow::Result<Prepared> {
+                        let bytes = read_input(path, &reader_pipeline.config)?;
+                        let source = path.display().to_string();
+                        let input = Input {
+                            bytes: &bytes,
+                            source: &source,
+                            message_id: None,
+                            reply_to: None,
+                            received_at: now.unwrap_or_else(Utc::now),
+                            released: false,
+                        };
+                        Ok(reader_pipeline.prepare(&input))
+                    })
+                    .collect::<anyhow::Result<Vec<Prepared>>>()
+                    .map(|prepared| (chunk, prepared));
+                if tx.send(batch).is_err() {
                     break;
                 }
             }
         });
-        for item in rx {
-            let (path, prepared) = item?;
-            let mut report = commit_with_retry(&pipeline, &prepared)?;
-            write_outputs(
-                &pipeline.store,
-                &mut report,
-                &path,
-                &roots,
-                args.out.as_deref(),
-            )?;
-            drained.extend(report.outputs.iter().map(|o| o.seq));
+        for batch in rx {
+            let (paths, prepared) = batch?;
+            let reports = commit_with_retry(&pipeline, &prepared)?;
+            for (path, mut report) in paths.iter().zip(reports) {
+                write_outputs(&pipeline.store, &mut report, path, &roots, args.out.as_deref())?;
+                drained.extend(report.outputs.iter().map(|o| o.seq));
+                counts[outcome_index(report.outcome)] += 1;
+                if args.json {
+                    serde_json::to_writer(&mut out, &report)?;
+                    writeln!(out)?;
+                } else {
+                    writeln!(out, "{}", text_line(&report))?;
+                }
+                progress.inc(1);
+            }
             if drained.len() >= DRAIN_BATCH {
                 pipeline.store.remove_outbox(&drained)?;
                 drained.clear();
             }
-            counts[outcome_index(report.outcome)] += 1;
-            if args.json {
-                serde_json::to_writer(&mut out, &report)?;
-                writeln!(out)?;
-            } else {
-                writeln!(out, "{}", text_line(&report))?;
-            }
-            progress.inc(1);
         }
         Ok(())
     })?;
@@ -182,10 +188,11 @@ fn read_input(path: &Path, config: &Config) -> anyhow::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-fn commit_with_retry(pipeline: &Pipeline, prepared: &Prepared) -> anyhow::Result<Report> {
+/// Commits a group; store I/O errors are retried with backoff, a corrupt value is fatal.
+fn commit_with_retry(pipeline: &Pipeline, prepared: &[Prepared]) -> anyhow::Result<Vec<Report>> {
     let mut attempt = 0;
     loop {
-        match pipeline.commit(prepared) {
+        match pipeline.commit_batch(prepared) {
             Ok(r) => return Ok(r),
             Err(e @ StoreError::Corrupt { .. }) => return Err(e.into()),
             Err(e) if attempt + 1 >= STORE_ATTEMPTS => return Err(e.into()),

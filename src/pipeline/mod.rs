@@ -21,7 +21,9 @@ use serde::Serialize;
 
 use crate::bod::{self, ApplicationArea, Bod, DecodeError};
 use crate::config::Config;
-use crate::store::{Fields, Kind, Marker, Owner, ParkReason, Parked, Store, StoreError, XrefKey};
+use crate::store::{
+    Fields, Kind, Marker, Owner, ParkReason, Parked, Store, StoreError, Tx, TxResult, XrefKey,
+};
 
 /// Where a document stopped or was decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -278,8 +280,11 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    pub fn new(config: Arc<Config>, store: Arc<Store>) -> Pipeline {
-        Pipeline { config, store }
+    /// A pipeline over a store; brings the store's match indexes in line with the
+    /// configuration first.
+    pub fn new(config: Arc<Config>, store: Arc<Store>) -> Result<Pipeline, StoreError> {
+        store.ensure_indexes(&config.indexed_keys())?;
+        Ok(Pipeline { config, store })
     }
 
     /// Decode, validate, map country codes, assign owner. Pure; never touches the store.
@@ -290,80 +295,89 @@ impl Pipeline {
     /// Applies a prepared document in one store transaction.
     pub fn commit(&self, prepared: &Prepared) -> Result<Report, StoreError> {
         let config = &self.config;
-        let ctx = &prepared.ctx;
-        match &prepared.state {
-            State::Rejected {
-                rejection,
-                app,
-                process,
-            } => {
-                let outputs = self.store.transact(|tx| {
-                    let mut em = emit::Emitter::new(config, ctx);
-                    em.rejection(tx, *app, rejection, process.as_ref())?;
-                    tx.put_marker(
-                        &ctx.message_id,
-                        &Marker {
-                            outcome: Outcome::Rejected.as_str().into(),
-                            record: None,
-                            bod_id: ctx.area.as_ref().and_then(|a| a.bod_id.clone()),
-                        },
-                    )?;
-                    Ok(em.into_outputs())
-                })?;
-                let mut report = base_report(ctx, Outcome::Rejected);
-                report.error = Some(rejection.clone());
-                report.outputs = outputs;
-                Ok(report)
-            }
-            State::Inactive { app } => {
-                let application = &config.applications[*app];
-                let outcome = self.store.transact(|tx| {
-                    if let Some(m) = tx.marker(&ctx.message_id)? {
-                        if upsert::blocks(&m, ctx) {
-                            return Ok(Outcome::Duplicate);
-                        }
-                    }
-                    tx.park(Parked {
-                        seq: 0,
-                        message_id: ctx.message_id.clone(),
-                        reason: ParkReason::InactiveApplication,
-                        application: application.logical_id.clone(),
-                        key: None,
-                        source: ctx.source.clone(),
-                        payload: ctx.payload.clone(),
-                    })?;
-                    tx.put_marker(
-                        &ctx.message_id,
-                        &Marker {
-                            outcome: Outcome::Parked.as_str().into(),
-                            record: None,
-                            bod_id: ctx.area.as_ref().and_then(|a| a.bod_id.clone()),
-                        },
-                    )?;
-                    Ok(Outcome::Parked)
-                })?;
-                let mut report = base_report(ctx, outcome);
-                if outcome == Outcome::Parked {
-                    report.decisions.push(format!(
-                        "parked: application {:?} is inactive (released on re-activation)",
-                        application.name
-                    ));
-                }
-                Ok(report)
-            }
-            State::Ready(doc) => {
-                let applied = self
-                    .store
-                    .transact(|tx| upsert::apply(tx, config, ctx, doc))?;
-                Ok(applied.into_report(ctx, doc))
-            }
-        }
+        self.store.transact(|tx| commit_in(tx, config, prepared))
+    }
+
+    /// Applies documents in order in one store transaction (group commit): each document's
+    /// effects are still all-or-nothing, and later documents see earlier ones. Fewer, larger
+    /// transactions are what makes the store keep up.
+    pub fn commit_batch(&self, batch: &[Prepared]) -> Result<Vec<Report>, StoreError> {
+        let config = &self.config;
+        self.store.transact(|tx| {
+            batch
+                .iter()
+                .map(|p| commit_in(tx, config, p))
+                .collect::<TxResult<Vec<_>>>()
+        })
     }
 
     /// prepare + commit.
     pub fn process(&self, input: &Input<'_>) -> Result<Report, StoreError> {
         let prepared = self.prepare(input);
         self.commit(&prepared)
+    }
+}
+
+/// One document's effects inside a transaction.
+fn commit_in(tx: &Tx<'_>, config: &Config, prepared: &Prepared) -> TxResult<Report> {
+    let ctx = &prepared.ctx;
+    let bod_id = || ctx.area.as_ref().and_then(|a| a.bod_id.clone());
+    match &prepared.state {
+        State::Rejected {
+            rejection,
+            app,
+            process,
+        } => {
+            let mut em = emit::Emitter::new(config, ctx);
+            em.rejection(tx, *app, rejection, process.as_ref())?;
+            tx.put_marker(
+                &ctx.message_id,
+                &Marker {
+                    outcome: Outcome::Rejected.as_str().into(),
+                    record: None,
+                    bod_id: bod_id(),
+                },
+            )?;
+            let mut report = base_report(ctx, Outcome::Rejected);
+            report.error = Some(rejection.clone());
+            report.outputs = em.into_outputs();
+            Ok(report)
+        }
+        State::Inactive { app } => {
+            let application = &config.applications[*app];
+            if let Some(m) = tx.marker(&ctx.message_id)? {
+                if upsert::blocks(&m, ctx) {
+                    return Ok(base_report(ctx, Outcome::Duplicate));
+                }
+            }
+            tx.park(Parked {
+                seq: 0,
+                message_id: ctx.message_id.clone(),
+                reason: ParkReason::InactiveApplication,
+                application: application.logical_id.clone(),
+                key: None,
+                source: ctx.source.clone(),
+                payload: ctx.payload.clone(),
+            })?;
+            tx.put_marker(
+                &ctx.message_id,
+                &Marker {
+                    outcome: Outcome::Parked.as_str().into(),
+                    record: None,
+                    bod_id: bod_id(),
+                },
+            )?;
+            let mut report = base_report(ctx, Outcome::Parked);
+            report.decisions.push(format!(
+                "parked: application {:?} is inactive (released on re-activation)",
+                application.name
+            ));
+            Ok(report)
+        }
+        State::Ready(doc) => {
+            let applied = upsert::apply(tx, config, ctx, doc)?;
+            Ok(applied.into_report(ctx, doc))
+        }
     }
 }
 

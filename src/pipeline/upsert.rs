@@ -259,7 +259,7 @@ fn apply_item(
     set_variation(&mut record, item);
 
     if item.intent == Intent::Delete {
-        return delete(tx, doc, item, inbound.delete.0, record, em);
+        return delete(tx, config, doc, item, inbound.delete.0, record, em);
     }
     if !inbound.update {
         return Ok(ItemResult::new(
@@ -289,7 +289,7 @@ fn apply_item(
     }
     tx.put_record(&record)?;
     if changed {
-        reindex(tx, Some(&before), Some(&record))?;
+        reindex(tx, config, Some(&before), Some(&record))?;
         em.fan_out(tx, doc.app, &record, false)?;
         notes.push(format!("updated {} ({groups})", record.id));
     } else {
@@ -434,41 +434,35 @@ fn merge_identity(current: &mut Fields, incoming: &Fields) {
     set(&mut c.status, &i.status);
 }
 
-/// The values a record is findable by, per match key.
-fn match_values(record: &HubRecord) -> [(MatchKey, Option<&str>); 3] {
-    let f = &record.fields;
-    [
-        (
-            MatchKey::AccountNumber,
-            f.identity.account_number.as_deref(),
-        ),
-        (
-            MatchKey::ExternalNumber,
-            f.identity.external_number.as_deref(),
-        ),
-        (
-            MatchKey::Email,
-            f.communication.emails.first().map(String::as_str),
-        ),
-    ]
-}
-
 /// Keeps the match indexes in step with a record's change (`before` = `None`: new record;
 /// `after` = `None`: removed record).
-fn reindex(tx: &Tx<'_>, before: Option<&HubRecord>, after: Option<&HubRecord>) -> TxResult<()> {
-    let old = before.map(match_values);
-    let new = after.map(match_values);
+fn reindex(
+    tx: &Tx<'_>,
+    config: &Config,
+    before: Option<&HubRecord>,
+    after: Option<&HubRecord>,
+) -> TxResult<()> {
+    let indexed = config.indexed_keys();
+    if indexed.is_empty() {
+        return Ok(());
+    }
+    let old = before.map(HubRecord::match_values);
+    let new = after.map(HubRecord::match_values);
     for i in 0..3 {
+        let key = old.as_ref().or(new.as_ref()).map(|v| v[i].0);
+        if !key.is_some_and(|k| indexed.contains(&k)) {
+            continue;
+        }
         let o = old.as_ref().and_then(|v| v[i].1);
         let n = new.as_ref().and_then(|v| v[i].1);
         if o == n {
             continue;
         }
         if let (Some(value), Some(r)) = (o, before) {
-            tx.index(r.kind, match_values(r)[i].0, value, &r.id, false)?;
+            tx.index(r.kind, r.match_values()[i].0, value, &r.id, false)?;
         }
         if let (Some(value), Some(r)) = (n, after) {
-            tx.index(r.kind, match_values(r)[i].0, value, &r.id, true)?;
+            tx.index(r.kind, r.match_values()[i].0, value, &r.id, true)?;
         }
     }
     Ok(())
@@ -476,6 +470,7 @@ fn reindex(tx: &Tx<'_>, before: Option<&HubRecord>, after: Option<&HubRecord>) -
 
 fn delete(
     tx: &Tx<'_>,
+    config: &Config,
     doc: &Doc,
     item: &Item,
     mode: DeleteMode,
@@ -518,7 +513,7 @@ fn delete(
             for x in &record.xrefs {
                 tx.remove_xref(&x.key(record.kind))?;
             }
-            reindex(tx, Some(&record), None)?;
+            reindex(tx, config, Some(&record), None)?;
             if let Some(parent) = &record.intended_parent {
                 forget_waiting(tx, parent, &record.id)?;
             }
@@ -670,7 +665,7 @@ fn link(
     record.revision += 1;
     tx.put_xref(&item.key, &record.id)?;
     tx.put_record(&record)?;
-    reindex(tx, Some(&before), Some(&record))?;
+    reindex(tx, config, Some(&before), Some(&record))?;
     if item.kind == Kind::Account {
         relink_waiting(tx, doc, &item.key, &record.id, em, &mut notes)?;
     }
@@ -768,7 +763,7 @@ fn create(
     }
     tx.put_record(&record)?;
     tx.put_xref(&key, &id)?;
-    reindex(tx, None, Some(&record))?;
+    reindex(tx, config, None, Some(&record))?;
     notes.insert(0, format!("created {id} for {}", key.display()));
     if item.kind == Kind::Account {
         relink_waiting(tx, doc, &key, &id, em, &mut notes)?;

@@ -25,6 +25,7 @@
 pub mod model;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -117,6 +118,16 @@ fn match_tag(k: MatchKey) -> &'static str {
 pub struct Store {
     db: sled::Db,
     hub: sled::Tree,
+    seqs: Sequences,
+}
+
+/// Sequence numbers of outbox and parked rows, kept in memory rather than in a counter key so
+/// that a transaction does not read-modify-write a hot key for every row. Seeded past the
+/// highest stored key at open; the process holds sled's lock, so nobody else writes. Gaps
+/// (a re-run closure, a crash) are harmless: rows are ordered, not counted.
+struct Sequences {
+    outbox: AtomicU64,
+    parked: AtomicU64,
 }
 
 impl Store {
@@ -140,13 +151,28 @@ impl Store {
 
     fn from_db(db: sled::Db) -> Result<Store, StoreError> {
         let hub = db.open_tree("hub")?;
-        Ok(Store { db, hub })
+        let next_after = |prefix: u8| -> Result<u64, StoreError> {
+            Ok(match hub.scan_prefix([prefix]).next_back() {
+                Some(item) => seq_of(&item?.0) + 1,
+                None => 1,
+            })
+        };
+        let seqs = Sequences {
+            outbox: AtomicU64::new(next_after(b'o')?),
+            parked: AtomicU64::new(next_after(b'p')?),
+        };
+        Ok(Store { db, hub, seqs })
     }
 
     /// Runs `f` atomically. `f` may run more than once (conflicts) and must be pure.
     pub fn transact<T>(&self, f: impl Fn(&Tx<'_>) -> TxResult<T>) -> Result<T, StoreError> {
         self.hub
-            .transaction(|tree| f(&Tx { tree }))
+            .transaction(|tree| {
+                f(&Tx {
+                    tree,
+                    seqs: &self.seqs,
+                })
+            })
             .map_err(|e| match e {
                 TransactionError::Abort(e) => e,
                 TransactionError::Storage(e) => StoreError::Io(e),
@@ -219,6 +245,53 @@ impl Store {
         self.hub.scan_prefix([b'o']).count()
     }
 
+    /// Makes the match indexes cover exactly `keys`: builds the missing ones from the records
+    /// and drops the ones no longer used (they are not maintained while unused, so keeping
+    /// them would leave them stale). Indexes cost writes on every change, so only the keys
+    /// some application matches on are kept.
+    pub fn ensure_indexes(&self, keys: &[MatchKey]) -> Result<(), StoreError> {
+        let list_key = key(b's', &["indexes"]);
+        let current: Vec<MatchKey> = match self.hub.get(&list_key)? {
+            Some(v) => decode(&list_key, &v)?,
+            None => Vec::new(),
+        };
+        let missing: Vec<MatchKey> = keys.iter().copied().filter(|k| !current.contains(k)).collect();
+        let unused: Vec<MatchKey> = current.iter().copied().filter(|k| !keys.contains(k)).collect();
+        if missing.is_empty() && unused.is_empty() {
+            return Ok(());
+        }
+        for k in &unused {
+            for kind in [Kind::Account, Kind::Contact] {
+                let prefix = key(b'i', &[kind.prefix(), match_tag(*k), ""]);
+                let mut batch = sled::Batch::default();
+                for item in self.hub.scan_prefix(&prefix).keys() {
+                    batch.remove(item?);
+                }
+                self.hub.apply_batch(batch)?;
+            }
+        }
+        if !missing.is_empty() {
+            let records: Vec<HubRecord> = self.records().collect::<Result<_, _>>()?;
+            for chunk in records.chunks(256) {
+                self.transact(|tx| {
+                    for r in chunk {
+                        for (k, value) in r.match_values() {
+                            if missing.contains(&k) {
+                                if let Some(v) = value {
+                                    tx.index(r.kind, k, v, &r.id, true)?;
+                                }
+                            }
+                        }
+                    }
+                    Ok(())
+                })?;
+            }
+        }
+        self.hub.insert(list_key, encode(&keys))?;
+        tracing::info!(built = ?missing, dropped = ?unused, "Match indexes updated");
+        Ok(())
+    }
+
     /// Parked documents in parking order.
     pub fn parked(&self) -> impl Iterator<Item = Result<Parked, StoreError>> + '_ {
         self.scan::<Parked>(b'p').map(|r| r.map(|(_, v)| v))
@@ -236,6 +309,7 @@ fn seq_of(k: &[u8]) -> u64 {
 /// Typed access inside a transaction.
 pub struct Tx<'a> {
     tree: &'a TransactionalTree,
+    seqs: &'a Sequences,
 }
 
 impl Tx<'_> {
@@ -337,14 +411,15 @@ impl Tx<'_> {
         Ok(next)
     }
 
+    /// Writes an outbox row under the next outbox sequence number.
     pub fn push_outbox(&self, row: &OutboxRow) -> TxResult<u64> {
-        let seq = self.next("outbox")?;
+        let seq = self.seqs.outbox.fetch_add(1, Ordering::Relaxed);
         self.put(seq_key(b'o', seq), row)?;
         Ok(seq)
     }
 
     pub fn park(&self, mut parked: Parked) -> TxResult<u64> {
-        let seq = self.next("parked")?;
+        let seq = self.seqs.parked.fetch_add(1, Ordering::Relaxed);
         parked.seq = seq;
         self.put(seq_key(b'p', seq), &parked)?;
         Ok(seq)

@@ -210,6 +210,17 @@ impl HubRecord {
         self.xrefs.iter().find(|x| x.application == application)
     }
 
+    /// The values this record is findable by, per match key.
+    pub fn match_values(&self) -> [(crate::config::MatchKey, Option<&str>); 3] {
+        use crate::config::MatchKey;
+        let f = &self.fields;
+        [
+            (MatchKey::AccountNumber, f.identity.account_number.as_deref()),
+            (MatchKey::ExternalNumber, f.identity.external_number.as_deref()),
+            (MatchKey::Email, f.communication.emails.first().map(String::as_str)),
+        ]
+    }
+
     /// Display name for lists: name, else given + family name.
     pub fn display_name(&self) -> String {
         let id = &self.fields.identity;
