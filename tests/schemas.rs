@@ -582,7 +582,7 @@ impl Run {
         let config = Config::from_toml(CONFIG, "tests/schemas.rs").unwrap();
         let store = Store::temporary().unwrap();
         Run {
-            pipeline: Pipeline::new(Arc::new(config), Arc::new(store)),
+            pipeline: Pipeline::new(Arc::new(config), Arc::new(store)).unwrap(),
         }
     }
 

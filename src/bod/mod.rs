@@ -31,7 +31,7 @@ pub enum DecodeError {
         "DOCTYPE declarations are not accepted (entity expansion and external fetches are refused)"
     )]
     DoctypeForbidden,
-    #[error("document is {size} bytes, over the limit of {limit}")]
+    #[error("document exceeds the limit of {limit} bytes")]
     TooLarge { size: usize, limit: usize },
     #[error("document nests deeper than {limit} elements")]
     TooDeep { limit: usize },

@@ -425,8 +425,10 @@ pub fn sync_noun(
 /// The answer of an Acknowledge.
 #[derive(Debug, Clone)]
 pub enum Response<'a> {
+    /// The record in the sender's terms.
     Accepted(NounOut<'a>),
-    Rejected(Problem<'a>),
+    /// The problem, and the rejected noun's IDs as sent (every Acknowledge carries its noun).
+    Rejected(Problem<'a>, Vec<OutId<'a>>),
 }
 
 /// `Acknowledge<Noun>` answering a Process.
@@ -448,7 +450,7 @@ pub fn acknowledge(
         Response::Accepted(_) => {
             out.leaf_with("ResponseExpression", &[("actionCode", "Accepted")], "");
         }
-        Response::Rejected(p) => {
+        Response::Rejected(p, _) => {
             out.leaf_with("ResponseExpression", &[("actionCode", "Rejected")], "");
             out.open("ChangeStatus");
             out.leaf("Code", "Rejected");
@@ -459,8 +461,24 @@ pub fn acknowledge(
     }
     out.close("ResponseCriteria");
     out.close("Acknowledge");
-    if let Response::Accepted(n) = response {
-        noun(&mut out, kind, n);
+    match response {
+        Response::Accepted(n) => noun(&mut out, kind, n),
+        Response::Rejected(_, ids) => {
+            let (element, container) = match kind {
+                crate::store::Kind::Account => ("CustomerPartyMaster", "PartyIDs"),
+                crate::store::Kind::Contact => ("ContactMaster", "IDs"),
+            };
+            out.open(element);
+            out.open(container);
+            if ids.is_empty() {
+                out.leaf("ID", "");
+            }
+            for id in ids {
+                id_element(&mut out, id);
+            }
+            out.close(container);
+            out.close(element);
+        }
     }
     out.close("DataArea");
     out.finish(&root)

@@ -15,7 +15,11 @@ use crate::bod::ApplicationArea;
 use crate::config::{Application, Config, DeleteMode, FieldGroup};
 use crate::store::{Fields, HubRecord, Kind, OutboxRow, TxResult};
 
-use super::{country, Context, OutputReport, Rejection};
+use super::validate::MAX_ID;
+use super::{country, Context, OutputReport, RejectedProcess, Rejection};
+
+/// `schemeName` of an ID that is a bodflow hub ID rather than the receiver's own.
+pub const HUB_ID_SCHEME: &str = "bodflow.HubID";
 
 /// Collects the rows one document emits.
 pub struct Emitter<'a> {
@@ -120,7 +124,7 @@ impl<'a> Emitter<'a> {
         tx: &crate::store::Tx<'_>,
         app: Option<usize>,
         rejection: &Rejection,
-        process: Option<&(Kind, Option<String>)>,
+        process: Option<&RejectedProcess>,
     ) -> TxResult<()> {
         let problem = Problem {
             stage: rejection.stage.as_str(),
@@ -144,14 +148,36 @@ impl<'a> Emitter<'a> {
                 bod_id,
             )?;
         }
-        if let Some((kind, ack_code)) = process {
-            if ack_code.as_deref() != Some("Never") {
+        if let Some(p) = process {
+            if p.acknowledge_code.as_deref() != Some("Never") {
+                let kind = p.kind;
+                let ids = p
+                    .ids
+                    .iter()
+                    // Echo only what is well-formed for the schema: the document was refused,
+                    // possibly for exactly these values.
+                    .map(|i| OutId {
+                        value: if i.value.chars().count() <= MAX_ID
+                            && !i.value.chars().any(char::is_control)
+                        {
+                            &i.value
+                        } else {
+                            ""
+                        },
+                        accounting_entity: i.accounting_entity.as_deref(),
+                        lid: i.lid.as_deref(),
+                        variation: i.variation.clone().filter(|v| {
+                            !v.is_empty() && v.len() <= 22 && v.bytes().all(|b| b.is_ascii_digit())
+                        }),
+                        scheme_name: i.scheme_name.as_deref(),
+                    })
+                    .collect();
                 let bod_id = self.next_bod_id();
                 let xml = write::acknowledge(
                     &self.envelope(&bod_id, None),
-                    *kind,
+                    kind,
                     &self.original(),
-                    &Response::Rejected(problem),
+                    &Response::Rejected(problem, ids),
                 );
                 self.reply(
                     tx,
@@ -294,14 +320,23 @@ impl<'a> Emitter<'a> {
                 variation: Some(record.revision.to_string()),
                 scheme_name: None,
             }];
-            let employer_id = employer.as_ref().and_then(|acc| {
-                acc.xref_for(&app.logical_id).map(|x| OutId {
+            // The receiver's ID of the account; for an account it was only told about (its
+            // Add went out with an empty ID), the hub ID, marked as such.
+            let employer_id = employer.as_ref().map(|acc| match acc.xref_for(&app.logical_id) {
+                Some(x) => OutId {
                     value: x.id.as_str(),
                     accounting_entity: Some(x.accounting_entity.as_str()),
                     lid: Some(app.logical_id.as_str()),
                     variation: None,
                     scheme_name: None,
-                })
+                },
+                None => OutId {
+                    value: acc.id.as_str(),
+                    accounting_entity: None,
+                    lid: Some(self.config.hub.logical_id.as_str()),
+                    variation: None,
+                    scheme_name: Some(HUB_ID_SCHEME),
+                },
             });
             let sales_person = match (&app.sales_person_role, record.kind) {
                 (Some(role), Kind::Account) => record

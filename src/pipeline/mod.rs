@@ -222,12 +222,22 @@ pub enum State {
         /// The sender's application, when known (ConfirmBOD goes to it).
         app: Option<usize>,
         /// Process documents also get an `Acknowledge<Noun>` Rejected.
-        process: Option<(Kind, Option<String>)>,
+        process: Option<RejectedProcess>,
     },
     Inactive {
         app: usize,
     },
     Ready(Box<Doc>),
+}
+
+/// What an `Acknowledge<Noun>` Rejected needs of the Process it answers.
+#[derive(Debug, Clone)]
+pub struct RejectedProcess {
+    pub kind: Kind,
+    /// `Process/@acknowledgeCode` (Never suppresses the Acknowledge).
+    pub acknowledge_code: Option<String>,
+    /// The first noun's IDs as sent.
+    pub ids: Vec<bod::Id>,
 }
 
 /// One output of a document, as reported.
@@ -447,7 +457,15 @@ pub fn prepare(config: &Config, input: &Input<'_>) -> Prepared {
     let process = (bod.verb == "Process")
         .then(|| Kind::from_noun(&bod.noun))
         .flatten()
-        .map(|k| (k, bod.header.acknowledge_code.clone()));
+        .map(|kind| RejectedProcess {
+            kind,
+            acknowledge_code: bod.header.acknowledge_code.clone(),
+            ids: match bod.nouns.first() {
+                Some(bod::Noun::Account(p)) => p.ids.clone(),
+                Some(bod::Noun::Contact(c)) => c.ids.clone(),
+                _ => Vec::new(),
+            },
+        });
 
     let mut doc = match validate::validate(bod, config) {
         Ok(validate::Checked::Doc(doc)) => doc,

@@ -46,6 +46,10 @@ pub struct ItemResult {
     pub outcome: Outcome,
     pub action: Option<Action>,
     pub record: Option<String>,
+    /// The record's owner and country after the change (what the hub holds, which
+    /// mastership may make differ from what the document asked for).
+    pub owner: Option<String>,
+    pub country: Option<String>,
     pub notes: Vec<String>,
 }
 
@@ -55,7 +59,20 @@ impl ItemResult {
             outcome,
             action,
             record,
+            owner: None,
+            country: None,
             notes: vec![note],
+        }
+    }
+
+    fn applied(action: Action, record: &HubRecord, notes: Vec<String>) -> Self {
+        ItemResult {
+            outcome: Outcome::Applied,
+            action: Some(action),
+            record: Some(record.id.clone()),
+            owner: record.owner.owner.clone(),
+            country: record.fields.address.as_ref().and_then(|a| a.country.clone()),
+            notes,
         }
     }
 }
@@ -119,14 +136,20 @@ pub fn apply(tx: &Tx<'_>, config: &Config, ctx: &Context, doc: &Doc) -> TxResult
         });
     }
 
-    let mut items = Vec::with_capacity(doc.items.len());
-    for item in &doc.items {
+    // Accounts before contacts, whatever the document order: a contact in the same document
+    // as its account must find it (CRM's noun priority). Results stay in document order.
+    let mut order: Vec<usize> = (0..doc.items.len()).collect();
+    order.sort_by_key(|&i| doc.items[i].kind != Kind::Account);
+    let mut slots: Vec<Option<ItemResult>> = vec![None; doc.items.len()];
+    for i in order {
+        let item = &doc.items[i];
         let mut result = apply_item(tx, config, ctx, doc, app, item, &mut em)?;
         let mut notes = item.notes.clone();
         notes.append(&mut result.notes);
         result.notes = notes;
-        items.push(result);
+        slots[i] = Some(result);
     }
+    let items: Vec<ItemResult> = slots.into_iter().flatten().collect();
     let outcome = items
         .iter()
         .map(|r| r.outcome)
@@ -303,12 +326,7 @@ fn apply_item(
             doc.bod.header.acknowledge_code.as_deref(),
         )?;
     }
-    Ok(ItemResult {
-        outcome: Outcome::Applied,
-        action: Some(Action::Updated),
-        record: Some(record.id),
-        notes,
-    })
+    Ok(ItemResult::applied(Action::Updated, &record, notes))
 }
 
 fn set_variation(record: &mut HubRecord, item: &Item) {
@@ -651,25 +669,26 @@ fn link(
         return create(tx, config, doc, app, item, em);
     };
     let before = record.clone();
+    let mut notes = vec![format!("linked to {hub_id} by {via}")];
+    let key = assign_id(tx, config, item, Some(&record), &record.id, &mut notes)?;
     record.xrefs.push(Xref {
-        application: item.key.application.clone(),
-        accounting_entity: item.key.accounting_entity.clone(),
-        id: item.key.id.clone(),
+        application: key.application.clone(),
+        accounting_entity: key.accounting_entity.clone(),
+        id: key.id.clone(),
         variation: item.variation.clone().unwrap_or_default(),
     });
-    let mut notes = vec![format!("linked to {hub_id} by {via}")];
     merge(&mut record, item, app, &mut notes);
     if item.kind == Kind::Contact {
         link_employer(tx, config, app, item, &mut record, &mut notes)?;
     }
     record.revision += 1;
-    tx.put_xref(&item.key, &record.id)?;
+    tx.put_xref(&key, &record.id)?;
     tx.put_record(&record)?;
     reindex(tx, config, Some(&before), Some(&record))?;
-    if item.kind == Kind::Account {
-        relink_waiting(tx, doc, &item.key, &record.id, em, &mut notes)?;
-    }
     em.fan_out(tx, doc.app, &record, false)?;
+    if item.kind == Kind::Account {
+        relink_waiting(tx, doc, &key, &record.id, em, &mut notes)?;
+    }
     if doc.verb == Verb::Process {
         em.accepted(
             tx,
@@ -678,12 +697,7 @@ fn link(
             doc.bod.header.acknowledge_code.as_deref(),
         )?;
     }
-    Ok(ItemResult {
-        outcome: Outcome::Applied,
-        action: Some(Action::Linked),
-        record: Some(record.id),
-        notes,
-    })
+    Ok(ItemResult::applied(Action::Linked, &record, notes))
 }
 
 fn format_account_number(pattern: &str, seq: u64) -> String {
@@ -706,6 +720,35 @@ fn format_account_number(pattern: &str, seq: u64) -> String {
     )
 }
 
+/// The sender's key for the record. A Process with an empty ID asks bodflow to assign one:
+/// an account's number (its existing one when linking, else the next from
+/// `hub.account_number_format`), or a contact's hub ID.
+fn assign_id(
+    tx: &Tx<'_>,
+    config: &Config,
+    item: &Item,
+    existing: Option<&HubRecord>,
+    hub_id: &str,
+    notes: &mut Vec<String>,
+) -> TxResult<XrefKey> {
+    let mut key = item.key.clone();
+    if !key.id.is_empty() {
+        return Ok(key);
+    }
+    key.id = match item.kind {
+        Kind::Account => match existing.and_then(|r| r.fields.identity.account_number.clone()) {
+            Some(number) => number,
+            None => {
+                let n = tx.next("account_number")?;
+                format_account_number(&config.hub.account_number_format, n)
+            }
+        },
+        Kind::Contact => hub_id.to_string(),
+    };
+    notes.push(format!("assigned ID {}", key.id));
+    Ok(key)
+}
+
 fn create(
     tx: &Tx<'_>,
     config: &Config,
@@ -717,19 +760,8 @@ fn create(
     let seq = tx.next(item.kind.prefix())?;
     let id = format!("{}-{seq:06}", item.kind.prefix());
     let mut fields = item.fields.clone();
-    let mut key = item.key.clone();
     let mut notes = Vec::new();
-    if key.id.is_empty() {
-        // A Process asking bodflow to assign the ID.
-        key.id = match item.kind {
-            Kind::Account => {
-                let n = tx.next("account_number")?;
-                format_account_number(&config.hub.account_number_format, n)
-            }
-            Kind::Contact => id.clone(),
-        };
-        notes.push(format!("assigned ID {}", key.id));
-    }
+    let key = assign_id(tx, config, item, None, &id, &mut notes)?;
     if item.kind == Kind::Account && fields.identity.account_number.is_none() {
         fields.identity.account_number = Some(key.id.clone());
     }
@@ -765,10 +797,11 @@ fn create(
     tx.put_xref(&key, &id)?;
     reindex(tx, config, None, Some(&record))?;
     notes.insert(0, format!("created {id} for {}", key.display()));
+    // The account goes out before the contacts re-linked to it.
+    em.fan_out(tx, doc.app, &record, false)?;
     if item.kind == Kind::Account {
         relink_waiting(tx, doc, &key, &id, em, &mut notes)?;
     }
-    em.fan_out(tx, doc.app, &record, false)?;
     if doc.verb == Verb::Process {
         em.accepted(
             tx,
@@ -777,12 +810,7 @@ fn create(
             doc.bod.header.acknowledge_code.as_deref(),
         )?;
     }
-    Ok(ItemResult {
-        outcome: Outcome::Applied,
-        action: Some(Action::Created),
-        record: Some(id),
-        notes,
-    })
+    Ok(ItemResult::applied(Action::Created, &record, notes))
 }
 
 /// Points a contact at its account: the one its EmployerReference names through the sender's
@@ -946,11 +974,17 @@ impl Applied {
         let first = self.items.first();
         report.action = first.and_then(|r| r.action);
         report.record = first.and_then(|r| r.record.clone());
-        if let Some(item) = doc.items.first() {
-            if !self.duplicate_message && report.error.is_none() {
+        // Applied: what the hub now holds. Otherwise: what the stages decided.
+        match (first, doc.items.first()) {
+            (Some(r), _) if r.outcome == Outcome::Applied => {
+                report.owner = r.owner.clone();
+                report.country = r.country.clone();
+            }
+            (Some(_), Some(item)) if !self.duplicate_message => {
                 report.owner = item.owner.owner.clone();
                 report.country = item.fields.address.as_ref().and_then(|a| a.country.clone());
             }
+            _ => {}
         }
         if self.items.len() > 1 {
             report.nouns = self
