@@ -559,7 +559,10 @@ impl Config {
     pub fn indexed_keys(&self) -> Vec<MatchKey> {
         let mut keys = Vec::new();
         for app in &self.applications {
-            if matches!(app.create_policy, CreatePolicy::MatchOrCreate | CreatePolicy::MatchOnly) {
+            if matches!(
+                app.create_policy,
+                CreatePolicy::MatchOrCreate | CreatePolicy::MatchOnly
+            ) {
                 for k in &app.match_on {
                     if !keys.contains(k) {
                         keys.push(*k);

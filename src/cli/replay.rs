@@ -126,7 +126,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             let (paths, prepared) = batch?;
             let reports = commit_with_retry(&pipeline, &prepared)?;
             for (path, mut report) in paths.iter().zip(reports) {
-                write_outputs(&pipeline.store, &mut report, path, &roots, args.out.as_deref())?;
+                write_outputs(
+                    &pipeline.store,
+                    &mut report,
+                    path,
+                    &roots,
+                    args.out.as_deref(),
+                )?;
                 drained.extend(report.outputs.iter().map(|o| o.seq));
                 counts[outcome_index(report.outcome)] += 1;
                 if args.json {

@@ -322,22 +322,24 @@ impl<'a> Emitter<'a> {
             }];
             // The receiver's ID of the account; for an account it was only told about (its
             // Add went out with an empty ID), the hub ID, marked as such.
-            let employer_id = employer.as_ref().map(|acc| match acc.xref_for(&app.logical_id) {
-                Some(x) => OutId {
-                    value: x.id.as_str(),
-                    accounting_entity: Some(x.accounting_entity.as_str()),
-                    lid: Some(app.logical_id.as_str()),
-                    variation: None,
-                    scheme_name: None,
-                },
-                None => OutId {
-                    value: acc.id.as_str(),
-                    accounting_entity: None,
-                    lid: Some(self.config.hub.logical_id.as_str()),
-                    variation: None,
-                    scheme_name: Some(HUB_ID_SCHEME),
-                },
-            });
+            let employer_id = employer
+                .as_ref()
+                .map(|acc| match acc.xref_for(&app.logical_id) {
+                    Some(x) => OutId {
+                        value: x.id.as_str(),
+                        accounting_entity: Some(x.accounting_entity.as_str()),
+                        lid: Some(app.logical_id.as_str()),
+                        variation: None,
+                        scheme_name: None,
+                    },
+                    None => OutId {
+                        value: acc.id.as_str(),
+                        accounting_entity: None,
+                        lid: Some(self.config.hub.logical_id.as_str()),
+                        variation: None,
+                        scheme_name: Some(HUB_ID_SCHEME),
+                    },
+                });
             let sales_person = match (&app.sales_person_role, record.kind) {
                 (Some(role), Kind::Account) => record
                     .owner

@@ -71,7 +71,11 @@ impl ItemResult {
             action: Some(action),
             record: Some(record.id.clone()),
             owner: record.owner.owner.clone(),
-            country: record.fields.address.as_ref().and_then(|a| a.country.clone()),
+            country: record
+                .fields
+                .address
+                .as_ref()
+                .and_then(|a| a.country.clone()),
             notes,
         }
     }

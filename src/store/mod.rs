@@ -255,8 +255,16 @@ impl Store {
             Some(v) => decode(&list_key, &v)?,
             None => Vec::new(),
         };
-        let missing: Vec<MatchKey> = keys.iter().copied().filter(|k| !current.contains(k)).collect();
-        let unused: Vec<MatchKey> = current.iter().copied().filter(|k| !keys.contains(k)).collect();
+        let missing: Vec<MatchKey> = keys
+            .iter()
+            .copied()
+            .filter(|k| !current.contains(k))
+            .collect();
+        let unused: Vec<MatchKey> = current
+            .iter()
+            .copied()
+            .filter(|k| !keys.contains(k))
+            .collect();
         if missing.is_empty() && unused.is_empty() {
             return Ok(());
         }

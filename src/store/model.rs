@@ -215,9 +215,18 @@ impl HubRecord {
         use crate::config::MatchKey;
         let f = &self.fields;
         [
-            (MatchKey::AccountNumber, f.identity.account_number.as_deref()),
-            (MatchKey::ExternalNumber, f.identity.external_number.as_deref()),
-            (MatchKey::Email, f.communication.emails.first().map(String::as_str)),
+            (
+                MatchKey::AccountNumber,
+                f.identity.account_number.as_deref(),
+            ),
+            (
+                MatchKey::ExternalNumber,
+                f.identity.external_number.as_deref(),
+            ),
+            (
+                MatchKey::Email,
+                f.communication.emails.first().map(String::as_str),
+            ),
         ]
     }
 
