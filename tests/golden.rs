@@ -5,6 +5,8 @@
 //! review `git diff tests/golden`. The emitted documents' CreationDateTime comes from the
 //! hidden `--now` flag, so the output is byte-for-byte reproducible.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
