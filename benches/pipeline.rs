@@ -1,1 +1,199 @@
-fn main() {}
+//! Criterion benchmarks of the pipeline, stage by stage and whole, over generated documents
+//! (`bodflow::generate`: ~3.4 KB SyncCustomerPartyMaster in the realistic mix).
+//!
+//! Run: `cargo bench --bench pipeline` (add `-- <filter>` for one group). Throughput is
+//! reported in documents and bytes per second.
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use chrono::Utc;
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+
+use bodflow::bod::{self, Limits};
+use bodflow::config::Config;
+use bodflow::generate::{Generator, Mix, CONFIG};
+use bodflow::pipeline::{self, country, owner, validate, Input, Pipeline, Prepared, State};
+use bodflow::store::Store;
+
+const DOCS: usize = 2_000;
+
+fn documents(mix: Mix) -> Vec<Vec<u8>> {
+    Generator::new(42, mix)
+        .take(DOCS)
+        .map(|g| g.bytes)
+        .collect()
+}
+
+fn input(bytes: &[u8]) -> Input<'_> {
+    Input {
+        bytes,
+        source: "bench",
+        message_id: None,
+        reply_to: None,
+        received_at: Utc::now(),
+        released: false,
+    }
+}
+
+fn config() -> Config {
+    Config::from_toml(CONFIG, "generate::CONFIG").expect("generated config is valid")
+}
+
+/// Five applications, as issue 5 measures the cost of fan-out and policies against one.
+fn config_five_apps() -> Config {
+    let extra = r#"
+[[applications]]
+name = "Marketing"
+logical_id = "lid://load.marketing"
+create_policy = "match_or_create"
+match_on = ["email"]
+default_record_owner = "U-ADMIN"
+
+[[applications]]
+name = "Mobile"
+logical_id = "lid://load.mobile"
+country_code_format = "iso3"
+default_record_owner = "U-ADMIN"
+[applications.flows.CustomerPartyMaster]
+outbound = { create = true, update = true, fields = ["address", "communication"] }
+"#;
+    Config::from_toml(&format!("{CONFIG}{extra}"), "five apps").expect("valid")
+}
+
+fn stages(c: &mut Criterion) {
+    let docs = documents(Mix::REALISTIC);
+    let bytes: u64 = docs.iter().map(|d| d.len() as u64).sum();
+    let cfg = config();
+
+    let mut g = c.benchmark_group("stage");
+    g.throughput(Throughput::Elements(DOCS as u64));
+    g.bench_function("parse", |b| {
+        b.iter(|| {
+            for d in &docs {
+                let _ = black_box(bod::parse(d, Limits::default()));
+            }
+        })
+    });
+    let parsed: Vec<bod::Bod> = docs
+        .iter()
+        .filter_map(|d| bod::parse(d, Limits::default()).ok())
+        .collect();
+    g.bench_function("validate", |b| {
+        b.iter_batched(
+            || parsed.clone(),
+            |parsed| {
+                for p in parsed {
+                    let _ = black_box(validate::validate(p, &cfg));
+                }
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    let validated: Vec<pipeline::Doc> = parsed
+        .iter()
+        .cloned()
+        .filter_map(|p| match validate::validate(p, &cfg) {
+            Ok(validate::Checked::Doc(d)) => Some(*d),
+            _ => None,
+        })
+        .collect();
+    g.bench_function("country", |b| {
+        b.iter_batched(
+            || validated.iter().map(clone_doc).collect::<Vec<_>>(),
+            |mut docs| {
+                for d in &mut docs {
+                    let app = &cfg.applications[d.app];
+                    let _ = black_box(country::map_inbound(d, app));
+                }
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    g.bench_function("owner", |b| {
+        b.iter_batched(
+            || validated.iter().map(clone_doc).collect::<Vec<_>>(),
+            |mut docs| {
+                for d in &mut docs {
+                    let app = &cfg.applications[d.app];
+                    owner::assign(d, app, &cfg);
+                }
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("parse_bytes");
+    g.throughput(Throughput::Bytes(bytes));
+    g.bench_function("parse", |b| {
+        b.iter(|| {
+            for d in &docs {
+                let _ = black_box(bod::parse(d, Limits::default()));
+            }
+        })
+    });
+    g.finish();
+}
+
+fn clone_doc(d: &pipeline::Doc) -> pipeline::Doc {
+    pipeline::Doc {
+        bod: d.bod.clone(),
+        app: d.app,
+        verb: d.verb,
+        items: d.items.clone(),
+    }
+}
+
+fn prepared(pipe: &Pipeline, docs: &[Vec<u8>]) -> Vec<Prepared> {
+    docs.iter().map(|d| pipe.prepare(&input(d))).collect()
+}
+
+/// prepare (decode + stateless stages) and commit (upsert + outbox in the store), per group
+/// of 64 documents as replay commits them.
+fn whole(c: &mut Criterion) {
+    for (name, cfg) in [
+        ("one_app_mix", config()),
+        ("five_apps_mix", config_five_apps()),
+    ] {
+        let docs = documents(Mix::REALISTIC);
+        let mut g = c.benchmark_group(format!("pipeline/{name}"));
+        g.throughput(Throughput::Elements(DOCS as u64));
+        g.sample_size(10);
+        let cfg = Arc::new(cfg);
+        g.bench_function("prepare", |b| {
+            let store = Arc::new(Store::temporary().expect("store"));
+            let pipe = Pipeline::new(cfg.clone(), store).expect("pipeline");
+            b.iter(|| black_box(prepared(&pipe, &docs)))
+        });
+        g.bench_function("commit", |b| {
+            b.iter_batched(
+                || {
+                    let store = Arc::new(Store::temporary().expect("store"));
+                    let pipe = Pipeline::new(cfg.clone(), store).expect("pipeline");
+                    let p = prepared(&pipe, &docs);
+                    (pipe, p)
+                },
+                |(pipe, p)| {
+                    for chunk in p.chunks(64) {
+                        black_box(pipe.commit_batch(chunk).expect("commit"));
+                    }
+                },
+                BatchSize::PerIteration,
+            )
+        });
+        g.finish();
+    }
+    // Sanity: the mix really contains what the bench claims to measure.
+    let pipe = Pipeline::new(
+        Arc::new(config()),
+        Arc::new(Store::temporary().expect("store")),
+    )
+    .expect("pipeline");
+    let p = prepared(&pipe, &documents(Mix::REALISTIC));
+    assert!(p.iter().any(|p| matches!(p.state, State::Rejected { .. })));
+    assert!(p.iter().any(|p| matches!(p.state, State::Ready(_))));
+}
+
+criterion_group!(benches, stages, whole);
+criterion_main!(benches);

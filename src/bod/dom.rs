@@ -36,30 +36,27 @@ pub enum Ns {
     Foreign,
 }
 
-/// One element. Children are indices into [`Dom::nodes`], in document order.
+/// No node (end of a sibling chain).
+const NONE: u32 = u32::MAX;
+
+/// One element. Names and text borrow from the document text wherever they can (most do: only
+/// text with references or split by comments is assembled); children are a sibling chain.
 #[derive(Debug, Clone)]
-pub struct Element {
-    pub name: Box<str>,
+pub struct Element<'a> {
+    pub name: &'a str,
     pub ns: Ns,
-    pub attrs: Vec<(Box<str>, Box<str>)>,
-    pub text: String,
-    pub children: Vec<usize>,
+    attrs: (u32, u32),
+    pub text: Cow<'a, str>,
+    first_child: u32,
+    last_child: u32,
+    next_sibling: u32,
 }
 
-impl Element {
-    /// Attribute value by local name (prefix ignored).
-    pub fn attr(&self, name: &str) -> Option<&str> {
-        self.attrs
-            .iter()
-            .find(|(k, _)| &**k == name)
-            .map(|(_, v)| v.as_ref())
-    }
-}
-
-/// The element tree of one document; `nodes[0]` is the root.
+/// The element tree of one document; node 0 is the root.
 #[derive(Debug, Clone)]
-pub struct Dom {
-    pub nodes: Vec<Element>,
+pub struct Dom<'a> {
+    nodes: Vec<Element<'a>>,
+    attrs: Vec<(&'a str, Cow<'a, str>)>,
 }
 
 /// Limits enforced while reading.
@@ -78,27 +75,46 @@ impl Default for Limits {
     }
 }
 
-impl Dom {
+impl<'a> Dom<'a> {
     /// The root element.
-    pub fn root(&self) -> &Element {
+    pub fn root(&self) -> &Element<'a> {
         &self.nodes[0]
     }
 
-    pub fn node(&self, idx: usize) -> &Element {
+    pub fn node(&self, idx: usize) -> &Element<'a> {
         &self.nodes[idx]
     }
 
-    /// Children of `parent` in a BOD namespace with the given local name.
-    pub fn children<'a>(
-        &'a self,
-        parent: usize,
-        name: &'a str,
-    ) -> impl Iterator<Item = usize> + 'a {
-        self.nodes[parent]
-            .children
+    /// Attribute value of an element by local name (prefix ignored).
+    pub fn attr(&self, idx: usize, name: &str) -> Option<&str> {
+        let (from, to) = self.nodes[idx].attrs;
+        self.attrs[from as usize..to as usize]
             .iter()
-            .copied()
-            .filter(move |&c| self.nodes[c].ns == Ns::Bod && &*self.nodes[c].name == name)
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_ref())
+    }
+
+    /// All element children of `parent`, in document order.
+    pub fn all_children(&self, parent: usize) -> impl Iterator<Item = usize> + '_ {
+        let mut next = self.nodes[parent].first_child;
+        std::iter::from_fn(move || {
+            if next == NONE {
+                return None;
+            }
+            let at = next as usize;
+            next = self.nodes[at].next_sibling;
+            Some(at)
+        })
+    }
+
+    /// Children of `parent` in a BOD namespace with the given local name.
+    pub fn children<'s>(
+        &'s self,
+        parent: usize,
+        name: &'s str,
+    ) -> impl Iterator<Item = usize> + 's {
+        self.all_children(parent)
+            .filter(move |&c| self.nodes[c].ns == Ns::Bod && self.nodes[c].name == name)
     }
 
     /// First child of `parent` with the given local name.
@@ -116,22 +132,27 @@ impl Dom {
     /// Trimmed text at `path` below `parent`; `None` when absent or empty.
     pub fn text(&self, parent: usize, path: &str) -> Option<&str> {
         self.find(parent, path)
-            .map(|i| self.nodes[i].text.as_str())
+            .map(|i| self.nodes[i].text.as_ref())
             .filter(|t| !t.is_empty())
     }
 
     /// Parses a document. The bytes are decoded as UTF-8 unless the XML declaration or a BOM
     /// names another encoding that encoding_rs knows (one real C# sender sends iso-8859-1).
-    pub fn parse(bytes: &[u8], limits: Limits) -> Result<Dom, DecodeError> {
-        if bytes.len() > limits.max_bytes {
-            return Err(DecodeError::TooLarge {
-                size: bytes.len(),
-                limit: limits.max_bytes,
-            });
-        }
-        let text = decode_text(bytes)?;
-        read_tree(&text, limits.max_depth)
+    /// `text` is the decoded document (see [`decode_text`]); the tree borrows from it.
+    pub fn parse(text: &'a str, limits: Limits) -> Result<Dom<'a>, DecodeError> {
+        read_tree(text, limits.max_depth)
     }
+}
+
+/// Checks the size limit and decodes the bytes to text, before anything else is done.
+pub fn decode(bytes: &[u8], limits: Limits) -> Result<Cow<'_, str>, DecodeError> {
+    if bytes.len() > limits.max_bytes {
+        return Err(DecodeError::TooLarge {
+            size: bytes.len(),
+            limit: limits.max_bytes,
+        });
+    }
+    decode_text(bytes)
 }
 
 /// Turns bytes into text: a BOM or a declared non-UTF-8 encoding is honoured; otherwise the
@@ -224,12 +245,43 @@ fn not_well_formed(message: impl Into<String>, position: u64) -> DecodeError {
     }
 }
 
-fn read_tree(text: &str, max_depth: usize) -> Result<Dom, DecodeError> {
+/// `part` as a slice of `src` when it lies inside it (quick-xml hands out borrowed slices of
+/// the input for a `from_str` reader), so names and text need no copy.
+fn reslice<'a>(src: &'a str, part: &[u8]) -> Option<&'a str> {
+    let offset = (part.as_ptr() as usize).checked_sub(src.as_ptr() as usize)?;
+    src.get(offset..offset.checked_add(part.len())?)
+}
+
+fn owned_or_borrowed<'a>(
+    src: &'a str,
+    part: &[u8],
+    position: u64,
+) -> Result<Cow<'a, str>, DecodeError> {
+    match reslice(src, part) {
+        Some(s) => Ok(Cow::Borrowed(s)),
+        None => std::str::from_utf8(part)
+            .map(|s| Cow::Owned(s.to_string()))
+            .map_err(|e| not_well_formed(e.to_string(), position)),
+    }
+}
+
+fn push_text<'a>(slot: &mut Cow<'a, str>, piece: Cow<'a, str>) {
+    if slot.is_empty() {
+        *slot = piece;
+    } else {
+        slot.to_mut().push_str(&piece);
+    }
+}
+
+fn read_tree(text: &str, max_depth: usize) -> Result<Dom<'_>, DecodeError> {
     let mut reader = NsReader::from_str(text);
     reader.config_mut().check_end_names = true;
     reader.config_mut().trim_text(false);
 
-    let mut nodes: Vec<Element> = Vec::with_capacity(128);
+    let mut dom = Dom {
+        nodes: Vec::with_capacity(128),
+        attrs: Vec::with_capacity(64),
+    };
     let mut stack: Vec<usize> = Vec::with_capacity(16);
     let mut root_closed = false;
 
@@ -247,14 +299,14 @@ fn read_tree(text: &str, max_depth: usize) -> Result<Dom, DecodeError> {
         }
         match event {
             Event::Start(start) => {
-                let idx = push_element(&mut nodes, &stack, classify(&ns), &start, position)?;
+                let idx = push_element(text, &mut dom, &stack, classify(&ns), &start, position)?;
                 stack.push(idx);
                 if stack.len() > max_depth {
                     return Err(DecodeError::TooDeep { limit: max_depth });
                 }
             }
             Event::Empty(start) => {
-                push_element(&mut nodes, &stack, classify(&ns), &start, position)?;
+                push_element(text, &mut dom, &stack, classify(&ns), &start, position)?;
                 if stack.len() + 1 > max_depth {
                     return Err(DecodeError::TooDeep { limit: max_depth });
                 }
@@ -264,10 +316,13 @@ fn read_tree(text: &str, max_depth: usize) -> Result<Dom, DecodeError> {
             }
             Event::End(_) => {
                 if let Some(idx) = stack.pop() {
-                    let text = &mut nodes[idx].text;
-                    let trimmed = text.trim();
-                    if trimmed.len() != text.len() {
-                        *text = trimmed.to_string();
+                    let slot = &mut dom.nodes[idx].text;
+                    let trimmed_len = slot.trim().len();
+                    if trimmed_len != slot.len() {
+                        *slot = match std::mem::take(slot) {
+                            Cow::Borrowed(b) => Cow::Borrowed(b.trim()),
+                            Cow::Owned(o) => Cow::Owned(o.trim().to_string()),
+                        };
                     }
                 }
                 if stack.is_empty() {
@@ -275,21 +330,17 @@ fn read_tree(text: &str, max_depth: usize) -> Result<Dom, DecodeError> {
                 }
             }
             Event::Text(t) => {
-                let piece = t
-                    .decode()
-                    .map_err(|e| not_well_formed(e.to_string(), position))?;
+                let piece = owned_or_borrowed(text, &t, position)?;
                 match stack.last() {
-                    Some(&idx) => nodes[idx].text.push_str(&piece),
+                    Some(&idx) => push_text(&mut dom.nodes[idx].text, piece),
                     None if piece.trim().is_empty() => {}
                     None => return Err(not_well_formed("text outside the root element", position)),
                 }
             }
             Event::CData(t) => {
-                let piece = t
-                    .decode()
-                    .map_err(|e| not_well_formed(e.to_string(), position))?;
+                let piece = owned_or_borrowed(text, &t, position)?;
                 match stack.last() {
-                    Some(&idx) => nodes[idx].text.push_str(&piece),
+                    Some(&idx) => push_text(&mut dom.nodes[idx].text, piece),
                     None => {
                         return Err(not_well_formed("CDATA outside the root element", position))
                     }
@@ -298,7 +349,7 @@ fn read_tree(text: &str, max_depth: usize) -> Result<Dom, DecodeError> {
             Event::GeneralRef(r) => {
                 let resolved = resolve_reference(&r).map_err(|m| not_well_formed(m, position))?;
                 match stack.last() {
-                    Some(&idx) => nodes[idx].text.push(resolved),
+                    Some(&idx) => dom.nodes[idx].text.to_mut().push(resolved),
                     None => {
                         return Err(not_well_formed(
                             "reference outside the root element",
@@ -310,34 +361,38 @@ fn read_tree(text: &str, max_depth: usize) -> Result<Dom, DecodeError> {
             Event::DocType(_) => return Err(DecodeError::DoctypeForbidden),
             Event::Decl(_) | Event::PI(_) | Event::Comment(_) => {}
             Event::Eof => {
-                if !stack.is_empty() {
+                if let Some(&open) = stack.last() {
                     return Err(not_well_formed(
                         format!(
                             "unexpected end of document inside <{}>",
-                            nodes[stack[stack.len() - 1]].name
+                            dom.nodes[open].name
                         ),
                         position,
                     ));
                 }
-                if nodes.is_empty() {
+                if dom.nodes.is_empty() {
                     return Err(not_well_formed("no root element", position));
                 }
-                return Ok(Dom { nodes });
+                return Ok(dom);
             }
         }
     }
 }
 
-fn push_element(
-    nodes: &mut Vec<Element>,
+fn push_element<'a>(
+    text: &'a str,
+    dom: &mut Dom<'a>,
     stack: &[usize],
     ns: Ns,
     start: &BytesStart<'_>,
     position: u64,
 ) -> Result<usize, DecodeError> {
-    let name = std::str::from_utf8(start.local_name().into_inner())
-        .map_err(|e| not_well_formed(e.to_string(), position))?;
-    let mut attrs = Vec::new();
+    let name = match owned_or_borrowed(text, start.local_name().into_inner(), position)? {
+        Cow::Borrowed(b) => b,
+        // Only a non-`from_str` reader would hand out copies; names must borrow.
+        Cow::Owned(_) => return Err(not_well_formed("unreadable element name", position)),
+    };
+    let attrs_from = dom.attrs.len() as u32;
     for attr in start.attributes() {
         let attr = attr.map_err(|e| not_well_formed(e.to_string(), position))?;
         let key = attr.key;
@@ -345,23 +400,42 @@ fn push_element(
         if key.as_ref() == b"xmlns" || key.as_ref().starts_with(b"xmlns:") {
             continue;
         }
-        let local = std::str::from_utf8(key.local_name().into_inner())
-            .map_err(|e| not_well_formed(e.to_string(), position))?;
-        let value = attr
-            .unescape_value()
-            .map_err(|e| not_well_formed(e.to_string(), position))?;
-        attrs.push((Box::from(local), Box::from(value.trim())));
+        let Some(local) = reslice(text, key.local_name().into_inner()) else {
+            return Err(not_well_formed("unreadable attribute name", position));
+        };
+        let value: Cow<'a, str> = if attr.value.contains(&b'&') {
+            Cow::Owned(
+                attr.unescape_value()
+                    .map_err(|e| not_well_formed(e.to_string(), position))?
+                    .trim()
+                    .to_string(),
+            )
+        } else {
+            match owned_or_borrowed(text, &attr.value, position)? {
+                Cow::Borrowed(b) => Cow::Borrowed(b.trim()),
+                Cow::Owned(o) => Cow::Owned(o.trim().to_string()),
+            }
+        };
+        dom.attrs.push((local, value));
     }
-    let idx = nodes.len();
-    nodes.push(Element {
-        name: Box::from(name),
+    let idx = dom.nodes.len();
+    dom.nodes.push(Element {
+        name,
         ns,
-        attrs,
-        text: String::new(),
-        children: Vec::new(),
+        attrs: (attrs_from, dom.attrs.len() as u32),
+        text: Cow::Borrowed(""),
+        first_child: NONE,
+        last_child: NONE,
+        next_sibling: NONE,
     });
     if let Some(&parent) = stack.last() {
-        nodes[parent].children.push(idx);
+        let last = dom.nodes[parent].last_child;
+        if last == NONE {
+            dom.nodes[parent].first_child = idx as u32;
+        } else {
+            dom.nodes[last as usize].next_sibling = idx as u32;
+        }
+        dom.nodes[parent].last_child = idx as u32;
     } else if idx != 0 {
         return Err(not_well_formed("more than one root element", position));
     }
@@ -392,8 +466,8 @@ fn resolve_reference(r: &quick_xml::events::BytesRef<'_>) -> Result<char, String
 mod tests {
     use super::*;
 
-    fn parse(s: &str) -> Result<Dom, DecodeError> {
-        Dom::parse(s.as_bytes(), Limits::default())
+    fn parse(s: &str) -> Result<Dom<'_>, DecodeError> {
+        Dom::parse(s, Limits::default())
     }
 
     #[test]
@@ -403,14 +477,14 @@ mod tests {
                  <oa:B>  x  </oa:B><v:C>y</v:C></oa:A>"#,
         )
         .unwrap();
-        assert_eq!(&*dom.root().name, "A");
+        assert_eq!(dom.root().name, "A");
         assert_eq!(dom.text(0, "B"), Some("x"));
         assert_eq!(
             dom.child(0, "C"),
             None,
             "foreign elements are not BOD content"
         );
-        let c = dom.root().children[1];
+        let c = dom.all_children(0).nth(1).unwrap();
         assert_eq!(dom.node(c).ns, Ns::Foreign);
     }
 
@@ -450,7 +524,7 @@ mod tests {
 
     #[test]
     fn limits_are_enforced() {
-        let err = Dom::parse(
+        let err = decode(
             b"<A>0123456789</A>",
             Limits {
                 max_bytes: 10,
@@ -470,15 +544,16 @@ mod tests {
         let mut bytes = b"<?xml version=\"1.0\" encoding=\"iso-8859-1\"?><A>M".to_vec();
         bytes.push(0xFC); // ü in latin-1
         bytes.extend_from_slice(b"nchen</A>");
+        let text = decode(&bytes, Limits::default()).unwrap();
         assert_eq!(
-            Dom::parse(&bytes, Limits::default()).unwrap().root().text,
+            Dom::parse(&text, Limits::default()).unwrap().root().text,
             "München"
         );
     }
 
     #[test]
     fn invalid_utf8_is_not_well_formed() {
-        let err = Dom::parse(b"<A>\xff\xfe</A>", Limits::default()).unwrap_err();
+        let err = decode(b"<A>\xff\xfe</A>", Limits::default()).unwrap_err();
         assert_eq!(err.code(), "not_well_formed");
     }
 }

@@ -270,6 +270,7 @@ pub struct Contact {
 
 /// Reads one document: decode + typed model. The only entry point for untrusted bytes.
 pub fn parse(bytes: &[u8], limits: Limits) -> Result<Bod, DecodeError> {
-    let dom = dom::Dom::parse(bytes, limits)?;
+    let text = dom::decode(bytes, limits)?;
+    let dom = dom::Dom::parse(&text, limits)?;
     read::read_bod(&dom)
 }

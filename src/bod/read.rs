@@ -12,7 +12,7 @@ use super::{
 };
 
 /// Builds the typed BOD from an element tree.
-pub fn read_bod(dom: &Dom) -> Result<Bod, DecodeError> {
+pub fn read_bod(dom: &Dom<'_>) -> Result<Bod, DecodeError> {
     let root = find_bod_root(dom)?;
     let root_name = dom.node(root).name.to_string();
     let unknown = |why| DecodeError::UnknownRoot {
@@ -26,10 +26,7 @@ pub fn read_bod(dom: &Dom) -> Result<Bod, DecodeError> {
         .child(root, "DataArea")
         .ok_or_else(|| unknown("no DataArea"))?;
     let mut content = dom
-        .node(data)
-        .children
-        .iter()
-        .copied()
+        .all_children(data)
         .filter(|&c| dom.node(c).ns == Ns::Bod);
     let verb_idx = content
         .next()
@@ -46,11 +43,11 @@ pub fn read_bod(dom: &Dom) -> Result<Bod, DecodeError> {
         let name = dom.node(n).name.to_string();
         let same_name = noun_idxs
             .iter()
-            .filter(|&&m| *dom.node(m).name == *name)
+            .filter(|&&m| dom.node(m).name == name)
             .count();
         let ordinal = noun_idxs[..i]
             .iter()
-            .filter(|&&m| *dom.node(m).name == *name)
+            .filter(|&&m| dom.node(m).name == name)
             .count()
             + 1;
         let path = if same_name > 1 {
@@ -65,13 +62,12 @@ pub fn read_bod(dom: &Dom) -> Result<Bod, DecodeError> {
         });
     }
 
-    let root_el = dom.node(root);
     Ok(Bod {
         root: root_name.clone(),
         verb,
         noun,
-        release_id: root_el.attr("releaseID").map(str::to_string),
-        language_code: root_el.attr("languageCode").map(str::to_string),
+        release_id: dom.attr(root, "releaseID").map(str::to_string),
+        language_code: dom.attr(root, "languageCode").map(str::to_string),
         area: read_area(dom, area_idx),
         header: read_verb(dom, verb_idx),
         nouns,
@@ -79,16 +75,14 @@ pub fn read_bod(dom: &Dom) -> Result<Bod, DecodeError> {
 }
 
 /// The BOD root: the document root, or the first element of a SOAP `Body`.
-fn find_bod_root(dom: &Dom) -> Result<usize, DecodeError> {
+fn find_bod_root(dom: &Dom<'_>) -> Result<usize, DecodeError> {
     let root = dom.root();
-    if root.ns == Ns::Soap && &*root.name == "Envelope" {
-        let body = root
-            .children
-            .iter()
-            .copied()
-            .find(|&c| dom.node(c).ns == Ns::Soap && &*dom.node(c).name == "Body");
+    if root.ns == Ns::Soap && root.name == "Envelope" {
+        let body = dom
+            .all_children(0)
+            .find(|&c| dom.node(c).ns == Ns::Soap && dom.node(c).name == "Body");
         return body
-            .and_then(|b| dom.node(b).children.first().copied())
+            .and_then(|b| dom.all_children(b).next())
             .ok_or(DecodeError::UnknownRoot {
                 root: "Envelope".into(),
                 why: "SOAP envelope without a BOD in its Body",
@@ -103,11 +97,11 @@ fn find_bod_root(dom: &Dom) -> Result<usize, DecodeError> {
     Ok(0)
 }
 
-fn owned(dom: &Dom, at: usize, path: &str) -> Option<String> {
+fn owned(dom: &Dom<'_>, at: usize, path: &str) -> Option<String> {
     dom.text(at, path).map(str::to_string)
 }
 
-fn read_area(dom: &Dom, at: usize) -> ApplicationArea {
+fn read_area(dom: &Dom<'_>, at: usize) -> ApplicationArea {
     ApplicationArea {
         logical_id: owned(dom, at, "Sender/LogicalID"),
         component_id: owned(dom, at, "Sender/ComponentID"),
@@ -117,10 +111,10 @@ fn read_area(dom: &Dom, at: usize) -> ApplicationArea {
     }
 }
 
-fn read_verb(dom: &Dom, at: usize) -> VerbHeader {
+fn read_verb(dom: &Dom<'_>, at: usize) -> VerbHeader {
     let action_code = dom
         .find(at, "ActionCriteria/ActionExpression")
-        .and_then(|e| dom.node(e).attr("actionCode"))
+        .and_then(|e| dom.attr(e, "actionCode"))
         .filter(|v| !v.is_empty())
         .map(str::to_string);
     let response = dom.find(at, "ResponseCriteria/ResponseExpression");
@@ -134,23 +128,22 @@ fn read_verb(dom: &Dom, at: usize) -> VerbHeader {
         accounting_entity_id: owned(dom, at, "AccountingEntityID"),
         location_id: owned(dom, at, "LocationID"),
         action_code,
-        acknowledge_code: dom.node(at).attr("acknowledgeCode").map(str::to_string),
+        acknowledge_code: dom.attr(at, "acknowledgeCode").map(str::to_string),
         original: dom
             .child(at, "OriginalApplicationArea")
             .map(|o| read_area(dom, o)),
         response_code: response
-            .and_then(|r| dom.node(r).attr("actionCode"))
+            .and_then(|r| dom.attr(r, "actionCode"))
             .filter(|v| !v.is_empty())
             .map(str::to_string),
         response_reason,
     }
 }
 
-fn read_id(dom: &Dom, at: usize) -> Id {
-    let el = dom.node(at);
-    let attr = |n: &str| el.attr(n).map(str::to_string);
+fn read_id(dom: &Dom<'_>, at: usize) -> Id {
+    let attr = |n: &str| dom.attr(at, n).map(str::to_string);
     Id {
-        value: el.text.clone(),
+        value: dom.node(at).text.to_string(),
         accounting_entity: attr("accountingEntity").filter(|v| !v.is_empty()),
         location: attr("location").filter(|v| !v.is_empty()),
         lid: attr("lid").filter(|v| !v.is_empty()),
@@ -159,26 +152,23 @@ fn read_id(dom: &Dom, at: usize) -> Id {
     }
 }
 
-fn read_ids(dom: &Dom, at: usize, container: &str) -> Vec<Id> {
+fn read_ids(dom: &Dom<'_>, at: usize, container: &str) -> Vec<Id> {
     dom.children(at, container)
         .flat_map(|c| dom.children(c, "ID"))
         .map(|i| read_id(dom, i))
         .collect()
 }
 
-fn lang_texts(dom: &Dom, at: usize, name: &str) -> Vec<LangText> {
+fn lang_texts(dom: &Dom<'_>, at: usize, name: &str) -> Vec<LangText> {
     dom.children(at, name)
-        .map(|n| {
-            let el = dom.node(n);
-            LangText {
-                lang: el.attr("languageID").map(str::to_string),
-                text: el.text.clone(),
-            }
+        .map(|n| LangText {
+            lang: dom.attr(n, "languageID").map(str::to_string),
+            text: dom.node(n).text.to_string(),
         })
         .collect()
 }
 
-fn classifications(dom: &Dom, at: usize) -> Vec<String> {
+fn classifications(dom: &Dom<'_>, at: usize) -> Vec<String> {
     dom.children(at, "Classification")
         .flat_map(|c| {
             let direct = dom.children(c, "Code");
@@ -187,7 +177,7 @@ fn classifications(dom: &Dom, at: usize) -> Vec<String> {
                 .flat_map(|cs| dom.children(cs, "Code"));
             direct.chain(coded).collect::<Vec<_>>()
         })
-        .map(|c| dom.node(c).text.clone())
+        .map(|c| dom.node(c).text.to_string())
         .filter(|t| !t.is_empty())
         .collect()
 }
@@ -196,25 +186,23 @@ fn is_true(value: Option<&str>) -> bool {
     value.is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
 }
 
-fn read_address(dom: &Dom, at: usize) -> Address {
-    let el = dom.node(at);
+fn read_address(dom: &Dom<'_>, at: usize) -> Address {
     let mut lines: Vec<(u32, usize, String)> = dom
         .children(at, "AddressLine")
         .enumerate()
         .map(|(pos, l)| {
-            let line = dom.node(l);
-            let seq = line
-                .attr("sequence")
+            let seq = dom
+                .attr(l, "sequence")
                 .and_then(|s| s.parse::<u32>().ok())
                 .unwrap_or(u32::MAX);
-            (seq, pos, line.text.clone())
+            (seq, pos, dom.node(l).text.to_string())
         })
         .filter(|(_, _, t)| !t.is_empty())
         .collect();
     lines.sort();
     Address {
-        kind: el
-            .attr("type")
+        kind: dom
+            .attr(at, "type")
             .filter(|v| !v.is_empty())
             .map(str::to_string),
         attention: owned(dom, at, "AttentionOfName"),
@@ -230,7 +218,7 @@ fn read_address(dom: &Dom, at: usize) -> Address {
         subdivision2: owned(dom, at, "CountrySubDivision2Code"),
         country: owned(dom, at, "CountryCode"),
         postal_code: owned(dom, at, "PostalCode"),
-        preferred: is_true(el.attr("preferredIndicator"))
+        preferred: is_true(dom.attr(at, "preferredIndicator"))
             || is_true(dom.text(at, "Preference/Indicator")),
     }
 }
@@ -250,23 +238,22 @@ fn channel_kind(code: Option<&str>, uri: bool, value: &str) -> ChannelKind {
 
 /// A `Communication`/`CommunicationDetail` carrying a number or URI; `None` when it carries
 /// neither (an address-only detail, or empty placeholders as in the SX.e samples).
-fn read_channel(dom: &Dom, at: usize) -> Option<Channel> {
+fn read_channel(dom: &Dom<'_>, at: usize) -> Option<Channel> {
     let (value, uri) = match (dom.text(at, "DialNumber"), dom.text(at, "URI")) {
         (Some(d), _) => (d, false),
         (None, Some(u)) => (u, true),
         (None, None) => return None,
     };
-    let el = dom.node(at);
     Some(Channel {
         channel: channel_kind(dom.text(at, "ChannelCode"), uri, value),
         use_code: owned(dom, at, "UseCode"),
         value: value.to_string(),
-        preferred: is_true(el.attr("preferredIndicator"))
+        preferred: is_true(dom.attr(at, "preferredIndicator"))
             || is_true(dom.text(at, "Preference/Indicator")),
     })
 }
 
-fn read_sales_persons(dom: &Dom, at: usize) -> Vec<SalesPerson> {
+fn read_sales_persons(dom: &Dom<'_>, at: usize) -> Vec<SalesPerson> {
     dom.children(at, "SalesPersonReference")
         .map(|s| SalesPerson {
             id: read_ids(dom, s, "IDs")
@@ -280,27 +267,26 @@ fn read_sales_persons(dom: &Dom, at: usize) -> Vec<SalesPerson> {
 }
 
 /// Everything under `UserArea`: `Property/NameValue` pairs by name, any other leaf by its path.
-fn read_user_area(dom: &Dom, at: usize) -> Vec<NameValue> {
+fn read_user_area(dom: &Dom<'_>, at: usize) -> Vec<NameValue> {
     let mut out = Vec::new();
-    for ua in dom.node(at).children.iter().copied() {
-        let el = dom.node(ua);
-        if &*el.name != "UserArea" {
+    for ua in dom.all_children(at) {
+        if dom.node(ua).name != "UserArea" {
             continue;
         }
-        for &child in &el.children {
+        for child in dom.all_children(ua) {
             collect_user_area(dom, child, String::new(), &mut out);
         }
     }
     out
 }
 
-fn collect_user_area(dom: &Dom, at: usize, prefix: String, out: &mut Vec<NameValue>) {
+fn collect_user_area(dom: &Dom<'_>, at: usize, prefix: String, out: &mut Vec<NameValue>) {
     let el = dom.node(at);
-    if &*el.name == "NameValue" {
+    if el.name == "NameValue" {
         out.push(NameValue {
-            name: el.attr("name").unwrap_or_default().to_string(),
-            kind: el.attr("type").map(str::to_string),
-            value: el.text.clone(),
+            name: dom.attr(at, "name").unwrap_or_default().to_string(),
+            kind: dom.attr(at, "type").map(str::to_string),
+            value: el.text.to_string(),
         });
         return;
     }
@@ -309,28 +295,24 @@ fn collect_user_area(dom: &Dom, at: usize, prefix: String, out: &mut Vec<NameVal
     } else {
         format!("{prefix}/{}", el.name)
     };
-    if el.children.is_empty() {
+    if dom.all_children(at).next().is_none() {
         if !el.text.is_empty() {
             out.push(NameValue {
                 name: path,
                 kind: None,
-                value: el.text.clone(),
+                value: el.text.to_string(),
             });
         }
         return;
     }
     // `Property` wrappers add nothing to a name.
-    let next = if &*el.name == "Property" {
-        prefix
-    } else {
-        path
-    };
-    for &child in &el.children {
+    let next = if el.name == "Property" { prefix } else { path };
+    for child in dom.all_children(at) {
         collect_user_area(dom, child, next.clone(), out);
     }
 }
 
-fn read_party(dom: &Dom, at: usize, path: String) -> Party {
+fn read_party(dom: &Dom<'_>, at: usize, path: String) -> Party {
     let addresses = dom
         .children(at, "Location")
         .flat_map(|l| dom.children(l, "Address"))
@@ -361,7 +343,7 @@ fn read_party(dom: &Dom, at: usize, path: String) -> Party {
     }
 }
 
-fn read_contact(dom: &Dom, at: usize, path: String) -> Contact {
+fn read_contact(dom: &Dom<'_>, at: usize, path: String) -> Contact {
     let details: Vec<usize> = dom.children(at, "CommunicationDetail").collect();
     let address = details
         .iter()
