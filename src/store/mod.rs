@@ -96,6 +96,70 @@ fn decode<T: DeserializeOwned>(k: &[u8], bytes: &[u8]) -> Result<T, StoreError> 
     })
 }
 
+/// Outbox rows: the metadata as one JSON line, then the document's bytes as they are (JSON
+/// would escape every quote of the XML, and rows are the largest values written).
+fn encode_outbox(row: &OutboxRow) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Head<'a> {
+        kind: &'a str,
+        to: &'a str,
+        reply_to: &'a Option<String>,
+        bod_id: &'a str,
+        correlation_id: &'a str,
+        document_name: &'a str,
+        tenant: &'a Option<String>,
+    }
+    let mut out = serde_json::to_vec(&Head {
+        kind: &row.kind,
+        to: &row.to,
+        reply_to: &row.reply_to,
+        bod_id: &row.bod_id,
+        correlation_id: &row.correlation_id,
+        document_name: &row.document_name,
+        tenant: &row.tenant,
+    })
+    .unwrap_or_default();
+    out.reserve(row.xml.len() + 1);
+    out.push(b'\n');
+    out.extend_from_slice(row.xml.as_bytes());
+    out
+}
+
+fn decode_outbox(k: &[u8], bytes: &[u8]) -> Result<OutboxRow, StoreError> {
+    #[derive(serde::Deserialize)]
+    struct Head {
+        kind: String,
+        to: String,
+        reply_to: Option<String>,
+        bod_id: String,
+        correlation_id: String,
+        document_name: String,
+        tenant: Option<String>,
+    }
+    let corrupt = |message: String| StoreError::Corrupt {
+        key: String::from_utf8_lossy(k).into_owned(),
+        message,
+    };
+    let split = bytes
+        .iter()
+        .position(|&b| b == b'\n')
+        .ok_or_else(|| corrupt("outbox row without header".into()))?;
+    let head: Head = decode(k, &bytes[..split])?;
+    let xml = std::str::from_utf8(&bytes[split + 1..])
+        .map_err(|e| corrupt(e.to_string()))?
+        .to_string();
+    Ok(OutboxRow {
+        kind: head.kind,
+        to: head.to,
+        reply_to: head.reply_to,
+        bod_id: head.bod_id,
+        correlation_id: head.correlation_id,
+        document_name: head.document_name,
+        tenant: head.tenant,
+        xml,
+    })
+}
+
 fn abort(e: StoreError) -> ConflictableTransactionError<StoreError> {
     ConflictableTransactionError::Abort(e)
 }
@@ -113,6 +177,9 @@ fn match_tag(k: MatchKey) -> &'static str {
         MatchKey::Email => "email",
     }
 }
+
+/// sled's page cache. Bounded so replay and the service stay within their memory budget.
+const CACHE_BYTES: u64 = 16 * 1024 * 1024;
 
 /// The open store. Open once per process (sled holds a file lock).
 pub struct Store {
@@ -135,7 +202,8 @@ impl Store {
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         let db = sled::Config::new()
             .path(path)
-            .cache_capacity(32 * 1024 * 1024)
+            .cache_capacity(CACHE_BYTES)
+            .mode(sled::Mode::HighThroughput)
             .open()?;
         Store::from_db(db)
     }
@@ -144,7 +212,8 @@ impl Store {
     pub fn temporary() -> Result<Store, StoreError> {
         let db = sled::Config::new()
             .temporary(true)
-            .cache_capacity(32 * 1024 * 1024)
+            .cache_capacity(CACHE_BYTES)
+            .mode(sled::Mode::HighThroughput)
             .open()?;
         Store::from_db(db)
     }
@@ -223,13 +292,15 @@ impl Store {
 
     /// Pending outbox rows in the order they were written.
     pub fn outbox(&self) -> impl Iterator<Item = Result<(u64, OutboxRow), StoreError>> + '_ {
-        self.scan::<OutboxRow>(b'o')
-            .map(|r| r.map(|(k, v)| (seq_of(&k), v)))
+        self.hub.scan_prefix([b'o']).map(|item| {
+            let (k, v) = item?;
+            Ok((seq_of(&k), decode_outbox(&k, &v)?))
+        })
     }
 
     pub fn outbox_row(&self, seq: u64) -> Result<Option<OutboxRow>, StoreError> {
         let k = seq_key(b'o', seq);
-        self.hub.get(&k)?.map(|v| decode(&k, &v)).transpose()
+        self.hub.get(&k)?.map(|v| decode_outbox(&k, &v)).transpose()
     }
 
     /// Removes published rows (after their confirm).
@@ -422,7 +493,7 @@ impl Tx<'_> {
     /// Writes an outbox row under the next outbox sequence number.
     pub fn push_outbox(&self, row: &OutboxRow) -> TxResult<u64> {
         let seq = self.seqs.outbox.fetch_add(1, Ordering::Relaxed);
-        self.put(seq_key(b'o', seq), row)?;
+        self.tree.insert(seq_key(b'o', seq), encode_outbox(row))?;
         Ok(seq)
     }
 
