@@ -4,12 +4,17 @@
 //! After an intended change, regenerate with `BODFLOW_BLESS=1 cargo test --test golden` and
 //! review `git diff tests/golden`. The emitted documents' CreationDateTime comes from the
 //! hidden `--now` flag, so the output is byte-for-byte reproducible.
+//!
+//! Every document the replay writes under `--out` must also validate against its strict
+//! schema `schemas/<Kind>.xsd` (needs `xmllint`, Debian/Ubuntu: `libxml2-utils`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+mod common;
 
 const NOW: &str = "2026-01-01T00:00:00Z";
 
@@ -117,4 +122,57 @@ fn replay_is_deterministic_across_runs() {
         o.stdout
     };
     assert_eq!(run(), run());
+}
+
+#[test]
+fn every_document_emitted_by_the_fixture_replay_validates_against_its_kind_schema() {
+    common::require_xmllint();
+    let out = tempfile::tempdir().unwrap();
+    let output = common::bodflow()
+        .current_dir(common::root())
+        .args(["replay", "fixtures", "--json", "--now", NOW, "--out"])
+        .arg(out.path())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "replay failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // Every output named in the replay lines was written, and nothing else was.
+    let named: usize = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["outputs"].as_array().unwrap().len()
+        })
+        .sum();
+    let by_kind = common::emitted_by_kind(out.path());
+    let written: usize = by_kind.values().map(Vec::len).sum();
+    assert_eq!(
+        written, named,
+        "files under --out vs outputs in the replay lines"
+    );
+    for kind in [
+        "ConfirmBOD",
+        "SyncCustomerPartyMaster",
+        "SyncContactMaster",
+        "AcknowledgeCustomerPartyMaster",
+        "AcknowledgeContactMaster",
+    ] {
+        assert!(
+            by_kind.contains_key(kind),
+            "the fixture replay emitted no {kind}, so its schema went unchecked; emitted: {:?}",
+            by_kind.keys().collect::<Vec<_>>()
+        );
+    }
+    let problems = common::xmllint_validate_by_kind(common::schema_for_kind, &by_kind);
+    assert!(
+        problems.is_empty(),
+        "{} schema violation(s) in the fixture replay's output (kept in {}):\n{}",
+        problems.len(),
+        out.keep().display(),
+        problems.join("\n")
+    );
 }

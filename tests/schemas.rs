@@ -16,13 +16,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 
 use bodflow::config::Config;
 use bodflow::generate::{self, Generator, Mix};
 use bodflow::pipeline::{Input, Outcome, Pipeline, Report, Stage};
 use bodflow::store::Store;
+
+mod common;
+use common::{require_xmllint, schemas_dir, xmllint_validate, ToCheck};
 
 const CONFIG: &str = r#"
 [hub]
@@ -73,8 +75,6 @@ const CRM: &str = "lid://load.crm";
 
 /// Generated documents fed before the scenarios.
 const GENERATED: usize = 240;
-/// Files per xmllint call.
-const BATCH: usize = 200;
 
 /// What each emitted variant looks like; every one must be emitted at least once.
 const VARIANTS: [(&str, &str); 11] = [
@@ -499,73 +499,6 @@ fn scenario() -> Vec<Case> {
     ]
 }
 
-/// A document to validate: the input it came from (for messages) and its file.
-struct ToCheck {
-    origin: String,
-    file: PathBuf,
-}
-
-fn schemas_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas")
-}
-
-fn require_xmllint() {
-    match Command::new("xmllint").arg("--version").output() {
-        Ok(out) if out.status.success() => {}
-        Ok(out) => panic!(
-            "xmllint --version failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ),
-        Err(e) => panic!(
-            "xmllint is required for the schema tests but could not be run ({e}); \
-             install it with `apt-get install -y libxml2-utils` (Debian/Ubuntu) or your \
-             platform's libxml2 package"
-        ),
-    }
-}
-
-/// Runs xmllint on `files` in batches; returns its complaints (empty when all validate).
-fn xmllint(schema: &Path, files: &[ToCheck]) -> Vec<String> {
-    let mut problems = Vec::new();
-    for chunk in files.chunks(BATCH) {
-        let out = Command::new("xmllint")
-            .arg("--noout")
-            .arg("--schema")
-            .arg(schema)
-            .args(chunk.iter().map(|c| &c.file))
-            .output()
-            .expect("running xmllint");
-        if out.status.success() {
-            continue;
-        }
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let failing: Vec<&str> = stderr
-            .lines()
-            .filter(|l| !l.ends_with(" validates"))
-            .collect();
-        let origins: BTreeMap<String, &str> = chunk
-            .iter()
-            .map(|c| (c.file.display().to_string(), c.origin.as_str()))
-            .collect();
-        let before = problems.len();
-        for line in failing {
-            let origin = origins
-                .iter()
-                .find(|(file, _)| line.starts_with(file.as_str()))
-                .map(|(_, o)| format!(" [from {o}]"))
-                .unwrap_or_default();
-            problems.push(format!("{line}{origin}"));
-        }
-        if problems.len() == before {
-            problems.push(format!(
-                "xmllint exited with {} without naming a file: {stderr}",
-                out.status
-            ));
-        }
-    }
-    problems
-}
-
 fn write(dir: &Path, name: &str, xml: &str) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
     let file = dir.join(name);
@@ -722,11 +655,11 @@ fn emitted_documents_validate_against_strict_schemas_and_inbound_against_lax_one
             continue;
         }
         summary.push(format!("{kind}: {}", docs.len()));
-        problems.extend(xmllint(&schema, docs));
+        problems.extend(xmllint_validate(&schema, docs));
     }
     for (schema, docs) in &inbound {
         summary.push(format!("inbound {schema}: {}", docs.len()));
-        problems.extend(xmllint(&schemas.join(schema), docs));
+        problems.extend(xmllint_validate(&schemas.join(schema), docs));
     }
     println!("validated:\n  {}", summary.join("\n  "));
 
@@ -823,7 +756,7 @@ fn schemas_reject_what_bodflow_must_not_emit_or_accept() {
     ];
     for (i, (schema, what, xml)) in cases.iter().enumerate() {
         let file = write(tmp.path(), &format!("{i}.xml"), xml);
-        let problems = xmllint(
+        let problems = xmllint_validate(
             &schemas.join(schema),
             &[ToCheck {
                 origin: what.to_string(),

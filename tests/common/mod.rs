@@ -1,0 +1,178 @@
+//! Helpers shared by the integration tests (`mod common;` in each test crate).
+//!
+//! - [`bodflow`]: a `Command` for the binary under test, with quiet logs.
+//! - [`xmllint_validate`] / [`xmllint_validate_by_kind`]: schema validation with
+//!   `xmllint --schema`, many files per call. `xmllint` is required: the helpers fail with an
+//!   install hint when it is missing, they never skip.
+
+// Every test crate uses a different subset of these helpers.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// Files per xmllint call (keeps the command line short).
+pub const BATCH: usize = 200;
+
+/// The crate root.
+pub fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `schemas/` of the crate.
+pub fn schemas_dir() -> PathBuf {
+    root().join("schemas")
+}
+
+/// The strict schema of an emitted document kind: `schemas/<kind>.xsd`.
+pub fn schema_for_kind(kind: &str) -> PathBuf {
+    schemas_dir().join(format!("{kind}.xsd"))
+}
+
+/// The `bodflow` binary under test, logging warnings only.
+pub fn bodflow() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bodflow"));
+    cmd.env("RUST_LOG", "warn");
+    cmd
+}
+
+/// A document to validate: where it came from (named in problems) and its file.
+#[derive(Debug, Clone)]
+pub struct ToCheck {
+    pub origin: String,
+    pub file: PathBuf,
+}
+
+impl ToCheck {
+    /// A file that is its own origin.
+    pub fn file(file: impl Into<PathBuf>) -> ToCheck {
+        let file = file.into();
+        ToCheck {
+            origin: file.display().to_string(),
+            file,
+        }
+    }
+}
+
+/// Panics with an install hint unless `xmllint` can be run. Checked once per test binary.
+pub fn require_xmllint() {
+    static CHECKED: OnceLock<Result<(), String>> = OnceLock::new();
+    let result = CHECKED.get_or_init(|| match Command::new("xmllint").arg("--version").output() {
+        Ok(out) if out.status.success() => Ok(()),
+        Ok(out) => Err(format!(
+            "xmllint --version failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )),
+        Err(e) => Err(format!(
+            "xmllint is required for the schema tests but could not be run ({e}); \
+             install it with `apt-get install -y libxml2-utils` (Debian/Ubuntu) or your \
+             platform's libxml2 package"
+        )),
+    });
+    if let Err(message) = result {
+        panic!("{message}");
+    }
+}
+
+/// Validates `files` against `schema` with `xmllint --noout --schema`, in batches. Returns
+/// xmllint's complaints, each tagged with the file's origin; empty when every file validates.
+pub fn xmllint_validate(schema: &Path, files: &[ToCheck]) -> Vec<String> {
+    require_xmllint();
+    assert!(
+        schema.is_file(),
+        "schema {} does not exist",
+        schema.display()
+    );
+    let mut problems = Vec::new();
+    for chunk in files.chunks(BATCH) {
+        let out = Command::new("xmllint")
+            .arg("--noout")
+            .arg("--schema")
+            .arg(schema)
+            .args(chunk.iter().map(|c| &c.file))
+            .output()
+            .expect("running xmllint");
+        if out.status.success() {
+            continue;
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let failing: Vec<&str> = stderr
+            .lines()
+            .filter(|l| !l.ends_with(" validates"))
+            .collect();
+        let origins: BTreeMap<String, &str> = chunk
+            .iter()
+            .map(|c| (c.file.display().to_string(), c.origin.as_str()))
+            .collect();
+        let before = problems.len();
+        for line in failing {
+            let origin = origins
+                .iter()
+                .find(|(file, _)| line.starts_with(file.as_str()))
+                .map(|(_, o)| format!(" [from {o}]"))
+                .unwrap_or_default();
+            problems.push(format!("{line}{origin}"));
+        }
+        if problems.len() == before {
+            problems.push(format!(
+                "xmllint exited with {} without naming a file: {stderr}",
+                out.status
+            ));
+        }
+    }
+    problems
+}
+
+/// Validates documents grouped by kind, each against `schema_for(kind)`. A kind without a
+/// schema file is a problem too (an emitted kind nobody can check).
+pub fn xmllint_validate_by_kind(
+    schema_for: impl Fn(&str) -> PathBuf,
+    docs: &BTreeMap<String, Vec<ToCheck>>,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (kind, files) in docs {
+        let schema = schema_for(kind);
+        if !schema.is_file() {
+            problems.push(format!(
+                "{} {kind} document(s) but there is no schema {}",
+                files.len(),
+                schema.display()
+            ));
+            continue;
+        }
+        problems.extend(xmllint_validate(&schema, files));
+    }
+    problems
+}
+
+/// The kind of a file written by `replay --out`: `<stem>.<n>.<Kind>.xml` → `Kind`.
+pub fn output_kind(file_name: &str) -> Option<&str> {
+    let base = file_name.strip_suffix(".xml")?;
+    let (rest, kind) = base.rsplit_once('.')?;
+    let (_, n) = rest.rsplit_once('.')?;
+    (!kind.is_empty() && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())).then_some(kind)
+}
+
+/// The files `replay --out DIR` wrote, grouped by kind. Panics on a name that does not follow
+/// `<stem>.<n>.<Kind>.xml`.
+pub fn emitted_by_kind(dir: &Path) -> BTreeMap<String, Vec<ToCheck>> {
+    let mut by_kind: BTreeMap<String, Vec<ToCheck>> = BTreeMap::new();
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .collect();
+    entries.sort();
+    for path in entries {
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let kind = output_kind(&name)
+            .unwrap_or_else(|| panic!("{name}: not named <stem>.<n>.<Kind>.xml"))
+            .to_string();
+        by_kind.entry(kind).or_default().push(ToCheck {
+            origin: name,
+            file: path,
+        });
+    }
+    by_kind
+}
