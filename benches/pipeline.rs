@@ -32,7 +32,7 @@ fn input(bytes: &[u8]) -> Input<'_> {
         message_id: None,
         reply_to: None,
         received_at: Utc::now(),
-        released: false,
+        retry: false,
     }
 }
 

@@ -394,8 +394,6 @@ fn second_replay_into_the_same_store_makes_every_accepted_document_a_silent_dupl
 /// fixtures/README ("a second run with the same --store makes every document a duplicate"):
 /// rejected documents are processed too, so their re-delivery is a duplicate as well.
 #[test]
-#[ignore = "known deviation: src treats rejections as not final (Outcome::is_final), so a \
-            second replay re-rejects them and re-emits their ConfirmBODs"]
 fn second_replay_into_the_same_store_makes_rejected_documents_silent_duplicates_too() {
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");

@@ -360,7 +360,7 @@ fn process_all(config: &str) -> (Pipeline, Vec<Processed>) {
                     message_id: None,
                     reply_to: None,
                     received_at,
-                    released: false,
+                    retry: false,
                 })
                 .unwrap();
             let outputs = report

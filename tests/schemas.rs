@@ -530,7 +530,7 @@ impl Run {
                 message_id: None,
                 reply_to,
                 received_at,
-                released: false,
+                retry: false,
             })
             .unwrap()
     }

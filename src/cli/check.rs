@@ -35,7 +35,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 message_id: None,
                 reply_to: None,
                 received_at: Utc::now(),
-                released: false,
+                retry: false,
             },
         );
         match &prepared.state {

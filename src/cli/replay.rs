@@ -111,7 +111,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                             message_id: None,
                             reply_to: None,
                             received_at: now.unwrap_or_else(Utc::now),
-                            released: false,
+                            retry: false,
                         };
                         Ok(reader_pipeline.prepare(&input))
                     })

@@ -92,12 +92,6 @@ impl Outcome {
         }
     }
 
-    /// Whether a later delivery with the same message id is a duplicate. Rejections are not
-    /// final: a corrected document re-sent under its message id (DLQ replay) must apply.
-    pub fn is_final(self) -> bool {
-        self != Outcome::Rejected
-    }
-
     /// Precedence when a document's nouns end differently: the most telling wins.
     fn rank(self) -> u8 {
         match self {
@@ -179,9 +173,10 @@ pub struct Input<'a> {
     /// AMQP `reply_to`: replies go there instead of the sender's queue.
     pub reply_to: Option<&'a str>,
     pub received_at: DateTime<Utc>,
-    /// Set when a parked document is released: its own parked marker must not make it a
-    /// duplicate.
-    pub released: bool,
+    /// Set by operator actions that re-run a message id on purpose (releasing a parked
+    /// document, replaying a dead letter): a `parked` or `rejected` marker of that id does not
+    /// make it a duplicate. Plain redeliveries leave it false.
+    pub retry: bool,
 }
 
 /// The digest used as message id when a delivery has none (DESIGN §2).
@@ -204,7 +199,8 @@ pub struct Context {
     pub message_id: String,
     pub reply_to: Option<String>,
     pub now: String,
-    pub released: bool,
+    /// See [`Input::retry`].
+    pub retry: bool,
     /// The sender's ApplicationArea when it could be read (decoded, or sniffed from a broken
     /// document) — needed to answer with a ConfirmBOD.
     pub area: Option<ApplicationArea>,
@@ -332,6 +328,11 @@ impl Pipeline {
 fn commit_in(tx: &Tx<'_>, config: &Config, prepared: &Prepared) -> TxResult<Report> {
     let ctx = &prepared.ctx;
     let bod_id = || ctx.area.as_ref().and_then(|a| a.bod_id.clone());
+    if let Some(m) = tx.marker(&ctx.message_id)? {
+        if upsert::blocks(&m, ctx) {
+            return Ok(upsert::duplicate_message(ctx, &m).into_report(ctx, None));
+        }
+    }
     match &prepared.state {
         State::Rejected {
             rejection,
@@ -355,11 +356,6 @@ fn commit_in(tx: &Tx<'_>, config: &Config, prepared: &Prepared) -> TxResult<Repo
         }
         State::Inactive { app } => {
             let application = &config.applications[*app];
-            if let Some(m) = tx.marker(&ctx.message_id)? {
-                if upsert::blocks(&m, ctx) {
-                    return Ok(base_report(ctx, Outcome::Duplicate));
-                }
-            }
             tx.park(Parked {
                 seq: 0,
                 message_id: ctx.message_id.clone(),
@@ -386,7 +382,7 @@ fn commit_in(tx: &Tx<'_>, config: &Config, prepared: &Prepared) -> TxResult<Repo
         }
         State::Ready(doc) => {
             let applied = upsert::apply(tx, config, ctx, doc)?;
-            Ok(applied.into_report(ctx, doc))
+            Ok(applied.into_report(ctx, Some(doc)))
         }
     }
 }
@@ -423,7 +419,7 @@ pub fn prepare(config: &Config, input: &Input<'_>) -> Prepared {
         message_id,
         reply_to: input.reply_to.map(str::to_string),
         now: input.received_at.to_rfc3339_opts(SecondsFormat::Secs, true),
-        released: input.released,
+        retry: input.retry,
         area: None,
         verb: None,
         noun: None,

@@ -81,34 +81,36 @@ impl ItemResult {
     }
 }
 
-/// Whether an existing marker makes this delivery a duplicate.
+/// Whether an existing marker makes this delivery a duplicate: always, except for a
+/// deliberate retry of a parked or rejected message id.
 pub fn blocks(marker: &Marker, ctx: &Context) -> bool {
-    let final_outcome = marker.outcome != Outcome::Rejected.as_str();
-    let own_park = marker.outcome == Outcome::Parked.as_str() && ctx.released;
-    final_outcome && !own_park
+    let retryable =
+        marker.outcome == Outcome::Parked.as_str() || marker.outcome == Outcome::Rejected.as_str();
+    !(ctx.retry && retryable)
+}
+
+/// The result for a message id that was processed before: nothing is applied or emitted.
+pub fn duplicate_message(ctx: &Context, marker: &Marker) -> Applied {
+    Applied {
+        items: vec![ItemResult::new(
+            Outcome::Duplicate,
+            None,
+            marker.record.clone(),
+            format!(
+                "message id {} already processed ({})",
+                ctx.message_id, marker.outcome
+            ),
+        )],
+        rejection: None,
+        outputs: Vec::new(),
+        duplicate_message: true,
+    }
 }
 
 /// Applies a document. Pure over the transaction (see module docs).
 pub fn apply(tx: &Tx<'_>, config: &Config, ctx: &Context, doc: &Doc) -> TxResult<Applied> {
+    // The caller (`commit_in`) has checked the message-id marker.
     let mut em = Emitter::new(config, ctx);
-    if let Some(marker) = tx.marker(&ctx.message_id)? {
-        if blocks(&marker, ctx) {
-            return Ok(Applied {
-                items: vec![ItemResult::new(
-                    Outcome::Duplicate,
-                    None,
-                    marker.record.clone(),
-                    format!(
-                        "message id {} already processed ({})",
-                        ctx.message_id, marker.outcome
-                    ),
-                )],
-                rejection: None,
-                outputs: Vec::new(),
-                duplicate_message: true,
-            });
-        }
-    }
     let app = &config.applications[doc.app];
 
     if doc.verb == Verb::Acknowledge {
@@ -962,7 +964,7 @@ fn relink_waiting(
 
 impl Applied {
     /// The replay line for this document.
-    pub fn into_report(self, ctx: &Context, doc: &Doc) -> Report {
+    pub fn into_report(self, ctx: &Context, doc: Option<&Doc>) -> Report {
         let outcome = if let Some(_r) = &self.rejection {
             Outcome::Rejected
         } else {
@@ -979,7 +981,7 @@ impl Applied {
         report.action = first.and_then(|r| r.action);
         report.record = first.and_then(|r| r.record.clone());
         // Applied: what the hub now holds. Otherwise: what the stages decided.
-        match (first, doc.items.first()) {
+        match (first, doc.and_then(|d| d.items.first())) {
             (Some(r), _) if r.outcome == Outcome::Applied => {
                 report.owner = r.owner.clone();
                 report.country = r.country.clone();
@@ -994,7 +996,7 @@ impl Applied {
             report.nouns = self
                 .items
                 .iter()
-                .zip(&doc.items)
+                .zip(doc.map(|d| d.items.as_slice()).unwrap_or_default())
                 .map(|(r, i)| NounReport {
                     path: i.path.clone(),
                     outcome: r.outcome,

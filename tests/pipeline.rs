@@ -1,0 +1,153 @@
+//! Pipeline behaviour through the library API, on a real temporary sled store: message-id
+//! idempotency and its deliberate exceptions, group commit, contacts before accounts.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+
+use chrono::Utc;
+
+use bodflow::config::Config;
+use bodflow::pipeline::{Input, Outcome, Pipeline};
+use bodflow::store::Store;
+
+const CONFIG: &str = r#"
+[[users]]
+id = "U-ADMIN"
+[[applications]]
+name = "LN"
+logical_id = "lid://ln"
+country_code_format = "iso3"
+default_record_owner = "U-ADMIN"
+default_account = "ORPHANS"
+[[applications]]
+name = "CRM"
+logical_id = "lid://crm"
+"#;
+
+fn pipeline() -> Pipeline {
+    let config = Config::from_toml(CONFIG, "test").unwrap();
+    Pipeline::new(Arc::new(config), Arc::new(Store::temporary().unwrap())).unwrap()
+}
+
+fn account(id: &str, name: &str, country: &str) -> String {
+    format!(
+        r#"<SyncCustomerPartyMaster xmlns="http://schema.infor.com/InforOAGIS/2" releaseID="9.2">
+  <ApplicationArea><Sender><LogicalID>lid://ln</LogicalID></Sender>
+    <CreationDateTime>2026-01-01T00:00:00Z</CreationDateTime><BODID>b-{id}</BODID></ApplicationArea>
+  <DataArea><Sync><AccountingEntityID>1</AccountingEntityID></Sync>
+    <CustomerPartyMaster><PartyIDs><ID variationID="1">{id}</ID></PartyIDs><Name>{name}</Name>
+      <Location><Address><CountryCode>{country}</CountryCode></Address></Location>
+    </CustomerPartyMaster></DataArea></SyncCustomerPartyMaster>"#
+    )
+}
+
+fn contact(id: &str, employer: &str) -> String {
+    format!(
+        r#"<SyncContactMaster xmlns="http://schema.infor.com/InforOAGIS/2" releaseID="9.2">
+  <ApplicationArea><Sender><LogicalID>lid://ln</LogicalID></Sender>
+    <CreationDateTime>2026-01-01T00:00:00Z</CreationDateTime></ApplicationArea>
+  <DataArea><Sync><AccountingEntityID>1</AccountingEntityID></Sync>
+    <ContactMaster><IDs><ID>{id}</ID></IDs><GivenName>Ada</GivenName><FamilyName>Byron</FamilyName>
+      <EmployerReference><DocumentID><ID>{employer}</ID></DocumentID></EmployerReference>
+    </ContactMaster></DataArea></SyncContactMaster>"#
+    )
+}
+
+fn input<'a>(bytes: &'a [u8], message_id: &'a str, retry: bool) -> Input<'a> {
+    Input {
+        bytes,
+        source: "test",
+        message_id: Some(message_id),
+        reply_to: None,
+        received_at: Utc::now(),
+        retry,
+    }
+}
+
+#[test]
+fn a_rejected_message_id_is_a_duplicate_unless_retried_on_purpose() {
+    let p = pipeline();
+    let bad = account("C1", "Acme", "XXX");
+    let first = p.process(&input(bad.as_bytes(), "m-1", false)).unwrap();
+    assert_eq!(first.outcome, Outcome::Rejected);
+    assert_eq!(first.error.as_ref().unwrap().code, "unknown_country_code");
+    assert_eq!(first.outputs.len(), 1, "ConfirmBOD for the OnError default");
+
+    let again = p.process(&input(bad.as_bytes(), "m-1", false)).unwrap();
+    assert_eq!(again.outcome, Outcome::Duplicate);
+    assert!(again.outputs.is_empty(), "a redelivery re-emits nothing");
+
+    // A corrected document replayed from the dead letters under the same message id.
+    let fixed = account("C1", "Acme", "DEU");
+    let retried = p.process(&input(fixed.as_bytes(), "m-1", true)).unwrap();
+    assert_eq!(retried.outcome, Outcome::Applied);
+    let once_more = p.process(&input(fixed.as_bytes(), "m-1", true)).unwrap();
+    assert_eq!(
+        once_more.outcome,
+        Outcome::Duplicate,
+        "applied ids are final even for retries"
+    );
+}
+
+#[test]
+fn group_commit_sees_earlier_documents_of_the_same_group() {
+    let p = pipeline();
+    let a = account("C2", "Beta", "FRA");
+    let prepared = vec![
+        p.prepare(&input(a.as_bytes(), "m-a", false)),
+        p.prepare(&input(a.as_bytes(), "m-a", false)),
+        p.prepare(&input(contact("P1", "C2").as_bytes(), "m-c", false)),
+    ];
+    let reports = p.commit_batch(&prepared).unwrap();
+    let outcomes: Vec<Outcome> = reports.iter().map(|r| r.outcome).collect();
+    assert_eq!(
+        outcomes,
+        vec![Outcome::Applied, Outcome::Duplicate, Outcome::Applied]
+    );
+    let contact = p
+        .store
+        .record(reports[2].record.as_deref().unwrap())
+        .unwrap()
+        .unwrap();
+    assert_eq!(contact.account.as_deref(), reports[0].record.as_deref());
+}
+
+#[test]
+fn a_contact_before_its_account_waits_on_the_default_account_and_is_relinked() {
+    let p = pipeline();
+    let early = p
+        .process(&input(contact("P9", "C9").as_bytes(), "m-1", false))
+        .unwrap();
+    let con = p
+        .store
+        .record(early.record.as_deref().unwrap())
+        .unwrap()
+        .unwrap();
+    let placeholder = p
+        .store
+        .record(con.account.as_deref().unwrap())
+        .unwrap()
+        .unwrap();
+    assert!(placeholder.placeholder);
+    assert_eq!(
+        placeholder.fields.identity.account_number.as_deref(),
+        Some("ORPHANS")
+    );
+    assert_eq!(con.intended_parent.as_ref().unwrap().id, "C9");
+
+    let acc = p
+        .process(&input(
+            account("C9", "Gamma", "AUT").as_bytes(),
+            "m-2",
+            false,
+        ))
+        .unwrap();
+    let con = p.store.record(&con.id).unwrap().unwrap();
+    assert_eq!(con.account, acc.record, "re-linked to the arrived account");
+    assert!(con.intended_parent.is_none());
+    assert!(acc.decisions.iter().any(|d| d.contains("re-linked")));
+    // The CRM hears of the account before the re-linked contact.
+    let kinds: Vec<&str> = acc.outputs.iter().map(|o| o.kind.as_str()).collect();
+    assert_eq!(kinds, vec!["SyncCustomerPartyMaster", "SyncContactMaster"]);
+}
