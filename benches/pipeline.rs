@@ -4,6 +4,8 @@
 //! Run: `cargo bench --bench pipeline` (add `-- <filter>` for one group). Throughput is
 //! reported in documents and bytes per second.
 
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 use std::hint::black_box;
 use std::sync::Arc;
 
