@@ -262,7 +262,6 @@ pub enum DeleteMode {
     /// Remove the record and its cross-references.
     Hard,
     /// Deletes do not flow (`delete = false`).
-    #[serde(alias = "false")]
     Off,
 }
 
@@ -272,20 +271,38 @@ impl<'de> Deserialize<'de> for DeleteModeOrBool {
         #[serde(untagged)]
         enum Raw {
             Bool(bool),
-            Mode(DeleteMode),
+            Text(String),
         }
-        Ok(DeleteModeOrBool(match Raw::deserialize(d)? {
+        let mode = match Raw::deserialize(d)
+            .map_err(|_| serde::de::Error::custom(r#"expected "soft", "hard" or false"#))?
+        {
             Raw::Bool(false) => DeleteMode::Off,
             Raw::Bool(true) => DeleteMode::Soft,
-            Raw::Mode(m) => m,
-        }))
+            Raw::Text(t) if t == "soft" => DeleteMode::Soft,
+            Raw::Text(t) if t == "hard" => DeleteMode::Hard,
+            Raw::Text(t) => {
+                return Err(serde::de::Error::custom(format!(
+                    r#"{t:?} is not a delete mode: expected "soft", "hard" or false"#
+                )))
+            }
+        };
+        Ok(DeleteModeOrBool(mode))
     }
 }
 
 /// `delete = "soft" | "hard" | false` (true means soft).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-#[serde(transparent)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DeleteModeOrBool(pub DeleteMode);
+
+impl Serialize for DeleteModeOrBool {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            DeleteMode::Soft => s.serialize_str("soft"),
+            DeleteMode::Hard => s.serialize_str("hard"),
+            DeleteMode::Off => s.serialize_bool(false),
+        }
+    }
+}
 
 /// One direction of a flow.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -385,6 +402,11 @@ impl Application {
                 .is_some_and(|rest| rest.starts_with('/'))
     }
 
+    /// Whether `a` is `b` followed by `/suffix` (the sender-suffix rule, from the other side).
+    fn prefix_of(a: &str, b: &str) -> bool {
+        b.strip_prefix(a).is_some_and(|rest| rest.starts_with('/'))
+    }
+
     /// Flows for a noun (defaults when not configured).
     pub fn flows_for(&self, noun: &str) -> Flows {
         self.flows.get(noun).cloned().unwrap_or_default()
@@ -472,6 +494,19 @@ impl Config {
             message,
         };
         let user_known = |id: &str| self.users.iter().any(|u| u.id == id);
+        if self.amqp.prefetch == 0 {
+            return Err(err(
+                "amqp.prefetch".into(),
+                "must be at least 1 (0 means unlimited in AMQP and removes the memory bound)"
+                    .into(),
+            ));
+        }
+        if self.limits.max_bytes == 0 || self.limits.max_depth == 0 {
+            return Err(err(
+                "limits".into(),
+                "max_bytes and max_depth must be at least 1 (0 would reject every document)".into(),
+            ));
+        }
         for (i, user) in self.users.iter().enumerate() {
             if user.id.trim().is_empty() {
                 return Err(err(format!("users[{i}].id"), "must not be empty".into()));
@@ -495,6 +530,18 @@ impl Config {
                 return Err(err(
                     key("logical_id"),
                     format!("{:?} overlaps application {:?}", app.logical_id, other.name),
+                ));
+            }
+            if app.matches_sender(&self.hub.logical_id)
+                || self.hub.logical_id == app.logical_id
+                || Application::prefix_of(&self.hub.logical_id, &app.logical_id)
+            {
+                return Err(err(
+                    key("logical_id"),
+                    format!(
+                        "{:?} overlaps hub.logical_id {:?}: bodflow's own documents would look like its",
+                        app.logical_id, self.hub.logical_id
+                    ),
                 ));
             }
             if app.slug().is_empty() {
@@ -534,11 +581,17 @@ impl Config {
                     format!("required by create_policy {:?}", app.create_policy),
                 ));
             }
-            for noun in app.flows.keys() {
+            for (noun, flows) in &app.flows {
                 if !NOUNS.contains(&noun.as_str()) {
                     return Err(err(
                         key(&format!("flows.{noun}")),
                         format!("unknown noun (expected one of {NOUNS:?})"),
+                    ));
+                }
+                if flows.inbound.fields.is_some() {
+                    return Err(err(
+                        key(&format!("flows.{noun}.inbound.fields")),
+                        "only outbound flows select fields (inbound, use `masters`)".into(),
                     ));
                 }
             }
@@ -609,6 +662,36 @@ mod tests {
         let flows = cfg.applications[0].flows_for("ContactMaster");
         assert_eq!(flows.inbound.delete.0, DeleteMode::Off);
         assert_eq!(flows.outbound.delete.0, DeleteMode::Hard);
+    }
+
+    #[test]
+    fn bad_delete_modes_inbound_fields_and_zero_limits_are_refused() {
+        let base = "[[applications]]\nname='a'\nlogical_id='lid://a'\n[applications.flows.ContactMaster]\n";
+        let err = Config::from_toml(&format!("{base}inbound = {{ delete = 'sfot' }}\n"), "t")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("inbound.delete") && err.contains(r#"expected "soft", "hard" or false"#),
+            "{err}"
+        );
+        let err = Config::from_toml(
+            &format!("{base}inbound = {{ fields = ['address'] }}\n"),
+            "t",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("flows.ContactMaster.inbound.fields"), "{err}");
+        let err = Config::from_toml("[amqp]\nprefetch = 0\n", "t")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("amqp.prefetch"), "{err}");
+        let err = Config::from_toml(
+            "[[applications]]\nname='a'\nlogical_id='lid://bodflow.hub'\n",
+            "t",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("hub.logical_id"), "{err}");
     }
 
     #[test]

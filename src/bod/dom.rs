@@ -265,6 +265,26 @@ fn owned_or_borrowed<'a>(
     }
 }
 
+/// XML 1.0 Char production: what a well-formed document may contain (and what bodflow may
+/// write back out).
+fn legal_char(c: char) -> bool {
+    matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
+}
+
+fn check_chars(text: &str, position: u64) -> Result<(), DecodeError> {
+    // Fast path: only control bytes and U+FFFE/FFFF (EF BF BE/BF) can be illegal here.
+    if !text.bytes().any(|b| b < 0x20 || b == 0xEF) {
+        return Ok(());
+    }
+    match text.chars().find(|&c| !legal_char(c)) {
+        Some(c) => Err(not_well_formed(
+            format!("character U+{:04X} is not allowed in XML", c as u32),
+            position,
+        )),
+        None => Ok(()),
+    }
+}
+
 fn push_text<'a>(slot: &mut Cow<'a, str>, piece: Cow<'a, str>) {
     if slot.is_empty() {
         *slot = piece;
@@ -331,6 +351,7 @@ fn read_tree(text: &str, max_depth: usize) -> Result<Dom<'_>, DecodeError> {
             }
             Event::Text(t) => {
                 let piece = owned_or_borrowed(text, &t, position)?;
+                check_chars(&piece, position)?;
                 match stack.last() {
                     Some(&idx) => push_text(&mut dom.nodes[idx].text, piece),
                     None if piece.trim().is_empty() => {}
@@ -339,6 +360,7 @@ fn read_tree(text: &str, max_depth: usize) -> Result<Dom<'_>, DecodeError> {
             }
             Event::CData(t) => {
                 let piece = owned_or_borrowed(text, &t, position)?;
+                check_chars(&piece, position)?;
                 match stack.last() {
                     Some(&idx) => push_text(&mut dom.nodes[idx].text, piece),
                     None => {
@@ -348,6 +370,15 @@ fn read_tree(text: &str, max_depth: usize) -> Result<Dom<'_>, DecodeError> {
             }
             Event::GeneralRef(r) => {
                 let resolved = resolve_reference(&r).map_err(|m| not_well_formed(m, position))?;
+                if !legal_char(resolved) {
+                    return Err(not_well_formed(
+                        format!(
+                            "character reference U+{:04X} is not allowed in XML",
+                            resolved as u32
+                        ),
+                        position,
+                    ));
+                }
                 match stack.last() {
                     Some(&idx) => dom.nodes[idx].text.to_mut().push(resolved),
                     None => {
@@ -416,6 +447,7 @@ fn push_element<'a>(
                 Cow::Owned(o) => Cow::Owned(o.trim().to_string()),
             }
         };
+        check_chars(&value, position)?;
         dom.attrs.push((local, value));
     }
     let idx = dom.nodes.len();
@@ -501,6 +533,19 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.code(), "doctype_forbidden");
+    }
+
+    #[test]
+    fn characters_xml_forbids_are_not_well_formed() {
+        for bad in [
+            "<A>a\u{1}b</A>",
+            "<A>&#x1;</A>",
+            "<A x='&#xFFFE;'/>",
+            "<A>\u{FFFF}</A>",
+        ] {
+            assert_eq!(parse(bad).unwrap_err().code(), "not_well_formed", "{bad:?}");
+        }
+        assert!(parse("<A>tab\there &#x10000; ok</A>").is_ok());
     }
 
     #[test]

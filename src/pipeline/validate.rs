@@ -18,6 +18,10 @@ use super::{Doc, Intent, Item, Rejection, Stage, Verb};
 pub const MAX_ID: usize = 64;
 /// Longest accepted name or text value.
 pub const MAX_TEXT: usize = 255;
+/// Longest code value (status, currency, use code, classification, subdivision).
+pub const MAX_CODE: usize = 64;
+/// Longest tenant or accounting entity (InforOAGIS String1BaseType).
+pub const MAX_ENTITY: usize = 22;
 /// variationID digits (u128 holds 38).
 const MAX_VARIATION_DIGITS: usize = 38;
 
@@ -153,6 +157,12 @@ pub fn validate(bod: Bod, config: &Config) -> Result<Checked> {
         }
     }
     let verb_path = format!("{root}/DataArea/{}", bod.verb);
+    if let Some(tenant) = &bod.header.tenant_id {
+        check_len(tenant, MAX_ENTITY, || format!("{verb_path}/TenantID"))?;
+    }
+    if let Some(ae) = &bod.header.accounting_entity_id {
+        check_len(ae, MAX_ENTITY, || format!("{verb_path}/AccountingEntityID"))?;
+    }
     if let (Some(expected), Some(tenant)) = (&config.hub.tenant, &bod.header.tenant_id) {
         if !expected.eq_ignore_ascii_case(tenant) {
             return Err(ValidationError::WrongTenant {
@@ -381,6 +391,47 @@ fn check_text(value: Option<String>, path: impl FnOnce() -> String) -> Result<Op
     Ok(value)
 }
 
+/// Length limits on everything the hub keeps and passes on, so an emitted BOD never carries
+/// a value its receivers' schemas refuse.
+fn check_fields(f: &Fields, key: &XrefKey, path: &str) -> Result<()> {
+    check_len(&key.accounting_entity, MAX_ENTITY, || {
+        format!("{path}/@accountingEntity")
+    })?;
+    let codes = [
+        (f.identity.status.as_deref(), "Status/Code"),
+        (f.commercial.currency.as_deref(), "CurrencyCode"),
+        (f.commercial.payment_term.as_deref(), "PaymentTermID"),
+    ];
+    for (value, at) in codes {
+        if let Some(v) = value {
+            check_len(v, MAX_CODE, || format!("{path}/{at}"))?;
+        }
+    }
+    for c in &f.classification {
+        check_len(c, MAX_CODE, || format!("{path}/Classification/Codes/Code"))?;
+    }
+    for p in &f.communication.phones {
+        if let Some(u) = &p.use_code {
+            check_len(u, MAX_CODE, || format!("{path}/Communication/UseCode"))?;
+        }
+    }
+    if let Some(a) = &f.address {
+        for line in &a.lines {
+            check_len(line, MAX_TEXT, || format!("{path}/Address/AddressLine"))?;
+        }
+        for (value, at, max) in [
+            (a.city.as_deref(), "CityName", MAX_TEXT),
+            (a.postal_code.as_deref(), "PostalCode", MAX_CODE),
+            (a.subdivision.as_deref(), "CountrySubDivisionCode", MAX_CODE),
+        ] {
+            if let Some(v) = value {
+                check_len(v, max, || format!("{path}/Address/{at}"))?;
+            }
+        }
+    }
+    Ok(())
+}
+
 fn party_item(
     p: &bod::Party,
     app: &Application,
@@ -429,7 +480,7 @@ fn party_item(
     let accounting_entity = primary
         .and_then(|i| i.accounting_entity.clone())
         .unwrap_or_else(|| ae.to_string());
-    Ok(Item {
+    let item = Item {
         kind: Kind::Account,
         path: p.path.clone(),
         key: XrefKey {
@@ -464,7 +515,9 @@ fn party_item(
         match_values,
         owner: Default::default(),
         notes: Vec::new(),
-    })
+    };
+    check_fields(&item.fields, &item.key, &item.path)?;
+    Ok(item)
 }
 
 fn contact_item(
@@ -519,7 +572,7 @@ fn contact_item(
     let accounting_entity = primary
         .and_then(|i| i.accounting_entity.clone())
         .unwrap_or_else(|| ae.to_string());
-    Ok(Item {
+    let item = Item {
         kind: Kind::Contact,
         path: c.path.clone(),
         key: XrefKey {
@@ -552,5 +605,7 @@ fn contact_item(
         match_values,
         owner: Default::default(),
         notes: Vec::new(),
-    })
+    };
+    check_fields(&item.fields, &item.key, &item.path)?;
+    Ok(item)
 }

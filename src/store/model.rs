@@ -172,7 +172,8 @@ pub struct Fields {
     pub commercial: Commercial,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub classification: Vec<String>,
-    /// Unknown `UserArea` content, kept and passed on.
+    /// The sender's `UserArea` content, kept on the record (never interpreted, and not sent to
+    /// other applications: it holds the sender's private extensions).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub user_area: Vec<NameValue>,
 }
