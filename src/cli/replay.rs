@@ -98,30 +98,32 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<anyhow::Result<Batch>>(8);
         let reader_pipeline = pipeline.clone();
         let inputs_ref = &inputs;
-        scope.spawn(move || {
-            for chunk in inputs_ref.chunks(GROUP) {
-                let batch = chunk
-                    .iter()
-                    .map(|path| -> anyhow::Result<Prepared> {
-                        let bytes = read_input(path, &reader_pipeline.config)?;
-                        let source = path.display().to_string();
-                        let input = Input {
-                            bytes: &bytes,
-                            source: &source,
-                            message_id: None,
-                            reply_to: None,
-                            received_at: now.unwrap_or_else(Utc::now),
-                            retry: false,
-                        };
-                        Ok(reader_pipeline.prepare(&input))
-                    })
-                    .collect::<anyhow::Result<Vec<Prepared>>>()
-                    .map(|prepared| (chunk, prepared));
-                if tx.send(batch).is_err() {
-                    break;
+        let reader = std::thread::Builder::new()
+            .name("prepare".into())
+            .spawn_scoped(scope, move || {
+                for chunk in inputs_ref.chunks(GROUP) {
+                    let batch = chunk
+                        .iter()
+                        .map(|path| -> anyhow::Result<Prepared> {
+                            let bytes = read_input(path, &reader_pipeline.config)?;
+                            let source = path.display().to_string();
+                            let input = Input {
+                                bytes: &bytes,
+                                source: &source,
+                                message_id: None,
+                                reply_to: None,
+                                received_at: now.unwrap_or_else(Utc::now),
+                                retry: false,
+                            };
+                            Ok(reader_pipeline.prepare(&input))
+                        })
+                        .collect::<anyhow::Result<Vec<Prepared>>>()
+                        .map(|prepared| (chunk, prepared));
+                    if tx.send(batch).is_err() {
+                        break;
+                    }
                 }
-            }
-        });
+            })?;
         for batch in rx {
             let (paths, prepared) = batch?;
             let reports = commit_with_retry(&pipeline, &prepared)?;
@@ -148,6 +150,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 drained.clear();
             }
         }
+        drop(reader);
         Ok(())
     })?;
     pipeline.store.remove_outbox(&drained)?;

@@ -10,7 +10,7 @@
 //! | `x` | kind, application, accounting entity, application ID | hub ID |
 //! | `i` | match key, normalised value | hub IDs |
 //! | `m` | message id | [`Marker`] |
-//! | `o` | big-endian sequence | [`OutboxRow`] |
+//! | `o` | big-endian group sequence | the [`OutboxRow`]s one transaction emitted |
 //! | `p` | big-endian sequence | [`Parked`] |
 //! | `c` | parent xref key | contact hub IDs waiting for that account |
 //! | `s` | counter name | big-endian u64 |
@@ -24,6 +24,7 @@
 
 pub mod model;
 
+use std::cell::RefCell;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -160,6 +161,45 @@ fn decode_outbox(k: &[u8], bytes: &[u8]) -> Result<OutboxRow, StoreError> {
     })
 }
 
+/// Rows per outbox group; a row's sequence is `group << ROW_BITS | index`.
+const ROW_BITS: u32 = 16;
+
+/// An outbox group: each row as a length-prefixed encoded row; a published row becomes an
+/// empty slot so the others keep their index, and the group goes when every slot is empty.
+/// One key per transaction instead of one per row: the outbox is the hottest write path.
+fn encode_group(rows: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(rows.iter().map(|r| r.len() + 4).sum());
+    for r in rows {
+        out.extend_from_slice(&(r.len() as u32).to_be_bytes());
+        out.extend_from_slice(r);
+    }
+    out
+}
+
+fn decode_group(k: &[u8], bytes: &[u8]) -> Result<Vec<Vec<u8>>, StoreError> {
+    let mut rows = Vec::new();
+    let mut at = 0usize;
+    while at < bytes.len() {
+        let len = bytes
+            .get(at..at + 4)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            .map(u32::from_be_bytes)
+            .ok_or_else(|| StoreError::Corrupt {
+                key: String::from_utf8_lossy(k).into_owned(),
+                message: "truncated outbox group".into(),
+            })? as usize;
+        let row = bytes
+            .get(at + 4..at + 4 + len)
+            .ok_or_else(|| StoreError::Corrupt {
+                key: String::from_utf8_lossy(k).into_owned(),
+                message: "truncated outbox row".into(),
+            })?;
+        rows.push(row.to_vec());
+        at += 4 + len;
+    }
+    Ok(rows)
+}
+
 fn abort(e: StoreError) -> ConflictableTransactionError<StoreError> {
     ConflictableTransactionError::Abort(e)
 }
@@ -237,10 +277,14 @@ impl Store {
     pub fn transact<T>(&self, f: impl Fn(&Tx<'_>) -> TxResult<T>) -> Result<T, StoreError> {
         self.hub
             .transaction(|tree| {
-                f(&Tx {
+                let tx = Tx {
                     tree,
                     seqs: &self.seqs,
-                })
+                    outbox: RefCell::new(None),
+                };
+                let out = f(&tx)?;
+                tx.write_outbox_group()?;
+                Ok(out)
             })
             .map_err(|e| match e {
                 TransactionError::Abort(e) => e,
@@ -292,28 +336,71 @@ impl Store {
 
     /// Pending outbox rows in the order they were written.
     pub fn outbox(&self) -> impl Iterator<Item = Result<(u64, OutboxRow), StoreError>> + '_ {
-        self.hub.scan_prefix([b'o']).map(|item| {
-            let (k, v) = item?;
-            Ok((seq_of(&k), decode_outbox(&k, &v)?))
+        self.hub.scan_prefix([b'o']).flat_map(|item| {
+            let rows: Vec<Result<(u64, OutboxRow), StoreError>> = match item {
+                Err(e) => vec![Err(e.into())],
+                Ok((k, v)) => match decode_group(&k, &v) {
+                    Err(e) => vec![Err(e)],
+                    Ok(rows) => {
+                        let group = seq_of(&k);
+                        rows.iter()
+                            .enumerate()
+                            .filter(|(_, r)| !r.is_empty())
+                            .map(|(i, r)| {
+                                Ok(((group << ROW_BITS) | i as u64, decode_outbox(&k, r)?))
+                            })
+                            .collect()
+                    }
+                },
+            };
+            rows
         })
     }
 
     pub fn outbox_row(&self, seq: u64) -> Result<Option<OutboxRow>, StoreError> {
-        let k = seq_key(b'o', seq);
-        self.hub.get(&k)?.map(|v| decode_outbox(&k, &v)).transpose()
+        let k = seq_key(b'o', seq >> ROW_BITS);
+        let Some(v) = self.hub.get(&k)? else {
+            return Ok(None);
+        };
+        let rows = decode_group(&k, &v)?;
+        match rows.get((seq & ((1 << ROW_BITS) - 1)) as usize) {
+            Some(r) if !r.is_empty() => decode_outbox(&k, r).map(Some),
+            _ => Ok(None),
+        }
     }
 
-    /// Removes published rows (after their confirm).
+    /// Removes published rows (after their confirm); a group goes with its last row.
     pub fn remove_outbox(&self, seqs: &[u64]) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
+        let mut by_group: std::collections::BTreeMap<u64, Vec<usize>> = Default::default();
         for &s in seqs {
-            batch.remove(seq_key(b'o', s));
+            by_group
+                .entry(s >> ROW_BITS)
+                .or_default()
+                .push((s & ((1 << ROW_BITS) - 1)) as usize);
+        }
+        let mut batch = sled::Batch::default();
+        for (group, rows) in by_group {
+            let k = seq_key(b'o', group);
+            let Some(v) = self.hub.get(&k)? else {
+                continue;
+            };
+            let mut slots = decode_group(&k, &v)?;
+            for i in rows {
+                if let Some(slot) = slots.get_mut(i) {
+                    slot.clear();
+                }
+            }
+            if slots.iter().all(Vec::is_empty) {
+                batch.remove(k);
+            } else {
+                batch.insert(k, encode_group(&slots));
+            }
         }
         Ok(self.hub.apply_batch(batch)?)
     }
 
     pub fn outbox_len(&self) -> usize {
-        self.hub.scan_prefix([b'o']).count()
+        self.outbox().count()
     }
 
     /// Makes the match indexes cover exactly `keys`: builds the missing ones from the records
@@ -389,6 +476,8 @@ fn seq_of(k: &[u8]) -> u64 {
 pub struct Tx<'a> {
     tree: &'a TransactionalTree,
     seqs: &'a Sequences,
+    /// This transaction's outbox group: its sequence and encoded rows, written at the end.
+    outbox: RefCell<Option<(u64, Vec<Vec<u8>>)>>,
 }
 
 impl Tx<'_> {
@@ -490,11 +579,30 @@ impl Tx<'_> {
         Ok(next)
     }
 
-    /// Writes an outbox row under the next outbox sequence number.
+    /// Adds an outbox row to this transaction's group; returns the row's sequence.
     pub fn push_outbox(&self, row: &OutboxRow) -> TxResult<u64> {
-        let seq = self.seqs.outbox.fetch_add(1, Ordering::Relaxed);
-        self.tree.insert(seq_key(b'o', seq), encode_outbox(row))?;
+        let mut pending = self.outbox.borrow_mut();
+        if pending
+            .as_ref()
+            .is_some_and(|(_, rows)| rows.len() >= 1 << ROW_BITS)
+        {
+            drop(pending);
+            self.write_outbox_group()?;
+            pending = self.outbox.borrow_mut();
+        }
+        let (group, rows) = pending
+            .get_or_insert_with(|| (self.seqs.outbox.fetch_add(1, Ordering::Relaxed), Vec::new()));
+        let seq = (*group << ROW_BITS) | rows.len() as u64;
+        rows.push(encode_outbox(row));
         Ok(seq)
+    }
+
+    fn write_outbox_group(&self) -> TxResult<()> {
+        if let Some((group, rows)) = self.outbox.borrow_mut().take() {
+            self.tree
+                .insert(seq_key(b'o', group), encode_group(&rows))?;
+        }
+        Ok(())
     }
 
     pub fn park(&self, mut parked: Parked) -> TxResult<u64> {
@@ -584,6 +692,59 @@ mod tests {
             .unwrap();
         assert!(store.record("ACC-000001").unwrap().is_some());
         assert_eq!(store.outbox().count(), 1);
+    }
+
+    fn row(n: u32) -> OutboxRow {
+        OutboxRow {
+            kind: "ConfirmBOD".into(),
+            to: "lid://a".into(),
+            reply_to: None,
+            bod_id: format!("b{n}"),
+            correlation_id: "m".into(),
+            document_name: "Confirm.BOD".into(),
+            tenant: None,
+            xml: format!("<x n=\"{n}\">\n</x>"),
+        }
+    }
+
+    #[test]
+    fn outbox_rows_of_a_transaction_share_a_group_and_leave_one_by_one() {
+        let store = Store::temporary().unwrap();
+        let seqs = store
+            .transact(|tx| {
+                (0..3)
+                    .map(|n| tx.push_outbox(&row(n)))
+                    .collect::<TxResult<Vec<u64>>>()
+            })
+            .unwrap();
+        let later = store.transact(|tx| tx.push_outbox(&row(9))).unwrap();
+        assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1) && later > seqs[2]);
+        let listed: Vec<(u64, String)> = store
+            .outbox()
+            .map(|r| r.map(|(s, row)| (s, row.bod_id)))
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(listed.len(), 4);
+        assert_eq!(
+            store.outbox_row(seqs[1]).unwrap().unwrap().xml,
+            "<x n=\"1\">\n</x>"
+        );
+
+        store.remove_outbox(&[seqs[0], seqs[2]]).unwrap();
+        let left: Vec<String> = store
+            .outbox()
+            .map(|r| r.map(|(_, row)| row.bod_id))
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(left, vec!["b1".to_string(), "b9".to_string()]);
+        assert!(store.outbox_row(seqs[0]).unwrap().is_none());
+        store.remove_outbox(&[seqs[1], later]).unwrap();
+        assert_eq!(store.outbox_len(), 0);
+        assert_eq!(
+            store.hub.scan_prefix([b'o']).count(),
+            0,
+            "empty groups are deleted"
+        );
     }
 
     #[test]
