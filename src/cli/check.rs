@@ -12,18 +12,14 @@ use crate::pipeline::{prepare, Input, State};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// BOD files or folders.
-    #[arg(required = true)]
-    paths: Vec<PathBuf>,
-    /// Configuration file (default: ./bodflow.toml, else PATH/bodflow.toml, else built-in).
-    #[arg(long)]
-    config: Option<PathBuf>,
+    #[command(flatten)]
+    inputs: super::Inputs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let (config, _) = Config::resolve(args.config.as_deref(), &args.paths)?;
+    let (config, _) = args.inputs.config()?;
     let mut invalid = 0usize;
-    let inputs = super::collect_inputs(&args.paths)?;
+    let inputs = super::collect_inputs(&args.inputs.paths)?;
     for path in &inputs {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         let source = path.display().to_string();

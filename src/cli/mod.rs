@@ -83,6 +83,27 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// The inputs of `replay` and `check`.
+#[derive(Debug, clap::Args)]
+pub struct Inputs {
+    /// BOD files or folders.
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+    /// Configuration file (default: ./bodflow.toml, else PATH/bodflow.toml, else built-in).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+impl Inputs {
+    /// The configuration these inputs run under (see [`crate::config::Config::resolve`]).
+    pub fn config(&self) -> anyhow::Result<(crate::config::Config, Option<PathBuf>)> {
+        Ok(crate::config::Config::resolve(
+            self.config.as_deref(),
+            &self.paths,
+        )?)
+    }
+}
+
 /// `*.xml` files under each path (recursively), each folder's files in name order; plain file
 /// arguments are taken as they are.
 pub fn collect_inputs(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {

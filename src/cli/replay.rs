@@ -24,12 +24,8 @@ use crate::store::{Store, StoreError};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// BOD files or folders.
-    #[arg(required = true)]
-    paths: Vec<PathBuf>,
-    /// Configuration file (default: ./bodflow.toml, else PATH/bodflow.toml, else built-in).
-    #[arg(long)]
-    config: Option<PathBuf>,
+    #[command(flatten)]
+    inputs: super::Inputs,
     /// Keep the hub store in this folder (default: a temporary store).
     #[arg(long)]
     store: Option<PathBuf>,
@@ -55,7 +51,7 @@ const GROUP: usize = 64;
 type Batch<'a> = (&'a [PathBuf], Vec<Prepared>);
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let (config, config_path) = Config::resolve(args.config.as_deref(), &args.paths)?;
+    let (config, config_path) = args.inputs.config()?;
     match &config_path {
         Some(p) => {
             tracing::info!(config = %p.display(), applications = config.applications.len(), "Configuration loaded")
@@ -64,7 +60,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             tracing::warn!("No bodflow.toml found: built-in defaults, no applications configured")
         }
     }
-    let inputs = super::collect_inputs(&args.paths)?;
+    let inputs = super::collect_inputs(&args.inputs.paths)?;
     let store = match &args.store {
         Some(dir) => {
             Store::open(dir).with_context(|| format!("opening store {}", dir.display()))?
@@ -75,7 +71,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     }
     let pipeline = Pipeline::new(Arc::new(config), Arc::new(store))?;
-    let roots: Vec<PathBuf> = args.paths.clone();
+    let roots: Vec<PathBuf> = args.inputs.paths.clone();
     let now = args.now;
 
     let progress = if inputs.len() >= 1000 {

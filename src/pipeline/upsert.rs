@@ -319,20 +319,52 @@ fn apply_item(
     tx.put_record(&record)?;
     if changed {
         reindex(tx, config, Some(&before), Some(&record))?;
-        em.fan_out(tx, doc.app, &record, false)?;
         notes.push(format!("updated {} ({groups})", record.id));
     } else {
         notes.push(format!("{} unchanged", record.id));
     }
-    if doc.verb == Verb::Process {
-        em.accepted(
-            tx,
-            doc.app,
-            &record,
-            doc.bod.header.acknowledge_code.as_deref(),
-        )?;
+    let announce = if changed {
+        Announce::Change
+    } else {
+        Announce::AnswerOnly
+    };
+    applied(tx, doc, em, Action::Updated, &record, announce, notes)
+}
+
+/// What an applied change tells the other applications.
+enum Announce<'k> {
+    /// Fan the record out.
+    Change,
+    /// Fan the account out, then move the contacts waiting for this key to it.
+    NewKey(&'k XrefKey),
+    /// Nothing changed: only the sender's Acknowledge, if it asked.
+    AnswerOnly,
+}
+
+/// The common end of an applied change: fan-out (the account before contacts re-linked to
+/// it), then the Acknowledge a Process asks for.
+fn applied(
+    tx: &Tx<'_>,
+    doc: &Doc,
+    em: &mut Emitter<'_>,
+    action: Action,
+    record: &HubRecord,
+    announce: Announce<'_>,
+    mut notes: Vec<String>,
+) -> TxResult<ItemResult> {
+    if !matches!(announce, Announce::AnswerOnly) {
+        em.fan_out(tx, doc.app, record, false)?;
     }
-    Ok(ItemResult::applied(Action::Updated, &record, notes))
+    if let Announce::NewKey(key) = announce {
+        if record.kind == Kind::Account {
+            relink_waiting(tx, doc, key, &record.id, em, &mut notes)?;
+        }
+    }
+    if doc.verb == Verb::Process {
+        let ack_code = doc.bod.header.acknowledge_code.as_deref();
+        em.accepted(tx, doc.app, record, ack_code)?;
+    }
+    Ok(ItemResult::applied(action, record, notes))
 }
 
 fn set_variation(record: &mut HubRecord, item: &Item) {
@@ -691,19 +723,15 @@ fn link(
     tx.put_xref(&key, &record.id)?;
     tx.put_record(&record)?;
     reindex(tx, config, Some(&before), Some(&record))?;
-    em.fan_out(tx, doc.app, &record, false)?;
-    if item.kind == Kind::Account {
-        relink_waiting(tx, doc, &key, &record.id, em, &mut notes)?;
-    }
-    if doc.verb == Verb::Process {
-        em.accepted(
-            tx,
-            doc.app,
-            &record,
-            doc.bod.header.acknowledge_code.as_deref(),
-        )?;
-    }
-    Ok(ItemResult::applied(Action::Linked, &record, notes))
+    applied(
+        tx,
+        doc,
+        em,
+        Action::Linked,
+        &record,
+        Announce::NewKey(&key),
+        notes,
+    )
 }
 
 fn format_account_number(pattern: &str, seq: u64) -> String {
@@ -803,20 +831,15 @@ fn create(
     tx.put_xref(&key, &id)?;
     reindex(tx, config, None, Some(&record))?;
     notes.insert(0, format!("created {id} for {}", key.display()));
-    // The account goes out before the contacts re-linked to it.
-    em.fan_out(tx, doc.app, &record, false)?;
-    if item.kind == Kind::Account {
-        relink_waiting(tx, doc, &key, &id, em, &mut notes)?;
-    }
-    if doc.verb == Verb::Process {
-        em.accepted(
-            tx,
-            doc.app,
-            &record,
-            doc.bod.header.acknowledge_code.as_deref(),
-        )?;
-    }
-    Ok(ItemResult::applied(Action::Created, &record, notes))
+    applied(
+        tx,
+        doc,
+        em,
+        Action::Created,
+        &record,
+        Announce::NewKey(&key),
+        notes,
+    )
 }
 
 /// Points a contact at its account: the one its EmployerReference names through the sender's

@@ -432,6 +432,34 @@ fn check_fields(f: &Fields, key: &XrefKey, path: &str) -> Result<()> {
     Ok(())
 }
 
+/// The sender's key and variationID of a noun from its first ID (`ids`), checked.
+/// A Process (not a delete) may leave the ID empty to ask for one; so may an Acknowledge.
+#[allow(clippy::too_many_arguments)]
+fn noun_key(
+    kind: Kind,
+    ids: &[Id],
+    id_path: &str,
+    app: &Application,
+    verb: Verb,
+    intent: Intent,
+    ae: &str,
+) -> Result<(XrefKey, Option<String>)> {
+    let primary = ids.first();
+    let may_be_empty =
+        (verb == Verb::Process && intent == Intent::Upsert) || verb == Verb::Acknowledge;
+    let id = check_id(primary, id_path, may_be_empty)?;
+    let variation = check_variation(primary, id_path)?;
+    let key = XrefKey {
+        kind,
+        application: app.logical_id.clone(),
+        accounting_entity: primary
+            .and_then(|i| i.accounting_entity.clone())
+            .unwrap_or_else(|| ae.to_string()),
+        id: id.unwrap_or_default(),
+    };
+    Ok((key, variation))
+}
+
 fn party_item(
     p: &bod::Party,
     app: &Application,
@@ -440,10 +468,7 @@ fn party_item(
     ae: &str,
 ) -> Result<Item> {
     let id_path = format!("{}/PartyIDs/ID", p.path);
-    let primary = p.ids.first();
-    let may_assign = verb == Verb::Process && intent == Intent::Upsert;
-    let id = check_id(primary, &id_path, may_assign || verb == Verb::Acknowledge)?;
-    let variation = check_variation(primary, &id_path)?;
+    let (key, variation) = noun_key(Kind::Account, &p.ids, &id_path, app, verb, intent, ae)?;
     let delete = intent == Intent::Delete || is_delete_status(p.status.as_deref());
     let name = pick_language(&p.names, &app.language_code).map(str::to_string);
     if name.is_none() && !delete && verb != Verb::Acknowledge {
@@ -466,7 +491,11 @@ fn party_item(
         .filter(|v| !v.is_empty());
     let communication = communication(&p.channels, &format!("{}/Communication", p.path))?;
     let address = hub_address(&p.addresses);
-    let account_number = p.account_ids.first().cloned().or_else(|| id.clone());
+    let account_number = p
+        .account_ids
+        .first()
+        .cloned()
+        .or_else(|| Some(key.id.clone()).filter(|id| !id.is_empty()));
     let mut match_values = Vec::new();
     if let Some(n) = &account_number {
         match_values.push((MatchKey::AccountNumber, n.clone()));
@@ -477,18 +506,10 @@ fn party_item(
     if let Some(e) = communication.emails.first() {
         match_values.push((MatchKey::Email, e.clone()));
     }
-    let accounting_entity = primary
-        .and_then(|i| i.accounting_entity.clone())
-        .unwrap_or_else(|| ae.to_string());
     let item = Item {
         kind: Kind::Account,
         path: p.path.clone(),
-        key: XrefKey {
-            kind: Kind::Account,
-            application: app.logical_id.clone(),
-            accounting_entity,
-            id: id.unwrap_or_default(),
-        },
+        key,
         variation,
         intent: if delete { Intent::Delete } else { intent },
         fields: Fields {
@@ -528,10 +549,7 @@ fn contact_item(
     ae: &str,
 ) -> Result<Item> {
     let id_path = format!("{}/IDs/ID", c.path);
-    let primary = c.ids.first();
-    let may_assign = verb == Verb::Process && intent == Intent::Upsert;
-    let id = check_id(primary, &id_path, may_assign || verb == Verb::Acknowledge)?;
-    let variation = check_variation(primary, &id_path)?;
+    let (key, variation) = noun_key(Kind::Contact, &c.ids, &id_path, app, verb, intent, ae)?;
     let delete = intent == Intent::Delete || is_delete_status(c.status.as_deref());
     let name = pick_language(&c.names, &app.language_code).map(str::to_string);
     if name.is_none() && c.family_name.is_none() && !delete && verb != Verb::Acknowledge {
@@ -569,18 +587,10 @@ fn contact_item(
     if let Some(e) = communication.emails.first() {
         match_values.push((MatchKey::Email, e.clone()));
     }
-    let accounting_entity = primary
-        .and_then(|i| i.accounting_entity.clone())
-        .unwrap_or_else(|| ae.to_string());
     let item = Item {
         kind: Kind::Contact,
         path: c.path.clone(),
-        key: XrefKey {
-            kind: Kind::Contact,
-            application: app.logical_id.clone(),
-            accounting_entity,
-            id: id.unwrap_or_default(),
-        },
+        key,
         variation,
         intent: if delete { Intent::Delete } else { intent },
         fields: Fields {
