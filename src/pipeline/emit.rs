@@ -2,7 +2,7 @@
 //! the store transaction that made them.
 //!
 //! Every emitted BOD gets a BODID derived from the inbound message id and its position among
-//! that message's outputs, so a re-emit after a crash (the transaction re-run, or the message
+//! that message's outputs, so a re-emit after a crash (the message
 //! redelivered before its ack) is recognisably the same document.
 //!
 //! Routing: replies (ConfirmBOD, Acknowledge) go to the inbound `reply_to` when given, else to

@@ -18,8 +18,8 @@
 //!    its cross-references), or off (filtered).
 //!
 //! Emission (ConfirmBOD, Acknowledge, Sync fan-out) happens in the same transaction through
-//! [`Emitter`]. The closure may be re-run by sled on conflict, so this module only reads and
-//! writes through the transaction and keeps no state outside it.
+//! [`Emitter`]. This module only reads and writes through the transaction: an error drops the
+//! whole write set, so nothing half-applied can remain.
 
 use crate::config::{Application, Config, CreatePolicy, DeleteMode, FieldGroup, MatchKey};
 use crate::store::{

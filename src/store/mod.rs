@@ -15,9 +15,11 @@
 //! | `c` | parent xref key | contact hub IDs waiting for that account |
 //! | `s` | counter name | big-endian u64 |
 //!
-//! sled transactions do not support iteration, which is why cross-references are also kept on
-//! the record and waiting contacts are a list under their parent's key. Transaction closures
-//! are re-run on conflict, so they must be pure functions of what they read.
+//! A transaction ([`Store::transact`]) is a write set applied as one atomic sled batch, with
+//! writers serialized: bodflow has one committer, and sled's optimistic transactions cost a
+//! third of the commit time for conflicts that cannot happen. Lookups are by key only, which
+//! is why cross-references are also kept on the record and waiting contacts are a list under
+//! their parent's key.
 //!
 //! Durability: sled writes go to its log and are flushed by [`Store::flush`] (group commit by
 //! the caller) and by sled's background flusher; nothing is durable before a flush.
@@ -25,12 +27,13 @@
 pub mod model;
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 
 use crate::config::MatchKey;
 pub use model::*;
@@ -54,8 +57,8 @@ impl StoreError {
     }
 }
 
-/// Result inside a transaction closure.
-pub type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
+/// Result inside a transaction.
+pub type TxResult<T> = Result<T, StoreError>;
 
 const SEP: u8 = 0x1f;
 
@@ -200,10 +203,6 @@ fn decode_group(k: &[u8], bytes: &[u8]) -> Result<Vec<Vec<u8>>, StoreError> {
     Ok(rows)
 }
 
-fn abort(e: StoreError) -> ConflictableTransactionError<StoreError> {
-    ConflictableTransactionError::Abort(e)
-}
-
 /// Normalises a match value: trimmed, case-folded (e-mail addresses and account numbers are
 /// compared case-insensitively).
 pub fn normalize_match(value: &str) -> String {
@@ -226,12 +225,15 @@ pub struct Store {
     db: sled::Db,
     hub: sled::Tree,
     seqs: Sequences,
+    /// One writer at a time (see [`Store::transact`]). A std mutex: it is held only for a
+    /// group's synchronous work, never across an await.
+    writer: Mutex<()>,
 }
 
 /// Sequence numbers of outbox and parked rows, kept in memory rather than in a counter key so
 /// that a transaction does not read-modify-write a hot key for every row. Seeded past the
 /// highest stored key at open; the process holds sled's lock, so nobody else writes. Gaps
-/// (a re-run closure, a crash) are harmless: rows are ordered, not counted.
+/// (a failed transaction, a crash) are harmless: rows are ordered, not counted.
 struct Sequences {
     outbox: AtomicU64,
     parked: AtomicU64,
@@ -270,26 +272,40 @@ impl Store {
             outbox: AtomicU64::new(next_after(b'o')?),
             parked: AtomicU64::new(next_after(b'p')?),
         };
-        Ok(Store { db, hub, seqs })
+        Ok(Store {
+            db,
+            hub,
+            seqs,
+            writer: Mutex::new(()),
+        })
     }
 
-    /// Runs `f` atomically. `f` may run more than once (conflicts) and must be pure.
-    pub fn transact<T>(&self, f: impl Fn(&Tx<'_>) -> TxResult<T>) -> Result<T, StoreError> {
-        self.hub
-            .transaction(|tree| {
-                let tx = Tx {
-                    tree,
-                    seqs: &self.seqs,
-                    outbox: RefCell::new(None),
-                };
-                let out = f(&tx)?;
-                tx.write_outbox_group()?;
-                Ok(out)
-            })
-            .map_err(|e| match e {
-                TransactionError::Abort(e) => e,
-                TransactionError::Storage(e) => StoreError::Io(e),
-            })
+    /// Runs `f` atomically: its writes collect in a write set (its own reads see them) and
+    /// are applied as one sled batch when it returns `Ok`, or dropped when it returns `Err`.
+    /// Writers are serialized by a lock, so `f` never sees another writer's half-done work
+    /// and never needs re-running; readers outside see all of a batch or none of it.
+    pub fn transact<T>(&self, f: impl FnOnce(&Tx<'_>) -> TxResult<T>) -> Result<T, StoreError> {
+        let _writer = self
+            .writer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let tx = Tx {
+            tree: &self.hub,
+            writes: RefCell::new(BTreeMap::new()),
+            seqs: &self.seqs,
+            outbox: RefCell::new(None),
+        };
+        let out = f(&tx)?;
+        tx.write_outbox_group()?;
+        let mut batch = sled::Batch::default();
+        for (k, v) in tx.writes.into_inner() {
+            match v {
+                Some(v) => batch.insert(k, v),
+                None => batch.remove(k),
+            }
+        }
+        self.hub.apply_batch(batch)?;
+        Ok(out)
     }
 
     /// Makes everything written so far durable; returns the bytes flushed.
@@ -474,22 +490,39 @@ fn seq_of(k: &[u8]) -> u64 {
 
 /// Typed access inside a transaction.
 pub struct Tx<'a> {
-    tree: &'a TransactionalTree,
+    tree: &'a sled::Tree,
+    /// Pending writes (`None`: removal), applied atomically by [`Store::transact`].
+    writes: RefCell<BTreeMap<Vec<u8>, Option<sled::IVec>>>,
     seqs: &'a Sequences,
     /// This transaction's outbox group: its sequence and encoded rows, written at the end.
     outbox: RefCell<Option<(u64, Vec<Vec<u8>>)>>,
 }
 
 impl Tx<'_> {
+    fn raw_get(&self, k: &[u8]) -> TxResult<Option<sled::IVec>> {
+        if let Some(pending) = self.writes.borrow().get(k) {
+            return Ok(pending.clone());
+        }
+        Ok(self.tree.get(k)?)
+    }
+
+    fn raw_insert(&self, k: Vec<u8>, v: impl Into<sled::IVec>) {
+        self.writes.borrow_mut().insert(k, Some(v.into()));
+    }
+
+    fn raw_remove(&self, k: Vec<u8>) {
+        self.writes.borrow_mut().insert(k, None);
+    }
+
     fn get<T: DeserializeOwned>(&self, k: &[u8]) -> TxResult<Option<T>> {
-        match self.tree.get(k)? {
-            Some(v) => decode(k, &v).map(Some).map_err(abort),
+        match self.raw_get(k)? {
+            Some(v) => decode(k, &v).map(Some),
             None => Ok(None),
         }
     }
 
     fn put<T: Serialize>(&self, k: Vec<u8>, value: &T) -> TxResult<()> {
-        self.tree.insert(k, encode(value))?;
+        self.raw_insert(k, encode(value));
         Ok(())
     }
 
@@ -502,7 +535,7 @@ impl Tx<'_> {
     }
 
     pub fn remove_record(&self, id: &str) -> TxResult<()> {
-        self.tree.remove(key(b'r', &[id]))?;
+        self.raw_remove(key(b'r', &[id]));
         Ok(())
     }
 
@@ -515,7 +548,7 @@ impl Tx<'_> {
     }
 
     pub fn remove_xref(&self, x: &XrefKey) -> TxResult<()> {
-        self.tree.remove(xref_key(x))?;
+        self.raw_remove(xref_key(x));
         Ok(())
     }
 
@@ -550,7 +583,7 @@ impl Tx<'_> {
             _ => return Ok(()),
         }
         if ids.is_empty() {
-            self.tree.remove(ik)?;
+            self.raw_remove(ik);
             Ok(())
         } else {
             self.put(ik, &ids)
@@ -569,13 +602,12 @@ impl Tx<'_> {
     pub fn next(&self, counter: &str) -> TxResult<u64> {
         let k = key(b's', &[counter]);
         let current = self
-            .tree
-            .get(&k)?
+            .raw_get(&k)?
             .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
             .map(u64::from_be_bytes)
             .unwrap_or(0);
         let next = current + 1;
-        self.tree.insert(k, &next.to_be_bytes())?;
+        self.raw_insert(k, next.to_be_bytes().to_vec());
         Ok(next)
     }
 
@@ -599,8 +631,7 @@ impl Tx<'_> {
 
     fn write_outbox_group(&self) -> TxResult<()> {
         if let Some((group, rows)) = self.outbox.borrow_mut().take() {
-            self.tree
-                .insert(seq_key(b'o', group), encode_group(&rows))?;
+            self.raw_insert(seq_key(b'o', group), encode_group(&rows));
         }
         Ok(())
     }
@@ -619,7 +650,7 @@ impl Tx<'_> {
 
     pub fn set_waiting_children(&self, parent: &XrefKey, ids: &[String]) -> TxResult<()> {
         if ids.is_empty() {
-            self.tree.remove(waiting_key(parent))?;
+            self.raw_remove(waiting_key(parent));
             Ok(())
         } else {
             self.put(waiting_key(parent), &ids)
@@ -666,10 +697,10 @@ mod tests {
                     bod_id: None,
                 },
             )?;
-            Err::<(), _>(abort(StoreError::Corrupt {
+            Err::<(), _>(StoreError::Corrupt {
                 key: "k".into(),
                 message: "boom".into(),
-            }))
+            })
         });
         assert!(failed.is_err());
         assert_eq!(store.record("ACC-000001").unwrap(), None);
