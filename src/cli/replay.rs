@@ -18,7 +18,6 @@ use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::config::Config;
 use crate::pipeline::{Input, Outcome, Pipeline, Prepared, Report};
 use crate::store::{Store, StoreError};
 
@@ -47,7 +46,9 @@ const DRAIN_BATCH: usize = 1024;
 /// Documents per store transaction (group commit).
 const GROUP: usize = 64;
 
-/// A group of inputs and their prepared documents, from the reader thread.
+/// A group of inputs and their bytes, from the read thread.
+type Read<'a> = (&'a [PathBuf], Vec<Vec<u8>>);
+/// A group of inputs and their prepared documents, from the prepare thread.
 type Batch<'a> = (&'a [PathBuf], Vec<Prepared>);
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -91,30 +92,50 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut drained: Vec<u64> = Vec::new();
 
     std::thread::scope(|scope| -> anyhow::Result<()> {
+        // Three stages over two cores: file reads (mostly waiting on the disk), prepare
+        // (parse and the stateless stages), commit (this thread). Bounded channels keep
+        // memory flat.
+        let (read_tx, read_rx) = std::sync::mpsc::sync_channel::<anyhow::Result<Read<'_>>>(8);
         let (tx, rx) = std::sync::mpsc::sync_channel::<anyhow::Result<Batch>>(8);
-        let reader_pipeline = pipeline.clone();
+        let limit = pipeline.config.limits.max_bytes;
         let inputs_ref = &inputs;
         let reader = std::thread::Builder::new()
-            .name("prepare".into())
+            .name("read".into())
             .spawn_scoped(scope, move || {
                 for chunk in inputs_ref.chunks(GROUP) {
-                    let batch = chunk
+                    let read = chunk
                         .iter()
-                        .map(|path| -> anyhow::Result<Prepared> {
-                            let bytes = read_input(path, &reader_pipeline.config)?;
-                            let source = path.display().to_string();
-                            let input = Input {
-                                bytes: &bytes,
-                                source: &source,
-                                message_id: None,
-                                reply_to: None,
-                                received_at: now.unwrap_or_else(Utc::now),
-                                retry: false,
-                            };
-                            Ok(reader_pipeline.prepare(&input))
-                        })
-                        .collect::<anyhow::Result<Vec<Prepared>>>()
-                        .map(|prepared| (chunk, prepared));
+                        .map(|path| read_input(path, limit))
+                        .collect::<anyhow::Result<Vec<Vec<u8>>>>()
+                        .map(|bytes| (chunk, bytes));
+                    if read_tx.send(read).is_err() {
+                        break;
+                    }
+                }
+            })?;
+        let prepare_pipeline = pipeline.clone();
+        let preparer = std::thread::Builder::new()
+            .name("prepare".into())
+            .spawn_scoped(scope, move || {
+                for read in read_rx {
+                    let batch = read.map(|(chunk, contents)| {
+                        let prepared = chunk
+                            .iter()
+                            .zip(&contents)
+                            .map(|(path, bytes)| {
+                                let source = path.display().to_string();
+                                prepare_pipeline.prepare(&Input {
+                                    bytes,
+                                    source: &source,
+                                    message_id: None,
+                                    reply_to: None,
+                                    received_at: now.unwrap_or_else(Utc::now),
+                                    retry: false,
+                                })
+                            })
+                            .collect();
+                        (chunk, prepared)
+                    });
                     if tx.send(batch).is_err() {
                         break;
                     }
@@ -146,7 +167,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 drained.clear();
             }
         }
-        drop(reader);
+        drop((reader, preparer));
         Ok(())
     })?;
     pipeline.store.remove_outbox(&drained)?;
@@ -182,11 +203,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 /// Reads one input, refusing to buffer a file over the size limit: it becomes a `too_large`
 /// rejection from its first `max_bytes + 1` bytes.
-fn read_input(path: &Path, config: &Config) -> anyhow::Result<Vec<u8>> {
-    use std::io::Read;
+fn read_input(path: &Path, max_bytes: usize) -> anyhow::Result<Vec<u8>> {
+    use std::io::Read as _;
     let file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
-    let limit = config.limits.max_bytes as u64 + 1;
-    let mut bytes = Vec::new();
+    let limit = max_bytes as u64 + 1;
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0).min(limit);
+    let mut bytes = Vec::with_capacity(size as usize + 1);
     file.take(limit)
         .read_to_end(&mut bytes)
         .with_context(|| format!("reading {}", path.display()))?;
