@@ -19,6 +19,7 @@
 //! `replay` (offline) and the broker service call the same [`pipeline::Pipeline`], so an
 //! offline replay proves what production does.
 
+pub mod amqp;
 pub mod bod;
 pub mod cli;
 pub mod config;
