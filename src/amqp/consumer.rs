@@ -16,12 +16,16 @@
 //!   the outbox (same transaction). The delivery is then dead-lettered *by us*: the original
 //!   payload and properties plus headers `x-bodflow-stage`, `x-bodflow-code`,
 //!   `x-bodflow-reason` are published to `bodflow.dlx` on a confirm-mode channel, and the
-//!   delivery is acked after that confirm. A broker dead-letter (`basic.reject`, no requeue)
+//!   delivery is acked after that confirm. Most rejections are decided by `prepare`; the
+//!   few only the commit can decide (an Acknowledge with an unknown correlation) come from
+//!   the commit's report. A broker dead-letter (`basic.reject`, no requeue)
 //!   cannot add headers, so we do not use it; the queue's `x-dead-letter-exchange` remains
 //!   as the broker's safety net (TTL, length limits, an operator's reject). Whether a
 //!   delivery is dead-lettered is decided from the *prepared* document (pure, the same on
 //!   every redelivery), not from the commit's outcome — so a crash between commit and
-//!   dead-letter still dead-letters it on redelivery (at least once in `bodflow.dead`).
+//!   dead-letter still dead-letters it on redelivery (at least once in `bodflow.dead`). A
+//!   commit-time rejection redelivered after such a crash is a duplicate and is not
+//!   dead-lettered again (its ConfirmBOD was written and is published).
 //! - **Transient failures** (store errors): nothing is acked; the group's commit is retried
 //!   with doubling backoff. After [`RunOptions::store_attempts`] each delivery is tried once
 //!   on its own; those that still fail are dead-lettered with code `retries_exhausted` and
@@ -49,7 +53,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{confirmed, header_str, put_header, short, topology, Error, RunOptions};
-use crate::pipeline::{Input, Pipeline, Prepared, Report, State};
+use crate::pipeline::{Input, Outcome, Pipeline, Prepared, Report, State};
 use crate::store::StoreError;
 
 const CONSUMER_TAG: &str = "bodflow";
@@ -128,8 +132,11 @@ impl Consumer<'_> {
         let mut dead: Vec<Option<DeadLetter>> = prepared.iter().map(rejected).collect();
         match self.commit_with_retry(&prepared).await {
             Ok(reports) => {
-                for (d, r) in group.iter().zip(&reports) {
+                for ((d, r), slot) in group.iter().zip(&reports).zip(dead.iter_mut()) {
                     trace_delivery(d, r);
+                    if slot.is_none() {
+                        *slot = rejected_at_commit(r);
+                    }
                 }
             }
             Err(e) => {
@@ -182,6 +189,9 @@ impl Consumer<'_> {
                 Ok(reports) => {
                     for r in &reports {
                         trace_delivery(d, r);
+                        if slot.is_none() {
+                            *slot = rejected_at_commit(r);
+                        }
                     }
                 }
                 Err(e) => {
@@ -246,6 +256,19 @@ fn rejected(p: &Prepared) -> Option<DeadLetter> {
         }),
         _ => None,
     }
+}
+
+/// Rejections only the commit can decide (an Acknowledge whose correlation is unknown).
+fn rejected_at_commit(r: &Report) -> Option<DeadLetter> {
+    let e = r
+        .error
+        .as_ref()
+        .filter(|_| r.outcome == Outcome::Rejected)?;
+    Some(DeadLetter {
+        stage: e.stage.as_str(),
+        code: e.code,
+        reason: e.message.chars().take(MAX_REASON).collect(),
+    })
 }
 
 /// The per-delivery span: message id, BODID and the ION headers as received.
