@@ -12,13 +12,17 @@
 //!   [`pipeline::owner`] are pure functions over typed values; [`pipeline::upsert`] applies a
 //!   document in one store transaction and [`pipeline::emit`] writes the outbox rows in it.
 //! - [`store`]: the sled hub store, the only module that knows sled.
+//! - [`amqp`]: the broker edge, the only module that knows lapin: topology, the consumer
+//!   (group commit, ack discipline), the outbox publisher (confirms) and `bodflow publish`'s
+//!   sender; [`amqp::run`] is the service.
 //! - [`config`]: the TOML configuration tree.
 //! - [`generate`]: deterministic synthetic BODs for benchmarks and load tests.
 //! - [`cli`]: the `bodflow` commands; `main.rs` only calls [`cli::main`].
 //!
-//! `replay` (offline) and the broker service call the same [`pipeline::Pipeline`], so an
+//! `replay` (offline) and the broker service ([`amqp::run`]) call the same [`pipeline::Pipeline`], so an
 //! offline replay proves what production does.
 
+pub mod amqp;
 pub mod bod;
 pub mod cli;
 pub mod config;

@@ -4,8 +4,10 @@
 
 mod check;
 mod generate;
+mod publish;
 mod records;
 mod replay;
+mod run;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -49,6 +51,11 @@ enum Command {
     Records(records::Args),
     /// Write deterministic synthetic BODs (and their bodflow.toml) for load tests.
     Generate(generate::Args),
+    /// The service: consume BODs from RabbitMQ, process them, publish replies and outbound
+    /// BODs; stops cleanly on SIGINT/SIGTERM.
+    Run(run::Args),
+    /// Send BOD files or folders to the inbound exchange with ION headers.
+    Publish(publish::Args),
 }
 
 fn init_logging(format: LogFormat) {
@@ -73,6 +80,8 @@ pub fn main() -> ExitCode {
         Command::CheckConfig { config } => check::run_config(config),
         Command::Records(args) => records::run(args),
         Command::Generate(args) => generate::run(args),
+        Command::Run(args) => run::run(args),
+        Command::Publish(args) => publish::run(args),
     };
     match result {
         Ok(code) => code,

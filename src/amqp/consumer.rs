@@ -1,0 +1,358 @@
+//! Consumes `bodflow.inbound` and runs every delivery through the same [`Pipeline`] as
+//! `replay`.
+//!
+//! # Ack discipline
+//!
+//! - **Ack only what is durable.** Deliveries are taken in groups (up to
+//!   [`RunOptions::group_max`], or what arrives within [`RunOptions::group_window`] of the
+//!   first), prepared off the runtime threads, committed in ONE store transaction
+//!   ([`Pipeline::commit_batch`]: records, message-id markers, outbox rows) and flushed. Only
+//!   then is the group acked: one `basic.ack(last_tag, multiple)` when its tags are
+//!   contiguous, else one ack per delivery.
+//! - **Order.** One committer per process: commit order is arrival order, so deliveries for
+//!   the same document key are applied in the order the queue gave them. (Parallel lanes by
+//!   document key are the next step of issue 3.)
+//! - **Permanent failures** (the pipeline rejects the document): the ConfirmBOD is already in
+//!   the outbox (same transaction). The delivery is then dead-lettered *by us*: the original
+//!   payload and properties plus headers `x-bodflow-stage`, `x-bodflow-code`,
+//!   `x-bodflow-reason` are published to `bodflow.dlx` on a confirm-mode channel, and the
+//!   delivery is acked after that confirm. Most rejections are decided by `prepare`; the
+//!   few only the commit can decide (an Acknowledge with an unknown correlation) come from
+//!   the commit's report. A broker dead-letter (`basic.reject`, no requeue)
+//!   cannot add headers, so we do not use it; the queue's `x-dead-letter-exchange` remains
+//!   as the broker's safety net (TTL, length limits, an operator's reject). Whether a
+//!   delivery is dead-lettered is decided from the *prepared* document (pure, the same on
+//!   every redelivery), not from the commit's outcome — so a crash between commit and
+//!   dead-letter still dead-letters it on redelivery (at least once in `bodflow.dead`). A
+//!   commit-time rejection redelivered after such a crash is a duplicate and is not
+//!   dead-lettered again (its ConfirmBOD was written and is published).
+//! - **Transient failures** (store errors): nothing is acked; the group's commit is retried
+//!   with doubling backoff. After [`RunOptions::store_attempts`] each delivery is tried once
+//!   on its own; those that still fail are dead-lettered with code `retries_exhausted` and
+//!   acked. Never dropped.
+//! - **Broker failures** (a failed ack, dead-letter publish or a closed channel) end the
+//!   session: unacked deliveries are redelivered on the next session and the message-id
+//!   markers make them duplicates. Ackers of a dead channel are never used again: a group is
+//!   local to one session.
+//! - **Shutdown** stops taking new groups, finishes (commits, flushes, acks) the group in
+//!   flight and cancels the consumer; prefetched deliveries not yet taken go back to the
+//!   queue when the channel closes.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use futures_lite::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions,
+};
+use lapin::types::FieldTable;
+use lapin::Channel;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{confirmed, header_str, put_header, short, topology, Error, RunOptions};
+use crate::pipeline::{Input, Outcome, Pipeline, Prepared, Report, State};
+use crate::store::StoreError;
+
+const CONSUMER_TAG: &str = "bodflow";
+
+/// Reasons longer than this are cut in the `x-bodflow-reason` header.
+const MAX_REASON: usize = 1024;
+
+/// What the consumer works with during one session.
+pub(super) struct Consumer<'a> {
+    pub pipeline: &'a Pipeline,
+    pub options: &'a RunOptions,
+    /// Confirm-mode channel for our own dead-letters.
+    pub dead_letters: &'a Channel,
+    /// Woken after each commit: there are outbox rows to publish.
+    pub wake: &'a Arc<Notify>,
+}
+
+/// Why a delivery goes to `bodflow.dead`.
+struct DeadLetter {
+    stage: &'static str,
+    code: &'static str,
+    reason: String,
+}
+
+/// Consumes until `stop` (then finishes the group in flight) or the first broker failure.
+pub(super) async fn run(
+    channel: &Channel,
+    consumer: &Consumer<'_>,
+    stop: &CancellationToken,
+) -> Result<(), Error> {
+    let mut deliveries = channel
+        .basic_consume(
+            short(topology::INBOUND_QUEUE)?,
+            short(CONSUMER_TAG)?,
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    loop {
+        let first = tokio::select! {
+            biased;
+            () = stop.cancelled() => break,
+            next = deliveries.next() => next,
+        };
+        let Some(first) = first else {
+            return Err(Error::ConsumerCancelled);
+        };
+        let mut group = vec![first?];
+        let deadline = Instant::now() + consumer.options.group_window;
+        while group.len() < consumer.options.group_max {
+            match tokio::time::timeout_at(deadline, deliveries.next()).await {
+                Ok(Some(delivery)) => group.push(delivery?),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        consumer.process(group).await?;
+    }
+    let _ = channel
+        .basic_cancel(short(CONSUMER_TAG)?, BasicCancelOptions::default())
+        .await;
+    Ok(())
+}
+
+impl Consumer<'_> {
+    /// Prepare → commit (with retries) → flush → dead-letter the rejected → ack.
+    async fn process(&self, group: Vec<Delivery>) -> Result<(), Error> {
+        let pipeline = self.pipeline.clone();
+        let (group, prepared) = tokio::task::spawn_blocking(move || {
+            let prepared: Vec<Prepared> =
+                group.iter().map(|d| pipeline.prepare(&input(d))).collect();
+            (group, prepared)
+        })
+        .await?;
+        let prepared = Arc::new(prepared);
+
+        let mut dead: Vec<Option<DeadLetter>> = prepared.iter().map(rejected).collect();
+        match self.commit_with_retry(&prepared).await {
+            Ok(reports) => {
+                for ((d, r), slot) in group.iter().zip(&reports).zip(dead.iter_mut()) {
+                    trace_delivery(d, r);
+                    if slot.is_none() {
+                        *slot = rejected_at_commit(r);
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, code = e.code(), deliveries = group.len(), "Group commit failed after retries; committing one by one");
+                self.commit_singly(&group, &prepared, &mut dead).await?;
+            }
+        }
+        self.wake.notify_one();
+
+        for (d, dl) in group.iter().zip(&dead) {
+            if let Some(dl) = dl {
+                dead_letter(self.dead_letters, d, dl).await?;
+            }
+        }
+        ack(&group).await
+    }
+
+    /// Commits the group in one transaction and flushes; retries store errors with backoff.
+    async fn commit_with_retry(
+        &self,
+        prepared: &Arc<Vec<Prepared>>,
+    ) -> Result<Vec<Report>, StoreError> {
+        let mut attempt = 0;
+        loop {
+            match commit(self.pipeline, prepared.clone(), None).await {
+                Ok(reports) => return Ok(reports),
+                Err(e) => {
+                    attempt += 1;
+                    if attempt >= self.options.store_attempts {
+                        return Err(e);
+                    }
+                    let delay = self.options.retry_base * (1 << attempt.min(10));
+                    tracing::warn!(error = %e, attempt, delay_ms = delay.as_millis() as u64, "Store commit failed, retrying");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    /// After the group kept failing: each delivery once on its own; the ones that still fail
+    /// are dead-lettered `retries_exhausted`.
+    async fn commit_singly(
+        &self,
+        group: &[Delivery],
+        prepared: &Arc<Vec<Prepared>>,
+        dead: &mut [Option<DeadLetter>],
+    ) -> Result<(), Error> {
+        for (i, (d, slot)) in group.iter().zip(dead.iter_mut()).enumerate() {
+            match commit(self.pipeline, prepared.clone(), Some(i)).await {
+                Ok(reports) => {
+                    for r in &reports {
+                        trace_delivery(d, r);
+                        if slot.is_none() {
+                            *slot = rejected_at_commit(r);
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, code = e.code(), message_id = ?d.properties.message_id(), "Delivery could not be committed; dead-lettering it");
+                    *slot = Some(DeadLetter {
+                        stage: "upsert",
+                        code: "retries_exhausted",
+                        reason: format!(
+                            "store commit failed {} times: {e}",
+                            self.options.store_attempts + 1
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One transaction over the whole group (or only document `only`), then a flush.
+async fn commit(
+    pipeline: &Pipeline,
+    prepared: Arc<Vec<Prepared>>,
+    only: Option<usize>,
+) -> Result<Vec<Report>, StoreError> {
+    let pipeline = pipeline.clone();
+    tokio::task::spawn_blocking(move || {
+        let batch = match only {
+            Some(i) => prepared.get(i..=i).unwrap_or_default(),
+            None => &prepared[..],
+        };
+        let reports = pipeline.commit_batch(batch)?;
+        pipeline.store.flush()?;
+        Ok(reports)
+    })
+    .await
+    .unwrap_or_else(|e| {
+        Err(StoreError::Corrupt {
+            key: String::new(),
+            message: format!("commit task failed: {e}"),
+        })
+    })
+}
+
+fn input(d: &Delivery) -> Input<'_> {
+    Input {
+        bytes: &d.data,
+        source: "amqp",
+        message_id: d.properties.message_id().as_ref().map(|m| m.as_str()),
+        reply_to: d.properties.reply_to().as_ref().map(|r| r.as_str()),
+        received_at: Utc::now(),
+        retry: false,
+    }
+}
+
+fn rejected(p: &Prepared) -> Option<DeadLetter> {
+    match &p.state {
+        State::Rejected { rejection, .. } => Some(DeadLetter {
+            stage: rejection.stage.as_str(),
+            code: rejection.code,
+            reason: rejection.message.chars().take(MAX_REASON).collect(),
+        }),
+        _ => None,
+    }
+}
+
+/// Rejections only the commit can decide (an Acknowledge whose correlation is unknown).
+fn rejected_at_commit(r: &Report) -> Option<DeadLetter> {
+    let e = r
+        .error
+        .as_ref()
+        .filter(|_| r.outcome == Outcome::Rejected)?;
+    Some(DeadLetter {
+        stage: e.stage.as_str(),
+        code: e.code,
+        reason: e.message.chars().take(MAX_REASON).collect(),
+    })
+}
+
+/// The per-delivery span: message id, BODID and the ION headers as received.
+fn trace_delivery(d: &Delivery, r: &Report) {
+    let headers = d.properties.headers().as_ref();
+    let span = tracing::debug_span!(
+        "delivery",
+        message_id = %r.message_id,
+        bod_id = r.bod_id.as_deref().unwrap_or(""),
+        correlation_id = d.properties.correlation_id().as_ref().map(|c| c.as_str()).unwrap_or(""),
+        document_name = header_str(headers, "documentName").as_deref().unwrap_or(""),
+        from = header_str(headers, "fromLogicalId").as_deref().unwrap_or(""),
+        to = header_str(headers, "toLogicalId").as_deref().unwrap_or(""),
+        tenant = header_str(headers, "tenantId").as_deref().unwrap_or(""),
+        variation = header_str(headers, "variationId").as_deref().unwrap_or(""),
+        redelivered = d.redelivered,
+    );
+    let _guard = span.enter();
+    match &r.error {
+        Some(e) => tracing::debug!(
+            outcome = r.outcome.as_str(),
+            stage = e.stage.as_str(),
+            code = e.code,
+            "Delivery rejected"
+        ),
+        None => tracing::debug!(
+            outcome = r.outcome.as_str(),
+            record = r.record.as_deref().unwrap_or(""),
+            outputs = r.outputs.len(),
+            "Delivery processed"
+        ),
+    }
+}
+
+/// Publishes the delivery as it came, plus our three headers, to `bodflow.dlx`, and waits
+/// for the confirm.
+async fn dead_letter(channel: &Channel, d: &Delivery, dl: &DeadLetter) -> Result<(), Error> {
+    let mut headers = d.properties.headers().clone().unwrap_or_default();
+    put_header(&mut headers, "x-bodflow-stage", dl.stage);
+    put_header(&mut headers, "x-bodflow-code", dl.code);
+    put_header(&mut headers, "x-bodflow-reason", &dl.reason);
+    let properties = d
+        .properties
+        .clone()
+        .with_headers(headers)
+        .with_delivery_mode(2);
+    let confirm = channel
+        .basic_publish(
+            short(topology::DLX)?,
+            d.routing_key.clone(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            &d.data,
+            properties,
+        )
+        .await?;
+    confirmed(confirm, topology::DLX).await?;
+    tracing::debug!(code = dl.code, stage = dl.stage, message_id = ?d.properties.message_id(), "Delivery dead-lettered");
+    Ok(())
+}
+
+/// Acks a processed group: one `multiple` ack when its tags are contiguous. An acker of a
+/// closed channel refuses (`Ok(false)`): that ends the session, and the broker redelivers.
+async fn ack(group: &[Delivery]) -> Result<(), Error> {
+    let Some(last) = group.last() else {
+        return Ok(());
+    };
+    let contiguous = group
+        .windows(2)
+        .all(|w| matches!(w, [a, b] if b.delivery_tag == a.delivery_tag + 1));
+    let ok = if contiguous {
+        last.acker.ack(BasicAckOptions { multiple: true }).await?
+    } else {
+        let mut all = true;
+        for d in group {
+            all &= d.acker.ack(BasicAckOptions::default()).await?;
+        }
+        all
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::AckRefused)
+    }
+}

@@ -1,0 +1,432 @@
+//! The broker edge: the only code that knows lapin (DESIGN §4, §5.3).
+//!
+//! - [`topology`]: the exchanges and queues, declared on every (re)connect.
+//! - [`consumer`]: consumes `bodflow.inbound`, runs the [`Pipeline`] with group commit and
+//!   acks only what is durable. Its module docs are the ack discipline.
+//! - [`publisher`]: drains the store's outbox on a confirm-mode channel.
+//! - [`Sender`]: publishes inbound documents (`bodflow publish`, tests).
+//!
+//! [`run`] is the service: one cancellation tree (`shutdown` → stop consuming → finish the
+//! group in flight → drain the outbox within [`RunOptions::drain_timeout`] → flush the store →
+//! close the connection), and a reconnect loop around one broker *session* (connection,
+//! topology, channels). A session that fails is dropped whole, with its channels and
+//! ackers: nothing is ever acked with a tag of a dead channel; unacked deliveries come back
+//! and the message-id markers make them duplicates.
+
+pub mod consumer;
+pub mod publisher;
+pub mod topology;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lapin::options::{BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{redact_url, Config};
+use crate::pipeline::Pipeline;
+use crate::store::StoreError;
+
+/// Broker-side failures. All are transient for the service: the session is dropped and
+/// re-established; nothing unconfirmed is acked or deleted.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("broker: {0}")]
+    Broker(#[from] lapin::Error),
+    #[error("{0:?} is longer than AMQP's 255-byte short string")]
+    TooLong(String),
+    #[error("broker refused (nack) a message for {0}")]
+    Nacked(String),
+    #[error("message for {0} was returned unroutable")]
+    Returned(String),
+    #[error("broker did not confirm a message (confirm mode is off)")]
+    NotConfirmed,
+    #[error("the channel refused an ack (it was closed)")]
+    AckRefused,
+    #[error("the broker cancelled the consumer")]
+    ConsumerCancelled,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("worker task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+impl Error {
+    /// Stable code for logs and metrics labels.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::Broker(_) => "broker",
+            Error::TooLong(_) => "too_long",
+            Error::Nacked(_) => "nacked",
+            Error::Returned(_) => "unroutable",
+            Error::NotConfirmed => "not_confirmed",
+            Error::AckRefused => "ack_refused",
+            Error::ConsumerCancelled => "consumer_cancelled",
+            Error::Store(e) => e.code(),
+            Error::Task(_) => "task",
+        }
+    }
+}
+
+/// A short string, refusing (rather than panicking on) anything over 255 bytes.
+pub(crate) fn short(s: &str) -> Result<ShortString, Error> {
+    ShortString::try_new(s).map_err(|_| Error::TooLong(s.chars().take(64).collect()))
+}
+
+/// A header value as text (ION sends long strings; short strings are accepted too).
+pub(crate) fn header_str(headers: Option<&FieldTable>, name: &str) -> Option<String> {
+    match headers?.inner().get(name)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_string()),
+        _ => None,
+    }
+}
+
+fn put_header(headers: &mut FieldTable, name: &str, value: &str) {
+    headers.insert(ShortString::from(name), AMQPValue::LongString(value.into()));
+}
+
+/// Waits for one publisher confirm: only an Ack without a returned message is a success.
+pub(crate) async fn confirmed(confirm: lapin::PublisherConfirm, what: &str) -> Result<(), Error> {
+    match confirm.await? {
+        Confirmation::Ack(None) => Ok(()),
+        Confirmation::Ack(Some(_)) => Err(Error::Returned(what.to_string())),
+        Confirmation::Nack(_) => Err(Error::Nacked(what.to_string())),
+        Confirmation::NotRequested => Err(Error::NotConfirmed),
+    }
+}
+
+async fn connect(url: &str) -> Result<Connection, Error> {
+    let properties = ConnectionProperties::default().with_connection_name("bodflow".into());
+    Ok(Connection::connect(url, properties).await?)
+}
+
+async fn confirm_channel(connection: &Connection) -> Result<Channel, Error> {
+    let channel = connection.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    Ok(channel)
+}
+
+/// Runtime knobs of the service; every field has a sensible default.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Most deliveries committed in one store transaction and acked with one `multiple` ack.
+    pub group_max: usize,
+    /// How long a group waits for more deliveries after its first one.
+    pub group_window: Duration,
+    /// Commit attempts of a group on store errors before its deliveries are dead-lettered
+    /// `retries_exhausted` (each is first tried once on its own).
+    pub store_attempts: u32,
+    /// First retry delay of a failed commit or publish; doubles per attempt.
+    pub retry_base: Duration,
+    /// Outbox rows published per confirm round.
+    pub outbox_batch: usize,
+    /// The outbox is scanned at least this often (it is also woken after every commit).
+    pub outbox_poll: Duration,
+    /// On shutdown, how long the outbox may keep publishing before the service stops anyway
+    /// (what is left is published on the next start).
+    pub drain_timeout: Duration,
+    /// Reconnect backoff, doubling from `reconnect_min` up to `reconnect_max`.
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            group_max: 64,
+            group_window: Duration::from_millis(5),
+            store_attempts: 5,
+            retry_base: Duration::from_millis(50),
+            outbox_batch: 512,
+            outbox_poll: Duration::from_secs(1),
+            drain_timeout: Duration::from_secs(10),
+            reconnect_min: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The service: runs until `shutdown` completes, then stops in order (module docs). Broker
+/// failures are retried forever with backoff; the only `Err` is a store that cannot flush
+/// at the end.
+pub async fn run(
+    pipeline: Pipeline,
+    options: RunOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    let token = CancellationToken::new();
+    let service = serve(pipeline, options, token.clone());
+    tokio::pin!(service);
+    tokio::select! {
+        result = &mut service => return result,
+        () = shutdown => {
+            tracing::info!("Shutdown requested: finishing in-flight work");
+            token.cancel();
+        }
+    }
+    service.await
+}
+
+async fn serve(
+    pipeline: Pipeline,
+    options: RunOptions,
+    token: CancellationToken,
+) -> Result<(), Error> {
+    let url = pipeline.config.amqp.url.clone();
+    let wake = Arc::new(Notify::new());
+    let mut delay = options.reconnect_min;
+    while !token.is_cancelled() {
+        let connection = tokio::select! {
+            () = token.cancelled() => break,
+            c = connect(&url) => c,
+        };
+        match connection {
+            Ok(connection) => {
+                tracing::info!(url = %redact_url(&url), "Connected to the broker");
+                let started = Instant::now();
+                let result = session(&connection, &pipeline, &options, &token, &wake).await;
+                let _ = connection.close(200, "bye".into()).await;
+                match result {
+                    Ok(()) if token.is_cancelled() => break,
+                    Ok(()) => tracing::warn!("Broker session ended; reconnecting"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, code = e.code(), "Broker session failed; reconnecting")
+                    }
+                }
+                if started.elapsed() > options.reconnect_max {
+                    delay = options.reconnect_min;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, delay_ms = delay.as_millis() as u64, "Cannot connect to the broker")
+            }
+        }
+        tokio::select! {
+            () = token.cancelled() => break,
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(options.reconnect_max);
+    }
+    let store = pipeline.store.clone();
+    tokio::task::spawn_blocking(move || store.flush()).await??;
+    tracing::info!("Stopped");
+    Ok(())
+}
+
+/// One connection's worth of work: topology, then the consumer and the outbox publisher
+/// side by side until shutdown or the first failure of either.
+async fn session(
+    connection: &Connection,
+    pipeline: &Pipeline,
+    options: &RunOptions,
+    shutdown: &CancellationToken,
+    wake: &Arc<Notify>,
+) -> Result<(), Error> {
+    let admin = connection.create_channel().await?;
+    topology::declare(&admin, &pipeline.config).await?;
+    let _ = admin.close(200, "declared".into()).await;
+
+    let inbound = connection.create_channel().await?;
+    inbound
+        .basic_qos(pipeline.config.amqp.prefetch, BasicQosOptions::default())
+        .await?;
+    let dead_letters = confirm_channel(connection).await?;
+    let outbound = confirm_channel(connection).await?;
+
+    let session = shutdown.child_token();
+    let stop_publisher = CancellationToken::new();
+    let publisher = tokio::spawn(publisher::run(publisher::Publisher {
+        channel: outbound,
+        pipeline: pipeline.clone(),
+        options: options.clone(),
+        wake: wake.clone(),
+        stop: stop_publisher.clone(),
+        shutdown: shutdown.clone(),
+        session: session.clone(),
+    }));
+    let consumed = consumer::run(
+        &inbound,
+        &consumer::Consumer {
+            pipeline,
+            options,
+            dead_letters: &dead_letters,
+            wake,
+        },
+        &session,
+    )
+    .await;
+    stop_publisher.cancel();
+    if consumed.is_err() {
+        session.cancel();
+    }
+    let published = publisher.await?;
+    consumed?;
+    published?;
+    for channel in [&inbound, &dead_letters] {
+        let _ = channel.close(200, "bye".into()).await;
+    }
+    Ok(())
+}
+
+/// An inbound document to send to `bodflow.in` (what ION would send).
+#[derive(Debug, Clone, Default)]
+pub struct InboundMessage<'a> {
+    pub bytes: &'a [u8],
+    pub message_id: &'a str,
+    /// ION `documentName`, `Verb.Noun`.
+    pub document_name: Option<&'a str>,
+    pub from_logical_id: Option<&'a str>,
+    pub reply_to: Option<&'a str>,
+    /// Routing key on the topic exchange (default: `document_name`, else `bod`).
+    pub routing_key: Option<&'a str>,
+}
+
+/// Publishes inbound documents with publisher confirms (`bodflow publish`, tests).
+pub struct Sender {
+    connection: Connection,
+    channel: Channel,
+}
+
+/// A sent message whose confirm is still to come.
+pub struct Pending {
+    confirm: lapin::PublisherConfirm,
+    message_id: String,
+}
+
+impl Pending {
+    /// Waits for the broker's confirm; a Nack or a return is an error.
+    pub async fn confirmed(self) -> Result<(), Error> {
+        confirmed(self.confirm, &self.message_id).await
+    }
+}
+
+impl Sender {
+    /// Connects and declares the topology, so that messages sent before the service starts
+    /// wait in `bodflow.inbound`.
+    pub async fn connect(config: &Config) -> Result<Sender, Error> {
+        let connection = connect(&config.amqp.url).await?;
+        let admin = connection.create_channel().await?;
+        topology::declare(&admin, config).await?;
+        let _ = admin.close(200, "declared".into()).await;
+        let channel = confirm_channel(&connection).await?;
+        Ok(Sender {
+            connection,
+            channel,
+        })
+    }
+
+    /// Sends one document, persistent and mandatory; await [`Pending::confirmed`] later to
+    /// keep many in flight.
+    pub async fn send(&self, message: &InboundMessage<'_>) -> Result<Pending, Error> {
+        let mut headers = FieldTable::default();
+        if let Some(name) = message.document_name {
+            put_header(&mut headers, "documentName", name);
+        }
+        if let Some(from) = message.from_logical_id {
+            put_header(&mut headers, "fromLogicalId", from);
+        }
+        let mut properties = BasicProperties::default()
+            .with_content_type("application/xml".into())
+            .with_delivery_mode(2)
+            .with_message_id(short(message.message_id)?)
+            .with_headers(headers);
+        if let Some(reply_to) = message.reply_to {
+            properties = properties.with_reply_to(short(reply_to)?);
+        }
+        let routing_key = message
+            .routing_key
+            .or(message.document_name)
+            .unwrap_or("bod");
+        let confirm = self
+            .channel
+            .basic_publish(
+                short(topology::IN_EXCHANGE)?,
+                short(routing_key)?,
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                message.bytes,
+                properties,
+            )
+            .await?;
+        Ok(Pending {
+            confirm,
+            message_id: message.message_id.to_string(),
+        })
+    }
+
+    /// Waits for every outstanding confirm, then closes the connection.
+    pub async fn close(self) -> Result<(), Error> {
+        let returned = self.channel.wait_for_confirms().await?;
+        if let Some(r) = returned.first() {
+            return Err(Error::Returned(
+                r.delivery
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .map(|m| m.as_str().to_string())
+                    .unwrap_or_default(),
+            ));
+        }
+        self.connection.close(200, "done".into()).await?;
+        Ok(())
+    }
+}
+
+/// `SyncCustomerPartyMaster` → `Sync.CustomerPartyMaster`, read cheaply from the root
+/// element's name (no parse); `None` when the document does not start like a BOD.
+pub fn document_name(bytes: &[u8]) -> Option<String> {
+    let head = String::from_utf8_lossy(&bytes[..bytes.len().min(4096)]);
+    let mut rest: &str = &head;
+    let name = loop {
+        let start = rest.find('<')?;
+        rest = &rest[start + 1..];
+        if rest.starts_with('?') || rest.starts_with('!') {
+            continue;
+        }
+        let end = rest.find(|c: char| c.is_whitespace() || c == '>' || c == '/')?;
+        break &rest[..end];
+    };
+    let local = name.rsplit(':').next()?;
+    let split = local
+        .char_indices()
+        .skip(1)
+        .find(|(_, c)| c.is_ascii_uppercase())
+        .map(|(i, _)| i)?;
+    let (verb, noun) = local.split_at(split);
+    Some(format!("{verb}.{noun}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn document_name_from_root_element() {
+        let xml = br#"<?xml version="1.0"?><!-- c --><SyncCustomerPartyMaster releaseID="9.2">"#;
+        assert_eq!(
+            document_name(xml).as_deref(),
+            Some("Sync.CustomerPartyMaster")
+        );
+        assert_eq!(
+            document_name(b"<oa:ProcessContact xmlns:oa='x'/>").as_deref(),
+            Some("Process.Contact")
+        );
+        assert_eq!(document_name(b"not xml"), None);
+        assert_eq!(document_name(b"<html>"), None);
+    }
+
+    #[test]
+    fn overlong_short_strings_are_errors_not_panics() {
+        assert!(short(&"x".repeat(256)).is_err());
+        assert!(short("bodflow.in").is_ok());
+    }
+}

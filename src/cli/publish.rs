@@ -1,0 +1,101 @@
+//! `bodflow publish PATH...`: sends BOD files to `bodflow.in` as ION would (DESIGN §5.1):
+//! persistent, `message_id` = payload digest (so a resend is a duplicate), headers
+//! `documentName` (from the root element) and `fromLogicalId` (the Sender's LogicalID), with
+//! publisher confirms and up to [`WINDOW`] messages awaiting theirs.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::amqp::{self, InboundMessage, Sender};
+use crate::config::{redact_url, Config};
+use crate::pipeline::{emit, payload_digest};
+
+/// Messages in flight before the oldest confirm is awaited.
+const WINDOW: usize = 256;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// BOD files or folders (*.xml, recursively, in name order).
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    /// Configuration file (default: ./bodflow.toml, else PATH/bodflow.toml, else built-in).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// At most this many messages per second (default: as fast as confirms allow).
+    #[arg(long)]
+    rate: Option<u32>,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let (config, _) = Config::resolve(args.config.as_deref(), &args.paths)?;
+    let inputs = super::collect_inputs(&args.paths)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let started = Instant::now();
+    runtime.block_on(publish(&config, &inputs, args.rate))?;
+    tracing::info!(
+        documents = inputs.len(),
+        seconds = format!("{:.3}", started.elapsed().as_secs_f64()),
+        broker = %redact_url(&config.amqp.url),
+        "Published"
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn publish(config: &Config, inputs: &[PathBuf], rate: Option<u32>) -> anyhow::Result<()> {
+    let sender = Sender::connect(config)
+        .await
+        .with_context(|| format!("connecting to {}", redact_url(&config.amqp.url)))?;
+    let progress =
+        ProgressBar::with_draw_target(Some(inputs.len() as u64), ProgressDrawTarget::stderr());
+    progress.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut ticker = rate.filter(|r| *r > 0).map(|r| {
+        let mut t = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(r)));
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    });
+    let mut pending = VecDeque::with_capacity(WINDOW);
+    for path in inputs {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let message_id = payload_digest(&bytes);
+        let document_name = amqp::document_name(&bytes);
+        let from = emit::sniff_area(&bytes).and_then(|a| a.logical_id);
+        if let Some(t) = ticker.as_mut() {
+            t.tick().await;
+        }
+        let sent = sender
+            .send(&InboundMessage {
+                bytes: &bytes,
+                message_id: &message_id,
+                document_name: document_name.as_deref(),
+                from_logical_id: from.as_deref(),
+                ..Default::default()
+            })
+            .await
+            .with_context(|| format!("publishing {}", path.display()))?;
+        pending.push_back(sent);
+        if pending.len() >= WINDOW {
+            if let Some(p) = pending.pop_front() {
+                p.confirmed().await?;
+            }
+        }
+        progress.inc(1);
+    }
+    for p in pending {
+        p.confirmed().await?;
+    }
+    sender.close().await?;
+    progress.finish_and_clear();
+    Ok(())
+}

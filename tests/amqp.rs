@@ -1,0 +1,498 @@
+//! The service against the real RabbitMQ on 127.0.0.1:5672 (guest/guest). Each test runs in
+//! its own vhost, created with `rabbitmqctl` and deleted at the end, so tests run in parallel
+//! and leave nothing behind. `.ci/run` starts the broker when it is not running.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bodflow::amqp::{self, topology, InboundMessage, RunOptions, Sender};
+use bodflow::config::Config;
+use bodflow::pipeline::{payload_digest, Input, Pipeline, Report};
+use bodflow::store::{HubRecord, Store};
+use chrono::Utc;
+use lapin::options::{BasicGetOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Channel, Connection, ConnectionProperties};
+
+/// A throw-away vhost.
+struct Vhost {
+    name: String,
+}
+
+fn rabbitmqctl(args: &[&str]) {
+    let out = Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .expect("rabbitmqctl must be installed (and RabbitMQ running: see .ci/run)");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Vhost {
+    fn new(test: &str) -> Vhost {
+        let name = format!(
+            "bodflow-test-{test}-{}-{}",
+            std::process::id(),
+            Utc::now().timestamp_micros()
+        );
+        rabbitmqctl(&["add_vhost", &name]);
+        rabbitmqctl(&["set_permissions", "-p", &name, "guest", ".*", ".*", ".*"]);
+        Vhost { name }
+    }
+
+    fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:5672/{}", self.name)
+    }
+}
+
+impl Drop for Vhost {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl")
+            .args(["delete_vhost", &self.name])
+            .output();
+    }
+}
+
+fn fixtures() -> Vec<PathBuf> {
+    bodflow::cli::collect_inputs(&[common::root().join("fixtures")]).unwrap()
+}
+
+fn fixture_config(vhost: &Vhost) -> Config {
+    let mut config = Config::load(&common::root().join("fixtures/bodflow.toml")).unwrap();
+    config.amqp.url = vhost.url();
+    config
+}
+
+/// One input as the tests send it: bytes, message id (payload digest unless given) and an
+/// optional reply queue.
+struct Doc {
+    bytes: Vec<u8>,
+    message_id: String,
+    reply_to: Option<String>,
+}
+
+fn doc(bytes: Vec<u8>) -> Doc {
+    Doc {
+        message_id: payload_digest(&bytes),
+        bytes,
+        reply_to: None,
+    }
+}
+
+async fn publish(config: &Config, docs: &[Doc]) {
+    let sender = Sender::connect(config).await.unwrap();
+    let mut pending = Vec::new();
+    for d in docs {
+        let name = amqp::document_name(&d.bytes);
+        pending.push(
+            sender
+                .send(&InboundMessage {
+                    bytes: &d.bytes,
+                    message_id: &d.message_id,
+                    document_name: name.as_deref(),
+                    reply_to: d.reply_to.as_deref(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap(),
+        );
+    }
+    for p in pending {
+        p.confirmed().await.unwrap();
+    }
+    sender.close().await.unwrap();
+}
+
+/// What an offline replay of the same inputs, in the same order, produces.
+struct Offline {
+    records: Vec<HubRecord>,
+    reports: Vec<Report>,
+    /// (documentName, to, reply_to, BODID) of every outbox row, in order.
+    rows: Vec<(String, String, Option<String>, String)>,
+}
+
+fn offline(config: &Config, docs: &[Doc]) -> Offline {
+    let store = Arc::new(Store::temporary().unwrap());
+    let pipeline = Pipeline::new(Arc::new(config.clone()), store.clone()).unwrap();
+    let mut reports = Vec::new();
+    for d in docs {
+        let input = Input {
+            bytes: &d.bytes,
+            source: "test",
+            message_id: Some(&d.message_id),
+            reply_to: d.reply_to.as_deref(),
+            received_at: Utc::now(),
+            retry: false,
+        };
+        reports.push(pipeline.process(&input).unwrap());
+    }
+    let rows = store
+        .outbox()
+        .map(|r| {
+            let (_, row) = r.unwrap();
+            (row.document_name, row.to, row.reply_to, row.bod_id)
+        })
+        .collect();
+    Offline {
+        records: store.records().map(Result::unwrap).collect(),
+        reports,
+        rows,
+    }
+}
+
+async fn channel(url: &str) -> (Connection, Channel) {
+    let conn = Connection::connect(url, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    (conn, ch)
+}
+
+fn header(headers: &Option<FieldTable>, name: &str) -> Option<String> {
+    match headers.as_ref()?.inner().get(name)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_string()),
+        _ => None,
+    }
+}
+
+/// A message taken off a queue.
+#[derive(Debug)]
+struct Got {
+    message_id: String,
+    correlation_id: String,
+    headers: Option<FieldTable>,
+}
+
+/// Takes every message off `queue` (acking them).
+async fn drain_queue(ch: &Channel, queue: &str) -> Vec<Got> {
+    let mut out = Vec::new();
+    while let Some(m) = ch
+        .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+    {
+        let p = &m.delivery.properties;
+        out.push(Got {
+            message_id: p
+                .message_id()
+                .as_ref()
+                .map(|s| s.to_string())
+                .unwrap_or_default(),
+            correlation_id: p
+                .correlation_id()
+                .as_ref()
+                .map(|s| s.to_string())
+                .unwrap_or_default(),
+            headers: p.headers().clone(),
+        });
+    }
+    out
+}
+
+async fn ready_count(ch: &Channel, queue: &str) -> u32 {
+    ch.queue_declare(
+        queue.into(),
+        QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap()
+    .message_count()
+}
+
+async fn wait_for(what: &str, timeout: Duration, mut done: impl AsyncFnMut() -> bool) {
+    let start = Instant::now();
+    while !done().await {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The service in-process on `store`, stopped by the returned sender.
+fn start_service(
+    config: &Config,
+    store: Arc<Store>,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), amqp::Error>>,
+) {
+    let pipeline = Pipeline::new(Arc::new(config.clone()), store).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let handle = tokio::spawn(amqp::run(pipeline, RunOptions::default(), async move {
+        let _ = stopped.await;
+    }));
+    (stop, handle)
+}
+
+/// Publishes every fixture, runs the service until all are processed, and compares with an
+/// offline replay: same hub records, the same BODs (kind, receiver, BODID) on the
+/// `bodflow.to.*` queues as replay's outbox rows, and every rejected document in
+/// `bodflow.dead` with its stage, code and reason headers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fixtures_end_to_end_equal_offline_replay_and_rejections_are_dead_lettered() {
+    let vhost = Vhost::new("e2e");
+    let config = fixture_config(&vhost);
+    let docs: Vec<Doc> = fixtures()
+        .iter()
+        .map(|p| doc(std::fs::read(p).unwrap()))
+        .collect();
+    let expected = offline(&config, &docs);
+
+    publish(&config, &docs).await;
+    let store = Arc::new(Store::temporary().unwrap());
+    let (stop, service) = start_service(&config, store.clone());
+    let rejected: Vec<&Report> = expected
+        .reports
+        .iter()
+        .filter(|r| r.error.is_some())
+        .collect();
+    let (_conn, ch) = channel(&vhost.url()).await;
+    wait_for(
+        "every message processed and published",
+        Duration::from_secs(30),
+        async || {
+            docs.iter()
+                .all(|d| store.marker(&d.message_id).unwrap().is_some())
+                && store.outbox_len() == 0
+                && ready_count(&ch, topology::DEAD_QUEUE).await as usize >= rejected.len()
+        },
+    )
+    .await;
+    stop.send(()).unwrap();
+    service.await.unwrap().unwrap();
+
+    let records: Vec<HubRecord> = store.records().map(Result::unwrap).collect();
+    assert_eq!(records, expected.records, "hub records differ from replay");
+    assert!(!records.is_empty());
+
+    let mut got = Vec::new();
+    for app in &config.applications {
+        for m in drain_queue(&ch, &topology::application_queue(&app.slug())).await {
+            assert_eq!(
+                header(&m.headers, "toLogicalId").as_deref(),
+                Some(&*app.logical_id)
+            );
+            assert_eq!(
+                header(&m.headers, "fromLogicalId").as_deref(),
+                Some(&*config.hub.logical_id)
+            );
+            assert!(!m.correlation_id.is_empty());
+            got.push((
+                header(&m.headers, "documentName").unwrap_or_default(),
+                app.logical_id.clone(),
+                None,
+                m.message_id,
+            ));
+        }
+    }
+    let mut want = expected.rows.clone();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want, "published BODs differ from replay's outbox");
+    assert!(!got.is_empty());
+
+    let dead = drain_queue(&ch, topology::DEAD_QUEUE).await;
+    let dead_set: BTreeSet<(String, String, String)> = dead
+        .iter()
+        .map(|m| {
+            assert!(header(&m.headers, "x-bodflow-reason").is_some_and(|r| !r.is_empty()));
+            (
+                m.message_id.clone(),
+                header(&m.headers, "x-bodflow-stage").unwrap(),
+                header(&m.headers, "x-bodflow-code").unwrap(),
+            )
+        })
+        .collect();
+    let want_dead: BTreeSet<(String, String, String)> = rejected
+        .iter()
+        .filter_map(|r| {
+            let e = r.error.as_ref()?;
+            Some((
+                r.message_id.clone(),
+                e.stage.as_str().to_string(),
+                e.code.to_string(),
+            ))
+        })
+        .collect();
+    assert_eq!(dead_set, want_dead);
+    assert_eq!(ready_count(&ch, topology::INBOUND_QUEUE).await, 0);
+}
+
+/// A document with `reply_to` gets its ConfirmBOD on that queue (correlated by message id),
+/// not on the sender's application queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_go_to_reply_to() {
+    let vhost = Vhost::new("reply");
+    let config = fixture_config(&vhost);
+    let (_conn, ch) = channel(&vhost.url()).await;
+    ch.queue_declare(
+        "test.replies".into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let bytes =
+        std::fs::read(common::root().join("fixtures/111-crm-sync-account-missing-name.xml"))
+            .unwrap();
+    let d = Doc {
+        bytes,
+        message_id: "reply-test-1".into(),
+        reply_to: Some("test.replies".into()),
+    };
+    publish(&config, std::slice::from_ref(&d)).await;
+    let store = Arc::new(Store::temporary().unwrap());
+    let (stop, service) = start_service(&config, store.clone());
+    wait_for("the reply", Duration::from_secs(20), async || {
+        ready_count(&ch, "test.replies").await >= 1 && store.outbox_len() == 0
+    })
+    .await;
+    stop.send(()).unwrap();
+    service.await.unwrap().unwrap();
+
+    let replies = drain_queue(&ch, "test.replies").await;
+    assert_eq!(replies.len(), 1, "{replies:?}");
+    assert_eq!(replies[0].correlation_id, "reply-test-1");
+    assert_eq!(
+        header(&replies[0].headers, "documentName").as_deref(),
+        Some("Confirm.BOD")
+    );
+    for app in &config.applications {
+        let q = topology::application_queue(&app.slug());
+        assert_eq!(ready_count(&ch, &q).await, 0, "{q} got a message");
+    }
+}
+
+fn generated(count: usize) -> Vec<Doc> {
+    bodflow::generate::Generator::new(7, bodflow::generate::Mix::REALISTIC)
+        .take(count)
+        .map(|g| doc(g.bytes))
+        .collect()
+}
+
+fn write_generated_config(dir: &Path, store: &Path) -> PathBuf {
+    let text = bodflow::generate::CONFIG.replacen(
+        "[hub]\n",
+        &format!("[hub]\nstore = {:?}\n", store.display().to_string()),
+        1,
+    );
+    let path = dir.join("bodflow.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn spawn_service(config: &Path, url: &str) -> std::process::Child {
+    common::bodflow()
+        .args(["run", "--config"])
+        .arg(config)
+        .env("BODFLOW_AMQP_URL", url)
+        .spawn()
+        .unwrap()
+}
+
+fn sigterm(child: &std::process::Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// `messages` (ready + unacknowledged) of a queue, from the broker's own view.
+fn queue_total(vhost: &Vhost, queue: &str) -> usize {
+    let out = Command::new("rabbitmqctl")
+        .args(["list_queues", "-q", "-p", &vhost.name, "name", "messages"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut parts = l.split_whitespace();
+            (parts.next() == Some(queue)).then(|| parts.next()?.parse().ok())?
+        })
+        .next()
+        .unwrap_or(usize::MAX)
+}
+
+/// SIGTERM while deliveries flow: the binary exits 0; a restart finishes the rest; the hub
+/// equals an offline replay (nothing lost, no record created twice) and every expected BOD
+/// was published at least once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_stream_exits_0_and_a_restart_processes_everything_once() {
+    let vhost = Vhost::new("sigterm");
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    let config_path = write_generated_config(dir.path(), &store_dir);
+    let mut config = Config::load(&config_path).unwrap();
+    config.amqp.url = vhost.url();
+    let docs = generated(3000);
+    let expected = offline(&config, &docs);
+    publish(&config, &docs).await;
+    let (_conn, ch) = channel(&vhost.url()).await;
+
+    let mut child = spawn_service(&config_path, &vhost.url());
+    wait_for("processing to start", Duration::from_secs(30), async || {
+        (ready_count(&ch, topology::INBOUND_QUEUE).await as usize) < docs.len() * 9 / 10
+    })
+    .await;
+    sigterm(&child);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "first run: {status}");
+    let left = ready_count(&ch, topology::INBOUND_QUEUE).await as usize;
+    assert!(left > 0, "SIGTERM came too late to be mid-stream");
+
+    let mut child = spawn_service(&config_path, &vhost.url());
+    let start = Instant::now();
+    while queue_total(&vhost, topology::INBOUND_QUEUE) != 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "restart did not finish"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    sigterm(&child);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "second run: {status}");
+
+    let store = Store::open(&store_dir).unwrap();
+    assert_eq!(store.outbox_len(), 0, "outbox not drained on shutdown");
+    let records: Vec<HubRecord> = store.records().map(Result::unwrap).collect();
+    assert_eq!(records.len(), expected.records.len());
+    assert!(
+        records == expected.records,
+        "hub records differ from replay"
+    );
+
+    let mut published = BTreeSet::new();
+    for app in &config.applications {
+        for m in drain_queue(&ch, &topology::application_queue(&app.slug())).await {
+            published.insert(m.message_id);
+        }
+    }
+    let missing: Vec<&String> = expected
+        .rows
+        .iter()
+        .map(|r| &r.3)
+        .filter(|id| !published.contains(*id))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} BODs never published, e.g. {:?}",
+        missing.len(),
+        missing.first()
+    );
+}
