@@ -261,6 +261,7 @@ fn address(out: &mut Out, a: &HubAddress, country: Option<&str>) {
     }
     out.opt("CityName", a.city.as_deref());
     out.opt("CountrySubDivisionCode", a.subdivision.as_deref());
+    out.opt("CountrySubDivision2Code", a.subdivision2.as_deref());
     out.opt("CountryCode", country);
     out.opt("PostalCode", a.postal_code.as_deref());
     out.close("Address");

@@ -378,6 +378,7 @@ fn hub_address(addresses: &[Address]) -> Option<(HubAddress, Option<String>)> {
         lines,
         city: from_any(|a| a.city.as_ref()),
         subdivision: from_any(|a| a.subdivision.as_ref()),
+        subdivision2: from_any(|a| a.subdivision2.as_ref()),
         postal_code: from_any(|a| a.postal_code.as_ref()),
         country: None,
     };
@@ -423,6 +424,11 @@ fn check_fields(f: &Fields, key: &XrefKey, path: &str) -> Result<()> {
             (a.city.as_deref(), "CityName", MAX_TEXT),
             (a.postal_code.as_deref(), "PostalCode", MAX_CODE),
             (a.subdivision.as_deref(), "CountrySubDivisionCode", MAX_CODE),
+            (
+                a.subdivision2.as_deref(),
+                "CountrySubDivision2Code",
+                MAX_CODE,
+            ),
         ] {
             if let Some(v) = value {
                 check_len(v, max, || format!("{path}/Address/{at}"))?;

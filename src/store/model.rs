@@ -115,6 +115,9 @@ pub struct HubAddress {
     pub city: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subdivision: Option<String>,
+    /// `CountrySubDivision2Code` (county), below `subdivision` (state).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subdivision2: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub postal_code: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
