@@ -684,3 +684,105 @@ fn generate_300_then_replay_yields_applied_duplicate_stale_and_rejected() {
     }
     assert!(counts["applied"] > 150, "mostly applied: {counts:?}");
 }
+
+/// `parked list` shows the web shop's document (its application is inactive); with the web
+/// shop re-activated in the configuration, `parked release` applies it under its own message
+/// id and the parked list is empty afterwards.
+#[test]
+fn parked_list_shows_the_inactive_applications_document_and_release_applies_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let lines = replay_into_store(tmp.path(), &store);
+    let parked_line = lines
+        .iter()
+        .find(|l| str_of(l, "outcome") == Some("parked"))
+        .expect("the fixtures park a document");
+    let parked_id = str_of(parked_line, "message_id").unwrap().to_string();
+    let config = fixtures().join("bodflow.toml");
+
+    let list = run_in(
+        tmp.path(),
+        bodflow()
+            .args(["parked", "list", "--json", "--store"])
+            .arg(&store)
+            .arg("--config")
+            .arg(&config),
+    );
+    assert_exit(&list, 0);
+    let listed = json_lines(&list);
+    assert!(listed
+        .iter()
+        .any(|p| str_of(p, "message_id") == Some(parked_id.as_str())
+            && str_of(p, "reason") == Some("inactive_application")));
+
+    // Still inactive: releasing parks it again.
+    let still = run_in(
+        tmp.path(),
+        bodflow()
+            .args([
+                "parked",
+                "release",
+                "--json",
+                "--reason",
+                "inactive_application",
+                "--store",
+            ])
+            .arg(&store)
+            .arg("--config")
+            .arg(&config),
+    );
+    assert_exit(&still, 0);
+    assert!(json_lines(&still)
+        .iter()
+        .all(|r| str_of(r, "outcome") == Some("parked")));
+
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(
+        text.contains("active = false"),
+        "the fixture config has an inactive application"
+    );
+    let reactivated = tmp.path().join("reactivated.toml");
+    std::fs::write(
+        &reactivated,
+        text.replace("active = false", "active = true"),
+    )
+    .unwrap();
+    let released = run_in(
+        tmp.path(),
+        bodflow()
+            .args([
+                "parked",
+                "release",
+                "--json",
+                "--reason",
+                "inactive_application",
+                "--store",
+            ])
+            .arg(&store)
+            .arg("--config")
+            .arg(&reactivated),
+    );
+    assert_exit(&released, 0);
+    let reports = json_lines(&released);
+    assert!(reports
+        .iter()
+        .any(|r| str_of(r, "message_id") == Some(parked_id.as_str())
+            && str_of(r, "outcome") == Some("applied")));
+    let after = run_in(
+        tmp.path(),
+        bodflow()
+            .args([
+                "parked",
+                "list",
+                "--json",
+                "--reason",
+                "inactive_application",
+                "--store",
+            ])
+            .arg(&store)
+            .arg("--config")
+            .arg(&reactivated),
+    );
+    assert_exit(&after, 0);
+    assert!(json_lines(&after).is_empty());
+}

@@ -151,3 +151,50 @@ fn a_contact_before_its_account_waits_on_the_default_account_and_is_relinked() {
     let kinds: Vec<&str> = acc.outputs.iter().map(|o| o.kind.as_str()).collect();
     assert_eq!(kinds, vec!["SyncCustomerPartyMaster", "SyncContactMaster"]);
 }
+
+#[test]
+fn parked_documents_of_a_reactivated_application_are_released_once() {
+    let store = Arc::new(Store::temporary().unwrap());
+    let inactive = CONFIG.replace("name = \"LN\"\n", "name = \"LN\"\nactive = false\n");
+    let cfg = Config::from_toml(&inactive, "test").unwrap();
+    let p = Pipeline::new(Arc::new(cfg), store.clone()).unwrap();
+    let doc = account("C5", "Delta", "ITA");
+    let parked = p.process(&input(doc.as_bytes(), "m-5", false)).unwrap();
+    assert_eq!(parked.outcome, Outcome::Parked);
+    assert!(parked.outputs.is_empty());
+    assert_eq!(store.parked().count(), 1);
+    let again = p.process(&input(doc.as_bytes(), "m-5", false)).unwrap();
+    assert_eq!(
+        again.outcome,
+        Outcome::Duplicate,
+        "a redelivery does not park twice"
+    );
+    assert_eq!(store.parked().count(), 1);
+    assert!(
+        p.release_reactivated(Utc::now()).unwrap().is_empty(),
+        "still inactive"
+    );
+
+    let active = Pipeline::new(
+        Arc::new(Config::from_toml(CONFIG, "test").unwrap()),
+        store.clone(),
+    )
+    .unwrap();
+    let released = active.release_reactivated(Utc::now()).unwrap();
+    assert_eq!(released.len(), 1);
+    assert_eq!(released[0].outcome, Outcome::Applied);
+    assert_eq!(
+        released[0].message_id, "m-5",
+        "released under its own message id"
+    );
+    assert_eq!(store.parked().count(), 0);
+    assert!(store
+        .record(released[0].record.as_deref().unwrap())
+        .unwrap()
+        .is_some());
+    assert!(active.release_reactivated(Utc::now()).unwrap().is_empty());
+    let redelivered = active
+        .process(&input(doc.as_bytes(), "m-5", false))
+        .unwrap();
+    assert_eq!(redelivered.outcome, Outcome::Duplicate);
+}

@@ -4,6 +4,7 @@
 
 mod check;
 mod generate;
+mod parked;
 mod publish;
 mod records;
 mod replay;
@@ -56,6 +57,11 @@ enum Command {
     Run(run::Args),
     /// Send BOD files or folders to the inbound exchange with ION headers.
     Publish(publish::Args),
+    /// Parked documents: list them, or release them through the pipeline.
+    Parked {
+        #[command(subcommand)]
+        action: parked::Action,
+    },
 }
 
 fn init_logging(format: LogFormat) {
@@ -82,6 +88,7 @@ pub fn main() -> ExitCode {
         Command::Generate(args) => generate::run(args),
         Command::Run(args) => run::run(args),
         Command::Publish(args) => publish::run(args),
+        Command::Parked { action } => parked::run(action),
     };
     match result {
         Ok(code) => code,

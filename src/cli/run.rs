@@ -42,6 +42,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         "Starting"
     );
     let pipeline = Pipeline::new(Arc::new(config), Arc::new(store))?;
+    // Documents parked while their application was inactive go through now that it is active;
+    // their replies wait in the outbox for the publisher.
+    let released = pipeline.release_reactivated(chrono::Utc::now())?;
+    if !released.is_empty() {
+        tracing::info!(
+            documents = released.len(),
+            "Released documents of re-activated applications"
+        );
+    }
     let options = RunOptions {
         store_attempts: args.store_attempts.max(1),
         group_max: args.group_max.max(1),

@@ -201,6 +201,9 @@ pub struct Context {
     pub now: String,
     /// See [`Input::retry`].
     pub retry: bool,
+    /// The parked row this run releases: removed in the same transaction (a document that
+    /// parks again gets a new row).
+    pub unpark: Option<u64>,
     /// The sender's ApplicationArea when it could be read (decoded, or sniffed from a broken
     /// document) — needed to answer with a ConfirmBOD.
     pub area: Option<ApplicationArea>,
@@ -322,11 +325,50 @@ impl Pipeline {
         let prepared = self.prepare(input);
         self.commit(&prepared)
     }
+
+    /// Re-runs a parked document through the whole pipeline under the current configuration,
+    /// as a deliberate retry of its message id. Its parked row goes in the same transaction;
+    /// if it parks again (its application is still inactive, still no match), it gets a new
+    /// row. Its replies and Syncs go to the outbox like any other document's.
+    pub fn release(&self, parked: &Parked, now: DateTime<Utc>) -> Result<Report, StoreError> {
+        let mut prepared = self.prepare(&Input {
+            bytes: parked.payload.as_bytes(),
+            source: &parked.source,
+            message_id: Some(&parked.message_id),
+            reply_to: None,
+            received_at: now,
+            retry: true,
+        });
+        prepared.ctx.unpark = Some(parked.seq);
+        self.commit(&prepared)
+    }
+
+    /// Releases every document parked because its application was inactive, for the
+    /// applications active now (after a configuration change). Returns the reports.
+    pub fn release_reactivated(&self, now: DateTime<Utc>) -> Result<Vec<Report>, StoreError> {
+        let waiting: Vec<Parked> = self
+            .store
+            .parked()
+            .filter(|p| {
+                p.as_ref().map_or(true, |p| {
+                    p.reason == ParkReason::InactiveApplication
+                        && self
+                            .config
+                            .application(&p.application)
+                            .is_some_and(|(_, a)| a.active)
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        waiting.iter().map(|p| self.release(p, now)).collect()
+    }
 }
 
 /// One document's effects inside a transaction.
 fn commit_in(tx: &Tx<'_>, config: &Config, prepared: &Prepared) -> TxResult<Report> {
     let ctx = &prepared.ctx;
+    if let Some(seq) = ctx.unpark {
+        tx.unpark(seq)?;
+    }
     let bod_id = || ctx.area.as_ref().and_then(|a| a.bod_id.clone());
     if let Some(m) = tx.marker(&ctx.message_id)? {
         if upsert::blocks(&m, ctx) {
@@ -420,6 +462,7 @@ pub fn prepare(config: &Config, input: &Input<'_>) -> Prepared {
         reply_to: input.reply_to.map(str::to_string),
         now: input.received_at.to_rfc3339_opts(SecondsFormat::Secs, true),
         retry: input.retry,
+        unpark: None,
         area: None,
         verb: None,
         noun: None,

@@ -636,6 +636,12 @@ impl Tx<'_> {
         Ok(())
     }
 
+    /// Removes a parked document (it is being released).
+    pub fn unpark(&self, seq: u64) -> TxResult<()> {
+        self.raw_remove(seq_key(b'p', seq));
+        Ok(())
+    }
+
     pub fn park(&self, mut parked: Parked) -> TxResult<u64> {
         let seq = self.seqs.parked.fetch_add(1, Ordering::Relaxed);
         parked.seq = seq;

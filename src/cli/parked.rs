@@ -1,0 +1,128 @@
+//! `bodflow parked list|release`: documents parked by an inactive application or a create
+//! policy (`match_only` without a match, `manual`, an ambiguous match), and releasing them
+//! through the pipeline under the current configuration.
+//!
+//! Releasing works on the store offline; the replies and Syncs it produces wait in the outbox
+//! for the service to publish. The service itself releases documents of re-activated
+//! applications when it starts.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use chrono::Utc;
+
+use crate::config::Config;
+use crate::pipeline::Pipeline;
+use crate::store::Parked;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Action {
+    /// List parked documents (oldest first).
+    List(Select),
+    /// Re-run parked documents through the pipeline; each is applied, rejected, or parked
+    /// again with its current reason.
+    Release(Select),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Select {
+    /// Store folder (default: the configured hub.store).
+    #[arg(long)]
+    store: Option<PathBuf>,
+    /// Configuration file (default: ./bodflow.toml, else built-in).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Only documents of this application (logical ID).
+    #[arg(long)]
+    application: Option<String>,
+    /// Only documents parked for this reason (inactive_application, no_match,
+    /// ambiguous_match, manual_link).
+    #[arg(long)]
+    reason: Option<String>,
+    /// Only these parked sequence numbers (as `list` shows them).
+    seqs: Vec<u64>,
+    /// JSON lines instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+impl Select {
+    fn matches(&self, p: &Parked) -> bool {
+        self.application
+            .as_ref()
+            .is_none_or(|a| *a == p.application)
+            && self.reason.as_ref().is_none_or(|r| r == p.reason.code())
+            && (self.seqs.is_empty() || self.seqs.contains(&p.seq))
+    }
+}
+
+pub fn run(action: Action) -> anyhow::Result<ExitCode> {
+    let (Action::List(select) | Action::Release(select)) = &action;
+    let (config, _) = Config::resolve(select.config.as_deref(), &[])?;
+    let store = super::open_store(select.store.as_deref(), &config)?;
+    let chosen: Vec<Parked> = store
+        .parked()
+        .filter(|p| p.as_ref().map_or(true, |p| select.matches(p)))
+        .collect::<Result<_, _>>()?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    match action {
+        Action::List(_) => {
+            for p in &chosen {
+                if select.json {
+                    serde_json::to_writer(
+                        &mut out,
+                        &serde_json::json!({
+                            "seq": p.seq, "reason": p.reason.code(), "application": p.application,
+                            "key": p.key.as_ref().map(|k| k.display()), "message_id": p.message_id,
+                            "source": p.source,
+                        }),
+                    )?;
+                    writeln!(out)?;
+                } else {
+                    writeln!(
+                        out,
+                        "{:>6}  {:<21} {}  {}  message {}  from {}",
+                        p.seq,
+                        p.reason.code(),
+                        p.application,
+                        p.key.as_ref().map(|k| k.display()).unwrap_or_default(),
+                        p.message_id,
+                        p.source
+                    )?;
+                }
+            }
+            out.flush()?;
+            eprintln!("{} parked", chosen.len());
+        }
+        Action::Release(_) => {
+            let pipeline = Pipeline::new(Arc::new(config), Arc::new(store))?;
+            for p in &chosen {
+                let report = pipeline.release(p, Utc::now())?;
+                if select.json {
+                    serde_json::to_writer(&mut out, &report)?;
+                    writeln!(out)?;
+                } else {
+                    writeln!(
+                        out,
+                        "{:>6}  {} -> {}{}",
+                        p.seq,
+                        p.source,
+                        report.outcome.as_str(),
+                        report
+                            .record
+                            .as_deref()
+                            .map(|r| format!(" {r}"))
+                            .unwrap_or_default()
+                    )?;
+                }
+            }
+            pipeline.store.flush()?;
+            out.flush()?;
+            eprintln!("{} released", chosen.len());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
