@@ -337,6 +337,8 @@ enum Announce<'k> {
     Change,
     /// Fan the account out, then move the contacts waiting for this key to it.
     NewKey(&'k XrefKey),
+    /// The record was just deleted: tell the applications that know it and take deletes.
+    Deleted,
     /// Nothing changed: only the sender's Acknowledge, if it asked.
     AnswerOnly,
 }
@@ -352,8 +354,10 @@ fn applied(
     announce: Announce<'_>,
     mut notes: Vec<String>,
 ) -> TxResult<ItemResult> {
-    if !matches!(announce, Announce::AnswerOnly) {
-        em.fan_out(tx, doc.app, record, false)?;
+    match announce {
+        Announce::AnswerOnly => {}
+        Announce::Deleted => em.fan_out(tx, doc.app, record, true)?,
+        Announce::Change | Announce::NewKey(_) => em.fan_out(tx, doc.app, record, false)?,
     }
     if let Announce::NewKey(key) = announce {
         if record.kind == Kind::Account {
@@ -554,18 +558,20 @@ fn delete(
             record.fields.identity.status = Some("Deleted".into());
             record.revision += 1;
             tx.put_record(&record)?;
-            em.fan_out(tx, doc.app, &record, true)?;
-            Ok(ItemResult::new(
-                Outcome::Applied,
-                Some(Action::Deleted),
-                Some(record.id.clone()),
-                format!("soft-deleted {}", record.id),
-            ))
+            let notes = vec![format!("soft-deleted {}", record.id)];
+            applied(
+                tx,
+                doc,
+                em,
+                Action::Deleted,
+                &record,
+                Announce::Deleted,
+                notes,
+            )
         }
         DeleteMode::Hard => {
             record.deleted = true;
             record.revision += 1;
-            em.fan_out(tx, doc.app, &record, true)?;
             for x in &record.xrefs {
                 tx.remove_xref(&x.key(record.kind))?;
             }
@@ -574,12 +580,20 @@ fn delete(
                 forget_waiting(tx, parent, &record.id)?;
             }
             tx.remove_record(&record.id)?;
-            Ok(ItemResult::new(
-                Outcome::Applied,
-                Some(Action::Deleted),
-                Some(record.id.clone()),
-                format!("hard-deleted {} ({})", record.id, item.key.display()),
-            ))
+            let notes = vec![format!(
+                "hard-deleted {} ({})",
+                record.id,
+                item.key.display()
+            )];
+            applied(
+                tx,
+                doc,
+                em,
+                Action::Deleted,
+                &record,
+                Announce::Deleted,
+                notes,
+            )
         }
     }
 }
