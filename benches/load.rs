@@ -1,0 +1,500 @@
+//! Load benchmark of `bodflow run` against the real RabbitMQ (issue 3). See
+//! `benches/README.md` for the command and the output.
+//!
+//! `cargo bench --bench load` runs the full benchmark (release binary, N = 50,000, backlog
+//! 200,000). Under `cargo test --all-targets` (no `--bench` argument) it is a smoke run with
+//! tiny sizes against the debug binary, so the code keeps working; its figures mean nothing.
+//!
+//! One run, one dedicated vhost (`bodflow-load-<pid>-<µs>`, deleted at the end):
+//! - (a) fill `bodflow.inbound` with N generated BODs (`Generator::new(SEED, REALISTIC)`),
+//! - (b) bare lapin loop: consume (prefetch 256) → publish a 600-byte reply with confirm →
+//!   ack, over those N,
+//! - (c) fill again, start `bodflow run` (durable store in a temp dir) and time it until the
+//!   inbound queue is empty and no more BODs arrive on the application queues,
+//! - (e) on that same service, publish at half the rate of (c) and measure publish → first
+//!   reply (any `bodflow.to.*` message correlated to it) latency,
+//! - (d) a fresh service on a fresh store with a BACKLOG-message backlog: peak RSS (VmHWM).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../tests/common/broker.rs"]
+mod broker;
+
+use std::collections::{HashMap, VecDeque};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bodflow::amqp::{self, topology, InboundMessage, Sender};
+use bodflow::config::Config;
+use bodflow::generate::{Generator, Mix};
+use bodflow::pipeline::payload_digest;
+use broker::*;
+use futures_lite::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, QueueDeclareOptions, QueuePurgeOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Confirmation};
+
+const SEED: u64 = 42;
+const REPLY_QUEUE: &str = "bench.replies";
+
+struct Sizes {
+    n: usize,
+    backlog: usize,
+    latency_secs: f64,
+}
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let sizes = if full {
+        Sizes {
+            n: 50_000,
+            backlog: 200_000,
+            latency_secs: 10.0,
+        }
+    } else {
+        Sizes {
+            n: 200,
+            backlog: 400,
+            latency_secs: 1.0,
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(bench(&sizes, full));
+}
+
+async fn bench(sizes: &Sizes, full: bool) {
+    let binary = Path::new(env!("CARGO_BIN_EXE_bodflow"));
+    let vhost = Vhost::new("load");
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    let config_path = write_generated_config(dir.path(), &store_dir);
+    let mut config = Config::load(&config_path).unwrap();
+    config.amqp.url = vhost.url();
+    let (_conn, ch) = connect(&vhost.url()).await;
+    println!(
+        "bodflow load benchmark ({}): vhost {}, binary {}",
+        if full { "full" } else { "smoke" },
+        vhost.name,
+        binary.display()
+    );
+
+    let mut generator = Generator::new(SEED, Mix::REALISTIC);
+    let docs: Vec<Doc> = (&mut generator).take(sizes.n).map(doc).collect();
+    let mean = docs.iter().map(|d| d.bytes.len()).sum::<usize>() / docs.len().max(1);
+
+    // (a) + (b)
+    let t = Instant::now();
+    fill(&config, &docs).await;
+    let fill_rate = rate(sizes.n, t.elapsed());
+    ch.queue_declare(
+        REPLY_QUEUE.into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let bare = bare_loop(&vhost.url(), sizes.n).await;
+    let bare_rate = rate(sizes.n, bare);
+    purge(&ch, REPLY_QUEUE).await;
+
+    // (a) again + (c)
+    fill(&config, &docs).await;
+    let mut service = spawn_service(binary, &config_path, &vhost.url());
+    let processed = time_service(&ch, &config, sizes.n).await;
+    let bodflow_rate = rate(sizes.n, processed.elapsed);
+    let rss_c = rss(service.id());
+
+    // (e) on the same service, at half the rate of (c)
+    for app in &config.applications {
+        purge(&ch, &topology::application_queue(&app.slug())).await;
+    }
+    let target = (bodflow_rate / 2.0).max(10.0);
+    let count = (target * sizes.latency_secs) as usize;
+    let latency_docs: Vec<Doc> = (&mut generator).take(count).map(doc).collect();
+    let latency = latency(&vhost.url(), &config, &latency_docs, target).await;
+    signal(&service, "-TERM");
+    assert!(service.wait().unwrap().success(), "bodflow run failed");
+
+    // (d) fresh store, backlog, peak RSS
+    rabbitmqctl(&[
+        "set_policy",
+        "-p",
+        &vhost.name,
+        "sink",
+        r"^bodflow\.to\.",
+        r#"{"max-length":10000}"#,
+        "--apply-to",
+        "queues",
+    ]);
+    for app in &config.applications {
+        purge(&ch, &topology::application_queue(&app.slug())).await;
+    }
+    let backlog_dir = tempfile::tempdir().unwrap();
+    let backlog_config = write_generated_config(backlog_dir.path(), &backlog_dir.path().join("s"));
+    let backlog_docs = Generator::new(SEED + 1, Mix::REALISTIC)
+        .take(sizes.backlog)
+        .map(doc);
+    fill_iter(&config, backlog_docs).await;
+    let t = Instant::now();
+    let mut service = spawn_service(binary, &backlog_config, &vhost.url());
+    let mut peak_during = 0;
+    loop {
+        peak_during = peak_during.max(rss(service.id()).1);
+        if ready_count(&ch, topology::INBOUND_QUEUE).await == Some(0)
+            && vhost.queue_total(topology::INBOUND_QUEUE) == Some(0)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let backlog_secs = t.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (hwm, _) = rss(service.id());
+    signal(&service, "-TERM");
+    assert!(service.wait().unwrap().success(), "bodflow run failed");
+
+    println!();
+    println!("| measure | value |");
+    println!("| --- | --- |");
+    println!(
+        "| N (generated SyncCustomerPartyMaster, mean size) | {} ({mean} B) |",
+        sizes.n
+    );
+    println!("| (a) fill rate, publisher confirms | {fill_rate:.0} msg/s |");
+    println!("| (b) bare lapin loop (prefetch 256, 600 B reply + confirm, ack) | {bare_rate:.0} msg/s ({:.2} s) |", bare.as_secs_f64());
+    println!(
+        "| (c) bodflow run, durable store | {bodflow_rate:.0} msg/s ({:.2} s, {} BODs out) |",
+        processed.elapsed.as_secs_f64(),
+        processed.published
+    );
+    println!(
+        "| ratio bodflow / bare loop (target ≥ 0.90) | {:.2} |",
+        bodflow_rate / bare_rate
+    );
+    println!("| peak RSS after (c)+(e) (VmHWM) | {:.1} MB |", mb(rss_c.0));
+    println!(
+        "| (d) peak RSS, {} backlog (VmHWM; target ≤ 64 MB) | {:.1} MB ({:.0} msg/s) |",
+        sizes.backlog,
+        mb(hwm.max(peak_during)),
+        rate(sizes.backlog, backlog_secs)
+    );
+    println!(
+        "| (e) latency at {:.0} msg/s offered ({:.0} achieved), {} replies of {} sent | p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms |",
+        target, latency.achieved, latency.samples, latency.sent, latency.p50, latency.p99, latency.max
+    );
+}
+
+fn doc(g: bodflow::generate::Generated) -> Doc {
+    Doc {
+        message_id: payload_digest(&g.bytes),
+        bytes: g.bytes,
+    }
+}
+
+fn rate(n: usize, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64().max(1e-9)
+}
+
+fn mb(kb: u64) -> f64 {
+    kb as f64 / 1024.0
+}
+
+/// (VmHWM, VmRSS) of a process in kB.
+fn rss(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+async fn purge(ch: &Channel, queue: &str) {
+    ch.queue_purge(queue.into(), QueuePurgeOptions::default())
+        .await
+        .unwrap();
+}
+
+async fn fill(config: &Config, docs: &[Doc]) {
+    fill_iter(
+        config,
+        docs.iter().map(|d| Doc {
+            bytes: d.bytes.clone(),
+            message_id: d.message_id.clone(),
+        }),
+    )
+    .await;
+}
+
+/// Publishes to `bodflow.in` with confirms, up to 1024 in flight.
+async fn fill_iter(config: &Config, docs: impl Iterator<Item = Doc>) {
+    let sender = Sender::connect(config).await.unwrap();
+    let mut pending = VecDeque::new();
+    for d in docs {
+        let name = amqp::document_name(&d.bytes);
+        pending.push_back(
+            sender
+                .send(&InboundMessage {
+                    bytes: &d.bytes,
+                    message_id: &d.message_id,
+                    document_name: name.as_deref(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap(),
+        );
+        if pending.len() >= 1024 {
+            pending.pop_front().unwrap().confirmed().await.unwrap();
+        }
+    }
+    for p in pending {
+        p.confirmed().await.unwrap();
+    }
+    sender.close().await.unwrap();
+}
+
+/// (b): consume → publish a 600-byte reply with confirm → ack, no processing. Deliveries
+/// are pipelined: the consumer publishes, a second task awaits each confirm in order and
+/// then acks that delivery, so up to the prefetch are in flight (as in the service).
+async fn bare_loop(url: &str, n: usize) -> Duration {
+    let (conn, consume) = connect(url).await;
+    consume
+        .basic_qos(256, BasicQosOptions::default())
+        .await
+        .unwrap();
+    let publish = conn.create_channel().await.unwrap();
+    publish
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let reply = vec![b'r'; 600];
+    let start = Instant::now();
+    let mut deliveries = consume
+        .basic_consume(
+            topology::INBOUND_QUEUE.into(),
+            "bare".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let acker = tokio::spawn(async move {
+        let mut acked = 0;
+        while let Some((confirm, acker)) = rx.recv().await {
+            let confirm: lapin::PublisherConfirm = confirm;
+            let acker: lapin::Acker = acker;
+            assert!(matches!(confirm.await.unwrap(), Confirmation::Ack(None)));
+            assert!(acker.ack(BasicAckOptions::default()).await.unwrap());
+            acked += 1;
+            if acked == n {
+                break;
+            }
+        }
+    });
+    for _ in 0..n {
+        let d = deliveries.next().await.unwrap().unwrap();
+        let mut properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/xml".into());
+        if let Some(id) = d.properties.message_id() {
+            properties = properties.with_correlation_id(id.clone());
+        }
+        let confirm = publish
+            .basic_publish(
+                "".into(),
+                REPLY_QUEUE.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                &reply,
+                properties,
+            )
+            .await
+            .unwrap();
+        tx.send((confirm, d.acker)).unwrap();
+    }
+    acker.await.unwrap();
+    let elapsed = start.elapsed();
+    let _ = conn.close(200, "done".into()).await;
+    elapsed
+}
+
+struct Processed {
+    elapsed: Duration,
+    published: u64,
+}
+
+/// (c): from the first consumed message until the inbound queue is empty and the
+/// application queues stopped growing (the last change is the end; 1.5 s of quiet decides).
+async fn time_service(ch: &Channel, config: &Config, n: usize) -> Processed {
+    let wait = Instant::now();
+    let start = loop {
+        if ready_count(ch, topology::INBOUND_QUEUE)
+            .await
+            .unwrap_or(u32::MAX)
+            < n as u32
+        {
+            break Instant::now();
+        }
+        assert!(
+            wait.elapsed() < Duration::from_secs(60),
+            "service never started"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let mut last = 0;
+    let mut last_change = start;
+    loop {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let inbound = ready_count(ch, topology::INBOUND_QUEUE).await.unwrap();
+        let out = applications_ready(ch, config).await.unwrap();
+        if out != last {
+            last = out;
+            last_change = Instant::now();
+        }
+        if inbound == 0 && last_change.elapsed() > Duration::from_millis(1500) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(600),
+            "service too slow"
+        );
+    }
+    Processed {
+        elapsed: last_change - start,
+        published: last,
+    }
+}
+
+struct Latency {
+    sent: usize,
+    samples: usize,
+    achieved: f64,
+    p50: f64,
+    p99: f64,
+    max: f64,
+}
+
+/// (e): publishes `docs` at `rate` msg/s (message id `lat-<i>`), consumes every
+/// `bodflow.to.*` queue and takes, per inbound message, its first correlated BOD.
+async fn latency(url: &str, config: &Config, docs: &[Doc], rate: f64) -> Latency {
+    let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let first: Arc<Mutex<HashMap<String, Duration>>> = Arc::default();
+    let (conn, _) = connect(url).await;
+    let mut consumers = Vec::new();
+    for app in &config.applications {
+        let ch = conn.create_channel().await.unwrap();
+        let queue = topology::application_queue(&app.slug());
+        let mut stream = ch
+            .basic_consume(
+                queue.as_str().into(),
+                format!("lat-{queue}").as_str().into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let (sent, first) = (sent.clone(), first.clone());
+        consumers.push(tokio::spawn(async move {
+            let _ch = ch;
+            while let Some(Ok(d)) = stream.next().await {
+                let now = Instant::now();
+                let Some(id) = d.properties.correlation_id() else {
+                    continue;
+                };
+                let at = sent.lock().unwrap().get(id.as_str()).copied();
+                if let Some(at) = at {
+                    first
+                        .lock()
+                        .unwrap()
+                        .entry(id.to_string())
+                        .or_insert(now - at);
+                }
+            }
+        }));
+    }
+    let sender = Sender::connect(config).await.unwrap();
+    let start = Instant::now();
+    let mut pending = VecDeque::new();
+    for (i, d) in docs.iter().enumerate() {
+        let due = start + Duration::from_secs_f64(i as f64 / rate);
+        tokio::time::sleep_until(due.into()).await;
+        let id = format!("lat-{i}");
+        let name = amqp::document_name(&d.bytes);
+        sent.lock().unwrap().insert(id.clone(), Instant::now());
+        pending.push_back(
+            sender
+                .send(&InboundMessage {
+                    bytes: &d.bytes,
+                    message_id: &id,
+                    document_name: name.as_deref(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap(),
+        );
+        if pending.len() >= 1024 {
+            pending.pop_front().unwrap().confirmed().await.unwrap();
+        }
+    }
+    let achieved = docs.len() as f64 / start.elapsed().as_secs_f64().max(1e-9);
+    for p in pending {
+        p.confirmed().await.unwrap();
+    }
+    sender.close().await.unwrap();
+    // Replies still in flight: wait until none arrived for a second.
+    let mut seen = 0;
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = first.lock().unwrap().len();
+        if now == seen {
+            break;
+        }
+        seen = now;
+    }
+    let _ = conn.close(200, "done".into()).await;
+    for c in consumers {
+        c.abort();
+    }
+    let mut all: Vec<f64> = first
+        .lock()
+        .unwrap()
+        .values()
+        .map(|d| d.as_secs_f64() * 1000.0)
+        .collect();
+    all.sort_by(f64::total_cmp);
+    let pick = |q: f64| {
+        if all.is_empty() {
+            f64::NAN
+        } else {
+            all[((all.len() - 1) as f64 * q).round() as usize]
+        }
+    };
+    Latency {
+        sent: docs.len(),
+        samples: all.len(),
+        achieved,
+        p50: pick(0.50),
+        p99: pick(0.99),
+        max: pick(1.0),
+    }
+}

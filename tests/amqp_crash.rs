@@ -1,0 +1,154 @@
+//! Crash test (issue 3): `kill -9` the `bodflow run` binary at several points while 20,000
+//! generated BODs flow, restart it each time, let it finish, and compare with an offline
+//! replay of the same inputs in the same order. Needs RabbitMQ on 127.0.0.1:5672 (see
+//! `tests/amqp.rs`); runs in its own vhost.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "common/broker.rs"]
+mod broker;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bodflow::amqp::topology;
+use bodflow::config::Config;
+use bodflow::store::Store;
+use broker::*;
+
+/// Documents in flight; the issue asks for at least 20,000.
+const N: usize = 20_000;
+const SEED: u64 = 20_260_301;
+/// `kill -9` this many times.
+const KILLS: usize = 3;
+
+/// Kill points derived from the seed: after a random share of the backlog (within each of
+/// `KILLS` consecutive bands of 10–80 %) has been consumed, plus a random 0–300 ms.
+fn kill_points(rng: &mut Rng) -> Vec<(usize, Duration)> {
+    let band = 70 / KILLS as u64;
+    (0..KILLS as u64)
+        .map(|k| {
+            let lo = 10 + k * band;
+            let percent = rng.between(lo, lo + band);
+            (
+                N * percent as usize / 100,
+                Duration::from_millis(rng.between(0, 300)),
+            )
+        })
+        .collect()
+}
+
+/// Records, xrefs and published BODs after three `kill -9`s equal an offline replay: no
+/// record lost or created twice, every expected outbound BOD and reply published at least
+/// once, every rejected document dead-lettered at least once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_at_several_points_then_finish_equals_offline_replay() {
+    let started = Instant::now();
+    let vhost = Vhost::new("crash");
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    let config_path = write_generated_config(dir.path(), &store_dir);
+    let mut config = Config::load(&config_path).unwrap();
+    config.amqp.url = vhost.url();
+    let docs = std::sync::Arc::new(generated(SEED, N));
+    // The offline replay (CPU) runs while the documents are published (I/O) and the
+    // service starts; its result is needed only at the end.
+    let replay = tokio::task::spawn_blocking({
+        let (config, docs) = (config.clone(), docs.clone());
+        move || offline(&config, &docs)
+    });
+    publish(&config, &docs).await;
+    eprintln!("published {N} ({:.1?})", started.elapsed());
+    let (_conn, ch) = connect(&vhost.url()).await;
+    let binary = Path::new(env!("CARGO_BIN_EXE_bodflow"));
+
+    let mut rng = Rng(SEED);
+    for (i, (consumed, jitter)) in kill_points(&mut rng).into_iter().enumerate() {
+        let mut child = spawn_service(binary, &config_path, &vhost.url());
+        let wait = Instant::now();
+        loop {
+            let ready = ready_count(&ch, topology::INBOUND_QUEUE).await.unwrap() as usize;
+            if ready <= N - consumed {
+                break;
+            }
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "bodflow run exited before kill {i}"
+            );
+            assert!(
+                wait.elapsed() < Duration::from_secs(60),
+                "kill point {i} ({consumed} consumed) not reached; {ready} ready"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(jitter).await;
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "bodflow run exited before kill {i}"
+        );
+        signal(&child, "-KILL");
+        child.wait().unwrap();
+        let ready = ready_count(&ch, topology::INBOUND_QUEUE).await.unwrap();
+        eprintln!(
+            "kill -9 #{i} after ≥{consumed} consumed (+{jitter:?}): {ready} ready afterwards ({:.1?})",
+            started.elapsed()
+        );
+        assert!(ready > 0, "kill {i} came too late to be mid-stream");
+    }
+
+    let mut child = spawn_service(binary, &config_path, &vhost.url());
+    wait_until_settled(
+        &vhost,
+        &ch,
+        &config,
+        Duration::from_secs(2),
+        Duration::from_secs(120),
+    )
+    .await;
+    signal(&child, "-TERM");
+    let status = child.wait().unwrap();
+    assert!(status.success(), "last run: {status}");
+    eprintln!("finished ({:.1?})", started.elapsed());
+
+    let expected = replay.await.unwrap();
+    eprintln!(
+        "offline replay: {} records, {} outbox rows, {} rejected",
+        expected.records.len(),
+        expected.bod_ids.len(),
+        expected.rejected.len(),
+    );
+    let store = Store::open(&store_dir).unwrap();
+    assert_eq!(store.outbox_len(), 0, "outbox not drained");
+    for d in docs.iter() {
+        assert!(
+            store.marker(&d.message_id).unwrap().is_some(),
+            "{} never processed",
+            d.message_id
+        );
+    }
+    assert_store_equals_offline(&store, &expected);
+
+    let published = drain_applications(&ch, &config).await;
+    assert_all_published(&expected, &published);
+    let dead: std::collections::HashSet<String> = drain_ids(&ch, topology::DEAD_QUEUE)
+        .await
+        .into_iter()
+        .collect();
+    let undead: Vec<&String> = expected
+        .rejected
+        .iter()
+        .filter(|id| !dead.contains(*id))
+        .collect();
+    assert!(
+        undead.is_empty(),
+        "{} rejected documents not dead-lettered, e.g. {:?}",
+        undead.len(),
+        undead.first()
+    );
+    eprintln!(
+        "{} BODs published for {} expected; total {:.1?}",
+        published.len(),
+        expected.bod_ids.len(),
+        started.elapsed()
+    );
+}

@@ -1,0 +1,123 @@
+//! Broker restart test (issue 3): `rabbitmqctl stop_app` / `start_app` while generated BODs
+//! flow through the `bodflow run` binary; the service reconnects by itself and the result
+//! equals an offline replay.
+//!
+//! This stops RabbitMQ for the whole node, so it is its own test binary (cargo runs test
+//! binaries one after another, never in parallel) with a single test. A guard restarts the
+//! broker even when the test fails.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "common/broker.rs"]
+mod broker;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use bodflow::amqp::topology;
+use bodflow::config::Config;
+use bodflow::store::Store;
+use broker::*;
+
+const N: usize = 4_000;
+const SEED: u64 = 3;
+
+/// Runs `rabbitmqctl start_app` (and waits for the broker) when dropped, so a failing test
+/// never leaves RabbitMQ stopped.
+struct BrokerRestarter;
+
+impl BrokerRestarter {
+    fn stop() -> BrokerRestarter {
+        rabbitmqctl(&["stop_app"]);
+        BrokerRestarter
+    }
+}
+
+impl Drop for BrokerRestarter {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl").arg("start_app").output();
+        let _ = Command::new("rabbitmqctl")
+            .args(["await_startup", "--timeout", "60"])
+            .output();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restart_mid_stream_resumes_and_equals_offline_replay() {
+    let started = Instant::now();
+    let vhost = Vhost::new("restart");
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    let config_path = write_generated_config(dir.path(), &store_dir);
+    let mut config = Config::load(&config_path).unwrap();
+    config.amqp.url = vhost.url();
+    let docs = std::sync::Arc::new(generated(SEED, N));
+    let replay = tokio::task::spawn_blocking({
+        let (config, docs) = (config.clone(), docs.clone());
+        move || offline(&config, &docs)
+    });
+    publish(&config, &docs).await;
+    let binary = Path::new(env!("CARGO_BIN_EXE_bodflow"));
+    let mut child = spawn_service(binary, &config_path, &vhost.url());
+
+    {
+        let (conn, ch) = connect(&vhost.url()).await;
+        let wait = Instant::now();
+        while ready_count(&ch, topology::INBOUND_QUEUE).await.unwrap() as usize > N * 3 / 4 {
+            assert!(wait.elapsed() < Duration::from_secs(60), "no progress");
+            assert!(child.try_wait().unwrap().is_none(), "bodflow run exited");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        drop(ch);
+        drop(conn);
+    }
+    let restarter = BrokerRestarter::stop();
+    eprintln!("stop_app ({:.1?})", started.elapsed());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "bodflow run exited while the broker was down"
+    );
+    drop(restarter);
+    eprintln!("start_app done ({:.1?})", started.elapsed());
+
+    let (_conn, ch) = connect(&vhost.url()).await;
+    let left = ready_count(&ch, topology::INBOUND_QUEUE).await.unwrap();
+    assert!(left > 0, "the restart came too late to be mid-stream");
+    wait_until_settled(
+        &vhost,
+        &ch,
+        &config,
+        Duration::from_secs(2),
+        Duration::from_secs(90),
+    )
+    .await;
+    signal(&child, "-TERM");
+    let status = child.wait().unwrap();
+    assert!(status.success(), "bodflow run: {status}");
+    eprintln!(
+        "finished ({:.1?}); {left} were left at the restart",
+        started.elapsed()
+    );
+
+    let expected = replay.await.unwrap();
+    let store = Store::open(&store_dir).unwrap();
+    assert_eq!(store.outbox_len(), 0, "outbox not drained");
+    for d in docs.iter() {
+        assert!(
+            store.marker(&d.message_id).unwrap().is_some(),
+            "{} never processed",
+            d.message_id
+        );
+    }
+    assert_store_equals_offline(&store, &expected);
+    let published = drain_applications(&ch, &config).await;
+    assert_all_published(&expected, &published);
+    eprintln!(
+        "{} BODs published for {} expected; total {:.1?}",
+        published.len(),
+        expected.bod_ids.len(),
+        started.elapsed()
+    );
+}
