@@ -537,13 +537,15 @@ fn delete(
     mut record: HubRecord,
     em: &mut Emitter<'_>,
 ) -> TxResult<ItemResult> {
-    match mode {
-        DeleteMode::Off => Ok(ItemResult::new(
-            Outcome::Filtered,
-            None,
-            Some(record.id.clone()),
-            "inbound deletes are off".into(),
-        )),
+    let note = match mode {
+        DeleteMode::Off => {
+            return Ok(ItemResult::new(
+                Outcome::Filtered,
+                None,
+                Some(record.id.clone()),
+                "inbound deletes are off".into(),
+            ))
+        }
         DeleteMode::Soft => {
             if record.deleted {
                 tx.put_record(&record)?;
@@ -558,16 +560,7 @@ fn delete(
             record.fields.identity.status = Some("Deleted".into());
             record.revision += 1;
             tx.put_record(&record)?;
-            let notes = vec![format!("soft-deleted {}", record.id)];
-            applied(
-                tx,
-                doc,
-                em,
-                Action::Deleted,
-                &record,
-                Announce::Deleted,
-                notes,
-            )
+            format!("soft-deleted {}", record.id)
         }
         DeleteMode::Hard => {
             record.deleted = true;
@@ -580,22 +573,18 @@ fn delete(
                 forget_waiting(tx, parent, &record.id)?;
             }
             tx.remove_record(&record.id)?;
-            let notes = vec![format!(
-                "hard-deleted {} ({})",
-                record.id,
-                item.key.display()
-            )];
-            applied(
-                tx,
-                doc,
-                em,
-                Action::Deleted,
-                &record,
-                Announce::Deleted,
-                notes,
-            )
+            format!("hard-deleted {} ({})", record.id, item.key.display())
         }
-    }
+    };
+    applied(
+        tx,
+        doc,
+        em,
+        Action::Deleted,
+        &record,
+        Announce::Deleted,
+        vec![note],
+    )
 }
 
 /// No cross-reference yet: apply the application's create policy.
