@@ -6,9 +6,11 @@
 //! - **Ack only what is durable.** Deliveries are taken in groups (up to
 //!   [`RunOptions::group_max`], or what arrives within [`RunOptions::group_window`] of the
 //!   first), prepared off the runtime threads, committed in ONE store transaction
-//!   ([`Pipeline::commit_batch`]: records, message-id markers, outbox rows) and flushed. Only
-//!   then is the group acked: one `basic.ack(last_tag, multiple)` when its tags are
-//!   contiguous, else one ack per delivery.
+//!   ([`Pipeline::commit_batch`]: records, message-id markers, outbox rows). An acker task
+//!   then flushes the store once for every group committed so far (group commit; the
+//!   committer goes on with the next group meanwhile), and only after that flush wakes the
+//!   outbox publisher and acks the groups in order: one `basic.ack(last_tag, multiple)` when
+//!   a group's tags are contiguous, else one ack per delivery.
 //! - **Order.** One committer per process: commit order is arrival order, so deliveries for
 //!   the same document key are applied in the order the queue gave them. (Parallel lanes by
 //!   document key are the next step of issue 3.)
@@ -48,7 +50,7 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::Channel;
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -92,34 +94,56 @@ pub(super) async fn run(
             FieldTable::default(),
         )
         .await?;
-    loop {
-        let first = tokio::select! {
-            biased;
-            () = stop.cancelled() => break,
-            next = deliveries.next() => next,
-        };
-        let Some(first) = first else {
-            return Err(Error::ConsumerCancelled);
-        };
-        let mut group = vec![first?];
-        let deadline = Instant::now() + consumer.options.group_window;
-        while group.len() < consumer.options.group_max {
-            match tokio::time::timeout_at(deadline, deliveries.next()).await {
-                Ok(Some(delivery)) => group.push(delivery?),
-                Ok(None) | Err(_) => break,
+    // The committer takes groups and commits them (not yet durable); the acker flushes once
+    // for every group committed so far, then dead-letters and acks them in order. While a
+    // flush waits on the disk, the next group is already being prepared and committed.
+    let (to_acker, committed) = tokio::sync::mpsc::channel::<Committed>(ACK_QUEUE);
+    let committer = async {
+        loop {
+            let first = tokio::select! {
+                biased;
+                () = stop.cancelled() => break,
+                next = deliveries.next() => next,
+            };
+            let Some(first) = first else {
+                return Err(Error::ConsumerCancelled);
+            };
+            let mut group = vec![first?];
+            let deadline = Instant::now() + consumer.options.group_window;
+            while group.len() < consumer.options.group_max {
+                match tokio::time::timeout_at(deadline, deliveries.next()).await {
+                    Ok(Some(delivery)) => group.push(delivery?),
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            let done = consumer.commit_group(group).await?;
+            if to_acker.send(done).await.is_err() {
+                // The acker has stopped; its error ends the session.
+                break;
             }
         }
-        consumer.process(group).await?;
-    }
+        drop(to_acker);
+        Ok(())
+    };
+    tokio::try_join!(committer, consumer.acknowledge(committed))?;
     let _ = channel
         .basic_cancel(short(CONSUMER_TAG)?, BasicCancelOptions::default())
         .await;
     Ok(())
 }
 
+/// Groups committed and waiting for the acker (bounded: backpressure on the committer).
+const ACK_QUEUE: usize = 8;
+
+/// A committed group, not yet durable: what the acker needs to finish it.
+struct Committed {
+    group: Vec<Delivery>,
+    dead: Vec<Option<DeadLetter>>,
+}
+
 impl Consumer<'_> {
-    /// Prepare → commit (with retries) → flush → dead-letter the rejected → ack.
-    async fn process(&self, group: Vec<Delivery>) -> Result<(), Error> {
+    /// Prepare → commit (with retries). Durability, dead-letters and acks are the acker's.
+    async fn commit_group(&self, group: Vec<Delivery>) -> Result<Committed, Error> {
         let pipeline = self.pipeline.clone();
         let (group, prepared) = tokio::task::spawn_blocking(move || {
             let prepared: Vec<Prepared> =
@@ -144,17 +168,33 @@ impl Consumer<'_> {
                 self.commit_singly(&group, &prepared, &mut dead).await?;
             }
         }
-        self.wake.notify_one();
-
-        for (d, dl) in group.iter().zip(&dead) {
-            if let Some(dl) = dl {
-                dead_letter(self.dead_letters, d, dl).await?;
-            }
-        }
-        ack(&group).await
+        Ok(Committed { group, dead })
     }
 
-    /// Commits the group in one transaction and flushes; retries store errors with backoff.
+    /// Flush → wake the outbox publisher → dead-letter the rejected → ack, for every group
+    /// committed since the last flush (one flush covers them all: group commit). Nothing is
+    /// published or acked before the flush that makes it durable.
+    async fn acknowledge(&self, mut committed: mpsc::Receiver<Committed>) -> Result<(), Error> {
+        while let Some(first) = committed.recv().await {
+            let mut ready = vec![first];
+            while let Ok(more) = committed.try_recv() {
+                ready.push(more);
+            }
+            flush(self.pipeline).await?;
+            self.wake.notify_one();
+            for c in &ready {
+                for (d, dl) in c.group.iter().zip(&c.dead) {
+                    if let Some(dl) = dl {
+                        dead_letter(self.dead_letters, d, dl).await?;
+                    }
+                }
+                ack(&c.group).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits the group in one transaction; retries store errors with backoff.
     async fn commit_with_retry(
         &self,
         prepared: &Arc<Vec<Prepared>>,
@@ -211,7 +251,7 @@ impl Consumer<'_> {
     }
 }
 
-/// One transaction over the whole group (or only document `only`), then a flush.
+/// One transaction over the whole group (or only document `only`); not yet durable.
 async fn commit(
     pipeline: &Pipeline,
     prepared: Arc<Vec<Prepared>>,
@@ -223,9 +263,7 @@ async fn commit(
             Some(i) => prepared.get(i..=i).unwrap_or_default(),
             None => &prepared[..],
         };
-        let reports = pipeline.commit_batch(batch)?;
-        pipeline.store.flush()?;
-        Ok(reports)
+        pipeline.commit_batch(batch)
     })
     .await
     .unwrap_or_else(|e| {
@@ -234,6 +272,14 @@ async fn commit(
             message: format!("commit task failed: {e}"),
         })
     })
+}
+
+/// Makes everything committed so far durable.
+async fn flush(pipeline: &Pipeline) -> Result<(), Error> {
+    let pipeline = pipeline.clone();
+    tokio::task::spawn_blocking(move || pipeline.store.flush().map(|_| ()))
+        .await?
+        .map_err(Error::from)
 }
 
 fn input(d: &Delivery) -> Input<'_> {
