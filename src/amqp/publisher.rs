@@ -112,7 +112,10 @@ impl Publisher {
         let store = self.pipeline.store.clone();
         let batch = self.options.outbox_batch;
         let rows = tokio::task::spawn_blocking(move || {
-            store.outbox().take(batch).collect::<Result<Vec<_>, _>>()
+            store
+                .durable_outbox()
+                .take(batch)
+                .collect::<Result<Vec<_>, _>>()
         })
         .await??;
         if rows.is_empty() {

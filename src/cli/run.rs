@@ -45,6 +45,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     // Documents parked while their application was inactive go through now that it is active;
     // their replies wait in the outbox for the publisher.
     let released = pipeline.release_reactivated(chrono::Utc::now())?;
+    pipeline.store.flush()?;
     if !released.is_empty() {
         tracing::info!(
             documents = released.len(),

@@ -237,6 +237,8 @@ pub struct Store {
 struct Sequences {
     outbox: AtomicU64,
     parked: AtomicU64,
+    /// Outbox groups below this number are durable (everything on disk at open is).
+    durable_outbox: AtomicU64,
 }
 
 impl Store {
@@ -268,9 +270,11 @@ impl Store {
                 None => 1,
             })
         };
+        let outbox = next_after(b'o')?;
         let seqs = Sequences {
-            outbox: AtomicU64::new(next_after(b'o')?),
+            outbox: AtomicU64::new(outbox),
             parked: AtomicU64::new(next_after(b'p')?),
+            durable_outbox: AtomicU64::new(outbox),
         };
         Ok(Store {
             db,
@@ -308,9 +312,32 @@ impl Store {
         Ok(out)
     }
 
-    /// Makes everything written so far durable; returns the bytes flushed.
+    /// Makes everything written so far durable; returns the bytes flushed. Afterwards the
+    /// outbox groups written before it are durable, and [`Store::durable_outbox`] yields them.
     pub fn flush(&self) -> Result<usize, StoreError> {
-        Ok(self.db.flush()?)
+        // Groups are numbered and applied under the writer lock, so every group numbered below
+        // this value has been applied by the time the lock is free.
+        let covered = {
+            let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+            self.seqs.outbox.load(Ordering::Relaxed)
+        };
+        let bytes = self.db.flush()?;
+        self.seqs
+            .durable_outbox
+            .fetch_max(covered, Ordering::Relaxed);
+        Ok(bytes)
+    }
+
+    /// Outbox rows whose transaction is durable (flushed), in order: what may be published.
+    /// A row of a commit not yet flushed could describe a change a crash would undo.
+    pub fn durable_outbox(
+        &self,
+    ) -> impl Iterator<Item = Result<(u64, OutboxRow), StoreError>> + '_ {
+        let durable = self.seqs.durable_outbox.load(Ordering::Relaxed);
+        self.outbox().take_while(move |r| {
+            r.as_ref()
+                .map_or(true, |(seq, _)| seq >> ROW_BITS < durable)
+        })
     }
 
     /// On-disk size in bytes.
@@ -782,6 +809,24 @@ mod tests {
             0,
             "empty groups are deleted"
         );
+    }
+
+    #[test]
+    fn only_flushed_outbox_rows_are_offered_for_publishing() {
+        let store = Store::temporary().unwrap();
+        store.transact(|tx| tx.push_outbox(&row(1))).unwrap();
+        assert_eq!(store.durable_outbox().count(), 0, "not flushed yet");
+        store.flush().unwrap();
+        store.transact(|tx| tx.push_outbox(&row(2))).unwrap();
+        let durable: Vec<String> = store
+            .durable_outbox()
+            .map(|r| r.map(|(_, row)| row.bod_id))
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(durable, vec!["b1".to_string()]);
+        assert_eq!(store.outbox().count(), 2);
+        store.flush().unwrap();
+        assert_eq!(store.durable_outbox().count(), 2);
     }
 
     #[test]
