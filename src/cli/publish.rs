@@ -20,20 +20,16 @@ const WINDOW: usize = 256;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// BOD files or folders (*.xml, recursively, in name order).
-    #[arg(required = true)]
-    paths: Vec<PathBuf>,
-    /// Configuration file (default: ./bodflow.toml, else PATH/bodflow.toml, else built-in).
-    #[arg(long)]
-    config: Option<PathBuf>,
+    #[command(flatten)]
+    inputs: super::Inputs,
     /// At most this many messages per second (default: as fast as confirms allow).
     #[arg(long)]
     rate: Option<u32>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let (config, _) = Config::resolve(args.config.as_deref(), &args.paths)?;
-    let inputs = super::collect_inputs(&args.paths)?;
+    let (config, _) = args.inputs.config()?;
+    let inputs = super::collect_inputs(&args.inputs.paths)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
