@@ -18,6 +18,9 @@ use serde::{Deserialize, Serialize};
 /// Environment variable that overrides `amqp.url`.
 pub const AMQP_URL_ENV: &str = "BODFLOW_AMQP_URL";
 
+/// Environment variable that overrides `http.listen` (tests use `127.0.0.1:0`).
+pub const HTTP_LISTEN_ENV: &str = "BODFLOW_HTTP_LISTEN";
+
 /// Nouns bodflow keeps hub records for.
 pub const NOUNS: [&str; 2] = ["CustomerPartyMaster", "ContactMaster"];
 
@@ -455,11 +458,16 @@ impl Config {
         Ok(config)
     }
 
-    /// Applies `BODFLOW_AMQP_URL`.
+    /// Applies `BODFLOW_AMQP_URL` and `BODFLOW_HTTP_LISTEN`.
     pub fn apply_env(&mut self) {
         if let Ok(url) = std::env::var(AMQP_URL_ENV) {
             if !url.is_empty() {
                 self.amqp.url = url;
+            }
+        }
+        if let Ok(listen) = std::env::var(HTTP_LISTEN_ENV) {
+            if !listen.is_empty() {
+                self.http.listen = listen;
             }
         }
     }

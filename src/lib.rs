@@ -17,6 +17,8 @@
 //!   sender; [`amqp::run`] is the service.
 //! - [`config`]: the TOML configuration tree.
 //! - [`generate`]: deterministic synthetic BODs for benchmarks and load tests.
+//! - [`telemetry`]: metrics through named events, readiness, and the HTTP endpoint
+//!   (`/metrics`, `/healthz`, `/readyz`) of `bodflow run`.
 //! - [`cli`]: the `bodflow` commands; `main.rs` only calls [`cli::main`].
 //!
 //! `replay` (offline) and the broker service ([`amqp::run`]) call the same [`pipeline::Pipeline`], so an
@@ -29,3 +31,4 @@ pub mod config;
 pub mod generate;
 pub mod pipeline;
 pub mod store;
+pub mod telemetry;

@@ -400,6 +400,7 @@ fn spawn_service(config: &Path, url: &str) -> std::process::Child {
         .args(["run", "--config"])
         .arg(config)
         .env("BODFLOW_AMQP_URL", url)
+        .env("BODFLOW_HTTP_LISTEN", "127.0.0.1:0")
         .spawn()
         .unwrap()
 }

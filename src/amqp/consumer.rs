@@ -57,6 +57,11 @@ use tokio_util::sync::CancellationToken;
 use super::{confirmed, header_str, put_header, short, topology, Error, RunOptions};
 use crate::pipeline::{Input, Outcome, Pipeline, Prepared, Report, State};
 use crate::store::StoreError;
+use crate::telemetry::events::{
+    emit, BodAcked, BodProcessed, BodReceived, BodRejected, DeadLettered, GroupCommitted,
+    StageTimed, StoreFlushed,
+};
+use crate::telemetry::Readiness;
 
 const CONSUMER_TAG: &str = "bodflow";
 
@@ -71,6 +76,8 @@ pub(super) struct Consumer<'a> {
     pub dead_letters: &'a Channel,
     /// Woken after each commit: there are outbox rows to publish.
     pub wake: &'a Arc<Notify>,
+    /// Set once consuming has started (the session clears it when it ends).
+    pub readiness: &'a Readiness,
 }
 
 /// Why a delivery goes to `bodflow.dead`.
@@ -94,6 +101,9 @@ pub(super) async fn run(
             FieldTable::default(),
         )
         .await?;
+    if !stop.is_cancelled() {
+        consumer.readiness.set_consuming(true);
+    }
     // The committer takes groups and commits them (not yet durable); the acker flushes once
     // for every group committed so far, then dead-letters and acks them in order. While a
     // flush waits on the disk, the next group is already being prepared and committed.
@@ -108,15 +118,19 @@ pub(super) async fn run(
             let Some(first) = first else {
                 return Err(Error::ConsumerCancelled);
             };
-            let mut group = vec![first?];
+            let mut group = vec![received(first?)];
+            let mut arrived = vec![Instant::now()];
             let deadline = Instant::now() + consumer.options.group_window;
             while group.len() < consumer.options.group_max {
                 match tokio::time::timeout_at(deadline, deliveries.next()).await {
-                    Ok(Some(delivery)) => group.push(delivery?),
+                    Ok(Some(delivery)) => {
+                        group.push(received(delivery?));
+                        arrived.push(Instant::now());
+                    }
                     Ok(None) | Err(_) => break,
                 }
             }
-            let done = consumer.commit_group(group).await?;
+            let done = consumer.commit_group(group, arrived).await?;
             if to_acker.send(done).await.is_err() {
                 // The acker has stopped; its error ends the session.
                 break;
@@ -139,23 +153,53 @@ const ACK_QUEUE: usize = 8;
 struct Committed {
     group: Vec<Delivery>,
     dead: Vec<Option<DeadLetter>>,
+    /// When each delivery was taken (end-to-end latency at ack).
+    arrived: Vec<Instant>,
+}
+
+/// Counts a delivery as received.
+fn received(d: Delivery) -> Delivery {
+    emit(BodReceived {
+        bytes: d.data.len(),
+        redelivered: d.redelivered,
+    });
+    d
 }
 
 impl Consumer<'_> {
     /// Prepare → commit (with retries). Durability, dead-letters and acks are the acker's.
-    async fn commit_group(&self, group: Vec<Delivery>) -> Result<Committed, Error> {
+    async fn commit_group(
+        &self,
+        group: Vec<Delivery>,
+        arrived: Vec<Instant>,
+    ) -> Result<Committed, Error> {
         let pipeline = self.pipeline.clone();
         let (group, prepared) = tokio::task::spawn_blocking(move || {
-            let prepared: Vec<Prepared> =
-                group.iter().map(|d| pipeline.prepare(&input(d))).collect();
+            let prepared: Vec<Prepared> = group
+                .iter()
+                .map(|d| {
+                    let started = std::time::Instant::now();
+                    let p = pipeline.prepare(&input(d));
+                    emit(StageTimed {
+                        stage: "prepare",
+                        seconds: started.elapsed().as_secs_f64(),
+                    });
+                    p
+                })
+                .collect();
             (group, prepared)
         })
         .await?;
         let prepared = Arc::new(prepared);
 
         let mut dead: Vec<Option<DeadLetter>> = prepared.iter().map(rejected).collect();
+        let started = Instant::now();
         match self.commit_with_retry(&prepared).await {
             Ok(reports) => {
+                emit(GroupCommitted {
+                    docs: group.len(),
+                    seconds: started.elapsed().as_secs_f64(),
+                });
                 for ((d, r), slot) in group.iter().zip(&reports).zip(dead.iter_mut()) {
                     trace_delivery(d, r);
                     if slot.is_none() {
@@ -168,7 +212,11 @@ impl Consumer<'_> {
                 self.commit_singly(&group, &prepared, &mut dead).await?;
             }
         }
-        Ok(Committed { group, dead })
+        Ok(Committed {
+            group,
+            dead,
+            arrived,
+        })
     }
 
     /// Flush → wake the outbox publisher → dead-letter the rejected → ack, for every group
@@ -180,7 +228,11 @@ impl Consumer<'_> {
             while let Ok(more) = committed.try_recv() {
                 ready.push(more);
             }
+            let started = Instant::now();
             flush(self.pipeline).await?;
+            emit(StoreFlushed {
+                seconds: started.elapsed().as_secs_f64(),
+            });
             self.wake.notify_one();
             for c in &ready {
                 for (d, dl) in c.group.iter().zip(&c.dead) {
@@ -189,6 +241,11 @@ impl Consumer<'_> {
                     }
                 }
                 ack(&c.group).await?;
+                for t in &c.arrived {
+                    emit(BodAcked {
+                        seconds: t.elapsed().as_secs_f64(),
+                    });
+                }
             }
         }
         Ok(())
@@ -333,19 +390,19 @@ fn trace_delivery(d: &Delivery, r: &Report) {
         redelivered = d.redelivered,
     );
     let _guard = span.enter();
-    match &r.error {
-        Some(e) => tracing::debug!(
-            outcome = r.outcome.as_str(),
-            stage = e.stage.as_str(),
-            code = e.code,
-            "Delivery rejected"
-        ),
-        None => tracing::debug!(
-            outcome = r.outcome.as_str(),
-            record = r.record.as_deref().unwrap_or(""),
-            outputs = r.outputs.len(),
-            "Delivery processed"
-        ),
+    emit(BodProcessed {
+        noun: r.noun.as_deref(),
+        verb: r.verb.as_deref(),
+        outcome: r.outcome,
+        record: r.record.as_deref(),
+        outputs: r.outputs.len(),
+    });
+    if let Some(e) = &r.error {
+        emit(BodRejected {
+            stage: e.stage.as_str(),
+            code: e.code,
+            message: &e.message,
+        });
     }
 }
 
@@ -374,7 +431,11 @@ async fn dead_letter(channel: &Channel, d: &Delivery, dl: &DeadLetter) -> Result
         )
         .await?;
     confirmed(confirm, topology::DLX).await?;
-    tracing::debug!(code = dl.code, stage = dl.stage, message_id = ?d.properties.message_id(), "Delivery dead-lettered");
+    emit(DeadLettered {
+        stage: dl.stage,
+        code: dl.code,
+        message_id: d.properties.message_id().as_ref().map(|m| m.as_str()),
+    });
     Ok(())
 }
 

@@ -30,6 +30,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{redact_url, Config};
 use crate::pipeline::Pipeline;
 use crate::store::StoreError;
+use crate::telemetry::events::{emit, AmqpConnected, AmqpDisconnected, StoreFlushed};
+use crate::telemetry::Readiness;
 
 /// Broker-side failures. All are transient for the service: the session is dropped and
 /// re-established; nothing unconfirmed is acked or deleted.
@@ -161,13 +163,25 @@ pub async fn run(
     options: RunOptions,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
+    run_with(pipeline, options, Readiness::default(), shutdown).await
+}
+
+/// [`run`], reporting in `readiness` whether a session is connected and consuming (cleared
+/// when a session ends and as soon as shutdown is requested).
+pub async fn run_with(
+    pipeline: Pipeline,
+    options: RunOptions,
+    readiness: Readiness,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
     let token = CancellationToken::new();
-    let service = serve(pipeline, options, token.clone());
+    let service = serve(pipeline, options, token.clone(), &readiness);
     tokio::pin!(service);
     tokio::select! {
         result = &mut service => return result,
         () = shutdown => {
             tracing::info!("Shutdown requested: finishing in-flight work");
+            readiness.set_consuming(false);
             token.cancel();
         }
     }
@@ -178,10 +192,12 @@ async fn serve(
     pipeline: Pipeline,
     options: RunOptions,
     token: CancellationToken,
+    readiness: &Readiness,
 ) -> Result<(), Error> {
     let url = pipeline.config.amqp.url.clone();
     let wake = Arc::new(Notify::new());
     let mut delay = options.reconnect_min;
+    let mut reconnect = false;
     while !token.is_cancelled() {
         let connection = tokio::select! {
             () = token.cancelled() => break,
@@ -189,16 +205,27 @@ async fn serve(
         };
         match connection {
             Ok(connection) => {
-                tracing::info!(url = %redact_url(&url), "Connected to the broker");
+                emit(AmqpConnected {
+                    url: &redact_url(&url),
+                    reconnect,
+                });
+                reconnect = true;
+                readiness.set_connected(true);
                 let started = Instant::now();
-                let result = session(&connection, &pipeline, &options, &token, &wake).await;
+                let result =
+                    session(&connection, &pipeline, &options, &token, &wake, readiness).await;
+                readiness.set_connected(false);
                 let _ = connection.close(200, "bye".into()).await;
-                match result {
-                    Ok(()) if token.is_cancelled() => break,
-                    Ok(()) => tracing::warn!("Broker session ended; reconnecting"),
-                    Err(e) => {
-                        tracing::warn!(error = %e, code = e.code(), "Broker session failed; reconnecting")
-                    }
+                let shutdown = token.is_cancelled();
+                emit(AmqpDisconnected {
+                    error: result
+                        .as_ref()
+                        .err()
+                        .map(|e| (e.code(), e as &dyn std::fmt::Display)),
+                    shutdown,
+                });
+                if result.is_ok() && shutdown {
+                    break;
                 }
                 if started.elapsed() > options.reconnect_max {
                     delay = options.reconnect_min;
@@ -215,7 +242,11 @@ async fn serve(
         delay = (delay * 2).min(options.reconnect_max);
     }
     let store = pipeline.store.clone();
+    let started = Instant::now();
     tokio::task::spawn_blocking(move || store.flush()).await??;
+    emit(StoreFlushed {
+        seconds: started.elapsed().as_secs_f64(),
+    });
     tracing::info!("Stopped");
     Ok(())
 }
@@ -228,6 +259,7 @@ async fn session(
     options: &RunOptions,
     shutdown: &CancellationToken,
     wake: &Arc<Notify>,
+    readiness: &Readiness,
 ) -> Result<(), Error> {
     let admin = connection.create_channel().await?;
     topology::declare(&admin, &pipeline.config).await?;
@@ -258,6 +290,7 @@ async fn session(
             options,
             dead_letters: &dead_letters,
             wake,
+            readiness,
         },
         &session,
     )

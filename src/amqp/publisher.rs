@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use super::{confirmed, put_header, short, topology, Error, RunOptions};
 use crate::pipeline::Pipeline;
 use crate::store::OutboxRow;
+use crate::telemetry::events::{emit, OutboxPublished};
 
 /// Everything the publisher task owns for one session.
 pub(super) struct Publisher {
@@ -121,6 +122,7 @@ impl Publisher {
         if rows.is_empty() {
             return Ok(Round::default());
         }
+        let started = std::time::Instant::now();
         let mut pending = Vec::with_capacity(rows.len());
         for (seq, row) in &rows {
             let confirm = self.publish(row).await?;
@@ -139,6 +141,12 @@ impl Publisher {
             }
         }
         round.published = done.len();
+        if round.published > 0 {
+            emit(OutboxPublished {
+                rows: round.published,
+                confirm_seconds: started.elapsed().as_secs_f64(),
+            });
+        }
         let store = self.pipeline.store.clone();
         tokio::task::spawn_blocking(move || store.remove_outbox(&done)).await??;
         Ok(round)

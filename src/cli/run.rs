@@ -1,9 +1,15 @@
-//! `bodflow run`: the broker service (DESIGN §4, §5.3). Opens the store, then hands over to
-//! [`crate::amqp::run`] with SIGINT/SIGTERM as its shutdown; exit 0 after a clean stop.
+//! `bodflow run`: the broker service (DESIGN §4, §5.3, §5.5). Opens the store, binds the
+//! HTTP endpoint on `http.listen` (a busy address fails the start), then hands over to
+//! [`crate::amqp::run_with`] with SIGINT/SIGTERM as its shutdown; exit 0 after a clean stop.
+//!
+//! Shutdown order: stop consuming → finish the group in flight → drain the outbox → flush
+//! the store → close the broker → stop HTTP (so `/metrics` and `/readyz` answer until the
+//! very end, `/readyz` with 503 from the moment shutdown is requested).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 
@@ -11,6 +17,10 @@ use crate::amqp::{self, RunOptions};
 use crate::config::{redact_url, Config};
 use crate::pipeline::Pipeline;
 use crate::store::Store;
+use crate::telemetry::{self, Readiness};
+
+/// How often the store size and outbox length gauges are refreshed.
+const SAMPLE_EVERY: Duration = Duration::from_secs(5);
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -41,6 +51,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         prefetch = config.amqp.prefetch,
         "Starting"
     );
+    let listen = config.http.listen.clone();
     let pipeline = Pipeline::new(Arc::new(config), Arc::new(store))?;
     // Documents parked while their application was inactive go through now that it is active;
     // their replies wait in the outbox for the publisher.
@@ -61,7 +72,35 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(amqp::run(pipeline, options, shutdown_signal()))?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(&listen)
+            .await
+            .with_context(|| format!("binding http.listen {listen}"))?;
+        let readiness = Readiness::default();
+        readiness.set_store_open(true);
+        tracing::info!(listen = %listener.local_addr()?, "Serving /metrics, /healthz, /readyz");
+        let stop_http = tokio_util::sync::CancellationToken::new();
+        let http = tokio::spawn(telemetry::http::serve(
+            listener,
+            readiness.clone(),
+            stop_http.clone(),
+        ));
+        let sampler = tokio::spawn(telemetry::sample(
+            pipeline.store.clone(),
+            SAMPLE_EVERY,
+            stop_http.clone(),
+        ));
+        let result = amqp::run_with(pipeline, options, readiness.clone(), shutdown_signal()).await;
+        readiness.set_store_open(false);
+        stop_http.cancel();
+        let _ = sampler.await;
+        match http.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server failed"),
+            Err(e) => tracing::warn!(error = %e, "HTTP server task failed"),
+        }
+        result.map_err(anyhow::Error::from)
+    })?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -330,6 +330,7 @@ pub fn spawn_service(binary: &Path, config: &Path, url: &str) -> std::process::C
         .args(["run", "--config"])
         .arg(config)
         .env("BODFLOW_AMQP_URL", url)
+        .env("BODFLOW_HTTP_LISTEN", "127.0.0.1:0")
         .env("RUST_LOG", "warn")
         .spawn()
         .expect("spawn bodflow run")

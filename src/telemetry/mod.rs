@@ -1,0 +1,289 @@
+//! Metrics, readiness and the HTTP endpoint (DESIGN §5.5).
+//!
+//! - [`Metrics`]: every Prometheus metric of the process, created once in one
+//!   [`prometheus::Registry`] ([`metrics`]). Names are `bodflow_<name>_<unit>[_total]`;
+//!   labels only take values from bounded sets (stage and code are `&'static str` from the
+//!   code; nouns and verbs outside the known ones become `other`).
+//! - [`events`]: the only way code reports what happened — one struct per event whose
+//!   `emit()` writes the log line and updates the metric together, so they never drift.
+//! - [`Readiness`]: what `/readyz` answers — store open and broker session consuming.
+//! - [`http`]: `/metrics`, `/healthz`, `/readyz`.
+//! - [`sample`]: gauges that are too costly per message (store size, outbox length),
+//!   refreshed periodically.
+
+pub mod events;
+pub mod http;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use prometheus::{
+    exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, Opts, Registry,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::store::Store;
+
+/// Every metric of the process, registered in [`Metrics::registry`].
+pub struct Metrics {
+    pub registry: Registry,
+    pub(crate) bods_received: IntCounter,
+    pub(crate) bods_processed: IntCounterVec,
+    pub(crate) rejections: IntCounterVec,
+    pub(crate) dead_lettered: IntCounterVec,
+    pub(crate) stage_duration: HistogramVec,
+    pub(crate) group_documents: Histogram,
+    pub(crate) end_to_end: Histogram,
+    pub(crate) outbox_pending: IntGauge,
+    pub(crate) outbox_published: IntCounter,
+    pub(crate) publish_confirm: Histogram,
+    pub(crate) amqp_connected: IntGauge,
+    pub(crate) amqp_reconnects: IntCounter,
+    pub(crate) redeliveries: IntCounter,
+    pub(crate) store_flush: Histogram,
+    pub(crate) store_size: IntGauge,
+}
+
+/// Latency buckets from 100 µs to ~13 s (×2.2 per bucket).
+fn seconds_buckets() -> Vec<f64> {
+    exponential_buckets(0.0001, 2.2, 16).unwrap_or_default()
+}
+
+impl Metrics {
+    fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        fn reg<T: prometheus::core::Collector + Clone + 'static>(
+            registry: &Registry,
+            metric: T,
+        ) -> Result<T, prometheus::Error> {
+            registry.register(Box::new(metric.clone()))?;
+            Ok(metric)
+        }
+        let histogram = |name: &str, help: &str| {
+            Histogram::with_opts(HistogramOpts::new(name, help).buckets(seconds_buckets()))
+        };
+        Ok(Metrics {
+            bods_received: reg(
+                &registry,
+                IntCounter::new("bodflow_bods_received_total", "Deliveries taken from the inbound queue.")?,
+            )?,
+            bods_processed: reg(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new("bodflow_bods_processed_total", "Documents processed, by noun, verb and outcome."),
+                    &["noun", "verb", "outcome"],
+                )?,
+            )?,
+            rejections: reg(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new("bodflow_rejections_total", "Documents rejected, by stage and code."),
+                    &["stage", "code"],
+                )?,
+            )?,
+            dead_lettered: reg(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new("bodflow_dead_lettered_total", "Deliveries published to bodflow.dead, by code."),
+                    &["code"],
+                )?,
+            )?,
+            stage_duration: reg(
+                &registry,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "bodflow_stage_duration_seconds",
+                        "Time per stage: prepare (decode, validate, country, owner; per document), commit and flush (per group).",
+                    )
+                    .buckets(seconds_buckets()),
+                    &["stage"],
+                )?,
+            )?,
+            group_documents: reg(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new("bodflow_group_documents", "Documents per group commit.")
+                        .buckets(exponential_buckets(1.0, 2.0, 11)?),
+                )?,
+            )?,
+            end_to_end: reg(
+                &registry,
+                histogram("bodflow_end_to_end_seconds", "Delivery received to acked.")?,
+            )?,
+            outbox_pending: reg(
+                &registry,
+                IntGauge::new("bodflow_outbox_pending", "Outbox rows waiting to be published (sampled).")?,
+            )?,
+            outbox_published: reg(
+                &registry,
+                IntCounter::new("bodflow_outbox_published_total", "Outbox rows published and confirmed by the broker.")?,
+            )?,
+            publish_confirm: reg(
+                &registry,
+                histogram(
+                    "bodflow_publish_confirm_seconds",
+                    "Outbox round: first publish to last broker confirm.",
+                )?,
+            )?,
+            amqp_connected: reg(
+                &registry,
+                IntGauge::new("bodflow_amqp_connected", "1 while a broker session is up, else 0.")?,
+            )?,
+            amqp_reconnects: reg(
+                &registry,
+                IntCounter::new("bodflow_amqp_reconnects_total", "Broker connections after the first.")?,
+            )?,
+            redeliveries: reg(
+                &registry,
+                IntCounter::new("bodflow_redeliveries_total", "Deliveries the broker marked redelivered.")?,
+            )?,
+            store_flush: reg(
+                &registry,
+                histogram("bodflow_store_flush_seconds", "Store flushes (group commit durability).")?,
+            )?,
+            store_size: reg(
+                &registry,
+                IntGauge::new("bodflow_store_size_bytes", "Store size on disk (sampled).")?,
+            )?,
+            registry,
+        })
+    }
+}
+
+/// The process's metrics, created on first use.
+#[allow(clippy::expect_used)]
+pub fn metrics() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    // Static names and help texts: a failure here is a programming error caught by the
+    // unit tests, not something input can cause.
+    METRICS.get_or_init(|| Metrics::new().expect("metric definitions are valid"))
+}
+
+/// The registry in the Prometheus text exposition format.
+pub fn encode() -> String {
+    let families = metrics().registry.gather();
+    prometheus::TextEncoder::new()
+        .encode_to_string(&families)
+        .unwrap_or_else(|e| format!("# encoding metrics failed: {e}\n"))
+}
+
+/// Whether the service can take traffic: the store is open and the broker session is
+/// connected and consuming. Shared (cheap clone) between `bodflow run`, the AMQP session and
+/// `/readyz`.
+#[derive(Debug, Clone, Default)]
+pub struct Readiness(Arc<ReadinessState>);
+
+#[derive(Debug, Default)]
+struct ReadinessState {
+    store_open: AtomicBool,
+    connected: AtomicBool,
+    consuming: AtomicBool,
+}
+
+impl Readiness {
+    pub fn set_store_open(&self, open: bool) {
+        self.0.store_open.store(open, Ordering::SeqCst);
+    }
+
+    /// A broker session is (or is no longer) up; going down also clears consuming.
+    pub fn set_connected(&self, connected: bool) {
+        self.0.connected.store(connected, Ordering::SeqCst);
+        if !connected {
+            self.0.consuming.store(false, Ordering::SeqCst);
+        }
+    }
+
+    pub fn set_consuming(&self, consuming: bool) {
+        self.0.consuming.store(consuming, Ordering::SeqCst);
+    }
+
+    /// `Ok` when ready, else the first reason why not.
+    pub fn check(&self) -> Result<(), &'static str> {
+        if !self.0.store_open.load(Ordering::SeqCst) {
+            Err("store not open")
+        } else if !self.0.connected.load(Ordering::SeqCst) {
+            Err("broker not connected")
+        } else if !self.0.consuming.load(Ordering::SeqCst) {
+            Err("not consuming")
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Refreshes the sampled gauges (store size, outbox pending) now and every `every` until
+/// `stop`. Errors are logged and the gauges keep their last value.
+pub async fn sample(store: Arc<Store>, every: Duration, stop: CancellationToken) {
+    loop {
+        let s = store.clone();
+        match tokio::task::spawn_blocking(move || (s.size_on_disk(), s.outbox_len())).await {
+            Ok((size, pending)) => events::emit(events::StoreSampled {
+                size_bytes: size.ok(),
+                outbox_pending: pending,
+            }),
+            Err(e) => tracing::warn!(error = %e, "Sampling the store failed"),
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_is_registered_under_its_documented_name() {
+        let m = metrics();
+        // Vectors only appear once they have a child.
+        m.bods_processed
+            .with_label_values(&["other", "other", "applied"]);
+        m.rejections
+            .with_label_values(&["decode", "not_well_formed"]);
+        m.dead_lettered.with_label_values(&["not_well_formed"]);
+        m.stage_duration.with_label_values(&["prepare"]);
+        let text = encode();
+        for name in [
+            "bodflow_bods_received_total",
+            "bodflow_bods_processed_total",
+            "bodflow_rejections_total",
+            "bodflow_dead_lettered_total",
+            "bodflow_stage_duration_seconds_bucket",
+            "bodflow_group_documents_bucket",
+            "bodflow_end_to_end_seconds_bucket",
+            "bodflow_outbox_pending",
+            "bodflow_outbox_published_total",
+            "bodflow_publish_confirm_seconds_bucket",
+            "bodflow_amqp_connected",
+            "bodflow_amqp_reconnects_total",
+            "bodflow_redeliveries_total",
+            "bodflow_store_flush_seconds_bucket",
+            "bodflow_store_size_bytes",
+        ] {
+            assert!(text.contains(name), "{name} missing from:\n{text}");
+        }
+    }
+
+    #[test]
+    fn readiness_needs_store_connection_and_consumer() {
+        let r = Readiness::default();
+        assert_eq!(r.check(), Err("store not open"));
+        r.set_store_open(true);
+        assert_eq!(r.check(), Err("broker not connected"));
+        r.set_connected(true);
+        assert_eq!(r.check(), Err("not consuming"));
+        r.set_consuming(true);
+        assert_eq!(r.check(), Ok(()));
+        r.set_connected(false);
+        r.set_connected(true);
+        assert_eq!(
+            r.check(),
+            Err("not consuming"),
+            "a new session must consume again"
+        );
+    }
+}
