@@ -1,9 +1,10 @@
 //! The staged pipeline: decode → validate → map country codes → assign owner → upsert → emit.
 //!
 //! `replay` and `run` both call [`Pipeline::prepare`] (pure: decode and the three stateless
-//! stages, safe to run on any thread) and then [`Pipeline::commit`] (one store transaction that
-//! applies the change and writes the message-id marker and every outbox row it emits). A
-//! [`Report`] describes the result; it is the replay JSON line (DESIGN §5.4).
+//! stages, safe to run on any thread) and then [`Pipeline::commit_batch`] (one store
+//! transaction over a group of documents: each one's change, message-id marker and every outbox
+//! row it emits; [`Pipeline::commit`] is a group of one). A [`Report`] describes each result;
+//! it is the replay JSON line (DESIGN §5.4).
 //!
 //! Errors: every rejection is a [`Rejection`] (stage, stable code, message, XML path) and is a
 //! *result*, not a failure. The only `Err` is a [`StoreError`]: transient, retried by callers.
