@@ -346,7 +346,8 @@ fn input(d: &Delivery) -> Input<'_> {
         message_id: d.properties.message_id().as_ref().map(|m| m.as_str()),
         reply_to: d.properties.reply_to().as_ref().map(|r| r.as_str()),
         received_at: Utc::now(),
-        retry: false,
+        // `bodflow dlq replay` marks its re-publishes: a rejected message id runs again.
+        retry: super::dlq::is_retry(d.properties.headers().as_ref()),
     }
 }
 
