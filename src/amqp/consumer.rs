@@ -28,6 +28,11 @@
 //!   dead-letter still dead-letters it on redelivery (at least once in `bodflow.dead`). A
 //!   commit-time rejection redelivered after such a crash is a duplicate and is not
 //!   dead-lettered again (its ConfirmBOD was written and is published).
+//! - **Replays** (`bodflow dlq replay`, [`super::dlq`]) carry header `x-bodflow-retry: true`
+//!   (bool or `"true"`): the delivery runs with [`Input::retry`], so a message id whose
+//!   marker is `rejected` or `parked` is processed again (a fixed document is applied once;
+//!   an unchanged one is rejected and dead-lettered again), while an applied one stays a
+//!   duplicate.
 //! - **Transient failures** (store errors): nothing is acked; the group's commit is retried
 //!   with doubling backoff. After [`RunOptions::store_attempts`] each delivery is tried once
 //!   on its own; those that still fail are dead-lettered with code `retries_exhausted` and
@@ -346,7 +351,8 @@ fn input(d: &Delivery) -> Input<'_> {
         message_id: d.properties.message_id().as_ref().map(|m| m.as_str()),
         reply_to: d.properties.reply_to().as_ref().map(|r| r.as_str()),
         received_at: Utc::now(),
-        retry: false,
+        // `bodflow dlq replay` marks its re-publishes: a rejected message id runs again.
+        retry: super::dlq::is_retry(d.properties.headers().as_ref()),
     }
 }
 

@@ -4,6 +4,7 @@
 //! - [`consumer`]: consumes `bodflow.inbound`, runs the [`Pipeline`] with group commit and
 //!   acks only what is durable. Its module docs are the ack discipline.
 //! - [`publisher`]: drains the store's outbox on a confirm-mode channel.
+//! - [`dlq`]: reads, replays and discards the dead letters in `bodflow.dead`.
 //! - [`Sender`]: publishes inbound documents (`bodflow publish`, tests).
 //!
 //! [`run`] is the service: one cancellation tree (`shutdown` → stop consuming → finish the
@@ -14,6 +15,7 @@
 //! and the message-id markers make them duplicates.
 
 pub mod consumer;
+pub mod dlq;
 pub mod publisher;
 pub mod topology;
 

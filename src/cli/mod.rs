@@ -3,6 +3,7 @@
 //! exit code 2 (1 is reserved for "some input is invalid" from `check`).
 
 mod check;
+mod dlq;
 mod generate;
 mod parked;
 mod publish;
@@ -62,6 +63,11 @@ enum Command {
         #[command(subcommand)]
         action: parked::Action,
     },
+    /// Dead letters in bodflow.dead: list, show, replay to bodflow.in, discard.
+    Dlq {
+        #[command(subcommand)]
+        action: dlq::Action,
+    },
 }
 
 fn init_logging(format: LogFormat) {
@@ -89,6 +95,7 @@ pub fn main() -> ExitCode {
         Command::Run(args) => run::run(args),
         Command::Publish(args) => publish::run(args),
         Command::Parked { action } => parked::run(action),
+        Command::Dlq { action } => dlq::run(action),
     };
     match result {
         Ok(code) => code,
