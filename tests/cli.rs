@@ -786,3 +786,37 @@ fn parked_list_shows_the_inactive_applications_document_and_release_applies_it()
     assert_exit(&after, 0);
     assert!(json_lines(&after).is_empty());
 }
+
+/// A file over `limits.max_bytes` is refused from its first bytes, but named by the digest of
+/// the whole payload — the message id the service computes for the same document.
+#[test]
+fn an_oversized_file_is_named_by_the_digest_of_its_whole_payload() {
+    let tmp = tempfile::tempdir().unwrap();
+    let lines = replay_fixtures_json(tmp.path(), &[]);
+    let line = lines
+        .iter()
+        .find(|l| str_of(l, "source").is_some_and(|s| s.contains("105-")))
+        .expect("fixture 105 is the too-large one");
+    let whole = std::fs::read(
+        std::fs::read_dir(fixtures())
+            .unwrap()
+            .flatten()
+            .find(|e| e.file_name().to_string_lossy().starts_with("105-"))
+            .unwrap()
+            .path(),
+    )
+    .unwrap();
+    assert!(
+        whole.len() > 65_536,
+        "the fixture is over the fixtures' max_bytes"
+    );
+    assert_eq!(
+        str_of(line, "message_id"),
+        Some(bodflow::pipeline::payload_digest(&whole).as_str())
+    );
+    let error = line
+        .get("error")
+        .and_then(|e| e.get("code"))
+        .and_then(|c| c.as_str());
+    assert_eq!(error, Some("too_large"));
+}

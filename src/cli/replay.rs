@@ -46,8 +46,8 @@ const DRAIN_BATCH: usize = 1024;
 /// Documents per store transaction (group commit).
 const GROUP: usize = 64;
 
-/// A group of inputs and their bytes, from the read thread.
-type Read<'a> = (&'a [PathBuf], Vec<Vec<u8>>);
+/// A group of inputs as read, from the read thread.
+type Read<'a> = (&'a [PathBuf], Vec<InputFile>);
 /// A group of inputs and their prepared documents, from the prepare thread.
 type Batch<'a> = (&'a [PathBuf], Vec<Prepared>);
 
@@ -106,7 +106,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     let read = chunk
                         .iter()
                         .map(|path| read_input(path, limit))
-                        .collect::<anyhow::Result<Vec<Vec<u8>>>>()
+                        .collect::<anyhow::Result<Vec<InputFile>>>()
                         .map(|bytes| (chunk, bytes));
                     if read_tx.send(read).is_err() {
                         break;
@@ -122,12 +122,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                         let prepared = chunk
                             .iter()
                             .zip(&contents)
-                            .map(|(path, bytes)| {
+                            .map(|(path, file)| {
                                 let source = path.display().to_string();
                                 prepare_pipeline.prepare(&Input {
-                                    bytes,
+                                    bytes: &file.bytes,
                                     source: &source,
-                                    message_id: None,
+                                    message_id: file.message_id.as_deref(),
                                     reply_to: None,
                                     received_at: now.unwrap_or_else(Utc::now),
                                     retry: false,
@@ -201,18 +201,37 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// One input as read.
+struct InputFile {
+    bytes: Vec<u8>,
+    /// Set for a file over the size limit: the digest of the *whole* file, as the service
+    /// computes it for the same payload (the pipeline would only see the prefix).
+    message_id: Option<String>,
+}
+
 /// Reads one input, refusing to buffer a file over the size limit: it becomes a `too_large`
-/// rejection from its first `max_bytes + 1` bytes.
-fn read_input(path: &Path, max_bytes: usize) -> anyhow::Result<Vec<u8>> {
+/// rejection from its first `max_bytes + 1` bytes, and the rest is only streamed through the
+/// digest that names it.
+fn read_input(path: &Path, max_bytes: usize) -> anyhow::Result<InputFile> {
     use std::io::Read as _;
-    let file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let context = || format!("reading {}", path.display());
+    let mut file = std::fs::File::open(path).with_context(context)?;
     let limit = max_bytes as u64 + 1;
     let size = file.metadata().map(|m| m.len()).unwrap_or(0).min(limit);
     let mut bytes = Vec::with_capacity(size as usize + 1);
-    file.take(limit)
+    (&mut file)
+        .take(limit)
         .read_to_end(&mut bytes)
-        .with_context(|| format!("reading {}", path.display()))?;
-    Ok(bytes)
+        .with_context(context)?;
+    let message_id = if bytes.len() > max_bytes {
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(&bytes);
+        std::io::copy(&mut file, &mut hasher).with_context(context)?;
+        Some(hasher.finalize().to_hex()[..32].to_string())
+    } else {
+        None
+    };
+    Ok(InputFile { bytes, message_id })
 }
 
 /// Commits a group; store I/O errors are retried with backoff, a corrupt value is fatal.
