@@ -10,6 +10,8 @@
 //! sender bodflow does not know is only written when `reply_to` names a destination: on
 //! `bodflow.out` it would be unroutable.
 
+use std::borrow::Cow;
+
 use crate::bod::write::{self, Confirmation, Envelope, NounOut, OutId, Problem, Response};
 use crate::bod::ApplicationArea;
 use crate::config::{Application, Config, DeleteMode, FieldGroup};
@@ -394,12 +396,12 @@ fn receiver_country(record: &HubRecord, app: &Application) -> Option<String> {
 
 /// The record's fields limited to an outbound `fields` selection (identity always goes: a
 /// receiver cannot place a record without it).
-fn select_fields(fields: &Fields, selection: Option<&[FieldGroup]>) -> Fields {
+fn select_fields<'f>(fields: &'f Fields, selection: Option<&[FieldGroup]>) -> Cow<'f, Fields> {
     let Some(groups) = selection else {
-        return fields.clone();
+        return Cow::Borrowed(fields);
     };
     let has = |g| groups.contains(&g);
-    Fields {
+    Cow::Owned(Fields {
         identity: fields.identity.clone(),
         address: if has(FieldGroup::Address) {
             fields.address.clone()
@@ -422,7 +424,7 @@ fn select_fields(fields: &Fields, selection: Option<&[FieldGroup]>) -> Fields {
             Vec::new()
         },
         user_area: Vec::new(),
-    }
+    })
 }
 
 /// Reads Sender/LogicalID, ConfirmationCode and BODID out of a document that is not

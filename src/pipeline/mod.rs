@@ -523,6 +523,9 @@ pub fn prepare(config: &Config, input: &Input<'_>) -> Prepared {
         return reject(ctx, e.into(), app, process);
     }
     owner::assign(&mut doc, application, config);
+    // The items carry everything the commit needs; the typed nouns are freed here, on the
+    // preparing thread, rather than on the committing one.
+    doc.bod.nouns = Vec::new();
     if needs_payload(application) {
         ctx.payload = String::from_utf8_lossy(input.bytes).into_owned();
     }
