@@ -4,11 +4,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "common/broker.rs"]
+mod broker;
 mod common;
+
+use broker::{connect as channel, write_generated_config, Vhost};
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,49 +22,7 @@ use bodflow::store::{HubRecord, Store};
 use chrono::Utc;
 use lapin::options::{BasicGetOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Channel, Connection, ConnectionProperties};
-
-/// A throw-away vhost.
-struct Vhost {
-    name: String,
-}
-
-fn rabbitmqctl(args: &[&str]) {
-    let out = Command::new("rabbitmqctl")
-        .args(args)
-        .output()
-        .expect("rabbitmqctl must be installed (and RabbitMQ running: see .ci/run)");
-    assert!(
-        out.status.success(),
-        "rabbitmqctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-impl Vhost {
-    fn new(test: &str) -> Vhost {
-        let name = format!(
-            "bodflow-test-{test}-{}-{}",
-            std::process::id(),
-            Utc::now().timestamp_micros()
-        );
-        rabbitmqctl(&["add_vhost", &name]);
-        rabbitmqctl(&["set_permissions", "-p", &name, "guest", ".*", ".*", ".*"]);
-        Vhost { name }
-    }
-
-    fn url(&self) -> String {
-        format!("amqp://guest:guest@127.0.0.1:5672/{}", self.name)
-    }
-}
-
-impl Drop for Vhost {
-    fn drop(&mut self) {
-        let _ = Command::new("rabbitmqctl")
-            .args(["delete_vhost", &self.name])
-            .output();
-    }
-}
+use lapin::Channel;
 
 fn fixtures() -> Vec<PathBuf> {
     bodflow::cli::collect_inputs(&[common::root().join("fixtures")]).unwrap()
@@ -150,14 +111,6 @@ fn offline(config: &Config, docs: &[Doc]) -> Offline {
     }
 }
 
-async fn channel(url: &str) -> (Connection, Channel) {
-    let conn = Connection::connect(url, ConnectionProperties::default())
-        .await
-        .unwrap();
-    let ch = conn.create_channel().await.unwrap();
-    (conn, ch)
-}
-
 fn header(headers: &Option<FieldTable>, name: &str) -> Option<String> {
     match headers.as_ref()?.inner().get(name)? {
         AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
@@ -198,20 +151,6 @@ async fn drain_queue(ch: &Channel, queue: &str) -> Vec<Got> {
         });
     }
     out
-}
-
-async fn ready_count(ch: &Channel, queue: &str) -> u32 {
-    ch.queue_declare(
-        queue.into(),
-        QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .unwrap()
-    .message_count()
 }
 
 async fn wait_for(what: &str, timeout: Duration, mut done: impl AsyncFnMut() -> bool) {
@@ -268,7 +207,10 @@ async fn fixtures_end_to_end_equal_offline_replay_and_rejections_are_dead_letter
             docs.iter()
                 .all(|d| store.marker(&d.message_id).unwrap().is_some())
                 && store.outbox_len() == 0
-                && ready_count(&ch, topology::DEAD_QUEUE).await as usize >= rejected.len()
+                && broker::ready_count(&ch, topology::DEAD_QUEUE)
+                    .await
+                    .unwrap() as usize
+                    >= rejected.len()
         },
     )
     .await;
@@ -329,7 +271,12 @@ async fn fixtures_end_to_end_equal_offline_replay_and_rejections_are_dead_letter
         })
         .collect();
     assert_eq!(dead_set, want_dead);
-    assert_eq!(ready_count(&ch, topology::INBOUND_QUEUE).await, 0);
+    assert_eq!(
+        broker::ready_count(&ch, topology::INBOUND_QUEUE)
+            .await
+            .unwrap(),
+        0
+    );
 }
 
 /// A document with `reply_to` gets its ConfirmBOD on that queue (correlated by message id),
@@ -358,7 +305,7 @@ async fn replies_go_to_reply_to() {
     let store = Arc::new(Store::temporary().unwrap());
     let (stop, service) = start_service(&config, store.clone());
     wait_for("the reply", Duration::from_secs(20), async || {
-        ready_count(&ch, "test.replies").await >= 1 && store.outbox_len() == 0
+        broker::ready_count(&ch, "test.replies").await.unwrap() >= 1 && store.outbox_len() == 0
     })
     .await;
     stop.send(()).unwrap();
@@ -373,7 +320,11 @@ async fn replies_go_to_reply_to() {
     );
     for app in &config.applications {
         let q = topology::application_queue(&app.slug());
-        assert_eq!(ready_count(&ch, &q).await, 0, "{q} got a message");
+        assert_eq!(
+            broker::ready_count(&ch, &q).await.unwrap(),
+            0,
+            "{q} got a message"
+        );
     }
 }
 
@@ -382,51 +333,6 @@ fn generated(count: usize) -> Vec<Doc> {
         .take(count)
         .map(|g| doc(g.bytes))
         .collect()
-}
-
-fn write_generated_config(dir: &Path, store: &Path) -> PathBuf {
-    let text = bodflow::generate::CONFIG.replacen(
-        "[hub]\n",
-        &format!("[hub]\nstore = {:?}\n", store.display().to_string()),
-        1,
-    );
-    let path = dir.join("bodflow.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-fn spawn_service(config: &Path, url: &str) -> std::process::Child {
-    common::bodflow()
-        .args(["run", "--config"])
-        .arg(config)
-        .env("BODFLOW_AMQP_URL", url)
-        .env("BODFLOW_HTTP_LISTEN", "127.0.0.1:0")
-        .spawn()
-        .unwrap()
-}
-
-fn sigterm(child: &std::process::Child) {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
-/// `messages` (ready + unacknowledged) of a queue, from the broker's own view.
-fn queue_total(vhost: &Vhost, queue: &str) -> usize {
-    let out = Command::new("rabbitmqctl")
-        .args(["list_queues", "-q", "-p", &vhost.name, "name", "messages"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| {
-            let mut parts = l.split_whitespace();
-            (parts.next() == Some(queue)).then(|| parts.next()?.parse().ok())?
-        })
-        .next()
-        .unwrap_or(usize::MAX)
 }
 
 /// SIGTERM while deliveries flow: the binary exits 0; a restart finishes the rest; the hub
@@ -445,27 +351,44 @@ async fn sigterm_mid_stream_exits_0_and_a_restart_processes_everything_once() {
     publish(&config, &docs).await;
     let (_conn, ch) = channel(&vhost.url()).await;
 
-    let mut child = spawn_service(&config_path, &vhost.url());
+    let mut child = broker::spawn_service(
+        Path::new(env!("CARGO_BIN_EXE_bodflow")),
+        &config_path,
+        &vhost.url(),
+    );
     wait_for("processing to start", Duration::from_secs(30), async || {
-        (ready_count(&ch, topology::INBOUND_QUEUE).await as usize) < docs.len() * 9 / 10
+        (broker::ready_count(&ch, topology::INBOUND_QUEUE)
+            .await
+            .unwrap() as usize)
+            < docs.len() * 9 / 10
     })
     .await;
-    sigterm(&child);
+    broker::signal(&child, "-TERM");
     let status = child.wait().unwrap();
     assert!(status.success(), "first run: {status}");
-    let left = ready_count(&ch, topology::INBOUND_QUEUE).await as usize;
+    let left = broker::ready_count(&ch, topology::INBOUND_QUEUE)
+        .await
+        .unwrap() as usize;
     assert!(left > 0, "SIGTERM came too late to be mid-stream");
 
-    let mut child = spawn_service(&config_path, &vhost.url());
+    let mut child = broker::spawn_service(
+        Path::new(env!("CARGO_BIN_EXE_bodflow")),
+        &config_path,
+        &vhost.url(),
+    );
     let start = Instant::now();
-    while queue_total(&vhost, topology::INBOUND_QUEUE) != 0 {
+    while vhost
+        .queue_total(topology::INBOUND_QUEUE)
+        .unwrap_or(usize::MAX)
+        != 0
+    {
         assert!(
             start.elapsed() < Duration::from_secs(60),
             "restart did not finish"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    sigterm(&child);
+    broker::signal(&child, "-TERM");
     let status = child.wait().unwrap();
     assert!(status.success(), "second run: {status}");
 
