@@ -699,42 +699,35 @@ fn parked_list_shows_the_inactive_applications_document_and_release_applies_it()
         .expect("the fixtures park a document");
     let parked_id = str_of(parked_line, "message_id").unwrap().to_string();
     let config = fixtures().join("bodflow.toml");
+    // `bodflow parked ACTION --json --store STORE --config CONFIG [extra...]`, exit 0.
+    let parked = |action: &str, config: &Path, extra: &[&str]| {
+        let out = run_in(
+            tmp.path(),
+            bodflow()
+                .args(["parked", action, "--json", "--store"])
+                .arg(&store)
+                .arg("--config")
+                .arg(config)
+                .args(extra),
+        );
+        assert_exit(&out, 0);
+        json_lines(&out)
+    };
+    let inactive = ["--reason", "inactive_application"];
 
-    let list = run_in(
-        tmp.path(),
-        bodflow()
-            .args(["parked", "list", "--json", "--store"])
-            .arg(&store)
-            .arg("--config")
-            .arg(&config),
-    );
-    assert_exit(&list, 0);
-    let listed = json_lines(&list);
+    let listed = parked("list", &config, &[]);
     assert!(listed
         .iter()
         .any(|p| str_of(p, "message_id") == Some(parked_id.as_str())
             && str_of(p, "reason") == Some("inactive_application")));
 
     // Still inactive: releasing parks it again.
-    let still = run_in(
-        tmp.path(),
-        bodflow()
-            .args([
-                "parked",
-                "release",
-                "--json",
-                "--reason",
-                "inactive_application",
-                "--store",
-            ])
-            .arg(&store)
-            .arg("--config")
-            .arg(&config),
+    let still = parked("release", &config, &inactive);
+    assert!(
+        !still.is_empty(),
+        "release must report the document it re-ran"
     );
-    assert_exit(&still, 0);
-    assert!(json_lines(&still)
-        .iter()
-        .all(|r| str_of(r, "outcome") == Some("parked")));
+    assert!(still.iter().all(|r| str_of(r, "outcome") == Some("parked")));
 
     let text = std::fs::read_to_string(&config).unwrap();
     assert!(
@@ -747,44 +740,12 @@ fn parked_list_shows_the_inactive_applications_document_and_release_applies_it()
         text.replace("active = false", "active = true"),
     )
     .unwrap();
-    let released = run_in(
-        tmp.path(),
-        bodflow()
-            .args([
-                "parked",
-                "release",
-                "--json",
-                "--reason",
-                "inactive_application",
-                "--store",
-            ])
-            .arg(&store)
-            .arg("--config")
-            .arg(&reactivated),
-    );
-    assert_exit(&released, 0);
-    let reports = json_lines(&released);
+    let reports = parked("release", &reactivated, &inactive);
     assert!(reports
         .iter()
         .any(|r| str_of(r, "message_id") == Some(parked_id.as_str())
             && str_of(r, "outcome") == Some("applied")));
-    let after = run_in(
-        tmp.path(),
-        bodflow()
-            .args([
-                "parked",
-                "list",
-                "--json",
-                "--reason",
-                "inactive_application",
-                "--store",
-            ])
-            .arg(&store)
-            .arg("--config")
-            .arg(&reactivated),
-    );
-    assert_exit(&after, 0);
-    assert!(json_lines(&after).is_empty());
+    assert!(parked("list", &reactivated, &inactive).is_empty());
 }
 
 /// A file over `limits.max_bytes` is refused from its first bytes, but named by the digest of
