@@ -12,7 +12,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bodflow::amqp::topology;
-use bodflow::config::Config;
 use bodflow::store::Store;
 use broker::*;
 
@@ -44,20 +43,17 @@ fn kill_points(rng: &mut Rng) -> Vec<(usize, Duration)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_at_several_points_then_finish_equals_offline_replay() {
     let started = Instant::now();
-    let vhost = Vhost::new("crash");
-    let dir = tempfile::tempdir().unwrap();
-    let store_dir = dir.path().join("store");
-    let config_path = write_generated_config(dir.path(), &store_dir);
-    let mut config = Config::load(&config_path).unwrap();
-    config.amqp.url = vhost.url();
-    let docs = std::sync::Arc::new(generated(SEED, N));
     // The offline replay (CPU) runs while the documents are published (I/O) and the
-    // service starts; its result is needed only at the end.
-    let replay = tokio::task::spawn_blocking({
-        let (config, docs) = (config.clone(), docs.clone());
-        move || offline(&config, &docs)
-    });
-    publish(&config, &docs).await;
+    // service runs; its result is needed only at the end.
+    let Scenario {
+        vhost,
+        dir: _dir,
+        store_dir,
+        config_path,
+        config,
+        docs,
+        replay,
+    } = published_scenario("crash", SEED, N).await;
     eprintln!("published {N} ({:.1?})", started.elapsed());
     let (_conn, ch) = connect(&vhost.url()).await;
     let binary = Path::new(env!("CARGO_BIN_EXE_bodflow"));

@@ -16,7 +16,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bodflow::amqp::topology;
-use bodflow::config::Config;
 use bodflow::store::Store;
 use broker::*;
 
@@ -46,18 +45,17 @@ impl Drop for BrokerRestarter {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restart_mid_stream_resumes_and_equals_offline_replay() {
     let started = Instant::now();
-    let vhost = Vhost::new("restart");
-    let dir = tempfile::tempdir().unwrap();
-    let store_dir = dir.path().join("store");
-    let config_path = write_generated_config(dir.path(), &store_dir);
-    let mut config = Config::load(&config_path).unwrap();
-    config.amqp.url = vhost.url();
-    let docs = std::sync::Arc::new(generated(SEED, N));
-    let replay = tokio::task::spawn_blocking({
-        let (config, docs) = (config.clone(), docs.clone());
-        move || offline(&config, &docs)
-    });
-    publish(&config, &docs).await;
+    // The offline replay (CPU) runs while the documents are published (I/O) and the
+    // service runs; its result is needed only at the end.
+    let Scenario {
+        vhost,
+        dir: _dir,
+        store_dir,
+        config_path,
+        config,
+        docs,
+        replay,
+    } = published_scenario("restart", SEED, N).await;
     let binary = Path::new(env!("CARGO_BIN_EXE_bodflow"));
     let mut child = spawn_service(binary, &config_path, &vhost.url());
 

@@ -112,6 +112,45 @@ pub fn write_generated_config(dir: &Path, store: &Path) -> PathBuf {
     path
 }
 
+/// A generated workload published to its own vhost, with the offline replay of the same
+/// inputs running in the background (CPU) while the caller runs the service (I/O).
+pub struct Scenario {
+    pub vhost: Vhost,
+    /// Holds the store folder and the config file; removed on drop.
+    pub dir: tempfile::TempDir,
+    pub store_dir: PathBuf,
+    pub config_path: PathBuf,
+    pub config: Config,
+    pub docs: Arc<Vec<Doc>>,
+    pub replay: tokio::task::JoinHandle<Offline>,
+}
+
+/// `count` generated documents (seed `seed`) published to a fresh vhost named after `test`,
+/// with `[hub] store` in a temporary folder and the offline replay started.
+pub async fn published_scenario(test: &str, seed: u64, count: usize) -> Scenario {
+    let vhost = Vhost::new(test);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store_dir = dir.path().join("store");
+    let config_path = write_generated_config(dir.path(), &store_dir);
+    let mut config = Config::load(&config_path).expect("generated config");
+    config.amqp.url = vhost.url();
+    let docs = Arc::new(generated(seed, count));
+    let replay = tokio::task::spawn_blocking({
+        let (config, docs) = (config.clone(), docs.clone());
+        move || offline(&config, &docs)
+    });
+    publish(&config, &docs).await;
+    Scenario {
+        vhost,
+        dir,
+        store_dir,
+        config_path,
+        config,
+        docs,
+        replay,
+    }
+}
+
 /// Publishes `docs` in order with confirms (up to 512 in flight).
 pub async fn publish(config: &Config, docs: &[Doc]) {
     let sender = Sender::connect(config).await.expect("connect sender");
