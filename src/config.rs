@@ -386,6 +386,63 @@ pub struct Application {
     /// Per noun flows; a noun without an entry flows fully in both directions.
     #[serde(default)]
     pub flows: BTreeMap<String, Flows>,
+    /// Scheduled resync ("Run Now" on a timer, run by `bodflow run`): every record it may
+    /// receive is sent to it again this often (`"24h"`, `"90m"`, `"1h30m"`; units s, m, h, d).
+    #[serde(default)]
+    pub resync_every: Option<String>,
+    /// Scheduled resync once a day at this UTC time (`"02:30"`); excludes `resync_every`.
+    #[serde(default)]
+    pub resync_at: Option<String>,
+}
+
+/// When `bodflow run` resyncs an application by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResyncSchedule {
+    /// This long after the previous resync (or after the start, when it never ran).
+    Every(std::time::Duration),
+    /// Daily at hour:minute UTC.
+    DailyAt(u32, u32),
+}
+
+/// `"24h"`, `"90m"`, `"1h30m"`, `"45s"`, `"7d"`: at least one second.
+fn parse_every(text: &str) -> Result<std::time::Duration, String> {
+    let bad = || format!("{text:?} is not a duration (like \"24h\", \"90m\", \"1h30m\")");
+    let mut total: u64 = 0;
+    let mut digits = String::new();
+    for c in text.trim().chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            _ => return Err(bad()),
+        };
+        let n: u64 = digits.parse().map_err(|_| bad())?;
+        digits.clear();
+        total = n
+            .checked_mul(unit)
+            .and_then(|s| total.checked_add(s))
+            .ok_or_else(bad)?;
+    }
+    if !digits.is_empty() || total == 0 {
+        return Err(bad());
+    }
+    Ok(std::time::Duration::from_secs(total))
+}
+
+/// `"HH:MM"` (24-hour, UTC).
+fn parse_daily(text: &str) -> Result<(u32, u32), String> {
+    let bad = || format!("{text:?} is not a time of day (\"HH:MM\", UTC)");
+    let (h, m) = text.trim().split_once(':').ok_or_else(bad)?;
+    let (h, m): (u32, u32) = (h.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
+    if h > 23 || m > 59 {
+        return Err(bad());
+    }
+    Ok((h, m))
 }
 
 fn yes() -> bool {
@@ -413,6 +470,16 @@ impl Application {
     /// Flows for a noun (defaults when not configured).
     pub fn flows_for(&self, noun: &str) -> Flows {
         self.flows.get(noun).cloned().unwrap_or_default()
+    }
+
+    /// Its resync schedule, if one is configured (checked when the configuration loads).
+    pub fn resync_schedule(&self) -> Result<Option<ResyncSchedule>, String> {
+        match (&self.resync_every, &self.resync_at) {
+            (None, None) => Ok(None),
+            (Some(_), Some(_)) => Err("give resync_every or resync_at, not both".into()),
+            (Some(every), None) => parse_every(every).map(|d| Some(ResyncSchedule::Every(d))),
+            (None, Some(at)) => parse_daily(at).map(|(h, m)| Some(ResyncSchedule::DailyAt(h, m))),
+        }
     }
 
     /// `LN Europe` → `ln-europe`, for `bodflow.to.<slug>`.
@@ -589,6 +656,14 @@ impl Config {
                     format!("required by create_policy {:?}", app.create_policy),
                 ));
             }
+            if let Err(message) = app.resync_schedule() {
+                let field = if app.resync_at.is_some() {
+                    "resync_at"
+                } else {
+                    "resync_every"
+                };
+                return Err(err(key(field), message));
+            }
             for (noun, flows) in &app.flows {
                 if !NOUNS.contains(&noun.as_str()) {
                     return Err(err(
@@ -726,6 +801,42 @@ mod tests {
         assert!(cfg.application("lid://infor.ln.ln01/3555").is_some());
         assert!(cfg.application("lid://infor.ln.ln012").is_none());
         assert_eq!(cfg.applications[0].slug(), "ln-europe-01");
+    }
+
+    #[test]
+    fn resync_schedules_parse_and_bad_ones_name_their_key() {
+        let app = |extra: &str| {
+            Config::from_toml(
+                &format!("[[applications]]\nname='a'\nlogical_id='lid://a'\n{extra}\n"),
+                "t",
+            )
+        };
+        let cfg = app("resync_every = '1h30m'").unwrap();
+        assert_eq!(
+            cfg.applications[0].resync_schedule(),
+            Ok(Some(ResyncSchedule::Every(std::time::Duration::from_secs(
+                5400
+            ))))
+        );
+        let cfg = app("resync_at = '02:30'").unwrap();
+        assert_eq!(
+            cfg.applications[0].resync_schedule(),
+            Ok(Some(ResyncSchedule::DailyAt(2, 30)))
+        );
+        for (extra, key) in [
+            ("resync_every = '24'", "resync_every"),
+            ("resync_every = '0s'", "resync_every"),
+            ("resync_every = 'daily'", "resync_every"),
+            ("resync_at = '25:00'", "resync_at"),
+            ("resync_at = '2pm'", "resync_at"),
+            ("resync_every = '1h'\nresync_at = '02:00'", "resync_at"),
+        ] {
+            let err = app(extra).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("applications[0].{key}")),
+                "{extra}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -19,11 +19,13 @@
 //! - [`generate`]: deterministic synthetic BODs for benchmarks and load tests.
 //! - [`telemetry`]: metrics through named events, readiness, and the HTTP endpoint
 //!   (`/metrics`, `/healthz`, `/readyz`) of `bodflow run`.
+//! - [`admin`]: operator actions inside the service (`POST /resync`, scheduled resyncs).
 //! - [`cli`]: the `bodflow` commands; `main.rs` only calls [`cli::main`].
 //!
 //! `replay` (offline) and the broker service ([`amqp::run`]) call the same [`pipeline::Pipeline`], so an
 //! offline replay proves what production does.
 
+pub mod admin;
 pub mod amqp;
 pub mod bod;
 pub mod cli;

@@ -120,6 +120,8 @@ fn fully_populated() -> Config {
                     outbound: everything(),
                 },
             )]),
+            resync_every: Some("24h".into()),
+            resync_at: Some("02:30".into()),
         }],
     }
 }

@@ -310,6 +310,30 @@ async fn session(
     Ok(())
 }
 
+/// Publishes every durable outbox row with publisher confirms, as the service's publisher
+/// would, and returns how many: for a command that holds the store while no service runs
+/// (`bodflow resync`). Declares the topology first, so every application queue exists.
+pub async fn publish_outbox(pipeline: Pipeline, options: RunOptions) -> Result<usize, Error> {
+    let connection = connect(&pipeline.config.amqp.url).await?;
+    let admin = connection.create_channel().await?;
+    topology::declare(&admin, &pipeline.config).await?;
+    let _ = admin.close(200, "declared".into()).await;
+    let channel = confirm_channel(&connection).await?;
+    let token = CancellationToken::new();
+    let publisher = publisher::Publisher {
+        channel,
+        pipeline,
+        options,
+        wake: Arc::new(Notify::new()),
+        stop: token.clone(),
+        shutdown: token.clone(),
+        session: token,
+    };
+    let published = publisher.drain_counting(5).await;
+    let _ = connection.close(200, "done".into()).await;
+    published
+}
+
 /// An inbound document to send to `bodflow.in` (what ION would send).
 #[derive(Debug, Clone, Default)]
 pub struct InboundMessage<'a> {

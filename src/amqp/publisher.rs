@@ -108,6 +108,30 @@ impl Publisher {
         }
     }
 
+    /// Rounds until the outbox is empty, giving up after `max_failures` failed rounds in a
+    /// row (rows the broker did not accept stay in the outbox); returns the rows published.
+    pub(super) async fn drain_counting(&self, max_failures: u32) -> Result<usize, Error> {
+        let (mut published, mut failures) = (0, 0);
+        loop {
+            let round = self.round().await?;
+            published += round.published;
+            if round.failed > 0 {
+                failures += 1;
+                if failures >= max_failures {
+                    return Err(Error::Nacked(format!(
+                        "{} outbox row(s) after {failures} rounds",
+                        round.failed
+                    )));
+                }
+                tokio::time::sleep(self.backoff(failures)).await;
+            } else if round.published == 0 {
+                return Ok(published);
+            } else {
+                failures = 0;
+            }
+        }
+    }
+
     /// Publishes one batch of rows and removes those the broker acked.
     async fn round(&self) -> Result<Round, Error> {
         let store = self.pipeline.store.clone();

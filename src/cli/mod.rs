@@ -9,6 +9,7 @@ mod parked;
 mod publish;
 mod records;
 mod replay;
+mod resync;
 mod run;
 
 use std::path::PathBuf;
@@ -68,6 +69,9 @@ enum Command {
         #[command(subcommand)]
         action: dlq::Action,
     },
+    /// "Run Now": send one application every record it may receive as Sync<Noun> (through
+    /// the running service when it holds the store).
+    Resync(resync::Args),
 }
 
 fn init_logging(format: LogFormat) {
@@ -96,6 +100,7 @@ pub fn main() -> ExitCode {
         Command::Publish(args) => publish::run(args),
         Command::Parked { action } => parked::run(action),
         Command::Dlq { action } => dlq::run(action),
+        Command::Resync(args) => resync::run(args),
     };
     match result {
         Ok(code) => code,

@@ -1,5 +1,6 @@
 //! `bodflow run`: the broker service (DESIGN §4, §5.3, §5.5). Opens the store, binds the
-//! HTTP endpoint on `http.listen` (a busy address fails the start), then hands over to
+//! HTTP endpoint on `http.listen` (a busy address fails the start; it also takes
+//! `POST /resync`, and the configured resync schedules run beside it), then hands over to
 //! [`crate::amqp::run_with`] with SIGINT/SIGTERM as its shutdown; exit 0 after a clean stop.
 //!
 //! Shutdown order: stop consuming → finish the group in flight → drain the outbox → flush
@@ -80,11 +81,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         readiness.set_store_open(true);
         tracing::info!(listen = %listener.local_addr()?, "Serving /metrics, /healthz, /readyz");
         let stop_http = tokio_util::sync::CancellationToken::new();
-        let http = tokio::spawn(telemetry::http::serve(
+        let admin = crate::admin::Admin::new(pipeline.clone());
+        let http = tokio::spawn(telemetry::http::serve_router(
             listener,
-            readiness.clone(),
+            telemetry::http::router(readiness.clone()).merge(crate::admin::router(admin.clone())),
             stop_http.clone(),
         ));
+        let schedules = tokio::spawn(crate::admin::schedules(admin, stop_http.clone()));
         let sampler = tokio::spawn(telemetry::sample(
             pipeline.store.clone(),
             SAMPLE_EVERY,
@@ -94,6 +97,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         readiness.set_store_open(false);
         stop_http.cancel();
         let _ = sampler.await;
+        let _ = schedules.await;
         match http.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server failed"),

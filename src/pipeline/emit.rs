@@ -48,6 +48,18 @@ impl<'a> Emitter<'a> {
         self.outputs
     }
 
+    /// Continues the BODID numbering of an earlier emitter of the same message id (a resync
+    /// writes its rows over several transactions).
+    pub fn numbered_from(mut self, count: u32) -> Self {
+        self.count = count;
+        self
+    }
+
+    /// BODIDs numbered so far.
+    pub fn emitted(&self) -> u32 {
+        self.count
+    }
+
     fn next_bod_id(&mut self) -> String {
         self.count += 1;
         format!("bodflow:{}:{}", self.digest, self.count)
@@ -295,93 +307,116 @@ impl<'a> Emitter<'a> {
         if record.placeholder || (record.deleted && !deleted) {
             return Ok(());
         }
-        let employer = match (&record.account, record.kind) {
-            (Some(acc), Kind::Contact) => tx.record(acc)?,
-            _ => None,
-        };
+        let employer = self.employer_of(tx, record)?;
         for (i, app) in self.config.applications.iter().enumerate() {
             if i == sender || !app.active {
                 continue;
             }
-            let outbound = app.flows_for(record.kind.noun()).outbound;
-            let xref = record.xref_for(&app.logical_id);
-            let action = match (deleted, xref) {
-                (true, None) => continue,
-                (true, Some(_)) if outbound.delete.0 == DeleteMode::Off => continue,
-                (true, Some(_)) => "Delete",
-                (false, Some(_)) if !outbound.update => continue,
-                (false, Some(_)) => "Change",
-                (false, None) if !outbound.create => continue,
-                (false, None) => "Add",
-            };
-            let fields = select_fields(&record.fields, outbound.fields.as_deref());
-            let ids = vec![OutId {
-                value: xref.map(|x| x.id.as_str()).unwrap_or(""),
-                accounting_entity: xref.map(|x| x.accounting_entity.as_str()),
-                lid: Some(app.logical_id.as_str()),
-                variation: Some(record.revision.to_string()),
-                scheme_name: None,
-            }];
-            // The receiver's ID of the account; for an account it was only told about (its
-            // Add went out with an empty ID), the hub ID, marked as such.
-            let employer_id = employer
-                .as_ref()
-                .map(|acc| match acc.xref_for(&app.logical_id) {
-                    Some(x) => OutId {
-                        value: x.id.as_str(),
-                        accounting_entity: Some(x.accounting_entity.as_str()),
-                        lid: Some(app.logical_id.as_str()),
-                        variation: None,
-                        scheme_name: None,
-                    },
-                    None => OutId {
-                        value: acc.id.as_str(),
-                        accounting_entity: None,
-                        lid: Some(self.config.hub.logical_id.as_str()),
-                        variation: None,
-                        scheme_name: Some(HUB_ID_SCHEME),
-                    },
-                });
-            let sales_person = match (&app.sales_person_role, record.kind) {
-                (Some(role), Kind::Account) => record
-                    .owner
-                    .owner
-                    .as_deref()
-                    .and_then(|o| self.config.user(o))
-                    .and_then(|u| u.personnel_number.as_deref())
-                    .map(|p| (p, role.as_str())),
-                _ => None,
-            };
-            let noun = NounOut {
-                ids,
-                fields: &fields,
-                country: receiver_country(record, app),
-                language: &app.language_code,
-                employer: employer_id,
-                sales_person,
-                hub_id: &record.id,
-            };
-            let bod_id = self.next_bod_id();
-            let xml = write::sync_noun(
-                &self.envelope(&bod_id, xref.map(|x| x.accounting_entity.as_str())),
-                "Sync",
-                record.kind,
-                action,
-                &noun,
-            );
-            let row = OutboxRow {
-                kind: format!("Sync{}", record.kind.noun()),
-                to: app.logical_id.clone(),
-                reply_to: None,
-                bod_id,
-                correlation_id: self.ctx.message_id.clone(),
-                document_name: format!("Sync.{}", record.kind.noun()),
-                tenant: self.tenant().map(str::to_string),
-                xml,
-            };
-            self.push(tx, row)?;
+            self.sync_to(tx, app, record, employer.as_ref(), deleted)?;
         }
         Ok(())
+    }
+
+    /// The account a contact belongs to (what its `EmployerReference` names), if any.
+    pub fn employer_of(
+        &self,
+        tx: &crate::store::Tx<'_>,
+        record: &HubRecord,
+    ) -> TxResult<Option<HubRecord>> {
+        match (&record.account, record.kind) {
+            (Some(acc), Kind::Contact) => tx.record(acc),
+            _ => Ok(None),
+        }
+    }
+
+    /// `Sync<Noun>` of `record` to one application, if its outbound flow takes it: in its
+    /// cross-reference ID (`Change`; empty with `Add` for a record it has never seen), its
+    /// country format and language, its outbound `fields`. Returns whether a row was written.
+    /// Used by [`Emitter::fan_out`] and by resync, so both send exactly the same documents.
+    pub fn sync_to(
+        &mut self,
+        tx: &crate::store::Tx<'_>,
+        app: &Application,
+        record: &HubRecord,
+        employer: Option<&HubRecord>,
+        deleted: bool,
+    ) -> TxResult<bool> {
+        let outbound = app.flows_for(record.kind.noun()).outbound;
+        let xref = record.xref_for(&app.logical_id);
+        let action = match (deleted, xref) {
+            (true, None) => return Ok(false),
+            (true, Some(_)) if outbound.delete.0 == DeleteMode::Off => return Ok(false),
+            (true, Some(_)) => "Delete",
+            (false, Some(_)) if !outbound.update => return Ok(false),
+            (false, Some(_)) => "Change",
+            (false, None) if !outbound.create => return Ok(false),
+            (false, None) => "Add",
+        };
+        let fields = select_fields(&record.fields, outbound.fields.as_deref());
+        let ids = vec![OutId {
+            value: xref.map(|x| x.id.as_str()).unwrap_or(""),
+            accounting_entity: xref.map(|x| x.accounting_entity.as_str()),
+            lid: Some(app.logical_id.as_str()),
+            variation: Some(record.revision.to_string()),
+            scheme_name: None,
+        }];
+        // The receiver's ID of the account; for an account it was only told about (its
+        // Add went out with an empty ID), the hub ID, marked as such.
+        let employer_id = employer.map(|acc| match acc.xref_for(&app.logical_id) {
+            Some(x) => OutId {
+                value: x.id.as_str(),
+                accounting_entity: Some(x.accounting_entity.as_str()),
+                lid: Some(app.logical_id.as_str()),
+                variation: None,
+                scheme_name: None,
+            },
+            None => OutId {
+                value: acc.id.as_str(),
+                accounting_entity: None,
+                lid: Some(self.config.hub.logical_id.as_str()),
+                variation: None,
+                scheme_name: Some(HUB_ID_SCHEME),
+            },
+        });
+        let sales_person = match (&app.sales_person_role, record.kind) {
+            (Some(role), Kind::Account) => record
+                .owner
+                .owner
+                .as_deref()
+                .and_then(|o| self.config.user(o))
+                .and_then(|u| u.personnel_number.as_deref())
+                .map(|p| (p, role.as_str())),
+            _ => None,
+        };
+        let noun = NounOut {
+            ids,
+            fields: &fields,
+            country: receiver_country(record, app),
+            language: &app.language_code,
+            employer: employer_id,
+            sales_person,
+            hub_id: &record.id,
+        };
+        let bod_id = self.next_bod_id();
+        let xml = write::sync_noun(
+            &self.envelope(&bod_id, xref.map(|x| x.accounting_entity.as_str())),
+            "Sync",
+            record.kind,
+            action,
+            &noun,
+        );
+        let row = OutboxRow {
+            kind: format!("Sync{}", record.kind.noun()),
+            to: app.logical_id.clone(),
+            reply_to: None,
+            bod_id,
+            correlation_id: self.ctx.message_id.clone(),
+            document_name: format!("Sync.{}", record.kind.noun()),
+            tenant: self.tenant().map(str::to_string),
+            xml,
+        };
+        self.push(tx, row)?;
+        Ok(true)
     }
 }
 

@@ -12,6 +12,7 @@
 pub mod country;
 pub mod emit;
 pub mod owner;
+pub mod resync;
 pub mod upsert;
 pub mod validate;
 

@@ -55,6 +55,11 @@ impl StoreError {
             StoreError::Corrupt { .. } => "store_corrupt",
         }
     }
+
+    /// The store is held by another process (sled allows one per store: a running service).
+    pub fn is_locked(&self) -> bool {
+        matches!(self, StoreError::Io(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock"))
+    }
 }
 
 /// Result inside a transaction.
@@ -504,6 +509,28 @@ impl Store {
     /// Parked documents in parking order.
     pub fn parked(&self) -> impl Iterator<Item = Result<Parked, StoreError>> + '_ {
         self.scan::<Parked>(b'p').map(|r| r.map(|(_, v)| v))
+    }
+
+    /// Hub IDs of the records of one kind, in hub-ID order (keys only: cheap to count and to
+    /// walk while records change underneath).
+    pub fn record_ids(&self, kind: Kind) -> impl Iterator<Item = Result<String, StoreError>> + '_ {
+        let prefix = key(b'r', &[&format!("{}-", kind.prefix())]);
+        self.hub.scan_prefix(prefix).keys().map(|k| {
+            let k = k?;
+            Ok(String::from_utf8_lossy(k.get(1..).unwrap_or_default()).into_owned())
+        })
+    }
+
+    /// A small named value kept beside the data (e.g. when a resync last ran).
+    pub fn meta(&self, name: &str) -> Result<Option<String>, StoreError> {
+        let k = key(b's', &["meta", name]);
+        self.hub.get(&k)?.map(|v| decode(&k, &v)).transpose()
+    }
+
+    pub fn set_meta(&self, name: &str, value: &str) -> Result<(), StoreError> {
+        self.hub
+            .insert(key(b's', &["meta", name]), encode(&value))?;
+        Ok(())
     }
 }
 

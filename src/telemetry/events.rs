@@ -286,6 +286,61 @@ impl Event for AmqpDisconnected<'_> {
     }
 }
 
+/// A resync ("Run Now") finished: INFO, since an operator or a schedule asked for it.
+pub struct ResyncFinished<'a> {
+    pub summary: &'a crate::pipeline::resync::Summary,
+}
+
+impl Event for ResyncFinished<'_> {
+    fn emit(self) {
+        let s = self.summary;
+        tracing::info!(
+            application = %s.application,
+            run = %s.run,
+            trigger = s.trigger.as_str(),
+            accounts_sent = s.accounts.sent,
+            contacts_sent = s.contacts.sent,
+            added = s.accounts.added + s.contacts.added,
+            skipped = s.accounts.skipped_deleted + s.accounts.skipped_flow
+                + s.contacts.skipped_deleted + s.contacts.skipped_flow,
+            seconds = s.seconds,
+            "Resync finished"
+        );
+        let m = metrics();
+        m.resync_runs
+            .with_label_values(&[&s.application, s.trigger.as_str(), "finished"])
+            .inc();
+        m.resync_syncs
+            .with_label_values(&[&s.application])
+            .inc_by(s.sent());
+    }
+}
+
+/// A resync could not start or stopped on an error (WARN).
+pub struct ResyncFailed<'a> {
+    /// The application's logical ID as configured; `other` for one that is not.
+    pub application: &'a str,
+    pub trigger: &'static str,
+    pub code: &'static str,
+    pub error: &'a dyn std::fmt::Display,
+}
+
+impl Event for ResyncFailed<'_> {
+    fn emit(self) {
+        tracing::warn!(
+            application = self.application,
+            trigger = self.trigger,
+            code = self.code,
+            error = %self.error,
+            "Resync failed"
+        );
+        metrics()
+            .resync_runs
+            .with_label_values(&[self.application, self.trigger, self.code])
+            .inc();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -53,7 +53,16 @@ pub async fn serve(
     readiness: Readiness,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(readiness))
+    serve_router(listener, router(readiness), stop).await
+}
+
+/// Serves `app` ([`router`] merged with the service's admin routes) until `stop` is cancelled.
+pub async fn serve_router(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, app)
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await
 }

@@ -44,6 +44,8 @@ pub struct Metrics {
     pub(crate) redeliveries: IntCounter,
     pub(crate) store_flush: Histogram,
     pub(crate) store_size: IntGauge,
+    pub(crate) resync_runs: IntCounterVec,
+    pub(crate) resync_syncs: IntCounterVec,
 }
 
 /// Latency buckets from 100 µs to ~13 s (×2.2 per bucket).
@@ -146,6 +148,20 @@ impl Metrics {
             store_size: reg(
                 &registry,
                 IntGauge::new("bodflow_store_size_bytes", "Store size on disk (sampled).")?,
+            )?,
+            resync_runs: reg(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new("bodflow_resync_runs_total", "Resyncs, by application (logical ID), trigger (cli, http, schedule) and outcome (finished or an error code)."),
+                    &["application", "trigger", "outcome"],
+                )?,
+            )?,
+            resync_syncs: reg(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new("bodflow_resync_syncs_total", "Sync<Noun> documents written by resyncs, by application (logical ID)."),
+                    &["application"],
+                )?,
             )?,
             registry,
         })
