@@ -133,7 +133,9 @@ impl Inputs {
 }
 
 /// `*.xml` files under each path (recursively), each folder's files in name order; plain file
-/// arguments are taken as they are.
+/// arguments are taken as they are. A sub-folder with a `bodflow.toml` of its own is a
+/// separate scenario with its own applications (`fixtures/scenarios/<name>/`): it is not
+/// entered, only named directly.
 pub fn collect_inputs(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for p in paths {
@@ -156,7 +158,9 @@ fn walk(dir: &std::path::Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
     entries.sort();
     for p in entries {
         if p.is_dir() {
-            walk(&p, out)?;
+            if !p.join("bodflow.toml").is_file() {
+                walk(&p, out)?;
+            }
         } else if p.extension().is_some_and(|e| e.eq_ignore_ascii_case("xml")) {
             out.push(p);
         }

@@ -46,6 +46,9 @@ pub struct Select {
     /// JSON lines instead of text.
     #[arg(long)]
     json: bool,
+    /// Processing time written into emitted BODs (RFC 3339), for reproducible output.
+    #[arg(long, hide = true)]
+    now: Option<chrono::DateTime<Utc>>,
 }
 
 impl Select {
@@ -100,7 +103,7 @@ pub fn run(action: Action) -> anyhow::Result<ExitCode> {
         Action::Release(_) => {
             let pipeline = Pipeline::new(Arc::new(config), Arc::new(store))?;
             for p in &chosen {
-                let report = pipeline.release(p, Utc::now())?;
+                let report = pipeline.release(p, select.now.unwrap_or_else(Utc::now))?;
                 if select.json {
                     serde_json::to_writer(&mut out, &report)?;
                     writeln!(out)?;

@@ -98,10 +98,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         ProgressStyle::with_template("resync {bar:40} {pos}/{len} records {per_sec} eta {eta}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let mut written = 0usize;
+    let mut written: Vec<String> = Vec::new();
     while let Some(outputs) = run.next_chunk()? {
         if let Some(out) = &args.out {
-            written += write_and_remove(&pipeline.store, &outputs, out)?;
+            written.extend(write_and_remove(&pipeline.store, &outputs, out)?);
         }
         progress.set_position(run.done());
     }
@@ -129,7 +129,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         None
     };
     pipeline.store.flush()?;
-    print(&summary, args.json, published, args.out.as_deref(), written)?;
+    print(
+        &summary,
+        args.json,
+        published,
+        args.out.as_deref(),
+        &written,
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -149,30 +155,33 @@ fn through_service(config: &Config, args: &Args, nouns: &[Kind]) -> anyhow::Resu
     let result = crate::admin::resync_over_http(listen, &args.application, nouns);
     spinner.finish_and_clear();
     let summary = result.map_err(anyhow::Error::msg)?;
-    print(&summary, args.json, None, None, 0)?;
+    print(&summary, args.json, None, None, &[])?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// Writes a chunk's rows as `resync.<n>.<Kind>.xml` (n: the BODID's number) and takes them out of the outbox.
-fn write_and_remove(store: &Store, outputs: &[OutputReport], dir: &Path) -> anyhow::Result<usize> {
+/// Writes a chunk's rows as `resync-<run>.<n>.<Kind>.xml` (run: the resync's number, n: the
+/// BODID's) and takes them out of the outbox; returns the files written.
+fn write_and_remove(
+    store: &Store,
+    outputs: &[OutputReport],
+    dir: &Path,
+) -> anyhow::Result<Vec<String>> {
     let mut seqs = Vec::with_capacity(outputs.len());
+    let mut files = Vec::with_capacity(outputs.len());
     for o in outputs {
         let Some(row) = store.outbox_row(o.seq)? else {
             continue;
         };
-        let n = row
-            .bod_id
-            .rsplit(':')
-            .next()
-            .unwrap_or_default()
-            .to_string();
-        let file = dir.join(format!("resync.{n}.{}.xml", row.kind));
+        let run = row.correlation_id.split(':').nth(1).unwrap_or_default();
+        let n = row.bod_id.rsplit(':').next().unwrap_or_default();
+        let file = dir.join(format!("resync-{run}.{n}.{}.xml", row.kind));
         std::fs::write(&file, row.xml.as_bytes())
             .with_context(|| format!("writing {}", file.display()))?;
+        files.push(file.display().to_string());
         seqs.push(o.seq);
     }
     store.remove_outbox(&seqs)?;
-    Ok(seqs.len())
+    Ok(files)
 }
 
 fn print(
@@ -180,10 +189,17 @@ fn print(
     json: bool,
     published: Option<usize>,
     out: Option<&Path>,
-    written: usize,
+    written: &[String],
 ) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string(summary)?);
+        let mut value = serde_json::to_value(summary)?;
+        if let (Some(map), Some(_)) = (value.as_object_mut(), out) {
+            map.insert("files".into(), serde_json::json!(written));
+        }
+        if let (Some(map), Some(n)) = (value.as_object_mut(), published) {
+            map.insert("published".into(), serde_json::json!(n));
+        }
+        println!("{value}");
         return Ok(());
     }
     let line = |what: &str, c: &crate::pipeline::resync::NounCount| {
@@ -203,7 +219,7 @@ fn print(
     println!("  {}", line("accounts", &summary.accounts));
     println!("  {}", line("contacts", &summary.contacts));
     match (published, out) {
-        (_, Some(dir)) => println!("  {written} documents written to {}", dir.display()),
+        (_, Some(dir)) => println!("  {} documents written to {}", written.len(), dir.display()),
         (Some(n), None) => println!("  {n} outbox rows published to the broker"),
         (None, None) if summary.trigger == Trigger::Http => {
             println!("  the service's publisher sends them")

@@ -1,0 +1,550 @@
+//! Scenario tests (issue 5 item 8): one folder per source system under `fixtures/scenarios/`,
+//! each a story told in numbered steps against one store, with the expected results as golden
+//! files beside it.
+//!
+//! A scenario folder holds:
+//! - `bodflow.toml`: the configuration the story starts with;
+//! - numbered steps, run in name order with the `bodflow` binary on one `--store`:
+//!   - `NNN-*.xml`: a BOD, `bodflow replay FILE --json --out OUT`;
+//!   - `NNN-*.toml`: a configuration change — from this step on the story runs under this
+//!     whole file (an application re-activated, a flow switched off, ...);
+//!   - `NNN-*.cmd`: an operator command: `#` lines say why, the other line is what follows
+//!     `bodflow` (`parked release --reason inactive_application --json --now {now}`); the
+//!     harness adds `--store` and `--config`, and fills `{now}` and `{out}`;
+//! - `expected/`: the golden files — `steps.txt` (each step's output: the replay JSON lines,
+//!   the command's output), `records.jsonl` (the final hub records with their
+//!   cross-references), `parked.jsonl` (what is still parked) and `out/` (every emitted BOD:
+//!   a replay's own `--out` files, or what a command left in the outbox, named after its step).
+//!
+//! Every scenario is compared with its golden files (readable diffs) and every emitted BOD is
+//! validated with `xmllint --schema` against `schemas/` by [`every_scenario_matches_its_golden_files_and_schemas`];
+//! adding a scenario is adding a folder and blessing it:
+//! `BODFLOW_BLESS=1 cargo test --test scenarios`, then review `git diff fixtures/scenarios`.
+//! The named tests below then assert each scenario's key facts explicitly, so a reader sees
+//! what the golden files prove. Each scenario runs once per test process (cached).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use bodflow::store::{HubRecord, Kind, Parked, Store};
+use serde_json::Value;
+
+mod common;
+
+/// The processing time written into every emitted BOD, so the output is reproducible.
+const NOW: &str = "2026-01-01T00:00:00Z";
+
+fn scenarios_dir() -> PathBuf {
+    common::root().join("fixtures/scenarios")
+}
+
+/// One step's file and what it printed.
+struct StepOutput {
+    file: String,
+    /// JSON lines of a replay or a `--json` command; empty for a configuration step.
+    json: Vec<Value>,
+    /// Documents a command left in the outbox: (file name under `out`, receiver).
+    outbox: Vec<(String, String)>,
+}
+
+/// A scenario after all its steps.
+struct Run {
+    name: String,
+    steps: Vec<StepOutput>,
+    /// `steps.txt` as produced.
+    transcript: String,
+    records: Vec<HubRecord>,
+    parked: Vec<Parked>,
+    /// Emitted documents: file name → text.
+    emitted: BTreeMap<String, String>,
+    /// Where the emitted documents are (for xmllint).
+    out: tempfile::TempDir,
+}
+
+impl Run {
+    /// The step whose file name starts with `prefix` (`"030"`).
+    fn step(&self, prefix: &str) -> &StepOutput {
+        self.steps
+            .iter()
+            .find(|s| s.file.starts_with(prefix))
+            .unwrap_or_else(|| panic!("{}: no step {prefix}", self.name))
+    }
+
+    /// The first JSON line of a step (a replay's report).
+    fn report(&self, prefix: &str) -> &Value {
+        self.step(prefix)
+            .json
+            .first()
+            .unwrap_or_else(|| panic!("{}: step {prefix} printed no JSON", self.name))
+    }
+
+    fn record(&self, id: &str) -> &HubRecord {
+        self.records
+            .iter()
+            .find(|r| r.id == id)
+            .unwrap_or_else(|| panic!("{}: no record {id}", self.name))
+    }
+
+    /// Live records of a kind whose display name is `name`.
+    fn named(&self, kind: Kind, name: &str) -> Vec<&HubRecord> {
+        self.records
+            .iter()
+            .filter(|r| r.kind == kind && !r.deleted && r.display_name() == name)
+            .collect()
+    }
+
+    /// The documents a step emitted to `to` (a logical ID), as text.
+    fn emitted_to(&self, prefix: &str, to: &str) -> Vec<&str> {
+        let step = self.step(prefix);
+        step.json
+            .iter()
+            .flat_map(|line| line["outputs"].as_array().cloned().unwrap_or_default())
+            .filter(|o| o["to"] == to)
+            .filter_map(|o| {
+                o["file"]
+                    .as_str()
+                    .map(|f| f.trim_start_matches("out/").to_string())
+            })
+            // A resync's files (`--out`) all go to its one application.
+            .chain(
+                step.json
+                    .iter()
+                    .filter(|line| line["application"] == to)
+                    .flat_map(|line| line["files"].as_array().cloned().unwrap_or_default())
+                    .filter_map(|f| f.as_str().map(|f| f.trim_start_matches("out/").to_string())),
+            )
+            .chain(
+                step.outbox
+                    .iter()
+                    .filter(|(_, t)| t == to)
+                    .map(|(f, _)| f.clone()),
+            )
+            .map(|f| self.emitted[&f].as_str())
+            .collect()
+    }
+}
+
+/// Runs (once per process) the scenario in `fixtures/scenarios/<name>`.
+fn scenario(name: &str) -> Arc<Run> {
+    static RUNS: OnceLock<Mutex<BTreeMap<String, Arc<OnceLock<Arc<Run>>>>>> = OnceLock::new();
+    let cell = RUNS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap()
+        .entry(name.to_string())
+        .or_default()
+        .clone();
+    cell.get_or_init(|| Arc::new(run_scenario(name))).clone()
+}
+
+fn run_scenario(name: &str) -> Run {
+    let dir = scenarios_dir().join(name);
+    assert!(
+        dir.join("bodflow.toml").is_file(),
+        "{}: a scenario needs its bodflow.toml",
+        dir.display()
+    );
+    let work = tempfile::tempdir().unwrap();
+    let store = work.path().join("store");
+    let out = tempfile::tempdir().unwrap();
+    let mut config = dir.join("bodflow.toml");
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|f| f.starts_with(|c: char| c.is_ascii_digit()))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "{name}: no numbered steps");
+
+    let mut steps = Vec::new();
+    let mut transcript = String::new();
+    for file in files {
+        let path = dir.join(&file);
+        let stem = file
+            .rsplit_once('.')
+            .map_or(file.as_str(), |(s, _)| s)
+            .to_string();
+        let stdout = match path.extension().and_then(|e| e.to_str()) {
+            Some("xml") => {
+                transcript.push_str(&format!("## {file}\n"));
+                run_bodflow(
+                    &dir,
+                    &[
+                        "replay".into(),
+                        file.clone(),
+                        "--json".into(),
+                        "--now".into(),
+                        NOW.into(),
+                        "--out".into(),
+                        out.path().display().to_string(),
+                    ],
+                    &store,
+                    &config,
+                )
+            }
+            Some("toml") => {
+                transcript.push_str(&format!("## {file}: the configuration from here on\n"));
+                config = path.clone();
+                String::new()
+            }
+            Some("cmd") => {
+                let text = std::fs::read_to_string(&path).unwrap();
+                let line = text
+                    .lines()
+                    .map(str::trim)
+                    .find(|l| !l.is_empty() && !l.starts_with('#'))
+                    .unwrap_or_else(|| panic!("{file}: no command line"));
+                transcript.push_str(&format!("## {file}: bodflow {line}\n"));
+                let args: Vec<String> = line
+                    .split_whitespace()
+                    .map(|a| {
+                        a.replace("{now}", NOW)
+                            .replace("{out}", &out.path().display().to_string())
+                    })
+                    .collect();
+                run_bodflow(&dir, &args, &store, &config)
+            }
+            _ => panic!("{name}/{file}: a step is .xml, .toml or .cmd"),
+        };
+        // What a command left in the outbox is what the service would publish: take it out,
+        // named after the step, its receiver noted in the transcript.
+        let outbox = drain_outbox(&store, out.path(), &stem);
+        let stdout = stdout.replace(&format!("{}/", out.path().display()), "out/");
+        let json: Vec<Value> = stdout
+            .lines()
+            .filter(|l| l.starts_with('{'))
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{file}: {e}: {l}")))
+            .collect();
+        transcript.push_str(&stdout);
+        for (f, to) in &outbox {
+            transcript.push_str(&format!("outbox: out/{f} -> {to}\n"));
+        }
+        steps.push(StepOutput { file, json, outbox });
+    }
+
+    let db = Store::open(&store).unwrap();
+    let records: Vec<HubRecord> = db.records().map(Result::unwrap).collect();
+    let parked: Vec<Parked> = db.parked().map(Result::unwrap).collect();
+    drop(db);
+    let emitted = list(out.path())
+        .into_iter()
+        .map(|f| {
+            let text = std::fs::read_to_string(out.path().join(&f)).unwrap();
+            (f, text)
+        })
+        .collect();
+    Run {
+        name: name.to_string(),
+        steps,
+        transcript,
+        records,
+        parked,
+        emitted,
+        out,
+    }
+}
+
+fn list(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// `bodflow ARGS --store STORE --config CONFIG` in the scenario folder; its stdout. A failed
+/// command fails the scenario.
+fn run_bodflow(dir: &Path, args: &[String], store: &Path, config: &Path) -> String {
+    let out = common::bodflow()
+        .current_dir(dir)
+        .args(args)
+        .arg("--store")
+        .arg(store)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "bodflow {args:?} failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Writes the outbox rows left after a step as `<stem>.<n>.<Kind>.xml` and removes them, as
+/// the service's publisher would; returns (file, receiver) of each.
+fn drain_outbox(store: &Path, out: &Path, stem: &str) -> Vec<(String, String)> {
+    if !store.exists() {
+        return Vec::new();
+    }
+    let db = Store::open(store).unwrap();
+    let rows: Vec<(u64, bodflow::store::OutboxRow)> = db.outbox().map(Result::unwrap).collect();
+    let mut written = Vec::new();
+    for (n, (_, row)) in rows.iter().enumerate() {
+        let file = format!("{stem}.{}.{}.xml", n + 1, row.kind);
+        std::fs::write(out.join(&file), &row.xml).unwrap();
+        written.push((file, row.reply_to.clone().unwrap_or_else(|| row.to.clone())));
+    }
+    let seqs: Vec<u64> = rows.iter().map(|(s, _)| *s).collect();
+    db.remove_outbox(&seqs).unwrap();
+    db.flush().unwrap();
+    written
+}
+
+fn records_jsonl(records: &[HubRecord]) -> String {
+    records
+        .iter()
+        .map(|r| serde_json::to_string(r).unwrap() + "\n")
+        .collect()
+}
+
+fn parked_jsonl(parked: &[Parked]) -> String {
+    parked
+        .iter()
+        .map(|p| {
+            serde_json::json!({
+                "seq": p.seq, "reason": p.reason.code(), "application": p.application,
+                "key": p.key.as_ref().map(|k| k.display()), "message_id": p.message_id,
+                "source": p.source,
+            })
+            .to_string()
+                + "\n"
+        })
+        .collect()
+}
+
+fn diff(name: &str, expected: &str, actual: &str) -> String {
+    let d = similar::TextDiff::from_lines(expected, actual);
+    format!(
+        "--- {name} (golden)\n+++ {name} (actual)\n{}",
+        d.unified_diff().context_radius(2)
+    )
+}
+
+/// Compares a run with `expected/` (or writes it with `BODFLOW_BLESS`); returns the problems.
+fn compare_with_golden(run: &Run) -> Vec<String> {
+    let expected = scenarios_dir().join(&run.name).join("expected");
+    let files = [
+        ("steps.txt", run.transcript.clone()),
+        ("records.jsonl", records_jsonl(&run.records)),
+        ("parked.jsonl", parked_jsonl(&run.parked)),
+    ];
+    if std::env::var_os("BODFLOW_BLESS").is_some() {
+        let _ = std::fs::remove_dir_all(&expected);
+        std::fs::create_dir_all(expected.join("out")).unwrap();
+        for (name, text) in &files {
+            std::fs::write(expected.join(name), text).unwrap();
+        }
+        for (name, text) in &run.emitted {
+            std::fs::write(expected.join("out").join(name), text).unwrap();
+        }
+        eprintln!(
+            "blessed {}: {} steps, {} records, {} parked, {} documents",
+            run.name,
+            run.steps.len(),
+            run.records.len(),
+            run.parked.len(),
+            run.emitted.len()
+        );
+        return Vec::new();
+    }
+    let mut problems = Vec::new();
+    for (name, actual) in &files {
+        match std::fs::read_to_string(expected.join(name)) {
+            Ok(golden) if golden == *actual => {}
+            Ok(golden) => problems.push(diff(name, &golden, actual)),
+            Err(_) => problems.push(format!(
+                "{}/expected/{name} missing: bless with BODFLOW_BLESS=1",
+                run.name
+            )),
+        }
+    }
+    let golden_out: BTreeMap<String, String> = std::fs::read_dir(expected.join("out"))
+        .map(|entries| {
+            entries
+                .map(|e| e.unwrap())
+                .map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    (name, std::fs::read_to_string(e.path()).unwrap())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    for (name, text) in &golden_out {
+        match run.emitted.get(name) {
+            Some(actual) if actual == text => {}
+            Some(actual) => problems.push(diff(&format!("out/{name}"), text, actual)),
+            None => problems.push(format!("out/{name}: expected but not emitted")),
+        }
+    }
+    for name in run.emitted.keys().filter(|n| !golden_out.contains_key(*n)) {
+        problems.push(format!("out/{name}: emitted but not in expected/out"));
+    }
+    problems
+}
+
+fn scenario_names() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(scenarios_dir())
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.path().join("bodflow.toml").is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn every_scenario_matches_its_golden_files_and_schemas() {
+    common::require_xmllint();
+    let names = scenario_names();
+    assert!(names.len() >= 1, "scenarios: {names:?}");
+    let mut problems = Vec::new();
+    for name in &names {
+        let run = scenario(name);
+        for p in compare_with_golden(&run) {
+            problems.push(format!("[{name}] {p}"));
+        }
+        let by_kind = common::emitted_by_kind(run.out.path());
+        assert!(!by_kind.is_empty(), "{name} emitted nothing");
+        for p in common::xmllint_validate_by_kind(common::schema_for_kind, &by_kind) {
+            problems.push(format!("[{name}] schema: {p}"));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "scenario output differs from fixtures/scenarios/*/expected (bless with BODFLOW_BLESS=1 if intended) or does not validate:\n{}",
+        problems.join("\n")
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The key facts of each scenario, asserted one by one.
+// ---------------------------------------------------------------------------------------------
+
+fn outcome(report: &Value) -> (&str, &str) {
+    (
+        report["outcome"].as_str().unwrap_or(""),
+        report["action"].as_str().unwrap_or(""),
+    )
+}
+
+fn decisions(report: &Value) -> String {
+    report["decisions"].to_string()
+}
+
+fn xref<'a>(record: &'a HubRecord, application: &str) -> Option<&'a str> {
+    record.xref_for(application).map(|x| x.id.as_str())
+}
+
+const LN: &str = "lid://infor.ln.ln01";
+const CRM: &str = "lid://infor.crm.crm01";
+
+/// ERP back office into a CRM: default account for orphan contacts, default account manager
+/// and record owner, the sales-person role, ISO3 vs alternate country codes, an inactive back
+/// office that parks and releases on re-activation.
+#[test]
+fn erp_into_crm_orphans_owners_countries_and_an_inactive_back_office() {
+    const M3: &str = "lid://infor.m3.m3uk";
+    let run = scenario("erp-into-crm");
+
+    // The contact arrives before its account: kept on the LN-ORPHANS placeholder, which
+    // bodflow created on first use, with the intended parent remembered.
+    let r = run.report("010");
+    assert_eq!(outcome(r), ("applied", "created"));
+    assert!(
+        decisions(r).contains("kept on default account ACC-000001, re-linked when it arrives"),
+        "{r}"
+    );
+    let placeholder = run.record("ACC-000001");
+    assert!(placeholder.placeholder);
+    assert_eq!(
+        placeholder.fields.identity.account_number.as_deref(),
+        Some("LN-ORPHANS")
+    );
+    // ... and re-linked when the account arrives.
+    let r = run.report("020");
+    assert_eq!(outcome(r), ("applied", "created"));
+    assert!(
+        decisions(r).contains("re-linked waiting contacts CON-000001 to ACC-000002"),
+        "{r}"
+    );
+    let eva = run.record("CON-000001");
+    assert_eq!(eva.account.as_deref(), Some("ACC-000002"));
+    assert_eq!(eva.intended_parent, None);
+    // The placeholder exists only in the hub: no application is ever sent it.
+    assert!(
+        !run.emitted.values().any(|xml| xml.contains("LN-ORPHANS")),
+        "the placeholder account went out"
+    );
+
+    // Owner from the Internal sales person (personnel number 1001), who also becomes the
+    // account manager of the new account.
+    let nordwind = run.named(Kind::Account, "Nordwind Logistik GmbH");
+    assert_eq!(nordwind.len(), 1, "no duplicate account: {nordwind:?}");
+    let nordwind = nordwind[0];
+    assert_eq!(nordwind.owner.owner.as_deref(), Some("U-JSMITH"));
+    assert_eq!(nordwind.owner.account_manager.as_deref(), Some("U-JSMITH"));
+    // Only an External sales person: the role decides, so the defaults apply.
+    let alpenblick = run.named(Kind::Account, "Alpenblick Hotels GmbH")[0];
+    assert_eq!(alpenblick.owner.owner.as_deref(), Some("U-ADMIN"));
+    assert_eq!(
+        alpenblick.owner.account_manager.as_deref(),
+        Some("U-SALESTEAM")
+    );
+
+    // The CRM's answer links to the LN account by its number (no second account); the CRM
+    // does not master the owner, so its sales person is noted and ignored.
+    let r = run.report("040");
+    assert_eq!(outcome(r), ("applied", "linked"));
+    assert_eq!(xref(nordwind, CRM), Some("AKXW7B000411"));
+    assert_eq!(xref(nordwind, LN), Some("BP500100"));
+    assert!(decisions(r).contains("does not master identity, address, commercial, owner"));
+    // The CRM's contact links by e-mail, compared case-insensitively.
+    assert_eq!(outcome(run.report("050")), ("applied", "linked"));
+    assert_eq!(xref(eva, CRM), Some("CKXW7B000901"));
+    assert_eq!(run.named(Kind::Contact, "Eva Brandt").len(), 1);
+
+    // The inactive back office: parked, not rejected; nothing is sent to it meanwhile.
+    assert_eq!(outcome(run.report("060")), ("parked", ""));
+    assert!(run.emitted_to("020", M3).is_empty());
+    // Re-activated (070) and released (080): created, UK → GB, sent to LN as GBR.
+    let r = run.report("080");
+    assert_eq!(outcome(r), ("applied", "created"));
+    assert_eq!(r["country"], "GB");
+    assert!(decisions(r).contains("country UK→GB (alternate)"));
+    let to_ln = run.emitted_to("080", LN);
+    assert_eq!(to_ln.len(), 1);
+    assert!(to_ln[0].contains("<CountryCode>GBR</CountryCode>"));
+    assert!(run.parked.is_empty(), "still parked: {:?}", run.parked);
+
+    // ISO3 in, alternate out: LN's GBR is GB for the CRM and UK for M3, now active.
+    let to_crm = run.emitted_to("090", CRM);
+    let to_m3 = run.emitted_to("090", M3);
+    assert!(to_crm[0].contains("<CountryCode>GB</CountryCode>"));
+    assert!(to_m3[0].contains("<CountryCode>UK</CountryCode>"));
+    // M3 never saw it: an Add with an empty ID, so it can create the customer and answer.
+    assert!(to_m3[0].contains(r#"actionCode="Add""#));
+
+    // LN masters the address, not communication: the new address reaches the CRM, LN's new
+    // phone number does not replace the CRM's.
+    let to_crm = run.emitted_to("100", CRM);
+    assert!(to_crm[0].contains("Grosser Grasbrook 10"));
+    assert!(!to_crm[0].contains("+49 40 9999 0"));
+    assert!(to_crm[0].contains(r#"actionCode="Change""#));
+    assert!(to_crm[0].contains("AKXW7B000411"), "in the CRM's own ID");
+    assert_eq!(
+        nordwind
+            .fields
+            .address
+            .as_ref()
+            .and_then(|a| a.lines.first()),
+        Some(&"Grosser Grasbrook 10".to_string())
+    );
+}
