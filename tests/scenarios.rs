@@ -213,6 +213,17 @@ fn run_scenario(name: &str) -> Run {
         // named after the step, its receiver noted in the transcript.
         let outbox = drain_outbox(&store, out.path(), &stem);
         let stdout = stdout.replace(&format!("{}/", out.path().display()), "out/");
+        // A resync's duration is the one figure that differs between runs.
+        let stdout: String = stdout
+            .lines()
+            .map(|l| match serde_json::from_str::<Value>(l) {
+                Ok(mut v) if v.get("seconds").is_some() => {
+                    v["seconds"] = Value::from(0);
+                    v.to_string() + "\n"
+                }
+                _ => format!("{l}\n"),
+            })
+            .collect();
         let json: Vec<Value> = stdout
             .lines()
             .filter(|l| l.starts_with('{'))
@@ -547,4 +558,106 @@ fn erp_into_crm_orphans_owners_countries_and_an_inactive_back_office() {
             .and_then(|a| a.lines.first()),
         Some(&"Grosser Grasbrook 10".to_string())
     );
+}
+
+/// A marketing tool matching contacts by e-mail (trimmed, case-folded), with push/pull
+/// (inbound/outbound flows on and off), add-new vs update-existing (flow `create`/`update`),
+/// limited update fields (outbound `fields`, `masters`) and a resync of what it missed.
+#[test]
+fn marketing_tool_matches_by_email_with_push_pull_switches_and_limited_fields() {
+    const MARKETING: &str = "lid://acme.marketing";
+    let run = scenario("marketing-by-email");
+
+    // Accounts do not flow to the marketing tool; contacts do, without the address.
+    assert!(run.emitted_to("010", MARKETING).is_empty());
+    let to_marketing = run.emitted_to("020", MARKETING);
+    assert_eq!(to_marketing.len(), 1);
+    assert!(to_marketing[0].contains(r#"actionCode="Add""#));
+    assert!(to_marketing[0].contains("Eva.Lang@Alpine-Outdoor.example"));
+    assert!(
+        !to_marketing[0].contains("Bahnhofstrasse"),
+        "outbound fields = identity, communication: no address"
+    );
+
+    // "update existing only" (inbound create off): its record of Eva Lang, e-mail padded and
+    // in other case, links to the CRM's contact instead of creating a second one ...
+    let r = run.report("040");
+    assert_eq!(outcome(r), ("applied", "linked"));
+    assert_eq!(r["record"], "CON-000001");
+    assert!(decisions(r)
+        .contains(r#"linked to CON-000001 by email \"eva.lang@ALPINE-OUTDOOR.example\""#));
+    assert_eq!(
+        run.named(Kind::Contact, "E. Lang").len(),
+        0,
+        "its name is not mastered"
+    );
+    let eva = run.record("CON-000001");
+    assert_eq!(xref(eva, MARKETING), Some("MC-5501"));
+    // ... its mobile number (communication, which it masters) is taken ...
+    assert!(eva
+        .fields
+        .communication
+        .phones
+        .iter()
+        .any(|p| p.number == "+41 79 555 10 10"));
+    // ... and a contact nobody knows is not created.
+    let r = run.report("050");
+    assert_eq!(outcome(r), ("filtered", ""));
+    assert!(decisions(r).contains("inbound ContactMaster creates are off"));
+
+    // A CRM change reaches the marketing tool in its own ID, fields limited.
+    let to_marketing = run.emitted_to("060", MARKETING);
+    assert_eq!(to_marketing.len(), 1);
+    assert!(to_marketing[0].contains(">MC-5501</ID>"));
+    assert!(to_marketing[0].contains(r#"actionCode="Change""#));
+    assert!(to_marketing[0].contains("Head of Buying"));
+    assert!(!to_marketing[0].contains("Seestrasse"));
+    // The CRM no longer masters communication once the marketing tool is linked.
+    assert!(decisions(run.report("060")).contains("Infor CRM does not master communication"));
+
+    // Pull off (070): changes and new contacts are applied in the hub and not sent.
+    for step in ["080", "090"] {
+        assert_eq!(run.report(step)["outcome"], "applied");
+        assert!(run.emitted_to(step, MARKETING).is_empty(), "step {step}");
+    }
+    // Add new, no updates (100): the sign-up is created (owner: its default, no account) and
+    // goes to the CRM; an update of a contact it knows is filtered.
+    let r = run.report("110");
+    assert_eq!(outcome(r), ("applied", "created"));
+    let lea = run.named(Kind::Contact, "Lea Frei");
+    assert_eq!(lea.len(), 1);
+    assert_eq!(lea[0].owner.owner.as_deref(), Some("U-MARKETING"));
+    assert_eq!(lea[0].account, None);
+    assert_eq!(run.emitted_to("110", CRM).len(), 1);
+    let r = run.report("120");
+    assert_eq!(outcome(r), ("filtered", ""));
+    assert!(decisions(r).contains("inbound ContactMaster updates are off"));
+    assert!(!run
+        .record("CON-000001")
+        .fields
+        .communication
+        .phones
+        .iter()
+        .any(|p| p.number == "+41 79 555 99 99"));
+
+    // Resync: every contact it may receive, in its IDs — Changes for the two it knows (Eva
+    // with the name it missed while pull was off), Adds for the two it never answered.
+    let summary = run.report("130");
+    assert_eq!(summary["application"], MARKETING);
+    assert_eq!(summary["contacts"]["sent"], 4);
+    assert_eq!(summary["contacts"]["added"], 2);
+    assert_eq!(summary["accounts"]["records"], 0, "--noun ContactMaster");
+    let resent = run.emitted_to("130", MARKETING);
+    assert_eq!(resent.len(), 4);
+    let eva_again = resent
+        .iter()
+        .find(|x| x.contains(">MC-5501</ID>"))
+        .expect("Eva in the marketing tool's ID");
+    assert!(eva_again.contains("Lang-Meier") && eva_again.contains(r#"actionCode="Change""#));
+    let mia = resent
+        .iter()
+        .find(|x| x.contains("Mia Huber"))
+        .expect("the contact created while pull was off");
+    assert!(mia.contains(r#"actionCode="Add""#));
+    assert!(resent.iter().all(|x| !x.contains("Seestrasse")));
 }

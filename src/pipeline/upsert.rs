@@ -246,14 +246,8 @@ fn apply_item(
                 ),
             ));
         }
-        if !inbound.create {
-            return Ok(ItemResult::new(
-                Outcome::Filtered,
-                None,
-                None,
-                format!("inbound {noun} creates are off for {}", app.name),
-            ));
-        }
+        // Inbound `create` governs new records, `update` a match with an existing one (a
+        // link changes that record): an "update existing only" flow still links by match.
         return place_new(tx, config, ctx, doc, app, item, em);
     };
 
@@ -598,6 +592,19 @@ fn place_new(
     em: &mut Emitter<'_>,
 ) -> TxResult<ItemResult> {
     let policy = app.create_policy;
+    let inbound = app.flows_for(item.kind.noun()).inbound;
+    let creates_off = || {
+        Ok(ItemResult::new(
+            Outcome::Filtered,
+            None,
+            None,
+            format!(
+                "inbound {} creates are off for {}",
+                item.kind.noun(),
+                app.name
+            ),
+        ))
+    };
     let park = |reason: ParkReason, note: String| -> TxResult<ItemResult> {
         tx.park(Parked {
             seq: 0,
@@ -610,6 +617,14 @@ fn place_new(
         })?;
         Ok(ItemResult::new(Outcome::Parked, None, None, note))
     };
+    if !inbound.create
+        && !matches!(
+            policy,
+            CreatePolicy::MatchOrCreate | CreatePolicy::MatchOnly
+        )
+    {
+        return creates_off();
+    }
     match policy {
         CreatePolicy::Ignore => {
             return Ok(ItemResult::new(
@@ -641,7 +656,21 @@ fn place_new(
                         ),
                     )
                 }
+                0 if !inbound.create => return creates_off(),
                 0 => {}
+                1 if !inbound.update => {
+                    return Ok(ItemResult::new(
+                        Outcome::Filtered,
+                        None,
+                        Some(candidates[0].clone()),
+                        format!(
+                            "matches {} by {via}, but inbound {} updates are off for {}",
+                            candidates[0],
+                            item.kind.noun(),
+                            app.name
+                        ),
+                    ))
+                }
                 1 => {
                     let hub_id = &candidates[0];
                     return link(tx, config, doc, app, item, hub_id, &via, em);
