@@ -415,7 +415,7 @@ fn scenario_names() -> Vec<String> {
 fn every_scenario_matches_its_golden_files_and_schemas() {
     common::require_xmllint();
     let names = scenario_names();
-    assert!(names.len() >= 1, "scenarios: {names:?}");
+    assert!(names.len() >= 3, "scenarios: {names:?}");
     let mut problems = Vec::new();
     for name in &names {
         let run = scenario(name);
@@ -660,4 +660,101 @@ fn marketing_tool_matches_by_email_with_push_pull_switches_and_limited_fields() 
         .expect("the contact created while pull was off");
     assert!(mia.contains(r#"actionCode="Add""#));
     assert!(resent.iter().all(|x| !x.contains("Seestrasse")));
+}
+
+/// A CRM-first company: the ERP must not create accounts (match_only on account number), so
+/// its customer waits parked until the CRM account carries its number; then updates flow both
+/// ways, each side changing only what it masters; the CRM asks for auto-numbered accounts
+/// with ProcessCustomerPartyMaster.
+#[test]
+fn crm_first_erp_links_by_account_number_never_creates_and_autonumbers_via_process() {
+    let run = scenario("crm-first");
+
+    // The ERP's customer 100450 finds no account with its number: parked, not created.
+    let r = run.report("020");
+    assert_eq!(outcome(r), ("parked", ""));
+    assert!(decisions(r).contains("create_policy match_only, no record matches"));
+    // The CRM user types the number (030); the released document links (040).
+    let r = run.report("040");
+    assert_eq!(outcome(r), ("applied", "linked"));
+    assert!(decisions(r).contains(r#"linked to ACC-000001 by account_number \"100450\""#));
+    let helvetia = run.record("ACC-000001");
+    assert_eq!(xref(helvetia, LN), Some("100450"));
+    assert_eq!(xref(helvetia, CRM), Some("AKXW4D000120"));
+    // No duplicate account: the ERP's upper-case name created nothing.
+    assert_eq!(
+        run.records
+            .iter()
+            .filter(|r| r.kind == Kind::Account
+                && r.display_name().to_lowercase() == "helvetia feinmechanik ag")
+            .count(),
+        1
+    );
+    assert_eq!(
+        helvetia.fields.identity.name.as_deref(),
+        Some("Helvetia Feinmechanik AG"),
+        "the ERP does not master identity"
+    );
+
+    // ERP → CRM: LN's address and payment terms reach the CRM in the CRM's ID.
+    let to_crm = run.emitted_to("050", CRM);
+    assert_eq!(to_crm.len(), 1);
+    assert!(to_crm[0].contains(">AKXW4D000120</ID>") && to_crm[0].contains("Technikumstrasse 2"));
+    assert!(to_crm[0].contains("<PaymentTermID>N60</PaymentTermID>"));
+    // CRM → ERP: the CRM's phone and e-mail reach LN in LN's ID, as ISO3; its address
+    // (LN's to master) is ignored.
+    let r = run.report("060");
+    assert!(decisions(r).contains("Infor CRM does not master address, commercial (ignored)"));
+    let to_ln = run.emitted_to("060", LN);
+    assert_eq!(to_ln.len(), 1);
+    assert!(to_ln[0].contains(">100450</ID>") && to_ln[0].contains(r#"actionCode="Change""#));
+    assert!(
+        to_ln[0].contains("+41 52 555 49 00")
+            && to_ln[0].contains("<CountryCode>CHE</CountryCode>")
+    );
+    assert!(!to_ln[0].contains("Bahnhofplatz"));
+    assert_eq!(
+        helvetia.fields.address.as_ref().map(|a| a.lines.clone()),
+        Some(vec![
+            "Postfach 1200".to_string(),
+            "Technikumstrasse 2".to_string()
+        ])
+    );
+
+    // Process with an empty ID: a new account numbered by account_number_format, answered
+    // with AcknowledgeCustomerPartyMaster Accepted carrying the number.
+    let r = run.report("070");
+    assert_eq!(outcome(r), ("applied", "created"));
+    assert!(decisions(r).contains("assigned ID C000001"));
+    let ack = run.emitted_to("070", CRM);
+    assert_eq!(ack.len(), 1);
+    assert!(ack[0].starts_with("<?xml") && ack[0].contains("<AcknowledgeCustomerPartyMaster"));
+    assert!(ack[0].contains(r#"<ResponseExpression actionCode="Accepted"/>"#));
+    assert!(ack[0].contains(">C000001</ID>"));
+    assert!(ack[0].contains("<BODID>AKXW4D000188:PromoteToBackOffice</BODID>"));
+    let rheintal = run.record("ACC-000002");
+    assert_eq!(
+        rheintal.fields.identity.account_number.as_deref(),
+        Some("C000001")
+    );
+    // LN creating the customer under that number links at once.
+    assert_eq!(outcome(run.report("080")), ("applied", "linked"));
+    assert_eq!(xref(rheintal, LN), Some("C000001"));
+
+    // What no CRM account carries stays parked — and is the only thing parked.
+    assert_eq!(outcome(run.report("090")), ("parked", ""));
+    assert_eq!(run.parked.len(), 1, "{:?}", run.parked);
+    assert_eq!(run.parked[0].reason.code(), "no_match");
+    assert_eq!(
+        run.parked[0].key.as_ref().map(|k| k.id.as_str()),
+        Some("100777")
+    );
+    assert_eq!(
+        run.records
+            .iter()
+            .filter(|r| r.kind == Kind::Account)
+            .count(),
+        2,
+        "the ERP created no account"
+    );
 }
