@@ -129,7 +129,9 @@ impl Run {
 
 /// Runs (once per process) the scenario in `fixtures/scenarios/<name>`.
 fn scenario(name: &str) -> Arc<Run> {
-    static RUNS: OnceLock<Mutex<BTreeMap<String, Arc<OnceLock<Arc<Run>>>>>> = OnceLock::new();
+    /// One cell per scenario: the first test to ask runs it, the others wait for it.
+    type Cell = Arc<OnceLock<Arc<Run>>>;
+    static RUNS: OnceLock<Mutex<BTreeMap<String, Cell>>> = OnceLock::new();
     let cell = RUNS
         .get_or_init(Default::default)
         .lock()
