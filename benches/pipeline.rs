@@ -198,5 +198,80 @@ fn whole(c: &mut Criterion) {
     assert!(p.iter().any(|p| matches!(p.state, State::Ready(_))));
 }
 
-criterion_group!(benches, stages, whole);
+/// The generated configuration cut to its first application (ERP Europe): no receivers, no
+/// match indexes — the single-application baseline of issue 5's performance target.
+fn config_one_app() -> Config {
+    let second = CONFIG
+        .match_indices("[[applications]]")
+        .nth(1)
+        .map_or(CONFIG.len(), |(at, _)| at);
+    Config::from_toml(&CONFIG[..second], "one app").expect("valid")
+}
+
+/// Documents of one sender only (ERP Europe), so the same documents are valid under both
+/// configurations: the realistic mix, filtered.
+fn one_sender_documents() -> Vec<Vec<u8>> {
+    let docs: Vec<Vec<u8>> = Generator::new(42, Mix::REALISTIC)
+        .map(|g| g.bytes)
+        .filter(|b| {
+            std::str::from_utf8(b)
+                .is_ok_and(|t| t.contains("<LogicalID>lid://load.erp.eu</LogicalID>"))
+        })
+        .take(DOCS)
+        .collect();
+    assert_eq!(docs.len(), DOCS);
+    docs
+}
+
+/// Issue 5 "Performance": the whole pipeline (prepare + commit in groups of 64, on a fresh
+/// store) for the same documents of one sender, with only that application configured vs
+/// five (policies, a match index, and Syncs to the four others, one with limited fields).
+/// The cost of the rules is `1 - five/one` in throughput.
+fn one_vs_five_apps(c: &mut Criterion) {
+    let docs = one_sender_documents();
+    let mut g = c.benchmark_group("policies");
+    g.throughput(Throughput::Elements(DOCS as u64));
+    g.sample_size(10);
+    for (name, cfg) in [
+        ("one_app", config_one_app()),
+        ("five_apps", config_five_apps()),
+    ] {
+        let cfg = Arc::new(cfg);
+        g.bench_function(name, |b| {
+            b.iter_batched(
+                || {
+                    let store = Arc::new(Store::temporary().expect("store"));
+                    Pipeline::new(cfg.clone(), store).expect("pipeline")
+                },
+                |pipe| {
+                    for chunk in docs.chunks(64) {
+                        let p: Vec<Prepared> =
+                            chunk.iter().map(|d| pipe.prepare(&input(d))).collect();
+                        black_box(pipe.commit_batch(&p).expect("commit"));
+                    }
+                },
+                BatchSize::PerIteration,
+            )
+        });
+    }
+    g.finish();
+    // Sanity: same documents, applied under both, and only the five-application run fans out.
+    for (cfg, receivers) in [(config_one_app(), false), (config_five_apps(), true)] {
+        let pipe = Pipeline::new(Arc::new(cfg), Arc::new(Store::temporary().expect("store")))
+            .expect("pipeline");
+        let p: Vec<Prepared> = docs[..64].iter().map(|d| pipe.prepare(&input(d))).collect();
+        let reports = pipe.commit_batch(&p).expect("commit");
+        assert!(reports
+            .iter()
+            .any(|r| r.outcome == pipeline::Outcome::Applied));
+        let syncs = reports
+            .iter()
+            .flat_map(|r| &r.outputs)
+            .filter(|o| o.kind.starts_with("Sync"))
+            .count();
+        assert_eq!(syncs > 0, receivers, "Syncs out: {syncs}");
+    }
+}
+
+criterion_group!(benches, stages, whole, one_vs_five_apps);
 criterion_main!(benches);
