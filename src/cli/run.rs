@@ -5,6 +5,9 @@
 //! Shutdown order: stop consuming → finish the group in flight → drain the outbox → flush
 //! the store → close the broker → stop HTTP (so `/metrics` and `/readyz` answer until the
 //! very end, `/readyz` with 503 from the moment shutdown is requested).
+//!
+//! SIGHUP re-reads the configuration file resolved at start and swaps it between commit
+//! groups ([`crate::reload`]); an invalid file is refused and the running one kept.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -16,6 +19,7 @@ use anyhow::Context as _;
 use crate::amqp::{self, RunOptions};
 use crate::config::{redact_url, Config};
 use crate::pipeline::Pipeline;
+use crate::reload::{self, Live};
 use crate::store::Store;
 use crate::telemetry::{self, Readiness};
 
@@ -90,9 +94,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             SAMPLE_EVERY,
             stop_http.clone(),
         ));
-        let result = amqp::run_with(pipeline, options, readiness.clone(), shutdown_signal()).await;
+        let live = Live::new(pipeline);
+        let reloader = tokio::spawn(reload_on_sighup(
+            live.clone(),
+            config_path,
+            stop_http.clone(),
+        ));
+        let result = amqp::run_live(live, options, readiness.clone(), shutdown_signal()).await;
         readiness.set_store_open(false);
         stop_http.cancel();
+        let _ = reloader.await;
         let _ = sampler.await;
         match http.await {
             Ok(Ok(())) => {}
@@ -102,6 +113,44 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         result.map_err(anyhow::Error::from)
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Reloads the configuration on every SIGHUP until `stop`. `path` is the file resolved at
+/// start (`None`: none was found, so a reload resolves again and may find one).
+async fn reload_on_sighup(
+    live: Live,
+    path: Option<PathBuf>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hangup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "Cannot listen for SIGHUP; configuration reload is off");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                got = hangup.recv() => {
+                    if got.is_none() {
+                        return;
+                    }
+                }
+            }
+            tracing::info!("SIGHUP: reloading the configuration");
+            // Outcome logged and counted by the reload's events.
+            let _ = reload::reload(&live, path.clone()).await;
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (live, path);
+        stop.cancelled().await;
+    }
 }
 
 /// Completes on SIGINT or SIGTERM.
