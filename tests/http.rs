@@ -258,7 +258,10 @@ async fn running_service_is_ready_and_its_scraped_metrics_move_with_the_document
     assert_eq!(config.http.listen, format!("127.0.0.1:{port}"));
     let docs = generated(11, N);
     let want = expected(&config, &docs);
-    assert!(want.rejected > 0 && want.outbox_rows > 0, "the mix must reject and emit");
+    assert!(
+        want.rejected > 0 && want.outbox_rows > 0,
+        "the mix must reject and emit"
+    );
 
     let mut child = spawn(&config_path, &vhost.url());
     let _kill = KillOnDrop(child.id());
@@ -279,8 +282,7 @@ async fn running_service_is_ready_and_its_scraped_metrics_move_with_the_document
                 .map(|(_, b)| b)
                 .unwrap_or_default();
             sample_sum(&after, "bodflow_end_to_end_seconds_count") >= N as f64
-                && sample_sum(&after, "bodflow_outbox_published_total")
-                    >= want.outbox_rows as f64
+                && sample_sum(&after, "bodflow_outbox_published_total") >= want.outbox_rows as f64
         },
     );
     let delta = |name: &str, labels: &[(&str, &str)]| {
@@ -303,10 +305,7 @@ async fn running_service_is_ready_and_its_scraped_metrics_move_with_the_document
             "outcome {outcome}"
         );
     }
-    assert_eq!(
-        delta("bodflow_rejections_total", &[]),
-        want.rejected as f64
-    );
+    assert_eq!(delta("bodflow_rejections_total", &[]), want.rejected as f64);
     assert_eq!(
         delta("bodflow_dead_lettered_total", &[]),
         want.rejected as f64
