@@ -145,7 +145,7 @@ async fn sighup_reloads_under_load_lose_nothing_and_apply_nothing_twice() {
             .copied()
             .unwrap_or(N)
     };
-    let mut step = |child: &mut Child, percent: usize, text: &str, result: &str| {
+    let step = |child: &mut Child, percent: usize, text: &str, result: &str| {
         wait_until(
             &format!("{percent}% consumed"),
             Duration::from_secs(60),

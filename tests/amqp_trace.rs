@@ -29,6 +29,12 @@ const SENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 const SENT_REJECTED: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00";
 const MALFORMED: &str = "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01";
 
+/// A sent document: message id, bytes, traceparent, tracestate.
+type Sent<'a> = (&'a str, &'a [u8], Option<&'a str>, Option<&'a str>);
+
+/// A received message's traceparent and tracestate headers.
+type Trace = (Option<String>, Option<String>);
+
 fn header(headers: &Option<FieldTable>, name: &str) -> Option<String> {
     match headers.as_ref()?.inner().get(name)? {
         AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
@@ -77,13 +83,12 @@ async fn traceparent_continues_on_every_output_and_json_logs_carry_the_delivery_
     let mut config = Config::load(&config_path).unwrap();
     config.amqp.url = vhost.url();
 
-    // (message id, bytes, traceparent, tracestate)
     let sender = "lid://load.erp.eu";
     let applied = pick(Kind::New, sender);
     let invalid = pick(Kind::Invalid, sender);
     let plain = pick(Kind::New, "lid://load.crm");
     let odd = pick(Kind::New, "lid://load.erp.uk");
-    let docs: Vec<(&str, &[u8], Option<&str>, Option<&str>)> = vec![
+    let docs: Vec<Sent> = vec![
         (
             "m-traced",
             &applied,
@@ -141,8 +146,7 @@ async fn traceparent_continues_on_every_output_and_json_logs_carry_the_delivery_
     signal(&child, "-TERM");
     assert!(child.wait().unwrap().success());
 
-    let mut by_correlation: BTreeMap<String, Vec<(Option<String>, Option<String>)>> =
-        BTreeMap::new();
+    let mut by_correlation: BTreeMap<String, Vec<Trace>> = BTreeMap::new();
     for app in &config.applications {
         for (correlation, tp, ts) in take_all(&ch, &topology::application_queue(&app.slug())).await
         {

@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use bodflow::amqp::topology;
 use bodflow::config::Config;
 use bodflow::telemetry::events::{emit, BodProcessed, BodReceived};
 use bodflow::telemetry::{http::router, Readiness};
