@@ -41,6 +41,13 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    // Listening from the very start: a SIGHUP while the store opens becomes a reload once
+    // the service runs, instead of the default action (terminate).
+    let hangup = listen_hangup(&runtime);
     let (config, config_path) = Config::resolve(args.config.as_deref(), &[])?;
     if config_path.is_none() {
         tracing::warn!("No bodflow.toml found: built-in defaults, no applications configured");
@@ -72,10 +79,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         group_max: args.group_max.max(1),
         ..Default::default()
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(&listen)
             .await
@@ -98,6 +101,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let reloader = tokio::spawn(reload_on_sighup(
             live.clone(),
             config_path,
+            hangup,
             stop_http.clone(),
         ));
         let result = amqp::run_live(live, options, readiness.clone(), shutdown_signal()).await;
@@ -115,41 +119,67 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+#[cfg(unix)]
+type Hangup = tokio::signal::unix::Signal;
+#[cfg(not(unix))]
+type Hangup = std::convert::Infallible;
+
+/// The SIGHUP stream (`None`, with a warning, when it cannot be had: reload is then off).
+fn listen_hangup(runtime: &tokio::runtime::Runtime) -> Option<Hangup> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let _context = runtime.enter();
+        match signal(SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "Cannot listen for SIGHUP; configuration reload is off");
+                None
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = runtime;
+        None
+    }
+}
+
+/// The next SIGHUP; `false` when no more can come.
+async fn next_hangup(hangup: &mut Hangup) -> bool {
+    #[cfg(unix)]
+    {
+        hangup.recv().await.is_some()
+    }
+    #[cfg(not(unix))]
+    {
+        match *hangup {}
+    }
+}
+
 /// Reloads the configuration on every SIGHUP until `stop`. `path` is the file resolved at
 /// start (`None`: none was found, so a reload resolves again and may find one).
 async fn reload_on_sighup(
     live: Live,
     path: Option<PathBuf>,
+    hangup: Option<Hangup>,
     stop: tokio_util::sync::CancellationToken,
 ) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut hangup = match signal(SignalKind::hangup()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "Cannot listen for SIGHUP; configuration reload is off");
-                return;
-            }
-        };
-        loop {
-            tokio::select! {
-                () = stop.cancelled() => return,
-                got = hangup.recv() => {
-                    if got.is_none() {
-                        return;
-                    }
+    let Some(mut hangup) = hangup else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            more = next_hangup(&mut hangup) => {
+                if !more {
+                    return;
                 }
             }
-            tracing::info!("SIGHUP: reloading the configuration");
-            // Outcome logged and counted by the reload's events.
-            let _ = reload::reload(&live, path.clone()).await;
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = (live, path);
-        stop.cancelled().await;
+        tracing::info!("SIGHUP: reloading the configuration");
+        // Outcome logged and counted by the reload's events.
+        let _ = reload::reload(&live, path.clone()).await;
     }
 }
 
