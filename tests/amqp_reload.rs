@@ -3,7 +3,8 @@
 //! application, a restart-only change and an invalid file — lose nothing and apply nothing
 //! twice (the hub equals an offline replay, every delivery is processed exactly once); and
 //! re-activating an application by SIGHUP releases its parked documents through the
-//! pipeline, whose outputs are then published.
+//! pipeline, whose outputs are then published. In-process, the lock that puts reloads
+//! between commit groups is shown to hold.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -403,4 +404,62 @@ async fn correlations(ch: &lapin::Channel, queue: &str) -> Vec<String> {
         );
     }
     out
+}
+
+/// The mechanism behind "between commit groups", in-process: a reload waits while a group
+/// holds the pipeline, then swaps; a refused reload leaves the running configuration as it
+/// was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_waits_for_the_group_in_flight_and_a_refused_one_changes_nothing() {
+    use bodflow::reload::{reload, Live};
+    let vhost = Vhost::new("reload-lock");
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = write_generated_config(dir.path(), &dir.path().join("store"));
+    // The broker URL in the file itself: the reload reads the file as `bodflow run` does.
+    let original = format!(
+        "{}\n[amqp]\nurl = {:?}\n",
+        std::fs::read_to_string(&config_path).unwrap(),
+        vhost.url()
+    );
+    std::fs::write(&config_path, &original).unwrap();
+    let config = Config::load(&config_path).unwrap();
+    let store = std::sync::Arc::new(Store::temporary().unwrap());
+    let live = Live::new(Pipeline::new(std::sync::Arc::new(config), store).unwrap());
+
+    std::fs::write(
+        &config_path,
+        format!("{original}\n[[users]]\nid = \"U-LATER\"\n"),
+    )
+    .unwrap();
+    let group = live.read().await;
+    let pending = tokio::spawn({
+        let (live, path) = (live.clone(), config_path.clone());
+        async move { reload(&live, Some(path)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !pending.is_finished(),
+        "the reload did not wait for the group"
+    );
+    assert!(group.config.user("U-LATER").is_none());
+    drop(group);
+    let done = tokio::time::timeout(Duration::from_secs(10), pending)
+        .await
+        .expect("the reload finishes once the group is done")
+        .unwrap()
+        .unwrap();
+    assert!(done.restart_needed.is_empty(), "{:?}", done.restart_needed);
+    assert!(live.current().await.config.user("U-LATER").is_some());
+
+    std::fs::write(
+        &config_path,
+        format!("{original}\n[[applications]]\nname = \"x\"\n"),
+    )
+    .unwrap();
+    let err = reload(&live, Some(config_path.clone())).await.unwrap_err();
+    assert_eq!(err.result(), "invalid");
+    assert!(err.to_string().contains("logical_id"), "{err}");
+    let running = live.current().await;
+    assert!(running.config.user("U-LATER").is_some());
+    assert_eq!(running.config.applications.len(), 3);
 }
