@@ -57,6 +57,8 @@ impl Live {
 
     /// The pipeline for one commit group; a reload waits until the guard is dropped (and,
     /// once a reload waits, the next group waits for the reload: tokio's lock is fair).
+    /// Holding it, never wait for another holder (another lane, say): a reload queued
+    /// between the two would deadlock them.
     pub async fn read(&self) -> RwLockReadGuard<'_, Pipeline> {
         self.pipeline.read().await
     }
