@@ -1,6 +1,9 @@
 //! Operator actions inside the running service: `POST /resync` on the HTTP listener and the
 //! scheduled resyncs of `resync_every` / `resync_at`.
 //!
+//! Both work on the running configuration ([`Live`]: a resync takes a snapshot of it when it
+//! starts, and the schedules are re-read after every SIGHUP reload).
+//!
 //! Why in the service: sled lets one process open a store, so while `bodflow run` holds it,
 //! `bodflow resync` cannot. The CLI then asks the service through [`resync_over_http`]; the
 //! service writes the Syncs through its own store, and its outbox publisher sends them with
@@ -27,21 +30,22 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ResyncSchedule;
 use crate::pipeline::resync::{self, Request, ResyncError, Summary, Trigger};
-use crate::pipeline::Pipeline;
+use crate::reload::Live;
 use crate::store::Kind;
 use crate::telemetry::events::{emit, ResyncFailed};
 
-/// Shared by the handlers and the scheduler: the pipeline and the one-at-a-time guard.
+/// Shared by the handlers and the scheduler: the running pipeline and the one-at-a-time
+/// guard.
 #[derive(Clone)]
 pub struct Admin {
-    pipeline: Pipeline,
+    live: Live,
     running: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Admin {
-    pub fn new(pipeline: Pipeline) -> Admin {
+    pub fn new(live: Live) -> Admin {
         Admin {
-            pipeline,
+            live,
             running: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
@@ -53,7 +57,13 @@ impl Admin {
     }
 
     async fn resync_locked(&self, request: Request) -> Result<Summary, ResyncError> {
-        let pipeline = self.pipeline.clone();
+        // A snapshot: a reload meanwhile does not change what this resync sends.
+        let pipeline = self.live.current().await;
+        let known = pipeline
+            .config
+            .applications
+            .iter()
+            .any(|a| a.logical_id == request.application);
         let trigger = request.trigger;
         let application = request.application.clone();
         let result = tokio::task::spawn_blocking(move || pipeline.resync(&request, Utc::now()))
@@ -65,12 +75,6 @@ impl Admin {
                 }))
             });
         if let Err(e) = &result {
-            let known = self
-                .pipeline
-                .config
-                .applications
-                .iter()
-                .any(|a| a.logical_id == application);
             emit(ResyncFailed {
                 application: if known { &application } else { "other" },
                 trigger: trigger.as_str(),
@@ -181,35 +185,37 @@ pub fn next_due(
     }
 }
 
-/// Runs the configured resync schedules until `stop` is cancelled. A failed run is logged
-/// (through [`ResyncFailed`]) and retried at its next slot.
+/// Runs the configured resync schedules until `stop` is cancelled, re-reading them from the
+/// running configuration at least once a minute (a reload may add, change or remove one). A
+/// failed run is logged (through [`ResyncFailed`]) and tried again at its next slot.
 pub async fn schedules(admin: Admin, stop: CancellationToken) {
     let started = Utc::now();
-    let scheduled: Vec<(String, ResyncSchedule)> = admin
-        .pipeline
-        .config
-        .applications
-        .iter()
-        .filter(|a| a.active)
-        .filter_map(|a| {
-            a.resync_schedule()
-                .ok()
-                .flatten()
-                .map(|s| (a.logical_id.clone(), s))
-        })
-        .collect();
-    if scheduled.is_empty() {
-        return;
-    }
-    tracing::info!(applications = scheduled.len(), "Resync schedules active");
-    // A failed run is not retried before this much time has passed.
-    let mut failed_at: Vec<Option<DateTime<Utc>>> = vec![None; scheduled.len()];
+    // When a scheduled run last failed, per application: it counts as a run for the schedule.
+    let mut failed_at: std::collections::BTreeMap<String, DateTime<Utc>> = Default::default();
+    let mut announced = 0;
     loop {
+        let pipeline = admin.live.current().await;
+        let scheduled: Vec<(String, ResyncSchedule)> = pipeline
+            .config
+            .applications
+            .iter()
+            .filter(|a| a.active)
+            .filter_map(|a| {
+                a.resync_schedule()
+                    .ok()
+                    .flatten()
+                    .map(|s| (a.logical_id.clone(), s))
+            })
+            .collect();
+        if scheduled.len() != announced {
+            announced = scheduled.len();
+            tracing::info!(applications = announced, "Resync schedules active");
+        }
         let now = Utc::now();
         let mut soonest = now + chrono::Duration::minutes(1);
-        for (i, (lid, schedule)) in scheduled.iter().enumerate() {
-            let last = match resync::last_run(&admin.pipeline, lid) {
-                Ok(last) => last.max(failed_at[i]),
+        for (lid, schedule) in &scheduled {
+            let last = match resync::last_run(&pipeline, lid) {
+                Ok(last) => last.max(failed_at.get(lid).copied()),
                 Err(e) => {
                     tracing::warn!(application = %lid, error = %e, "Cannot read the last resync time");
                     continue;
@@ -222,9 +228,9 @@ pub async fn schedules(admin: Admin, stop: CancellationToken) {
                     nouns: Vec::new(),
                     trigger: Trigger::Schedule,
                 };
-                failed_at[i] = match admin.resync(request).await {
-                    Ok(_) => None,
-                    Err(_) => Some(Utc::now()),
+                match admin.resync(request).await {
+                    Ok(_) => failed_at.remove(lid),
+                    Err(_) => failed_at.insert(lid.clone(), Utc::now()),
                 };
                 soonest = Utc::now();
                 break;

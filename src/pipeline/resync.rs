@@ -200,6 +200,7 @@ impl Pipeline {
             noun: None,
             tenant: None,
             payload: String::new(),
+            trace: None,
         };
         Ok(Resync {
             pipeline: self,
