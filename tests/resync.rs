@@ -382,3 +382,110 @@ async fn resync_every_makes_the_service_resync_by_itself_and_remember_when() {
         .unwrap()
         .is_some());
 }
+
+/// The library path, no broker: more records than one transaction takes, every row a distinct
+/// BODID of the run, `Add` for records the receiver never saw and `Change` for its own;
+/// deleted records and a closed outbound flow are counted as skipped.
+#[test]
+fn resync_spans_chunks_with_distinct_bodids_and_counts_what_it_skips() {
+    use bodflow::config::Config;
+    use bodflow::generate::{Generator, Mix, CONFIG};
+    use bodflow::pipeline::resync::{Request, Trigger, CHUNK};
+    use bodflow::pipeline::{Input, Pipeline};
+    use std::sync::Arc;
+
+    let config = Config::from_toml(CONFIG, "generated").unwrap();
+    let store = Arc::new(Store::temporary().unwrap());
+    let pipeline = Pipeline::new(Arc::new(config.clone()), store.clone()).unwrap();
+    let count = CHUNK + 50;
+    for g in Generator::new(7, Mix::NEW_ONLY).take(count) {
+        let r = pipeline
+            .process(&Input {
+                bytes: &g.bytes,
+                source: "test",
+                message_id: None,
+                reply_to: None,
+                received_at: chrono::Utc::now(),
+                retry: false,
+            })
+            .unwrap();
+        assert_eq!(r.outcome.as_str(), "applied");
+    }
+    let crm_own = store
+        .records()
+        .map(Result::unwrap)
+        .filter(|r| r.xref_for("lid://load.crm").is_some())
+        .count();
+    assert!(crm_own > 0 && crm_own < count);
+    let before = store.outbox_len();
+
+    let request = Request {
+        application: "lid://load.crm".into(),
+        nouns: Vec::new(),
+        trigger: Trigger::Cli,
+    };
+    let summary = pipeline.resync(&request, chrono::Utc::now()).unwrap();
+    assert_eq!(summary.accounts.records, count as u64);
+    assert_eq!(summary.accounts.sent, count as u64);
+    assert_eq!(summary.accounts.added, (count - crm_own) as u64);
+    let rows: Vec<_> = store
+        .outbox()
+        .map(Result::unwrap)
+        .skip(before)
+        .map(|(_, row)| row)
+        .collect();
+    assert_eq!(rows.len(), count);
+    assert!(rows
+        .iter()
+        .all(|r| r.correlation_id == summary.run && r.to == "lid://load.crm"));
+    let ids: BTreeSet<&str> = rows.iter().map(|r| r.bod_id.as_str()).collect();
+    assert_eq!(
+        ids.len(),
+        count,
+        "BODIDs continue across the {CHUNK}-record chunks"
+    );
+    assert_eq!(
+        rows.iter()
+            .filter(|r| r.xml.contains(r#"actionCode="Change""#))
+            .count(),
+        crm_own
+    );
+
+    // A second run is a new run; deleted records are skipped.
+    let first = store.records().map(Result::unwrap).next().unwrap();
+    store
+        .transact(|tx| {
+            let mut r = first.clone();
+            r.deleted = true;
+            tx.put_record(&r)
+        })
+        .unwrap();
+    let again = pipeline.resync(&request, chrono::Utc::now()).unwrap();
+    assert_ne!(again.run, summary.run);
+    assert_eq!(again.accounts.skipped_deleted, 1);
+    assert_eq!(again.accounts.sent, count as u64 - 1);
+
+    // Outbound creates off: what the CRM never saw is not sent, what it knows still is.
+    // (The CRM is the last application of the generated configuration.)
+    let closed = format!(
+        "{CONFIG}[applications.flows.CustomerPartyMaster]\noutbound = {{ create = false }}\n"
+    );
+    let closed = Config::from_toml(&closed, "closed").unwrap();
+    assert!(
+        !closed.applications[2]
+            .flows_for("CustomerPartyMaster")
+            .outbound
+            .create
+    );
+    let pipeline = Pipeline::new(Arc::new(closed), store.clone()).unwrap();
+    let third = pipeline.resync(&request, chrono::Utc::now()).unwrap();
+    assert_eq!(
+        third.accounts.sent,
+        crm_own as u64 - u64::from(first.xref_for("lid://load.crm").is_some())
+    );
+    assert_eq!(third.accounts.added, 0);
+    assert_eq!(
+        third.accounts.skipped_flow + third.accounts.skipped_deleted + third.accounts.sent,
+        count as u64
+    );
+}
