@@ -637,6 +637,14 @@ impl Config {
         keys
     }
 
+    /// Whether some application parks documents `no_match` (`match_only`), which a record
+    /// change may then release: only then does the upsert stage look for them.
+    pub fn parks_without_match(&self) -> bool {
+        self.applications
+            .iter()
+            .any(|a| a.create_policy == CreatePolicy::MatchOnly)
+    }
+
     pub fn user(&self, id: &str) -> Option<&User> {
         self.users.iter().find(|u| u.id == id)
     }

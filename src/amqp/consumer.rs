@@ -64,7 +64,7 @@ use crate::pipeline::{Input, Outcome, Pipeline, Prepared, Report, State};
 use crate::store::StoreError;
 use crate::telemetry::events::{
     emit, BodAcked, BodProcessed, BodReceived, BodRejected, DeadLettered, GroupCommitted,
-    StageTimed, StoreFlushed,
+    ParkedReleased, StageTimed, StoreFlushed,
 };
 use crate::telemetry::Readiness;
 
@@ -408,6 +408,22 @@ fn trace_delivery(d: &Delivery, r: &Report) {
             stage: e.stage.as_str(),
             code: e.code,
             message: &e.message,
+        });
+    }
+    // Parked documents this delivery's change released, in the same transaction.
+    for released in &r.released {
+        emit(ParkedReleased {
+            message_id: &released.message_id,
+            released_by: &r.message_id,
+            outcome: released.outcome,
+            record: released.record.as_deref(),
+        });
+        emit(BodProcessed {
+            noun: released.noun.as_deref(),
+            verb: released.verb.as_deref(),
+            outcome: released.outcome,
+            record: released.record.as_deref(),
+            outputs: released.outputs.len(),
         });
     }
 }

@@ -506,6 +506,8 @@ fn reindex(
     if indexed.is_empty() {
         return Ok(());
     }
+    // Parked `no_match` documents wait under the values of `match_only` applications' keys.
+    let wakes = config.parks_without_match();
     let old = before.map(HubRecord::match_values);
     let new = after.map(HubRecord::match_values);
     for i in 0..3 {
@@ -523,6 +525,9 @@ fn reindex(
         }
         if let (Some(value), Some(r)) = (n, after) {
             tx.index(r.kind, r.match_values()[i].0, value, &r.id, true)?;
+            if wakes && !r.deleted {
+                tx.wake_parked(r.kind, r.match_values()[i].0, value)?;
+            }
         }
     }
     Ok(())
@@ -599,6 +604,16 @@ fn place_new(
 ) -> TxResult<ItemResult> {
     let policy = app.create_policy;
     let park = |reason: ParkReason, note: String| -> TxResult<ItemResult> {
+        // A `no_match` document is released when a record comes to carry one of these.
+        let match_values = if reason == ParkReason::NoMatch {
+            item.match_values
+                .iter()
+                .filter(|(k, _)| app.match_on.contains(k))
+                .cloned()
+                .collect()
+        } else {
+            Vec::new()
+        };
         tx.park(Parked {
             seq: 0,
             message_id: ctx.message_id.clone(),
@@ -607,6 +622,7 @@ fn place_new(
             key: Some(item.key.clone()),
             source: ctx.source.clone(),
             payload: ctx.payload.clone(),
+            match_values,
         })?;
         Ok(ItemResult::new(Outcome::Parked, None, None, note))
     };

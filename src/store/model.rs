@@ -315,4 +315,8 @@ pub struct Parked {
     pub key: Option<XrefKey>,
     pub source: String,
     pub payload: String,
+    /// `no_match` documents: the values they match on (the sender's `match_on` keys), under
+    /// which the store indexes them so a record that comes to carry one releases them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub match_values: Vec<(crate::config::MatchKey, String)>,
 }

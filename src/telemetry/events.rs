@@ -97,6 +97,32 @@ impl Event for BodProcessed<'_> {
     }
 }
 
+/// A change released a parked `no_match` document, which ran through the pipeline again in
+/// the same transaction (`bodflow_parked_released_total{outcome}`).
+pub struct ParkedReleased<'a> {
+    pub message_id: &'a str,
+    pub released_by: &'a str,
+    pub outcome: Outcome,
+    pub record: Option<&'a str>,
+}
+
+impl Event for ParkedReleased<'_> {
+    fn emit(self) {
+        let outcome = self.outcome.as_str();
+        tracing::debug!(
+            message_id = self.message_id,
+            released_by = self.released_by,
+            outcome,
+            record = self.record.unwrap_or(""),
+            "Parked document released"
+        );
+        metrics()
+            .parked_released
+            .with_label_values(&[outcome])
+            .inc();
+    }
+}
+
 /// The pipeline refused a document (a ConfirmBOD goes back to the sender).
 pub struct BodRejected<'a> {
     pub stage: &'static str,

@@ -44,6 +44,7 @@ pub struct Metrics {
     pub(crate) redeliveries: IntCounter,
     pub(crate) store_flush: Histogram,
     pub(crate) store_size: IntGauge,
+    pub(crate) parked_released: IntCounterVec,
 }
 
 /// Latency buckets from 100 µs to ~13 s (×2.2 per bucket).
@@ -146,6 +147,16 @@ impl Metrics {
             store_size: reg(
                 &registry,
                 IntGauge::new("bodflow_store_size_bytes", "Store size on disk (sampled).")?,
+            )?,
+            parked_released: reg(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "bodflow_parked_released_total",
+                        "Parked no_match documents released by a change that made them match, by the outcome of their re-run.",
+                    ),
+                    &["outcome"],
+                )?,
             )?,
             registry,
         })

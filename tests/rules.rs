@@ -1,0 +1,362 @@
+//! The master-data rules of issue 5 through the library pipeline and the binary, on real sled
+//! stores in temporary folders: automatic release of parked `no_match` documents, `bodflow
+//! link` / `unlink` with their audit trail, classification rules, the account type, and
+//! outbound promotion with Acknowledge correlation.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::sync::Arc;
+
+use chrono::Utc;
+use serde_json::{Map, Value};
+
+use bodflow::config::Config;
+use bodflow::pipeline::{Action, Input, Outcome, Pipeline, Report};
+use bodflow::store::{ParkReason, Store};
+
+mod common;
+use common::bodflow;
+
+/// An ERP that must not create accounts (`match_only` on the account number) and a CRM that
+/// creates them.
+const CRM_FIRST: &str = r#"
+[hub]
+account_number_format = "C{seq:06}"
+[[users]]
+id = "U-ADMIN"
+[[applications]]
+name = "ERP"
+logical_id = "lid://erp"
+default_record_owner = "U-ADMIN"
+create_policy = "match_only"
+match_on = ["account_number", "email"]
+[[applications]]
+name = "CRM"
+logical_id = "lid://crm"
+default_record_owner = "U-ADMIN"
+create_policy = "create"
+"#;
+
+fn pipeline(config: &str) -> Pipeline {
+    let config = Config::from_toml(config, "test").unwrap();
+    Pipeline::new(Arc::new(config), Arc::new(Store::temporary().unwrap())).unwrap()
+}
+
+/// A SyncCustomerPartyMaster from `sender` for its account `id`; `number` goes to
+/// AccountIDs, `email` to a Communication.
+fn account(
+    sender: &str,
+    id: &str,
+    variation: u32,
+    number: Option<&str>,
+    email: Option<&str>,
+) -> String {
+    let number = number
+        .map(|n| format!("<AccountIDs><ID>{n}</ID></AccountIDs>"))
+        .unwrap_or_default();
+    let email = email
+        .map(|e| {
+            format!("<Communication><ChannelCode>EMail</ChannelCode><URI>{e}</URI></Communication>")
+        })
+        .unwrap_or_default();
+    format!(
+        r#"<SyncCustomerPartyMaster xmlns="http://schema.infor.com/InforOAGIS/2" releaseID="9.2">
+  <ApplicationArea><Sender><LogicalID>{sender}</LogicalID></Sender>
+    <CreationDateTime>2026-01-01T00:00:00Z</CreationDateTime><BODID>{sender}:{id}:{variation}</BODID></ApplicationArea>
+  <DataArea><Sync><ActionCriteria><ActionExpression actionCode="Change"/></ActionCriteria></Sync>
+    <CustomerPartyMaster><PartyIDs><ID variationID="{variation}">{id}</ID></PartyIDs><Name>Acme {id}</Name>
+      {number}<Location><Address><CountryCode>DE</CountryCode></Address></Location>{email}
+    </CustomerPartyMaster></DataArea></SyncCustomerPartyMaster>"#
+    )
+}
+
+fn input<'a>(bytes: &'a [u8], message_id: &'a str) -> Input<'a> {
+    Input {
+        bytes,
+        source: message_id,
+        message_id: Some(message_id),
+        reply_to: None,
+        received_at: Utc::now(),
+        retry: false,
+    }
+}
+
+fn run(p: &Pipeline, doc: &str, message_id: &str) -> Report {
+    p.process(&input(doc.as_bytes(), message_id)).unwrap()
+}
+
+fn parked(p: &Pipeline) -> Vec<bodflow::store::Parked> {
+    p.store.parked().collect::<Result<_, _>>().unwrap()
+}
+
+// ------------------------------------------------------------------------------------------
+// 1. Automatic release of parked no_match documents
+// ------------------------------------------------------------------------------------------
+
+/// The CRM-first story: the ERP's account parks (no record has its number); the CRM user
+/// types the ERP number on the CRM account; the CRM's Sync releases the ERP document in the
+/// same transaction, which links to the CRM's record; later ERP updates are plain updates.
+#[test]
+fn a_record_that_comes_to_carry_the_number_releases_the_parked_document_and_links_it() {
+    let p = pipeline(CRM_FIRST);
+    let erp = run(
+        &p,
+        &account("lid://erp", "E-100", 1, Some("E-100"), None),
+        "erp-1",
+    );
+    assert_eq!(erp.outcome, Outcome::Parked, "{:?}", erp.decisions);
+    assert_eq!(parked(&p)[0].reason, ParkReason::NoMatch);
+
+    let crm = run(&p, &account("lid://crm", "CRM-1", 1, None, None), "crm-1");
+    assert_eq!(
+        (crm.outcome, crm.action),
+        (Outcome::Applied, Some(Action::Created))
+    );
+    assert!(crm.released.is_empty(), "no number yet: nothing to release");
+    assert_eq!(parked(&p).len(), 1);
+
+    // Typed with other case and spaces: match values are normalised.
+    let crm2 = run(
+        &p,
+        &account("lid://crm", "CRM-1", 2, Some(" e-100 "), None),
+        "crm-2",
+    );
+    assert_eq!(crm2.action, Some(Action::Updated));
+    assert_eq!(crm2.released.len(), 1, "{:?}", crm2.decisions);
+    let released = &crm2.released[0];
+    assert_eq!(released.message_id, "erp-1");
+    assert_eq!(released.released_by.as_deref(), Some("crm-2"));
+    assert_eq!(
+        (released.outcome, released.action),
+        (Outcome::Applied, Some(Action::Linked))
+    );
+    assert_eq!(released.record, crm2.record);
+    assert!(
+        crm2.decisions
+            .iter()
+            .any(|d| d.contains("released parked message erp-1")),
+        "{:?}",
+        crm2.decisions
+    );
+    assert!(
+        released
+            .outputs
+            .iter()
+            .any(|o| o.kind == "SyncCustomerPartyMaster" && o.to == "lid://crm"),
+        "the ERP's content goes to the CRM: {:?}",
+        released.outputs
+    );
+    assert!(parked(&p).is_empty(), "released exactly once");
+
+    let record = p
+        .store
+        .record(crm2.record.as_deref().unwrap())
+        .unwrap()
+        .unwrap();
+    assert!(record.xref_for("lid://erp").is_some() && record.xref_for("lid://crm").is_some());
+
+    // Bidirectional afterwards: the ERP's next update finds its cross-reference.
+    let erp2 = run(
+        &p,
+        &account("lid://erp", "E-100", 2, Some("E-100"), None),
+        "erp-2",
+    );
+    assert_eq!(
+        (erp2.outcome, erp2.action),
+        (Outcome::Applied, Some(Action::Updated))
+    );
+    assert!(erp2.released.is_empty());
+    // A redelivery of the trigger is a duplicate and releases nothing again.
+    let again = run(
+        &p,
+        &account("lid://crm", "CRM-1", 2, Some(" e-100 "), None),
+        "crm-2",
+    );
+    assert_eq!(again.outcome, Outcome::Duplicate);
+    assert!(again.released.is_empty());
+    // So is a redelivery of the released document's own message id.
+    let erp_again = run(
+        &p,
+        &account("lid://erp", "E-100", 1, Some("E-100"), None),
+        "erp-1",
+    );
+    assert_eq!(erp_again.outcome, Outcome::Duplicate);
+}
+
+/// A new record carrying the value releases too (e-mail here), and so does a document in the
+/// same group commit as the parked one's trigger; a record of the other kind does not.
+#[test]
+fn a_new_record_in_the_same_group_releases_by_email_and_other_kinds_do_not() {
+    let p = pipeline(CRM_FIRST);
+    let erp = account("lid://erp", "E-7", 1, None, Some("Info@Acme.example"));
+    assert_eq!(run(&p, &erp, "erp-7").outcome, Outcome::Parked);
+
+    let contact = r#"<SyncContactMaster xmlns="http://schema.infor.com/InforOAGIS/2" releaseID="9.2">
+  <ApplicationArea><Sender><LogicalID>lid://crm</LogicalID></Sender><CreationDateTime>2026-01-01T00:00:00Z</CreationDateTime></ApplicationArea>
+  <DataArea><Sync/><ContactMaster><IDs><ID>P-1</ID></IDs><FamilyName>Byron</FamilyName>
+    <CommunicationDetail><ChannelCode>EMail</ChannelCode><URI>info@acme.example</URI></CommunicationDetail>
+  </ContactMaster></DataArea></SyncContactMaster>"#;
+    let crm = account("lid://crm", "CRM-7", 1, None, Some("info@ACME.example"));
+    let batch = vec![
+        p.prepare(&input(contact.as_bytes(), "crm-contact")),
+        p.prepare(&input(crm.as_bytes(), "crm-7")),
+    ];
+    let reports = p.commit_batch(&batch).unwrap();
+    assert!(
+        reports[0].released.is_empty(),
+        "a contact's e-mail does not place an account"
+    );
+    assert_eq!(reports[1].released.len(), 1);
+    assert_eq!(reports[1].released[0].action, Some(Action::Linked));
+    assert!(parked(&p).is_empty());
+}
+
+/// A released document that still cannot be placed is parked again with its current reason,
+/// under a new parked row: here the CRM document that carries its number holds two accounts
+/// with that number, so the release (after the whole document) finds two records.
+#[test]
+fn a_released_document_that_now_finds_two_records_parks_again_ambiguous() {
+    let p = pipeline(CRM_FIRST);
+    assert_eq!(
+        run(
+            &p,
+            &account("lid://erp", "E-20", 1, Some("E-20"), None),
+            "erp-20"
+        )
+        .outcome,
+        Outcome::Parked
+    );
+    let seq = parked(&p)[0].seq;
+    let one = account("lid://crm", "CRM-F", 1, Some("E-20"), None);
+    let other = account("lid://crm", "CRM-G", 1, Some("E-20"), None);
+    let noun = |doc: &str| {
+        let start = doc.find("<CustomerPartyMaster>").unwrap();
+        let end = doc.find("</CustomerPartyMaster>").unwrap() + "</CustomerPartyMaster>".len();
+        doc[start..end].to_string()
+    };
+    let two = one.replace(&noun(&one), &format!("{}{}", noun(&one), noun(&other)));
+    let crm = run(&p, &two, "crm-two");
+    assert_eq!(crm.released.len(), 1, "{:?}", crm.decisions);
+    let again = &crm.released[0];
+    assert_eq!(again.outcome, Outcome::Parked);
+    assert!(
+        again
+            .decisions
+            .iter()
+            .any(|d| d.contains("ambiguous_match")),
+        "{:?}",
+        again.decisions
+    );
+    let rows = parked(&p);
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].reason, ParkReason::AmbiguousMatch);
+    assert!(rows[0].seq > seq, "a new parked row");
+    assert!(
+        rows[0].match_values.is_empty(),
+        "only no_match rows are indexed"
+    );
+}
+
+fn replay_json(dir: &Path, store: &Path, inputs: &Path, config: &Path) -> Vec<Map<String, Value>> {
+    let out = bodflow()
+        .current_dir(dir)
+        .arg("replay")
+        .arg(inputs)
+        .args(["--json", "--config"])
+        .arg(config)
+        .arg("--store")
+        .arg(store)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn str_of<'a>(line: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
+    line.get(key).and_then(Value::as_str)
+}
+
+/// Through the binary and across processes: the ERP document parked by one `replay` run is
+/// released by the next run's CRM document (the parked index is in the store), and the
+/// released document gets its own JSON line, right after its trigger's, naming the trigger.
+#[test]
+fn replay_prints_the_released_document_as_its_own_line_after_its_trigger() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("bodflow.toml");
+    std::fs::write(&config, CRM_FIRST).unwrap();
+    let store = tmp.path().join("store");
+    let day1 = tmp.path().join("day1");
+    let day2 = tmp.path().join("day2");
+    std::fs::create_dir_all(&day1).unwrap();
+    std::fs::create_dir_all(&day2).unwrap();
+    std::fs::write(
+        day1.join("1-erp.xml"),
+        account("lid://erp", "E-1", 1, Some("E-1"), None),
+    )
+    .unwrap();
+    std::fs::write(
+        day1.join("2-crm.xml"),
+        account("lid://crm", "CRM-1", 1, None, None),
+    )
+    .unwrap();
+    std::fs::write(
+        day2.join("3-crm.xml"),
+        account("lid://crm", "CRM-1", 2, Some("E-1"), None),
+    )
+    .unwrap();
+    std::fs::write(
+        day2.join("4-erp.xml"),
+        account("lid://erp", "E-1", 2, Some("E-1"), None),
+    )
+    .unwrap();
+
+    let first = replay_json(tmp.path(), &store, &day1, &config);
+    assert_eq!(
+        first
+            .iter()
+            .map(|l| str_of(l, "outcome").unwrap())
+            .collect::<Vec<_>>(),
+        ["parked", "applied"]
+    );
+    let second = replay_json(tmp.path(), &store, &day2, &config);
+    let summary: Vec<(String, Option<&str>, Option<&str>)> = second
+        .iter()
+        .map(|l| {
+            let file = Path::new(str_of(l, "source").unwrap()).file_name().unwrap();
+            (
+                file.to_string_lossy().into_owned(),
+                str_of(l, "action"),
+                str_of(l, "released_by"),
+            )
+        })
+        .collect();
+    let trigger_id = str_of(&second[0], "message_id").unwrap();
+    assert_eq!(
+        summary,
+        [
+            ("3-crm.xml".to_string(), Some("updated"), None),
+            ("1-erp.xml".to_string(), Some("linked"), Some(trigger_id)),
+            ("4-erp.xml".to_string(), Some("updated"), None),
+        ]
+    );
+    assert_eq!(
+        str_of(&second[1], "message_id"),
+        str_of(&first[0], "message_id")
+    );
+    let decisions = second[0]["decisions"].as_array().unwrap();
+    assert!(
+        decisions
+            .iter()
+            .any(|d| d.as_str().unwrap().contains("released parked message")),
+        "{decisions:?}"
+    );
+}
