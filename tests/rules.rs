@@ -12,8 +12,9 @@ use chrono::Utc;
 use serde_json::{Map, Value};
 
 use bodflow::config::Config;
+use bodflow::pipeline::link::{LinkRequest, Refused, UnlinkRequest};
 use bodflow::pipeline::{Action, Input, Outcome, Pipeline, Report};
-use bodflow::store::{ParkReason, Store};
+use bodflow::store::{Kind, ParkReason, Store};
 
 mod common;
 use common::bodflow;
@@ -359,4 +360,308 @@ fn replay_prints_the_released_document_as_its_own_line_after_its_trigger() {
             .any(|d| d.as_str().unwrap().contains("released parked message")),
         "{decisions:?}"
     );
+}
+
+// ------------------------------------------------------------------------------------------
+// 2. bodflow link / unlink, audited
+// ------------------------------------------------------------------------------------------
+
+/// A billing system an operator links by hand (`manual`), next to a CRM that creates.
+const MANUAL: &str = r#"
+[[users]]
+id = "U-ADMIN"
+[[applications]]
+name = "Billing"
+logical_id = "lid://billing"
+default_record_owner = "U-ADMIN"
+create_policy = "manual"
+[[applications]]
+name = "CRM"
+logical_id = "lid://crm"
+default_record_owner = "U-ADMIN"
+"#;
+
+fn link_request<'a>(application: &'a str, id: &'a str, record: &'a str) -> LinkRequest<'a> {
+    LinkRequest {
+        application,
+        accounting_entity: "",
+        id,
+        record,
+        kind: None,
+        operator: "jdoe",
+        now: Utc::now(),
+    }
+}
+
+/// `link` creates the cross-reference and applies both documents parked for that key in one
+/// transaction (audited with their message ids); every refusal has its code; `unlink` keeps
+/// the record, stops the Syncs to the application, and its next document follows `manual`
+/// again.
+#[test]
+fn link_applies_the_parked_documents_refuses_conflicts_and_unlink_stops_the_flow() {
+    let p = pipeline(MANUAL);
+    let crm = run(&p, &account("lid://crm", "CRM-1", 1, None, None), "crm-1");
+    let hub = crm.record.clone().unwrap();
+    assert!(
+        crm.outputs.iter().any(|o| o.to == "lid://billing"),
+        "billing gets the Add"
+    );
+    for (v, m) in [(1, "bill-1"), (2, "bill-2")] {
+        let r = run(&p, &account("lid://billing", "B-1", v, None, None), m);
+        assert_eq!(r.outcome, Outcome::Parked);
+        assert!(r.decisions.iter().any(|d| d.contains("manual")));
+    }
+
+    let done = p
+        .link(&link_request("lid://billing", "B-1", &hub))
+        .unwrap()
+        .unwrap();
+    let released: Vec<(&str, Outcome, Option<Action>)> = done
+        .report
+        .released
+        .iter()
+        .map(|r| (r.message_id.as_str(), r.outcome, r.action))
+        .collect();
+    assert_eq!(
+        released,
+        [
+            ("bill-1", Outcome::Applied, Some(Action::Updated)),
+            ("bill-2", Outcome::Applied, Some(Action::Updated)),
+        ]
+    );
+    assert_eq!(done.audit.released, ["bill-1", "bill-2"]);
+    assert!(parked(&p).is_empty());
+    let record = p.store.record(&hub).unwrap().unwrap();
+    assert_eq!(record.xref_for("lid://billing").unwrap().variation, "2");
+    let audit = p.store.audit_for(&hub).unwrap();
+    assert_eq!(audit.len(), 1);
+    assert_eq!(
+        (
+            audit[0].action.as_str(),
+            audit[0].operator.as_str(),
+            audit[0].app_id.as_str()
+        ),
+        ("link", "jdoe", "B-1")
+    );
+
+    let refused = |r: Result<_, Refused>| r.err().map(|e| e.code());
+    assert_eq!(
+        refused(p.link(&link_request("lid://billing", "B-1", &hub)).unwrap()),
+        Some("id_linked_elsewhere")
+    );
+    assert_eq!(
+        refused(p.link(&link_request("lid://billing", "B-2", &hub)).unwrap()),
+        Some("record_already_linked")
+    );
+    assert_eq!(
+        refused(
+            p.link(&link_request("lid://billing", "B-3", "ACC-999999"))
+                .unwrap()
+        ),
+        Some("record_not_found")
+    );
+    assert_eq!(
+        refused(p.link(&link_request("lid://nobody", "B-3", &hub)).unwrap()),
+        Some("unknown_application")
+    );
+    let mut contact_link = link_request("lid://crm", "P-1", &hub);
+    contact_link.kind = Some(Kind::Contact);
+    assert_eq!(
+        refused(p.link(&contact_link).unwrap()),
+        Some("kind_mismatch")
+    );
+    assert_eq!(
+        p.store.audit_for(&hub).unwrap().len(),
+        1,
+        "refusals are not audited"
+    );
+
+    let unlinked = p
+        .unlink(&UnlinkRequest {
+            application: "lid://billing",
+            record: &hub,
+            operator: "jdoe",
+            now: Utc::now(),
+        })
+        .unwrap()
+        .unwrap();
+    assert_eq!(unlinked.audit.app_id, "B-1");
+    let record = p.store.record(&hub).unwrap().unwrap();
+    assert!(
+        record.xref_for("lid://billing").is_none(),
+        "the record stays, unlinked"
+    );
+    assert_eq!(record.unlinked, ["lid://billing"]);
+    let change = run(
+        &p,
+        &account("lid://crm", "CRM-1", 2, None, Some("a@acme.example")),
+        "crm-2",
+    );
+    assert!(
+        change.outputs.iter().all(|o| o.to != "lid://billing"),
+        "no Sync to an unlinked application: {:?}",
+        change.outputs
+    );
+    assert!(
+        change.decisions.iter().any(|d| d.contains("unlinked")),
+        "{:?}",
+        change.decisions
+    );
+    let next = run(
+        &p,
+        &account("lid://billing", "B-1", 3, None, None),
+        "bill-3",
+    );
+    assert_eq!(next.outcome, Outcome::Parked, "manual again after unlink");
+    assert_eq!(
+        p.unlink(&UnlinkRequest {
+            application: "lid://billing",
+            record: &hub,
+            operator: "jdoe",
+            now: Utc::now(),
+        })
+        .unwrap()
+        .err()
+        .map(|e| e.code()),
+        Some("not_linked")
+    );
+
+    // Re-linked: Syncs flow again.
+    let relinked = p
+        .link(&link_request("lid://billing", "B-1", &hub))
+        .unwrap()
+        .unwrap();
+    assert_eq!(relinked.report.released.len(), 1);
+    assert!(p.store.record(&hub).unwrap().unwrap().unlinked.is_empty());
+    let change = run(
+        &p,
+        &account("lid://crm", "CRM-1", 3, None, Some("b@acme.example")),
+        "crm-3",
+    );
+    assert!(change.outputs.iter().any(|o| o.to == "lid://billing"));
+    let actions: Vec<String> = p
+        .store
+        .audit_for(&hub)
+        .unwrap()
+        .into_iter()
+        .map(|a| a.action)
+        .collect();
+    assert_eq!(actions, ["link", "unlink", "link"]);
+}
+
+fn cli(dir: &Path, args: &[&str]) -> std::process::Output {
+    let out = bodflow().current_dir(dir).args(args).output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("panicked"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The binary: `link` prints what it released and exits 0; refusals exit 1 with a clear
+/// message; `records --id` shows the cross-references and the audit trail; `unlink` too.
+#[test]
+fn link_and_unlink_commands_are_audited_and_shown_by_records_id() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::write(dir.join("bodflow.toml"), MANUAL).unwrap();
+    let docs = dir.join("docs");
+    std::fs::create_dir_all(&docs).unwrap();
+    std::fs::write(
+        docs.join("1-crm.xml"),
+        account("lid://crm", "CRM-1", 1, None, None),
+    )
+    .unwrap();
+    std::fs::write(
+        docs.join("2-bill.xml"),
+        account("lid://billing", "B-1", 1, None, None),
+    )
+    .unwrap();
+    let replayed = replay_json(dir, &dir.join("st"), &docs, &dir.join("bodflow.toml"));
+    assert_eq!(str_of(&replayed[1], "outcome"), Some("parked"));
+    let parked_id = str_of(&replayed[1], "message_id").unwrap();
+
+    let base = ["--store", "st", "--config", "bodflow.toml"];
+    let link = |extra: &[&str]| {
+        let mut args = vec!["link", "--application", "lid://billing"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&base);
+        cli(dir, &args)
+    };
+    let out = link(&["--id", "B-1", "--record", "ACC-000001", "--by", "ops"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("linked lid://billing|B-1 to ACC-000001 by ops"),
+        "{text}"
+    );
+    assert!(text.contains("2-bill.xml: applied ACC-000001"), "{text}");
+
+    let out = link(&["--id", "B-2", "--record", "ACC-000404"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no hub record ACC-000404"));
+    let out = link(&["--id", "B-9", "--record", "ACC-000001"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("record_already_linked"));
+
+    let out = cli(
+        dir,
+        &[
+            &[
+                "unlink",
+                "--application",
+                "lid://billing",
+                "--record",
+                "ACC-000001",
+                "--by",
+                "ops",
+            ][..],
+            &base,
+        ]
+        .concat(),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = cli(
+        dir,
+        &[&["records", "--id", "ACC-000001", "--json"][..], &base].concat(),
+    );
+    assert_eq!(out.status.code(), Some(0));
+    let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let audit = shown["audit"].as_array().unwrap();
+    assert_eq!(audit.len(), 2);
+    assert_eq!(audit[0]["action"], "link");
+    assert_eq!(audit[0]["operator"], "ops");
+    assert_eq!(audit[0]["released"][0], parked_id);
+    assert_eq!(audit[1]["action"], "unlink");
+    assert_eq!(shown["record"]["unlinked"][0], "lid://billing");
+    let text = cli(
+        dir,
+        &[&["records", "--id", "ACC-000001"][..], &base].concat(),
+    );
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("link lid://billing|B-1 ACC-000001 by ops; released"),
+        "{text}"
+    );
+    assert!(
+        text.contains("unlinked (no outbound Syncs): lid://billing"),
+        "{text}"
+    );
+    let out = cli(
+        dir,
+        &[&["records", "--id", "ACC-000404"][..], &base].concat(),
+    );
+    assert_eq!(out.status.code(), Some(1));
 }

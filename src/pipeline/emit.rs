@@ -30,6 +30,8 @@ pub struct Emitter<'a> {
     digest: String,
     count: u32,
     outputs: Vec<OutputReport>,
+    /// Fan-out decisions worth reporting (who did not get a Sync, and why).
+    notes: Vec<String>,
 }
 
 impl<'a> Emitter<'a> {
@@ -41,7 +43,13 @@ impl<'a> Emitter<'a> {
             digest,
             count: 0,
             outputs: Vec::new(),
+            notes: Vec::new(),
         }
+    }
+
+    /// The fan-out decisions collected since the last call.
+    pub fn take_notes(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.notes)
     }
 
     pub fn into_outputs(self) -> Vec<OutputReport> {
@@ -301,6 +309,13 @@ impl<'a> Emitter<'a> {
         };
         for (i, app) in self.config.applications.iter().enumerate() {
             if i == sender || !app.active {
+                continue;
+            }
+            if !record.unlinked.is_empty() && record.unlinked.contains(&app.logical_id) {
+                self.notes.push(format!(
+                    "not sent to {}: unlinked from {} by an operator",
+                    app.name, record.id
+                ));
                 continue;
             }
             let outbound = app.flows_for(record.kind.noun()).outbound;

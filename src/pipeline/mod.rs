@@ -11,6 +11,7 @@
 
 pub mod country;
 pub mod emit;
+pub mod link;
 pub mod owner;
 pub mod release;
 pub mod upsert;

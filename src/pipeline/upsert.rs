@@ -361,9 +361,10 @@ fn applied(
     }
     if let Announce::NewKey(key) = announce {
         if record.kind == Kind::Account {
-            relink_waiting(tx, doc, key, &record.id, em, &mut notes)?;
+            relink_waiting(tx, doc.app, key, &record.id, em, &mut notes)?;
         }
     }
+    notes.append(&mut em.take_notes());
     if doc.verb == Verb::Process {
         let ack_code = doc.bod.header.acknowledge_code.as_deref();
         em.accepted(tx, doc.app, record, ack_code)?;
@@ -734,6 +735,7 @@ fn link(
         id: key.id.clone(),
         variation: item.variation.clone().unwrap_or_default(),
     });
+    record.unlinked.retain(|a| *a != app.logical_id);
     merge(&mut record, item, app, &mut notes);
     if item.kind == Kind::Contact {
         link_employer(tx, config, app, item, &mut record, &mut notes)?;
@@ -840,6 +842,7 @@ fn create(
             id: key.id.clone(),
             variation: item.variation.clone().unwrap_or_default(),
         }],
+        unlinked: Vec::new(),
         created_by: app.logical_id.clone(),
         revision: 1,
     };
@@ -965,6 +968,7 @@ fn default_account(tx: &Tx<'_>, _config: &Config, app: &Application) -> TxResult
         account: None,
         intended_parent: None,
         xrefs: Vec::new(),
+        unlinked: Vec::new(),
         created_by: String::new(),
         revision: 1,
     };
@@ -973,10 +977,11 @@ fn default_account(tx: &Tx<'_>, _config: &Config, app: &Application) -> TxResult
     Ok(Some(id))
 }
 
-/// An account just got the key `key`: contacts that were waiting for it move to it.
-fn relink_waiting(
+/// An account just got the key `key`: contacts that were waiting for it move to it (and are
+/// announced to every application but `sender`'s).
+pub(super) fn relink_waiting(
     tx: &Tx<'_>,
-    doc: &Doc,
+    sender: usize,
     key: &XrefKey,
     account: &str,
     em: &mut Emitter<'_>,
@@ -994,7 +999,7 @@ fn relink_waiting(
         contact.intended_parent = None;
         contact.revision += 1;
         tx.put_record(&contact)?;
-        em.fan_out(tx, doc.app, &contact, false)?;
+        em.fan_out(tx, sender, &contact, false)?;
     }
     tx.set_waiting_children(key, &[])?;
     notes.push(format!(

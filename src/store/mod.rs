@@ -15,6 +15,7 @@
 //! | `n` | kind, match key, normalised value | sequences of `no_match` parked documents carrying it |
 //! | `c` | parent xref key | contact hub IDs waiting for that account |
 //! | `s` | counter name | big-endian u64 |
+//! | `a` | hub ID, big-endian sequence | [`AuditEntry`] of an operator action on the record |
 //!
 //! A transaction ([`Store::transact`]) is a write set applied as one atomic sled batch, with
 //! writers serialized: bodflow has one committer, and sled's optimistic transactions cost a
@@ -507,6 +508,19 @@ impl Store {
     pub fn parked(&self) -> impl Iterator<Item = Result<Parked, StoreError>> + '_ {
         self.scan::<Parked>(b'p').map(|r| r.map(|(_, v)| v))
     }
+
+    /// The audit trail of a record (operator links and unlinks), oldest first.
+    pub fn audit_for(&self, record: &str) -> Result<Vec<AuditEntry>, StoreError> {
+        let mut prefix = key(b'a', &[record]);
+        prefix.push(SEP);
+        self.hub
+            .scan_prefix(prefix)
+            .map(|item| {
+                let (k, v) = item?;
+                decode(&k, &v)
+            })
+            .collect()
+    }
 }
 
 fn seq_of(k: &[u8]) -> u64 {
@@ -744,6 +758,15 @@ impl Tx<'_> {
         woken
     }
 
+    /// Appends an entry to the record's audit trail.
+    pub fn put_audit(&self, entry: &AuditEntry) -> TxResult<()> {
+        let seq = self.next("audit")?;
+        let mut k = key(b'a', &[&entry.record]);
+        k.push(SEP);
+        k.extend_from_slice(&seq.to_be_bytes());
+        self.put(k, entry)
+    }
+
     /// Contacts waiting for the account an application knows as `parent`.
     pub fn waiting_children(&self, parent: &XrefKey) -> TxResult<Vec<String>> {
         Ok(self.get(&waiting_key(parent))?.unwrap_or_default())
@@ -780,6 +803,7 @@ mod tests {
             account: None,
             intended_parent: None,
             xrefs: vec![],
+            unlinked: vec![],
             created_by: "lid://a".into(),
             revision: 1,
         }

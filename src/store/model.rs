@@ -202,6 +202,10 @@ pub struct HubRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub intended_parent: Option<XrefKey>,
     pub xrefs: Vec<Xref>,
+    /// Applications an operator unlinked from this record (`bodflow unlink`): they receive no
+    /// outbound Syncs for it until it is linked to them again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unlinked: Vec<String>,
     /// Logical ID of the application whose document created it (empty for placeholders).
     #[serde(default)]
     pub created_by: String,
@@ -319,4 +323,27 @@ pub struct Parked {
     /// which the store indexes them so a record that comes to carry one releases them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub match_values: Vec<(crate::config::MatchKey, String)>,
+}
+
+/// One operator action on a record (`bodflow link` / `unlink`), written in the action's
+/// transaction and listed by [`crate::store::Store::audit_for`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// RFC 3339 UTC.
+    pub at: String,
+    /// Who did it (`--by`, else `$USER`).
+    pub operator: String,
+    /// `link` or `unlink`.
+    pub action: String,
+    /// The application's logical ID.
+    pub application: String,
+    #[serde(default)]
+    pub accounting_entity: String,
+    /// The application's ID for the record (the IDs removed, for an unlink).
+    pub app_id: String,
+    /// The hub record.
+    pub record: String,
+    /// Message ids of the parked documents the action released.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub released: Vec<String>,
 }
