@@ -386,6 +386,14 @@ pub struct Application {
     /// Per noun flows; a noun without an entry flows fully in both directions.
     #[serde(default)]
     pub flows: BTreeMap<String, Flows>,
+    /// Outbound contacts go to this application only while their classification contains
+    /// this value (compared case-insensitively).
+    #[serde(default)]
+    pub require_classification: Option<String>,
+    /// Inbound contacts from this application get this classification added; new contacts
+    /// from it become employees of their account (`relationship = "employee"`).
+    #[serde(default)]
+    pub stamp_classification: Option<String>,
 }
 
 fn yes() -> bool {
@@ -397,6 +405,12 @@ fn default_language() -> String {
 }
 
 impl Application {
+    /// Whether `classification` holds `code` (case-insensitively, as classifications are
+    /// compared everywhere).
+    pub fn has_classification(classification: &[String], code: &str) -> bool {
+        classification.iter().any(|c| c.eq_ignore_ascii_case(code))
+    }
+
     /// Whether a sender logical ID denotes this application (exactly, or with a `/suffix`).
     pub fn matches_sender(&self, sender: &str) -> bool {
         sender == self.logical_id
@@ -589,6 +603,19 @@ impl Config {
                     format!("required by create_policy {:?}", app.create_policy),
                 ));
             }
+            for (field, value) in [
+                ("require_classification", &app.require_classification),
+                ("stamp_classification", &app.stamp_classification),
+            ] {
+                if let Some(v) = value {
+                    if v.trim().is_empty() || v.chars().count() > 64 {
+                        return Err(err(
+                            key(field),
+                            "must be a classification code of 1 to 64 characters".into(),
+                        ));
+                    }
+                }
+            }
             for (noun, flows) in &app.flows {
                 if !NOUNS.contains(&noun.as_str()) {
                     return Err(err(
@@ -734,6 +761,31 @@ mod tests {
         assert!(cfg.application("lid://infor.ln.ln01/3555").is_some());
         assert!(cfg.application("lid://infor.ln.ln012").is_none());
         assert_eq!(cfg.applications[0].slug(), "ln-europe-01");
+    }
+
+    #[test]
+    fn classification_keys_must_be_codes() {
+        let base = "[[applications]]\nname='a'\nlogical_id='lid://a'\n";
+        let ok = Config::from_toml(
+            &format!("{base}require_classification='Sales'\nstamp_classification='Sales'\n"),
+            "t",
+        )
+        .unwrap();
+        assert_eq!(
+            ok.applications[0].require_classification.as_deref(),
+            Some("Sales")
+        );
+        assert!(Application::has_classification(
+            &["VIP".into(), "sales".into()],
+            "SALES"
+        ));
+        let err = Config::from_toml(&format!("{base}stamp_classification='  '\n"), "t")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("applications[0].stamp_classification"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -120,6 +120,8 @@ fn fully_populated() -> Config {
                     outbound: everything(),
                 },
             )]),
+            require_classification: Some("Sales".into()),
+            stamp_classification: Some("Sales".into()),
         }],
     }
 }

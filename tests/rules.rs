@@ -665,3 +665,184 @@ fn link_and_unlink_commands_are_audited_and_shown_by_records_id() {
     );
     assert_eq!(out.status.code(), Some(1));
 }
+
+// ------------------------------------------------------------------------------------------
+// 3. Classification rules
+// ------------------------------------------------------------------------------------------
+
+/// ERP ↔ mobile sales: only `Sales` contacts go to the app, and what the app sends is stamped
+/// `Sales`.
+const MOBILE: &str = r#"
+[[users]]
+id = "U-ADMIN"
+[[applications]]
+name = "ERP"
+logical_id = "lid://erp"
+default_record_owner = "U-ADMIN"
+[[applications]]
+name = "Mobile"
+logical_id = "lid://mobile"
+default_record_owner = "U-ADMIN"
+require_classification = "Sales"
+stamp_classification = "Sales"
+[[applications]]
+name = "CRM"
+logical_id = "lid://crm"
+default_record_owner = "U-ADMIN"
+"#;
+
+fn contact(sender: &str, id: &str, variation: u32, employer: &str, classes: &[&str]) -> String {
+    let classes = if classes.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "<Classification><Codes>{}</Codes></Classification>",
+            classes
+                .iter()
+                .map(|c| format!("<Code>{c}</Code>"))
+                .collect::<String>()
+        )
+    };
+    format!(
+        r#"<SyncContactMaster xmlns="http://schema.infor.com/InforOAGIS/2" releaseID="9.2">
+  <ApplicationArea><Sender><LogicalID>{sender}</LogicalID></Sender><CreationDateTime>2026-01-01T00:00:00Z</CreationDateTime></ApplicationArea>
+  <DataArea><Sync/><ContactMaster><IDs><ID variationID="{variation}">{id}</ID></IDs><GivenName>Ada</GivenName><FamilyName>Byron</FamilyName>
+    <EmployerReference><DocumentID><ID>{employer}</ID></DocumentID></EmployerReference>{classes}
+  </ContactMaster></DataArea></SyncContactMaster>"#
+    )
+}
+
+fn sent_to(report: &Report) -> Vec<&str> {
+    report.outputs.iter().map(|o| o.to.as_str()).collect()
+}
+
+/// Every outbox row of the store, validated by xmllint against `schemas/<kind>.xsd`; returns
+/// the documents by kind.
+fn validate_outbox(p: &Pipeline) -> std::collections::BTreeMap<String, Vec<String>> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut by_kind: std::collections::BTreeMap<String, Vec<common::ToCheck>> = Default::default();
+    let mut xml: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for (i, row) in p.store.outbox().enumerate() {
+        let (_, row) = row.unwrap();
+        let file = dir.path().join(format!("{i}.{}.xml", row.kind));
+        std::fs::write(&file, &row.xml).unwrap();
+        by_kind
+            .entry(row.kind.clone())
+            .or_default()
+            .push(common::ToCheck::file(file));
+        xml.entry(row.kind).or_default().push(row.xml);
+    }
+    let problems = common::xmllint_validate_by_kind(common::schema_for_kind, &by_kind);
+    assert!(problems.is_empty(), "{problems:#?}");
+    xml
+}
+
+#[test]
+fn contacts_flow_to_an_application_only_while_classified_as_it_requires() {
+    let p = pipeline(MOBILE);
+    run(&p, &account("lid://erp", "A-1", 1, None, None), "erp-a");
+    let service = run(
+        &p,
+        &contact("lid://erp", "P-1", 1, "A-1", &["Service"]),
+        "erp-p1",
+    );
+    assert_eq!(service.action, Some(Action::Created));
+    assert_eq!(sent_to(&service), ["lid://crm"]);
+    assert!(
+        service
+            .decisions
+            .iter()
+            .any(|d| d
+                == "not sent to Mobile: contact not classified Sales (require_classification)"),
+        "{:?}",
+        service.decisions
+    );
+    let sales = run(
+        &p,
+        &contact("lid://erp", "P-1", 2, "A-1", &["Service", "sales"]),
+        "erp-p2",
+    );
+    assert_eq!(
+        sent_to(&sales),
+        ["lid://mobile", "lid://crm"],
+        "case-insensitive"
+    );
+    let lost = run(
+        &p,
+        &contact("lid://erp", "P-1", 3, "A-1", &["Service"]),
+        "erp-p3",
+    );
+    assert_eq!(lost.action, Some(Action::Updated));
+    assert_eq!(
+        sent_to(&lost),
+        ["lid://crm"],
+        "a contact that loses it stops flowing"
+    );
+    validate_outbox(&p);
+}
+
+#[test]
+fn contacts_from_a_stamping_application_are_stamped_and_new_ones_become_employees() {
+    let p = pipeline(MOBILE);
+    let new = run(&p, &contact("lid://mobile", "M-1", 1, "MA-1", &[]), "mob-1");
+    assert_eq!(new.action, Some(Action::Created));
+    for expected in [
+        "classification: stamped Sales (Mobile stamp_classification)",
+        "relationship: new contact from Mobile is an employee of its account",
+    ] {
+        assert!(
+            new.decisions.iter().any(|d| d == expected),
+            "{:?}",
+            new.decisions
+        );
+    }
+    let hub = new.record.clone().unwrap();
+    let record = p.store.record(&hub).unwrap().unwrap();
+    assert_eq!(record.fields.classification, ["Sales"]);
+    assert_eq!(
+        record.fields.identity.relationship.as_deref(),
+        Some("employee")
+    );
+
+    // Its own classification replaces the old one (it masters everything of its record),
+    // and the stamp comes back.
+    let update = run(
+        &p,
+        &contact("lid://mobile", "M-1", 2, "MA-1", &["VIP"]),
+        "mob-2",
+    );
+    let record = p.store.record(&hub).unwrap().unwrap();
+    assert_eq!(
+        record.fields.classification,
+        ["VIP", "Sales"],
+        "{:?}",
+        update.decisions
+    );
+    // A contact already classified (any case) is not stamped twice.
+    run(
+        &p,
+        &contact("lid://mobile", "M-1", 3, "MA-1", &["sales"]),
+        "mob-3",
+    );
+    let record = p.store.record(&hub).unwrap().unwrap();
+    assert_eq!(record.fields.classification, ["sales"]);
+
+    let xml = validate_outbox(&p);
+    let syncs = &xml["SyncContactMaster"];
+    assert!(syncs.len() >= 6, "to the ERP and the CRM, three times");
+    assert!(
+        syncs
+            .iter()
+            .all(|x| x.contains(r#"<ContactMaster type="employee">"#)),
+        "the relationship is written as ContactMaster/@type"
+    );
+    // Contacts of other applications do not become employees.
+    let erp = run(&p, &contact("lid://erp", "P-9", 1, "A-9", &[]), "erp-9");
+    let record = p
+        .store
+        .record(erp.record.as_deref().unwrap())
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.fields.identity.relationship, None);
+    assert!(record.fields.classification.is_empty());
+}

@@ -266,6 +266,8 @@ pub struct Contact {
     pub status: Option<String>,
     pub sales_persons: Vec<SalesPerson>,
     pub user_area: Vec<NameValue>,
+    /// `@type`: the person's relationship to the account (OAGIS `ContactType/@type`).
+    pub relationship: Option<String>,
 }
 
 /// Reads one document: decode + typed model. The only entry point for untrusted bytes.

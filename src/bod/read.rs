@@ -374,6 +374,11 @@ fn read_contact(dom: &Dom<'_>, at: usize, path: String) -> Contact {
         status: owned(dom, at, "Status/Code"),
         sales_persons: read_sales_persons(dom, at),
         user_area: read_user_area(dom, at),
+        relationship: dom
+            .attr(at, "type")
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(str::to_string),
     }
 }
 

@@ -358,7 +358,10 @@ fn communications(out: &mut Out, c: &Communication, element: &str) {
 
 fn contact(out: &mut Out, n: &NounOut<'_>) {
     let f = n.fields;
-    out.open("ContactMaster");
+    match f.identity.relationship.as_deref() {
+        Some(rel) => out.open_with("ContactMaster", &[("type", rel)]),
+        None => out.open("ContactMaster"),
+    }
     out.open("IDs");
     for id in &n.ids {
         id_element(out, id);

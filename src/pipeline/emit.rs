@@ -320,6 +320,19 @@ impl<'a> Emitter<'a> {
             }
             let outbound = app.flows_for(record.kind.noun()).outbound;
             let xref = record.xref_for(&app.logical_id);
+            // A contact goes only to applications whose required classification it has (a
+            // contact that loses it stops flowing; deletes still reach those that know it).
+            if let (Kind::Contact, Some(code), false) =
+                (record.kind, app.require_classification.as_deref(), deleted)
+            {
+                if !Application::has_classification(&record.fields.classification, code) {
+                    self.notes.push(format!(
+                        "not sent to {}: contact not classified {code} (require_classification)",
+                        app.name
+                    ));
+                    continue;
+                }
+            }
             let action = match (deleted, xref) {
                 (true, None) => continue,
                 (true, Some(_)) if outbound.delete.0 == DeleteMode::Off => continue,

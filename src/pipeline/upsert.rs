@@ -310,6 +310,7 @@ fn apply_item(
     let mut notes = Vec::new();
     let groups = merge(&mut record, item, app, &mut notes);
     if item.kind == Kind::Contact {
+        stamp(&mut record.fields, app, false, &mut notes);
         link_employer(tx, config, app, item, &mut record, &mut notes)?;
     }
     let changed = content_changed(&before, &record);
@@ -493,7 +494,34 @@ fn merge_identity(current: &mut Fields, incoming: &Fields) {
     set(&mut c.account_number, &i.account_number);
     set(&mut c.external_number, &i.external_number);
     set(&mut c.status, &i.status);
+    set(&mut c.relationship, &i.relationship);
 }
+
+/// Classification rules for an inbound contact (DESIGN §3 "Classification"): the sender's
+/// `stamp_classification` is added whatever the sender masters; a new contact from such an
+/// application becomes an employee of its account.
+fn stamp(fields: &mut Fields, app: &Application, new: bool, notes: &mut Vec<String>) {
+    let Some(code) = app.stamp_classification.as_deref() else {
+        return;
+    };
+    if !Application::has_classification(&fields.classification, code) {
+        fields.classification.push(code.to_string());
+        notes.push(format!(
+            "classification: stamped {code} ({} stamp_classification)",
+            app.name
+        ));
+    }
+    if new && fields.identity.relationship.is_none() {
+        fields.identity.relationship = Some(EMPLOYEE.into());
+        notes.push(format!(
+            "relationship: new contact from {} is an employee of its account",
+            app.name
+        ));
+    }
+}
+
+/// The relationship of contacts imported from an application that stamps a classification.
+pub const EMPLOYEE: &str = "employee";
 
 /// Keeps the match indexes in step with a record's change (`before` = `None`: new record;
 /// `after` = `None`: removed record).
@@ -738,6 +766,7 @@ fn link(
     record.unlinked.retain(|a| *a != app.logical_id);
     merge(&mut record, item, app, &mut notes);
     if item.kind == Kind::Contact {
+        stamp(&mut record.fields, app, false, &mut notes);
         link_employer(tx, config, app, item, &mut record, &mut notes)?;
     }
     record.revision += 1;
@@ -819,6 +848,9 @@ fn create(
     let key = assign_id(tx, config, item, None, &id, &mut notes)?;
     if item.kind == Kind::Account && fields.identity.account_number.is_none() {
         fields.identity.account_number = Some(key.id.clone());
+    }
+    if item.kind == Kind::Contact {
+        stamp(&mut fields, app, true, &mut notes);
     }
     let owner = Owner {
         owner: item.owner.owner.clone(),

@@ -402,6 +402,7 @@ fn check_fields(f: &Fields, key: &XrefKey, path: &str) -> Result<()> {
         (f.identity.status.as_deref(), "Status/Code"),
         (f.commercial.currency.as_deref(), "CurrencyCode"),
         (f.commercial.payment_term.as_deref(), "PaymentTermID"),
+        (f.identity.relationship.as_deref(), "@type"),
     ];
     for (value, at) in codes {
         if let Some(v) = value {
@@ -606,6 +607,7 @@ fn contact_item(
                 family_name: family,
                 job_title: job,
                 status: c.status.clone(),
+                relationship: c.relationship.clone(),
                 ..Default::default()
             },
             address: address.as_ref().map(|(a, _)| a.clone()),

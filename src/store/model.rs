@@ -104,6 +104,10 @@ pub struct Identity {
     pub external_number: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,
+    /// Contacts: how the person relates to their account (`employee` for contacts imported
+    /// from an application that stamps a classification); `ContactMaster/@type` in BODs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relationship: Option<String>,
 }
 
 /// Field group `address`; the country is always ISO 3166-1 alpha-2 in the hub.
