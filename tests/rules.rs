@@ -846,3 +846,93 @@ fn contacts_from_a_stamping_application_are_stamped_and_new_ones_become_employee
     assert_eq!(record.fields.identity.relationship, None);
     assert!(record.fields.classification.is_empty());
 }
+
+// ------------------------------------------------------------------------------------------
+// 4. Account type
+// ------------------------------------------------------------------------------------------
+
+/// `account` with the account type as senders carry it: `@role` on the noun.
+fn typed_account(sender: &str, id: &str, variation: u32, role: &str) -> String {
+    account(sender, id, variation, None, None).replacen(
+        "<CustomerPartyMaster>",
+        &format!(r#"<CustomerPartyMaster role="{role}">"#),
+        1,
+    )
+}
+
+/// The account type lands in the commercial group, follows commercial mastership and outbound
+/// field selection, and is written as `CustomerPartyMaster/@role`.
+#[test]
+fn the_account_type_is_kept_on_the_record_and_written_in_sync() {
+    let p = pipeline(
+        r#"
+[[applications]]
+name = "CRM"
+logical_id = "lid://crm"
+[[applications]]
+name = "ERP"
+logical_id = "lid://erp"
+create_policy = "match_or_create"
+match_on = ["account_number"]
+masters = ["identity"]
+[[applications]]
+name = "Mobile"
+logical_id = "lid://mobile"
+[applications.flows.CustomerPartyMaster]
+outbound = { fields = ["identity", "address"] }
+"#,
+    );
+    let created = run(
+        &p,
+        &typed_account("lid://crm", "CRM-1", 1, "Prospect"),
+        "crm-1",
+    );
+    let hub = created.record.clone().unwrap();
+    let record = p.store.record(&hub).unwrap().unwrap();
+    assert_eq!(
+        record.fields.commercial.account_type.as_deref(),
+        Some("Prospect")
+    );
+    run(
+        &p,
+        &typed_account("lid://crm", "CRM-1", 2, "Customer"),
+        "crm-2",
+    );
+    // The ERP links by number but does not master commercial data: its type is ignored.
+    let erp = typed_account("lid://erp", "CRM-1", 1, "Competitor");
+    let linked = run(&p, &erp, "erp-1");
+    assert_eq!(
+        linked.action,
+        Some(Action::Linked),
+        "{:?}",
+        linked.decisions
+    );
+    run(
+        &p,
+        &typed_account("lid://erp", "CRM-1", 2, "Competitor"),
+        "erp-2",
+    );
+    let record = p.store.record(&hub).unwrap().unwrap();
+    assert_eq!(
+        record.fields.commercial.account_type.as_deref(),
+        Some("Customer")
+    );
+
+    let xml = validate_outbox(&p);
+    let syncs = &xml["SyncCustomerPartyMaster"];
+    let to = |lid: &str| {
+        syncs
+            .iter()
+            .filter(|x| x.contains(&format!(r#"lid="{lid}""#)))
+            .collect::<Vec<_>>()
+    };
+    assert!(to("lid://erp")
+        .iter()
+        .any(|x| x.contains(r#"<CustomerPartyMaster role="Customer">"#)));
+    let mobile = to("lid://mobile");
+    assert!(!mobile.is_empty());
+    assert!(
+        mobile.iter().all(|x| !x.contains("role=")),
+        "commercial is not among the mobile app's fields"
+    );
+}

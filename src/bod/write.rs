@@ -294,7 +294,10 @@ fn user_area(out: &mut Out, hub_id: &str) {
 
 fn party(out: &mut Out, n: &NounOut<'_>) {
     let f = n.fields;
-    out.open("CustomerPartyMaster");
+    match f.commercial.account_type.as_deref() {
+        Some(role) => out.open_with("CustomerPartyMaster", &[("role", role)]),
+        None => out.open("CustomerPartyMaster"),
+    }
     out.open("PartyIDs");
     for id in &n.ids {
         id_element(out, id);

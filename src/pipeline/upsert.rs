@@ -435,6 +435,9 @@ fn merge(
         if c.payment_term.is_some() {
             current.commercial.payment_term = c.payment_term.clone();
         }
+        if c.account_type.is_some() {
+            current.commercial.account_type = c.account_type.clone();
+        }
     }
     if has(FieldGroup::Classification) && !incoming.classification.is_empty() {
         current.classification = incoming.classification.clone();

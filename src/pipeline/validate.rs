@@ -403,6 +403,7 @@ fn check_fields(f: &Fields, key: &XrefKey, path: &str) -> Result<()> {
         (f.commercial.currency.as_deref(), "CurrencyCode"),
         (f.commercial.payment_term.as_deref(), "PaymentTermID"),
         (f.identity.relationship.as_deref(), "@type"),
+        (f.commercial.account_type.as_deref(), "@role"),
     ];
     for (value, at) in codes {
         if let Some(v) = value {
@@ -532,6 +533,7 @@ fn party_item(
             commercial: Commercial {
                 currency: p.currency.clone(),
                 payment_term: p.payment_term.clone(),
+                account_type: p.account_type.clone(),
             },
             classification: p.classifications.clone(),
             user_area: p.user_area.clone(),

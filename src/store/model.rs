@@ -154,6 +154,10 @@ pub struct Commercial {
     pub currency: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payment_term: Option<String>,
+    /// Accounts: their type (`Customer`, `Prospect`, ...), as the senders' `@role` or
+    /// account-type classification carries it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_type: Option<String>,
 }
 
 /// Field group `owner`.
