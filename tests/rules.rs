@@ -936,3 +936,283 @@ outbound = { fields = ["identity", "address"] }
         "commercial is not among the mobile app's fields"
     );
 }
+
+// ------------------------------------------------------------------------------------------
+// 5. Outbound promotion and Acknowledge correlation
+// ------------------------------------------------------------------------------------------
+
+/// A CRM-first company: accounts that become Customers are promoted to the ERP, which assigns
+/// their number.
+const PROMOTION: &str = r#"
+[hub.promotion]
+when_type = "Customer"
+system_of_record = "lid://erp"
+accounting_entity = "3555"
+[[applications]]
+name = "ERP"
+logical_id = "lid://erp"
+create_policy = "match_only"
+match_on = ["account_number"]
+[[applications]]
+name = "CRM"
+logical_id = "lid://crm"
+"#;
+
+/// An AcknowledgeCustomerPartyMaster from `sender` answering the Process `original`.
+fn acknowledge(
+    sender: &str,
+    original: &str,
+    response: &str,
+    id: &str,
+    reason: Option<&str>,
+) -> String {
+    let status = reason
+        .map(|r| {
+            format!(
+                "<ChangeStatus><Code>Rejected</Code><ReasonCode>{r}</ReasonCode></ChangeStatus>"
+            )
+        })
+        .unwrap_or_default();
+    format!(
+        r#"<AcknowledgeCustomerPartyMaster xmlns="http://schema.infor.com/InforOAGIS/2" releaseID="9.2">
+  <ApplicationArea><Sender><LogicalID>{sender}</LogicalID></Sender><CreationDateTime>2026-01-02T00:00:00Z</CreationDateTime><BODID>ack:{original}:{response}</BODID></ApplicationArea>
+  <DataArea><Acknowledge><AccountingEntityID>3555</AccountingEntityID>
+    <OriginalApplicationArea><Sender><LogicalID>lid://bodflow.hub</LogicalID></Sender><CreationDateTime>2026-01-01T00:00:00Z</CreationDateTime><BODID>{original}</BODID></OriginalApplicationArea>
+    <ResponseCriteria><ResponseExpression actionCode="{response}"/>{status}</ResponseCriteria></Acknowledge>
+    <CustomerPartyMaster><PartyIDs><ID accountingEntity="3555" variationID="1">{id}</ID></PartyIDs><Name>Acme</Name></CustomerPartyMaster>
+  </DataArea></AcknowledgeCustomerPartyMaster>"#
+    )
+}
+
+fn process_sent(report: &Report) -> Option<String> {
+    let row = report
+        .outputs
+        .iter()
+        .find(|o| o.kind == "ProcessCustomerPartyMaster")?;
+    assert_eq!(row.to, "lid://erp");
+    Some(row.seq.to_string())
+}
+
+fn promotion_of(p: &Pipeline, hub: &str) -> Option<bodflow::store::PromotionState> {
+    p.store.record(hub).unwrap().unwrap().promotion
+}
+
+/// Prospect → no Process; Customer → one Process, awaiting; no second one while waiting;
+/// Accepted links the ERP's number; a later Modified for the same Process replaces it; the
+/// ERP's Syncs then update the account; unknown or foreign correlations stay rejected.
+#[test]
+fn a_customer_is_promoted_once_and_the_acknowledge_links_the_assigned_number() {
+    let p = pipeline(PROMOTION);
+    let prospect = run(
+        &p,
+        &typed_account("lid://crm", "CRM-1", 1, "Prospect"),
+        "crm-1",
+    );
+    let hub = prospect.record.clone().unwrap();
+    assert!(
+        prospect.outputs.is_empty(),
+        "the ERP gets no Sync Add: {:?}",
+        prospect.outputs
+    );
+    assert!(
+        prospect
+            .decisions
+            .iter()
+            .any(|d| d == "not sent to ERP: the system of record receives accounts by promotion"),
+        "{:?}",
+        prospect.decisions
+    );
+    assert!(promotion_of(&p, &hub).is_none());
+
+    let customer = run(
+        &p,
+        &typed_account("lid://crm", "CRM-1", 2, "customer"),
+        "crm-2",
+    );
+    assert!(
+        process_sent(&customer).is_some(),
+        "{:?}",
+        customer.decisions
+    );
+    let state = promotion_of(&p, &hub).unwrap();
+    assert_eq!(state.status.as_str(), "awaiting_acknowledgement");
+    let process_bod = state.bod_id.clone();
+    assert!(customer.decisions.iter().any(|d| d.contains(&process_bod)));
+
+    let again = run(
+        &p,
+        &typed_account("lid://crm", "CRM-1", 3, "Customer").replace("Acme", "Acme AG"),
+        "crm-3",
+    );
+    assert_eq!(again.action, Some(Action::Updated));
+    assert!(
+        process_sent(&again).is_none(),
+        "not promoted twice while awaiting"
+    );
+    assert!(
+        again.decisions.iter().any(|d| d.contains("still awaits")),
+        "{:?}",
+        again.decisions
+    );
+
+    // Only the application the Process went to may answer it.
+    let foreign = run(
+        &p,
+        &acknowledge("lid://crm", &process_bod, "Accepted", "X-1", None),
+        "ack-crm",
+    );
+    assert_eq!(
+        foreign.error.as_ref().map(|e| e.code),
+        Some("unknown_correlation")
+    );
+    let unknown = run(
+        &p,
+        &acknowledge("lid://erp", "nobody-sent-this", "Accepted", "X-1", None),
+        "ack-unknown",
+    );
+    assert_eq!(
+        unknown.error.as_ref().map(|e| e.code),
+        Some("unknown_correlation")
+    );
+
+    let accepted = run(
+        &p,
+        &acknowledge("lid://erp", &process_bod, "Accepted", "E-500", None),
+        "ack-1",
+    );
+    assert_eq!(
+        (accepted.outcome, accepted.action),
+        (Outcome::Applied, Some(Action::Linked)),
+        "{:?}",
+        accepted
+    );
+    assert_eq!(accepted.record.as_deref(), Some(hub.as_str()));
+    let record = p.store.record(&hub).unwrap().unwrap();
+    let xref = record.xref_for("lid://erp").unwrap();
+    assert_eq!(
+        (xref.accounting_entity.as_str(), xref.id.as_str()),
+        ("3555", "E-500")
+    );
+    assert_eq!(
+        record.promotion.as_ref().unwrap().status.as_str(),
+        "promoted"
+    );
+
+    let modified = run(
+        &p,
+        &acknowledge("lid://erp", &process_bod, "Modified", "E-501", None),
+        "ack-2",
+    );
+    assert_eq!(modified.action, Some(Action::Linked));
+    assert!(
+        modified
+            .decisions
+            .iter()
+            .any(|d| d.contains("changed from E-500 to E-501")),
+        "{:?}",
+        modified.decisions
+    );
+    let key = |id: &str| bodflow::store::XrefKey {
+        kind: Kind::Account,
+        application: "lid://erp".into(),
+        accounting_entity: "3555".into(),
+        id: id.into(),
+    };
+    assert_eq!(p.store.resolve(&key("E-500")).unwrap(), None);
+    assert_eq!(
+        p.store.resolve(&key("E-501")).unwrap().as_deref(),
+        Some(hub.as_str())
+    );
+
+    // The ERP then publishes the account: an update of the promoted record, not a parked
+    // (match_only) document.
+    let sync = account("lid://erp", "E-501", 2, Some("E-501"), None).replace(
+        "<Sync>",
+        "<Sync><AccountingEntityID>3555</AccountingEntityID>",
+    );
+    let erp = run(&p, &sync, "erp-1");
+    assert_eq!(
+        (erp.outcome, erp.action),
+        (Outcome::Applied, Some(Action::Updated)),
+        "{:?}",
+        erp.decisions
+    );
+    // A promoted account is not promoted again; changes now flow to the ERP as Syncs.
+    let change = run(
+        &p,
+        &typed_account("lid://crm", "CRM-1", 4, "Customer"),
+        "crm-4",
+    );
+    assert!(process_sent(&change).is_none());
+    assert!(change
+        .outputs
+        .iter()
+        .any(|o| o.kind == "SyncCustomerPartyMaster" && o.to == "lid://erp"));
+
+    let xml = validate_outbox(&p);
+    let process = &xml["ProcessCustomerPartyMaster"];
+    assert_eq!(process.len(), 1);
+    assert!(process[0].contains(r#"<Process acknowledgeCode="Always">"#));
+    assert!(process[0].contains(&format!("<BODID>{process_bod}</BODID>")));
+    assert!(
+        process[0].contains(r#"<ID accountingEntity="3555" lid="lid://erp"/>"#),
+        "{}",
+        process[0]
+    );
+    assert!(process[0].contains(r#"schemeName="bodflow.HubID""#));
+}
+
+/// Rejected: status `promotion_rejected` with the reason; the next change promotes again.
+#[test]
+fn a_rejected_promotion_is_recorded_with_its_reason_and_retried_on_the_next_change() {
+    let p = pipeline(PROMOTION);
+    let created = run(
+        &p,
+        &typed_account("lid://crm", "CRM-2", 1, "Customer"),
+        "crm-1",
+    );
+    let hub = created.record.clone().unwrap();
+    assert!(
+        process_sent(&created).is_some(),
+        "a new Customer is promoted at once"
+    );
+    let first = promotion_of(&p, &hub).unwrap().bod_id;
+    let rejected = run(
+        &p,
+        &acknowledge(
+            "lid://erp",
+            &first,
+            "Rejected",
+            "",
+            Some("credit_check_failed"),
+        ),
+        "ack-r",
+    );
+    assert_eq!(
+        (rejected.outcome, rejected.action),
+        (Outcome::Applied, Some(Action::Updated)),
+        "{:?}",
+        rejected
+    );
+    let state = promotion_of(&p, &hub).unwrap();
+    assert_eq!(state.status.as_str(), "promotion_rejected");
+    assert_eq!(state.reason.as_deref(), Some("credit_check_failed"));
+    assert!(p
+        .store
+        .record(&hub)
+        .unwrap()
+        .unwrap()
+        .xref_for("lid://erp")
+        .is_none());
+
+    let retry = run(
+        &p,
+        &typed_account("lid://crm", "CRM-2", 2, "Customer").replace("Acme", "Acme Corp"),
+        "crm-2",
+    );
+    assert!(process_sent(&retry).is_some(), "{:?}", retry.decisions);
+    let second = promotion_of(&p, &hub).unwrap();
+    assert_eq!(second.status.as_str(), "awaiting_acknowledgement");
+    assert_ne!(second.bod_id, first);
+    validate_outbox(&p);
+}

@@ -414,11 +414,36 @@ pub fn sync_noun(
     action_code: &str,
     n: &NounOut<'_>,
 ) -> String {
+    action_document(env, verb, &[], kind, action_code, n)
+}
+
+/// `Process<Noun>` `Add` asking the receiver (a system of record) to create the record and
+/// answer with `Acknowledge<Noun>` (`acknowledgeCode="Always"`): how bodflow promotes an
+/// account.
+pub fn process_noun(env: &Envelope<'_>, kind: crate::store::Kind, n: &NounOut<'_>) -> String {
+    action_document(
+        env,
+        "Process",
+        &[("acknowledgeCode", "Always")],
+        kind,
+        "Add",
+        n,
+    )
+}
+
+fn action_document(
+    env: &Envelope<'_>,
+    verb: &str,
+    verb_attrs: &[(&str, &str)],
+    kind: crate::store::Kind,
+    action_code: &str,
+    n: &NounOut<'_>,
+) -> String {
     let root = format!("{verb}{}", kind.noun());
     let mut out = Out::new(&root);
     env.application_area(&mut out);
     out.open("DataArea");
-    out.open(verb);
+    out.open_with(verb, verb_attrs);
     env.verb_ids(&mut out);
     out.open("ActionCriteria");
     out.leaf_with("ActionExpression", &[("actionCode", action_code)], "");

@@ -56,6 +56,15 @@ impl<'a> Emitter<'a> {
         self.outputs
     }
 
+    pub fn config(&self) -> &'a Config {
+        self.config
+    }
+
+    /// The delivery this emitter answers.
+    pub fn context(&self) -> &'a Context {
+        self.ctx
+    }
+
     fn next_bod_id(&mut self) -> String {
         self.count += 1;
         format!("bodflow:{}:{}", self.digest, self.count)
@@ -320,6 +329,25 @@ impl<'a> Emitter<'a> {
             }
             let outbound = app.flows_for(record.kind.noun()).outbound;
             let xref = record.xref_for(&app.logical_id);
+            // The system of record learns of accounts by promotion (a Process it answers
+            // with its own number), never by a Sync Add.
+            if record.kind == Kind::Account
+                && xref.is_none()
+                && self
+                    .config
+                    .hub
+                    .promotion
+                    .as_ref()
+                    .is_some_and(|p| p.system_of_record == app.logical_id)
+            {
+                if !deleted {
+                    self.notes.push(format!(
+                        "not sent to {}: the system of record receives accounts by promotion",
+                        app.name
+                    ));
+                }
+                continue;
+            }
             // A contact goes only to applications whose required classification it has (a
             // contact that loses it stops flowing; deletes still reach those that know it).
             if let (Kind::Contact, Some(code), false) =
@@ -370,16 +398,7 @@ impl<'a> Emitter<'a> {
                         scheme_name: Some(HUB_ID_SCHEME),
                     },
                 });
-            let sales_person = match (&app.sales_person_role, record.kind) {
-                (Some(role), Kind::Account) => record
-                    .owner
-                    .owner
-                    .as_deref()
-                    .and_then(|o| self.config.user(o))
-                    .and_then(|u| u.personnel_number.as_deref())
-                    .map(|p| (p, role.as_str())),
-                _ => None,
-            };
+            let sales_person = self.sales_person(app, record);
             let noun = NounOut {
                 ids,
                 fields: &fields,
@@ -410,6 +429,81 @@ impl<'a> Emitter<'a> {
             self.push(tx, row)?;
         }
         Ok(())
+    }
+}
+
+impl<'a> Emitter<'a> {
+    /// The record's owner as `app` knows sales persons: (personnel number, its role).
+    fn sales_person(&self, app: &'a Application, record: &HubRecord) -> Option<(&'a str, &'a str)> {
+        match (&app.sales_person_role, record.kind) {
+            (Some(role), Kind::Account) => record
+                .owner
+                .owner
+                .as_deref()
+                .and_then(|o| self.config.user(o))
+                .and_then(|u| u.personnel_number.as_deref())
+                .map(|p| (p, role.as_str())),
+            _ => None,
+        }
+    }
+
+    /// `ProcessCustomerPartyMaster` `Add` of `record` to application `to` (the system of
+    /// record): an empty first ID asks it to assign its number, the second carries the hub
+    /// ID. Returns the Process's BODID, which its Acknowledge quotes.
+    pub fn process(
+        &mut self,
+        tx: &crate::store::Tx<'_>,
+        to: usize,
+        record: &HubRecord,
+        accounting_entity: Option<&str>,
+    ) -> TxResult<String> {
+        let config = self.config;
+        let app = &config.applications[to];
+        let outbound = app.flows_for(record.kind.noun()).outbound;
+        let fields = select_fields(&record.fields, outbound.fields.as_deref());
+        let ids = vec![
+            OutId {
+                value: "",
+                accounting_entity,
+                lid: Some(app.logical_id.as_str()),
+                variation: None,
+                scheme_name: None,
+            },
+            OutId {
+                value: record.id.as_str(),
+                accounting_entity: None,
+                lid: Some(config.hub.logical_id.as_str()),
+                variation: Some(record.revision.to_string()),
+                scheme_name: Some(HUB_ID_SCHEME),
+            },
+        ];
+        let noun = NounOut {
+            ids,
+            fields: &fields,
+            country: receiver_country(record, app),
+            language: &app.language_code,
+            employer: None,
+            sales_person: self.sales_person(app, record),
+            hub_id: &record.id,
+        };
+        let bod_id = self.next_bod_id();
+        let xml = write::process_noun(
+            &self.envelope(&bod_id, accounting_entity),
+            record.kind,
+            &noun,
+        );
+        let row = OutboxRow {
+            kind: format!("Process{}", record.kind.noun()),
+            to: app.logical_id.clone(),
+            reply_to: None,
+            bod_id: bod_id.clone(),
+            correlation_id: self.ctx.message_id.clone(),
+            document_name: format!("Process.{}", record.kind.noun()),
+            tenant: self.tenant().map(str::to_string),
+            xml,
+        };
+        self.push(tx, row)?;
+        Ok(bod_id)
     }
 }
 

@@ -13,6 +13,7 @@ pub mod country;
 pub mod emit;
 pub mod link;
 pub mod owner;
+pub mod promote;
 pub mod release;
 pub mod upsert;
 pub mod validate;

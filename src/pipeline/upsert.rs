@@ -27,9 +27,7 @@ use crate::store::{
 };
 
 use super::emit::Emitter;
-use super::{
-    Action, Context, Doc, Intent, Item, NounReport, Outcome, Rejection, Report, Stage, Verb,
-};
+use super::{Action, Context, Doc, Intent, Item, NounReport, Outcome, Rejection, Report, Verb};
 
 /// The result of one document's transaction.
 #[derive(Debug)]
@@ -65,7 +63,7 @@ impl ItemResult {
         }
     }
 
-    fn applied(action: Action, record: &HubRecord, notes: Vec<String>) -> Self {
+    pub(super) fn applied(action: Action, record: &HubRecord, notes: Vec<String>) -> Self {
         ItemResult {
             outcome: Outcome::Applied,
             action: Some(action),
@@ -114,32 +112,10 @@ pub fn apply(tx: &Tx<'_>, config: &Config, ctx: &Context, doc: &Doc) -> TxResult
     let app = &config.applications[doc.app];
 
     if doc.verb == Verb::Acknowledge {
-        // bodflow correlates an Acknowledge with a Process it sent; none is pending in this
-        // store for that BODID.
-        let original = doc
-            .bod
-            .header
-            .original
-            .as_ref()
-            .and_then(|o| o.bod_id.clone())
-            .unwrap_or_default();
-        let rejection = Rejection {
-            stage: Stage::Upsert,
-            code: "unknown_correlation",
-            message: format!("no Process with BODID {original:?} is awaiting acknowledgement"),
-            path: Some(format!(
-                "{}/DataArea/Acknowledge/OriginalApplicationArea/BODID",
-                doc.bod.path()
-            )),
-        };
-        em.rejection(tx, Some(doc.app), &rejection, None)?;
-        put_marker(tx, ctx, Outcome::Rejected, None)?;
-        return Ok(Applied {
-            items: Vec::new(),
-            rejection: Some(rejection),
-            outputs: em.into_outputs(),
-            duplicate_message: false,
-        });
+        // Correlates with a Process bodflow sent (promotion), else `unknown_correlation`.
+        let mut applied = super::promote::acknowledge(tx, config, ctx, doc, &mut em)?;
+        applied.outputs = em.into_outputs();
+        return Ok(applied);
     }
 
     // Accounts before contacts, whatever the document order: a contact in the same document
@@ -174,7 +150,7 @@ pub fn apply(tx: &Tx<'_>, config: &Config, ctx: &Context, doc: &Doc) -> TxResult
     })
 }
 
-fn put_marker(
+pub(super) fn put_marker(
     tx: &Tx<'_>,
     ctx: &Context,
     outcome: Outcome,
@@ -366,6 +342,13 @@ fn applied(
         }
     }
     notes.append(&mut em.take_notes());
+    let promoted = match announce {
+        Announce::Change | Announce::NewKey(_) => {
+            super::promote::after_change(tx, em, record, &mut notes)?
+        }
+        Announce::Deleted | Announce::AnswerOnly => None,
+    };
+    let record = promoted.as_ref().unwrap_or(record);
     if doc.verb == Verb::Process {
         let ack_code = doc.bod.header.acknowledge_code.as_deref();
         em.accepted(tx, doc.app, record, ack_code)?;
@@ -878,6 +861,7 @@ fn create(
             variation: item.variation.clone().unwrap_or_default(),
         }],
         unlinked: Vec::new(),
+        promotion: None,
         created_by: app.logical_id.clone(),
         revision: 1,
     };
@@ -1004,6 +988,7 @@ fn default_account(tx: &Tx<'_>, _config: &Config, app: &Application) -> TxResult
         intended_parent: None,
         xrefs: Vec::new(),
         unlinked: Vec::new(),
+        promotion: None,
         created_by: String::new(),
         revision: 1,
     };

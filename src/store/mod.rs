@@ -16,6 +16,7 @@
 //! | `c` | parent xref key | contact hub IDs waiting for that account |
 //! | `s` | counter name | big-endian u64 |
 //! | `a` | hub ID, big-endian sequence | [`AuditEntry`] of an operator action on the record |
+//! | `b` | BODID of a Process bodflow sent | [`Correlation`]: what its Acknowledge answers |
 //!
 //! A transaction ([`Store::transact`]) is a write set applied as one atomic sled batch, with
 //! writers serialized: bodflow has one committer, and sled's optimistic transactions cost a
@@ -758,6 +759,16 @@ impl Tx<'_> {
         woken
     }
 
+    /// The Process bodflow sent with this BODID, if any.
+    pub fn correlation(&self, bod_id: &str) -> TxResult<Option<Correlation>> {
+        self.get(&key(b'b', &[bod_id]))
+    }
+
+    /// Remembers a Process bodflow sends, for its Acknowledge.
+    pub fn put_correlation(&self, bod_id: &str, c: &Correlation) -> TxResult<()> {
+        self.put(key(b'b', &[bod_id]), c)
+    }
+
     /// Appends an entry to the record's audit trail.
     pub fn put_audit(&self, entry: &AuditEntry) -> TxResult<()> {
         let seq = self.next("audit")?;
@@ -804,6 +815,7 @@ mod tests {
             intended_parent: None,
             xrefs: vec![],
             unlinked: vec![],
+            promotion: None,
             created_by: "lid://a".into(),
             revision: 1,
         }

@@ -214,6 +214,9 @@ pub struct HubRecord {
     /// outbound Syncs for it until it is linked to them again.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unlinked: Vec<String>,
+    /// Accounts: where their promotion to the system of record stands (`[hub.promotion]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promotion: Option<PromotionState>,
     /// Logical ID of the application whose document created it (empty for placeholders).
     #[serde(default)]
     pub created_by: String,
@@ -354,4 +357,53 @@ pub struct AuditEntry {
     /// Message ids of the parked documents the action released.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub released: Vec<String>,
+}
+
+/// The sync status of a promoted account (CRM's "Awaiting Acknowledgment" → "Promoted").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncStatus {
+    /// `ProcessCustomerPartyMaster` sent; no Acknowledge yet. Not promoted again meanwhile.
+    AwaitingAcknowledgement,
+    /// Accepted (or Modified): the system of record's ID is the record's cross-reference.
+    Promoted,
+    /// Rejected: promoted again by the next change that still meets the condition.
+    PromotionRejected,
+}
+
+impl SyncStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncStatus::AwaitingAcknowledgement => "awaiting_acknowledgement",
+            SyncStatus::Promoted => "promoted",
+            SyncStatus::PromotionRejected => "promotion_rejected",
+        }
+    }
+}
+
+/// A record's promotion: status, to whom, by which Process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromotionState {
+    pub status: SyncStatus,
+    /// The system of record's logical ID.
+    pub application: String,
+    /// BODID of the `ProcessCustomerPartyMaster` bodflow sent.
+    pub bod_id: String,
+    /// When the status last changed (RFC 3339).
+    pub at: String,
+    /// Why the system of record rejected it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// A Process bodflow sent and expects an `Acknowledge<Noun>` for, keyed by its BODID.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Correlation {
+    pub kind: Kind,
+    /// The hub record it promotes.
+    pub record: String,
+    /// The application it was sent to (the only one whose Acknowledge correlates).
+    pub application: String,
+    /// When it was sent (RFC 3339).
+    pub sent_at: String,
 }
