@@ -249,14 +249,10 @@ pub(super) fn acknowledge(
         Outcome::Applied.as_str(),
         std::slice::from_ref(&record.id),
     )?;
-    let mut result = ItemResult::applied(action, &record, notes);
-    if let Some(i) = item {
-        let mut all = i.notes.clone();
-        all.append(&mut result.notes);
-        result.notes = all;
-    }
+    // The stage notes of the noun (owner, country) are not reported: an Acknowledge only
+    // links an ID, it does not apply the noun's content.
     Ok(Applied {
-        items: vec![result],
+        items: vec![ItemResult::applied(action, &record, notes)],
         rejection: None,
         outputs: Vec::new(),
         duplicate_message: false,
