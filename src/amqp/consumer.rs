@@ -64,7 +64,7 @@ use crate::pipeline::{Input, Outcome, Pipeline, Prepared, Report, State};
 use crate::store::StoreError;
 use crate::telemetry::events::{
     emit, BodAcked, BodProcessed, BodReceived, BodRejected, DeadLettered, GroupCommitted,
-    ParkedReleased, StageTimed, StoreFlushed,
+    ParkedReleased, Promotion, StageTimed, StoreFlushed,
 };
 use crate::telemetry::Readiness;
 
@@ -410,8 +410,10 @@ fn trace_delivery(d: &Delivery, r: &Report) {
             message: &e.message,
         });
     }
+    promotion_events(r);
     // Parked documents this delivery's change released, in the same transaction.
     for released in &r.released {
+        promotion_events(released);
         emit(ParkedReleased {
             message_id: &released.message_id,
             released_by: &r.message_id,
@@ -424,6 +426,32 @@ fn trace_delivery(d: &Delivery, r: &Report) {
             outcome: released.outcome,
             record: released.record.as_deref(),
             outputs: released.outputs.len(),
+        });
+    }
+}
+
+/// Promotion steps a report shows: a Process sent, an Acknowledge that linked the system of
+/// record's ID (`promoted`) or recorded its refusal (`promotion_rejected`).
+fn promotion_events(r: &Report) {
+    let sent = r
+        .outputs
+        .iter()
+        .filter(|o| o.kind == "ProcessCustomerPartyMaster")
+        .count();
+    for _ in 0..sent {
+        emit(Promotion {
+            event: "sent",
+            record: r.record.as_deref(),
+        });
+    }
+    if r.verb.as_deref() == Some("Acknowledge") && r.outcome == Outcome::Applied {
+        emit(Promotion {
+            event: if r.action == Some(crate::pipeline::Action::Linked) {
+                "promoted"
+            } else {
+                "promotion_rejected"
+            },
+            record: r.record.as_deref(),
         });
     }
 }

@@ -558,6 +558,66 @@ mod tests {
     }
 
     #[test]
+    fn process_and_the_role_and_type_attributes_round_trip_through_the_reader() {
+        let mut fields = Fields::default();
+        fields.identity.name = Some("Acme".into());
+        fields.commercial.account_type = Some("Customer".into());
+        let n = NounOut {
+            ids: vec![
+                OutId {
+                    value: "",
+                    lid: Some("lid://erp"),
+                    ..Default::default()
+                },
+                OutId {
+                    value: "ACC-000001",
+                    scheme_name: Some("bodflow.HubID"),
+                    ..Default::default()
+                },
+            ],
+            fields: &fields,
+            country: None,
+            language: "en-US",
+            employer: None,
+            sales_person: None,
+            hub_id: "ACC-000001",
+        };
+        let xml = process_noun(&env(), crate::store::Kind::Account, &n);
+        assert!(
+            xml.contains(r#"<Process acknowledgeCode="Always">"#),
+            "{xml}"
+        );
+        let back = parse(xml.as_bytes(), Limits::default()).unwrap();
+        assert_eq!(
+            (back.verb.as_str(), back.header.action_code.as_deref()),
+            ("Process", Some("Add"))
+        );
+        assert_eq!(back.header.acknowledge_code.as_deref(), Some("Always"));
+        let crate::bod::Noun::Account(p) = &back.nouns[0] else {
+            panic!("party expected")
+        };
+        assert_eq!(p.account_type.as_deref(), Some("Customer"));
+        assert_eq!(
+            (p.ids[0].value.as_str(), p.ids[1].value.as_str()),
+            ("", "ACC-000001")
+        );
+
+        let mut person = Fields::default();
+        person.identity.family_name = Some("Byron".into());
+        person.identity.relationship = Some("employee".into());
+        let c = NounOut {
+            fields: &person,
+            ..n
+        };
+        let xml = sync_noun(&env(), "Sync", crate::store::Kind::Contact, "Add", &c);
+        let back = parse(xml.as_bytes(), Limits::default()).unwrap();
+        let crate::bod::Noun::Contact(c) = &back.nouns[0] else {
+            panic!("contact expected")
+        };
+        assert_eq!(c.relationship.as_deref(), Some("employee"));
+    }
+
+    #[test]
     fn sync_round_trips_through_the_reader() {
         let fields = Fields {
             identity: crate::store::Identity {

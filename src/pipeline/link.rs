@@ -70,6 +70,8 @@ pub enum Refused {
     NotLinked { record: String, application: String },
     #[error("an application ID must not be empty")]
     EmptyId,
+    #[error("{0} is deleted")]
+    RecordDeleted(String),
 }
 
 impl Refused {
@@ -82,6 +84,7 @@ impl Refused {
             Refused::RecordAlreadyLinked { .. } => "record_already_linked",
             Refused::NotLinked { .. } => "not_linked",
             Refused::EmptyId => "empty_id",
+            Refused::RecordDeleted(_) => "record_deleted",
         }
     }
 }
@@ -96,7 +99,7 @@ pub struct Done {
 }
 
 /// The context of an operator action: emitted BODIDs derive from `message_id`.
-fn operator_context(action: &str, message_id: String, now: DateTime<Utc>) -> Context {
+pub(super) fn operator_context(action: &str, message_id: String, now: DateTime<Utc>) -> Context {
     Context {
         source: format!("bodflow {action}"),
         message_id,
@@ -167,6 +170,9 @@ impl Pipeline {
             let Some(mut record) = tx.record(request.record)? else {
                 return Ok(Err(Refused::RecordNotFound(request.record.to_string())));
             };
+            if record.deleted {
+                return Ok(Err(Refused::RecordDeleted(record.id)));
+            }
             if let Some(other) = tx.xref(&key)? {
                 return Ok(Err(Refused::IdLinkedElsewhere {
                     key: key.display(),

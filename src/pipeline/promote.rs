@@ -52,6 +52,13 @@ pub(super) fn after_change(
     if !due || record.xref_for(&app.logical_id).is_some() {
         return Ok(None);
     }
+    if record.unlinked.contains(&app.logical_id) {
+        notes.push(format!(
+            "promotion: {} is due but was unlinked from {} by an operator (link it instead)",
+            record.id, app.name
+        ));
+        return Ok(None);
+    }
     if !app.active {
         notes.push(format!(
             "promotion: {} is due but {} (system of record) is inactive",
@@ -257,4 +264,109 @@ pub(super) fn acknowledge(
         outputs: Vec::new(),
         duplicate_message: false,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Fields, Owner, Store};
+
+    const CONFIG: &str =
+        "[hub.promotion]\nwhen_type = 'Customer'\nsystem_of_record = 'lid://erp'\n\
+        [[applications]]\nname = 'ERP'\nlogical_id = 'lid://erp'\n\
+        [[applications]]\nname = 'CRM'\nlogical_id = 'lid://crm'\n";
+
+    fn account(account_type: &str) -> HubRecord {
+        let mut fields = Fields::default();
+        fields.identity.name = Some("Acme".into());
+        fields.commercial.account_type = Some(account_type.into());
+        HubRecord {
+            id: "ACC-000001".into(),
+            kind: Kind::Account,
+            deleted: false,
+            placeholder: false,
+            fields,
+            owner: Owner::default(),
+            account: None,
+            intended_parent: None,
+            xrefs: vec![Xref {
+                application: "lid://crm".into(),
+                accounting_entity: String::new(),
+                id: "C1".into(),
+                variation: String::new(),
+            }],
+            unlinked: Vec::new(),
+            promotion: None,
+            created_by: "lid://crm".into(),
+            revision: 1,
+        }
+    }
+
+    /// Runs `after_change` for `record` in its own transaction.
+    fn promote(
+        config: &Config,
+        store: &Store,
+        record: &HubRecord,
+    ) -> (Option<HubRecord>, Vec<String>, usize) {
+        let ctx = super::super::link::operator_context("test", "m-1".into(), chrono::Utc::now());
+        store
+            .transact(|tx| {
+                let mut em = Emitter::new(config, &ctx);
+                let mut notes = Vec::new();
+                let promoted = after_change(tx, &mut em, record, &mut notes)?;
+                Ok((promoted, notes, em.into_outputs().len()))
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn only_a_due_account_unknown_to_the_system_of_record_is_promoted_once() {
+        let config = Config::from_toml(CONFIG, "t").unwrap();
+        let store = Store::temporary().unwrap();
+        let (none, _, outputs) = promote(&config, &store, &account("Prospect"));
+        assert!(none.is_none() && outputs == 0, "not due");
+
+        let (promoted, notes, outputs) = promote(&config, &store, &account("CUSTOMER"));
+        let promoted = promoted.expect("due: promoted");
+        assert_eq!(outputs, 1, "one ProcessCustomerPartyMaster");
+        let state = promoted.promotion.clone().unwrap();
+        assert_eq!(state.status, SyncStatus::AwaitingAcknowledgement);
+        assert!(notes[0].contains(&state.bod_id), "{notes:?}");
+        let correlation = store
+            .transact(|tx| tx.correlation(&state.bod_id))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (
+                correlation.record.as_str(),
+                correlation.application.as_str()
+            ),
+            ("ACC-000001", "lid://erp")
+        );
+
+        let (again, notes, outputs) = promote(&config, &store, &promoted);
+        assert!(again.is_none() && outputs == 0, "awaiting: {notes:?}");
+
+        let mut known = account("Customer");
+        known.xrefs.push(Xref {
+            application: "lid://erp".into(),
+            accounting_entity: String::new(),
+            id: "E1".into(),
+            variation: String::new(),
+        });
+        assert!(
+            promote(&config, &store, &known).0.is_none(),
+            "the ERP knows it"
+        );
+
+        let off = Config::from_toml(
+            "[[applications]]\nname = 'ERP'\nlogical_id = 'lid://erp'\n",
+            "t",
+        )
+        .unwrap();
+        assert!(
+            promote(&off, &store, &account("Customer")).0.is_none(),
+            "not configured"
+        );
+    }
 }

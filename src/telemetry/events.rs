@@ -123,6 +123,25 @@ impl Event for ParkedReleased<'_> {
     }
 }
 
+/// A step of an account's promotion (`bodflow_promotions_total{event}`): `sent` (a
+/// ProcessCustomerPartyMaster went to the system of record), `promoted` or
+/// `promotion_rejected` (its Acknowledge was correlated).
+pub struct Promotion<'a> {
+    pub event: &'static str,
+    pub record: Option<&'a str>,
+}
+
+impl Event for Promotion<'_> {
+    fn emit(self) {
+        tracing::debug!(
+            event = self.event,
+            record = self.record.unwrap_or(""),
+            "Promotion"
+        );
+        metrics().promotions.with_label_values(&[self.event]).inc();
+    }
+}
+
 /// The pipeline refused a document (a ConfirmBOD goes back to the sender).
 pub struct BodRejected<'a> {
     pub stage: &'static str,
@@ -345,6 +364,28 @@ mod tests {
             outputs: 0,
         });
         assert_eq!(counter(), before + 1);
+    }
+
+    #[test]
+    fn rule_events_count_releases_and_promotions() {
+        let m = metrics();
+        let released = || m.parked_released.with_label_values(&["applied"]).get();
+        let sent = || m.promotions.with_label_values(&["sent"]).get();
+        let (r0, s0) = (released(), sent());
+        emit(ParkedReleased {
+            message_id: "m-parked",
+            released_by: "m-trigger",
+            outcome: Outcome::Applied,
+            record: Some("ACC-000001"),
+        });
+        emit(Promotion {
+            event: "sent",
+            record: Some("ACC-000001"),
+        });
+        assert_eq!((released(), sent()), (r0 + 1, s0 + 1));
+        let text = crate::telemetry::encode();
+        assert!(text.contains("bodflow_parked_released_total{outcome=\"applied\"}"));
+        assert!(text.contains("bodflow_promotions_total{event=\"sent\"}"));
     }
 
     #[test]

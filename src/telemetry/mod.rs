@@ -45,6 +45,7 @@ pub struct Metrics {
     pub(crate) store_flush: Histogram,
     pub(crate) store_size: IntGauge,
     pub(crate) parked_released: IntCounterVec,
+    pub(crate) promotions: IntCounterVec,
 }
 
 /// Latency buckets from 100 µs to ~13 s (×2.2 per bucket).
@@ -156,6 +157,16 @@ impl Metrics {
                         "Parked no_match documents released by a change that made them match, by the outcome of their re-run.",
                     ),
                     &["outcome"],
+                )?,
+            )?,
+            promotions: reg(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "bodflow_promotions_total",
+                        "Account promotions to the system of record: Process sent, then promoted or promotion_rejected by its Acknowledge.",
+                    ),
+                    &["event"],
                 )?,
             )?,
             registry,
