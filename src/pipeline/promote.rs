@@ -2,14 +2,14 @@
 //!
 //! With `[hub.promotion]` configured, an account that reaches the promotion condition — its
 //! account type is `when_type` — while the system of record has no ID for it is sent
-//! `ProcessCustomerPartyMaster` `Add` ([`after_change`], called by the upsert stage after
+//! `ProcessCustomerPartyMaster` `Add` (`after_change`, called by the upsert stage after
 //! every applied account change, in the same transaction). The Process's BODID is remembered
 //! in the store ([`Correlation`]) and the record's sync status becomes
 //! `awaiting_acknowledgement`; no second Process goes out while it waits. (The system of
 //! record gets no `Sync` Add for accounts it does not know: promotion is how it learns of
 //! them.)
 //!
-//! The system of record answers `AcknowledgeCustomerPartyMaster`; [`acknowledge`] correlates it
+//! The system of record answers `AcknowledgeCustomerPartyMaster`; `acknowledge` correlates it
 //! by `OriginalApplicationArea/BODID` (and its sender: only the application the Process went
 //! to may answer it):
 //! - `Accepted` or `Modified`: the first `PartyIDs/ID` becomes the application's cross-reference

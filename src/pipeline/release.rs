@@ -6,7 +6,7 @@
 //! change puts one of those values on a record of the same kind — a record is created, or
 //! updated so that it now carries it (the CRM user types the ERP account number on the CRM
 //! account; the CRM's Sync arrives) — the upsert stage wakes the documents parked under it
-//! ([`crate::store::Tx::wake_parked`]), and [`release_woken`] re-runs them through the whole
+//! ([`crate::store::Tx::wake_parked`]), and `release_woken` re-runs them through the whole
 //! pipeline **in the same store transaction**, right after the document that woke them.
 //!
 //! Why the same transaction: the change that makes a parked document placeable and that

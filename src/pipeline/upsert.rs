@@ -16,6 +16,12 @@
 //!    that account arrives.
 //! 5. **Delete** per the inbound flow: soft (marked deleted, stops flowing), hard (removed with
 //!    its cross-references), or off (filtered).
+//! 6. **Classification**: contacts from an application with `stamp_classification` get it
+//!    (new ones become employees of their account).
+//!
+//! A change that puts a match value on a record wakes the `no_match` documents parked under it
+//! ([`super::release`]); an applied account change may promote the account
+//! ([`super::promote`]), which also answers inbound `Acknowledge` documents.
 //!
 //! Emission (ConfirmBOD, Acknowledge, Sync fan-out) happens in the same transaction through
 //! [`Emitter`]. This module only reads and writes through the transaction: an error drops the
