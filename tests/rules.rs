@@ -19,6 +19,9 @@ use bodflow::store::{Kind, ParkReason, Store};
 mod common;
 use common::bodflow;
 
+#[path = "common/broker.rs"]
+mod broker;
+
 /// An ERP that must not create accounts (`match_only` on the account number) and a CRM that
 /// creates them.
 const CRM_FIRST: &str = r#"
@@ -360,6 +363,65 @@ fn replay_prints_the_released_document_as_its_own_line_after_its_trigger() {
             .any(|d| d.as_str().unwrap().contains("released parked message")),
         "{decisions:?}"
     );
+}
+
+/// The service path (`bodflow run` against the real RabbitMQ, one throw-away vhost): the CRM
+/// delivery that carries the number releases the parked ERP document in its own group
+/// transaction, the store ends linked with nothing parked, and the released document's Sync
+/// (its BODID derives from the ERP message id) reaches the CRM's queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_releases_the_parked_document_and_publishes_what_it_emits() {
+    let vhost = broker::Vhost::new("rules-release");
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    let config_path = dir.path().join("bodflow.toml");
+    let text = CRM_FIRST.replacen(
+        "[hub]\n",
+        &format!("[hub]\nstore = {:?}\n", store_dir.display().to_string()),
+        1,
+    );
+    std::fs::write(&config_path, text).unwrap();
+    let mut config = Config::load(&config_path).unwrap();
+    config.amqp.url = vhost.url();
+    let docs: Vec<broker::Doc> = [
+        ("erp-1", account("lid://erp", "E-1", 1, Some("E-1"), None)),
+        ("crm-1", account("lid://crm", "CRM-1", 1, None, None)),
+        ("crm-2", account("lid://crm", "CRM-1", 2, Some("E-1"), None)),
+    ]
+    .into_iter()
+    .map(|(id, xml)| broker::Doc {
+        message_id: id.into(),
+        bytes: xml.into_bytes(),
+    })
+    .collect();
+    broker::publish(&config, &docs).await;
+    let binary = Path::new(env!("CARGO_BIN_EXE_bodflow"));
+    let mut child = broker::spawn_service(binary, &config_path, &vhost.url());
+    let (_conn, ch) = broker::connect(&vhost.url()).await;
+    broker::wait_until_settled(
+        &vhost,
+        &ch,
+        &config,
+        std::time::Duration::from_secs(2),
+        std::time::Duration::from_secs(60),
+    )
+    .await;
+    broker::signal(&child, "-TERM");
+    assert!(child.wait().unwrap().success());
+
+    let crm_queue = bodflow::amqp::topology::application_queue("crm");
+    let to_crm = broker::drain_ids(&ch, &crm_queue).await;
+    let erp_prefix = format!("bodflow:{}:", &blake3::hash(b"erp-1").to_hex()[..20]);
+    assert!(
+        to_crm.iter().any(|id| id.starts_with(&erp_prefix)),
+        "the released ERP document's Sync reached the CRM: {to_crm:?}"
+    );
+    let store = Store::open(&store_dir).unwrap();
+    assert_eq!(store.parked().count(), 0);
+    assert_eq!(store.marker("erp-1").unwrap().unwrap().outcome, "applied");
+    let record = store.record("ACC-000001").unwrap().unwrap();
+    assert!(record.xref_for("lid://erp").is_some() && record.xref_for("lid://crm").is_some());
+    assert_eq!(store.outbox_len(), 0, "everything published");
 }
 
 // ------------------------------------------------------------------------------------------
