@@ -48,6 +48,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         if r.placeholder {
             flags.push("placeholder");
         }
+        if let Some(p) = &r.promotion {
+            flags.push(p.status.as_str());
+        }
         let xrefs: Vec<String> = r
             .xrefs
             .iter()
@@ -172,6 +175,20 @@ fn detail(store: &crate::store::Store, id: &str, json: bool) -> anyhow::Result<E
             out,
             "  unlinked (no outbound Syncs): {}",
             r.unlinked.join(", ")
+        )?;
+    }
+    if let Some(p) = &r.promotion {
+        writeln!(
+            out,
+            "  promotion: {} to {} (Process {}, {}){}",
+            p.status.as_str(),
+            p.application,
+            p.bod_id,
+            p.at,
+            p.reason
+                .as_deref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
         )?;
     }
     writeln!(out, "  audit:")?;
