@@ -665,8 +665,8 @@ fn marketing_tool_matches_by_email_with_push_pull_switches_and_limited_fields() 
 }
 
 /// A CRM-first company: the ERP must not create accounts (match_only on account number), so
-/// its customer waits parked until the CRM account carries its number; then updates flow both
-/// ways, each side changing only what it masters; the CRM asks for auto-numbered accounts
+/// its customer waits parked until the CRM account carries its number — typed on the CRM side,
+/// which releases and links it automatically; then updates flow both ways, each side changing only what it masters; the CRM asks for auto-numbered accounts
 /// with ProcessCustomerPartyMaster.
 #[test]
 fn crm_first_erp_links_by_account_number_never_creates_and_autonumbers_via_process() {
@@ -676,10 +676,27 @@ fn crm_first_erp_links_by_account_number_never_creates_and_autonumbers_via_proce
     let r = run.report("020");
     assert_eq!(outcome(r), ("parked", ""));
     assert!(decisions(r).contains("create_policy match_only, no record matches"));
-    // The CRM user types the number (030); the released document links (040).
-    let r = run.report("040");
-    assert_eq!(outcome(r), ("applied", "linked"));
-    assert!(decisions(r).contains(r#"linked to ACC-000001 by account_number \"100450\""#));
+    // The CRM user types the number (030): in the same transaction the parked ERP document
+    // is released and links — no operator step.
+    let trigger = run.report("030");
+    assert_eq!(outcome(trigger), ("applied", "updated"));
+    assert!(
+        decisions(trigger).contains("released parked message"),
+        "{trigger}"
+    );
+    let released = &run.step("030").json[1];
+    assert_eq!(
+        released["source"],
+        "020-ln-sync-account-no-match-parked.xml"
+    );
+    assert_eq!(released["released_by"], trigger["message_id"]);
+    assert_eq!(outcome(released), ("applied", "linked"));
+    assert!(decisions(released).contains(r#"linked to ACC-000001 by account_number \"100450\""#));
+    // The CRM hears of the link (LN's address) in its own ID.
+    assert!(run
+        .emitted_to("030", CRM)
+        .iter()
+        .any(|x| x.contains(">AKXW4D000120</ID>") && x.contains("Postfach 1200")));
     let helvetia = run.record("ACC-000001");
     assert_eq!(xref(helvetia, LN), Some("100450"));
     assert_eq!(xref(helvetia, CRM), Some("AKXW4D000120"));

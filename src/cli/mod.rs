@@ -5,6 +5,7 @@
 mod check;
 mod dlq;
 mod generate;
+mod link;
 mod parked;
 mod publish;
 mod records;
@@ -72,6 +73,10 @@ enum Command {
     /// "Run Now": send one application every record it may receive as Sync<Noun> (through
     /// the running service when it holds the store).
     Resync(resync::Args),
+    /// Link a hub record to an application's ID and apply the documents parked for it.
+    Link(link::LinkArgs),
+    /// Remove an application's cross-reference from a hub record (the record stays).
+    Unlink(link::UnlinkArgs),
 }
 
 fn init_logging(format: LogFormat) {
@@ -107,6 +112,8 @@ pub fn main() -> ExitCode {
         Command::Parked { action } => parked::run(action),
         Command::Dlq { action } => dlq::run(action),
         Command::Resync(args) => resync::run(args),
+        Command::Link(args) => link::link(args),
+        Command::Unlink(args) => link::unlink(args),
     };
     match result {
         Ok(code) => code,

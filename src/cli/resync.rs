@@ -204,7 +204,7 @@ fn print(
     }
     let line = |what: &str, c: &crate::pipeline::resync::NounCount| {
         format!(
-            "{what}: {} sent ({} Add, {} Change), {} skipped deleted/placeholder, {} skipped by the outbound flow",
+            "{what}: {} sent ({} Add, {} Change), {} skipped deleted/placeholder, {} skipped by its flow or rules",
             c.sent,
             c.added,
             c.sent - c.added,

@@ -11,7 +11,8 @@
 //!
 //! Eligible: records that are neither deleted nor placeholders (a default account exists only
 //! in the hub), whose noun's outbound flow for the application takes them (`update` for
-//! records it knows, `create` for the others). Records are read inside the transaction that
+//! records it knows, `create` for the others) and that the fan-out's rules let through
+//! (unlinked, `require_classification`, the system of record's promotion). Records are read inside the transaction that
 //! sends them, in chunks of [`CHUNK`], so a resync running beside the service's committer
 //! sends each record as it is at that moment and holds the store's writer briefly.
 //!
@@ -99,7 +100,9 @@ pub struct NounCount {
     pub added: u64,
     /// Deleted records and placeholders.
     pub skipped_deleted: u64,
-    /// Records its outbound flow does not take (`create` / `update` off).
+    /// Records its outbound flow does not take (`create` / `update` off) or the rules keep
+    /// from it (unlinked by an operator, a contact without its `require_classification`, an
+    /// account Add to the promotion's system of record).
     pub skipped_flow: u64,
 }
 
