@@ -489,3 +489,89 @@ fn resync_spans_chunks_with_distinct_bodids_and_counts_what_it_skips() {
         count as u64
     );
 }
+
+/// A resync applies the fan-out's rules: no account Adds to the promotion's system of record
+/// (it learns of accounts by promotion), and contacts only with the receiver's
+/// `require_classification`.
+#[test]
+fn resync_follows_the_promotion_and_classification_rules() {
+    use bodflow::config::Config;
+    use bodflow::pipeline::resync::{Request, Trigger};
+    use bodflow::pipeline::{Input, Pipeline};
+    use std::sync::Arc;
+
+    let text = std::fs::read_to_string(common::root().join("fixtures/bodflow.toml"))
+        .unwrap()
+        .replace(
+            "name = \"Mobile Sales\"\n",
+            "name = \"Mobile Sales\"\nrequire_classification = \"Sales\"\n",
+        );
+    let config = Config::from_toml(&text, "fixtures + require_classification").unwrap();
+    let store = Arc::new(Store::temporary().unwrap());
+    let pipeline = Pipeline::new(Arc::new(config), store.clone()).unwrap();
+    for path in bodflow::cli::collect_inputs(&[common::root().join("fixtures")]).unwrap() {
+        let bytes = std::fs::read(&path).unwrap();
+        pipeline
+            .process(&Input {
+                bytes: &bytes,
+                source: "test",
+                message_id: None,
+                reply_to: None,
+                received_at: chrono::Utc::now(),
+                retry: false,
+            })
+            .unwrap();
+    }
+    let records: Vec<_> = store.records().map(Result::unwrap).collect();
+    let live = |r: &&bodflow::store::HubRecord| !r.deleted && !r.placeholder;
+
+    let ln = "lid://infor.ln.ln01";
+    let s = pipeline
+        .resync(
+            &Request {
+                application: ln.into(),
+                nouns: vec![Kind::Account],
+                trigger: Trigger::Cli,
+            },
+            chrono::Utc::now(),
+        )
+        .unwrap();
+    let unknown_to_ln = records
+        .iter()
+        .filter(live)
+        .filter(|r| r.kind == Kind::Account && r.xref_for(ln).is_none())
+        .count() as u64;
+    assert!(unknown_to_ln > 0);
+    assert_eq!(s.accounts.added, 0, "no Sync Add to the system of record");
+    assert_eq!(s.accounts.skipped_flow, unknown_to_ln);
+
+    let sales = records
+        .iter()
+        .filter(live)
+        .filter(|r| {
+            r.kind == Kind::Contact
+                && r.fields
+                    .classification
+                    .iter()
+                    .any(|c| c.eq_ignore_ascii_case("sales"))
+        })
+        .count() as u64;
+    let contacts = records
+        .iter()
+        .filter(live)
+        .filter(|r| r.kind == Kind::Contact)
+        .count() as u64;
+    assert!(sales > 0 && sales < contacts, "{sales} of {contacts}");
+    let s = pipeline
+        .resync(
+            &Request {
+                application: MOBILE.into(),
+                nouns: vec![Kind::Contact],
+                trigger: Trigger::Cli,
+            },
+            chrono::Utc::now(),
+        )
+        .unwrap();
+    assert_eq!(s.contacts.sent, sales);
+    assert_eq!(s.contacts.skipped_flow, contacts - sales);
+}
