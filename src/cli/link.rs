@@ -66,6 +66,9 @@ struct Common {
     /// One JSON object (the audit entry and the released documents' reports).
     #[arg(long)]
     json: bool,
+    /// Time of the audit entry and of emitted BODs (RFC 3339), for reproducible output.
+    #[arg(long, hide = true)]
+    now: Option<chrono::DateTime<Utc>>,
 }
 
 impl Common {
@@ -94,7 +97,7 @@ pub fn link(args: LinkArgs) -> anyhow::Result<ExitCode> {
         record: &args.record,
         kind: args.noun.as_deref().and_then(Kind::from_noun),
         operator: &operator,
-        now: Utc::now(),
+        now: args.common.now.unwrap_or_else(Utc::now),
     })?;
     finish(&pipeline, result, args.common.json)
 }
@@ -106,7 +109,7 @@ pub fn unlink(args: UnlinkArgs) -> anyhow::Result<ExitCode> {
         application: &args.application,
         record: &args.record,
         operator: &operator,
-        now: Utc::now(),
+        now: args.common.now.unwrap_or_else(Utc::now),
     })?;
     finish(&pipeline, result, args.common.json)
 }
