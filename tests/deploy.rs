@@ -1210,7 +1210,8 @@ async fn dashboard_and_alerts_query_only_metrics_and_labels_that_real_scrapes_sh
     let dir = tempfile::tempdir().unwrap();
     let config_path = write_generated_config(dir.path(), &dir.path().join("store"));
     let mut config = Config::load(&config_path).unwrap();
-    config.amqp.url = vhost.url();
+    // `bodflow publish` (the same Sender) as the definitions' user.
+    config.amqp.url = service_url.clone();
     publish(&config, &generated(23, N)).await;
 
     let port = free_port();
@@ -1283,6 +1284,25 @@ async fn dashboard_and_alerts_query_only_metrics_and_labels_that_real_scrapes_sh
         "exported but on no dashboard panel (deploy/grafana/dashboards/bodflow.json): {missing:?}"
     );
     assert!(used.len() >= 15, "{used:?}");
+
+    // `bodflow dlq` as the definitions' user: the realistic mix has dead letters.
+    let dlq = Command::new(env!("CARGO_BIN_EXE_bodflow"))
+        .args(["dlq", "list", "--config"])
+        .arg(&config_path)
+        .env("BODFLOW_AMQP_URL", &service_url)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert_ok("bodflow dlq list as the definitions' user", &dlq);
+    let listed = String::from_utf8_lossy(&dlq.stdout);
+    let now = http_get(port, "/metrics").unwrap().1;
+    let dead: f64 = now
+        .lines()
+        .filter(|l| l.starts_with("bodflow_dead_lettered_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(dead > 0.0, "the workload dead-lettered nothing");
+    assert_eq!(listed.lines().count() as f64, dead, "dlq list:\n{listed}");
 
     signal_term(&child);
     assert!(child.wait().unwrap().success());
