@@ -525,6 +525,30 @@ fn grafana_dashboard_is_valid_json_with_unique_panels_on_the_provisioned_datasou
         }
     }
     assert!(queries >= 20, "{queries} queries");
+
+    // Grafana only sends the queries; promtool parses them, as recording rules, with the
+    // dashboard's variables replaced by what Grafana would put there.
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (i, panel) in panels.iter().enumerate() {
+        for t in panel["targets"].as_array().into_iter().flatten() {
+            let expr = t["expr"]
+                .as_str()
+                .unwrap()
+                .replace("$__rate_interval", "1m")
+                .replace("$__range", "6h")
+                .replace("$instance", ".*")
+                .replace("$vhost", ".*");
+            assert!(!expr.contains('$'), "unknown variable in {expr}");
+            rules.push_str(&format!(
+                "      - record: dashboard:panel_{i}:{}\n        expr: {}\n",
+                t["refId"].as_str().unwrap(),
+                serde_json::to_string(&expr).unwrap()
+            ));
+        }
+    }
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), rules).unwrap();
+    promtool(&["check", "rules", file.path().to_str().unwrap()]);
 }
 
 // ---------------------------------------------------------------------------------------------
