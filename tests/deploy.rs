@@ -706,12 +706,11 @@ fn import_definitions(definitions: &Value, vhost: &Vhost) -> Vec<(String, User)>
         users.push((original, User(renamed)));
     }
     for p in d["permissions"].as_array_mut().unwrap() {
-        let (original, renamed) = users
+        let renamed = users
             .iter()
             .find(|(o, _)| p["user"] == o.as_str())
-            .map(|(o, u)| (o.clone(), u.0.clone()))
-            .unwrap();
-        assert!(p["user"] == original.as_str());
+            .map(|(_, u)| u.0.clone())
+            .expect("permissions name a user of the definitions");
         p["user"] = renamed.into();
     }
     for key in ["permissions", "exchanges", "queues", "bindings"] {
