@@ -220,12 +220,16 @@ fn classify(ns: &ResolveResult<'_>) -> Ns {
     match ns {
         ResolveResult::Unbound => Ns::Bod,
         ResolveResult::Bound(ns) => {
-            let uri = String::from_utf8_lossy(ns.as_ref()).to_ascii_lowercase();
-            let uri = uri.trim_end_matches('/');
-            if BOD_NAMESPACES.contains(&uri) {
+            // Per element, so compared in place: case-insensitive, trailing `/` ignored.
+            let mut uri = ns.as_ref();
+            while let [rest @ .., b'/'] = uri {
+                uri = rest;
+            }
+            let is = |known: &str| uri.eq_ignore_ascii_case(known.as_bytes());
+            if BOD_NAMESPACES.iter().any(|k| is(k)) {
                 Ns::Bod
-            } else if uri == "http://schemas.xmlsoap.org/soap/envelope"
-                || uri == "http://www.w3.org/2003/05/soap-envelope"
+            } else if is("http://schemas.xmlsoap.org/soap/envelope")
+                || is("http://www.w3.org/2003/05/soap-envelope")
             {
                 Ns::Soap
             } else {
@@ -272,8 +276,12 @@ fn legal_char(c: char) -> bool {
 }
 
 fn check_chars(text: &str, position: u64) -> Result<(), DecodeError> {
-    // Fast path: only control bytes and U+FFFE/FFFF (EF BF BE/BF) can be illegal here.
-    if !text.bytes().any(|b| b < 0x20 || b == 0xEF) {
+    // Fast path: only control bytes other than tab/LF/CR and U+FFFE/FFFF (EF BF BE/BF) can be
+    // illegal in valid UTF-8.
+    if !text
+        .bytes()
+        .any(|b| (b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r')) || b == 0xEF)
+    {
         return Ok(());
     }
     match text.chars().find(|&c| !legal_char(c)) {
@@ -285,7 +293,24 @@ fn check_chars(text: &str, position: u64) -> Result<(), DecodeError> {
     }
 }
 
-fn push_text<'a>(slot: &mut Cow<'a, str>, piece: Cow<'a, str>) {
+/// Adds a direct-text piece to an open element. The element's text is the trimmed
+/// concatenation of its pieces, so whitespace-only pieces (the indentation between child
+/// elements) are held back until real text follows: leading ones are never kept and trailing
+/// ones are dropped at the end tag, and indentation costs no copy.
+fn push_text<'a>(slot: &mut Cow<'a, str>, pending: &mut Cow<'a, str>, piece: Cow<'a, str>) {
+    if piece.trim().is_empty() {
+        if !slot.is_empty() {
+            append(pending, piece);
+        }
+        return;
+    }
+    if !pending.is_empty() {
+        append(slot, std::mem::take(pending));
+    }
+    append(slot, piece);
+}
+
+fn append<'a>(slot: &mut Cow<'a, str>, piece: Cow<'a, str>) {
     if slot.is_empty() {
         *slot = piece;
     } else {
@@ -302,7 +327,8 @@ fn read_tree(text: &str, max_depth: usize) -> Result<Dom<'_>, DecodeError> {
         nodes: Vec::with_capacity(128),
         attrs: Vec::with_capacity(64),
     };
-    let mut stack: Vec<usize> = Vec::with_capacity(16);
+    // Open elements, each with its held-back whitespace (see `push_text`).
+    let mut stack: Vec<(usize, Cow<'_, str>)> = Vec::with_capacity(16);
     let mut root_closed = false;
 
     loop {
@@ -320,7 +346,7 @@ fn read_tree(text: &str, max_depth: usize) -> Result<Dom<'_>, DecodeError> {
         match event {
             Event::Start(start) => {
                 let idx = push_element(text, &mut dom, &stack, classify(&ns), &start, position)?;
-                stack.push(idx);
+                stack.push((idx, Cow::Borrowed("")));
                 if stack.len() > max_depth {
                     return Err(DecodeError::TooDeep { limit: max_depth });
                 }
@@ -335,7 +361,7 @@ fn read_tree(text: &str, max_depth: usize) -> Result<Dom<'_>, DecodeError> {
                 }
             }
             Event::End(_) => {
-                if let Some(idx) = stack.pop() {
+                if let Some((idx, _)) = stack.pop() {
                     let slot = &mut dom.nodes[idx].text;
                     let trimmed_len = slot.trim().len();
                     if trimmed_len != slot.len() {
@@ -352,8 +378,8 @@ fn read_tree(text: &str, max_depth: usize) -> Result<Dom<'_>, DecodeError> {
             Event::Text(t) => {
                 let piece = owned_or_borrowed(text, &t, position)?;
                 check_chars(&piece, position)?;
-                match stack.last() {
-                    Some(&idx) => push_text(&mut dom.nodes[idx].text, piece),
+                match stack.last_mut() {
+                    Some((idx, pending)) => push_text(&mut dom.nodes[*idx].text, pending, piece),
                     None if piece.trim().is_empty() => {}
                     None => return Err(not_well_formed("text outside the root element", position)),
                 }
@@ -361,8 +387,8 @@ fn read_tree(text: &str, max_depth: usize) -> Result<Dom<'_>, DecodeError> {
             Event::CData(t) => {
                 let piece = owned_or_borrowed(text, &t, position)?;
                 check_chars(&piece, position)?;
-                match stack.last() {
-                    Some(&idx) => push_text(&mut dom.nodes[idx].text, piece),
+                match stack.last_mut() {
+                    Some((idx, pending)) => push_text(&mut dom.nodes[*idx].text, pending, piece),
                     None => {
                         return Err(not_well_formed("CDATA outside the root element", position))
                     }
@@ -379,8 +405,12 @@ fn read_tree(text: &str, max_depth: usize) -> Result<Dom<'_>, DecodeError> {
                         position,
                     ));
                 }
-                match stack.last() {
-                    Some(&idx) => dom.nodes[idx].text.to_mut().push(resolved),
+                match stack.last_mut() {
+                    Some((idx, pending)) => push_text(
+                        &mut dom.nodes[*idx].text,
+                        pending,
+                        Cow::Owned(resolved.to_string()),
+                    ),
                     None => {
                         return Err(not_well_formed(
                             "reference outside the root element",
@@ -392,7 +422,7 @@ fn read_tree(text: &str, max_depth: usize) -> Result<Dom<'_>, DecodeError> {
             Event::DocType(_) => return Err(DecodeError::DoctypeForbidden),
             Event::Decl(_) | Event::PI(_) | Event::Comment(_) => {}
             Event::Eof => {
-                if let Some(&open) = stack.last() {
+                if let Some(open) = stack.last().map(|(o, _)| *o) {
                     return Err(not_well_formed(
                         format!(
                             "unexpected end of document inside <{}>",
@@ -413,7 +443,7 @@ fn read_tree(text: &str, max_depth: usize) -> Result<Dom<'_>, DecodeError> {
 fn push_element<'a>(
     text: &'a str,
     dom: &mut Dom<'a>,
-    stack: &[usize],
+    stack: &[(usize, Cow<'a, str>)],
     ns: Ns,
     start: &BytesStart<'_>,
     position: u64,
@@ -460,7 +490,7 @@ fn push_element<'a>(
         last_child: NONE,
         next_sibling: NONE,
     });
-    if let Some(&parent) = stack.last() {
+    if let Some(parent) = stack.last().map(|(p, _)| *p) {
         let last = dom.nodes[parent].last_child;
         if last == NONE {
             dom.nodes[parent].first_child = idx as u32;
@@ -500,6 +530,21 @@ mod tests {
 
     fn parse(s: &str) -> Result<Dom<'_>, DecodeError> {
         Dom::parse(s, Limits::default())
+    }
+
+    #[test]
+    fn text_is_the_trimmed_concatenation_of_direct_pieces() {
+        let dom =
+            parse("<A>\n  <B/>\n  x <!-- c --> y\n  <B/>  <B/>&#32;z&#x20;\n  <B/>\n</A>").unwrap();
+        assert_eq!(dom.root().text, "x  y\n     z");
+        let dom = parse("<A>\n  <B/>\n</A>").unwrap();
+        assert_eq!(dom.root().text, "", "indentation alone is no text");
+        assert!(
+            matches!(dom.root().text, Cow::Borrowed(_)),
+            "indentation costs no copy"
+        );
+        let err = parse("<A>\n\u{b}<B/></A>").unwrap_err();
+        assert!(err.to_string().contains("U+000B"), "{err}");
     }
 
     #[test]
