@@ -495,7 +495,9 @@ impl Config {
         Ok((config, None))
     }
 
-    fn check(&self, origin: &str) -> Result<(), ConfigError> {
+    /// Checks references between sections (done by [`Config::from_toml`]; again by a reload
+    /// after it kept the running values of restart-only settings).
+    pub fn check(&self, origin: &str) -> Result<(), ConfigError> {
         let err = |key: String, message: String| ConfigError::Invalid {
             path: origin.to_string(),
             key,

@@ -15,7 +15,8 @@
 //! - [`amqp`]: the broker edge, the only module that knows lapin: topology, the consumer
 //!   (group commit, ack discipline), the outbox publisher (confirms) and `bodflow publish`'s
 //!   sender; [`amqp::run`] is the service.
-//! - [`config`]: the TOML configuration tree.
+//! - [`config`]: the TOML configuration tree; [`reload`]: the running configuration, swapped
+//!   between commit groups on SIGHUP.
 //! - [`generate`]: deterministic synthetic BODs for benchmarks and load tests.
 //! - [`telemetry`]: metrics through named events, readiness, and the HTTP endpoint
 //!   (`/metrics`, `/healthz`, `/readyz`) of `bodflow run`.
@@ -30,5 +31,6 @@ pub mod cli;
 pub mod config;
 pub mod generate;
 pub mod pipeline;
+pub mod reload;
 pub mod store;
 pub mod telemetry;

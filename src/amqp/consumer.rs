@@ -44,6 +44,17 @@
 //! - **Shutdown** stops taking new groups, finishes (commits, flushes, acks) the group in
 //!   flight and cancels the consumer; prefetched deliveries not yet taken go back to the
 //!   queue when the channel closes.
+//! - **Reload** ([`crate::reload`]): a group is prepared and committed under one
+//!   configuration, read from [`Live`] when the group starts and held until it is committed;
+//!   a reload swaps between groups. Acks are unaffected.
+//!
+//! # Tracing
+//!
+//! Every delivery gets an INFO span `delivery` (message id, redelivered, W3C trace and span
+//! ids; BODID, noun, verb, sender once prepared; outcome once committed) entered for its
+//! prepare, its commit report and its dead-letter. Its trace continues the delivery's
+//! `traceparent` header when that is valid, else starts a new one; the outbox rows of the
+//! document carry it on ([`crate::telemetry::trace`]).
 
 use std::sync::Arc;
 
@@ -58,14 +69,18 @@ use lapin::Channel;
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::field::Empty;
+use tracing::Instrument as _;
 
 use super::{confirmed, header_str, put_header, short, topology, Error, RunOptions};
 use crate::pipeline::{Input, Outcome, Pipeline, Prepared, Report, State};
-use crate::store::StoreError;
+use crate::reload::Live;
+use crate::store::{Store, StoreError};
 use crate::telemetry::events::{
     emit, BodAcked, BodProcessed, BodReceived, BodRejected, DeadLettered, GroupCommitted,
-    StageTimed, StoreFlushed,
+    StageTimed, StoreCommitRetried, StoreFlushed, TraceparentIgnored,
 };
+use crate::telemetry::trace::TraceContext;
 use crate::telemetry::Readiness;
 
 const CONSUMER_TAG: &str = "bodflow";
@@ -75,7 +90,8 @@ const MAX_REASON: usize = 1024;
 
 /// What the consumer works with during one session.
 pub(super) struct Consumer<'a> {
-    pub pipeline: &'a Pipeline,
+    /// The pipeline in force, read once per group (see the module docs).
+    pub live: &'a Live,
     pub options: &'a RunOptions,
     /// Confirm-mode channel for our own dead-letters.
     pub dead_letters: &'a Channel,
@@ -123,19 +139,21 @@ pub(super) async fn run(
             let Some(first) = first else {
                 return Err(Error::ConsumerCancelled);
             };
-            let mut group = vec![received(first?)];
-            let mut arrived = vec![Instant::now()];
+            let first = first?;
+            let mut tracked = vec![received(&first)];
+            let mut group = vec![first];
             let deadline = Instant::now() + consumer.options.group_window;
             while group.len() < consumer.options.group_max {
                 match tokio::time::timeout_at(deadline, deliveries.next()).await {
                     Ok(Some(delivery)) => {
-                        group.push(received(delivery?));
-                        arrived.push(Instant::now());
+                        let delivery = delivery?;
+                        tracked.push(received(&delivery));
+                        group.push(delivery);
                     }
                     Ok(None) | Err(_) => break,
                 }
             }
-            let done = consumer.commit_group(group, arrived).await?;
+            let done = consumer.commit_group(group, tracked).await?;
             if to_acker.send(done).await.is_err() {
                 // The acker has stopped; its error ends the session.
                 break;
@@ -158,17 +176,91 @@ const ACK_QUEUE: usize = 8;
 struct Committed {
     group: Vec<Delivery>,
     dead: Vec<Option<DeadLetter>>,
-    /// When each delivery was taken (end-to-end latency at ack).
-    arrived: Vec<Instant>,
+    /// Per delivery: arrival (end-to-end latency at ack) and span.
+    tracked: Vec<Tracked>,
 }
 
-/// Counts a delivery as received.
-fn received(d: Delivery) -> Delivery {
+/// What the consumer keeps beside each delivery.
+struct Tracked {
+    /// When it was taken.
+    arrived: Instant,
+    /// The `delivery` span (module docs).
+    span: tracing::Span,
+    /// bodflow's place in the delivery's trace: its trace id, our span id.
+    trace: TraceContext,
+}
+
+/// Counts a delivery as received and opens its span and trace.
+fn received(d: &Delivery) -> Tracked {
+    let arrived = Instant::now();
+    let headers = d.properties.headers().as_ref();
+    let announced = header_str(headers, "documentName").or_else(|| super::document_name(&d.data));
+    let (verb, noun) = match announced.as_deref().and_then(|n| n.split_once('.')) {
+        Some((verb, noun)) => (Some(verb), Some(noun)),
+        None => (None, None),
+    };
     emit(BodReceived {
         bytes: d.data.len(),
         redelivered: d.redelivered,
+        noun,
+        verb,
     });
-    d
+    let inbound = header_str(headers, "traceparent").and_then(|value| {
+        TraceContext::parse(&value, header_str(headers, "tracestate").as_deref())
+            .map_err(|e| {
+                emit(TraceparentIgnored {
+                    code: e.code(),
+                    value: &value,
+                })
+            })
+            .ok()
+    });
+    let trace = match &inbound {
+        Some(parent) => parent.child(),
+        None => TraceContext::root(),
+    };
+    let message_id = d.properties.message_id().as_ref().map(|m| m.as_str());
+    let parent_span_id = inbound.as_ref().map(TraceContext::span_id_hex);
+    let span = tracing::info_span!(
+        "delivery",
+        message_id = message_id.map(tracing::field::display),
+        redelivered = d.redelivered,
+        trace_id = %format_args!("{:032x}", trace.trace_id),
+        span_id = %format_args!("{:016x}", trace.span_id),
+        parent_span_id = parent_span_id.as_deref(),
+        bod_id = Empty,
+        noun = Empty,
+        verb = Empty,
+        sender = Empty,
+        outcome = Empty,
+    );
+    Tracked {
+        arrived,
+        span,
+        trace,
+    }
+}
+
+/// Fills the span fields known once the document is prepared.
+fn record_prepared(span: &tracing::Span, p: &Prepared, had_message_id: bool) {
+    let ctx = &p.ctx;
+    if !had_message_id {
+        span.record("message_id", ctx.message_id.as_str());
+    }
+    if let Some(area) = &ctx.area {
+        if let Some(bod_id) = &area.bod_id {
+            span.record("bod_id", bod_id.as_str());
+        }
+        if let Some(sender) = &area.logical_id {
+            span.record("sender", sender.as_str());
+        }
+    }
+    if let Some(noun) = &ctx.noun {
+        span.record("noun", noun.as_str());
+    }
+    if let Some(verb) = &ctx.verb {
+        span.record("verb", verb.as_str());
+    }
 }
 
 impl Consumer<'_> {
@@ -176,37 +268,43 @@ impl Consumer<'_> {
     async fn commit_group(
         &self,
         group: Vec<Delivery>,
-        arrived: Vec<Instant>,
+        tracked: Vec<Tracked>,
     ) -> Result<Committed, Error> {
-        let pipeline = self.pipeline.clone();
-        let (group, prepared) = tokio::task::spawn_blocking(move || {
+        // One configuration for the whole group: a reload waits for this guard.
+        let config = self.live.read().await;
+        let pipeline = config.clone();
+        let (group, tracked, prepared) = tokio::task::spawn_blocking(move || {
             let prepared: Vec<Prepared> = group
                 .iter()
-                .map(|d| {
+                .zip(&tracked)
+                .map(|(d, t)| {
+                    let _span = t.span.enter();
                     let started = std::time::Instant::now();
-                    let p = pipeline.prepare(&input(d));
+                    let mut p = pipeline.prepare(&input(d));
                     emit(StageTimed {
                         stage: "prepare",
                         seconds: started.elapsed().as_secs_f64(),
                     });
+                    p.ctx.trace = Some(t.trace.clone());
+                    record_prepared(&t.span, &p, d.properties.message_id().is_some());
                     p
                 })
                 .collect();
-            (group, prepared)
+            (group, tracked, prepared)
         })
         .await?;
         let prepared = Arc::new(prepared);
 
         let mut dead: Vec<Option<DeadLetter>> = prepared.iter().map(rejected).collect();
         let started = Instant::now();
-        match self.commit_with_retry(&prepared).await {
+        match self.commit_with_retry(&config, &prepared).await {
             Ok(reports) => {
                 emit(GroupCommitted {
                     docs: group.len(),
                     seconds: started.elapsed().as_secs_f64(),
                 });
-                for ((d, r), slot) in group.iter().zip(&reports).zip(dead.iter_mut()) {
-                    trace_delivery(d, r);
+                for ((t, r), slot) in tracked.iter().zip(&reports).zip(dead.iter_mut()) {
+                    trace_delivery(t, r);
                     if slot.is_none() {
                         *slot = rejected_at_commit(r);
                     }
@@ -214,13 +312,15 @@ impl Consumer<'_> {
             }
             Err(e) => {
                 tracing::error!(error = %e, code = e.code(), deliveries = group.len(), "Group commit failed after retries; committing one by one");
-                self.commit_singly(&group, &prepared, &mut dead).await?;
+                self.commit_singly(&config, &group, &tracked, &prepared, &mut dead)
+                    .await?;
             }
         }
+        drop(config);
         Ok(Committed {
             group,
             dead,
-            arrived,
+            tracked,
         })
     }
 
@@ -234,21 +334,23 @@ impl Consumer<'_> {
                 ready.push(more);
             }
             let started = Instant::now();
-            flush(self.pipeline).await?;
+            flush(self.live.store()).await?;
             emit(StoreFlushed {
                 seconds: started.elapsed().as_secs_f64(),
             });
             self.wake.notify_one();
             for c in &ready {
-                for (d, dl) in c.group.iter().zip(&c.dead) {
+                for ((d, dl), t) in c.group.iter().zip(&c.dead).zip(&c.tracked) {
                     if let Some(dl) = dl {
-                        dead_letter(self.dead_letters, d, dl).await?;
+                        dead_letter(self.dead_letters, d, dl)
+                            .instrument(t.span.clone())
+                            .await?;
                     }
                 }
                 ack(&c.group).await?;
-                for t in &c.arrived {
+                for t in &c.tracked {
                     emit(BodAcked {
-                        seconds: t.elapsed().as_secs_f64(),
+                        seconds: t.arrived.elapsed().as_secs_f64(),
                     });
                 }
             }
@@ -259,11 +361,12 @@ impl Consumer<'_> {
     /// Commits the group in one transaction; retries store errors with backoff.
     async fn commit_with_retry(
         &self,
+        pipeline: &Pipeline,
         prepared: &Arc<Vec<Prepared>>,
     ) -> Result<Vec<Report>, StoreError> {
         let mut attempt = 0;
         loop {
-            match commit(self.pipeline, prepared.clone(), None).await {
+            match commit(pipeline, prepared.clone(), None).await {
                 Ok(reports) => return Ok(reports),
                 Err(e) => {
                     attempt += 1;
@@ -271,7 +374,12 @@ impl Consumer<'_> {
                         return Err(e);
                     }
                     let delay = self.options.retry_base * (1 << attempt.min(10));
-                    tracing::warn!(error = %e, attempt, delay_ms = delay.as_millis() as u64, "Store commit failed, retrying");
+                    emit(StoreCommitRetried {
+                        attempt,
+                        delay_ms: delay.as_millis() as u64,
+                        code: e.code(),
+                        error: &e,
+                    });
                     tokio::time::sleep(delay).await;
                 }
             }
@@ -282,21 +390,24 @@ impl Consumer<'_> {
     /// are dead-lettered `retries_exhausted`.
     async fn commit_singly(
         &self,
+        pipeline: &Pipeline,
         group: &[Delivery],
+        tracked: &[Tracked],
         prepared: &Arc<Vec<Prepared>>,
         dead: &mut [Option<DeadLetter>],
     ) -> Result<(), Error> {
-        for (i, (d, slot)) in group.iter().zip(dead.iter_mut()).enumerate() {
-            match commit(self.pipeline, prepared.clone(), Some(i)).await {
+        for (i, ((d, t), slot)) in group.iter().zip(tracked).zip(dead.iter_mut()).enumerate() {
+            match commit(pipeline, prepared.clone(), Some(i)).await {
                 Ok(reports) => {
                     for r in &reports {
-                        trace_delivery(d, r);
+                        trace_delivery(t, r);
                         if slot.is_none() {
                             *slot = rejected_at_commit(r);
                         }
                     }
                 }
                 Err(e) => {
+                    let _span = t.span.enter();
                     tracing::error!(error = %e, code = e.code(), message_id = ?d.properties.message_id(), "Delivery could not be committed; dead-lettering it");
                     *slot = Some(DeadLetter {
                         stage: "upsert",
@@ -337,9 +448,9 @@ async fn commit(
 }
 
 /// Makes everything committed so far durable.
-async fn flush(pipeline: &Pipeline) -> Result<(), Error> {
-    let pipeline = pipeline.clone();
-    tokio::task::spawn_blocking(move || pipeline.store.flush().map(|_| ()))
+async fn flush(store: &Arc<Store>) -> Result<(), Error> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || store.flush().map(|_| ()))
         .await?
         .map_err(Error::from)
 }
@@ -380,22 +491,10 @@ fn rejected_at_commit(r: &Report) -> Option<DeadLetter> {
     })
 }
 
-/// The per-delivery span: message id, BODID and the ION headers as received.
-fn trace_delivery(d: &Delivery, r: &Report) {
-    let headers = d.properties.headers().as_ref();
-    let span = tracing::debug_span!(
-        "delivery",
-        message_id = %r.message_id,
-        bod_id = r.bod_id.as_deref().unwrap_or(""),
-        correlation_id = d.properties.correlation_id().as_ref().map(|c| c.as_str()).unwrap_or(""),
-        document_name = header_str(headers, "documentName").as_deref().unwrap_or(""),
-        from = header_str(headers, "fromLogicalId").as_deref().unwrap_or(""),
-        to = header_str(headers, "toLogicalId").as_deref().unwrap_or(""),
-        tenant = header_str(headers, "tenantId").as_deref().unwrap_or(""),
-        variation = header_str(headers, "variationId").as_deref().unwrap_or(""),
-        redelivered = d.redelivered,
-    );
-    let _guard = span.enter();
+/// Reports a committed delivery in its span (which gets the outcome).
+fn trace_delivery(t: &Tracked, r: &Report) {
+    t.span.record("outcome", r.outcome.as_str());
+    let _guard = t.span.enter();
     emit(BodProcessed {
         noun: r.noun.as_deref(),
         verb: r.verb.as_deref(),

@@ -3,7 +3,8 @@
 //!
 //! A round reads up to [`RunOptions::outbox_batch`] rows in order, publishes them all
 //! (persistent, `mandatory`, `application/xml`, `message_id` = BODID, `correlation_id` =
-//! inbound message id, ION headers), then awaits their confirms and removes the acked rows.
+//! inbound message id, ION headers, W3C `traceparent`/`tracestate` continuing the inbound
+//! delivery's trace), then awaits their confirms and removes the acked rows.
 //! A Nack or a returned (unroutable) message keeps its row: the round counts as failed and the
 //! next one follows after a doubling backoff. Rows go to their `reply_to` queue through the
 //! default exchange when the inbound named one, else to `bodflow.out` with the receiver's
@@ -26,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use super::{confirmed, put_header, short, topology, Error, RunOptions};
 use crate::pipeline::Pipeline;
 use crate::store::OutboxRow;
-use crate::telemetry::events::{emit, OutboxPublished};
+use crate::telemetry::events::{emit, OutboxPublished, OutboxRowRefused};
 
 /// Everything the publisher task owns for one session.
 pub(super) struct Publisher {
@@ -135,7 +136,13 @@ impl Publisher {
                 Ok(()) => done.push(seq),
                 Err(e @ (Error::Nacked(_) | Error::Returned(_) | Error::NotConfirmed)) => {
                     round.failed += 1;
-                    tracing::warn!(error = %e, code = e.code(), bod_id = %row.bod_id, to = %row.to, reply_to = row.reply_to.as_deref().unwrap_or(""), "Outbox row not accepted by the broker; kept for retry");
+                    emit(OutboxRowRefused {
+                        code: e.code(),
+                        error: &e,
+                        bod_id: &row.bod_id,
+                        to: &row.to,
+                        reply_to: row.reply_to.as_deref(),
+                    });
                 }
                 Err(e) => return Err(e),
             }
@@ -163,6 +170,12 @@ impl Publisher {
         put_header(&mut headers, "toLogicalId", &row.to);
         if let Some(tenant) = &row.tenant {
             put_header(&mut headers, "tenantId", tenant);
+        }
+        if let Some(traceparent) = &row.traceparent {
+            put_header(&mut headers, "traceparent", traceparent);
+        }
+        if let Some(tracestate) = &row.tracestate {
+            put_header(&mut headers, "tracestate", tracestate);
         }
         let properties = BasicProperties::default()
             .with_content_type("application/xml".into())

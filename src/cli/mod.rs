@@ -78,7 +78,13 @@ fn init_logging(format: LogFormat) {
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        // One JSON object per line: timestamp, level, target, the event's fields, and the
+        // spans it happened in (`span` = innermost, `spans` = all, with their fields).
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .init(),
     }
 }
 
@@ -100,7 +106,11 @@ pub fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            match cli.log_format {
+                // Machines reading JSON lines get the failure as one too.
+                LogFormat::Json => tracing::error!(error = %format!("{e:#}"), "Command failed"),
+                LogFormat::Text => eprintln!("error: {e:#}"),
+            }
             ExitCode::from(2)
         }
     }

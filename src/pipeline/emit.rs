@@ -61,6 +61,15 @@ impl<'a> Emitter<'a> {
             .or(self.ctx.tenant.as_deref())
     }
 
+    /// Every row of the document continues its trace (bodflow's span as the parent).
+    fn traceparent(&self) -> Option<String> {
+        self.ctx.trace.as_ref().map(|t| t.traceparent())
+    }
+
+    fn tracestate(&self) -> Option<String> {
+        self.ctx.trace.as_ref().and_then(|t| t.state.clone())
+    }
+
     fn push(&mut self, tx: &crate::store::Tx<'_>, row: OutboxRow) -> TxResult<()> {
         let seq = tx.push_outbox(&row)?;
         self.outputs.push(OutputReport {
@@ -102,6 +111,8 @@ impl<'a> Emitter<'a> {
             correlation_id: self.ctx.message_id.clone(),
             document_name,
             tenant: self.tenant().map(str::to_string),
+            traceparent: self.traceparent(),
+            tracestate: self.tracestate(),
             xml,
         };
         self.push(tx, row)
@@ -377,6 +388,8 @@ impl<'a> Emitter<'a> {
                 correlation_id: self.ctx.message_id.clone(),
                 document_name: format!("Sync.{}", record.kind.noun()),
                 tenant: self.tenant().map(str::to_string),
+                traceparent: self.traceparent(),
+                tracestate: self.tracestate(),
                 xml,
             };
             self.push(tx, row)?;

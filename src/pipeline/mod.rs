@@ -16,6 +16,7 @@ pub mod upsert;
 pub mod validate;
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
@@ -25,6 +26,8 @@ use crate::config::Config;
 use crate::store::{
     Fields, Kind, Marker, Owner, ParkReason, Parked, Store, StoreError, Tx, TxResult, XrefKey,
 };
+use crate::telemetry::events::{emit, StageTimed};
+use crate::telemetry::trace::TraceContext;
 
 /// Where a document stopped or was decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -213,6 +216,9 @@ pub struct Context {
     pub tenant: Option<String>,
     /// The document as text, kept for parking.
     pub payload: String,
+    /// The trace this document's processing belongs to (set by the consumer from the
+    /// delivery's `traceparent`; `None` offline): outbox rows carry it on.
+    pub trace: Option<TraceContext>,
 }
 
 #[derive(Debug)]
@@ -305,7 +311,7 @@ impl Pipeline {
     /// Applies a prepared document in one store transaction.
     pub fn commit(&self, prepared: &Prepared) -> Result<Report, StoreError> {
         let config = &self.config;
-        self.store.transact(|tx| commit_in(tx, config, prepared))
+        self.store.transact(|tx| timed_commit(tx, config, prepared))
     }
 
     /// Applies documents in order in one store transaction (group commit): each document's
@@ -316,7 +322,7 @@ impl Pipeline {
         self.store.transact(|tx| {
             batch
                 .iter()
-                .map(|p| commit_in(tx, config, p))
+                .map(|p| timed_commit(tx, config, p))
                 .collect::<TxResult<Vec<_>>>()
         })
     }
@@ -341,6 +347,8 @@ impl Pipeline {
             retry: true,
         });
         prepared.ctx.unpark = Some(parked.seq);
+        // Its delivery's trace is not kept with it: the release starts a trace of its own.
+        prepared.ctx.trace = Some(TraceContext::root());
         self.commit(&prepared)
     }
 
@@ -362,6 +370,27 @@ impl Pipeline {
             .collect::<Result<_, _>>()?;
         waiting.iter().map(|p| self.release(p, now)).collect()
     }
+}
+
+/// [`commit_in`], timed as stage `upsert`.
+fn timed_commit(tx: &Tx<'_>, config: &Config, prepared: &Prepared) -> TxResult<Report> {
+    let started = Instant::now();
+    let report = commit_in(tx, config, prepared);
+    emit(StageTimed {
+        stage: Stage::Upsert.as_str(),
+        seconds: started.elapsed().as_secs_f64(),
+    });
+    report
+}
+
+/// Emits the time since `since` as `stage` and restarts the clock.
+fn lap(stage: Stage, since: &mut Instant) {
+    let now = Instant::now();
+    emit(StageTimed {
+        stage: stage.as_str(),
+        seconds: now.duration_since(*since).as_secs_f64(),
+    });
+    *since = now;
 }
 
 /// One document's effects inside a transaction.
@@ -469,6 +498,7 @@ pub fn prepare(config: &Config, input: &Input<'_>) -> Prepared {
         noun: None,
         tenant: None,
         payload: String::new(),
+        trace: None,
     };
     let reject = |ctx: Context, rejection: Rejection, app, process| Prepared {
         ctx,
@@ -479,7 +509,10 @@ pub fn prepare(config: &Config, input: &Input<'_>) -> Prepared {
         },
     };
 
-    let bod = match bod::parse(input.bytes, config.limits.into()) {
+    let mut clock = Instant::now();
+    let parsed = bod::parse(input.bytes, config.limits.into());
+    lap(Stage::Decode, &mut clock);
+    let bod = match parsed {
         Ok(bod) => bod,
         Err(e) => {
             // Best effort: a broken document may still name its sender, who asked for a
@@ -507,7 +540,9 @@ pub fn prepare(config: &Config, input: &Input<'_>) -> Prepared {
             },
         });
 
-    let mut doc = match validate::validate(bod, config) {
+    let checked = validate::validate(bod, config);
+    lap(Stage::Validate, &mut clock);
+    let mut doc = match checked {
         Ok(validate::Checked::Doc(doc)) => doc,
         Ok(validate::Checked::Inactive { app }) => {
             ctx.payload = String::from_utf8_lossy(input.bytes).into_owned();
@@ -519,10 +554,13 @@ pub fn prepare(config: &Config, input: &Input<'_>) -> Prepared {
         Err(e) => return reject(ctx, e.into(), app, process),
     };
     let application = &config.applications[doc.app];
-    if let Err(e) = country::map_inbound(&mut doc, application) {
+    let mapped = country::map_inbound(&mut doc, application);
+    lap(Stage::Country, &mut clock);
+    if let Err(e) = mapped {
         return reject(ctx, e.into(), app, process);
     }
     owner::assign(&mut doc, application, config);
+    lap(Stage::Owner, &mut clock);
     // The items carry everything the commit needs; the typed nouns are freed here, on the
     // preparing thread, rather than on the committing one.
     doc.bod.nouns = Vec::new();

@@ -112,6 +112,10 @@ fn encode_outbox(row: &OutboxRow) -> Vec<u8> {
         correlation_id: &'a str,
         document_name: &'a str,
         tenant: &'a Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        traceparent: &'a Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        tracestate: &'a Option<String>,
     }
     let mut out = serde_json::to_vec(&Head {
         kind: &row.kind,
@@ -121,6 +125,8 @@ fn encode_outbox(row: &OutboxRow) -> Vec<u8> {
         correlation_id: &row.correlation_id,
         document_name: &row.document_name,
         tenant: &row.tenant,
+        traceparent: &row.traceparent,
+        tracestate: &row.tracestate,
     })
     .unwrap_or_default();
     out.reserve(row.xml.len() + 1);
@@ -139,6 +145,10 @@ fn decode_outbox(k: &[u8], bytes: &[u8]) -> Result<OutboxRow, StoreError> {
         correlation_id: String,
         document_name: String,
         tenant: Option<String>,
+        #[serde(default)]
+        traceparent: Option<String>,
+        #[serde(default)]
+        tracestate: Option<String>,
     }
     let corrupt = |message: String| StoreError::Corrupt {
         key: String::from_utf8_lossy(k).into_owned(),
@@ -160,6 +170,8 @@ fn decode_outbox(k: &[u8], bytes: &[u8]) -> Result<OutboxRow, StoreError> {
         correlation_id: head.correlation_id,
         document_name: head.document_name,
         tenant: head.tenant,
+        traceparent: head.traceparent,
+        tracestate: head.tracestate,
         xml,
     })
 }
@@ -750,6 +762,8 @@ mod tests {
                     correlation_id: "m1".into(),
                     document_name: "Confirm.BOD".into(),
                     tenant: None,
+                    traceparent: None,
+                    tracestate: None,
                     xml: "<x/>".into(),
                 })
             })
@@ -767,6 +781,9 @@ mod tests {
             correlation_id: "m".into(),
             document_name: "Confirm.BOD".into(),
             tenant: None,
+            traceparent: (n % 2 == 1)
+                .then(|| format!("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902{n:02x}-01")),
+            tracestate: (n == 1).then(|| "rojo=1".to_string()),
             xml: format!("<x n=\"{n}\">\n</x>"),
         }
     }
@@ -790,9 +807,11 @@ mod tests {
             .unwrap();
         assert_eq!(listed.len(), 4);
         assert_eq!(
-            store.outbox_row(seqs[1]).unwrap().unwrap().xml,
-            "<x n=\"1\">\n</x>"
+            store.outbox_row(seqs[1]).unwrap().unwrap(),
+            row(1),
+            "rows read back whole, trace context included"
         );
+        assert_eq!(store.outbox_row(seqs[0]).unwrap().unwrap(), row(0));
 
         store.remove_outbox(&[seqs[0], seqs[2]]).unwrap();
         let left: Vec<String> = store

@@ -276,6 +276,13 @@ pub struct OutboxRow {
     pub document_name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
+    /// W3C `traceparent` of the processing that emitted it (same trace as the inbound
+    /// delivery, bodflow's span as parent), published as the `traceparent` header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    /// W3C `tracestate` of the inbound delivery, passed on unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracestate: Option<String>,
     pub xml: String,
 }
 

@@ -39,19 +39,28 @@ pub fn bounded(value: Option<&str>, known: &[&'static str]) -> &'static str {
 }
 
 /// A delivery was taken from the inbound queue.
-pub struct BodReceived {
+pub struct BodReceived<'a> {
     pub bytes: usize,
     pub redelivered: bool,
+    /// Noun and verb as the delivery announces them (`documentName` header, else the root
+    /// element's name); bounded into labels.
+    pub noun: Option<&'a str>,
+    pub verb: Option<&'a str>,
 }
 
-impl Event for BodReceived {
+impl Event for BodReceived<'_> {
     fn emit(self) {
         tracing::trace!(
             bytes = self.bytes,
             redelivered = self.redelivered,
+            noun = self.noun.unwrap_or(""),
+            verb = self.verb.unwrap_or(""),
             "Delivery received"
         );
-        metrics().bods_received.inc();
+        metrics()
+            .bods_received
+            .with_label_values(&[bounded(self.noun, &NOUNS), bounded(self.verb, &VERBS)])
+            .inc();
         if self.redelivered {
             emit(Redelivered);
         }
@@ -141,7 +150,8 @@ impl Event for DeadLettered<'_> {
     }
 }
 
-/// How long one stage took (`prepare` per document; `commit`, `flush` per group).
+/// How long one stage took (see [`super::STAGES`]: per document `decode`, `validate`,
+/// `country`, `owner`, `prepare`, `upsert`; per group `commit`, `flush`).
 pub struct StageTimed {
     pub stage: &'static str,
     pub seconds: f64,
@@ -150,10 +160,7 @@ pub struct StageTimed {
 impl Event for StageTimed {
     fn emit(self) {
         tracing::trace!(stage = self.stage, seconds = self.seconds, "Stage timed");
-        metrics()
-            .stage_duration
-            .with_label_values(&[self.stage])
-            .observe(self.seconds);
+        metrics().observe_stage(self.stage, self.seconds);
     }
 }
 
@@ -168,9 +175,7 @@ impl Event for GroupCommitted {
         tracing::debug!(docs = self.docs, seconds = self.seconds, "Group committed");
         let m = metrics();
         m.group_documents.observe(self.docs as f64);
-        m.stage_duration
-            .with_label_values(&["commit"])
-            .observe(self.seconds);
+        m.observe_stage("commit", self.seconds);
     }
 }
 
@@ -184,9 +189,7 @@ impl Event for StoreFlushed {
         tracing::trace!(seconds = self.seconds, "Store flushed");
         let m = metrics();
         m.store_flush.observe(self.seconds);
-        m.stage_duration
-            .with_label_values(&["flush"])
-            .observe(self.seconds);
+        m.observe_stage("flush", self.seconds);
     }
 }
 
@@ -283,6 +286,145 @@ impl Event for AmqpDisconnected<'_> {
             (None, true) => tracing::info!("Broker session closed"),
             (None, false) => tracing::warn!("Broker session ended; reconnecting"),
         }
+    }
+}
+
+/// A group commit failed on a store error and is retried after `delay_ms`.
+pub struct StoreCommitRetried<'a> {
+    pub attempt: u32,
+    pub delay_ms: u64,
+    pub code: &'static str,
+    pub error: &'a dyn std::fmt::Display,
+}
+
+impl Event for StoreCommitRetried<'_> {
+    fn emit(self) {
+        tracing::warn!(
+            error = %self.error,
+            code = self.code,
+            attempt = self.attempt,
+            delay_ms = self.delay_ms,
+            "Store commit failed, retrying"
+        );
+        metrics().store_retries.inc();
+    }
+}
+
+/// Connecting to the broker failed; the next attempt follows after `delay_ms`.
+pub struct AmqpConnectFailed<'a> {
+    pub code: &'static str,
+    pub error: &'a dyn std::fmt::Display,
+    pub delay_ms: u64,
+}
+
+impl Event for AmqpConnectFailed<'_> {
+    fn emit(self) {
+        tracing::warn!(
+            error = %self.error,
+            code = self.code,
+            delay_ms = self.delay_ms,
+            "Cannot connect to the broker"
+        );
+        metrics().amqp_connect_failures.inc();
+    }
+}
+
+/// The broker did not accept an outbox row (Nack, returned unroutable, no confirm); the row
+/// is kept and published again later.
+pub struct OutboxRowRefused<'a> {
+    pub code: &'static str,
+    pub error: &'a dyn std::fmt::Display,
+    pub bod_id: &'a str,
+    pub to: &'a str,
+    pub reply_to: Option<&'a str>,
+}
+
+impl Event for OutboxRowRefused<'_> {
+    fn emit(self) {
+        tracing::warn!(
+            error = %self.error,
+            code = self.code,
+            bod_id = self.bod_id,
+            to = self.to,
+            reply_to = self.reply_to.unwrap_or(""),
+            "Outbox row not accepted by the broker; kept for retry"
+        );
+        metrics()
+            .publish_failures
+            .with_label_values(&[self.code])
+            .inc();
+    }
+}
+
+/// An inbound `traceparent` was malformed and ignored; the delivery starts a new trace.
+pub struct TraceparentIgnored<'a> {
+    pub code: &'static str,
+    pub value: &'a str,
+}
+
+impl Event for TraceparentIgnored<'_> {
+    fn emit(self) {
+        let value: String = self.value.chars().take(64).collect();
+        tracing::debug!(code = self.code, value, "Malformed traceparent ignored");
+        metrics()
+            .traceparent_ignored
+            .with_label_values(&[self.code])
+            .inc();
+    }
+}
+
+/// A new configuration is in force (SIGHUP). `restart_needed` names changed settings that
+/// keep their running value until a restart.
+pub struct ConfigReloaded<'a> {
+    pub path: &'a str,
+    pub applications: usize,
+    pub restart_needed: &'a [&'static str],
+    /// Documents of re-activated applications released from parking.
+    pub released: usize,
+}
+
+impl Event for ConfigReloaded<'_> {
+    fn emit(self) {
+        tracing::info!(
+            path = self.path,
+            applications = self.applications,
+            released = self.released,
+            "Configuration reloaded"
+        );
+        if !self.restart_needed.is_empty() {
+            tracing::warn!(
+                settings = ?self.restart_needed,
+                "Changed settings need a restart; they keep their running value until then"
+            );
+        }
+        let m = metrics();
+        m.config_reloads.with_label_values(&["applied"]).inc();
+        m.config_restart_required
+            .set(i64::from(!self.restart_needed.is_empty()));
+    }
+}
+
+/// A reload was refused (`result` = `invalid`: the file does not load or check; `failed`:
+/// applying it failed, e.g. the broker could not declare the new topology). The running
+/// configuration stays.
+pub struct ConfigReloadRefused<'a> {
+    pub path: &'a str,
+    pub result: &'static str,
+    pub error: &'a dyn std::fmt::Display,
+}
+
+impl Event for ConfigReloadRefused<'_> {
+    fn emit(self) {
+        tracing::error!(
+            path = self.path,
+            result = self.result,
+            error = %self.error,
+            "Configuration reload refused; the running configuration stays"
+        );
+        metrics()
+            .config_reloads
+            .with_label_values(&[self.result])
+            .inc();
     }
 }
 
