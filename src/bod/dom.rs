@@ -12,8 +12,7 @@
 use std::borrow::Cow;
 
 use quick_xml::events::{BytesStart, Event};
-use quick_xml::name::ResolveResult;
-use quick_xml::NsReader;
+use quick_xml::Reader;
 
 use super::DecodeError;
 
@@ -216,29 +215,52 @@ fn declared_encoding(bytes: &[u8]) -> Option<String> {
     Some(value[..value.find(quote)?].to_string())
 }
 
-fn classify(ns: &ResolveResult<'_>) -> Ns {
-    match ns {
-        ResolveResult::Unbound => Ns::Bod,
-        ResolveResult::Bound(ns) => {
-            // Per element, so compared in place: case-insensitive, trailing `/` ignored.
-            let mut uri = ns.as_ref();
-            while let [rest @ .., b'/'] = uri {
-                uri = rest;
-            }
-            let is = |known: &str| uri.eq_ignore_ascii_case(known.as_bytes());
-            if BOD_NAMESPACES.iter().any(|k| is(k)) {
-                Ns::Bod
-            } else if is("http://schemas.xmlsoap.org/soap/envelope")
-                || is("http://www.w3.org/2003/05/soap-envelope")
-            {
-                Ns::Soap
-            } else {
-                Ns::Foreign
-            }
+/// The class of a namespace URI: case-insensitive, trailing `/` ignored; the empty URI
+/// (`xmlns=""`) means no namespace.
+fn classify(uri: &[u8]) -> Ns {
+    let mut uri = uri;
+    while let [rest @ .., b'/'] = uri {
+        uri = rest;
+    }
+    let is = |known: &str| uri.eq_ignore_ascii_case(known.as_bytes());
+    if uri.is_empty() || BOD_NAMESPACES.iter().any(|k| is(k)) {
+        Ns::Bod
+    } else if is("http://schemas.xmlsoap.org/soap/envelope")
+        || is("http://www.w3.org/2003/05/soap-envelope")
+    {
+        Ns::Soap
+    } else {
+        Ns::Foreign
+    }
+}
+
+/// Namespace declarations in scope: (prefix, class of its URI, depth of the element that
+/// declared it); the empty prefix is the default namespace. Only the class matters to
+/// bodflow, so elements are resolved against this small stack instead of full URIs.
+#[derive(Default)]
+struct Namespaces<'a> {
+    bindings: Vec<(&'a [u8], Ns, usize)>,
+    /// Scratch: the qualified attribute names of the element being read (duplicate check).
+    keys: Vec<&'a [u8]>,
+}
+
+impl<'a> Namespaces<'a> {
+    /// The class of an element name's prefix. No prefix and no default namespace: no
+    /// namespace (BOD content). An undeclared prefix is foreign rather than an error: the
+    /// typed reader decides whether the element matters.
+    fn resolve(&self, prefix: &[u8]) -> Ns {
+        match self.bindings.iter().rev().find(|(p, _, _)| *p == prefix) {
+            Some((_, ns, _)) => *ns,
+            None if prefix.is_empty() => Ns::Bod,
+            None => Ns::Foreign,
         }
-        // An undeclared prefix: quick-xml reports it; treat the element as foreign rather than
-        // failing, the typed reader decides whether it matters.
-        ResolveResult::Unknown(_) => Ns::Foreign,
+    }
+
+    /// Forgets the declarations of elements at `depth` and deeper.
+    fn leave(&mut self, depth: usize) {
+        while self.bindings.last().is_some_and(|(_, _, d)| *d >= depth) {
+            self.bindings.pop();
+        }
     }
 }
 
@@ -298,7 +320,11 @@ fn check_chars(text: &str, position: u64) -> Result<(), DecodeError> {
 /// elements) are held back until real text follows: leading ones are never kept and trailing
 /// ones are dropped at the end tag, and indentation costs no copy.
 fn push_text<'a>(slot: &mut Cow<'a, str>, pending: &mut Cow<'a, str>, piece: Cow<'a, str>) {
-    if piece.trim().is_empty() {
+    let blank = piece
+        .bytes()
+        .all(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+        || piece.trim().is_empty();
+    if blank {
         if !slot.is_empty() {
             append(pending, piece);
         }
@@ -319,7 +345,7 @@ fn append<'a>(slot: &mut Cow<'a, str>, piece: Cow<'a, str>) {
 }
 
 fn read_tree(text: &str, max_depth: usize) -> Result<Dom<'_>, DecodeError> {
-    let mut reader = NsReader::from_str(text);
+    let mut reader = Reader::from_str(text);
     reader.config_mut().check_end_names = true;
     reader.config_mut().trim_text(false);
 
@@ -330,10 +356,11 @@ fn read_tree(text: &str, max_depth: usize) -> Result<Dom<'_>, DecodeError> {
     // Open elements, each with its held-back whitespace (see `push_text`).
     let mut stack: Vec<(usize, Cow<'_, str>)> = Vec::with_capacity(16);
     let mut root_closed = false;
+    let mut namespaces = Namespaces::default();
 
     loop {
         let position = reader.buffer_position();
-        let (ns, event) = match reader.read_resolved_event() {
+        let event = match reader.read_event() {
             Ok(v) => v,
             Err(e) => {
                 let message = e.to_string();
@@ -345,14 +372,15 @@ fn read_tree(text: &str, max_depth: usize) -> Result<Dom<'_>, DecodeError> {
         }
         match event {
             Event::Start(start) => {
-                let idx = push_element(text, &mut dom, &stack, classify(&ns), &start, position)?;
+                let idx = push_element(text, &mut dom, &stack, &mut namespaces, &start, position)?;
                 stack.push((idx, Cow::Borrowed("")));
                 if stack.len() > max_depth {
                     return Err(DecodeError::TooDeep { limit: max_depth });
                 }
             }
             Event::Empty(start) => {
-                push_element(text, &mut dom, &stack, classify(&ns), &start, position)?;
+                push_element(text, &mut dom, &stack, &mut namespaces, &start, position)?;
+                namespaces.leave(stack.len());
                 if stack.len() + 1 > max_depth {
                     return Err(DecodeError::TooDeep { limit: max_depth });
                 }
@@ -362,6 +390,7 @@ fn read_tree(text: &str, max_depth: usize) -> Result<Dom<'_>, DecodeError> {
             }
             Event::End(_) => {
                 if let Some((idx, _)) = stack.pop() {
+                    namespaces.leave(stack.len());
                     let slot = &mut dom.nodes[idx].text;
                     let trimmed_len = slot.trim().len();
                     if trimmed_len != slot.len() {
@@ -444,7 +473,7 @@ fn push_element<'a>(
     text: &'a str,
     dom: &mut Dom<'a>,
     stack: &[(usize, Cow<'a, str>)],
-    ns: Ns,
+    namespaces: &mut Namespaces<'a>,
     start: &BytesStart<'_>,
     position: u64,
 ) -> Result<usize, DecodeError> {
@@ -453,17 +482,26 @@ fn push_element<'a>(
         // Only a non-`from_str` reader would hand out copies; names must borrow.
         Cow::Owned(_) => return Err(not_well_formed("unreadable element name", position)),
     };
+    let depth = stack.len();
     let attrs_from = dom.attrs.len() as u32;
-    for attr in start.attributes() {
+    namespaces.keys.clear();
+    let mut attributes = start.attributes();
+    // Duplicates are checked below against a reused buffer instead of quick-xml's per-element
+    // allocation.
+    attributes.with_checks(false);
+    for attr in attributes {
         let attr = attr.map_err(|e| not_well_formed(e.to_string(), position))?;
-        let key = attr.key;
-        // Namespace declarations are not data.
-        if key.as_ref() == b"xmlns" || key.as_ref().starts_with(b"xmlns:") {
-            continue;
-        }
-        let Some(local) = reslice(text, key.local_name().into_inner()) else {
+        let Some(key) = reslice(text, attr.key.as_ref()) else {
             return Err(not_well_formed("unreadable attribute name", position));
         };
+        let key = key.as_bytes();
+        if namespaces.keys.contains(&key) {
+            return Err(not_well_formed(
+                format!("attribute {:?} appears twice", String::from_utf8_lossy(key)),
+                position,
+            ));
+        }
+        namespaces.keys.push(key);
         let value: Cow<'a, str> = if attr.value.contains(&b'&') {
             Cow::Owned(
                 attr.unescape_value()
@@ -478,8 +516,26 @@ fn push_element<'a>(
             }
         };
         check_chars(&value, position)?;
+        // Namespace declarations are not data: they scope the names of this element and its
+        // descendants.
+        if key == b"xmlns" {
+            namespaces
+                .bindings
+                .push((b"", classify(value.as_bytes()), depth));
+            continue;
+        }
+        if let Some(prefix) = key.strip_prefix(b"xmlns:") {
+            namespaces
+                .bindings
+                .push((prefix, classify(value.as_bytes()), depth));
+            continue;
+        }
+        let Some(local) = reslice(text, attr.key.local_name().into_inner()) else {
+            return Err(not_well_formed("unreadable attribute name", position));
+        };
         dom.attrs.push((local, value));
     }
+    let ns = namespaces.resolve(start.name().prefix().map_or(&b""[..], |p| p.into_inner()));
     let idx = dom.nodes.len();
     dom.nodes.push(Element {
         name,
@@ -530,6 +586,36 @@ mod tests {
 
     fn parse(s: &str) -> Result<Dom<'_>, DecodeError> {
         Dom::parse(s, Limits::default())
+    }
+
+    #[test]
+    fn namespace_declarations_are_scoped_to_their_element() {
+        let dom = parse(
+            r#"<A xmlns="http://schema.infor.com/InforOAGIS/2/">
+                 <B xmlns="urn:vendor"><C/></B>
+                 <D/>
+                 <p:E xmlns:p="HTTP://WWW.OPENAPPLICATIONS.ORG/OAGIS/10"/>
+                 <p:F/>
+                 <s:G xmlns:s="http://www.w3.org/2003/05/soap-envelope"/>
+               </A>"#,
+        )
+        .unwrap();
+        let ns: Vec<(&str, Ns)> = (1..7).map(|i| (dom.node(i).name, dom.node(i).ns)).collect();
+        assert_eq!(
+            ns,
+            [
+                ("B", Ns::Foreign),
+                ("C", Ns::Foreign),
+                ("D", Ns::Bod),
+                ("E", Ns::Bod),
+                ("F", Ns::Foreign),
+                ("G", Ns::Soap)
+            ]
+        );
+        let err = parse(r#"<A x="1" y="2" x="3"/>"#).unwrap_err();
+        assert_eq!(err.code(), "not_well_formed");
+        assert!(err.to_string().contains("appears twice"), "{err}");
+        assert!(parse(r#"<A p:x="1" q:x="2" xmlns:p="urn:p" xmlns:q="urn:q"/>"#).is_ok());
     }
 
     #[test]
