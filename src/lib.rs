@@ -11,6 +11,9 @@
 //! - [`pipeline`]: the stages. [`pipeline::validate`], [`pipeline::country`] and
 //!   [`pipeline::owner`] are pure functions over typed values; [`pipeline::upsert`] applies a
 //!   document in one store transaction and [`pipeline::emit`] writes the outbox rows in it.
+//!   The master-data rules around it: [`pipeline::release`] (parked documents a change makes
+//!   placeable), [`pipeline::link`] (operator link / unlink, audited) and
+//!   [`pipeline::promote`] (promotion to the system of record, Acknowledge correlation).
 //! - [`store`]: the sled hub store, the only module that knows sled.
 //! - [`amqp`]: the broker edge, the only module that knows lapin: topology, the consumer
 //!   (group commit, ack discipline), the outbox publisher (confirms) and `bodflow publish`'s

@@ -78,7 +78,7 @@ use crate::reload::Live;
 use crate::store::{Store, StoreError};
 use crate::telemetry::events::{
     emit, BodAcked, BodProcessed, BodReceived, BodRejected, DeadLettered, GroupCommitted,
-    StageTimed, StoreCommitRetried, StoreFlushed, TraceparentIgnored,
+    ParkedReleased, Promotion, StageTimed, StoreCommitRetried, StoreFlushed, TraceparentIgnored,
 };
 use crate::telemetry::trace::TraceContext;
 use crate::telemetry::Readiness;
@@ -507,6 +507,50 @@ fn trace_delivery(t: &Tracked, r: &Report) {
             stage: e.stage.as_str(),
             code: e.code,
             message: &e.message,
+        });
+    }
+    promotion_events(r);
+    // Parked documents this delivery's change released, in the same transaction.
+    for released in &r.released {
+        promotion_events(released);
+        emit(ParkedReleased {
+            message_id: &released.message_id,
+            released_by: &r.message_id,
+            outcome: released.outcome,
+            record: released.record.as_deref(),
+        });
+        emit(BodProcessed {
+            noun: released.noun.as_deref(),
+            verb: released.verb.as_deref(),
+            outcome: released.outcome,
+            record: released.record.as_deref(),
+            outputs: released.outputs.len(),
+        });
+    }
+}
+
+/// Promotion steps a report shows: a Process sent, an Acknowledge that linked the system of
+/// record's ID (`promoted`) or recorded its refusal (`promotion_rejected`).
+fn promotion_events(r: &Report) {
+    let sent = r
+        .outputs
+        .iter()
+        .filter(|o| o.kind == "ProcessCustomerPartyMaster")
+        .count();
+    for _ in 0..sent {
+        emit(Promotion {
+            event: "sent",
+            record: r.record.as_deref(),
+        });
+    }
+    if r.verb.as_deref() == Some("Acknowledge") && r.outcome == Outcome::Applied {
+        emit(Promotion {
+            event: if r.action == Some(crate::pipeline::Action::Linked) {
+                "promoted"
+            } else {
+                "promotion_rejected"
+            },
+            record: r.record.as_deref(),
         });
     }
 }

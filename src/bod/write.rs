@@ -316,7 +316,10 @@ fn user_area(out: &mut Out, hub_id: &str) {
 
 fn party(out: &mut Out, n: &NounOut<'_>) {
     let f = n.fields;
-    out.open("CustomerPartyMaster");
+    match f.commercial.account_type.as_deref() {
+        Some(role) => out.open_with("CustomerPartyMaster", &[("role", role)]),
+        None => out.open("CustomerPartyMaster"),
+    }
     out.open("PartyIDs");
     for id in &n.ids {
         id_element(out, id);
@@ -380,7 +383,10 @@ fn communications(out: &mut Out, c: &Communication, element: &str) {
 
 fn contact(out: &mut Out, n: &NounOut<'_>) {
     let f = n.fields;
-    out.open("ContactMaster");
+    match f.identity.relationship.as_deref() {
+        Some(rel) => out.open_with("ContactMaster", &[("type", rel)]),
+        None => out.open("ContactMaster"),
+    }
     out.open("IDs");
     for id in &n.ids {
         id_element(out, id);
@@ -430,11 +436,36 @@ pub fn sync_noun(
     action_code: &str,
     n: &NounOut<'_>,
 ) -> String {
+    action_document(env, verb, &[], kind, action_code, n)
+}
+
+/// `Process<Noun>` `Add` asking the receiver (a system of record) to create the record and
+/// answer with `Acknowledge<Noun>` (`acknowledgeCode="Always"`): how bodflow promotes an
+/// account.
+pub fn process_noun(env: &Envelope<'_>, kind: crate::store::Kind, n: &NounOut<'_>) -> String {
+    action_document(
+        env,
+        "Process",
+        &[("acknowledgeCode", "Always")],
+        kind,
+        "Add",
+        n,
+    )
+}
+
+fn action_document(
+    env: &Envelope<'_>,
+    verb: &str,
+    verb_attrs: &[(&str, &str)],
+    kind: crate::store::Kind,
+    action_code: &str,
+    n: &NounOut<'_>,
+) -> String {
     let root = format!("{verb}{}", kind.noun());
     let mut out = Out::new(&root);
     env.application_area(&mut out);
     out.open("DataArea");
-    out.open(verb);
+    out.open_with(verb, verb_attrs);
     env.verb_ids(&mut out);
     out.open("ActionCriteria");
     out.leaf_with("ActionExpression", &[("actionCode", action_code)], "");
@@ -546,6 +577,66 @@ mod tests {
         );
         let back = parse(xml.as_bytes(), Limits::default()).unwrap();
         assert_eq!((back.verb.as_str(), back.noun.as_str()), ("Confirm", "BOD"));
+    }
+
+    #[test]
+    fn process_and_the_role_and_type_attributes_round_trip_through_the_reader() {
+        let mut fields = Fields::default();
+        fields.identity.name = Some("Acme".into());
+        fields.commercial.account_type = Some("Customer".into());
+        let n = NounOut {
+            ids: vec![
+                OutId {
+                    value: "",
+                    lid: Some("lid://erp"),
+                    ..Default::default()
+                },
+                OutId {
+                    value: "ACC-000001",
+                    scheme_name: Some("bodflow.HubID"),
+                    ..Default::default()
+                },
+            ],
+            fields: &fields,
+            country: None,
+            language: "en-US",
+            employer: None,
+            sales_person: None,
+            hub_id: "ACC-000001",
+        };
+        let xml = process_noun(&env(), crate::store::Kind::Account, &n);
+        assert!(
+            xml.contains(r#"<Process acknowledgeCode="Always">"#),
+            "{xml}"
+        );
+        let back = parse(xml.as_bytes(), Limits::default()).unwrap();
+        assert_eq!(
+            (back.verb.as_str(), back.header.action_code.as_deref()),
+            ("Process", Some("Add"))
+        );
+        assert_eq!(back.header.acknowledge_code.as_deref(), Some("Always"));
+        let crate::bod::Noun::Account(p) = &back.nouns[0] else {
+            panic!("party expected")
+        };
+        assert_eq!(p.account_type.as_deref(), Some("Customer"));
+        assert_eq!(
+            (p.ids[0].value.as_str(), p.ids[1].value.as_str()),
+            ("", "ACC-000001")
+        );
+
+        let mut person = Fields::default();
+        person.identity.family_name = Some("Byron".into());
+        person.identity.relationship = Some("employee".into());
+        let c = NounOut {
+            fields: &person,
+            ..n
+        };
+        let xml = sync_noun(&env(), "Sync", crate::store::Kind::Contact, "Add", &c);
+        let back = parse(xml.as_bytes(), Limits::default()).unwrap();
+        let crate::bod::Noun::Contact(c) = &back.nouns[0] else {
+            panic!("contact expected")
+        };
+        assert_eq!(c.relationship.as_deref(), Some("employee"));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 mod check;
 mod dlq;
 mod generate;
+mod link;
 mod parked;
 mod publish;
 mod records;
@@ -68,6 +69,10 @@ enum Command {
         #[command(subcommand)]
         action: dlq::Action,
     },
+    /// Link a hub record to an application's ID and apply the documents parked for it.
+    Link(link::LinkArgs),
+    /// Remove an application's cross-reference from a hub record (the record stays).
+    Unlink(link::UnlinkArgs),
 }
 
 fn init_logging(format: LogFormat) {
@@ -102,6 +107,8 @@ pub fn main() -> ExitCode {
         Command::Publish(args) => publish::run(args),
         Command::Parked { action } => parked::run(action),
         Command::Dlq { action } => dlq::run(action),
+        Command::Link(args) => link::link(args),
+        Command::Unlink(args) => link::unlink(args),
     };
     match result {
         Ok(code) => code,

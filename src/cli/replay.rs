@@ -171,20 +171,31 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             let (paths, prepared) = batch?;
             let reports = commit_with_retry(&pipeline, &prepared)?;
             for (path, mut report) in paths.iter().zip(reports) {
-                write_outputs(
-                    &pipeline.store,
-                    &mut report,
-                    path,
-                    &roots,
-                    args.out.as_deref(),
-                )?;
-                drained.extend(report.outputs.iter().map(|o| o.seq));
-                counts[outcome_index(report.outcome)] += 1;
-                if args.json {
-                    serde_json::to_writer(&mut out, &report)?;
-                    writeln!(out)?;
-                } else {
-                    writeln!(out, "{}", text_line(&report))?;
+                // Parked documents this one released get their own lines, right after it.
+                let released = std::mem::take(&mut report.released);
+                let stem = output_stem(path, &roots);
+                let mut lines = vec![(stem, report)];
+                for r in released {
+                    let stem = format!("{}.released", output_stem(Path::new(&r.source), &roots));
+                    lines.push((stem, r));
+                }
+                for (i, (stem, mut report)) in lines.into_iter().enumerate() {
+                    write_outputs(&pipeline.store, &mut report, &stem, args.out.as_deref())?;
+                    drained.extend(report.outputs.iter().map(|o| o.seq));
+                    counts[outcome_index(report.outcome)] += 1;
+                    if args.json {
+                        serde_json::to_writer(&mut out, &report)?;
+                        writeln!(out)?;
+                    } else if i > 0 {
+                        writeln!(
+                            out,
+                            "{} (released by {})",
+                            text_line(&report),
+                            path.display()
+                        )?;
+                    } else {
+                        writeln!(out, "{}", text_line(&report))?;
+                    }
                 }
                 progress.inc(1);
             }
@@ -302,17 +313,16 @@ fn output_stem(path: &Path, roots: &[PathBuf]) -> String {
         .join("__")
 }
 
+/// Writes a report's outputs as `<stem>.<n>.<Kind>.xml` under `out`.
 fn write_outputs(
     store: &Store,
     report: &mut Report,
-    path: &Path,
-    roots: &[PathBuf],
+    stem: &str,
     out: Option<&Path>,
 ) -> anyhow::Result<()> {
     let Some(dir) = out else {
         return Ok(());
     };
-    let stem = output_stem(path, roots);
     for (n, o) in report.outputs.iter_mut().enumerate() {
         let Some(row) = store.outbox_row(o.seq)? else {
             continue;

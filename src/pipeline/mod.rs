@@ -11,7 +11,10 @@
 
 pub mod country;
 pub mod emit;
+pub mod link;
 pub mod owner;
+pub mod promote;
+pub mod release;
 pub mod upsert;
 pub mod validate;
 
@@ -277,6 +280,13 @@ pub struct Report {
     pub nouns: Vec<NounReport>,
     /// Why: each stage's decision in order ("country DEU→DE (iso3)", "owner U-JSMITH: ...").
     pub decisions: Vec<String>,
+    /// A parked document this one's change released: the message id of that change.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub released_by: Option<String>,
+    /// Parked documents this document's change released in its transaction, in order (each
+    /// has its own report line; see [`release`]).
+    #[serde(skip)]
+    pub released: Vec<Report>,
 }
 
 /// Result for one noun instance.
@@ -393,8 +403,15 @@ fn lap(stage: Stage, since: &mut Instant) {
     *since = now;
 }
 
-/// One document's effects inside a transaction.
+/// One document's effects inside a transaction, then the parked documents its change released.
 fn commit_in(tx: &Tx<'_>, config: &Config, prepared: &Prepared) -> TxResult<Report> {
+    let mut report = commit_one(tx, config, prepared)?;
+    release::release_woken(tx, config, &prepared.ctx, &mut report)?;
+    Ok(report)
+}
+
+/// One document's effects inside a transaction.
+fn commit_one(tx: &Tx<'_>, config: &Config, prepared: &Prepared) -> TxResult<Report> {
     let ctx = &prepared.ctx;
     if let Some(seq) = ctx.unpark {
         tx.unpark(seq)?;
@@ -436,6 +453,7 @@ fn commit_in(tx: &Tx<'_>, config: &Config, prepared: &Prepared) -> TxResult<Repo
                 key: None,
                 source: ctx.source.clone(),
                 payload: ctx.payload.clone(),
+                match_values: Vec::new(),
             })?;
             tx.put_marker(
                 &ctx.message_id,
@@ -476,6 +494,8 @@ fn base_report(ctx: &Context, outcome: Outcome) -> Report {
         outputs: Vec::new(),
         nouns: Vec::new(),
         decisions: Vec::new(),
+        released_by: None,
+        released: Vec::new(),
     }
 }
 

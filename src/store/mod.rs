@@ -12,8 +12,11 @@
 //! | `m` | message id | [`Marker`] |
 //! | `o` | big-endian group sequence | the [`OutboxRow`]s one transaction emitted |
 //! | `p` | big-endian sequence | [`Parked`] |
+//! | `n` | kind, match key, normalised value | sequences of `no_match` parked documents carrying it |
 //! | `c` | parent xref key | contact hub IDs waiting for that account |
 //! | `s` | counter name | big-endian u64 |
+//! | `a` | hub ID, big-endian sequence | [`AuditEntry`] of an operator action on the record |
+//! | `b` | BODID of a Process bodflow sent | [`Correlation`]: what its Acknowledge answers |
 //!
 //! A transaction ([`Store::transact`]) is a write set applied as one atomic sled batch, with
 //! writers serialized: bodflow has one committer, and sled's optimistic transactions cost a
@@ -310,6 +313,7 @@ impl Store {
             writes: RefCell::new(BTreeMap::new()),
             seqs: &self.seqs,
             outbox: RefCell::new(None),
+            woken: RefCell::new(Vec::new()),
         };
         let out = f(&tx)?;
         tx.write_outbox_group()?;
@@ -517,6 +521,19 @@ impl Store {
     pub fn parked(&self) -> impl Iterator<Item = Result<Parked, StoreError>> + '_ {
         self.scan::<Parked>(b'p').map(|r| r.map(|(_, v)| v))
     }
+
+    /// The audit trail of a record (operator links and unlinks), oldest first.
+    pub fn audit_for(&self, record: &str) -> Result<Vec<AuditEntry>, StoreError> {
+        let mut prefix = key(b'a', &[record]);
+        prefix.push(SEP);
+        self.hub
+            .scan_prefix(prefix)
+            .map(|item| {
+                let (k, v) = item?;
+                decode(&k, &v)
+            })
+            .collect()
+    }
 }
 
 fn seq_of(k: &[u8]) -> u64 {
@@ -535,6 +552,9 @@ pub struct Tx<'a> {
     seqs: &'a Sequences,
     /// This transaction's outbox group: its sequence and encoded rows, written at the end.
     outbox: RefCell<Option<(u64, Vec<Vec<u8>>)>>,
+    /// Parked documents a change in this transaction made matchable ([`Tx::wake_parked`]),
+    /// for the pipeline to re-run before the transaction ends.
+    woken: RefCell<Vec<u64>>,
 }
 
 impl Tx<'_> {
@@ -675,17 +695,99 @@ impl Tx<'_> {
         Ok(())
     }
 
-    /// Removes a parked document (it is being released).
+    /// Removes a parked document (it is being released), with its match-value index entries.
     pub fn unpark(&self, seq: u64) -> TxResult<()> {
+        if let Some(parked) = self.parked(seq)? {
+            self.index_parked(&parked, false)?;
+        }
         self.raw_remove(seq_key(b'p', seq));
         Ok(())
     }
 
+    /// Parks a document; a `no_match` document is indexed under its match values.
     pub fn park(&self, mut parked: Parked) -> TxResult<u64> {
         let seq = self.seqs.parked.fetch_add(1, Ordering::Relaxed);
         parked.seq = seq;
+        self.index_parked(&parked, true)?;
         self.put(seq_key(b'p', seq), &parked)?;
         Ok(seq)
+    }
+
+    /// The parked document with this sequence, if still parked.
+    pub fn parked(&self, seq: u64) -> TxResult<Option<Parked>> {
+        self.get(&seq_key(b'p', seq))
+    }
+
+    fn index_parked(&self, parked: &Parked, add: bool) -> TxResult<()> {
+        let Some(kind) = parked.key.as_ref().map(|k| k.kind) else {
+            return Ok(());
+        };
+        for (k, value) in &parked.match_values {
+            let norm = normalize_match(value);
+            if norm.is_empty() {
+                continue;
+            }
+            let ik = key(b'n', &[kind.prefix(), match_tag(*k), &norm]);
+            let mut seqs = self.get::<Vec<u64>>(&ik)?.unwrap_or_default();
+            let present = seqs.contains(&parked.seq);
+            match (add, present) {
+                (true, false) => seqs.push(parked.seq),
+                (false, true) => seqs.retain(|s| *s != parked.seq),
+                _ => continue,
+            }
+            if seqs.is_empty() {
+                self.raw_remove(ik);
+            } else {
+                self.put(ik, &seqs)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A record of `kind` now carries `value` under match key `k`: the `no_match` documents
+    /// parked with that value are noted for release in this transaction ([`Tx::take_woken`]).
+    /// Returns how many were found.
+    pub fn wake_parked(&self, kind: Kind, k: MatchKey, value: &str) -> TxResult<usize> {
+        let norm = normalize_match(value);
+        if norm.is_empty() {
+            return Ok(0);
+        }
+        let seqs = self
+            .get::<Vec<u64>>(&key(b'n', &[kind.prefix(), match_tag(k), &norm]))?
+            .unwrap_or_default();
+        let mut woken = self.woken.borrow_mut();
+        for s in &seqs {
+            if !woken.contains(s) {
+                woken.push(*s);
+            }
+        }
+        Ok(seqs.len())
+    }
+
+    /// The parked documents woken so far (in parking order), emptying the list.
+    pub fn take_woken(&self) -> Vec<u64> {
+        let mut woken = std::mem::take(&mut *self.woken.borrow_mut());
+        woken.sort_unstable();
+        woken
+    }
+
+    /// The Process bodflow sent with this BODID, if any.
+    pub fn correlation(&self, bod_id: &str) -> TxResult<Option<Correlation>> {
+        self.get(&key(b'b', &[bod_id]))
+    }
+
+    /// Remembers a Process bodflow sends, for its Acknowledge.
+    pub fn put_correlation(&self, bod_id: &str, c: &Correlation) -> TxResult<()> {
+        self.put(key(b'b', &[bod_id]), c)
+    }
+
+    /// Appends an entry to the record's audit trail.
+    pub fn put_audit(&self, entry: &AuditEntry) -> TxResult<()> {
+        let seq = self.next("audit")?;
+        let mut k = key(b'a', &[&entry.record]);
+        k.push(SEP);
+        k.extend_from_slice(&seq.to_be_bytes());
+        self.put(k, entry)
     }
 
     /// Contacts waiting for the account an application knows as `parent`.
@@ -724,6 +826,8 @@ mod tests {
             account: None,
             intended_parent: None,
             xrefs: vec![],
+            unlinked: vec![],
+            promotion: None,
             created_by: "lid://a".into(),
             revision: 1,
         }
@@ -846,6 +950,79 @@ mod tests {
         assert_eq!(store.outbox().count(), 2);
         store.flush().unwrap();
         assert_eq!(store.durable_outbox().count(), 2);
+    }
+
+    #[test]
+    fn no_match_parked_rows_are_indexed_woken_once_and_unindexed_on_release() {
+        let store = Store::temporary().unwrap();
+        let parked = |id: &str, reason, values: Vec<(MatchKey, String)>| Parked {
+            seq: 0,
+            message_id: format!("m-{id}"),
+            reason,
+            application: "lid://erp".into(),
+            key: Some(XrefKey {
+                kind: Kind::Account,
+                application: "lid://erp".into(),
+                accounting_entity: String::new(),
+                id: id.into(),
+            }),
+            source: "s".into(),
+            payload: "<x/>".into(),
+            match_values: values,
+        };
+        let (a, b, c) = store
+            .transact(|tx| {
+                Ok((
+                    tx.park(parked(
+                        "A",
+                        ParkReason::NoMatch,
+                        vec![(MatchKey::AccountNumber, " E-1 ".into())],
+                    ))?,
+                    tx.park(parked(
+                        "B",
+                        ParkReason::NoMatch,
+                        vec![
+                            (MatchKey::AccountNumber, "e-1".into()),
+                            (MatchKey::Email, "b@x.example".into()),
+                        ],
+                    ))?,
+                    tx.park(parked("C", ParkReason::ManualLink, Vec::new()))?,
+                ))
+            })
+            .unwrap();
+        let woken = store
+            .transact(|tx| {
+                assert_eq!(
+                    tx.wake_parked(Kind::Account, MatchKey::AccountNumber, "E-1")?,
+                    2
+                );
+                assert_eq!(
+                    tx.wake_parked(Kind::Account, MatchKey::Email, "B@x.example")?,
+                    1
+                );
+                assert_eq!(
+                    tx.wake_parked(Kind::Contact, MatchKey::AccountNumber, "E-1")?,
+                    0
+                );
+                let woken = tx.take_woken();
+                assert!(tx.take_woken().is_empty(), "taken once");
+                Ok(woken)
+            })
+            .unwrap();
+        assert_eq!(woken, vec![a, b], "each once, in parking order");
+        store.transact(|tx| tx.unpark(b)).unwrap();
+        let left = store
+            .transact(|tx| {
+                tx.wake_parked(Kind::Account, MatchKey::AccountNumber, "e-1")?;
+                tx.wake_parked(Kind::Account, MatchKey::Email, "b@x.example")?;
+                Ok(tx.take_woken())
+            })
+            .unwrap();
+        assert_eq!(left, vec![a], "a released row leaves every index entry");
+        store.transact(|tx| tx.unpark(a)).unwrap();
+        assert_eq!(store.hub.scan_prefix([b'n']).count(), 0);
+        assert_eq!(store.parked().count(), 1);
+        assert!(store.transact(|tx| tx.parked(c)).unwrap().is_some());
     }
 
     #[test]

@@ -106,6 +106,51 @@ impl Event for BodProcessed<'_> {
     }
 }
 
+/// A change released a parked `no_match` document, which ran through the pipeline again in
+/// the same transaction (`bodflow_parked_released_total{outcome}`).
+pub struct ParkedReleased<'a> {
+    pub message_id: &'a str,
+    pub released_by: &'a str,
+    pub outcome: Outcome,
+    pub record: Option<&'a str>,
+}
+
+impl Event for ParkedReleased<'_> {
+    fn emit(self) {
+        let outcome = self.outcome.as_str();
+        tracing::debug!(
+            message_id = self.message_id,
+            released_by = self.released_by,
+            outcome,
+            record = self.record.unwrap_or(""),
+            "Parked document released"
+        );
+        metrics()
+            .parked_released
+            .with_label_values(&[outcome])
+            .inc();
+    }
+}
+
+/// A step of an account's promotion (`bodflow_promotions_total{event}`): `sent` (a
+/// ProcessCustomerPartyMaster went to the system of record), `promoted` or
+/// `promotion_rejected` (its Acknowledge was correlated).
+pub struct Promotion<'a> {
+    pub event: &'static str,
+    pub record: Option<&'a str>,
+}
+
+impl Event for Promotion<'_> {
+    fn emit(self) {
+        tracing::debug!(
+            event = self.event,
+            record = self.record.unwrap_or(""),
+            "Promotion"
+        );
+        metrics().promotions.with_label_values(&[self.event]).inc();
+    }
+}
+
 /// The pipeline refused a document (a ConfirmBOD goes back to the sender).
 pub struct BodRejected<'a> {
     pub stage: &'static str,
@@ -461,6 +506,28 @@ mod tests {
             outputs: 0,
         });
         assert_eq!(counter(), before + 1);
+    }
+
+    #[test]
+    fn rule_events_count_releases_and_promotions() {
+        let m = metrics();
+        let released = || m.parked_released.with_label_values(&["applied"]).get();
+        let sent = || m.promotions.with_label_values(&["sent"]).get();
+        let (r0, s0) = (released(), sent());
+        emit(ParkedReleased {
+            message_id: "m-parked",
+            released_by: "m-trigger",
+            outcome: Outcome::Applied,
+            record: Some("ACC-000001"),
+        });
+        emit(Promotion {
+            event: "sent",
+            record: Some("ACC-000001"),
+        });
+        assert_eq!((released(), sent()), (r0 + 1, s0 + 1));
+        let text = crate::telemetry::encode();
+        assert!(text.contains("bodflow_parked_released_total{outcome=\"applied\"}"));
+        assert!(text.contains("bodflow_promotions_total{event=\"sent\"}"));
     }
 
     #[test]

@@ -56,6 +56,8 @@ pub struct Metrics {
     pub(crate) traceparent_ignored: IntCounterVec,
     pub(crate) config_reloads: IntCounterVec,
     pub(crate) config_restart_required: IntGauge,
+    pub(crate) parked_released: IntCounterVec,
+    pub(crate) promotions: IntCounterVec,
 }
 
 /// The stages timed into `bodflow_stage_duration_seconds`: per document `decode`, `validate`,
@@ -219,6 +221,26 @@ impl Metrics {
                 )?,
             )?,
             stages: Vec::new(),
+            parked_released: reg(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "bodflow_parked_released_total",
+                        "Parked no_match documents released by a change that made them match, by the outcome of their re-run.",
+                    ),
+                    &["outcome"],
+                )?,
+            )?,
+            promotions: reg(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "bodflow_promotions_total",
+                        "Account promotions to the system of record: Process sent, then promoted or promotion_rejected by its Acknowledge.",
+                    ),
+                    &["event"],
+                )?,
+            )?,
             registry,
         }
         .with_stages())
