@@ -20,9 +20,20 @@ struct Out {
     depth: usize,
 }
 
-fn escape(text: &str) -> std::borrow::Cow<'_, str> {
-    quick_xml::escape::escape(text)
+/// Appends `text` escaped for element content and attribute values (the five XML specials).
+fn push_escaped(buf: &mut String, text: &str) {
+    if text
+        .bytes()
+        .any(|b| matches!(b, b'<' | b'>' | b'&' | b'"' | b'\''))
+    {
+        buf.push_str(&quick_xml::escape::escape(text));
+    } else {
+        buf.push_str(text);
+    }
 }
+
+/// Indentation, two spaces a level (documents are shallow; deeper levels share the last).
+const INDENT: &str = "                                                            ";
 
 impl Out {
     fn new(root: &str) -> Out {
@@ -36,9 +47,8 @@ impl Out {
     }
 
     fn indent(&mut self) {
-        for _ in 0..self.depth {
-            self.buf.push_str("  ");
-        }
+        self.buf
+            .push_str(&INDENT[..(2 * self.depth).min(INDENT.len())]);
     }
 
     fn open(&mut self, name: &str) {
@@ -57,12 +67,22 @@ impl Out {
     fn close(&mut self, name: &str) {
         self.depth -= 1;
         self.indent();
-        let _ = writeln!(self.buf, "</{name}>");
+        self.end_tag(name);
+    }
+
+    fn end_tag(&mut self, name: &str) {
+        self.buf.push_str("</");
+        self.buf.push_str(name);
+        self.buf.push_str(">\n");
     }
 
     fn attrs(&mut self, attrs: &[(&str, &str)]) {
         for (k, v) in attrs {
-            let _ = write!(self.buf, " {k}=\"{}\"", escape(v));
+            self.buf.push(' ');
+            self.buf.push_str(k);
+            self.buf.push_str("=\"");
+            push_escaped(&mut self.buf, v);
+            self.buf.push('"');
         }
     }
 
@@ -74,7 +94,9 @@ impl Out {
         if text.is_empty() {
             self.buf.push_str("/>\n");
         } else {
-            let _ = writeln!(self.buf, ">{}</{name}>", escape(text));
+            self.buf.push('>');
+            push_escaped(&mut self.buf, text);
+            self.end_tag(name);
         }
     }
 
@@ -90,7 +112,7 @@ impl Out {
 
     fn finish(mut self, root: &str) -> String {
         self.depth = 0;
-        let _ = writeln!(self.buf, "</{root}>");
+        self.end_tag(root);
         self.buf
     }
 }

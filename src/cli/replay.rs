@@ -46,9 +46,7 @@ const DRAIN_BATCH: usize = 1024;
 /// Documents per store transaction (group commit).
 const GROUP: usize = 64;
 
-/// A group of inputs as read, from the read thread.
-type Read<'a> = (&'a [PathBuf], Vec<InputFile>);
-/// A group of inputs and their prepared documents, from the prepare thread.
+/// A group of inputs and their prepared documents, from a prepare worker.
 type Batch<'a> = (&'a [PathBuf], Vec<Prepared>);
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -91,57 +89,85 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut drained: Vec<u64> = Vec::new();
 
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 8));
+    let window = workers * 2;
+    let chunks: Vec<&[PathBuf]> = inputs.chunks(GROUP).collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let (token_tx, token_rx) = std::sync::mpsc::sync_channel::<()>(window);
+    for _ in 0..window {
+        token_tx.send(())?;
+    }
+    let token_rx = std::sync::Mutex::new(token_rx);
     std::thread::scope(|scope| -> anyhow::Result<()> {
-        // Three stages over two cores: file reads (mostly waiting on the disk), prepare
-        // (parse and the stateless stages), commit (this thread). Bounded channels keep
-        // memory flat.
-        let (read_tx, read_rx) = std::sync::mpsc::sync_channel::<anyhow::Result<Read<'_>>>(8);
-        let (tx, rx) = std::sync::mpsc::sync_channel::<anyhow::Result<Batch>>(8);
+        // Workers (one per core) claim groups of files in input order, read and prepare them
+        // (parse and the stateless stages); this thread commits the groups in input order.
+        // A window of tokens bounds how far the workers run ahead, so memory stays flat even
+        // when one group is slow. The token sender lives in this closure: if committing fails,
+        // dropping it releases workers waiting for a token, so the scope can join them.
+        let token_tx = token_tx;
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, anyhow::Result<Batch>)>(window);
         let limit = pipeline.config.limits.max_bytes;
-        let inputs_ref = &inputs;
-        let reader = std::thread::Builder::new()
-            .name("read".into())
-            .spawn_scoped(scope, move || {
-                for chunk in inputs_ref.chunks(GROUP) {
-                    let read = chunk
+        let mut handles = Vec::with_capacity(workers);
+        for w in 0..workers {
+            let (tx, pipeline, chunks, next, token_rx) =
+                (tx.clone(), pipeline.clone(), &chunks, &next, &token_rx);
+            let handle = std::thread::Builder::new()
+                .name(format!("prepare-{w}"))
+                .spawn_scoped(scope, move || loop {
+                    // Claim a token and the next group under one lock, so groups are claimed
+                    // in order and never more than `window` ahead of the commit.
+                    let claimed = {
+                        let Ok(tokens) = token_rx.lock() else { return };
+                        if tokens.recv().is_err() {
+                            return;
+                        }
+                        next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                    };
+                    let Some(chunk) = chunks.get(claimed) else {
+                        return;
+                    };
+                    let batch = chunk
                         .iter()
                         .map(|path| read_input(path, limit))
                         .collect::<anyhow::Result<Vec<InputFile>>>()
-                        .map(|bytes| (chunk, bytes));
-                    if read_tx.send(read).is_err() {
-                        break;
-                    }
-                }
-            })?;
-        let prepare_pipeline = pipeline.clone();
-        let preparer = std::thread::Builder::new()
-            .name("prepare".into())
-            .spawn_scoped(scope, move || {
-                for read in read_rx {
-                    let batch = read.map(|(chunk, contents)| {
-                        let prepared = chunk
-                            .iter()
-                            .zip(&contents)
-                            .map(|(path, file)| {
-                                let source = path.display().to_string();
-                                prepare_pipeline.prepare(&Input {
-                                    bytes: &file.bytes,
-                                    source: &source,
-                                    message_id: file.message_id.as_deref(),
-                                    reply_to: None,
-                                    received_at: now.unwrap_or_else(Utc::now),
-                                    retry: false,
+                        .map(|files| {
+                            let prepared = chunk
+                                .iter()
+                                .zip(&files)
+                                .map(|(path, file)| {
+                                    let source = path.display().to_string();
+                                    pipeline.prepare(&Input {
+                                        bytes: &file.bytes,
+                                        source: &source,
+                                        message_id: file.message_id.as_deref(),
+                                        reply_to: None,
+                                        received_at: now.unwrap_or_else(Utc::now),
+                                        retry: false,
+                                    })
                                 })
-                            })
-                            .collect();
-                        (chunk, prepared)
-                    });
-                    if tx.send(batch).is_err() {
-                        break;
+                                .collect();
+                            (*chunk, prepared)
+                        });
+                    if tx.send((claimed, batch)).is_err() {
+                        return;
                     }
-                }
-            })?;
-        for batch in rx {
+                })?;
+            handles.push(handle);
+        }
+        drop(tx);
+        let mut waiting = std::collections::BTreeMap::new();
+        let mut expected = 0;
+        let in_order = std::iter::from_fn(|| loop {
+            if let Some(batch) = waiting.remove(&expected) {
+                expected += 1;
+                // The committed group frees a slot of the window; the workers may all be gone.
+                let _ = token_tx.send(());
+                return Some(batch);
+            }
+            let (seq, batch) = rx.recv().ok()?;
+            waiting.insert(seq, batch);
+        });
+        for batch in in_order {
             let (paths, prepared) = batch?;
             let reports = commit_with_retry(&pipeline, &prepared)?;
             for (path, mut report) in paths.iter().zip(reports) {
@@ -178,7 +204,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 drained.clear();
             }
         }
-        drop((reader, preparer));
+        drop(handles);
         Ok(())
     })?;
     pipeline.store.remove_outbox(&drained)?;

@@ -265,14 +265,47 @@ impl Metrics {
             )?,
             registry,
         }
-        .with_stages())
+        .with_known_series())
     }
 
-    fn with_stages(mut self) -> Metrics {
+    /// Creates the series of every known label value at zero, so a counter's first increase
+    /// is visible to `rate()`/`increase()` and dashboards show zero rather than no data.
+    fn with_known_series(mut self) -> Metrics {
         self.stages = STAGES
             .iter()
             .map(|s| (*s, self.stage_duration.with_label_values(&[*s])))
             .collect();
+        let known: [(&IntCounterVec, &[&str]); 5] = [
+            (&self.config_reloads, &["applied", "invalid", "failed"]),
+            (
+                &self.promotions,
+                &["sent", "promoted", "promotion_rejected"],
+            ),
+            (
+                &self.parked_released,
+                &[
+                    "applied",
+                    "duplicate",
+                    "stale",
+                    "rejected",
+                    "parked",
+                    "filtered",
+                ],
+            ),
+            (
+                &self.publish_failures,
+                &["nacked", "unroutable", "not_confirmed"],
+            ),
+            (
+                &self.traceparent_ignored,
+                &["shape", "hex", "version", "zero_id"],
+            ),
+        ];
+        for (vec, values) in known {
+            for v in values {
+                vec.with_label_values(&[*v]);
+            }
+        }
         self
     }
 
