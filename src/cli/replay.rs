@@ -2,8 +2,9 @@
 //!
 //! Files are read and prepared (decode + the stateless stages) on a reader thread while the
 //! main thread commits in input order, so both cores work. The outbox is drained as the broker
-//! publisher would: each row is written under `--out` (when given) and then removed. The store
-//! is flushed before exit; without `--store` it is temporary.
+//! publisher would: each row is written under `--out` (when given) and then removed; the rows
+//! live in memory only (nothing publishes from a replay). The store is flushed before exit;
+//! without `--store` it is temporary.
 //!
 //! Exit 0 when every input was processed — rejections are results. Exit 2 on an I/O error
 //! (an unreadable input, an unwritable `--out`, a store that keeps failing).
@@ -60,12 +61,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     let inputs = super::collect_inputs(&args.inputs.paths)?;
-    let store = match &args.store {
+    let mut store = match &args.store {
         Some(dir) => {
             Store::open(dir).with_context(|| format!("opening store {}", dir.display()))?
         }
         None => Store::temporary().context("opening a temporary store")?,
     };
+    // Replay drains every emitted row into `--out` right after its commit; nothing ever
+    // publishes them, so they need not be written to the store.
+    store.keep_outbox_in_memory();
     if let Some(out) = &args.out {
         std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     }
