@@ -247,6 +247,9 @@ pub struct Store {
     memory_outbox: Option<Mutex<BTreeMap<u64, Vec<Vec<u8>>>>>,
 }
 
+/// An outbox group: its sequence and its encoded rows (an empty row has been published).
+type OutboxGroup = (u64, Vec<Vec<u8>>);
+
 /// Sequence numbers of outbox and parked rows, kept in memory rather than in a counter key so
 /// that a transaction does not read-modify-write a hot key for every row. Seeded past the
 /// highest stored key at open; the process holds sled's lock, so nobody else writes. Gaps
@@ -618,7 +621,7 @@ pub struct Tx<'a> {
     /// This transaction's outbox group: its sequence and encoded rows, written at the end.
     outbox: RefCell<Option<(u64, Vec<Vec<u8>>)>>,
     /// With the outbox in memory: the finished groups, handed over once the batch applied.
-    detached: Option<RefCell<Vec<(u64, Vec<Vec<u8>>)>>>,
+    detached: Option<RefCell<Vec<OutboxGroup>>>,
     /// Parked documents a change in this transaction made matchable ([`Tx::wake_parked`]),
     /// for the pipeline to re-run before the transaction ends.
     woken: RefCell<Vec<u64>>,
