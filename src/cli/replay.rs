@@ -2,8 +2,9 @@
 //!
 //! Files are read and prepared (decode + the stateless stages) on a reader thread while the
 //! main thread commits in input order, so both cores work. The outbox is drained as the broker
-//! publisher would: each row is written under `--out` (when given) and then removed. The store
-//! is flushed before exit; without `--store` it is temporary.
+//! publisher would: each row is written under `--out` (when given) and then removed; the rows
+//! live in memory only (nothing publishes from a replay). The store is flushed before exit;
+//! without `--store` it is temporary.
 //!
 //! Exit 0 when every input was processed — rejections are results. Exit 2 on an I/O error
 //! (an unreadable input, an unwritable `--out`, a store that keeps failing).
@@ -46,6 +47,8 @@ const DRAIN_BATCH: usize = 1024;
 /// Documents per store transaction (group commit).
 const GROUP: usize = 64;
 
+/// A committed group, for the output thread.
+type Committed<'a> = (&'a [PathBuf], Vec<Prepared>, Vec<Report>);
 /// A group of inputs and their prepared documents, from a prepare worker.
 type Batch<'a> = (&'a [PathBuf], Vec<Prepared>);
 
@@ -60,12 +63,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     let inputs = super::collect_inputs(&args.inputs.paths)?;
-    let store = match &args.store {
+    let mut store = match &args.store {
         Some(dir) => {
             Store::open(dir).with_context(|| format!("opening store {}", dir.display()))?
         }
         None => Store::temporary().context("opening a temporary store")?,
     };
+    // Replay drains every emitted row into `--out` right after its commit; nothing ever
+    // publishes them, so they need not be written to the store.
+    store.keep_outbox_in_memory();
     if let Some(out) = &args.out {
         std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     }
@@ -86,7 +92,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let mut counts = [0usize; 6];
     let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut out = std::io::BufWriter::new(stdout);
     let mut drained: Vec<u64> = Vec::new();
 
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 8));
@@ -167,43 +173,77 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             let (seq, batch) = rx.recv().ok()?;
             waiting.insert(seq, batch);
         });
-        for batch in in_order {
-            let (paths, prepared) = batch?;
-            let reports = commit_with_retry(&pipeline, &prepared)?;
-            for (path, mut report) in paths.iter().zip(reports) {
-                // Parked documents this one released get their own lines, right after it.
-                let released = std::mem::take(&mut report.released);
-                let stem = output_stem(path, &roots);
-                let mut lines = vec![(stem, report)];
-                for r in released {
-                    let stem = format!("{}.released", output_stem(Path::new(&r.source), &roots));
-                    lines.push((stem, r));
-                }
-                for (i, (stem, mut report)) in lines.into_iter().enumerate() {
-                    write_outputs(&pipeline.store, &mut report, &stem, args.out.as_deref())?;
-                    drained.extend(report.outputs.iter().map(|o| o.seq));
-                    counts[outcome_index(report.outcome)] += 1;
-                    if args.json {
-                        serde_json::to_writer(&mut out, &report)?;
-                        writeln!(out)?;
-                    } else if i > 0 {
-                        writeln!(
-                            out,
-                            "{} (released by {})",
-                            text_line(&report),
-                            path.display()
-                        )?;
-                    } else {
-                        writeln!(out, "{}", text_line(&report))?;
+        // Output (files, lines, draining the outbox) and freeing the prepared documents run on
+        // their own thread, so this one only commits.
+        let (done_tx, done_rx) = std::sync::mpsc::sync_channel::<Committed>(window);
+        let (store, out_dir, roots, json) =
+            (&pipeline.store, args.out.as_deref(), &roots, args.json);
+        let (out, counts, drained, progress) = (&mut out, &mut counts, &mut drained, &progress);
+        let writer = std::thread::Builder::new()
+            .name("output".into())
+            .spawn_scoped(scope, move || -> anyhow::Result<()> {
+                for (paths, prepared, reports) in done_rx {
+                    drop(prepared);
+                    for (path, mut report) in paths.iter().zip(reports) {
+                        // Parked documents this one released get their own lines, right after it.
+                        let released = std::mem::take(&mut report.released);
+                        let stem = output_stem(path, roots);
+                        let mut lines = vec![(stem, report)];
+                        for r in released {
+                            let stem =
+                                format!("{}.released", output_stem(Path::new(&r.source), roots));
+                            lines.push((stem, r));
+                        }
+                        for (i, (stem, mut report)) in lines.into_iter().enumerate() {
+                            write_outputs(store, &mut report, &stem, out_dir)?;
+                            drained.extend(report.outputs.iter().map(|o| o.seq));
+                            counts[outcome_index(report.outcome)] += 1;
+                            if json {
+                                serde_json::to_writer(&mut *out, &report)?;
+                                writeln!(out)?;
+                            } else if i > 0 {
+                                writeln!(
+                                    out,
+                                    "{} (released by {})",
+                                    text_line(&report),
+                                    path.display()
+                                )?;
+                            } else {
+                                writeln!(out, "{}", text_line(&report))?;
+                            }
+                        }
+                        progress.inc(1);
+                    }
+                    if drained.len() >= DRAIN_BATCH {
+                        store.remove_outbox(drained)?;
+                        drained.clear();
                     }
                 }
-                progress.inc(1);
-            }
-            if drained.len() >= DRAIN_BATCH {
-                pipeline.store.remove_outbox(&drained)?;
-                drained.clear();
+                Ok(())
+            })?;
+        let committed = in_order.map(|batch| -> anyhow::Result<bool> {
+            let (paths, prepared) = batch?;
+            let reports = commit_with_retry(&pipeline, &prepared)?;
+            // A closed channel means the output thread failed: its error is reported below.
+            Ok(done_tx.send((paths, prepared, reports)).is_ok())
+        });
+        let mut result = Ok(());
+        for sent in committed {
+            match sent {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
             }
         }
+        drop(done_tx);
+        let written = writer
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the output thread panicked")));
+        result?;
+        written?;
         drop(handles);
         Ok(())
     })?;

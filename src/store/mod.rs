@@ -248,7 +248,12 @@ pub struct Store {
     /// One writer at a time (see [`Store::transact`]). A std mutex: it is held only for a
     /// group's synchronous work, never across an await.
     writer: Mutex<()>,
+    /// Outbox groups kept in memory instead of sled ([`Store::keep_outbox_in_memory`]).
+    memory_outbox: Option<Mutex<BTreeMap<u64, Vec<Vec<u8>>>>>,
 }
+
+/// An outbox group: its sequence and its encoded rows (an empty row has been published).
+type OutboxGroup = (u64, Vec<Vec<u8>>);
 
 /// Sequence numbers of outbox and parked rows, kept in memory rather than in a counter key so
 /// that a transaction does not read-modify-write a hot key for every row. Seeded past the
@@ -301,7 +306,22 @@ impl Store {
             hub,
             seqs,
             writer: Mutex::new(()),
+            memory_outbox: None,
         })
+    }
+
+    /// Keeps the outbox rows of later transactions in memory instead of writing them to sled.
+    /// For `replay`, which drains every row into files right after its commit and has no
+    /// publisher: the rows never need to survive the process, and writing them (several KB a
+    /// document) and removing them again is most of the store's write volume.
+    pub fn keep_outbox_in_memory(&mut self) {
+        self.memory_outbox = Some(Mutex::new(BTreeMap::new()));
+    }
+
+    fn memory_outbox(&self) -> Option<std::sync::MutexGuard<'_, BTreeMap<u64, Vec<Vec<u8>>>>> {
+        self.memory_outbox
+            .as_ref()
+            .map(|m| m.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
     }
 
     /// Runs `f` atomically: its writes collect in a write set (its own reads see them) and
@@ -318,6 +338,10 @@ impl Store {
             writes: RefCell::new(BTreeMap::new()),
             seqs: &self.seqs,
             outbox: RefCell::new(None),
+            detached: self
+                .memory_outbox
+                .as_ref()
+                .map(|_| RefCell::new(Vec::new())),
             woken: RefCell::new(Vec::new()),
         };
         let out = f(&tx)?;
@@ -330,6 +354,9 @@ impl Store {
             }
         }
         self.hub.apply_batch(batch)?;
+        if let (Some(groups), Some(mut memory)) = (tx.detached, self.memory_outbox()) {
+            memory.extend(groups.into_inner());
+        }
         Ok(out)
     }
 
@@ -400,7 +427,25 @@ impl Store {
 
     /// Pending outbox rows in the order they were written.
     pub fn outbox(&self) -> impl Iterator<Item = Result<(u64, OutboxRow), StoreError>> + '_ {
-        self.hub.scan_prefix([b'o']).flat_map(|item| {
+        let in_memory: Vec<Result<(u64, OutboxRow), StoreError>> = self
+            .memory_outbox()
+            .map(|memory| {
+                memory
+                    .iter()
+                    .flat_map(|(group, rows)| {
+                        let k = seq_key(b'o', *group);
+                        rows.iter()
+                            .enumerate()
+                            .filter(|(_, r)| !r.is_empty())
+                            .map(move |(i, r)| {
+                                Ok(((group << ROW_BITS) | i as u64, decode_outbox(&k, r)?))
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let stored = self.hub.scan_prefix([b'o']).flat_map(|item| {
             let rows: Vec<Result<(u64, OutboxRow), StoreError>> = match item {
                 Err(e) => vec![Err(e.into())],
                 Ok((k, v)) => match decode_group(&k, &v) {
@@ -418,11 +463,19 @@ impl Store {
                 },
             };
             rows
-        })
+        });
+        stored.chain(in_memory)
     }
 
     pub fn outbox_row(&self, seq: u64) -> Result<Option<OutboxRow>, StoreError> {
         let k = seq_key(b'o', seq >> ROW_BITS);
+        if let Some(memory) = self.memory_outbox() {
+            let row = memory
+                .get(&(seq >> ROW_BITS))
+                .and_then(|rows| rows.get((seq & ((1 << ROW_BITS) - 1)) as usize))
+                .filter(|r| !r.is_empty());
+            return row.map(|r| decode_outbox(&k, r)).transpose();
+        }
         let Some(v) = self.hub.get(&k)? else {
             return Ok(None);
         };
@@ -441,6 +494,21 @@ impl Store {
                 .entry(s >> ROW_BITS)
                 .or_default()
                 .push((s & ((1 << ROW_BITS) - 1)) as usize);
+        }
+        if let Some(mut memory) = self.memory_outbox() {
+            for (group, rows) in by_group {
+                if let Some(slots) = memory.get_mut(&group) {
+                    for i in rows {
+                        if let Some(slot) = slots.get_mut(i) {
+                            *slot = Vec::new();
+                        }
+                    }
+                    if slots.iter().all(Vec::is_empty) {
+                        memory.remove(&group);
+                    }
+                }
+            }
+            return Ok(());
         }
         let mut batch = sled::Batch::default();
         for (group, rows) in by_group {
@@ -579,6 +647,8 @@ pub struct Tx<'a> {
     seqs: &'a Sequences,
     /// This transaction's outbox group: its sequence and encoded rows, written at the end.
     outbox: RefCell<Option<(u64, Vec<Vec<u8>>)>>,
+    /// With the outbox in memory: the finished groups, handed over once the batch applied.
+    detached: Option<RefCell<Vec<OutboxGroup>>>,
     /// Parked documents a change in this transaction made matchable ([`Tx::wake_parked`]),
     /// for the pipeline to re-run before the transaction ends.
     woken: RefCell<Vec<u64>>,
@@ -717,7 +787,10 @@ impl Tx<'_> {
 
     fn write_outbox_group(&self) -> TxResult<()> {
         if let Some((group, rows)) = self.outbox.borrow_mut().take() {
-            self.raw_insert(seq_key(b'o', group), encode_group(&rows));
+            match &self.detached {
+                Some(groups) => groups.borrow_mut().push((group, rows)),
+                None => self.raw_insert(seq_key(b'o', group), encode_group(&rows)),
+            }
         }
         Ok(())
     }
