@@ -68,12 +68,7 @@ impl Admin {
         let application = request.application.clone();
         let result = tokio::task::spawn_blocking(move || pipeline.resync(&request, Utc::now()))
             .await
-            .unwrap_or_else(|e| {
-                Err(ResyncError::Store(crate::store::StoreError::Corrupt {
-                    key: String::new(),
-                    message: format!("resync task failed: {e}"),
-                }))
-            });
+            .unwrap_or_else(|e| Err(ResyncError::Task(e.to_string())));
         if let Err(e) = &result {
             emit(ResyncFailed {
                 application: if known { &application } else { "other" },
@@ -102,18 +97,13 @@ fn error_response(status: StatusCode, code: &str, error: &str) -> Response {
     json_response(status, &serde_json::json!({ "error": error, "code": code }))
 }
 
-/// Parses `noun=` values: the noun names as in the configuration.
-pub fn parse_noun(noun: &str) -> Option<Kind> {
-    Kind::from_noun(noun)
-}
-
 async fn resync_handler(State(admin): State<Admin>, RawQuery(query): RawQuery) -> Response {
     let mut application = None;
     let mut nouns = Vec::new();
     for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
         match k.as_ref() {
             "application" => application = Some(v.into_owned()),
-            "noun" => match parse_noun(&v) {
+            "noun" => match Kind::from_noun(&v) {
                 Some(kind) => nouns.push(kind),
                 None => {
                     return error_response(

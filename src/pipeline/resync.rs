@@ -77,6 +77,9 @@ pub enum ResyncError {
     Inactive(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The service's blocking task running the resync failed (a panic, or shutdown).
+    #[error("the resync task failed: {0}")]
+    Task(String),
 }
 
 impl ResyncError {
@@ -85,6 +88,7 @@ impl ResyncError {
             ResyncError::UnknownApplication(_) => "unknown_application",
             ResyncError::Inactive(_) => "inactive_application",
             ResyncError::Store(e) => e.code(),
+            ResyncError::Task(_) => "resync_task_failed",
         }
     }
 }
