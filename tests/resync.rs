@@ -65,14 +65,14 @@ fn setup(test: &str, mobile_extra: &str) -> Setup {
         );
     let config = dir.path().join("bodflow.toml");
     std::fs::write(&config, text).unwrap();
-    let out = bodflow(&vhost)
-        .args(["replay", "fixtures", "--config"])
-        .arg(&config)
-        .arg("--store")
-        .arg(&store)
-        .current_dir(common::root())
-        .output()
-        .unwrap();
+    let out = common::output_guarded(
+        bodflow(&vhost)
+            .args(["replay", "fixtures", "--config"])
+            .arg(&config)
+            .arg("--store")
+            .arg(&store)
+            .current_dir(common::root()),
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -95,14 +95,22 @@ fn bodflow(vhost: &Vhost) -> Command {
 }
 
 fn resync(setup: &Setup, args: &[&str]) -> Output {
-    bodflow(&setup.vhost)
-        .arg("resync")
-        .args(args)
-        .arg("--config")
-        .arg(&setup.config)
-        .current_dir(setup.dir.path())
-        .output()
-        .unwrap()
+    common::output_guarded(
+        bodflow(&setup.vhost)
+            .arg("resync")
+            .args(args)
+            .arg("--config")
+            .arg(&setup.config)
+            .current_dir(setup.dir.path()),
+    )
+}
+
+/// Runs `f` on the store at `path`, opened under [`common::fork_guard`] (no child is spawned
+/// meanwhile, so none inherits its lock).
+fn with_store<T>(path: &Path, f: impl FnOnce(&Store) -> T) -> T {
+    let _guard = common::fork_guard();
+    let db = Store::open(path).unwrap();
+    f(&db)
 }
 
 fn summary(out: &Output) -> Value {
@@ -117,7 +125,10 @@ fn summary(out: &Output) -> Value {
 /// What a resync to `application` must send, from the store: (hub ID, Add or Change) of the
 /// live, non-placeholder records, accounts first.
 fn expected(store: &Path, application: &str) -> Vec<(String, &'static str)> {
-    let db = Store::open(store).unwrap();
+    with_store(store, |db| expected_in(db, application))
+}
+
+fn expected_in(db: &Store, application: &str) -> Vec<(String, &'static str)> {
     let mut out = Vec::new();
     for kind in [Kind::Account, Kind::Contact] {
         for r in db.records().map(Result::unwrap) {
@@ -236,13 +247,13 @@ async fn offline_resync_publishes_every_eligible_record_with_confirms_accounts_f
     // Nothing more, and nothing left behind in the outbox.
     let (_conn, ch) = connect(&setup.vhost.url()).await;
     assert_eq!(ready_count(&ch, &queue).await, Some(0));
-    let db = Store::open(&setup.store).unwrap();
-    assert_eq!(db.outbox_len(), 0);
-    assert!(bodflow::pipeline::resync::last_run_key(CRM).contains(CRM));
-    assert!(db
-        .meta(&bodflow::pipeline::resync::last_run_key(CRM))
-        .unwrap()
-        .is_some());
+    with_store(&setup.store, |db| {
+        assert_eq!(db.outbox_len(), 0);
+        assert!(db
+            .meta(&bodflow::pipeline::resync::last_run_key(CRM))
+            .unwrap()
+            .is_some());
+    });
 }
 
 /// `bodflow run`, killed if a test fails before stopping it.
@@ -259,6 +270,7 @@ impl Drop for Service {
 
 /// `bodflow run` on the setup's store and port.
 fn spawn_service(setup: &Setup) -> Service {
+    let _guard = common::fork_guard();
     Service(
         bodflow(&setup.vhost)
             .args(["run", "--config"])
@@ -352,13 +364,13 @@ async fn with_the_service_running_resync_goes_through_post_resync_and_its_publis
 async fn resync_every_makes_the_service_resync_by_itself_and_remember_when() {
     let setup = setup("resync-schedule", "resync_every = \"2s\"");
     let want = expected(&setup.store, MOBILE);
-    let db = Store::open(&setup.store).unwrap();
-    assert_eq!(
-        db.meta(&bodflow::pipeline::resync::last_run_key(MOBILE))
-            .unwrap(),
-        None
-    );
-    drop(db);
+    with_store(&setup.store, |db| {
+        assert_eq!(
+            db.meta(&bodflow::pipeline::resync::last_run_key(MOBILE))
+                .unwrap(),
+            None
+        )
+    });
     let mut service = spawn_service(&setup);
     wait_ready(&setup.listen);
     // First run 2 s after the start (it never ran), then every 2 s after the last one.
@@ -376,11 +388,12 @@ async fn resync_every_makes_the_service_resync_by_itself_and_remember_when() {
         "bodflow_resync_runs_total{{application=\"{MOBILE}\",outcome=\"finished\",trigger=\"schedule\"}}"
     )));
     stop(&mut service);
-    let db = Store::open(&setup.store).unwrap();
-    assert!(db
-        .meta(&bodflow::pipeline::resync::last_run_key(MOBILE))
-        .unwrap()
-        .is_some());
+    with_store(&setup.store, |db| {
+        assert!(db
+            .meta(&bodflow::pipeline::resync::last_run_key(MOBILE))
+            .unwrap()
+            .is_some())
+    });
 }
 
 /// The library path, no broker: more records than one transaction takes, every row a distinct

@@ -238,10 +238,12 @@ fn run_scenario(name: &str) -> Run {
         steps.push(StepOutput { file, json, outbox });
     }
 
+    let guard = common::fork_guard();
     let db = Store::open(&store).unwrap();
     let records: Vec<HubRecord> = db.records().map(Result::unwrap).collect();
     let parked: Vec<Parked> = db.parked().map(Result::unwrap).collect();
     drop(db);
+    drop(guard);
     let emitted = list(out.path())
         .into_iter()
         .map(|f| {
@@ -272,15 +274,15 @@ fn list(dir: &Path) -> Vec<String> {
 /// `bodflow ARGS --store STORE --config CONFIG` in the scenario folder; its stdout. A failed
 /// command fails the scenario.
 fn run_bodflow(dir: &Path, args: &[String], store: &Path, config: &Path) -> String {
-    let out = common::bodflow()
-        .current_dir(dir)
-        .args(args)
-        .arg("--store")
-        .arg(store)
-        .arg("--config")
-        .arg(config)
-        .output()
-        .unwrap();
+    let out = common::output_guarded(
+        common::bodflow()
+            .current_dir(dir)
+            .args(args)
+            .arg("--store")
+            .arg(store)
+            .arg("--config")
+            .arg(config),
+    );
     assert!(
         out.status.success(),
         "bodflow {args:?} failed ({}):\n{}",
@@ -296,6 +298,7 @@ fn drain_outbox(store: &Path, out: &Path, stem: &str) -> Vec<(String, String)> {
     if !store.exists() {
         return Vec::new();
     }
+    let _guard = common::fork_guard();
     let db = Store::open(store).unwrap();
     let rows: Vec<(u64, bodflow::store::OutboxRow)> = db.outbox().map(Result::unwrap).collect();
     let mut written = Vec::new();

@@ -176,3 +176,26 @@ pub fn emitted_by_kind(dir: &Path) -> BTreeMap<String, Vec<ToCheck>> {
     }
     by_kind
 }
+
+/// Serializes, within one test process, holding a sled store open and spawning a child
+/// process. sled locks a store with `flock` on an open file; a child forked while another
+/// thread has a store open inherits that descriptor until its `exec`, so the store can stay
+/// locked for a moment after the thread closed it — and the next `bodflow` on that store
+/// would find it "in use". Hold the guard while a store is open here, and around `spawn()`
+/// (which returns once the child has exec'd).
+pub fn fork_guard() -> std::sync::MutexGuard<'static, ()> {
+    static GUARD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    GUARD.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// `cmd.output()` with the spawn under [`fork_guard`].
+pub fn output_guarded(cmd: &mut Command) -> std::process::Output {
+    let child = {
+        let _guard = fork_guard();
+        cmd.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn")
+    };
+    child.wait_with_output().expect("wait")
+}
