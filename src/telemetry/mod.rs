@@ -44,6 +44,7 @@ pub struct Metrics {
     pub(crate) redeliveries: IntCounter,
     pub(crate) store_flush: Histogram,
     pub(crate) store_size: IntGauge,
+    pub(crate) lanes_busy: IntGauge,
 }
 
 /// Latency buckets from 100 µs to ~13 s (×2.2 per bucket).
@@ -146,6 +147,10 @@ impl Metrics {
             store_size: reg(
                 &registry,
                 IntGauge::new("bodflow_store_size_bytes", "Store size on disk (sampled).")?,
+            )?,
+            lanes_busy: reg(
+                &registry,
+                IntGauge::new("bodflow_lanes_busy", "Lanes preparing documents or with documents queued (of amqp.lanes).")?,
             )?,
             registry,
         })
