@@ -333,8 +333,17 @@ impl Store {
     pub fn durable_outbox(
         &self,
     ) -> impl Iterator<Item = Result<(u64, OutboxRow), StoreError>> + '_ {
+        self.durable_outbox_from(0)
+    }
+
+    /// [`Store::durable_outbox`] from row sequence `from` on: a publisher that remembers
+    /// what it has taken reads only the rows after it.
+    pub fn durable_outbox_from(
+        &self,
+        from: u64,
+    ) -> impl Iterator<Item = Result<(u64, OutboxRow), StoreError>> + '_ {
         let durable = self.seqs.durable_outbox.load(Ordering::Relaxed);
-        self.outbox().take_while(move |r| {
+        self.outbox_from(from).take_while(move |r| {
             r.as_ref()
                 .map_or(true, |(seq, _)| seq >> ROW_BITS < durable)
         })
@@ -379,15 +388,28 @@ impl Store {
 
     /// Pending outbox rows in the order they were written.
     pub fn outbox(&self) -> impl Iterator<Item = Result<(u64, OutboxRow), StoreError>> + '_ {
-        self.hub.scan_prefix([b'o']).flat_map(|item| {
+        self.outbox_from(0)
+    }
+
+    /// Pending outbox rows with a sequence of at least `from`, in order.
+    pub fn outbox_from(
+        &self,
+        from: u64,
+    ) -> impl Iterator<Item = Result<(u64, OutboxRow), StoreError>> + '_ {
+        let start = seq_key(b'o', from >> ROW_BITS);
+        let first_row = from & ((1 << ROW_BITS) - 1);
+        let first_group = from >> ROW_BITS;
+        self.hub.range(start..vec![b'o' + 1]).flat_map(move |item| {
             let rows: Vec<Result<(u64, OutboxRow), StoreError>> = match item {
                 Err(e) => vec![Err(e.into())],
                 Ok((k, v)) => match decode_group(&k, &v) {
                     Err(e) => vec![Err(e)],
                     Ok(rows) => {
                         let group = seq_of(&k);
+                        let skip = if group == first_group { first_row } else { 0 };
                         rows.iter()
                             .enumerate()
+                            .skip(skip as usize)
                             .filter(|(_, r)| !r.is_empty())
                             .map(|(i, r)| {
                                 Ok(((group << ROW_BITS) | i as u64, decode_outbox(&k, r)?))
@@ -793,6 +815,14 @@ mod tests {
             store.outbox_row(seqs[1]).unwrap().unwrap().xml,
             "<x n=\"1\">\n</x>"
         );
+
+        let from: Vec<String> = store
+            .outbox_from(seqs[1])
+            .map(|r| r.map(|(_, row)| row.bod_id))
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(from, ["b1", "b2", "b9"]);
+        assert_eq!(store.outbox_from(later + 1).count(), 0);
 
         store.remove_outbox(&[seqs[0], seqs[2]]).unwrap();
         let left: Vec<String> = store
