@@ -13,7 +13,7 @@
 //!   document in one store transaction and [`pipeline::emit`] writes the outbox rows in it.
 //! - [`store`]: the sled hub store, the only module that knows sled.
 //! - [`amqp`]: the broker edge, the only module that knows lapin: topology, the consumer
-//!   (group commit, ack discipline), the outbox publisher (confirms) and `bodflow publish`'s
+//!   (ordered parallel lanes, group commit, ack discipline), the outbox publisher (confirms) and `bodflow publish`'s
 //!   sender; [`amqp::run`] is the service.
 //! - [`config`]: the TOML configuration tree.
 //! - [`generate`]: deterministic synthetic BODs for benchmarks and load tests.

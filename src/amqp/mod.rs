@@ -10,7 +10,7 @@
 //! - [`Sender`]: publishes inbound documents (`bodflow publish`, tests).
 //!
 //! [`run`] is the service: one cancellation tree (`shutdown` → stop consuming → finish the
-//! group in flight → drain the outbox within [`RunOptions::drain_timeout`] → flush the store →
+//! deliveries taken → drain the outbox within [`RunOptions::drain_timeout`] → flush the store →
 //! close the connection), and a reconnect loop around one broker *session* (connection,
 //! topology, channels). A session that fails is dropped whole, with its channels and
 //! ackers: nothing is ever acked with a tag of a dead channel; unacked deliveries come back
@@ -110,9 +110,21 @@ pub(crate) async fn confirmed(confirm: lapin::PublisherConfirm, what: &str) -> R
     }
 }
 
+/// Frames bodflow asks for unless the URL sets `frame_max`. lapin keeps 32 frames of buffer
+/// each way per connection, resident from the start: 8 MiB at RabbitMQ's default of 128 KiB,
+/// 2 MiB at this size, which still carries a typical BOD in one frame.
+const FRAME_MAX: u32 = 32 * 1024;
+
 async fn connect(url: &str) -> Result<Connection, Error> {
     let properties = ConnectionProperties::default().with_connection_name("bodflow".into());
-    Ok(Connection::connect(url, properties).await?)
+    match url.parse::<lapin::uri::AMQPUri>() {
+        Ok(mut uri) => {
+            uri.query.frame_max.get_or_insert(FRAME_MAX);
+            Ok(Connection::connect_uri(uri, properties).await?)
+        }
+        // lapin reports what is wrong with the URL.
+        Err(_) => Ok(Connection::connect(url, properties).await?),
+    }
 }
 
 async fn confirm_channel(connection: &Connection) -> Result<Channel, Error> {
