@@ -218,7 +218,7 @@ fn match_tag(k: MatchKey) -> &'static str {
 }
 
 /// sled's page cache. Bounded so replay and the service stay within their memory budget.
-const CACHE_BYTES: u64 = 16 * 1024 * 1024;
+const CACHE_BYTES: u64 = 4 * 1024 * 1024;
 
 /// The open store. Open once per process (sled holds a file lock).
 pub struct Store {
