@@ -167,6 +167,12 @@ fn decode_outbox(k: &[u8], bytes: &[u8]) -> Result<OutboxRow, StoreError> {
 /// Rows per outbox group; a row's sequence is `group << ROW_BITS | index`.
 const ROW_BITS: u32 = 16;
 
+/// A transaction starts a new outbox group once its current one holds this many bytes. sled
+/// writes a page over 128 KiB (a quarter of its 512 KiB segment) as a separate blob file,
+/// created, read back and deleted for every group: whole transactions' worth of documents
+/// in one value made the outbox the costliest (and largest) thing in the store.
+const GROUP_BYTES: usize = 24 * 1024;
+
 /// An outbox group: each row as a length-prefixed encoded row; a published row becomes an
 /// empty slot so the others keep their index, and the group goes when every slot is empty.
 /// One key per transaction instead of one per row: the outbox is the hottest write path.
@@ -217,7 +223,9 @@ fn match_tag(k: MatchKey) -> &'static str {
     }
 }
 
-/// sled's page cache. Bounded so replay and the service stay within their memory budget.
+/// sled's page cache. Bounded so replay and the service stay within their memory budget:
+/// sled's resident memory is several times this figure, and a larger cache did not make
+/// `bodflow run` faster (the records it updates are spread over the whole store anyway).
 const CACHE_BYTES: u64 = 4 * 1024 * 1024;
 
 /// The open store. Open once per process (sled holds a file lock).
@@ -663,10 +671,9 @@ impl Tx<'_> {
     /// Adds an outbox row to this transaction's group; returns the row's sequence.
     pub fn push_outbox(&self, row: &OutboxRow) -> TxResult<u64> {
         let mut pending = self.outbox.borrow_mut();
-        if pending
-            .as_ref()
-            .is_some_and(|(_, rows)| rows.len() >= 1 << ROW_BITS)
-        {
+        if pending.as_ref().is_some_and(|(_, rows)| {
+            rows.len() >= 1 << ROW_BITS || rows.iter().map(Vec::len).sum::<usize>() >= GROUP_BYTES
+        }) {
             drop(pending);
             self.write_outbox_group()?;
             pending = self.outbox.borrow_mut();
@@ -839,6 +846,32 @@ mod tests {
             0,
             "empty groups are deleted"
         );
+    }
+
+    #[test]
+    fn a_large_transaction_spreads_its_outbox_rows_over_small_groups() {
+        let store = Store::temporary().unwrap();
+        let big = |n: u32| OutboxRow {
+            xml: format!("<x n=\"{n}\">{}</x>", "y".repeat(3000)),
+            ..row(n)
+        };
+        let seqs = store
+            .transact(|tx| {
+                (0..40)
+                    .map(|n| tx.push_outbox(&big(n)))
+                    .collect::<TxResult<Vec<u64>>>()
+            })
+            .unwrap();
+        assert!(seqs.windows(2).all(|w| w[1] > w[0]), "in order");
+        let groups = store.hub.scan_prefix([b'o']).count();
+        assert!(groups >= 4, "{groups} groups for 120 KB of rows");
+        for item in store.hub.scan_prefix([b'o']) {
+            assert!(item.unwrap().1.len() < GROUP_BYTES + 4096);
+        }
+        let listed: Vec<u64> = store.outbox().map(|r| r.unwrap().0).collect();
+        assert_eq!(listed, seqs);
+        let from: Vec<u64> = store.outbox_from(seqs[17]).map(|r| r.unwrap().0).collect();
+        assert_eq!(from, seqs[17..]);
     }
 
     #[test]
