@@ -153,7 +153,7 @@ const ACK_QUEUE: usize = 8;
 
 /// How one document of a group came out of its commit.
 enum Committed {
-    Applied(Report),
+    Applied(Box<Report>),
     Failed(StoreError),
     /// Not tried: an earlier document of its key (or a barrier) failed in the same group.
     Skipped,
@@ -361,7 +361,10 @@ fn start_commit(pipeline: &Pipeline, group: Vec<(u64, Work)>) -> CommitTask {
     tokio::task::spawn_blocking(move || {
         let started = std::time::Instant::now();
         let results = match pipeline.commit_batch(&prepared) {
-            Ok(reports) => reports.into_iter().map(Committed::Applied).collect(),
+            Ok(reports) => reports
+                .into_iter()
+                .map(|r| Committed::Applied(Box::new(r)))
+                .collect(),
             Err(e) if prepared.len() == 1 => vec![Committed::Failed(e)],
             Err(e) => {
                 tracing::warn!(error = %e, code = e.code(), deliveries = prepared.len(), "Group commit failed; committing one by one");
@@ -376,7 +379,7 @@ fn start_commit(pipeline: &Pipeline, group: Vec<(u64, Work)>) -> CommitTask {
                     }
                     match pipeline.commit_batch(prepared.get(i..=i).unwrap_or_default()) {
                         Ok(mut reports) => match reports.pop() {
-                            Some(report) => results.push(Committed::Applied(report)),
+                            Some(report) => results.push(Committed::Applied(Box::new(report))),
                             None => results.push(Committed::Skipped),
                         },
                         Err(e) => {

@@ -333,7 +333,7 @@ impl<T> Sequencer<T> {
     }
 
     /// How many deliveries are not done.
-    pub fn len(&self) -> usize {
+    pub fn unfinished(&self) -> usize {
         self.entries
             .iter()
             .filter(|e| !matches!(e.slot, Slot::Done))
@@ -669,7 +669,7 @@ mod tests {
         assert_eq!(seqs(&s.take_group(now, 64, false)), vec![2]);
         s.done(2);
         assert!(s.settled());
-        assert_eq!(s.len(), 1);
+        assert_eq!(s.unfinished(), 1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
