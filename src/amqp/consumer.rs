@@ -3,7 +3,7 @@
 //!
 //! # Flow
 //!
-//! Deliveries are handed to the prepare [lanes](super::lanes) as they arrive (decode and the
+//! Deliveries are handed to the prepare lanes ([`super::lanes`]) as they arrive (decode and the
 //! stateless stages, in parallel on `amqp.lanes` threads). One committer takes what the
 //! [`Sequencer`] releases — prepared documents in arrival order, up to
 //! [`RunOptions::group_max`] — and commits them in ONE store transaction
