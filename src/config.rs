@@ -76,6 +76,27 @@ pub struct Hub {
     /// Pattern for account numbers assigned to accounts created through Process BODs;
     /// `{seq}` or `{seq:06}` is replaced by a store-wide sequence.
     pub account_number_format: String,
+    /// Outbound promotion of accounts to their system of record (`[hub.promotion]`); none
+    /// when absent.
+    pub promotion: Option<Promotion>,
+}
+
+/// `[hub.promotion]`: when an account reaches `when_type` and the system of record has no ID
+/// for it, bodflow sends it `ProcessCustomerPartyMaster` and links the ID its
+/// `AcknowledgeCustomerPartyMaster` assigns.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Promotion {
+    /// The account type (compared case-insensitively) that makes an account due for
+    /// promotion, e.g. `Customer`.
+    pub when_type: String,
+    /// Logical ID of the application that is the system of record for accounts (a configured
+    /// application). It receives accounts by promotion only, not as `Sync` Adds.
+    pub system_of_record: String,
+    /// AccountingEntityID written into the Process (the entity the account is to be created
+    /// in); none when absent.
+    #[serde(default)]
+    pub accounting_entity: Option<String>,
 }
 
 impl Default for Hub {
@@ -85,6 +106,7 @@ impl Default for Hub {
             tenant: None,
             store: PathBuf::from("data/bodflow.db"),
             account_number_format: "C{seq:06}".into(),
+            promotion: None,
         }
     }
 }
@@ -399,6 +421,14 @@ pub struct Application {
     /// Per noun flows; a noun without an entry flows fully in both directions.
     #[serde(default)]
     pub flows: BTreeMap<String, Flows>,
+    /// Outbound contacts go to this application only while their classification contains
+    /// this value (compared case-insensitively).
+    #[serde(default)]
+    pub require_classification: Option<String>,
+    /// Inbound contacts from this application get this classification added; new contacts
+    /// from it become employees of their account (`relationship = "employee"`).
+    #[serde(default)]
+    pub stamp_classification: Option<String>,
 }
 
 fn yes() -> bool {
@@ -410,6 +440,12 @@ fn default_language() -> String {
 }
 
 impl Application {
+    /// Whether `classification` holds `code` (case-insensitively, as classifications are
+    /// compared everywhere).
+    pub fn has_classification(classification: &[String], code: &str) -> bool {
+        classification.iter().any(|c| c.eq_ignore_ascii_case(code))
+    }
+
     /// Whether a sender logical ID denotes this application (exactly, or with a `/suffix`).
     pub fn matches_sender(&self, sender: &str) -> bool {
         sender == self.logical_id
@@ -508,7 +544,9 @@ impl Config {
         Ok((config, None))
     }
 
-    fn check(&self, origin: &str) -> Result<(), ConfigError> {
+    /// Checks references between sections (done by [`Config::from_toml`]; again by a reload
+    /// after it kept the running values of restart-only settings).
+    pub fn check(&self, origin: &str) -> Result<(), ConfigError> {
         let err = |key: String, message: String| ConfigError::Invalid {
             path: origin.to_string(),
             key,
@@ -533,6 +571,36 @@ impl Config {
                 "limits".into(),
                 "max_bytes and max_depth must be at least 1 (0 would reject every document)".into(),
             ));
+        }
+        if let Some(p) = &self.hub.promotion {
+            if p.when_type.trim().is_empty() {
+                return Err(err(
+                    "hub.promotion.when_type".into(),
+                    "must name an account type".into(),
+                ));
+            }
+            if !self
+                .applications
+                .iter()
+                .any(|a| a.logical_id == p.system_of_record)
+            {
+                return Err(err(
+                    "hub.promotion.system_of_record".into(),
+                    format!(
+                        "{:?} is not the logical_id of a configured application",
+                        p.system_of_record
+                    ),
+                ));
+            }
+            if p.accounting_entity
+                .as_ref()
+                .is_some_and(|e| e.trim().is_empty() || e.chars().count() > 22)
+            {
+                return Err(err(
+                    "hub.promotion.accounting_entity".into(),
+                    "must be 1 to 22 characters".into(),
+                ));
+            }
         }
         for (i, user) in self.users.iter().enumerate() {
             if user.id.trim().is_empty() {
@@ -608,6 +676,19 @@ impl Config {
                     format!("required by create_policy {:?}", app.create_policy),
                 ));
             }
+            for (field, value) in [
+                ("require_classification", &app.require_classification),
+                ("stamp_classification", &app.stamp_classification),
+            ] {
+                if let Some(v) = value {
+                    if v.trim().is_empty() || v.chars().count() > 64 {
+                        return Err(err(
+                            key(field),
+                            "must be a classification code of 1 to 64 characters".into(),
+                        ));
+                    }
+                }
+            }
             for (noun, flows) in &app.flows {
                 if !NOUNS.contains(&noun.as_str()) {
                     return Err(err(
@@ -654,6 +735,24 @@ impl Config {
             }
         }
         keys
+    }
+
+    /// Whether some application parks documents `no_match` (`match_only`), which a record
+    /// change may then release: only then does the upsert stage look for them.
+    pub fn parks_without_match(&self) -> bool {
+        self.applications
+            .iter()
+            .any(|a| a.create_policy == CreatePolicy::MatchOnly)
+    }
+
+    /// The promotion settings and the index of the system of record, when promotion is on.
+    pub fn promotion(&self) -> Option<(&Promotion, usize)> {
+        let p = self.hub.promotion.as_ref()?;
+        let i = self
+            .applications
+            .iter()
+            .position(|a| a.logical_id == p.system_of_record)?;
+        Some((p, i))
     }
 
     pub fn user(&self, id: &str) -> Option<&User> {
@@ -750,6 +849,69 @@ mod tests {
         assert!(cfg.application("lid://infor.ln.ln01/3555").is_some());
         assert!(cfg.application("lid://infor.ln.ln012").is_none());
         assert_eq!(cfg.applications[0].slug(), "ln-europe-01");
+    }
+
+    #[test]
+    fn promotion_needs_a_configured_system_of_record() {
+        let apps = "[[applications]]\nname='a'\nlogical_id='lid://a'\n";
+        let ok = Config::from_toml(
+            &format!("[hub.promotion]\nwhen_type='Customer'\nsystem_of_record='lid://a'\n{apps}"),
+            "t",
+        )
+        .unwrap();
+        assert_eq!(
+            ok.promotion().map(|(p, i)| (p.when_type.as_str(), i)),
+            Some(("Customer", 0))
+        );
+        assert!(Config::default().promotion().is_none());
+        for (toml, key) in [
+            (
+                "when_type='Customer'\nsystem_of_record='lid://a/1'\n",
+                "hub.promotion.system_of_record",
+            ),
+            (
+                "when_type=' '\nsystem_of_record='lid://a'\n",
+                "hub.promotion.when_type",
+            ),
+            (
+                "when_type='C'\nsystem_of_record='lid://a'\naccounting_entity=''\n",
+                "hub.promotion.accounting_entity",
+            ),
+            (
+                "when_type='C'\nsystem_of_record='lid://a'\nwhen='x'\n",
+                "hub.promotion.when",
+            ),
+        ] {
+            let err = Config::from_toml(&format!("[hub.promotion]\n{toml}{apps}"), "t")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{err}");
+        }
+    }
+
+    #[test]
+    fn classification_keys_must_be_codes() {
+        let base = "[[applications]]\nname='a'\nlogical_id='lid://a'\n";
+        let ok = Config::from_toml(
+            &format!("{base}require_classification='Sales'\nstamp_classification='Sales'\n"),
+            "t",
+        )
+        .unwrap();
+        assert_eq!(
+            ok.applications[0].require_classification.as_deref(),
+            Some("Sales")
+        );
+        assert!(Application::has_classification(
+            &["VIP".into(), "sales".into()],
+            "SALES"
+        ));
+        let err = Config::from_toml(&format!("{base}stamp_classification='  '\n"), "t")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("applications[0].stamp_classification"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -193,7 +193,7 @@ impl Generator {
         let postal = 10_000 + self.rng.below(89_999);
         let phone = 1_000_000 + self.rng.below(8_999_999);
         let i = self.index;
-        let name = if broken && i % 2 == 0 {
+        let name = if broken && i.is_multiple_of(2) {
             String::new()
         } else {
             format!("Customer {number} Handelsgesellschaft mbH")
@@ -296,7 +296,7 @@ impl Generator {
 "#,
             min = i / 60 % 60,
             sec = i % 60,
-            sp = if i % 3 == 0 { "1001" } else { "2002" },
+            sp = if i.is_multiple_of(3) { "1001" } else { "2002" },
             b = number % 9 + 1,
             region = number % 16,
             floor = house % 7,

@@ -11,11 +11,15 @@
 //! - [`pipeline`]: the stages. [`pipeline::validate`], [`pipeline::country`] and
 //!   [`pipeline::owner`] are pure functions over typed values; [`pipeline::upsert`] applies a
 //!   document in one store transaction and [`pipeline::emit`] writes the outbox rows in it.
+//!   The master-data rules around it: [`pipeline::release`] (parked documents a change makes
+//!   placeable), [`pipeline::link`] (operator link / unlink, audited) and
+//!   [`pipeline::promote`] (promotion to the system of record, Acknowledge correlation).
 //! - [`store`]: the sled hub store, the only module that knows sled.
 //! - [`amqp`]: the broker edge, the only module that knows lapin: topology, the consumer
 //!   (ordered parallel lanes, group commit, ack discipline), the outbox publisher (confirms) and `bodflow publish`'s
 //!   sender; [`amqp::run`] is the service.
-//! - [`config`]: the TOML configuration tree.
+//! - [`config`]: the TOML configuration tree; [`reload`]: the running configuration, swapped
+//!   between commit groups on SIGHUP.
 //! - [`generate`]: deterministic synthetic BODs for benchmarks and load tests.
 //! - [`telemetry`]: metrics through named events, readiness, and the HTTP endpoint
 //!   (`/metrics`, `/healthz`, `/readyz`) of `bodflow run`.
@@ -30,5 +34,6 @@ pub mod cli;
 pub mod config;
 pub mod generate;
 pub mod pipeline;
+pub mod reload;
 pub mod store;
 pub mod telemetry;

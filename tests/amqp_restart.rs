@@ -1,6 +1,8 @@
 //! Broker restart test (issue 3): `rabbitmqctl stop_app` / `start_app` while generated BODs
 //! flow through the `bodflow run` binary; the service reconnects by itself and the result
-//! equals an offline replay.
+//! equals an offline replay. Meanwhile `/readyz` (issue 4) answers 503 "broker not
+//! connected" while the broker is stopped and 200 again once it is back, and the
+//! `bodflow_amqp_connected` / `bodflow_amqp_reconnects_total` metrics follow.
 //!
 //! This stops RabbitMQ for the whole node, so it is its own test binary (cargo runs test
 //! binaries one after another, never in parallel) with a single test. A guard restarts the
@@ -11,6 +13,8 @@
 #[path = "common/broker.rs"]
 mod broker;
 
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -42,6 +46,43 @@ impl Drop for BrokerRestarter {
     }
 }
 
+/// `GET path` over HTTP/1.0: (status, body); `None` while nothing listens.
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_string()))
+}
+
+/// Polls until `/readyz` answers `status` (body containing `reason`); panics after 30 s.
+fn wait_ready(port: u16, status: u16, reason: &str) -> Duration {
+    let start = Instant::now();
+    loop {
+        if let Some((s, body)) = http_get(port, "/readyz") {
+            if s == status && body.contains(reason) {
+                return start.elapsed();
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "/readyz never answered {status} {reason:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn metric(port: u16, name: &str) -> Option<f64> {
+    let (_, body) = http_get(port, "/metrics")?;
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restart_mid_stream_resumes_and_equals_offline_replay() {
     let started = Instant::now();
@@ -57,7 +98,20 @@ async fn broker_restart_mid_stream_resumes_and_equals_offline_replay() {
         replay,
     } = published_scenario("restart", SEED, N).await;
     let binary = Path::new(env!("CARGO_BIN_EXE_bodflow"));
-    let mut child = spawn_service(binary, &config_path, &vhost.url());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(binary)
+        .args(["run", "--config"])
+        .arg(&config_path)
+        .env("BODFLOW_AMQP_URL", vhost.url())
+        .env("BODFLOW_HTTP_LISTEN", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .unwrap();
+    wait_ready(port, 200, "ready");
 
     {
         let (conn, ch) = connect(&vhost.url()).await;
@@ -72,13 +126,25 @@ async fn broker_restart_mid_stream_resumes_and_equals_offline_replay() {
     }
     let restarter = BrokerRestarter::stop();
     eprintln!("stop_app ({:.1?})", started.elapsed());
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let noticed = wait_ready(port, 503, "broker not connected");
+    eprintln!("/readyz 503 after {noticed:.1?}");
+    assert_eq!(metric(port, "bodflow_amqp_connected"), Some(0.0));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        http_get(port, "/readyz").map(|(s, _)| s),
+        Some(503),
+        "ready while the broker is down"
+    );
     assert!(
         child.try_wait().unwrap().is_none(),
         "bodflow run exited while the broker was down"
     );
     drop(restarter);
     eprintln!("start_app done ({:.1?})", started.elapsed());
+    let back = wait_ready(port, 200, "ready");
+    eprintln!("/readyz 200 again {back:.1?} after start_app");
+    assert_eq!(metric(port, "bodflow_amqp_connected"), Some(1.0));
+    assert!(metric(port, "bodflow_amqp_reconnects_total").is_some_and(|r| r >= 1.0));
 
     let (_conn, ch) = connect(&vhost.url()).await;
     let left = ready_count(&ch, topology::INBOUND_QUEUE).await.unwrap();

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use bodflow::config::{
     Amqp, Application, Config, CountryCodeFormat, CreatePolicy, DeleteMode, DeleteModeOrBool,
-    Direction, FieldGroup, Flows, Http, Hub, Limits, MatchKey, User,
+    Direction, FieldGroup, Flows, Http, Hub, Limits, MatchKey, Promotion, User,
 };
 
 /// Stands for "any key" where a configuration table is a map (nouns, country codes).
@@ -80,6 +80,11 @@ fn fully_populated() -> Config {
             tenant: Some("T".into()),
             store: PathBuf::from("store"),
             account_number_format: "C{seq}".into(),
+            promotion: Some(Promotion {
+                when_type: "Customer".into(),
+                system_of_record: "lid://a".into(),
+                accounting_entity: Some("1".into()),
+            }),
         },
         amqp: Amqp {
             url: "amqp://localhost".into(),
@@ -121,6 +126,8 @@ fn fully_populated() -> Config {
                     outbound: everything(),
                 },
             )]),
+            require_classification: Some("Sales".into()),
+            stamp_classification: Some("Sales".into()),
         }],
     }
 }

@@ -368,7 +368,7 @@ fn scenario() -> Vec<Case> {
         accepted(
             "crm_process_account",
             PROCESS_ACCOUNT.to_string(),
-            "ProcessCustomerPartyMaster.xsd",
+            "inbound/ProcessCustomerPartyMaster.xsd",
         ),
         // Process without a name: ConfirmBOD failure + Acknowledge Rejected.
         refused(
@@ -740,12 +740,12 @@ fn schemas_reject_what_bodflow_must_not_emit_or_accept() {
             mutate(&confirm, "<Type>validate</Type>", "<Type>parse</Type>"),
         ),
         (
-            "ProcessCustomerPartyMaster.xsd",
+            "inbound/ProcessCustomerPartyMaster.xsd",
             "variationID not a number",
             mutate(PROCESS_ACCOUNT, "<ID>\n", "<ID variationID=\"7a\">\n"),
         ),
         (
-            "ProcessCustomerPartyMaster.xsd",
+            "inbound/ProcessCustomerPartyMaster.xsd",
             "unknown actionCode",
             mutate(
                 PROCESS_ACCOUNT,

@@ -60,6 +60,20 @@
 //! - **Shutdown** stops taking deliveries, finishes (prepares, commits, flushes, acks) the
 //!   ones taken, except those waiting for a retry, and cancels the consumer; what is not
 //!   acked goes back to the queue when the channel closes.
+//! - **Reload** ([`crate::reload`]): every commit holds [`Live::read`] until it is
+//!   committed, so a reload swaps between commits, never during one. Lanes prepare with the
+//!   pipeline in force when the delivery arrived; a document prepared under a configuration
+//!   that a reload has replaced since is prepared again under the new one inside the commit,
+//!   so each document is prepared and committed under one configuration. Acks are
+//!   unaffected.
+//!
+//! # Tracing
+//!
+//! Every delivery gets an INFO span `delivery` (message id, redelivered, W3C trace and span
+//! ids; BODID, noun, verb, sender once prepared; outcome once committed) entered for its
+//! prepare, its commit report and its dead-letter. Its trace continues the delivery's
+//! `traceparent` header when that is valid, else starts a new one; the outbox rows of the
+//! document carry it on ([`crate::telemetry::trace`]).
 
 use std::sync::Arc;
 
@@ -75,15 +89,19 @@ use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::field::Empty;
+use tracing::Instrument as _;
 
 use super::lanes::{self, Job, Lanes, Sequencer};
 use super::{confirmed, header_str, put_header, short, topology, Error, RunOptions};
 use crate::pipeline::{Input, Outcome, Pipeline, Prepared, Report, State};
-use crate::store::StoreError;
+use crate::reload::Live;
+use crate::store::{Store, StoreError};
 use crate::telemetry::events::{
     emit, BodAcked, BodProcessed, BodReceived, BodRejected, DeadLettered, GroupCommitted,
-    StageTimed, StoreFlushed,
+    ParkedReleased, Promotion, StageTimed, StoreCommitRetried, StoreFlushed, TraceparentIgnored,
 };
+use crate::telemetry::trace::TraceContext;
 use crate::telemetry::Readiness;
 
 const CONSUMER_TAG: &str = "bodflow";
@@ -96,7 +114,8 @@ const MAX_RETRY_DELAY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What the consumer works with during one session.
 pub(super) struct Consumer<'a> {
-    pub pipeline: &'a Pipeline,
+    /// The pipeline in force, held by each commit (see the module docs).
+    pub live: &'a Live,
     pub options: &'a RunOptions,
     /// Confirm-mode channel for our own dead-letters.
     pub dead_letters: &'a Channel,
@@ -113,17 +132,29 @@ struct DeadLetter {
     reason: String,
 }
 
-/// A delivery on its way to a lane.
-struct Inbound {
-    delivery: Delivery,
+/// What the consumer keeps beside each delivery.
+struct Tracked {
     /// When it was taken (end-to-end latency at ack).
     arrived: Instant,
+    /// The `delivery` span (module docs).
+    span: tracing::Span,
+    /// bodflow's place in the delivery's trace: its trace id, our span id.
+    trace: TraceContext,
+}
+
+/// A delivery on its way to a lane, with the pipeline in force when it arrived.
+struct Inbound {
+    delivery: Delivery,
+    tracked: Tracked,
+    pipeline: Pipeline,
 }
 
 /// A prepared delivery, waiting in the sequencer or being committed.
 struct Work {
     delivery: Delivery,
-    arrived: Instant,
+    tracked: Tracked,
+    /// The configuration it was prepared under.
+    config: Arc<crate::config::Config>,
     prepared: Prepared,
     /// Decided by `prepare` (rejections); the commit may add one.
     dead: Option<DeadLetter>,
@@ -134,7 +165,7 @@ struct Work {
 /// A delivery that is committed (or given up), for the acker.
 struct Finished {
     delivery: Delivery,
-    arrived: Instant,
+    tracked: Tracked,
     dead: Option<DeadLetter>,
 }
 
@@ -169,7 +200,8 @@ type CommitTask = JoinHandle<CommitResult>;
 /// A [`Work`] whose prepared document is in the commit.
 struct Shell {
     delivery: Delivery,
-    arrived: Instant,
+    tracked: Tracked,
+    config: Arc<crate::config::Config>,
     dead: Option<DeadLetter>,
     attempts: u32,
 }
@@ -192,12 +224,10 @@ pub(super) async fn run(
         consumer.readiness.set_consuming(true);
     }
     let (prepared_tx, mut prepared_rx) = mpsc::unbounded_channel();
-    let pipeline = consumer.pipeline.clone();
-    let lanes = Lanes::start(
-        consumer.pipeline.config.amqp.lanes,
-        move |inbound: Inbound| prepare(&pipeline, inbound),
-        prepared_tx,
-    );
+    // Lanes prepare with the pipeline in force when a delivery arrives; refreshed from
+    // `live` whenever a commit takes it (never while one is held: see `Live::read`).
+    let mut snapshot = consumer.live.current().await;
+    let lanes = Lanes::start(snapshot.config.amqp.lanes, prepare, prepared_tx);
     let (to_acker, committed) = mpsc::channel::<Done>(ACK_QUEUE);
     let options = consumer.options;
     let committer = async {
@@ -213,7 +243,10 @@ pub(super) async fn run(
                 paused_until = None;
                 let group = sequencer.take_group(now.into_std(), options.group_max, !stopping);
                 if !group.is_empty() {
-                    commit = Some(start_commit(consumer.pipeline, group));
+                    // Held until this commit is done: a reload waits for it.
+                    let guard = consumer.live.read().await;
+                    snapshot = guard.clone();
+                    commit = Some((start_commit(&guard, group), guard));
                 } else if stopping && !sequencer.preparing() {
                     break;
                 }
@@ -230,6 +263,7 @@ pub(super) async fn run(
             tokio::select! {
                 biased;
                 joined = join(&mut commit) => {
+                    // Drops the guard: a waiting reload may swap now.
                     commit = None;
                     let (shells, prepared, results, seconds) = joined?;
                     let outcome = finish_commit(
@@ -262,7 +296,8 @@ pub(super) async fn run(
                     let Some(delivery) = next else {
                         return Err(Error::ConsumerCancelled);
                     };
-                    let delivery = received(delivery?);
+                    let delivery = delivery?;
+                    let tracked = received(&delivery);
                     let seq = delivery.delivery_tag;
                     let size = delivery.data.len();
                     sequencer.push(
@@ -275,7 +310,8 @@ pub(super) async fn run(
                         weight: size,
                         input: Inbound {
                             delivery,
-                            arrived: Instant::now(),
+                            tracked,
+                            pipeline: snapshot.clone(),
                         },
                     };
                     if !lanes.dispatch(job) {
@@ -295,9 +331,9 @@ pub(super) async fn run(
     Ok(())
 }
 
-async fn join(commit: &mut Option<CommitTask>) -> Result<CommitResult, Error> {
+async fn join<G>(commit: &mut Option<(CommitTask, G)>) -> Result<CommitResult, Error> {
     match commit {
-        Some(task) => Ok(task.await?),
+        Some((task, _)) => Ok(task.await?),
         None => std::future::pending().await,
     }
 }
@@ -313,30 +349,105 @@ fn backoff(options: &RunOptions, attempt: u32) -> std::time::Duration {
     (options.retry_base * (1u32 << attempt.min(10))).min(MAX_RETRY_DELAY)
 }
 
-/// Counts a delivery as received.
-fn received(d: Delivery) -> Delivery {
+/// Counts a delivery as received and opens its span and trace.
+fn received(d: &Delivery) -> Tracked {
+    let arrived = Instant::now();
+    let headers = d.properties.headers().as_ref();
+    let announced = header_str(headers, "documentName").or_else(|| super::document_name(&d.data));
+    let (verb, noun) = match announced.as_deref().and_then(|n| n.split_once('.')) {
+        Some((verb, noun)) => (Some(verb), Some(noun)),
+        None => (None, None),
+    };
     emit(BodReceived {
         bytes: d.data.len(),
         redelivered: d.redelivered,
+        noun,
+        verb,
     });
-    d
+    let inbound = header_str(headers, "traceparent").and_then(|value| {
+        TraceContext::parse(&value, header_str(headers, "tracestate").as_deref())
+            .map_err(|e| {
+                emit(TraceparentIgnored {
+                    code: e.code(),
+                    value: &value,
+                })
+            })
+            .ok()
+    });
+    let trace = match &inbound {
+        Some(parent) => parent.child(),
+        None => TraceContext::root(),
+    };
+    let message_id = d.properties.message_id().as_ref().map(|m| m.as_str());
+    let parent_span_id = inbound.as_ref().map(TraceContext::span_id_hex);
+    let span = tracing::info_span!(
+        "delivery",
+        message_id = message_id.map(tracing::field::display),
+        redelivered = d.redelivered,
+        trace_id = %format_args!("{:032x}", trace.trace_id),
+        span_id = %format_args!("{:016x}", trace.span_id),
+        parent_span_id = parent_span_id.as_deref(),
+        bod_id = Empty,
+        noun = Empty,
+        verb = Empty,
+        sender = Empty,
+        outcome = Empty,
+    );
+    Tracked {
+        arrived,
+        span,
+        trace,
+    }
 }
 
+/// Fills the span fields known once the document is prepared.
+fn record_prepared(span: &tracing::Span, p: &Prepared, had_message_id: bool) {
+    let ctx = &p.ctx;
+    if !had_message_id {
+        span.record("message_id", ctx.message_id.as_str());
+    }
+    if let Some(area) = &ctx.area {
+        if let Some(bod_id) = &area.bod_id {
+            span.record("bod_id", bod_id.as_str());
+        }
+        if let Some(sender) = &area.logical_id {
+            span.record("sender", sender.as_str());
+        }
+    }
+    if let Some(noun) = &ctx.noun {
+        span.record("noun", noun.as_str());
+    }
+    if let Some(verb) = &ctx.verb {
+        span.record("verb", verb.as_str());
+    }
+}
+
+
 /// A lane's work: the stateless stages of one delivery.
-fn prepare(pipeline: &Pipeline, inbound: Inbound) -> Work {
+fn prepare(inbound: Inbound) -> Work {
+    let prepared = prepare_in(&inbound.pipeline, &inbound.delivery, &inbound.tracked);
+    Work {
+        dead: rejected(&prepared),
+        delivery: inbound.delivery,
+        tracked: inbound.tracked,
+        config: inbound.pipeline.config,
+        prepared,
+        attempts: 0,
+    }
+}
+
+/// [`Pipeline::prepare`] in the delivery's span, carrying its trace.
+fn prepare_in(pipeline: &Pipeline, d: &Delivery, t: &Tracked) -> Prepared {
+    let _span = t.span.enter();
     let started = std::time::Instant::now();
-    let prepared = pipeline.prepare(&input(&inbound.delivery));
+    let mut p = pipeline.prepare(&input(d));
     emit(StageTimed {
         stage: "prepare",
         seconds: started.elapsed().as_secs_f64(),
     });
-    Work {
-        dead: rejected(&prepared),
-        delivery: inbound.delivery,
-        arrived: inbound.arrived,
-        prepared,
-        attempts: 0,
-    }
+    p.ctx.trace = Some(t.trace.clone());
+    record_prepared(&t.span, &p, d.properties.message_id().is_some());
+    p
 }
 
 /// Commits a group on the blocking pool: in one transaction, or — when that fails — one by
@@ -350,7 +461,8 @@ fn start_commit(pipeline: &Pipeline, group: Vec<(u64, Work)>) -> CommitTask {
             seq,
             Shell {
                 delivery: w.delivery,
-                arrived: w.arrived,
+                tracked: w.tracked,
+                config: w.config,
                 dead: w.dead,
                 attempts: w.attempts,
             },
@@ -359,6 +471,14 @@ fn start_commit(pipeline: &Pipeline, group: Vec<(u64, Work)>) -> CommitTask {
     }
     let pipeline = pipeline.clone();
     tokio::task::spawn_blocking(move || {
+        // Prepared under a configuration a reload has replaced since: again, under this one.
+        for ((_, shell), p) in shells.iter_mut().zip(prepared.iter_mut()) {
+            if !Arc::ptr_eq(&shell.config, &pipeline.config) {
+                *p = prepare_in(&pipeline, &shell.delivery, &shell.tracked);
+                shell.dead = rejected(p);
+                shell.config = pipeline.config.clone();
+            }
+        }
         let started = std::time::Instant::now();
         let results = match pipeline.commit_batch(&prepared) {
             Ok(reports) => reports
@@ -371,6 +491,7 @@ fn start_commit(pipeline: &Pipeline, group: Vec<(u64, Work)>) -> CommitTask {
                 let mut held: Vec<Option<u64>> = Vec::new();
                 let mut results = Vec::with_capacity(prepared.len());
                 for (i, (_, shell)) in shells.iter().enumerate() {
+                    let _span = shell.tracked.span.enter();
                     let key = lanes::document_key(&shell.delivery.data);
                     let blocked = held.contains(&None) || (key.is_some() && held.contains(&key));
                     if blocked {
@@ -420,7 +541,8 @@ fn finish_commit(
     for (((seq, shell), prepared), result) in shells.into_iter().zip(prepared).zip(results) {
         let mut work = Work {
             delivery: shell.delivery,
-            arrived: shell.arrived,
+            tracked: shell.tracked,
+            config: shell.config,
             prepared,
             dead: shell.dead,
             attempts: shell.attempts,
@@ -428,14 +550,14 @@ fn finish_commit(
         match result {
             Committed::Applied(report) => {
                 applied += 1;
-                trace_delivery(&work.delivery, &report);
+                trace_delivery(&work.tracked, &report);
                 if work.dead.is_none() {
                     work.dead = rejected_at_commit(&report);
                 }
                 sequencer.done(seq);
                 finished.push(Finished {
                     delivery: work.delivery,
-                    arrived: work.arrived,
+                    tracked: work.tracked,
                     dead: work.dead,
                 });
             }
@@ -443,12 +565,14 @@ fn finish_commit(
                 failed += 1;
                 work.attempts += 1;
                 let message_id = work.delivery.properties.message_id().clone();
+                let span = work.tracked.span.clone();
+                let _span = span.enter();
                 if work.attempts >= options.store_attempts {
                     tracing::error!(error = %e, code = e.code(), message_id = ?message_id, attempts = work.attempts, "Delivery could not be committed; dead-lettering it");
                     sequencer.done(seq);
                     finished.push(Finished {
                         delivery: work.delivery,
-                        arrived: work.arrived,
+                        tracked: work.tracked,
                         dead: Some(DeadLetter {
                             stage: "upsert",
                             code: "retries_exhausted",
@@ -457,7 +581,12 @@ fn finish_commit(
                     });
                 } else {
                     let delay = backoff(options, work.attempts);
-                    tracing::warn!(error = %e, code = e.code(), message_id = ?message_id, attempt = work.attempts, delay_ms = delay.as_millis() as u64, "Store commit failed; retrying this delivery, other document keys go on");
+                    emit(StoreCommitRetried {
+                        attempt: work.attempts,
+                        delay_ms: delay.as_millis() as u64,
+                        code: e.code(),
+                        error: &e,
+                    });
                     sequencer.wait(seq, work, now + delay);
                 }
             }
@@ -496,7 +625,7 @@ impl Consumer<'_> {
             }
             if wrote {
                 let started = Instant::now();
-                flush(self.pipeline).await?;
+                flush(self.live.store()).await?;
                 emit(StoreFlushed {
                     seconds: started.elapsed().as_secs_f64(),
                 });
@@ -506,15 +635,15 @@ impl Consumer<'_> {
             let mut confirms = Vec::new();
             for f in &finished {
                 if let Some(dl) = &f.dead {
-                    confirms.push((
-                        f,
-                        dl,
-                        publish_dead_letter(self.dead_letters, &f.delivery, dl).await?,
-                    ));
+                    let confirm = publish_dead_letter(self.dead_letters, &f.delivery, dl)
+                        .instrument(f.tracked.span.clone())
+                        .await?;
+                    confirms.push((f, dl, confirm));
                 }
             }
             for (f, dl, confirm) in confirms {
                 confirmed(confirm, topology::DLX).await?;
+                let _span = f.tracked.span.enter();
                 emit(DeadLettered {
                     stage: dl.stage,
                     code: dl.code,
@@ -530,7 +659,7 @@ impl Consumer<'_> {
             ack(&finished, low).await?;
             for f in &finished {
                 emit(BodAcked {
-                    seconds: f.arrived.elapsed().as_secs_f64(),
+                    seconds: f.tracked.arrived.elapsed().as_secs_f64(),
                 });
             }
         }
@@ -539,9 +668,9 @@ impl Consumer<'_> {
 }
 
 /// Makes everything committed so far durable.
-async fn flush(pipeline: &Pipeline) -> Result<(), Error> {
-    let pipeline = pipeline.clone();
-    tokio::task::spawn_blocking(move || pipeline.store.flush().map(|_| ()))
+async fn flush(store: &Arc<Store>) -> Result<(), Error> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || store.flush().map(|_| ()))
         .await?
         .map_err(Error::from)
 }
@@ -582,22 +711,10 @@ fn rejected_at_commit(r: &Report) -> Option<DeadLetter> {
     })
 }
 
-/// The per-delivery span: message id, BODID and the ION headers as received.
-fn trace_delivery(d: &Delivery, r: &Report) {
-    let headers = d.properties.headers().as_ref();
-    let span = tracing::debug_span!(
-        "delivery",
-        message_id = %r.message_id,
-        bod_id = r.bod_id.as_deref().unwrap_or(""),
-        correlation_id = d.properties.correlation_id().as_ref().map(|c| c.as_str()).unwrap_or(""),
-        document_name = header_str(headers, "documentName").as_deref().unwrap_or(""),
-        from = header_str(headers, "fromLogicalId").as_deref().unwrap_or(""),
-        to = header_str(headers, "toLogicalId").as_deref().unwrap_or(""),
-        tenant = header_str(headers, "tenantId").as_deref().unwrap_or(""),
-        variation = header_str(headers, "variationId").as_deref().unwrap_or(""),
-        redelivered = d.redelivered,
-    );
-    let _guard = span.enter();
+/// Reports a committed delivery in its span (which gets the outcome).
+fn trace_delivery(t: &Tracked, r: &Report) {
+    t.span.record("outcome", r.outcome.as_str());
+    let _guard = t.span.enter();
     emit(BodProcessed {
         noun: r.noun.as_deref(),
         verb: r.verb.as_deref(),
@@ -610,6 +727,50 @@ fn trace_delivery(d: &Delivery, r: &Report) {
             stage: e.stage.as_str(),
             code: e.code,
             message: &e.message,
+        });
+    }
+    promotion_events(r);
+    // Parked documents this delivery's change released, in the same transaction.
+    for released in &r.released {
+        promotion_events(released);
+        emit(ParkedReleased {
+            message_id: &released.message_id,
+            released_by: &r.message_id,
+            outcome: released.outcome,
+            record: released.record.as_deref(),
+        });
+        emit(BodProcessed {
+            noun: released.noun.as_deref(),
+            verb: released.verb.as_deref(),
+            outcome: released.outcome,
+            record: released.record.as_deref(),
+            outputs: released.outputs.len(),
+        });
+    }
+}
+
+/// Promotion steps a report shows: a Process sent, an Acknowledge that linked the system of
+/// record's ID (`promoted`) or recorded its refusal (`promotion_rejected`).
+fn promotion_events(r: &Report) {
+    let sent = r
+        .outputs
+        .iter()
+        .filter(|o| o.kind == "ProcessCustomerPartyMaster")
+        .count();
+    for _ in 0..sent {
+        emit(Promotion {
+            event: "sent",
+            record: r.record.as_deref(),
+        });
+    }
+    if r.verb.as_deref() == Some("Acknowledge") && r.outcome == Outcome::Applied {
+        emit(Promotion {
+            event: if r.action == Some(crate::pipeline::Action::Linked) {
+                "promoted"
+            } else {
+                "promotion_rejected"
+            },
+            record: r.record.as_deref(),
         });
     }
 }

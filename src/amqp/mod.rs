@@ -34,8 +34,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{redact_url, Config};
 use crate::pipeline::Pipeline;
+use crate::reload::Live;
 use crate::store::StoreError;
-use crate::telemetry::events::{emit, AmqpConnected, AmqpDisconnected, StoreFlushed};
+use crate::telemetry::events::{
+    emit, AmqpConnectFailed, AmqpConnected, AmqpDisconnected, StoreFlushed,
+};
 use crate::telemetry::Readiness;
 
 /// Broker-side failures. All are transient for the service: the session is dropped and
@@ -108,6 +111,15 @@ pub(crate) async fn confirmed(confirm: lapin::PublisherConfirm, what: &str) -> R
         Confirmation::Nack(_) => Err(Error::Nacked(what.to_string())),
         Confirmation::NotRequested => Err(Error::NotConfirmed),
     }
+}
+
+/// Connects, declares the topology of `config` (new applications' queues), disconnects.
+pub async fn declare_topology(config: &Config) -> Result<(), Error> {
+    let connection = connect(&config.amqp.url).await?;
+    let admin = connection.create_channel().await?;
+    let declared = topology::declare(&admin, config).await;
+    let _ = connection.close(200, "declared".into()).await;
+    declared
 }
 
 /// Frames bodflow asks for unless the URL sets `frame_max`. lapin keeps 32 frames of buffer
@@ -196,8 +208,20 @@ pub async fn run_with(
     readiness: Readiness,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
+    run_live(Live::new(pipeline), options, readiness, shutdown).await
+}
+
+/// [`run_with`] on a [`Live`] pipeline, which [`crate::reload::reload`] may swap while the
+/// service runs (between commit groups; a new session declares the topology of the
+/// configuration in force).
+pub async fn run_live(
+    live: Live,
+    options: RunOptions,
+    readiness: Readiness,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
     let token = CancellationToken::new();
-    let service = serve(pipeline, options, token.clone(), &readiness);
+    let service = serve(&live, options, token.clone(), &readiness);
     tokio::pin!(service);
     tokio::select! {
         result = &mut service => return result,
@@ -211,12 +235,13 @@ pub async fn run_with(
 }
 
 async fn serve(
-    pipeline: Pipeline,
+    live: &Live,
     options: RunOptions,
     token: CancellationToken,
     readiness: &Readiness,
 ) -> Result<(), Error> {
-    let url = pipeline.config.amqp.url.clone();
+    // Restart-only (a reload keeps it).
+    let url = live.current().await.config.amqp.url.clone();
     let wake = Arc::new(Notify::new());
     let mut delay = options.reconnect_min;
     let mut reconnect = false;
@@ -234,8 +259,7 @@ async fn serve(
                 reconnect = true;
                 readiness.set_connected(true);
                 let started = Instant::now();
-                let result =
-                    session(&connection, &pipeline, &options, &token, &wake, readiness).await;
+                let result = session(&connection, live, &options, &token, &wake, readiness).await;
                 readiness.set_connected(false);
                 let _ = connection.close(200, "bye".into()).await;
                 let shutdown = token.is_cancelled();
@@ -253,9 +277,11 @@ async fn serve(
                     delay = options.reconnect_min;
                 }
             }
-            Err(e) => {
-                tracing::warn!(error = %e, delay_ms = delay.as_millis() as u64, "Cannot connect to the broker")
-            }
+            Err(e) => emit(AmqpConnectFailed {
+                code: e.code(),
+                error: &e,
+                delay_ms: delay.as_millis() as u64,
+            }),
         }
         tokio::select! {
             () = token.cancelled() => break,
@@ -263,7 +289,7 @@ async fn serve(
         }
         delay = (delay * 2).min(options.reconnect_max);
     }
-    let store = pipeline.store.clone();
+    let store = live.store().clone();
     let started = Instant::now();
     tokio::task::spawn_blocking(move || store.flush()).await??;
     emit(StoreFlushed {
@@ -277,12 +303,15 @@ async fn serve(
 /// side by side until shutdown or the first failure of either.
 async fn session(
     connection: &Connection,
-    pipeline: &Pipeline,
+    live: &Live,
     options: &RunOptions,
     shutdown: &CancellationToken,
     wake: &Arc<Notify>,
     readiness: &Readiness,
 ) -> Result<(), Error> {
+    // The configuration in force now: reloaded applications get their queues; the consumer
+    // reads `live` per group, the publisher needs only restart-only settings.
+    let pipeline = &live.current().await;
     let admin = connection.create_channel().await?;
     topology::declare(&admin, &pipeline.config).await?;
     let _ = admin.close(200, "declared".into()).await;
@@ -308,7 +337,7 @@ async fn session(
     let consumed = consumer::run(
         &inbound,
         &consumer::Consumer {
-            pipeline,
+            live,
             options,
             dead_letters: &dead_letters,
             wake,
@@ -341,6 +370,9 @@ pub struct InboundMessage<'a> {
     pub reply_to: Option<&'a str>,
     /// Routing key on the topic exchange (default: `document_name`, else `bod`).
     pub routing_key: Option<&'a str>,
+    /// W3C `traceparent` / `tracestate` headers, sent as given.
+    pub traceparent: Option<&'a str>,
+    pub tracestate: Option<&'a str>,
 }
 
 /// Publishes inbound documents with publisher confirms (`bodflow publish`, tests).
@@ -386,6 +418,12 @@ impl Sender {
         }
         if let Some(from) = message.from_logical_id {
             put_header(&mut headers, "fromLogicalId", from);
+        }
+        if let Some(traceparent) = message.traceparent {
+            put_header(&mut headers, "traceparent", traceparent);
+        }
+        if let Some(tracestate) = message.tracestate {
+            put_header(&mut headers, "tracestate", tracestate);
         }
         let mut properties = BasicProperties::default()
             .with_content_type("application/xml".into())

@@ -3,7 +3,8 @@
 //!
 //! A round reads up to [`RunOptions::outbox_batch`] durable rows in order, after the last row
 //! it has taken, and publishes them all (persistent, `mandatory`, `application/xml`,
-//! `message_id` = BODID, `correlation_id` = inbound message id, ION headers); the round is
+//! `message_id` = BODID, `correlation_id` = inbound message id, ION headers, W3C
+//! `traceparent`/`tracestate` continuing the inbound delivery's trace); the round is
 //! then *settled*: its confirms awaited and the acked rows removed. Two rounds are in flight,
 //! so the next round is published while the previous one's confirms come in. A Nack or a
 //! returned (unroutable) message keeps its row: the rounds in flight are settled, and after a
@@ -29,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use super::{confirmed, put_header, short, topology, Error, RunOptions};
 use crate::pipeline::Pipeline;
 use crate::store::OutboxRow;
-use crate::telemetry::events::{emit, OutboxPublished};
+use crate::telemetry::events::{emit, OutboxPublished, OutboxRowRefused};
 
 /// Everything the publisher task owns for one session.
 pub(super) struct Publisher {
@@ -205,7 +206,13 @@ impl Publisher {
                 Ok(()) => done.push(row.seq),
                 Err(e @ (Error::Nacked(_) | Error::Returned(_) | Error::NotConfirmed)) => {
                     failed += 1;
-                    tracing::warn!(error = %e, code = e.code(), bod_id = %row.bod_id, to = %row.to, reply_to = row.reply_to.as_deref().unwrap_or(""), "Outbox row not accepted by the broker; kept for retry");
+                    emit(OutboxRowRefused {
+                        code: e.code(),
+                        error: &e,
+                        bod_id: &row.bod_id,
+                        to: &row.to,
+                        reply_to: row.reply_to.as_deref(),
+                    });
                 }
                 Err(e) => return Err(e),
             }
@@ -232,6 +239,12 @@ impl Publisher {
         put_header(&mut headers, "toLogicalId", &row.to);
         if let Some(tenant) = &row.tenant {
             put_header(&mut headers, "tenantId", tenant);
+        }
+        if let Some(traceparent) = &row.traceparent {
+            put_header(&mut headers, "traceparent", traceparent);
+        }
+        if let Some(tracestate) = &row.tracestate {
+            put_header(&mut headers, "tracestate", tracestate);
         }
         let properties = BasicProperties::default()
             .with_content_type("application/xml".into())

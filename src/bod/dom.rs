@@ -12,8 +12,7 @@
 use std::borrow::Cow;
 
 use quick_xml::events::{BytesStart, Event};
-use quick_xml::name::ResolveResult;
-use quick_xml::NsReader;
+use quick_xml::Reader;
 
 use super::DecodeError;
 
@@ -216,25 +215,52 @@ fn declared_encoding(bytes: &[u8]) -> Option<String> {
     Some(value[..value.find(quote)?].to_string())
 }
 
-fn classify(ns: &ResolveResult<'_>) -> Ns {
-    match ns {
-        ResolveResult::Unbound => Ns::Bod,
-        ResolveResult::Bound(ns) => {
-            let uri = String::from_utf8_lossy(ns.as_ref()).to_ascii_lowercase();
-            let uri = uri.trim_end_matches('/');
-            if BOD_NAMESPACES.contains(&uri) {
-                Ns::Bod
-            } else if uri == "http://schemas.xmlsoap.org/soap/envelope"
-                || uri == "http://www.w3.org/2003/05/soap-envelope"
-            {
-                Ns::Soap
-            } else {
-                Ns::Foreign
-            }
+/// The class of a namespace URI: case-insensitive, trailing `/` ignored; the empty URI
+/// (`xmlns=""`) means no namespace.
+fn classify(uri: &[u8]) -> Ns {
+    let mut uri = uri;
+    while let [rest @ .., b'/'] = uri {
+        uri = rest;
+    }
+    let is = |known: &str| uri.eq_ignore_ascii_case(known.as_bytes());
+    if uri.is_empty() || BOD_NAMESPACES.iter().any(|k| is(k)) {
+        Ns::Bod
+    } else if is("http://schemas.xmlsoap.org/soap/envelope")
+        || is("http://www.w3.org/2003/05/soap-envelope")
+    {
+        Ns::Soap
+    } else {
+        Ns::Foreign
+    }
+}
+
+/// Namespace declarations in scope: (prefix, class of its URI, depth of the element that
+/// declared it); the empty prefix is the default namespace. Only the class matters to
+/// bodflow, so elements are resolved against this small stack instead of full URIs.
+#[derive(Default)]
+struct Namespaces<'a> {
+    bindings: Vec<(&'a [u8], Ns, usize)>,
+    /// Scratch: the qualified attribute names of the element being read (duplicate check).
+    keys: Vec<&'a [u8]>,
+}
+
+impl<'a> Namespaces<'a> {
+    /// The class of an element name's prefix. No prefix and no default namespace: no
+    /// namespace (BOD content). An undeclared prefix is foreign rather than an error: the
+    /// typed reader decides whether the element matters.
+    fn resolve(&self, prefix: &[u8]) -> Ns {
+        match self.bindings.iter().rev().find(|(p, _, _)| *p == prefix) {
+            Some((_, ns, _)) => *ns,
+            None if prefix.is_empty() => Ns::Bod,
+            None => Ns::Foreign,
         }
-        // An undeclared prefix: quick-xml reports it; treat the element as foreign rather than
-        // failing, the typed reader decides whether it matters.
-        ResolveResult::Unknown(_) => Ns::Foreign,
+    }
+
+    /// Forgets the declarations of elements at `depth` and deeper.
+    fn leave(&mut self, depth: usize) {
+        while self.bindings.last().is_some_and(|(_, _, d)| *d >= depth) {
+            self.bindings.pop();
+        }
     }
 }
 
@@ -272,8 +298,12 @@ fn legal_char(c: char) -> bool {
 }
 
 fn check_chars(text: &str, position: u64) -> Result<(), DecodeError> {
-    // Fast path: only control bytes and U+FFFE/FFFF (EF BF BE/BF) can be illegal here.
-    if !text.bytes().any(|b| b < 0x20 || b == 0xEF) {
+    // Fast path: only control bytes other than tab/LF/CR and U+FFFE/FFFF (EF BF BE/BF) can be
+    // illegal in valid UTF-8.
+    if !text
+        .bytes()
+        .any(|b| (b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r')) || b == 0xEF)
+    {
         return Ok(());
     }
     match text.chars().find(|&c| !legal_char(c)) {
@@ -285,7 +315,28 @@ fn check_chars(text: &str, position: u64) -> Result<(), DecodeError> {
     }
 }
 
-fn push_text<'a>(slot: &mut Cow<'a, str>, piece: Cow<'a, str>) {
+/// Adds a direct-text piece to an open element. The element's text is the trimmed
+/// concatenation of its pieces, so whitespace-only pieces (the indentation between child
+/// elements) are held back until real text follows: leading ones are never kept and trailing
+/// ones are dropped at the end tag, and indentation costs no copy.
+fn push_text<'a>(slot: &mut Cow<'a, str>, pending: &mut Cow<'a, str>, piece: Cow<'a, str>) {
+    let blank = piece
+        .bytes()
+        .all(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+        || piece.trim().is_empty();
+    if blank {
+        if !slot.is_empty() {
+            append(pending, piece);
+        }
+        return;
+    }
+    if !pending.is_empty() {
+        append(slot, std::mem::take(pending));
+    }
+    append(slot, piece);
+}
+
+fn append<'a>(slot: &mut Cow<'a, str>, piece: Cow<'a, str>) {
     if slot.is_empty() {
         *slot = piece;
     } else {
@@ -294,7 +345,7 @@ fn push_text<'a>(slot: &mut Cow<'a, str>, piece: Cow<'a, str>) {
 }
 
 fn read_tree(text: &str, max_depth: usize) -> Result<Dom<'_>, DecodeError> {
-    let mut reader = NsReader::from_str(text);
+    let mut reader = Reader::from_str(text);
     reader.config_mut().check_end_names = true;
     reader.config_mut().trim_text(false);
 
@@ -302,12 +353,14 @@ fn read_tree(text: &str, max_depth: usize) -> Result<Dom<'_>, DecodeError> {
         nodes: Vec::with_capacity(128),
         attrs: Vec::with_capacity(64),
     };
-    let mut stack: Vec<usize> = Vec::with_capacity(16);
+    // Open elements, each with its held-back whitespace (see `push_text`).
+    let mut stack: Vec<(usize, Cow<'_, str>)> = Vec::with_capacity(16);
     let mut root_closed = false;
+    let mut namespaces = Namespaces::default();
 
     loop {
         let position = reader.buffer_position();
-        let (ns, event) = match reader.read_resolved_event() {
+        let event = match reader.read_event() {
             Ok(v) => v,
             Err(e) => {
                 let message = e.to_string();
@@ -319,14 +372,15 @@ fn read_tree(text: &str, max_depth: usize) -> Result<Dom<'_>, DecodeError> {
         }
         match event {
             Event::Start(start) => {
-                let idx = push_element(text, &mut dom, &stack, classify(&ns), &start, position)?;
-                stack.push(idx);
+                let idx = push_element(text, &mut dom, &stack, &mut namespaces, &start, position)?;
+                stack.push((idx, Cow::Borrowed("")));
                 if stack.len() > max_depth {
                     return Err(DecodeError::TooDeep { limit: max_depth });
                 }
             }
             Event::Empty(start) => {
-                push_element(text, &mut dom, &stack, classify(&ns), &start, position)?;
+                push_element(text, &mut dom, &stack, &mut namespaces, &start, position)?;
+                namespaces.leave(stack.len());
                 if stack.len() + 1 > max_depth {
                     return Err(DecodeError::TooDeep { limit: max_depth });
                 }
@@ -335,7 +389,8 @@ fn read_tree(text: &str, max_depth: usize) -> Result<Dom<'_>, DecodeError> {
                 }
             }
             Event::End(_) => {
-                if let Some(idx) = stack.pop() {
+                if let Some((idx, _)) = stack.pop() {
+                    namespaces.leave(stack.len());
                     let slot = &mut dom.nodes[idx].text;
                     let trimmed_len = slot.trim().len();
                     if trimmed_len != slot.len() {
@@ -352,8 +407,8 @@ fn read_tree(text: &str, max_depth: usize) -> Result<Dom<'_>, DecodeError> {
             Event::Text(t) => {
                 let piece = owned_or_borrowed(text, &t, position)?;
                 check_chars(&piece, position)?;
-                match stack.last() {
-                    Some(&idx) => push_text(&mut dom.nodes[idx].text, piece),
+                match stack.last_mut() {
+                    Some((idx, pending)) => push_text(&mut dom.nodes[*idx].text, pending, piece),
                     None if piece.trim().is_empty() => {}
                     None => return Err(not_well_formed("text outside the root element", position)),
                 }
@@ -361,8 +416,8 @@ fn read_tree(text: &str, max_depth: usize) -> Result<Dom<'_>, DecodeError> {
             Event::CData(t) => {
                 let piece = owned_or_borrowed(text, &t, position)?;
                 check_chars(&piece, position)?;
-                match stack.last() {
-                    Some(&idx) => push_text(&mut dom.nodes[idx].text, piece),
+                match stack.last_mut() {
+                    Some((idx, pending)) => push_text(&mut dom.nodes[*idx].text, pending, piece),
                     None => {
                         return Err(not_well_formed("CDATA outside the root element", position))
                     }
@@ -379,8 +434,12 @@ fn read_tree(text: &str, max_depth: usize) -> Result<Dom<'_>, DecodeError> {
                         position,
                     ));
                 }
-                match stack.last() {
-                    Some(&idx) => dom.nodes[idx].text.to_mut().push(resolved),
+                match stack.last_mut() {
+                    Some((idx, pending)) => push_text(
+                        &mut dom.nodes[*idx].text,
+                        pending,
+                        Cow::Owned(resolved.to_string()),
+                    ),
                     None => {
                         return Err(not_well_formed(
                             "reference outside the root element",
@@ -392,7 +451,7 @@ fn read_tree(text: &str, max_depth: usize) -> Result<Dom<'_>, DecodeError> {
             Event::DocType(_) => return Err(DecodeError::DoctypeForbidden),
             Event::Decl(_) | Event::PI(_) | Event::Comment(_) => {}
             Event::Eof => {
-                if let Some(&open) = stack.last() {
+                if let Some(open) = stack.last().map(|(o, _)| *o) {
                     return Err(not_well_formed(
                         format!(
                             "unexpected end of document inside <{}>",
@@ -413,8 +472,8 @@ fn read_tree(text: &str, max_depth: usize) -> Result<Dom<'_>, DecodeError> {
 fn push_element<'a>(
     text: &'a str,
     dom: &mut Dom<'a>,
-    stack: &[usize],
-    ns: Ns,
+    stack: &[(usize, Cow<'a, str>)],
+    namespaces: &mut Namespaces<'a>,
     start: &BytesStart<'_>,
     position: u64,
 ) -> Result<usize, DecodeError> {
@@ -423,17 +482,26 @@ fn push_element<'a>(
         // Only a non-`from_str` reader would hand out copies; names must borrow.
         Cow::Owned(_) => return Err(not_well_formed("unreadable element name", position)),
     };
+    let depth = stack.len();
     let attrs_from = dom.attrs.len() as u32;
-    for attr in start.attributes() {
+    namespaces.keys.clear();
+    let mut attributes = start.attributes();
+    // Duplicates are checked below against a reused buffer instead of quick-xml's per-element
+    // allocation.
+    attributes.with_checks(false);
+    for attr in attributes {
         let attr = attr.map_err(|e| not_well_formed(e.to_string(), position))?;
-        let key = attr.key;
-        // Namespace declarations are not data.
-        if key.as_ref() == b"xmlns" || key.as_ref().starts_with(b"xmlns:") {
-            continue;
-        }
-        let Some(local) = reslice(text, key.local_name().into_inner()) else {
+        let Some(key) = reslice(text, attr.key.as_ref()) else {
             return Err(not_well_formed("unreadable attribute name", position));
         };
+        let key = key.as_bytes();
+        if namespaces.keys.contains(&key) {
+            return Err(not_well_formed(
+                format!("attribute {:?} appears twice", String::from_utf8_lossy(key)),
+                position,
+            ));
+        }
+        namespaces.keys.push(key);
         let value: Cow<'a, str> = if attr.value.contains(&b'&') {
             Cow::Owned(
                 attr.unescape_value()
@@ -448,8 +516,26 @@ fn push_element<'a>(
             }
         };
         check_chars(&value, position)?;
+        // Namespace declarations are not data: they scope the names of this element and its
+        // descendants.
+        if key == b"xmlns" {
+            namespaces
+                .bindings
+                .push((b"", classify(value.as_bytes()), depth));
+            continue;
+        }
+        if let Some(prefix) = key.strip_prefix(b"xmlns:") {
+            namespaces
+                .bindings
+                .push((prefix, classify(value.as_bytes()), depth));
+            continue;
+        }
+        let Some(local) = reslice(text, attr.key.local_name().into_inner()) else {
+            return Err(not_well_formed("unreadable attribute name", position));
+        };
         dom.attrs.push((local, value));
     }
+    let ns = namespaces.resolve(start.name().prefix().map_or(&b""[..], |p| p.into_inner()));
     let idx = dom.nodes.len();
     dom.nodes.push(Element {
         name,
@@ -460,7 +546,7 @@ fn push_element<'a>(
         last_child: NONE,
         next_sibling: NONE,
     });
-    if let Some(&parent) = stack.last() {
+    if let Some(parent) = stack.last().map(|(p, _)| *p) {
         let last = dom.nodes[parent].last_child;
         if last == NONE {
             dom.nodes[parent].first_child = idx as u32;
@@ -500,6 +586,51 @@ mod tests {
 
     fn parse(s: &str) -> Result<Dom<'_>, DecodeError> {
         Dom::parse(s, Limits::default())
+    }
+
+    #[test]
+    fn namespace_declarations_are_scoped_to_their_element() {
+        let dom = parse(
+            r#"<A xmlns="http://schema.infor.com/InforOAGIS/2/">
+                 <B xmlns="urn:vendor"><C/></B>
+                 <D/>
+                 <p:E xmlns:p="HTTP://WWW.OPENAPPLICATIONS.ORG/OAGIS/10"/>
+                 <p:F/>
+                 <s:G xmlns:s="http://www.w3.org/2003/05/soap-envelope"/>
+               </A>"#,
+        )
+        .unwrap();
+        let ns: Vec<(&str, Ns)> = (1..7).map(|i| (dom.node(i).name, dom.node(i).ns)).collect();
+        assert_eq!(
+            ns,
+            [
+                ("B", Ns::Foreign),
+                ("C", Ns::Foreign),
+                ("D", Ns::Bod),
+                ("E", Ns::Bod),
+                ("F", Ns::Foreign),
+                ("G", Ns::Soap)
+            ]
+        );
+        let err = parse(r#"<A x="1" y="2" x="3"/>"#).unwrap_err();
+        assert_eq!(err.code(), "not_well_formed");
+        assert!(err.to_string().contains("appears twice"), "{err}");
+        assert!(parse(r#"<A p:x="1" q:x="2" xmlns:p="urn:p" xmlns:q="urn:q"/>"#).is_ok());
+    }
+
+    #[test]
+    fn text_is_the_trimmed_concatenation_of_direct_pieces() {
+        let dom =
+            parse("<A>\n  <B/>\n  x <!-- c --> y\n  <B/>  <B/>&#32;z&#x20;\n  <B/>\n</A>").unwrap();
+        assert_eq!(dom.root().text, "x  y\n     z");
+        let dom = parse("<A>\n  <B/>\n</A>").unwrap();
+        assert_eq!(dom.root().text, "", "indentation alone is no text");
+        assert!(
+            matches!(dom.root().text, Cow::Borrowed(_)),
+            "indentation costs no copy"
+        );
+        let err = parse("<A>\n\u{b}<B/></A>").unwrap_err();
+        assert!(err.to_string().contains("U+000B"), "{err}");
     }
 
     #[test]

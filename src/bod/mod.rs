@@ -239,8 +239,12 @@ pub struct Party {
     pub currency: Option<String>,
     pub status: Option<String>,
     pub payment_term: Option<String>,
-    /// `Classification/Codes/Code` values.
+    /// `Classification/Codes/Code` values (except the account type's).
     pub classifications: Vec<String>,
+    /// The account type (Customer, Prospect, ...): `@role` (OAGIS `PartyType/@role`), else a
+    /// classification code marked as the account type (`Classification/@type` or
+    /// `Code/@listID` / `Code/@name` = `AccountType`).
+    pub account_type: Option<String>,
     pub sales_persons: Vec<SalesPerson>,
     pub addresses: Vec<Address>,
     pub channels: Vec<Channel>,
@@ -266,6 +270,8 @@ pub struct Contact {
     pub status: Option<String>,
     pub sales_persons: Vec<SalesPerson>,
     pub user_area: Vec<NameValue>,
+    /// `@type`: the person's relationship to the account (OAGIS `ContactType/@type`).
+    pub relationship: Option<String>,
 }
 
 /// Reads one document: decode + typed model. The only entry point for untrusted bytes.

@@ -182,6 +182,50 @@ fn classifications(dom: &Dom<'_>, at: usize) -> Vec<String> {
         .collect()
 }
 
+/// Whether an attribute value names the account type list (`AccountType`, `Account Type`,
+/// `account_type`, any case).
+fn is_account_type_label(value: Option<&str>) -> bool {
+    value.is_some_and(|v| {
+        v.chars()
+            .filter(|c| !matches!(c, ' ' | '_' | '-'))
+            .collect::<String>()
+            .eq_ignore_ascii_case("accounttype")
+    })
+}
+
+/// A party's classification codes and its account type: `@role` of the party, else the first
+/// code marked as the account type (which is then not a classification).
+fn party_classifications(dom: &Dom<'_>, at: usize) -> (Vec<String>, Option<String>) {
+    let mut codes = Vec::new();
+    let mut account_type = dom
+        .attr(at, "role")
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(str::to_string);
+    for c in dom.children(at, "Classification") {
+        let typed = is_account_type_label(dom.attr(c, "type"));
+        let direct = dom.children(c, "Code");
+        let coded = dom
+            .children(c, "Codes")
+            .flat_map(|cs| dom.children(cs, "Code"));
+        for code in direct.chain(coded).collect::<Vec<_>>() {
+            let text = dom.node(code).text.to_string();
+            if text.is_empty() {
+                continue;
+            }
+            let marked = typed
+                || is_account_type_label(dom.attr(code, "listID"))
+                || is_account_type_label(dom.attr(code, "name"));
+            if marked {
+                account_type.get_or_insert(text);
+            } else {
+                codes.push(text);
+            }
+        }
+    }
+    (codes, account_type)
+}
+
 fn is_true(value: Option<&str>) -> bool {
     value.is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
 }
@@ -318,6 +362,7 @@ fn read_party(dom: &Dom<'_>, at: usize, path: String) -> Party {
         .flat_map(|l| dom.children(l, "Address"))
         .map(|a| read_address(dom, a))
         .collect();
+    let (classifications, account_type) = party_classifications(dom, at);
     Party {
         path,
         ids: read_ids(dom, at, "PartyIDs"),
@@ -331,7 +376,8 @@ fn read_party(dom: &Dom<'_>, at: usize, path: String) -> Party {
         status: owned(dom, at, "Status/Code"),
         payment_term: owned(dom, at, "PaymentTermID")
             .or_else(|| owned(dom, at, "PaymentTerm/IDs/ID")),
-        classifications: classifications(dom, at),
+        classifications,
+        account_type,
         sales_persons: read_sales_persons(dom, at),
         addresses,
         channels: dom
@@ -374,6 +420,11 @@ fn read_contact(dom: &Dom<'_>, at: usize, path: String) -> Contact {
         status: owned(dom, at, "Status/Code"),
         sales_persons: read_sales_persons(dom, at),
         user_area: read_user_area(dom, at),
+        relationship: dom
+            .attr(at, "type")
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(str::to_string),
     }
 }
 
@@ -435,6 +486,47 @@ mod tests {
         assert_eq!(p.sales_persons[0].id.as_deref(), Some("1001"));
         let names: Vec<_> = p.user_area.iter().map(|n| n.name.as_str()).collect();
         assert_eq!(names, vec!["ln.Area", "X/Y"]);
+    }
+
+    #[test]
+    fn the_account_type_is_read_from_role_or_an_account_type_classification() {
+        let doc = |attrs: &str, classes: &str| {
+            PARTY
+                .replacen(
+                    "<CustomerPartyMaster>",
+                    &format!("<CustomerPartyMaster{attrs}>"),
+                    1,
+                )
+                .replacen(
+                    "<Name languageID=\"de-DE\">",
+                    &format!("{classes}<Name languageID=\"de-DE\">"),
+                    1,
+                )
+        };
+        let party = |xml: String| {
+            let bod = parse(xml.as_bytes(), Limits::default()).unwrap();
+            let Noun::Account(p) = bod.nouns.into_iter().next().unwrap() else {
+                panic!("party expected")
+            };
+            (p.account_type, p.classifications)
+        };
+        assert_eq!(
+            party(doc(r#" category="Organization" role=" Customer ""#, "")),
+            (Some("Customer".into()), vec![])
+        );
+        let coded = r#"<Classification><Codes><Code listID="Account Type">Prospect</Code><Code>VIP</Code></Codes></Classification>"#;
+        assert_eq!(
+            party(doc("", coded)),
+            (Some("Prospect".into()), vec!["VIP".to_string()])
+        );
+        let typed = r#"<Classification type="account_type"><Codes><Code>Partner</Code></Codes></Classification>"#;
+        assert_eq!(party(doc("", typed)).0.as_deref(), Some("Partner"));
+        assert_eq!(
+            party(doc(r#" role="Customer""#, coded)),
+            (Some("Customer".into()), vec!["VIP".to_string()]),
+            "@role wins; the coded type is still not a classification"
+        );
+        assert_eq!(party(doc("", "")), (None, vec![]));
     }
 
     #[test]

@@ -20,9 +20,20 @@ struct Out {
     depth: usize,
 }
 
-fn escape(text: &str) -> std::borrow::Cow<'_, str> {
-    quick_xml::escape::escape(text)
+/// Appends `text` escaped for element content and attribute values (the five XML specials).
+fn push_escaped(buf: &mut String, text: &str) {
+    if text
+        .bytes()
+        .any(|b| matches!(b, b'<' | b'>' | b'&' | b'"' | b'\''))
+    {
+        buf.push_str(&quick_xml::escape::escape(text));
+    } else {
+        buf.push_str(text);
+    }
 }
+
+/// Indentation, two spaces a level (documents are shallow; deeper levels share the last).
+const INDENT: &str = "                                                            ";
 
 impl Out {
     fn new(root: &str) -> Out {
@@ -36,9 +47,8 @@ impl Out {
     }
 
     fn indent(&mut self) {
-        for _ in 0..self.depth {
-            self.buf.push_str("  ");
-        }
+        self.buf
+            .push_str(&INDENT[..(2 * self.depth).min(INDENT.len())]);
     }
 
     fn open(&mut self, name: &str) {
@@ -57,12 +67,22 @@ impl Out {
     fn close(&mut self, name: &str) {
         self.depth -= 1;
         self.indent();
-        let _ = writeln!(self.buf, "</{name}>");
+        self.end_tag(name);
+    }
+
+    fn end_tag(&mut self, name: &str) {
+        self.buf.push_str("</");
+        self.buf.push_str(name);
+        self.buf.push_str(">\n");
     }
 
     fn attrs(&mut self, attrs: &[(&str, &str)]) {
         for (k, v) in attrs {
-            let _ = write!(self.buf, " {k}=\"{}\"", escape(v));
+            self.buf.push(' ');
+            self.buf.push_str(k);
+            self.buf.push_str("=\"");
+            push_escaped(&mut self.buf, v);
+            self.buf.push('"');
         }
     }
 
@@ -74,7 +94,9 @@ impl Out {
         if text.is_empty() {
             self.buf.push_str("/>\n");
         } else {
-            let _ = writeln!(self.buf, ">{}</{name}>", escape(text));
+            self.buf.push('>');
+            push_escaped(&mut self.buf, text);
+            self.end_tag(name);
         }
     }
 
@@ -90,7 +112,7 @@ impl Out {
 
     fn finish(mut self, root: &str) -> String {
         self.depth = 0;
-        let _ = writeln!(self.buf, "</{root}>");
+        self.end_tag(root);
         self.buf
     }
 }
@@ -294,7 +316,10 @@ fn user_area(out: &mut Out, hub_id: &str) {
 
 fn party(out: &mut Out, n: &NounOut<'_>) {
     let f = n.fields;
-    out.open("CustomerPartyMaster");
+    match f.commercial.account_type.as_deref() {
+        Some(role) => out.open_with("CustomerPartyMaster", &[("role", role)]),
+        None => out.open("CustomerPartyMaster"),
+    }
     out.open("PartyIDs");
     for id in &n.ids {
         id_element(out, id);
@@ -358,7 +383,10 @@ fn communications(out: &mut Out, c: &Communication, element: &str) {
 
 fn contact(out: &mut Out, n: &NounOut<'_>) {
     let f = n.fields;
-    out.open("ContactMaster");
+    match f.identity.relationship.as_deref() {
+        Some(rel) => out.open_with("ContactMaster", &[("type", rel)]),
+        None => out.open("ContactMaster"),
+    }
     out.open("IDs");
     for id in &n.ids {
         id_element(out, id);
@@ -408,11 +436,36 @@ pub fn sync_noun(
     action_code: &str,
     n: &NounOut<'_>,
 ) -> String {
+    action_document(env, verb, &[], kind, action_code, n)
+}
+
+/// `Process<Noun>` `Add` asking the receiver (a system of record) to create the record and
+/// answer with `Acknowledge<Noun>` (`acknowledgeCode="Always"`): how bodflow promotes an
+/// account.
+pub fn process_noun(env: &Envelope<'_>, kind: crate::store::Kind, n: &NounOut<'_>) -> String {
+    action_document(
+        env,
+        "Process",
+        &[("acknowledgeCode", "Always")],
+        kind,
+        "Add",
+        n,
+    )
+}
+
+fn action_document(
+    env: &Envelope<'_>,
+    verb: &str,
+    verb_attrs: &[(&str, &str)],
+    kind: crate::store::Kind,
+    action_code: &str,
+    n: &NounOut<'_>,
+) -> String {
     let root = format!("{verb}{}", kind.noun());
     let mut out = Out::new(&root);
     env.application_area(&mut out);
     out.open("DataArea");
-    out.open(verb);
+    out.open_with(verb, verb_attrs);
     env.verb_ids(&mut out);
     out.open("ActionCriteria");
     out.leaf_with("ActionExpression", &[("actionCode", action_code)], "");
@@ -524,6 +577,66 @@ mod tests {
         );
         let back = parse(xml.as_bytes(), Limits::default()).unwrap();
         assert_eq!((back.verb.as_str(), back.noun.as_str()), ("Confirm", "BOD"));
+    }
+
+    #[test]
+    fn process_and_the_role_and_type_attributes_round_trip_through_the_reader() {
+        let mut fields = Fields::default();
+        fields.identity.name = Some("Acme".into());
+        fields.commercial.account_type = Some("Customer".into());
+        let n = NounOut {
+            ids: vec![
+                OutId {
+                    value: "",
+                    lid: Some("lid://erp"),
+                    ..Default::default()
+                },
+                OutId {
+                    value: "ACC-000001",
+                    scheme_name: Some("bodflow.HubID"),
+                    ..Default::default()
+                },
+            ],
+            fields: &fields,
+            country: None,
+            language: "en-US",
+            employer: None,
+            sales_person: None,
+            hub_id: "ACC-000001",
+        };
+        let xml = process_noun(&env(), crate::store::Kind::Account, &n);
+        assert!(
+            xml.contains(r#"<Process acknowledgeCode="Always">"#),
+            "{xml}"
+        );
+        let back = parse(xml.as_bytes(), Limits::default()).unwrap();
+        assert_eq!(
+            (back.verb.as_str(), back.header.action_code.as_deref()),
+            ("Process", Some("Add"))
+        );
+        assert_eq!(back.header.acknowledge_code.as_deref(), Some("Always"));
+        let crate::bod::Noun::Account(p) = &back.nouns[0] else {
+            panic!("party expected")
+        };
+        assert_eq!(p.account_type.as_deref(), Some("Customer"));
+        assert_eq!(
+            (p.ids[0].value.as_str(), p.ids[1].value.as_str()),
+            ("", "ACC-000001")
+        );
+
+        let mut person = Fields::default();
+        person.identity.family_name = Some("Byron".into());
+        person.identity.relationship = Some("employee".into());
+        let c = NounOut {
+            fields: &person,
+            ..n
+        };
+        let xml = sync_noun(&env(), "Sync", crate::store::Kind::Contact, "Add", &c);
+        let back = parse(xml.as_bytes(), Limits::default()).unwrap();
+        let crate::bod::Noun::Contact(c) = &back.nouns[0] else {
+            panic!("contact expected")
+        };
+        assert_eq!(c.relationship.as_deref(), Some("employee"));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 mod check;
 mod dlq;
 mod generate;
+mod link;
 mod parked;
 mod publish;
 mod records;
@@ -68,6 +69,10 @@ enum Command {
         #[command(subcommand)]
         action: dlq::Action,
     },
+    /// Link a hub record to an application's ID and apply the documents parked for it.
+    Link(link::LinkArgs),
+    /// Remove an application's cross-reference from a hub record (the record stays).
+    Unlink(link::UnlinkArgs),
 }
 
 fn init_logging(format: LogFormat) {
@@ -75,10 +80,18 @@ fn init_logging(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colours only for a person at a terminal, not in `docker logs` or the journal.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match format {
         LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        // One JSON object per line: timestamp, level, target, the event's fields, and the
+        // spans it happened in (`span` = innermost, `spans` = all, with their fields).
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .init(),
     }
 }
 
@@ -96,11 +109,17 @@ pub fn main() -> ExitCode {
         Command::Publish(args) => publish::run(args),
         Command::Parked { action } => parked::run(action),
         Command::Dlq { action } => dlq::run(action),
+        Command::Link(args) => link::link(args),
+        Command::Unlink(args) => link::unlink(args),
     };
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            match cli.log_format {
+                // Machines reading JSON lines get the failure as one too.
+                LogFormat::Json => tracing::error!(error = %format!("{e:#}"), "Command failed"),
+                LogFormat::Text => eprintln!("error: {e:#}"),
+            }
             ExitCode::from(2)
         }
     }

@@ -100,23 +100,30 @@ pub fn run(action: Action) -> anyhow::Result<ExitCode> {
         Action::Release(_) => {
             let pipeline = Pipeline::new(Arc::new(config), Arc::new(store))?;
             for p in &chosen {
-                let report = pipeline.release(p, Utc::now())?;
-                if select.json {
-                    serde_json::to_writer(&mut out, &report)?;
-                    writeln!(out)?;
-                } else {
-                    writeln!(
-                        out,
-                        "{:>6}  {} -> {}{}",
-                        p.seq,
-                        p.source,
-                        report.outcome.as_str(),
-                        report
-                            .record
-                            .as_deref()
-                            .map(|r| format!(" {r}"))
-                            .unwrap_or_default()
-                    )?;
+                let mut report = pipeline.release(p, Utc::now())?;
+                // Documents this release's change released in turn (no_match ones it made
+                // placeable) follow it.
+                let released = std::mem::take(&mut report.released);
+                for (seq, report) in std::iter::once((Some(p.seq), report))
+                    .chain(released.into_iter().map(|r| (None, r)))
+                {
+                    if select.json {
+                        serde_json::to_writer(&mut out, &report)?;
+                        writeln!(out)?;
+                    } else {
+                        writeln!(
+                            out,
+                            "{:>6}  {} -> {}{}",
+                            seq.map(|s| s.to_string()).unwrap_or_else(|| "+".into()),
+                            report.source,
+                            report.outcome.as_str(),
+                            report
+                                .record
+                                .as_deref()
+                                .map(|r| format!(" {r}"))
+                                .unwrap_or_default()
+                        )?;
+                    }
                 }
             }
             pipeline.store.flush()?;

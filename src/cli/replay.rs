@@ -2,8 +2,9 @@
 //!
 //! Files are read and prepared (decode + the stateless stages) on a reader thread while the
 //! main thread commits in input order, so both cores work. The outbox is drained as the broker
-//! publisher would: each row is written under `--out` (when given) and then removed. The store
-//! is flushed before exit; without `--store` it is temporary.
+//! publisher would: each row is written under `--out` (when given) and then removed; the rows
+//! live in memory only (nothing publishes from a replay). The store is flushed before exit;
+//! without `--store` it is temporary.
 //!
 //! Exit 0 when every input was processed — rejections are results. Exit 2 on an I/O error
 //! (an unreadable input, an unwritable `--out`, a store that keeps failing).
@@ -46,9 +47,9 @@ const DRAIN_BATCH: usize = 1024;
 /// Documents per store transaction (group commit).
 const GROUP: usize = 64;
 
-/// A group of inputs as read, from the read thread.
-type Read<'a> = (&'a [PathBuf], Vec<InputFile>);
-/// A group of inputs and their prepared documents, from the prepare thread.
+/// A committed group, for the output thread.
+type Committed<'a> = (&'a [PathBuf], Vec<Prepared>, Vec<Report>);
+/// A group of inputs and their prepared documents, from a prepare worker.
 type Batch<'a> = (&'a [PathBuf], Vec<Prepared>);
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -62,12 +63,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     let inputs = super::collect_inputs(&args.inputs.paths)?;
-    let store = match &args.store {
+    let mut store = match &args.store {
         Some(dir) => {
             Store::open(dir).with_context(|| format!("opening store {}", dir.display()))?
         }
         None => Store::temporary().context("opening a temporary store")?,
     };
+    // Replay drains every emitted row into `--out` right after its commit; nothing ever
+    // publishes them, so they need not be written to the store.
+    store.keep_outbox_in_memory();
     if let Some(out) = &args.out {
         std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     }
@@ -88,86 +92,159 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let mut counts = [0usize; 6];
     let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut out = std::io::BufWriter::new(stdout);
     let mut drained: Vec<u64> = Vec::new();
 
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 8));
+    let window = workers * 2;
+    let chunks: Vec<&[PathBuf]> = inputs.chunks(GROUP).collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let (token_tx, token_rx) = std::sync::mpsc::sync_channel::<()>(window);
+    for _ in 0..window {
+        token_tx.send(())?;
+    }
+    let token_rx = std::sync::Mutex::new(token_rx);
     std::thread::scope(|scope| -> anyhow::Result<()> {
-        // Three stages over two cores: file reads (mostly waiting on the disk), prepare
-        // (parse and the stateless stages), commit (this thread). Bounded channels keep
-        // memory flat.
-        let (read_tx, read_rx) = std::sync::mpsc::sync_channel::<anyhow::Result<Read<'_>>>(8);
-        let (tx, rx) = std::sync::mpsc::sync_channel::<anyhow::Result<Batch>>(8);
+        // Workers (one per core) claim groups of files in input order, read and prepare them
+        // (parse and the stateless stages); this thread commits the groups in input order.
+        // A window of tokens bounds how far the workers run ahead, so memory stays flat even
+        // when one group is slow. The token sender lives in this closure: if committing fails,
+        // dropping it releases workers waiting for a token, so the scope can join them.
+        let token_tx = token_tx;
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, anyhow::Result<Batch>)>(window);
         let limit = pipeline.config.limits.max_bytes;
-        let inputs_ref = &inputs;
-        let reader = std::thread::Builder::new()
-            .name("read".into())
-            .spawn_scoped(scope, move || {
-                for chunk in inputs_ref.chunks(GROUP) {
-                    let read = chunk
+        let mut handles = Vec::with_capacity(workers);
+        for w in 0..workers {
+            let (tx, pipeline, chunks, next, token_rx) =
+                (tx.clone(), pipeline.clone(), &chunks, &next, &token_rx);
+            let handle = std::thread::Builder::new()
+                .name(format!("prepare-{w}"))
+                .spawn_scoped(scope, move || loop {
+                    // Claim a token and the next group under one lock, so groups are claimed
+                    // in order and never more than `window` ahead of the commit.
+                    let claimed = {
+                        let Ok(tokens) = token_rx.lock() else { return };
+                        if tokens.recv().is_err() {
+                            return;
+                        }
+                        next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                    };
+                    let Some(chunk) = chunks.get(claimed) else {
+                        return;
+                    };
+                    let batch = chunk
                         .iter()
                         .map(|path| read_input(path, limit))
                         .collect::<anyhow::Result<Vec<InputFile>>>()
-                        .map(|bytes| (chunk, bytes));
-                    if read_tx.send(read).is_err() {
-                        break;
-                    }
-                }
-            })?;
-        let prepare_pipeline = pipeline.clone();
-        let preparer = std::thread::Builder::new()
-            .name("prepare".into())
-            .spawn_scoped(scope, move || {
-                for read in read_rx {
-                    let batch = read.map(|(chunk, contents)| {
-                        let prepared = chunk
-                            .iter()
-                            .zip(&contents)
-                            .map(|(path, file)| {
-                                let source = path.display().to_string();
-                                prepare_pipeline.prepare(&Input {
-                                    bytes: &file.bytes,
-                                    source: &source,
-                                    message_id: file.message_id.as_deref(),
-                                    reply_to: None,
-                                    received_at: now.unwrap_or_else(Utc::now),
-                                    retry: false,
+                        .map(|files| {
+                            let prepared = chunk
+                                .iter()
+                                .zip(&files)
+                                .map(|(path, file)| {
+                                    let source = path.display().to_string();
+                                    pipeline.prepare(&Input {
+                                        bytes: &file.bytes,
+                                        source: &source,
+                                        message_id: file.message_id.as_deref(),
+                                        reply_to: None,
+                                        received_at: now.unwrap_or_else(Utc::now),
+                                        retry: false,
+                                    })
                                 })
-                            })
-                            .collect();
-                        (chunk, prepared)
-                    });
-                    if tx.send(batch).is_err() {
-                        break;
+                                .collect();
+                            (*chunk, prepared)
+                        });
+                    if tx.send((claimed, batch)).is_err() {
+                        return;
+                    }
+                })?;
+            handles.push(handle);
+        }
+        drop(tx);
+        let mut waiting = std::collections::BTreeMap::new();
+        let mut expected = 0;
+        let in_order = std::iter::from_fn(|| loop {
+            if let Some(batch) = waiting.remove(&expected) {
+                expected += 1;
+                // The committed group frees a slot of the window; the workers may all be gone.
+                let _ = token_tx.send(());
+                return Some(batch);
+            }
+            let (seq, batch) = rx.recv().ok()?;
+            waiting.insert(seq, batch);
+        });
+        // Output (files, lines, draining the outbox) and freeing the prepared documents run on
+        // their own thread, so this one only commits.
+        let (done_tx, done_rx) = std::sync::mpsc::sync_channel::<Committed>(window);
+        let (store, out_dir, roots, json) =
+            (&pipeline.store, args.out.as_deref(), &roots, args.json);
+        let (out, counts, drained, progress) = (&mut out, &mut counts, &mut drained, &progress);
+        let writer = std::thread::Builder::new()
+            .name("output".into())
+            .spawn_scoped(scope, move || -> anyhow::Result<()> {
+                for (paths, prepared, reports) in done_rx {
+                    drop(prepared);
+                    for (path, mut report) in paths.iter().zip(reports) {
+                        // Parked documents this one released get their own lines, right after it.
+                        let released = std::mem::take(&mut report.released);
+                        let stem = output_stem(path, roots);
+                        let mut lines = vec![(stem, report)];
+                        for r in released {
+                            let stem =
+                                format!("{}.released", output_stem(Path::new(&r.source), roots));
+                            lines.push((stem, r));
+                        }
+                        for (i, (stem, mut report)) in lines.into_iter().enumerate() {
+                            write_outputs(store, &mut report, &stem, out_dir)?;
+                            drained.extend(report.outputs.iter().map(|o| o.seq));
+                            counts[outcome_index(report.outcome)] += 1;
+                            if json {
+                                serde_json::to_writer(&mut *out, &report)?;
+                                writeln!(out)?;
+                            } else if i > 0 {
+                                writeln!(
+                                    out,
+                                    "{} (released by {})",
+                                    text_line(&report),
+                                    path.display()
+                                )?;
+                            } else {
+                                writeln!(out, "{}", text_line(&report))?;
+                            }
+                        }
+                        progress.inc(1);
+                    }
+                    if drained.len() >= DRAIN_BATCH {
+                        store.remove_outbox(drained)?;
+                        drained.clear();
                     }
                 }
+                Ok(())
             })?;
-        for batch in rx {
+        let committed = in_order.map(|batch| -> anyhow::Result<bool> {
             let (paths, prepared) = batch?;
             let reports = commit_with_retry(&pipeline, &prepared)?;
-            for (path, mut report) in paths.iter().zip(reports) {
-                write_outputs(
-                    &pipeline.store,
-                    &mut report,
-                    path,
-                    &roots,
-                    args.out.as_deref(),
-                )?;
-                drained.extend(report.outputs.iter().map(|o| o.seq));
-                counts[outcome_index(report.outcome)] += 1;
-                if args.json {
-                    serde_json::to_writer(&mut out, &report)?;
-                    writeln!(out)?;
-                } else {
-                    writeln!(out, "{}", text_line(&report))?;
+            // A closed channel means the output thread failed: its error is reported below.
+            Ok(done_tx.send((paths, prepared, reports)).is_ok())
+        });
+        let mut result = Ok(());
+        for sent in committed {
+            match sent {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => {
+                    result = Err(e);
+                    break;
                 }
-                progress.inc(1);
-            }
-            if drained.len() >= DRAIN_BATCH {
-                pipeline.store.remove_outbox(&drained)?;
-                drained.clear();
             }
         }
-        drop((reader, preparer));
+        drop(done_tx);
+        let written = writer
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the output thread panicked")));
+        result?;
+        written?;
+        drop(handles);
         Ok(())
     })?;
     pipeline.store.remove_outbox(&drained)?;
@@ -276,17 +353,16 @@ fn output_stem(path: &Path, roots: &[PathBuf]) -> String {
         .join("__")
 }
 
+/// Writes a report's outputs as `<stem>.<n>.<Kind>.xml` under `out`.
 fn write_outputs(
     store: &Store,
     report: &mut Report,
-    path: &Path,
-    roots: &[PathBuf],
+    stem: &str,
     out: Option<&Path>,
 ) -> anyhow::Result<()> {
     let Some(dir) = out else {
         return Ok(());
     };
-    let stem = output_stem(path, roots);
     for (n, o) in report.outputs.iter_mut().enumerate() {
         let Some(row) = store.outbox_row(o.seq)? else {
             continue;

@@ -30,6 +30,8 @@ pub struct Emitter<'a> {
     digest: String,
     count: u32,
     outputs: Vec<OutputReport>,
+    /// Fan-out decisions worth reporting (who did not get a Sync, and why).
+    notes: Vec<String>,
 }
 
 impl<'a> Emitter<'a> {
@@ -41,11 +43,26 @@ impl<'a> Emitter<'a> {
             digest,
             count: 0,
             outputs: Vec::new(),
+            notes: Vec::new(),
         }
+    }
+
+    /// The fan-out decisions collected since the last call.
+    pub fn take_notes(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.notes)
     }
 
     pub fn into_outputs(self) -> Vec<OutputReport> {
         self.outputs
+    }
+
+    pub fn config(&self) -> &'a Config {
+        self.config
+    }
+
+    /// The delivery this emitter answers.
+    pub fn context(&self) -> &'a Context {
+        self.ctx
     }
 
     fn next_bod_id(&mut self) -> String {
@@ -59,6 +76,15 @@ impl<'a> Emitter<'a> {
             .tenant
             .as_deref()
             .or(self.ctx.tenant.as_deref())
+    }
+
+    /// Every row of the document continues its trace (bodflow's span as the parent).
+    fn traceparent(&self) -> Option<String> {
+        self.ctx.trace.as_ref().map(|t| t.traceparent())
+    }
+
+    fn tracestate(&self) -> Option<String> {
+        self.ctx.trace.as_ref().and_then(|t| t.state.clone())
     }
 
     fn push(&mut self, tx: &crate::store::Tx<'_>, row: OutboxRow) -> TxResult<()> {
@@ -102,6 +128,8 @@ impl<'a> Emitter<'a> {
             correlation_id: self.ctx.message_id.clone(),
             document_name,
             tenant: self.tenant().map(str::to_string),
+            traceparent: self.traceparent(),
+            tracestate: self.tracestate(),
             xml,
         };
         self.push(tx, row)
@@ -303,8 +331,47 @@ impl<'a> Emitter<'a> {
             if i == sender || !app.active {
                 continue;
             }
+            if !record.unlinked.is_empty() && record.unlinked.contains(&app.logical_id) {
+                self.notes.push(format!(
+                    "not sent to {}: unlinked from {} by an operator",
+                    app.name, record.id
+                ));
+                continue;
+            }
             let outbound = app.flows_for(record.kind.noun()).outbound;
             let xref = record.xref_for(&app.logical_id);
+            // The system of record learns of accounts by promotion (a Process it answers
+            // with its own number), never by a Sync Add.
+            if record.kind == Kind::Account
+                && xref.is_none()
+                && self
+                    .config
+                    .hub
+                    .promotion
+                    .as_ref()
+                    .is_some_and(|p| p.system_of_record == app.logical_id)
+            {
+                if !deleted {
+                    self.notes.push(format!(
+                        "not sent to {}: the system of record receives accounts by promotion",
+                        app.name
+                    ));
+                }
+                continue;
+            }
+            // A contact goes only to applications whose required classification it has (a
+            // contact that loses it stops flowing; deletes still reach those that know it).
+            if let (Kind::Contact, Some(code), false) =
+                (record.kind, app.require_classification.as_deref(), deleted)
+            {
+                if !Application::has_classification(&record.fields.classification, code) {
+                    self.notes.push(format!(
+                        "not sent to {}: contact not classified {code} (require_classification)",
+                        app.name
+                    ));
+                    continue;
+                }
+            }
             let action = match (deleted, xref) {
                 (true, None) => continue,
                 (true, Some(_)) if outbound.delete.0 == DeleteMode::Off => continue,
@@ -342,16 +409,7 @@ impl<'a> Emitter<'a> {
                         scheme_name: Some(HUB_ID_SCHEME),
                     },
                 });
-            let sales_person = match (&app.sales_person_role, record.kind) {
-                (Some(role), Kind::Account) => record
-                    .owner
-                    .owner
-                    .as_deref()
-                    .and_then(|o| self.config.user(o))
-                    .and_then(|u| u.personnel_number.as_deref())
-                    .map(|p| (p, role.as_str())),
-                _ => None,
-            };
+            let sales_person = self.sales_person(app, record);
             let noun = NounOut {
                 ids,
                 fields: &fields,
@@ -377,11 +435,90 @@ impl<'a> Emitter<'a> {
                 correlation_id: self.ctx.message_id.clone(),
                 document_name: format!("Sync.{}", record.kind.noun()),
                 tenant: self.tenant().map(str::to_string),
+                traceparent: self.traceparent(),
+                tracestate: self.tracestate(),
                 xml,
             };
             self.push(tx, row)?;
         }
         Ok(())
+    }
+}
+
+impl<'a> Emitter<'a> {
+    /// The record's owner as `app` knows sales persons: (personnel number, its role).
+    fn sales_person(&self, app: &'a Application, record: &HubRecord) -> Option<(&'a str, &'a str)> {
+        match (&app.sales_person_role, record.kind) {
+            (Some(role), Kind::Account) => record
+                .owner
+                .owner
+                .as_deref()
+                .and_then(|o| self.config.user(o))
+                .and_then(|u| u.personnel_number.as_deref())
+                .map(|p| (p, role.as_str())),
+            _ => None,
+        }
+    }
+
+    /// `ProcessCustomerPartyMaster` `Add` of `record` to application `to` (the system of
+    /// record): an empty first ID asks it to assign its number, the second carries the hub
+    /// ID. Returns the Process's BODID, which its Acknowledge quotes.
+    pub fn process(
+        &mut self,
+        tx: &crate::store::Tx<'_>,
+        to: usize,
+        record: &HubRecord,
+        accounting_entity: Option<&str>,
+    ) -> TxResult<String> {
+        let config = self.config;
+        let app = &config.applications[to];
+        let outbound = app.flows_for(record.kind.noun()).outbound;
+        let fields = select_fields(&record.fields, outbound.fields.as_deref());
+        let ids = vec![
+            OutId {
+                value: "",
+                accounting_entity,
+                lid: Some(app.logical_id.as_str()),
+                variation: None,
+                scheme_name: None,
+            },
+            OutId {
+                value: record.id.as_str(),
+                accounting_entity: None,
+                lid: Some(config.hub.logical_id.as_str()),
+                variation: Some(record.revision.to_string()),
+                scheme_name: Some(HUB_ID_SCHEME),
+            },
+        ];
+        let noun = NounOut {
+            ids,
+            fields: &fields,
+            country: receiver_country(record, app),
+            language: &app.language_code,
+            employer: None,
+            sales_person: self.sales_person(app, record),
+            hub_id: &record.id,
+        };
+        let bod_id = self.next_bod_id();
+        let xml = write::process_noun(
+            &self.envelope(&bod_id, accounting_entity),
+            record.kind,
+            &noun,
+        );
+        let row = OutboxRow {
+            kind: format!("Process{}", record.kind.noun()),
+            to: app.logical_id.clone(),
+            reply_to: None,
+            bod_id: bod_id.clone(),
+            correlation_id: self.ctx.message_id.clone(),
+            document_name: format!("Process.{}", record.kind.noun()),
+            tenant: self.tenant().map(str::to_string),
+            traceparent: self.traceparent(),
+            tracestate: self.tracestate(),
+            xml,
+        };
+        self.push(tx, row)?;
+        Ok(bod_id)
     }
 }
 

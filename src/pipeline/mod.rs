@@ -11,11 +11,15 @@
 
 pub mod country;
 pub mod emit;
+pub mod link;
 pub mod owner;
+pub mod promote;
+pub mod release;
 pub mod upsert;
 pub mod validate;
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
@@ -25,6 +29,8 @@ use crate::config::Config;
 use crate::store::{
     Fields, Kind, Marker, Owner, ParkReason, Parked, Store, StoreError, Tx, TxResult, XrefKey,
 };
+use crate::telemetry::events::{emit, StageTimed};
+use crate::telemetry::trace::TraceContext;
 
 /// Where a document stopped or was decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -213,6 +219,9 @@ pub struct Context {
     pub tenant: Option<String>,
     /// The document as text, kept for parking.
     pub payload: String,
+    /// The trace this document's processing belongs to (set by the consumer from the
+    /// delivery's `traceparent`; `None` offline): outbox rows carry it on.
+    pub trace: Option<TraceContext>,
 }
 
 #[derive(Debug)]
@@ -271,6 +280,13 @@ pub struct Report {
     pub nouns: Vec<NounReport>,
     /// Why: each stage's decision in order ("country DEU→DE (iso3)", "owner U-JSMITH: ...").
     pub decisions: Vec<String>,
+    /// A parked document this one's change released: the message id of that change.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub released_by: Option<String>,
+    /// Parked documents this document's change released in its transaction, in order (each
+    /// has its own report line; see [`release`]).
+    #[serde(skip)]
+    pub released: Vec<Report>,
 }
 
 /// Result for one noun instance.
@@ -305,7 +321,7 @@ impl Pipeline {
     /// Applies a prepared document in one store transaction.
     pub fn commit(&self, prepared: &Prepared) -> Result<Report, StoreError> {
         let config = &self.config;
-        self.store.transact(|tx| commit_in(tx, config, prepared))
+        self.store.transact(|tx| timed_commit(tx, config, prepared))
     }
 
     /// Applies documents in order in one store transaction (group commit): each document's
@@ -316,7 +332,7 @@ impl Pipeline {
         self.store.transact(|tx| {
             batch
                 .iter()
-                .map(|p| commit_in(tx, config, p))
+                .map(|p| timed_commit(tx, config, p))
                 .collect::<TxResult<Vec<_>>>()
         })
     }
@@ -341,6 +357,8 @@ impl Pipeline {
             retry: true,
         });
         prepared.ctx.unpark = Some(parked.seq);
+        // Its delivery's trace is not kept with it: the release starts a trace of its own.
+        prepared.ctx.trace = Some(TraceContext::root());
         self.commit(&prepared)
     }
 
@@ -364,8 +382,36 @@ impl Pipeline {
     }
 }
 
-/// One document's effects inside a transaction.
+/// [`commit_in`], timed as stage `upsert`.
+fn timed_commit(tx: &Tx<'_>, config: &Config, prepared: &Prepared) -> TxResult<Report> {
+    let started = Instant::now();
+    let report = commit_in(tx, config, prepared);
+    emit(StageTimed {
+        stage: Stage::Upsert.as_str(),
+        seconds: started.elapsed().as_secs_f64(),
+    });
+    report
+}
+
+/// Emits the time since `since` as `stage` and restarts the clock.
+fn lap(stage: Stage, since: &mut Instant) {
+    let now = Instant::now();
+    emit(StageTimed {
+        stage: stage.as_str(),
+        seconds: now.duration_since(*since).as_secs_f64(),
+    });
+    *since = now;
+}
+
+/// One document's effects inside a transaction, then the parked documents its change released.
 fn commit_in(tx: &Tx<'_>, config: &Config, prepared: &Prepared) -> TxResult<Report> {
+    let mut report = commit_one(tx, config, prepared)?;
+    release::release_woken(tx, config, &prepared.ctx, &mut report)?;
+    Ok(report)
+}
+
+/// One document's effects inside a transaction.
+fn commit_one(tx: &Tx<'_>, config: &Config, prepared: &Prepared) -> TxResult<Report> {
     let ctx = &prepared.ctx;
     if let Some(seq) = ctx.unpark {
         tx.unpark(seq)?;
@@ -407,6 +453,7 @@ fn commit_in(tx: &Tx<'_>, config: &Config, prepared: &Prepared) -> TxResult<Repo
                 key: None,
                 source: ctx.source.clone(),
                 payload: ctx.payload.clone(),
+                match_values: Vec::new(),
             })?;
             tx.put_marker(
                 &ctx.message_id,
@@ -447,6 +494,8 @@ fn base_report(ctx: &Context, outcome: Outcome) -> Report {
         outputs: Vec::new(),
         nouns: Vec::new(),
         decisions: Vec::new(),
+        released_by: None,
+        released: Vec::new(),
     }
 }
 
@@ -469,6 +518,7 @@ pub fn prepare(config: &Config, input: &Input<'_>) -> Prepared {
         noun: None,
         tenant: None,
         payload: String::new(),
+        trace: None,
     };
     let reject = |ctx: Context, rejection: Rejection, app, process| Prepared {
         ctx,
@@ -479,7 +529,10 @@ pub fn prepare(config: &Config, input: &Input<'_>) -> Prepared {
         },
     };
 
-    let bod = match bod::parse(input.bytes, config.limits.into()) {
+    let mut clock = Instant::now();
+    let parsed = bod::parse(input.bytes, config.limits.into());
+    lap(Stage::Decode, &mut clock);
+    let bod = match parsed {
         Ok(bod) => bod,
         Err(e) => {
             // Best effort: a broken document may still name its sender, who asked for a
@@ -507,7 +560,9 @@ pub fn prepare(config: &Config, input: &Input<'_>) -> Prepared {
             },
         });
 
-    let mut doc = match validate::validate(bod, config) {
+    let checked = validate::validate(bod, config);
+    lap(Stage::Validate, &mut clock);
+    let mut doc = match checked {
         Ok(validate::Checked::Doc(doc)) => doc,
         Ok(validate::Checked::Inactive { app }) => {
             ctx.payload = String::from_utf8_lossy(input.bytes).into_owned();
@@ -519,10 +574,13 @@ pub fn prepare(config: &Config, input: &Input<'_>) -> Prepared {
         Err(e) => return reject(ctx, e.into(), app, process),
     };
     let application = &config.applications[doc.app];
-    if let Err(e) = country::map_inbound(&mut doc, application) {
+    let mapped = country::map_inbound(&mut doc, application);
+    lap(Stage::Country, &mut clock);
+    if let Err(e) = mapped {
         return reject(ctx, e.into(), app, process);
     }
     owner::assign(&mut doc, application, config);
+    lap(Stage::Owner, &mut clock);
     // The items carry everything the commit needs; the typed nouns are freed here, on the
     // preparing thread, rather than on the committing one.
     doc.bod.nouns = Vec::new();

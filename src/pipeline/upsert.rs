@@ -16,6 +16,12 @@
 //!    that account arrives.
 //! 5. **Delete** per the inbound flow: soft (marked deleted, stops flowing), hard (removed with
 //!    its cross-references), or off (filtered).
+//! 6. **Classification**: contacts from an application with `stamp_classification` get it
+//!    (new ones become employees of their account).
+//!
+//! A change that puts a match value on a record wakes the `no_match` documents parked under it
+//! ([`super::release`]); an applied account change may promote the account
+//! ([`super::promote`]), which also answers inbound `Acknowledge` documents.
 //!
 //! Emission (ConfirmBOD, Acknowledge, Sync fan-out) happens in the same transaction through
 //! [`Emitter`]. This module only reads and writes through the transaction: an error drops the
@@ -27,9 +33,7 @@ use crate::store::{
 };
 
 use super::emit::Emitter;
-use super::{
-    Action, Context, Doc, Intent, Item, NounReport, Outcome, Rejection, Report, Stage, Verb,
-};
+use super::{Action, Context, Doc, Intent, Item, NounReport, Outcome, Rejection, Report, Verb};
 
 /// The result of one document's transaction.
 #[derive(Debug)]
@@ -65,7 +69,7 @@ impl ItemResult {
         }
     }
 
-    fn applied(action: Action, record: &HubRecord, notes: Vec<String>) -> Self {
+    pub(super) fn applied(action: Action, record: &HubRecord, notes: Vec<String>) -> Self {
         ItemResult {
             outcome: Outcome::Applied,
             action: Some(action),
@@ -114,32 +118,10 @@ pub fn apply(tx: &Tx<'_>, config: &Config, ctx: &Context, doc: &Doc) -> TxResult
     let app = &config.applications[doc.app];
 
     if doc.verb == Verb::Acknowledge {
-        // bodflow correlates an Acknowledge with a Process it sent; none is pending in this
-        // store for that BODID.
-        let original = doc
-            .bod
-            .header
-            .original
-            .as_ref()
-            .and_then(|o| o.bod_id.clone())
-            .unwrap_or_default();
-        let rejection = Rejection {
-            stage: Stage::Upsert,
-            code: "unknown_correlation",
-            message: format!("no Process with BODID {original:?} is awaiting acknowledgement"),
-            path: Some(format!(
-                "{}/DataArea/Acknowledge/OriginalApplicationArea/BODID",
-                doc.bod.path()
-            )),
-        };
-        em.rejection(tx, Some(doc.app), &rejection, None)?;
-        put_marker(tx, ctx, Outcome::Rejected, None)?;
-        return Ok(Applied {
-            items: Vec::new(),
-            rejection: Some(rejection),
-            outputs: em.into_outputs(),
-            duplicate_message: false,
-        });
+        // Correlates with a Process bodflow sent (promotion), else `unknown_correlation`.
+        let mut applied = super::promote::acknowledge(tx, config, ctx, doc, &mut em)?;
+        applied.outputs = em.into_outputs();
+        return Ok(applied);
     }
 
     // Accounts before contacts, whatever the document order: a contact in the same document
@@ -174,7 +156,7 @@ pub fn apply(tx: &Tx<'_>, config: &Config, ctx: &Context, doc: &Doc) -> TxResult
     })
 }
 
-fn put_marker(
+pub(super) fn put_marker(
     tx: &Tx<'_>,
     ctx: &Context,
     outcome: Outcome,
@@ -310,6 +292,7 @@ fn apply_item(
     let mut notes = Vec::new();
     let groups = merge(&mut record, item, app, &mut notes);
     if item.kind == Kind::Contact {
+        stamp(&mut record.fields, app, false, &mut notes);
         link_employer(tx, config, app, item, &mut record, &mut notes)?;
     }
     let changed = content_changed(&before, &record);
@@ -361,9 +344,17 @@ fn applied(
     }
     if let Announce::NewKey(key) = announce {
         if record.kind == Kind::Account {
-            relink_waiting(tx, doc, key, &record.id, em, &mut notes)?;
+            relink_waiting(tx, doc.app, key, &record.id, em, &mut notes)?;
         }
     }
+    notes.append(&mut em.take_notes());
+    let promoted = match announce {
+        Announce::Change | Announce::NewKey(_) => {
+            super::promote::after_change(tx, em, record, &mut notes)?
+        }
+        Announce::Deleted | Announce::AnswerOnly => None,
+    };
+    let record = promoted.as_ref().unwrap_or(record);
     if doc.verb == Verb::Process {
         let ack_code = doc.bod.header.acknowledge_code.as_deref();
         em.accepted(tx, doc.app, record, ack_code)?;
@@ -433,6 +424,9 @@ fn merge(
         if c.payment_term.is_some() {
             current.commercial.payment_term = c.payment_term.clone();
         }
+        if c.account_type.is_some() {
+            current.commercial.account_type = c.account_type.clone();
+        }
     }
     if has(FieldGroup::Classification) && !incoming.classification.is_empty() {
         current.classification = incoming.classification.clone();
@@ -492,7 +486,34 @@ fn merge_identity(current: &mut Fields, incoming: &Fields) {
     set(&mut c.account_number, &i.account_number);
     set(&mut c.external_number, &i.external_number);
     set(&mut c.status, &i.status);
+    set(&mut c.relationship, &i.relationship);
 }
+
+/// Classification rules for an inbound contact (DESIGN §3 "Classification"): the sender's
+/// `stamp_classification` is added whatever the sender masters; a new contact from such an
+/// application becomes an employee of its account.
+fn stamp(fields: &mut Fields, app: &Application, new: bool, notes: &mut Vec<String>) {
+    let Some(code) = app.stamp_classification.as_deref() else {
+        return;
+    };
+    if !Application::has_classification(&fields.classification, code) {
+        fields.classification.push(code.to_string());
+        notes.push(format!(
+            "classification: stamped {code} ({} stamp_classification)",
+            app.name
+        ));
+    }
+    if new && fields.identity.relationship.is_none() {
+        fields.identity.relationship = Some(EMPLOYEE.into());
+        notes.push(format!(
+            "relationship: new contact from {} is an employee of its account",
+            app.name
+        ));
+    }
+}
+
+/// The relationship of contacts imported from an application that stamps a classification.
+pub const EMPLOYEE: &str = "employee";
 
 /// Keeps the match indexes in step with a record's change (`before` = `None`: new record;
 /// `after` = `None`: removed record).
@@ -506,6 +527,8 @@ fn reindex(
     if indexed.is_empty() {
         return Ok(());
     }
+    // Parked `no_match` documents wait under the values of `match_only` applications' keys.
+    let wakes = config.parks_without_match();
     let old = before.map(HubRecord::match_values);
     let new = after.map(HubRecord::match_values);
     for i in 0..3 {
@@ -523,6 +546,9 @@ fn reindex(
         }
         if let (Some(value), Some(r)) = (n, after) {
             tx.index(r.kind, r.match_values()[i].0, value, &r.id, true)?;
+            if wakes && !r.deleted {
+                tx.wake_parked(r.kind, r.match_values()[i].0, value)?;
+            }
         }
     }
     Ok(())
@@ -599,6 +625,16 @@ fn place_new(
 ) -> TxResult<ItemResult> {
     let policy = app.create_policy;
     let park = |reason: ParkReason, note: String| -> TxResult<ItemResult> {
+        // A `no_match` document is released when a record comes to carry one of these.
+        let match_values = if reason == ParkReason::NoMatch {
+            item.match_values
+                .iter()
+                .filter(|(k, _)| app.match_on.contains(k))
+                .cloned()
+                .collect()
+        } else {
+            Vec::new()
+        };
         tx.park(Parked {
             seq: 0,
             message_id: ctx.message_id.clone(),
@@ -607,6 +643,7 @@ fn place_new(
             key: Some(item.key.clone()),
             source: ctx.source.clone(),
             payload: ctx.payload.clone(),
+            match_values,
         })?;
         Ok(ItemResult::new(Outcome::Parked, None, None, note))
     };
@@ -718,8 +755,10 @@ fn link(
         id: key.id.clone(),
         variation: item.variation.clone().unwrap_or_default(),
     });
+    record.unlinked.retain(|a| *a != app.logical_id);
     merge(&mut record, item, app, &mut notes);
     if item.kind == Kind::Contact {
+        stamp(&mut record.fields, app, false, &mut notes);
         link_employer(tx, config, app, item, &mut record, &mut notes)?;
     }
     record.revision += 1;
@@ -802,6 +841,9 @@ fn create(
     if item.kind == Kind::Account && fields.identity.account_number.is_none() {
         fields.identity.account_number = Some(key.id.clone());
     }
+    if item.kind == Kind::Contact {
+        stamp(&mut fields, app, true, &mut notes);
+    }
     let owner = Owner {
         owner: item.owner.owner.clone(),
         account_manager: match item.kind {
@@ -824,6 +866,8 @@ fn create(
             id: key.id.clone(),
             variation: item.variation.clone().unwrap_or_default(),
         }],
+        unlinked: Vec::new(),
+        promotion: None,
         created_by: app.logical_id.clone(),
         revision: 1,
     };
@@ -949,6 +993,8 @@ fn default_account(tx: &Tx<'_>, _config: &Config, app: &Application) -> TxResult
         account: None,
         intended_parent: None,
         xrefs: Vec::new(),
+        unlinked: Vec::new(),
+        promotion: None,
         created_by: String::new(),
         revision: 1,
     };
@@ -957,10 +1003,11 @@ fn default_account(tx: &Tx<'_>, _config: &Config, app: &Application) -> TxResult
     Ok(Some(id))
 }
 
-/// An account just got the key `key`: contacts that were waiting for it move to it.
-fn relink_waiting(
+/// An account just got the key `key`: contacts that were waiting for it move to it (and are
+/// announced to every application but `sender`'s).
+pub(super) fn relink_waiting(
     tx: &Tx<'_>,
-    doc: &Doc,
+    sender: usize,
     key: &XrefKey,
     account: &str,
     em: &mut Emitter<'_>,
@@ -978,7 +1025,7 @@ fn relink_waiting(
         contact.intended_parent = None;
         contact.revision += 1;
         tx.put_record(&contact)?;
-        em.fan_out(tx, doc.app, &contact, false)?;
+        em.fan_out(tx, sender, &contact, false)?;
     }
     tx.set_waiting_children(key, &[])?;
     notes.push(format!(

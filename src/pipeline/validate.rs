@@ -402,6 +402,8 @@ fn check_fields(f: &Fields, key: &XrefKey, path: &str) -> Result<()> {
         (f.identity.status.as_deref(), "Status/Code"),
         (f.commercial.currency.as_deref(), "CurrencyCode"),
         (f.commercial.payment_term.as_deref(), "PaymentTermID"),
+        (f.identity.relationship.as_deref(), "@type"),
+        (f.commercial.account_type.as_deref(), "@role"),
     ];
     for (value, at) in codes {
         if let Some(v) = value {
@@ -531,6 +533,7 @@ fn party_item(
             commercial: Commercial {
                 currency: p.currency.clone(),
                 payment_term: p.payment_term.clone(),
+                account_type: p.account_type.clone(),
             },
             classification: p.classifications.clone(),
             user_area: p.user_area.clone(),
@@ -606,6 +609,7 @@ fn contact_item(
                 family_name: family,
                 job_title: job,
                 status: c.status.clone(),
+                relationship: c.relationship.clone(),
                 ..Default::default()
             },
             address: address.as_ref().map(|(a, _)| a.clone()),

@@ -12,8 +12,11 @@
 //! | `m` | message id | [`Marker`] |
 //! | `o` | big-endian group sequence | the [`OutboxRow`]s one transaction emitted |
 //! | `p` | big-endian sequence | [`Parked`] |
+//! | `n` | kind, match key, normalised value | sequences of `no_match` parked documents carrying it |
 //! | `c` | parent xref key | contact hub IDs waiting for that account |
 //! | `s` | counter name | big-endian u64 |
+//! | `a` | hub ID, big-endian sequence | [`AuditEntry`] of an operator action on the record |
+//! | `b` | BODID of a Process bodflow sent | [`Correlation`]: what its Acknowledge answers |
 //!
 //! A transaction ([`Store::transact`]) is a write set applied as one atomic sled batch, with
 //! writers serialized: bodflow has one committer, and sled's optimistic transactions cost a
@@ -112,6 +115,10 @@ fn encode_outbox(row: &OutboxRow) -> Vec<u8> {
         correlation_id: &'a str,
         document_name: &'a str,
         tenant: &'a Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        traceparent: &'a Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        tracestate: &'a Option<String>,
     }
     let mut out = serde_json::to_vec(&Head {
         kind: &row.kind,
@@ -121,6 +128,8 @@ fn encode_outbox(row: &OutboxRow) -> Vec<u8> {
         correlation_id: &row.correlation_id,
         document_name: &row.document_name,
         tenant: &row.tenant,
+        traceparent: &row.traceparent,
+        tracestate: &row.tracestate,
     })
     .unwrap_or_default();
     out.reserve(row.xml.len() + 1);
@@ -139,6 +148,10 @@ fn decode_outbox(k: &[u8], bytes: &[u8]) -> Result<OutboxRow, StoreError> {
         correlation_id: String,
         document_name: String,
         tenant: Option<String>,
+        #[serde(default)]
+        traceparent: Option<String>,
+        #[serde(default)]
+        tracestate: Option<String>,
     }
     let corrupt = |message: String| StoreError::Corrupt {
         key: String::from_utf8_lossy(k).into_owned(),
@@ -160,6 +173,8 @@ fn decode_outbox(k: &[u8], bytes: &[u8]) -> Result<OutboxRow, StoreError> {
         correlation_id: head.correlation_id,
         document_name: head.document_name,
         tenant: head.tenant,
+        traceparent: head.traceparent,
+        tracestate: head.tracestate,
         xml,
     })
 }
@@ -236,7 +251,12 @@ pub struct Store {
     /// One writer at a time (see [`Store::transact`]). A std mutex: it is held only for a
     /// group's synchronous work, never across an await.
     writer: Mutex<()>,
+    /// Outbox groups kept in memory instead of sled ([`Store::keep_outbox_in_memory`]).
+    memory_outbox: Option<Mutex<BTreeMap<u64, Vec<Vec<u8>>>>>,
 }
+
+/// An outbox group: its sequence and its encoded rows (an empty row has been published).
+type OutboxGroup = (u64, Vec<Vec<u8>>);
 
 /// Sequence numbers of outbox and parked rows, kept in memory rather than in a counter key so
 /// that a transaction does not read-modify-write a hot key for every row. Seeded past the
@@ -289,7 +309,22 @@ impl Store {
             hub,
             seqs,
             writer: Mutex::new(()),
+            memory_outbox: None,
         })
+    }
+
+    /// Keeps the outbox rows of later transactions in memory instead of writing them to sled.
+    /// For `replay`, which drains every row into files right after its commit and has no
+    /// publisher: the rows never need to survive the process, and writing them (several KB a
+    /// document) and removing them again is most of the store's write volume.
+    pub fn keep_outbox_in_memory(&mut self) {
+        self.memory_outbox = Some(Mutex::new(BTreeMap::new()));
+    }
+
+    fn memory_outbox(&self) -> Option<std::sync::MutexGuard<'_, BTreeMap<u64, Vec<Vec<u8>>>>> {
+        self.memory_outbox
+            .as_ref()
+            .map(|m| m.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
     }
 
     /// Runs `f` atomically: its writes collect in a write set (its own reads see them) and
@@ -306,6 +341,11 @@ impl Store {
             writes: RefCell::new(BTreeMap::new()),
             seqs: &self.seqs,
             outbox: RefCell::new(None),
+            detached: self
+                .memory_outbox
+                .as_ref()
+                .map(|_| RefCell::new(Vec::new())),
+            woken: RefCell::new(Vec::new()),
         };
         let out = f(&tx)?;
         tx.write_outbox_group()?;
@@ -317,6 +357,9 @@ impl Store {
             }
         }
         self.hub.apply_batch(batch)?;
+        if let (Some(groups), Some(mut memory)) = (tx.detached, self.memory_outbox()) {
+            memory.extend(groups.into_inner());
+        }
         Ok(out)
     }
 
@@ -407,7 +450,27 @@ impl Store {
         let start = seq_key(b'o', from >> ROW_BITS);
         let first_row = from & ((1 << ROW_BITS) - 1);
         let first_group = from >> ROW_BITS;
-        self.hub.range(start..vec![b'o' + 1]).flat_map(move |item| {
+        let in_memory: Vec<Result<(u64, OutboxRow), StoreError>> = self
+            .memory_outbox()
+            .map(|memory| {
+                memory
+                    .range(first_group..)
+                    .flat_map(|(group, rows)| {
+                        let k = seq_key(b'o', *group);
+                        let skip = if *group == first_group { first_row } else { 0 };
+                        rows.iter()
+                            .enumerate()
+                            .skip(skip as usize)
+                            .filter(|(_, r)| !r.is_empty())
+                            .map(move |(i, r)| {
+                                Ok(((group << ROW_BITS) | i as u64, decode_outbox(&k, r)?))
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let stored = self.hub.range(start..vec![b'o' + 1]).flat_map(move |item| {
             let rows: Vec<Result<(u64, OutboxRow), StoreError>> = match item {
                 Err(e) => vec![Err(e.into())],
                 Ok((k, v)) => match decode_group(&k, &v) {
@@ -427,11 +490,19 @@ impl Store {
                 },
             };
             rows
-        })
+        });
+        stored.chain(in_memory)
     }
 
     pub fn outbox_row(&self, seq: u64) -> Result<Option<OutboxRow>, StoreError> {
         let k = seq_key(b'o', seq >> ROW_BITS);
+        if let Some(memory) = self.memory_outbox() {
+            let row = memory
+                .get(&(seq >> ROW_BITS))
+                .and_then(|rows| rows.get((seq & ((1 << ROW_BITS) - 1)) as usize))
+                .filter(|r| !r.is_empty());
+            return row.map(|r| decode_outbox(&k, r)).transpose();
+        }
         let Some(v) = self.hub.get(&k)? else {
             return Ok(None);
         };
@@ -450,6 +521,21 @@ impl Store {
                 .entry(s >> ROW_BITS)
                 .or_default()
                 .push((s & ((1 << ROW_BITS) - 1)) as usize);
+        }
+        if let Some(mut memory) = self.memory_outbox() {
+            for (group, rows) in by_group {
+                if let Some(slots) = memory.get_mut(&group) {
+                    for i in rows {
+                        if let Some(slot) = slots.get_mut(i) {
+                            *slot = Vec::new();
+                        }
+                    }
+                    if slots.iter().all(Vec::is_empty) {
+                        memory.remove(&group);
+                    }
+                }
+            }
+            return Ok(());
         }
         let mut batch = sled::Batch::default();
         for (group, rows) in by_group {
@@ -535,6 +621,19 @@ impl Store {
     pub fn parked(&self) -> impl Iterator<Item = Result<Parked, StoreError>> + '_ {
         self.scan::<Parked>(b'p').map(|r| r.map(|(_, v)| v))
     }
+
+    /// The audit trail of a record (operator links and unlinks), oldest first.
+    pub fn audit_for(&self, record: &str) -> Result<Vec<AuditEntry>, StoreError> {
+        let mut prefix = key(b'a', &[record]);
+        prefix.push(SEP);
+        self.hub
+            .scan_prefix(prefix)
+            .map(|item| {
+                let (k, v) = item?;
+                decode(&k, &v)
+            })
+            .collect()
+    }
 }
 
 fn seq_of(k: &[u8]) -> u64 {
@@ -553,6 +652,11 @@ pub struct Tx<'a> {
     seqs: &'a Sequences,
     /// This transaction's outbox group: its sequence and encoded rows, written at the end.
     outbox: RefCell<Option<(u64, Vec<Vec<u8>>)>>,
+    /// With the outbox in memory: the finished groups, handed over once the batch applied.
+    detached: Option<RefCell<Vec<OutboxGroup>>>,
+    /// Parked documents a change in this transaction made matchable ([`Tx::wake_parked`]),
+    /// for the pipeline to re-run before the transaction ends.
+    woken: RefCell<Vec<u64>>,
 }
 
 impl Tx<'_> {
@@ -687,22 +791,107 @@ impl Tx<'_> {
 
     fn write_outbox_group(&self) -> TxResult<()> {
         if let Some((group, rows)) = self.outbox.borrow_mut().take() {
-            self.raw_insert(seq_key(b'o', group), encode_group(&rows));
+            match &self.detached {
+                Some(groups) => groups.borrow_mut().push((group, rows)),
+                None => self.raw_insert(seq_key(b'o', group), encode_group(&rows)),
+            }
         }
         Ok(())
     }
 
-    /// Removes a parked document (it is being released).
+    /// Removes a parked document (it is being released), with its match-value index entries.
     pub fn unpark(&self, seq: u64) -> TxResult<()> {
+        if let Some(parked) = self.parked(seq)? {
+            self.index_parked(&parked, false)?;
+        }
         self.raw_remove(seq_key(b'p', seq));
         Ok(())
     }
 
+    /// Parks a document; a `no_match` document is indexed under its match values.
     pub fn park(&self, mut parked: Parked) -> TxResult<u64> {
         let seq = self.seqs.parked.fetch_add(1, Ordering::Relaxed);
         parked.seq = seq;
+        self.index_parked(&parked, true)?;
         self.put(seq_key(b'p', seq), &parked)?;
         Ok(seq)
+    }
+
+    /// The parked document with this sequence, if still parked.
+    pub fn parked(&self, seq: u64) -> TxResult<Option<Parked>> {
+        self.get(&seq_key(b'p', seq))
+    }
+
+    fn index_parked(&self, parked: &Parked, add: bool) -> TxResult<()> {
+        let Some(kind) = parked.key.as_ref().map(|k| k.kind) else {
+            return Ok(());
+        };
+        for (k, value) in &parked.match_values {
+            let norm = normalize_match(value);
+            if norm.is_empty() {
+                continue;
+            }
+            let ik = key(b'n', &[kind.prefix(), match_tag(*k), &norm]);
+            let mut seqs = self.get::<Vec<u64>>(&ik)?.unwrap_or_default();
+            let present = seqs.contains(&parked.seq);
+            match (add, present) {
+                (true, false) => seqs.push(parked.seq),
+                (false, true) => seqs.retain(|s| *s != parked.seq),
+                _ => continue,
+            }
+            if seqs.is_empty() {
+                self.raw_remove(ik);
+            } else {
+                self.put(ik, &seqs)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A record of `kind` now carries `value` under match key `k`: the `no_match` documents
+    /// parked with that value are noted for release in this transaction ([`Tx::take_woken`]).
+    /// Returns how many were found.
+    pub fn wake_parked(&self, kind: Kind, k: MatchKey, value: &str) -> TxResult<usize> {
+        let norm = normalize_match(value);
+        if norm.is_empty() {
+            return Ok(0);
+        }
+        let seqs = self
+            .get::<Vec<u64>>(&key(b'n', &[kind.prefix(), match_tag(k), &norm]))?
+            .unwrap_or_default();
+        let mut woken = self.woken.borrow_mut();
+        for s in &seqs {
+            if !woken.contains(s) {
+                woken.push(*s);
+            }
+        }
+        Ok(seqs.len())
+    }
+
+    /// The parked documents woken so far (in parking order), emptying the list.
+    pub fn take_woken(&self) -> Vec<u64> {
+        let mut woken = std::mem::take(&mut *self.woken.borrow_mut());
+        woken.sort_unstable();
+        woken
+    }
+
+    /// The Process bodflow sent with this BODID, if any.
+    pub fn correlation(&self, bod_id: &str) -> TxResult<Option<Correlation>> {
+        self.get(&key(b'b', &[bod_id]))
+    }
+
+    /// Remembers a Process bodflow sends, for its Acknowledge.
+    pub fn put_correlation(&self, bod_id: &str, c: &Correlation) -> TxResult<()> {
+        self.put(key(b'b', &[bod_id]), c)
+    }
+
+    /// Appends an entry to the record's audit trail.
+    pub fn put_audit(&self, entry: &AuditEntry) -> TxResult<()> {
+        let seq = self.next("audit")?;
+        let mut k = key(b'a', &[&entry.record]);
+        k.push(SEP);
+        k.extend_from_slice(&seq.to_be_bytes());
+        self.put(k, entry)
     }
 
     /// Contacts waiting for the account an application knows as `parent`.
@@ -741,6 +930,8 @@ mod tests {
             account: None,
             intended_parent: None,
             xrefs: vec![],
+            unlinked: vec![],
+            promotion: None,
             created_by: "lid://a".into(),
             revision: 1,
         }
@@ -779,6 +970,8 @@ mod tests {
                     correlation_id: "m1".into(),
                     document_name: "Confirm.BOD".into(),
                     tenant: None,
+                    traceparent: None,
+                    tracestate: None,
                     xml: "<x/>".into(),
                 })
             })
@@ -796,6 +989,9 @@ mod tests {
             correlation_id: "m".into(),
             document_name: "Confirm.BOD".into(),
             tenant: None,
+            traceparent: (n % 2 == 1)
+                .then(|| format!("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902{n:02x}-01")),
+            tracestate: (n == 1).then(|| "rojo=1".to_string()),
             xml: format!("<x n=\"{n}\">\n</x>"),
         }
     }
@@ -819,9 +1015,11 @@ mod tests {
             .unwrap();
         assert_eq!(listed.len(), 4);
         assert_eq!(
-            store.outbox_row(seqs[1]).unwrap().unwrap().xml,
-            "<x n=\"1\">\n</x>"
+            store.outbox_row(seqs[1]).unwrap().unwrap(),
+            row(1),
+            "rows read back whole, trace context included"
         );
+        assert_eq!(store.outbox_row(seqs[0]).unwrap().unwrap(), row(0));
 
         let from: Vec<String> = store
             .outbox_from(seqs[1])
@@ -890,6 +1088,79 @@ mod tests {
         assert_eq!(store.outbox().count(), 2);
         store.flush().unwrap();
         assert_eq!(store.durable_outbox().count(), 2);
+    }
+
+    #[test]
+    fn no_match_parked_rows_are_indexed_woken_once_and_unindexed_on_release() {
+        let store = Store::temporary().unwrap();
+        let parked = |id: &str, reason, values: Vec<(MatchKey, String)>| Parked {
+            seq: 0,
+            message_id: format!("m-{id}"),
+            reason,
+            application: "lid://erp".into(),
+            key: Some(XrefKey {
+                kind: Kind::Account,
+                application: "lid://erp".into(),
+                accounting_entity: String::new(),
+                id: id.into(),
+            }),
+            source: "s".into(),
+            payload: "<x/>".into(),
+            match_values: values,
+        };
+        let (a, b, c) = store
+            .transact(|tx| {
+                Ok((
+                    tx.park(parked(
+                        "A",
+                        ParkReason::NoMatch,
+                        vec![(MatchKey::AccountNumber, " E-1 ".into())],
+                    ))?,
+                    tx.park(parked(
+                        "B",
+                        ParkReason::NoMatch,
+                        vec![
+                            (MatchKey::AccountNumber, "e-1".into()),
+                            (MatchKey::Email, "b@x.example".into()),
+                        ],
+                    ))?,
+                    tx.park(parked("C", ParkReason::ManualLink, Vec::new()))?,
+                ))
+            })
+            .unwrap();
+        let woken = store
+            .transact(|tx| {
+                assert_eq!(
+                    tx.wake_parked(Kind::Account, MatchKey::AccountNumber, "E-1")?,
+                    2
+                );
+                assert_eq!(
+                    tx.wake_parked(Kind::Account, MatchKey::Email, "B@x.example")?,
+                    1
+                );
+                assert_eq!(
+                    tx.wake_parked(Kind::Contact, MatchKey::AccountNumber, "E-1")?,
+                    0
+                );
+                let woken = tx.take_woken();
+                assert!(tx.take_woken().is_empty(), "taken once");
+                Ok(woken)
+            })
+            .unwrap();
+        assert_eq!(woken, vec![a, b], "each once, in parking order");
+        store.transact(|tx| tx.unpark(b)).unwrap();
+        let left = store
+            .transact(|tx| {
+                tx.wake_parked(Kind::Account, MatchKey::AccountNumber, "e-1")?;
+                tx.wake_parked(Kind::Account, MatchKey::Email, "b@x.example")?;
+                Ok(tx.take_woken())
+            })
+            .unwrap();
+        assert_eq!(left, vec![a], "a released row leaves every index entry");
+        store.transact(|tx| tx.unpark(a)).unwrap();
+        assert_eq!(store.hub.scan_prefix([b'n']).count(), 0);
+        assert_eq!(store.parked().count(), 1);
+        assert!(store.transact(|tx| tx.parked(c)).unwrap().is_some());
     }
 
     #[test]

@@ -104,6 +104,10 @@ pub struct Identity {
     pub external_number: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,
+    /// Contacts: how the person relates to their account (`employee` for contacts imported
+    /// from an application that stamps a classification); `ContactMaster/@type` in BODs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relationship: Option<String>,
 }
 
 /// Field group `address`; the country is always ISO 3166-1 alpha-2 in the hub.
@@ -150,6 +154,10 @@ pub struct Commercial {
     pub currency: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payment_term: Option<String>,
+    /// Accounts: their type (`Customer`, `Prospect`, ...), as the senders' `@role` or
+    /// account-type classification carries it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_type: Option<String>,
 }
 
 /// Field group `owner`.
@@ -202,6 +210,13 @@ pub struct HubRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub intended_parent: Option<XrefKey>,
     pub xrefs: Vec<Xref>,
+    /// Applications an operator unlinked from this record (`bodflow unlink`): they receive no
+    /// outbound Syncs for it until it is linked to them again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unlinked: Vec<String>,
+    /// Accounts: where their promotion to the system of record stands (`[hub.promotion]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promotion: Option<PromotionState>,
     /// Logical ID of the application whose document created it (empty for placeholders).
     #[serde(default)]
     pub created_by: String,
@@ -276,6 +291,13 @@ pub struct OutboxRow {
     pub document_name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
+    /// W3C `traceparent` of the processing that emitted it (same trace as the inbound
+    /// delivery, bodflow's span as parent), published as the `traceparent` header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    /// W3C `tracestate` of the inbound delivery, passed on unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracestate: Option<String>,
     pub xml: String,
 }
 
@@ -315,4 +337,80 @@ pub struct Parked {
     pub key: Option<XrefKey>,
     pub source: String,
     pub payload: String,
+    /// `no_match` documents: the values they match on (the sender's `match_on` keys), under
+    /// which the store indexes them so a record that comes to carry one releases them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub match_values: Vec<(crate::config::MatchKey, String)>,
+}
+
+/// One operator action on a record (`bodflow link` / `unlink`), written in the action's
+/// transaction and listed by [`crate::store::Store::audit_for`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// RFC 3339 UTC.
+    pub at: String,
+    /// Who did it (`--by`, else `$USER`).
+    pub operator: String,
+    /// `link` or `unlink`.
+    pub action: String,
+    /// The application's logical ID.
+    pub application: String,
+    #[serde(default)]
+    pub accounting_entity: String,
+    /// The application's ID for the record (the IDs removed, for an unlink).
+    pub app_id: String,
+    /// The hub record.
+    pub record: String,
+    /// Message ids of the parked documents the action released.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub released: Vec<String>,
+}
+
+/// The sync status of a promoted account (CRM's "Awaiting Acknowledgment" → "Promoted").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncStatus {
+    /// `ProcessCustomerPartyMaster` sent; no Acknowledge yet. Not promoted again meanwhile.
+    AwaitingAcknowledgement,
+    /// Accepted (or Modified): the system of record's ID is the record's cross-reference.
+    Promoted,
+    /// Rejected: promoted again by the next change that still meets the condition.
+    PromotionRejected,
+}
+
+impl SyncStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncStatus::AwaitingAcknowledgement => "awaiting_acknowledgement",
+            SyncStatus::Promoted => "promoted",
+            SyncStatus::PromotionRejected => "promotion_rejected",
+        }
+    }
+}
+
+/// A record's promotion: status, to whom, by which Process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromotionState {
+    pub status: SyncStatus,
+    /// The system of record's logical ID.
+    pub application: String,
+    /// BODID of the `ProcessCustomerPartyMaster` bodflow sent.
+    pub bod_id: String,
+    /// When the status last changed (RFC 3339).
+    pub at: String,
+    /// Why the system of record rejected it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// A Process bodflow sent and expects an `Acknowledge<Noun>` for, keyed by its BODID.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Correlation {
+    pub kind: Kind,
+    /// The hub record it promotes.
+    pub record: String,
+    /// The application it was sent to (the only one whose Acknowledge correlates).
+    pub application: String,
+    /// When it was sent (RFC 3339).
+    pub sent_at: String,
 }

@@ -39,19 +39,28 @@ pub fn bounded(value: Option<&str>, known: &[&'static str]) -> &'static str {
 }
 
 /// A delivery was taken from the inbound queue.
-pub struct BodReceived {
+pub struct BodReceived<'a> {
     pub bytes: usize,
     pub redelivered: bool,
+    /// Noun and verb as the delivery announces them (`documentName` header, else the root
+    /// element's name); bounded into labels.
+    pub noun: Option<&'a str>,
+    pub verb: Option<&'a str>,
 }
 
-impl Event for BodReceived {
+impl Event for BodReceived<'_> {
     fn emit(self) {
         tracing::trace!(
             bytes = self.bytes,
             redelivered = self.redelivered,
+            noun = self.noun.unwrap_or(""),
+            verb = self.verb.unwrap_or(""),
             "Delivery received"
         );
-        metrics().bods_received.inc();
+        metrics()
+            .bods_received
+            .with_label_values(&[bounded(self.noun, &NOUNS), bounded(self.verb, &VERBS)])
+            .inc();
         if self.redelivered {
             emit(Redelivered);
         }
@@ -94,6 +103,51 @@ impl Event for BodProcessed<'_> {
             .bods_processed
             .with_label_values(&[noun, verb, outcome])
             .inc();
+    }
+}
+
+/// A change released a parked `no_match` document, which ran through the pipeline again in
+/// the same transaction (`bodflow_parked_released_total{outcome}`).
+pub struct ParkedReleased<'a> {
+    pub message_id: &'a str,
+    pub released_by: &'a str,
+    pub outcome: Outcome,
+    pub record: Option<&'a str>,
+}
+
+impl Event for ParkedReleased<'_> {
+    fn emit(self) {
+        let outcome = self.outcome.as_str();
+        tracing::debug!(
+            message_id = self.message_id,
+            released_by = self.released_by,
+            outcome,
+            record = self.record.unwrap_or(""),
+            "Parked document released"
+        );
+        metrics()
+            .parked_released
+            .with_label_values(&[outcome])
+            .inc();
+    }
+}
+
+/// A step of an account's promotion (`bodflow_promotions_total{event}`): `sent` (a
+/// ProcessCustomerPartyMaster went to the system of record), `promoted` or
+/// `promotion_rejected` (its Acknowledge was correlated).
+pub struct Promotion<'a> {
+    pub event: &'static str,
+    pub record: Option<&'a str>,
+}
+
+impl Event for Promotion<'_> {
+    fn emit(self) {
+        tracing::debug!(
+            event = self.event,
+            record = self.record.unwrap_or(""),
+            "Promotion"
+        );
+        metrics().promotions.with_label_values(&[self.event]).inc();
     }
 }
 
@@ -141,7 +195,8 @@ impl Event for DeadLettered<'_> {
     }
 }
 
-/// How long one stage took (`prepare` per document; `commit`, `flush` per group).
+/// How long one stage took (see [`super::STAGES`]: per document `decode`, `validate`,
+/// `country`, `owner`, `prepare`, `upsert`; per group `commit`, `flush`).
 pub struct StageTimed {
     pub stage: &'static str,
     pub seconds: f64,
@@ -150,10 +205,7 @@ pub struct StageTimed {
 impl Event for StageTimed {
     fn emit(self) {
         tracing::trace!(stage = self.stage, seconds = self.seconds, "Stage timed");
-        metrics()
-            .stage_duration
-            .with_label_values(&[self.stage])
-            .observe(self.seconds);
+        metrics().observe_stage(self.stage, self.seconds);
     }
 }
 
@@ -168,9 +220,7 @@ impl Event for GroupCommitted {
         tracing::debug!(docs = self.docs, seconds = self.seconds, "Group committed");
         let m = metrics();
         m.group_documents.observe(self.docs as f64);
-        m.stage_duration
-            .with_label_values(&["commit"])
-            .observe(self.seconds);
+        m.observe_stage("commit", self.seconds);
     }
 }
 
@@ -184,9 +234,7 @@ impl Event for StoreFlushed {
         tracing::trace!(seconds = self.seconds, "Store flushed");
         let m = metrics();
         m.store_flush.observe(self.seconds);
-        m.stage_duration
-            .with_label_values(&["flush"])
-            .observe(self.seconds);
+        m.observe_stage("flush", self.seconds);
     }
 }
 
@@ -304,6 +352,145 @@ impl Event for AmqpDisconnected<'_> {
     }
 }
 
+/// A group commit failed on a store error and is retried after `delay_ms`.
+pub struct StoreCommitRetried<'a> {
+    pub attempt: u32,
+    pub delay_ms: u64,
+    pub code: &'static str,
+    pub error: &'a dyn std::fmt::Display,
+}
+
+impl Event for StoreCommitRetried<'_> {
+    fn emit(self) {
+        tracing::warn!(
+            error = %self.error,
+            code = self.code,
+            attempt = self.attempt,
+            delay_ms = self.delay_ms,
+            "Store commit failed, retrying"
+        );
+        metrics().store_retries.inc();
+    }
+}
+
+/// Connecting to the broker failed; the next attempt follows after `delay_ms`.
+pub struct AmqpConnectFailed<'a> {
+    pub code: &'static str,
+    pub error: &'a dyn std::fmt::Display,
+    pub delay_ms: u64,
+}
+
+impl Event for AmqpConnectFailed<'_> {
+    fn emit(self) {
+        tracing::warn!(
+            error = %self.error,
+            code = self.code,
+            delay_ms = self.delay_ms,
+            "Cannot connect to the broker"
+        );
+        metrics().amqp_connect_failures.inc();
+    }
+}
+
+/// The broker did not accept an outbox row (Nack, returned unroutable, no confirm); the row
+/// is kept and published again later.
+pub struct OutboxRowRefused<'a> {
+    pub code: &'static str,
+    pub error: &'a dyn std::fmt::Display,
+    pub bod_id: &'a str,
+    pub to: &'a str,
+    pub reply_to: Option<&'a str>,
+}
+
+impl Event for OutboxRowRefused<'_> {
+    fn emit(self) {
+        tracing::warn!(
+            error = %self.error,
+            code = self.code,
+            bod_id = self.bod_id,
+            to = self.to,
+            reply_to = self.reply_to.unwrap_or(""),
+            "Outbox row not accepted by the broker; kept for retry"
+        );
+        metrics()
+            .publish_failures
+            .with_label_values(&[self.code])
+            .inc();
+    }
+}
+
+/// An inbound `traceparent` was malformed and ignored; the delivery starts a new trace.
+pub struct TraceparentIgnored<'a> {
+    pub code: &'static str,
+    pub value: &'a str,
+}
+
+impl Event for TraceparentIgnored<'_> {
+    fn emit(self) {
+        let value: String = self.value.chars().take(64).collect();
+        tracing::debug!(code = self.code, value, "Malformed traceparent ignored");
+        metrics()
+            .traceparent_ignored
+            .with_label_values(&[self.code])
+            .inc();
+    }
+}
+
+/// A new configuration is in force (SIGHUP). `restart_needed` names changed settings that
+/// keep their running value until a restart.
+pub struct ConfigReloaded<'a> {
+    pub path: &'a str,
+    pub applications: usize,
+    pub restart_needed: &'a [&'static str],
+    /// Documents of re-activated applications released from parking.
+    pub released: usize,
+}
+
+impl Event for ConfigReloaded<'_> {
+    fn emit(self) {
+        tracing::info!(
+            path = self.path,
+            applications = self.applications,
+            released = self.released,
+            "Configuration reloaded"
+        );
+        if !self.restart_needed.is_empty() {
+            tracing::warn!(
+                settings = ?self.restart_needed,
+                "Changed settings need a restart; they keep their running value until then"
+            );
+        }
+        let m = metrics();
+        m.config_reloads.with_label_values(&["applied"]).inc();
+        m.config_restart_required
+            .set(i64::from(!self.restart_needed.is_empty()));
+    }
+}
+
+/// A reload was refused (`result` = `invalid`: the file does not load or check; `failed`:
+/// applying it failed, e.g. the broker could not declare the new topology). The running
+/// configuration stays.
+pub struct ConfigReloadRefused<'a> {
+    pub path: &'a str,
+    pub result: &'static str,
+    pub error: &'a dyn std::fmt::Display,
+}
+
+impl Event for ConfigReloadRefused<'_> {
+    fn emit(self) {
+        tracing::error!(
+            path = self.path,
+            result = self.result,
+            error = %self.error,
+            "Configuration reload refused; the running configuration stays"
+        );
+        metrics()
+            .config_reloads
+            .with_label_values(&[self.result])
+            .inc();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -337,6 +524,28 @@ mod tests {
             outputs: 0,
         });
         assert_eq!(counter(), before + 1);
+    }
+
+    #[test]
+    fn rule_events_count_releases_and_promotions() {
+        let m = metrics();
+        let released = || m.parked_released.with_label_values(&["applied"]).get();
+        let sent = || m.promotions.with_label_values(&["sent"]).get();
+        let (r0, s0) = (released(), sent());
+        emit(ParkedReleased {
+            message_id: "m-parked",
+            released_by: "m-trigger",
+            outcome: Outcome::Applied,
+            record: Some("ACC-000001"),
+        });
+        emit(Promotion {
+            event: "sent",
+            record: Some("ACC-000001"),
+        });
+        assert_eq!((released(), sent()), (r0 + 1, s0 + 1));
+        let text = crate::telemetry::encode();
+        assert!(text.contains("bodflow_parked_released_total{outcome=\"applied\"}"));
+        assert!(text.contains("bodflow_promotions_total{event=\"sent\"}"));
     }
 
     #[test]

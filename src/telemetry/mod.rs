@@ -8,11 +8,14 @@
 //!   `emit()` writes the log line and updates the metric together, so they never drift.
 //! - [`Readiness`]: what `/readyz` answers — store open and broker session consuming.
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`.
+//! - [`trace`]: W3C Trace Context (`traceparent`) read from deliveries and propagated on what
+//!   they cause.
 //! - [`sample`]: gauges that are too costly per message (store size, outbox length),
 //!   refreshed periodically.
 
 pub mod events;
 pub mod http;
+pub mod trace;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -20,7 +23,7 @@ use std::time::Duration;
 
 use prometheus::{
     exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGauge, Opts, Registry,
+    IntGauge, IntGaugeVec, Opts, Registry,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -29,11 +32,14 @@ use crate::store::Store;
 /// Every metric of the process, registered in [`Metrics::registry`].
 pub struct Metrics {
     pub registry: Registry,
-    pub(crate) bods_received: IntCounter,
+    pub(crate) bods_received: IntCounterVec,
     pub(crate) bods_processed: IntCounterVec,
     pub(crate) rejections: IntCounterVec,
     pub(crate) dead_lettered: IntCounterVec,
     pub(crate) stage_duration: HistogramVec,
+    /// The children of `stage_duration` for [`STAGES`], resolved once: a stage is timed per
+    /// document, and a label lookup per observation would cost more than the timing.
+    stages: Vec<(&'static str, Histogram)>,
     pub(crate) group_documents: Histogram,
     pub(crate) end_to_end: Histogram,
     pub(crate) outbox_pending: IntGauge,
@@ -44,8 +50,23 @@ pub struct Metrics {
     pub(crate) redeliveries: IntCounter,
     pub(crate) store_flush: Histogram,
     pub(crate) store_size: IntGauge,
+    pub(crate) store_retries: IntCounter,
+    pub(crate) amqp_connect_failures: IntCounter,
+    pub(crate) publish_failures: IntCounterVec,
+    pub(crate) traceparent_ignored: IntCounterVec,
+    pub(crate) config_reloads: IntCounterVec,
+    pub(crate) config_restart_required: IntGauge,
+    pub(crate) parked_released: IntCounterVec,
+    pub(crate) promotions: IntCounterVec,
     pub(crate) lanes_busy: IntGauge,
 }
+
+/// The stages timed into `bodflow_stage_duration_seconds`: per document `decode`, `validate`,
+/// `country`, `owner` (and their sum `prepare`) and `upsert` (inside the group transaction);
+/// per group `commit` (the whole transaction) and `flush`.
+pub const STAGES: [&str; 8] = [
+    "decode", "validate", "country", "owner", "prepare", "upsert", "commit", "flush",
+];
 
 /// Latency buckets from 100 µs to ~13 s (×2.2 per bucket).
 fn seconds_buckets() -> Vec<f64> {
@@ -55,6 +76,7 @@ fn seconds_buckets() -> Vec<f64> {
 impl Metrics {
     fn new() -> Result<Metrics, prometheus::Error> {
         let registry = Registry::new();
+        build_info(&registry)?;
         fn reg<T: prometheus::core::Collector + Clone + 'static>(
             registry: &Registry,
             metric: T,
@@ -68,7 +90,13 @@ impl Metrics {
         Ok(Metrics {
             bods_received: reg(
                 &registry,
-                IntCounter::new("bodflow_bods_received_total", "Deliveries taken from the inbound queue.")?,
+                IntCounterVec::new(
+                    Opts::new(
+                        "bodflow_bods_received_total",
+                        "Deliveries taken from the inbound queue, by noun and verb (from the documentName header, else the root element).",
+                    ),
+                    &["noun", "verb"],
+                )?,
             )?,
             bods_processed: reg(
                 &registry,
@@ -96,7 +124,7 @@ impl Metrics {
                 HistogramVec::new(
                     HistogramOpts::new(
                         "bodflow_stage_duration_seconds",
-                        "Time per stage: prepare (decode, validate, country, owner; per document), commit and flush (per group).",
+                        "Time per stage: decode, validate, country, owner, prepare (their sum) and upsert per document; commit and flush per group.",
                     )
                     .buckets(seconds_buckets()),
                     &["stage"],
@@ -148,13 +176,145 @@ impl Metrics {
                 &registry,
                 IntGauge::new("bodflow_store_size_bytes", "Store size on disk (sampled).")?,
             )?,
+            store_retries: reg(
+                &registry,
+                IntCounter::new("bodflow_store_commit_retries_total", "Group commits retried after a store error.")?,
+            )?,
+            amqp_connect_failures: reg(
+                &registry,
+                IntCounter::new("bodflow_amqp_connect_failures_total", "Failed attempts to connect to the broker.")?,
+            )?,
+            publish_failures: reg(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "bodflow_outbox_publish_failures_total",
+                        "Outbox rows the broker did not accept (kept and retried), by code.",
+                    ),
+                    &["code"],
+                )?,
+            )?,
+            traceparent_ignored: reg(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "bodflow_traceparent_ignored_total",
+                        "Inbound traceparent headers ignored as malformed (a new trace is started), by code.",
+                    ),
+                    &["code"],
+                )?,
+            )?,
+            config_reloads: reg(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "bodflow_config_reloads_total",
+                        "Configuration reloads (SIGHUP), by result: applied, invalid (refused), failed.",
+                    ),
+                    &["result"],
+                )?,
+            )?,
+            config_restart_required: reg(
+                &registry,
+                IntGauge::new(
+                    "bodflow_config_restart_required",
+                    "1 when the configuration file changes settings that only a restart applies.",
+                )?,
+            )?,
+            stages: Vec::new(),
+            parked_released: reg(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "bodflow_parked_released_total",
+                        "Parked no_match documents released by a change that made them match, by the outcome of their re-run.",
+                    ),
+                    &["outcome"],
+                )?,
+            )?,
+            promotions: reg(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "bodflow_promotions_total",
+                        "Account promotions to the system of record: Process sent, then promoted or promotion_rejected by its Acknowledge.",
+                    ),
+                    &["event"],
+                )?,
+            )?,
             lanes_busy: reg(
                 &registry,
                 IntGauge::new("bodflow_lanes_busy", "Lanes preparing documents or with documents queued (of amqp.lanes).")?,
             )?,
             registry,
-        })
+        }
+        .with_known_series())
     }
+
+    /// Creates the series of every known label value at zero, so a counter's first increase
+    /// is visible to `rate()`/`increase()` and dashboards show zero rather than no data.
+    fn with_known_series(mut self) -> Metrics {
+        self.stages = STAGES
+            .iter()
+            .map(|s| (*s, self.stage_duration.with_label_values(&[*s])))
+            .collect();
+        let known: [(&IntCounterVec, &[&str]); 5] = [
+            (&self.config_reloads, &["applied", "invalid", "failed"]),
+            (
+                &self.promotions,
+                &["sent", "promoted", "promotion_rejected"],
+            ),
+            (
+                &self.parked_released,
+                &[
+                    "applied",
+                    "duplicate",
+                    "stale",
+                    "rejected",
+                    "parked",
+                    "filtered",
+                ],
+            ),
+            (
+                &self.publish_failures,
+                &["nacked", "unroutable", "not_confirmed"],
+            ),
+            (
+                &self.traceparent_ignored,
+                &["shape", "hex", "version", "zero_id"],
+            ),
+        ];
+        for (vec, values) in known {
+            for v in values {
+                vec.with_label_values(&[*v]);
+            }
+        }
+        self
+    }
+
+    /// Observes `seconds` in the duration histogram of `stage`.
+    pub(crate) fn observe_stage(&self, stage: &'static str, seconds: f64) {
+        match self.stages.iter().find(|(s, _)| *s == stage) {
+            Some((_, h)) => h.observe(seconds),
+            None => self
+                .stage_duration
+                .with_label_values(&[stage])
+                .observe(seconds),
+        }
+    }
+}
+
+/// `bodflow_build_info{version}` = 1, registered with the other metrics.
+fn build_info(registry: &Registry) -> Result<(), prometheus::Error> {
+    let info = IntGaugeVec::new(
+        Opts::new(
+            "bodflow_build_info",
+            "The running bodflow version (value 1).",
+        ),
+        &["version"],
+    )?;
+    info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+    registry.register(Box::new(info))
 }
 
 /// The process's metrics, created on first use.
@@ -242,7 +402,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_metric_is_registered_under_its_documented_name() {
+    fn every_metric_is_registered_under_its_documented_name_and_stages_are_preresolved() {
         let m = metrics();
         // Vectors only appear once they have a child.
         m.bods_processed
@@ -250,9 +410,23 @@ mod tests {
         m.rejections
             .with_label_values(&["decode", "not_well_formed"]);
         m.dead_lettered.with_label_values(&["not_well_formed"]);
-        m.stage_duration.with_label_values(&["prepare"]);
+        m.bods_received.with_label_values(&["none", "none"]);
+        m.publish_failures.with_label_values(&["nacked"]);
+        m.traceparent_ignored.with_label_values(&["shape"]);
+        m.config_reloads.with_label_values(&["applied"]);
         let text = encode();
+        for stage in STAGES {
+            let line = format!("bodflow_stage_duration_seconds_count{{stage=\"{stage}\"}}");
+            assert!(text.contains(&line), "{line} missing from:\n{text}");
+        }
         for name in [
+            "bodflow_build_info{version=",
+            "bodflow_store_commit_retries_total",
+            "bodflow_amqp_connect_failures_total",
+            "bodflow_outbox_publish_failures_total",
+            "bodflow_traceparent_ignored_total",
+            "bodflow_config_reloads_total",
+            "bodflow_config_restart_required",
             "bodflow_bods_received_total",
             "bodflow_bods_processed_total",
             "bodflow_rejections_total",

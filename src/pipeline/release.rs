@@ -1,0 +1,111 @@
+//! Automatic release of parked `no_match` documents (DESIGN §3 "upsert", `match_only`).
+//!
+//! A `match_only` document that finds no record is parked `no_match` and indexed in the store
+//! under the values it matches on (its application's `match_on` keys: account number,
+//! external number, e-mail, normalised like [`crate::store::normalize_match`]). Whenever a
+//! change puts one of those values on a record of the same kind — a record is created, or
+//! updated so that it now carries it (the CRM user types the ERP account number on the CRM
+//! account; the CRM's Sync arrives) — the upsert stage wakes the documents parked under it
+//! ([`crate::store::Tx::wake_parked`]), and `release_woken` re-runs them through the whole
+//! pipeline **in the same store transaction**, right after the document that woke them.
+//!
+//! Why the same transaction: the change that makes a parked document placeable and that
+//! document's release commit together or not at all, so a crash can neither lose a release
+//! (no "ready" state to recover on start-up) nor apply one twice (the parked row, its index
+//! entries and its message-id marker change in the same write set). Each released document
+//! is a deliberate retry of its own message id: it is applied and linked, or parked again
+//! with its current reason (a new parked row); its replies and Syncs go to the outbox like
+//! any document's.
+//!
+//! The triggering document's report says which parked messages it released (`decisions`),
+//! and each released document gets its own [`Report`] in [`Report::released`] (with
+//! [`Report::released_by`] naming the trigger), which `replay` prints as its own line.
+
+use chrono::{DateTime, Utc};
+
+use crate::config::Config;
+use crate::store::{Parked, Tx, TxResult};
+
+use super::{Context, Input, Report};
+
+/// Rounds of releases one document may cause (a released document's change may release
+/// others). Bounds the work of one transaction; documents left over stay parked and indexed
+/// and are released by the next change that carries their value, or by an operator.
+const MAX_ROUNDS: usize = 16;
+
+/// Re-runs the parked documents the transaction's changes so far have woken, attaching their
+/// reports to `report` (the document whose change woke them).
+pub(super) fn release_woken(
+    tx: &Tx<'_>,
+    config: &Config,
+    trigger: &Context,
+    report: &mut Report,
+) -> TxResult<()> {
+    for _ in 0..MAX_ROUNDS {
+        let woken = tx.take_woken();
+        if woken.is_empty() {
+            return Ok(());
+        }
+        for seq in woken {
+            // Released (or re-parked under a new sequence) earlier in this transaction.
+            let Some(parked) = tx.parked(seq)? else {
+                continue;
+            };
+            let mut released = rerun(tx, config, &parked, received_at(trigger))?;
+            report.decisions.push(format!(
+                "released parked message {} ({}, {}): {}{}",
+                parked.message_id,
+                parked.source,
+                parked.reason.code(),
+                released.outcome.as_str(),
+                released
+                    .record
+                    .as_deref()
+                    .map(|r| format!(" {r}"))
+                    .unwrap_or_default()
+            ));
+            released.released_by = Some(trigger.message_id.clone());
+            report.released.push(released);
+        }
+    }
+    let left = tx.take_woken();
+    if !left.is_empty() {
+        tracing::warn!(
+            message_id = %trigger.message_id,
+            left = left.len(),
+            "Release chain too long; the remaining documents stay parked"
+        );
+    }
+    Ok(())
+}
+
+/// Runs a parked document through the whole pipeline inside `tx`, as a deliberate retry of
+/// its message id; its parked row (and index entries) go in the same transaction.
+pub(super) fn rerun(
+    tx: &Tx<'_>,
+    config: &Config,
+    parked: &Parked,
+    received_at: DateTime<Utc>,
+) -> TxResult<Report> {
+    let mut prepared = super::prepare(
+        config,
+        &Input {
+            bytes: parked.payload.as_bytes(),
+            source: &parked.source,
+            message_id: Some(&parked.message_id),
+            reply_to: None,
+            received_at,
+            retry: true,
+        },
+    );
+    prepared.ctx.unpark = Some(parked.seq);
+    super::commit_one(tx, config, &prepared)
+}
+
+/// The trigger's processing time, so a released document's replies carry the same time as
+/// the change that released it (and replay output stays reproducible).
+fn received_at(ctx: &Context) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(&ctx.now)
+        .map(|t| t.with_timezone(&Utc))
+        .unwrap_or_else(|_| Utc::now())
+}

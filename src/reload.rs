@@ -1,0 +1,233 @@
+//! Live configuration: the [`Pipeline`] the service runs, swapped by a reload (SIGHUP in
+//! `bodflow run`) between commit groups (DESIGN §4: nothing lost, nothing applied twice).
+//!
+//! The consumer takes [`Live::read`] once per commit group and holds it until the group is
+//! committed, so every document of a group is prepared and committed under one
+//! configuration. [`reload`] takes the write lock: it waits for the group in flight, then
+//! brings the store's match indexes in line with the new configuration, releases the
+//! documents of re-activated applications (their replies go to the outbox) and swaps — no
+//! group ever runs across a change, and nothing is consumed or acked differently: deliveries
+//! simply wait in the broker's prefetch meanwhile.
+//!
+//! What reloads: applications (new ones get their queue declared before the swap), users,
+//! country tables, policies, flows, limits, `hub.tenant` and `hub.account_number_format`.
+//! What needs a restart ([`RESTART_ONLY`]): `hub.store`, `hub.logical_id`, `amqp.url`,
+//! `amqp.prefetch`, `amqp.lanes`, `http.listen` — a changed value is reported (WARN, metric
+//! `bodflow_config_restart_required`) and the running value kept.
+//!
+//! An invalid file (syntax, unknown key, broken reference) is refused with the error logged
+//! (`bodflow_config_reloads_total{result="invalid"}`); a valid one that cannot be applied
+//! (the broker refuses the topology, the store cannot build an index) is refused as `failed`.
+//! Either way the running configuration stays.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::sync::{RwLock, RwLockReadGuard};
+
+use crate::config::{Config, ConfigError};
+use crate::pipeline::Pipeline;
+use crate::store::{Store, StoreError};
+use crate::telemetry::events::{emit, ConfigReloadRefused, ConfigReloaded};
+
+/// Settings a running service cannot change; a reload keeps their running value.
+pub const RESTART_ONLY: [&str; 6] = [
+    "hub.store",
+    "hub.logical_id",
+    "amqp.url",
+    "amqp.prefetch",
+    "amqp.lanes",
+    "http.listen",
+];
+
+/// The running pipeline, shared by the consumer, the outbox publisher and the reloader
+/// (cheap clone).
+#[derive(Clone)]
+pub struct Live {
+    pipeline: Arc<RwLock<Pipeline>>,
+    store: Arc<Store>,
+}
+
+impl Live {
+    pub fn new(pipeline: Pipeline) -> Live {
+        Live {
+            store: pipeline.store.clone(),
+            pipeline: Arc::new(RwLock::new(pipeline)),
+        }
+    }
+
+    /// The pipeline for one commit group; a reload waits until the guard is dropped (and,
+    /// once a reload waits, the next group waits for the reload: tokio's lock is fair).
+    /// Holding it, never wait for another holder (another lane, say): a reload queued
+    /// between the two would deadlock them.
+    pub async fn read(&self) -> RwLockReadGuard<'_, Pipeline> {
+        self.pipeline.read().await
+    }
+
+    /// A snapshot of the running pipeline, for work that needs no exclusion from reloads
+    /// (declaring topology, publishing).
+    pub async fn current(&self) -> Pipeline {
+        self.pipeline.read().await.clone()
+    }
+
+    /// The store; it never changes while the process runs.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+}
+
+/// Why a reload was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Invalid(#[from] ConfigError),
+    #[error("declaring the topology of the new configuration: {0}")]
+    Topology(#[from] crate::amqp::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("reload task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+impl ReloadError {
+    /// The `result` label: `invalid` for a file that does not load, else `failed`.
+    pub fn result(&self) -> &'static str {
+        match self {
+            ReloadError::Invalid(_) => "invalid",
+            _ => "failed",
+        }
+    }
+}
+
+/// What a reload changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reloaded {
+    /// The file read (`None`: built-in defaults).
+    pub path: Option<PathBuf>,
+    /// Changed settings that keep their running value until a restart.
+    pub restart_needed: Vec<&'static str>,
+    /// Documents of re-activated applications released from parking.
+    pub released: usize,
+}
+
+/// Re-reads the configuration as `bodflow run` resolved it at start (`--config`, else
+/// `./bodflow.toml`, else built-in defaults) and applies it (module docs). Emits
+/// [`ConfigReloaded`] or [`ConfigReloadRefused`]; on `Err` the running configuration stays.
+pub async fn reload(live: &Live, explicit: Option<PathBuf>) -> Result<Reloaded, ReloadError> {
+    let shown = explicit
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "bodflow.toml".into());
+    let result = reload_inner(live, explicit).await;
+    match &result {
+        Ok(r) => emit(ConfigReloaded {
+            path: &r
+                .path
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "(built-in defaults)".into()),
+            applications: live.read().await.config.applications.len(),
+            restart_needed: &r.restart_needed,
+            released: r.released,
+        }),
+        Err(e) => emit(ConfigReloadRefused {
+            path: &shown,
+            result: e.result(),
+            error: e,
+        }),
+    }
+    result
+}
+
+async fn reload_inner(live: &Live, explicit: Option<PathBuf>) -> Result<Reloaded, ReloadError> {
+    let (mut config, path) =
+        tokio::task::spawn_blocking(move || Config::resolve(explicit.as_deref(), &[])).await??;
+    let running = live.current().await;
+    let restart_needed = keep_running(&mut config, &running.config);
+    config.check(
+        &path
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+    )?;
+    // New applications' queues exist before any document can be routed to them.
+    crate::amqp::declare_topology(&config).await?;
+
+    let mut guard = live.pipeline.write().await;
+    let store = live.store.clone();
+    let (pipeline, released) = tokio::task::spawn_blocking(move || {
+        let pipeline = Pipeline::new(Arc::new(config), store)?;
+        let released = match pipeline.release_reactivated(chrono::Utc::now()) {
+            Ok(reports) => reports.len(),
+            Err(e) => {
+                // The new configuration is in force either way; what stayed parked is
+                // released by the next reload or start.
+                tracing::warn!(error = %e, code = e.code(), "Releasing documents of re-activated applications failed");
+                0
+            }
+        };
+        pipeline.store.flush()?;
+        Ok::<_, StoreError>((pipeline, released))
+    })
+    .await??;
+    *guard = pipeline;
+    drop(guard);
+    Ok(Reloaded {
+        path,
+        restart_needed,
+        released,
+    })
+}
+
+/// Puts the running values of [`RESTART_ONLY`] settings into `new`; returns those that
+/// differed.
+pub fn keep_running(new: &mut Config, running: &Config) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    let mut keep = |name: &'static str, differs: bool| {
+        if differs {
+            changed.push(name);
+        }
+    };
+    keep("hub.store", new.hub.store != running.hub.store);
+    keep(
+        "hub.logical_id",
+        new.hub.logical_id != running.hub.logical_id,
+    );
+    keep("amqp.url", new.amqp.url != running.amqp.url);
+    keep("amqp.prefetch", new.amqp.prefetch != running.amqp.prefetch);
+    keep("amqp.lanes", new.amqp.lanes != running.amqp.lanes);
+    keep("http.listen", new.http.listen != running.http.listen);
+    new.hub.store = running.hub.store.clone();
+    new.hub.logical_id = running.hub.logical_id.clone();
+    new.amqp = running.amqp.clone();
+    new.http = running.http.clone();
+    changed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_only_settings_keep_their_running_value_and_are_reported() {
+        let running = Config::default();
+        let mut new = Config::from_toml(
+            "[hub]\nstore = 'elsewhere'\ntenant = 'T2'\n[amqp]\nprefetch = 7\n[http]\nlisten = '0.0.0.0:1'\n[[users]]\nid = 'U-NEW'\n",
+            "t",
+        )
+        .unwrap();
+        let changed = keep_running(&mut new, &running);
+        assert_eq!(changed, ["hub.store", "amqp.prefetch", "http.listen"]);
+        assert_eq!(new.hub.store, running.hub.store);
+        assert_eq!(new.amqp.prefetch, running.amqp.prefetch);
+        assert_eq!(new.http.listen, running.http.listen);
+        // What reloads is taken.
+        assert_eq!(new.hub.tenant.as_deref(), Some("T2"));
+        assert_eq!(new.users.len(), 1);
+        let mut same = running.clone();
+        assert!(keep_running(&mut same, &running).is_empty());
+        for name in changed {
+            assert!(RESTART_ONLY.contains(&name));
+        }
+    }
+}
