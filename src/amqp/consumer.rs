@@ -85,7 +85,7 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::Channel;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, Notify, RwLockReadGuard};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -232,7 +232,8 @@ pub(super) async fn run(
     let options = consumer.options;
     let committer = async {
         let mut sequencer: Sequencer<Work> = Sequencer::default();
-        let mut commit: Option<CommitTask> = None;
+        // The commit in flight and the configuration it holds.
+        let mut commit: Option<(CommitTask, RwLockReadGuard<'_, Pipeline>)> = None;
         let mut stopping = false;
         // Set when a whole group failed: the store itself is in trouble.
         let mut paused_until: Option<Instant> = None;
@@ -421,7 +422,6 @@ fn record_prepared(span: &tracing::Span, p: &Prepared, had_message_id: bool) {
         span.record("verb", verb.as_str());
     }
 }
-
 
 /// A lane's work: the stateless stages of one delivery.
 fn prepare(inbound: Inbound) -> Work {
