@@ -2,8 +2,8 @@
 //! `bodflow run`) between commit groups (DESIGN §4: nothing lost, nothing applied twice).
 //!
 //! The consumer takes [`Live::read`] once per commit group and holds it until the group is
-//! committed, so every document of a group is prepared and committed under one
-//! configuration. [`reload`] takes the write lock: it waits for the group in flight, then
+//! committed; a document its lanes prepared under an older configuration is prepared again
+//! under the held one, so every document is prepared and committed under one configuration. [`reload`] takes the write lock: it waits for the group in flight, then
 //! brings the store's match indexes in line with the new configuration, releases the
 //! documents of re-activated applications (their replies go to the outbox) and swaps — no
 //! group ever runs across a change, and nothing is consumed or acked differently: deliveries
