@@ -71,7 +71,12 @@ fn main() {
 }
 
 async fn bench(sizes: &Sizes, full: bool) {
-    let binary = Path::new(env!("CARGO_BIN_EXE_bodflow"));
+    // BODFLOW_BENCH_BINARY runs another build (e.g. of the previous commit) through the same
+    // steps, for a before/after under the same machine load.
+    let other = std::env::var_os("BODFLOW_BENCH_BINARY").map(std::path::PathBuf::from);
+    let binary = other
+        .as_deref()
+        .unwrap_or(Path::new(env!("CARGO_BIN_EXE_bodflow")));
     let vhost = Vhost::new("load");
     let dir = tempfile::tempdir().unwrap();
     let store_dir = dir.path().join("store");

@@ -118,6 +118,17 @@ pub struct Amqp {
     pub url: String,
     /// Unacknowledged deliveries the broker may push at once (bounds memory).
     pub prefetch: u16,
+    /// Documents prepared (parsed, validated, mapped) in parallel. Deliveries of one document
+    /// key are still applied in arrival order. Default: the number of CPU cores.
+    pub lanes: usize,
+}
+
+/// More lanes than this is a typo, not a machine.
+const MAX_LANES: usize = 256;
+
+/// The default of `amqp.lanes`: one lane per core the process may use.
+pub fn default_lanes() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
 }
 
 impl Default for Amqp {
@@ -125,6 +136,7 @@ impl Default for Amqp {
         Amqp {
             url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
             prefetch: 256,
+            lanes: default_lanes(),
         }
     }
 }
@@ -134,6 +146,7 @@ impl fmt::Debug for Amqp {
         f.debug_struct("Amqp")
             .field("url", &redact_url(&self.url))
             .field("prefetch", &self.prefetch)
+            .field("lanes", &self.lanes)
             .finish()
     }
 }
@@ -614,6 +627,12 @@ impl Config {
                     .into(),
             ));
         }
+        if self.amqp.lanes == 0 || self.amqp.lanes > MAX_LANES {
+            return Err(err(
+                "amqp.lanes".into(),
+                format!("must be between 1 and {MAX_LANES}"),
+            ));
+        }
         if self.limits.max_bytes == 0 || self.limits.max_depth == 0 {
             return Err(err(
                 "limits".into(),
@@ -867,6 +886,11 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("amqp.prefetch"), "{err}");
+        let err = Config::from_toml("[amqp]\nlanes = 0\n", "t")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("amqp.lanes"), "{err}");
+        assert!(Config::from_toml("[amqp]\nlanes = 3\n", "t").is_ok_and(|c| c.amqp.lanes == 3));
         let err = Config::from_toml(
             "[[applications]]\nname='a'\nlogical_id='lid://bodflow.hub'\n",
             "t",

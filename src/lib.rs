@@ -16,7 +16,7 @@
 //!   [`pipeline::promote`] (promotion to the system of record, Acknowledge correlation).
 //! - [`store`]: the sled hub store, the only module that knows sled.
 //! - [`amqp`]: the broker edge, the only module that knows lapin: topology, the consumer
-//!   (group commit, ack discipline), the outbox publisher (confirms) and `bodflow publish`'s
+//!   (ordered parallel lanes, group commit, ack discipline), the outbox publisher (confirms) and `bodflow publish`'s
 //!   sender; [`amqp::run`] is the service.
 //! - [`config`]: the TOML configuration tree; [`reload`]: the running configuration, swapped
 //!   between commit groups on SIGHUP.

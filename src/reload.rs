@@ -2,8 +2,8 @@
 //! `bodflow run`) between commit groups (DESIGN §4: nothing lost, nothing applied twice).
 //!
 //! The consumer takes [`Live::read`] once per commit group and holds it until the group is
-//! committed, so every document of a group is prepared and committed under one
-//! configuration. [`reload`] takes the write lock: it waits for the group in flight, then
+//! committed; a document its lanes prepared under an older configuration is prepared again
+//! under the held one, so every document is prepared and committed under one configuration. [`reload`] takes the write lock: it waits for the group in flight, then
 //! brings the store's match indexes in line with the new configuration, releases the
 //! documents of re-activated applications (their replies go to the outbox) and swaps — no
 //! group ever runs across a change, and nothing is consumed or acked differently: deliveries
@@ -12,7 +12,7 @@
 //! What reloads: applications (new ones get their queue declared before the swap), users,
 //! country tables, policies, flows, limits, `hub.tenant` and `hub.account_number_format`.
 //! What needs a restart ([`RESTART_ONLY`]): `hub.store`, `hub.logical_id`, `amqp.url`,
-//! `amqp.prefetch`, `http.listen` — a changed value is reported (WARN, metric
+//! `amqp.prefetch`, `amqp.lanes`, `http.listen` — a changed value is reported (WARN, metric
 //! `bodflow_config_restart_required`) and the running value kept.
 //!
 //! An invalid file (syntax, unknown key, broken reference) is refused with the error logged
@@ -31,11 +31,12 @@ use crate::store::{Store, StoreError};
 use crate::telemetry::events::{emit, ConfigReloadRefused, ConfigReloaded};
 
 /// Settings a running service cannot change; a reload keeps their running value.
-pub const RESTART_ONLY: [&str; 5] = [
+pub const RESTART_ONLY: [&str; 6] = [
     "hub.store",
     "hub.logical_id",
     "amqp.url",
     "amqp.prefetch",
+    "amqp.lanes",
     "http.listen",
 ];
 
@@ -194,6 +195,7 @@ pub fn keep_running(new: &mut Config, running: &Config) -> Vec<&'static str> {
     );
     keep("amqp.url", new.amqp.url != running.amqp.url);
     keep("amqp.prefetch", new.amqp.prefetch != running.amqp.prefetch);
+    keep("amqp.lanes", new.amqp.lanes != running.amqp.lanes);
     keep("http.listen", new.http.listen != running.http.listen);
     new.hub.store = running.hub.store.clone();
     new.hub.logical_id = running.hub.logical_id.clone();

@@ -89,6 +89,7 @@ fn fully_populated() -> Config {
         amqp: Amqp {
             url: "amqp://localhost".into(),
             prefetch: 1,
+            lanes: 1,
         },
         http: Http {
             listen: "127.0.0.1:1".into(),

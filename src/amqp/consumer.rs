@@ -1,19 +1,32 @@
 //! Consumes `bodflow.inbound` and runs every delivery through the same [`Pipeline`] as
 //! `replay`.
 //!
+//! # Flow
+//!
+//! Deliveries are handed to the prepare lanes ([`super::lanes`]) as they arrive (decode and the
+//! stateless stages, in parallel on `amqp.lanes` threads). One committer takes what the
+//! [`Sequencer`] releases — prepared documents in arrival order, up to
+//! [`RunOptions::group_max`] — and commits them in ONE store transaction
+//! ([`Pipeline::commit_batch`]: records, message-id markers, outbox rows); while a commit
+//! runs, the next documents are prepared and queue up behind it, so groups grow with load
+//! and stay small (low latency) when the queue is quiet. An acker task flushes the store
+//! once for everything committed so far (group commit), then wakes the outbox publisher,
+//! dead-letters and acks.
+//!
 //! # Ack discipline
 //!
-//! - **Ack only what is durable.** Deliveries are taken in groups (up to
-//!   [`RunOptions::group_max`], or what arrives within [`RunOptions::group_window`] of the
-//!   first), prepared off the runtime threads, committed in ONE store transaction
-//!   ([`Pipeline::commit_batch`]: records, message-id markers, outbox rows). An acker task
-//!   then flushes the store once for every group committed so far (group commit; the
-//!   committer goes on with the next group meanwhile), and only after that flush wakes the
-//!   outbox publisher and acks the groups in order: one `basic.ack(last_tag, multiple)` when
-//!   a group's tags are contiguous, else one ack per delivery.
-//! - **Order.** One committer per process: commit order is arrival order, so deliveries for
-//!   the same document key are applied in the order the queue gave them. (Parallel lanes by
-//!   document key are the next step of issue 3.)
+//! - **Ack only what is durable.** A delivery is acked after the flush that follows its
+//!   commit, never before. The acker acks with one `basic.ack(tag, multiple)` the deliveries
+//!   below the *low-water mark* — the oldest delivery of the session not finished yet
+//!   (still preparing, committing, or waiting for a retry) — since every delivery below it
+//!   is committed and flushed; finished deliveries above the mark (they overtook a slow or
+//!   failing document of another key) are acked one by one, so they do not hold prefetch
+//!   slots. A `multiple` ack therefore never covers a delivery whose commit is not durable.
+//! - **Order.** Commits follow arrival order, so deliveries for one document key are applied
+//!   in the order the queue gave them, and normally the whole stream is applied exactly as
+//!   `replay` applies the same inputs. Only a large document still being prepared, or one
+//!   whose commit failed and waits for its retry, is stepped over — by documents of *other*
+//!   keys only ([`super::lanes`]).
 //! - **Permanent failures** (the pipeline rejects the document): the ConfirmBOD is already in
 //!   the outbox (same transaction). The delivery is then dead-lettered *by us*: the original
 //!   payload and properties plus headers `x-bodflow-stage`, `x-bodflow-code`,
@@ -33,20 +46,26 @@
 //!   marker is `rejected` or `parked` is processed again (a fixed document is applied once;
 //!   an unchanged one is rejected and dead-lettered again), while an applied one stays a
 //!   duplicate.
-//! - **Transient failures** (store errors): nothing is acked; the group's commit is retried
-//!   with doubling backoff. After [`RunOptions::store_attempts`] each delivery is tried once
-//!   on its own; those that still fail are dead-lettered with code `retries_exhausted` and
-//!   acked. Never dropped.
+//! - **Transient failures** (store errors): nothing is acked. When a group's transaction
+//!   fails, its documents are committed one by one in order; those that still fail wait for
+//!   a retry (alone, doubling backoff from [`RunOptions::retry_base`]) and hold back later
+//!   deliveries of their own key only. After [`RunOptions::store_attempts`] failed attempts a
+//!   delivery is dead-lettered with code `retries_exhausted` and acked. Never dropped. When
+//!   every document of a group fails (the store itself is failing), the committer also
+//!   pauses before the next group.
 //! - **Broker failures** (a failed ack, dead-letter publish or a closed channel) end the
 //!   session: unacked deliveries are redelivered on the next session and the message-id
-//!   markers make them duplicates. Ackers of a dead channel are never used again: a group is
-//!   local to one session.
-//! - **Shutdown** stops taking new groups, finishes (commits, flushes, acks) the group in
-//!   flight and cancels the consumer; prefetched deliveries not yet taken go back to the
-//!   queue when the channel closes.
-//! - **Reload** ([`crate::reload`]): a group is prepared and committed under one
-//!   configuration, read from [`Live`] when the group starts and held until it is committed;
-//!   a reload swaps between groups. Acks are unaffected.
+//!   markers make them duplicates. Ackers of a dead channel are never used again: the
+//!   sequencer and everything in it are local to one session.
+//! - **Shutdown** stops taking deliveries, finishes (prepares, commits, flushes, acks) the
+//!   ones taken, except those waiting for a retry, and cancels the consumer; what is not
+//!   acked goes back to the queue when the channel closes.
+//! - **Reload** ([`crate::reload`]): every commit holds [`Live::read`] until it is
+//!   committed, so a reload swaps between commits, never during one. Lanes prepare with the
+//!   pipeline in force when the delivery arrived; a document prepared under a configuration
+//!   that a reload has replaced since is prepared again under the new one inside the commit,
+//!   so each document is prepared and committed under one configuration. Acks are
+//!   unaffected.
 //!
 //! # Tracing
 //!
@@ -66,12 +85,14 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::Channel;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, Notify, RwLockReadGuard};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::field::Empty;
 use tracing::Instrument as _;
 
+use super::lanes::{self, Job, Lanes, Sequencer};
 use super::{confirmed, header_str, put_header, short, topology, Error, RunOptions};
 use crate::pipeline::{Input, Outcome, Pipeline, Prepared, Report, State};
 use crate::reload::Live;
@@ -88,14 +109,17 @@ const CONSUMER_TAG: &str = "bodflow";
 /// Reasons longer than this are cut in the `x-bodflow-reason` header.
 const MAX_REASON: usize = 1024;
 
+/// Commit retries never wait longer than this.
+const MAX_RETRY_DELAY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// What the consumer works with during one session.
 pub(super) struct Consumer<'a> {
-    /// The pipeline in force, read once per group (see the module docs).
+    /// The pipeline in force, held by each commit (see the module docs).
     pub live: &'a Live,
     pub options: &'a RunOptions,
     /// Confirm-mode channel for our own dead-letters.
     pub dead_letters: &'a Channel,
-    /// Woken after each commit: there are outbox rows to publish.
+    /// Woken after each flush: there are outbox rows to publish.
     pub wake: &'a Arc<Notify>,
     /// Set once consuming has started (the session clears it when it ends).
     pub readiness: &'a Readiness,
@@ -108,7 +132,81 @@ struct DeadLetter {
     reason: String,
 }
 
-/// Consumes until `stop` (then finishes the group in flight) or the first broker failure.
+/// What the consumer keeps beside each delivery.
+struct Tracked {
+    /// When it was taken (end-to-end latency at ack).
+    arrived: Instant,
+    /// The `delivery` span (module docs).
+    span: tracing::Span,
+    /// bodflow's place in the delivery's trace: its trace id, our span id.
+    trace: TraceContext,
+}
+
+/// A delivery on its way to a lane, with the pipeline in force when it arrived.
+struct Inbound {
+    delivery: Delivery,
+    tracked: Tracked,
+    pipeline: Pipeline,
+}
+
+/// A prepared delivery, waiting in the sequencer or being committed.
+struct Work {
+    delivery: Delivery,
+    tracked: Tracked,
+    /// The configuration it was prepared under.
+    config: Arc<crate::config::Config>,
+    prepared: Prepared,
+    /// Decided by `prepare` (rejections); the commit may add one.
+    dead: Option<DeadLetter>,
+    /// Failed commit attempts so far.
+    attempts: u32,
+}
+
+/// A delivery that is committed (or given up), for the acker.
+struct Finished {
+    delivery: Delivery,
+    tracked: Tracked,
+    dead: Option<DeadLetter>,
+}
+
+/// What the committer hands the acker after each commit.
+struct Done {
+    finished: Vec<Finished>,
+    /// Whether anything was written (a flush is needed before acking).
+    wrote: bool,
+    /// The oldest delivery tag of the session not finished yet (`None`: all are): the
+    /// `multiple` ack stays below it.
+    low: Option<u64>,
+}
+
+/// Done batches waiting for the acker (bounded: backpressure on the committer).
+const ACK_QUEUE: usize = 8;
+
+/// How one document of a group came out of its commit.
+enum Committed {
+    Applied(Box<Report>),
+    Failed(StoreError),
+    /// Not tried: an earlier document of its key (or a barrier) failed in the same group.
+    Skipped,
+}
+
+/// What a commit gives back: the group's sequence numbers and work (without their prepared
+/// documents), the prepared documents, how each came out, and the seconds it took.
+type CommitResult = (Vec<(u64, Shell)>, Vec<Prepared>, Vec<Committed>, f64);
+
+/// A commit running on the blocking pool.
+type CommitTask = JoinHandle<CommitResult>;
+
+/// A [`Work`] whose prepared document is in the commit.
+struct Shell {
+    delivery: Delivery,
+    tracked: Tracked,
+    config: Arc<crate::config::Config>,
+    dead: Option<DeadLetter>,
+    attempts: u32,
+}
+
+/// Consumes until `stop` (then finishes what it has taken) or the first broker failure.
 pub(super) async fn run(
     channel: &Channel,
     consumer: &Consumer<'_>,
@@ -125,38 +223,103 @@ pub(super) async fn run(
     if !stop.is_cancelled() {
         consumer.readiness.set_consuming(true);
     }
-    // The committer takes groups and commits them (not yet durable); the acker flushes once
-    // for every group committed so far, then dead-letters and acks them in order. While a
-    // flush waits on the disk, the next group is already being prepared and committed.
-    let (to_acker, committed) = tokio::sync::mpsc::channel::<Committed>(ACK_QUEUE);
+    let (prepared_tx, mut prepared_rx) = mpsc::unbounded_channel();
+    // Lanes prepare with the pipeline in force when a delivery arrives; refreshed from
+    // `live` whenever a commit takes it (never while one is held: see `Live::read`).
+    let mut snapshot = consumer.live.current().await;
+    let lanes = Lanes::start(snapshot.config.amqp.lanes, prepare, prepared_tx);
+    let (to_acker, committed) = mpsc::channel::<Done>(ACK_QUEUE);
+    let options = consumer.options;
     let committer = async {
+        let mut sequencer: Sequencer<Work> = Sequencer::default();
+        // The commit in flight and the configuration it holds.
+        let mut commit: Option<(CommitTask, RwLockReadGuard<'_, Pipeline>)> = None;
+        let mut stopping = false;
+        // Set when a whole group failed: the store itself is in trouble.
+        let mut paused_until: Option<Instant> = None;
+        let mut store_failures = 0u32;
         loop {
-            let first = tokio::select! {
-                biased;
-                () = stop.cancelled() => break,
-                next = deliveries.next() => next,
-            };
-            let Some(first) = first else {
-                return Err(Error::ConsumerCancelled);
-            };
-            let first = first?;
-            let mut tracked = vec![received(&first)];
-            let mut group = vec![first];
-            let deadline = Instant::now() + consumer.options.group_window;
-            while group.len() < consumer.options.group_max {
-                match tokio::time::timeout_at(deadline, deliveries.next()).await {
-                    Ok(Some(delivery)) => {
-                        let delivery = delivery?;
-                        tracked.push(received(&delivery));
-                        group.push(delivery);
-                    }
-                    Ok(None) | Err(_) => break,
+            let now = Instant::now();
+            if commit.is_none() && paused_until.is_none_or(|t| t <= now) {
+                paused_until = None;
+                let group = sequencer.take_group(now.into_std(), options.group_max, !stopping);
+                if !group.is_empty() {
+                    // Held until this commit is done: a reload waits for it.
+                    let guard = consumer.live.read().await;
+                    snapshot = guard.clone();
+                    commit = Some((start_commit(&guard, group), guard));
+                } else if stopping && !sequencer.preparing() {
+                    break;
                 }
             }
-            let done = consumer.commit_group(group, tracked).await?;
-            if to_acker.send(done).await.is_err() {
-                // The acker has stopped; its error ends the session.
-                break;
+            // Never in the past: a retry that is due but still held back must not spin.
+            let wake_at = match commit {
+                Some(_) => None,
+                None => [paused_until, sequencer.next_due().map(Instant::from_std)]
+                    .into_iter()
+                    .flatten()
+                    .min()
+                    .map(|t| t.max(Instant::now() + std::time::Duration::from_millis(1))),
+            };
+            tokio::select! {
+                biased;
+                joined = join(&mut commit) => {
+                    // Drops the guard: a waiting reload may swap now.
+                    commit = None;
+                    let (shells, prepared, results, seconds) = joined?;
+                    let outcome = finish_commit(
+                        &mut sequencer,
+                        options,
+                        shells,
+                        prepared,
+                        results,
+                        seconds,
+                    );
+                    if outcome.all_failed {
+                        store_failures += 1;
+                        paused_until = Some(Instant::now() + backoff(options, store_failures));
+                    } else {
+                        store_failures = 0;
+                    }
+                    if !outcome.done.finished.is_empty()
+                        && to_acker.send(outcome.done).await.is_err()
+                    {
+                        // The acker has stopped; its error ends the session.
+                        break;
+                    }
+                }
+                Some((seq, work)) = prepared_rx.recv() => match work {
+                    Some(work) => sequencer.ready(seq, work),
+                    None => return Err(Error::LaneFailed),
+                },
+                () = stop.cancelled(), if !stopping => stopping = true,
+                next = deliveries.next(), if !stopping => {
+                    let Some(delivery) = next else {
+                        return Err(Error::ConsumerCancelled);
+                    };
+                    let delivery = delivery?;
+                    let tracked = received(&delivery);
+                    let seq = delivery.delivery_tag;
+                    let size = delivery.data.len();
+                    sequencer.push(
+                        seq,
+                        lanes::document_key(&delivery.data),
+                        size > options.large_bytes,
+                    );
+                    let job = Job {
+                        seq,
+                        weight: size,
+                        input: Inbound {
+                            delivery,
+                            tracked,
+                            pipeline: snapshot.clone(),
+                        },
+                    };
+                    if !lanes.dispatch(job) {
+                        return Err(Error::LaneFailed);
+                    }
+                }
+                () = sleep_until(wake_at), if wake_at.is_some() => {}
             }
         }
         drop(to_acker);
@@ -169,25 +332,22 @@ pub(super) async fn run(
     Ok(())
 }
 
-/// Groups committed and waiting for the acker (bounded: backpressure on the committer).
-const ACK_QUEUE: usize = 8;
-
-/// A committed group, not yet durable: what the acker needs to finish it.
-struct Committed {
-    group: Vec<Delivery>,
-    dead: Vec<Option<DeadLetter>>,
-    /// Per delivery: arrival (end-to-end latency at ack) and span.
-    tracked: Vec<Tracked>,
+async fn join<G>(commit: &mut Option<(CommitTask, G)>) -> Result<CommitResult, Error> {
+    match commit {
+        Some((task, _)) => Ok(task.await?),
+        None => std::future::pending().await,
+    }
 }
 
-/// What the consumer keeps beside each delivery.
-struct Tracked {
-    /// When it was taken.
-    arrived: Instant,
-    /// The `delivery` span (module docs).
-    span: tracing::Span,
-    /// bodflow's place in the delivery's trace: its trace id, our span id.
-    trace: TraceContext,
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn backoff(options: &RunOptions, attempt: u32) -> std::time::Duration {
+    (options.retry_base * (1u32 << attempt.min(10))).min(MAX_RETRY_DELAY)
 }
 
 /// Counts a delivery as received and opens its span and trace.
@@ -263,188 +423,248 @@ fn record_prepared(span: &tracing::Span, p: &Prepared, had_message_id: bool) {
     }
 }
 
-impl Consumer<'_> {
-    /// Prepare → commit (with retries). Durability, dead-letters and acks are the acker's.
-    async fn commit_group(
-        &self,
-        group: Vec<Delivery>,
-        tracked: Vec<Tracked>,
-    ) -> Result<Committed, Error> {
-        // One configuration for the whole group: a reload waits for this guard.
-        let config = self.live.read().await;
-        let pipeline = config.clone();
-        let (group, tracked, prepared) = tokio::task::spawn_blocking(move || {
-            let prepared: Vec<Prepared> = group
-                .iter()
-                .zip(&tracked)
-                .map(|(d, t)| {
-                    let _span = t.span.enter();
-                    let started = std::time::Instant::now();
-                    let mut p = pipeline.prepare(&input(d));
-                    emit(StageTimed {
-                        stage: "prepare",
-                        seconds: started.elapsed().as_secs_f64(),
-                    });
-                    p.ctx.trace = Some(t.trace.clone());
-                    record_prepared(&t.span, &p, d.properties.message_id().is_some());
-                    p
-                })
-                .collect();
-            (group, tracked, prepared)
-        })
-        .await?;
-        let prepared = Arc::new(prepared);
+/// A lane's work: the stateless stages of one delivery.
+fn prepare(inbound: Inbound) -> Work {
+    let prepared = prepare_in(&inbound.pipeline, &inbound.delivery, &inbound.tracked);
+    Work {
+        dead: rejected(&prepared),
+        delivery: inbound.delivery,
+        tracked: inbound.tracked,
+        config: inbound.pipeline.config,
+        prepared,
+        attempts: 0,
+    }
+}
 
-        let mut dead: Vec<Option<DeadLetter>> = prepared.iter().map(rejected).collect();
-        let started = Instant::now();
-        match self.commit_with_retry(&config, &prepared).await {
-            Ok(reports) => {
-                emit(GroupCommitted {
-                    docs: group.len(),
-                    seconds: started.elapsed().as_secs_f64(),
-                });
-                for ((t, r), slot) in tracked.iter().zip(&reports).zip(dead.iter_mut()) {
-                    trace_delivery(t, r);
-                    if slot.is_none() {
-                        *slot = rejected_at_commit(r);
-                    }
-                }
+/// [`Pipeline::prepare`] in the delivery's span, carrying its trace.
+fn prepare_in(pipeline: &Pipeline, d: &Delivery, t: &Tracked) -> Prepared {
+    let _span = t.span.enter();
+    let started = std::time::Instant::now();
+    let mut p = pipeline.prepare(&input(d));
+    emit(StageTimed {
+        stage: "prepare",
+        seconds: started.elapsed().as_secs_f64(),
+    });
+    p.ctx.trace = Some(t.trace.clone());
+    record_prepared(&t.span, &p, d.properties.message_id().is_some());
+    p
+}
+
+/// Commits a group on the blocking pool: in one transaction, or — when that fails — one by
+/// one in order, not trying a document after a failed one of the same key (nor anything
+/// after a failed barrier).
+fn start_commit(pipeline: &Pipeline, group: Vec<(u64, Work)>) -> CommitTask {
+    let mut shells = Vec::with_capacity(group.len());
+    let mut prepared = Vec::with_capacity(group.len());
+    for (seq, w) in group {
+        shells.push((
+            seq,
+            Shell {
+                delivery: w.delivery,
+                tracked: w.tracked,
+                config: w.config,
+                dead: w.dead,
+                attempts: w.attempts,
+            },
+        ));
+        prepared.push(w.prepared);
+    }
+    let pipeline = pipeline.clone();
+    tokio::task::spawn_blocking(move || {
+        // Prepared under a configuration a reload has replaced since: again, under this one.
+        for ((_, shell), p) in shells.iter_mut().zip(prepared.iter_mut()) {
+            if !Arc::ptr_eq(&shell.config, &pipeline.config) {
+                *p = prepare_in(&pipeline, &shell.delivery, &shell.tracked);
+                shell.dead = rejected(p);
+                shell.config = pipeline.config.clone();
             }
+        }
+        let started = std::time::Instant::now();
+        let results = match pipeline.commit_batch(&prepared) {
+            Ok(reports) => reports
+                .into_iter()
+                .map(|r| Committed::Applied(Box::new(r)))
+                .collect(),
+            Err(e) if prepared.len() == 1 => vec![Committed::Failed(e)],
             Err(e) => {
-                tracing::error!(error = %e, code = e.code(), deliveries = group.len(), "Group commit failed after retries; committing one by one");
-                self.commit_singly(&config, &group, &tracked, &prepared, &mut dead)
-                    .await?;
-            }
-        }
-        drop(config);
-        Ok(Committed {
-            group,
-            dead,
-            tracked,
-        })
-    }
-
-    /// Flush → wake the outbox publisher → dead-letter the rejected → ack, for every group
-    /// committed since the last flush (one flush covers them all: group commit). Nothing is
-    /// published or acked before the flush that makes it durable.
-    async fn acknowledge(&self, mut committed: mpsc::Receiver<Committed>) -> Result<(), Error> {
-        while let Some(first) = committed.recv().await {
-            let mut ready = vec![first];
-            while let Ok(more) = committed.try_recv() {
-                ready.push(more);
-            }
-            let started = Instant::now();
-            flush(self.live.store()).await?;
-            emit(StoreFlushed {
-                seconds: started.elapsed().as_secs_f64(),
-            });
-            self.wake.notify_one();
-            for c in &ready {
-                for ((d, dl), t) in c.group.iter().zip(&c.dead).zip(&c.tracked) {
-                    if let Some(dl) = dl {
-                        dead_letter(self.dead_letters, d, dl)
-                            .instrument(t.span.clone())
-                            .await?;
+                tracing::warn!(error = %e, code = e.code(), deliveries = prepared.len(), "Group commit failed; committing one by one");
+                let mut held: Vec<Option<u64>> = Vec::new();
+                let mut results = Vec::with_capacity(prepared.len());
+                for (i, (_, shell)) in shells.iter().enumerate() {
+                    let _span = shell.tracked.span.enter();
+                    let key = lanes::document_key(&shell.delivery.data);
+                    let blocked = held.contains(&None) || (key.is_some() && held.contains(&key));
+                    if blocked {
+                        results.push(Committed::Skipped);
+                        continue;
+                    }
+                    match pipeline.commit_batch(prepared.get(i..=i).unwrap_or_default()) {
+                        Ok(mut reports) => match reports.pop() {
+                            Some(report) => results.push(Committed::Applied(Box::new(report))),
+                            None => results.push(Committed::Skipped),
+                        },
+                        Err(e) => {
+                            held.push(key);
+                            results.push(Committed::Failed(e));
+                        }
                     }
                 }
-                ack(&c.group).await?;
-                for t in &c.tracked {
-                    emit(BodAcked {
-                        seconds: t.arrived.elapsed().as_secs_f64(),
+                results
+            }
+        };
+        (shells, prepared, results, started.elapsed().as_secs_f64())
+    })
+}
+
+/// What [`finish_commit`] decided.
+struct CommitOutcome {
+    done: Done,
+    /// Every document of a group of several failed.
+    all_failed: bool,
+}
+
+/// Puts a commit's results back into the sequencer: applied ones are finished, failed ones
+/// wait for a retry (or are given up), skipped ones go back in line.
+fn finish_commit(
+    sequencer: &mut Sequencer<Work>,
+    options: &RunOptions,
+    shells: Vec<(u64, Shell)>,
+    prepared: Vec<Prepared>,
+    results: Vec<Committed>,
+    seconds: f64,
+) -> CommitOutcome {
+    let size = shells.len();
+    let mut finished = Vec::new();
+    let mut applied = 0;
+    let mut failed = 0;
+    let now = std::time::Instant::now();
+    for (((seq, shell), prepared), result) in shells.into_iter().zip(prepared).zip(results) {
+        let mut work = Work {
+            delivery: shell.delivery,
+            tracked: shell.tracked,
+            config: shell.config,
+            prepared,
+            dead: shell.dead,
+            attempts: shell.attempts,
+        };
+        match result {
+            Committed::Applied(report) => {
+                applied += 1;
+                trace_delivery(&work.tracked, &report);
+                if work.dead.is_none() {
+                    work.dead = rejected_at_commit(&report);
+                }
+                sequencer.done(seq);
+                finished.push(Finished {
+                    delivery: work.delivery,
+                    tracked: work.tracked,
+                    dead: work.dead,
+                });
+            }
+            Committed::Failed(e) => {
+                failed += 1;
+                work.attempts += 1;
+                let message_id = work.delivery.properties.message_id().clone();
+                let span = work.tracked.span.clone();
+                let _span = span.enter();
+                if work.attempts >= options.store_attempts {
+                    tracing::error!(error = %e, code = e.code(), message_id = ?message_id, attempts = work.attempts, "Delivery could not be committed; dead-lettering it");
+                    sequencer.done(seq);
+                    finished.push(Finished {
+                        delivery: work.delivery,
+                        tracked: work.tracked,
+                        dead: Some(DeadLetter {
+                            stage: "upsert",
+                            code: "retries_exhausted",
+                            reason: format!("store commit failed {} times: {e}", work.attempts),
+                        }),
                     });
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Commits the group in one transaction; retries store errors with backoff.
-    async fn commit_with_retry(
-        &self,
-        pipeline: &Pipeline,
-        prepared: &Arc<Vec<Prepared>>,
-    ) -> Result<Vec<Report>, StoreError> {
-        let mut attempt = 0;
-        loop {
-            match commit(pipeline, prepared.clone(), None).await {
-                Ok(reports) => return Ok(reports),
-                Err(e) => {
-                    attempt += 1;
-                    if attempt >= self.options.store_attempts {
-                        return Err(e);
-                    }
-                    let delay = self.options.retry_base * (1 << attempt.min(10));
+                } else {
+                    let delay = backoff(options, work.attempts);
                     emit(StoreCommitRetried {
-                        attempt,
+                        attempt: work.attempts,
                         delay_ms: delay.as_millis() as u64,
                         code: e.code(),
                         error: &e,
                     });
-                    tokio::time::sleep(delay).await;
+                    sequencer.wait(seq, work, now + delay);
                 }
             }
+            Committed::Skipped => sequencer.ready(seq, work),
         }
     }
+    if applied > 0 {
+        emit(GroupCommitted {
+            docs: applied,
+            seconds,
+        });
+    }
+    CommitOutcome {
+        done: Done {
+            wrote: applied > 0,
+            finished,
+            low: sequencer.low(),
+        },
+        all_failed: size > 1 && failed == size,
+    }
+}
 
-    /// After the group kept failing: each delivery once on its own; the ones that still fail
-    /// are dead-lettered `retries_exhausted`.
-    async fn commit_singly(
-        &self,
-        pipeline: &Pipeline,
-        group: &[Delivery],
-        tracked: &[Tracked],
-        prepared: &Arc<Vec<Prepared>>,
-        dead: &mut [Option<DeadLetter>],
-    ) -> Result<(), Error> {
-        for (i, ((d, t), slot)) in group.iter().zip(tracked).zip(dead.iter_mut()).enumerate() {
-            match commit(pipeline, prepared.clone(), Some(i)).await {
-                Ok(reports) => {
-                    for r in &reports {
-                        trace_delivery(t, r);
-                        if slot.is_none() {
-                            *slot = rejected_at_commit(r);
-                        }
-                    }
+impl Consumer<'_> {
+    /// Flush → wake the outbox publisher → dead-letter the rejected → ack, for everything
+    /// finished since the last round (one flush covers it all: group commit). Nothing is
+    /// published or acked before the flush that makes it durable.
+    async fn acknowledge(&self, mut done: mpsc::Receiver<Done>) -> Result<(), Error> {
+        while let Some(first) = done.recv().await {
+            let mut wrote = first.wrote;
+            let mut low = first.low;
+            let mut finished = first.finished;
+            while let Ok(more) = done.try_recv() {
+                wrote |= more.wrote;
+                low = more.low;
+                finished.extend(more.finished);
+            }
+            if wrote {
+                let started = Instant::now();
+                flush(self.live.store()).await?;
+                emit(StoreFlushed {
+                    seconds: started.elapsed().as_secs_f64(),
+                });
+                self.wake.notify_one();
+            }
+            // All dead-letters out first, then their confirms: one round trip, not one each.
+            let mut confirms = Vec::new();
+            for f in &finished {
+                if let Some(dl) = &f.dead {
+                    let confirm = publish_dead_letter(self.dead_letters, &f.delivery, dl)
+                        .instrument(f.tracked.span.clone())
+                        .await?;
+                    confirms.push((f, dl, confirm));
                 }
-                Err(e) => {
-                    let _span = t.span.enter();
-                    tracing::error!(error = %e, code = e.code(), message_id = ?d.properties.message_id(), "Delivery could not be committed; dead-lettering it");
-                    *slot = Some(DeadLetter {
-                        stage: "upsert",
-                        code: "retries_exhausted",
-                        reason: format!(
-                            "store commit failed {} times: {e}",
-                            self.options.store_attempts + 1
-                        ),
-                    });
-                }
+            }
+            for (f, dl, confirm) in confirms {
+                confirmed(confirm, topology::DLX).await?;
+                let _span = f.tracked.span.enter();
+                emit(DeadLettered {
+                    stage: dl.stage,
+                    code: dl.code,
+                    message_id: f
+                        .delivery
+                        .properties
+                        .message_id()
+                        .as_ref()
+                        .map(|m| m.as_str()),
+                });
+            }
+            finished.sort_by_key(|f| f.delivery.delivery_tag);
+            ack(&finished, low).await?;
+            for f in &finished {
+                emit(BodAcked {
+                    seconds: f.tracked.arrived.elapsed().as_secs_f64(),
+                });
             }
         }
         Ok(())
     }
-}
-
-/// One transaction over the whole group (or only document `only`); not yet durable.
-async fn commit(
-    pipeline: &Pipeline,
-    prepared: Arc<Vec<Prepared>>,
-    only: Option<usize>,
-) -> Result<Vec<Report>, StoreError> {
-    let pipeline = pipeline.clone();
-    tokio::task::spawn_blocking(move || {
-        let batch = match only {
-            Some(i) => prepared.get(i..=i).unwrap_or_default(),
-            None => &prepared[..],
-        };
-        pipeline.commit_batch(batch)
-    })
-    .await
-    .unwrap_or_else(|e| {
-        Err(StoreError::Corrupt {
-            key: String::new(),
-            message: format!("commit task failed: {e}"),
-        })
-    })
 }
 
 /// Makes everything committed so far durable.
@@ -555,9 +775,13 @@ fn promotion_events(r: &Report) {
     }
 }
 
-/// Publishes the delivery as it came, plus our three headers, to `bodflow.dlx`, and waits
-/// for the confirm.
-async fn dead_letter(channel: &Channel, d: &Delivery, dl: &DeadLetter) -> Result<(), Error> {
+/// Publishes the delivery as it came, plus our three headers, to `bodflow.dlx`; the caller
+/// awaits the confirm.
+async fn publish_dead_letter(
+    channel: &Channel,
+    d: &Delivery,
+    dl: &DeadLetter,
+) -> Result<lapin::PublisherConfirm, Error> {
     let mut headers = d.properties.headers().clone().unwrap_or_default();
     put_header(&mut headers, "x-bodflow-stage", dl.stage);
     put_header(&mut headers, "x-bodflow-code", dl.code);
@@ -567,7 +791,7 @@ async fn dead_letter(channel: &Channel, d: &Delivery, dl: &DeadLetter) -> Result
         .clone()
         .with_headers(headers)
         .with_delivery_mode(2);
-    let confirm = channel
+    Ok(channel
         .basic_publish(
             short(topology::DLX)?,
             d.routing_key.clone(),
@@ -578,34 +802,26 @@ async fn dead_letter(channel: &Channel, d: &Delivery, dl: &DeadLetter) -> Result
             &d.data,
             properties,
         )
-        .await?;
-    confirmed(confirm, topology::DLX).await?;
-    emit(DeadLettered {
-        stage: dl.stage,
-        code: dl.code,
-        message_id: d.properties.message_id().as_ref().map(|m| m.as_str()),
-    });
-    Ok(())
+        .await?)
 }
 
-/// Acks a processed group: one `multiple` ack when its tags are contiguous. An acker of a
-/// closed channel refuses (`Ok(false)`): that ends the session, and the broker redelivers.
-async fn ack(group: &[Delivery]) -> Result<(), Error> {
-    let Some(last) = group.last() else {
-        return Ok(());
-    };
-    let contiguous = group
-        .windows(2)
-        .all(|w| matches!(w, [a, b] if b.delivery_tag == a.delivery_tag + 1));
-    let ok = if contiguous {
-        last.acker.ack(BasicAckOptions { multiple: true }).await?
-    } else {
-        let mut all = true;
-        for d in group {
-            all &= d.acker.ack(BasicAckOptions::default()).await?;
-        }
-        all
-    };
+/// Acks finished deliveries (sorted by tag): one `multiple` ack for those below `low` (every
+/// delivery below it is finished), one ack each for the rest. An acker of a closed channel
+/// refuses (`Ok(false)`): that ends the session, and the broker redelivers.
+async fn ack(finished: &[Finished], low: Option<u64>) -> Result<(), Error> {
+    let below = finished.partition_point(|f| low.is_none_or(|low| f.delivery.delivery_tag < low));
+    let (prefix, rest) = finished.split_at(below);
+    let mut ok = true;
+    if let Some(last) = prefix.last() {
+        ok &= last
+            .delivery
+            .acker
+            .ack(BasicAckOptions { multiple: true })
+            .await?;
+    }
+    for f in rest {
+        ok &= f.delivery.acker.ack(BasicAckOptions::default()).await?;
+    }
     if ok {
         Ok(())
     } else {

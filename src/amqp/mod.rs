@@ -3,12 +3,14 @@
 //! - [`topology`]: the exchanges and queues, declared on every (re)connect.
 //! - [`consumer`]: consumes `bodflow.inbound`, runs the [`Pipeline`] with group commit and
 //!   acks only what is durable. Its module docs are the ack discipline.
+//! - [`lanes`]: parallel prepare lanes and the sequencer that keeps each document key in
+//!   arrival order.
 //! - [`publisher`]: drains the store's outbox on a confirm-mode channel.
 //! - [`dlq`]: reads, replays and discards the dead letters in `bodflow.dead`.
 //! - [`Sender`]: publishes inbound documents (`bodflow publish`, tests).
 //!
 //! [`run`] is the service: one cancellation tree (`shutdown` → stop consuming → finish the
-//! group in flight → drain the outbox within [`RunOptions::drain_timeout`] → flush the store →
+//! deliveries taken → drain the outbox within [`RunOptions::drain_timeout`] → flush the store →
 //! close the connection), and a reconnect loop around one broker *session* (connection,
 //! topology, channels). A session that fails is dropped whole, with its channels and
 //! ackers: nothing is ever acked with a tag of a dead channel; unacked deliveries come back
@@ -16,6 +18,7 @@
 
 pub mod consumer;
 pub mod dlq;
+pub mod lanes;
 pub mod publisher;
 pub mod topology;
 
@@ -56,6 +59,8 @@ pub enum Error {
     AckRefused,
     #[error("the broker cancelled the consumer")]
     ConsumerCancelled,
+    #[error("a prepare lane failed (panicked)")]
+    LaneFailed,
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("worker task failed: {0}")]
@@ -73,6 +78,7 @@ impl Error {
             Error::NotConfirmed => "not_confirmed",
             Error::AckRefused => "ack_refused",
             Error::ConsumerCancelled => "consumer_cancelled",
+            Error::LaneFailed => "lane_failed",
             Error::Store(e) => e.code(),
             Error::Task(_) => "task",
         }
@@ -116,9 +122,21 @@ pub async fn declare_topology(config: &Config) -> Result<(), Error> {
     declared
 }
 
+/// Frames bodflow asks for unless the URL sets `frame_max`. lapin keeps 32 frames of buffer
+/// each way per connection, resident from the start: 8 MiB at RabbitMQ's default of 128 KiB,
+/// 2 MiB at this size, which still carries a typical BOD in one frame.
+const FRAME_MAX: u32 = 32 * 1024;
+
 async fn connect(url: &str) -> Result<Connection, Error> {
     let properties = ConnectionProperties::default().with_connection_name("bodflow".into());
-    Ok(Connection::connect(url, properties).await?)
+    match url.parse::<lapin::uri::AMQPUri>() {
+        Ok(mut uri) => {
+            uri.query.frame_max.get_or_insert(FRAME_MAX);
+            Ok(Connection::connect_uri(uri, properties).await?)
+        }
+        // lapin reports what is wrong with the URL.
+        Err(_) => Ok(Connection::connect(url, properties).await?),
+    }
 }
 
 async fn confirm_channel(connection: &Connection) -> Result<Channel, Error> {
@@ -132,14 +150,16 @@ async fn confirm_channel(connection: &Connection) -> Result<Channel, Error> {
 /// Runtime knobs of the service; every field has a sensible default.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
-    /// Most deliveries committed in one store transaction and acked with one `multiple` ack.
+    /// Most deliveries committed in one store transaction. A group is whatever is prepared
+    /// and in line when the previous commit ends, so it grows with the load.
     pub group_max: usize,
-    /// How long a group waits for more deliveries after its first one.
-    pub group_window: Duration,
-    /// Commit attempts of a group on store errors before its deliveries are dead-lettered
-    /// `retries_exhausted` (each is first tried once on its own).
+    /// Documents larger than this (bytes) do not hold back other document keys while they
+    /// are being prepared ([`lanes`]).
+    pub large_bytes: usize,
+    /// Commit attempts of a delivery on store errors before it is dead-lettered
+    /// `retries_exhausted`.
     pub store_attempts: u32,
-    /// First retry delay of a failed commit or publish; doubles per attempt.
+    /// First retry delay of a failed commit or publish; doubles per attempt (at most 5 s).
     pub retry_base: Duration,
     /// Outbox rows published per confirm round.
     pub outbox_batch: usize,
@@ -157,7 +177,7 @@ impl Default for RunOptions {
     fn default() -> Self {
         RunOptions {
             group_max: 64,
-            group_window: Duration::from_millis(5),
+            large_bytes: 64 * 1024,
             store_attempts: 5,
             retry_base: Duration::from_millis(50),
             outbox_batch: 512,

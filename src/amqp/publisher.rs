@@ -1,20 +1,23 @@
 //! The outbox publisher: publishes the store's outbox rows on a confirm-mode channel and
 //! deletes a row only after the broker's Ack (DESIGN §4).
 //!
-//! A round reads up to [`RunOptions::outbox_batch`] rows in order, publishes them all
-//! (persistent, `mandatory`, `application/xml`, `message_id` = BODID, `correlation_id` =
-//! inbound message id, ION headers, W3C `traceparent`/`tracestate` continuing the inbound
-//! delivery's trace), then awaits their confirms and removes the acked rows.
-//! A Nack or a returned (unroutable) message keeps its row: the round counts as failed and the
-//! next one follows after a doubling backoff. Rows go to their `reply_to` queue through the
-//! default exchange when the inbound named one, else to `bodflow.out` with the receiver's
-//! logical ID.
+//! A round reads up to [`RunOptions::outbox_batch`] durable rows in order, after the last row
+//! it has taken, and publishes them all (persistent, `mandatory`, `application/xml`,
+//! `message_id` = BODID, `correlation_id` = inbound message id, ION headers, W3C
+//! `traceparent`/`tracestate` continuing the inbound delivery's trace); the round is
+//! then *settled*: its confirms awaited and the acked rows removed. Two rounds are in flight,
+//! so the next round is published while the previous one's confirms come in. A Nack or a
+//! returned (unroutable) message keeps its row: the rounds in flight are settled, and after a
+//! doubling backoff the outbox is read again from its start. Rows go to their `reply_to`
+//! queue through the default exchange when the inbound named one, else to `bodflow.out` with
+//! the receiver's logical ID.
 //!
 //! Rounds run when the consumer commits (woken), at least every [`RunOptions::outbox_poll`],
 //! and — on shutdown — until the outbox is empty or [`RunOptions::drain_timeout`] passes.
 //! Rows left over are published by the next start; a row published but not yet removed when
 //! the process dies is published again (at least once; receivers dedupe by BODID).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,11 +46,47 @@ pub(super) struct Publisher {
     pub session: CancellationToken,
 }
 
-/// What one round did.
-#[derive(Debug, Default, Clone, Copy)]
+/// Rounds published and not yet settled (confirmed and removed). Two: one round's confirms
+/// are awaited while the next one is being published.
+const ROUNDS_IN_FLIGHT: usize = 2;
+
+/// A published round, awaiting its confirms.
 struct Round {
+    started: std::time::Instant,
+    rows: Vec<Sent>,
+}
+
+/// A published row: what its confirm settles, and what a failure log names.
+struct Sent {
+    seq: u64,
+    bod_id: String,
+    to: String,
+    reply_to: Option<String>,
+    confirm: lapin::PublisherConfirm,
+}
+
+/// Where the publisher is in the outbox.
+#[derive(Default)]
+struct Progress {
+    /// The next row sequence to read: rows below it are published (in flight or settled).
+    cursor: u64,
+    rounds: VecDeque<Round>,
+    /// Consecutive rounds with a refused row.
+    failures: u32,
+    /// Rows published and confirmed so far.
     published: usize,
-    failed: usize,
+}
+
+/// What one [`Publisher::step`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Published,
+    Settled,
+    /// A row was refused: every round in flight is settled and the outbox is read again from
+    /// the start after a backoff.
+    Refused,
+    /// Nothing in flight and nothing to read.
+    Idle,
 }
 
 pub(super) async fn run(publisher: Publisher) -> Result<(), Error> {
@@ -60,28 +99,31 @@ pub(super) async fn run(publisher: Publisher) -> Result<(), Error> {
 
 impl Publisher {
     async fn run_inner(&self) -> Result<(), Error> {
-        let mut failures = 0u32;
+        let mut progress = Progress::default();
         while !self.stop.is_cancelled() {
-            let round = self.round().await?;
-            if round.failed > 0 {
-                failures += 1;
-                tokio::select! {
-                    () = self.stop.cancelled() => {}
-                    () = tokio::time::sleep(self.backoff(failures)) => {}
+            match self.step(&mut progress).await? {
+                Step::Published | Step::Settled => {}
+                Step::Refused => {
+                    tokio::select! {
+                        () = self.stop.cancelled() => {}
+                        () = tokio::time::sleep(self.backoff(progress.failures)) => {}
+                    }
                 }
-            } else if round.published == 0 {
-                failures = 0;
-                tokio::select! {
-                    () = self.stop.cancelled() => {}
-                    () = self.wake.notified() => {}
-                    () = tokio::time::sleep(self.options.outbox_poll) => {}
+                Step::Idle => {
+                    tokio::select! {
+                        () = self.stop.cancelled() => {}
+                        () = self.wake.notified() => {}
+                        () = tokio::time::sleep(self.options.outbox_poll) => {}
+                    }
                 }
-            } else {
-                failures = 0;
             }
         }
+        while let Some(round) = progress.rounds.pop_front() {
+            self.settle(round, &mut progress).await?;
+        }
         if self.shutdown.is_cancelled() {
-            match tokio::time::timeout(self.options.drain_timeout, self.drain()).await {
+            match tokio::time::timeout(self.options.drain_timeout, self.drain(&mut progress)).await
+            {
                 Ok(result) => result?,
                 Err(_) => {
                     tracing::warn!(timeout_s = self.options.drain_timeout.as_secs_f64(), "Outbox not drained before the timeout; the rest is published on the next start")
@@ -95,71 +137,96 @@ impl Publisher {
         (self.options.retry_base * (1 << failures.min(7))).min(Duration::from_secs(5))
     }
 
-    /// Rounds until the outbox is empty.
-    async fn drain(&self) -> Result<(), Error> {
-        let mut failures = 0;
-        loop {
-            let round = self.round().await?;
-            if round.failed > 0 {
-                failures += 1;
-                tokio::time::sleep(self.backoff(failures)).await;
-            } else if round.published == 0 {
-                return Ok(());
-            }
-        }
-    }
-
-    /// Rounds until the outbox is empty, giving up after `max_failures` failed rounds in a
+    /// Steps until the outbox is empty, giving up after `max_failures` refused rounds in a
     /// row (rows the broker did not accept stay in the outbox); returns the rows published.
     pub(super) async fn drain_counting(&self, max_failures: u32) -> Result<usize, Error> {
-        let (mut published, mut failures) = (0, 0);
+        let mut progress = Progress::default();
         loop {
-            let round = self.round().await?;
-            published += round.published;
-            if round.failed > 0 {
-                failures += 1;
-                if failures >= max_failures {
+            match self.step(&mut progress).await? {
+                Step::Published | Step::Settled => {}
+                Step::Refused if progress.failures >= max_failures => {
                     return Err(Error::Nacked(format!(
-                        "{} outbox row(s) after {failures} rounds",
-                        round.failed
-                    )));
+                        "outbox rows still refused after {} rounds",
+                        progress.failures
+                    )))
                 }
-                tokio::time::sleep(self.backoff(failures)).await;
-            } else if round.published == 0 {
-                return Ok(published);
-            } else {
-                failures = 0;
+                Step::Refused => tokio::time::sleep(self.backoff(progress.failures)).await,
+                Step::Idle => return Ok(progress.published),
             }
         }
     }
 
-    /// Publishes one batch of rows and removes those the broker acked.
-    async fn round(&self) -> Result<Round, Error> {
-        let store = self.pipeline.store.clone();
-        let batch = self.options.outbox_batch;
-        let rows = tokio::task::spawn_blocking(move || {
-            store
-                .durable_outbox()
-                .take(batch)
-                .collect::<Result<Vec<_>, _>>()
-        })
-        .await??;
-        if rows.is_empty() {
-            return Ok(Round::default());
+    /// Steps until the outbox is empty.
+    async fn drain(&self, progress: &mut Progress) -> Result<(), Error> {
+        progress.cursor = 0;
+        loop {
+            match self.step(progress).await? {
+                Step::Published | Step::Settled => {}
+                Step::Refused => tokio::time::sleep(self.backoff(progress.failures)).await,
+                Step::Idle => return Ok(()),
+            }
         }
-        let started = std::time::Instant::now();
-        let mut pending = Vec::with_capacity(rows.len());
-        for (seq, row) in &rows {
-            let confirm = self.publish(row).await?;
-            pending.push((*seq, row, confirm));
+    }
+
+    /// Publishes the next durable rows when fewer than [`ROUNDS_IN_FLIGHT`] rounds are out,
+    /// else settles the oldest round.
+    async fn step(&self, progress: &mut Progress) -> Result<Step, Error> {
+        if progress.rounds.len() < ROUNDS_IN_FLIGHT {
+            let store = self.pipeline.store.clone();
+            let (from, batch) = (progress.cursor, self.options.outbox_batch);
+            let rows = tokio::task::spawn_blocking(move || {
+                store
+                    .durable_outbox_from(from)
+                    .take(batch)
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .await??;
+            if let Some((last, _)) = rows.last() {
+                progress.cursor = last + 1;
+                let started = std::time::Instant::now();
+                let mut sent = Vec::with_capacity(rows.len());
+                for (seq, row) in rows {
+                    let confirm = self.publish(&row).await?;
+                    sent.push(Sent {
+                        seq,
+                        bod_id: row.bod_id,
+                        to: row.to,
+                        reply_to: row.reply_to,
+                        confirm,
+                    });
+                }
+                progress.rounds.push_back(Round {
+                    started,
+                    rows: sent,
+                });
+                return Ok(Step::Published);
+            }
         }
-        let mut done = Vec::with_capacity(rows.len());
-        let mut round = Round::default();
-        for (seq, row, confirm) in pending {
-            match confirmed(confirm, &row.bod_id).await {
-                Ok(()) => done.push(seq),
+        let Some(round) = progress.rounds.pop_front() else {
+            return Ok(Step::Idle);
+        };
+        if self.settle(round, progress).await? == 0 {
+            progress.failures = 0;
+            return Ok(Step::Settled);
+        }
+        while let Some(round) = progress.rounds.pop_front() {
+            self.settle(round, progress).await?;
+        }
+        progress.failures += 1;
+        progress.cursor = 0;
+        Ok(Step::Refused)
+    }
+
+    /// Awaits a round's confirms and removes the rows the broker acked; returns how many it
+    /// refused (kept for the retry).
+    async fn settle(&self, round: Round, progress: &mut Progress) -> Result<usize, Error> {
+        let mut done = Vec::with_capacity(round.rows.len());
+        let mut failed = 0;
+        for row in round.rows {
+            match confirmed(row.confirm, &row.bod_id).await {
+                Ok(()) => done.push(row.seq),
                 Err(e @ (Error::Nacked(_) | Error::Returned(_) | Error::NotConfirmed)) => {
-                    round.failed += 1;
+                    failed += 1;
                     emit(OutboxRowRefused {
                         code: e.code(),
                         error: &e,
@@ -171,16 +238,16 @@ impl Publisher {
                 Err(e) => return Err(e),
             }
         }
-        round.published = done.len();
-        if round.published > 0 {
+        progress.published += done.len();
+        if !done.is_empty() {
             emit(OutboxPublished {
-                rows: round.published,
-                confirm_seconds: started.elapsed().as_secs_f64(),
+                rows: done.len(),
+                confirm_seconds: round.started.elapsed().as_secs_f64(),
             });
+            let store = self.pipeline.store.clone();
+            tokio::task::spawn_blocking(move || store.remove_outbox(&done)).await??;
         }
-        let store = self.pipeline.store.clone();
-        tokio::task::spawn_blocking(move || store.remove_outbox(&done)).await??;
-        Ok(round)
+        Ok(failed)
     }
 
     async fn publish(&self, row: &OutboxRow) -> Result<lapin::PublisherConfirm, Error> {

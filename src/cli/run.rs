@@ -3,7 +3,7 @@
 //! `POST /resync`, and the configured resync schedules run beside it), then hands over to
 //! [`crate::amqp::run_with`] with SIGINT/SIGTERM as its shutdown; exit 0 after a clean stop.
 //!
-//! Shutdown order: stop consuming → finish the group in flight → drain the outbox → flush
+//! Shutdown order: stop consuming → finish the deliveries taken → drain the outbox → flush
 //! the store → close the broker → stop HTTP (so `/metrics` and `/readyz` answer until the
 //! very end, `/readyz` with 503 from the moment shutdown is requested).
 //!

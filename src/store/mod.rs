@@ -187,6 +187,12 @@ fn decode_outbox(k: &[u8], bytes: &[u8]) -> Result<OutboxRow, StoreError> {
 /// Rows per outbox group; a row's sequence is `group << ROW_BITS | index`.
 const ROW_BITS: u32 = 16;
 
+/// A transaction starts a new outbox group once its current one holds this many bytes. sled
+/// writes a page over 128 KiB (a quarter of its 512 KiB segment) as a separate blob file,
+/// created, read back and deleted for every group: whole transactions' worth of documents
+/// in one value made the outbox the costliest (and largest) thing in the store.
+const GROUP_BYTES: usize = 24 * 1024;
+
 /// An outbox group: each row as a length-prefixed encoded row; a published row becomes an
 /// empty slot so the others keep their index, and the group goes when every slot is empty.
 /// One key per transaction instead of one per row: the outbox is the hottest write path.
@@ -237,8 +243,10 @@ fn match_tag(k: MatchKey) -> &'static str {
     }
 }
 
-/// sled's page cache. Bounded so replay and the service stay within their memory budget.
-const CACHE_BYTES: u64 = 16 * 1024 * 1024;
+/// sled's page cache. Bounded so replay and the service stay within their memory budget:
+/// sled's resident memory is several times this figure, and a larger cache did not make
+/// `bodflow run` faster (the records it updates are spread over the whole store anyway).
+const CACHE_BYTES: u64 = 4 * 1024 * 1024;
 
 /// The open store. Open once per process (sled holds a file lock).
 pub struct Store {
@@ -381,8 +389,17 @@ impl Store {
     pub fn durable_outbox(
         &self,
     ) -> impl Iterator<Item = Result<(u64, OutboxRow), StoreError>> + '_ {
+        self.durable_outbox_from(0)
+    }
+
+    /// [`Store::durable_outbox`] from row sequence `from` on: a publisher that remembers
+    /// what it has taken reads only the rows after it.
+    pub fn durable_outbox_from(
+        &self,
+        from: u64,
+    ) -> impl Iterator<Item = Result<(u64, OutboxRow), StoreError>> + '_ {
         let durable = self.seqs.durable_outbox.load(Ordering::Relaxed);
-        self.outbox().take_while(move |r| {
+        self.outbox_from(from).take_while(move |r| {
             r.as_ref()
                 .map_or(true, |(seq, _)| seq >> ROW_BITS < durable)
         })
@@ -427,15 +444,28 @@ impl Store {
 
     /// Pending outbox rows in the order they were written.
     pub fn outbox(&self) -> impl Iterator<Item = Result<(u64, OutboxRow), StoreError>> + '_ {
+        self.outbox_from(0)
+    }
+
+    /// Pending outbox rows with a sequence of at least `from`, in order.
+    pub fn outbox_from(
+        &self,
+        from: u64,
+    ) -> impl Iterator<Item = Result<(u64, OutboxRow), StoreError>> + '_ {
+        let start = seq_key(b'o', from >> ROW_BITS);
+        let first_row = from & ((1 << ROW_BITS) - 1);
+        let first_group = from >> ROW_BITS;
         let in_memory: Vec<Result<(u64, OutboxRow), StoreError>> = self
             .memory_outbox()
             .map(|memory| {
                 memory
-                    .iter()
+                    .range(first_group..)
                     .flat_map(|(group, rows)| {
                         let k = seq_key(b'o', *group);
+                        let skip = if *group == first_group { first_row } else { 0 };
                         rows.iter()
                             .enumerate()
+                            .skip(skip as usize)
                             .filter(|(_, r)| !r.is_empty())
                             .map(move |(i, r)| {
                                 Ok(((group << ROW_BITS) | i as u64, decode_outbox(&k, r)?))
@@ -445,15 +475,17 @@ impl Store {
                     .collect()
             })
             .unwrap_or_default();
-        let stored = self.hub.scan_prefix([b'o']).flat_map(|item| {
+        let stored = self.hub.range(start..vec![b'o' + 1]).flat_map(move |item| {
             let rows: Vec<Result<(u64, OutboxRow), StoreError>> = match item {
                 Err(e) => vec![Err(e.into())],
                 Ok((k, v)) => match decode_group(&k, &v) {
                     Err(e) => vec![Err(e)],
                     Ok(rows) => {
                         let group = seq_of(&k);
+                        let skip = if group == first_group { first_row } else { 0 };
                         rows.iter()
                             .enumerate()
+                            .skip(skip as usize)
                             .filter(|(_, r)| !r.is_empty())
                             .map(|(i, r)| {
                                 Ok(((group << ROW_BITS) | i as u64, decode_outbox(&k, r)?))
@@ -770,10 +802,9 @@ impl Tx<'_> {
     /// Adds an outbox row to this transaction's group; returns the row's sequence.
     pub fn push_outbox(&self, row: &OutboxRow) -> TxResult<u64> {
         let mut pending = self.outbox.borrow_mut();
-        if pending
-            .as_ref()
-            .is_some_and(|(_, rows)| rows.len() >= 1 << ROW_BITS)
-        {
+        if pending.as_ref().is_some_and(|(_, rows)| {
+            rows.len() >= 1 << ROW_BITS || rows.iter().map(Vec::len).sum::<usize>() >= GROUP_BYTES
+        }) {
             drop(pending);
             self.write_outbox_group()?;
             pending = self.outbox.borrow_mut();
@@ -1017,6 +1048,14 @@ mod tests {
         );
         assert_eq!(store.outbox_row(seqs[0]).unwrap().unwrap(), row(0));
 
+        let from: Vec<String> = store
+            .outbox_from(seqs[1])
+            .map(|r| r.map(|(_, row)| row.bod_id))
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(from, ["b1", "b2", "b9"]);
+        assert_eq!(store.outbox_from(later + 1).count(), 0);
+
         store.remove_outbox(&[seqs[0], seqs[2]]).unwrap();
         let left: Vec<String> = store
             .outbox()
@@ -1032,6 +1071,32 @@ mod tests {
             0,
             "empty groups are deleted"
         );
+    }
+
+    #[test]
+    fn a_large_transaction_spreads_its_outbox_rows_over_small_groups() {
+        let store = Store::temporary().unwrap();
+        let big = |n: u32| OutboxRow {
+            xml: format!("<x n=\"{n}\">{}</x>", "y".repeat(3000)),
+            ..row(n)
+        };
+        let seqs = store
+            .transact(|tx| {
+                (0..40)
+                    .map(|n| tx.push_outbox(&big(n)))
+                    .collect::<TxResult<Vec<u64>>>()
+            })
+            .unwrap();
+        assert!(seqs.windows(2).all(|w| w[1] > w[0]), "in order");
+        let groups = store.hub.scan_prefix([b'o']).count();
+        assert!(groups >= 4, "{groups} groups for 120 KB of rows");
+        for item in store.hub.scan_prefix([b'o']) {
+            assert!(item.unwrap().1.len() < GROUP_BYTES + 4096);
+        }
+        let listed: Vec<u64> = store.outbox().map(|r| r.unwrap().0).collect();
+        assert_eq!(listed, seqs);
+        let from: Vec<u64> = store.outbox_from(seqs[17]).map(|r| r.unwrap().0).collect();
+        assert_eq!(from, seqs[17..]);
     }
 
     #[test]

@@ -269,6 +269,24 @@ impl Event for OutboxPublished {
     }
 }
 
+/// A prepare lane got work (`busy`) or ran out of it.
+pub struct LaneActivity {
+    pub lane: usize,
+    pub busy: bool,
+}
+
+impl Event for LaneActivity {
+    fn emit(self) {
+        tracing::trace!(lane = self.lane, busy = self.busy, "Lane activity");
+        let gauge = &metrics().lanes_busy;
+        if self.busy {
+            gauge.inc();
+        } else {
+            gauge.dec();
+        }
+    }
+}
+
 /// Periodic sample of what is too costly to count per message.
 pub struct StoreSampled {
     /// `None` when the size could not be read (the gauge keeps its last value).

@@ -60,6 +60,7 @@ pub struct Metrics {
     pub(crate) resync_syncs: IntCounterVec,
     pub(crate) parked_released: IntCounterVec,
     pub(crate) promotions: IntCounterVec,
+    pub(crate) lanes_busy: IntGauge,
 }
 
 /// The stages timed into `bodflow_stage_duration_seconds`: per document `decode`, `validate`,
@@ -262,6 +263,10 @@ impl Metrics {
                     ),
                     &["event"],
                 )?,
+            )?,
+            lanes_busy: reg(
+                &registry,
+                IntGauge::new("bodflow_lanes_busy", "Lanes preparing documents or with documents queued (of amqp.lanes).")?,
             )?,
             registry,
         }
