@@ -163,17 +163,17 @@ async fn sighup_reloads_under_load_lose_nothing_and_apply_nothing_twice() {
     };
     let with_user = format!("{original}\n[[users]]\nid = \"U-NEW\"\n");
     let with_app = format!("{with_user}{LATE_APP}");
-    step(&mut child, 10, &with_user, "applied");
-    step(&mut child, 25, &with_app, "applied");
+    step(&mut child, 5, &with_user, "applied");
+    step(&mut child, 15, &with_app, "applied");
     step(
         &mut child,
-        40,
+        25,
         &format!("{with_app}\n[limits]\nmax_bytez = 1\n"),
         "invalid",
     );
     step(
         &mut child,
-        55,
+        35,
         &with_app.replace(
             "tenant = \"LOAD\"\n",
             "tenant = \"LOAD\"\n[amqp]\nprefetch = 17\n",
