@@ -11,6 +11,10 @@
 //!
 //! Rounds run when the consumer commits (woken), at least every [`RunOptions::outbox_poll`],
 //! and — on shutdown — until the outbox is empty or [`RunOptions::drain_timeout`] passes.
+//! With `tracking.enabled`, each round also writes the confirm times of the rows it removed
+//! on their messages' timelines (one store batch per round); a failure there is logged and
+//! does not fail the round.
+//!
 //! Rows left over are published by the next start; a row published but not yet removed when
 //! the process dies is published again (at least once; receivers dedupe by BODID).
 
@@ -25,8 +29,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::{confirmed, put_header, short, topology, Error, RunOptions};
 use crate::pipeline::Pipeline;
+use crate::store::track::{Confirmed, Millis};
 use crate::store::OutboxRow;
-use crate::telemetry::events::{emit, OutboxPublished};
+use crate::telemetry::events::{emit, OutboxPublished, TrackingConfirmed, TrackingFailed};
 
 /// Everything the publisher task owns for one session.
 pub(super) struct Publisher {
@@ -129,10 +134,22 @@ impl Publisher {
             pending.push((*seq, row, confirm));
         }
         let mut done = Vec::with_capacity(rows.len());
+        let track = self.pipeline.config.tracking.enabled;
+        // (message id, BODID, confirm time) of the confirmed rows, for their timelines.
+        let mut confirms: Vec<(String, String, Millis)> = Vec::new();
         let mut round = Round::default();
         for (seq, row, confirm) in pending {
             match confirmed(confirm, &row.bod_id).await {
-                Ok(()) => done.push(seq),
+                Ok(()) => {
+                    done.push(seq);
+                    if track {
+                        confirms.push((
+                            row.correlation_id.clone(),
+                            row.bod_id.clone(),
+                            Millis::now(),
+                        ));
+                    }
+                }
                 Err(e @ (Error::Nacked(_) | Error::Returned(_) | Error::NotConfirmed)) => {
                     round.failed += 1;
                     tracing::warn!(error = %e, code = e.code(), bod_id = %row.bod_id, to = %row.to, reply_to = row.reply_to.as_deref().unwrap_or(""), "Outbox row not accepted by the broker; kept for retry");
@@ -148,7 +165,28 @@ impl Publisher {
             });
         }
         let store = self.pipeline.store.clone();
-        tokio::task::spawn_blocking(move || store.remove_outbox(&done)).await??;
+        tokio::task::spawn_blocking(move || {
+            store.remove_outbox(&done)?;
+            if !confirms.is_empty() {
+                let confirms: Vec<Confirmed<'_>> = confirms
+                    .iter()
+                    .map(|(message_id, bod_id, at)| Confirmed {
+                        message_id,
+                        bod_id,
+                        at: *at,
+                    })
+                    .collect();
+                match store.track_confirms(&confirms) {
+                    Ok(outputs) => emit(TrackingConfirmed { outputs }),
+                    Err(e) => emit(TrackingFailed {
+                        action: "confirm",
+                        error: &e,
+                    }),
+                }
+            }
+            Ok::<_, crate::store::StoreError>(())
+        })
+        .await??;
         Ok(round)
     }
 

@@ -10,6 +10,7 @@ mod publish;
 mod records;
 mod replay;
 mod run;
+mod track;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -68,6 +69,9 @@ enum Command {
         #[command(subcommand)]
         action: dlq::Action,
     },
+    /// Where is my message? Its timeline by message id or BODID: received, each stage's
+    /// decision, outcome, outputs and their publish confirms.
+    Track(track::Args),
 }
 
 fn init_logging(format: LogFormat) {
@@ -96,6 +100,7 @@ pub fn main() -> ExitCode {
         Command::Publish(args) => publish::run(args),
         Command::Parked { action } => parked::run(action),
         Command::Dlq { action } => dlq::run(action),
+        Command::Track(args) => track::run(args),
     };
     match result {
         Ok(code) => code,

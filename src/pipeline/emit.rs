@@ -5,6 +5,10 @@
 //! that message's outputs, so a re-emit after a crash (the message
 //! redelivered before its ack) is recognisably the same document.
 //!
+//! Outputs it decides not to write (a receiver that is inactive or whose outbound flow is off,
+//! a ConfirmBOD the sender did not ask for or cannot be routed) are stated as `emit`
+//! [`Decision`]s, so tracking can say why a document did not reach someone.
+//!
 //! Routing: replies (ConfirmBOD, Acknowledge) go to the inbound `reply_to` when given, else to
 //! the sender's application; `Sync<Noun>` goes to each subscribed application. A reply for a
 //! sender bodflow does not know is only written when `reply_to` names a destination: on
@@ -18,7 +22,7 @@ use crate::config::{Application, Config, DeleteMode, FieldGroup};
 use crate::store::{Fields, HubRecord, Kind, OutboxRow, TxResult};
 
 use super::validate::MAX_ID;
-use super::{country, Context, OutputReport, RejectedProcess, Rejection};
+use super::{country, Context, Decision, OutputReport, RejectedProcess, Rejection, Stage};
 
 /// `schemeName` of an ID that is a bodflow hub ID rather than the receiver's own.
 pub const HUB_ID_SCHEME: &str = "bodflow.HubID";
@@ -30,6 +34,7 @@ pub struct Emitter<'a> {
     digest: String,
     count: u32,
     outputs: Vec<OutputReport>,
+    notes: Vec<Decision>,
 }
 
 impl<'a> Emitter<'a> {
@@ -41,11 +46,13 @@ impl<'a> Emitter<'a> {
             digest,
             count: 0,
             outputs: Vec::new(),
+            notes: Vec::new(),
         }
     }
 
-    pub fn into_outputs(self) -> Vec<OutputReport> {
-        self.outputs
+    /// The outputs written, and the decisions about the ones not written.
+    pub fn finish(self) -> (Vec<OutputReport>, Vec<Decision>) {
+        (self.outputs, self.notes)
     }
 
     fn next_bod_id(&mut self) -> String {
@@ -68,6 +75,7 @@ impl<'a> Emitter<'a> {
             to: row.reply_to.unwrap_or(row.to),
             file: None,
             seq,
+            bod_id: row.bod_id,
         });
         Ok(())
     }
@@ -134,7 +142,17 @@ impl<'a> Emitter<'a> {
             message: &rejection.message,
             path: rejection.path.as_deref(),
         };
-        if self.confirmation_code() != "Never" {
+        if self.confirmation_code() == "Never" {
+            self.notes.push(Decision::new(
+                Stage::Emit,
+                "no ConfirmBOD: the sender's ConfirmationCode is Never",
+            ));
+        } else if self.reply_route(app).is_none() {
+            self.notes.push(Decision::new(
+                Stage::Emit,
+                "no ConfirmBOD: the sender is not a configured application and the delivery has no reply_to",
+            ));
+        } else {
             let bod_id = self.next_bod_id();
             let xml = write::confirm_bod(
                 &self.envelope(&bod_id, None),
@@ -299,19 +317,36 @@ impl<'a> Emitter<'a> {
             (Some(acc), Kind::Contact) => tx.record(acc)?,
             _ => None,
         };
+        // Receivers left out, with why (a receiver that never heard of a deleted record is
+        // not worth a word).
+        let mut skipped: Vec<String> = Vec::new();
         for (i, app) in self.config.applications.iter().enumerate() {
-            if i == sender || !app.active {
+            if i == sender {
+                continue;
+            }
+            if !app.active {
+                skipped.push(format!("{:?} (inactive)", app.name));
                 continue;
             }
             let outbound = app.flows_for(record.kind.noun()).outbound;
             let xref = record.xref_for(&app.logical_id);
+            let off = |what: &str| format!("{:?} (outbound {what} off)", app.name);
             let action = match (deleted, xref) {
                 (true, None) => continue,
-                (true, Some(_)) if outbound.delete.0 == DeleteMode::Off => continue,
+                (true, Some(_)) if outbound.delete.0 == DeleteMode::Off => {
+                    skipped.push(off("deletes"));
+                    continue;
+                }
                 (true, Some(_)) => "Delete",
-                (false, Some(_)) if !outbound.update => continue,
+                (false, Some(_)) if !outbound.update => {
+                    skipped.push(off("updates"));
+                    continue;
+                }
                 (false, Some(_)) => "Change",
-                (false, None) if !outbound.create => continue,
+                (false, None) if !outbound.create => {
+                    skipped.push(off("creates"));
+                    continue;
+                }
                 (false, None) => "Add",
             };
             let fields = select_fields(&record.fields, outbound.fields.as_deref());
@@ -380,6 +415,17 @@ impl<'a> Emitter<'a> {
                 xml,
             };
             self.push(tx, row)?;
+        }
+        if !skipped.is_empty() {
+            self.notes.push(Decision::new(
+                Stage::Emit,
+                format!(
+                    "no Sync{} of {} to {}",
+                    record.kind.noun(),
+                    record.id,
+                    skipped.join(", ")
+                ),
+            ));
         }
         Ok(())
     }

@@ -28,7 +28,8 @@ use crate::store::{
 
 use super::emit::Emitter;
 use super::{
-    Action, Context, Doc, Intent, Item, NounReport, Outcome, Rejection, Report, Stage, Verb,
+    Action, Context, Decision, Doc, Intent, Item, NounReport, Outcome, ParkedAs, Rejection, Report,
+    Stage, Verb,
 };
 
 /// The result of one document's transaction.
@@ -37,6 +38,8 @@ pub struct Applied {
     pub items: Vec<ItemResult>,
     pub rejection: Option<Rejection>,
     pub outputs: Vec<super::OutputReport>,
+    /// What emit decided not to send, and why.
+    pub emitted: Vec<Decision>,
     /// Set when the whole document was a duplicate by message id.
     pub duplicate_message: bool,
 }
@@ -50,7 +53,9 @@ pub struct ItemResult {
     /// mastership may make differ from what the document asked for).
     pub owner: Option<String>,
     pub country: Option<String>,
-    pub notes: Vec<String>,
+    pub notes: Vec<Decision>,
+    /// Set when the item was parked.
+    pub parked: Option<ParkedAs>,
 }
 
 impl ItemResult {
@@ -61,7 +66,8 @@ impl ItemResult {
             record,
             owner: None,
             country: None,
-            notes: vec![note],
+            notes: vec![Decision::new(Stage::Upsert, note)],
+            parked: None,
         }
     }
 
@@ -76,7 +82,11 @@ impl ItemResult {
                 .address
                 .as_ref()
                 .and_then(|a| a.country.clone()),
-            notes,
+            notes: notes
+                .into_iter()
+                .map(|n| Decision::new(Stage::Upsert, n))
+                .collect(),
+            parked: None,
         }
     }
 }
@@ -103,6 +113,7 @@ pub fn duplicate_message(ctx: &Context, marker: &Marker) -> Applied {
         )],
         rejection: None,
         outputs: Vec::new(),
+        emitted: Vec::new(),
         duplicate_message: true,
     }
 }
@@ -134,10 +145,12 @@ pub fn apply(tx: &Tx<'_>, config: &Config, ctx: &Context, doc: &Doc) -> TxResult
         };
         em.rejection(tx, Some(doc.app), &rejection, None)?;
         put_marker(tx, ctx, Outcome::Rejected, None)?;
+        let (outputs, emitted) = em.finish();
         return Ok(Applied {
             items: Vec::new(),
             rejection: Some(rejection),
-            outputs: em.into_outputs(),
+            outputs,
+            emitted,
             duplicate_message: false,
         });
     }
@@ -166,10 +179,12 @@ pub fn apply(tx: &Tx<'_>, config: &Config, ctx: &Context, doc: &Doc) -> TxResult
     if outcome != Outcome::Duplicate {
         em.success(tx, doc.app, outcome.as_str(), &records)?;
     }
+    let (outputs, emitted) = em.finish();
     Ok(Applied {
         items,
         rejection: None,
-        outputs: em.into_outputs(),
+        outputs,
+        emitted,
         duplicate_message: false,
     })
 }
@@ -186,6 +201,7 @@ fn put_marker(
             outcome: outcome.as_str().into(),
             record,
             bod_id: ctx.area.as_ref().and_then(|a| a.bod_id.clone()),
+            tracked: ctx.tracked_at(),
         },
     )
 }
@@ -599,7 +615,7 @@ fn place_new(
 ) -> TxResult<ItemResult> {
     let policy = app.create_policy;
     let park = |reason: ParkReason, note: String| -> TxResult<ItemResult> {
-        tx.park(Parked {
+        let seq = tx.park(Parked {
             seq: 0,
             message_id: ctx.message_id.clone(),
             reason,
@@ -608,7 +624,10 @@ fn place_new(
             source: ctx.source.clone(),
             payload: ctx.payload.clone(),
         })?;
-        Ok(ItemResult::new(Outcome::Parked, None, None, note))
+        Ok(ItemResult {
+            parked: Some(ParkedAs { reason, seq }),
+            ..ItemResult::new(Outcome::Parked, None, None, note)
+        })
     };
     match policy {
         CreatePolicy::Ignore => {
@@ -1003,6 +1022,10 @@ impl Applied {
         let mut report = super::base_report(ctx, outcome);
         report.error = self.rejection;
         report.outputs = self.outputs;
+        report.parked = self.items.iter().find_map(|r| r.parked);
+        if let Some(doc) = doc {
+            report.decisions.extend(doc.notes.iter().cloned());
+        }
         let first = self.items.first();
         report.action = first.and_then(|r| r.action);
         report.record = first.and_then(|r| r.record.clone());
@@ -1034,6 +1057,7 @@ impl Applied {
         for r in self.items {
             report.decisions.extend(r.notes);
         }
+        report.decisions.extend(self.emitted);
         report
     }
 }

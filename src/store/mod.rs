@@ -14,6 +14,7 @@
 //! | `p` | big-endian sequence | [`Parked`] |
 //! | `c` | parent xref key | contact hub IDs waiting for that account |
 //! | `s` | counter name | big-endian u64 |
+//! | `t`, `b` | message tracking: time, message id / BODID, time, message id | see [`track`] |
 //!
 //! A transaction ([`Store::transact`]) is a write set applied as one atomic sled batch, with
 //! writers serialized: bodflow has one committer, and sled's optimistic transactions cost a
@@ -25,6 +26,7 @@
 //! the caller) and by sled's background flusher; nothing is durable before a flush.
 
 pub mod model;
+pub mod track;
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -46,6 +48,9 @@ pub enum StoreError {
     Io(#[from] sled::Error),
     #[error("store value under {key:?} is unreadable: {message}")]
     Corrupt { key: String, message: String },
+    /// Another process (usually the running service) holds the store's lock.
+    #[error("the store is in use by another process ({0})")]
+    Locked(String),
 }
 
 impl StoreError {
@@ -53,6 +58,7 @@ impl StoreError {
         match self {
             StoreError::Io(_) => "store_io",
             StoreError::Corrupt { .. } => "store_corrupt",
+            StoreError::Locked(_) => "store_locked",
         }
     }
 }
@@ -248,7 +254,14 @@ impl Store {
             .path(path)
             .cache_capacity(CACHE_BYTES)
             .mode(sled::Mode::HighThroughput)
-            .open()?;
+            .open()
+            .map_err(|e| match e {
+                // sled reports its file lock held elsewhere only as this I/O error text.
+                sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+                    StoreError::Locked(io.to_string())
+                }
+                e => StoreError::Io(e),
+            })?;
         Store::from_db(db)
     }
 
@@ -728,6 +741,7 @@ mod tests {
                     outcome: "applied".into(),
                     record: None,
                     bod_id: None,
+                    tracked: None,
                 },
             )?;
             Err::<(), _>(StoreError::Corrupt {

@@ -44,6 +44,8 @@ pub struct Metrics {
     pub(crate) redeliveries: IntCounter,
     pub(crate) store_flush: Histogram,
     pub(crate) store_size: IntGauge,
+    pub(crate) tracking_purged: IntCounter,
+    pub(crate) tracking_errors: IntCounterVec,
 }
 
 /// Latency buckets from 100 µs to ~13 s (×2.2 per bucket).
@@ -147,6 +149,23 @@ impl Metrics {
                 &registry,
                 IntGauge::new("bodflow_store_size_bytes", "Store size on disk (sampled).")?,
             )?,
+            tracking_purged: reg(
+                &registry,
+                IntCounter::new(
+                    "bodflow_tracking_purged_total",
+                    "Message timelines removed after tracking.retention.",
+                )?,
+            )?,
+            tracking_errors: reg(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "bodflow_tracking_errors_total",
+                        "Failed tracking writes and lookups, by action (confirm, purge, lookup).",
+                    ),
+                    &["action"],
+                )?,
+            )?,
             registry,
         })
     }
@@ -246,6 +265,7 @@ mod tests {
             .with_label_values(&["decode", "not_well_formed"]);
         m.dead_lettered.with_label_values(&["not_well_formed"]);
         m.stage_duration.with_label_values(&["prepare"]);
+        m.tracking_errors.with_label_values(&["purge"]);
         let text = encode();
         for name in [
             "bodflow_bods_received_total",
@@ -263,6 +283,8 @@ mod tests {
             "bodflow_redeliveries_total",
             "bodflow_store_flush_seconds_bucket",
             "bodflow_store_size_bytes",
+            "bodflow_tracking_purged_total",
+            "bodflow_tracking_errors_total",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }

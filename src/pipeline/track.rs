@@ -1,0 +1,150 @@
+//! Decisions and message tracking: what each stage decided about a document, and the entry
+//! the commit keeps of it (`bodflow track`, `GET /messages/{id}`).
+//!
+//! [`record`] runs inside the commit's transaction, after the document's effects: it turns
+//! the [`Report`] and the delivery facts into a [`Run`] (received, each stage's decision,
+//! outcome, outputs) and hands it to the store's tracking entry of that message id
+//! ([`crate::store::track`]). A message id seen before (a redelivery found duplicate, a
+//! released parked document, a replayed dead letter) gets another run on the same entry.
+
+use std::fmt;
+use std::ops::Deref;
+
+use serde::{Serialize, Serializer};
+
+use super::{upsert, Context, Report, Stage};
+use crate::store::track::{Millis, Run, StageDecision, Trigger};
+use crate::store::{Marker, Tx, TxResult};
+
+/// One stage's decision and why, in words (`country DEU→DE (iso3)`). Serialized as its text
+/// (the replay line's `decisions`); tracking keeps the stage with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub stage: Stage,
+    pub text: String,
+}
+
+impl Decision {
+    pub fn new(stage: Stage, text: impl Into<String>) -> Decision {
+        Decision {
+            stage,
+            text: text.into(),
+        }
+    }
+}
+
+impl Deref for Decision {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.text
+    }
+}
+
+impl fmt::Display for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl Serialize for Decision {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.text)
+    }
+}
+
+/// Records this processing of the message in its tracking entry. `previous` is the message
+/// id's marker as it was before this commit: a delivery it made a duplicate is added to the
+/// entry where it is; any other processing (first, or a deliberate re-run) puts the entry at
+/// this run's time, which the marker written by the commit already names.
+pub fn record(
+    tx: &Tx<'_>,
+    ctx: &Context,
+    report: &Report,
+    previous: Option<Marker>,
+) -> TxResult<()> {
+    let duplicate = previous.as_ref().is_some_and(|m| upsert::blocks(m, ctx));
+    let before = previous.as_ref().and_then(|m| m.tracked);
+    let at = tx.track(&ctx.message_id, before, run(ctx, report), duplicate)?;
+    // A duplicate leaves the marker as it was; if its entry had been purged, the new one must
+    // be findable from the marker.
+    if let Some(marker) = previous.filter(|m| duplicate && m.tracked != Some(at)) {
+        tx.put_marker(
+            &ctx.message_id,
+            &Marker {
+                tracked: Some(at),
+                ..marker
+            },
+        )?;
+    }
+    Ok(())
+}
+
+/// The tracked form of one processing.
+fn run(ctx: &Context, report: &Report) -> Run {
+    use crate::store::track::{TrackedError, TrackedOutput, TrackedPark};
+    Run {
+        received_at: Millis(ctx.received_ms),
+        trigger: if ctx.unpark.is_some() {
+            Trigger::Release
+        } else if ctx.retry {
+            Trigger::Retry
+        } else {
+            Trigger::Received
+        },
+        source: ctx.source.clone(),
+        sender: report.sender.clone(),
+        size: ctx.size as u64,
+        reply_to: ctx.reply_to.clone(),
+        bod_id: report.bod_id.clone(),
+        verb: report.verb.clone(),
+        noun: report.noun.clone(),
+        stages: report
+            .decisions
+            .iter()
+            .map(|d| StageDecision {
+                stage: d.stage.as_str().into(),
+                decision: d.text.clone(),
+            })
+            .collect(),
+        outcome: report.outcome.as_str().into(),
+        action: report.action.map(|a| a.as_str().into()),
+        record: report.record.clone(),
+        error: report.error.as_ref().map(|e| TrackedError {
+            stage: e.stage.as_str().into(),
+            code: e.code.into(),
+            message: e.message.clone(),
+            path: e.path.clone(),
+        }),
+        parked: report.parked.map(|p| TrackedPark {
+            reason: p.reason.code().into(),
+            seq: p.seq,
+        }),
+        outputs: report
+            .outputs
+            .iter()
+            .map(|o| TrackedOutput {
+                kind: o.kind.clone(),
+                to: o.to.clone(),
+                bod_id: o.bod_id.clone(),
+                confirmed_at: None,
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_decision_serializes_as_its_text_and_reads_as_a_str() {
+        let d = Decision::new(Stage::Country, "country DEU→DE (iso3)");
+        assert_eq!(
+            serde_json::to_string(&d).unwrap(),
+            "\"country DEU→DE (iso3)\""
+        );
+        assert!(d.contains("DEU"));
+        assert_eq!(d.to_string(), "country DEU→DE (iso3)");
+    }
+}
