@@ -150,7 +150,7 @@ impl<'a> Emitter<'a> {
         } else if self.reply_route(app).is_none() {
             self.notes.push(Decision::new(
                 Stage::Emit,
-                "no ConfirmBOD: the sender is not a configured application and the delivery has no reply_to",
+                "no ConfirmBOD: the sender is unknown or not configured, and the delivery has no reply_to",
             ));
         } else {
             let bod_id = self.next_bod_id();
