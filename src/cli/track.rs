@@ -17,7 +17,7 @@ use http_body_util::{BodyExt as _, Empty};
 use hyper::body::Bytes;
 
 use crate::config::Config;
-use crate::store::track::{Millis, Run, Track};
+use crate::store::track::{Millis, Run, Track, Trigger};
 use crate::store::{Store, StoreError};
 use crate::telemetry::http::{Messages, DEFAULT_LIMIT};
 
@@ -191,6 +191,10 @@ fn write_run(out: &mut impl Write, run: &Run) -> std::io::Result<()> {
     for o in &run.outputs {
         let confirmed = match o.confirmed_at {
             Some(at) => format!("confirmed {}{}", at.rfc3339(), after(run.received_at, at)),
+            // `replay` writes its outputs to files (or nowhere); only the service publishes.
+            None if run.trigger == Trigger::Received && run.source != "amqp" => {
+                "not published (offline replay)".into()
+            }
             None => "not confirmed by the broker (yet)".into(),
         };
         writeln!(
@@ -214,7 +218,7 @@ fn after(from: Millis, to: Millis) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::track::{StageDecision, TrackedError, TrackedOutput, TrackedPark, Trigger};
+    use crate::store::track::{StageDecision, TrackedError, TrackedOutput, TrackedPark};
 
     fn run() -> Run {
         Run {
