@@ -11,14 +11,16 @@
 //! - [`pipeline`]: the stages. [`pipeline::validate`], [`pipeline::country`] and
 //!   [`pipeline::owner`] are pure functions over typed values; [`pipeline::upsert`] applies a
 //!   document in one store transaction and [`pipeline::emit`] writes the outbox rows in it.
-//! - [`store`]: the sled hub store, the only module that knows sled.
+//! - [`store`]: the sled hub store, the only module that knows sled; [`store::track`] keeps
+//!   each message's timeline (`bodflow track`, `GET /messages/{id}`), written by the commit
+//!   ([`pipeline::track`]) and completed with publish confirms by the outbox publisher.
 //! - [`amqp`]: the broker edge, the only module that knows lapin: topology, the consumer
 //!   (group commit, ack discipline), the outbox publisher (confirms) and `bodflow publish`'s
 //!   sender; [`amqp::run`] is the service.
 //! - [`config`]: the TOML configuration tree.
 //! - [`generate`]: deterministic synthetic BODs for benchmarks and load tests.
 //! - [`telemetry`]: metrics through named events, readiness, and the HTTP endpoint
-//!   (`/metrics`, `/healthz`, `/readyz`) of `bodflow run`.
+//!   (`/metrics`, `/healthz`, `/readyz`, `/messages/{id}`) of `bodflow run`.
 //! - [`cli`]: the `bodflow` commands; `main.rs` only calls [`cli::main`].
 //!
 //! `replay` (offline) and the broker service ([`amqp::run`]) call the same [`pipeline::Pipeline`], so an
