@@ -109,17 +109,16 @@ fn build(n: usize) -> Fixture {
                     if i < 200 {
                         bytes += serde_json::to_vec(&run).unwrap().len();
                     }
-                    let at = run.received_at.0;
+                    let at = tx.track_run(&id, &run)?;
                     tx.put_marker(
                         &id,
                         &Marker {
                             outcome: run.outcome.clone(),
                             record: run.record.clone(),
                             bod_id: Some(bod),
-                            tracked: Some(at),
+                            tracked: vec![at],
                         },
                     )?;
-                    tx.track(&id, None, run, false)?;
                 }
                 Ok(())
             })

@@ -30,9 +30,9 @@ const SAMPLE_EVERY: Duration = Duration::from_secs(5);
 /// How often expired message timelines are purged.
 const PURGE_EVERY: Duration = Duration::from_secs(60);
 
-/// Timelines removed per store batch while purging: each batch holds the store's writer lock
-/// briefly, so commits go on in between.
-const PURGE_CHUNK: usize = 1000;
+/// Tracking groups (one per commit, up to 64 runs each) removed per store batch while purging:
+/// each batch holds the store's writer lock briefly, so commits go on in between.
+const PURGE_CHUNK: usize = 16;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -148,9 +148,9 @@ async fn purge_tracking(
             let before = Millis(Millis::now().0.saturating_sub(retention_ms));
             let mut removed = 0;
             loop {
-                let n = s.purge_tracked(before, PURGE_CHUNK)?;
-                removed += n;
-                if n < PURGE_CHUNK {
+                let purged = s.purge_tracked(before, PURGE_CHUNK)?;
+                removed += purged.runs;
+                if purged.groups < PURGE_CHUNK {
                     return Ok::<_, crate::store::StoreError>(removed);
                 }
             }

@@ -244,13 +244,6 @@ pub struct Context {
     pub payload: String,
 }
 
-impl Context {
-    /// The tracking time its marker records, when tracking is on.
-    pub fn tracked_at(&self) -> Option<u64> {
-        self.track.then_some(self.received_ms)
-    }
-}
-
 #[derive(Debug)]
 pub enum State {
     Rejected {
@@ -455,7 +448,7 @@ fn apply_in(
                     outcome: Outcome::Rejected.as_str().into(),
                     record: None,
                     bod_id: bod_id(),
-                    tracked: ctx.tracked_at(),
+                    tracked: Vec::new(),
                 },
             )?;
             let mut report = base_report(ctx, Outcome::Rejected);
@@ -480,7 +473,7 @@ fn apply_in(
                     outcome: Outcome::Parked.as_str().into(),
                     record: None,
                     bod_id: bod_id(),
-                    tracked: ctx.tracked_at(),
+                    tracked: Vec::new(),
                 },
             )?;
             let mut report = base_report(ctx, Outcome::Parked);

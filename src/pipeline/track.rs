@@ -3,9 +3,9 @@
 //!
 //! [`record`] runs inside the commit's transaction, after the document's effects: it turns
 //! the [`Report`] and the delivery facts into a [`Run`] (received, each stage's decision,
-//! outcome, outputs) and hands it to the store's tracking entry of that message id
-//! ([`crate::store::track`]). A message id seen before (a redelivery found duplicate, a
-//! released parked document, a replayed dead letter) gets another run on the same entry.
+//! outcome, outputs), adds it to the store's tracking ([`crate::store::track`]) and lists it
+//! in the message id's marker. A message id seen before (a redelivery found duplicate, a
+//! released parked document, a replayed dead letter) gets another run on its timeline.
 
 use std::fmt;
 use std::ops::Deref;
@@ -13,7 +13,7 @@ use std::ops::Deref;
 use serde::{Serialize, Serializer};
 
 use super::{upsert, Context, Report, Stage};
-use crate::store::track::{Millis, Run, StageDecision, Trigger};
+use crate::store::track::{Millis, Run, StageDecision, Trigger, MAX_RUNS};
 use crate::store::{Marker, Tx, TxResult};
 
 /// One stage's decision and why, in words (`country DEU→DE (iso3)`). Serialized as its text
@@ -53,31 +53,36 @@ impl Serialize for Decision {
     }
 }
 
-/// Records this processing of the message in its tracking entry. `previous` is the message
-/// id's marker as it was before this commit: a delivery it made a duplicate is added to the
-/// entry where it is; any other processing (first, or a deliberate re-run) puts the entry at
-/// this run's time, which the marker written by the commit already names.
+/// Records this processing of the message: its run goes into the transaction's tracking
+/// group, and the message's marker lists it after the runs `previous` (the marker before this
+/// commit) listed. A delivery the marker made a duplicate writes no marker of its own, so the
+/// previous one is written again with the new run.
 pub fn record(
     tx: &Tx<'_>,
     ctx: &Context,
     report: &Report,
     previous: Option<Marker>,
 ) -> TxResult<()> {
+    let at = tx.track_run(&ctx.message_id, &run(ctx, report))?;
     let duplicate = previous.as_ref().is_some_and(|m| upsert::blocks(m, ctx));
-    let before = previous.as_ref().and_then(|m| m.tracked);
-    let at = tx.track(&ctx.message_id, before, run(ctx, report), duplicate)?;
-    // A duplicate leaves the marker as it was; if its entry had been purged, the new one must
-    // be findable from the marker.
-    if let Some(marker) = previous.filter(|m| duplicate && m.tracked != Some(at)) {
-        tx.put_marker(
-            &ctx.message_id,
-            &Marker {
-                tracked: Some(at),
-                ..marker
-            },
-        )?;
+    let mut tracked = previous
+        .as_ref()
+        .map(|m| m.tracked.clone())
+        .unwrap_or_default();
+    let written = if duplicate {
+        previous
+    } else {
+        tx.marker(&ctx.message_id)?
+    };
+    let Some(mut marker) = written else {
+        return Ok(());
+    };
+    tracked.push(at);
+    if tracked.len() > MAX_RUNS {
+        tracked.remove(1);
     }
-    Ok(())
+    marker.tracked = tracked;
+    tx.put_marker(&ctx.message_id, &marker)
 }
 
 /// The tracked form of one processing.

@@ -201,7 +201,7 @@ fn put_marker(
             outcome: outcome.as_str().into(),
             record,
             bod_id: ctx.area.as_ref().and_then(|a| a.bod_id.clone()),
-            tracked: ctx.tracked_at(),
+            tracked: Vec::new(),
         },
     )
 }

@@ -311,9 +311,12 @@ impl Store {
             writes: RefCell::new(BTreeMap::new()),
             seqs: &self.seqs,
             outbox: RefCell::new(None),
+            db: &self.db,
+            tracking: RefCell::new(None),
         };
         let out = f(&tx)?;
         tx.write_outbox_group()?;
+        tx.write_tracking_group()?;
         let mut batch = sled::Batch::default();
         for (k, v) in tx.writes.into_inner() {
             match v {
@@ -536,6 +539,10 @@ pub struct Tx<'a> {
     seqs: &'a Sequences,
     /// This transaction's outbox group: its sequence and encoded rows, written at the end.
     outbox: RefCell<Option<(u64, Vec<Vec<u8>>)>>,
+    /// For sled's persistent ID generator (tracking group numbers).
+    db: &'a sled::Db,
+    /// This transaction's tracking group, written at the end (see [`track`]).
+    tracking: RefCell<Option<track::Group>>,
 }
 
 impl Tx<'_> {
@@ -741,7 +748,7 @@ mod tests {
                     outcome: "applied".into(),
                     record: None,
                     bod_id: None,
-                    tracked: None,
+                    tracked: Vec::new(),
                 },
             )?;
             Err::<(), _>(StoreError::Corrupt {

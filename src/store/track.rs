@@ -1,26 +1,31 @@
-//! Message tracking in the store: every processed message id's timeline, written in the same
-//! transaction as the commit that processed it (`bodflow track`, `GET /messages/{id}`).
+//! Message tracking in the store: every processing of a message (its *run*: received, each
+//! stage's decision, outcome, outputs), written in the same transaction as the commit that
+//! processed it (`bodflow track`, `GET /messages/{id}`).
 //!
 //! | prefix | key | value |
 //! | --- | --- | --- |
-//! | `t` | big-endian ms of the entry's latest processing, message id | [`Track`]: a version byte, then postcard |
-//! | `b` | BODID, `0x1f`, big-endian ms, message id | empty: a BODID's messages in time order |
+//! | `t` | big-endian ms, big-endian group number | the runs one transaction committed: a version byte, then length-prefixed postcard slots (message id, [`Run`]) |
+//! | `k` | big-endian ms, big-endian group number | publish confirms of that group's outputs: 12-byte records (slot, output, ms) |
+//! | `b` | BODID, `0x1f`, big-endian ms, group number, slot | empty: a BODID's runs in time order |
 //!
-//! The message id's marker names its entry's time ([`Marker::tracked`](super::Marker)), so a
-//! lookup by message id is two point reads and a lookup by BODID a prefix scan plus a read per
-//! match, whatever the number of tracked messages. BODIDs are not unique (LN and CSI reuse
-//! one per record), hence an index rather than a key. Time-ordered `t` keys make the retention
-//! purge a range scan from the start that stops at the first young entry.
+//! The commit path writes one key per message, the BODID index, plus one group key per
+//! transaction: sled's cost is per key, and a key per run would double what tracking costs
+//! (the outbox groups its rows the same way). The message id's marker lists where its runs
+//! are ([`TrackAt`] in [`Marker::tracked`](super::Marker)), so a lookup by message id is a
+//! marker read plus a group read per run, and a lookup by BODID a prefix scan plus the same
+//! per message — whatever the number of tracked messages. BODIDs are not unique (LN and CSI
+//! reuse one per record), hence an index rather than a key.
 //!
-//! One entry per message id: the first processing writes it (two keys per message); a
-//! redelivery found duplicate adds a run where the entry is; a deliberate re-run (a released
-//! parked document, a replayed dead letter) adds a run and moves the entry to its time, so
-//! retention counts from the latest processing. At most [`MAX_RUNS`] runs are kept, the first
-//! always. Publish confirm times are filled in later, in batches, by the outbox publisher
-//! ([`Store::track_confirms`]).
+//! A message id that comes back (a redelivery found duplicate, a released parked document, a
+//! replayed dead letter) gets a new run in its commit's group and its marker lists it too; at
+//! most [`MAX_RUNS`] are listed (the first always). Groups are keyed by the time of their
+//! first run, so the retention purge is a range scan from the start that stops at the first
+//! young group; a purged run drops out of its message's timeline (the marker itself stays:
+//! idempotency needs it). Publish confirm times arrive later, in batches, from the outbox
+//! publisher ([`Store::track_confirms`]): one small key per group, not a rewrite of the runs.
 //!
-//! Entries live for `tracking.retention` only, so the encoding may change between versions:
-//! an entry of another version reads as [`StoreError::Corrupt`] naming it, never as garbage.
+//! Runs live for `tracking.retention` only, so their encoding may change between versions: a
+//! group of another version reads as [`StoreError::Corrupt`] naming it, never as garbage.
 
 use std::collections::BTreeMap;
 
@@ -29,12 +34,20 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::{Store, StoreError, Tx, TxResult, SEP};
 
-/// Runs kept per message: the first and the latest ones (a redelivery storm cannot grow an
-/// entry without bound).
+/// Runs listed per message: the first and the latest ones (a redelivery storm cannot grow a
+/// marker without bound).
 pub const MAX_RUNS: usize = 16;
 
-/// First byte of every entry.
+/// First byte of every group.
 const VERSION: u8 = 1;
+
+/// Most runs in one group (slots are 16-bit); a bigger transaction starts another group.
+const GROUP_SLOTS: usize = 1 << 16;
+
+/// Where a run is: its group (time of the group's first run in ms, group number) and its slot.
+/// JSON (in the marker): `[ms, group, slot]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct TrackAt(pub u64, pub u64, pub u16);
 
 /// Milliseconds since the Unix epoch: a varint in the store, RFC 3339 text in JSON.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -84,11 +97,11 @@ impl<'de> Deserialize<'de> for Millis {
     }
 }
 
-/// One message id's timeline.
+/// One message id's timeline, as lookups return it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Track {
     pub message_id: String,
-    /// Every processing of this message id, oldest first.
+    /// Every processing of this message id still within the retention, oldest first.
     pub runs: Vec<Run>,
 }
 
@@ -182,34 +195,73 @@ pub struct Confirmed<'a> {
     pub at: Millis,
 }
 
-fn entry_key(at: u64, message_id: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(9 + message_id.len());
-    k.push(b't');
-    k.extend_from_slice(&at.to_be_bytes());
-    k.extend_from_slice(message_id.as_bytes());
+/// What one purge call removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Purged {
+    pub groups: usize,
+    pub runs: usize,
+}
+
+/// A transaction's tracking group while it is being filled.
+pub(super) struct Group {
+    ms: u64,
+    number: u64,
+    slots: Vec<Vec<u8>>,
+}
+
+/// One slot as written (borrowed) and read (owned): postcard writes both alike.
+#[derive(Serialize)]
+struct SlotRef<'a> {
+    message_id: &'a str,
+    run: &'a Run,
+}
+
+#[derive(Deserialize)]
+struct Slot {
+    message_id: String,
+    run: Run,
+}
+
+fn group_key(prefix: u8, ms: u64, number: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(17);
+    k.push(prefix);
+    k.extend_from_slice(&ms.to_be_bytes());
+    k.extend_from_slice(&number.to_be_bytes());
     k
 }
 
 fn bod_prefix(bod_id: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(2 + bod_id.len() + 8 + 32);
+    let mut k = Vec::with_capacity(2 + bod_id.len() + 18);
     k.push(b'b');
     k.extend_from_slice(bod_id.as_bytes());
     k.push(SEP);
     k
 }
 
-fn bod_key(bod_id: &str, at: u64, message_id: &str) -> Vec<u8> {
+fn bod_key(bod_id: &str, at: TrackAt) -> Vec<u8> {
     let mut k = bod_prefix(bod_id);
-    k.extend_from_slice(&at.to_be_bytes());
-    k.extend_from_slice(message_id.as_bytes());
+    k.extend_from_slice(&at.0.to_be_bytes());
+    k.extend_from_slice(&at.1.to_be_bytes());
+    k.extend_from_slice(&at.2.to_be_bytes());
     k
 }
 
-/// (time, message id) from the tail of a `t` key or a `b` key after its prefix.
-fn split_tail(tail: &[u8]) -> Option<(u64, &str)> {
-    let at = u64::from_be_bytes(tail.get(..8)?.try_into().ok()?);
-    let message_id = std::str::from_utf8(tail.get(8..)?).ok()?;
-    Some((at, message_id))
+/// The [`TrackAt`] at the end of a `b` key.
+fn bod_key_at(k: &[u8]) -> Option<TrackAt> {
+    let tail = k.get(k.len().checked_sub(18)?..)?;
+    Some(TrackAt(
+        u64::from_be_bytes(tail.get(..8)?.try_into().ok()?),
+        u64::from_be_bytes(tail.get(8..16)?.try_into().ok()?),
+        u16::from_be_bytes(tail.get(16..)?.try_into().ok()?),
+    ))
+}
+
+/// (ms, group number) of a `t` or `k` key.
+fn group_of(k: &[u8]) -> Option<(u64, u64)> {
+    Some((
+        u64::from_be_bytes(k.get(1..9)?.try_into().ok()?),
+        u64::from_be_bytes(k.get(9..17)?.try_into().ok()?),
+    ))
 }
 
 fn corrupt(k: &[u8], message: String) -> StoreError {
@@ -219,142 +271,181 @@ fn corrupt(k: &[u8], message: String) -> StoreError {
     }
 }
 
-fn encode_track(k: &[u8], track: &Track) -> Result<Vec<u8>, StoreError> {
-    postcard::to_extend(track, vec![VERSION]).map_err(|e| corrupt(k, e.to_string()))
+fn encode_slot(message_id: &str, run: &Run) -> Result<Vec<u8>, StoreError> {
+    postcard::to_stdvec(&SlotRef { message_id, run }).map_err(|e| StoreError::Corrupt {
+        key: message_id.to_string(),
+        message: format!("encoding a tracked run: {e}"),
+    })
 }
 
-fn decode_track(k: &[u8], bytes: &[u8]) -> Result<Track, StoreError> {
-    match bytes.split_first() {
-        Some((&VERSION, rest)) => {
-            postcard::from_bytes(rest).map_err(|e| corrupt(k, format!("tracking entry: {e}")))
-        }
-        Some((v, _)) => Err(corrupt(k, format!("tracking entry of format version {v}"))),
-        None => Err(corrupt(k, "empty tracking entry".into())),
+fn encode_group(slots: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + slots.iter().map(|s| s.len() + 4).sum::<usize>());
+    out.push(VERSION);
+    for s in slots {
+        out.extend_from_slice(&(s.len() as u32).to_be_bytes());
+        out.extend_from_slice(s);
     }
+    out
 }
 
-/// The distinct BODIDs an entry is indexed under.
-fn bod_ids(track: &Track) -> Vec<&str> {
-    let mut ids: Vec<&str> = track
-        .runs
-        .iter()
-        .filter_map(|r| r.bod_id.as_deref())
-        .collect();
-    ids.sort_unstable();
-    ids.dedup();
-    ids
+/// The encoded slots of a group, in order.
+fn group_slots<'v>(k: &[u8], bytes: &'v [u8]) -> Result<Vec<&'v [u8]>, StoreError> {
+    let body = match bytes.split_first() {
+        Some((&VERSION, body)) => body,
+        Some((v, _)) => return Err(corrupt(k, format!("tracking group of format version {v}"))),
+        None => return Err(corrupt(k, "empty tracking group".into())),
+    };
+    let mut slots = Vec::new();
+    let mut at = 0usize;
+    while at < body.len() {
+        let len =
+            body.get(at..at + 4)
+                .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                .map(u32::from_be_bytes)
+                .ok_or_else(|| corrupt(k, "truncated tracking group".into()))? as usize;
+        let slot = body
+            .get(at + 4..at + 4 + len)
+            .ok_or_else(|| corrupt(k, "truncated tracking slot".into()))?;
+        slots.push(slot);
+        at += 4 + len;
+    }
+    Ok(slots)
+}
+
+fn decode_slot(k: &[u8], bytes: &[u8]) -> Result<Slot, StoreError> {
+    postcard::from_bytes(bytes).map_err(|e| corrupt(k, format!("tracked run: {e}")))
+}
+
+/// Confirm records: (slot, output index, ms).
+fn decode_confirms(bytes: &[u8]) -> impl Iterator<Item = (u16, u16, Millis)> + '_ {
+    bytes.chunks_exact(12).filter_map(|r| {
+        Some((
+            u16::from_be_bytes(r.get(..2)?.try_into().ok()?),
+            u16::from_be_bytes(r.get(2..4)?.try_into().ok()?),
+            Millis(u64::from_be_bytes(r.get(4..)?.try_into().ok()?)),
+        ))
+    })
 }
 
 impl Tx<'_> {
-    /// Adds `run` to `message_id`'s entry and returns the time the entry is now kept under.
-    /// `before` is the time the message's marker named before this commit. With `in_place`
-    /// (a duplicate delivery) an existing entry keeps its time; otherwise the entry is (re)written
-    /// at the run's time.
-    pub fn track(
-        &self,
-        message_id: &str,
-        before: Option<u64>,
-        run: Run,
-        in_place: bool,
-    ) -> TxResult<u64> {
-        let existing = match before {
-            Some(at) => {
-                let k = entry_key(at, message_id);
-                match self.raw_get(&k)? {
-                    Some(v) => Some((at, decode_track(&k, &v)?)),
-                    None => None,
-                }
-            }
-            None => None,
-        };
-        let new_bod_id = run.bod_id.clone();
-        let (at, track) = match existing {
-            Some((old, mut track)) => {
-                let at = if in_place { old } else { run.received_at.0 };
-                if at != old {
-                    self.raw_remove(entry_key(old, message_id));
-                    for b in bod_ids(&track) {
-                        self.raw_remove(bod_key(b, old, message_id));
-                    }
-                }
-                track.runs.push(run);
-                if track.runs.len() > MAX_RUNS {
-                    track.runs.remove(1);
-                }
-                if at != old {
-                    for b in bod_ids(&track) {
-                        self.raw_insert(bod_key(b, at, message_id), sled::IVec::default());
-                    }
-                }
-                (at, track)
-            }
-            None => (
-                run.received_at.0,
-                Track {
-                    message_id: message_id.to_string(),
-                    runs: vec![run],
-                },
-            ),
-        };
-        if let Some(b) = new_bod_id {
-            self.raw_insert(bod_key(&b, at, message_id), sled::IVec::default());
+    /// Adds `run` of `message_id` to this transaction's tracking group, indexed under its
+    /// BODID; returns where it is (the caller lists it in the message's marker).
+    pub fn track_run(&self, message_id: &str, run: &Run) -> TxResult<TrackAt> {
+        let slot = encode_slot(message_id, run)?;
+        if self
+            .tracking
+            .borrow()
+            .as_ref()
+            .is_some_and(|g| g.slots.len() >= GROUP_SLOTS)
+        {
+            self.write_tracking_group()?;
         }
-        let k = entry_key(at, message_id);
-        let v = encode_track(&k, &track)?;
-        self.raw_insert(k, v);
+        let mut pending = self.tracking.borrow_mut();
+        let group = match pending.as_mut() {
+            Some(g) => g,
+            None => pending.insert(Group {
+                ms: run.received_at.0,
+                number: self.db.generate_id()?,
+                slots: Vec::new(),
+            }),
+        };
+        let index = u16::try_from(group.slots.len()).unwrap_or(u16::MAX);
+        let at = TrackAt(group.ms, group.number, index);
+        group.slots.push(slot);
+        drop(pending);
+        if let Some(b) = &run.bod_id {
+            self.raw_insert(bod_key(b, at), sled::IVec::default());
+        }
         Ok(at)
     }
 
-    fn tracked_entry(&self, message_id: &str) -> TxResult<Option<(Vec<u8>, Track)>> {
-        let Some(at) = self.marker(message_id)?.and_then(|m| m.tracked) else {
+    pub(super) fn write_tracking_group(&self) -> TxResult<()> {
+        if let Some(g) = self.tracking.borrow_mut().take() {
+            self.raw_insert(group_key(b't', g.ms, g.number), encode_group(&g.slots));
+        }
+        Ok(())
+    }
+
+    /// The run at `at`, as this transaction sees the store.
+    fn tracked_run(&self, at: TrackAt) -> TxResult<Option<Run>> {
+        let k = group_key(b't', at.0, at.1);
+        let Some(v) = self.raw_get(&k)? else {
             return Ok(None);
         };
-        let k = entry_key(at, message_id);
-        match self.raw_get(&k)? {
-            Some(v) => {
-                let track = decode_track(&k, &v)?;
-                Ok(Some((k, track)))
-            }
+        match group_slots(&k, &v)?.get(usize::from(at.2)) {
+            Some(bytes) => Ok(Some(decode_slot(&k, bytes)?.run)),
             None => Ok(None),
         }
     }
 }
 
 impl Store {
-    /// The timeline of a message id (`None`: never processed with tracking on, or purged).
-    pub fn tracked(&self, message_id: &str) -> Result<Option<Track>, StoreError> {
-        let Some(at) = self.marker(message_id)?.and_then(|m| m.tracked) else {
+    /// The run at `at` with its confirm times, and the message id it belongs to.
+    fn run_at(&self, at: TrackAt) -> Result<Option<(String, Run)>, StoreError> {
+        let k = group_key(b't', at.0, at.1);
+        let Some(v) = self.hub.get(&k)? else {
             return Ok(None);
         };
-        let k = entry_key(at, message_id);
-        self.hub.get(&k)?.map(|v| decode_track(&k, &v)).transpose()
+        let Some(bytes) = group_slots(&k, &v)?.get(usize::from(at.2)).copied() else {
+            return Ok(None);
+        };
+        let Slot {
+            message_id,
+            mut run,
+        } = decode_slot(&k, bytes)?;
+        if let Some(confirms) = self.hub.get(group_key(b'k', at.0, at.1))? {
+            for (slot, output, ms) in decode_confirms(&confirms) {
+                if slot == at.2 {
+                    if let Some(o) = run.outputs.get_mut(usize::from(output)) {
+                        o.confirmed_at.get_or_insert(ms);
+                    }
+                }
+            }
+        }
+        Ok(Some((message_id, run)))
+    }
+
+    /// The timeline of a message id (`None`: never processed with tracking on, or purged).
+    pub fn tracked(&self, message_id: &str) -> Result<Option<Track>, StoreError> {
+        let Some(marker) = self.marker(message_id)? else {
+            return Ok(None);
+        };
+        let mut runs = Vec::with_capacity(marker.tracked.len());
+        for at in marker.tracked {
+            if let Some((id, run)) = self.run_at(at)? {
+                if id == message_id {
+                    runs.push(run);
+                }
+            }
+        }
+        Ok((!runs.is_empty()).then(|| Track {
+            message_id: message_id.to_string(),
+            runs,
+        }))
     }
 
     /// The timelines of the messages that carried `bod_id`, newest first, at most `limit`.
     pub fn tracked_by_bod_id(&self, bod_id: &str, limit: usize) -> Result<Vec<Track>, StoreError> {
         let prefix = bod_prefix(bod_id);
-        let mut out = Vec::new();
-        for item in self.hub.scan_prefix(&prefix).rev() {
-            if out.len() >= limit {
+        let mut ids: Vec<String> = Vec::new();
+        for item in self.hub.scan_prefix(&prefix).keys().rev() {
+            if ids.len() >= limit {
                 break;
             }
-            let (k, _) = item?;
-            let Some((at, message_id)) = k.get(prefix.len()..).and_then(split_tail) else {
+            let k = item?;
+            let Some(at) = bod_key_at(&k).filter(|_| k.len() == prefix.len() + 18) else {
+                // A longer BODID that starts with this one and the separator.
                 continue;
             };
-            let ek = entry_key(at, message_id);
-            let Some(v) = self.hub.get(&ek)? else {
-                continue;
-            };
-            let track = decode_track(&ek, &v)?;
-            // A BODID holding the separator could match a longer one's prefix: check.
-            if track
-                .runs
-                .iter()
-                .any(|r| r.bod_id.as_deref() == Some(bod_id))
-            {
-                out.push(track);
+            if let Some((id, run)) = self.run_at(at)? {
+                if run.bod_id.as_deref() == Some(bod_id) && !ids.contains(&id) {
+                    ids.push(id);
+                }
             }
+        }
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            out.extend(self.tracked(&id)?);
         }
         Ok(out)
     }
@@ -374,73 +465,99 @@ impl Store {
         Ok(out)
     }
 
-    /// Removes up to `max` entries whose latest processing is older than `before`, with their
-    /// BODID index keys; returns how many went. Call again while it returns `max`.
-    pub fn purge_tracked(&self, before: Millis, max: usize) -> Result<usize, StoreError> {
+    /// Removes up to `max_groups` tracking groups whose first run is older than `before`,
+    /// with their confirms and BODID index keys. Call again while it removes `max_groups`.
+    pub fn purge_tracked(&self, before: Millis, max_groups: usize) -> Result<Purged, StoreError> {
         let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let mut batch = sled::Batch::default();
-        let mut removed = 0;
+        let mut purged = Purged::default();
         for item in self
             .hub
-            .range(vec![b't']..entry_key(before.0, ""))
-            .take(max)
+            .range(vec![b't']..group_key(b't', before.0, 0))
+            .take(max_groups)
         {
             let (k, v) = item?;
-            if let (Some((at, message_id)), Ok(track)) =
-                (k.get(1..).and_then(split_tail), decode_track(&k, &v))
-            {
-                for b in bod_ids(&track) {
-                    batch.remove(bod_key(b, at, message_id));
+            if let (Some((ms, number)), Ok(slots)) = (group_of(&k), group_slots(&k, &v)) {
+                for (i, bytes) in slots.iter().enumerate() {
+                    purged.runs += 1;
+                    // An unreadable run's index key, if any, leads nowhere and is skipped.
+                    if let Ok(Slot {
+                        run:
+                            Run {
+                                bod_id: Some(b), ..
+                            },
+                        ..
+                    }) = decode_slot(&k, bytes)
+                    {
+                        let slot = u16::try_from(i).unwrap_or(u16::MAX);
+                        batch.remove(bod_key(&b, TrackAt(ms, number, slot)));
+                    }
                 }
+                batch.remove(group_key(b'k', ms, number));
             }
-            // An unreadable entry goes too; its index keys, if any, lead nowhere and are skipped.
             batch.remove(k);
-            removed += 1;
+            purged.groups += 1;
         }
         self.hub.apply_batch(batch)?;
-        Ok(removed)
+        Ok(purged)
     }
 
-    /// Records broker confirms of published outputs on their messages' entries, in one batch;
-    /// returns how many outputs were found. Outputs of purged or untracked messages are
-    /// skipped.
+    /// Records broker confirms of published outputs in one batch (the first confirm of an
+    /// output wins); returns how many outputs were found. Outputs of purged or untracked
+    /// messages are skipped.
     pub fn track_confirms(&self, confirms: &[Confirmed<'_>]) -> Result<usize, StoreError> {
         let mut by_message: BTreeMap<&str, Vec<&Confirmed<'_>>> = BTreeMap::new();
         for c in confirms {
             by_message.entry(c.message_id).or_default().push(c);
         }
         self.transact(|tx| {
-            let mut found = 0;
-            for (message_id, confirms) in &by_message {
-                let Some((k, mut track)) = tx.tracked_entry(message_id)? else {
+            let mut by_group: BTreeMap<(u64, u64), Vec<(u16, u16, Millis)>> = BTreeMap::new();
+            for (message_id, mut waiting) in by_message.clone() {
+                let Some(marker) = tx.marker(message_id)? else {
                     continue;
                 };
-                let mut changed = false;
-                for c in confirms {
-                    let output = track
-                        .runs
-                        .iter_mut()
-                        .rev()
-                        .flat_map(|r| r.outputs.iter_mut())
-                        .find(|o| o.bod_id == c.bod_id && o.confirmed_at.is_none());
-                    if let Some(o) = output {
-                        o.confirmed_at = Some(c.at);
-                        changed = true;
-                        found += 1;
+                // Outputs are re-emitted only by a new run: look at the newest first.
+                for at in marker.tracked.iter().rev() {
+                    if waiting.is_empty() {
+                        break;
                     }
+                    let Some(run) = tx.tracked_run(*at)? else {
+                        continue;
+                    };
+                    waiting.retain(|c| {
+                        match run.outputs.iter().position(|o| o.bod_id == c.bod_id) {
+                            Some(i) => {
+                                let output = u16::try_from(i).unwrap_or(u16::MAX);
+                                by_group
+                                    .entry((at.0, at.1))
+                                    .or_default()
+                                    .push((at.2, output, c.at));
+                                false
+                            }
+                            None => true,
+                        }
+                    });
                 }
-                if changed {
-                    let v = encode_track(&k, &track)?;
-                    tx.raw_insert(k, v);
+            }
+            let mut found = 0;
+            for ((ms, number), records) in by_group {
+                let k = group_key(b'k', ms, number);
+                let mut bytes = tx.raw_get(&k)?.map(|v| v.to_vec()).unwrap_or_default();
+                let known: Vec<(u16, u16)> =
+                    decode_confirms(&bytes).map(|(s, o, _)| (s, o)).collect();
+                for (slot, output, at) in records {
+                    if known.contains(&(slot, output)) {
+                        continue;
+                    }
+                    bytes.extend_from_slice(&slot.to_be_bytes());
+                    bytes.extend_from_slice(&output.to_be_bytes());
+                    bytes.extend_from_slice(&at.0.to_be_bytes());
+                    found += 1;
                 }
+                tx.raw_insert(k, bytes);
             }
             Ok(found)
         })
-    }
-
-    /// Number of tracking entries (a full scan of the `t` keys: for tests and tools).
-    pub fn tracked_len(&self) -> usize {
-        self.hub.scan_prefix([b't']).keys().count()
     }
 }
 
@@ -478,156 +595,151 @@ mod tests {
         }
     }
 
-    /// Commits a first processing the way the pipeline does: marker and entry together.
-    fn first(store: &Store, message_id: &str, at: u64, bod_id: &str) {
+    /// Tracks runs as the pipeline does: each run in the group, its location in the marker.
+    fn commit(store: &Store, runs: &[(&str, Run)]) {
         store
             .transact(|tx| {
-                tx.put_marker(
-                    message_id,
-                    &Marker {
-                        outcome: "applied".into(),
+                for (message_id, run) in runs {
+                    let at = tx.track_run(message_id, run)?;
+                    let mut marker = tx.marker(message_id)?.unwrap_or(Marker {
+                        outcome: run.outcome.clone(),
                         record: None,
-                        bod_id: Some(bod_id.into()),
-                        tracked: Some(at),
-                    },
-                )?;
-                tx.track(message_id, None, run(at, bod_id, "applied"), false)
+                        bod_id: run.bod_id.clone(),
+                        tracked: Vec::new(),
+                    });
+                    marker.tracked.push(at);
+                    tx.put_marker(message_id, &marker)?;
+                }
+                Ok(())
             })
             .unwrap();
     }
 
+    fn ids(tracks: Vec<Track>) -> Vec<String> {
+        tracks.into_iter().map(|t| t.message_id).collect()
+    }
+
     #[test]
-    fn an_entry_round_trips_and_is_found_by_message_id_and_by_bod_id_newest_first() {
+    fn runs_are_found_by_message_id_and_by_bod_id_newest_first() {
         let store = Store::temporary().unwrap();
-        first(&store, "m1", 1_000, "B");
-        first(&store, "m2", 3_000, "B");
-        first(&store, "m3", 2_000, "B");
-        first(&store, "m4", 2_500, "other");
+        commit(
+            &store,
+            &[
+                ("m1", run(1_000, "B", "applied")),
+                ("m4", run(1_000, "other", "applied")),
+            ],
+        );
+        commit(&store, &[("m2", run(3_000, "B", "applied"))]);
+        commit(&store, &[("m3", run(2_000, "B", "applied"))]);
         let t = store.tracked("m1").unwrap().unwrap();
         assert_eq!(t.runs, vec![run(1_000, "B", "applied")]);
-        let by_bod: Vec<String> = store
-            .tracked_by_bod_id("B", 10)
-            .unwrap()
-            .into_iter()
-            .map(|t| t.message_id)
-            .collect();
-        assert_eq!(by_bod, ["m2", "m3", "m1"]);
+        assert_eq!(
+            ids(store.tracked_by_bod_id("B", 10).unwrap()),
+            ["m2", "m3", "m1"]
+        );
         assert_eq!(store.tracked_by_bod_id("B", 2).unwrap().len(), 2);
         assert!(store.tracked_by_bod_id("", 10).unwrap().is_empty());
         assert!(store.tracked("nope").unwrap().is_none());
-        let both = store.lookup_tracked("m4", 10).unwrap();
-        assert_eq!(both.len(), 1);
-        assert_eq!(both[0].message_id, "m4");
+        assert_eq!(ids(store.lookup_tracked("m4", 10).unwrap()), ["m4"]);
+        // One group key per transaction, one index key per run.
+        assert_eq!(store.hub.scan_prefix([b't']).count(), 3);
+        assert_eq!(store.hub.scan_prefix([b'b']).count(), 4);
     }
 
     #[test]
-    fn a_duplicate_stays_in_place_a_rerun_moves_the_entry_and_its_index() {
+    fn a_bod_id_that_extends_another_is_not_mistaken_for_it() {
         let store = Store::temporary().unwrap();
-        first(&store, "m1", 1_000, "B");
-        let at = store
-            .transact(|tx| tx.track("m1", Some(1_000), run(5_000, "B", "duplicate"), true))
-            .unwrap();
-        assert_eq!(at, 1_000, "a duplicate keeps the entry's time");
-        let at = store
-            .transact(|tx| {
-                let at = tx.track("m1", Some(1_000), run(9_000, "B2", "applied"), false)?;
-                tx.put_marker(
-                    "m1",
-                    &Marker {
-                        outcome: "applied".into(),
-                        record: None,
-                        bod_id: None,
-                        tracked: Some(at),
-                    },
-                )?;
-                Ok(at)
-            })
-            .unwrap();
-        assert_eq!(at, 9_000);
-        assert_eq!(store.tracked_len(), 1, "moved, not copied");
-        let t = store.tracked("m1").unwrap().unwrap();
-        let outcomes: Vec<&str> = t.runs.iter().map(|r| r.outcome.as_str()).collect();
-        assert_eq!(outcomes, ["applied", "duplicate", "applied"]);
-        assert_eq!(store.tracked_by_bod_id("B", 10).unwrap().len(), 1);
-        assert_eq!(store.tracked_by_bod_id("B2", 10).unwrap().len(), 1);
-        assert_eq!(
-            store.hub.scan_prefix([b'b']).count(),
-            2,
-            "old index keys were removed"
+        let long = format!("B{}x", char::from(SEP));
+        commit(&store, &[("m1", run(1_000, &long, "applied"))]);
+        assert!(store.tracked_by_bod_id("B", 10).unwrap().is_empty());
+        assert_eq!(ids(store.tracked_by_bod_id(&long, 10).unwrap()), ["m1"]);
+    }
+
+    #[test]
+    fn a_message_that_comes_back_gets_another_run_on_its_timeline() {
+        let store = Store::temporary().unwrap();
+        commit(&store, &[("m1", run(1_000, "B", "applied"))]);
+        commit(
+            &store,
+            &[
+                ("m1", run(5_000, "B", "duplicate")),
+                ("m1", run(5_000, "B2", "applied")),
+            ],
         );
-        // Purging before the new time removes everything, index included.
-        assert_eq!(store.purge_tracked(Millis(9_001), 100).unwrap(), 1);
-        assert_eq!(store.hub.scan_prefix([b'b']).count(), 0);
+        let outcomes: Vec<String> = store
+            .tracked("m1")
+            .unwrap()
+            .unwrap()
+            .runs
+            .into_iter()
+            .map(|r| r.outcome)
+            .collect();
+        assert_eq!(outcomes, ["applied", "duplicate", "applied"]);
+        assert_eq!(ids(store.tracked_by_bod_id("B", 10).unwrap()), ["m1"]);
+        assert_eq!(ids(store.tracked_by_bod_id("B2", 10).unwrap()), ["m1"]);
     }
 
     #[test]
-    fn runs_are_capped_keeping_the_first() {
-        let store = Store::temporary().unwrap();
-        first(&store, "m1", 1_000, "B");
-        for i in 0..40 {
-            store
-                .transact(|tx| tx.track("m1", Some(1_000), run(2_000 + i, "B", "duplicate"), true))
-                .unwrap();
-        }
-        let t = store.tracked("m1").unwrap().unwrap();
-        assert_eq!(t.runs.len(), MAX_RUNS);
-        assert_eq!(t.runs[0].outcome, "applied");
-        assert_eq!(t.runs[MAX_RUNS - 1].received_at, Millis(2_039));
-    }
-
-    #[test]
-    fn purge_removes_old_entries_only_in_chunks() {
+    fn purge_removes_old_groups_with_their_index_and_confirms_in_chunks() {
         let store = Store::temporary().unwrap();
         for i in 0..10u64 {
-            first(&store, &format!("old{i}"), 1_000 + i, "B");
+            commit(
+                &store,
+                &[
+                    (format!("old{i}a").as_str(), run(1_000 + i, "B", "applied")),
+                    (format!("old{i}b").as_str(), run(1_000 + i, "C", "applied")),
+                ],
+            );
         }
-        first(&store, "young", 50_000, "B");
-        assert_eq!(store.purge_tracked(Millis(50_000), 4).unwrap(), 4);
-        assert_eq!(store.purge_tracked(Millis(50_000), 4).unwrap(), 4);
-        assert_eq!(store.purge_tracked(Millis(50_000), 4).unwrap(), 2);
-        assert_eq!(store.purge_tracked(Millis(50_000), 4).unwrap(), 0);
-        assert!(store.tracked("old3").unwrap().is_none());
-        assert!(store.tracked("young").unwrap().is_some());
-        let left: Vec<String> = store
-            .tracked_by_bod_id("B", 100)
-            .unwrap()
-            .into_iter()
-            .map(|t| t.message_id)
-            .collect();
-        assert_eq!(left, ["young"]);
+        commit(&store, &[("young", run(50_000, "B", "applied"))]);
+        let confirm = Confirmed {
+            message_id: "old3a",
+            bod_id: "out-1003",
+            at: Millis(1_100),
+        };
+        assert_eq!(store.track_confirms(&[confirm]).unwrap(), 1);
+        assert_eq!(
+            store.purge_tracked(Millis(50_000), 4).unwrap(),
+            Purged { groups: 4, runs: 8 }
+        );
+        assert_eq!(store.purge_tracked(Millis(50_000), 4).unwrap().groups, 4);
+        assert_eq!(store.purge_tracked(Millis(50_000), 4).unwrap().groups, 2);
+        assert_eq!(store.purge_tracked(Millis(50_000), 4).unwrap().groups, 0);
+        assert!(store.tracked("old3a").unwrap().is_none());
+        assert!(store.marker("old3a").unwrap().is_some(), "markers stay");
+        assert_eq!(ids(store.tracked_by_bod_id("B", 100).unwrap()), ["young"]);
         assert_eq!(store.hub.scan_prefix([b'b']).count(), 1);
+        assert_eq!(store.hub.scan_prefix([b'k']).count(), 0);
+        assert_eq!(store.hub.scan_prefix([b't']).count(), 1);
     }
 
     #[test]
     fn confirms_fill_in_the_matching_outputs_once() {
         let store = Store::temporary().unwrap();
-        first(&store, "m1", 1_000, "B");
+        commit(&store, &[("m1", run(1_000, "B", "applied"))]);
+        commit(&store, &[("m1", run(2_000, "B", "applied"))]);
+        let c = |bod_id, at| Confirmed {
+            message_id: "m1",
+            bod_id,
+            at: Millis(at),
+        };
         let confirms = [
-            Confirmed {
-                message_id: "m1",
-                bod_id: "out-1000",
-                at: Millis(1_500),
-            },
-            Confirmed {
-                message_id: "m1",
-                bod_id: "not-an-output",
-                at: Millis(1_500),
-            },
+            c("out-1000", 1_500),
+            c("out-2000", 2_500),
+            c("not-an-output", 1_500),
             Confirmed {
                 message_id: "gone",
-                bod_id: "x",
-                at: Millis(1_500),
+                ..c("x", 1_500)
             },
         ];
-        assert_eq!(store.track_confirms(&confirms).unwrap(), 1);
+        assert_eq!(store.track_confirms(&confirms).unwrap(), 2);
         let t = store.tracked("m1").unwrap().unwrap();
         assert_eq!(t.runs[0].outputs[0].confirmed_at, Some(Millis(1_500)));
+        assert_eq!(t.runs[1].outputs[0].confirmed_at, Some(Millis(2_500)));
         // A second confirm of the same output (a re-publish) keeps the first time.
-        let again = [Confirmed {
-            at: Millis(2_000),
-            ..confirms[0]
-        }];
-        assert_eq!(store.track_confirms(&again).unwrap(), 0);
+        assert_eq!(store.track_confirms(&[c("out-1000", 9_000)]).unwrap(), 0);
+        let t = store.tracked("m1").unwrap().unwrap();
+        assert_eq!(t.runs[0].outputs[0].confirmed_at, Some(Millis(1_500)));
     }
 
     #[test]
@@ -641,24 +753,22 @@ mod tests {
         assert_eq!(json["runs"][0]["trigger"], "received");
         let back: Track = serde_json::from_value(json).unwrap();
         assert_eq!(back, t);
+        let at = serde_json::to_string(&TrackAt(1, 2, 3)).unwrap();
+        assert_eq!(at, "[1,2,3]");
     }
 
     #[test]
-    fn an_entry_of_another_version_is_a_named_error() {
-        let k = entry_key(1, "m");
-        let mut bytes = encode_track(
-            &k,
-            &Track {
-                message_id: "m".into(),
-                runs: vec![],
-            },
-        )
-        .unwrap();
-        assert!(decode_track(&k, &bytes).is_ok());
+    fn a_group_of_another_version_or_truncated_is_a_named_error() {
+        let k = group_key(b't', 1, 1);
+        let slot = encode_slot("m", &run(1, "B", "applied")).unwrap();
+        let mut bytes = encode_group(&[slot]);
+        let slots = group_slots(&k, &bytes).unwrap();
+        assert_eq!(decode_slot(&k, slots[0]).unwrap().message_id, "m");
         bytes[0] = 9;
-        let e = decode_track(&k, &bytes).unwrap_err().to_string();
+        let e = group_slots(&k, &bytes).unwrap_err().to_string();
         assert!(e.contains("version 9"), "{e}");
-        assert!(decode_track(&k, &[]).is_err());
-        assert!(decode_track(&k, &[VERSION, 0xff, 0xff]).is_err());
+        assert!(group_slots(&k, &[]).is_err());
+        assert!(group_slots(&k, &[VERSION, 0, 0, 0, 9, 1]).is_err());
+        assert!(decode_slot(&k, &[0xff, 0xff]).is_err());
     }
 }

@@ -244,8 +244,9 @@ impl Event for StoreSampled {
     }
 }
 
-/// The tracking purge removed the timelines older than the retention.
+/// The tracking purge removed the runs older than the retention.
 pub struct TrackingPurged {
+    /// Runs (one processing of a message each) removed.
     pub removed: usize,
     pub seconds: f64,
 }
@@ -256,7 +257,7 @@ impl Event for TrackingPurged {
             tracing::debug!(
                 removed = self.removed,
                 seconds = self.seconds,
-                "Expired message timelines purged"
+                "Expired tracked runs purged"
             );
         }
         metrics().tracking_purged.inc_by(self.removed as u64);

@@ -153,7 +153,7 @@ impl Metrics {
                 &registry,
                 IntCounter::new(
                     "bodflow_tracking_purged_total",
-                    "Message timelines removed after tracking.retention.",
+                    "Tracked runs (one processing of a message each) removed after tracking.retention.",
                 )?,
             )?,
             tracking_errors: reg(
