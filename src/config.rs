@@ -155,8 +155,8 @@ pub struct Tracking {
     /// Keep each processed message's timeline (received, each stage's decision, outcome,
     /// outputs and their publish confirms) in the store, written with the commit.
     pub enabled: bool,
-    /// How long a timeline is kept after the message's latest processing; the service purges
-    /// older ones in the background. `7d`, `36h`, `90m`, `45s`.
+    /// How long each processing of a message stays on its timeline; the service purges older
+    /// ones in the background. `7d`, `36h`, `90m`, `45s`.
     pub retention: Period,
 }
 

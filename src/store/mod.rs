@@ -14,7 +14,7 @@
 //! | `p` | big-endian sequence | [`Parked`] |
 //! | `c` | parent xref key | contact hub IDs waiting for that account |
 //! | `s` | counter name | big-endian u64 |
-//! | `t`, `b` | message tracking: time, message id / BODID, time, message id | see [`track`] |
+//! | `t`, `k`, `b` | message tracking: runs per commit, their confirms, the BODID index | see [`track`] |
 //!
 //! A transaction ([`Store::transact`]) is a write set applied as one atomic sled batch, with
 //! writers serialized: bodflow has one committer, and sled's optimistic transactions cost a
