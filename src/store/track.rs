@@ -406,8 +406,9 @@ impl Tx<'_> {
 }
 
 impl Store {
-    /// The run at `at` with its confirm times, and the message id it belongs to.
-    fn run_at(&self, at: TrackAt) -> Result<Option<(String, Run)>, StoreError> {
+    /// The run at `at` and the message id it belongs to; with `confirms`, its outputs' confirm
+    /// times filled in.
+    fn run_at(&self, at: TrackAt, confirms: bool) -> Result<Option<(String, Run)>, StoreError> {
         let k = group_key(b't', at.0);
         let Some(v) = self.hub.get(k)? else {
             return Ok(None);
@@ -419,8 +420,11 @@ impl Store {
             message_id,
             mut run,
         } = decode_slot(&k, bytes)?;
-        if let Some(confirms) = self.hub.get(group_key(b'k', at.0))? {
-            for (slot, output, ms) in decode_confirms(&confirms) {
+        if !confirms {
+            return Ok(Some((message_id, run)));
+        }
+        if let Some(confirmed) = self.hub.get(group_key(b'k', at.0))? {
+            for (slot, output, ms) in decode_confirms(&confirmed) {
                 if slot == at.1 {
                     if let Some(o) = run.outputs.get_mut(usize::from(output)) {
                         o.confirmed_at.get_or_insert(ms);
@@ -438,7 +442,7 @@ impl Store {
         };
         let mut runs = Vec::with_capacity(marker.tracked.len());
         for at in marker.tracked {
-            if let Some((id, run)) = self.run_at(at)? {
+            if let Some((id, run)) = self.run_at(at, true)? {
                 if id == message_id {
                     runs.push(run);
                 }
@@ -461,7 +465,7 @@ impl Store {
             let Some(at) = bod_key_at(&k) else {
                 continue;
             };
-            if let Some((id, run)) = self.run_at(at)? {
+            if let Some((id, run)) = self.run_at(at, false)? {
                 if run.bod_id.as_deref() == Some(bod_id) && !ids.contains(&id) {
                     ids.push(id);
                 }
@@ -525,6 +529,14 @@ impl Store {
         }
         self.hub.apply_batch(batch)?;
         Ok(purged)
+    }
+
+    /// Bytes of all tracking groups (the runs as stored): for benchmarks and tools.
+    pub fn tracked_bytes(&self) -> Result<usize, StoreError> {
+        self.hub
+            .scan_prefix([b't'])
+            .values()
+            .try_fold(0, |sum, v| Ok(sum + v?.len()))
     }
 
     /// Records broker confirms of published outputs in one batch (the first confirm of an
