@@ -4,13 +4,15 @@
 //!
 //! | prefix | key | value |
 //! | --- | --- | --- |
-//! | `t` | big-endian group number | the runs one transaction committed: a version byte, the big-endian ms of its first run, then length-prefixed postcard slots (message id, [`Run`]) |
+//! | `t` | big-endian group number | the runs one transaction committed: a version byte, the big-endian ms of its first run, then LZ4 of the length-prefixed postcard slots (message id, [`Run`]) |
 //! | `k` | big-endian group number | publish confirms of that group's outputs: 12-byte records (slot, output, ms) |
 //! | `b` | 8 bytes of the BODID's hash, group number, slot | empty: a BODID's runs in commit order |
 //!
 //! The commit path writes one key per message, the BODID index, plus one group key per
 //! transaction: sled's cost is per key, and a key per run would double what tracking costs
-//! (the outbox groups its rows the same way). Index keys are 19 bytes whatever the BODID (a
+//! (the outbox groups its rows the same way). Groups are compressed (runs of one commit repeat
+//! one another's decisions, about 5:1): sled rewrites a leaf with all its values each time the
+//! leaf changes, so every byte stored costs several times over. Index keys are 19 bytes whatever the BODID (a
 //! BODID is often 80 characters): sled keeps keys that short inline, and a lookup checks the
 //! run's BODID, so a hash collision costs a read, never a wrong answer. Group numbers come from
 //! sled's persistent ID generator: increasing, in commit order.
@@ -208,10 +210,11 @@ pub struct Purged {
     pub runs: usize,
 }
 
-/// A transaction's tracking group while it is being filled: its number and its value so far
-/// (header, then the slots written).
+/// A transaction's tracking group while it is being filled: its number, the time of its first
+/// run, and its slots so far (compressed when written).
 pub(super) struct Group {
     number: u64,
+    ms: u64,
     slots: usize,
     bytes: Vec<u8>,
 }
@@ -276,11 +279,13 @@ fn corrupt(k: &[u8], message: String) -> StoreError {
     }
 }
 
-/// A group's header: the version and the time of its first run.
-fn group_header(ms: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(4096);
+/// A group's value: the version, the time of its first run, the compressed slots.
+fn encode_group(ms: u64, slots: &[u8]) -> Vec<u8> {
+    let compressed = lz4_flex::block::compress_prepend_size(slots);
+    let mut out = Vec::with_capacity(9 + compressed.len());
     out.push(VERSION);
     out.extend_from_slice(&ms.to_be_bytes());
+    out.extend_from_slice(&compressed);
     out
 }
 
@@ -318,10 +323,15 @@ fn group_ms(k: &[u8], bytes: &[u8]) -> Result<u64, StoreError> {
     }
 }
 
-/// The encoded slots of a group, in order.
-fn group_slots<'v>(k: &[u8], bytes: &'v [u8]) -> Result<Vec<&'v [u8]>, StoreError> {
+/// A group's slots, decompressed.
+fn group_body(k: &[u8], bytes: &[u8]) -> Result<Vec<u8>, StoreError> {
     group_ms(k, bytes)?;
-    let body = bytes.get(9..).unwrap_or_default();
+    lz4_flex::block::decompress_size_prepended(bytes.get(9..).unwrap_or_default())
+        .map_err(|e| corrupt(k, format!("tracking group: {e}")))
+}
+
+/// The encoded slots in a group's body, in order.
+fn group_slots<'v>(k: &[u8], body: &'v [u8]) -> Result<Vec<&'v [u8]>, StoreError> {
     let mut slots = Vec::new();
     let mut at = 0usize;
     while at < body.len() {
@@ -371,8 +381,9 @@ impl Tx<'_> {
             Some(g) => g,
             None => pending.insert(Group {
                 number: self.db.generate_id()?,
+                ms: run.received_at.0,
                 slots: 0,
-                bytes: group_header(run.received_at.0),
+                bytes: Vec::with_capacity(64 * 1024),
             }),
         };
         let at = TrackAt(group.number, u16::try_from(group.slots).unwrap_or(u16::MAX));
@@ -387,21 +398,18 @@ impl Tx<'_> {
 
     pub(super) fn write_tracking_group(&self) -> TxResult<()> {
         if let Some(g) = self.tracking.borrow_mut().take() {
-            self.raw_insert(group_key(b't', g.number).to_vec(), g.bytes);
+            self.raw_insert(
+                group_key(b't', g.number).to_vec(),
+                encode_group(g.ms, &g.bytes),
+            );
         }
         Ok(())
     }
 
-    /// The run at `at`, as this transaction sees the store.
-    fn tracked_run(&self, at: TrackAt) -> TxResult<Option<Run>> {
-        let k = group_key(b't', at.0);
-        let Some(v) = self.raw_get(&k)? else {
-            return Ok(None);
-        };
-        match group_slots(&k, &v)?.get(usize::from(at.1)) {
-            Some(bytes) => Ok(Some(decode_slot(&k, bytes)?.run)),
-            None => Ok(None),
-        }
+    /// The decompressed slots of group `number`, as this transaction sees the store.
+    fn group_body(&self, number: u64) -> TxResult<Option<Vec<u8>>> {
+        let k = group_key(b't', number);
+        self.raw_get(&k)?.map(|v| group_body(&k, &v)).transpose()
     }
 }
 
@@ -413,7 +421,8 @@ impl Store {
         let Some(v) = self.hub.get(k)? else {
             return Ok(None);
         };
-        let Some(bytes) = group_slots(&k, &v)?.get(usize::from(at.1)).copied() else {
+        let body = group_body(&k, &v)?;
+        let Some(bytes) = group_slots(&k, &body)?.get(usize::from(at.1)).copied() else {
             return Ok(None);
         };
         let Slot {
@@ -506,7 +515,9 @@ impl Store {
             if group_ms(&k, &v).is_ok_and(|ms| ms >= before.0) {
                 break;
             }
-            if let (Some(number), Ok(slots)) = (group_of(&k), group_slots(&k, &v)) {
+            let body = group_body(&k, &v);
+            let slots = body.as_ref().map(|b| group_slots(&k, b));
+            if let (Some(number), Ok(Ok(slots))) = (group_of(&k), slots) {
                 for (i, bytes) in slots.iter().enumerate() {
                     purged.runs += 1;
                     // An unreadable run's index key, if any, leads nowhere and is skipped.
@@ -549,6 +560,8 @@ impl Store {
         }
         self.transact(|tx| {
             let mut by_group: BTreeMap<u64, Vec<(u16, u16, Millis)>> = BTreeMap::new();
+            // Decompressed groups: a publisher round confirms the outputs of a few commits.
+            let mut bodies: BTreeMap<u64, Option<Vec<u8>>> = BTreeMap::new();
             for (message_id, mut waiting) in by_message.clone() {
                 let Some(marker) = tx.marker(message_id)? else {
                     continue;
@@ -558,9 +571,20 @@ impl Store {
                     if waiting.is_empty() {
                         break;
                     }
-                    let Some(run) = tx.tracked_run(*at)? else {
+                    let body = match bodies.entry(at.0) {
+                        std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                        std::collections::btree_map::Entry::Vacant(e) => {
+                            e.insert(tx.group_body(at.0)?)
+                        }
+                    };
+                    let Some(body) = body else {
                         continue;
                     };
+                    let k = group_key(b't', at.0);
+                    let Some(bytes) = group_slots(&k, body)?.get(usize::from(at.1)).copied() else {
+                        continue;
+                    };
+                    let run = decode_slot(&k, bytes)?.run;
                     waiting.retain(|c| {
                         match run.outputs.iter().position(|o| o.bod_id == c.bod_id) {
                             Some(i) => {
@@ -804,15 +828,21 @@ mod tests {
     #[test]
     fn a_group_of_another_version_or_truncated_is_a_named_error() {
         let k = group_key(b't', 1);
-        let mut bytes = push_slot(group_header(1), "m", &run(1, "B", "applied")).unwrap();
-        let slots = group_slots(&k, &bytes).unwrap();
+        let body = push_slot(Vec::new(), "m", &run(1, "B", "applied")).unwrap();
+        let mut bytes = encode_group(1, &body);
+        assert_eq!(group_ms(&k, &bytes).unwrap(), 1);
+        let read = group_body(&k, &bytes).unwrap();
+        let slots = group_slots(&k, &read).unwrap();
         assert_eq!(decode_slot(&k, slots[0]).unwrap().message_id, "m");
         bytes[0] = 9;
-        let e = group_slots(&k, &bytes).unwrap_err().to_string();
+        let e = group_body(&k, &bytes).unwrap_err().to_string();
         assert!(e.contains("version 9"), "{e}");
-        assert!(group_slots(&k, &[]).is_err());
-        assert!(group_slots(&k, &[VERSION, 0, 0, 0]).is_err());
-        assert!(group_slots(&k, &[VERSION, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 9, 1]).is_err());
+        assert!(group_body(&k, &[]).is_err());
+        assert!(group_body(&k, &[VERSION, 0, 0, 0]).is_err());
+        let mut garbled = encode_group(1, &body);
+        garbled.truncate(garbled.len() / 2);
+        assert!(group_body(&k, &garbled).is_err(), "truncated LZ4");
+        assert!(group_slots(&k, &[0, 0, 0, 9, 1]).is_err(), "truncated slot");
         assert!(decode_slot(&k, &[0xff, 0xff]).is_err());
     }
 }
