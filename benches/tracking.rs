@@ -66,7 +66,7 @@ fn bod_id(i: usize) -> String {
 
 /// Runs of generated documents processed by the real pipeline: applied with Syncs, duplicates,
 /// stale and rejected ones, as the realistic mix gives them.
-fn templates() -> Vec<Run> {
+fn templates() -> Vec<Run<'static>> {
     let config = Config::from_toml(CONFIG, "generate::CONFIG").unwrap();
     let pipeline = Pipeline::new(Arc::new(config), Arc::new(Store::temporary().unwrap())).unwrap();
     let mut runs = Vec::new();
@@ -103,17 +103,17 @@ fn build(n: usize) -> Fixture {
                     let bod = bod_id(i);
                     let mut run = templates[i % templates.len()].clone();
                     run.received_at = Millis(start + i as u64 * 50);
-                    run.bod_id = Some(bod.clone());
+                    run.bod_id = Some(bod.clone().into());
                     for (k, o) in run.outputs.iter_mut().enumerate() {
-                        o.bod_id = format!("bodflow:{}:{}", &id[..20], k + 1);
+                        o.bod_id = format!("bodflow:{}:{}", &id[..20], k + 1).into();
                         o.confirmed_at = Some(Millis(run.received_at.0 + 12));
                     }
                     let at = tx.track_run(&id, &run)?;
                     tx.put_marker(
                         &id,
                         &Marker {
-                            outcome: run.outcome.clone(),
-                            record: run.record.clone(),
+                            outcome: run.outcome.to_string(),
+                            record: run.record.as_ref().map(|r| r.to_string()),
                             bod_id: Some(bod),
                             tracked: vec![at],
                         },

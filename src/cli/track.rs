@@ -141,7 +141,7 @@ pub fn write_timeline(out: &mut impl Write, track: &Track) -> std::io::Result<()
     writeln!(out)
 }
 
-fn write_run(out: &mut impl Write, run: &Run) -> std::io::Result<()> {
+fn write_run(out: &mut impl Write, run: &Run<'_>) -> std::io::Result<()> {
     let what = match (&run.verb, &run.noun) {
         (Some(v), Some(n)) => format!("{v}{n}"),
         _ => "document".into(),
@@ -168,7 +168,7 @@ fn write_run(out: &mut impl Write, run: &Run) -> std::io::Result<()> {
     for s in &run.stages {
         writeln!(out, "    {:<9} {}", s.stage, s.decision)?;
     }
-    let mut outcome = run.outcome.clone();
+    let mut outcome = run.outcome.to_string();
     for part in [&run.action, &run.record].into_iter().flatten() {
         outcome.push(' ');
         outcome.push_str(part);
@@ -176,7 +176,7 @@ fn write_run(out: &mut impl Write, run: &Run) -> std::io::Result<()> {
     if let Some(e) = &run.error {
         outcome.push_str(&format!(" [{}/{}] {}", e.stage, e.code, e.message));
         if let Some(p) = &e.path {
-            if !e.message.contains(p.as_str()) {
+            if !e.message.contains(p.as_ref()) {
                 outcome.push_str(&format!(" at {p}"));
             }
         }
@@ -220,7 +220,7 @@ mod tests {
     use super::*;
     use crate::store::track::{StageDecision, TrackedError, TrackedOutput, TrackedPark};
 
-    fn run() -> Run {
+    fn run() -> Run<'static> {
         Run {
             received_at: Millis(1_714_564_800_000),
             trigger: Trigger::Received,

@@ -7,6 +7,7 @@
 //! in the message id's marker. A message id seen before (a redelivery found duplicate, a
 //! released parked document, a replayed dead letter) gets another run on its timeline.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::ops::Deref;
 
@@ -85,9 +86,10 @@ pub fn record(
     tx.put_marker(&ctx.message_id, &marker)
 }
 
-/// The tracked form of one processing.
-fn run(ctx: &Context, report: &Report) -> Run {
+/// The tracked form of one processing, borrowing the report's text.
+fn run<'a>(ctx: &'a Context, report: &'a Report) -> Run<'a> {
     use crate::store::track::{TrackedError, TrackedOutput, TrackedPark};
+    let text = |s: &'a Option<String>| s.as_deref().map(Cow::Borrowed);
     Run {
         received_at: Millis(ctx.received_ms),
         trigger: if ctx.unpark.is_some() {
@@ -97,41 +99,41 @@ fn run(ctx: &Context, report: &Report) -> Run {
         } else {
             Trigger::Received
         },
-        source: ctx.source.clone(),
-        sender: report.sender.clone(),
+        source: Cow::Borrowed(&ctx.source),
+        sender: text(&report.sender),
         size: ctx.size as u64,
-        reply_to: ctx.reply_to.clone(),
-        bod_id: report.bod_id.clone(),
-        verb: report.verb.clone(),
-        noun: report.noun.clone(),
+        reply_to: text(&ctx.reply_to),
+        bod_id: text(&report.bod_id),
+        verb: text(&report.verb),
+        noun: text(&report.noun),
         stages: report
             .decisions
             .iter()
             .map(|d| StageDecision {
-                stage: d.stage.as_str().into(),
-                decision: d.text.clone(),
+                stage: Cow::Borrowed(d.stage.as_str()),
+                decision: Cow::Borrowed(&d.text),
             })
             .collect(),
-        outcome: report.outcome.as_str().into(),
-        action: report.action.map(|a| a.as_str().into()),
-        record: report.record.clone(),
+        outcome: Cow::Borrowed(report.outcome.as_str()),
+        action: report.action.map(|a| Cow::Borrowed(a.as_str())),
+        record: text(&report.record),
         error: report.error.as_ref().map(|e| TrackedError {
-            stage: e.stage.as_str().into(),
-            code: e.code.into(),
-            message: e.message.clone(),
-            path: e.path.clone(),
+            stage: Cow::Borrowed(e.stage.as_str()),
+            code: Cow::Borrowed(e.code),
+            message: Cow::Borrowed(&e.message),
+            path: text(&e.path),
         }),
         parked: report.parked.map(|p| TrackedPark {
-            reason: p.reason.code().into(),
+            reason: Cow::Borrowed(p.reason.code()),
             seq: p.seq,
         }),
         outputs: report
             .outputs
             .iter()
             .map(|o| TrackedOutput {
-                kind: o.kind.clone(),
-                to: o.to.clone(),
-                bod_id: o.bod_id.clone(),
+                kind: Cow::Borrowed(&o.kind),
+                to: Cow::Borrowed(&o.to),
+                bod_id: Cow::Borrowed(&o.bod_id),
                 confirmed_at: None,
             })
             .collect(),

@@ -35,6 +35,7 @@
 //! Runs live for `tracking.retention` only, so their encoding may change between versions: a
 //! group of another version reads as [`StoreError::Corrupt`] naming it, never as garbage.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -110,7 +111,7 @@ impl<'de> Deserialize<'de> for Millis {
 pub struct Track {
     pub message_id: String,
     /// Every processing of this message id still within the retention, oldest first.
-    pub runs: Vec<Run>,
+    pub runs: Vec<Run<'static>>,
 }
 
 /// Why the message went through the pipeline.
@@ -136,61 +137,65 @@ impl Trigger {
     }
 }
 
+/// Text of a run: borrowed from the commit's report while it is written (no copies on the
+/// commit path), owned once read back.
+pub type Text<'a> = Cow<'a, str>;
+
 /// One processing of a message: what came in, what each stage decided, what went out.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Run {
+pub struct Run<'a> {
     pub received_at: Millis,
     pub trigger: Trigger,
     /// A file path (`replay`) or `amqp`.
-    pub source: String,
+    pub source: Text<'a>,
     /// Sender/LogicalID as the document gives it.
-    pub sender: Option<String>,
+    pub sender: Option<Text<'a>>,
     /// Payload size in bytes.
     pub size: u64,
     /// The delivery's `reply_to`, where replies went instead of the sender's queue.
-    pub reply_to: Option<String>,
-    pub bod_id: Option<String>,
-    pub verb: Option<String>,
-    pub noun: Option<String>,
+    pub reply_to: Option<Text<'a>>,
+    pub bod_id: Option<Text<'a>>,
+    pub verb: Option<Text<'a>>,
+    pub noun: Option<Text<'a>>,
     /// Each stage's decision, in order.
-    pub stages: Vec<StageDecision>,
-    pub outcome: String,
-    pub action: Option<String>,
-    pub record: Option<String>,
-    pub error: Option<TrackedError>,
-    pub parked: Option<TrackedPark>,
-    pub outputs: Vec<TrackedOutput>,
+    pub stages: Vec<StageDecision<'a>>,
+    pub outcome: Text<'a>,
+    pub action: Option<Text<'a>>,
+    pub record: Option<Text<'a>>,
+    pub error: Option<TrackedError<'a>>,
+    pub parked: Option<TrackedPark<'a>>,
+    pub outputs: Vec<TrackedOutput<'a>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StageDecision {
-    pub stage: String,
-    pub decision: String,
+pub struct StageDecision<'a> {
+    pub stage: Text<'a>,
+    pub decision: Text<'a>,
 }
 
 /// A rejection: stage, stable code, message, XML path.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TrackedError {
-    pub stage: String,
-    pub code: String,
-    pub message: String,
-    pub path: Option<String>,
+pub struct TrackedError<'a> {
+    pub stage: Text<'a>,
+    pub code: Text<'a>,
+    pub message: Text<'a>,
+    pub path: Option<Text<'a>>,
 }
 
 /// Where a parked document waits: its reason and the sequence `bodflow parked` shows.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TrackedPark {
-    pub reason: String,
+pub struct TrackedPark<'a> {
+    pub reason: Text<'a>,
     pub seq: u64,
 }
 
 /// An emitted document and, once the broker confirmed its publish, when.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TrackedOutput {
-    pub kind: String,
+pub struct TrackedOutput<'a> {
+    pub kind: Text<'a>,
     /// Receiving logical ID, or the `reply_to` queue.
-    pub to: String,
-    pub bod_id: String,
+    pub to: Text<'a>,
+    pub bod_id: Text<'a>,
     pub confirmed_at: Option<Millis>,
 }
 
@@ -223,13 +228,13 @@ pub(super) struct Group {
 #[derive(Serialize)]
 struct SlotRef<'a> {
     message_id: &'a str,
-    run: &'a Run,
+    run: &'a Run<'a>,
 }
 
 #[derive(Deserialize)]
 struct Slot {
     message_id: String,
-    run: Run,
+    run: Run<'static>,
 }
 
 fn group_key(prefix: u8, number: u64) -> [u8; 9] {
@@ -290,7 +295,7 @@ fn encode_group(ms: u64, slots: &[u8]) -> Vec<u8> {
 }
 
 /// Appends one slot (length-prefixed) to a group's bytes.
-fn push_slot(bytes: Vec<u8>, message_id: &str, run: &Run) -> Result<Vec<u8>, StoreError> {
+fn push_slot(bytes: Vec<u8>, message_id: &str, run: &Run<'_>) -> Result<Vec<u8>, StoreError> {
     let at = bytes.len();
     let mut bytes = bytes;
     bytes.extend_from_slice(&[0; 4]);
@@ -367,7 +372,7 @@ fn decode_confirms(bytes: &[u8]) -> impl Iterator<Item = (u16, u16, Millis)> + '
 impl Tx<'_> {
     /// Adds `run` of `message_id` to this transaction's tracking group, indexed under its
     /// BODID; returns where it is (the caller lists it in the message's marker).
-    pub fn track_run(&self, message_id: &str, run: &Run) -> TxResult<TrackAt> {
+    pub fn track_run(&self, message_id: &str, run: &Run<'_>) -> TxResult<TrackAt> {
         if self
             .tracking
             .borrow()
@@ -416,7 +421,11 @@ impl Tx<'_> {
 impl Store {
     /// The run at `at` and the message id it belongs to; with `confirms`, its outputs' confirm
     /// times filled in.
-    fn run_at(&self, at: TrackAt, confirms: bool) -> Result<Option<(String, Run)>, StoreError> {
+    fn run_at(
+        &self,
+        at: TrackAt,
+        confirms: bool,
+    ) -> Result<Option<(String, Run<'static>)>, StoreError> {
         let k = group_key(b't', at.0);
         let Some(v) = self.hub.get(k)? else {
             return Ok(None);
@@ -624,7 +633,7 @@ mod tests {
     use super::*;
     use crate::store::Marker;
 
-    fn run(at: u64, bod_id: &str, outcome: &str) -> Run {
+    fn run(at: u64, bod_id: &str, outcome: &str) -> Run<'static> {
         Run {
             received_at: Millis(at),
             trigger: Trigger::Received,
@@ -632,14 +641,14 @@ mod tests {
             sender: Some("lid://a".into()),
             size: 1234,
             reply_to: None,
-            bod_id: Some(bod_id.into()),
+            bod_id: Some(bod_id.to_string().into()),
             verb: Some("Sync".into()),
             noun: Some("CustomerPartyMaster".into()),
             stages: vec![StageDecision {
                 stage: "country".into(),
                 decision: "country DEU→DE (iso3)".into(),
             }],
-            outcome: outcome.into(),
+            outcome: outcome.to_string().into(),
             action: None,
             record: Some("ACC-000001".into()),
             error: None,
@@ -647,22 +656,22 @@ mod tests {
             outputs: vec![TrackedOutput {
                 kind: "SyncCustomerPartyMaster".into(),
                 to: "lid://b".into(),
-                bod_id: format!("out-{at}"),
+                bod_id: format!("out-{at}").into(),
                 confirmed_at: None,
             }],
         }
     }
 
     /// Tracks runs as the pipeline does: each run in the group, its location in the marker.
-    fn commit(store: &Store, runs: &[(&str, Run)]) {
+    fn commit(store: &Store, runs: &[(&str, Run<'_>)]) {
         store
             .transact(|tx| {
                 for (message_id, run) in runs {
                     let at = tx.track_run(message_id, run)?;
                     let mut marker = tx.marker(message_id)?.unwrap_or(Marker {
-                        outcome: run.outcome.clone(),
+                        outcome: run.outcome.to_string(),
                         record: None,
-                        bod_id: run.bod_id.clone(),
+                        bod_id: run.bod_id.as_ref().map(|b| b.to_string()),
                         tracked: Vec::new(),
                     });
                     marker.tracked.push(at);
@@ -740,7 +749,7 @@ mod tests {
             .unwrap()
             .runs
             .into_iter()
-            .map(|r| r.outcome)
+            .map(|r| r.outcome.into_owned())
             .collect();
         assert_eq!(outcomes, ["applied", "duplicate", "applied"]);
         assert_eq!(ids(store.tracked_by_bod_id("B", 10).unwrap()), ["m1"]);
