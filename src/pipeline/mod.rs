@@ -414,6 +414,10 @@ fn commit_in(tx: &Tx<'_>, config: &Config, prepared: &Prepared) -> TxResult<Repo
         tx.unpark(seq)?;
     }
     let previous = tx.marker(&ctx.message_id)?;
+    if ctx.track {
+        let runs = previous.as_ref().map(|m| m.tracked.as_slice());
+        tx.begin_run(&ctx.message_id, runs.unwrap_or_default(), ctx.received_ms)?;
+    }
     let report = apply_in(tx, config, prepared, previous.as_ref())?;
     if ctx.track {
         track::record(tx, ctx, &report, previous)?;

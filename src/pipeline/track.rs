@@ -3,8 +3,8 @@
 //!
 //! [`record`] runs inside the commit's transaction, after the document's effects: it turns
 //! the [`Report`] and the delivery facts into a [`Run`] (received, each stage's decision,
-//! outcome, outputs), adds it to the store's tracking ([`crate::store::track`]) and lists it
-//! in the message id's marker. A message id seen before (a redelivery found duplicate, a
+//! outcome, outputs) and adds it to the store's tracking ([`crate::store::track`]); the
+//! message id's marker lists it. A message id seen before (a redelivery found duplicate, a
 //! released parked document, a replayed dead letter) gets another run on its timeline.
 
 use std::borrow::Cow;
@@ -14,7 +14,7 @@ use std::ops::Deref;
 use serde::{Serialize, Serializer};
 
 use super::{upsert, Context, Report, Stage};
-use crate::store::track::{Millis, Run, StageDecision, Trigger, MAX_RUNS};
+use crate::store::track::{Millis, Run, StageDecision, Trigger};
 use crate::store::{Marker, Tx, TxResult};
 
 /// One stage's decision and why, in words (`country DEU→DE (iso3)`). Serialized as its text
@@ -54,36 +54,21 @@ impl Serialize for Decision {
     }
 }
 
-/// Records this processing of the message: its run goes into the transaction's tracking
-/// group, and the message's marker lists it after the runs `previous` (the marker before this
-/// commit) listed. A delivery the marker made a duplicate writes no marker of its own, so the
-/// previous one is written again with the new run.
+/// Records this processing of the message, after [`Tx::begin_run`] and the document's
+/// effects: its run goes into the transaction's tracking group. The marker the commit wrote
+/// already lists it; a delivery the marker made a duplicate writes no marker of its own, so
+/// its `previous` marker is written again, now listing this run too.
 pub fn record(
     tx: &Tx<'_>,
     ctx: &Context,
     report: &Report,
     previous: Option<Marker>,
 ) -> TxResult<()> {
-    let at = tx.track_run(&ctx.message_id, &run(ctx, report))?;
-    let duplicate = previous.as_ref().is_some_and(|m| upsert::blocks(m, ctx));
-    let mut tracked = previous
-        .as_ref()
-        .map(|m| m.tracked.clone())
-        .unwrap_or_default();
-    let written = if duplicate {
-        previous
-    } else {
-        tx.marker(&ctx.message_id)?
-    };
-    let Some(mut marker) = written else {
-        return Ok(());
-    };
-    tracked.push(at);
-    if tracked.len() > MAX_RUNS {
-        tracked.remove(1);
+    if let Some(marker) = previous.filter(|m| upsert::blocks(m, ctx)) {
+        tx.put_marker(&ctx.message_id, &marker)?;
     }
-    marker.tracked = tracked;
-    tx.put_marker(&ctx.message_id, &marker)
+    tx.track_run(&ctx.message_id, &run(ctx, report))?;
+    Ok(())
 }
 
 /// The tracked form of one processing, borrowing the report's text.

@@ -313,6 +313,7 @@ impl Store {
             outbox: RefCell::new(None),
             db: &self.db,
             tracking: RefCell::new(None),
+            tracked_runs: RefCell::new(None),
         };
         let out = f(&tx)?;
         tx.write_outbox_group()?;
@@ -543,6 +544,8 @@ pub struct Tx<'a> {
     db: &'a sled::Db,
     /// This transaction's tracking group, written at the end (see [`track`]).
     tracking: RefCell<Option<track::Group>>,
+    /// The message whose run is being tracked and the runs its marker lists.
+    tracked_runs: RefCell<Option<(String, Vec<track::TrackAt>)>>,
 }
 
 impl Tx<'_> {
@@ -641,8 +644,20 @@ impl Tx<'_> {
         self.get(&key(b'm', &[message_id]))
     }
 
+    /// Writes a message id's marker; while a run of that message is being tracked
+    /// ([`Tx::begin_run`]), the marker lists its runs.
     pub fn put_marker(&self, message_id: &str, marker: &Marker) -> TxResult<()> {
-        self.put(key(b'm', &[message_id]), marker)
+        let k = key(b'm', &[message_id]);
+        match self.runs_of(message_id) {
+            Some(tracked) => self.put(
+                k,
+                &Marker {
+                    tracked,
+                    ..marker.clone()
+                },
+            ),
+            None => self.put(k, marker),
+        }
     }
 
     /// Increments and returns a named counter (first value 1).

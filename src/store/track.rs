@@ -53,6 +53,10 @@ const VERSION: u8 = 1;
 /// Most runs in one group (slots are 16-bit); a bigger transaction starts another group.
 const GROUP_SLOTS: usize = 1 << 16;
 
+fn slot_index(slots: usize) -> u16 {
+    u16::try_from(slots).unwrap_or(u16::MAX)
+}
+
 /// Where a run is: its group number and its slot in the group. JSON (in the marker):
 /// `[group, slot]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -370,9 +374,33 @@ fn decode_confirms(bytes: &[u8]) -> impl Iterator<Item = (u16, u16, Millis)> + '
 }
 
 impl Tx<'_> {
-    /// Adds `run` of `message_id` to this transaction's tracking group, indexed under its
-    /// BODID; returns where it is (the caller lists it in the message's marker).
-    pub fn track_run(&self, message_id: &str, run: &Run<'_>) -> TxResult<TrackAt> {
+    /// Starts tracking one processing of `message_id`, whose marker listed `previous` runs:
+    /// from now until [`Tx::track_run`], every marker of that message written in this
+    /// transaction lists the previous runs and this one (at most [`MAX_RUNS`], the first kept)
+    /// — the commit writes its marker once, with the run in it.
+    pub fn begin_run(&self, message_id: &str, previous: &[TrackAt], ms: u64) -> TxResult<()> {
+        let at = self.with_group(ms, |g| Ok(TrackAt(g.number, slot_index(g.slots))))?;
+        let mut tracked = Vec::with_capacity(previous.len() + 1);
+        tracked.extend_from_slice(previous);
+        tracked.push(at);
+        if tracked.len() > MAX_RUNS {
+            tracked.remove(1);
+        }
+        *self.tracked_runs.borrow_mut() = Some((message_id.to_string(), tracked));
+        Ok(())
+    }
+
+    /// The runs a marker of `message_id` lists while one of its runs is being tracked.
+    pub(super) fn runs_of(&self, message_id: &str) -> Option<Vec<TrackAt>> {
+        match &*self.tracked_runs.borrow() {
+            Some((id, tracked)) if id == message_id => Some(tracked.clone()),
+            _ => None,
+        }
+    }
+
+    /// This transaction's tracking group (started at `ms` if there is none yet, or a new one
+    /// when it is full).
+    fn with_group<T>(&self, ms: u64, f: impl FnOnce(&mut Group) -> TxResult<T>) -> TxResult<T> {
         if self
             .tracking
             .borrow()
@@ -386,15 +414,24 @@ impl Tx<'_> {
             Some(g) => g,
             None => pending.insert(Group {
                 number: self.db.generate_id()?,
-                ms: run.received_at.0,
+                ms,
                 slots: 0,
                 bytes: Vec::with_capacity(64 * 1024),
             }),
         };
-        let at = TrackAt(group.number, u16::try_from(group.slots).unwrap_or(u16::MAX));
-        group.bytes = push_slot(std::mem::take(&mut group.bytes), message_id, run)?;
-        group.slots += 1;
-        drop(pending);
+        f(group)
+    }
+
+    /// Adds `run` of `message_id` to this transaction's tracking group, indexed under its
+    /// BODID, and ends [`Tx::begin_run`]; returns where the run is.
+    pub fn track_run(&self, message_id: &str, run: &Run<'_>) -> TxResult<TrackAt> {
+        let at = self.with_group(run.received_at.0, |group| {
+            let at = TrackAt(group.number, slot_index(group.slots));
+            group.bytes = push_slot(std::mem::take(&mut group.bytes), message_id, run)?;
+            group.slots += 1;
+            Ok(at)
+        })?;
+        self.tracked_runs.borrow_mut().take();
         if let Some(b) = &run.bod_id {
             self.raw_insert(bod_key(b, at).to_vec(), sled::IVec::default());
         }
@@ -662,20 +699,23 @@ mod tests {
         }
     }
 
-    /// Tracks runs as the pipeline does: each run in the group, its location in the marker.
+    /// Tracks runs as the pipeline does: begin, write the marker, add the run.
     fn commit(store: &Store, runs: &[(&str, Run<'_>)]) {
         store
             .transact(|tx| {
                 for (message_id, run) in runs {
-                    let at = tx.track_run(message_id, run)?;
-                    let mut marker = tx.marker(message_id)?.unwrap_or(Marker {
+                    let previous = tx.marker(message_id)?;
+                    let runs = previous.as_ref().map(|m| m.tracked.as_slice());
+                    tx.begin_run(message_id, runs.unwrap_or_default(), run.received_at.0)?;
+                    let marker = previous.unwrap_or(Marker {
                         outcome: run.outcome.to_string(),
                         record: None,
                         bod_id: run.bod_id.as_ref().map(|b| b.to_string()),
                         tracked: Vec::new(),
                     });
-                    marker.tracked.push(at);
                     tx.put_marker(message_id, &marker)?;
+                    let at = tx.track_run(message_id, run)?;
+                    assert_eq!(tx.marker(message_id)?.unwrap().tracked.last(), Some(&at));
                 }
                 Ok(())
             })
@@ -754,6 +794,20 @@ mod tests {
         assert_eq!(outcomes, ["applied", "duplicate", "applied"]);
         assert_eq!(ids(store.tracked_by_bod_id("B", 10).unwrap()), ["m1"]);
         assert_eq!(ids(store.tracked_by_bod_id("B2", 10).unwrap()), ["m1"]);
+    }
+
+    #[test]
+    fn a_marker_lists_at_most_max_runs_keeping_the_first() {
+        let store = Store::temporary().unwrap();
+        commit(&store, &[("m1", run(1_000, "B", "applied"))]);
+        for i in 0..40 {
+            commit(&store, &[("m1", run(2_000 + i, "B", "duplicate"))]);
+        }
+        assert_eq!(store.marker("m1").unwrap().unwrap().tracked.len(), MAX_RUNS);
+        let runs = store.tracked("m1").unwrap().unwrap().runs;
+        assert_eq!(runs.len(), MAX_RUNS);
+        assert_eq!(runs[0].outcome, "applied");
+        assert_eq!(runs[MAX_RUNS - 1].received_at, Millis(2_039));
     }
 
     #[test]
