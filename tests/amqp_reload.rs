@@ -100,7 +100,7 @@ fn reload_with(child: &mut Child, path: &Path, text: &str, port: u16, result: &s
     );
 }
 
-const N: usize = 6_000;
+const N: usize = 12_000;
 const SEED: u64 = 55;
 
 /// A new application whose outbound flows are off: it gets its queue, and the documents'
