@@ -145,6 +145,7 @@ fn clone_doc(d: &pipeline::Doc) -> pipeline::Doc {
         app: d.app,
         verb: d.verb,
         items: d.items.clone(),
+        notes: d.notes.clone(),
     }
 }
 

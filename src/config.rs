@@ -52,6 +52,9 @@ pub struct Config {
     /// The operator HTTP endpoint.
     #[serde(default)]
     pub http: Http,
+    /// Message tracking: each processed message's timeline, kept for a while.
+    #[serde(default)]
+    pub tracking: Tracking,
     /// Limits applied to every inbound document before it is parsed further.
     #[serde(default)]
     pub limits: Limits,
@@ -177,6 +180,64 @@ impl Default for Http {
         Http {
             listen: "127.0.0.1:9464".into(),
         }
+    }
+}
+
+/// Message tracking (`bodflow track`, `GET /messages/{id}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tracking {
+    /// Keep each processed message's timeline (received, each stage's decision, outcome,
+    /// outputs and their publish confirms) in the store, written with the commit.
+    pub enabled: bool,
+    /// How long each processing of a message stays on its timeline; the service purges older
+    /// ones in the background. `7d`, `36h`, `90m`, `45s`.
+    pub retention: Period,
+}
+
+impl Default for Tracking {
+    fn default() -> Self {
+        Tracking {
+            enabled: true,
+            retention: Period(std::time::Duration::from_secs(7 * 24 * 3600)),
+        }
+    }
+}
+
+/// A duration written as whole numbers with units: `45s`, `90m`, `36h`, `7d`, `1h30m`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Period(pub std::time::Duration);
+
+impl std::str::FromStr for Period {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Period, String> {
+        parse_every(text).map(Period)
+    }
+}
+
+impl fmt::Display for Period {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.0.as_secs();
+        match s {
+            _ if s.is_multiple_of(86400) => write!(f, "{}d", s / 86400),
+            _ if s.is_multiple_of(3600) => write!(f, "{}h", s / 3600),
+            _ if s.is_multiple_of(60) => write!(f, "{}m", s / 60),
+            _ => write!(f, "{s}s"),
+        }
+    }
+}
+
+impl Serialize for Period {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Period {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Period, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -1023,6 +1084,45 @@ mod tests {
             err.contains("applications[0].stamp_classification"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn tracking_defaults_to_seven_days_and_retention_takes_a_number_and_a_unit() {
+        let cfg = Config::from_toml("", "t.toml").unwrap();
+        assert!(cfg.tracking.enabled);
+        assert_eq!(cfg.tracking.retention.0.as_secs(), 7 * 86400);
+        let cfg = Config::from_toml("[tracking]\nenabled = false\nretention = '36h'\n", "t.toml")
+            .unwrap();
+        assert!(!cfg.tracking.enabled);
+        assert_eq!(cfg.tracking.retention.0.as_secs(), 36 * 3600);
+        for (text, secs) in [("45s", 45), ("90m", 5400), ("7d", 604800), (" 2h ", 7200)] {
+            let p: Period = text.parse().unwrap();
+            assert_eq!(p.0.as_secs(), secs, "{text}");
+        }
+        assert_eq!(
+            Period(std::time::Duration::from_secs(5400)).to_string(),
+            "90m"
+        );
+        assert_eq!(
+            Period(std::time::Duration::from_secs(604800)).to_string(),
+            "7d"
+        );
+        for bad in [
+            "7",
+            "d",
+            "7w",
+            "0d",
+            "-1d",
+            "1.5h",
+            "99999999999999999999d",
+            "",
+        ] {
+            assert!(bad.parse::<Period>().is_err(), "{bad:?} must be refused");
+        }
+        let err = Config::from_toml("[tracking]\nretention = '7 days'\n", "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tracking.retention"), "{err}");
     }
 
     #[test]

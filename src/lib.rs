@@ -14,7 +14,9 @@
 //!   The master-data rules around it: [`pipeline::release`] (parked documents a change makes
 //!   placeable), [`pipeline::link`] (operator link / unlink, audited) and
 //!   [`pipeline::promote`] (promotion to the system of record, Acknowledge correlation).
-//! - [`store`]: the sled hub store, the only module that knows sled.
+//! - [`store`]: the sled hub store, the only module that knows sled; [`store::track`] keeps
+//!   each message's timeline (`bodflow track`, `GET /messages/{id}`), written by the commit
+//!   ([`pipeline::track`]) and completed with publish confirms by the outbox publisher.
 //! - [`amqp`]: the broker edge, the only module that knows lapin: topology, the consumer
 //!   (ordered parallel lanes, group commit, ack discipline), the outbox publisher (confirms) and `bodflow publish`'s
 //!   sender; [`amqp::run`] is the service.
@@ -22,7 +24,7 @@
 //!   between commit groups on SIGHUP.
 //! - [`generate`]: deterministic synthetic BODs for benchmarks and load tests.
 //! - [`telemetry`]: metrics through named events, readiness, and the HTTP endpoint
-//!   (`/metrics`, `/healthz`, `/readyz`) of `bodflow run`.
+//!   (`/metrics`, `/healthz`, `/readyz`, `/messages/{id}`) of `bodflow run`.
 //! - [`admin`]: operator actions inside the service (`POST /resync`, scheduled resyncs).
 //! - [`cli`]: the `bodflow` commands; `main.rs` only calls [`cli::main`].
 //!

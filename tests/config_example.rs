@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use bodflow::config::{
     Amqp, Application, Config, CountryCodeFormat, CreatePolicy, DeleteMode, DeleteModeOrBool,
-    Direction, FieldGroup, Flows, Http, Hub, Limits, MatchKey, Promotion, User,
+    Direction, FieldGroup, Flows, Http, Hub, Limits, MatchKey, Period, Promotion, Tracking, User,
 };
 
 /// Stands for "any key" where a configuration table is a map (nouns, country codes).
@@ -93,6 +93,10 @@ fn fully_populated() -> Config {
         },
         http: Http {
             listen: "127.0.0.1:1".into(),
+        },
+        tracking: Tracking {
+            enabled: true,
+            retention: Period(std::time::Duration::from_secs(60)),
         },
         limits: Limits {
             max_bytes: 1,

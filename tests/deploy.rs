@@ -1149,11 +1149,19 @@ fn check_queries(scrape: &Scrape, jobs: &BTreeSet<String>) -> BTreeSet<String> {
 
 /// `GET path` over HTTP/1.0: (status, body); `None` while nothing listens.
 fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    http_request(port, "GET", path)
+}
+
+fn http_request(port: u16, method: &str, path: &str) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n"
+    )
+    .ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     let (head, body) = response.split_once("\r\n\r\n")?;
@@ -1266,6 +1274,10 @@ async fn dashboard_and_alerts_query_only_metrics_and_labels_that_real_scrapes_sh
             .sum::<f64>()
             >= N as f64
     });
+    // A resync ("Run Now") through the service, so its metrics are in the scrape too.
+    let (status, body) =
+        http_request(port, "POST", "/resync?application=lid://load.crm").expect("POST /resync");
+    assert_eq!(status, 200, "POST /resync: {body}");
     // The sampled gauges and the outbox confirm histogram catch up within a few seconds.
     wait_for("an outbox round", Duration::from_secs(15), || {
         text = http_get(port, "/metrics")

@@ -14,6 +14,10 @@
 //!
 //! Rounds run when the consumer commits (woken), at least every [`RunOptions::outbox_poll`],
 //! and — on shutdown — until the outbox is empty or [`RunOptions::drain_timeout`] passes.
+//! With `tracking.enabled`, each round also writes the confirm times of the rows it removed
+//! on their messages' timelines (one store batch per round); a failure there is logged and
+//! does not fail the round.
+//!
 //! Rows left over are published by the next start; a row published but not yet removed when
 //! the process dies is published again (at least once; receivers dedupe by BODID).
 
@@ -29,8 +33,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::{confirmed, put_header, short, topology, Error, RunOptions};
 use crate::pipeline::Pipeline;
+use crate::store::track::{Confirmed, Millis};
 use crate::store::OutboxRow;
-use crate::telemetry::events::{emit, OutboxPublished, OutboxRowRefused};
+use crate::telemetry::events::{
+    emit, OutboxPublished, OutboxRowRefused, TrackingConfirmed, TrackingFailed,
+};
 
 /// Everything the publisher task owns for one session.
 pub(super) struct Publisher {
@@ -60,6 +67,8 @@ struct Round {
 struct Sent {
     seq: u64,
     bod_id: String,
+    /// The message id of the inbound document that caused it (its timeline's key).
+    correlation_id: String,
     to: String,
     reply_to: Option<String>,
     confirm: lapin::PublisherConfirm,
@@ -190,6 +199,7 @@ impl Publisher {
                     sent.push(Sent {
                         seq,
                         bod_id: row.bod_id,
+                        correlation_id: row.correlation_id,
                         to: row.to,
                         reply_to: row.reply_to,
                         confirm,
@@ -217,14 +227,22 @@ impl Publisher {
         Ok(Step::Refused)
     }
 
-    /// Awaits a round's confirms and removes the rows the broker acked; returns how many it
-    /// refused (kept for the retry).
+    /// Awaits a round's confirms and removes the rows the broker acked, noting their confirm
+    /// times in their messages' timelines; returns how many it refused (kept for the retry).
     async fn settle(&self, round: Round, progress: &mut Progress) -> Result<usize, Error> {
         let mut done = Vec::with_capacity(round.rows.len());
+        let track = self.pipeline.config.tracking.enabled;
+        // (message id, BODID, confirm time) of the confirmed rows, for their timelines.
+        let mut confirms: Vec<(String, String, Millis)> = Vec::new();
         let mut failed = 0;
         for row in round.rows {
             match confirmed(row.confirm, &row.bod_id).await {
-                Ok(()) => done.push(row.seq),
+                Ok(()) => {
+                    done.push(row.seq);
+                    if track {
+                        confirms.push((row.correlation_id, row.bod_id, Millis::now()));
+                    }
+                }
                 Err(e @ (Error::Nacked(_) | Error::Returned(_) | Error::NotConfirmed)) => {
                     failed += 1;
                     emit(OutboxRowRefused {
@@ -245,7 +263,12 @@ impl Publisher {
                 confirm_seconds: round.started.elapsed().as_secs_f64(),
             });
             let store = self.pipeline.store.clone();
-            tokio::task::spawn_blocking(move || store.remove_outbox(&done)).await??;
+            tokio::task::spawn_blocking(move || {
+                store.remove_outbox(&done)?;
+                track_confirms(&store, &confirms);
+                Ok::<_, crate::store::StoreError>(())
+            })
+            .await??;
         }
         Ok(failed)
     }
@@ -291,5 +314,28 @@ impl Publisher {
                 properties,
             )
             .await?)
+    }
+}
+
+/// Notes publish confirm times in the messages' timelines; a failure only costs the timeline
+/// its confirm times (the rows are published and removed either way).
+fn track_confirms(store: &crate::store::Store, confirms: &[(String, String, Millis)]) {
+    if confirms.is_empty() {
+        return;
+    }
+    let confirms: Vec<Confirmed<'_>> = confirms
+        .iter()
+        .map(|(message_id, bod_id, at)| Confirmed {
+            message_id,
+            bod_id,
+            at: *at,
+        })
+        .collect();
+    match store.track_confirms(&confirms) {
+        Ok(outputs) => emit(TrackingConfirmed { outputs }),
+        Err(e) => emit(TrackingFailed {
+            action: "confirm",
+            error: &e,
+        }),
     }
 }

@@ -12,6 +12,7 @@ mod records;
 mod replay;
 mod resync;
 mod run;
+mod track;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -77,6 +78,9 @@ enum Command {
     Link(link::LinkArgs),
     /// Remove an application's cross-reference from a hub record (the record stays).
     Unlink(link::UnlinkArgs),
+    /// Where is my message? Its timeline by message id or BODID: received, each stage's
+    /// decision, outcome, outputs and their publish confirms.
+    Track(track::Args),
 }
 
 fn init_logging(format: LogFormat) {
@@ -116,6 +120,7 @@ pub fn main() -> ExitCode {
         Command::Resync(args) => resync::run(args),
         Command::Link(args) => link::link(args),
         Command::Unlink(args) => link::unlink(args),
+        Command::Track(args) => track::run(args),
     };
     match result {
         Ok(code) => code,

@@ -3,6 +3,9 @@
 //! `POST /resync`, and the configured resync schedules run beside it), then hands over to
 //! [`crate::amqp::run_with`] with SIGINT/SIGTERM as its shutdown; exit 0 after a clean stop.
 //!
+//! With `tracking.enabled` it also serves `GET /messages/{id}` and purges message timelines
+//! older than `tracking.retention` every [`PURGE_EVERY`] (from the start).
+//!
 //! Shutdown order: stop consuming → finish the deliveries taken → drain the outbox → flush
 //! the store → close the broker → stop HTTP (so `/metrics` and `/readyz` answer until the
 //! very end, `/readyz` with 503 from the moment shutdown is requested).
@@ -21,11 +24,20 @@ use crate::amqp::{self, RunOptions};
 use crate::config::{redact_url, Config};
 use crate::pipeline::Pipeline;
 use crate::reload::{self, Live};
+use crate::store::track::Millis;
 use crate::store::Store;
+use crate::telemetry::events::{emit, TrackingFailed, TrackingPurged};
 use crate::telemetry::{self, Readiness};
 
 /// How often the store size and outbox length gauges are refreshed.
 const SAMPLE_EVERY: Duration = Duration::from_secs(5);
+
+/// How often expired message timelines are purged.
+const PURGE_EVERY: Duration = Duration::from_secs(60);
+
+/// Tracking groups (one per commit, up to 64 runs each) removed per store batch while purging:
+/// each batch holds the store's writer lock briefly, so commits go on in between.
+const PURGE_CHUNK: usize = 16;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -64,6 +76,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         "Starting"
     );
     let listen = config.http.listen.clone();
+    let tracking = config.tracking;
     let pipeline = Pipeline::new(Arc::new(config), Arc::new(store))?;
     // Documents parked while their application was inactive go through now that it is active;
     // their replies wait in the outbox for the publisher.
@@ -86,7 +99,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("binding http.listen {listen}"))?;
         let readiness = Readiness::default();
         readiness.set_store_open(true);
-        tracing::info!(listen = %listener.local_addr()?, "Serving /metrics, /healthz, /readyz");
         let stop_http = tokio_util::sync::CancellationToken::new();
         let sampler = tokio::spawn(telemetry::sample(
             pipeline.store.clone(),
@@ -95,9 +107,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         ));
         let live = Live::new(pipeline);
         let admin = crate::admin::Admin::new(live.clone());
+        let store = live.store().clone();
+        let router = if tracking.enabled {
+            tracing::info!(listen = %listener.local_addr()?, "Serving /metrics, /healthz, /readyz, /messages/{{id}}, /resync");
+            telemetry::http::router_with_store(readiness.clone(), store.clone())
+        } else {
+            tracing::info!(listen = %listener.local_addr()?, "Serving /metrics, /healthz, /readyz, /resync");
+            telemetry::http::router(readiness.clone())
+        };
         let http = tokio::spawn(telemetry::http::serve_router(
             listener,
-            telemetry::http::router(readiness.clone()).merge(crate::admin::router(admin.clone())),
+            router.merge(crate::admin::router(admin.clone())),
             stop_http.clone(),
         ));
         let schedules = tokio::spawn(crate::admin::schedules(admin, stop_http.clone()));
@@ -107,12 +127,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             hangup,
             stop_http.clone(),
         ));
+        let purger = tracking
+            .enabled
+            .then(|| tokio::spawn(purge_tracking(store, tracking.retention.0, stop_http.clone())));
         let result = amqp::run_live(live, options, readiness.clone(), shutdown_signal()).await;
         readiness.set_store_open(false);
         stop_http.cancel();
         let _ = reloader.await;
         let _ = sampler.await;
         let _ = schedules.await;
+        if let Some(purger) = purger {
+            let _ = purger.await;
+        }
         match http.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server failed"),
@@ -184,6 +210,50 @@ async fn reload_on_sighup(
         tracing::info!("SIGHUP: reloading the configuration");
         // Outcome logged and counted by the reload's events.
         let _ = reload::reload(&live, path.clone()).await;
+    }
+}
+
+/// Removes the message timelines last processed more than `retention` ago, now and every
+/// [`PURGE_EVERY`] until `stop`. Failures are logged; the next round tries again.
+async fn purge_tracking(
+    store: Arc<Store>,
+    retention: Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        let s = store.clone();
+        let started = std::time::Instant::now();
+        let purged = tokio::task::spawn_blocking(move || {
+            let retention_ms = u64::try_from(retention.as_millis()).unwrap_or(u64::MAX);
+            let before = Millis(Millis::now().0.saturating_sub(retention_ms));
+            let mut removed = 0;
+            loop {
+                let purged = s.purge_tracked(before, PURGE_CHUNK)?;
+                removed += purged.runs;
+                if purged.groups < PURGE_CHUNK {
+                    return Ok::<_, crate::store::StoreError>(removed);
+                }
+            }
+        })
+        .await;
+        match purged {
+            Ok(Ok(removed)) => emit(TrackingPurged {
+                removed,
+                seconds: started.elapsed().as_secs_f64(),
+            }),
+            Ok(Err(e)) => emit(TrackingFailed {
+                action: "purge",
+                error: &e,
+            }),
+            Err(e) => emit(TrackingFailed {
+                action: "purge",
+                error: &e,
+            }),
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(PURGE_EVERY) => {}
+        }
     }
 }
 

@@ -10,7 +10,7 @@
 
 use crate::config::{Application, CountryCodeFormat};
 
-use super::{Doc, Rejection, Stage};
+use super::{Decision, Doc, Rejection, Stage};
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 #[error("{path}: country code {code:?} is not a known {format} code")]
@@ -75,6 +75,8 @@ pub fn from_iso2(iso2: &str, app: &Application) -> String {
 pub fn map_inbound(doc: &mut Doc, app: &Application) -> Result<(), CountryError> {
     for item in &mut doc.items {
         let Some(raw) = item.raw_country.as_deref() else {
+            item.notes
+                .push(Decision::new(Stage::Country, "no country code sent"));
             continue;
         };
         let iso = to_iso2(raw, app).ok_or_else(|| CountryError {
@@ -90,7 +92,10 @@ pub fn map_inbound(doc: &mut Doc, app: &Application) -> Result<(), CountryError>
             CountryCodeFormat::Iso3 => "iso3",
             CountryCodeFormat::Alternate => "alternate",
         };
-        item.notes.push(format!("country {raw}→{iso} ({how})"));
+        item.notes.push(Decision::new(
+            Stage::Country,
+            format!("country {raw}→{iso} ({how})"),
+        ));
     }
     Ok(())
 }

@@ -5,6 +5,10 @@
 //! that message's outputs, so a re-emit after a crash (the message
 //! redelivered before its ack) is recognisably the same document.
 //!
+//! Outputs it decides not to write (a receiver that is inactive or whose outbound flow is off,
+//! a ConfirmBOD the sender did not ask for or cannot be routed) are stated as `emit`
+//! [`Decision`]s, so tracking can say why a document did not reach someone.
+//!
 //! Routing: replies (ConfirmBOD, Acknowledge) go to the inbound `reply_to` when given, else to
 //! the sender's application; `Sync<Noun>` goes to each subscribed application. A reply for a
 //! sender bodflow does not know is only written when `reply_to` names a destination: on
@@ -18,7 +22,7 @@ use crate::config::{Application, Config, DeleteMode, FieldGroup};
 use crate::store::{Fields, HubRecord, Kind, OutboxRow, TxResult};
 
 use super::validate::MAX_ID;
-use super::{country, Context, OutputReport, RejectedProcess, Rejection};
+use super::{country, Context, Decision, OutputReport, RejectedProcess, Rejection, Stage};
 
 /// `schemeName` of an ID that is a bodflow hub ID rather than the receiver's own.
 pub const HUB_ID_SCHEME: &str = "bodflow.HubID";
@@ -30,8 +34,8 @@ pub struct Emitter<'a> {
     digest: String,
     count: u32,
     outputs: Vec<OutputReport>,
-    /// Fan-out decisions worth reporting (who did not get a Sync, and why).
-    notes: Vec<String>,
+    /// Decisions about outputs not written (who did not get a Sync or a ConfirmBOD, and why).
+    notes: Vec<Decision>,
 }
 
 impl<'a> Emitter<'a> {
@@ -47,13 +51,14 @@ impl<'a> Emitter<'a> {
         }
     }
 
-    /// The fan-out decisions collected since the last call.
-    pub fn take_notes(&mut self) -> Vec<String> {
+    /// The decisions about outputs not written, collected since the last call.
+    pub fn take_notes(&mut self) -> Vec<Decision> {
         std::mem::take(&mut self.notes)
     }
 
-    pub fn into_outputs(self) -> Vec<OutputReport> {
-        self.outputs
+    /// The outputs written, and the decisions about the ones not written.
+    pub fn finish(self) -> (Vec<OutputReport>, Vec<Decision>) {
+        (self.outputs, self.notes)
     }
 
     /// Continues the BODID numbering of an earlier emitter of the same message id (a resync
@@ -75,6 +80,11 @@ impl<'a> Emitter<'a> {
     /// The delivery this emitter answers.
     pub fn context(&self) -> &'a Context {
         self.ctx
+    }
+
+    /// States why an output was not written (stage `emit`).
+    fn note(&mut self, text: String) {
+        self.notes.push(Decision::new(Stage::Emit, text));
     }
 
     fn next_bod_id(&mut self) -> String {
@@ -106,6 +116,7 @@ impl<'a> Emitter<'a> {
             to: row.reply_to.unwrap_or(row.to),
             file: None,
             seq,
+            bod_id: row.bod_id,
         });
         Ok(())
     }
@@ -174,7 +185,17 @@ impl<'a> Emitter<'a> {
             message: &rejection.message,
             path: rejection.path.as_deref(),
         };
-        if self.confirmation_code() != "Never" {
+        if self.confirmation_code() == "Never" {
+            self.notes.push(Decision::new(
+                Stage::Emit,
+                "no ConfirmBOD: the sender's ConfirmationCode is Never",
+            ));
+        } else if self.reply_route(app).is_none() {
+            self.notes.push(Decision::new(
+                Stage::Emit,
+                "no ConfirmBOD: the sender is unknown or not configured, and the delivery has no reply_to",
+            ));
+        } else {
             let bod_id = self.next_bod_id();
             let xml = write::confirm_bod(
                 &self.envelope(&bod_id, None),
@@ -337,7 +358,11 @@ impl<'a> Emitter<'a> {
         }
         let employer = self.employer_of(tx, record)?;
         for (i, app) in self.config.applications.iter().enumerate() {
-            if i == sender || !app.active {
+            if i == sender {
+                continue;
+            }
+            if !app.active {
+                self.note(format!("not sent to {}: inactive", app.name));
                 continue;
             }
             self.sync_to(tx, app, record, employer.as_ref(), deleted)?;
@@ -370,7 +395,7 @@ impl<'a> Emitter<'a> {
         deleted: bool,
     ) -> TxResult<bool> {
         if !record.unlinked.is_empty() && record.unlinked.contains(&app.logical_id) {
-            self.notes.push(format!(
+            self.note(format!(
                 "not sent to {}: unlinked from {} by an operator",
                 app.name, record.id
             ));
@@ -390,7 +415,7 @@ impl<'a> Emitter<'a> {
                 .is_some_and(|p| p.system_of_record == app.logical_id)
         {
             if !deleted {
-                self.notes.push(format!(
+                self.note(format!(
                     "not sent to {}: the system of record receives accounts by promotion",
                     app.name
                 ));
@@ -403,7 +428,7 @@ impl<'a> Emitter<'a> {
             (record.kind, app.require_classification.as_deref(), deleted)
         {
             if !Application::has_classification(&record.fields.classification, code) {
-                self.notes.push(format!(
+                self.note(format!(
                     "not sent to {}: contact not classified {code} (require_classification)",
                     app.name
                 ));
@@ -411,13 +436,20 @@ impl<'a> Emitter<'a> {
             }
         }
         let action = match (deleted, xref) {
+            // A receiver that never heard of a deleted record is not worth a word.
             (true, None) => return Ok(false),
-            (true, Some(_)) if outbound.delete.0 == DeleteMode::Off => return Ok(false),
-            (true, Some(_)) => "Delete",
-            (false, Some(_)) if !outbound.update => return Ok(false),
-            (false, Some(_)) => "Change",
-            (false, None) if !outbound.create => return Ok(false),
-            (false, None) => "Add",
+            (true, Some(_)) => (outbound.delete.0 != DeleteMode::Off)
+                .then_some("Delete")
+                .ok_or("deletes"),
+            (false, Some(_)) => outbound.update.then_some("Change").ok_or("updates"),
+            (false, None) => outbound.create.then_some("Add").ok_or("creates"),
+        };
+        let action = match action {
+            Ok(action) => action,
+            Err(switch) => {
+                self.note(format!("not sent to {}: outbound {switch} off", app.name));
+                return Ok(false);
+            }
         };
         let fields = select_fields(&record.fields, outbound.fields.as_deref());
         let ids = vec![OutId {

@@ -18,7 +18,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use crate::store::{AuditEntry, Kind, ParkReason, Parked, StoreError, Xref, XrefKey};
 
 use super::emit::Emitter;
-use super::{release, upsert, Context, Outcome, Pipeline, Report};
+use super::{release, upsert, Context, Decision, Outcome, Pipeline, Report, Stage};
 
 /// What `bodflow link` asks for.
 #[derive(Debug, Clone)]
@@ -98,6 +98,11 @@ pub struct Done {
     pub report: Report,
 }
 
+/// A decision of an operator action (stage `upsert`: it changes a record's cross-references).
+fn upsert_note(text: String) -> Decision {
+    Decision::new(Stage::Upsert, text)
+}
+
 /// The context of an operator action: emitted BODIDs derive from `message_id`.
 pub(super) fn operator_context(action: &str, message_id: String, now: DateTime<Utc>) -> Context {
     Context {
@@ -114,6 +119,10 @@ pub(super) fn operator_context(action: &str, message_id: String, now: DateTime<U
         payload: String::new(),
         // An operator action starts a trace of its own for what it emits.
         trace: Some(crate::telemetry::trace::TraceContext::root()),
+        received_ms: u64::try_from(now.timestamp_millis()).unwrap_or(0),
+        size: 0,
+        // Recorded in the record's audit; the documents it releases are tracked as theirs.
+        track: false,
     }
 }
 
@@ -202,37 +211,34 @@ impl Pipeline {
             let mut report = super::base_report(&ctx, Outcome::Applied);
             report.action = Some(super::Action::Linked);
             report.record = Some(record.id.clone());
-            report.decisions.push(format!(
+            let mut notes = vec![format!(
                 "linked {} to {} by {}",
                 key.display(),
                 record.id,
                 request.operator
-            ));
+            )];
             let mut em = Emitter::new(config, &ctx);
             if kind == Kind::Account {
-                upsert::relink_waiting(
-                    tx,
-                    app_index,
-                    &key,
-                    &record.id,
-                    &mut em,
-                    &mut report.decisions,
-                )?;
+                upsert::relink_waiting(tx, app_index, &key, &record.id, &mut em, &mut notes)?;
             }
-            report.decisions.append(&mut em.take_notes());
-            report.outputs = em.into_outputs();
+            report
+                .decisions
+                .extend(notes.into_iter().map(|n| Decision::new(Stage::Upsert, n)));
+            let emitted;
+            (report.outputs, emitted) = em.finish();
+            report.decisions.extend(emitted);
             for seq in &waiting {
                 let Some(parked) = tx.parked(*seq)? else {
                     continue;
                 };
                 let mut released = release::rerun(tx, config, &parked, request.now)?;
-                report.decisions.push(format!(
+                report.decisions.push(upsert_note(format!(
                     "released parked message {} ({}, {}): {}",
                     parked.message_id,
                     parked.source,
                     parked.reason.code(),
                     released.outcome.as_str()
-                ));
+                )));
                 released.released_by = Some(ctx.message_id.clone());
                 report.released.push(released);
             }
@@ -301,13 +307,13 @@ impl Pipeline {
             report.action = Some(super::Action::Updated);
             report.record = Some(record.id.clone());
             let ids: Vec<String> = removed.iter().map(|x| x.key(record.kind).display()).collect();
-            report.decisions.push(format!(
+            report.decisions.push(upsert_note(format!(
                 "unlinked {} from {} by {}: no more Syncs to {}, its next document follows its create policy",
                 ids.join(", "),
                 record.id,
                 request.operator,
                 app.name
-            ));
+            )));
             let audit = AuditEntry {
                 at: ctx.now.clone(),
                 operator: request.operator.to_string(),

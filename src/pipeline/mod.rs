@@ -6,6 +6,10 @@
 //! row it emits; [`Pipeline::commit`] is a group of one). A [`Report`] describes each result;
 //! it is the replay JSON line (DESIGN §5.4).
 //!
+//! Every stage states what it decided and why as a [`Decision`]; the report lists them in
+//! order and message tracking keeps them with the message's timeline ([`track`]: the commit
+//! writes the timeline entry in the same transaction).
+//!
 //! Errors: every rejection is a [`Rejection`] (stage, stable code, message, XML path) and is a
 //! *result*, not a failure. The only `Err` is a [`StoreError`]: transient, retried by callers.
 
@@ -16,6 +20,7 @@ pub mod owner;
 pub mod promote;
 pub mod release;
 pub mod resync;
+pub mod track;
 pub mod upsert;
 pub mod validate;
 
@@ -33,6 +38,8 @@ use crate::store::{
 use crate::telemetry::events::{emit, StageTimed};
 use crate::telemetry::trace::TraceContext;
 
+pub use track::Decision;
+
 /// Where a document stopped or was decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -42,6 +49,8 @@ pub enum Stage {
     Country,
     Owner,
     Upsert,
+    /// Writing the outputs; it never rejects, it only explains what it did not send.
+    Emit,
 }
 
 impl Stage {
@@ -52,6 +61,7 @@ impl Stage {
             Stage::Country => "country",
             Stage::Owner => "owner",
             Stage::Upsert => "upsert",
+            Stage::Emit => "emit",
         }
     }
 }
@@ -123,6 +133,17 @@ pub enum Action {
     Deleted,
 }
 
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Created => "created",
+            Action::Updated => "updated",
+            Action::Linked => "linked",
+            Action::Deleted => "deleted",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verb {
     Sync,
@@ -144,6 +165,8 @@ pub struct Doc {
     pub app: usize,
     pub verb: Verb,
     pub items: Vec<Item>,
+    /// Document-level decisions (validate), before the items' own.
+    pub notes: Vec<Decision>,
 }
 
 /// One noun instance in hub terms.
@@ -167,7 +190,7 @@ pub struct Item {
     /// Set by the owner stage.
     pub owner: Owner,
     /// Decisions and why, in stage order (shown by replay and tracking).
-    pub notes: Vec<String>,
+    pub notes: Vec<Decision>,
 }
 
 /// One inbound document and its delivery metadata.
@@ -207,6 +230,12 @@ pub struct Context {
     pub message_id: String,
     pub reply_to: Option<String>,
     pub now: String,
+    /// [`Input::received_at`] in milliseconds since the Unix epoch (the tracking time).
+    pub received_ms: u64,
+    /// Payload size in bytes.
+    pub size: usize,
+    /// Message tracking is on (`tracking.enabled`): the commit records the timeline.
+    pub track: bool,
     /// See [`Input::retry`].
     pub retry: bool,
     /// The parked row this run releases: removed in the same transaction (a document that
@@ -258,6 +287,9 @@ pub struct OutputReport {
     pub file: Option<String>,
     #[serde(skip)]
     pub seq: u64,
+    /// The emitted document's BODID (tracking shows it; not part of the replay line).
+    #[serde(skip)]
+    pub bod_id: String,
 }
 
 /// The result of one document (DESIGN §5.4 replay line).
@@ -279,8 +311,6 @@ pub struct Report {
     /// Every noun's result when a document carries more than one.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub nouns: Vec<NounReport>,
-    /// Why: each stage's decision in order ("country DEU→DE (iso3)", "owner U-JSMITH: ...").
-    pub decisions: Vec<String>,
     /// A parked document this one's change released: the message id of that change.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub released_by: Option<String>,
@@ -288,6 +318,19 @@ pub struct Report {
     /// has its own report line; see [`release`]).
     #[serde(skip)]
     pub released: Vec<Report>,
+    /// Why: each stage's decision in order ("country DEU→DE (iso3)", "owner U-JSMITH: ..."),
+    /// serialized as their text.
+    pub decisions: Vec<Decision>,
+    /// Where a parked document waits (tracking shows it; `bodflow parked list` lists it).
+    #[serde(skip)]
+    pub parked: Option<ParkedAs>,
+}
+
+/// The parked row a document was written to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParkedAs {
+    pub reason: ParkReason,
+    pub seq: u64,
 }
 
 /// Result for one noun instance.
@@ -417,10 +460,29 @@ fn commit_one(tx: &Tx<'_>, config: &Config, prepared: &Prepared) -> TxResult<Rep
     if let Some(seq) = ctx.unpark {
         tx.unpark(seq)?;
     }
+    let previous = tx.marker(&ctx.message_id)?;
+    if ctx.track {
+        let runs = previous.as_ref().map(|m| m.tracked.as_slice());
+        tx.begin_run(&ctx.message_id, runs.unwrap_or_default(), ctx.received_ms)?;
+    }
+    let report = apply_in(tx, config, prepared, previous.as_ref())?;
+    if ctx.track {
+        track::record(tx, ctx, &report, previous)?;
+    }
+    Ok(report)
+}
+
+fn apply_in(
+    tx: &Tx<'_>,
+    config: &Config,
+    prepared: &Prepared,
+    previous: Option<&Marker>,
+) -> TxResult<Report> {
+    let ctx = &prepared.ctx;
     let bod_id = || ctx.area.as_ref().and_then(|a| a.bod_id.clone());
-    if let Some(m) = tx.marker(&ctx.message_id)? {
-        if upsert::blocks(&m, ctx) {
-            return Ok(upsert::duplicate_message(ctx, &m).into_report(ctx, None));
+    if let Some(m) = previous {
+        if upsert::blocks(m, ctx) {
+            return Ok(upsert::duplicate_message(ctx, m).into_report(ctx, None));
         }
     }
     match &prepared.state {
@@ -437,16 +499,17 @@ fn commit_one(tx: &Tx<'_>, config: &Config, prepared: &Prepared) -> TxResult<Rep
                     outcome: Outcome::Rejected.as_str().into(),
                     record: None,
                     bod_id: bod_id(),
+                    tracked: Vec::new(),
                 },
             )?;
             let mut report = base_report(ctx, Outcome::Rejected);
             report.error = Some(rejection.clone());
-            report.outputs = em.into_outputs();
+            (report.outputs, report.decisions) = em.finish();
             Ok(report)
         }
         State::Inactive { app } => {
             let application = &config.applications[*app];
-            tx.park(Parked {
+            let seq = tx.park(Parked {
                 seq: 0,
                 message_id: ctx.message_id.clone(),
                 reason: ParkReason::InactiveApplication,
@@ -462,13 +525,21 @@ fn commit_one(tx: &Tx<'_>, config: &Config, prepared: &Prepared) -> TxResult<Rep
                     outcome: Outcome::Parked.as_str().into(),
                     record: None,
                     bod_id: bod_id(),
+                    tracked: Vec::new(),
                 },
             )?;
             let mut report = base_report(ctx, Outcome::Parked);
-            report.decisions.push(format!(
-                "parked: application {:?} is inactive (released on re-activation)",
-                application.name
+            report.decisions.push(Decision::new(
+                Stage::Validate,
+                format!(
+                    "parked: application {:?} is inactive (released on re-activation)",
+                    application.name
+                ),
             ));
+            report.parked = Some(ParkedAs {
+                reason: ParkReason::InactiveApplication,
+                seq,
+            });
             Ok(report)
         }
         State::Ready(doc) => {
@@ -497,6 +568,7 @@ fn base_report(ctx: &Context, outcome: Outcome) -> Report {
         decisions: Vec::new(),
         released_by: None,
         released: Vec::new(),
+        parked: None,
     }
 }
 
@@ -512,6 +584,9 @@ pub fn prepare(config: &Config, input: &Input<'_>) -> Prepared {
         message_id,
         reply_to: input.reply_to.map(str::to_string),
         now: input.received_at.to_rfc3339_opts(SecondsFormat::Secs, true),
+        received_ms: u64::try_from(input.received_at.timestamp_millis()).unwrap_or(0),
+        size: input.bytes.len(),
+        track: config.tracking.enabled,
         retry: input.retry,
         unpark: None,
         area: None,

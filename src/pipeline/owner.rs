@@ -12,7 +12,7 @@ use crate::bod::{pick_language, SalesPerson};
 use crate::config::{Application, Config, User};
 use crate::store::Owner;
 
-use super::Doc;
+use super::{Decision, Doc, Stage};
 
 /// How a sales person reference matched a user.
 fn find_user<'a>(
@@ -64,7 +64,10 @@ pub fn assign(doc: &mut Doc, app: &Application, config: &Config) {
             account_manager: matched.or_else(|| app.default_account_manager.clone()),
         };
         let who = item.owner.owner.as_deref().unwrap_or("(none)");
-        item.notes.push(format!("owner {who}: {reason}"));
+        item.notes.push(Decision::new(
+            Stage::Owner,
+            format!("owner {who}: {reason}"),
+        ));
     }
 }
 

@@ -134,6 +134,7 @@ pub(super) fn acknowledge(
             items: Vec::new(),
             rejection: Some(rejection),
             outputs: Vec::new(),
+            emitted: Vec::new(),
             duplicate_message: false,
         })
     };
@@ -246,7 +247,6 @@ pub(super) fn acknowledge(
         tx.put_record(&record)?;
         tx.put_xref(key, &record.id)?;
         upsert::relink_waiting(tx, doc.app, key, &record.id, em, &mut notes)?;
-        notes.append(&mut em.take_notes());
         Action::Linked
     };
     upsert::put_marker(tx, ctx, Outcome::Applied, Some(record.id.clone()))?;
@@ -262,6 +262,7 @@ pub(super) fn acknowledge(
         items: vec![ItemResult::applied(action, &record, notes)],
         rejection: None,
         outputs: Vec::new(),
+        emitted: Vec::new(),
         duplicate_message: false,
     })
 }
@@ -314,7 +315,7 @@ mod tests {
                 let mut em = Emitter::new(config, &ctx);
                 let mut notes = Vec::new();
                 let promoted = after_change(tx, &mut em, record, &mut notes)?;
-                Ok((promoted, notes, em.into_outputs().len()))
+                Ok((promoted, notes, em.finish().0.len()))
             })
             .unwrap()
     }

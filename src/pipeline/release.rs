@@ -26,7 +26,7 @@ use chrono::{DateTime, Utc};
 use crate::config::Config;
 use crate::store::{Parked, Tx, TxResult};
 
-use super::{Context, Input, Report};
+use super::{Context, Decision, Input, Report, Stage};
 
 /// Rounds of releases one document may cause (a released document's change may release
 /// others). Bounds the work of one transaction; documents left over stay parked and indexed
@@ -52,17 +52,20 @@ pub(super) fn release_woken(
                 continue;
             };
             let mut released = rerun(tx, config, &parked, received_at(trigger))?;
-            report.decisions.push(format!(
-                "released parked message {} ({}, {}): {}{}",
-                parked.message_id,
-                parked.source,
-                parked.reason.code(),
-                released.outcome.as_str(),
-                released
-                    .record
-                    .as_deref()
-                    .map(|r| format!(" {r}"))
-                    .unwrap_or_default()
+            report.decisions.push(Decision::new(
+                Stage::Upsert,
+                format!(
+                    "released parked message {} ({}, {}): {}{}",
+                    parked.message_id,
+                    parked.source,
+                    parked.reason.code(),
+                    released.outcome.as_str(),
+                    released
+                        .record
+                        .as_deref()
+                        .map(|r| format!(" {r}"))
+                        .unwrap_or_default()
+                ),
             ));
             released.released_by = Some(trigger.message_id.clone());
             report.released.push(released);

@@ -208,6 +208,10 @@ impl Pipeline {
             tenant: None,
             payload: String::new(),
             trace: None,
+            received_ms: u64::try_from(now.timestamp_millis()).unwrap_or(0),
+            size: 0,
+            // A resync is not a message: its Syncs carry its run as correlation id.
+            track: false,
         };
         Ok(Resync {
             pipeline: self,
@@ -295,7 +299,7 @@ impl Resync<'_> {
                 counts.push((*kind, count));
             }
             let emitted = em.emitted();
-            Ok((em.into_outputs(), counts, emitted))
+            Ok((em.finish().0, counts, emitted))
         })?;
         self.pipeline.store.flush()?;
         self.emitted = emitted;

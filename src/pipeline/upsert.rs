@@ -33,7 +33,10 @@ use crate::store::{
 };
 
 use super::emit::Emitter;
-use super::{Action, Context, Doc, Intent, Item, NounReport, Outcome, Rejection, Report, Verb};
+use super::{
+    Action, Context, Decision, Doc, Intent, Item, NounReport, Outcome, ParkedAs, Rejection, Report,
+    Stage, Verb,
+};
 
 /// The result of one document's transaction.
 #[derive(Debug)]
@@ -41,6 +44,8 @@ pub struct Applied {
     pub items: Vec<ItemResult>,
     pub rejection: Option<Rejection>,
     pub outputs: Vec<super::OutputReport>,
+    /// What emit decided not to send, and why.
+    pub emitted: Vec<Decision>,
     /// Set when the whole document was a duplicate by message id.
     pub duplicate_message: bool,
 }
@@ -54,7 +59,9 @@ pub struct ItemResult {
     /// mastership may make differ from what the document asked for).
     pub owner: Option<String>,
     pub country: Option<String>,
-    pub notes: Vec<String>,
+    pub notes: Vec<Decision>,
+    /// Set when the item was parked.
+    pub parked: Option<ParkedAs>,
 }
 
 impl ItemResult {
@@ -65,7 +72,8 @@ impl ItemResult {
             record,
             owner: None,
             country: None,
-            notes: vec![note],
+            notes: vec![Decision::new(Stage::Upsert, note)],
+            parked: None,
         }
     }
 
@@ -80,7 +88,11 @@ impl ItemResult {
                 .address
                 .as_ref()
                 .and_then(|a| a.country.clone()),
-            notes,
+            notes: notes
+                .into_iter()
+                .map(|n| Decision::new(Stage::Upsert, n))
+                .collect(),
+            parked: None,
         }
     }
 }
@@ -107,6 +119,7 @@ pub fn duplicate_message(ctx: &Context, marker: &Marker) -> Applied {
         )],
         rejection: None,
         outputs: Vec::new(),
+        emitted: Vec::new(),
         duplicate_message: true,
     }
 }
@@ -120,7 +133,7 @@ pub fn apply(tx: &Tx<'_>, config: &Config, ctx: &Context, doc: &Doc) -> TxResult
     if doc.verb == Verb::Acknowledge {
         // Correlates with a Process bodflow sent (promotion), else `unknown_correlation`.
         let mut applied = super::promote::acknowledge(tx, config, ctx, doc, &mut em)?;
-        applied.outputs = em.into_outputs();
+        (applied.outputs, applied.emitted) = em.finish();
         return Ok(applied);
     }
 
@@ -148,10 +161,12 @@ pub fn apply(tx: &Tx<'_>, config: &Config, ctx: &Context, doc: &Doc) -> TxResult
     if outcome != Outcome::Duplicate {
         em.success(tx, doc.app, outcome.as_str(), &records)?;
     }
+    let (outputs, emitted) = em.finish();
     Ok(Applied {
         items,
         rejection: None,
-        outputs: em.into_outputs(),
+        outputs,
+        emitted,
         duplicate_message: false,
     })
 }
@@ -168,6 +183,7 @@ pub(super) fn put_marker(
             outcome: outcome.as_str().into(),
             record,
             bod_id: ctx.area.as_ref().and_then(|a| a.bod_id.clone()),
+            tracked: Vec::new(),
         },
     )
 }
@@ -341,7 +357,6 @@ fn applied(
             relink_waiting(tx, doc.app, key, &record.id, em, &mut notes)?;
         }
     }
-    notes.append(&mut em.take_notes());
     let promoted = match announce {
         Announce::Change | Announce::NewKey(_) => {
             super::promote::after_change(tx, em, record, &mut notes)?
@@ -642,7 +657,7 @@ fn place_new(
         } else {
             Vec::new()
         };
-        tx.park(Parked {
+        let seq = tx.park(Parked {
             seq: 0,
             message_id: ctx.message_id.clone(),
             reason,
@@ -652,7 +667,10 @@ fn place_new(
             payload: ctx.payload.clone(),
             match_values,
         })?;
-        Ok(ItemResult::new(Outcome::Parked, None, None, note))
+        Ok(ItemResult {
+            parked: Some(ParkedAs { reason, seq }),
+            ..ItemResult::new(Outcome::Parked, None, None, note)
+        })
     };
     if !inbound.create
         && !matches!(
@@ -1079,6 +1097,10 @@ impl Applied {
         let mut report = super::base_report(ctx, outcome);
         report.error = self.rejection;
         report.outputs = self.outputs;
+        report.parked = self.items.iter().find_map(|r| r.parked);
+        if let Some(doc) = doc {
+            report.decisions.extend(doc.notes.iter().cloned());
+        }
         let first = self.items.first();
         report.action = first.and_then(|r| r.action);
         report.record = first.and_then(|r| r.record.clone());
@@ -1110,6 +1132,7 @@ impl Applied {
         for r in self.items {
             report.decisions.extend(r.notes);
         }
+        report.decisions.extend(self.emitted);
         report
     }
 }

@@ -12,7 +12,7 @@ use crate::bod::{self, pick_language, Address, Bod, Channel, ChannelKind, Id, No
 use crate::config::{Application, Config, MatchKey};
 use crate::store::{Commercial, Communication, Fields, HubAddress, Identity, Kind, Phone, XrefKey};
 
-use super::{Doc, Intent, Item, Rejection, Stage, Verb};
+use super::{Decision, Doc, Intent, Item, Rejection, Stage, Verb};
 
 /// Longest accepted identifier (InforOAGIS NormalizedStringBaseType).
 pub const MAX_ID: usize = 64;
@@ -228,12 +228,37 @@ pub fn validate(bod: Bod, config: &Config) -> Result<Checked> {
             Noun::Other { .. } => continue,
         });
     }
+    let decision = format!(
+        "valid {} of {}{} from {:?} ({})",
+        bod.verb,
+        noun_counts(&items),
+        if intent == Intent::Delete {
+            ", actionCode Delete"
+        } else {
+            ""
+        },
+        app.name,
+        app.logical_id
+    );
     Ok(Checked::Doc(Box::new(Doc {
         bod,
         app: app_idx,
         verb,
         items,
+        notes: vec![Decision::new(Stage::Validate, decision)],
     })))
+}
+
+/// `1 CustomerPartyMaster`, `1 CustomerPartyMaster, 2 ContactMaster`.
+fn noun_counts(items: &[Item]) -> String {
+    let count = |kind| items.iter().filter(|i| i.kind == kind).count();
+    [Kind::Account, Kind::Contact]
+        .into_iter()
+        .map(|kind| (count(kind), kind.noun()))
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, noun)| format!("{n} {noun}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn root_noun(bod: &Bod) -> String {

@@ -17,6 +17,7 @@
 //! | `s` | counter name | big-endian u64 |
 //! | `a` | hub ID, big-endian sequence | [`AuditEntry`] of an operator action on the record |
 //! | `b` | BODID of a Process bodflow sent | [`Correlation`]: what its Acknowledge answers |
+//! | `t`, `k`, `d` | message tracking: runs per commit, their confirms, the BODID index | see [`track`] |
 //!
 //! A transaction ([`Store::transact`]) is a write set applied as one atomic sled batch, with
 //! writers serialized: bodflow has one committer, and sled's optimistic transactions cost a
@@ -28,6 +29,7 @@
 //! the caller) and by sled's background flusher; nothing is durable before a flush.
 
 pub mod model;
+pub mod track;
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -49,6 +51,9 @@ pub enum StoreError {
     Io(#[from] sled::Error),
     #[error("store value under {key:?} is unreadable: {message}")]
     Corrupt { key: String, message: String },
+    /// Another process (usually the running service) holds the store's lock.
+    #[error("the store is in use by another process ({0})")]
+    Locked(String),
 }
 
 impl StoreError {
@@ -56,12 +61,13 @@ impl StoreError {
         match self {
             StoreError::Io(_) => "store_io",
             StoreError::Corrupt { .. } => "store_corrupt",
+            StoreError::Locked(_) => "store_locked",
         }
     }
 
     /// The store is held by another process (sled allows one per store: a running service).
     pub fn is_locked(&self) -> bool {
-        matches!(self, StoreError::Io(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock"))
+        matches!(self, StoreError::Locked(_))
     }
 }
 
@@ -281,7 +287,14 @@ impl Store {
             .path(path)
             .cache_capacity(CACHE_BYTES)
             .mode(sled::Mode::HighThroughput)
-            .open()?;
+            .open()
+            .map_err(|e| match e {
+                // sled reports its file lock held elsewhere only as this I/O error text.
+                sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+                    StoreError::Locked(io.to_string())
+                }
+                e => StoreError::Io(e),
+            })?;
         Store::from_db(db)
     }
 
@@ -351,9 +364,13 @@ impl Store {
                 .as_ref()
                 .map(|_| RefCell::new(Vec::new())),
             woken: RefCell::new(Vec::new()),
+            db: &self.db,
+            tracking: RefCell::new(None),
+            tracked_runs: RefCell::new(None),
         };
         let out = f(&tx)?;
         tx.write_outbox_group()?;
+        tx.write_tracking_group()?;
         let mut batch = sled::Batch::default();
         for (k, v) in tx.writes.into_inner() {
             match v {
@@ -684,6 +701,12 @@ pub struct Tx<'a> {
     /// Parked documents a change in this transaction made matchable ([`Tx::wake_parked`]),
     /// for the pipeline to re-run before the transaction ends.
     woken: RefCell<Vec<u64>>,
+    /// For sled's persistent ID generator (tracking group numbers).
+    db: &'a sled::Db,
+    /// This transaction's tracking group, written at the end (see [`track`]).
+    tracking: RefCell<Option<track::Group>>,
+    /// The message whose run is being tracked and the runs its marker lists.
+    tracked_runs: RefCell<Option<(String, Vec<track::TrackAt>)>>,
 }
 
 impl Tx<'_> {
@@ -782,8 +805,20 @@ impl Tx<'_> {
         self.get(&key(b'm', &[message_id]))
     }
 
+    /// Writes a message id's marker; while a run of that message is being tracked
+    /// ([`Tx::begin_run`]), the marker lists its runs.
     pub fn put_marker(&self, message_id: &str, marker: &Marker) -> TxResult<()> {
-        self.put(key(b'm', &[message_id]), marker)
+        let k = key(b'm', &[message_id]);
+        match self.runs_of(message_id) {
+            Some(tracked) => self.put(
+                k,
+                &Marker {
+                    tracked,
+                    ..marker.clone()
+                },
+            ),
+            None => self.put(k, marker),
+        }
     }
 
     /// Increments and returns a named counter (first value 1).
@@ -975,6 +1010,7 @@ mod tests {
                     outcome: "applied".into(),
                     record: None,
                     bod_id: None,
+                    tracked: Vec::new(),
                 },
             )?;
             Err::<(), _>(StoreError::Corrupt {

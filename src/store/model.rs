@@ -271,6 +271,10 @@ pub struct Marker {
     pub record: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bod_id: Option<String>,
+    /// Where this message's tracked runs are, oldest first (see [`super::track`]); empty when
+    /// tracking was off.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tracked: Vec<super::track::TrackAt>,
 }
 
 /// A document to publish, written in the same transaction as the change that caused it.

@@ -310,6 +310,54 @@ impl Event for StoreSampled {
     }
 }
 
+/// The tracking purge removed the runs older than the retention.
+pub struct TrackingPurged {
+    /// Runs (one processing of a message each) removed.
+    pub removed: usize,
+    pub seconds: f64,
+}
+
+impl Event for TrackingPurged {
+    fn emit(self) {
+        if self.removed > 0 {
+            tracing::debug!(
+                removed = self.removed,
+                seconds = self.seconds,
+                "Expired tracked runs purged"
+            );
+        }
+        metrics().tracking_purged.inc_by(self.removed as u64);
+    }
+}
+
+/// Broker confirm times were written on the messages' timelines.
+pub struct TrackingConfirmed {
+    pub outputs: usize,
+}
+
+impl Event for TrackingConfirmed {
+    fn emit(self) {
+        tracing::trace!(outputs = self.outputs, "Publish confirms tracked");
+    }
+}
+
+/// A tracking write or lookup failed (`action`: `confirm`, `purge`, `lookup`). Tracking is
+/// information: the message itself is unaffected.
+pub struct TrackingFailed<'a> {
+    pub action: &'static str,
+    pub error: &'a dyn std::fmt::Display,
+}
+
+impl Event for TrackingFailed<'_> {
+    fn emit(self) {
+        tracing::warn!(action = self.action, error = %self.error, "Message tracking failed");
+        metrics()
+            .tracking_errors
+            .with_label_values(&[self.action])
+            .inc();
+    }
+}
+
 /// A broker session is up (the topology is about to be declared).
 pub struct AmqpConnected<'a> {
     /// The URL, credentials redacted.

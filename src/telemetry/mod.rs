@@ -61,6 +61,8 @@ pub struct Metrics {
     pub(crate) parked_released: IntCounterVec,
     pub(crate) promotions: IntCounterVec,
     pub(crate) lanes_busy: IntGauge,
+    pub(crate) tracking_purged: IntCounter,
+    pub(crate) tracking_errors: IntCounterVec,
 }
 
 /// The stages timed into `bodflow_stage_duration_seconds`: per document `decode`, `validate`,
@@ -268,6 +270,23 @@ impl Metrics {
                 &registry,
                 IntGauge::new("bodflow_lanes_busy", "Lanes preparing documents or with documents queued (of amqp.lanes).")?,
             )?,
+            tracking_purged: reg(
+                &registry,
+                IntCounter::new(
+                    "bodflow_tracking_purged_total",
+                    "Tracked runs (one processing of a message each) removed after tracking.retention.",
+                )?,
+            )?,
+            tracking_errors: reg(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "bodflow_tracking_errors_total",
+                        "Failed tracking writes and lookups, by action (confirm, purge, lookup).",
+                    ),
+                    &["action"],
+                )?,
+            )?,
             registry,
         }
         .with_known_series())
@@ -280,7 +299,7 @@ impl Metrics {
             .iter()
             .map(|s| (*s, self.stage_duration.with_label_values(&[*s])))
             .collect();
-        let known: [(&IntCounterVec, &[&str]); 5] = [
+        let known: [(&IntCounterVec, &[&str]); 6] = [
             (&self.config_reloads, &["applied", "invalid", "failed"]),
             (
                 &self.promotions,
@@ -305,6 +324,7 @@ impl Metrics {
                 &self.traceparent_ignored,
                 &["shape", "hex", "version", "zero_id"],
             ),
+            (&self.tracking_errors, &["confirm", "purge", "lookup"]),
         ];
         for (vec, values) in known {
             for v in values {
@@ -464,6 +484,8 @@ mod tests {
             "bodflow_redeliveries_total",
             "bodflow_store_flush_seconds_bucket",
             "bodflow_store_size_bytes",
+            "bodflow_tracking_purged_total",
+            "bodflow_tracking_errors_total",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }

@@ -1,0 +1,204 @@
+//! Message tracking lookups at scale (issue 4 item 3: < 50 ms per lookup with 1,000,000
+//! tracked messages).
+//!
+//! `cargo bench --bench tracking` builds a real sled store (in a temporary folder, durable
+//! settings as `bodflow run` opens it) holding 1,000,000 tracked messages, then measures what
+//! `bodflow track ID` and `GET /messages/{id}` do ([`Store::lookup_tracked`]): by message id,
+//! by BODID (LN-style BODIDs reused per record: 4 messages each), and by a hot BODID carried
+//! by 2,000 messages (the newest 20 are returned). Lookups pick random messages, so most
+//! reads miss sled's 4 MiB cache.
+//!
+//! The timelines are realistic: templates are taken from generated documents (the realistic
+//! mix) run through the real pipeline, then written through the same store call the commit
+//! uses, with their markers, 64 messages per transaction as replay and the service commit
+//! them. Building takes a minute or two; the build time, store size and run size are printed
+//! first.
+//!
+//! Under `cargo test --all-targets` (no `--bench` argument) the same code runs as a smoke test
+//! with 5,000 messages.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::{TimeZone, Utc};
+use criterion::Criterion;
+
+use bodflow::config::Config;
+use bodflow::generate::{Generator, Mix, CONFIG};
+use bodflow::pipeline::{payload_digest, Input, Pipeline};
+use bodflow::store::track::{Millis, Run};
+use bodflow::store::{Marker, Store};
+
+/// Messages per store transaction while building: replay's and the service's group commit,
+/// so the tracking groups are the size they are in production.
+const BATCH: usize = 64;
+/// Messages per ordinary BODID (LN reuses one BODID per record).
+const PER_BOD_ID: usize = 4;
+/// Every HOT_EVERY-th message carries the hot BODID.
+const HOT_EVERY: usize = 500;
+const HOT_BOD_ID: &str = "infor-nid:ACME_PRD:3555::BPC9999999:?CustomerPartyMaster&verb=Sync";
+/// Timelines returned per lookup, as `bodflow track` and the HTTP endpoint default to.
+const LIMIT: usize = 20;
+
+struct Fixture {
+    store: Store,
+    _dir: tempfile::TempDir,
+    n: usize,
+}
+
+fn message_id(i: usize) -> String {
+    payload_digest(&(i as u64).to_le_bytes())
+}
+
+fn bod_id(i: usize) -> String {
+    if i.is_multiple_of(HOT_EVERY) {
+        HOT_BOD_ID.to_string()
+    } else {
+        format!(
+            "infor-nid:ACME_PRD:3555::BPC{:07}:?CustomerPartyMaster&verb=Sync",
+            i / PER_BOD_ID
+        )
+    }
+}
+
+/// Runs of generated documents processed by the real pipeline: applied with Syncs, duplicates,
+/// stale and rejected ones, as the realistic mix gives them.
+fn templates() -> Vec<Run<'static>> {
+    let config = Config::from_toml(CONFIG, "generate::CONFIG").unwrap();
+    let pipeline = Pipeline::new(Arc::new(config), Arc::new(Store::temporary().unwrap())).unwrap();
+    let mut runs = Vec::new();
+    for g in Generator::new(7, Mix::REALISTIC).take(200) {
+        let report = pipeline
+            .process(&Input {
+                bytes: &g.bytes,
+                source: "amqp",
+                message_id: None,
+                reply_to: None,
+                received_at: Utc::now(),
+                retry: false,
+            })
+            .unwrap();
+        let track = pipeline.store.tracked(&report.message_id).unwrap().unwrap();
+        runs.extend(track.runs.into_iter().take(1));
+    }
+    runs
+}
+
+fn build(n: usize) -> Fixture {
+    let templates = templates();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("store")).unwrap();
+    let start = Utc.with_ymd_and_hms(2025, 10, 1, 0, 0, 0).unwrap();
+    let start = Millis::from_datetime(start).0;
+    let started = Instant::now();
+    let all: Vec<usize> = (0..n).collect();
+    for chunk in all.chunks(BATCH) {
+        store
+            .transact(|tx| {
+                for &i in chunk {
+                    let id = message_id(i);
+                    let bod = bod_id(i);
+                    let mut run = templates[i % templates.len()].clone();
+                    run.received_at = Millis(start + i as u64 * 50);
+                    run.bod_id = Some(bod.clone().into());
+                    for (k, o) in run.outputs.iter_mut().enumerate() {
+                        o.bod_id = format!("bodflow:{}:{}", &id[..20], k + 1).into();
+                        o.confirmed_at = Some(Millis(run.received_at.0 + 12));
+                    }
+                    let at = tx.track_run(&id, &run)?;
+                    tx.put_marker(
+                        &id,
+                        &Marker {
+                            outcome: run.outcome.to_string(),
+                            record: run.record.as_ref().map(|r| r.to_string()),
+                            bod_id: Some(bod),
+                            tracked: vec![at],
+                        },
+                    )?;
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
+    store.flush().unwrap();
+    let seconds = started.elapsed().as_secs_f64();
+    println!(
+        "built {n} tracked messages in {seconds:.1} s ({:.0} messages/s); store {} MB on disk; a run is {} bytes stored ({} as JSON)",
+        n as f64 / seconds,
+        store.size_on_disk().unwrap() / 1_000_000,
+        store.tracked_bytes().unwrap() / n,
+        serde_json::to_vec(&templates[0]).unwrap().len(),
+    );
+    Fixture {
+        store,
+        _dir: dir,
+        n,
+    }
+}
+
+/// SplitMix64: random picks without a dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((z ^ (z >> 31)) % n as u64) as usize
+    }
+}
+
+fn lookups(c: &mut Criterion, f: &Fixture) {
+    let store = &f.store;
+    // Sanity: each lookup finds what it should, so the bench measures real work.
+    assert_eq!(
+        store.lookup_tracked(&message_id(1), LIMIT).unwrap().len(),
+        1
+    );
+    let found = store.lookup_tracked(&bod_id(1), LIMIT).unwrap();
+    assert_eq!(
+        found.len(),
+        PER_BOD_ID - 1,
+        "message 0 carries the hot BODID"
+    );
+    let hot = store.lookup_tracked(HOT_BOD_ID, LIMIT).unwrap();
+    assert_eq!(hot.len(), LIMIT.min(f.n.div_ceil(HOT_EVERY)));
+    assert!(hot
+        .windows(2)
+        .all(|w| w[0].runs[0].received_at >= w[1].runs[0].received_at));
+
+    let mut g = c.benchmark_group(format!("tracking_lookup_{}", f.n));
+    let mut rng = Rng(42);
+    g.bench_function("by_message_id", |b| {
+        b.iter(|| {
+            let id = message_id(rng.below(f.n));
+            let found = store.lookup_tracked(&id, LIMIT).unwrap();
+            assert_eq!(found.len(), 1);
+            black_box(found)
+        })
+    });
+    g.bench_function("by_bod_id_4_messages", |b| {
+        b.iter(|| {
+            let bod = bod_id(rng.below(f.n));
+            let found = store.lookup_tracked(&bod, LIMIT).unwrap();
+            assert!(!found.is_empty());
+            black_box(found)
+        })
+    });
+    g.bench_function("by_hot_bod_id_newest_20", |b| {
+        b.iter(|| black_box(store.lookup_tracked(HOT_BOD_ID, LIMIT).unwrap()))
+    });
+    g.finish();
+}
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let fixture = build(if full { 1_000_000 } else { 5_000 });
+    let mut c = Criterion::default().configure_from_args();
+    lookups(&mut c, &fixture);
+    c.final_summary();
+}

@@ -1,0 +1,911 @@
+//! Message tracking in the store: every processing of a message (its *run*: received, each
+//! stage's decision, outcome, outputs), written in the same transaction as the commit that
+//! processed it (`bodflow track`, `GET /messages/{id}`).
+//!
+//! | prefix | key | value |
+//! | --- | --- | --- |
+//! | `t` | big-endian group number | the runs one transaction committed: a version byte, the big-endian ms of its first run, then LZ4 of the length-prefixed postcard slots (message id, [`Run`]) |
+//! | `k` | big-endian group number | publish confirms of that group's outputs: 12-byte records (slot, output, ms) |
+//! | `d` | 8 bytes of the BODID's hash, group number, slot | empty: a BODID's runs in commit order |
+//!
+//! The commit path writes one key per message, the BODID index, plus one group key per
+//! transaction: sled's cost is per key, and a key per run would double what tracking costs
+//! (the outbox groups its rows the same way). Groups are compressed (runs of one commit repeat
+//! one another's decisions, about 5:1): sled rewrites a leaf with all its values each time the
+//! leaf changes, so every byte stored costs several times over. Index keys are 19 bytes whatever the BODID (a
+//! BODID is often 80 characters): sled keeps keys that short inline, and a lookup checks the
+//! run's BODID, so a hash collision costs a read, never a wrong answer. Group numbers come from
+//! sled's persistent ID generator: increasing, in commit order.
+//!
+//! The message id's marker lists where its runs are ([`TrackAt`] in
+//! [`Marker::tracked`](super::Marker)), so a lookup by message id is a marker read plus a
+//! group read per run, and a lookup by BODID a prefix scan plus the same per message —
+//! whatever the number of tracked messages. BODIDs are not unique (LN and CSI reuse one per
+//! record), hence an index rather than a key.
+//!
+//! A message id that comes back (a redelivery found duplicate, a released parked document, a
+//! replayed dead letter) gets a new run in its commit's group and its marker lists it too; at
+//! most [`MAX_RUNS`] are listed (the first always). Groups are in commit order, so the
+//! retention purge reads them from the start and stops at the first group whose first run is
+//! younger than the retention (a group committed after it waits for it: with real clocks they
+//! are in time order too); a purged run drops out of its message's timeline (the marker itself
+//! stays: idempotency needs it). Publish confirm times arrive later, in batches, from the outbox
+//! publisher ([`Store::track_confirms`]): one small key per group, not a rewrite of the runs.
+//!
+//! Runs live for `tracking.retention` only, so their encoding may change between versions: a
+//! group of another version reads as [`StoreError::Corrupt`] naming it, never as garbage.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::{Store, StoreError, Tx, TxResult};
+
+/// Runs listed per message: the first and the latest ones (a redelivery storm cannot grow a
+/// marker without bound).
+pub const MAX_RUNS: usize = 16;
+
+/// First byte of every group.
+const VERSION: u8 = 1;
+
+/// Most runs in one group (slots are 16-bit); a bigger transaction starts another group.
+const GROUP_SLOTS: usize = 1 << 16;
+
+fn slot_index(slots: usize) -> u16 {
+    u16::try_from(slots).unwrap_or(u16::MAX)
+}
+
+/// Where a run is: its group number and its slot in the group. JSON (in the marker):
+/// `[group, slot]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct TrackAt(pub u64, pub u16);
+
+/// Milliseconds since the Unix epoch: a varint in the store, RFC 3339 text in JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Millis(pub u64);
+
+impl Millis {
+    pub fn now() -> Millis {
+        Millis::from_datetime(Utc::now())
+    }
+
+    pub fn from_datetime(t: DateTime<Utc>) -> Millis {
+        Millis(u64::try_from(t.timestamp_millis()).unwrap_or(0))
+    }
+
+    pub fn to_datetime(self) -> Option<DateTime<Utc>> {
+        DateTime::from_timestamp_millis(i64::try_from(self.0).ok()?)
+    }
+
+    /// `2024-05-01T12:00:00.123Z`.
+    pub fn rfc3339(self) -> String {
+        self.to_datetime()
+            .map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true))
+            .unwrap_or_else(|| self.0.to_string())
+    }
+}
+
+impl Serialize for Millis {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if serializer.is_human_readable() {
+            serializer.serialize_str(&self.rfc3339())
+        } else {
+            serializer.serialize_u64(self.0)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Millis {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Millis, D::Error> {
+        if deserializer.is_human_readable() {
+            let text = String::deserialize(deserializer)?;
+            DateTime::parse_from_rfc3339(&text)
+                .map(|t| Millis::from_datetime(t.with_timezone(&Utc)))
+                .map_err(serde::de::Error::custom)
+        } else {
+            u64::deserialize(deserializer).map(Millis)
+        }
+    }
+}
+
+/// One message id's timeline, as lookups return it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Track {
+    pub message_id: String,
+    /// Every processing of this message id still within the retention, oldest first.
+    pub runs: Vec<Run<'static>>,
+}
+
+/// Why the message went through the pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    /// A delivery (or a replayed file); a redelivery of a processed message id is one too,
+    /// with outcome `duplicate`.
+    Received,
+    /// A deliberate retry: a dead letter replayed with `x-bodflow-retry`.
+    Retry,
+    /// A parked document released (`bodflow parked release`, an application re-activated).
+    Release,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Received => "received",
+            Trigger::Retry => "retry",
+            Trigger::Release => "release",
+        }
+    }
+}
+
+/// Text of a run: borrowed from the commit's report while it is written (no copies on the
+/// commit path), owned once read back.
+pub type Text<'a> = Cow<'a, str>;
+
+/// One processing of a message: what came in, what each stage decided, what went out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Run<'a> {
+    pub received_at: Millis,
+    pub trigger: Trigger,
+    /// A file path (`replay`) or `amqp`.
+    pub source: Text<'a>,
+    /// Sender/LogicalID as the document gives it.
+    pub sender: Option<Text<'a>>,
+    /// Payload size in bytes.
+    pub size: u64,
+    /// The delivery's `reply_to`, where replies went instead of the sender's queue.
+    pub reply_to: Option<Text<'a>>,
+    pub bod_id: Option<Text<'a>>,
+    pub verb: Option<Text<'a>>,
+    pub noun: Option<Text<'a>>,
+    /// Each stage's decision, in order.
+    pub stages: Vec<StageDecision<'a>>,
+    pub outcome: Text<'a>,
+    pub action: Option<Text<'a>>,
+    pub record: Option<Text<'a>>,
+    pub error: Option<TrackedError<'a>>,
+    pub parked: Option<TrackedPark<'a>>,
+    pub outputs: Vec<TrackedOutput<'a>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageDecision<'a> {
+    pub stage: Text<'a>,
+    pub decision: Text<'a>,
+}
+
+/// A rejection: stage, stable code, message, XML path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrackedError<'a> {
+    pub stage: Text<'a>,
+    pub code: Text<'a>,
+    pub message: Text<'a>,
+    pub path: Option<Text<'a>>,
+}
+
+/// Where a parked document waits: its reason and the sequence `bodflow parked` shows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrackedPark<'a> {
+    pub reason: Text<'a>,
+    pub seq: u64,
+}
+
+/// An emitted document and, once the broker confirmed its publish, when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrackedOutput<'a> {
+    pub kind: Text<'a>,
+    /// Receiving logical ID, or the `reply_to` queue.
+    pub to: Text<'a>,
+    pub bod_id: Text<'a>,
+    pub confirmed_at: Option<Millis>,
+}
+
+/// A broker confirm of an output, as the publisher saw it.
+#[derive(Debug, Clone, Copy)]
+pub struct Confirmed<'a> {
+    /// The inbound message id the output answers (its `correlation_id`).
+    pub message_id: &'a str,
+    pub bod_id: &'a str,
+    pub at: Millis,
+}
+
+/// What one purge call removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Purged {
+    pub groups: usize,
+    pub runs: usize,
+}
+
+/// A transaction's tracking group while it is being filled: its number, the time of its first
+/// run, and its slots so far (compressed when written).
+pub(super) struct Group {
+    number: u64,
+    ms: u64,
+    slots: usize,
+    bytes: Vec<u8>,
+}
+
+/// One slot as written (borrowed) and read (owned): postcard writes both alike.
+#[derive(Serialize)]
+struct SlotRef<'a> {
+    message_id: &'a str,
+    run: &'a Run<'a>,
+}
+
+#[derive(Deserialize)]
+struct Slot {
+    message_id: String,
+    run: Run<'static>,
+}
+
+fn group_key(prefix: u8, number: u64) -> [u8; 9] {
+    let mut k = [prefix; 9];
+    k[1..].copy_from_slice(&number.to_be_bytes());
+    k
+}
+
+/// `d` and 8 bytes of the BODID's hash.
+fn bod_prefix(bod_id: &str) -> [u8; 9] {
+    let mut k = [b'd'; 9];
+    k[1..].copy_from_slice(&blake3::hash(bod_id.as_bytes()).as_bytes()[..8]);
+    k
+}
+
+fn bod_key(bod_id: &str, at: TrackAt) -> [u8; BOD_KEY] {
+    let mut k = [0u8; BOD_KEY];
+    k[..9].copy_from_slice(&bod_prefix(bod_id));
+    k[9..17].copy_from_slice(&at.0.to_be_bytes());
+    k[17..].copy_from_slice(&at.1.to_be_bytes());
+    k
+}
+
+/// Length of a `d` key.
+const BOD_KEY: usize = 19;
+
+/// The [`TrackAt`] of a `d` key.
+fn bod_key_at(k: &[u8]) -> Option<TrackAt> {
+    if k.len() != BOD_KEY {
+        return None;
+    }
+    Some(TrackAt(
+        u64::from_be_bytes(k.get(9..17)?.try_into().ok()?),
+        u16::from_be_bytes(k.get(17..)?.try_into().ok()?),
+    ))
+}
+
+/// The group number of a `t` or `k` key.
+fn group_of(k: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(k.get(1..9)?.try_into().ok()?))
+}
+
+fn corrupt(k: &[u8], message: String) -> StoreError {
+    StoreError::Corrupt {
+        key: String::from_utf8_lossy(k).into_owned(),
+        message,
+    }
+}
+
+/// A group's value: the version, the time of its first run, the compressed slots.
+fn encode_group(ms: u64, slots: &[u8]) -> Vec<u8> {
+    let compressed = lz4_flex::block::compress_prepend_size(slots);
+    let mut out = Vec::with_capacity(9 + compressed.len());
+    out.push(VERSION);
+    out.extend_from_slice(&ms.to_be_bytes());
+    out.extend_from_slice(&compressed);
+    out
+}
+
+/// Appends one slot (length-prefixed) to a group's bytes.
+fn push_slot(bytes: Vec<u8>, message_id: &str, run: &Run<'_>) -> Result<Vec<u8>, StoreError> {
+    let at = bytes.len();
+    let mut bytes = bytes;
+    bytes.extend_from_slice(&[0; 4]);
+    let mut bytes = postcard::to_extend(&SlotRef { message_id, run }, bytes).map_err(|e| {
+        StoreError::Corrupt {
+            key: message_id.to_string(),
+            message: format!("encoding a tracked run: {e}"),
+        }
+    })?;
+    let len = u32::try_from(bytes.len() - at - 4).map_err(|_| StoreError::Corrupt {
+        key: message_id.to_string(),
+        message: "tracked run over 4 GiB".into(),
+    })?;
+    if let Some(prefix) = bytes.get_mut(at..at + 4) {
+        prefix.copy_from_slice(&len.to_be_bytes());
+    }
+    Ok(bytes)
+}
+
+/// The time of a group's first run (ms), from its header.
+fn group_ms(k: &[u8], bytes: &[u8]) -> Result<u64, StoreError> {
+    match bytes.split_first() {
+        Some((&VERSION, rest)) => rest
+            .get(..8)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(u64::from_be_bytes)
+            .ok_or_else(|| corrupt(k, "truncated tracking group".into())),
+        Some((v, _)) => Err(corrupt(k, format!("tracking group of format version {v}"))),
+        None => Err(corrupt(k, "empty tracking group".into())),
+    }
+}
+
+/// A group's slots, decompressed.
+fn group_body(k: &[u8], bytes: &[u8]) -> Result<Vec<u8>, StoreError> {
+    group_ms(k, bytes)?;
+    lz4_flex::block::decompress_size_prepended(bytes.get(9..).unwrap_or_default())
+        .map_err(|e| corrupt(k, format!("tracking group: {e}")))
+}
+
+/// The encoded slots in a group's body, in order.
+fn group_slots<'v>(k: &[u8], body: &'v [u8]) -> Result<Vec<&'v [u8]>, StoreError> {
+    let mut slots = Vec::new();
+    let mut at = 0usize;
+    while at < body.len() {
+        let len =
+            body.get(at..at + 4)
+                .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                .map(u32::from_be_bytes)
+                .ok_or_else(|| corrupt(k, "truncated tracking group".into()))? as usize;
+        let slot = body
+            .get(at + 4..at + 4 + len)
+            .ok_or_else(|| corrupt(k, "truncated tracking slot".into()))?;
+        slots.push(slot);
+        at += 4 + len;
+    }
+    Ok(slots)
+}
+
+fn decode_slot(k: &[u8], bytes: &[u8]) -> Result<Slot, StoreError> {
+    postcard::from_bytes(bytes).map_err(|e| corrupt(k, format!("tracked run: {e}")))
+}
+
+/// Confirm records: (slot, output index, ms).
+fn decode_confirms(bytes: &[u8]) -> impl Iterator<Item = (u16, u16, Millis)> + '_ {
+    bytes.chunks_exact(12).filter_map(|r| {
+        Some((
+            u16::from_be_bytes(r.get(..2)?.try_into().ok()?),
+            u16::from_be_bytes(r.get(2..4)?.try_into().ok()?),
+            Millis(u64::from_be_bytes(r.get(4..)?.try_into().ok()?)),
+        ))
+    })
+}
+
+impl Tx<'_> {
+    /// Starts tracking one processing of `message_id`, whose marker listed `previous` runs:
+    /// from now until [`Tx::track_run`], every marker of that message written in this
+    /// transaction lists the previous runs and this one (at most [`MAX_RUNS`], the first kept)
+    /// — the commit writes its marker once, with the run in it.
+    pub fn begin_run(&self, message_id: &str, previous: &[TrackAt], ms: u64) -> TxResult<()> {
+        let at = self.with_group(ms, |g| Ok(TrackAt(g.number, slot_index(g.slots))))?;
+        let mut tracked = Vec::with_capacity(previous.len() + 1);
+        tracked.extend_from_slice(previous);
+        tracked.push(at);
+        if tracked.len() > MAX_RUNS {
+            tracked.remove(1);
+        }
+        *self.tracked_runs.borrow_mut() = Some((message_id.to_string(), tracked));
+        Ok(())
+    }
+
+    /// The runs a marker of `message_id` lists while one of its runs is being tracked.
+    pub(super) fn runs_of(&self, message_id: &str) -> Option<Vec<TrackAt>> {
+        match &*self.tracked_runs.borrow() {
+            Some((id, tracked)) if id == message_id => Some(tracked.clone()),
+            _ => None,
+        }
+    }
+
+    /// This transaction's tracking group (started at `ms` if there is none yet, or a new one
+    /// when it is full).
+    fn with_group<T>(&self, ms: u64, f: impl FnOnce(&mut Group) -> TxResult<T>) -> TxResult<T> {
+        if self
+            .tracking
+            .borrow()
+            .as_ref()
+            .is_some_and(|g| g.slots >= GROUP_SLOTS)
+        {
+            self.write_tracking_group()?;
+        }
+        let mut pending = self.tracking.borrow_mut();
+        let group = match pending.as_mut() {
+            Some(g) => g,
+            None => pending.insert(Group {
+                number: self.db.generate_id()?,
+                ms,
+                slots: 0,
+                bytes: Vec::with_capacity(64 * 1024),
+            }),
+        };
+        f(group)
+    }
+
+    /// Adds `run` of `message_id` to this transaction's tracking group, indexed under its
+    /// BODID, and ends [`Tx::begin_run`]; returns where the run is.
+    pub fn track_run(&self, message_id: &str, run: &Run<'_>) -> TxResult<TrackAt> {
+        let at = self.with_group(run.received_at.0, |group| {
+            let at = TrackAt(group.number, slot_index(group.slots));
+            group.bytes = push_slot(std::mem::take(&mut group.bytes), message_id, run)?;
+            group.slots += 1;
+            Ok(at)
+        })?;
+        self.tracked_runs.borrow_mut().take();
+        if let Some(b) = &run.bod_id {
+            self.raw_insert(bod_key(b, at).to_vec(), sled::IVec::default());
+        }
+        Ok(at)
+    }
+
+    pub(super) fn write_tracking_group(&self) -> TxResult<()> {
+        if let Some(g) = self.tracking.borrow_mut().take() {
+            self.raw_insert(
+                group_key(b't', g.number).to_vec(),
+                encode_group(g.ms, &g.bytes),
+            );
+        }
+        Ok(())
+    }
+
+    /// The decompressed slots of group `number`, as this transaction sees the store.
+    fn group_body(&self, number: u64) -> TxResult<Option<Vec<u8>>> {
+        let k = group_key(b't', number);
+        self.raw_get(&k)?.map(|v| group_body(&k, &v)).transpose()
+    }
+}
+
+impl Store {
+    /// The run at `at` and the message id it belongs to; with `confirms`, its outputs' confirm
+    /// times filled in.
+    fn run_at(
+        &self,
+        at: TrackAt,
+        confirms: bool,
+    ) -> Result<Option<(String, Run<'static>)>, StoreError> {
+        let k = group_key(b't', at.0);
+        let Some(v) = self.hub.get(k)? else {
+            return Ok(None);
+        };
+        let body = group_body(&k, &v)?;
+        let Some(bytes) = group_slots(&k, &body)?.get(usize::from(at.1)).copied() else {
+            return Ok(None);
+        };
+        let Slot {
+            message_id,
+            mut run,
+        } = decode_slot(&k, bytes)?;
+        if !confirms {
+            return Ok(Some((message_id, run)));
+        }
+        if let Some(confirmed) = self.hub.get(group_key(b'k', at.0))? {
+            for (slot, output, ms) in decode_confirms(&confirmed) {
+                if slot == at.1 {
+                    if let Some(o) = run.outputs.get_mut(usize::from(output)) {
+                        o.confirmed_at.get_or_insert(ms);
+                    }
+                }
+            }
+        }
+        Ok(Some((message_id, run)))
+    }
+
+    /// The timeline of a message id (`None`: never processed with tracking on, or purged).
+    pub fn tracked(&self, message_id: &str) -> Result<Option<Track>, StoreError> {
+        let Some(marker) = self.marker(message_id)? else {
+            return Ok(None);
+        };
+        let mut runs = Vec::with_capacity(marker.tracked.len());
+        for at in marker.tracked {
+            if let Some((id, run)) = self.run_at(at, true)? {
+                if id == message_id {
+                    runs.push(run);
+                }
+            }
+        }
+        Ok((!runs.is_empty()).then(|| Track {
+            message_id: message_id.to_string(),
+            runs,
+        }))
+    }
+
+    /// The timelines of the messages that carried `bod_id`, newest first, at most `limit`.
+    pub fn tracked_by_bod_id(&self, bod_id: &str, limit: usize) -> Result<Vec<Track>, StoreError> {
+        let mut ids: Vec<String> = Vec::new();
+        for item in self.hub.scan_prefix(bod_prefix(bod_id)).keys().rev() {
+            if ids.len() >= limit {
+                break;
+            }
+            let k = item?;
+            let Some(at) = bod_key_at(&k) else {
+                continue;
+            };
+            if let Some((id, run)) = self.run_at(at, false)? {
+                if run.bod_id.as_deref() == Some(bod_id) && !ids.contains(&id) {
+                    ids.push(id);
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            out.extend(self.tracked(&id)?);
+        }
+        Ok(out)
+    }
+
+    /// Everything tracked under `id` as a message id and as a BODID: the message first, then
+    /// the BODID's messages newest first, at most `limit` in all.
+    pub fn lookup_tracked(&self, id: &str, limit: usize) -> Result<Vec<Track>, StoreError> {
+        let mut out: Vec<Track> = self.tracked(id)?.into_iter().collect();
+        for t in self.tracked_by_bod_id(id, limit)? {
+            if out.len() >= limit {
+                break;
+            }
+            if !out.iter().any(|o| o.message_id == t.message_id) {
+                out.push(t);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes up to `max_groups` tracking groups, oldest first, as long as their first run
+    /// is older than `before`, with their confirms and BODID index keys. Call again while it
+    /// removes `max_groups`.
+    pub fn purge_tracked(&self, before: Millis, max_groups: usize) -> Result<Purged, StoreError> {
+        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let mut batch = sled::Batch::default();
+        let mut purged = Purged::default();
+        for item in self.hub.scan_prefix([b't']).take(max_groups) {
+            let (k, v) = item?;
+            // An unreadable group goes too (its index keys, if any, lead nowhere).
+            if group_ms(&k, &v).is_ok_and(|ms| ms >= before.0) {
+                break;
+            }
+            let body = group_body(&k, &v);
+            let slots = body.as_ref().map(|b| group_slots(&k, b));
+            if let (Some(number), Ok(Ok(slots))) = (group_of(&k), slots) {
+                for (i, bytes) in slots.iter().enumerate() {
+                    purged.runs += 1;
+                    // An unreadable run's index key, if any, leads nowhere and is skipped.
+                    if let Ok(Slot {
+                        run:
+                            Run {
+                                bod_id: Some(b), ..
+                            },
+                        ..
+                    }) = decode_slot(&k, bytes)
+                    {
+                        let slot = u16::try_from(i).unwrap_or(u16::MAX);
+                        batch.remove(&bod_key(&b, TrackAt(number, slot)));
+                    }
+                }
+                batch.remove(&group_key(b'k', number));
+            }
+            batch.remove(k);
+            purged.groups += 1;
+        }
+        self.hub.apply_batch(batch)?;
+        Ok(purged)
+    }
+
+    /// Bytes of all tracking groups (the runs as stored): for benchmarks and tools.
+    pub fn tracked_bytes(&self) -> Result<usize, StoreError> {
+        self.hub
+            .scan_prefix([b't'])
+            .values()
+            .try_fold(0, |sum, v| Ok(sum + v?.len()))
+    }
+
+    /// Records broker confirms of published outputs in one batch (the first confirm of an
+    /// output wins); returns how many outputs were found. Outputs of purged or untracked
+    /// messages are skipped.
+    pub fn track_confirms(&self, confirms: &[Confirmed<'_>]) -> Result<usize, StoreError> {
+        let mut by_message: BTreeMap<&str, Vec<&Confirmed<'_>>> = BTreeMap::new();
+        for c in confirms {
+            by_message.entry(c.message_id).or_default().push(c);
+        }
+        self.transact(|tx| {
+            let mut by_group: BTreeMap<u64, Vec<(u16, u16, Millis)>> = BTreeMap::new();
+            // Decompressed groups: a publisher round confirms the outputs of a few commits.
+            let mut bodies: BTreeMap<u64, Option<Vec<u8>>> = BTreeMap::new();
+            for (message_id, mut waiting) in by_message.clone() {
+                let Some(marker) = tx.marker(message_id)? else {
+                    continue;
+                };
+                // Outputs are re-emitted only by a new run: look at the newest first.
+                for at in marker.tracked.iter().rev() {
+                    if waiting.is_empty() {
+                        break;
+                    }
+                    let body = match bodies.entry(at.0) {
+                        std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                        std::collections::btree_map::Entry::Vacant(e) => {
+                            e.insert(tx.group_body(at.0)?)
+                        }
+                    };
+                    let Some(body) = body else {
+                        continue;
+                    };
+                    let k = group_key(b't', at.0);
+                    let Some(bytes) = group_slots(&k, body)?.get(usize::from(at.1)).copied() else {
+                        continue;
+                    };
+                    let run = decode_slot(&k, bytes)?.run;
+                    waiting.retain(|c| {
+                        match run.outputs.iter().position(|o| o.bod_id == c.bod_id) {
+                            Some(i) => {
+                                let output = u16::try_from(i).unwrap_or(u16::MAX);
+                                by_group.entry(at.0).or_default().push((at.1, output, c.at));
+                                false
+                            }
+                            None => true,
+                        }
+                    });
+                }
+            }
+            let mut found = 0;
+            for (number, records) in by_group {
+                let k = group_key(b'k', number).to_vec();
+                let mut bytes = tx.raw_get(&k)?.map(|v| v.to_vec()).unwrap_or_default();
+                let known: Vec<(u16, u16)> =
+                    decode_confirms(&bytes).map(|(s, o, _)| (s, o)).collect();
+                for (slot, output, at) in records {
+                    if known.contains(&(slot, output)) {
+                        continue;
+                    }
+                    bytes.extend_from_slice(&slot.to_be_bytes());
+                    bytes.extend_from_slice(&output.to_be_bytes());
+                    bytes.extend_from_slice(&at.0.to_be_bytes());
+                    found += 1;
+                }
+                tx.raw_insert(k, bytes);
+            }
+            Ok(found)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Marker;
+
+    fn run(at: u64, bod_id: &str, outcome: &str) -> Run<'static> {
+        Run {
+            received_at: Millis(at),
+            trigger: Trigger::Received,
+            source: "amqp".into(),
+            sender: Some("lid://a".into()),
+            size: 1234,
+            reply_to: None,
+            bod_id: Some(bod_id.to_string().into()),
+            verb: Some("Sync".into()),
+            noun: Some("CustomerPartyMaster".into()),
+            stages: vec![StageDecision {
+                stage: "country".into(),
+                decision: "country DEU→DE (iso3)".into(),
+            }],
+            outcome: outcome.to_string().into(),
+            action: None,
+            record: Some("ACC-000001".into()),
+            error: None,
+            parked: None,
+            outputs: vec![TrackedOutput {
+                kind: "SyncCustomerPartyMaster".into(),
+                to: "lid://b".into(),
+                bod_id: format!("out-{at}").into(),
+                confirmed_at: None,
+            }],
+        }
+    }
+
+    /// Tracks runs as the pipeline does: begin, write the marker, add the run.
+    fn commit(store: &Store, runs: &[(&str, Run<'_>)]) {
+        store
+            .transact(|tx| {
+                for (message_id, run) in runs {
+                    let previous = tx.marker(message_id)?;
+                    let runs = previous.as_ref().map(|m| m.tracked.as_slice());
+                    tx.begin_run(message_id, runs.unwrap_or_default(), run.received_at.0)?;
+                    let marker = previous.unwrap_or(Marker {
+                        outcome: run.outcome.to_string(),
+                        record: None,
+                        bod_id: run.bod_id.as_ref().map(|b| b.to_string()),
+                        tracked: Vec::new(),
+                    });
+                    tx.put_marker(message_id, &marker)?;
+                    let at = tx.track_run(message_id, run)?;
+                    assert_eq!(tx.marker(message_id)?.unwrap().tracked.last(), Some(&at));
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    fn ids(tracks: Vec<Track>) -> Vec<String> {
+        tracks.into_iter().map(|t| t.message_id).collect()
+    }
+
+    #[test]
+    fn runs_are_found_by_message_id_and_by_bod_id_newest_first() {
+        let store = Store::temporary().unwrap();
+        commit(
+            &store,
+            &[
+                ("m1", run(1_000, "B", "applied")),
+                ("m4", run(1_000, "other", "applied")),
+            ],
+        );
+        commit(&store, &[("m3", run(2_000, "B", "applied"))]);
+        commit(&store, &[("m2", run(3_000, "B", "applied"))]);
+        let t = store.tracked("m1").unwrap().unwrap();
+        assert_eq!(t.runs, vec![run(1_000, "B", "applied")]);
+        assert_eq!(
+            ids(store.tracked_by_bod_id("B", 10).unwrap()),
+            ["m2", "m3", "m1"]
+        );
+        assert_eq!(store.tracked_by_bod_id("B", 2).unwrap().len(), 2);
+        assert!(store.tracked_by_bod_id("", 10).unwrap().is_empty());
+        assert!(store.tracked("nope").unwrap().is_none());
+        assert_eq!(ids(store.lookup_tracked("m4", 10).unwrap()), ["m4"]);
+        // One group key per transaction, one index key per run.
+        assert_eq!(store.hub.scan_prefix([b't']).count(), 3);
+        assert_eq!(store.hub.scan_prefix([b'd']).count(), 4);
+    }
+
+    #[test]
+    fn index_keys_are_short_whatever_the_bod_id() {
+        let store = Store::temporary().unwrap();
+        let long = format!(
+            "infor-nid:ACME_PRD:3555::{}:?CustomerPartyMaster",
+            "X".repeat(200)
+        );
+        commit(&store, &[("m1", run(1_000, &long, "applied"))]);
+        let keys: Vec<usize> = store
+            .hub
+            .scan_prefix([b'd'])
+            .keys()
+            .map(|k| k.unwrap().len())
+            .collect();
+        assert_eq!(keys, [BOD_KEY]);
+        assert_eq!(ids(store.tracked_by_bod_id(&long, 10).unwrap()), ["m1"]);
+        assert!(store.tracked_by_bod_id(&long[1..], 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_message_that_comes_back_gets_another_run_on_its_timeline() {
+        let store = Store::temporary().unwrap();
+        commit(&store, &[("m1", run(1_000, "B", "applied"))]);
+        commit(
+            &store,
+            &[
+                ("m1", run(5_000, "B", "duplicate")),
+                ("m1", run(5_000, "B2", "applied")),
+            ],
+        );
+        let outcomes: Vec<String> = store
+            .tracked("m1")
+            .unwrap()
+            .unwrap()
+            .runs
+            .into_iter()
+            .map(|r| r.outcome.into_owned())
+            .collect();
+        assert_eq!(outcomes, ["applied", "duplicate", "applied"]);
+        assert_eq!(ids(store.tracked_by_bod_id("B", 10).unwrap()), ["m1"]);
+        assert_eq!(ids(store.tracked_by_bod_id("B2", 10).unwrap()), ["m1"]);
+    }
+
+    #[test]
+    fn a_marker_lists_at_most_max_runs_keeping_the_first() {
+        let store = Store::temporary().unwrap();
+        commit(&store, &[("m1", run(1_000, "B", "applied"))]);
+        for i in 0..40 {
+            commit(&store, &[("m1", run(2_000 + i, "B", "duplicate"))]);
+        }
+        assert_eq!(store.marker("m1").unwrap().unwrap().tracked.len(), MAX_RUNS);
+        let runs = store.tracked("m1").unwrap().unwrap().runs;
+        assert_eq!(runs.len(), MAX_RUNS);
+        assert_eq!(runs[0].outcome, "applied");
+        assert_eq!(runs[MAX_RUNS - 1].received_at, Millis(2_039));
+    }
+
+    #[test]
+    fn purge_removes_old_groups_with_their_index_and_confirms_in_chunks() {
+        let store = Store::temporary().unwrap();
+        for i in 0..10u64 {
+            commit(
+                &store,
+                &[
+                    (format!("old{i}a").as_str(), run(1_000 + i, "B", "applied")),
+                    (format!("old{i}b").as_str(), run(1_000 + i, "C", "applied")),
+                ],
+            );
+        }
+        commit(&store, &[("young", run(50_000, "B", "applied"))]);
+        let confirm = Confirmed {
+            message_id: "old3a",
+            bod_id: "out-1003",
+            at: Millis(1_100),
+        };
+        assert_eq!(store.track_confirms(&[confirm]).unwrap(), 1);
+        assert_eq!(
+            store.purge_tracked(Millis(50_000), 4).unwrap(),
+            Purged { groups: 4, runs: 8 }
+        );
+        assert_eq!(store.purge_tracked(Millis(50_000), 4).unwrap().groups, 4);
+        assert_eq!(store.purge_tracked(Millis(50_000), 4).unwrap().groups, 2);
+        assert_eq!(store.purge_tracked(Millis(50_000), 4).unwrap().groups, 0);
+        assert!(store.tracked("old3a").unwrap().is_none());
+        assert!(store.marker("old3a").unwrap().is_some(), "markers stay");
+        assert_eq!(ids(store.tracked_by_bod_id("B", 100).unwrap()), ["young"]);
+        assert_eq!(store.hub.scan_prefix([b'd']).count(), 1);
+        assert_eq!(store.hub.scan_prefix([b'k']).count(), 0);
+        assert_eq!(store.hub.scan_prefix([b't']).count(), 1);
+    }
+
+    #[test]
+    fn confirms_fill_in_the_matching_outputs_once() {
+        let store = Store::temporary().unwrap();
+        commit(&store, &[("m1", run(1_000, "B", "applied"))]);
+        commit(&store, &[("m1", run(2_000, "B", "applied"))]);
+        let c = |bod_id, at| Confirmed {
+            message_id: "m1",
+            bod_id,
+            at: Millis(at),
+        };
+        let confirms = [
+            c("out-1000", 1_500),
+            c("out-2000", 2_500),
+            c("not-an-output", 1_500),
+            Confirmed {
+                message_id: "gone",
+                ..c("x", 1_500)
+            },
+        ];
+        assert_eq!(store.track_confirms(&confirms).unwrap(), 2);
+        let t = store.tracked("m1").unwrap().unwrap();
+        assert_eq!(t.runs[0].outputs[0].confirmed_at, Some(Millis(1_500)));
+        assert_eq!(t.runs[1].outputs[0].confirmed_at, Some(Millis(2_500)));
+        // A second confirm of the same output (a re-publish) keeps the first time.
+        assert_eq!(store.track_confirms(&[c("out-1000", 9_000)]).unwrap(), 0);
+        let t = store.tracked("m1").unwrap().unwrap();
+        assert_eq!(t.runs[0].outputs[0].confirmed_at, Some(Millis(1_500)));
+    }
+
+    #[test]
+    fn json_shows_times_as_rfc3339_and_reads_them_back() {
+        let t = Track {
+            message_id: "m1".into(),
+            runs: vec![run(1_714_564_800_123, "B", "applied")],
+        };
+        let json = serde_json::to_value(&t).unwrap();
+        assert_eq!(json["runs"][0]["received_at"], "2024-05-01T12:00:00.123Z");
+        assert_eq!(json["runs"][0]["trigger"], "received");
+        let back: Track = serde_json::from_value(json).unwrap();
+        assert_eq!(back, t);
+        let at = serde_json::to_string(&TrackAt(1, 2)).unwrap();
+        assert_eq!(at, "[1,2]");
+    }
+
+    #[test]
+    fn a_group_of_another_version_or_truncated_is_a_named_error() {
+        let k = group_key(b't', 1);
+        let body = push_slot(Vec::new(), "m", &run(1, "B", "applied")).unwrap();
+        let mut bytes = encode_group(1, &body);
+        assert_eq!(group_ms(&k, &bytes).unwrap(), 1);
+        let read = group_body(&k, &bytes).unwrap();
+        let slots = group_slots(&k, &read).unwrap();
+        assert_eq!(decode_slot(&k, slots[0]).unwrap().message_id, "m");
+        bytes[0] = 9;
+        let e = group_body(&k, &bytes).unwrap_err().to_string();
+        assert!(e.contains("version 9"), "{e}");
+        assert!(group_body(&k, &[]).is_err());
+        assert!(group_body(&k, &[VERSION, 0, 0, 0]).is_err());
+        let mut garbled = encode_group(1, &body);
+        garbled.truncate(garbled.len() / 2);
+        assert!(group_body(&k, &garbled).is_err(), "truncated LZ4");
+        assert!(group_slots(&k, &[0, 0, 0, 9, 1]).is_err(), "truncated slot");
+        assert!(decode_slot(&k, &[0xff, 0xff]).is_err());
+    }
+}
