@@ -420,7 +420,7 @@ fn scenario_names() -> Vec<String> {
 fn every_scenario_matches_its_golden_files_and_schemas() {
     common::require_xmllint();
     let names = scenario_names();
-    assert!(names.len() >= 3, "scenarios: {names:?}");
+    assert!(names.len() >= 5, "scenarios: {names:?}");
     let mut problems = Vec::new();
     for name in &names {
         let run = scenario(name);
@@ -779,4 +779,272 @@ fn crm_first_erp_links_by_account_number_never_creates_and_autonumbers_via_proce
         2,
         "the ERP created no account"
     );
+}
+
+/// A billing system: an operator links its accounts by hand (`manual`), later they link by the
+/// ERP's account number (`match_only`); it masters the commercial terms only; accounts flow to
+/// it as changes, contacts not at all in either direction; an unlinked account stops changing
+/// the record and stops receiving Syncs.
+#[test]
+fn billing_links_by_hand_then_by_account_number_masters_commercial_and_unlinks() {
+    const BILLING: &str = "lid://acme.billing";
+    let run = scenario("billing");
+
+    // Per-noun directions: the ERP's new customer and its contact are not sent to billing
+    // (accounts: changes of linked accounts only; contacts: off).
+    for step in ["010", "020"] {
+        assert_eq!(outcome(run.report(step)), ("applied", "created"), "{step}");
+        assert!(run.emitted_to(step, BILLING).is_empty(), "step {step}");
+    }
+
+    // Manual: billing's own account is parked until an operator links it ...
+    let parked = run.report("030");
+    assert_eq!(outcome(parked), ("parked", ""));
+    assert!(decisions(parked).contains(
+        "parked: create_policy manual, lid://acme.billing|PB-0093317 waits for `bodflow link`"
+    ));
+    // ... and the link applies it in the same transaction, audited.
+    let link = run.report("040");
+    assert_eq!(link["audit"]["action"], "link");
+    assert_eq!(link["audit"]["operator"], "ops.jdoe");
+    assert_eq!(link["audit"]["record"], "ACC-000001");
+    assert_eq!(link["audit"]["released"][0], parked["message_id"]);
+    let released = &link["released"][0];
+    assert_eq!(
+        released["source"],
+        "030-billing-sync-account-manual-parked.xml"
+    );
+    assert_eq!(outcome(released), ("applied", "updated"));
+    assert_eq!(released["record"], "ACC-000001");
+    // Mastership: of billing's document only the commercial terms are taken; LN hears of them
+    // in its own ID, with its own name and address.
+    const BILLING_IGNORED: &str = "mastership: Postal Billing does not master identity, address, communication, owner, classification (ignored)";
+    assert!(decisions(released).contains(BILLING_IGNORED));
+    let to_ln = run.emitted_to("040", LN);
+    assert_eq!(to_ln.len(), 1);
+    assert!(to_ln[0].contains(">BP600100</ID>") && to_ln[0].contains(r#"actionCode="Change""#));
+    assert!(to_ln[0].contains("<PaymentTermID>N45</PaymentTermID>"));
+    assert!(to_ln[0].contains("Industriezeile 36") && !to_ln[0].contains("Postfach 118"));
+    assert!(!to_ln[0].contains("DONAU KAELTETECHNIK GMBH"));
+
+    // ERP → billing: LN's new address reaches billing in billing's ID, without phone numbers
+    // (outbound fields); LN's payment terms are not LN's to change any more.
+    let r = run.report("050");
+    assert!(decisions(r).contains("mastership: LN Europe does not master commercial (ignored)"));
+    let to_billing = run.emitted_to("050", BILLING);
+    assert_eq!(to_billing.len(), 1);
+    assert!(
+        to_billing[0].contains(">PB-0093317</ID>")
+            && to_billing[0].contains(r#"actionCode="Change""#)
+    );
+    assert!(to_billing[0].contains("Hafenstrasse 47-51"));
+    assert!(to_billing[0].contains("<PaymentTermID>N45</PaymentTermID>"));
+    assert!(
+        !to_billing[0].contains("<DialNumber>"),
+        "fields: no communication"
+    );
+
+    // Billing → ERP: billing's new terms are applied, its new address is ignored.
+    let r = run.report("060");
+    assert_eq!(outcome(r), ("applied", "updated"));
+    assert!(decisions(r).contains(BILLING_IGNORED));
+    assert!(decisions(r).contains("updated ACC-000001 (commercial)"));
+    let to_ln = run.emitted_to("060", LN);
+    assert_eq!(to_ln.len(), 1);
+    assert!(to_ln[0].contains("<PaymentTermID>N30</PaymentTermID>"));
+    assert!(to_ln[0].contains("Hafenstrasse 47-51") && !to_ln[0].contains("Postfach 200"));
+    assert!(
+        run.emitted_to("060", BILLING).is_empty(),
+        "never back to the sender"
+    );
+
+    // Contacts from billing are filtered: counted, no record, no ConfirmBOD.
+    let r = run.report("070");
+    assert_eq!(outcome(r), ("filtered", ""));
+    assert!(decisions(r).contains("inbound ContactMaster creates are off for Postal Billing"));
+    assert_eq!(r["outputs"].as_array().map(Vec::len), Some(0));
+    assert_eq!(
+        run.records
+            .iter()
+            .filter(|r| r.kind == Kind::Contact)
+            .count(),
+        1,
+        "only LN's contact"
+    );
+
+    // Automatic linking (080): a billing account carrying the ERP number links by it ...
+    let r = run.report("100");
+    assert_eq!(outcome(r), ("applied", "linked"));
+    assert!(decisions(r).contains(r#"linked to ACC-000002 by account_number \"BP600200\""#));
+    assert!(decisions(r).contains(BILLING_IGNORED));
+    let salzach = run.record("ACC-000002");
+    assert_eq!(xref(salzach, BILLING), Some("PB-0094120"));
+    assert_eq!(
+        salzach.fields.commercial.payment_term.as_deref(),
+        Some("N14")
+    );
+    assert_eq!(
+        salzach.fields.identity.name.as_deref(),
+        Some("Salzach Getränke AG")
+    );
+    assert!(run.emitted_to("100", LN)[0].contains("<PaymentTermID>N14</PaymentTermID>"));
+    // ... one whose number no record carries yet waits `no_match`, and links when the ERP's
+    // customer appears (released in the same transaction).
+    assert_eq!(outcome(run.report("110")), ("parked", ""));
+    let trigger = run.report("120");
+    assert_eq!(outcome(trigger), ("applied", "created"));
+    let released = &run.step("120").json[1];
+    assert_eq!(
+        released["source"],
+        "110-billing-sync-account-no-match-parked.xml"
+    );
+    assert_eq!(released["released_by"], trigger["message_id"]);
+    assert_eq!(outcome(released), ("applied", "linked"));
+    assert_eq!(xref(run.record("ACC-000003"), BILLING), Some("PB-0094388"));
+    assert_eq!(run.emitted_to("120", LN).len(), 1);
+    assert_eq!(
+        run.records
+            .iter()
+            .filter(|r| r.kind == Kind::Account)
+            .count(),
+        3,
+        "billing created no account"
+    );
+
+    // Unlink: audited; the record keeps LN's link and loses billing's.
+    let unlink = run.report("130");
+    assert_eq!(unlink["audit"]["action"], "unlink");
+    assert_eq!(unlink["audit"]["app_id"], "PB-0093317");
+    assert_eq!(unlink["audit"]["record"], "ACC-000001");
+    // Billing's next document for that ID no longer changes the record: it follows the create
+    // policy (match_only: nothing carries billing's own number) and is parked.
+    let r = run.report("140");
+    assert_eq!(outcome(r), ("parked", ""));
+    assert!(r["record"].is_null());
+    assert!(run.emitted_to("140", LN).is_empty());
+    // And billing receives no Sync for it any more.
+    let r = run.report("150");
+    assert_eq!(outcome(r), ("applied", "updated"));
+    assert!(decisions(r)
+        .contains("not sent to Postal Billing: unlinked from ACC-000001 by an operator"));
+    assert!(run.emitted_to("150", BILLING).is_empty());
+    let donau = run.record("ACC-000001");
+    assert_eq!(xref(donau, BILLING), None);
+    assert_eq!(xref(donau, LN), Some("BP600100"));
+    assert_eq!(donau.unlinked, vec![BILLING.to_string()]);
+    // Billing's VK never arrived; LN, the only linked application again, masters every group:
+    // its 060 replaced billing's N30.
+    assert_eq!(donau.fields.commercial.payment_term.as_deref(), Some("060"));
+    assert_eq!(run.parked.len(), 1, "{:?}", run.parked);
+    assert_eq!(run.parked[0].reason.code(), "no_match");
+    assert_eq!(
+        run.parked[0].source,
+        "140-billing-sync-account-after-unlink-parked.xml"
+    );
+}
+
+/// An ERP ↔ mobile sales app: customers flow to the app (in its country codes) and link by
+/// the ERP number; only contacts classified `Sales` are sent to it; contacts it creates are
+/// stamped `Sales`, become employees of their account and go to the ERP; a soft-deleted
+/// contact stops syncing in both directions.
+#[test]
+fn mobile_sales_gets_only_sales_contacts_stamps_its_own_and_drops_deleted_ones() {
+    const MOBILE: &str = "lid://comarch.mobile";
+    let run = scenario("mobile-sales");
+
+    // The ERP's customer goes to the app as an Add (empty ID) in its alternate code UK; its
+    // answer links by the ERP number.
+    let to_mobile = run.emitted_to("010", MOBILE);
+    assert_eq!(to_mobile.len(), 1);
+    assert!(to_mobile[0].contains(r#"actionCode="Add""#));
+    assert!(to_mobile[0].contains(r#"<ID lid="lid://comarch.mobile" variationID="1"/>"#));
+    assert!(to_mobile[0].contains("<CountryCode>UK</CountryCode>"));
+    let r = run.report("020");
+    assert_eq!(outcome(r), ("applied", "linked"));
+    assert!(decisions(r).contains(r#"linked to ACC-000001 by account_number \"BP700100\""#));
+    assert_eq!(xref(run.record("ACC-000001"), MOBILE), Some("MOB-A-20931"));
+
+    // Classification gating: the Finance contact is not sent, the Sales contact is, with its
+    // employer in the app's ID.
+    let r = run.report("030");
+    assert_eq!(outcome(r), ("applied", "created"));
+    assert!(decisions(r).contains(
+        "not sent to Mobile Sales: contact not classified Sales (require_classification)"
+    ));
+    assert!(run.emitted_to("030", MOBILE).is_empty());
+    let to_mobile = run.emitted_to("040", MOBILE);
+    assert_eq!(to_mobile.len(), 1);
+    assert!(to_mobile[0].contains("Oliver Hughes") && to_mobile[0].contains(r#"actionCode="Add""#));
+    assert!(to_mobile[0].contains(">MOB-A-20931</ID>"));
+    assert!(to_mobile[0].contains("<Code>Sales</Code>"));
+    // The app's answer links by e-mail.
+    assert_eq!(outcome(run.report("050")), ("applied", "linked"));
+    assert_eq!(xref(run.record("CON-000002"), MOBILE), Some("MOB-C-55120"));
+    // A contact that gains Sales starts flowing: an Add, since the app never had her.
+    let to_mobile = run.emitted_to("060", MOBILE);
+    assert_eq!(to_mobile.len(), 1);
+    assert!(
+        to_mobile[0].contains("Claire Bennett") && to_mobile[0].contains(r#"actionCode="Add""#)
+    );
+    assert!(run
+        .record("CON-000001")
+        .xrefs
+        .iter()
+        .all(|x| x.application != MOBILE));
+
+    // A contact created in the app: stamped Sales, an employee of its account, sent to the ERP.
+    let r = run.report("070");
+    assert_eq!(outcome(r), ("applied", "created"));
+    assert!(
+        decisions(r).contains("classification: stamped Sales (Mobile Sales stamp_classification)")
+    );
+    assert!(decisions(r)
+        .contains("relationship: new contact from Mobile Sales is an employee of its account"));
+    let priya = run.record(r["record"].as_str().unwrap());
+    assert_eq!(priya.display_name(), "Priya Shah");
+    assert_eq!(priya.fields.classification, vec!["Sales".to_string()]);
+    assert_eq!(
+        priya.fields.identity.relationship.as_deref(),
+        Some("employee")
+    );
+    assert_eq!(priya.account.as_deref(), Some("ACC-000001"));
+    assert_eq!(priya.created_by, MOBILE);
+    let to_ln = run.emitted_to("070", LN);
+    assert_eq!(to_ln.len(), 1);
+    assert!(to_ln[0].contains(r#"<ContactMaster type="employee">"#));
+    assert!(to_ln[0].contains(r#"actionCode="Add""#) && to_ln[0].contains(">BP700100</ID>"));
+    assert!(to_ln[0].contains("<Code>Sales</Code>"));
+
+    // The ERP deletes Oliver Hughes (soft): the app, which knows him, hears it once ...
+    let r = run.report("080");
+    assert_eq!(outcome(r), ("applied", "deleted"));
+    assert!(decisions(r).contains("soft-deleted CON-000002"));
+    let to_mobile = run.emitted_to("080", MOBILE);
+    assert_eq!(to_mobile.len(), 1);
+    assert!(
+        to_mobile[0].contains(r#"actionCode="Delete""#)
+            && to_mobile[0].contains(">MOB-C-55120</ID>")
+    );
+    // ... and from then on he stops flowing: later updates from either side are filtered and
+    // produce no Sync.
+    for step in ["090", "100"] {
+        let r = run.report(step);
+        assert_eq!(outcome(r), ("filtered", ""), "{step}");
+        assert!(decisions(r).contains("CON-000002 is deleted; updates are not applied"));
+        assert!(run.emitted_to(step, MOBILE).is_empty(), "step {step}");
+        assert!(run.emitted_to(step, LN).is_empty(), "step {step}");
+    }
+    let oliver = run.record("CON-000002");
+    assert!(oliver.deleted);
+    assert!(!oliver
+        .fields
+        .communication
+        .phones
+        .iter()
+        .any(|p| p.number == "+44 118 496 0799"));
+    assert_eq!(
+        oliver.fields.identity.job_title.as_deref(),
+        Some("Purchasing Manager")
+    );
+    assert!(run.parked.is_empty(), "{:?}", run.parked);
 }
