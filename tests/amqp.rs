@@ -371,6 +371,7 @@ async fn sigterm_mid_stream_exits_0_and_a_restart_processes_everything_once() {
         &config_path,
         &vhost.url(),
     );
+    let _kill = common::KillOnDrop(child.id());
     wait_for("processing to start", Duration::from_secs(30), async || {
         (broker::ready_count(&ch, topology::INBOUND_QUEUE)
             .await
@@ -391,6 +392,7 @@ async fn sigterm_mid_stream_exits_0_and_a_restart_processes_everything_once() {
         &config_path,
         &vhost.url(),
     );
+    let _kill = common::KillOnDrop(child.id());
     let start = Instant::now();
     while vhost
         .queue_total(topology::INBOUND_QUEUE)

@@ -7,6 +7,7 @@
 
 #[path = "common/broker.rs"]
 mod broker;
+mod common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -61,6 +62,7 @@ async fn kill_9_at_several_points_then_finish_equals_offline_replay() {
     let mut rng = Rng(SEED);
     for (i, (consumed, jitter)) in kill_points(&mut rng).into_iter().enumerate() {
         let mut child = spawn_service(binary, &config_path, &vhost.url());
+        let _kill = common::KillOnDrop(child.id());
         let wait = Instant::now();
         loop {
             let ready = ready_count(&ch, topology::INBOUND_QUEUE).await.unwrap() as usize;
@@ -93,6 +95,7 @@ async fn kill_9_at_several_points_then_finish_equals_offline_replay() {
     }
 
     let mut child = spawn_service(binary, &config_path, &vhost.url());
+    let _kill = common::KillOnDrop(child.id());
     wait_until_settled(
         &vhost,
         &ch,

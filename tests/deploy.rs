@@ -23,6 +23,8 @@
 #[path = "common/broker.rs"]
 mod broker;
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
@@ -1254,7 +1256,7 @@ async fn dashboard_and_alerts_query_only_metrics_and_labels_that_real_scrapes_sh
         .env("RUST_LOG", "warn")
         .spawn()
         .unwrap();
-    let _kill = KillOnDrop(child.id());
+    let _kill = common::KillOnDrop(child.id());
 
     wait_for("/readyz 200", Duration::from_secs(20), || {
         http_get(port, "/readyz").is_some_and(|(s, _)| s == 200)
@@ -1353,19 +1355,6 @@ fn signal_term(child: &std::process::Child) {
         .status()
         .unwrap();
     assert!(status.success());
-}
-
-/// Kills the service if the test fails before its SIGTERM.
-struct KillOnDrop(u32);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let _ = Command::new("kill")
-                .args(["-KILL", &self.0.to_string()])
-                .status();
-        }
-    }
 }
 
 #[test]

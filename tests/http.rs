@@ -8,6 +8,8 @@
 #[path = "common/broker.rs"]
 mod broker;
 
+mod common;
+
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
 use std::path::Path;
@@ -263,7 +265,7 @@ async fn running_service_is_ready_and_its_scraped_metrics_move_with_the_document
     );
 
     let mut child = spawn(&config_path, &vhost.url());
-    let _kill = KillOnDrop(child.id());
+    let _kill = common::KillOnDrop(child.id());
     wait_for("/readyz 200", Duration::from_secs(20), || {
         http_get(port, "/readyz").is_some_and(|(s, _)| s == 200)
     });
@@ -379,17 +381,4 @@ fn spawn(config: &Path, url: &str) -> std::process::Child {
         .env("RUST_LOG", "warn")
         .spawn()
         .unwrap()
-}
-
-/// Kills the service if the test fails before its SIGTERM.
-struct KillOnDrop(u32);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let _ = Command::new("kill")
-                .args(["-KILL", &self.0.to_string()])
-                .status();
-        }
-    }
 }

@@ -397,6 +397,7 @@ async fn the_service_releases_the_parked_document_and_publishes_what_it_emits() 
     broker::publish(&config, &docs).await;
     let binary = Path::new(env!("CARGO_BIN_EXE_bodflow"));
     let mut child = broker::spawn_service(binary, &config_path, &vhost.url());
+    let _kill = common::KillOnDrop(child.id());
     let (_conn, ch) = broker::connect(&vhost.url()).await;
     broker::wait_until_settled(
         &vhost,
@@ -609,6 +610,102 @@ fn link_applies_the_parked_documents_refuses_conflicts_and_unlink_stops_the_flow
         .map(|a| a.action)
         .collect();
     assert_eq!(actions, ["link", "unlink", "link"]);
+}
+
+/// A matching application (`match_or_create` on account number) unlinked by an operator does
+/// not match its way back onto that record: its next document for the key creates a record of
+/// its own (`match_only`: parks), and says why; only `bodflow link` joins them again.
+#[test]
+fn an_unlink_stands_against_automatic_matching() {
+    let config = |policy: &str| {
+        format!(
+            r#"
+[[users]]
+id = "U-ADMIN"
+[[applications]]
+name = "ERP"
+logical_id = "lid://erp"
+default_record_owner = "U-ADMIN"
+[[applications]]
+name = "Billing"
+logical_id = "lid://billing"
+default_record_owner = "U-ADMIN"
+create_policy = "{policy}"
+match_on = ["account_number"]
+"#
+        )
+    };
+    for policy in ["match_or_create", "match_only"] {
+        let p = pipeline(&config(policy));
+        let erp = run(
+            &p,
+            &account("lid://erp", "E-1", 1, Some("C-100"), None),
+            "erp-1",
+        );
+        let hub = erp.record.clone().unwrap();
+        let billing = run(
+            &p,
+            &account("lid://billing", "B-1", 1, Some("C-100"), None),
+            "bill-1",
+        );
+        assert_eq!(
+            billing.record.as_deref(),
+            Some(hub.as_str()),
+            "{policy}: matched"
+        );
+        p.unlink(&UnlinkRequest {
+            application: "lid://billing",
+            record: &hub,
+            operator: "jdoe",
+            now: Utc::now(),
+        })
+        .unwrap()
+        .unwrap();
+
+        let next = run(
+            &p,
+            &account("lid://billing", "B-1", 2, Some("C-100"), None),
+            "bill-2",
+        );
+        let expected = format!(
+            "{hub} matches by account_number \"C-100\" but was unlinked from Billing by an operator: not matched (bodflow link joins them)"
+        );
+        assert!(
+            next.decisions.iter().any(|d| *d == *expected),
+            "{policy}: {:?}",
+            next.decisions
+        );
+        assert!(p
+            .store
+            .record(&hub)
+            .unwrap()
+            .unwrap()
+            .xref_for("lid://billing")
+            .is_none());
+        match policy {
+            "match_or_create" => {
+                assert_eq!(next.outcome, Outcome::Applied);
+                assert_eq!(next.action, Some(Action::Created));
+                assert_ne!(
+                    next.record.as_deref(),
+                    Some(hub.as_str()),
+                    "a record of its own"
+                );
+            }
+            _ => {
+                assert_eq!(next.outcome, Outcome::Parked);
+                assert_eq!(parked(&p).len(), 1);
+                // An operator's link still joins them and applies the parked document.
+                let done = p
+                    .link(&link_request("lid://billing", "B-1", &hub))
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(done.report.released.len(), 1);
+                assert_eq!(done.report.released[0].outcome, Outcome::Applied);
+                assert!(parked(&p).is_empty());
+            }
+        }
+    }
 }
 
 fn cli(dir: &Path, args: &[&str]) -> std::process::Output {

@@ -450,19 +450,6 @@ fn spawn_service(config: &Path, url: &str) -> std::process::Child {
         .unwrap()
 }
 
-/// Kills the service if the test fails before its SIGTERM.
-struct KillOnDrop(u32);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let _ = Command::new("kill")
-                .args(["-KILL", &self.0.to_string()])
-                .status();
-        }
-    }
-}
-
 fn stop(child: &mut std::process::Child) {
     broker::signal(child, "-TERM");
     let status = child.wait().unwrap();
@@ -496,7 +483,7 @@ fn the_service_purges_timelines_older_than_the_retention_and_keeps_young_ones() 
     assert_exit(&track(tmp.path(), &config, &old_bod_id, false), 0);
 
     let mut child = spawn_service(&config, &vhost.url());
-    let _kill = KillOnDrop(child.id());
+    let _kill = common::KillOnDrop(child.id());
     wait_for(
         "the old timeline to be purged",
         Duration::from_secs(30),
@@ -570,7 +557,7 @@ async fn the_service_serves_timelines_with_the_publish_confirm_times_of_the_outp
     sender.close().await.unwrap();
 
     let mut child = spawn_service(&config_path, &vhost.url());
-    let _kill = KillOnDrop(child.id());
+    let _kill = common::KillOnDrop(child.id());
     // The timeline is complete once every output's confirm is recorded.
     let fetch = |id: &str| {
         http_get(port, &format!("/messages/{id}"))

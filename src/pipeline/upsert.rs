@@ -700,55 +700,64 @@ fn place_new(
         }
         CreatePolicy::Create => {}
         CreatePolicy::MatchOrCreate | CreatePolicy::MatchOnly => {
-            let (candidates, via) = find_matches(tx, app, item)?;
-            match candidates.len() {
-                0 if policy == CreatePolicy::MatchOnly => {
-                    return park(
-                        ParkReason::NoMatch,
-                        format!(
-                            "parked: create_policy match_only, no record matches {}",
-                            item.key.display()
-                        ),
-                    )
-                }
-                0 if !inbound.create => return creates_off(),
-                0 => {}
-                1 if !inbound.update => {
-                    return Ok(ItemResult::new(
-                        Outcome::Filtered,
-                        None,
-                        Some(candidates[0].clone()),
-                        format!(
-                            "matches {} by {via}, but inbound {} updates are off for {}",
-                            candidates[0],
-                            item.kind.noun(),
-                            app.name
-                        ),
-                    ))
-                }
-                1 => {
-                    let hub_id = &candidates[0];
-                    return link(tx, config, doc, app, item, hub_id, &via, em);
-                }
-                _ => {
-                    return park(
-                        ParkReason::AmbiguousMatch,
-                        format!(
-                            "parked ambiguous_match: {} records match by {via}: {}",
-                            candidates.len(),
-                            candidates.join(", ")
-                        ),
-                    )
-                }
+            let mut skipped = Vec::new();
+            let (candidates, via) = find_matches(tx, app, item, &mut skipped)?;
+            let mut result = match candidates.len() {
+                0 if policy == CreatePolicy::MatchOnly => park(
+                    ParkReason::NoMatch,
+                    format!(
+                        "parked: create_policy match_only, no record matches {}",
+                        item.key.display()
+                    ),
+                )?,
+                0 if !inbound.create => creates_off()?,
+                0 => create(tx, config, doc, app, item, em)?,
+                1 if !inbound.update => ItemResult::new(
+                    Outcome::Filtered,
+                    None,
+                    Some(candidates[0].clone()),
+                    format!(
+                        "matches {} by {via}, but inbound {} updates are off for {}",
+                        candidates[0],
+                        item.kind.noun(),
+                        app.name
+                    ),
+                ),
+                1 => link(tx, config, doc, app, item, &candidates[0], &via, em)?,
+                _ => park(
+                    ParkReason::AmbiguousMatch,
+                    format!(
+                        "parked ambiguous_match: {} records match by {via}: {}",
+                        candidates.len(),
+                        candidates.join(", ")
+                    ),
+                )?,
+            };
+            // The records left out because of an unlink come first: they explain the rest.
+            if !skipped.is_empty() {
+                let mut notes: Vec<Decision> = skipped
+                    .into_iter()
+                    .map(|n| Decision::new(Stage::Upsert, n))
+                    .collect();
+                notes.append(&mut result.notes);
+                result.notes = notes;
             }
+            return Ok(result);
         }
     }
     create(tx, config, doc, app, item, em)
 }
 
-/// Unlinked (for this application), live records matching the item's keys, in `match_on`
-/// order: the first key that finds anything decides.
-fn find_matches(tx: &Tx<'_>, app: &Application, item: &Item) -> TxResult<(Vec<String>, String)> {
+/// Live records matching the item's keys that the application has no ID on yet, in
+/// `match_on` order: the first key that finds anything decides. A record an operator unlinked
+/// from this application is never matched again (the operator said it is not this one; only
+/// `bodflow link` joins them again): it is left out, with a note.
+fn find_matches(
+    tx: &Tx<'_>,
+    app: &Application,
+    item: &Item,
+    notes: &mut Vec<String>,
+) -> TxResult<(Vec<String>, String)> {
     for key in &app.match_on {
         for (k, value) in &item.match_values {
             if k != key {
@@ -756,11 +765,21 @@ fn find_matches(tx: &Tx<'_>, app: &Application, item: &Item) -> TxResult<(Vec<St
             }
             let mut found = Vec::new();
             for hub_id in tx.matches(item.kind, *key, value)? {
-                if let Some(r) = tx.record(&hub_id)? {
-                    if !r.deleted && r.xref_for(&app.logical_id).is_none() {
-                        found.push(hub_id);
-                    }
+                let Some(r) = tx.record(&hub_id)? else {
+                    continue;
+                };
+                if r.deleted || r.xref_for(&app.logical_id).is_some() {
+                    continue;
                 }
+                if r.unlinked.contains(&app.logical_id) {
+                    notes.push(format!(
+                        "{hub_id} matches by {} {value:?} but was unlinked from {} by an operator: not matched (bodflow link joins them)",
+                        match_name(*key),
+                        app.name
+                    ));
+                    continue;
+                }
+                found.push(hub_id);
             }
             if !found.is_empty() {
                 let via = format!("{} {value:?}", match_name(*key));

@@ -199,3 +199,17 @@ pub fn output_guarded(cmd: &mut Command) -> std::process::Output {
     };
     child.wait_with_output().expect("wait")
 }
+
+/// Kills a spawned `bodflow run` (by pid) when the test panics before it stops the service
+/// itself, so a failed test leaves no service behind retrying a deleted vhost.
+pub struct KillOnDrop(pub u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = Command::new("kill")
+                .args(["-KILL", &self.0.to_string()])
+                .status();
+        }
+    }
+}
