@@ -13,8 +13,6 @@
 #[path = "common/broker.rs"]
 mod broker;
 
-use std::io::{Read as _, Write as _};
-use std::net::TcpStream;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -44,20 +42,6 @@ impl Drop for BrokerRestarter {
             .args(["await_startup", "--timeout", "60"])
             .output();
     }
-}
-
-/// `GET path` over HTTP/1.0: (status, body); `None` while nothing listens.
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((status, body.to_string()))
 }
 
 /// Polls until `/readyz` answers `status` (body containing `reason`); panics after 30 s.

@@ -26,15 +26,17 @@ mod broker;
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read as _, Write as _};
-use std::net::TcpStream;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bodflow::amqp::{topology, RunOptions};
 use bodflow::config::Config;
-use broker::{generated, publish, rabbitmqctl, write_generated_config, Vhost};
+use broker::{
+    free_port, generated, http_get, http_request, publish, rabbitmqctl, wait_until,
+    write_generated_config, Vhost,
+};
 use serde_json::Value;
 use yaml_rust2::{Yaml, YamlLoader};
 
@@ -1149,44 +1151,6 @@ fn check_queries(scrape: &Scrape, jobs: &BTreeSet<String>) -> BTreeSet<String> {
     used
 }
 
-/// `GET path` over HTTP/1.0: (status, body); `None` while nothing listens.
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    http_request(port, "GET", path)
-}
-
-fn http_request(port: u16, method: &str, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((status, body.to_string()))
-}
-
-fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !ok() {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// RabbitMQ's exporter for `vhost`, asked exactly as prometheus.yml's `rabbitmq` job asks.
 fn scrape_rabbitmq(vhost: &str) -> String {
     let prometheus = yaml("prometheus/prometheus.yml");
@@ -1258,7 +1222,7 @@ async fn dashboard_and_alerts_query_only_metrics_and_labels_that_real_scrapes_sh
         .unwrap();
     let _kill = common::KillOnDrop(child.id());
 
-    wait_for("/readyz 200", Duration::from_secs(20), || {
+    wait_until("/readyz 200", Duration::from_secs(20), || {
         http_get(port, "/readyz").is_some_and(|(s, _)| s == 200)
     });
     assert!(
@@ -1266,7 +1230,7 @@ async fn dashboard_and_alerts_query_only_metrics_and_labels_that_real_scrapes_sh
         "the Dockerfile's HEALTHCHECK fails on a running service"
     );
     let mut text = String::new();
-    wait_for("every document processed", Duration::from_secs(30), || {
+    wait_until("every document processed", Duration::from_secs(30), || {
         text = http_get(port, "/metrics")
             .map(|(_, b)| b)
             .unwrap_or_default();
@@ -1281,7 +1245,7 @@ async fn dashboard_and_alerts_query_only_metrics_and_labels_that_real_scrapes_sh
         http_request(port, "POST", "/resync?application=lid://load.crm").expect("POST /resync");
     assert_eq!(status, 200, "POST /resync: {body}");
     // The sampled gauges and the outbox confirm histogram catch up within a few seconds.
-    wait_for("an outbox round", Duration::from_secs(15), || {
+    wait_until("an outbox round", Duration::from_secs(15), || {
         text = http_get(port, "/metrics")
             .map(|(_, b)| b)
             .unwrap_or_default();

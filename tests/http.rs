@@ -10,11 +10,10 @@ mod broker;
 
 mod common;
 
-use std::io::{Read as _, Write as _};
-use std::net::TcpStream;
+use std::io::Write as _;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
@@ -135,20 +134,6 @@ fn promtool_check(text: &str) {
     );
 }
 
-/// `GET path` over HTTP/1.0: (status, body); `None` while nothing listens.
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((status, body.to_string()))
-}
-
 /// Sum of every sample of `name` (all label sets) in a scrape.
 fn sample_sum(text: &str, name: &str) -> f64 {
     text.lines()
@@ -158,22 +143,6 @@ fn sample_sum(text: &str, name: &str) -> f64 {
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !ok() {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 const N: usize = 60;
@@ -266,7 +235,7 @@ async fn running_service_is_ready_and_its_scraped_metrics_move_with_the_document
 
     let mut child = spawn(&config_path, &vhost.url());
     let _kill = common::KillOnDrop(child.id());
-    wait_for("/readyz 200", Duration::from_secs(20), || {
+    wait_until("/readyz 200", Duration::from_secs(20), || {
         http_get(port, "/readyz").is_some_and(|(s, _)| s == 200)
     });
     let before = http_get(port, "/metrics").unwrap().1;
@@ -275,7 +244,7 @@ async fn running_service_is_ready_and_its_scraped_metrics_move_with_the_document
 
     publish(&config, &docs).await;
     let mut after = String::new();
-    wait_for(
+    wait_until(
         "every delivery acked and every outbox row published",
         Duration::from_secs(30),
         || {

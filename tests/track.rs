@@ -17,11 +17,9 @@ mod broker;
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::{Read as _, Write as _};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bodflow::amqp::{topology, InboundMessage, Sender};
 use bodflow::config::Config;
@@ -30,6 +28,7 @@ use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use serde_json::Value;
 
+use broker::{free_port, http_get, wait_until};
 use common::{bodflow, root};
 
 fn fixture(name: &str) -> PathBuf {
@@ -408,36 +407,6 @@ fn a_bodid_shows_every_message_that_carried_it_newest_first() {
 // Against the running service (real RabbitMQ, own vhost).
 // ---------------------------------------------------------------------------------------------
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// `GET path` over HTTP/1.0: (status, body); `None` while nothing listens.
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((status, body.to_string()))
-}
-
-fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !ok() {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// The service as configured (store, HTTP port), against `vhost`.
 fn spawn_service(config: &Path, url: &str) -> std::process::Child {
     Command::new(env!("CARGO_BIN_EXE_bodflow"))
@@ -484,7 +453,7 @@ fn the_service_purges_timelines_older_than_the_retention_and_keeps_young_ones() 
 
     let mut child = spawn_service(&config, &vhost.url());
     let _kill = common::KillOnDrop(child.id());
-    wait_for(
+    wait_until(
         "the old timeline to be purged",
         Duration::from_secs(30),
         || http_get(port, &format!("/messages/{old_id}")).is_some_and(|(s, _)| s == 404),
@@ -571,7 +540,7 @@ async fn the_service_serves_timelines_with_the_publish_confirm_times_of_the_outp
     let mut applied = Value::Null;
     let mut rejected = Value::Null;
     tokio::task::block_in_place(|| {
-        wait_for(
+        wait_until(
             "both timelines with confirmed outputs",
             Duration::from_secs(30),
             || {
