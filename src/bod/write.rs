@@ -20,15 +20,33 @@ struct Out {
     depth: usize,
 }
 
-/// Appends `text` escaped for element content and attribute values (the five XML specials).
+/// Appends `text` escaped for element content and attribute values: the five XML specials as
+/// entities, and the characters XML 1.0 allows nowhere (control characters other than tab,
+/// newline and carriage return; U+FFFE, U+FFFF) as U+FFFD. A sender's broken document can
+/// carry those into what bodflow echoes (an error message naming its tag, a stored value), and
+/// every document bodflow emits must still be well-formed.
 fn push_escaped(buf: &mut String, text: &str) {
-    if text
-        .bytes()
-        .any(|b| matches!(b, b'<' | b'>' | b'&' | b'"' | b'\''))
-    {
-        buf.push_str(&quick_xml::escape::escape(text));
-    } else {
+    // 0xEF leads U+FFFE and U+FFFF (and the rest of U+E000..U+FFFF, rare in master data).
+    let plain = |b: u8| {
+        !matches!(b, b'<' | b'>' | b'&' | b'"' | b'\'' | 0xEF)
+            && (b >= 0x20 || matches!(b, b'\t' | b'\n' | b'\r'))
+    };
+    if text.bytes().all(plain) {
         buf.push_str(text);
+        return;
+    }
+    for c in text.chars() {
+        match c {
+            '<' => buf.push_str("&lt;"),
+            '>' => buf.push_str("&gt;"),
+            '&' => buf.push_str("&amp;"),
+            '"' => buf.push_str("&quot;"),
+            '\'' => buf.push_str("&apos;"),
+            '\t' | '\n' | '\r' => buf.push(c),
+            // Not allowed anywhere in XML 1.0, not even as a character reference.
+            '\u{0}'..='\u{1f}' | '\u{fffe}' | '\u{ffff}' => buf.push(char::REPLACEMENT_CHARACTER),
+            c => buf.push(c),
+        }
     }
 }
 
@@ -551,6 +569,35 @@ mod tests {
             tenant: Some("ACME"),
             accounting_entity: None,
         }
+    }
+
+    #[test]
+    fn characters_xml_forbids_become_replacement_characters_and_the_rest_stays() {
+        let mut buf = String::new();
+        push_escaped(
+            &mut buf,
+            "a\u{1}b\u{1b}[31m\tc\nd\re\u{fffe}\u{ffff}\u{e000}ü<'\"&>",
+        );
+        assert_eq!(
+            buf,
+            "a\u{fffd}b\u{fffd}[31m\tc\nd\re\u{fffd}\u{fffd}\u{e000}ü&lt;&apos;&quot;&amp;&gt;"
+        );
+        let mut plain = String::new();
+        push_escaped(&mut plain, "Müller GmbH, Straße 1");
+        assert_eq!(plain, "Müller GmbH, Straße 1");
+        // A ConfirmBOD echoing such a message is well-formed.
+        let xml = confirm_bod(
+            &env(),
+            &ApplicationArea::default(),
+            &Confirmation::Failure(Problem {
+                stage: "decode",
+                code: "not_well_formed",
+                message: "expected `</Logical\u{2}ID>`",
+                path: None,
+            }),
+        );
+        parse(xml.as_bytes(), Limits::default()).unwrap();
+        assert!(!xml.contains('\u{2}'), "{xml}");
     }
 
     #[test]

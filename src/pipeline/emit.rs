@@ -21,7 +21,7 @@ use crate::bod::ApplicationArea;
 use crate::config::{Application, Config, DeleteMode, FieldGroup};
 use crate::store::{Fields, HubRecord, Kind, OutboxRow, TxResult};
 
-use super::validate::MAX_ID;
+use super::validate::{MAX_CODE, MAX_ENTITY, MAX_ID};
 use super::{country, Context, Decision, OutputReport, RejectedProcess, Rejection, Stage};
 
 /// `schemeName` of an ID that is a bodflow hub ID rather than the receiver's own.
@@ -227,12 +227,12 @@ impl<'a> Emitter<'a> {
                         } else {
                             ""
                         },
-                        accounting_entity: i.accounting_entity.as_deref(),
-                        lid: i.lid.as_deref(),
+                        accounting_entity: echo(&i.accounting_entity, MAX_ENTITY),
+                        lid: echo(&i.lid, 255).filter(|l| !l.chars().any(char::is_whitespace)),
                         variation: i.variation.clone().filter(|v| {
                             !v.is_empty() && v.len() <= 22 && v.bytes().all(|b| b.is_ascii_digit())
                         }),
-                        scheme_name: i.scheme_name.as_deref(),
+                        scheme_name: echo(&i.scheme_name, MAX_CODE),
                     })
                     .collect();
                 let bod_id = self.next_bod_id();
@@ -669,6 +669,15 @@ fn sniff(text: &str, element: &str) -> Option<String> {
         }
     }
     None
+}
+
+/// An attribute of a refused document's ID, echoed in its Acknowledge only when the schema
+/// takes it (at most `max` characters, not blank, no control characters): the document may
+/// have been refused for exactly this value.
+fn echo(value: &Option<String>, max: usize) -> Option<&str> {
+    value.as_deref().filter(|v| {
+        !v.trim().is_empty() && v.chars().count() <= max && !v.chars().any(char::is_control)
+    })
 }
 
 #[cfg(test)]

@@ -419,10 +419,7 @@ fn check_text(value: Option<String>, path: impl FnOnce() -> String) -> Result<Op
 
 /// Length limits on everything the hub keeps and passes on, so an emitted BOD never carries
 /// a value its receivers' schemas refuse.
-fn check_fields(f: &Fields, key: &XrefKey, path: &str) -> Result<()> {
-    check_len(&key.accounting_entity, MAX_ENTITY, || {
-        format!("{path}/@accountingEntity")
-    })?;
+fn check_fields(f: &Fields, path: &str) -> Result<()> {
     let codes = [
         (f.identity.status.as_deref(), "Status/Code"),
         (f.commercial.currency.as_deref(), "CurrencyCode"),
@@ -490,6 +487,10 @@ fn noun_key(
             .unwrap_or_else(|| ae.to_string()),
         id: id.unwrap_or_default(),
     };
+    // From the ID's attribute, or the verb's AccountingEntityID (checked with the header).
+    check_len(&key.accounting_entity, MAX_ENTITY, || {
+        format!("{id_path}/@accountingEntity")
+    })?;
     Ok((key, variation))
 }
 
@@ -571,7 +572,7 @@ fn party_item(
         owner: Default::default(),
         notes: Vec::new(),
     };
-    check_fields(&item.fields, &item.key, &item.path)?;
+    check_fields(&item.fields, &item.path)?;
     Ok(item)
 }
 
@@ -651,6 +652,6 @@ fn contact_item(
         owner: Default::default(),
         notes: Vec::new(),
     };
-    check_fields(&item.fields, &item.key, &item.path)?;
+    check_fields(&item.fields, &item.path)?;
     Ok(item)
 }
