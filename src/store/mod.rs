@@ -262,6 +262,13 @@ fn match_tag(k: MatchKey) -> &'static str {
 /// `bodflow run` faster (the records it updates are spread over the whole store anyway).
 const CACHE_BYTES: u64 = 4 * 1024 * 1024;
 
+/// sled's page cache for `bodflow replay`, which writes a whole store in one go. With 4 MiB,
+/// a 50,000-document replay (a 155 MB store) keeps evicting the leaves it is about to change
+/// and reading them back from the log; with 32 MiB it needs about 15 % less CPU and runs about
+/// a third faster, for a peak RSS of 80–87 MB instead of 55 MB (the budget is 100 MB; 16 MiB
+/// gave 64 MB and about half the gain).
+pub const REPLAY_CACHE_BYTES: u64 = 32 * 1024 * 1024;
+
 /// The open store. Open once per process (sled holds a file lock).
 pub struct Store {
     db: sled::Db,
@@ -291,9 +298,14 @@ struct Sequences {
 impl Store {
     /// Opens (creating if needed) the store at `path`.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
+        Store::open_with_cache(path, CACHE_BYTES)
+    }
+
+    /// [`Store::open`] with a page cache of `cache_bytes` (see [`REPLAY_CACHE_BYTES`]).
+    pub fn open_with_cache(path: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
         let db = sled::Config::new()
             .path(path)
-            .cache_capacity(CACHE_BYTES)
+            .cache_capacity(cache_bytes)
             .mode(sled::Mode::HighThroughput)
             .open()
             .map_err(|e| match e {
@@ -308,9 +320,14 @@ impl Store {
 
     /// A store in a temporary folder, removed when dropped.
     pub fn temporary() -> Result<Store, StoreError> {
+        Store::temporary_with_cache(CACHE_BYTES)
+    }
+
+    /// [`Store::temporary`] with a page cache of `cache_bytes`.
+    pub fn temporary_with_cache(cache_bytes: u64) -> Result<Store, StoreError> {
         let db = sled::Config::new()
             .temporary(true)
-            .cache_capacity(CACHE_BYTES)
+            .cache_capacity(cache_bytes)
             .mode(sled::Mode::HighThroughput)
             .open()?;
         Store::from_db(db)
