@@ -20,7 +20,7 @@ use chrono::{DateTime, Utc};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::pipeline::{Input, Outcome, Pipeline, Prepared, Report};
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, REPLAY_CACHE_BYTES};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -64,10 +64,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let inputs = super::collect_inputs(&args.inputs.paths)?;
     let mut store = match &args.store {
-        Some(dir) => {
-            Store::open(dir).with_context(|| format!("opening store {}", dir.display()))?
+        Some(dir) => Store::open_with_cache(dir, REPLAY_CACHE_BYTES)
+            .with_context(|| format!("opening store {}", dir.display()))?,
+        None => {
+            Store::temporary_with_cache(REPLAY_CACHE_BYTES).context("opening a temporary store")?
         }
-        None => Store::temporary().context("opening a temporary store")?,
     };
     // Replay drains every emitted row into `--out` right after its commit; nothing ever
     // publishes them, so they need not be written to the store.
