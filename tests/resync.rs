@@ -109,7 +109,7 @@ fn resync(setup: &Setup, args: &[&str]) -> Output {
 /// meanwhile, so none inherits its lock).
 fn with_store<T>(path: &Path, f: impl FnOnce(&Store) -> T) -> T {
     let _guard = common::fork_guard();
-    let db = Store::open(path).unwrap();
+    let db = common::open_store(path);
     f(&db)
 }
 

@@ -417,7 +417,7 @@ async fn the_service_releases_the_parked_document_and_publishes_what_it_emits() 
         to_crm.iter().any(|id| id.starts_with(&erp_prefix)),
         "the released ERP document's Sync reached the CRM: {to_crm:?}"
     );
-    let store = Store::open(&store_dir).unwrap();
+    let store = common::open_store(&store_dir);
     assert_eq!(store.parked().count(), 0);
     assert_eq!(store.marker("erp-1").unwrap().unwrap().outcome, "applied");
     let record = store.record("ACC-000001").unwrap().unwrap();

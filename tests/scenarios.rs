@@ -29,7 +29,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use bodflow::store::{HubRecord, Kind, Parked, Store};
+use bodflow::store::{HubRecord, Kind, Parked};
 use serde_json::Value;
 
 mod common;
@@ -239,7 +239,7 @@ fn run_scenario(name: &str) -> Run {
     }
 
     let guard = common::fork_guard();
-    let db = Store::open(&store).unwrap();
+    let db = common::open_store(&store);
     let records: Vec<HubRecord> = db.records().map(Result::unwrap).collect();
     let parked: Vec<Parked> = db.parked().map(Result::unwrap).collect();
     drop(db);
@@ -299,7 +299,7 @@ fn drain_outbox(store: &Path, out: &Path, stem: &str) -> Vec<(String, String)> {
         return Vec::new();
     }
     let _guard = common::fork_guard();
-    let db = Store::open(store).unwrap();
+    let db = common::open_store(store);
     let rows: Vec<(u64, bodflow::store::OutboxRow)> = db.outbox().map(Result::unwrap).collect();
     let mut written = Vec::new();
     for (n, (_, row)) in rows.iter().enumerate() {

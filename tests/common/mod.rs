@@ -188,6 +188,23 @@ pub fn fork_guard() -> std::sync::MutexGuard<'static, ()> {
     GUARD.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Opens the store at `path` in this process, waiting up to 10 s while it is locked. A child
+/// process another test thread forked while sled still had the store's file open (sled closes
+/// it from its own threads, a moment after the `Store` is dropped) holds the lock until that
+/// child's `exec`; [`fork_guard`] narrows that window, this closes it.
+pub fn open_store(path: &Path) -> bodflow::store::Store {
+    let start = std::time::Instant::now();
+    loop {
+        match bodflow::store::Store::open(path) {
+            Ok(store) => return store,
+            Err(e) if e.is_locked() && start.elapsed() < std::time::Duration::from_secs(10) => {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(e) => panic!("opening {}: {e}", path.display()),
+        }
+    }
+}
+
 /// `cmd.output()` with the spawn under [`fork_guard`].
 pub fn output_guarded(cmd: &mut Command) -> std::process::Output {
     let child = {
