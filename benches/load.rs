@@ -62,6 +62,15 @@ fn main() {
             latency_secs: 1.0,
         }
     };
+    // BODFLOW_BENCH_BACKLOG overrides the backlog of (d) (e.g. a smaller one to watch the
+    // RSS slope quickly).
+    let sizes = Sizes {
+        backlog: std::env::var("BODFLOW_BENCH_BACKLOG")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(sizes.backlog),
+        ..sizes
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -90,6 +99,19 @@ async fn bench(sizes: &Sizes, full: bool) {
         vhost.name,
         binary.display()
     );
+
+    // BODFLOW_BENCH_ONLY=d runs only (d): the cheap way to measure peak RSS repeatedly.
+    if std::env::var("BODFLOW_BENCH_ONLY").is_ok_and(|v| v == "d") {
+        amqp::declare_topology(&config).await.unwrap();
+        let backlog = backlog_rss(binary, &vhost, &ch, &config, sizes.backlog).await;
+        println!(
+            "| (d) peak RSS, {} backlog (VmHWM; target ≤ 64 MB) | {:.1} MB ({:.0} msg/s) |",
+            sizes.backlog,
+            mb(backlog.peak_kb),
+            rate(sizes.backlog, backlog.elapsed)
+        );
+        return;
+    }
 
     let mut generator = Generator::new(SEED, Mix::REALISTIC);
     let docs: Vec<Doc> = (&mut generator).take(sizes.n).map(doc).collect();
@@ -132,42 +154,7 @@ async fn bench(sizes: &Sizes, full: bool) {
     assert!(service.wait().unwrap().success(), "bodflow run failed");
 
     // (d) fresh store, backlog, peak RSS
-    rabbitmqctl(&[
-        "set_policy",
-        "-p",
-        &vhost.name,
-        "sink",
-        r"^bodflow\.to\.",
-        r#"{"max-length":10000}"#,
-        "--apply-to",
-        "queues",
-    ]);
-    for app in &config.applications {
-        purge(&ch, &topology::application_queue(&app.slug())).await;
-    }
-    let backlog_dir = tempfile::tempdir().unwrap();
-    let backlog_config = write_generated_config(backlog_dir.path(), &backlog_dir.path().join("s"));
-    let backlog_docs = Generator::new(SEED + 1, Mix::REALISTIC)
-        .take(sizes.backlog)
-        .map(doc);
-    fill_iter(&config, backlog_docs).await;
-    let t = Instant::now();
-    let mut service = spawn_service(binary, &backlog_config, &vhost.url());
-    let mut peak_during = 0;
-    loop {
-        peak_during = peak_during.max(rss(service.id()).1);
-        if ready_count(&ch, topology::INBOUND_QUEUE).await == Some(0)
-            && vhost.queue_total(topology::INBOUND_QUEUE) == Some(0)
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let backlog_secs = t.elapsed();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let (hwm, _) = rss(service.id());
-    signal(&service, "-TERM");
-    assert!(service.wait().unwrap().success(), "bodflow run failed");
+    let backlog = backlog_rss(binary, &vhost, &ch, &config, sizes.backlog).await;
 
     println!();
     println!("| measure | value |");
@@ -191,13 +178,82 @@ async fn bench(sizes: &Sizes, full: bool) {
     println!(
         "| (d) peak RSS, {} backlog (VmHWM; target ≤ 64 MB) | {:.1} MB ({:.0} msg/s) |",
         sizes.backlog,
-        mb(hwm.max(peak_during)),
-        rate(sizes.backlog, backlog_secs)
+        mb(backlog.peak_kb),
+        rate(sizes.backlog, backlog.elapsed)
     );
     println!(
         "| (e) latency at {:.0} msg/s offered ({:.0} achieved), {} replies of {} sent | p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms |",
         target, latency.achieved, latency.samples, latency.sent, latency.p50, latency.p99, latency.max
     );
+}
+
+struct Backlog {
+    /// Peak RSS in kB: VmHWM at the end, or the highest VmRSS sampled if higher.
+    peak_kb: u64,
+    elapsed: Duration,
+}
+
+/// (d): a fresh service on a fresh store with `backlog` documents waiting; runs until the
+/// inbound queue is empty. With BODFLOW_BENCH_TRACE set, prints VmRSS and the inbound queue
+/// every 2 s (to see whether the RSS grows with the documents processed).
+async fn backlog_rss(
+    binary: &Path,
+    vhost: &Vhost,
+    ch: &Channel,
+    config: &Config,
+    backlog: usize,
+) -> Backlog {
+    let trace = std::env::var_os("BODFLOW_BENCH_TRACE").is_some();
+    rabbitmqctl(&[
+        "set_policy",
+        "-p",
+        &vhost.name,
+        "sink",
+        r"^bodflow\.to\.",
+        r#"{"max-length":10000}"#,
+        "--apply-to",
+        "queues",
+    ]);
+    for app in &config.applications {
+        purge(ch, &topology::application_queue(&app.slug())).await;
+    }
+    let backlog_dir = tempfile::tempdir().unwrap();
+    let backlog_config = write_generated_config(backlog_dir.path(), &backlog_dir.path().join("s"));
+    let backlog_docs = Generator::new(SEED + 1, Mix::REALISTIC)
+        .take(backlog)
+        .map(doc);
+    fill_iter(config, backlog_docs).await;
+    let t = Instant::now();
+    let mut service = spawn_service(binary, &backlog_config, &vhost.url());
+    let mut peak_during = 0;
+    let mut traced = Instant::now();
+    loop {
+        let now = rss(service.id()).1;
+        peak_during = peak_during.max(now);
+        let ready = ready_count(ch, topology::INBOUND_QUEUE).await;
+        if trace && traced.elapsed() >= Duration::from_secs(2) {
+            traced = Instant::now();
+            println!(
+                "trace {:6.1} s  VmRSS {:6.1} MB  processed {:>7}",
+                t.elapsed().as_secs_f64(),
+                mb(now),
+                backlog.saturating_sub(ready.unwrap_or(0) as usize)
+            );
+        }
+        if ready == Some(0) && vhost.queue_total(topology::INBOUND_QUEUE) == Some(0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let elapsed = t.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (hwm, _) = rss(service.id());
+    signal(&service, "-TERM");
+    assert!(service.wait().unwrap().success(), "bodflow run failed");
+    Backlog {
+        peak_kb: hwm.max(peak_during),
+        elapsed,
+    }
 }
 
 fn doc(g: bodflow::generate::Generated) -> Doc {
