@@ -311,6 +311,9 @@ pub struct Report {
     /// Every noun's result when a document carries more than one.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub nouns: Vec<NounReport>,
+    /// Why: each stage's decision in order ("country DEU→DE (iso3)", "owner U-JSMITH: ..."),
+    /// serialized as their text.
+    pub decisions: Vec<Decision>,
     /// A parked document this one's change released: the message id of that change.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub released_by: Option<String>,
@@ -318,9 +321,6 @@ pub struct Report {
     /// has its own report line; see [`release`]).
     #[serde(skip)]
     pub released: Vec<Report>,
-    /// Why: each stage's decision in order ("country DEU→DE (iso3)", "owner U-JSMITH: ..."),
-    /// serialized as their text.
-    pub decisions: Vec<Decision>,
     /// Where a parked document waits (tracking shows it; `bodflow parked list` lists it).
     #[serde(skip)]
     pub parked: Option<ParkedAs>,
