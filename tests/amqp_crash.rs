@@ -13,7 +13,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bodflow::amqp::topology;
-use bodflow::store::Store;
 use broker::*;
 
 /// Documents in flight; the issue asks for at least 20,000.
@@ -116,16 +115,7 @@ async fn kill_9_at_several_points_then_finish_equals_offline_replay() {
         expected.bod_ids.len(),
         expected.rejected.len(),
     );
-    let store = Store::open(&store_dir).unwrap();
-    assert_eq!(store.outbox_len(), 0, "outbox not drained");
-    for d in docs.iter() {
-        assert!(
-            store.marker(&d.message_id).unwrap().is_some(),
-            "{} never processed",
-            d.message_id
-        );
-    }
-    assert_store_equals_offline(&store, &expected);
+    assert_service_store(&store_dir, &docs, &expected);
 
     let published = drain_applications(&ch, &config).await;
     assert_all_published(&expected, &published);

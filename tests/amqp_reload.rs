@@ -210,16 +210,7 @@ async fn sighup_reloads_under_load_lose_nothing_and_apply_nothing_twice() {
     );
 
     let expected = replay.await.unwrap();
-    let store = Store::open(&store_dir).unwrap();
-    assert_eq!(store.outbox_len(), 0, "outbox not drained");
-    for d in docs.iter() {
-        assert!(
-            store.marker(&d.message_id).unwrap().is_some(),
-            "{} never processed",
-            d.message_id
-        );
-    }
-    assert_store_equals_offline(&store, &expected);
+    assert_service_store(&store_dir, &docs, &expected);
     let published = drain_applications(&ch, &config).await;
     assert_all_published(&expected, &published);
     let dead = drain_ids(&ch, topology::DEAD_QUEUE).await;

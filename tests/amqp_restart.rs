@@ -18,7 +18,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bodflow::amqp::topology;
-use bodflow::store::Store;
 use broker::*;
 
 const N: usize = 4_000;
@@ -150,16 +149,7 @@ async fn broker_restart_mid_stream_resumes_and_equals_offline_replay() {
     );
 
     let expected = replay.await.unwrap();
-    let store = Store::open(&store_dir).unwrap();
-    assert_eq!(store.outbox_len(), 0, "outbox not drained");
-    for d in docs.iter() {
-        assert!(
-            store.marker(&d.message_id).unwrap().is_some(),
-            "{} never processed",
-            d.message_id
-        );
-    }
-    assert_store_equals_offline(&store, &expected);
+    assert_service_store(&store_dir, &docs, &expected);
     let published = drain_applications(&ch, &config).await;
     assert_all_published(&expected, &published);
     eprintln!(

@@ -11,7 +11,6 @@ mod broker;
 mod common;
 
 use std::io::Write as _;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -233,7 +232,7 @@ async fn running_service_is_ready_and_its_scraped_metrics_move_with_the_document
         "the mix must reject and emit"
     );
 
-    let mut child = spawn(&config_path, &vhost.url());
+    let mut child = broker::spawn_configured_service(&config_path, &vhost.url());
     let _kill = common::KillOnDrop(child.id());
     wait_until("/readyz 200", Duration::from_secs(20), || {
         http_get(port, "/readyz").is_some_and(|(s, _)| s == 200)
@@ -338,16 +337,4 @@ async fn running_service_is_ready_and_its_scraped_metrics_move_with_the_document
         http_get(port, "/healthz").is_none(),
         "HTTP still up after exit"
     );
-}
-
-/// `bodflow run` with the config as written (its `http.listen` included).
-fn spawn(config: &Path, url: &str) -> std::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_bodflow"))
-        .args(["run", "--config"])
-        .arg(config)
-        .env("BODFLOW_AMQP_URL", url)
-        .env_remove("BODFLOW_HTTP_LISTEN")
-        .env("RUST_LOG", "warn")
-        .spawn()
-        .unwrap()
 }

@@ -407,18 +407,6 @@ fn a_bodid_shows_every_message_that_carried_it_newest_first() {
 // Against the running service (real RabbitMQ, own vhost).
 // ---------------------------------------------------------------------------------------------
 
-/// The service as configured (store, HTTP port), against `vhost`.
-fn spawn_service(config: &Path, url: &str) -> std::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_bodflow"))
-        .args(["run", "--config"])
-        .arg(config)
-        .env("BODFLOW_AMQP_URL", url)
-        .env_remove("BODFLOW_HTTP_LISTEN")
-        .env("RUST_LOG", "warn")
-        .spawn()
-        .unwrap()
-}
-
 fn stop(child: &mut std::process::Child) {
     broker::signal(child, "-TERM");
     let status = child.wait().unwrap();
@@ -451,7 +439,7 @@ fn the_service_purges_timelines_older_than_the_retention_and_keeps_young_ones() 
     assert_exit(&track(tmp.path(), &config, &old_id, false), 0);
     assert_exit(&track(tmp.path(), &config, &old_bod_id, false), 0);
 
-    let mut child = spawn_service(&config, &vhost.url());
+    let mut child = broker::spawn_configured_service(&config, &vhost.url());
     let _kill = common::KillOnDrop(child.id());
     wait_until(
         "the old timeline to be purged",
@@ -525,7 +513,7 @@ async fn the_service_serves_timelines_with_the_publish_confirm_times_of_the_outp
     }
     sender.close().await.unwrap();
 
-    let mut child = spawn_service(&config_path, &vhost.url());
+    let mut child = broker::spawn_configured_service(&config_path, &vhost.url());
     let _kill = common::KillOnDrop(child.id());
     // The timeline is complete once every output's confirm is recorded.
     let fetch = |id: &str| {

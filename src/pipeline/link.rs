@@ -13,7 +13,7 @@
 //! Refusals are [`Refused`] values with stable codes (the CLI prints them and exits 1); the
 //! only `Err` is a store failure.
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 
 use crate::store::{AuditEntry, Kind, ParkReason, Parked, StoreError, Xref, XrefKey};
 
@@ -103,26 +103,13 @@ fn upsert_note(text: String) -> Decision {
     Decision::new(Stage::Upsert, text)
 }
 
-/// The context of an operator action: emitted BODIDs derive from `message_id`.
+/// The context of an operator action: emitted BODIDs derive from `message_id`. Recorded in the
+/// record's audit, not tracked (the documents it releases are tracked as theirs).
 pub(super) fn operator_context(action: &str, message_id: String, now: DateTime<Utc>) -> Context {
     Context {
-        source: format!("bodflow {action}"),
-        message_id,
-        reply_to: None,
-        now: now.to_rfc3339_opts(SecondsFormat::Secs, true),
-        retry: false,
-        unpark: None,
-        area: None,
-        verb: None,
-        noun: None,
-        tenant: None,
-        payload: String::new(),
         // An operator action starts a trace of its own for what it emits.
         trace: Some(crate::telemetry::trace::TraceContext::root()),
-        received_ms: u64::try_from(now.timestamp_millis()).unwrap_or(0),
-        size: 0,
-        // Recorded in the record's audit; the documents it releases are tracked as theirs.
-        track: false,
+        ..Context::internal(format!("bodflow {action}"), message_id, now)
     }
 }
 

@@ -254,6 +254,31 @@ pub struct Context {
     pub trace: Option<TraceContext>,
 }
 
+impl Context {
+    /// The context of work bodflow starts itself (an operator action, a resync) rather than a
+    /// delivered document: no payload, no reply_to, not tracked as a message; emitted BODIDs
+    /// derive from `message_id`.
+    pub(crate) fn internal(source: String, message_id: String, now: DateTime<Utc>) -> Context {
+        Context {
+            source,
+            message_id,
+            reply_to: None,
+            now: now.to_rfc3339_opts(SecondsFormat::Secs, true),
+            received_ms: u64::try_from(now.timestamp_millis()).unwrap_or(0),
+            size: 0,
+            track: false,
+            retry: false,
+            unpark: None,
+            area: None,
+            verb: None,
+            noun: None,
+            tenant: None,
+            payload: String::new(),
+            trace: None,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub enum State {
     Rejected {

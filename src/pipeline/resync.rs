@@ -195,24 +195,12 @@ impl Pipeline {
                 .record_ids(kind)
                 .map(move |id| id.map(|id| (kind, id)))
         }));
-        let ctx = Context {
-            source: format!("resync {}", application.logical_id),
-            message_id: run.clone(),
-            reply_to: None,
-            now: now.to_rfc3339_opts(SecondsFormat::Secs, true),
-            retry: false,
-            unpark: None,
-            area: None,
-            verb: None,
-            noun: None,
-            tenant: None,
-            payload: String::new(),
-            trace: None,
-            received_ms: u64::try_from(now.timestamp_millis()).unwrap_or(0),
-            size: 0,
-            // A resync is not a message: its Syncs carry its run as correlation id.
-            track: false,
-        };
+        // A resync is not a message: its Syncs carry its run as correlation id.
+        let ctx = Context::internal(
+            format!("resync {}", application.logical_id),
+            run.clone(),
+            now,
+        );
         Ok(Resync {
             pipeline: self,
             app,

@@ -227,6 +227,21 @@ pub fn offline(config: &Config, docs: &[Doc]) -> Offline {
     }
 }
 
+/// After a service run over `docs`: the store at `store_dir` has an empty outbox, a marker for
+/// every document, and equals the offline replay ([`assert_store_equals_offline`]).
+pub fn assert_service_store(store_dir: &Path, docs: &[Doc], expected: &Offline) {
+    let store = Store::open(store_dir).expect("open the service's store");
+    assert_eq!(store.outbox_len(), 0, "outbox not drained");
+    for d in docs {
+        assert!(
+            store.marker(&d.message_id).unwrap().is_some(),
+            "{} never processed",
+            d.message_id
+        );
+    }
+    assert_store_equals_offline(&store, expected);
+}
+
 /// Compares a hub store with the offline replay: identical records (xrefs included), no
 /// two records sharing an xref, and every xref resolving to its record.
 pub fn assert_store_equals_offline(store: &Store, expected: &Offline) {
@@ -363,16 +378,31 @@ pub async fn applications_ready(ch: &Channel, config: &Config) -> Option<u64> {
     Some(sum)
 }
 
-/// `bodflow run --config CONFIG` of `binary` against `url`, logging warnings.
+/// `bodflow run --config CONFIG` of `binary` against `url`, logging warnings, with HTTP on a
+/// port of its own choosing (tests that do not scrape it).
 pub fn spawn_service(binary: &Path, config: &Path, url: &str) -> std::process::Child {
-    Command::new(binary)
+    service_command(binary, config, url)
+        .env("BODFLOW_HTTP_LISTEN", "127.0.0.1:0")
+        .spawn()
+        .expect("spawn bodflow run")
+}
+
+/// `bodflow run --config CONFIG` against `url` with the config's own `http.listen`.
+pub fn spawn_configured_service(config: &Path, url: &str) -> std::process::Child {
+    service_command(Path::new(env!("CARGO_BIN_EXE_bodflow")), config, url)
+        .env_remove("BODFLOW_HTTP_LISTEN")
+        .spawn()
+        .expect("spawn bodflow run")
+}
+
+fn service_command(binary: &Path, config: &Path, url: &str) -> Command {
+    let mut command = Command::new(binary);
+    command
         .args(["run", "--config"])
         .arg(config)
         .env("BODFLOW_AMQP_URL", url)
-        .env("BODFLOW_HTTP_LISTEN", "127.0.0.1:0")
-        .env("RUST_LOG", "warn")
-        .spawn()
-        .expect("spawn bodflow run")
+        .env("RUST_LOG", "warn");
+    command
 }
 
 pub fn signal(child: &std::process::Child, signal: &str) {
