@@ -9,7 +9,8 @@
 //! and IDs, namespace declarations, action codes), or a tag renamed. For every mutant:
 //!
 //! - nothing panics (a panic is caught and reported with the mutant written to a file to
-//!   reproduce it) and no document takes longer than [`SLOW`];
+//!   reproduce it) and no document takes longer than [`SLOW`] (measured when it returns: a
+//!   document that never returned would hold the run, which is as visible);
 //! - the pipeline returns a report, never a store error;
 //! - a rejection names its stage, a stable snake_case code and a message (and a path when it
 //!   has one, an absolute XML path);
