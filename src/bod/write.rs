@@ -5,7 +5,7 @@
 //! Writers take plain values, not the store's records: the caller (the upsert stage) decides
 //! which IDs, formats and fields a receiver gets.
 
-use std::fmt::Write as _;
+use std::borrow::Cow;
 
 use super::ApplicationArea;
 use crate::store::{Communication, Fields, HubAddress};
@@ -57,11 +57,19 @@ impl Out {
     fn new(root: &str) -> Out {
         // A Sync is a little over 2 KiB: one allocation, no doubling halfway.
         let mut buf = String::with_capacity(4096);
-        buf.push_str("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
-        let _ = writeln!(
-            buf,
-            "<{root} xmlns=\"{NAMESPACE}\" releaseID=\"{RELEASE_ID}\" versionID=\"{VERSION_ID}\">"
-        );
+        buf.push_str("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<");
+        buf.push_str(root);
+        for part in [
+            " xmlns=\"",
+            NAMESPACE,
+            "\" releaseID=\"",
+            RELEASE_ID,
+            "\" versionID=\"",
+            VERSION_ID,
+            "\">\n",
+        ] {
+            buf.push_str(part);
+        }
         Out { buf, depth: 1 }
     }
 
@@ -126,6 +134,21 @@ impl Out {
     fn opt(&mut self, name: &str, text: Option<&str>) {
         if let Some(t) = text.filter(|t| !t.is_empty()) {
             self.leaf(name, t);
+        }
+    }
+
+    /// Writes a balanced run of elements with `write`, or, when `slot` holds the bytes an
+    /// earlier receiver's document got for the same run, copies those. An empty slot is
+    /// filled with what was written.
+    fn shared(&mut self, slot: Option<&mut Option<String>>, write: impl FnOnce(&mut Out)) {
+        match slot {
+            Some(Some(done)) => self.buf.push_str(done),
+            Some(empty) => {
+                let start = self.buf.len();
+                write(self);
+                *empty = Some(self.buf[start..].to_string());
+            }
+            None => write(self),
         }
     }
 
@@ -262,20 +285,24 @@ pub struct OutId<'a> {
 }
 
 fn id_element(out: &mut Out, id: &OutId<'_>) {
-    let mut attrs: Vec<(&str, &str)> = Vec::with_capacity(4);
-    if let Some(s) = id.scheme_name {
-        attrs.push(("schemeName", s));
+    let mut attrs = [("", ""); 4];
+    let mut n = 0;
+    let present = [
+        ("schemeName", id.scheme_name),
+        (
+            "accountingEntity",
+            id.accounting_entity.filter(|a| !a.is_empty()),
+        ),
+        ("lid", id.lid),
+        ("variationID", id.variation.as_deref()),
+    ];
+    for (name, value) in present {
+        if let Some(value) = value {
+            attrs[n] = (name, value);
+            n += 1;
+        }
     }
-    if let Some(ae) = id.accounting_entity.filter(|a| !a.is_empty()) {
-        attrs.push(("accountingEntity", ae));
-    }
-    if let Some(lid) = id.lid {
-        attrs.push(("lid", lid));
-    }
-    if let Some(v) = id.variation.as_deref() {
-        attrs.push(("variationID", v));
-    }
-    out.leaf_with("ID", &attrs, id.value);
+    out.leaf_with("ID", &attrs[..n], id.value);
 }
 
 /// A noun to write: the record content in the receiver's terms.
@@ -294,10 +321,50 @@ pub struct NounOut<'a> {
     pub hub_id: &'a str,
 }
 
+/// `AddressLine@sequence` values without formatting a number per line.
+const SEQUENCES: [&str; 9] = ["1", "2", "3", "4", "5", "6", "7", "8", "9"];
+
+/// The parts of one record's noun that do not depend on the receiver's IDs, kept while its
+/// `Sync` is written for several receivers: receivers with equal keys (the same country
+/// format, language, sales person role and outbound fields) share them, so each is written
+/// once. The key is the caller's: it must capture every receiver setting a part depends on.
+pub struct Shared<K> {
+    parts: Vec<(K, Parts)>,
+}
+
+/// The receiver-independent runs of a noun: for an account, everything after its IDs; for a
+/// contact, the run between its IDs and its `EmployerReference`, and the run after it.
+type Parts = [Option<String>; 2];
+
+impl<K: PartialEq> Shared<K> {
+    pub fn new() -> Shared<K> {
+        Shared { parts: Vec::new() }
+    }
+
+    fn parts(&mut self, key: K) -> &mut Parts {
+        let at = match self.parts.iter().position(|(k, _)| *k == key) {
+            Some(at) => at,
+            None => {
+                self.parts.push((key, [None, None]));
+                self.parts.len() - 1
+            }
+        };
+        &mut self.parts[at].1
+    }
+}
+
+impl<K: PartialEq> Default for Shared<K> {
+    fn default() -> Self {
+        Shared::new()
+    }
+}
+
 fn address(out: &mut Out, a: &HubAddress, country: Option<&str>) {
     out.open("Address");
     for (i, line) in a.lines.iter().enumerate() {
-        let seq = (i + 1).to_string();
+        let seq = SEQUENCES
+            .get(i)
+            .map_or_else(|| Cow::Owned((i + 1).to_string()), |s| Cow::Borrowed(*s));
         out.leaf_with("AddressLine", &[("sequence", &seq)], line);
     }
     out.opt("CityName", a.city.as_deref());
@@ -333,7 +400,7 @@ fn user_area(out: &mut Out, hub_id: &str) {
     out.close("UserArea");
 }
 
-fn party(out: &mut Out, n: &NounOut<'_>) {
+fn party(out: &mut Out, n: &NounOut<'_>, parts: Option<&mut Parts>) {
     let f = n.fields;
     match f.commercial.account_type.as_deref() {
         Some(role) => out.open_with("CustomerPartyMaster", &[("role", role)]),
@@ -344,6 +411,14 @@ fn party(out: &mut Out, n: &NounOut<'_>) {
         id_element(out, id);
     }
     out.close("PartyIDs");
+    let [rest, _] = parts.map_or([None, None], |[a, b]| [Some(a), Some(b)]);
+    out.shared(rest, |out| party_rest(out, n));
+    out.close("CustomerPartyMaster");
+}
+
+/// An account after its IDs (all of it the same for receivers with the same settings).
+fn party_rest(out: &mut Out, n: &NounOut<'_>) {
+    let f = n.fields;
     if let Some(name) = f.identity.name.as_deref() {
         out.leaf_with("Name", &[("languageID", n.language)], name);
     }
@@ -375,7 +450,6 @@ fn party(out: &mut Out, n: &NounOut<'_>) {
     }
     communications(out, &f.communication, "Communication");
     user_area(out, n.hub_id);
-    out.close("CustomerPartyMaster");
 }
 
 fn communications(out: &mut Out, c: &Communication, element: &str) {
@@ -400,7 +474,7 @@ fn communications(out: &mut Out, c: &Communication, element: &str) {
     }
 }
 
-fn contact(out: &mut Out, n: &NounOut<'_>) {
+fn contact(out: &mut Out, n: &NounOut<'_>, parts: Option<&mut Parts>) {
     let f = n.fields;
     match f.identity.relationship.as_deref() {
         Some(rel) => out.open_with("ContactMaster", &[("type", rel)]),
@@ -411,18 +485,21 @@ fn contact(out: &mut Out, n: &NounOut<'_>) {
         id_element(out, id);
     }
     out.close("IDs");
-    if let Some(name) = f.identity.name.as_deref() {
-        out.leaf_with("Name", &[("languageID", n.language)], name);
-    }
-    out.opt("GivenName", f.identity.given_name.as_deref());
-    out.opt("FamilyName", f.identity.family_name.as_deref());
-    out.opt("JobTitle", f.identity.job_title.as_deref());
-    communications(out, &f.communication, "CommunicationDetail");
-    if let Some(a) = &f.address {
-        out.open("CommunicationDetail");
-        address(out, a, n.country.as_deref());
-        out.close("CommunicationDetail");
-    }
+    let [details, rest] = parts.map_or([None, None], |[a, b]| [Some(a), Some(b)]);
+    out.shared(details, |out| {
+        if let Some(name) = f.identity.name.as_deref() {
+            out.leaf_with("Name", &[("languageID", n.language)], name);
+        }
+        out.opt("GivenName", f.identity.given_name.as_deref());
+        out.opt("FamilyName", f.identity.family_name.as_deref());
+        out.opt("JobTitle", f.identity.job_title.as_deref());
+        communications(out, &f.communication, "CommunicationDetail");
+        if let Some(a) = &f.address {
+            out.open("CommunicationDetail");
+            address(out, a, n.country.as_deref());
+            out.close("CommunicationDetail");
+        }
+    });
     if let Some(emp) = &n.employer {
         out.open("EmployerReference");
         out.open("DocumentID");
@@ -430,20 +507,22 @@ fn contact(out: &mut Out, n: &NounOut<'_>) {
         out.close("DocumentID");
         out.close("EmployerReference");
     }
-    classification(out, &f.classification);
-    if let Some(status) = f.identity.status.as_deref() {
-        out.open("Status");
-        out.leaf("Code", status);
-        out.close("Status");
-    }
-    user_area(out, n.hub_id);
+    out.shared(rest, |out| {
+        classification(out, &f.classification);
+        if let Some(status) = f.identity.status.as_deref() {
+            out.open("Status");
+            out.leaf("Code", status);
+            out.close("Status");
+        }
+        user_area(out, n.hub_id);
+    });
     out.close("ContactMaster");
 }
 
-fn noun(out: &mut Out, kind: crate::store::Kind, n: &NounOut<'_>) {
+fn noun(out: &mut Out, kind: crate::store::Kind, n: &NounOut<'_>, parts: Option<&mut Parts>) {
     match kind {
-        crate::store::Kind::Account => party(out, n),
-        crate::store::Kind::Contact => contact(out, n),
+        crate::store::Kind::Account => party(out, n, parts),
+        crate::store::Kind::Contact => contact(out, n, parts),
     }
 }
 
@@ -455,7 +534,21 @@ pub fn sync_noun(
     action_code: &str,
     n: &NounOut<'_>,
 ) -> String {
-    action_document(env, verb, &[], kind, action_code, n)
+    action_document(env, verb, &[], kind, action_code, n, None)
+}
+
+/// [`sync_noun`] for one of several receivers of the same record: the parts of the noun
+/// that `key` (the receiver's settings) says are the same come from `shared`, written once.
+pub fn sync_noun_shared<K: PartialEq>(
+    env: &Envelope<'_>,
+    kind: crate::store::Kind,
+    action_code: &str,
+    n: &NounOut<'_>,
+    shared: &mut Shared<K>,
+    key: K,
+) -> String {
+    let parts = shared.parts(key);
+    action_document(env, "Sync", &[], kind, action_code, n, Some(parts))
 }
 
 /// `Process<Noun>` `Add` asking the receiver (a system of record) to create the record and
@@ -469,6 +562,7 @@ pub fn process_noun(env: &Envelope<'_>, kind: crate::store::Kind, n: &NounOut<'_
         kind,
         "Add",
         n,
+        None,
     )
 }
 
@@ -479,8 +573,9 @@ fn action_document(
     kind: crate::store::Kind,
     action_code: &str,
     n: &NounOut<'_>,
+    parts: Option<&mut Parts>,
 ) -> String {
-    let root = format!("{verb}{}", kind.noun());
+    let root = [verb, kind.noun()].concat();
     let mut out = Out::new(&root);
     env.application_area(&mut out);
     out.open("DataArea");
@@ -490,7 +585,7 @@ fn action_document(
     out.leaf_with("ActionExpression", &[("actionCode", action_code)], "");
     out.close("ActionCriteria");
     out.close(verb);
-    noun(&mut out, kind, n);
+    noun(&mut out, kind, n, parts);
     out.close("DataArea");
     out.finish(&root)
 }
@@ -511,7 +606,7 @@ pub fn acknowledge(
     original: &ApplicationArea,
     response: &Response<'_>,
 ) -> String {
-    let root = format!("Acknowledge{}", kind.noun());
+    let root = ["Acknowledge", kind.noun()].concat();
     let mut out = Out::new(&root);
     env.application_area(&mut out);
     out.open("DataArea");
@@ -535,7 +630,7 @@ pub fn acknowledge(
     out.close("ResponseCriteria");
     out.close("Acknowledge");
     match response {
-        Response::Accepted(n) => noun(&mut out, kind, n),
+        Response::Accepted(n) => noun(&mut out, kind, n, None),
         Response::Rejected(_, ids) => {
             let (element, container) = match kind {
                 crate::store::Kind::Account => ("CustomerPartyMaster", "PartyIDs"),
@@ -599,6 +694,57 @@ mod tests {
         );
         parse(xml.as_bytes(), Limits::default()).unwrap();
         assert!(!xml.contains('\u{2}'), "{xml}");
+    }
+
+    #[test]
+    fn shared_noun_parts_give_the_same_documents_as_writing_each_alone() {
+        let mut fields = Fields::default();
+        fields.identity.name = Some("Acme & Sons".into());
+        fields.identity.family_name = Some("Byron".into());
+        fields.address = Some(HubAddress {
+            lines: vec!["1 Main St".into(), "Floor 2".into()],
+            city: Some("Leeds".into()),
+            country: Some("GB".into()),
+            ..Default::default()
+        });
+        fields.communication.emails = vec!["a@example.com".into()];
+        fields.classification = vec!["Sales".into()];
+        let receiver = |id: &'static str, country: &str, lang: &'static str| NounOut {
+            ids: vec![OutId {
+                value: id,
+                lid: Some("lid://r"),
+                variation: Some("3".into()),
+                ..Default::default()
+            }],
+            fields: &fields,
+            country: Some(country.to_string()),
+            language: lang,
+            employer: Some(OutId {
+                value: id,
+                lid: Some("lid://r"),
+                ..Default::default()
+            }),
+            sales_person: None,
+            hub_id: "X-1",
+        };
+        for kind in [crate::store::Kind::Account, crate::store::Kind::Contact] {
+            let mut shared = Shared::new();
+            // Two receivers share their key, a third differs in country format and language.
+            for (id, country, lang) in [
+                ("A1", "GB", "en-US"),
+                ("B2", "GB", "en-US"),
+                ("C3", "GBR", "de-DE"),
+                ("D4", "GB", "en-US"),
+            ] {
+                let n = receiver(id, country, lang);
+                let alone = sync_noun(&env(), "Sync", kind, "Change", &n);
+                let together =
+                    sync_noun_shared(&env(), kind, "Change", &n, &mut shared, (country, lang));
+                assert_eq!(together, alone, "{kind:?} to {id}");
+                assert!(alone.contains(id) && alone.contains(country), "{alone}");
+            }
+            assert_eq!(shared.parts.len(), 2, "{kind:?}: one entry per key");
+        }
     }
 
     #[test]

@@ -27,6 +27,15 @@ use super::{country, Context, Decision, OutputReport, RejectedProcess, Rejection
 /// `schemeName` of an ID that is a bodflow hub ID rather than the receiver's own.
 pub const HUB_ID_SCHEME: &str = "bodflow.HubID";
 
+/// What the shared parts of a `Sync` noun depend on besides the record: the receiver's
+/// country code for it, language, sales person (ID, role) and outbound field selection.
+type SharedKey<'a> = (
+    Option<String>,
+    &'a str,
+    Option<(&'a str, &'a str)>,
+    Option<&'a [FieldGroup]>,
+);
+
 /// Collects the rows one document emits.
 pub struct Emitter<'a> {
     config: &'a Config,
@@ -89,7 +98,12 @@ impl<'a> Emitter<'a> {
 
     fn next_bod_id(&mut self) -> String {
         self.count += 1;
-        format!("bodflow:{}:{}", self.digest, self.count)
+        let mut id = String::with_capacity(40);
+        id.push_str("bodflow:");
+        id.push_str(&self.digest);
+        id.push(':');
+        id.push_str(&self.count.to_string());
+        id
     }
 
     fn tenant(&self) -> Option<&'a str> {
@@ -245,8 +259,8 @@ impl<'a> Emitter<'a> {
                 self.reply(
                     tx,
                     app,
-                    format!("Acknowledge{}", kind.noun()),
-                    format!("Acknowledge.{}", kind.noun()),
+                    ["Acknowledge", kind.noun()].concat(),
+                    ["Acknowledge.", kind.noun()].concat(),
                     xml,
                     bod_id,
                 )?;
@@ -326,8 +340,8 @@ impl<'a> Emitter<'a> {
         self.reply(
             tx,
             Some(app),
-            format!("Acknowledge{}", record.kind.noun()),
-            format!("Acknowledge.{}", record.kind.noun()),
+            ["Acknowledge", record.kind.noun()].concat(),
+            ["Acknowledge.", record.kind.noun()].concat(),
             xml,
             bod_id,
         )
@@ -357,6 +371,7 @@ impl<'a> Emitter<'a> {
             return Ok(());
         }
         let employer = self.employer_of(tx, record)?;
+        let mut shared = write::Shared::new();
         for (i, app) in self.config.applications.iter().enumerate() {
             if i == sender {
                 continue;
@@ -365,7 +380,7 @@ impl<'a> Emitter<'a> {
                 self.note(format!("not sent to {}: inactive", app.name));
                 continue;
             }
-            self.sync_to(tx, app, record, employer.as_ref(), deleted)?;
+            self.sync_to_sharing(tx, app, record, employer.as_ref(), deleted, &mut shared)?;
         }
         Ok(())
     }
@@ -393,6 +408,27 @@ impl<'a> Emitter<'a> {
         record: &HubRecord,
         employer: Option<&HubRecord>,
         deleted: bool,
+    ) -> TxResult<bool> {
+        self.sync_to_sharing(
+            tx,
+            app,
+            record,
+            employer,
+            deleted,
+            &mut write::Shared::new(),
+        )
+    }
+
+    /// [`Emitter::sync_to`] as one of several receivers of `record`: the parts of the noun
+    /// that are the same for receivers with the same settings are written once, in `shared`.
+    fn sync_to_sharing(
+        &mut self,
+        tx: &crate::store::Tx<'_>,
+        app: &'a Application,
+        record: &HubRecord,
+        employer: Option<&HubRecord>,
+        deleted: bool,
+        shared: &mut write::Shared<SharedKey<'a>>,
     ) -> TxResult<bool> {
         if !record.unlinked.is_empty() && record.unlinked.contains(&app.logical_id) {
             self.note(format!(
@@ -488,20 +524,30 @@ impl<'a> Emitter<'a> {
             hub_id: &record.id,
         };
         let bod_id = self.next_bod_id();
-        let xml = write::sync_noun(
+        // Everything the receiver-independent parts of the noun depend on besides the record.
+        let key = (
+            noun.country.clone(),
+            app.language_code.as_str(),
+            sales_person,
+            app.flows
+                .get(record.kind.noun())
+                .and_then(|f| f.outbound.fields.as_deref()),
+        );
+        let xml = write::sync_noun_shared(
             &self.envelope(&bod_id, xref.map(|x| x.accounting_entity.as_str())),
-            "Sync",
             record.kind,
             action,
             &noun,
+            shared,
+            key,
         );
         let row = OutboxRow {
-            kind: format!("Sync{}", record.kind.noun()),
+            kind: ["Sync", record.kind.noun()].concat(),
             to: app.logical_id.clone(),
             reply_to: None,
             bod_id,
             correlation_id: self.ctx.message_id.clone(),
-            document_name: format!("Sync.{}", record.kind.noun()),
+            document_name: ["Sync.", record.kind.noun()].concat(),
             tenant: self.tenant().map(str::to_string),
             traceparent: self.traceparent(),
             tracestate: self.tracestate(),
@@ -573,12 +619,12 @@ impl<'a> Emitter<'a> {
             &noun,
         );
         let row = OutboxRow {
-            kind: format!("Process{}", record.kind.noun()),
+            kind: ["Process", record.kind.noun()].concat(),
             to: app.logical_id.clone(),
             reply_to: None,
             bod_id: bod_id.clone(),
             correlation_id: self.ctx.message_id.clone(),
-            document_name: format!("Process.{}", record.kind.noun()),
+            document_name: ["Process.", record.kind.noun()].concat(),
             tenant: self.tenant().map(str::to_string),
             traceparent: self.traceparent(),
             tracestate: self.tracestate(),
