@@ -10,7 +10,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use chrono::Utc;
-use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use criterion::{criterion_group, BatchSize, Criterion, Throughput};
 
 use bodflow::bod::{self, Limits};
 use bodflow::config::Config;
@@ -248,6 +248,25 @@ impl StoreMode {
     }
 }
 
+/// One pass of the policies workload: prepare and commit in groups of 64, draining the rows
+/// as replay does when the store keeps them in memory. Not inlined, so that an instruction
+/// count can be limited to it (`BODFLOW_BENCH_ONE_PASS`, see `main`).
+#[inline(never)]
+fn policies_pass(pipe: &Pipeline, mode: StoreMode, docs: &[Vec<u8>]) {
+    for chunk in docs.chunks(64) {
+        let p: Vec<Prepared> = chunk.iter().map(|d| pipe.prepare(&input(d))).collect();
+        let reports = pipe.commit_batch(&p).expect("commit");
+        if let StoreMode::Replay = mode {
+            let seqs: Vec<u64> = reports
+                .iter()
+                .flat_map(|r| r.outputs.iter().map(|o| o.seq))
+                .collect();
+            pipe.store.remove_outbox(&seqs).expect("drain");
+        }
+        black_box(reports);
+    }
+}
+
 /// Issue 5 "Performance": the whole pipeline (prepare + commit in groups of 64, on a fresh
 /// store) for the same documents of one sender, with only that application configured vs
 /// five (policies, a match index, and Syncs to the four others, one with limited fields).
@@ -271,21 +290,7 @@ fn one_vs_five_apps(c: &mut Criterion) {
             g.bench_function(format!("{mode_name}_{name}"), |b| {
                 b.iter_batched(
                     || Pipeline::new(cfg.clone(), Arc::new(mode.open())).expect("pipeline"),
-                    |pipe| {
-                        for chunk in docs.chunks(64) {
-                            let p: Vec<Prepared> =
-                                chunk.iter().map(|d| pipe.prepare(&input(d))).collect();
-                            let reports = pipe.commit_batch(&p).expect("commit");
-                            if let StoreMode::Replay = mode {
-                                let seqs: Vec<u64> = reports
-                                    .iter()
-                                    .flat_map(|r| r.outputs.iter().map(|o| o.seq))
-                                    .collect();
-                                pipe.store.remove_outbox(&seqs).expect("drain");
-                            }
-                            black_box(reports);
-                        }
-                    },
+                    |pipe| policies_pass(&pipe, mode, &docs),
                     BatchSize::PerIteration,
                 )
             });
@@ -311,4 +316,34 @@ fn one_vs_five_apps(c: &mut Criterion) {
 }
 
 criterion_group!(benches, stages, whole, one_vs_five_apps);
-criterion_main!(benches);
+
+/// `BODFLOW_BENCH_ONE_PASS=replay_five_apps` (any of the `policies` names) runs exactly one
+/// pass of that workload instead of criterion, for a machine-independent instruction count:
+///
+/// ```sh
+/// BODFLOW_BENCH_ONE_PASS=replay_five_apps valgrind --tool=callgrind \
+///     --toggle-collect='*policies_pass*' target/release/deps/pipeline-<hash>
+/// ```
+fn main() {
+    if let Ok(which) = std::env::var("BODFLOW_BENCH_ONE_PASS") {
+        let (mode, cfg) = which
+            .split_once('_')
+            .expect("mode_config, e.g. replay_one_app");
+        let mode = match mode {
+            "replay" => StoreMode::Replay,
+            "durable" => StoreMode::Durable,
+            other => panic!("unknown store mode {other}"),
+        };
+        let cfg = match cfg {
+            "one_app" => config_one_app(),
+            "five_apps" => config_five_apps(),
+            other => panic!("unknown configuration {other}"),
+        };
+        let docs = one_sender_documents();
+        let pipe = Pipeline::new(Arc::new(cfg), Arc::new(mode.open())).expect("pipeline");
+        policies_pass(&pipe, mode, &docs);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -405,6 +405,15 @@ fn read_tree(text: &str, max_depth: usize) -> Result<Dom<'_>, DecodeError> {
                 }
             }
             Event::Text(t) => {
+                // Indentation before an element's first text (most text events) is dropped
+                // by `push_text` anyway, and XML whitespace is always legal: skip it early.
+                if t.iter().all(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+                    && stack
+                        .last()
+                        .is_none_or(|(idx, _)| dom.nodes[*idx].text.is_empty())
+                {
+                    continue;
+                }
                 let piece = owned_or_borrowed(text, &t, position)?;
                 check_chars(&piece, position)?;
                 match stack.last_mut() {

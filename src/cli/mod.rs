@@ -175,13 +175,24 @@ pub fn collect_inputs(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
 }
 
 fn walk(dir: &std::path::Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+    // Names and types come from the directory listing itself (no `stat` per file: a replay
+    // folder holds tens of thousands); siblings sort by name, which is their path order.
+    let mut entries: Vec<(std::ffi::OsString, bool)> = std::fs::read_dir(dir)
         .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter_map(|e| {
+            let e = e.ok()?;
+            // A symbolic link (or an unknown type) is followed, as `Path::is_dir` would.
+            let is_dir = match e.file_type() {
+                Ok(t) if !t.is_symlink() => t.is_dir(),
+                _ => e.path().is_dir(),
+            };
+            Some((e.file_name(), is_dir))
+        })
         .collect();
-    entries.sort();
-    for p in entries {
-        if p.is_dir() {
+    entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    for (name, is_dir) in entries {
+        let p = dir.join(name);
+        if is_dir {
             if !p.join("bodflow.toml").is_file() {
                 walk(&p, out)?;
             }
