@@ -50,6 +50,31 @@ fn push_escaped(buf: &mut String, text: &str) {
     }
 }
 
+/// An element name with its tags spelled out at compile time by [`tag!`], so that writing a
+/// tag is one copy rather than one per bracket and name.
+#[derive(Debug, Clone, Copy)]
+struct Tag {
+    /// `<Name`
+    start: &'static str,
+    /// `<Name>`
+    open: &'static str,
+    /// `<Name>` and a line break
+    open_line: &'static str,
+    /// `</Name>` and a line break
+    close: &'static str,
+}
+
+macro_rules! tag {
+    ($name:literal) => {
+        Tag {
+            start: concat!("<", $name),
+            open: concat!("<", $name, ">"),
+            open_line: concat!("<", $name, ">\n"),
+            close: concat!("</", $name, ">\n"),
+        }
+    };
+}
+
 /// Indentation, two spaces a level (documents are shallow; deeper levels share the last).
 const INDENT: &str = "                                                            ";
 
@@ -78,29 +103,24 @@ impl Out {
             .push_str(&INDENT[..(2 * self.depth).min(INDENT.len())]);
     }
 
-    fn open(&mut self, name: &str) {
-        self.open_with(name, &[]);
+    fn open(&mut self, tag: Tag) {
+        self.indent();
+        self.buf.push_str(tag.open_line);
+        self.depth += 1;
     }
 
-    fn open_with(&mut self, name: &str, attrs: &[(&str, &str)]) {
+    fn open_with(&mut self, tag: Tag, attrs: &[(&str, &str)]) {
         self.indent();
-        self.buf.push('<');
-        self.buf.push_str(name);
+        self.buf.push_str(tag.start);
         self.attrs(attrs);
         self.buf.push_str(">\n");
         self.depth += 1;
     }
 
-    fn close(&mut self, name: &str) {
+    fn close(&mut self, tag: Tag) {
         self.depth -= 1;
         self.indent();
-        self.end_tag(name);
-    }
-
-    fn end_tag(&mut self, name: &str) {
-        self.buf.push_str("</");
-        self.buf.push_str(name);
-        self.buf.push_str(">\n");
+        self.buf.push_str(tag.close);
     }
 
     fn attrs(&mut self, attrs: &[(&str, &str)]) {
@@ -113,27 +133,34 @@ impl Out {
         }
     }
 
-    fn leaf_with(&mut self, name: &str, attrs: &[(&str, &str)], text: &str) {
+    fn leaf_with(&mut self, tag: Tag, attrs: &[(&str, &str)], text: &str) {
         self.indent();
-        self.buf.push('<');
-        self.buf.push_str(name);
+        self.buf.push_str(tag.start);
         self.attrs(attrs);
         if text.is_empty() {
             self.buf.push_str("/>\n");
         } else {
             self.buf.push('>');
             push_escaped(&mut self.buf, text);
-            self.end_tag(name);
+            self.buf.push_str(tag.close);
         }
     }
 
-    fn leaf(&mut self, name: &str, text: &str) {
-        self.leaf_with(name, &[], text);
+    fn leaf(&mut self, tag: Tag, text: &str) {
+        self.indent();
+        if text.is_empty() {
+            self.buf.push_str(tag.start);
+            self.buf.push_str("/>\n");
+        } else {
+            self.buf.push_str(tag.open);
+            push_escaped(&mut self.buf, text);
+            self.buf.push_str(tag.close);
+        }
     }
 
-    fn opt(&mut self, name: &str, text: Option<&str>) {
+    fn opt(&mut self, tag: Tag, text: Option<&str>) {
         if let Some(t) = text.filter(|t| !t.is_empty()) {
-            self.leaf(name, t);
+            self.leaf(tag, t);
         }
     }
 
@@ -153,8 +180,9 @@ impl Out {
     }
 
     fn finish(mut self, root: &str) -> String {
-        self.depth = 0;
-        self.end_tag(root);
+        for part in ["</", root, ">\n"] {
+            self.buf.push_str(part);
+        }
         self.buf
     }
 }
@@ -173,37 +201,40 @@ pub struct Envelope<'a> {
 
 impl Envelope<'_> {
     fn application_area(&self, out: &mut Out) {
-        out.open("ApplicationArea");
-        out.open("Sender");
-        out.leaf("LogicalID", self.sender);
-        out.leaf("ComponentID", "bodflow");
+        out.open(tag!("ApplicationArea"));
+        out.open(tag!("Sender"));
+        out.leaf(tag!("LogicalID"), self.sender);
+        out.leaf(tag!("ComponentID"), "bodflow");
         // bodflow never asks receivers for confirmations of its own replies.
-        out.leaf("ConfirmationCode", "Never");
-        out.close("Sender");
-        out.leaf("CreationDateTime", self.creation);
-        out.leaf("BODID", self.bod_id);
-        out.close("ApplicationArea");
+        out.leaf(tag!("ConfirmationCode"), "Never");
+        out.close(tag!("Sender"));
+        out.leaf(tag!("CreationDateTime"), self.creation);
+        out.leaf(tag!("BODID"), self.bod_id);
+        out.close(tag!("ApplicationArea"));
     }
 
     fn verb_ids(&self, out: &mut Out) {
-        out.opt("TenantID", self.tenant);
-        out.opt("AccountingEntityID", self.accounting_entity);
+        out.opt(tag!("TenantID"), self.tenant);
+        out.opt(tag!("AccountingEntityID"), self.accounting_entity);
     }
 }
 
 fn original_area(out: &mut Out, area: &ApplicationArea) {
-    out.open("OriginalApplicationArea");
+    out.open(tag!("OriginalApplicationArea"));
     if area.logical_id.is_some() || area.component_id.is_some() {
-        out.open("Sender");
-        out.opt("LogicalID", area.logical_id.as_deref());
-        out.opt("ComponentID", area.component_id.as_deref());
-        out.opt("ConfirmationCode", area.confirmation_code.as_deref());
-        out.close("Sender");
+        out.open(tag!("Sender"));
+        out.opt(tag!("LogicalID"), area.logical_id.as_deref());
+        out.opt(tag!("ComponentID"), area.component_id.as_deref());
+        out.opt(tag!("ConfirmationCode"), area.confirmation_code.as_deref());
+        out.close(tag!("Sender"));
     }
     // Required by the schema; an absent original time is written empty rather than invented.
-    out.leaf("CreationDateTime", area.creation.as_deref().unwrap_or(""));
-    out.opt("BODID", area.bod_id.as_deref());
-    out.close("OriginalApplicationArea");
+    out.leaf(
+        tag!("CreationDateTime"),
+        area.creation.as_deref().unwrap_or(""),
+    );
+    out.opt(tag!("BODID"), area.bod_id.as_deref());
+    out.close(tag!("OriginalApplicationArea"));
 }
 
 /// One coded problem, as carried by ConfirmBOD and a Rejected Acknowledge.
@@ -234,43 +265,43 @@ pub fn confirm_bod(
 ) -> String {
     let mut out = Out::new("ConfirmBOD");
     env.application_area(&mut out);
-    out.open("DataArea");
-    out.open("Confirm");
+    out.open(tag!("DataArea"));
+    out.open(tag!("Confirm"));
     env.verb_ids(&mut out);
-    out.close("Confirm");
-    out.open("BOD");
+    out.close(tag!("Confirm"));
+    out.open(tag!("BOD"));
     original_area(&mut out, original);
     match what {
         Confirmation::Failure(p) => {
-            out.open("BODFailureMessage");
-            out.open("ErrorProcessMessage");
-            out.leaf("Description", p.message);
-            out.opt("Note", p.path);
-            out.leaf("Type", p.stage);
-            out.leaf("ReasonCode", p.code);
-            out.close("ErrorProcessMessage");
-            out.close("BODFailureMessage");
+            out.open(tag!("BODFailureMessage"));
+            out.open(tag!("ErrorProcessMessage"));
+            out.leaf(tag!("Description"), p.message);
+            out.opt(tag!("Note"), p.path);
+            out.leaf(tag!("Type"), p.stage);
+            out.leaf(tag!("ReasonCode"), p.code);
+            out.close(tag!("ErrorProcessMessage"));
+            out.close(tag!("BODFailureMessage"));
         }
         Confirmation::Success { outcome, records } => {
-            out.open("BODSuccessMessage");
-            out.open("NounSuccessMessage");
+            out.open(tag!("BODSuccessMessage"));
+            out.open(tag!("NounSuccessMessage"));
             if records.is_empty() {
-                out.open("ProcessMessage");
-                out.leaf("Description", outcome);
-                out.close("ProcessMessage");
+                out.open(tag!("ProcessMessage"));
+                out.leaf(tag!("Description"), outcome);
+                out.close(tag!("ProcessMessage"));
             }
             for r in records {
-                out.open("ProcessMessage");
-                out.leaf("ID", r);
-                out.leaf("Description", outcome);
-                out.close("ProcessMessage");
+                out.open(tag!("ProcessMessage"));
+                out.leaf(tag!("ID"), r);
+                out.leaf(tag!("Description"), outcome);
+                out.close(tag!("ProcessMessage"));
             }
-            out.close("NounSuccessMessage");
-            out.close("BODSuccessMessage");
+            out.close(tag!("NounSuccessMessage"));
+            out.close(tag!("BODSuccessMessage"));
         }
     }
-    out.close("BOD");
-    out.close("DataArea");
+    out.close(tag!("BOD"));
+    out.close(tag!("DataArea"));
     out.finish("ConfirmBOD")
 }
 
@@ -302,7 +333,7 @@ fn id_element(out: &mut Out, id: &OutId<'_>) {
             n += 1;
         }
     }
-    out.leaf_with("ID", &attrs[..n], id.value);
+    out.leaf_with(tag!("ID"), &attrs[..n], id.value);
 }
 
 /// A noun to write: the record content in the receiver's terms.
@@ -360,116 +391,116 @@ impl<K: PartialEq> Default for Shared<K> {
 }
 
 fn address(out: &mut Out, a: &HubAddress, country: Option<&str>) {
-    out.open("Address");
+    out.open(tag!("Address"));
     for (i, line) in a.lines.iter().enumerate() {
         let seq = SEQUENCES
             .get(i)
             .map_or_else(|| Cow::Owned((i + 1).to_string()), |s| Cow::Borrowed(*s));
-        out.leaf_with("AddressLine", &[("sequence", &seq)], line);
+        out.leaf_with(tag!("AddressLine"), &[("sequence", &seq)], line);
     }
-    out.opt("CityName", a.city.as_deref());
-    out.opt("CountrySubDivisionCode", a.subdivision.as_deref());
-    out.opt("CountrySubDivision2Code", a.subdivision2.as_deref());
-    out.opt("CountryCode", country);
-    out.opt("PostalCode", a.postal_code.as_deref());
-    out.close("Address");
+    out.opt(tag!("CityName"), a.city.as_deref());
+    out.opt(tag!("CountrySubDivisionCode"), a.subdivision.as_deref());
+    out.opt(tag!("CountrySubDivision2Code"), a.subdivision2.as_deref());
+    out.opt(tag!("CountryCode"), country);
+    out.opt(tag!("PostalCode"), a.postal_code.as_deref());
+    out.close(tag!("Address"));
 }
 
 fn classification(out: &mut Out, codes: &[String]) {
     if codes.is_empty() {
         return;
     }
-    out.open("Classification");
-    out.open("Codes");
+    out.open(tag!("Classification"));
+    out.open(tag!("Codes"));
     for c in codes {
-        out.leaf("Code", c);
+        out.leaf(tag!("Code"), c);
     }
-    out.close("Codes");
-    out.close("Classification");
+    out.close(tag!("Codes"));
+    out.close(tag!("Classification"));
 }
 
 fn user_area(out: &mut Out, hub_id: &str) {
-    out.open("UserArea");
-    out.open("Property");
+    out.open(tag!("UserArea"));
+    out.open(tag!("Property"));
     out.leaf_with(
-        "NameValue",
+        tag!("NameValue"),
         &[("name", "bodflow.HubID"), ("type", "String")],
         hub_id,
     );
-    out.close("Property");
-    out.close("UserArea");
+    out.close(tag!("Property"));
+    out.close(tag!("UserArea"));
 }
 
 fn party(out: &mut Out, n: &NounOut<'_>, parts: Option<&mut Parts>) {
     let f = n.fields;
     match f.commercial.account_type.as_deref() {
-        Some(role) => out.open_with("CustomerPartyMaster", &[("role", role)]),
-        None => out.open("CustomerPartyMaster"),
+        Some(role) => out.open_with(tag!("CustomerPartyMaster"), &[("role", role)]),
+        None => out.open(tag!("CustomerPartyMaster")),
     }
-    out.open("PartyIDs");
+    out.open(tag!("PartyIDs"));
     for id in &n.ids {
         id_element(out, id);
     }
-    out.close("PartyIDs");
+    out.close(tag!("PartyIDs"));
     let [rest, _] = parts.map_or([None, None], |[a, b]| [Some(a), Some(b)]);
     out.shared(rest, |out| party_rest(out, n));
-    out.close("CustomerPartyMaster");
+    out.close(tag!("CustomerPartyMaster"));
 }
 
 /// An account after its IDs (all of it the same for receivers with the same settings).
 fn party_rest(out: &mut Out, n: &NounOut<'_>) {
     let f = n.fields;
     if let Some(name) = f.identity.name.as_deref() {
-        out.leaf_with("Name", &[("languageID", n.language)], name);
+        out.leaf_with(tag!("Name"), &[("languageID", n.language)], name);
     }
     if let Some(num) = f.identity.account_number.as_deref() {
-        out.open("AccountIDs");
-        out.leaf("ID", num);
-        out.close("AccountIDs");
+        out.open(tag!("AccountIDs"));
+        out.leaf(tag!("ID"), num);
+        out.close(tag!("AccountIDs"));
     }
-    out.opt("CurrencyCode", f.commercial.currency.as_deref());
+    out.opt(tag!("CurrencyCode"), f.commercial.currency.as_deref());
     if let Some(status) = f.identity.status.as_deref() {
-        out.open("Status");
-        out.leaf("Code", status);
-        out.close("Status");
+        out.open(tag!("Status"));
+        out.leaf(tag!("Code"), status);
+        out.close(tag!("Status"));
     }
-    out.opt("PaymentTermID", f.commercial.payment_term.as_deref());
+    out.opt(tag!("PaymentTermID"), f.commercial.payment_term.as_deref());
     classification(out, &f.classification);
     if let Some((id, role)) = n.sales_person {
-        out.open("SalesPersonReference");
-        out.open("IDs");
-        out.leaf("ID", id);
-        out.close("IDs");
-        out.leaf("SalesPersonRole", role);
-        out.close("SalesPersonReference");
+        out.open(tag!("SalesPersonReference"));
+        out.open(tag!("IDs"));
+        out.leaf(tag!("ID"), id);
+        out.close(tag!("IDs"));
+        out.leaf(tag!("SalesPersonRole"), role);
+        out.close(tag!("SalesPersonReference"));
     }
     if let Some(a) = &f.address {
-        out.open("Location");
+        out.open(tag!("Location"));
         address(out, a, n.country.as_deref());
-        out.close("Location");
+        out.close(tag!("Location"));
     }
-    communications(out, &f.communication, "Communication");
+    communications(out, &f.communication, tag!("Communication"));
     user_area(out, n.hub_id);
 }
 
-fn communications(out: &mut Out, c: &Communication, element: &str) {
+fn communications(out: &mut Out, c: &Communication, element: Tag) {
     for p in &c.phones {
         out.open(element);
-        out.leaf("ChannelCode", "Phone");
-        out.opt("UseCode", p.use_code.as_deref());
-        out.leaf("DialNumber", &p.number);
+        out.leaf(tag!("ChannelCode"), "Phone");
+        out.opt(tag!("UseCode"), p.use_code.as_deref());
+        out.leaf(tag!("DialNumber"), &p.number);
         out.close(element);
     }
     for e in &c.emails {
         out.open(element);
-        out.leaf("ChannelCode", "EMail");
-        out.leaf("URI", e);
+        out.leaf(tag!("ChannelCode"), "EMail");
+        out.leaf(tag!("URI"), e);
         out.close(element);
     }
     if let Some(w) = c.web.as_deref() {
         out.open(element);
-        out.leaf("ChannelCode", "Web Site");
-        out.leaf("URI", w);
+        out.leaf(tag!("ChannelCode"), "Web Site");
+        out.leaf(tag!("URI"), w);
         out.close(element);
     }
 }
@@ -477,46 +508,46 @@ fn communications(out: &mut Out, c: &Communication, element: &str) {
 fn contact(out: &mut Out, n: &NounOut<'_>, parts: Option<&mut Parts>) {
     let f = n.fields;
     match f.identity.relationship.as_deref() {
-        Some(rel) => out.open_with("ContactMaster", &[("type", rel)]),
-        None => out.open("ContactMaster"),
+        Some(rel) => out.open_with(tag!("ContactMaster"), &[("type", rel)]),
+        None => out.open(tag!("ContactMaster")),
     }
-    out.open("IDs");
+    out.open(tag!("IDs"));
     for id in &n.ids {
         id_element(out, id);
     }
-    out.close("IDs");
+    out.close(tag!("IDs"));
     let [details, rest] = parts.map_or([None, None], |[a, b]| [Some(a), Some(b)]);
     out.shared(details, |out| {
         if let Some(name) = f.identity.name.as_deref() {
-            out.leaf_with("Name", &[("languageID", n.language)], name);
+            out.leaf_with(tag!("Name"), &[("languageID", n.language)], name);
         }
-        out.opt("GivenName", f.identity.given_name.as_deref());
-        out.opt("FamilyName", f.identity.family_name.as_deref());
-        out.opt("JobTitle", f.identity.job_title.as_deref());
-        communications(out, &f.communication, "CommunicationDetail");
+        out.opt(tag!("GivenName"), f.identity.given_name.as_deref());
+        out.opt(tag!("FamilyName"), f.identity.family_name.as_deref());
+        out.opt(tag!("JobTitle"), f.identity.job_title.as_deref());
+        communications(out, &f.communication, tag!("CommunicationDetail"));
         if let Some(a) = &f.address {
-            out.open("CommunicationDetail");
+            out.open(tag!("CommunicationDetail"));
             address(out, a, n.country.as_deref());
-            out.close("CommunicationDetail");
+            out.close(tag!("CommunicationDetail"));
         }
     });
     if let Some(emp) = &n.employer {
-        out.open("EmployerReference");
-        out.open("DocumentID");
+        out.open(tag!("EmployerReference"));
+        out.open(tag!("DocumentID"));
         id_element(out, emp);
-        out.close("DocumentID");
-        out.close("EmployerReference");
+        out.close(tag!("DocumentID"));
+        out.close(tag!("EmployerReference"));
     }
     out.shared(rest, |out| {
         classification(out, &f.classification);
         if let Some(status) = f.identity.status.as_deref() {
-            out.open("Status");
-            out.leaf("Code", status);
-            out.close("Status");
+            out.open(tag!("Status"));
+            out.leaf(tag!("Code"), status);
+            out.close(tag!("Status"));
         }
         user_area(out, n.hub_id);
     });
-    out.close("ContactMaster");
+    out.close(tag!("ContactMaster"));
 }
 
 fn noun(out: &mut Out, kind: crate::store::Kind, n: &NounOut<'_>, parts: Option<&mut Parts>) {
@@ -526,15 +557,14 @@ fn noun(out: &mut Out, kind: crate::store::Kind, n: &NounOut<'_>, parts: Option<
     }
 }
 
-/// `Sync<Noun>` (or `Process<Noun>`) with an action code (`Add`, `Change`, `Delete`).
+/// `Sync<Noun>` with an action code (`Add`, `Change`, `Delete`).
 pub fn sync_noun(
     env: &Envelope<'_>,
-    verb: &str,
     kind: crate::store::Kind,
     action_code: &str,
     n: &NounOut<'_>,
 ) -> String {
-    action_document(env, verb, &[], kind, action_code, n, None)
+    action_document(env, ("Sync", tag!("Sync")), &[], kind, action_code, n, None)
 }
 
 /// [`sync_noun`] for one of several receivers of the same record: the parts of the noun
@@ -548,7 +578,15 @@ pub fn sync_noun_shared<K: PartialEq>(
     key: K,
 ) -> String {
     let parts = shared.parts(key);
-    action_document(env, "Sync", &[], kind, action_code, n, Some(parts))
+    action_document(
+        env,
+        ("Sync", tag!("Sync")),
+        &[],
+        kind,
+        action_code,
+        n,
+        Some(parts),
+    )
 }
 
 /// `Process<Noun>` `Add` asking the receiver (a system of record) to create the record and
@@ -557,7 +595,7 @@ pub fn sync_noun_shared<K: PartialEq>(
 pub fn process_noun(env: &Envelope<'_>, kind: crate::store::Kind, n: &NounOut<'_>) -> String {
     action_document(
         env,
-        "Process",
+        ("Process", tag!("Process")),
         &[("acknowledgeCode", "Always")],
         kind,
         "Add",
@@ -568,7 +606,7 @@ pub fn process_noun(env: &Envelope<'_>, kind: crate::store::Kind, n: &NounOut<'_
 
 fn action_document(
     env: &Envelope<'_>,
-    verb: &str,
+    (verb, verb_tag): (&str, Tag),
     verb_attrs: &[(&str, &str)],
     kind: crate::store::Kind,
     action_code: &str,
@@ -578,15 +616,15 @@ fn action_document(
     let root = [verb, kind.noun()].concat();
     let mut out = Out::new(&root);
     env.application_area(&mut out);
-    out.open("DataArea");
-    out.open_with(verb, verb_attrs);
+    out.open(tag!("DataArea"));
+    out.open_with(verb_tag, verb_attrs);
     env.verb_ids(&mut out);
-    out.open("ActionCriteria");
-    out.leaf_with("ActionExpression", &[("actionCode", action_code)], "");
-    out.close("ActionCriteria");
-    out.close(verb);
+    out.open(tag!("ActionCriteria"));
+    out.leaf_with(tag!("ActionExpression"), &[("actionCode", action_code)], "");
+    out.close(tag!("ActionCriteria"));
+    out.close(verb_tag);
     noun(&mut out, kind, n, parts);
-    out.close("DataArea");
+    out.close(tag!("DataArea"));
     out.finish(&root)
 }
 
@@ -609,37 +647,45 @@ pub fn acknowledge(
     let root = ["Acknowledge", kind.noun()].concat();
     let mut out = Out::new(&root);
     env.application_area(&mut out);
-    out.open("DataArea");
-    out.open("Acknowledge");
+    out.open(tag!("DataArea"));
+    out.open(tag!("Acknowledge"));
     env.verb_ids(&mut out);
     original_area(&mut out, original);
-    out.open("ResponseCriteria");
+    out.open(tag!("ResponseCriteria"));
     match response {
         Response::Accepted(_) => {
-            out.leaf_with("ResponseExpression", &[("actionCode", "Accepted")], "");
+            out.leaf_with(
+                tag!("ResponseExpression"),
+                &[("actionCode", "Accepted")],
+                "",
+            );
         }
         Response::Rejected(p, _) => {
-            out.leaf_with("ResponseExpression", &[("actionCode", "Rejected")], "");
-            out.open("ChangeStatus");
-            out.leaf("Code", "Rejected");
-            out.leaf("Description", p.message);
-            out.leaf("ReasonCode", p.code);
-            out.close("ChangeStatus");
+            out.leaf_with(
+                tag!("ResponseExpression"),
+                &[("actionCode", "Rejected")],
+                "",
+            );
+            out.open(tag!("ChangeStatus"));
+            out.leaf(tag!("Code"), "Rejected");
+            out.leaf(tag!("Description"), p.message);
+            out.leaf(tag!("ReasonCode"), p.code);
+            out.close(tag!("ChangeStatus"));
         }
     }
-    out.close("ResponseCriteria");
-    out.close("Acknowledge");
+    out.close(tag!("ResponseCriteria"));
+    out.close(tag!("Acknowledge"));
     match response {
         Response::Accepted(n) => noun(&mut out, kind, n, None),
         Response::Rejected(_, ids) => {
             let (element, container) = match kind {
-                crate::store::Kind::Account => ("CustomerPartyMaster", "PartyIDs"),
-                crate::store::Kind::Contact => ("ContactMaster", "IDs"),
+                crate::store::Kind::Account => (tag!("CustomerPartyMaster"), tag!("PartyIDs")),
+                crate::store::Kind::Contact => (tag!("ContactMaster"), tag!("IDs")),
             };
             out.open(element);
             out.open(container);
             if ids.is_empty() {
-                out.leaf("ID", "");
+                out.leaf(tag!("ID"), "");
             }
             for id in ids {
                 id_element(&mut out, id);
@@ -648,7 +694,7 @@ pub fn acknowledge(
             out.close(element);
         }
     }
-    out.close("DataArea");
+    out.close(tag!("DataArea"));
     out.finish(&root)
 }
 
@@ -737,7 +783,7 @@ mod tests {
                 ("D4", "GB", "en-US"),
             ] {
                 let n = receiver(id, country, lang);
-                let alone = sync_noun(&env(), "Sync", kind, "Change", &n);
+                let alone = sync_noun(&env(), kind, "Change", &n);
                 let together =
                     sync_noun_shared(&env(), kind, "Change", &n, &mut shared, (country, lang));
                 assert_eq!(together, alone, "{kind:?} to {id}");
@@ -825,7 +871,7 @@ mod tests {
             fields: &person,
             ..n
         };
-        let xml = sync_noun(&env(), "Sync", crate::store::Kind::Contact, "Add", &c);
+        let xml = sync_noun(&env(), crate::store::Kind::Contact, "Add", &c);
         let back = parse(xml.as_bytes(), Limits::default()).unwrap();
         let crate::bod::Noun::Contact(c) = &back.nouns[0] else {
             panic!("contact expected")
@@ -855,7 +901,7 @@ mod tests {
             sales_person: None,
             hub_id: "ACC-000001",
         };
-        let xml = sync_noun(&env(), "Sync", crate::store::Kind::Account, "Change", &n);
+        let xml = sync_noun(&env(), crate::store::Kind::Account, "Change", &n);
         let back = parse(xml.as_bytes(), Limits::default()).unwrap();
         assert_eq!(back.root, "SyncCustomerPartyMaster");
         assert_eq!(back.header.action_code.as_deref(), Some("Change"));
