@@ -131,15 +131,27 @@ async fn bench(sizes: &Sizes, full: bool) {
     )
     .await
     .unwrap();
+    let broker = broker_pid();
+    let cpu_before = (cpu_ticks(broker), cpu_ticks(Some(std::process::id())));
     let bare = bare_loop(&vhost.url(), sizes.n).await;
     let bare_rate = rate(sizes.n, bare);
+    let bare_cpu = (
+        ticks_between(cpu_before.0, cpu_ticks(broker)),
+        ticks_between(cpu_before.1, cpu_ticks(Some(std::process::id()))),
+    );
     purge(&ch, REPLY_QUEUE).await;
 
     // (a) again + (c)
     fill(&config, &docs).await;
     let mut service = spawn_service(binary, &config_path, &vhost.url());
+    let broker_before = cpu_ticks(broker);
     let processed = time_service(&ch, &config, sizes.n).await;
     let bodflow_rate = rate(sizes.n, processed.elapsed);
+    // bodflow's ticks since its start (its start-up is a few ms) and the broker's meanwhile.
+    let service_cpu = (
+        ticks_between(broker_before, cpu_ticks(broker)),
+        cpu_ticks(Some(service.id())),
+    );
     let rss_c = rss(service.id());
 
     // (e) on the same service, at half the rate of (c)
@@ -173,6 +185,20 @@ async fn bench(sizes: &Sizes, full: bool) {
     println!(
         "| ratio bodflow / bare loop (target ≥ 0.90) | {:.2} |",
         bodflow_rate / bare_rate
+    );
+    let per_msg = |ticks: Option<u64>| match ticks {
+        Some(t) => format!("{:.0} µs", t as f64 * TICK_US / sizes.n as f64),
+        None => "?".to_string(),
+    };
+    println!(
+        "| CPU a message in (b): broker, bare loop | {}, {} |",
+        per_msg(bare_cpu.0),
+        per_msg(bare_cpu.1)
+    );
+    println!(
+        "| CPU a message in (c): broker, bodflow | {}, {} |",
+        per_msg(service_cpu.0),
+        per_msg(service_cpu.1)
     );
     println!("| peak RSS after (c)+(e) (VmHWM) | {:.1} MB |", mb(rss_c.0));
     println!(
@@ -269,6 +295,32 @@ fn rate(n: usize, d: Duration) -> f64 {
 
 fn mb(kb: u64) -> f64 {
     kb as f64 / 1024.0
+}
+
+/// Microseconds in a clock tick of `/proc/<pid>/stat` (USER_HZ, 100 on Linux).
+const TICK_US: f64 = 10_000.0;
+
+/// CPU time (user + system, all threads) a process has used, in clock ticks.
+fn cpu_ticks(pid: Option<u32>) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid?)).ok()?;
+    // Fields after the command name (which is in parentheses and may hold spaces): state is
+    // the 3rd field, utime the 14th, stime the 15th.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+fn ticks_between(before: Option<u64>, after: Option<u64>) -> Option<u64> {
+    Some(after?.saturating_sub(before?))
+}
+
+/// The RabbitMQ server's Erlang VM, to account the broker's share of the two cores.
+fn broker_pid() -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
+        (comm.trim() == "beam.smp").then_some(pid)
+    })
 }
 
 /// (VmHWM, VmRSS) of a process in kB.
