@@ -112,8 +112,14 @@ impl<'a> Dom<'a> {
         parent: usize,
         name: &'s str,
     ) -> impl Iterator<Item = usize> + 's {
-        self.all_children(parent)
-            .filter(move |&c| self.nodes[c].ns == Ns::Bod && self.nodes[c].name == name)
+        self.all_children(parent).filter(move |&c| {
+            let n = &self.nodes[c];
+            // Length and first byte before the comparison (siblings rarely share both).
+            n.ns == Ns::Bod
+                && n.name.len() == name.len()
+                && n.name.as_bytes().first() == name.as_bytes().first()
+                && n.name == name
+        })
     }
 
     /// First child of `parent` with the given local name.
@@ -124,8 +130,18 @@ impl<'a> Dom<'a> {
     /// Follows a `/`-separated path of local names from `parent`, taking the first match at
     /// each step.
     pub fn find(&self, parent: usize, path: &str) -> Option<usize> {
-        path.split('/')
-            .try_fold(parent, |at, step| self.child(at, step))
+        // A byte scan: paths are short, and `str::split` sets up a searcher for each.
+        let mut at = parent;
+        let mut rest = path;
+        loop {
+            match rest.bytes().position(|b| b == b'/') {
+                Some(i) => {
+                    at = self.child(at, &rest[..i])?;
+                    rest = &rest[i + 1..];
+                }
+                None => return self.child(at, rest),
+            }
+        }
     }
 
     /// Trimmed text at `path` below `parent`; `None` when absent or empty.
@@ -249,7 +265,13 @@ impl<'a> Namespaces<'a> {
     /// namespace (BOD content). An undeclared prefix is foreign rather than an error: the
     /// typed reader decides whether the element matters.
     fn resolve(&self, prefix: &[u8]) -> Ns {
-        match self.bindings.iter().rev().find(|(p, _, _)| *p == prefix) {
+        // Lengths first: most names have no prefix, and slice equality would call memcmp.
+        match self
+            .bindings
+            .iter()
+            .rev()
+            .find(|(p, _, _)| p.len() == prefix.len() && (p.is_empty() || *p == prefix))
+        {
             Some((_, ns, _)) => *ns,
             None if prefix.is_empty() => Ns::Bod,
             None => Ns::Foreign,
