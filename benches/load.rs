@@ -144,14 +144,9 @@ async fn bench(sizes: &Sizes, full: bool) {
     // (a) again + (c)
     fill(&config, &docs).await;
     let mut service = spawn_service(binary, &config_path, &vhost.url());
-    let broker_before = cpu_ticks(broker);
-    let processed = time_service(&ch, &config, sizes.n).await;
+    let processed = time_service(&ch, &config, sizes.n, (broker, service.id())).await;
     let bodflow_rate = rate(sizes.n, processed.elapsed);
-    // bodflow's ticks since its start (its start-up is a few ms) and the broker's meanwhile.
-    let service_cpu = (
-        ticks_between(broker_before, cpu_ticks(broker)),
-        cpu_ticks(Some(service.id())),
-    );
+    let service_cpu = processed.cpu;
     let rss_c = rss(service.id());
 
     // (e) on the same service, at half the rate of (c)
@@ -451,19 +446,28 @@ async fn bare_loop(url: &str, n: usize) -> Duration {
 struct Processed {
     elapsed: Duration,
     published: u64,
+    /// CPU clock ticks of (the broker, bodflow) over `elapsed`.
+    cpu: (Option<u64>, Option<u64>),
 }
 
 /// (c): from the first consumed message until the inbound queue is empty and the
 /// application queues stopped growing (the last change is the end; 1.5 s of quiet decides).
-async fn time_service(ch: &Channel, config: &Config, n: usize) -> Processed {
+async fn time_service(
+    ch: &Channel,
+    config: &Config,
+    n: usize,
+    (broker, service): (Option<u32>, u32),
+) -> Processed {
+    let ticks = || (cpu_ticks(broker), cpu_ticks(Some(service)));
     let wait = Instant::now();
-    let start = loop {
+    let (start, ticks_at_start) = loop {
+        let before = ticks();
         if ready_count(ch, topology::INBOUND_QUEUE)
             .await
             .unwrap_or(u32::MAX)
             < n as u32
         {
-            break Instant::now();
+            break (Instant::now(), before);
         }
         assert!(
             wait.elapsed() < Duration::from_secs(60),
@@ -473,6 +477,7 @@ async fn time_service(ch: &Channel, config: &Config, n: usize) -> Processed {
     };
     let mut last = 0;
     let mut last_change = start;
+    let mut ticks_at_change = ticks_at_start;
     loop {
         tokio::time::sleep(Duration::from_millis(20)).await;
         let inbound = ready_count(ch, topology::INBOUND_QUEUE).await.unwrap();
@@ -480,6 +485,7 @@ async fn time_service(ch: &Channel, config: &Config, n: usize) -> Processed {
         if out != last {
             last = out;
             last_change = Instant::now();
+            ticks_at_change = ticks();
         }
         if inbound == 0 && last_change.elapsed() > Duration::from_millis(1500) {
             break;
@@ -492,6 +498,11 @@ async fn time_service(ch: &Channel, config: &Config, n: usize) -> Processed {
     Processed {
         elapsed: last_change - start,
         published: last,
+        // Over the same window as `elapsed`: not the start-up wait nor the quiet tail.
+        cpu: (
+            ticks_between(ticks_at_start.0, ticks_at_change.0),
+            ticks_between(ticks_at_start.1, ticks_at_change.1),
+        ),
     }
 }
 

@@ -487,7 +487,14 @@ impl<'a> Emitter<'a> {
                 return Ok(false);
             }
         };
-        let fields = select_fields(&record.fields, outbound.fields.as_deref());
+        // The field selection borrowed from the configuration: it both selects the fields
+        // and keys the parts shared with other receivers, so the two cannot disagree.
+        let selection = app
+            .flows
+            .get(record.kind.noun())
+            .and_then(|f| f.outbound.fields.as_deref());
+        debug_assert_eq!(selection, outbound.fields.as_deref());
+        let fields = select_fields(&record.fields, selection);
         let ids = vec![OutId {
             value: xref.map(|x| x.id.as_str()).unwrap_or(""),
             accounting_entity: xref.map(|x| x.accounting_entity.as_str()),
@@ -529,9 +536,7 @@ impl<'a> Emitter<'a> {
             noun.country.clone(),
             app.language_code.as_str(),
             sales_person,
-            app.flows
-                .get(record.kind.noun())
-                .and_then(|f| f.outbound.fields.as_deref()),
+            selection,
         );
         let xml = write::sync_noun_shared(
             &self.envelope(&bod_id, xref.map(|x| x.accounting_entity.as_str())),
