@@ -77,7 +77,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     }
     let pipeline = Pipeline::new(Arc::new(config), Arc::new(store))?;
-    let roots: Vec<PathBuf> = args.inputs.paths.clone();
+    // The folders given, which output file names are relative to (checked once, not per
+    // document).
+    let roots: Vec<PathBuf> = args
+        .inputs
+        .paths
+        .iter()
+        .filter(|p| p.is_dir())
+        .cloned()
+        .collect();
     let now = args.now;
 
     let progress = if inputs.len() >= 1000 {
@@ -188,15 +196,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     for (path, mut report) in paths.iter().zip(reports) {
                         // Parked documents this one released get their own lines, right after it.
                         let released = std::mem::take(&mut report.released);
-                        let stem = output_stem(path, roots);
-                        let mut lines = vec![(stem, report)];
-                        for r in released {
-                            let stem =
-                                format!("{}.released", output_stem(Path::new(&r.source), roots));
-                            lines.push((stem, r));
-                        }
-                        for (i, (stem, mut report)) in lines.into_iter().enumerate() {
-                            write_outputs(store, &mut report, &stem, out_dir)?;
+                        let mut lines = vec![(false, report)];
+                        lines.extend(released.into_iter().map(|r| (true, r)));
+                        for (i, (released, mut report)) in lines.into_iter().enumerate() {
+                            // File names are only needed for `--out`.
+                            if out_dir.is_some() {
+                                let stem = if released {
+                                    let source = output_stem(Path::new(&report.source), roots);
+                                    format!("{source}.released")
+                                } else {
+                                    output_stem(path, roots)
+                                };
+                                write_outputs(store, &mut report, &stem, out_dir)?;
+                            }
                             drained.extend(report.outputs.iter().map(|o| o.seq));
                             counts[outcome_index(report.outcome)] += 1;
                             if json {
@@ -295,12 +307,24 @@ fn read_input(path: &Path, max_bytes: usize) -> anyhow::Result<InputFile> {
     let context = || format!("reading {}", path.display());
     let mut file = std::fs::File::open(path).with_context(context)?;
     let limit = max_bytes as u64 + 1;
-    let size = file.metadata().map(|m| m.len()).unwrap_or(0).min(limit);
+    let meta = file.metadata().ok();
+    let size = meta.as_ref().map_or(0, |m| m.len()).min(limit);
     let mut bytes = Vec::with_capacity(size as usize + 1);
-    (&mut file)
-        .take(limit)
-        .read_to_end(&mut bytes)
-        .with_context(context)?;
+    // A regular file's read returns less than asked only at its end: asking for one byte more
+    // than it holds reads it whole in one call, without the extra call that finds the end.
+    let at_once = meta.is_some_and(|m| m.is_file()) && size < limit;
+    if at_once {
+        bytes.resize(size as usize + 1, 0);
+        let n = file.read(&mut bytes).with_context(context)?;
+        bytes.truncate(n);
+    }
+    // Anything else (not a regular file, over the limit, or grown meanwhile), to the limit.
+    if !at_once || bytes.len() as u64 == size + 1 {
+        (&mut file)
+            .take(limit - bytes.len() as u64)
+            .read_to_end(&mut bytes)
+            .with_context(context)?;
+    }
     let message_id = if bytes.len() > max_bytes {
         let mut hasher = blake3::Hasher::new();
         hasher.update(&bytes);
@@ -341,10 +365,10 @@ fn outcome_index(o: Outcome) -> usize {
 }
 
 /// `fixtures/sub/a.xml` under root `fixtures` → `sub__a`.
+/// `path` relative to the first of `roots` (the input folders) it is in, as one file name.
 fn output_stem(path: &Path, roots: &[PathBuf]) -> String {
     let rel = roots
         .iter()
-        .filter(|r| r.is_dir())
         .find_map(|r| path.strip_prefix(r).ok())
         .unwrap_or(path);
     let rel = rel.with_extension("");
