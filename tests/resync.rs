@@ -95,7 +95,7 @@ fn bodflow(vhost: &Vhost) -> Command {
 }
 
 fn resync(setup: &Setup, args: &[&str]) -> Output {
-    common::output_guarded(
+    common::output_unlocked(
         bodflow(&setup.vhost)
             .arg("resync")
             .args(args)

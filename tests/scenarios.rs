@@ -274,7 +274,7 @@ fn list(dir: &Path) -> Vec<String> {
 /// `bodflow ARGS --store STORE --config CONFIG` in the scenario folder; its stdout. A failed
 /// command fails the scenario.
 fn run_bodflow(dir: &Path, args: &[String], store: &Path, config: &Path) -> String {
-    let out = common::output_guarded(
+    let out = common::output_unlocked(
         common::bodflow()
             .current_dir(dir)
             .args(args)

@@ -217,6 +217,24 @@ pub fn output_guarded(cmd: &mut Command) -> std::process::Output {
     child.wait_with_output().expect("wait")
 }
 
+/// [`output_guarded`], run again (for up to 10 s) while it fails only because the store is
+/// locked: by a child another test thread forked while sled still had the store's file open
+/// (see [`fork_guard`]), which holds the lock until that child's `exec`. A command that finds
+/// its store locked has done nothing yet, so running it again is safe.
+pub fn output_unlocked(cmd: &mut Command) -> std::process::Output {
+    let start = std::time::Instant::now();
+    loop {
+        let out = output_guarded(cmd);
+        let locked = !out.status.success()
+            && String::from_utf8_lossy(&out.stderr)
+                .contains("the store is in use by another process");
+        if !locked || start.elapsed() > std::time::Duration::from_secs(10) {
+            return out;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// Kills a spawned `bodflow run` (by pid) when the test panics before it stops the service
 /// itself, so a failed test leaves no service behind retrying a deleted vhost.
 pub struct KillOnDrop(pub u32);
