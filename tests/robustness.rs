@@ -468,8 +468,10 @@ fn mutants_of_every_document_get_coded_results_and_emit_only_valid_documents() {
             "no mutant was rejected at {stage}: {outcomes:?}"
         );
     }
+    // One in fifty, up to a thousand: the store is shared, so in long runs ever more mutants
+    // of the same documents are duplicates or stale, and "applied" grows slower than the run.
     assert!(
-        outcomes.get("applied").copied().unwrap_or(0) > iterations / 50,
+        outcomes.get("applied").copied().unwrap_or(0) > (iterations / 50).min(1_000),
         "too few mutants were applied to exercise upsert and emit: {outcomes:?}"
     );
 }

@@ -359,8 +359,11 @@ const SEQUENCES: [&str; 9] = ["1", "2", "3", "4", "5", "6", "7", "8", "9"];
 /// `Sync` is written for several receivers: receivers with equal keys (the same country
 /// format, language, sales person role and outbound fields) share them, so each is written
 /// once. The key is the caller's: it must capture every receiver setting a part depends on.
-pub struct Shared<K> {
+pub(crate) struct Shared<K> {
     parts: Vec<(K, Parts)>,
+    /// The record the parts are of: one `Shared` must never serve two records.
+    #[cfg(debug_assertions)]
+    record: Option<String>,
 }
 
 /// The receiver-independent runs of a noun: for an account, everything after its IDs; for a
@@ -368,8 +371,12 @@ pub struct Shared<K> {
 type Parts = [Option<String>; 2];
 
 impl<K: PartialEq> Shared<K> {
-    pub fn new() -> Shared<K> {
-        Shared { parts: Vec::new() }
+    pub(crate) fn new() -> Shared<K> {
+        Shared {
+            parts: Vec::new(),
+            #[cfg(debug_assertions)]
+            record: None,
+        }
     }
 
     fn parts(&mut self, key: K) -> &mut Parts {
@@ -569,7 +576,7 @@ pub fn sync_noun(
 
 /// [`sync_noun`] for one of several receivers of the same record: the parts of the noun
 /// that `key` (the receiver's settings) says are the same come from `shared`, written once.
-pub fn sync_noun_shared<K: PartialEq>(
+pub(crate) fn sync_noun_shared<K: PartialEq>(
     env: &Envelope<'_>,
     kind: crate::store::Kind,
     action_code: &str,
@@ -577,6 +584,11 @@ pub fn sync_noun_shared<K: PartialEq>(
     shared: &mut Shared<K>,
     key: K,
 ) -> String {
+    #[cfg(debug_assertions)]
+    {
+        let record = shared.record.get_or_insert_with(|| n.hub_id.to_string());
+        debug_assert_eq!(record, n.hub_id, "one Shared serves one record");
+    }
     let parts = shared.parts(key);
     action_document(
         env,
