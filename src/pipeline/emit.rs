@@ -380,7 +380,7 @@ impl<'a> Emitter<'a> {
                 self.note(format!("not sent to {}: inactive", app.name));
                 continue;
             }
-            self.sync_to_sharing(tx, app, record, employer.as_ref(), deleted, &mut shared)?;
+            self.sync_to(tx, app, record, employer.as_ref(), deleted, &mut shared)?;
         }
         Ok(())
     }
@@ -401,27 +401,9 @@ impl<'a> Emitter<'a> {
     /// cross-reference ID (`Change`; empty with `Add` for a record it has never seen), its
     /// country format and language, its outbound `fields`. Returns whether a row was written.
     /// Used by [`Emitter::fan_out`] and by resync, so both send exactly the same documents.
-    pub fn sync_to(
-        &mut self,
-        tx: &crate::store::Tx<'_>,
-        app: &'a Application,
-        record: &HubRecord,
-        employer: Option<&HubRecord>,
-        deleted: bool,
-    ) -> TxResult<bool> {
-        self.sync_to_sharing(
-            tx,
-            app,
-            record,
-            employer,
-            deleted,
-            &mut write::Shared::new(),
-        )
-    }
-
-    /// [`Emitter::sync_to`] as one of several receivers of `record`: the parts of the noun
-    /// that are the same for receivers with the same settings are written once, in `shared`.
-    fn sync_to_sharing(
+    /// `shared` holds the parts of `record`'s noun already written for another receiver with
+    /// the same settings (a new one for a single receiver; never one of another record).
+    pub(crate) fn sync_to(
         &mut self,
         tx: &crate::store::Tx<'_>,
         app: &'a Application,

@@ -257,7 +257,8 @@ pub struct Context {
 impl Context {
     /// The context of work bodflow starts itself (an operator action, a resync) rather than a
     /// delivered document: no payload, no reply_to, not tracked as a message; emitted BODIDs
-    /// derive from `message_id`.
+    /// derive from `message_id`. A delivered document's context is this one with its
+    /// reply_to, size, tracking and retry added ([`prepare`]).
     pub(crate) fn internal(source: String, message_id: String, now: DateTime<Utc>) -> Context {
         Context {
             source,
@@ -605,21 +606,11 @@ pub fn prepare(config: &Config, input: &Input<'_>) -> Prepared {
         .map(str::to_string)
         .unwrap_or_else(|| payload_digest(input.bytes));
     let mut ctx = Context {
-        source: input.source.to_string(),
-        message_id,
         reply_to: input.reply_to.map(str::to_string),
-        now: input.received_at.to_rfc3339_opts(SecondsFormat::Secs, true),
-        received_ms: u64::try_from(input.received_at.timestamp_millis()).unwrap_or(0),
         size: input.bytes.len(),
         track: config.tracking.enabled,
         retry: input.retry,
-        unpark: None,
-        area: None,
-        verb: None,
-        noun: None,
-        tenant: None,
-        payload: String::new(),
-        trace: None,
+        ..Context::internal(input.source.to_string(), message_id, input.received_at)
     };
     let reject = |ctx: Context, rejection: Rejection, app, process| Prepared {
         ctx,

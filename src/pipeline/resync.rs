@@ -277,7 +277,16 @@ impl Resync<'_> {
                 } else {
                     let employer = em.employer_of(tx, &record)?;
                     let add = record.xref_for(&application.logical_id).is_none();
-                    if em.sync_to(tx, application, &record, employer.as_ref(), false)? {
+                    let mut shared = crate::bod::write::Shared::new();
+                    let sent = em.sync_to(
+                        tx,
+                        application,
+                        &record,
+                        employer.as_ref(),
+                        false,
+                        &mut shared,
+                    )?;
+                    if sent {
                         count.sent = 1;
                         count.added = u64::from(add);
                     } else {
