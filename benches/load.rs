@@ -9,10 +9,16 @@
 //! - (a) fill `bodflow.inbound` with N generated BODs (`Generator::new(SEED, REALISTIC)`),
 //! - (b) bare lapin loop: consume (prefetch 256) → publish a 600-byte reply with confirm →
 //!   ack, over those N,
-//! - (c) fill again, start `bodflow run` (durable store in a temp dir) and time it until the
-//!   inbound queue is empty and no more BODs arrive on the application queues,
-//! - (e) on that same service, publish at half the rate of (c) and measure publish → first
-//!   reply (any `bodflow.to.*` message correlated to it) latency,
+//! - (c) fill again with the same documents asking `ConfirmationCode` `Always`, start
+//!   `bodflow run` (durable store in a temp dir) on the generated configuration without
+//!   `Sync` fan-out, so each delivery's one BOD out is its ConfirmBOD (the broker I/O of
+//!   (b)), and time it until the inbound queue is empty and no more BODs arrive on the
+//!   application queues,
+//! - (e) on that same service, publish at half the rate of (c) and measure publish → reply
+//!   (the ConfirmBOD correlated to it) latency,
+//! - (c') fill again with the documents of (a), start a fresh service on the generated
+//!   configuration as it is (each change sent as `Sync` to the other two applications) and
+//!   time it the same way,
 //! - (d) a fresh service on a fresh store with a BACKLOG-message backlog: peak RSS (VmHWM).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -26,7 +32,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bodflow::amqp::{self, topology, InboundMessage, Sender};
-use bodflow::config::Config;
+use bodflow::config::{Config, DeleteMode, DeleteModeOrBool, Direction, Flows};
 use bodflow::generate::{Generator, Mix};
 use bodflow::pipeline::payload_digest;
 use broker::*;
@@ -141,13 +147,15 @@ async fn bench(sizes: &Sizes, full: bool) {
     );
     purge(&ch, REPLY_QUEUE).await;
 
-    // (a) again + (c)
-    fill(&config, &docs).await;
-    let mut service = spawn_service(binary, &config_path, &vhost.url());
+    // (a) again + (c): the same broker I/O as (b), one reply a message
+    let asking: Vec<Doc> = docs.iter().map(asking_always).collect();
+    fill(&config, &asking).await;
+    let reply_only_dir = tempfile::tempdir().unwrap();
+    let reply_only = write_reply_only_config(reply_only_dir.path());
+    let mut service = spawn_service(binary, &reply_only, &vhost.url());
     let processed = time_service(&ch, &config, sizes.n, (broker, service.id())).await;
     let bodflow_rate = rate(sizes.n, processed.elapsed);
-    let service_cpu = processed.cpu;
-    let rss_c = rss(service.id());
+    let reply_bytes = mean_ready_size(&vhost, &config);
 
     // (e) on the same service, at half the rate of (c)
     for app in &config.applications {
@@ -155,8 +163,23 @@ async fn bench(sizes: &Sizes, full: bool) {
     }
     let target = (bodflow_rate / 2.0).max(10.0);
     let count = (target * sizes.latency_secs) as usize;
-    let latency_docs: Vec<Doc> = (&mut generator).take(count).map(doc).collect();
+    let latency_docs: Vec<Doc> = (&mut generator)
+        .take(count)
+        .map(|g| asking_always(&doc(g)))
+        .collect();
     let latency = latency(&vhost.url(), &config, &latency_docs, target).await;
+    signal(&service, "-TERM");
+    assert!(service.wait().unwrap().success(), "bodflow run failed");
+    for app in &config.applications {
+        purge(&ch, &topology::application_queue(&app.slug())).await;
+    }
+
+    // (a) again + (c'): the generated configuration, every change sent to the other two
+    fill(&config, &docs).await;
+    let mut service = spawn_service(binary, &config_path, &vhost.url());
+    let fan_out = time_service(&ch, &config, sizes.n, (broker, service.id())).await;
+    let fan_out_rate = rate(sizes.n, fan_out.elapsed);
+    let rss_c = rss(service.id());
     signal(&service, "-TERM");
     assert!(service.wait().unwrap().success(), "bodflow run failed");
 
@@ -173,7 +196,7 @@ async fn bench(sizes: &Sizes, full: bool) {
     println!("| (a) fill rate, publisher confirms | {fill_rate:.0} msg/s |");
     println!("| (b) bare lapin loop (prefetch 256, 600 B reply + confirm, ack) | {bare_rate:.0} msg/s ({:.2} s) |", bare.as_secs_f64());
     println!(
-        "| (c) bodflow run, durable store | {bodflow_rate:.0} msg/s ({:.2} s, {} BODs out) |",
+        "| (c) bodflow run, durable store, one ConfirmBOD a message (the I/O of (b)) | {bodflow_rate:.0} msg/s ({:.2} s, {} BODs out, mean {reply_bytes} B) |",
         processed.elapsed.as_secs_f64(),
         processed.published
     );
@@ -181,21 +204,28 @@ async fn bench(sizes: &Sizes, full: bool) {
         "| ratio bodflow / bare loop (target ≥ 0.90) | {:.2} |",
         bodflow_rate / bare_rate
     );
+    println!(
+        "| (c') bodflow run, durable store, Sync fan-out to the other applications | {fan_out_rate:.0} msg/s ({:.2} s, {} BODs out; ratio {:.2}) |",
+        fan_out.elapsed.as_secs_f64(),
+        fan_out.published,
+        fan_out_rate / bare_rate
+    );
     let per_msg = |ticks: Option<u64>| match ticks {
         Some(t) => format!("{:.0} µs", t as f64 * TICK_US / sizes.n as f64),
         None => "?".to_string(),
     };
-    println!(
-        "| CPU a message in (b): broker, bare loop | {}, {} |",
-        per_msg(bare_cpu.0),
-        per_msg(bare_cpu.1)
-    );
-    println!(
-        "| CPU a message in (c): broker, bodflow | {}, {} |",
-        per_msg(service_cpu.0),
-        per_msg(service_cpu.1)
-    );
-    println!("| peak RSS after (c)+(e) (VmHWM) | {:.1} MB |", mb(rss_c.0));
+    for (what, ticks) in [
+        ("(b): broker, bare loop", bare_cpu),
+        ("(c): broker, bodflow", processed.cpu),
+        ("(c'): broker, bodflow", fan_out.cpu),
+    ] {
+        println!(
+            "| CPU a message in {what} | {}, {} |",
+            per_msg(ticks.0),
+            per_msg(ticks.1)
+        );
+    }
+    println!("| peak RSS after (c') (VmHWM) | {:.1} MB |", mb(rss_c.0));
     println!(
         "| (d) peak RSS, {} backlog (VmHWM; target ≤ 64 MB) | {:.1} MB ({:.0} msg/s) |",
         sizes.backlog,
@@ -275,6 +305,77 @@ async fn backlog_rss(
         peak_kb: hwm.max(peak_during),
         elapsed,
     }
+}
+
+/// `d` with its sender asking for a ConfirmBOD on success too (`Always` instead of the
+/// generator's `OnError`), under the message id of the new bytes.
+fn asking_always(d: &Doc) -> Doc {
+    let text = std::str::from_utf8(&d.bytes).expect("generated documents are UTF-8");
+    let bytes = text
+        .replacen(
+            "<ConfirmationCode>OnError</ConfirmationCode>",
+            "<ConfirmationCode>Always</ConfirmationCode>",
+            1,
+        )
+        .into_bytes();
+    Doc {
+        message_id: payload_digest(&bytes),
+        bytes,
+    }
+}
+
+/// The generated configuration with no application receiving `CustomerPartyMaster` changes:
+/// a delivery's only BOD out is the ConfirmBOD its sender asks for, the broker I/O of (b).
+/// Written into `dir` as `reply-only.toml`, its store in `dir/store`.
+fn write_reply_only_config(dir: &Path) -> std::path::PathBuf {
+    let mut config = Config::load(&write_generated_config(dir, &dir.join("store"))).unwrap();
+    let no_sync = Direction {
+        create: false,
+        update: false,
+        delete: DeleteModeOrBool(DeleteMode::Off),
+        fields: None,
+    };
+    for app in &mut config.applications {
+        app.flows.insert(
+            "CustomerPartyMaster".into(),
+            Flows {
+                outbound: no_sync.clone(),
+                ..Flows::default()
+            },
+        );
+    }
+    let path = dir.join("reply-only.toml");
+    std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
+    path
+}
+
+/// Mean body size of the messages ready on the application queues (one `rabbitmqctl` call).
+fn mean_ready_size(vhost: &Vhost, config: &Config) -> u64 {
+    let queues: Vec<String> = config
+        .applications
+        .iter()
+        .map(|a| topology::application_queue(&a.slug()))
+        .collect();
+    let out = rabbitmqctl(&[
+        "list_queues",
+        "-q",
+        "-p",
+        &vhost.name,
+        "name",
+        "messages_ready",
+        "message_bytes_ready",
+    ]);
+    let (count, bytes) = out
+        .lines()
+        .filter_map(|l| {
+            let mut parts = l.split_whitespace();
+            let name = parts.next()?;
+            let count: u64 = parts.next()?.parse().ok()?;
+            let bytes: u64 = parts.next()?.parse().ok()?;
+            queues.iter().any(|q| q == name).then_some((count, bytes))
+        })
+        .fold((0, 0), |(c, b), (count, bytes)| (c + count, b + bytes));
+    bytes / count.max(1)
 }
 
 fn doc(g: bodflow::generate::Generated) -> Doc {

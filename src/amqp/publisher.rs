@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{confirmed, put_header, short, topology, Error, RunOptions};
 use crate::pipeline::Pipeline;
-use crate::store::track::{Confirmed, Millis};
+use crate::store::track::{Confirmed, Millis, OutputAt};
 use crate::store::OutboxRow;
 use crate::telemetry::events::{
     emit, OutboxPublished, OutboxRowRefused, TrackingConfirmed, TrackingFailed,
@@ -71,6 +71,8 @@ struct Sent {
     correlation_id: String,
     to: String,
     reply_to: Option<String>,
+    /// Its place on the timeline ([`OutboxRow::tracked`]).
+    tracked: Option<OutputAt>,
     confirm: lapin::PublisherConfirm,
 }
 
@@ -202,6 +204,7 @@ impl Publisher {
                         correlation_id: row.correlation_id,
                         to: row.to,
                         reply_to: row.reply_to,
+                        tracked: row.tracked,
                         confirm,
                     });
                 }
@@ -232,15 +235,15 @@ impl Publisher {
     async fn settle(&self, round: Round, progress: &mut Progress) -> Result<usize, Error> {
         let mut done = Vec::with_capacity(round.rows.len());
         let track = self.pipeline.config.tracking.enabled;
-        // (message id, BODID, confirm time) of the confirmed rows, for their timelines.
-        let mut confirms: Vec<(String, String, Millis)> = Vec::new();
+        // (message id, BODID, confirm time, place) of the confirmed rows, for their timelines.
+        let mut confirms: Vec<(String, String, Millis, Option<OutputAt>)> = Vec::new();
         let mut failed = 0;
         for row in round.rows {
             match confirmed(row.confirm, &row.bod_id).await {
                 Ok(()) => {
                     done.push(row.seq);
                     if track {
-                        confirms.push((row.correlation_id, row.bod_id, Millis::now()));
+                        confirms.push((row.correlation_id, row.bod_id, Millis::now(), row.tracked));
                     }
                 }
                 Err(e @ (Error::Nacked(_) | Error::Returned(_) | Error::NotConfirmed)) => {
@@ -319,16 +322,20 @@ impl Publisher {
 
 /// Notes publish confirm times in the messages' timelines; a failure only costs the timeline
 /// its confirm times (the rows are published and removed either way).
-fn track_confirms(store: &crate::store::Store, confirms: &[(String, String, Millis)]) {
+fn track_confirms(
+    store: &crate::store::Store,
+    confirms: &[(String, String, Millis, Option<OutputAt>)],
+) {
     if confirms.is_empty() {
         return;
     }
     let confirms: Vec<Confirmed<'_>> = confirms
         .iter()
-        .map(|(message_id, bod_id, at)| Confirmed {
+        .map(|(message_id, bod_id, at, output)| Confirmed {
             message_id,
             bod_id,
             at: *at,
+            output: *output,
         })
         .collect();
     match store.track_confirms(&confirms) {

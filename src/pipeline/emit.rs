@@ -167,6 +167,7 @@ impl<'a> Emitter<'a> {
             tenant: self.tenant().map(str::to_string),
             traceparent: self.traceparent(),
             tracestate: self.tracestate(),
+            tracked: None,
             xml,
         };
         self.push(tx, row)
@@ -538,6 +539,7 @@ impl<'a> Emitter<'a> {
             tenant: self.tenant().map(str::to_string),
             traceparent: self.traceparent(),
             tracestate: self.tracestate(),
+            tracked: None,
             xml,
         };
         self.push(tx, row)?;
@@ -615,6 +617,7 @@ impl<'a> Emitter<'a> {
             tenant: self.tenant().map(str::to_string),
             traceparent: self.traceparent(),
             tracestate: self.tracestate(),
+            tracked: None,
             xml,
         };
         self.push(tx, row)?;

@@ -116,7 +116,7 @@ fn decode<T: DeserializeOwned>(k: &[u8], bytes: &[u8]) -> Result<T, StoreError> 
 
 /// Outbox rows: the metadata as one JSON line, then the document's bytes as they are (JSON
 /// would escape every quote of the XML, and rows are the largest values written).
-fn encode_outbox(row: &OutboxRow) -> Vec<u8> {
+fn encode_outbox(row: &OutboxRow, tracked: Option<track::OutputAt>) -> Vec<u8> {
     #[derive(Serialize)]
     struct Head<'a> {
         kind: &'a str,
@@ -130,6 +130,8 @@ fn encode_outbox(row: &OutboxRow) -> Vec<u8> {
         traceparent: &'a Option<String>,
         #[serde(skip_serializing_if = "Option::is_none")]
         tracestate: &'a Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        tracked: Option<track::OutputAt>,
     }
     // Head and document in one allocation (the document is most of the row).
     let mut out = Vec::with_capacity(256 + row.xml.len());
@@ -146,6 +148,7 @@ fn encode_outbox(row: &OutboxRow) -> Vec<u8> {
             tenant: &row.tenant,
             traceparent: &row.traceparent,
             tracestate: &row.tracestate,
+            tracked,
         },
     );
     out.push(b'\n');
@@ -167,6 +170,8 @@ fn decode_outbox(k: &[u8], bytes: &[u8]) -> Result<OutboxRow, StoreError> {
         traceparent: Option<String>,
         #[serde(default)]
         tracestate: Option<String>,
+        #[serde(default)]
+        tracked: Option<track::OutputAt>,
     }
     let corrupt = |message: String| StoreError::Corrupt {
         key: String::from_utf8_lossy(k).into_owned(),
@@ -190,6 +195,7 @@ fn decode_outbox(k: &[u8], bytes: &[u8]) -> Result<OutboxRow, StoreError> {
         tenant: head.tenant,
         traceparent: head.traceparent,
         tracestate: head.tracestate,
+        tracked: head.tracked,
         xml,
     })
 }
@@ -392,6 +398,7 @@ impl Store {
             db: &self.db,
             tracking: RefCell::new(None),
             tracked_runs: RefCell::new(None),
+            run_outputs: RefCell::new(Vec::new()),
         };
         let out = f(&tx)?;
         tx.write_outbox_group()?;
@@ -732,9 +739,19 @@ pub struct Tx<'a> {
     tracking: RefCell<Option<track::Group>>,
     /// The message whose run is being tracked and the runs its marker lists.
     tracked_runs: RefCell<Option<(String, Vec<track::TrackAt>)>>,
+    /// The outbox rows pushed since [`Tx::begin_run`] (sequence, BODID): the outputs of the
+    /// run being tracked, in order.
+    run_outputs: RefCell<Vec<(u64, String)>>,
 }
 
 impl Tx<'_> {
+    fn raw_contains(&self, k: &[u8]) -> TxResult<bool> {
+        if let Some(pending) = self.writes.borrow().get(k) {
+            return Ok(pending.is_some());
+        }
+        Ok(self.tree.contains_key(k)?)
+    }
+
     fn raw_get(&self, k: &[u8]) -> TxResult<Option<sled::IVec>> {
         if let Some(pending) = self.writes.borrow().get(k) {
             return Ok(pending.clone());
@@ -872,8 +889,25 @@ impl Tx<'_> {
         let (group, rows) = pending
             .get_or_insert_with(|| (self.seqs.outbox.fetch_add(1, Ordering::Relaxed), Vec::new()));
         let seq = (*group << ROW_BITS) | rows.len() as u64;
-        rows.push(encode_outbox(row));
+        let tracked = self.output_at(seq, &row.bod_id);
+        rows.push(encode_outbox(row, tracked));
         Ok(seq)
+    }
+
+    /// Rewrites rows `seqs` of this transaction's pending outbox group without their
+    /// [`OutboxRow::tracked`] place (rows of groups already written keep theirs).
+    pub(super) fn unplace_outbox_rows(&self, seqs: impl Iterator<Item = u64>) -> TxResult<()> {
+        let mut pending = self.outbox.borrow_mut();
+        let Some((group, rows)) = pending.as_mut() else {
+            return Ok(());
+        };
+        let k = seq_key(b'o', *group);
+        for seq in seqs.filter(|s| s >> ROW_BITS == *group) {
+            if let Some(bytes) = rows.get_mut((seq & ((1 << ROW_BITS) - 1)) as usize) {
+                *bytes = encode_outbox(&decode_outbox(&k, bytes)?, None);
+            }
+        }
+        Ok(())
     }
 
     fn write_outbox_group(&self) -> TxResult<()> {
@@ -1060,6 +1094,7 @@ mod tests {
                     tenant: None,
                     traceparent: None,
                     tracestate: None,
+                    tracked: None,
                     xml: "<x/>".into(),
                 })
             })
@@ -1080,6 +1115,7 @@ mod tests {
             traceparent: (n % 2 == 1)
                 .then(|| format!("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902{n:02x}-01")),
             tracestate: (n == 1).then(|| "rojo=1".to_string()),
+            tracked: None,
             xml: format!("<x n=\"{n}\">\n</x>"),
         }
     }
@@ -1138,6 +1174,7 @@ mod tests {
     fn a_large_transaction_spreads_its_outbox_rows_over_small_groups() {
         let store = Store::temporary().unwrap();
         let big = |n: u32| OutboxRow {
+            tracked: None,
             xml: format!("<x n=\"{n}\">{}</x>", "y".repeat(3000)),
             ..row(n)
         };
@@ -1164,6 +1201,7 @@ mod tests {
     fn outbox_groups_are_stored_compressed_and_a_damaged_one_is_a_named_error() {
         let store = Store::temporary().unwrap();
         let sync = |n: u32| OutboxRow {
+            tracked: None,
             xml: format!("<Sync n=\"{n}\">{}</Sync>", "<Name>Acme</Name>".repeat(100)),
             ..row(n)
         };
@@ -1175,7 +1213,9 @@ mod tests {
             })
             .unwrap();
         let (k, stored) = store.hub.scan_prefix([b'o']).next().unwrap().unwrap();
-        let raw: usize = (0..4).map(|n| encode_outbox(&sync(n)).len() + 4).sum();
+        let raw: usize = (0..4)
+            .map(|n| encode_outbox(&sync(n), None).len() + 4)
+            .sum();
         assert!(stored.len() * 4 < raw, "{} of {raw} bytes", stored.len());
         assert_eq!(store.outbox_row(seqs[3]).unwrap().unwrap(), sync(3));
 

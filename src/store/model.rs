@@ -302,6 +302,11 @@ pub struct OutboxRow {
     /// W3C `tracestate` of the inbound delivery, passed on unchanged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracestate: Option<String>,
+    /// Where its output is on the timeline of the run that emitted it (set by
+    /// [`super::Tx::push_outbox`] while a run is tracked): the publisher notes its confirm
+    /// there without looking the message up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracked: Option<super::track::OutputAt>,
     pub xml: String,
 }
 

@@ -62,6 +62,11 @@ fn slot_index(slots: usize) -> u16 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct TrackAt(pub u64, pub u16);
 
+/// Where an output is: its run's group and slot, and its index among the run's outputs. In
+/// the outbox row's JSON head: `[group, slot, output]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct OutputAt(pub u64, pub u16, pub u16);
+
 /// Milliseconds since the Unix epoch: a varint in the store, RFC 3339 text in JSON.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Millis(pub u64);
@@ -210,6 +215,9 @@ pub struct Confirmed<'a> {
     pub message_id: &'a str,
     pub bod_id: &'a str,
     pub at: Millis,
+    /// Where the output is, when its outbox row says ([`OutputAt`]); else it is looked up
+    /// through the message's marker.
+    pub output: Option<OutputAt>,
 }
 
 /// What one purge call removed.
@@ -387,7 +395,19 @@ impl Tx<'_> {
             tracked.remove(1);
         }
         *self.tracked_runs.borrow_mut() = Some((message_id.to_string(), tracked));
+        self.run_outputs.borrow_mut().clear();
         Ok(())
+    }
+
+    /// The place of an outbox row `seq` with BODID `bod_id` being pushed now: the next output
+    /// of the run being tracked, if any.
+    pub(super) fn output_at(&self, seq: u64, bod_id: &str) -> Option<OutputAt> {
+        let runs = self.tracked_runs.borrow();
+        let at = *runs.as_ref()?.1.last()?;
+        let mut outputs = self.run_outputs.borrow_mut();
+        let index = u16::try_from(outputs.len()).ok()?;
+        outputs.push((seq, bod_id.to_string()));
+        Some(OutputAt(at.0, at.1, index))
     }
 
     /// The runs a marker of `message_id` lists while one of its runs is being tracked.
@@ -432,10 +452,28 @@ impl Tx<'_> {
             Ok(at)
         })?;
         self.tracked_runs.borrow_mut().take();
+        self.unplace_unless_outputs(run)?;
         if let Some(b) = &run.bod_id {
             self.raw_insert(bod_key(b, at).to_vec(), sled::IVec::default());
         }
         Ok(at)
+    }
+
+    /// The rows [`Tx::output_at`] placed are the run's outputs in order, as the pipeline
+    /// emits them. Should a run ever list other outputs, its rows still in this transaction's
+    /// outbox group lose their places (their confirms are then looked up by message) rather
+    /// than note a confirm on the wrong output.
+    fn unplace_unless_outputs(&self, run: &Run<'_>) -> TxResult<()> {
+        let placed = std::mem::take(&mut *self.run_outputs.borrow_mut());
+        let same = placed.len() == run.outputs.len()
+            && placed
+                .iter()
+                .zip(&run.outputs)
+                .all(|((_, b), o)| *b == *o.bod_id);
+        if !same {
+            self.unplace_outbox_rows(placed.iter().map(|(seq, _)| *seq))?;
+        }
+        Ok(())
     }
 
     pub(super) fn write_tracking_group(&self) -> TxResult<()> {
@@ -598,14 +636,24 @@ impl Store {
 
     /// Records broker confirms of published outputs in one batch (the first confirm of an
     /// output wins); returns how many outputs were found. Outputs of purged or untracked
-    /// messages are skipped.
+    /// messages are skipped. A confirm that knows its output's place costs no lookup; the
+    /// others are found through their message's marker and run.
     pub fn track_confirms(&self, confirms: &[Confirmed<'_>]) -> Result<usize, StoreError> {
         let mut by_message: BTreeMap<&str, Vec<&Confirmed<'_>>> = BTreeMap::new();
+        let mut by_group: BTreeMap<u64, Vec<(u16, u16, Millis)>> = BTreeMap::new();
         for c in confirms {
-            by_message.entry(c.message_id).or_default().push(c);
+            match c.output {
+                Some(OutputAt(group, slot, output)) => {
+                    by_group
+                        .entry(group)
+                        .or_default()
+                        .push((slot, output, c.at));
+                }
+                None => by_message.entry(c.message_id).or_default().push(c),
+            }
         }
         self.transact(|tx| {
-            let mut by_group: BTreeMap<u64, Vec<(u16, u16, Millis)>> = BTreeMap::new();
+            let mut by_group = by_group;
             // Decompressed groups: a publisher round confirms the outputs of a few commits.
             let mut bodies: BTreeMap<u64, Option<Vec<u8>>> = BTreeMap::new();
             for (message_id, mut waiting) in by_message.clone() {
@@ -645,6 +693,10 @@ impl Store {
             }
             let mut found = 0;
             for (number, records) in by_group {
+                // A purged group's confirms went with it.
+                if !tx.raw_contains(&group_key(b't', number))? {
+                    continue;
+                }
                 let k = group_key(b'k', number).to_vec();
                 let mut bytes = tx.raw_get(&k)?.map(|v| v.to_vec()).unwrap_or_default();
                 let known: Vec<(u16, u16)> =
@@ -827,6 +879,7 @@ mod tests {
             message_id: "old3a",
             bod_id: "out-1003",
             at: Millis(1_100),
+            output: None,
         };
         assert_eq!(store.track_confirms(&[confirm]).unwrap(), 1);
         assert_eq!(
@@ -844,6 +897,108 @@ mod tests {
         assert_eq!(store.hub.scan_prefix([b't']).count(), 1);
     }
 
+    /// One tracked run of `message_id` that pushes an outbox row per BODID in `pushed` and
+    /// lists `listed` as its outputs; returns the rows as stored.
+    fn commit_with_rows(
+        store: &Store,
+        message_id: &str,
+        at: u64,
+        pushed: &[&str],
+        listed: &[&str],
+    ) -> Vec<crate::store::OutboxRow> {
+        store
+            .transact(|tx| {
+                tx.begin_run(message_id, &[], at)?;
+                for bod_id in pushed {
+                    tx.push_outbox(&crate::store::OutboxRow {
+                        kind: "ConfirmBOD".into(),
+                        to: "lid://b".into(),
+                        reply_to: None,
+                        bod_id: bod_id.to_string(),
+                        correlation_id: message_id.into(),
+                        document_name: "Confirm.BOD".into(),
+                        tenant: None,
+                        traceparent: None,
+                        tracestate: None,
+                        tracked: None,
+                        xml: "<x/>".into(),
+                    })?;
+                }
+                tx.put_marker(
+                    message_id,
+                    &Marker {
+                        outcome: "applied".into(),
+                        record: None,
+                        bod_id: None,
+                        tracked: Vec::new(),
+                    },
+                )?;
+                let mut r = run(at, "B", "applied");
+                r.outputs = listed
+                    .iter()
+                    .map(|b| TrackedOutput {
+                        kind: "ConfirmBOD".into(),
+                        to: "lid://b".into(),
+                        bod_id: b.to_string().into(),
+                        confirmed_at: None,
+                    })
+                    .collect();
+                tx.track_run(message_id, &r)?;
+                Ok(())
+            })
+            .unwrap();
+        let rows: Vec<_> = store.outbox().map(|r| r.unwrap().1).collect();
+        store
+            .remove_outbox(&store.outbox().map(|r| r.unwrap().0).collect::<Vec<_>>())
+            .unwrap();
+        rows
+    }
+
+    #[test]
+    fn outbox_rows_know_their_output_and_confirms_through_it_need_no_marker() {
+        let store = Store::temporary().unwrap();
+        let rows = commit_with_rows(&store, "m1", 1_000, &["o-1", "o-2"], &["o-1", "o-2"]);
+        let places: Vec<_> = rows.iter().map(|r| r.tracked).collect();
+        let at = store.marker("m1").unwrap().unwrap().tracked[0];
+        assert_eq!(
+            places,
+            [Some(OutputAt(at.0, at.1, 0)), Some(OutputAt(at.0, at.1, 1))]
+        );
+        // The message id is not needed (nor read): the place says where the output is.
+        let confirm = Confirmed {
+            message_id: "not-looked-up",
+            bod_id: "o-2",
+            at: Millis(1_700),
+            output: places[1],
+        };
+        assert_eq!(store.track_confirms(&[confirm]).unwrap(), 1);
+        assert_eq!(store.track_confirms(&[confirm]).unwrap(), 0, "first wins");
+        let t = store.tracked("m1").unwrap().unwrap();
+        let confirmed: Vec<_> = t.runs[0].outputs.iter().map(|o| o.confirmed_at).collect();
+        assert_eq!(confirmed, [None, Some(Millis(1_700))]);
+        // A place in a purged group notes nothing.
+        store.purge_tracked(Millis(5_000), 10).unwrap();
+        assert_eq!(store.track_confirms(&[confirm]).unwrap(), 0);
+        assert_eq!(store.hub.scan_prefix([b'k']).count(), 0);
+    }
+
+    #[test]
+    fn rows_that_are_not_the_runs_outputs_get_no_place() {
+        let store = Store::temporary().unwrap();
+        let rows = commit_with_rows(&store, "m1", 1_000, &["o-1", "o-2"], &["o-2", "o-1"]);
+        assert!(rows.iter().all(|r| r.tracked.is_none()));
+        // Found through the marker instead.
+        let confirm = Confirmed {
+            message_id: "m1",
+            bod_id: "o-1",
+            at: Millis(1_200),
+            output: None,
+        };
+        assert_eq!(store.track_confirms(&[confirm]).unwrap(), 1);
+        let t = store.tracked("m1").unwrap().unwrap();
+        assert_eq!(t.runs[0].outputs[1].confirmed_at, Some(Millis(1_200)));
+    }
+
     #[test]
     fn confirms_fill_in_the_matching_outputs_once() {
         let store = Store::temporary().unwrap();
@@ -853,6 +1008,7 @@ mod tests {
             message_id: "m1",
             bod_id,
             at: Millis(at),
+            output: None,
         };
         let confirms = [
             c("out-1000", 1_500),
