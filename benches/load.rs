@@ -95,7 +95,7 @@ async fn bench(sizes: &Sizes, full: bool) {
     let vhost = Vhost::new("load");
     let dir = tempfile::tempdir().unwrap();
     let store_dir = dir.path().join("store");
-    let config_path = write_generated_config(dir.path(), &store_dir);
+    let config_path = write_bench_config(dir.path(), &store_dir);
     let mut config = Config::load(&config_path).unwrap();
     config.amqp.url = vhost.url();
     let (_conn, ch) = connect(&vhost.url()).await;
@@ -269,7 +269,7 @@ async fn backlog_rss(
         purge(ch, &topology::application_queue(&app.slug())).await;
     }
     let backlog_dir = tempfile::tempdir().unwrap();
-    let backlog_config = write_generated_config(backlog_dir.path(), &backlog_dir.path().join("s"));
+    let backlog_config = write_bench_config(backlog_dir.path(), &backlog_dir.path().join("s"));
     let backlog_docs = Generator::new(SEED + 1, Mix::REALISTIC)
         .take(backlog)
         .map(doc);
@@ -307,6 +307,21 @@ async fn backlog_rss(
     }
 }
 
+/// The generated configuration (`write_generated_config`), with `amqp.prefetch` set to
+/// `BODFLOW_BENCH_PREFETCH` when that is given (to compare windows; default: bodflow's own).
+fn write_bench_config(dir: &Path, store: &Path) -> std::path::PathBuf {
+    let path = write_generated_config(dir, store);
+    if let Some(prefetch) = std::env::var("BODFLOW_BENCH_PREFETCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        let mut config = Config::load(&path).unwrap();
+        config.amqp.prefetch = prefetch;
+        std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
+    }
+    path
+}
+
 /// `d` with its sender asking for a ConfirmBOD on success too (`Always` instead of the
 /// generator's `OnError`), under the message id of the new bytes.
 fn asking_always(d: &Doc) -> Doc {
@@ -328,7 +343,7 @@ fn asking_always(d: &Doc) -> Doc {
 /// a delivery's only BOD out is the ConfirmBOD its sender asks for, the broker I/O of (b).
 /// Written into `dir` as `reply-only.toml`, its store in `dir/store`.
 fn write_reply_only_config(dir: &Path) -> std::path::PathBuf {
-    let mut config = Config::load(&write_generated_config(dir, &dir.join("store"))).unwrap();
+    let mut config = Config::load(&write_bench_config(dir, &dir.join("store"))).unwrap();
     let no_sync = Direction {
         create: false,
         update: false,
