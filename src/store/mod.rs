@@ -1063,15 +1063,7 @@ mod tests {
         let store = Store::temporary().unwrap();
         let failed = store.transact(|tx| {
             tx.put_record(&record("ACC-000001"))?;
-            tx.put_marker(
-                "m1",
-                &Marker {
-                    outcome: "applied".into(),
-                    record: None,
-                    bod_id: None,
-                    tracked: Vec::new(),
-                },
-            )?;
+            tx.put_marker("m1", &Marker::applied())?;
             Err::<(), _>(StoreError::Corrupt {
                 key: "k".into(),
                 message: "boom".into(),

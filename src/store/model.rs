@@ -277,6 +277,19 @@ pub struct Marker {
     pub tracked: Vec<super::track::TrackAt>,
 }
 
+#[cfg(test)]
+impl Marker {
+    /// An `applied` marker with nothing else in it (for store tests).
+    pub(crate) fn applied() -> Marker {
+        Marker {
+            outcome: "applied".into(),
+            record: None,
+            bod_id: None,
+            tracked: Vec::new(),
+        }
+    }
+}
+
 /// A document to publish, written in the same transaction as the change that caused it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutboxRow {

@@ -924,15 +924,7 @@ mod tests {
                         xml: "<x/>".into(),
                     })?;
                 }
-                tx.put_marker(
-                    message_id,
-                    &Marker {
-                        outcome: "applied".into(),
-                        record: None,
-                        bod_id: None,
-                        tracked: Vec::new(),
-                    },
-                )?;
+                tx.put_marker(message_id, &Marker::applied())?;
                 let mut r = run(at, "B", "applied");
                 r.outputs = listed
                     .iter()
