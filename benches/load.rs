@@ -95,7 +95,7 @@ async fn bench(sizes: &Sizes, full: bool) {
     let vhost = Vhost::new("load");
     let dir = tempfile::tempdir().unwrap();
     let store_dir = dir.path().join("store");
-    let config_path = write_bench_config(dir.path(), &store_dir);
+    let config_path = write_bench_config(dir.path(), &store_dir, |_| {});
     let mut config = Config::load(&config_path).unwrap();
     config.amqp.url = vhost.url();
     let (_conn, ch) = connect(&vhost.url()).await;
@@ -151,11 +151,22 @@ async fn bench(sizes: &Sizes, full: bool) {
     let asking: Vec<Doc> = docs.iter().map(asking_always).collect();
     fill(&config, &asking).await;
     let reply_only_dir = tempfile::tempdir().unwrap();
-    let reply_only = write_reply_only_config(reply_only_dir.path());
+    let reply_only = write_bench_config(
+        reply_only_dir.path(),
+        &reply_only_dir.path().join("store"),
+        no_sync,
+    );
     let mut service = spawn_service(binary, &reply_only, &vhost.url());
     let processed = time_service(&ch, &config, sizes.n, (broker, service.id())).await;
     let bodflow_rate = rate(sizes.n, processed.elapsed);
     let reply_bytes = mean_ready_size(&vhost, &config);
+    // One ConfirmBOD a document, none for a re-delivery (5 % of the mix): never a fan-out.
+    let replies = usize::try_from(processed.published).unwrap();
+    assert!(
+        replies <= sizes.n && replies >= sizes.n * 4 / 5,
+        "(c) sent {replies} BODs for {} documents: not one reply a document",
+        sizes.n
+    );
 
     // (e) on the same service, at half the rate of (c)
     for app in &config.applications {
@@ -269,7 +280,8 @@ async fn backlog_rss(
         purge(ch, &topology::application_queue(&app.slug())).await;
     }
     let backlog_dir = tempfile::tempdir().unwrap();
-    let backlog_config = write_bench_config(backlog_dir.path(), &backlog_dir.path().join("s"));
+    let backlog_config =
+        write_bench_config(backlog_dir.path(), &backlog_dir.path().join("s"), |_| {});
     let backlog_docs = Generator::new(SEED + 1, Mix::REALISTIC)
         .take(backlog)
         .map(doc);
@@ -307,18 +319,24 @@ async fn backlog_rss(
     }
 }
 
-/// The generated configuration (`write_generated_config`), with `amqp.prefetch` set to
-/// `BODFLOW_BENCH_PREFETCH` when that is given (to compare windows; default: bodflow's own).
-fn write_bench_config(dir: &Path, store: &Path) -> std::path::PathBuf {
+/// The generated configuration (`write_generated_config`) changed by `edit`, with
+/// `amqp.prefetch` set to `BODFLOW_BENCH_PREFETCH` when that is given (to compare windows;
+/// default: bodflow's own).
+fn write_bench_config(
+    dir: &Path,
+    store: &Path,
+    edit: impl FnOnce(&mut Config),
+) -> std::path::PathBuf {
     let path = write_generated_config(dir, store);
+    let mut config = Config::load(&path).unwrap();
     if let Some(prefetch) = std::env::var("BODFLOW_BENCH_PREFETCH")
         .ok()
         .and_then(|v| v.parse().ok())
     {
-        let mut config = Config::load(&path).unwrap();
         config.amqp.prefetch = prefetch;
-        std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
     }
+    edit(&mut config);
+    std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
     path
 }
 
@@ -326,6 +344,10 @@ fn write_bench_config(dir: &Path, store: &Path) -> std::path::PathBuf {
 /// generator's `OnError`), under the message id of the new bytes.
 fn asking_always(d: &Doc) -> Doc {
     let text = std::str::from_utf8(&d.bytes).expect("generated documents are UTF-8");
+    assert!(
+        text.contains("<ConfirmationCode>OnError</ConfirmationCode>"),
+        "the generator no longer writes ConfirmationCode OnError: (c) would send no replies"
+    );
     let bytes = text
         .replacen(
             "<ConfirmationCode>OnError</ConfirmationCode>",
@@ -339,12 +361,10 @@ fn asking_always(d: &Doc) -> Doc {
     }
 }
 
-/// The generated configuration with no application receiving `CustomerPartyMaster` changes:
-/// a delivery's only BOD out is the ConfirmBOD its sender asks for, the broker I/O of (b).
-/// Written into `dir` as `reply-only.toml`, its store in `dir/store`.
-fn write_reply_only_config(dir: &Path) -> std::path::PathBuf {
-    let mut config = Config::load(&write_bench_config(dir, &dir.join("store"))).unwrap();
-    let no_sync = Direction {
+/// No application receives `CustomerPartyMaster` changes: a delivery's only BOD out is the
+/// ConfirmBOD its sender asks for, the broker I/O of (b).
+fn no_sync(config: &mut Config) {
+    let outbound = Direction {
         create: false,
         update: false,
         delete: DeleteModeOrBool(DeleteMode::Off),
@@ -354,14 +374,11 @@ fn write_reply_only_config(dir: &Path) -> std::path::PathBuf {
         app.flows.insert(
             "CustomerPartyMaster".into(),
             Flows {
-                outbound: no_sync.clone(),
+                outbound: outbound.clone(),
                 ..Flows::default()
             },
         );
     }
-    let path = dir.join("reply-only.toml");
-    std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
-    path
 }
 
 /// Mean body size of the messages ready on the application queues (one `rabbitmqctl` call).

@@ -1076,19 +1076,7 @@ mod tests {
         store
             .transact(|tx| {
                 tx.put_record(&record("ACC-000001"))?;
-                tx.push_outbox(&OutboxRow {
-                    kind: "ConfirmBOD".into(),
-                    to: "lid://a".into(),
-                    reply_to: None,
-                    bod_id: "b".into(),
-                    correlation_id: "m1".into(),
-                    document_name: "Confirm.BOD".into(),
-                    tenant: None,
-                    traceparent: None,
-                    tracestate: None,
-                    tracked: None,
-                    xml: "<x/>".into(),
-                })
+                tx.push_outbox(&OutboxRow::confirm("b", "lid://a", "m1"))
             })
             .unwrap();
         assert!(store.record("ACC-000001").unwrap().is_some());

@@ -323,6 +323,27 @@ pub struct OutboxRow {
     pub xml: String,
 }
 
+#[cfg(test)]
+impl OutboxRow {
+    /// A ConfirmBOD `<x/>` with BODID `bod_id` to `to`, answering `correlation_id` (for
+    /// store tests).
+    pub(crate) fn confirm(bod_id: &str, to: &str, correlation_id: &str) -> OutboxRow {
+        OutboxRow {
+            kind: "ConfirmBOD".into(),
+            to: to.into(),
+            reply_to: None,
+            bod_id: bod_id.into(),
+            correlation_id: correlation_id.into(),
+            document_name: "Confirm.BOD".into(),
+            tenant: None,
+            traceparent: None,
+            tracestate: None,
+            tracked: None,
+            xml: "<x/>".into(),
+        }
+    }
+}
+
 /// Why a document is parked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -652,8 +652,7 @@ impl Store {
                 None => by_message.entry(c.message_id).or_default().push(c),
             }
         }
-        self.transact(|tx| {
-            let mut by_group = by_group;
+        self.transact(move |tx| {
             // Decompressed groups: a publisher round confirms the outputs of a few commits.
             let mut bodies: BTreeMap<u64, Option<Vec<u8>>> = BTreeMap::new();
             for (message_id, mut waiting) in by_message.clone() {
@@ -910,19 +909,9 @@ mod tests {
             .transact(|tx| {
                 tx.begin_run(message_id, &[], at)?;
                 for bod_id in pushed {
-                    tx.push_outbox(&crate::store::OutboxRow {
-                        kind: "ConfirmBOD".into(),
-                        to: "lid://b".into(),
-                        reply_to: None,
-                        bod_id: bod_id.to_string(),
-                        correlation_id: message_id.into(),
-                        document_name: "Confirm.BOD".into(),
-                        tenant: None,
-                        traceparent: None,
-                        tracestate: None,
-                        tracked: None,
-                        xml: "<x/>".into(),
-                    })?;
+                    tx.push_outbox(&crate::store::OutboxRow::confirm(
+                        bod_id, "lid://b", message_id,
+                    ))?;
                 }
                 tx.put_marker(message_id, &Marker::applied())?;
                 let mut r = run(at, "B", "applied");
