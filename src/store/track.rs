@@ -220,6 +220,19 @@ pub struct Confirmed<'a> {
     pub output: Option<OutputAt>,
 }
 
+#[cfg(test)]
+impl<'a> Confirmed<'a> {
+    /// A confirm without a place, found through `message_id`'s marker (for store tests).
+    pub(crate) fn by_marker(message_id: &'a str, bod_id: &'a str, at: u64) -> Confirmed<'a> {
+        Confirmed {
+            message_id,
+            bod_id,
+            at: Millis(at),
+            output: None,
+        }
+    }
+}
+
 /// What one purge call removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Purged {
@@ -874,12 +887,7 @@ mod tests {
             );
         }
         commit(&store, &[("young", run(50_000, "B", "applied"))]);
-        let confirm = Confirmed {
-            message_id: "old3a",
-            bod_id: "out-1003",
-            at: Millis(1_100),
-            output: None,
-        };
+        let confirm = Confirmed::by_marker("old3a", "out-1003", 1_100);
         assert_eq!(store.track_confirms(&[confirm]).unwrap(), 1);
         assert_eq!(
             store.purge_tracked(Millis(50_000), 4).unwrap(),
@@ -969,12 +977,7 @@ mod tests {
         let rows = commit_with_rows(&store, "m1", 1_000, &["o-1", "o-2"], &["o-2", "o-1"]);
         assert!(rows.iter().all(|r| r.tracked.is_none()));
         // Found through the marker instead.
-        let confirm = Confirmed {
-            message_id: "m1",
-            bod_id: "o-1",
-            at: Millis(1_200),
-            output: None,
-        };
+        let confirm = Confirmed::by_marker("m1", "o-1", 1_200);
         assert_eq!(store.track_confirms(&[confirm]).unwrap(), 1);
         let t = store.tracked("m1").unwrap().unwrap();
         assert_eq!(t.runs[0].outputs[1].confirmed_at, Some(Millis(1_200)));
@@ -985,20 +988,12 @@ mod tests {
         let store = Store::temporary().unwrap();
         commit(&store, &[("m1", run(1_000, "B", "applied"))]);
         commit(&store, &[("m1", run(2_000, "B", "applied"))]);
-        let c = |bod_id, at| Confirmed {
-            message_id: "m1",
-            bod_id,
-            at: Millis(at),
-            output: None,
-        };
+        let c = |bod_id, at| Confirmed::by_marker("m1", bod_id, at);
         let confirms = [
             c("out-1000", 1_500),
             c("out-2000", 2_500),
             c("not-an-output", 1_500),
-            Confirmed {
-                message_id: "gone",
-                ..c("x", 1_500)
-            },
+            Confirmed::by_marker("gone", "x", 1_500),
         ];
         assert_eq!(store.track_confirms(&confirms).unwrap(), 2);
         let t = store.tracked("m1").unwrap().unwrap();
