@@ -31,10 +31,14 @@
 //!   the outbox (same transaction). The delivery is then dead-lettered *by us*: the original
 //!   payload and properties plus headers `x-bodflow-stage`, `x-bodflow-code`,
 //!   `x-bodflow-reason` are published to `bodflow.dlx` on a confirm-mode channel, and the
-//!   delivery is acked after that confirm. Most rejections are decided by `prepare`; the
-//!   few only the commit can decide (an Acknowledge with an unknown correlation) come from
-//!   the commit's report. A broker dead-letter (`basic.reject`, no requeue)
-//!   cannot add headers, so we do not use it; the queue's `x-dead-letter-exchange` remains
+//!   delivery is acked after that confirm *and* the flush of its commit. The copy is
+//!   published when the acker takes the delivery, before that flush, so its confirm comes
+//!   in while the store flushes instead of after it; a crash before the flush brings the
+//!   delivery back, and it is dead-lettered again (at least once, as below). Most
+//!   rejections are decided by `prepare`; the few only the commit can decide (an
+//!   Acknowledge with an unknown correlation) come from the commit's report. A broker
+//!   dead-letter (`basic.reject`, no requeue) cannot add headers, so we do not use it; the
+//!   queue's `x-dead-letter-exchange` remains
 //!   as the broker's safety net (TTL, length limits, an operator's reject). Whether a
 //!   delivery is dead-lettered is decided from the *prepared* document (pure, the same on
 //!   every redelivery), not from the commit's outcome — so a crash between commit and
@@ -610,9 +614,11 @@ fn finish_commit(
 }
 
 impl Consumer<'_> {
-    /// Flush → wake the outbox publisher → dead-letter the rejected → ack, for everything
-    /// finished since the last round (one flush covers it all: group commit). Nothing is
-    /// published or acked before the flush that makes it durable.
+    /// Dead-letter the rejected → flush → wake the outbox publisher → await the dead-letter
+    /// confirms → ack, for everything finished since the last round (one flush covers it
+    /// all: group commit). No outbox row is published and nothing is acked before the flush
+    /// that makes it durable; the dead-letter copies go out first so that their confirms
+    /// overlap the flush (module docs).
     async fn acknowledge(&self, mut done: mpsc::Receiver<Done>) -> Result<(), Error> {
         while let Some(first) = done.recv().await {
             let mut wrote = first.wrote;
@@ -623,15 +629,8 @@ impl Consumer<'_> {
                 low = more.low;
                 finished.extend(more.finished);
             }
-            if wrote {
-                let started = Instant::now();
-                flush(self.live.store()).await?;
-                emit(StoreFlushed {
-                    seconds: started.elapsed().as_secs_f64(),
-                });
-                self.wake.notify_one();
-            }
-            // All dead-letters out first, then their confirms: one round trip, not one each.
+            // All dead-letters out first, then their confirms: one round trip, not one each,
+            // and it runs while the store flushes.
             let mut confirms = Vec::new();
             for f in &finished {
                 if let Some(dl) = &f.dead {
@@ -640,6 +639,14 @@ impl Consumer<'_> {
                         .await?;
                     confirms.push((f, dl, confirm));
                 }
+            }
+            if wrote {
+                let started = Instant::now();
+                flush(self.live.store()).await?;
+                emit(StoreFlushed {
+                    seconds: started.elapsed().as_secs_f64(),
+                });
+                self.wake.notify_one();
             }
             for (f, dl, confirm) in confirms {
                 confirmed(confirm, topology::DLX).await?;
