@@ -38,13 +38,13 @@
 //!   rejections are decided by `prepare`; the few only the commit can decide (an
 //!   Acknowledge with an unknown correlation) come from the commit's report. A broker
 //!   dead-letter (`basic.reject`, no requeue) cannot add headers, so we do not use it; the
-//!   queue's `x-dead-letter-exchange` remains
-//!   as the broker's safety net (TTL, length limits, an operator's reject). Whether a
-//!   delivery is dead-lettered is decided from the *prepared* document (pure, the same on
-//!   every redelivery), not from the commit's outcome — so a crash between commit and
-//!   dead-letter still dead-letters it on redelivery (at least once in `bodflow.dead`). A
-//!   commit-time rejection redelivered after such a crash is a duplicate and is not
-//!   dead-lettered again (its ConfirmBOD was written and is published).
+//!   queue's `x-dead-letter-exchange` remains as the broker's safety net (TTL, length
+//!   limits, an operator's reject). Whether a delivery is dead-lettered is decided from the
+//!   *prepared* document (pure, the same on every redelivery), not from the commit's
+//!   outcome — so a crash between commit and dead-letter still dead-letters it on
+//!   redelivery (at least once in `bodflow.dead`). A commit-time rejection redelivered
+//!   after a crash that followed the flush is a duplicate and is not dead-lettered again
+//!   (its ConfirmBOD was written and is published).
 //! - **Replays** (`bodflow dlq replay`, [`super::dlq`]) carry header `x-bodflow-retry: true`
 //!   (bool or `"true"`): the delivery runs with [`Input::retry`], so a message id whose
 //!   marker is `rejected` or `parked` is processed again (a fixed document is applied once;
