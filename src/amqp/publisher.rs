@@ -15,8 +15,9 @@
 //! Rounds run when the consumer commits (woken), at least every [`RunOptions::outbox_poll`],
 //! and — on shutdown — until the outbox is empty or [`RunOptions::drain_timeout`] passes.
 //! With `tracking.enabled`, each round also writes the confirm times of the rows it removed
-//! on their messages' timelines (one store batch per round); a failure there is logged and
-//! does not fail the round.
+//! on their messages' timelines; a failure there is logged and does not fail the round.
+//! Neither the removal nor the confirm times wait for the store's writer or go through a
+//! sled batch (each costs two log-buffer writes): a round never holds up a commit.
 //!
 //! Rows left over are published by the next start; a row published but not yet removed when
 //! the process dies is published again (at least once; receivers dedupe by BODID).

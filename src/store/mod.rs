@@ -283,6 +283,9 @@ pub struct Store {
     /// One writer at a time (see [`Store::transact`]). A std mutex: it is held only for a
     /// group's synchronous work, never across an await.
     writer: Mutex<()>,
+    /// Held by [`Store::transact_loose`] callers that must not interleave (tracking's
+    /// confirm times against its purge), without holding up the writer.
+    confirms: Mutex<()>,
     /// Outbox groups kept in memory instead of sled ([`Store::keep_outbox_in_memory`]).
     memory_outbox: Option<Mutex<BTreeMap<u64, Vec<Vec<u8>>>>>,
 }
@@ -297,6 +300,9 @@ type OutboxGroup = (u64, Vec<Vec<u8>>);
 struct Sequences {
     outbox: AtomicU64,
     parked: AtomicU64,
+    /// Outbox groups below this number are applied: set at the end of every transaction,
+    /// under the writer lock, to the next group number then.
+    applied_outbox: AtomicU64,
     /// Outbox groups below this number are durable (everything on disk at open is).
     durable_outbox: AtomicU64,
 }
@@ -351,6 +357,7 @@ impl Store {
         let seqs = Sequences {
             outbox: AtomicU64::new(outbox),
             parked: AtomicU64::new(next_after(b'p')?),
+            applied_outbox: AtomicU64::new(outbox),
             durable_outbox: AtomicU64::new(outbox),
         };
         Ok(Store {
@@ -358,6 +365,7 @@ impl Store {
             hub,
             seqs,
             writer: Mutex::new(()),
+            confirms: Mutex::new(()),
             memory_outbox: None,
         })
     }
@@ -385,7 +393,53 @@ impl Store {
             .writer
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let tx = Tx {
+        let tx = self.new_tx();
+        let out = f(&tx)?;
+        tx.write_outbox_group()?;
+        tx.write_tracking_group()?;
+        let mut batch = sled::Batch::default();
+        for (k, v) in tx.writes.into_inner() {
+            match v {
+                Some(v) => batch.insert(k, v),
+                None => batch.remove(k),
+            }
+        }
+        self.hub.apply_batch(batch)?;
+        // Group numbers are only taken under the writer lock, which is still held: every
+        // group numbered below the next one is applied (or belongs to a failed transaction
+        // and does not exist).
+        self.seqs
+            .applied_outbox
+            .store(self.seqs.outbox.load(Ordering::Relaxed), Ordering::Release);
+        if let (Some(groups), Some(mut memory)) = (tx.detached, self.memory_outbox()) {
+            memory.extend(groups.into_inner());
+        }
+        Ok(out)
+    }
+
+    /// Runs `f` with a [`Tx`] whose writes are applied key by key when it returns `Ok`, not
+    /// as one atomic batch, and without the writer lock (it holds [`Store::confirms`]
+    /// instead): for small writes that need neither, so they never hold up a commit. `f`
+    /// must not write outbox rows or tracking runs.
+    fn transact_loose<T>(&self, f: impl FnOnce(&Tx<'_>) -> TxResult<T>) -> Result<T, StoreError> {
+        let _confirms = self
+            .confirms
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let tx = self.new_tx();
+        let out = f(&tx)?;
+        debug_assert!(tx.outbox.borrow().is_none() && tx.tracking.borrow().is_none());
+        for (k, v) in tx.writes.into_inner() {
+            match v {
+                Some(v) => self.hub.insert(k, v)?,
+                None => self.hub.remove(k)?,
+            };
+        }
+        Ok(out)
+    }
+
+    fn new_tx(&self) -> Tx<'_> {
+        Tx {
             tree: &self.hub,
             writes: RefCell::new(BTreeMap::new()),
             seqs: &self.seqs,
@@ -399,33 +453,17 @@ impl Store {
             tracking: RefCell::new(None),
             tracked_runs: RefCell::new(None),
             run_outputs: RefCell::new(Vec::new()),
-        };
-        let out = f(&tx)?;
-        tx.write_outbox_group()?;
-        tx.write_tracking_group()?;
-        let mut batch = sled::Batch::default();
-        for (k, v) in tx.writes.into_inner() {
-            match v {
-                Some(v) => batch.insert(k, v),
-                None => batch.remove(k),
-            }
         }
-        self.hub.apply_batch(batch)?;
-        if let (Some(groups), Some(mut memory)) = (tx.detached, self.memory_outbox()) {
-            memory.extend(groups.into_inner());
-        }
-        Ok(out)
     }
 
     /// Makes everything written so far durable; returns the bytes flushed. Afterwards the
     /// outbox groups written before it are durable, and [`Store::durable_outbox`] yields them.
+    ///
+    /// It does not wait for the writer: a transaction still running is not covered (sled's
+    /// flush covers what was applied before it began), so the flush that follows a commit
+    /// overlaps the next transaction's reads instead of waiting for its end.
     pub fn flush(&self) -> Result<usize, StoreError> {
-        // Groups are numbered and applied under the writer lock, so every group numbered below
-        // this value has been applied by the time the lock is free.
-        let covered = {
-            let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-            self.seqs.outbox.load(Ordering::Relaxed)
-        };
+        let covered = self.seqs.applied_outbox.load(Ordering::Acquire);
         let bytes = self.db.flush()?;
         self.seqs
             .durable_outbox
@@ -591,7 +629,8 @@ impl Store {
             }
             return Ok(());
         }
-        let mut batch = sled::Batch::default();
+        // Key by key, not as one batch: each group stands alone (a crash half-way only
+        // publishes the rest again), and every sled batch costs two log-buffer writes.
         for (group, rows) in by_group {
             let k = seq_key(b'o', group);
             let Some(v) = self.hub.get(&k)? else {
@@ -604,12 +643,12 @@ impl Store {
                 }
             }
             if slots.iter().all(Vec::is_empty) {
-                batch.remove(k);
+                self.hub.remove(k)?;
             } else {
-                batch.insert(k, encode_group(&slots));
+                self.hub.insert(k, encode_group(&slots))?;
             }
         }
-        Ok(self.hub.apply_batch(batch)?)
+        Ok(())
     }
 
     pub fn outbox_len(&self) -> usize {
@@ -1223,6 +1262,53 @@ mod tests {
         assert_eq!(store.outbox().count(), 2);
         store.flush().unwrap();
         assert_eq!(store.durable_outbox().count(), 2);
+    }
+
+    #[test]
+    fn a_flush_does_not_wait_for_a_running_transaction_nor_cover_it() {
+        let store = std::sync::Arc::new(Store::temporary().unwrap());
+        store.transact(|tx| tx.push_outbox(&row(1))).unwrap();
+        let (inside, inside_rx) = std::sync::mpsc::channel();
+        let (release, release_rx) = std::sync::mpsc::channel::<()>();
+        let writer = {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                store
+                    .transact(|tx| {
+                        tx.push_outbox(&row(2))?;
+                        inside.send(()).unwrap();
+                        release_rx.recv().unwrap();
+                        Ok(())
+                    })
+                    .unwrap()
+            })
+        };
+        inside_rx.recv().unwrap();
+        let (flushed, flushed_rx) = std::sync::mpsc::channel();
+        {
+            let store = store.clone();
+            std::thread::spawn(move || flushed.send(store.flush().map(|_| ())).unwrap());
+        }
+        flushed_rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the flush waited for the running transaction")
+            .unwrap();
+        let durable = |store: &Store| -> Vec<String> {
+            store
+                .durable_outbox()
+                .map(|r| r.map(|(_, row)| row.bod_id))
+                .collect::<Result<_, _>>()
+                .unwrap()
+        };
+        assert_eq!(
+            durable(&store),
+            ["b1"],
+            "the running transaction is not covered"
+        );
+        release.send(()).unwrap();
+        writer.join().unwrap();
+        store.flush().unwrap();
+        assert_eq!(durable(&store), ["b1", "b2"]);
     }
 
     #[test]

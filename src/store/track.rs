@@ -604,6 +604,8 @@ impl Store {
     /// removes `max_groups`.
     pub fn purge_tracked(&self, before: Millis, max_groups: usize) -> Result<Purged, StoreError> {
         let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        // A confirm time must not land in a group's confirms as the group goes.
+        let _confirms = self.confirms.lock().unwrap_or_else(|p| p.into_inner());
         let mut batch = sled::Batch::default();
         let mut purged = Purged::default();
         for item in self.hub.scan_prefix([b't']).take(max_groups) {
@@ -647,9 +649,11 @@ impl Store {
             .try_fold(0, |sum, v| Ok(sum + v?.len()))
     }
 
-    /// Records broker confirms of published outputs in one batch (the first confirm of an
-    /// output wins); returns how many outputs were found. Outputs of purged or untracked
-    /// messages are skipped. A confirm that knows its output's place costs no lookup; the
+    /// Records broker confirms of published outputs (the first confirm of an output wins);
+    /// returns how many outputs were found. Outputs of purged or untracked messages are
+    /// skipped. It does not hold up commits: confirm times are written key by key under
+    /// their own lock, which the purge also takes (a crash half-way loses some confirm
+    /// times, never a run). A confirm that knows its output's place costs no lookup; the
     /// others are found through their message's marker and run.
     pub fn track_confirms(&self, confirms: &[Confirmed<'_>]) -> Result<usize, StoreError> {
         let mut by_message: BTreeMap<&str, Vec<&Confirmed<'_>>> = BTreeMap::new();
@@ -665,7 +669,7 @@ impl Store {
                 None => by_message.entry(c.message_id).or_default().push(c),
             }
         }
-        self.transact(move |tx| {
+        self.transact_loose(move |tx| {
             // Decompressed groups: a publisher round confirms the outputs of a few commits.
             let mut bodies: BTreeMap<u64, Option<Vec<u8>>> = BTreeMap::new();
             for (message_id, mut waiting) in by_message.clone() {
