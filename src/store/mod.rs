@@ -456,8 +456,9 @@ impl Store {
         }
     }
 
-    /// Makes everything written so far durable; returns the bytes flushed. Afterwards the
-    /// outbox groups written before it are durable, and [`Store::durable_outbox`] yields them.
+    /// Makes everything applied before it began durable; returns the bytes flushed.
+    /// Afterwards the outbox groups of those transactions are durable, and
+    /// [`Store::durable_outbox`] yields them.
     ///
     /// It does not wait for the writer: a transaction still running is not covered (sled's
     /// flush covers what was applied before it began), so the flush that follows a commit
