@@ -103,7 +103,9 @@ fn seq_key(prefix: u8, seq: u64) -> Vec<u8> {
 }
 
 /// Hands the calling thread's deferred frees to sled's memory reclamation, and reclaims what
-/// no reader can still see. Called by every store method that writes, at its end.
+/// no reader can still see. Called at the end of the writes the service makes all the time:
+/// transactions, flushes and the publisher's rounds (the retention purge and index rebuilds
+/// are rare and leave it to sled).
 ///
 /// sled 0.34 never frees a replaced tree node or a written log buffer (512 KiB) at once: it
 /// defers the free through crossbeam-epoch, into a bag local to the thread that replaced it.
@@ -111,7 +113,7 @@ fn seq_key(prefix: u8, seq: u64) -> Vec<u8> {
 /// every 128 pins of a thread, 8 bags at a time. The service writes from a few threads (the
 /// committer, the acker's flush, the publisher) on tokio's blocking pool, so bags sat
 /// half-full on threads that did little else, holding old nodes and buffers: with a
-/// 200,000-document backlog, peak RSS was ~5 MB lower with this call (benches/README.md).
+/// 200,000-document backlog, peak RSS is ~5 MB lower with this call (benches/README.md).
 ///
 /// `crossbeam_epoch::pin` reaches sled's collector only while both use the same
 /// crossbeam-epoch: `one_crossbeam_epoch_in_the_lock_file` checks that.
