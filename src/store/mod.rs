@@ -35,7 +35,7 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -119,6 +119,13 @@ fn seq_key(prefix: u8, seq: u64) -> Vec<u8> {
 /// crossbeam-epoch: `one_crossbeam_epoch_in_the_lock_file` checks that.
 fn release_deferred() {
     crossbeam_epoch::pin().flush();
+}
+
+/// Locks `m`, taking it over when a panic poisoned it: the writer and confirm locks guard no
+/// data (they order writers), and a panic half-way through the in-memory outbox leaves at
+/// worst some rows of a group cleared, which is what a finished removal does too.
+fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -397,10 +404,8 @@ impl Store {
         self.memory_outbox = Some(Mutex::new(BTreeMap::new()));
     }
 
-    fn memory_outbox(&self) -> Option<std::sync::MutexGuard<'_, BTreeMap<u64, Vec<Vec<u8>>>>> {
-        self.memory_outbox
-            .as_ref()
-            .map(|m| m.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
+    fn memory_outbox(&self) -> Option<MutexGuard<'_, BTreeMap<u64, Vec<Vec<u8>>>>> {
+        self.memory_outbox.as_ref().map(locked)
     }
 
     /// Runs `f` atomically: its writes collect in a write set (its own reads see them) and
@@ -408,10 +413,7 @@ impl Store {
     /// Writers are serialized by a lock, so `f` never sees another writer's half-done work
     /// and never needs re-running; readers outside see all of a batch or none of it.
     pub fn transact<T>(&self, f: impl FnOnce(&Tx<'_>) -> TxResult<T>) -> Result<T, StoreError> {
-        let writer = self
-            .writer
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let writer = locked(&self.writer);
         let tx = self.new_tx();
         let out = f(&tx)?;
         tx.write_outbox_group()?;
@@ -444,10 +446,7 @@ impl Store {
     /// instead): for small writes that need neither, so they never hold up a commit. `f`
     /// must not write outbox rows or tracking runs.
     fn transact_loose<T>(&self, f: impl FnOnce(&Tx<'_>) -> TxResult<T>) -> Result<T, StoreError> {
-        let _confirms = self
-            .confirms
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _confirms = locked(&self.confirms);
         let tx = self.new_tx();
         let out = f(&tx)?;
         debug_assert!(tx.outbox.borrow().is_none() && tx.tracking.borrow().is_none());

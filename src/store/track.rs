@@ -603,9 +603,9 @@ impl Store {
     /// is older than `before`, with their confirms and BODID index keys. Call again while it
     /// removes `max_groups`.
     pub fn purge_tracked(&self, before: Millis, max_groups: usize) -> Result<Purged, StoreError> {
-        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let _writer = super::locked(&self.writer);
         // A confirm time must not land in a group's confirms as the group goes.
-        let _confirms = self.confirms.lock().unwrap_or_else(|p| p.into_inner());
+        let _confirms = super::locked(&self.confirms);
         let mut batch = sled::Batch::default();
         let mut purged = Purged::default();
         for item in self.hub.scan_prefix([b't']).take(max_groups) {
