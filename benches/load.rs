@@ -320,8 +320,9 @@ async fn backlog_rss(
 }
 
 /// The generated configuration (`write_generated_config`) changed by `edit`, with
-/// `amqp.prefetch` set to `BODFLOW_BENCH_PREFETCH` when that is given (to compare windows;
-/// default: bodflow's own).
+/// `amqp.prefetch` set to `BODFLOW_BENCH_PREFETCH` and `hub.store_cache_mb` to
+/// `BODFLOW_BENCH_STORE_CACHE_MB` when those are given (to compare settings; default:
+/// bodflow's own).
 fn write_bench_config(
     dir: &Path,
     store: &Path,
@@ -334,6 +335,12 @@ fn write_bench_config(
         .and_then(|v| v.parse().ok())
     {
         config.amqp.prefetch = prefetch;
+    }
+    if let Some(mb) = std::env::var("BODFLOW_BENCH_STORE_CACHE_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        config.hub.store_cache_mb = Some(mb);
     }
     edit(&mut config);
     std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();

@@ -76,6 +76,9 @@ pub struct Hub {
     pub tenant: Option<String>,
     /// The sled folder of the hub store.
     pub store: PathBuf,
+    /// sled's page cache in MiB; unset: 4 for the service and operator commands, 32 for
+    /// `replay` ([`Hub::store_cache_bytes`]). sled's resident memory is a multiple of it.
+    pub store_cache_mb: Option<u32>,
     /// Pattern for account numbers assigned to accounts created through Process BODs;
     /// `{seq}` or `{seq:06}` is replaced by a store-wide sequence.
     pub account_number_format: String,
@@ -102,12 +105,25 @@ pub struct Promotion {
     pub accounting_entity: Option<String>,
 }
 
+/// The largest `hub.store_cache_mb` accepted (64 GiB): a larger figure is a typo.
+const MAX_STORE_CACHE_MB: u32 = 65_536;
+
+impl Hub {
+    /// The page cache to open the store with: `hub.store_cache_mb`, else `default` (the
+    /// command's own figure).
+    pub fn store_cache_bytes(&self, default: u64) -> u64 {
+        self.store_cache_mb
+            .map_or(default, |mb| u64::from(mb) * 1024 * 1024)
+    }
+}
+
 impl Default for Hub {
     fn default() -> Self {
         Hub {
             logical_id: "lid://bodflow.hub".into(),
             tenant: None,
             store: PathBuf::from("data/bodflow.db"),
+            store_cache_mb: None,
             account_number_format: "C{seq:06}".into(),
             promotion: None,
         }
@@ -698,6 +714,16 @@ impl Config {
                 format!("must be between 1 and {MAX_LANES}"),
             ));
         }
+        if self
+            .hub
+            .store_cache_mb
+            .is_some_and(|mb| mb == 0 || mb > MAX_STORE_CACHE_MB)
+        {
+            return Err(err(
+                "hub.store_cache_mb".into(),
+                format!("must be between 1 and {MAX_STORE_CACHE_MB} (MiB)"),
+            ));
+        }
         if self.limits.max_bytes == 0 || self.limits.max_depth == 0 {
             return Err(err(
                 "limits".into(),
@@ -1136,5 +1162,25 @@ mod tests {
             dbg.contains("guest:***@") && !dbg.contains("guest:guest"),
             "{dbg}"
         );
+    }
+
+    #[test]
+    fn the_store_cache_is_the_commands_own_unless_configured() {
+        let hub = Config::default().hub;
+        assert_eq!(hub.store_cache_bytes(4 << 20), 4 << 20);
+        assert_eq!(hub.store_cache_bytes(32 << 20), 32 << 20);
+        let c = Config::from_toml("[hub]\nstore_cache_mb = 16\n", "t").unwrap();
+        assert_eq!(c.hub.store_cache_bytes(4 << 20), 16 << 20);
+        assert_eq!(c.hub.store_cache_bytes(32 << 20), 16 << 20);
+        for bad in ["0", "65537"] {
+            let err = Config::from_toml(&format!("[hub]\nstore_cache_mb = {bad}\n"), "t")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("hub.store_cache_mb"), "{bad}: {err}");
+        }
+        let err = Config::from_toml("[hub]\nstore_cache_mb = -1\n", "t")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("store_cache_mb"), "{err}");
     }
 }

@@ -11,9 +11,10 @@
 //!
 //! What reloads: applications (new ones get their queue declared before the swap), users,
 //! country tables, policies, flows, limits, `hub.tenant` and `hub.account_number_format`.
-//! What needs a restart ([`RESTART_ONLY`]): `hub.store`, `hub.logical_id`, `amqp.url`,
-//! `amqp.prefetch`, `amqp.lanes`, `http.listen` — a changed value is reported (WARN, metric
-//! `bodflow_config_restart_required`) and the running value kept.
+//! What needs a restart ([`RESTART_ONLY`]): `hub.store`, `hub.store_cache_mb`,
+//! `hub.logical_id`, `amqp.url`, `amqp.prefetch`, `amqp.lanes`, `http.listen` — a changed
+//! value is reported (WARN, metric `bodflow_config_restart_required`) and the running value
+//! kept.
 //!
 //! An invalid file (syntax, unknown key, broken reference) is refused with the error logged
 //! (`bodflow_config_reloads_total{result="invalid"}`); a valid one that cannot be applied
@@ -31,8 +32,9 @@ use crate::store::{Store, StoreError};
 use crate::telemetry::events::{emit, ConfigReloadRefused, ConfigReloaded};
 
 /// Settings a running service cannot change; a reload keeps their running value.
-pub const RESTART_ONLY: [&str; 6] = [
+pub const RESTART_ONLY: [&str; 7] = [
     "hub.store",
+    "hub.store_cache_mb",
     "hub.logical_id",
     "amqp.url",
     "amqp.prefetch",
@@ -190,6 +192,10 @@ pub fn keep_running(new: &mut Config, running: &Config) -> Vec<&'static str> {
     };
     keep("hub.store", new.hub.store != running.hub.store);
     keep(
+        "hub.store_cache_mb",
+        new.hub.store_cache_mb != running.hub.store_cache_mb,
+    );
+    keep(
         "hub.logical_id",
         new.hub.logical_id != running.hub.logical_id,
     );
@@ -198,6 +204,7 @@ pub fn keep_running(new: &mut Config, running: &Config) -> Vec<&'static str> {
     keep("amqp.lanes", new.amqp.lanes != running.amqp.lanes);
     keep("http.listen", new.http.listen != running.http.listen);
     new.hub.store = running.hub.store.clone();
+    new.hub.store_cache_mb = running.hub.store_cache_mb;
     new.hub.logical_id = running.hub.logical_id.clone();
     new.amqp = running.amqp.clone();
     new.http = running.http.clone();
@@ -212,13 +219,22 @@ mod tests {
     fn restart_only_settings_keep_their_running_value_and_are_reported() {
         let running = Config::default();
         let mut new = Config::from_toml(
-            "[hub]\nstore = 'elsewhere'\ntenant = 'T2'\n[amqp]\nprefetch = 7\n[http]\nlisten = '0.0.0.0:1'\n[[users]]\nid = 'U-NEW'\n",
+            "[hub]\nstore = 'elsewhere'\nstore_cache_mb = 64\ntenant = 'T2'\n[amqp]\nprefetch = 7\n[http]\nlisten = '0.0.0.0:1'\n[[users]]\nid = 'U-NEW'\n",
             "t",
         )
         .unwrap();
         let changed = keep_running(&mut new, &running);
-        assert_eq!(changed, ["hub.store", "amqp.prefetch", "http.listen"]);
+        assert_eq!(
+            changed,
+            [
+                "hub.store",
+                "hub.store_cache_mb",
+                "amqp.prefetch",
+                "http.listen"
+            ]
+        );
         assert_eq!(new.hub.store, running.hub.store);
+        assert_eq!(new.hub.store_cache_mb, running.hub.store_cache_mb);
         assert_eq!(new.amqp.prefetch, running.amqp.prefetch);
         assert_eq!(new.http.listen, running.http.listen);
         // What reloads is taken.

@@ -79,6 +79,7 @@ fn fully_populated() -> Config {
             logical_id: "lid://hub".into(),
             tenant: Some("T".into()),
             store: PathBuf::from("store"),
+            store_cache_mb: Some(4),
             account_number_format: "C{seq}".into(),
             promotion: Some(Promotion {
                 when_type: "Customer".into(),

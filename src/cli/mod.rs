@@ -212,5 +212,7 @@ pub fn open_store(
     if !path.exists() {
         anyhow::bail!("no store at {} (give --store DIR)", path.display());
     }
-    crate::store::Store::open(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    let cache = config.hub.store_cache_bytes(crate::store::CACHE_BYTES);
+    crate::store::Store::open_with_cache(path, cache)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }

@@ -63,12 +63,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     let inputs = super::collect_inputs(&args.inputs.paths)?;
+    let cache = config.hub.store_cache_bytes(REPLAY_CACHE_BYTES);
     let mut store = match &args.store {
-        Some(dir) => Store::open_with_cache(dir, REPLAY_CACHE_BYTES)
+        Some(dir) => Store::open_with_cache(dir, cache)
             .with_context(|| format!("opening store {}", dir.display()))?,
-        None => {
-            Store::temporary_with_cache(REPLAY_CACHE_BYTES).context("opening a temporary store")?
-        }
+        None => Store::temporary_with_cache(cache).context("opening a temporary store")?,
     };
     // Replay drains every emitted row into `--out` right after its commit; nothing ever
     // publishes them, so they need not be written to the store.

@@ -289,10 +289,13 @@ fn match_tag(k: MatchKey) -> &'static str {
     }
 }
 
-/// sled's page cache. Bounded so replay and the service stay within their memory budget:
-/// sled's resident memory is several times this figure, and a larger cache did not make
-/// `bodflow run` faster (the records it updates are spread over the whole store anyway).
-const CACHE_BYTES: u64 = 4 * 1024 * 1024;
+/// sled's page cache for the service and the operator commands, unless `hub.store_cache_mb`
+/// sets one. Bounded so the service stays within its memory budget (≤ 64 MB with a backlog of
+/// 200,000): sled's resident memory grows by more than the cache itself. A larger cache
+/// halves the service's reads of the log at 16 MiB (50,000 waiting documents), but the
+/// records, markers and cross-references it touches are spread over the whole store, so time
+/// and CPU gained only 5–7 % on average, inside this machine's noise (`benches/README.md`).
+pub const CACHE_BYTES: u64 = 4 * 1024 * 1024;
 
 /// sled's page cache for `bodflow replay`, which writes a whole store in one go. With 4 MiB,
 /// a 50,000-document replay (a 155 MB store) keeps evicting the leaves it is about to change
