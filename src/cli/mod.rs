@@ -212,7 +212,6 @@ pub fn open_store(
     if !path.exists() {
         anyhow::bail!("no store at {} (give --store DIR)", path.display());
     }
-    let cache = config.hub.store_cache_bytes(crate::store::CACHE_BYTES);
-    crate::store::Store::open_with_cache(path, cache)
+    crate::store::Store::open_configured(path, &config.hub)
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }

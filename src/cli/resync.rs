@@ -26,7 +26,7 @@ use crate::amqp::{self, RunOptions};
 use crate::config::Config;
 use crate::pipeline::resync::{Request, Summary, Trigger};
 use crate::pipeline::{OutputReport, Pipeline};
-use crate::store::{Kind, Store, CACHE_BYTES};
+use crate::store::{Kind, Store};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -69,7 +69,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if !path.exists() {
         anyhow::bail!("no store at {} (give --store DIR)", path.display());
     }
-    let store = match Store::open_with_cache(&path, config.hub.store_cache_bytes(CACHE_BYTES)) {
+    let store = match Store::open_configured(&path, &config.hub) {
         Ok(store) => store,
         Err(e) if e.is_locked() => {
             if args.out.is_some() {

@@ -25,7 +25,7 @@ use crate::config::{redact_url, Config};
 use crate::pipeline::Pipeline;
 use crate::reload::{self, Live};
 use crate::store::track::Millis;
-use crate::store::{Store, CACHE_BYTES};
+use crate::store::Store;
 use crate::telemetry::events::{emit, TrackingFailed, TrackingPurged};
 use crate::telemetry::{self, Readiness};
 
@@ -67,7 +67,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         tracing::warn!("No bodflow.toml found: built-in defaults, no applications configured");
     }
     let store_path = config.hub.store.clone();
-    let store = Store::open_with_cache(&store_path, config.hub.store_cache_bytes(CACHE_BYTES))
+    let store = Store::open_configured(&store_path, &config.hub)
         .with_context(|| format!("opening store {}", store_path.display()))?;
     tracing::info!(
         store = %store_path.display(),

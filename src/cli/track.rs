@@ -18,7 +18,7 @@ use hyper::body::Bytes;
 
 use crate::config::Config;
 use crate::store::track::{Millis, Run, Track, Trigger};
-use crate::store::{Store, CACHE_BYTES};
+use crate::store::Store;
 use crate::telemetry::http::{Messages, DEFAULT_LIMIT};
 
 #[derive(Debug, clap::Args)]
@@ -51,7 +51,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .unwrap_or_else(|| config.hub.store.clone());
     let limit = args.limit.max(1);
     let found = if path.exists() {
-        match Store::open_with_cache(&path, config.hub.store_cache_bytes(CACHE_BYTES)) {
+        match Store::open_configured(&path, &config.hub) {
             Ok(store) => store.lookup_tracked(&args.id, limit)?,
             Err(e) if e.is_locked() => {
                 let base = args

@@ -295,7 +295,7 @@ fn match_tag(k: MatchKey) -> &'static str {
 /// halves the service's reads of the log at 16 MiB (50,000 waiting documents), but the
 /// records, markers and cross-references it touches are spread over the whole store, so time
 /// and CPU gained only 5–7 % on average, inside this machine's noise (`benches/README.md`).
-pub const CACHE_BYTES: u64 = 4 * 1024 * 1024;
+const CACHE_BYTES: u64 = 4 * 1024 * 1024;
 
 /// sled's page cache for `bodflow replay`, which writes a whole store in one go. With 4 MiB,
 /// a 50,000-document replay (a 155 MB store) keeps evicting the leaves it is about to change
@@ -340,6 +340,12 @@ impl Store {
     /// Opens (creating if needed) the store at `path`.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         Store::open_with_cache(path, CACHE_BYTES)
+    }
+
+    /// [`Store::open`] with the page cache `hub.store_cache_mb` sets, if it does: how the
+    /// service and the operator commands open the configured store.
+    pub fn open_configured(path: &Path, hub: &crate::config::Hub) -> Result<Store, StoreError> {
+        Store::open_with_cache(path, hub.store_cache_bytes(CACHE_BYTES))
     }
 
     /// [`Store::open`] with a page cache of `cache_bytes` (see [`REPLAY_CACHE_BYTES`]).
