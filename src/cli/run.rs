@@ -71,6 +71,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("opening store {}", store_path.display()))?;
     tracing::info!(
         store = %store_path.display(),
+        store_cache_mb = store.cache_bytes() >> 20,
         broker = %redact_url(&config.amqp.url),
         applications = config.applications.len(),
         prefetch = config.amqp.prefetch,

@@ -317,6 +317,8 @@ pub struct Store {
     confirms: Mutex<()>,
     /// Outbox groups kept in memory instead of sled ([`Store::keep_outbox_in_memory`]).
     memory_outbox: Option<Mutex<BTreeMap<u64, Vec<Vec<u8>>>>>,
+    /// sled's page cache, as opened.
+    cache_bytes: u64,
 }
 
 /// An outbox group: its sequence and its encoded rows (an empty row has been published).
@@ -362,7 +364,7 @@ impl Store {
                 }
                 e => StoreError::Io(e),
             })?;
-        Store::from_db(db)
+        Store::from_db(db, cache_bytes)
     }
 
     /// A store in a temporary folder, removed when dropped.
@@ -377,10 +379,10 @@ impl Store {
             .cache_capacity(cache_bytes)
             .mode(sled::Mode::HighThroughput)
             .open()?;
-        Store::from_db(db)
+        Store::from_db(db, cache_bytes)
     }
 
-    fn from_db(db: sled::Db) -> Result<Store, StoreError> {
+    fn from_db(db: sled::Db, cache_bytes: u64) -> Result<Store, StoreError> {
         let hub = db.open_tree("hub")?;
         let next_after = |prefix: u8| -> Result<u64, StoreError> {
             Ok(match hub.scan_prefix([prefix]).next_back() {
@@ -402,7 +404,13 @@ impl Store {
             writer: Mutex::new(()),
             confirms: Mutex::new(()),
             memory_outbox: None,
+            cache_bytes,
         })
+    }
+
+    /// sled's page cache the store was opened with, in bytes.
+    pub fn cache_bytes(&self) -> u64 {
+        self.cache_bytes
     }
 
     /// Keeps the outbox rows of later transactions in memory instead of writing them to sled.
@@ -1296,6 +1304,19 @@ mod tests {
         assert_eq!(store.outbox().count(), 2);
         store.flush().unwrap();
         assert_eq!(store.durable_outbox().count(), 2);
+    }
+
+    #[test]
+    fn the_configured_store_opens_with_hub_store_cache_mb() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut hub = crate::config::Hub::default();
+        let path = dir.path().join("store");
+        let store = Store::open_configured(&path, &hub).unwrap();
+        assert_eq!(store.cache_bytes(), CACHE_BYTES);
+        drop(store);
+        hub.store_cache_mb = Some(16);
+        let store = Store::open_configured(&path, &hub).unwrap();
+        assert_eq!(store.cache_bytes(), 16 * 1024 * 1024);
     }
 
     /// `release_deferred` pins crossbeam-epoch's default collector; it reaches sled's
