@@ -930,6 +930,11 @@ impl Config {
 mod tests {
     use super::*;
 
+    /// The error text of a configuration `from_toml` refuses.
+    fn refusal(toml: &str) -> String {
+        Config::from_toml(toml, "t").unwrap_err().to_string()
+    }
+
     #[test]
     fn unknown_keys_fail_with_their_path() {
         let err = Config::from_toml(
@@ -959,35 +964,19 @@ mod tests {
     #[test]
     fn bad_delete_modes_inbound_fields_and_zero_limits_are_refused() {
         let base = "[[applications]]\nname='a'\nlogical_id='lid://a'\n[applications.flows.ContactMaster]\n";
-        let err = Config::from_toml(&format!("{base}inbound = {{ delete = 'sfot' }}\n"), "t")
-            .unwrap_err()
-            .to_string();
+        let err = refusal(&format!("{base}inbound = {{ delete = 'sfot' }}\n"));
         assert!(
             err.contains("inbound.delete") && err.contains(r#"expected "soft", "hard" or false"#),
             "{err}"
         );
-        let err = Config::from_toml(
-            &format!("{base}inbound = {{ fields = ['address'] }}\n"),
-            "t",
-        )
-        .unwrap_err()
-        .to_string();
+        let err = refusal(&format!("{base}inbound = {{ fields = ['address'] }}\n"));
         assert!(err.contains("flows.ContactMaster.inbound.fields"), "{err}");
-        let err = Config::from_toml("[amqp]\nprefetch = 0\n", "t")
-            .unwrap_err()
-            .to_string();
+        let err = refusal("[amqp]\nprefetch = 0\n");
         assert!(err.contains("amqp.prefetch"), "{err}");
-        let err = Config::from_toml("[amqp]\nlanes = 0\n", "t")
-            .unwrap_err()
-            .to_string();
+        let err = refusal("[amqp]\nlanes = 0\n");
         assert!(err.contains("amqp.lanes"), "{err}");
         assert!(Config::from_toml("[amqp]\nlanes = 3\n", "t").is_ok_and(|c| c.amqp.lanes == 3));
-        let err = Config::from_toml(
-            "[[applications]]\nname='a'\nlogical_id='lid://bodflow.hub'\n",
-            "t",
-        )
-        .unwrap_err()
-        .to_string();
+        let err = refusal("[[applications]]\nname='a'\nlogical_id='lid://bodflow.hub'\n");
         assert!(err.contains("hub.logical_id"), "{err}");
     }
 
@@ -1084,9 +1073,7 @@ mod tests {
                 "hub.promotion.when",
             ),
         ] {
-            let err = Config::from_toml(&format!("[hub.promotion]\n{toml}{apps}"), "t")
-                .unwrap_err()
-                .to_string();
+            let err = refusal(&format!("[hub.promotion]\n{toml}{apps}"));
             assert!(err.contains(key), "{err}");
         }
     }
@@ -1107,9 +1094,7 @@ mod tests {
             &["VIP".into(), "sales".into()],
             "SALES"
         ));
-        let err = Config::from_toml(&format!("{base}stamp_classification='  '\n"), "t")
-            .unwrap_err()
-            .to_string();
+        let err = refusal(&format!("{base}stamp_classification='  '\n"));
         assert!(
             err.contains("applications[0].stamp_classification"),
             "{err}"
@@ -1173,14 +1158,10 @@ mod tests {
         assert_eq!(c.hub.store_cache_bytes(4 << 20), 16 << 20);
         assert_eq!(c.hub.store_cache_bytes(32 << 20), 16 << 20);
         for bad in ["0", "65537"] {
-            let err = Config::from_toml(&format!("[hub]\nstore_cache_mb = {bad}\n"), "t")
-                .unwrap_err()
-                .to_string();
+            let err = refusal(&format!("[hub]\nstore_cache_mb = {bad}\n"));
             assert!(err.contains("hub.store_cache_mb"), "{bad}: {err}");
         }
-        let err = Config::from_toml("[hub]\nstore_cache_mb = -1\n", "t")
-            .unwrap_err()
-            .to_string();
+        let err = refusal("[hub]\nstore_cache_mb = -1\n");
         assert!(err.contains("store_cache_mb"), "{err}");
     }
 }
