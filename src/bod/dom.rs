@@ -533,6 +533,17 @@ fn push_element<'a>(
             ));
         }
         namespaces.keys.push(key);
+        // quick-xml ends a start tag at the first `>` outside quotes and takes everything
+        // between the quotes as the value; XML forbids a literal `<` there (AttValue).
+        if attr.value.contains(&b'<') {
+            return Err(not_well_formed(
+                format!(
+                    "'<' in the value of attribute {:?} (write it as &lt;)",
+                    String::from_utf8_lossy(key)
+                ),
+                position,
+            ));
+        }
         let value: Cow<'a, str> = if attr.value.contains(&b'&') {
             Cow::Owned(
                 attr.unescape_value()
@@ -647,6 +658,17 @@ mod tests {
         assert_eq!(err.code(), "not_well_formed");
         assert!(err.to_string().contains("appears twice"), "{err}");
         assert!(parse(r#"<A p:x="1" q:x="2" xmlns:p="urn:p" xmlns:q="urn:q"/>"#).is_ok());
+        // A literal `<` in an attribute value is not XML (found by tests/robustness.rs: the
+        // value ended up echoed in an Acknowledge); escaped, and `>` or `]]>`, it is.
+        let err = parse(r#"<A lid="a<B>c</B>d">x</A>"#).unwrap_err();
+        assert_eq!(err.code(), "not_well_formed");
+        assert!(
+            err.to_string()
+                .contains("'<' in the value of attribute \"lid\""),
+            "{err}"
+        );
+        let dom = parse(r#"<A lid="a&lt;b>c]]>d">x</A>"#).unwrap();
+        assert_eq!(dom.attr(0, "lid"), Some("a<b>c]]>d"));
     }
 
     #[test]
