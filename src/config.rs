@@ -771,10 +771,19 @@ impl Config {
                 ));
             }
         }
+        if !crate::bod::is_plain_logical_id(&self.hub.logical_id) {
+            return Err(err(
+                "hub.logical_id".into(),
+                not_a_logical_id(&self.hub.logical_id),
+            ));
+        }
         for (i, app) in self.applications.iter().enumerate() {
             let key = |k: &str| format!("applications[{i}].{k}");
             if app.logical_id.trim().is_empty() {
                 return Err(err(key("logical_id"), "must not be empty".into()));
+            }
+            if !crate::bod::is_plain_logical_id(&app.logical_id) {
+                return Err(err(key("logical_id"), not_a_logical_id(&app.logical_id)));
             }
             if let Some(other) = self.applications[..i]
                 .iter()
@@ -926,6 +935,16 @@ impl Config {
     }
 }
 
+/// Why a configured logical ID is refused: bodflow writes it into every document it sends,
+/// where the schema types it `xs:anyURI`.
+fn not_a_logical_id(value: &str) -> String {
+    format!(
+        "{value:?} is not a logical ID bodflow can write into its documents: an optional scheme \
+         (lid:), then only letters, digits and -._~/ (lid://infor.ln.ln01), at most {} characters",
+        crate::bod::MAX_LOGICAL_ID
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -978,6 +997,35 @@ mod tests {
         assert!(Config::from_toml("[amqp]\nlanes = 3\n", "t").is_ok_and(|c| c.amqp.lanes == 3));
         let err = refusal("[[applications]]\nname='a'\nlogical_id='lid://bodflow.hub'\n");
         assert!(err.contains("hub.logical_id"), "{err}");
+    }
+
+    #[test]
+    fn logical_ids_the_schema_would_refuse_are_refused() {
+        // bodflow writes them into every document (xs:anyURI): the golden and schema tests
+        // validate what it writes with the configured ones.
+        for bad in [
+            "lid://crm[1]",
+            "lid://a b",
+            "lid://a:b",
+            "lid://a%zz",
+            "lid://a#b#c",
+        ] {
+            let err = refusal(&format!("[[applications]]\nname='a'\nlogical_id={bad:?}\n"));
+            assert!(
+                err.contains("applications[0].logical_id") && err.contains("not a logical ID"),
+                "{bad}: {err}"
+            );
+            let err = refusal(&format!("[hub]\nlogical_id={bad:?}\n"));
+            assert!(err.contains("hub.logical_id"), "{bad}: {err}");
+        }
+        for good in [
+            "lid://infor.ln.ln01",
+            "infor.engine.workflow",
+            "lid://acme.crm_2-b/eu",
+        ] {
+            let toml = format!("[[applications]]\nname='a'\nlogical_id={good:?}\n");
+            assert!(Config::from_toml(&toml, "t").is_ok(), "{good}");
+        }
     }
 
     #[test]

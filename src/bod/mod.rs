@@ -274,9 +274,74 @@ pub struct Contact {
     pub relationship: Option<String>,
 }
 
+/// Most characters of a logical ID (`LogicalIDType` in `schemas/common.xsd`).
+pub const MAX_LOGICAL_ID: usize = 255;
+
+/// Whether `value` is a logical ID bodflow can write where the schema types it `xs:anyURI`
+/// (`LogicalIDType`): an optional scheme (`lid:`), then only letters, digits and `-._~/`, as
+/// in `lid://infor.ln.ln01/3555` or `infor.engine.workflow`; at most [`MAX_LOGICAL_ID`]
+/// characters. Configured logical IDs must be ([`crate::config`]); a sender's is echoed in a
+/// refusal only when it is. What URI parsers accept beyond that (brackets only around an IPv6
+/// host, `%` only before two hex digits, one `#`, a numeric port) is deliberately left out.
+pub fn is_plain_logical_id(value: &str) -> bool {
+    let rest = match value.split_once(':') {
+        Some((scheme, rest))
+            if scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+                && scheme
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '.' | '-')) =>
+        {
+            rest
+        }
+        _ => value,
+    };
+    !rest.is_empty()
+        && value.len() <= MAX_LOGICAL_ID
+        && rest
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '~' | '/'))
+}
+
 /// Reads one document: decode + typed model. The only entry point for untrusted bytes.
 pub fn parse(bytes: &[u8], limits: Limits) -> Result<Bod, DecodeError> {
     let text = dom::decode(bytes, limits)?;
     let dom = dom::Dom::parse(&text, limits)?;
     read::read_bod(&dom)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_logical_ids_are_echoed() {
+        for plain in [
+            "lid://infor.ln.ln01",
+            "lid://infor.ln.ln01/3555",
+            "infor.engine.workflow",
+            "infor.workflow.workflow1-bbadbb00-252c-4b90-be31-e6adafff4201",
+            "x+y.z-1:a~b_c",
+            &format!("lid://{}", "a".repeat(MAX_LOGICAL_ID - 6)),
+        ] {
+            assert!(is_plain_logical_id(plain), "{plain}");
+        }
+        // What the fuzzer made senders send (the schema's anyURI refuses them), values a URI
+        // parser refuses, and one character too many.
+        for odd in [
+            "lid://infor.crm.crm]]>01",
+            "lid://infor.crm.crm0<LogicalID>lid://nobody</LogicalID>1",
+            "lid://a[b",
+            "lid://a%zz",
+            "a#b#c",
+            "lid://a@b:c",
+            "lid://a:b",
+            ":a",
+            "lid:",
+            "lid://a b",
+            "",
+            &format!("lid://{}", "a".repeat(MAX_LOGICAL_ID - 5)),
+        ] {
+            assert!(!is_plain_logical_id(odd), "{odd}");
+        }
+    }
 }
