@@ -294,13 +294,9 @@ async fn fixtures_end_to_end_equal_offline_replay_and_rejections_are_dead_letter
     );
 }
 
-/// A document with `reply_to` gets its ConfirmBOD on that queue (correlated by message id),
-/// not on the sender's application queue.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replies_go_to_reply_to() {
-    let vhost = Vhost::new("reply");
-    let config = fixture_config(&vhost);
-    let (_conn, ch) = channel(&vhost.url()).await;
+/// Declares the tests' reply queue `test.replies`; returns a fixture that gets a ConfirmBOD
+/// (a CRM Sync rejected for its missing name).
+async fn declare_reply_queue(ch: &Channel) -> Vec<u8> {
     ch.queue_declare(
         "test.replies".into(),
         QueueDeclareOptions::default(),
@@ -308,9 +304,17 @@ async fn replies_go_to_reply_to() {
     )
     .await
     .unwrap();
-    let bytes =
-        std::fs::read(common::root().join("fixtures/111-crm-sync-account-missing-name.xml"))
-            .unwrap();
+    std::fs::read(common::root().join("fixtures/111-crm-sync-account-missing-name.xml")).unwrap()
+}
+
+/// A document with `reply_to` gets its ConfirmBOD on that queue (correlated by message id),
+/// not on the sender's application queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_go_to_reply_to() {
+    let vhost = Vhost::new("reply");
+    let config = fixture_config(&vhost);
+    let (_conn, ch) = channel(&vhost.url()).await;
+    let bytes = declare_reply_queue(&ch).await;
     let d = Doc {
         bytes,
         message_id: "reply-test-1".into(),
@@ -341,6 +345,68 @@ async fn replies_go_to_reply_to() {
             "{q} got a message"
         );
     }
+}
+
+/// A `reply_to` queue that no longer exists (an RPC client's exclusive queue, gone with its
+/// connection): the broker returns the reply, and bodflow sends it to the sender's
+/// application queue instead, as if no `reply_to` had been given — neither kept for ever nor
+/// holding up the replies to other documents.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_to_queue_that_is_gone_gets_the_reply_on_the_application_queue() {
+    let vhost = Vhost::new("reply-gone");
+    let config = fixture_config(&vhost);
+    let (_conn, ch) = channel(&vhost.url()).await;
+    let bytes = declare_reply_queue(&ch).await;
+    let gone = Doc {
+        bytes: bytes.clone(),
+        message_id: "reply-gone-1".into(),
+        reply_to: Some("amq.gen-no-such-queue".into()),
+    };
+    // Behind it, other documents whose replies go to a queue that exists.
+    let others: Vec<Doc> = (0..20)
+        .map(|i| Doc {
+            bytes: bytes.clone(),
+            message_id: format!("reply-ok-{i}"),
+            reply_to: Some("test.replies".into()),
+        })
+        .collect();
+    let mut docs = vec![gone];
+    docs.extend(others);
+    publish(&config, &docs).await;
+    let store = Arc::new(Store::temporary().unwrap());
+    let (stop, service) = start_service(&config, store.clone());
+    let crm = config
+        .applications
+        .iter()
+        .find(|a| a.logical_id == "lid://infor.crm.crm01")
+        .unwrap();
+    let crm_queue = topology::application_queue(&crm.slug());
+    wait_for("every reply", Duration::from_secs(20), async || {
+        broker::ready_count(&ch, "test.replies").await.unwrap() >= 20
+            && broker::ready_count(&ch, &crm_queue).await.unwrap() >= 1
+            && store.outbox_len() == 0
+    })
+    .await;
+    stop.send(()).unwrap();
+    service.await.unwrap().unwrap();
+
+    let rerouted = drain_queue(&ch, &crm_queue).await;
+    assert_eq!(rerouted.len(), 1, "{rerouted:?}");
+    assert_eq!(rerouted[0].correlation_id, "reply-gone-1");
+    assert_eq!(
+        header(&rerouted[0].headers, "documentName").as_deref(),
+        Some("Confirm.BOD")
+    );
+    assert_eq!(
+        header(&rerouted[0].headers, "toLogicalId").as_deref(),
+        Some("lid://infor.crm.crm01")
+    );
+    let replies = drain_queue(&ch, "test.replies").await;
+    let mut correlated: Vec<String> = replies.into_iter().map(|r| r.correlation_id).collect();
+    correlated.sort();
+    let mut want: Vec<String> = (0..20).map(|i| format!("reply-ok-{i}")).collect();
+    want.sort();
+    assert_eq!(correlated, want);
 }
 
 fn generated(count: usize) -> Vec<Doc> {

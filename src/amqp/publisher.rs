@@ -10,7 +10,10 @@
 //! returned (unroutable) message keeps its row: the rounds in flight are settled, and after a
 //! doubling backoff the outbox is read again from its start. Rows go to their `reply_to`
 //! queue through the default exchange when the inbound named one, else to `bodflow.out` with
-//! the receiver's logical ID.
+//! the receiver's logical ID. A reply returned because its `reply_to` queue does not exist
+//! (an RPC client's exclusive queue goes with its connection) is published again to
+//! `bodflow.out` with the receiver's logical ID, as if the sender had named no queue: kept
+//! for ever, it would hold every round of the publisher in its backoff.
 //!
 //! Rounds run when the consumer commits (woken), at least every [`RunOptions::outbox_poll`],
 //! and — on shutdown — until the outbox is empty or [`RunOptions::drain_timeout`] passes.
@@ -22,7 +25,7 @@
 //! Rows left over are published by the next start; a row published but not yet removed when
 //! the process dies is published again (at least once; receivers dedupe by BODID).
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -87,6 +90,9 @@ struct Progress {
     failures: u32,
     /// Rows published and confirmed so far.
     published: usize,
+    /// Replies whose `reply_to` queue was missing: published to `bodflow.out` from now on.
+    /// Not stored: after a restart such a row is returned once more.
+    rerouted: HashSet<u64>,
 }
 
 /// What one [`Publisher::step`] did.
@@ -198,7 +204,7 @@ impl Publisher {
                 let started = std::time::Instant::now();
                 let mut sent = Vec::with_capacity(rows.len());
                 for (seq, row) in rows {
-                    let confirm = self.publish(&row).await?;
+                    let confirm = self.publish(&row, progress.rerouted.contains(&seq)).await?;
                     sent.push(Sent {
                         seq,
                         bod_id: row.bod_id,
@@ -242,6 +248,7 @@ impl Publisher {
         for row in round.rows {
             match confirmed(row.confirm, &row.bod_id).await {
                 Ok(()) => {
+                    progress.rerouted.remove(&row.seq);
                     done.push(row.seq);
                     if track {
                         confirms.push((row.correlation_id, row.bod_id, Millis::now(), row.tracked));
@@ -249,12 +256,16 @@ impl Publisher {
                 }
                 Err(e @ (Error::Nacked(_) | Error::Returned(_) | Error::NotConfirmed)) => {
                     failed += 1;
+                    let reroute = matches!(e, Error::Returned(_))
+                        && row.reply_to.is_some()
+                        && progress.rerouted.insert(row.seq);
                     emit(OutboxRowRefused {
                         code: e.code(),
                         error: &e,
                         bod_id: &row.bod_id,
                         to: &row.to,
                         reply_to: row.reply_to.as_deref(),
+                        rerouted: reroute,
                     });
                 }
                 Err(e) => return Err(e),
@@ -277,7 +288,12 @@ impl Publisher {
         Ok(failed)
     }
 
-    async fn publish(&self, row: &OutboxRow) -> Result<lapin::PublisherConfirm, Error> {
+    /// Publishes `row`; `rerouted`: to `bodflow.out` even when it names a `reply_to` queue.
+    async fn publish(
+        &self,
+        row: &OutboxRow,
+        rerouted: bool,
+    ) -> Result<lapin::PublisherConfirm, Error> {
         let mut headers = FieldTable::default();
         put_header(&mut headers, "documentName", &row.document_name);
         put_header(
@@ -302,8 +318,8 @@ impl Publisher {
             .with_correlation_id(short(&row.correlation_id)?)
             .with_headers(headers);
         let (exchange, routing_key) = match &row.reply_to {
-            Some(queue) => ("", queue.as_str()),
-            None => (topology::OUT_EXCHANGE, row.to.as_str()),
+            Some(queue) if !rerouted => ("", queue.as_str()),
+            _ => (topology::OUT_EXCHANGE, row.to.as_str()),
         };
         Ok(self
             .channel

@@ -441,24 +441,31 @@ impl Event for AmqpConnectFailed<'_> {
 }
 
 /// The broker did not accept an outbox row (Nack, returned unroutable, no confirm); the row
-/// is kept and published again later.
+/// is kept and published again later — to `bodflow.out` instead of its `reply_to` queue when
+/// that queue does not exist (`rerouted`).
 pub struct OutboxRowRefused<'a> {
     pub code: &'static str,
     pub error: &'a dyn std::fmt::Display,
     pub bod_id: &'a str,
     pub to: &'a str,
     pub reply_to: Option<&'a str>,
+    pub rerouted: bool,
 }
 
 impl Event for OutboxRowRefused<'_> {
     fn emit(self) {
+        let message = if self.rerouted {
+            "Reply queue does not exist; the reply goes to the receiver's application queue instead"
+        } else {
+            "Outbox row not accepted by the broker; kept for retry"
+        };
         tracing::warn!(
             error = %self.error,
             code = self.code,
             bod_id = self.bod_id,
             to = self.to,
             reply_to = self.reply_to.unwrap_or(""),
-            "Outbox row not accepted by the broker; kept for retry"
+            "{message}"
         );
         metrics()
             .publish_failures
