@@ -179,6 +179,7 @@ fn decode_text(bytes: &[u8]) -> Result<Cow<'_, str>, DecodeError> {
             return Err(DecodeError::NotWellFormed {
                 message: format!("invalid {} byte sequence", encoding.name()),
                 position: None,
+                path: None,
             });
         }
         return Ok(text);
@@ -191,6 +192,7 @@ fn decode_text(bytes: &[u8]) -> Result<Cow<'_, str>, DecodeError> {
                     return Err(DecodeError::NotWellFormed {
                         message: format!("invalid {} byte sequence", enc.name()),
                         position: None,
+                        path: None,
                     });
                 }
                 return Ok(text);
@@ -200,6 +202,7 @@ fn decode_text(bytes: &[u8]) -> Result<Cow<'_, str>, DecodeError> {
                 return Err(DecodeError::NotWellFormed {
                     message: format!("unsupported encoding {label:?}"),
                     position: None,
+                    path: None,
                 })
             }
         }
@@ -209,6 +212,7 @@ fn decode_text(bytes: &[u8]) -> Result<Cow<'_, str>, DecodeError> {
         .map_err(|e| DecodeError::NotWellFormed {
             message: format!("invalid UTF-8 at byte {}", e.valid_up_to()),
             position: Some(e.valid_up_to() as u64),
+            path: None,
         })
 }
 
@@ -290,6 +294,45 @@ fn not_well_formed(message: impl Into<String>, position: u64) -> DecodeError {
     DecodeError::NotWellFormed {
         message: message.into(),
         position: Some(position),
+        path: None,
+    }
+}
+
+/// `error` with where it happened in `text`: the line and column of its position in the
+/// message, and the path of the open elements.
+fn located(error: DecodeError, text: &str, dom: &Dom<'_>, open: &[usize]) -> DecodeError {
+    let DecodeError::NotWellFormed {
+        mut message,
+        position: Some(position),
+        path: None,
+    } = error
+    else {
+        return error;
+    };
+    let before = &text.as_bytes()[..(position as usize).min(text.len())];
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    let line_start = before
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    // Columns count characters: continuation bytes of UTF-8 do not start one.
+    let column = before[line_start..]
+        .iter()
+        .filter(|&&b| b & 0xC0 != 0x80)
+        .count()
+        + 1;
+    message.push_str(&format!(" (line {line}, column {column})"));
+    let path = (!open.is_empty()).then(|| {
+        open.iter().fold(String::new(), |mut path, &idx| {
+            path.push('/');
+            path.push_str(dom.nodes[idx].name);
+            path
+        })
+    });
+    DecodeError::NotWellFormed {
+        message,
+        position: Some(position),
+        path,
     }
 }
 
@@ -367,16 +410,31 @@ fn append<'a>(slot: &mut Cow<'a, str>, piece: Cow<'a, str>) {
 }
 
 fn read_tree(text: &str, max_depth: usize) -> Result<Dom<'_>, DecodeError> {
-    let mut reader = Reader::from_str(text);
-    reader.config_mut().check_end_names = true;
-    reader.config_mut().trim_text(false);
-
     let mut dom = Dom {
         nodes: Vec::with_capacity(128),
         attrs: Vec::with_capacity(64),
     };
     // Open elements, each with its held-back whitespace (see `push_text`).
     let mut stack: Vec<(usize, Cow<'_, str>)> = Vec::with_capacity(16);
+    match read_events(text, max_depth, &mut dom, &mut stack) {
+        Ok(()) => Ok(dom),
+        Err(e) => {
+            let open: Vec<usize> = stack.iter().map(|(idx, _)| *idx).collect();
+            Err(located(e, text, &dom, &open))
+        }
+    }
+}
+
+/// Reads `text` into `dom`; `stack` holds the open elements (where an error happened).
+fn read_events<'a>(
+    text: &'a str,
+    max_depth: usize,
+    dom: &mut Dom<'a>,
+    stack: &mut Vec<(usize, Cow<'a, str>)>,
+) -> Result<(), DecodeError> {
+    let mut reader = Reader::from_str(text);
+    reader.config_mut().check_end_names = true;
+    reader.config_mut().trim_text(false);
     let mut root_closed = false;
     let mut namespaces = Namespaces::default();
 
@@ -394,14 +452,14 @@ fn read_tree(text: &str, max_depth: usize) -> Result<Dom<'_>, DecodeError> {
         }
         match event {
             Event::Start(start) => {
-                let idx = push_element(text, &mut dom, &stack, &mut namespaces, &start, position)?;
+                let idx = push_element(text, dom, stack, &mut namespaces, &start, position)?;
                 stack.push((idx, Cow::Borrowed("")));
                 if stack.len() > max_depth {
                     return Err(DecodeError::TooDeep { limit: max_depth });
                 }
             }
             Event::Empty(start) => {
-                push_element(text, &mut dom, &stack, &mut namespaces, &start, position)?;
+                push_element(text, dom, stack, &mut namespaces, &start, position)?;
                 namespaces.leave(stack.len());
                 if stack.len() + 1 > max_depth {
                     return Err(DecodeError::TooDeep { limit: max_depth });
@@ -494,7 +552,7 @@ fn read_tree(text: &str, max_depth: usize) -> Result<Dom<'_>, DecodeError> {
                 if dom.nodes.is_empty() {
                     return Err(not_well_formed("no root element", position));
                 }
-                return Ok(dom);
+                return Ok(());
             }
         }
     }
@@ -538,7 +596,7 @@ fn push_element<'a>(
         if attr.value.contains(&b'<') {
             return Err(not_well_formed(
                 format!(
-                    "'<' in the value of attribute {:?} (write it as &lt;)",
+                    "'<' in the value of attribute {:?} of <{name}> (write it as &lt;)",
                     String::from_utf8_lossy(key)
                 ),
                 position,
@@ -664,11 +722,27 @@ mod tests {
         assert_eq!(err.code(), "not_well_formed");
         assert!(
             err.to_string()
-                .contains("'<' in the value of attribute \"lid\""),
+                .contains("'<' in the value of attribute \"lid\" of <A>"),
             "{err}"
         );
         let dom = parse(r#"<A lid="a&lt;b>c]]>d">x</A>"#).unwrap();
         assert_eq!(dom.attr(0, "lid"), Some("a<b>c]]>d"));
+    }
+
+    #[test]
+    fn errors_name_line_column_and_the_open_elements() {
+        let err = parse("<A>\n  <B>\n    <Ç>x</c>\n  </B>\n</A>").unwrap_err();
+        assert_eq!(err.code(), "not_well_formed");
+        assert!(err.to_string().ends_with("(line 3, column 9)"), "{err}");
+        assert_eq!(err.path(), Some("/A/B/Ç"));
+        // Outside the root: a place, no path.
+        let err = parse("<A/>x").unwrap_err();
+        assert!(err.to_string().ends_with("(line 1, column 5)"), "{err}");
+        assert_eq!(err.path(), None);
+        // An attribute is refused before its element opens: the path is its parent's.
+        let err = parse("<A><B c=\"<\"/></A>").unwrap_err();
+        assert!(err.to_string().contains("of <B>"), "{err}");
+        assert_eq!(err.path(), Some("/A"));
     }
 
     #[test]

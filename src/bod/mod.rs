@@ -22,10 +22,13 @@ pub use dom::Limits;
 /// metrics labels).
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
+    /// `message` names the line and column when the text could be read that far; `path` is
+    /// the element the reader was in (`/SyncCustomerPartyMaster/DataArea/…`), if any.
     #[error("document is not well-formed XML: {message}")]
     NotWellFormed {
         message: String,
         position: Option<u64>,
+        path: Option<String>,
     },
     #[error(
         "DOCTYPE declarations are not accepted (entity expansion and external fetches are refused)"
@@ -40,6 +43,14 @@ pub enum DecodeError {
 }
 
 impl DecodeError {
+    /// The element the reader was in when the document stopped being XML.
+    pub fn path(&self) -> Option<&str> {
+        match self {
+            DecodeError::NotWellFormed { path, .. } => path.as_deref(),
+            _ => None,
+        }
+    }
+
     pub fn code(&self) -> &'static str {
         match self {
             DecodeError::NotWellFormed { .. } => "not_well_formed",
@@ -314,7 +325,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_plain_logical_ids_are_echoed() {
+    fn plain_logical_ids_are_what_the_schema_takes() {
         for plain in [
             "lid://infor.ln.ln01",
             "lid://infor.ln.ln01/3555",

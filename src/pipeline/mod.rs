@@ -81,7 +81,7 @@ impl From<DecodeError> for Rejection {
             stage: Stage::Decode,
             code: e.code(),
             message: e.to_string(),
-            path: None,
+            path: e.path().map(str::to_string),
         }
     }
 }
