@@ -263,7 +263,8 @@ async fn fixtures_end_to_end_equal_offline_replay_and_rejections_are_dead_letter
     assert!(!got.is_empty());
 
     let dead = drain_queue(&ch, topology::DEAD_QUEUE).await;
-    let dead_set: BTreeSet<(String, String, String)> = dead
+    type DeadKey = (String, String, String, Option<String>);
+    let dead_set: BTreeSet<DeadKey> = dead
         .iter()
         .map(|m| {
             assert!(header(&m.headers, "x-bodflow-reason").is_some_and(|r| !r.is_empty()));
@@ -271,10 +272,11 @@ async fn fixtures_end_to_end_equal_offline_replay_and_rejections_are_dead_letter
                 m.message_id.clone(),
                 header(&m.headers, "x-bodflow-stage").unwrap(),
                 header(&m.headers, "x-bodflow-code").unwrap(),
+                header(&m.headers, "x-bodflow-path"),
             )
         })
         .collect();
-    let want_dead: BTreeSet<(String, String, String)> = rejected
+    let want_dead: BTreeSet<DeadKey> = rejected
         .iter()
         .filter_map(|r| {
             let e = r.error.as_ref()?;
@@ -282,9 +284,14 @@ async fn fixtures_end_to_end_equal_offline_replay_and_rejections_are_dead_letter
                 r.message_id.clone(),
                 e.stage.as_str().to_string(),
                 e.code.to_string(),
+                e.path.clone(),
             ))
         })
         .collect();
+    assert!(
+        dead_set.iter().filter(|d| d.3.is_some()).count() >= 10,
+        "rejections with a path carry it: {dead_set:?}"
+    );
     assert_eq!(dead_set, want_dead);
     assert_eq!(
         broker::ready_count(&ch, topology::INBOUND_QUEUE)

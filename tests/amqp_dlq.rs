@@ -117,6 +117,12 @@ async fn replay_of_a_fixed_dead_letter_applies_it_once_and_discard_removes() {
         assert_eq!(m["message_id"], id);
         assert_eq!(m["code"], "missing_field");
         assert_eq!(m["stage"], "validate");
+        assert!(
+            m["path"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("/SyncCustomerPartyMaster/")),
+            "{m}"
+        );
         assert_eq!(m["document_name"], "Sync.CustomerPartyMaster");
         assert_eq!(m["sender"], "lid://infor.crm.crm01");
         assert_eq!(m["size"], broken.len());
@@ -129,6 +135,10 @@ async fn replay_of_a_fixed_dead_letter_applies_it_once_and_discard_removes() {
     let (code, shown) = dlq(&vhost, &["show", "dlq-1"]);
     assert_eq!(code, 0);
     assert!(shown.contains("x-bodflow-code: missing_field"), "{shown}");
+    assert!(
+        shown.contains("x-bodflow-path: /SyncCustomerPartyMaster/"),
+        "{shown}"
+    );
     assert!(shown.contains("<SyncCustomerPartyMaster"), "{shown}");
     assert!(store.records().next().is_none());
 

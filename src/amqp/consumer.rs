@@ -134,6 +134,8 @@ struct DeadLetter {
     stage: &'static str,
     code: &'static str,
     reason: String,
+    /// The XML path the rejection names, if any (header `x-bodflow-path`).
+    path: Option<String>,
 }
 
 /// What the consumer keeps beside each delivery.
@@ -584,6 +586,7 @@ fn finish_commit(
                             stage: "upsert",
                             code: "retries_exhausted",
                             reason: format!("store commit failed {} times: {e}", work.attempts),
+                            path: None,
                         }),
                     });
                 } else {
@@ -709,6 +712,7 @@ fn rejected(p: &Prepared) -> Option<DeadLetter> {
             stage: rejection.stage.as_str(),
             code: rejection.code,
             reason: rejection.message.chars().take(MAX_REASON).collect(),
+            path: rejection.path.clone(),
         }),
         _ => None,
     }
@@ -724,6 +728,7 @@ fn rejected_at_commit(r: &Report) -> Option<DeadLetter> {
         stage: e.stage.as_str(),
         code: e.code,
         reason: e.message.chars().take(MAX_REASON).collect(),
+        path: e.path.clone(),
     })
 }
 
@@ -798,10 +803,23 @@ async fn publish_dead_letter(
     d: &Delivery,
     dl: &DeadLetter,
 ) -> Result<lapin::PublisherConfirm, Error> {
-    let mut headers = d.properties.headers().clone().unwrap_or_default();
+    // The delivery's own headers, without a path it may carry from an earlier dead-lettering.
+    let mut headers: FieldTable = d
+        .properties
+        .headers()
+        .as_ref()
+        .map(|h| h.inner().clone())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(k, _)| k.as_str() != super::dlq::PATH_HEADER)
+        .collect::<std::collections::BTreeMap<_, _>>()
+        .into();
     put_header(&mut headers, "x-bodflow-stage", dl.stage);
     put_header(&mut headers, "x-bodflow-code", dl.code);
     put_header(&mut headers, "x-bodflow-reason", &dl.reason);
+    if let Some(path) = &dl.path {
+        put_header(&mut headers, super::dlq::PATH_HEADER, path);
+    }
     let properties = d
         .properties
         .clone()

@@ -42,8 +42,16 @@ use crate::config::Config;
 /// Header that marks an inbound message as a deliberate retry of its message id.
 pub const RETRY_HEADER: &str = "x-bodflow-retry";
 
+/// Header with the XML path a rejection names, when it names one.
+pub const PATH_HEADER: &str = "x-bodflow-path";
+
 /// Headers the consumer adds when it dead-letters (removed on replay).
-const OUR_HEADERS: [&str; 3] = ["x-bodflow-stage", "x-bodflow-code", "x-bodflow-reason"];
+const OUR_HEADERS: [&str; 4] = [
+    "x-bodflow-stage",
+    "x-bodflow-code",
+    "x-bodflow-reason",
+    PATH_HEADER,
+];
 
 const CONSUMER_TAG: &str = "bodflow-dlq";
 
@@ -132,6 +140,11 @@ impl DeadMessage {
 
     pub fn reason(&self) -> Option<String> {
         self.header("x-bodflow-reason")
+    }
+
+    /// The XML path the rejection names (absent for whole-document problems).
+    pub fn path(&self) -> Option<String> {
+        self.header(PATH_HEADER)
     }
 
     /// Whether it was dead-lettered from a replay (it carries [`RETRY_HEADER`]).

@@ -129,6 +129,7 @@ fn summary(m: &DeadMessage) -> serde_json::Value {
         "stage": m.stage(),
         "code": m.code(),
         "reason": m.reason(),
+        "path": m.path(),
         "document_name": m.header("documentName"),
         "sender": m.header("fromLogicalId"),
         "size": m.payload().len(),
