@@ -8,7 +8,7 @@
 mod broker;
 mod common;
 
-use broker::{connect as channel, write_generated_config, Vhost};
+use broker::{connect as channel, start_service, write_generated_config, Vhost};
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -126,6 +126,16 @@ fn comparable_records(store: &Store) -> Vec<HubRecord> {
         .collect()
 }
 
+/// Every fixture as a message, and what an offline replay of them gives.
+fn fixture_docs(config: &Config) -> (Vec<Doc>, Offline) {
+    let docs: Vec<Doc> = fixtures()
+        .iter()
+        .map(|p| doc(std::fs::read(p).unwrap()))
+        .collect();
+    let expected = offline(config, &docs);
+    (docs, expected)
+}
+
 fn header(headers: &Option<FieldTable>, name: &str) -> Option<String> {
     match headers.as_ref()?.inner().get(name)? {
         AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
@@ -176,22 +186,6 @@ async fn wait_for(what: &str, timeout: Duration, mut done: impl AsyncFnMut() -> 
     }
 }
 
-/// The service in-process on `store`, stopped by the returned sender.
-fn start_service(
-    config: &Config,
-    store: Arc<Store>,
-) -> (
-    tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<Result<(), amqp::Error>>,
-) {
-    let pipeline = Pipeline::new(Arc::new(config.clone()), store).unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let handle = tokio::spawn(amqp::run(pipeline, RunOptions::default(), async move {
-        let _ = stopped.await;
-    }));
-    (stop, handle)
-}
-
 /// Publishes every fixture, runs the service until all are processed, and compares with an
 /// offline replay: same hub records, the same BODs (kind, receiver, BODID) on the
 /// `bodflow.to.*` queues as replay's outbox rows, and every rejected document in
@@ -200,15 +194,11 @@ fn start_service(
 async fn fixtures_end_to_end_equal_offline_replay_and_rejections_are_dead_lettered() {
     let vhost = Vhost::new("e2e");
     let config = fixture_config(&vhost);
-    let docs: Vec<Doc> = fixtures()
-        .iter()
-        .map(|p| doc(std::fs::read(p).unwrap()))
-        .collect();
-    let expected = offline(&config, &docs);
+    let (docs, expected) = fixture_docs(&config);
 
     publish(&config, &docs).await;
     let store = Arc::new(Store::temporary().unwrap());
-    let (stop, service) = start_service(&config, store.clone());
+    let (stop, service) = start_service(&config, store.clone(), RunOptions::default());
     let rejected: Vec<&Report> = expected
         .reports
         .iter()
@@ -329,7 +319,7 @@ async fn replies_go_to_reply_to() {
     };
     publish(&config, std::slice::from_ref(&d)).await;
     let store = Arc::new(Store::temporary().unwrap());
-    let (stop, service) = start_service(&config, store.clone());
+    let (stop, service) = start_service(&config, store.clone(), RunOptions::default());
     wait_for("the reply", Duration::from_secs(20), async || {
         broker::ready_count(&ch, "test.replies").await.unwrap() >= 1 && store.outbox_len() == 0
     })
@@ -381,7 +371,7 @@ async fn a_reply_to_queue_that_is_gone_gets_the_reply_on_the_application_queue()
     docs.extend(others);
     publish(&config, &docs).await;
     let store = Arc::new(Store::temporary().unwrap());
-    let (stop, service) = start_service(&config, store.clone());
+    let (stop, service) = start_service(&config, store.clone(), RunOptions::default());
     let crm = config
         .applications
         .iter()
@@ -414,6 +404,105 @@ async fn a_reply_to_queue_that_is_gone_gets_the_reply_on_the_application_queue()
     let mut want: Vec<String> = (0..20).map(|i| format!("reply-ok-{i}")).collect();
     want.sort();
     assert_eq!(correlated, want);
+}
+
+/// A receiver whose queue refuses messages (a `max-length` policy with `reject-publish`: the
+/// broker Nacks) does not hold up the others: their BODs arrive while its rows wait in the
+/// outbox, each retried on its own backoff; once the queue takes messages again, they arrive
+/// too, and nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_refusing_messages_does_not_hold_up_the_others() {
+    let vhost = Vhost::new("refusing");
+    let config = fixture_config(&vhost);
+    let (docs, expected) = fixture_docs(&config);
+    // The receiver with the most BODs refuses them all.
+    let count_to = |to: &str| expected.rows.iter().filter(|r| r.1 == to).count();
+    let refusing = config
+        .applications
+        .iter()
+        .max_by_key(|a| count_to(&a.logical_id))
+        .unwrap();
+    let refused = count_to(&refusing.logical_id);
+    assert!(refused >= 8, "{refused} BODs to {}", refusing.name);
+    let refusing_queue = topology::application_queue(&refusing.slug());
+    let policy = r#"{"max-length":0,"overflow":"reject-publish"}"#;
+    broker::rabbitmqctl(&[
+        "set_policy",
+        "-p",
+        &vhost.name,
+        "--apply-to",
+        "queues",
+        "refuse",
+        &format!("^{}$", refusing_queue.replace('.', "\\.")),
+        policy,
+    ]);
+
+    publish(&config, &docs).await;
+    let store = Arc::new(Store::temporary().unwrap());
+    // Rounds of 4 rows: fewer than the refused ones, which come first in the outbox.
+    let (stop, service) = start_service(
+        &config,
+        store.clone(),
+        RunOptions {
+            outbox_batch: 4,
+            ..RunOptions::default()
+        },
+    );
+    let (_conn, ch) = channel(&vhost.url()).await;
+    let others: Vec<(String, usize)> = config
+        .applications
+        .iter()
+        .filter(|a| a.logical_id != refusing.logical_id)
+        .map(|a| {
+            (
+                topology::application_queue(&a.slug()),
+                count_to(&a.logical_id),
+            )
+        })
+        .collect();
+    wait_for(
+        "the other receivers' BODs while one refuses",
+        Duration::from_secs(20),
+        async || {
+            for (queue, want) in &others {
+                if (broker::ready_count(&ch, queue).await.unwrap() as usize) < *want {
+                    return false;
+                }
+            }
+            docs.iter()
+                .all(|d| store.marker(&d.message_id).unwrap().is_some())
+        },
+    )
+    .await;
+    assert_eq!(
+        store.outbox_len(),
+        refused,
+        "only the refusing receiver's rows wait"
+    );
+    assert_eq!(broker::ready_count(&ch, &refusing_queue).await, Some(0));
+
+    broker::rabbitmqctl(&["clear_policy", "-p", &vhost.name, "refuse"]);
+    wait_for(
+        "the refused BODs once the queue takes them",
+        Duration::from_secs(20),
+        async || {
+            store.outbox_len() == 0
+                && broker::ready_count(&ch, &refusing_queue).await.unwrap() as usize >= refused
+        },
+    )
+    .await;
+    stop.send(()).unwrap();
+    service.await.unwrap().unwrap();
+    let mut got = Vec::new();
+    for app in &config.applications {
+        for m in drain_queue(&ch, &topology::application_queue(&app.slug())).await {
+            got.push(m.message_id);
+        }
+    }
+    let mut want: Vec<String> = expected.rows.iter().map(|r| r.3.clone()).collect();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want, "every BOD once");
 }
 
 fn generated(count: usize) -> Vec<Doc> {

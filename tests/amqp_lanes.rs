@@ -10,10 +10,10 @@ mod broker;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bodflow::amqp::{self, topology, RunOptions};
+use bodflow::amqp::{topology, RunOptions};
 use bodflow::config::Config;
 use bodflow::generate::{Generator, Mix};
-use bodflow::pipeline::{payload_digest, Pipeline};
+use bodflow::pipeline::payload_digest;
 use bodflow::store::{Kind, Store, XrefKey};
 use broker::*;
 
@@ -76,23 +76,6 @@ fn setup(test: &str, lanes: usize) -> (Vhost, tempfile::TempDir, Config) {
     config.amqp.url = vhost.url();
     config.amqp.lanes = lanes;
     (vhost, dir, config)
-}
-
-/// The service in-process on `store`, stopped by the returned sender.
-fn start_service(
-    config: &Config,
-    store: Arc<Store>,
-    options: RunOptions,
-) -> (
-    tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<Result<(), amqp::Error>>,
-) {
-    let pipeline = Pipeline::new(Arc::new(config.clone()), store).unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let handle = tokio::spawn(amqp::run(pipeline, options, async move {
-        let _ = stopped.await;
-    }));
-    (stop, handle)
 }
 
 async fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {

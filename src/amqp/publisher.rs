@@ -7,13 +7,14 @@
 //! `traceparent`/`tracestate` continuing the inbound delivery's trace); the round is
 //! then *settled*: its confirms awaited and the acked rows removed. Two rounds are in flight,
 //! so the next round is published while the previous one's confirms come in. A Nack or a
-//! returned (unroutable) message keeps its row: the rounds in flight are settled, and after a
-//! doubling backoff the outbox is read again from its start. Rows go to their `reply_to`
+//! returned (unroutable) message keeps its row, and that row alone is published again after a
+//! doubling backoff of its own (100 ms to 5 s) while the rows after it go on: a receiver whose
+//! queue refuses messages does not hold up the others. Rows go to their `reply_to`
 //! queue through the default exchange when the inbound named one, else to `bodflow.out` with
 //! the receiver's logical ID. A reply returned because its `reply_to` queue does not exist
 //! (an RPC client's exclusive queue goes with its connection) is published again to
 //! `bodflow.out` with the receiver's logical ID, as if the sender had named no queue: kept
-//! for ever, it would hold every round of the publisher in its backoff.
+//! for ever, it would be refused for ever.
 //!
 //! Rounds run when the consumer commits (woken), at least every [`RunOptions::outbox_poll`],
 //! and — on shutdown — until the outbox is empty or [`RunOptions::drain_timeout`] passes.
@@ -25,7 +26,7 @@
 //! Rows left over are published by the next start; a row published but not yet removed when
 //! the process dies is published again (at least once; receivers dedupe by BODID).
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -77,17 +78,26 @@ struct Sent {
     reply_to: Option<String>,
     /// Its place on the timeline ([`OutboxRow::tracked`]).
     tracked: Option<OutputAt>,
+    /// How often the broker refused it before.
+    attempts: u32,
     confirm: lapin::PublisherConfirm,
+}
+
+/// A refused row waiting for its next attempt.
+struct Retry {
+    attempts: u32,
+    due: std::time::Instant,
 }
 
 /// Where the publisher is in the outbox.
 #[derive(Default)]
 struct Progress {
-    /// The next row sequence to read: rows below it are published (in flight or settled).
+    /// The next row sequence to read: rows below it are published (in flight, settled, or
+    /// refused and waiting in `refused`).
     cursor: u64,
     rounds: VecDeque<Round>,
-    /// Consecutive rounds with a refused row.
-    failures: u32,
+    /// Refused rows (below the cursor, not in flight), each published again when it is due.
+    refused: BTreeMap<u64, Retry>,
     /// Rows published and confirmed so far.
     published: usize,
     /// Replies whose `reply_to` queue was missing: published to `bodflow.out` from now on.
@@ -100,8 +110,7 @@ struct Progress {
 enum Step {
     Published,
     Settled,
-    /// A row was refused: every round in flight is settled and the outbox is read again from
-    /// the start after a backoff.
+    /// A round was settled and the broker refused rows of it (kept for a retry).
     Refused,
     /// Nothing in flight and nothing to read.
     Idle,
@@ -120,18 +129,15 @@ impl Publisher {
         let mut progress = Progress::default();
         while !self.stop.is_cancelled() {
             match self.step(&mut progress).await? {
-                Step::Published | Step::Settled => {}
-                Step::Refused => {
-                    tokio::select! {
-                        () = self.stop.cancelled() => {}
-                        () = tokio::time::sleep(self.backoff(progress.failures)) => {}
-                    }
-                }
+                Step::Published | Step::Settled | Step::Refused => {}
                 Step::Idle => {
+                    let poll = until_due(&progress).map_or(self.options.outbox_poll, |due| {
+                        due.min(self.options.outbox_poll)
+                    });
                     tokio::select! {
                         () = self.stop.cancelled() => {}
                         () = self.wake.notified() => {}
-                        () = tokio::time::sleep(self.options.outbox_poll) => {}
+                        () = tokio::time::sleep(poll) => {}
                     }
                 }
             }
@@ -155,55 +161,99 @@ impl Publisher {
         (self.options.retry_base * (1 << failures.min(7))).min(Duration::from_secs(5))
     }
 
-    /// Steps until the outbox is empty, giving up after `max_failures` refused rounds in a
-    /// row (rows the broker did not accept stay in the outbox); returns the rows published.
+    /// Steps until the outbox is empty, giving up when a row was refused `max_failures` times
+    /// (rows the broker did not accept stay in the outbox); returns the rows published.
     pub(super) async fn drain_counting(&self, max_failures: u32) -> Result<usize, Error> {
         let mut progress = Progress::default();
         loop {
             match self.step(&mut progress).await? {
                 Step::Published | Step::Settled => {}
-                Step::Refused if progress.failures >= max_failures => {
-                    return Err(Error::Nacked(format!(
-                        "outbox rows still refused after {} rounds",
-                        progress.failures
-                    )))
+                Step::Refused => {
+                    let most = progress.refused.values().map(|r| r.attempts).max();
+                    if let Some(most) = most.filter(|&m| m >= max_failures) {
+                        return Err(Error::Nacked(format!(
+                            "outbox rows still refused after {most} attempts"
+                        )));
+                    }
                 }
-                Step::Refused => tokio::time::sleep(self.backoff(progress.failures)).await,
-                Step::Idle => return Ok(progress.published),
+                Step::Idle => match until_due(&progress) {
+                    Some(due) => tokio::time::sleep(due).await,
+                    None => return Ok(progress.published),
+                },
             }
         }
     }
 
-    /// Steps until the outbox is empty.
+    /// Steps until the outbox is empty (refused rows included: they are retried when due).
     async fn drain(&self, progress: &mut Progress) -> Result<(), Error> {
-        progress.cursor = 0;
         loop {
             match self.step(progress).await? {
-                Step::Published | Step::Settled => {}
-                Step::Refused => tokio::time::sleep(self.backoff(progress.failures)).await,
-                Step::Idle => return Ok(()),
+                Step::Published | Step::Settled | Step::Refused => {}
+                Step::Idle => match until_due(progress) {
+                    Some(due) => tokio::time::sleep(due).await,
+                    None => return Ok(()),
+                },
             }
         }
+    }
+
+    /// The rows to publish next: refused rows that are due (with their attempts so far), else
+    /// the next durable rows after the cursor.
+    async fn next_rows(
+        &self,
+        progress: &mut Progress,
+    ) -> Result<Vec<(u64, OutboxRow, u32)>, Error> {
+        let store = self.pipeline.store.clone();
+        let batch = self.options.outbox_batch;
+        let now = std::time::Instant::now();
+        let due: Vec<(u64, u32)> = progress
+            .refused
+            .iter()
+            .filter(|(_, r)| r.due <= now)
+            .map(|(seq, r)| (*seq, r.attempts))
+            .take(batch)
+            .collect();
+        if !due.is_empty() {
+            for (seq, _) in &due {
+                progress.refused.remove(seq);
+            }
+            // A row no longer there (nothing else removes rows, but a missing one is no
+            // reason to stop) is dropped.
+            return Ok(tokio::task::spawn_blocking(move || {
+                due.into_iter()
+                    .filter_map(|(seq, attempts)| {
+                        store
+                            .outbox_row(seq)
+                            .transpose()
+                            .map(|row| row.map(|row| (seq, row, attempts)))
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .await??);
+        }
+        let from = progress.cursor;
+        let rows = tokio::task::spawn_blocking(move || {
+            store
+                .durable_outbox_from(from)
+                .take(batch)
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await??;
+        if let Some((last, _)) = rows.last() {
+            progress.cursor = last + 1;
+        }
+        Ok(rows.into_iter().map(|(seq, row)| (seq, row, 0)).collect())
     }
 
     /// Publishes the next durable rows when fewer than [`ROUNDS_IN_FLIGHT`] rounds are out,
     /// else settles the oldest round.
     async fn step(&self, progress: &mut Progress) -> Result<Step, Error> {
         if progress.rounds.len() < ROUNDS_IN_FLIGHT {
-            let store = self.pipeline.store.clone();
-            let (from, batch) = (progress.cursor, self.options.outbox_batch);
-            let rows = tokio::task::spawn_blocking(move || {
-                store
-                    .durable_outbox_from(from)
-                    .take(batch)
-                    .collect::<Result<Vec<_>, _>>()
-            })
-            .await??;
-            if let Some((last, _)) = rows.last() {
-                progress.cursor = last + 1;
+            let rows = self.next_rows(progress).await?;
+            if !rows.is_empty() {
                 let started = std::time::Instant::now();
                 let mut sent = Vec::with_capacity(rows.len());
-                for (seq, row) in rows {
+                for (seq, row, attempts) in rows {
                     let confirm = self.publish(&row, progress.rerouted.contains(&seq)).await?;
                     sent.push(Sent {
                         seq,
@@ -212,6 +262,7 @@ impl Publisher {
                         to: row.to,
                         reply_to: row.reply_to,
                         tracked: row.tracked,
+                        attempts,
                         confirm,
                     });
                 }
@@ -225,16 +276,11 @@ impl Publisher {
         let Some(round) = progress.rounds.pop_front() else {
             return Ok(Step::Idle);
         };
-        if self.settle(round, progress).await? == 0 {
-            progress.failures = 0;
-            return Ok(Step::Settled);
-        }
-        while let Some(round) = progress.rounds.pop_front() {
-            self.settle(round, progress).await?;
-        }
-        progress.failures += 1;
-        progress.cursor = 0;
-        Ok(Step::Refused)
+        Ok(if self.settle(round, progress).await? == 0 {
+            Step::Settled
+        } else {
+            Step::Refused
+        })
     }
 
     /// Awaits a round's confirms and removes the rows the broker acked, noting their confirm
@@ -256,6 +302,14 @@ impl Publisher {
                 }
                 Err(e @ (Error::Nacked(_) | Error::Returned(_) | Error::NotConfirmed)) => {
                     failed += 1;
+                    let attempts = row.attempts + 1;
+                    progress.refused.insert(
+                        row.seq,
+                        Retry {
+                            attempts,
+                            due: std::time::Instant::now() + self.backoff(attempts),
+                        },
+                    );
                     let reroute = matches!(e, Error::Returned(_))
                         && row.reply_to.is_some()
                         && progress.rerouted.insert(row.seq);
@@ -335,6 +389,12 @@ impl Publisher {
             )
             .await?)
     }
+}
+
+/// How long until the first refused row is due again; `None` when none waits.
+fn until_due(progress: &Progress) -> Option<Duration> {
+    let first = progress.refused.values().map(|r| r.due).min()?;
+    Some(first.saturating_duration_since(std::time::Instant::now()))
 }
 
 /// Notes publish confirm times in the messages' timelines; a failure only costs the timeline

@@ -512,3 +512,20 @@ pub fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// The service in-process on `store` with `options`, stopped by the returned sender.
+pub fn start_service(
+    config: &Config,
+    store: Arc<Store>,
+    options: amqp::RunOptions,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), amqp::Error>>,
+) {
+    let pipeline = Pipeline::new(Arc::new(config.clone()), store).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let handle = tokio::spawn(amqp::run(pipeline, options, async move {
+        let _ = stopped.await;
+    }));
+    (stop, handle)
+}
