@@ -219,7 +219,8 @@ impl Publisher {
             }
             // A row no longer there (nothing else removes rows, but a missing one is no
             // reason to stop) is dropped.
-            return Ok(tokio::task::spawn_blocking(move || {
+            let store = store.clone();
+            let rows = tokio::task::spawn_blocking(move || {
                 due.into_iter()
                     .filter_map(|(seq, attempts)| {
                         store
@@ -229,7 +230,10 @@ impl Publisher {
                     })
                     .collect::<Result<Vec<_>, _>>()
             })
-            .await??);
+            .await??;
+            if !rows.is_empty() {
+                return Ok(rows);
+            }
         }
         let from = progress.cursor;
         let rows = tokio::task::spawn_blocking(move || {
