@@ -167,6 +167,25 @@ async fn bench(sizes: &Sizes, full: bool) {
         "(c) sent {replies} BODs for {} documents: not one reply a document",
         sizes.n
     );
+    // BODFLOW_BENCH_ONLY=c stops here: (a), (b) and (c), the ratio, in about a minute.
+    if std::env::var("BODFLOW_BENCH_ONLY").is_ok_and(|v| v == "c") {
+        signal(&service, "-TERM");
+        assert!(service.wait().unwrap().success(), "bodflow run failed");
+        println!();
+        println!("| measure | value |");
+        println!("| --- | --- |");
+        println!("| (b) bare lapin loop | {bare_rate:.0} msg/s |");
+        println!("| (c) bodflow run, one ConfirmBOD a message | {bodflow_rate:.0} msg/s |");
+        println!(
+            "| ratio (target ≥ 0.90) | {:.2} |",
+            bodflow_rate / bare_rate
+        );
+        print_cpu(sizes.n, bare_cpu, &processed, None);
+        if std::env::var_os("BODFLOW_BENCH_THREADS").is_some() {
+            print_threads(sizes.n, &processed.threads);
+        }
+        return;
+    }
 
     // (e) on the same service, at half the rate of (c)
     for app in &config.applications {
@@ -221,21 +240,7 @@ async fn bench(sizes: &Sizes, full: bool) {
         fan_out.published,
         fan_out_rate / bare_rate
     );
-    let per_msg = |ticks: Option<u64>| match ticks {
-        Some(t) => format!("{:.0} µs", t as f64 * TICK_US / sizes.n as f64),
-        None => "?".to_string(),
-    };
-    for (what, ticks) in [
-        ("(b): broker, bare loop", bare_cpu),
-        ("(c): broker, bodflow", processed.cpu),
-        ("(c'): broker, bodflow", fan_out.cpu),
-    ] {
-        println!(
-            "| CPU a message in {what} | {}, {} |",
-            per_msg(ticks.0),
-            per_msg(ticks.1)
-        );
-    }
+    print_cpu(sizes.n, bare_cpu, &processed, Some(&fan_out));
     println!("| peak RSS after (c') (VmHWM) | {:.1} MB |", mb(rss_c.0));
     println!(
         "| (d) peak RSS, {} backlog (VmHWM; target ≤ 64 MB) | {:.1} MB ({:.0} msg/s) |",
@@ -247,6 +252,42 @@ async fn bench(sizes: &Sizes, full: bool) {
         "| (e) latency at {:.0} msg/s offered ({:.0} achieved), {} replies of {} sent | p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms |",
         target, latency.achieved, latency.samples, latency.sent, latency.p50, latency.p99, latency.max
     );
+}
+
+/// The CPU a message of each side in (b), (c) and (c'), and bodflow's context switches a
+/// message in (c) and (c').
+fn print_cpu(
+    n: usize,
+    bare: (Option<u64>, Option<u64>),
+    c: &Processed,
+    fan_out: Option<&Processed>,
+) {
+    let per_msg = |ticks: Option<u64>| match ticks {
+        Some(t) => format!("{:.0} µs", t as f64 * TICK_US / n as f64),
+        None => "?".to_string(),
+    };
+    let mut rows = vec![
+        ("(b): broker, bare loop", bare),
+        ("(c): broker, bodflow", c.cpu),
+    ];
+    if let Some(f) = fan_out {
+        rows.push(("(c'): broker, bodflow", f.cpu));
+    }
+    for (what, ticks) in rows {
+        println!(
+            "| CPU a message in {what} | {}, {} |",
+            per_msg(ticks.0),
+            per_msg(ticks.1)
+        );
+    }
+    for (what, p) in [("(c)", Some(c)), ("(c')", fan_out)] {
+        if let Some(switches) = p.and_then(|p| p.switches) {
+            println!(
+                "| bodflow's context switches a message in {what} | {:.1} |",
+                switches as f64 / n as f64
+            );
+        }
+    }
 }
 
 struct Backlog {
@@ -437,12 +478,95 @@ const TICK_US: f64 = 10_000.0;
 
 /// CPU time (user + system, all threads) a process has used, in clock ticks.
 fn cpu_ticks(pid: Option<u32>) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid?)).ok()?;
+    cpu_ticks_of(Path::new(&format!("/proc/{}/stat", pid?)))
+}
+
+/// utime + stime of a `/proc/.../stat` file.
+fn cpu_ticks_of(path: &Path) -> Option<u64> {
+    let stat = std::fs::read_to_string(path).ok()?;
     // Fields after the command name (which is in parentheses and may hold spaces): state is
     // the 3rd field, utime the 14th, stime the 15th.
     let rest = &stat[stat.rfind(')')? + 2..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
     Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+/// Per thread of a process: (name, CPU ticks, voluntary, involuntary context switches).
+fn thread_stats(pid: u32) -> ThreadStats {
+    let mut threads = HashMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return threads;
+    };
+    for task in tasks.flatten() {
+        let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) else {
+            continue;
+        };
+        let Some(ticks) = cpu_ticks_of(&task.path().join("stat")) else {
+            continue;
+        };
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map_or(String::new(), |v| v.trim().to_string())
+        };
+        let switches = |name: &str| field(name).parse().unwrap_or(0);
+        threads.insert(
+            tid,
+            (
+                field("Name:"),
+                ticks,
+                switches("voluntary_ctxt_switches:"),
+                switches("nonvoluntary_ctxt_switches:"),
+            ),
+        );
+    }
+    threads
+}
+
+/// BODFLOW_BENCH_THREADS: bodflow's threads over (c), by name: CPU and context switches.
+fn print_threads(n: usize, (before, after): &(ThreadStats, ThreadStats)) {
+    let mut by_name: std::collections::BTreeMap<&str, (usize, u64, u64, u64)> =
+        std::collections::BTreeMap::new();
+    for (tid, (name, ticks, vol, invol)) in after {
+        let (t0, v0, i0) = before.get(tid).map_or((0, 0, 0), |b| (b.1, b.2, b.3));
+        let row = by_name.entry(name).or_default();
+        row.0 += 1;
+        row.1 += ticks.saturating_sub(t0);
+        row.2 += vol.saturating_sub(v0);
+        row.3 += invol.saturating_sub(i0);
+    }
+    println!();
+    println!("| threads (c) | count | CPU a message | switches a message (vol + invol) |");
+    println!("| --- | --- | --- | --- |");
+    for (name, (count, ticks, vol, invol)) in by_name {
+        println!(
+            "| {name} | {count} | {:.0} µs | {:.2} + {:.2} |",
+            ticks as f64 * TICK_US / n as f64,
+            vol as f64 / n as f64,
+            invol as f64 / n as f64
+        );
+    }
+}
+
+/// Context switches (voluntary + involuntary) of the threads a process has now: a thread
+/// that ended in between takes its count with it (the runtime's blocking threads live 10 s
+/// idle, longer than any gap here).
+fn context_switches(pid: u32) -> Option<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        total += status
+            .lines()
+            .filter(|l| l.contains("ctxt_switches:"))
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    Some(total)
 }
 
 fn ticks_between(before: Option<u64>, after: Option<u64>) -> Option<u64> {
@@ -588,7 +712,13 @@ struct Processed {
     published: u64,
     /// CPU clock ticks of (the broker, bodflow) over `elapsed`.
     cpu: (Option<u64>, Option<u64>),
+    /// Context switches of bodflow's threads (voluntary + involuntary) over `elapsed`.
+    switches: Option<u64>,
+    /// [`thread_stats`] of bodflow at the start and the end of `elapsed`.
+    threads: (ThreadStats, ThreadStats),
 }
+
+type ThreadStats = HashMap<u64, (String, u64, u64, u64)>;
 
 /// (c): from the first consumed message until the inbound queue is empty and the
 /// application queues stopped growing (the last change is the end; 1.5 s of quiet decides).
@@ -598,7 +728,14 @@ async fn time_service(
     n: usize,
     (broker, service): (Option<u32>, u32),
 ) -> Processed {
-    let ticks = || (cpu_ticks(broker), cpu_ticks(Some(service)));
+    let ticks = || {
+        (
+            cpu_ticks(broker),
+            cpu_ticks(Some(service)),
+            context_switches(service),
+            thread_stats(service),
+        )
+    };
     let wait = Instant::now();
     let (start, ticks_at_start) = loop {
         let before = ticks();
@@ -617,7 +754,7 @@ async fn time_service(
     };
     let mut last = 0;
     let mut last_change = start;
-    let mut ticks_at_change = ticks_at_start;
+    let mut ticks_at_change = ticks_at_start.clone();
     loop {
         tokio::time::sleep(Duration::from_millis(20)).await;
         let inbound = ready_count(ch, topology::INBOUND_QUEUE).await.unwrap();
@@ -643,6 +780,8 @@ async fn time_service(
             ticks_between(ticks_at_start.0, ticks_at_change.0),
             ticks_between(ticks_at_start.1, ticks_at_change.1),
         ),
+        switches: ticks_between(ticks_at_start.2, ticks_at_change.2),
+        threads: (ticks_at_start.3, ticks_at_change.3),
     }
 }
 

@@ -97,7 +97,7 @@ use tracing::field::Empty;
 use tracing::Instrument as _;
 
 use super::lanes::{self, Job, Lanes, Sequencer};
-use super::{confirmed, header_str, put_header, short, topology, Error, RunOptions};
+use super::{all_in_order, confirmed, header_str, put_header, short, topology, Error, RunOptions};
 use crate::pipeline::{Input, Outcome, Pipeline, Prepared, Report, State};
 use crate::reload::Live;
 use crate::store::{Store, StoreError};
@@ -643,14 +643,18 @@ impl Consumer<'_> {
             }
             // All dead-letters out first, then their confirms: one round trip, not one each,
             // and it runs while the store flushes.
-            let mut confirms = Vec::new();
-            for f in &finished {
-                if let Some(dl) = &f.dead {
-                    let confirm = publish_dead_letter(self.dead_letters, &f.delivery, dl)
-                        .instrument(f.tracked.span.clone())
-                        .await?;
-                    confirms.push((f, dl, confirm));
-                }
+            let dead: Vec<(&Finished, &DeadLetter)> = finished
+                .iter()
+                .filter_map(|f| Some((f, f.dead.as_ref()?)))
+                .collect();
+            let published = all_in_order(dead.iter().map(|(f, dl)| {
+                publish_dead_letter(self.dead_letters, &f.delivery, dl)
+                    .instrument(f.tracked.span.clone())
+            }))
+            .await;
+            let mut confirms = Vec::with_capacity(dead.len());
+            for ((f, dl), confirm) in dead.into_iter().zip(published) {
+                confirms.push((f, dl, confirm?));
             }
             if wrote {
                 let started = Instant::now();
@@ -853,8 +857,13 @@ async fn ack(finished: &[Finished], low: Option<u64>) -> Result<(), Error> {
             .ack(BasicAckOptions { multiple: true })
             .await?;
     }
-    for f in rest {
-        ok &= f.delivery.acker.ack(BasicAckOptions::default()).await?;
+    for acked in all_in_order(
+        rest.iter()
+            .map(|f| f.delivery.acker.ack(BasicAckOptions::default())),
+    )
+    .await
+    {
+        ok &= acked?;
     }
     if ok {
         Ok(())

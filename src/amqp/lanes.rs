@@ -4,7 +4,7 @@
 //! - [`document_key`]: the document key (sender, noun, document ID), read by a cheap scan of
 //!   the raw bytes before anything is parsed. `None` when the scan cannot tell: such a
 //!   document is a *barrier* (nothing overtakes it and it overtakes nothing).
-//! - [`Lanes`]: `n` prepare workers (blocking threads). [`Pipeline::prepare`] is pure, so any
+//! - [`Lanes`]: `n` prepare workers, threads of their own named `bodflow-lane-<i>`. [`Pipeline::prepare`] is pure, so any
 //!   lane may prepare any document; a delivery goes to the lane with the least work queued,
 //!   so a huge document occupies one lane while the others go on.
 //! - [`Sequencer`]: the deliveries of a session in arrival order, each preparing, ready,
@@ -429,7 +429,7 @@ pub struct Lanes<I> {
 }
 
 impl<I: Send + 'static> Lanes<I> {
-    /// Starts `n` (at least one) lanes on the blocking pool; each runs `work` on its jobs in
+    /// Starts `n` (at least one) lanes, each a thread of its own; each runs `work` on its jobs in
     /// the order given and sends `(seq, Some(output))` to `done` — `None` if `work`
     /// panicked (a bug; the session ends rather than wait for a document that never comes).
     pub fn start<O: Send + 'static>(
@@ -445,21 +445,29 @@ impl<I: Send + 'static> Lanes<I> {
             let (tx, rx) = std_mpsc::channel::<Job<I>>();
             senders.push(tx);
             let (work, done, load) = (work.clone(), done.clone(), load.clone());
-            tokio::task::spawn_blocking(move || {
-                while let Ok(job) = rx.recv() {
-                    let weight = job.weight;
-                    let input = job.input;
-                    let out =
-                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(input))).ok();
-                    let _ = done.send((job.seq, out));
-                    if let Some(l) = load.get(lane) {
-                        l.weight.fetch_sub(weight, Ordering::AcqRel);
-                        if l.jobs.fetch_sub(1, Ordering::AcqRel) == 1 {
-                            emit(LaneActivity { lane, busy: false });
+            // A named thread of its own (`bodflow-lane-N` in `top -H`); if it cannot start,
+            // its receiver is gone and the first dispatch to it ends the session.
+            let spawned = std::thread::Builder::new()
+                .name(format!("bodflow-lane-{lane}"))
+                .spawn(move || {
+                    while let Ok(job) = rx.recv() {
+                        let weight = job.weight;
+                        let input = job.input;
+                        let out =
+                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(input)))
+                                .ok();
+                        let _ = done.send((job.seq, out));
+                        if let Some(l) = load.get(lane) {
+                            l.weight.fetch_sub(weight, Ordering::AcqRel);
+                            if l.jobs.fetch_sub(1, Ordering::AcqRel) == 1 {
+                                emit(LaneActivity { lane, busy: false });
+                            }
                         }
                     }
-                }
-            });
+                });
+            if let Err(e) = spawned {
+                tracing::error!(lane, error = %e, "Cannot start a prepare lane");
+            }
         }
         Lanes { senders, load }
     }
@@ -681,6 +689,13 @@ mod tests {
                 if x == 0 {
                     std::thread::sleep(Duration::from_millis(200));
                 }
+                // Each lane is a thread of its own, named for `top -H`.
+                let name = std::thread::current().name().map(str::to_string);
+                assert!(
+                    name.as_deref()
+                        .is_some_and(|n| n == "bodflow-lane-0" || n == "bodflow-lane-1"),
+                    "{name:?}"
+                );
                 x * 10
             },
             tx,

@@ -23,7 +23,9 @@ pub mod publisher;
 pub mod topology;
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use lapin::options::{BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions};
@@ -101,6 +103,36 @@ pub(crate) fn header_str(headers: Option<&FieldTable>, name: &str) -> Option<Str
 
 fn put_header(headers: &mut FieldTable, name: &str, value: &str) {
     headers.insert(ShortString::from(name), AMQPValue::LongString(value.into()));
+}
+
+/// Runs `futures` together and returns their outputs in the order given. Each is first
+/// polled in that order, so lapin calls (publish, ack) enqueue their frames — and publishes
+/// take their confirm tags — in that order. Awaiting them one by one instead waits for
+/// lapin's I/O thread to write each message before handing over the next: a round trip
+/// between two threads, with its context switches, per message.
+pub(crate) async fn all_in_order<F: Future>(
+    futures: impl IntoIterator<Item = F>,
+) -> Vec<F::Output> {
+    let mut pending: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut all = true;
+        for (future, output) in pending.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    Poll::Ready(v) => *output = Some(v),
+                    Poll::Pending => all = false,
+                }
+            }
+        }
+        if all {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
 }
 
 /// Waits for one publisher confirm: only an Ack without a returned message is a success.
@@ -525,6 +557,38 @@ pub fn document_name(bytes: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn all_in_order_starts_every_future_in_order_and_keeps_their_order() {
+        let events = std::sync::Mutex::new(Vec::new());
+        // Each notes its first poll, yields a different number of times (the last one ends
+        // first) and notes its end.
+        let futures = (0..5u32).map(|i| {
+            let events = &events;
+            async move {
+                events.lock().unwrap().push(format!("start {i}"));
+                for _ in 0..(5 - i) {
+                    tokio::task::yield_now().await;
+                }
+                events.lock().unwrap().push(format!("end {i}"));
+                i * 10
+            }
+        });
+        let outputs = all_in_order(futures).await;
+        assert_eq!(outputs, vec![0, 10, 20, 30, 40]);
+        let events = events.into_inner().unwrap();
+        // Every one started, in the order given, before any ended; they ended last first.
+        assert_eq!(
+            events,
+            ["start 0", "start 1", "start 2", "start 3", "start 4"]
+                .into_iter()
+                .chain(["end 4", "end 3", "end 2", "end 1", "end 0"])
+                .collect::<Vec<_>>()
+        );
+        assert!(all_in_order(Vec::<std::future::Ready<()>>::new())
+            .await
+            .is_empty());
+    }
 
     #[test]
     fn document_name_from_root_element() {

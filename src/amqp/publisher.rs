@@ -36,7 +36,7 @@ use lapin::{BasicProperties, Channel};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::{confirmed, put_header, short, topology, Error, RunOptions};
+use super::{all_in_order, confirmed, put_header, short, topology, Error, RunOptions};
 use crate::pipeline::Pipeline;
 use crate::store::track::{Confirmed, Millis, OutputAt};
 use crate::store::OutboxRow;
@@ -257,8 +257,14 @@ impl Publisher {
             if !rows.is_empty() {
                 let started = std::time::Instant::now();
                 let mut sent = Vec::with_capacity(rows.len());
-                for (seq, row, attempts) in rows {
-                    let confirm = self.publish(&row, progress.rerouted.contains(&seq)).await?;
+                // Handed to lapin all at once (in order), not one write at a time.
+                let confirms = all_in_order(
+                    rows.iter()
+                        .map(|(seq, row, _)| self.publish(row, progress.rerouted.contains(seq))),
+                )
+                .await;
+                for ((seq, row, attempts), confirm) in rows.into_iter().zip(confirms) {
+                    let confirm = confirm?;
                     sent.push(Sent {
                         seq,
                         bod_id: row.bod_id,
