@@ -28,6 +28,7 @@
 //! Durability: sled writes go to its log and are flushed by [`Store::flush`] (group commit by
 //! the caller) and by sled's background flusher; nothing is durable before a flush.
 
+mod filter;
 pub mod model;
 pub mod track;
 
@@ -35,12 +36,13 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::config::MatchKey;
+use filter::MarkerFilter;
 pub use model::*;
 
 /// Store failures are transient from a message's point of view: the message is not acked and
@@ -319,6 +321,39 @@ pub struct Store {
     memory_outbox: Option<Mutex<BTreeMap<u64, Vec<Vec<u8>>>>>,
     /// sled's page cache, as opened.
     cache_bytes: u64,
+    /// Which message ids certainly have no marker ([`filter`]).
+    markers: Arc<MarkerFilter>,
+    /// The scan that adds the markers present at open to `markers`; stopped and joined when
+    /// the store is dropped (it holds the tree).
+    marker_scan: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.markers.stop();
+        if let Some(scan) = self.marker_scan.take() {
+            let _ = scan.join();
+        }
+    }
+}
+
+/// Adds the markers in `hub` to `filter`, then marks it complete; stops early (leaving it
+/// incomplete: every lookup goes to sled) when asked to or when sled fails.
+fn scan_markers(hub: &sled::Tree, filter: &MarkerFilter) {
+    for item in hub.scan_prefix([b'm']) {
+        if filter.stopped() {
+            return;
+        }
+        match item {
+            Ok((k, _)) => filter.insert(&k),
+            Err(e) => {
+                tracing::warn!(error = %e, "Cannot read the message-id markers; duplicate checks read the store");
+                return;
+            }
+        }
+    }
+    filter.set_complete();
+    tracing::debug!(bytes = filter.bytes(), "Message-id marker filter ready");
 }
 
 /// An outbox group: its sequence and its encoded rows (an empty row has been published).
@@ -397,6 +432,15 @@ impl Store {
             applied_outbox: AtomicU64::new(outbox),
             durable_outbox: AtomicU64::new(outbox),
         };
+        let markers = Arc::new(MarkerFilter::new());
+        let marker_scan = {
+            let (hub, markers) = (hub.clone(), markers.clone());
+            std::thread::Builder::new()
+                .name("bodflow-markers".into())
+                .spawn(move || scan_markers(&hub, &markers))
+                .map_err(|e| tracing::warn!(error = %e, "Cannot start the marker scan; duplicate checks read the store"))
+                .ok()
+        };
         Ok(Store {
             db,
             hub,
@@ -405,6 +449,8 @@ impl Store {
             confirms: Mutex::new(()),
             memory_outbox: None,
             cache_bytes,
+            markers,
+            marker_scan,
         })
     }
 
@@ -435,6 +481,7 @@ impl Store {
         let out = f(&tx)?;
         tx.write_outbox_group()?;
         tx.write_tracking_group()?;
+        tx.note_markers();
         let mut batch = sled::Batch::default();
         for (k, v) in tx.writes.into_inner() {
             match v {
@@ -467,6 +514,7 @@ impl Store {
         let tx = self.new_tx();
         let out = f(&tx)?;
         debug_assert!(tx.outbox.borrow().is_none() && tx.tracking.borrow().is_none());
+        tx.note_markers();
         for (k, v) in tx.writes.into_inner() {
             match v {
                 Some(v) => self.hub.insert(k, v)?,
@@ -489,6 +537,7 @@ impl Store {
                 .map(|_| RefCell::new(Vec::new())),
             woken: RefCell::new(Vec::new()),
             db: &self.db,
+            markers: &self.markers,
             tracking: RefCell::new(None),
             tracked_runs: RefCell::new(None),
             run_outputs: RefCell::new(Vec::new()),
@@ -567,7 +616,16 @@ impl Store {
 
     pub fn marker(&self, message_id: &str) -> Result<Option<Marker>, StoreError> {
         let k = key(b'm', &[message_id]);
+        if !self.markers.may_contain(&k) {
+            return Ok(None);
+        }
         self.hub.get(&k)?.map(|v| decode(&k, &v)).transpose()
+    }
+
+    /// The scan of the markers present at open has finished: lookups of new message ids no
+    /// longer read sled.
+    pub fn marker_filter_ready(&self) -> bool {
+        self.markers.is_complete()
     }
 
     /// Pending outbox rows in the order they were written.
@@ -816,6 +874,9 @@ pub struct Tx<'a> {
     woken: RefCell<Vec<u64>>,
     /// For sled's persistent ID generator (tracking group numbers).
     db: &'a sled::Db,
+    /// The store's marker filter: read by [`Tx::marker`], fed with the markers this
+    /// transaction writes before they are applied ([`Tx::note_markers`]).
+    markers: &'a MarkerFilter,
     /// This transaction's tracking group, written at the end (see [`track`]).
     tracking: RefCell<Option<track::Group>>,
     /// The message whose run is being tracked and the runs its marker lists.
@@ -831,6 +892,16 @@ impl Tx<'_> {
             return Ok(pending.is_some());
         }
         Ok(self.tree.contains_key(k)?)
+    }
+
+    /// Adds the markers this transaction writes to the filter, before they reach sled: the
+    /// filter must know every marker sled has.
+    fn note_markers(&self) {
+        for (k, v) in self.writes.borrow().range(vec![b'm']..vec![b'm' + 1]) {
+            if v.is_some() {
+                self.markers.insert(k);
+            }
+        }
     }
 
     fn raw_get(&self, k: &[u8]) -> TxResult<Option<sled::IVec>> {
@@ -925,7 +996,12 @@ impl Tx<'_> {
     }
 
     pub fn marker(&self, message_id: &str) -> TxResult<Option<Marker>> {
-        self.get(&key(b'm', &[message_id]))
+        let k = key(b'm', &[message_id]);
+        // Certainly not in sled, and not written by this transaction: no read.
+        if !self.markers.may_contain(&k) && !self.writes.borrow().contains_key(&k) {
+            return Ok(None);
+        }
+        self.get(&k)
     }
 
     /// Writes a message id's marker; while a run of that message is being tracked
@@ -1162,6 +1238,98 @@ mod tests {
             .unwrap();
         assert!(store.record("ACC-000001").unwrap().is_some());
         assert_eq!(store.outbox().count(), 1);
+    }
+
+    fn wait_for_marker_filter(store: &Store) {
+        let started = std::time::Instant::now();
+        while !store.marker_filter_ready() {
+            assert!(started.elapsed() < std::time::Duration::from_secs(30));
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn markers_are_found_through_the_filter_before_and_after_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let ids: Vec<String> = (0..3_000).map(|i| format!("msg-{i}")).collect();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            wait_for_marker_filter(&store);
+            for chunk in ids.chunks(100) {
+                store
+                    .transact(|tx| {
+                        for id in chunk {
+                            // Read first, as the commit does: absent, then written.
+                            assert_eq!(tx.marker(id)?, None);
+                            tx.put_marker(id, &Marker::applied())?;
+                            assert!(tx.marker(id)?.is_some(), "{id} in its own transaction");
+                        }
+                        Ok(())
+                    })
+                    .unwrap();
+            }
+            // A failed transaction's marker is not there (the filter may say "maybe").
+            let _ = store.transact(|tx| {
+                tx.put_marker("failed", &Marker::applied())?;
+                Err::<(), _>(StoreError::Corrupt {
+                    key: "k".into(),
+                    message: "boom".into(),
+                })
+            });
+            assert_eq!(store.marker("failed").unwrap(), None);
+            assert!(ids.iter().all(|id| store.marker(id).unwrap().is_some()));
+            store.flush().unwrap();
+        }
+        // Reopened: the markers on disk are scanned into a new filter; a lookup before the
+        // scan has finished reads sled, after it the filter.
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.marker("msg-17").unwrap().is_some());
+        wait_for_marker_filter(&store);
+        assert!(ids.iter().all(|id| store.marker(id).unwrap().is_some()));
+        assert!(store.markers.bytes() > 0);
+        let unknown = (0..3_000)
+            .filter(|i| {
+                !store
+                    .markers
+                    .may_contain(&key(b'm', &[&format!("new-{i}")]))
+            })
+            .count();
+        assert!(
+            unknown > 2_900,
+            "only {unknown} of 3,000 new ids skipped sled"
+        );
+        store
+            .transact(|tx| {
+                assert_eq!(tx.marker("new-1")?, None);
+                assert!(tx.marker("msg-2999")?.is_some());
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn dropping_a_store_stops_its_marker_scan_and_frees_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store
+                .transact(|tx| {
+                    for i in 0..20_000 {
+                        tx.put_marker(&format!("m-{i}"), &Marker::applied())?;
+                    }
+                    Ok(())
+                })
+                .unwrap();
+            store.flush().unwrap();
+        }
+        // Dropped at once, scan or not: opening again must not find the lock held.
+        for _ in 0..3 {
+            let store = Store::open(dir.path()).unwrap();
+            drop(store);
+        }
+        let store = Store::open(dir.path()).unwrap();
+        wait_for_marker_filter(&store);
+        assert!(store.marker("m-19999").unwrap().is_some());
     }
 
     fn row(n: u32) -> OutboxRow {
