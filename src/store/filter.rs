@@ -195,7 +195,11 @@ mod tests {
         }
         let capacities: Vec<usize> = f.read().iter().map(|l| l.capacity).collect();
         // The key that opened the third layer, then 1,000 more.
-        assert_eq!(n, capacities[0] + capacities[1] + 1 + 1_000, "{capacities:?}");
+        assert_eq!(
+            n,
+            capacities[0] + capacities[1] + 1 + 1_000,
+            "{capacities:?}"
+        );
         for i in 0..n {
             assert!(
                 f.may_contain(format!("mmsg-{i}").as_bytes()),
