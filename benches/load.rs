@@ -281,7 +281,11 @@ fn print_cpu(
         );
     }
     for (what, p) in [("(c)", Some(c)), ("(c')", fan_out)] {
-        if let Some(switches) = p.and_then(|p| p.switches) {
+        if let Some(p) = p {
+            let switches: u64 = thread_deltas(&p.threads)
+                .iter()
+                .map(|(_, _, vol, invol)| vol + invol)
+                .sum();
             println!(
                 "| bodflow's context switches a message in {what} | {:.1} |",
                 switches as f64 / n as f64
@@ -525,17 +529,35 @@ fn thread_stats(pid: u32) -> ThreadStats {
     threads
 }
 
+/// Per thread alive at the end of a window: (name, CPU ticks, voluntary, involuntary context
+/// switches) over the window (a thread started inside it counts from zero; one that ended
+/// inside it takes its counts with it — the runtime's blocking threads live 10 s idle,
+/// longer than any gap here).
+fn thread_deltas((before, after): &(ThreadStats, ThreadStats)) -> Vec<(&str, u64, u64, u64)> {
+    after
+        .iter()
+        .map(|(tid, (name, ticks, vol, invol))| {
+            let (t0, v0, i0) = before.get(tid).map_or((0, 0, 0), |b| (b.1, b.2, b.3));
+            (
+                name.as_str(),
+                ticks.saturating_sub(t0),
+                vol.saturating_sub(v0),
+                invol.saturating_sub(i0),
+            )
+        })
+        .collect()
+}
+
 /// BODFLOW_BENCH_THREADS: bodflow's threads over (c), by name: CPU and context switches.
-fn print_threads(n: usize, (before, after): &(ThreadStats, ThreadStats)) {
+fn print_threads(n: usize, threads: &(ThreadStats, ThreadStats)) {
     let mut by_name: std::collections::BTreeMap<&str, (usize, u64, u64, u64)> =
         std::collections::BTreeMap::new();
-    for (tid, (name, ticks, vol, invol)) in after {
-        let (t0, v0, i0) = before.get(tid).map_or((0, 0, 0), |b| (b.1, b.2, b.3));
+    for (name, ticks, vol, invol) in thread_deltas(threads) {
         let row = by_name.entry(name).or_default();
         row.0 += 1;
-        row.1 += ticks.saturating_sub(t0);
-        row.2 += vol.saturating_sub(v0);
-        row.3 += invol.saturating_sub(i0);
+        row.1 += ticks;
+        row.2 += vol;
+        row.3 += invol;
     }
     println!();
     println!("| threads (c) | count | CPU a message | switches a message (vol + invol) |");
@@ -548,25 +570,6 @@ fn print_threads(n: usize, (before, after): &(ThreadStats, ThreadStats)) {
             invol as f64 / n as f64
         );
     }
-}
-
-/// Context switches (voluntary + involuntary) of the threads a process has now: a thread
-/// that ended in between takes its count with it (the runtime's blocking threads live 10 s
-/// idle, longer than any gap here).
-fn context_switches(pid: u32) -> Option<u64> {
-    let mut total = 0;
-    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
-        .ok()?
-        .flatten()
-    {
-        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
-        total += status
-            .lines()
-            .filter(|l| l.contains("ctxt_switches:"))
-            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-            .sum::<u64>();
-    }
-    Some(total)
 }
 
 fn ticks_between(before: Option<u64>, after: Option<u64>) -> Option<u64> {
@@ -712,8 +715,6 @@ struct Processed {
     published: u64,
     /// CPU clock ticks of (the broker, bodflow) over `elapsed`.
     cpu: (Option<u64>, Option<u64>),
-    /// Context switches of bodflow's threads (voluntary + involuntary) over `elapsed`.
-    switches: Option<u64>,
     /// [`thread_stats`] of bodflow at the start and the end of `elapsed`.
     threads: (ThreadStats, ThreadStats),
 }
@@ -732,7 +733,6 @@ async fn time_service(
         (
             cpu_ticks(broker),
             cpu_ticks(Some(service)),
-            context_switches(service),
             thread_stats(service),
         )
     };
@@ -780,8 +780,7 @@ async fn time_service(
             ticks_between(ticks_at_start.0, ticks_at_change.0),
             ticks_between(ticks_at_start.1, ticks_at_change.1),
         ),
-        switches: ticks_between(ticks_at_start.2, ticks_at_change.2),
-        threads: (ticks_at_start.3, ticks_at_change.3),
+        threads: (ticks_at_start.2, ticks_at_change.2),
     }
 }
 
