@@ -559,7 +559,22 @@ fn print_threads(n: usize, threads: &(ThreadStats, ThreadStats)) {
         row.2 += vol;
         row.3 += invol;
     }
+    // The lanes' work a message (decoding and checking the same documents) does not change
+    // with a change outside `prepare`, but their CPU moves with the machine's speed as all
+    // the rest does: the quotient compares two builds across that noise.
+    let lanes: u64 = by_name
+        .iter()
+        .filter(|(name, _)| name.starts_with("bodflow-lane-"))
+        .map(|(_, row)| row.1)
+        .sum();
+    let all: u64 = by_name.values().map(|row| row.1).sum();
     println!();
+    if lanes > 0 {
+        println!(
+            "bodflow's CPU ÷ its prepare lanes' CPU in (c): {:.2}",
+            all as f64 / lanes as f64
+        );
+    }
     println!("| threads (c) | count | CPU a message | switches a message (vol + invol) |");
     println!("| --- | --- | --- | --- |");
     for (name, (count, ticks, vol, invol)) in by_name {

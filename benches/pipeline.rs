@@ -16,7 +16,7 @@ use bodflow::bod::{self, Limits};
 use bodflow::config::Config;
 use bodflow::generate::{Generator, Mix, CONFIG};
 use bodflow::pipeline::{self, country, owner, validate, Input, Pipeline, Prepared, State};
-use bodflow::store::Store;
+use bodflow::store::{OutboxRow, Store};
 
 const DOCS: usize = 2_000;
 
@@ -230,8 +230,13 @@ enum StoreMode {
     /// As `bodflow replay` does: a larger page cache, the outbox kept in memory and drained
     /// after each commit (replay writes the rows out and never publishes from the store).
     Replay,
-    /// As `bodflow run` does: outbox rows written to sled in the same batch as the records.
+    /// As `bodflow run` commits: outbox rows written to sled in the same batch as the records.
     Durable,
+    /// As `bodflow run` commits and publishes: [`StoreMode::Durable`], and after each commit
+    /// the rows read back from the publisher's cursor and removed, as the outbox publisher
+    /// takes rows and removes them once the broker confirms them (for instruction counts of
+    /// the store's whole outbox path; no flush, so the count is not the disk's).
+    Service,
 }
 
 impl StoreMode {
@@ -243,7 +248,7 @@ impl StoreMode {
                 store.keep_outbox_in_memory();
                 store
             }
-            StoreMode::Durable => Store::temporary().expect("store"),
+            StoreMode::Durable | StoreMode::Service => Store::temporary().expect("store"),
         }
     }
 }
@@ -253,17 +258,35 @@ impl StoreMode {
 /// count can be limited to it (`BODFLOW_BENCH_ONE_PASS`, see `main`).
 #[inline(never)]
 fn policies_pass(pipe: &Pipeline, mode: StoreMode, docs: &[Vec<u8>]) {
+    // The publisher's cursor: the row after the last one taken.
+    let mut cursor = 0;
     for chunk in docs.chunks(64) {
         let p: Vec<Prepared> = chunk.iter().map(|d| pipe.prepare(&input(d))).collect();
         let reports = pipe.commit_batch(&p).expect("commit");
-        if let StoreMode::Replay = mode {
-            // As replay: the document's rows and those of the parked ones it released.
-            let seqs: Vec<u64> = reports
-                .iter()
-                .flat_map(|r| std::iter::once(r).chain(&r.released))
-                .flat_map(|r| r.outputs.iter().map(|o| o.seq))
-                .collect();
-            pipe.store.remove_outbox(&seqs).expect("drain");
+        match mode {
+            StoreMode::Replay => {
+                // As replay: the document's rows and those of the parked ones it released.
+                let seqs: Vec<u64> = reports
+                    .iter()
+                    .flat_map(|r| std::iter::once(r).chain(&r.released))
+                    .flat_map(|r| r.outputs.iter().map(|o| o.seq))
+                    .collect();
+                pipe.store.remove_outbox(&seqs).expect("drain");
+            }
+            StoreMode::Service => {
+                let rows: Vec<(u64, OutboxRow)> = pipe
+                    .store
+                    .outbox_from(cursor)
+                    .collect::<Result<_, _>>()
+                    .expect("outbox");
+                if let Some((last, _)) = rows.last() {
+                    cursor = last + 1;
+                }
+                let seqs: Vec<u64> = rows.iter().map(|(seq, _)| *seq).collect();
+                black_box(rows);
+                pipe.store.remove_outbox(&seqs).expect("remove");
+            }
+            StoreMode::Durable => {}
         }
         black_box(reports);
     }
@@ -343,6 +366,7 @@ fn main() {
         let mode = match mode {
             "replay" => StoreMode::Replay,
             "durable" => StoreMode::Durable,
+            "service" => StoreMode::Service,
             other => panic!("unknown store mode {other}"),
         };
         let cfg = match cfg {
