@@ -348,7 +348,8 @@ fn one_vs_five_apps(c: &mut Criterion) {
 
 criterion_group!(benches, stages, whole, one_vs_five_apps);
 
-/// `BODFLOW_BENCH_ONE_PASS=replay_five_apps` (any of the `policies` names) runs exactly one
+/// `BODFLOW_BENCH_ONE_PASS=replay_five_apps` (any of the `policies` names, or `service_one_app`
+/// and `service_five_apps`: [`StoreMode::Service`]) runs exactly one
 /// pass of that workload instead of criterion, for a machine-independent instruction count:
 ///
 /// ```sh
