@@ -4,9 +4,10 @@
 //! - [`document_key`]: the document key (sender, noun, document ID), read by a cheap scan of
 //!   the raw bytes before anything is parsed. `None` when the scan cannot tell: such a
 //!   document is a *barrier* (nothing overtakes it and it overtakes nothing).
-//! - [`Lanes`]: `n` prepare workers, threads of their own named `bodflow-lane-<i>`. [`Pipeline::prepare`] is pure, so any
-//!   lane may prepare any document; a delivery goes to the lane with the least work queued,
-//!   so a huge document occupies one lane while the others go on.
+//! - [`Lanes`]: `n` prepare workers, threads of their own named `bodflow-lane-<i>`.
+//!   [`Pipeline::prepare`] is pure, so any lane may prepare any document; a delivery goes to
+//!   the lane with the least work queued, so a huge document occupies one lane while the
+//!   others go on.
 //! - [`Sequencer`]: the deliveries of a session in arrival order, each preparing, ready,
 //!   committing or waiting for a retry. [`Sequencer::take_group`] picks what may be committed
 //!   now: the ready documents from the front, in order, stopping at the first one still being

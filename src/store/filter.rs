@@ -149,6 +149,7 @@ impl MarkerFilter {
         self.complete.store(true, Ordering::Release);
     }
 
+    #[cfg(test)]
     pub(super) fn is_complete(&self) -> bool {
         self.complete.load(Ordering::Acquire)
     }

@@ -622,12 +622,6 @@ impl Store {
         self.hub.get(&k)?.map(|v| decode(&k, &v)).transpose()
     }
 
-    /// The scan of the markers present at open has finished: lookups of new message ids no
-    /// longer read sled.
-    pub fn marker_filter_ready(&self) -> bool {
-        self.markers.is_complete()
-    }
-
     /// Pending outbox rows in the order they were written.
     pub fn outbox(&self) -> impl Iterator<Item = Result<(u64, OutboxRow), StoreError>> + '_ {
         self.outbox_from(0)
@@ -1242,7 +1236,7 @@ mod tests {
 
     fn wait_for_marker_filter(store: &Store) {
         let started = std::time::Instant::now();
-        while !store.marker_filter_ready() {
+        while !store.markers.is_complete() {
             assert!(started.elapsed() < std::time::Duration::from_secs(30));
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
