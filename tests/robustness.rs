@@ -9,7 +9,8 @@
 //! and IDs, namespace declarations, action codes), or a tag renamed. For every mutant:
 //!
 //! - nothing panics (a panic is caught and reported with the mutant written to a file to
-//!   reproduce it) and no document takes longer than [`SLOW`] (measured when it returns: a
+//!   reproduce it; `prepare` refuses a document it panicked on with `internal_error`, which
+//!   counts as a panic here) and no document takes longer than [`SLOW`] (measured when it returns: a
 //!   document that never returned would hold the run, which is as visible);
 //! - the pipeline returns a report, never a store error;
 //! - a rejection names its stage, a stable snake_case code and a message (and a path when it
@@ -307,6 +308,10 @@ fn check_report(report: &Report) -> Option<String> {
         if !snake {
             return Some(format!("code {:?} is not snake_case", e.code));
         }
+        // `prepare` turns its own panics into this refusal, so it is how a panic shows here.
+        if e.code == "internal_error" {
+            return Some(format!("a panic while preparing: {}", e.message));
+        }
         if e.message.trim().is_empty() {
             return Some(format!("{}: empty message", e.code));
         }
@@ -474,4 +479,122 @@ fn mutants_of_every_document_get_coded_results_and_emit_only_valid_documents() {
         outcomes.get("applied").copied().unwrap_or(0) > (iterations / 50).min(1_000),
         "too few mutants were applied to exercise upsert and emit: {outcomes:?}"
     );
+}
+
+/// Documents within the size limit built to cost memory or work that grows faster than their
+/// size: each is refused by a structural limit (`too_complex`, `too_deep`) naming where, or
+/// read in time linear in its size. Before the limits, the first would have asked for ~50 GB
+/// (a `UserArea` value's name is its path) and the noun and attribute ones ran for hours.
+#[test]
+fn documents_built_to_cost_memory_or_work_are_refused_by_limits_with_a_path() {
+    let config = Config::from_toml(
+        "[[applications]]\nname = \"ln\"\nlogical_id = \"lid://ln\"\n",
+        "t",
+    )
+    .unwrap();
+    let pipeline = Pipeline::new(Arc::new(config), Arc::new(Store::temporary().unwrap())).unwrap();
+    let doc = |verb: &str, root_attrs: &str, noun_body: &str, nouns: &str| {
+        format!(
+            "<SyncCustomerPartyMaster{root_attrs}><ApplicationArea><Sender><LogicalID>lid://ln</LogicalID></Sender>\
+             <BODID>b-1</BODID></ApplicationArea><DataArea>{verb}<CustomerPartyMaster><PartyIDs><ID>C1</ID></PartyIDs>\
+             {noun_body}</CustomerPartyMaster>{nouns}</DataArea></SyncCustomerPartyMaster>"
+        )
+        .into_bytes()
+    };
+    let sync = "<Sync/>";
+    let long = "N".repeat(200);
+    let name_300 = "E".repeat(300);
+    let attrs: String = (0..200).map(|i| format!(" a{i}=\"\"")).collect();
+    let xmlns: String = (0..200)
+        .map(|i| format!(" xmlns:p{i}=\"urn:{i}\""))
+        .collect();
+    let user_area = format!(
+        "<UserArea><{long}>{}</{long}></UserArea>",
+        "<b>x</b>".repeat(5_000)
+    );
+    let root = "/SyncCustomerPartyMaster";
+    let noun = "/SyncCustomerPartyMaster/DataArea/CustomerPartyMaster";
+    let cases: Vec<(&str, Vec<u8>, &str, String)> = vec![
+        (
+            "UserArea values",
+            doc(sync, "", &user_area, ""),
+            "too_complex",
+            format!("{noun}/UserArea"),
+        ),
+        (
+            "a long element name",
+            doc(sync, "", &format!("<{name_300}/>"), ""),
+            "too_complex",
+            noun.to_string(),
+        ),
+        (
+            "attributes",
+            doc(sync, &attrs, "", ""),
+            "too_complex",
+            root.to_string(),
+        ),
+        (
+            "namespace declarations",
+            doc(sync, "", &format!("<X{xmlns}/>"), ""),
+            "too_complex",
+            format!("{noun}/X"),
+        ),
+        (
+            "nesting",
+            doc(sync, "", &"<U>".repeat(80), ""),
+            "too_deep",
+            // The 65th open element is the one too deep.
+            format!("{noun}{}", "/U".repeat(62)),
+        ),
+    ];
+    for (what, bytes, code, path) in cases {
+        let report = pipeline
+            .process(&Input {
+                bytes: &bytes,
+                source: "test",
+                message_id: Some(what),
+                reply_to: None,
+                received_at: Utc::now(),
+                retry: false,
+            })
+            .unwrap();
+        let error = report
+            .error
+            .as_ref()
+            .unwrap_or_else(|| panic!("{what}: accepted"));
+        assert_eq!((what, error.code), (what, code), "{}", error.message);
+        assert_eq!(error.path.as_deref(), Some(path.as_str()), "{what}");
+    }
+
+    // 200,000 nouns (1 MB): read in one pass (each one's path needs the count of its name).
+    let many = doc(sync, "", "", &"<a/>".repeat(200_000));
+    let prepared = pipeline.prepare(&Input {
+        bytes: &many,
+        source: "test",
+        message_id: Some("nouns"),
+        reply_to: None,
+        received_at: Utc::now(),
+        retry: false,
+    });
+    assert!(prepared.ctx.noun.is_some(), "{:?}", prepared.state);
+
+    // An over-long TenantID is refused `too_long` and is not echoed on the replies (it would
+    // make an AMQP header larger than a frame).
+    let tenant = doc(
+        &format!("<Sync><TenantID>{}</TenantID></Sync>", "T".repeat(40_000)),
+        "",
+        "",
+        "",
+    );
+    let prepared = pipeline.prepare(&Input {
+        bytes: &tenant,
+        source: "test",
+        message_id: Some("tenant"),
+        reply_to: None,
+        received_at: Utc::now(),
+        retry: false,
+    });
+    assert_eq!(prepared.ctx.tenant, None);
+    let report = pipeline.commit(&prepared).unwrap();
+    assert_eq!(report.error.as_ref().map(|e| e.code), Some("too_long"));
 }

@@ -88,7 +88,7 @@ use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions,
 };
 use lapin::types::FieldTable;
-use lapin::Channel;
+use lapin::{BasicProperties, Channel};
 use tokio::sync::{mpsc, Notify, RwLockReadGuard};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -499,7 +499,13 @@ fn start_commit(pipeline: &Pipeline, group: Vec<(u64, Work)>) -> CommitTask {
                 for (i, (_, shell)) in shells.iter().enumerate() {
                     let _span = shell.tracked.span.enter();
                     let key = lanes::document_key(&shell.delivery.data);
-                    let blocked = held.contains(&None) || (key.is_some() && held.contains(&key));
+                    // As in `take_group`: a barrier (no key) waits for every failed document
+                    // before it, and after a failed barrier everything waits.
+                    let blocked = held.contains(&None)
+                        || match key {
+                            Some(_) => held.contains(&key),
+                            None => !held.is_empty(),
+                        };
                     if blocked {
                         results.push(Committed::Skipped);
                         continue;
@@ -716,7 +722,10 @@ fn rejected(p: &Prepared) -> Option<DeadLetter> {
             stage: rejection.stage.as_str(),
             code: rejection.code,
             reason: rejection.message.chars().take(MAX_REASON).collect(),
-            path: rejection.path.clone(),
+            path: rejection
+                .path
+                .as_ref()
+                .map(|p| p.chars().take(MAX_REASON).collect()),
         }),
         _ => None,
     }
@@ -824,9 +833,7 @@ async fn publish_dead_letter(
     if let Some(path) = &dl.path {
         put_header(&mut headers, super::dlq::PATH_HEADER, path);
     }
-    let properties = d
-        .properties
-        .clone()
+    let properties = dead_letter_properties(&d.properties)
         .with_headers(headers)
         .with_delivery_mode(2);
     Ok(channel
@@ -841,6 +848,36 @@ async fn publish_dead_letter(
             properties,
         )
         .await?)
+}
+
+/// The delivery's properties for its dead-letter copy, without its `expiration`: a sender's
+/// per-message TTL would otherwise expire the copy in `bodflow.dead`, which has no dead-letter
+/// exchange, and lose it (RabbitMQ drops `expiration` from the messages it dead-letters too).
+fn dead_letter_properties(p: &BasicProperties) -> BasicProperties {
+    let mut out = BasicProperties::default();
+    macro_rules! copy {
+        ($($get:ident => $with:ident),*) => {
+            $(if let Some(v) = p.$get().clone() {
+                out = out.$with(v);
+            })*
+        };
+    }
+    copy!(
+        content_type => with_content_type,
+        content_encoding => with_content_encoding,
+        headers => with_headers,
+        delivery_mode => with_delivery_mode,
+        priority => with_priority,
+        correlation_id => with_correlation_id,
+        reply_to => with_reply_to,
+        message_id => with_message_id,
+        timestamp => with_timestamp,
+        kind => with_type,
+        user_id => with_user_id,
+        app_id => with_app_id,
+        cluster_id => with_cluster_id
+    );
+    out
 }
 
 /// Acks finished deliveries (sorted by tag): one `multiple` ack for those below `low` (every

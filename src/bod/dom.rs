@@ -35,6 +35,18 @@ pub enum Ns {
     Foreign,
 }
 
+/// Longest element or attribute name (with its prefix), in bytes. BOD names are a few dozen;
+/// the bound keeps error paths and `UserArea` names (built from element names) small.
+pub const MAX_NAME_BYTES: usize = 256;
+
+/// Most attributes on one element, namespace declarations included. The duplicate check
+/// compares each attribute with the ones before it.
+pub const MAX_ATTRIBUTES: usize = 128;
+
+/// Most namespace declarations in scope at once: each element's prefix is resolved against
+/// all of them.
+pub const MAX_NAMESPACES: usize = 128;
+
 /// No node (end of a sibling chain).
 const NONE: u32 = u32::MAX;
 
@@ -290,6 +302,20 @@ impl<'a> Namespaces<'a> {
     }
 }
 
+/// A structural limit crossed; [`located`] adds the path of the open elements.
+fn too_complex(what: String) -> DecodeError {
+    DecodeError::TooComplex { what, path: None }
+}
+
+/// A limit crossed by element `name`, which is not open yet: [`located`] puts it below the
+/// open elements.
+fn too_complex_at(name: &str, what: String) -> DecodeError {
+    DecodeError::TooComplex {
+        what,
+        path: Some(name.to_string()),
+    }
+}
+
 fn not_well_formed(message: impl Into<String>, position: u64) -> DecodeError {
     DecodeError::NotWellFormed {
         message: message.into(),
@@ -301,13 +327,42 @@ fn not_well_formed(message: impl Into<String>, position: u64) -> DecodeError {
 /// `error` with where it happened in `text`: the line and column of its position in the
 /// message, and the path of the open elements.
 fn located(error: DecodeError, text: &str, dom: &Dom<'_>, open: &[usize]) -> DecodeError {
-    let DecodeError::NotWellFormed {
-        mut message,
-        position: Some(position),
-        path: None,
-    } = error
-    else {
-        return error;
+    let path = || {
+        (!open.is_empty()).then(|| {
+            open.iter().fold(String::new(), |mut path, &idx| {
+                path.push('/');
+                path.push_str(dom.nodes[idx].name);
+                path
+            })
+        })
+    };
+    let (mut message, position) = match error {
+        DecodeError::NotWellFormed {
+            message,
+            position: Some(position),
+            path: None,
+        } => (message, position),
+        DecodeError::TooDeep { limit, path: None } => {
+            return DecodeError::TooDeep {
+                limit,
+                path: path(),
+            }
+        }
+        // A limit of an element being read names it (see `too_complex_at`), below the open
+        // ones.
+        DecodeError::TooComplex { what, path: at }
+            if at.as_ref().is_none_or(|p| !p.starts_with('/')) =>
+        {
+            let open = path().unwrap_or_default();
+            return DecodeError::TooComplex {
+                what,
+                path: match at {
+                    Some(element) => Some(format!("{open}/{element}")),
+                    None => (!open.is_empty()).then_some(open),
+                },
+            };
+        }
+        error => return error,
     };
     let before = &text.as_bytes()[..(position as usize).min(text.len())];
     let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
@@ -322,17 +377,10 @@ fn located(error: DecodeError, text: &str, dom: &Dom<'_>, open: &[usize]) -> Dec
         .count()
         + 1;
     message.push_str(&format!(" (line {line}, column {column})"));
-    let path = (!open.is_empty()).then(|| {
-        open.iter().fold(String::new(), |mut path, &idx| {
-            path.push('/');
-            path.push_str(dom.nodes[idx].name);
-            path
-        })
-    });
     DecodeError::NotWellFormed {
         message,
         position: Some(position),
-        path,
+        path: path(),
     }
 }
 
@@ -455,14 +503,20 @@ fn read_events<'a>(
                 let idx = push_element(text, dom, stack, &mut namespaces, &start, position)?;
                 stack.push((idx, Cow::Borrowed("")));
                 if stack.len() > max_depth {
-                    return Err(DecodeError::TooDeep { limit: max_depth });
+                    return Err(DecodeError::TooDeep {
+                        limit: max_depth,
+                        path: None,
+                    });
                 }
             }
             Event::Empty(start) => {
                 push_element(text, dom, stack, &mut namespaces, &start, position)?;
                 namespaces.leave(stack.len());
                 if stack.len() + 1 > max_depth {
-                    return Err(DecodeError::TooDeep { limit: max_depth });
+                    return Err(DecodeError::TooDeep {
+                        limit: max_depth,
+                        path: None,
+                    });
                 }
                 if stack.is_empty() {
                     root_closed = true;
@@ -566,6 +620,11 @@ fn push_element<'a>(
     start: &BytesStart<'_>,
     position: u64,
 ) -> Result<usize, DecodeError> {
+    if start.name().as_ref().len() > MAX_NAME_BYTES {
+        return Err(too_complex(format!(
+            "an element name longer than {MAX_NAME_BYTES} bytes"
+        )));
+    }
     let name = match owned_or_borrowed(text, start.local_name().into_inner(), position)? {
         Cow::Borrowed(b) => b,
         // Only a non-`from_str` reader would hand out copies; names must borrow.
@@ -584,6 +643,18 @@ fn push_element<'a>(
             return Err(not_well_formed("unreadable attribute name", position));
         };
         let key = key.as_bytes();
+        if key.len() > MAX_NAME_BYTES {
+            return Err(too_complex_at(
+                name,
+                format!("an attribute name of <{name}> longer than {MAX_NAME_BYTES} bytes"),
+            ));
+        }
+        if namespaces.keys.len() == MAX_ATTRIBUTES {
+            return Err(too_complex_at(
+                name,
+                format!("more than {MAX_ATTRIBUTES} attributes on <{name}>"),
+            ));
+        }
         if namespaces.keys.contains(&key) {
             return Err(not_well_formed(
                 format!("attribute {:?} appears twice", String::from_utf8_lossy(key)),
@@ -618,13 +689,20 @@ fn push_element<'a>(
         check_chars(&value, position)?;
         // Namespace declarations are not data: they scope the names of this element and its
         // descendants.
-        if key == b"xmlns" {
-            namespaces
-                .bindings
-                .push((b"", classify(value.as_bytes()), depth));
-            continue;
-        }
-        if let Some(prefix) = key.strip_prefix(b"xmlns:") {
+        let declared = if key == b"xmlns" {
+            Some(&b""[..])
+        } else {
+            key.strip_prefix(b"xmlns:")
+        };
+        if let Some(prefix) = declared {
+            if namespaces.bindings.len() == MAX_NAMESPACES {
+                return Err(too_complex_at(
+                    name,
+                    format!(
+                        "more than {MAX_NAMESPACES} namespace declarations in scope at <{name}>"
+                    ),
+                ));
+            }
             namespaces
                 .bindings
                 .push((prefix, classify(value.as_bytes()), depth));

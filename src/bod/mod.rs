@@ -36,8 +36,15 @@ pub enum DecodeError {
     DoctypeForbidden,
     #[error("document exceeds the limit of {limit} bytes")]
     TooLarge { size: usize, limit: usize },
+    /// `path` is where the reader was: the open elements at the limit.
     #[error("document nests deeper than {limit} elements")]
-    TooDeep { limit: usize },
+    TooDeep { limit: usize, path: Option<String> },
+    /// A structural limit other than size and depth (see [`dom`]'s `MAX_*` and the reader's
+    /// `UserArea` limit): these bound the work and memory a document of the allowed size can
+    /// cost, which would otherwise grow with the square of some counts. `path` is the element
+    /// where the limit was crossed.
+    #[error("document is too complex: {what}")]
+    TooComplex { what: String, path: Option<String> },
     #[error("root element <{root}> is not a BOD: {why}")]
     UnknownRoot { root: String, why: &'static str },
 }
@@ -46,7 +53,9 @@ impl DecodeError {
     /// The element the reader was in when the document stopped being XML.
     pub fn path(&self) -> Option<&str> {
         match self {
-            DecodeError::NotWellFormed { path, .. } => path.as_deref(),
+            DecodeError::NotWellFormed { path, .. }
+            | DecodeError::TooDeep { path, .. }
+            | DecodeError::TooComplex { path, .. } => path.as_deref(),
             _ => None,
         }
     }
@@ -57,6 +66,7 @@ impl DecodeError {
             DecodeError::DoctypeForbidden => "doctype_forbidden",
             DecodeError::TooLarge { .. } => "too_large",
             DecodeError::TooDeep { .. } => "too_deep",
+            DecodeError::TooComplex { .. } => "too_complex",
             DecodeError::UnknownRoot { .. } => "unknown_root",
         }
     }

@@ -38,27 +38,30 @@ pub fn read_bod(dom: &Dom<'_>) -> Result<Bod, DecodeError> {
         .map(|&n| dom.node(n).name.to_string())
         .unwrap_or_default();
 
+    // How many nouns share each name, and how many of them were read so far: a repeated name
+    // gets an index in its path.
+    let mut named: std::collections::HashMap<&str, (usize, usize)> =
+        std::collections::HashMap::new();
+    for &n in &noun_idxs {
+        named.entry(dom.node(n).name).or_default().0 += 1;
+    }
     let mut nouns = Vec::with_capacity(noun_idxs.len());
-    for (i, &n) in noun_idxs.iter().enumerate() {
-        let name = dom.node(n).name.to_string();
-        let same_name = noun_idxs
-            .iter()
-            .filter(|&&m| dom.node(m).name == name)
-            .count();
-        let ordinal = noun_idxs[..i]
-            .iter()
-            .filter(|&&m| dom.node(m).name == name)
-            .count()
-            + 1;
-        let path = if same_name > 1 {
-            format!("/{root_name}/DataArea/{name}[{ordinal}]")
+    for &n in &noun_idxs {
+        let name = dom.node(n).name;
+        let (same_name, read) = named.entry(name).or_default();
+        *read += 1;
+        let path = if *same_name > 1 {
+            format!("/{root_name}/DataArea/{name}[{read}]")
         } else {
             format!("/{root_name}/DataArea/{name}")
         };
-        nouns.push(match name.as_str() {
-            "CustomerPartyMaster" => Noun::Account(Box::new(read_party(dom, n, path))),
-            "ContactMaster" => Noun::Contact(Box::new(read_contact(dom, n, path))),
-            _ => Noun::Other { name, path },
+        nouns.push(match name {
+            "CustomerPartyMaster" => Noun::Account(Box::new(read_party(dom, n, path)?)),
+            "ContactMaster" => Noun::Contact(Box::new(read_contact(dom, n, path)?)),
+            _ => Noun::Other {
+                name: name.to_string(),
+                path,
+            },
         });
     }
 
@@ -310,29 +313,46 @@ fn read_sales_persons(dom: &Dom<'_>, at: usize) -> Vec<SalesPerson> {
         .collect()
 }
 
+/// Most `UserArea` values one noun may carry. Real senders send a few dozen; a value's name is
+/// its path below `UserArea`, so without a bound a document of the allowed size could expand
+/// into gigabytes of names (a long element name on the way to many leaves).
+pub const MAX_USER_AREA_VALUES: usize = 1_000;
+
 /// Everything under `UserArea`: `Property/NameValue` pairs by name, any other leaf by its path.
-fn read_user_area(dom: &Dom<'_>, at: usize) -> Vec<NameValue> {
+/// More than [`MAX_USER_AREA_VALUES`] is `too_complex` at `{path}/UserArea`.
+fn read_user_area(dom: &Dom<'_>, at: usize, path: &str) -> Result<Vec<NameValue>, DecodeError> {
     let mut out = Vec::new();
     for ua in dom.all_children(at) {
         if dom.node(ua).name != "UserArea" {
             continue;
         }
         for child in dom.all_children(ua) {
-            collect_user_area(dom, child, String::new(), &mut out);
+            if collect_user_area(dom, child, "", &mut out).is_none() {
+                return Err(DecodeError::TooComplex {
+                    what: format!("more than {MAX_USER_AREA_VALUES} UserArea values"),
+                    path: Some(format!("{path}/UserArea")),
+                });
+            }
         }
     }
-    out
+    Ok(out)
 }
 
-fn collect_user_area(dom: &Dom<'_>, at: usize, prefix: String, out: &mut Vec<NameValue>) {
+/// Adds the values below `at` to `out`; `None` when that would pass the limit.
+fn collect_user_area(
+    dom: &Dom<'_>,
+    at: usize,
+    prefix: &str,
+    out: &mut Vec<NameValue>,
+) -> Option<()> {
     let el = dom.node(at);
+    let mut push = |value: NameValue| (out.len() < MAX_USER_AREA_VALUES).then(|| out.push(value));
     if el.name == "NameValue" {
-        out.push(NameValue {
+        return push(NameValue {
             name: dom.attr(at, "name").unwrap_or_default().to_string(),
             kind: dom.attr(at, "type").map(str::to_string),
             value: el.text.to_string(),
         });
-        return;
     }
     let path = if prefix.is_empty() {
         el.name.to_string()
@@ -341,29 +361,31 @@ fn collect_user_area(dom: &Dom<'_>, at: usize, prefix: String, out: &mut Vec<Nam
     };
     if dom.all_children(at).next().is_none() {
         if !el.text.is_empty() {
-            out.push(NameValue {
+            push(NameValue {
                 name: path,
                 kind: None,
                 value: el.text.to_string(),
-            });
+            })?;
         }
-        return;
+        return Some(());
     }
     // `Property` wrappers add nothing to a name.
-    let next = if el.name == "Property" { prefix } else { path };
+    let next = if el.name == "Property" { prefix } else { &path };
     for child in dom.all_children(at) {
-        collect_user_area(dom, child, next.clone(), out);
+        collect_user_area(dom, child, next, out)?;
     }
+    Some(())
 }
 
-fn read_party(dom: &Dom<'_>, at: usize, path: String) -> Party {
+fn read_party(dom: &Dom<'_>, at: usize, path: String) -> Result<Party, DecodeError> {
+    let user_area = read_user_area(dom, at, &path)?;
     let addresses = dom
         .children(at, "Location")
         .flat_map(|l| dom.children(l, "Address"))
         .map(|a| read_address(dom, a))
         .collect();
     let (classifications, account_type) = party_classifications(dom, at);
-    Party {
+    Ok(Party {
         path,
         ids: read_ids(dom, at, "PartyIDs"),
         account_ids: read_ids(dom, at, "AccountIDs")
@@ -384,12 +406,13 @@ fn read_party(dom: &Dom<'_>, at: usize, path: String) -> Party {
             .children(at, "Communication")
             .filter_map(|c| read_channel(dom, c))
             .collect(),
-        user_area: read_user_area(dom, at),
+        user_area,
         last_modified: owned(dom, at, "LastModificationDateTime"),
-    }
+    })
 }
 
-fn read_contact(dom: &Dom<'_>, at: usize, path: String) -> Contact {
+fn read_contact(dom: &Dom<'_>, at: usize, path: String) -> Result<Contact, DecodeError> {
+    let user_area = read_user_area(dom, at, &path)?;
     let details: Vec<usize> = dom.children(at, "CommunicationDetail").collect();
     let address = details
         .iter()
@@ -402,7 +425,7 @@ fn read_contact(dom: &Dom<'_>, at: usize, path: String) -> Contact {
             .find_map(|p| dom.find(e, p))
             .map(|i| read_id(dom, i))
     });
-    Contact {
+    Ok(Contact {
         path,
         ids: read_ids(dom, at, "IDs"),
         names: lang_texts(dom, at, "Name"),
@@ -419,13 +442,13 @@ fn read_contact(dom: &Dom<'_>, at: usize, path: String) -> Contact {
         classifications: classifications(dom, at),
         status: owned(dom, at, "Status/Code"),
         sales_persons: read_sales_persons(dom, at),
-        user_area: read_user_area(dom, at),
+        user_area,
         relationship: dom
             .attr(at, "type")
             .map(str::trim)
             .filter(|v| !v.is_empty())
             .map(str::to_string),
-    }
+    })
 }
 
 #[cfg(test)]

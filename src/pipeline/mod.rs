@@ -600,18 +600,74 @@ fn base_report(ctx: &Context, outcome: Outcome) -> Report {
 
 /// The stateless stages.
 pub fn prepare(config: &Config, input: &Input<'_>) -> Prepared {
+    // A panic here is a bug of bodflow's that this document triggers. Left to unwind, it would
+    // end the service's session, and the redelivered document would end the next one, for
+    // ever. It is refused instead, like any document bodflow cannot take, under the stage it
+    // was in and code `internal_error`: the sender gets its ConfirmBOD, the document goes to
+    // the dead-letter queue, and the others go on.
+    guarded(config, input, |stage| {
+        prepare_unguarded(config, input, stage)
+    })
+}
+
+/// Runs `work` (a prepare that sets the stage it is in), turning its panic into the refusal
+/// [`prepare`] describes.
+fn guarded(
+    config: &Config,
+    input: &Input<'_>,
+    work: impl FnOnce(&std::cell::Cell<Stage>) -> Prepared,
+) -> Prepared {
+    let stage = std::cell::Cell::new(Stage::Decode);
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&stage)));
+    result.unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".to_string());
+        let mut ctx = context(config, input);
+        tracing::error!(stage = stage.get().as_str(), message_id = %ctx.message_id, panic = %what, "bodflow failed on a document (a bug); it is refused with internal_error");
+        ctx.area = emit::sniff_area(input.bytes);
+        let app = sender_app(config, ctx.area.as_ref());
+        Prepared {
+            ctx,
+            state: State::Rejected {
+                rejection: Rejection {
+                    stage: stage.get(),
+                    code: "internal_error",
+                    message: format!("bodflow failed on this document (a bug, please report it): {what}"),
+                    path: None,
+                },
+                app,
+                process: None,
+            },
+        }
+    })
+}
+
+/// The context every prepared document starts from.
+fn context(config: &Config, input: &Input<'_>) -> Context {
     let message_id = input
         .message_id
         .filter(|m| !m.is_empty())
         .map(str::to_string)
         .unwrap_or_else(|| payload_digest(input.bytes));
-    let mut ctx = Context {
+    Context {
         reply_to: input.reply_to.map(str::to_string),
         size: input.bytes.len(),
         track: config.tracking.enabled,
         retry: input.retry,
         ..Context::internal(input.source.to_string(), message_id, input.received_at)
-    };
+    }
+}
+
+/// [`prepare`]'s work; `stage` follows the stage it is in.
+fn prepare_unguarded(
+    config: &Config,
+    input: &Input<'_>,
+    stage: &std::cell::Cell<Stage>,
+) -> Prepared {
+    let mut ctx = context(config, input);
     let reject = |ctx: Context, rejection: Rejection, app, process| Prepared {
         ctx,
         state: State::Rejected {
@@ -624,6 +680,7 @@ pub fn prepare(config: &Config, input: &Input<'_>) -> Prepared {
     let mut clock = Instant::now();
     let parsed = bod::parse(input.bytes, config.limits.into());
     lap(Stage::Decode, &mut clock);
+    stage.set(Stage::Validate);
     let bod = match parsed {
         Ok(bod) => bod,
         Err(e) => {
@@ -637,7 +694,13 @@ pub fn prepare(config: &Config, input: &Input<'_>) -> Prepared {
     ctx.area = Some(bod.area.clone());
     ctx.verb = Some(bod.verb.clone());
     ctx.noun = Some(bod.noun.clone());
-    ctx.tenant = bod.header.tenant_id.clone();
+    // Echoed on every reply (element and `tenantId` header) only when validation would take
+    // it: an over-long value must not reach a header or the ConfirmBOD that refuses it.
+    ctx.tenant = bod
+        .header
+        .tenant_id
+        .clone()
+        .filter(|t| t.chars().count() <= validate::MAX_ENTITY);
     let app = sender_app(config, ctx.area.as_ref());
     let process = (bod.verb == "Process")
         .then(|| Kind::from_noun(&bod.noun))
@@ -654,6 +717,7 @@ pub fn prepare(config: &Config, input: &Input<'_>) -> Prepared {
 
     let checked = validate::validate(bod, config);
     lap(Stage::Validate, &mut clock);
+    stage.set(Stage::Country);
     let mut doc = match checked {
         Ok(validate::Checked::Doc(doc)) => doc,
         Ok(validate::Checked::Inactive { app }) => {
@@ -668,6 +732,7 @@ pub fn prepare(config: &Config, input: &Input<'_>) -> Prepared {
     let application = &config.applications[doc.app];
     let mapped = country::map_inbound(&mut doc, application);
     lap(Stage::Country, &mut clock);
+    stage.set(Stage::Owner);
     if let Err(e) = mapped {
         return reject(ctx, e.into(), app, process);
     }
@@ -695,4 +760,54 @@ fn sender_app(config: &Config, area: Option<&ApplicationArea>) -> Option<usize> 
     area.and_then(|a| a.logical_id.as_deref())
         .and_then(|lid| config.application(lid))
         .map(|(i, _)| i)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_while_preparing_refuses_the_document_under_its_stage() {
+        let config = Config::from_toml(
+            r#"
+[[applications]]
+name = "ln"
+logical_id = "lid://ln"
+"#,
+            "t",
+        )
+        .unwrap();
+        let bytes = br#"<SyncCustomerPartyMaster><ApplicationArea><Sender><LogicalID>lid://ln</LogicalID></Sender><BODID>b-1</BODID></ApplicationArea><DataArea/></SyncCustomerPartyMaster>"#;
+        let input = Input {
+            bytes,
+            source: "test",
+            message_id: Some("m-1"),
+            reply_to: None,
+            received_at: Utc::now(),
+            retry: false,
+        };
+        let prepared = guarded(&config, &input, |stage| {
+            stage.set(Stage::Country);
+            panic!("boom at {}", 42)
+        });
+        let State::Rejected { rejection, app, .. } = &prepared.state else {
+            panic!("not rejected: {:?}", prepared.state)
+        };
+        assert_eq!(rejection.stage, Stage::Country);
+        assert_eq!(rejection.code, "internal_error");
+        assert!(
+            rejection.message.contains("boom at 42"),
+            "{}",
+            rejection.message
+        );
+        // The sender is still named, so it gets the ConfirmBOD it asks for.
+        assert_eq!(*app, Some(0));
+        assert_eq!(prepared.ctx.message_id, "m-1");
+        // Without a panic, the work's own result.
+        let fine = guarded(&config, &input, |_| prepare(&config, &input));
+        assert!(!matches!(
+            &fine.state,
+            State::Rejected { rejection, .. } if rejection.code == "internal_error"
+        ));
+    }
 }
