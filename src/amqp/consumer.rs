@@ -499,14 +499,7 @@ fn start_commit(pipeline: &Pipeline, group: Vec<(u64, Work)>) -> CommitTask {
                 for (i, (_, shell)) in shells.iter().enumerate() {
                     let _span = shell.tracked.span.enter();
                     let key = lanes::document_key(&shell.delivery.data);
-                    // As in `take_group`: a barrier (no key) waits for every failed document
-                    // before it, and after a failed barrier everything waits.
-                    let blocked = held.contains(&None)
-                        || match key {
-                            Some(_) => held.contains(&key),
-                            None => !held.is_empty(),
-                        };
-                    if blocked {
+                    if held_back(&held, key) {
                         results.push(Committed::Skipped);
                         continue;
                     }
@@ -850,6 +843,17 @@ async fn publish_dead_letter(
         .await?)
 }
 
+/// Whether a document of `key` must wait, in the one-by-one fallback, for the failed ones of
+/// `held` (their keys). As in `take_group`: a document waits for a failed one of its key, a
+/// barrier (no key) for any failed one, and everything for a failed barrier.
+fn held_back(held: &[Option<u64>], key: Option<u64>) -> bool {
+    held.contains(&None)
+        || match key {
+            Some(_) => held.contains(&key),
+            None => !held.is_empty(),
+        }
+}
+
 /// The delivery's properties for its dead-letter copy, without its `expiration`: a sender's
 /// per-message TTL would otherwise expire the copy in `bodflow.dead`, which has no dead-letter
 /// exchange, and lose it (RabbitMQ drops `expiration` from the messages it dead-letters too).
@@ -906,5 +910,38 @@ async fn ack(finished: &[Finished], low: Option<u64>) -> Result<(), Error> {
         Ok(())
     } else {
         Err(Error::AckRefused)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_the_fallback_a_barrier_waits_for_any_failed_document_and_keys_for_their_own() {
+        assert!(!held_back(&[], None));
+        assert!(!held_back(&[], Some(1)));
+        assert!(held_back(&[Some(1)], Some(1)));
+        assert!(!held_back(&[Some(1)], Some(2)));
+        assert!(held_back(&[Some(1)], None));
+        assert!(held_back(&[None], Some(2)));
+        assert!(held_back(&[None], None));
+    }
+
+    #[test]
+    fn a_dead_letter_copy_keeps_the_properties_but_the_expiration() {
+        let sent = BasicProperties::default()
+            .with_content_type("application/xml".into())
+            .with_message_id("m-1".into())
+            .with_correlation_id("c-1".into())
+            .with_reply_to("replies".into())
+            .with_expiration("60000".into())
+            .with_priority(3)
+            .with_timestamp(1_700_000_000)
+            .with_type("SyncCustomerPartyMaster".into())
+            .with_app_id("ln".into());
+        let copy = dead_letter_properties(&sent);
+        assert_eq!(copy.expiration(), &None);
+        assert_eq!(copy.clone().with_expiration("60000".into()), sent);
     }
 }
