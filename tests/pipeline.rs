@@ -198,3 +198,44 @@ fn parked_documents_of_a_reactivated_application_are_released_once() {
         .unwrap();
     assert_eq!(redelivered.outcome, Outcome::Duplicate);
 }
+
+#[test]
+fn a_parked_iso_8859_1_document_is_released_with_the_bytes_it_came_with() {
+    let store = Arc::new(Store::temporary().unwrap());
+    let inactive = CONFIG.replace("name = \"LN\"\n", "name = \"LN\"\nactive = false\n");
+    let p = Pipeline::new(
+        Arc::new(Config::from_toml(&inactive, "test").unwrap()),
+        store.clone(),
+    )
+    .unwrap();
+    // The real C# sender's encoding: `ü` is the single byte 0xFC.
+    let text = format!(
+        "<?xml version=\"1.0\" encoding=\"iso-8859-1\"?>\n{}",
+        account("C6", "München GmbH", "DEU")
+    );
+    let latin1: Vec<u8> = text.chars().map(|c| c as u32 as u8).collect();
+    assert!(std::str::from_utf8(&latin1).is_err());
+    let parked = p.process(&input(&latin1, "m-6", false)).unwrap();
+    assert_eq!(parked.outcome, Outcome::Parked);
+    let stored = store.parked().next().unwrap().unwrap();
+    assert_eq!(stored.payload.0, latin1, "kept byte for byte");
+
+    let active = Pipeline::new(
+        Arc::new(Config::from_toml(CONFIG, "test").unwrap()),
+        store.clone(),
+    )
+    .unwrap();
+    let released = active.release_reactivated(Utc::now()).unwrap();
+    assert_eq!(
+        released[0].outcome,
+        Outcome::Applied,
+        "{:?}",
+        released[0].error
+    );
+    let record = store
+        .record(released[0].record.as_deref().unwrap())
+        .unwrap()
+        .unwrap();
+    let json = serde_json::to_string(&record).unwrap();
+    assert!(json.contains("München GmbH"), "{json}");
+}

@@ -96,7 +96,8 @@ impl<'a> Dom<'a> {
         &self.nodes[idx]
     }
 
-    /// Attribute value of an element by local name (prefix ignored).
+    /// Attribute value of an element by name: an unprefixed attribute by its name, a prefixed
+    /// one only by its qualified name (`xsi:type`).
     pub fn attr(&self, idx: usize, name: &str) -> Option<&str> {
         let (from, to) = self.nodes[idx].attrs;
         self.attrs[from as usize..to as usize]
@@ -708,10 +709,13 @@ fn push_element<'a>(
                 .push((prefix, classify(value.as_bytes()), depth));
             continue;
         }
-        let Some(local) = reslice(text, attr.key.local_name().into_inner()) else {
+        // BOD attributes are unqualified (`type`, `languageID`); a prefixed one belongs to
+        // another vocabulary (`xsi:type` on a noun) and keeps its prefix, so that it is
+        // never read as the BOD's attribute of the same local name.
+        let Some(key) = reslice(text, attr.key.as_ref()) else {
             return Err(not_well_formed("unreadable attribute name", position));
         };
-        dom.attrs.push((local, value));
+        dom.attrs.push((key, value));
     }
     let ns = namespaces.resolve(start.name().prefix().map_or(&b""[..], |p| p.into_inner()));
     let idx = dom.nodes.len();
@@ -901,6 +905,18 @@ mod tests {
         ] {
             assert_eq!(parse(bad).unwrap_err().code(), "not_well_formed", "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_prefixed_attribute_is_not_read_as_the_unprefixed_one() {
+        let dom = parse(
+            r#"<ContactMaster xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" xsi:type="oa:ContactMasterType"><Name xsi:type="x" type="legal"/></ContactMaster>"#,
+        )
+        .unwrap();
+        assert_eq!(dom.attr(0, "type"), None);
+        assert_eq!(dom.attr(0, "xsi:type"), Some("oa:ContactMasterType"));
+        let name = dom.child(0, "Name").unwrap();
+        assert_eq!(dom.attr(name, "type"), Some("legal"));
     }
 
     #[test]

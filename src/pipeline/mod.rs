@@ -247,8 +247,8 @@ pub struct Context {
     pub verb: Option<String>,
     pub noun: Option<String>,
     pub tenant: Option<String>,
-    /// The document as text, kept for parking.
-    pub payload: String,
+    /// The document's bytes, kept for parking.
+    pub payload: crate::store::Payload,
     /// The trace this document's processing belongs to (set by the consumer from the
     /// delivery's `traceparent`; `None` offline): outbox rows carry it on.
     pub trace: Option<TraceContext>,
@@ -274,7 +274,7 @@ impl Context {
             verb: None,
             noun: None,
             tenant: None,
-            payload: String::new(),
+            payload: Default::default(),
             trace: None,
         }
     }
@@ -419,7 +419,7 @@ impl Pipeline {
     /// row. Its replies and Syncs go to the outbox like any other document's.
     pub fn release(&self, parked: &Parked, now: DateTime<Utc>) -> Result<Report, StoreError> {
         let mut prepared = self.prepare(&Input {
-            bytes: parked.payload.as_bytes(),
+            bytes: &parked.payload.0,
             source: &parked.source,
             message_id: Some(&parked.message_id),
             reply_to: None,
@@ -721,7 +721,7 @@ fn prepare_unguarded(
     let mut doc = match checked {
         Ok(validate::Checked::Doc(doc)) => doc,
         Ok(validate::Checked::Inactive { app }) => {
-            ctx.payload = String::from_utf8_lossy(input.bytes).into_owned();
+            ctx.payload = crate::store::Payload(input.bytes.to_vec());
             return Prepared {
                 ctx,
                 state: State::Inactive { app },
@@ -742,7 +742,7 @@ fn prepare_unguarded(
     // preparing thread, rather than on the committing one.
     doc.bod.nouns = Vec::new();
     if needs_payload(application) {
-        ctx.payload = String::from_utf8_lossy(input.bytes).into_owned();
+        ctx.payload = crate::store::Payload(input.bytes.to_vec());
     }
     Prepared {
         ctx,

@@ -93,7 +93,7 @@ pub(super) fn rerun(
     let mut prepared = super::prepare(
         config,
         &Input {
-            bytes: parked.payload.as_bytes(),
+            bytes: &parked.payload.0,
             source: &parked.source,
             message_id: Some(&parked.message_id),
             reply_to: None,

@@ -369,6 +369,62 @@ impl ParkReason {
     }
 }
 
+/// A document's bytes, kept exactly. Stored as text when they are UTF-8 (nearly every
+/// document), else as `{"hex": …}`: a sender's iso-8859-1 document must come back as the same
+/// bytes, since its declaration decodes them again (a lossy UTF-8 copy would turn `ü` into
+/// `ï¿½`, and a UTF-16 one would not parse at all).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Payload(pub Vec<u8>);
+
+impl From<&str> for Payload {
+    fn from(text: &str) -> Payload {
+        Payload(text.as_bytes().to_vec())
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum StoredPayload<'a> {
+    Text(std::borrow::Cow<'a, str>),
+    Hex { hex: String },
+}
+
+impl Serialize for Payload {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match std::str::from_utf8(&self.0) {
+            Ok(text) => StoredPayload::Text(text.into()),
+            Err(_) => StoredPayload::Hex {
+                hex: self.0.iter().map(|b| format!("{b:02x}")).collect(),
+            },
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Payload {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Payload, D::Error> {
+        match StoredPayload::deserialize(d)? {
+            StoredPayload::Text(text) => Ok(Payload(text.into_owned().into_bytes())),
+            StoredPayload::Hex { hex } => {
+                let digits = hex.as_bytes();
+                if digits.len() % 2 != 0 {
+                    return Err(serde::de::Error::custom("odd number of hex digits"));
+                }
+                digits
+                    .chunks(2)
+                    .map(|pair| {
+                        std::str::from_utf8(pair)
+                            .ok()
+                            .and_then(|p| u8::from_str_radix(p, 16).ok())
+                            .ok_or_else(|| serde::de::Error::custom("not hex"))
+                    })
+                    .collect::<Result<Vec<u8>, D::Error>>()
+                    .map(Payload)
+            }
+        }
+    }
+}
+
 /// A parked document: kept whole so releasing it re-runs the very same bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Parked {
@@ -379,7 +435,7 @@ pub struct Parked {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<XrefKey>,
     pub source: String,
-    pub payload: String,
+    pub payload: Payload,
     /// `no_match` documents: the values they match on (the sender's `match_on` keys), under
     /// which the store indexes them so a record that comes to carry one releases them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -456,4 +512,32 @@ pub struct Correlation {
     pub application: String,
     /// When it was sent (RFC 3339).
     pub sent_at: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_keep_their_bytes_as_text_or_hex_and_old_text_rows_still_read() {
+        for bytes in [
+            &b"<A>M\xc3\xbcnchen</A>"[..],
+            b"<A>M\xfcnchen</A>",
+            b"\xff\xfe<\x00",
+            b"",
+        ] {
+            let json = serde_json::to_string(&Payload(bytes.to_vec())).unwrap();
+            assert_eq!(
+                json.starts_with('"'),
+                std::str::from_utf8(bytes).is_ok(),
+                "{json}"
+            );
+            let back: Payload = serde_json::from_str(&json).unwrap();
+            assert_eq!(back.0, bytes);
+        }
+        let old: Payload = serde_json::from_str(r#""<A/>""#).unwrap();
+        assert_eq!(old.0, b"<A/>");
+        assert!(serde_json::from_str::<Payload>(r#"{"hex":"abc"}"#).is_err());
+        assert!(serde_json::from_str::<Payload>(r#"{"hex":"zz"}"#).is_err());
+    }
 }
