@@ -772,7 +772,19 @@ impl Store {
         if missing.is_empty() && unused.is_empty() {
             return Ok(());
         }
-        for k in &unused {
+        // The stored list only ever names complete indexes, whatever step fails or a crash
+        // interrupts: the unused ones leave it before their entries go, the missing ones join
+        // it once built. Entries of a key not in the list are leftovers (of a drop that
+        // stopped half-way, or of the time it was last used), cleared before it is built.
+        if !unused.is_empty() {
+            let kept: Vec<MatchKey> = current
+                .iter()
+                .copied()
+                .filter(|k| keys.contains(k))
+                .collect();
+            self.hub.insert(&list_key, encode(&kept))?;
+        }
+        for k in unused.iter().chain(&missing) {
             for kind in [Kind::Account, Kind::Contact] {
                 let prefix = key(b'i', &[kind.prefix(), match_tag(*k), ""]);
                 let mut batch = sled::Batch::default();
@@ -1650,6 +1662,46 @@ mod tests {
         assert_eq!(store.hub.scan_prefix([b'n']).count(), 0);
         assert_eq!(store.parked().count(), 1);
         assert!(store.transact(|tx| tx.parked(c)).unwrap().is_some());
+    }
+
+    #[test]
+    fn an_index_is_built_clean_and_the_list_names_only_complete_ones() {
+        let store = Store::temporary().unwrap();
+        let mut r = record("ACC-1");
+        r.fields.communication.emails = vec!["new@acme.example".into()];
+        store.transact(|tx| tx.put_record(&r)).unwrap();
+        let list = || {
+            let v = store.hub.get(key(b's', &["indexes"])).unwrap().unwrap();
+            String::from_utf8(v.to_vec()).unwrap()
+        };
+        let matches = |value: &str| {
+            store
+                .transact(|tx| tx.matches(Kind::Account, MatchKey::Email, value))
+                .unwrap()
+        };
+        store.ensure_indexes(&[MatchKey::Email]).unwrap();
+        assert_eq!(matches("new@acme.example"), vec!["ACC-1".to_string()]);
+        store.ensure_indexes(&[MatchKey::AccountNumber]).unwrap();
+        assert!(matches("new@acme.example").is_empty(), "dropped");
+        assert_eq!(list(), r#"["account_number"]"#);
+        // What a drop that stopped half-way leaves: an entry of a key not in the list, for a
+        // value no record has any more. Building the index again does not keep it.
+        store
+            .transact(|tx| {
+                tx.index(
+                    Kind::Account,
+                    MatchKey::Email,
+                    "old@acme.example",
+                    "ACC-1",
+                    true,
+                )
+            })
+            .unwrap();
+        store
+            .ensure_indexes(&[MatchKey::AccountNumber, MatchKey::Email])
+            .unwrap();
+        assert!(matches("old@acme.example").is_empty());
+        assert_eq!(matches("new@acme.example"), vec!["ACC-1".to_string()]);
     }
 
     #[test]
