@@ -239,3 +239,66 @@ fn a_parked_iso_8859_1_document_is_released_with_the_bytes_it_came_with() {
     let json = serde_json::to_string(&record).unwrap();
     assert!(json.contains("München GmbH"), "{json}");
 }
+
+#[test]
+fn the_account_a_placeholder_stood_for_takes_it_over_and_is_then_a_record_like_any_other() {
+    let config = CONFIG.replace(
+        "default_account = \"ORPHANS\"\n",
+        "default_account = \"ORPHANS\"\ncreate_policy = \"match_or_create\"\nmatch_on = [\"account_number\"]\n",
+    );
+    let p = Pipeline::new(
+        Arc::new(Config::from_toml(&config, "test").unwrap()),
+        Arc::new(Store::temporary().unwrap()),
+    )
+    .unwrap();
+    let orphan = p
+        .process(&input(contact("P1", "").as_bytes(), "m-1", false))
+        .unwrap();
+    let con = p
+        .store
+        .record(orphan.record.as_deref().unwrap())
+        .unwrap()
+        .unwrap();
+    let placeholder_id = con.account.clone().unwrap();
+    assert!(
+        p.store
+            .record(&placeholder_id)
+            .unwrap()
+            .unwrap()
+            .placeholder
+    );
+
+    // LN's own catch-all account: its account number is the default account's.
+    let real = account("C1", "Orphans Ltd", "AUT").replace(
+        "</PartyIDs>",
+        "</PartyIDs><AccountIDs><ID>ORPHANS</ID></AccountIDs>",
+    );
+    let linked = p.process(&input(real.as_bytes(), "m-2", false)).unwrap();
+    assert_eq!(
+        linked.record.as_deref(),
+        Some(placeholder_id.as_str()),
+        "{:?}",
+        linked.decisions
+    );
+    let record = p.store.record(&placeholder_id).unwrap().unwrap();
+    assert!(!record.placeholder);
+    assert_eq!(record.created_by, "lid://ln");
+    assert!(
+        linked
+            .outputs
+            .iter()
+            .any(|o| o.kind == "SyncCustomerPartyMaster"),
+        "announced like any account: {:?}",
+        linked.outputs
+    );
+    // Later orphans go to it.
+    let next = p
+        .process(&input(contact("P2", "").as_bytes(), "m-3", false))
+        .unwrap();
+    let con = p
+        .store
+        .record(next.record.as_deref().unwrap())
+        .unwrap()
+        .unwrap();
+    assert_eq!(con.account.as_deref(), Some(placeholder_id.as_str()));
+}

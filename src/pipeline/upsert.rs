@@ -822,6 +822,17 @@ fn link(
         variation: item.variation.clone().unwrap_or_default(),
     });
     record.unlinked.retain(|a| *a != app.logical_id);
+    if record.placeholder {
+        // An application's own account carries the default account's number: it is the
+        // account the placeholder stood for, and from now on a record like any other (synced,
+        // promoted, resynced).
+        record.placeholder = false;
+        record.created_by = app.logical_id.clone();
+        notes.push(format!(
+            "{} is no longer a placeholder: it is {}'s account {}",
+            record.id, app.name, key.id
+        ));
+    }
     merge(&mut record, item, app, &mut notes);
     if item.kind == Kind::Contact {
         stamp(&mut record.fields, app, false, &mut notes);
@@ -1030,12 +1041,18 @@ fn default_account(tx: &Tx<'_>, _config: &Config, app: &Application) -> TxResult
     let Some(number) = app.default_account.as_deref() else {
         return Ok(None);
     };
+    // An application's real account with that number comes before a placeholder (under the
+    // `create` policy both can exist).
+    let mut placeholder = None;
     for hub_id in tx.matches(Kind::Account, MatchKey::AccountNumber, number)? {
-        if let Some(r) = tx.record(&hub_id)? {
-            if !r.deleted {
-                return Ok(Some(hub_id));
-            }
+        match tx.record(&hub_id)? {
+            Some(r) if !r.deleted && !r.placeholder => return Ok(Some(hub_id)),
+            Some(r) if !r.deleted && placeholder.is_none() => placeholder = Some(hub_id),
+            _ => {}
         }
+    }
+    if placeholder.is_some() {
+        return Ok(placeholder);
     }
     let seq = tx.next(Kind::Account.prefix())?;
     let id = format!("{}-{seq:06}", Kind::Account.prefix());
