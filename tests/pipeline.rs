@@ -302,3 +302,45 @@ fn the_account_a_placeholder_stood_for_takes_it_over_and_is_then_a_record_like_a
         .unwrap();
     assert_eq!(con.account.as_deref(), Some(placeholder_id.as_str()));
 }
+
+#[test]
+fn after_a_hard_delete_only_a_newer_variation_brings_the_record_back() {
+    let config = CONFIG.replace(
+        "default_account = \"ORPHANS\"\n",
+        "default_account = \"ORPHANS\"\n[applications.flows.CustomerPartyMaster]\ninbound = { create = true, update = true, delete = \"hard\" }\n",
+    );
+    let p = Pipeline::new(
+        Arc::new(Config::from_toml(&config, "test").unwrap()),
+        Arc::new(Store::temporary().unwrap()),
+    )
+    .unwrap();
+    let at = |variation: u32, action: &str| {
+        account("C7", "Epsilon", "AUT")
+            .replace(r#"variationID="1""#, &format!(r#"variationID="{variation}""#))
+            .replace(
+                "<Sync>",
+                &format!(r#"<Sync><ActionCriteria><ActionExpression actionCode="{action}"/></ActionCriteria>"#),
+            )
+    };
+    let created = p.process(&input(at(6, "Change").as_bytes(), "m-6", false)).unwrap();
+    assert_eq!(created.outcome, Outcome::Applied);
+    let deleted = p.process(&input(at(7, "Delete").as_bytes(), "m-7", false)).unwrap();
+    assert_eq!(deleted.outcome, Outcome::Applied, "{:?}", deleted.decisions);
+    assert!(p.store.record(created.record.as_deref().unwrap()).unwrap().is_none());
+
+    // Older than the delete (out of order, or replayed from the dead-letter queue): stale.
+    let older = p.process(&input(at(5, "Change").as_bytes(), "m-5", false)).unwrap();
+    assert_eq!(older.outcome, Outcome::Stale, "{:?}", older.decisions);
+    assert!(older.outputs.is_empty());
+    assert!(p.store.records().next().is_none(), "not created again");
+    let same = p.process(&input(at(7, "Change").as_bytes(), "m-7b", false)).unwrap();
+    assert_eq!(same.outcome, Outcome::Duplicate);
+
+    // Newer: the application created it again.
+    let again = p.process(&input(at(8, "Add").as_bytes(), "m-8", false)).unwrap();
+    assert_eq!(again.outcome, Outcome::Applied);
+    assert_ne!(again.record, created.record, "a new record");
+    // And the key is live again: the guard works on its xref as usual.
+    let older = p.process(&input(at(5, "Change").as_bytes(), "m-5b", false)).unwrap();
+    assert_eq!(older.outcome, Outcome::Stale);
+}

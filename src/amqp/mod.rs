@@ -10,8 +10,8 @@
 //! - [`Sender`]: publishes inbound documents (`bodflow publish`, tests).
 //!
 //! [`run`] is the service: one cancellation tree (`shutdown` → stop consuming → finish the
-//! deliveries taken → drain the outbox within [`RunOptions::drain_timeout`] → flush the store →
-//! close the connection), and a reconnect loop around one broker *session* (connection,
+//! deliveries taken → drain the outbox within [`RunOptions::drain_timeout`], all of it within
+//! [`RunOptions::stop_timeout`] → close the connection → flush the store), and a reconnect loop around one broker *session* (connection,
 //! topology, channels). A session that fails is dropped whole, with its channels and
 //! ackers: nothing is ever acked with a tag of a dead channel; unacked deliveries come back
 //! and the message-id markers make them duplicates.
@@ -154,6 +154,9 @@ pub async fn declare_topology(config: &Config) -> Result<(), Error> {
     declared
 }
 
+/// How long closing a connection may take before it is dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Frames bodflow asks for unless the URL sets `frame_max`. lapin keeps 32 frames of buffer
 /// each way per connection, resident from the start: 8 MiB at RabbitMQ's default of 128 KiB,
 /// 2 MiB at this size, which still carries a typical BOD in one frame.
@@ -200,6 +203,12 @@ pub struct RunOptions {
     /// On shutdown, how long the outbox may keep publishing before the service stops anyway
     /// (what is left is published on the next start).
     pub drain_timeout: Duration,
+    /// On shutdown, how long the session may take in all — finishing the deliveries taken,
+    /// settling published rows, draining the outbox (`drain_timeout` of it) — before it is
+    /// dropped anyway: a broker that blocks the connection (a memory or disk alarm) stops
+    /// every frame, acks and confirms included, until the alarm clears. What a dropped session
+    /// had not acked goes back to the queue; unpublished rows stay in the outbox.
+    pub stop_timeout: Duration,
     /// Reconnect backoff, doubling from `reconnect_min` up to `reconnect_max`.
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
@@ -215,6 +224,7 @@ impl Default for RunOptions {
             outbox_batch: 512,
             outbox_poll: Duration::from_secs(1),
             drain_timeout: Duration::from_secs(10),
+            stop_timeout: Duration::from_secs(20),
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(10),
         }
@@ -291,9 +301,20 @@ async fn serve(
                 reconnect = true;
                 readiness.set_connected(true);
                 let started = Instant::now();
-                let result = session(&connection, live, &options, &token, &wake, readiness).await;
+                let result = tokio::select! {
+                    result = session(&connection, live, &options, &token, &wake, readiness) => result,
+                    () = async {
+                        token.cancelled().await;
+                        tokio::time::sleep(options.stop_timeout).await;
+                    } => {
+                        tracing::warn!(timeout_s = options.stop_timeout.as_secs_f64(), "The session did not finish within the stop timeout (is the broker blocking the connection?): dropped; what it had not acked goes back to the queue, unpublished rows stay in the outbox");
+                        Ok(())
+                    }
+                };
                 readiness.set_connected(false);
-                let _ = connection.close(200, "bye".into()).await;
+                // A blocked connection would not send the close either.
+                let _ =
+                    tokio::time::timeout(CLOSE_TIMEOUT, connection.close(200, "bye".into())).await;
                 let shutdown = token.is_cancelled();
                 emit(AmqpDisconnected {
                     error: result

@@ -6,9 +6,10 @@
 //! With `tracking.enabled` it also serves `GET /messages/{id}` and purges message timelines
 //! older than `tracking.retention` every [`PURGE_EVERY`] (from the start).
 //!
-//! Shutdown order: stop consuming → finish the deliveries taken → drain the outbox → flush
-//! the store → close the broker → stop HTTP (so `/metrics` and `/readyz` answer until the
-//! very end, `/readyz` with 503 from the moment shutdown is requested).
+//! Shutdown order: stop consuming → finish the deliveries taken → drain the outbox (all of it
+//! within [`crate::amqp::RunOptions::stop_timeout`]) → close the broker → flush the store →
+//! stop HTTP (so `/metrics` and `/readyz` answer until the very end, `/readyz` with 503 from
+//! the moment shutdown is requested). A second SIGINT/SIGTERM exits at once (status 130).
 //!
 //! SIGHUP re-reads the configuration file resolved at start and swaps it between commit
 //! groups ([`crate::reload`]); an invalid file is refused and the running one kept.
@@ -132,7 +133,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let purger = tracking
             .enabled
             .then(|| tokio::spawn(purge_tracking(store, tracking.retention.0, stop_http.clone())));
-        let result = amqp::run_live(live, options, readiness.clone(), shutdown_signal()).await;
+        let shutdown = async {
+            shutdown_signal().await;
+            // A second signal: the operator will not wait. Exit at once; nothing is lost (what
+            // is not flushed was not acked and comes back, as after a crash).
+            tokio::spawn(async {
+                shutdown_signal().await;
+                tracing::warn!("Second stop signal: exiting at once");
+                std::process::exit(130);
+            });
+        };
+        let result = amqp::run_live(live, options, readiness.clone(), shutdown).await;
         readiness.set_store_open(false);
         stop_http.cancel();
         let _ = reloader.await;

@@ -29,7 +29,8 @@
 
 use crate::config::{Application, Config, CreatePolicy, DeleteMode, FieldGroup, MatchKey};
 use crate::store::{
-    Fields, HubRecord, Kind, Marker, Owner, ParkReason, Parked, Tx, TxResult, Xref, XrefKey,
+    Fields, HubRecord, Kind, Marker, Owner, ParkReason, Parked, Tombstone, Tx, TxResult, Xref,
+    XrefKey,
 };
 
 use super::emit::Emitter;
@@ -243,6 +244,38 @@ fn apply_item(
                     item.key.display()
                 ),
             ));
+        }
+        // A key whose record was hard-deleted: only a document newer than the delete brings
+        // it back (the application created it again).
+        if !item.key.id.is_empty() {
+            if let Some(gone) = tx.tombstone(&item.key)? {
+                let note = |what: &str| {
+                    format!(
+                        "{} was hard-deleted ({}) at variationID {}: {what}",
+                        gone.record,
+                        item.key.display(),
+                        gone.variation
+                    )
+                };
+                match guard(&gone.variation, item.variation.as_deref()) {
+                    Guard::Apply => tx.remove_tombstone(&item.key)?,
+                    Guard::Stale => {
+                        let why = format!(
+                            "variationID {} is older",
+                            item.variation.as_deref().unwrap_or("")
+                        );
+                        return Ok(ItemResult::new(Outcome::Stale, None, None, note(&why)));
+                    }
+                    Guard::Duplicate => {
+                        return Ok(ItemResult::new(
+                            Outcome::Duplicate,
+                            None,
+                            None,
+                            note("the same variationID again"),
+                        ))
+                    }
+                }
+            }
         }
         // Inbound `create` governs new records, `update` a match with an existing one (a
         // link changes that record): an "update existing only" flow still links by match.
@@ -601,7 +634,15 @@ fn delete(
             record.deleted = true;
             record.revision += 1;
             for x in &record.xrefs {
-                tx.remove_xref(&x.key(record.kind))?;
+                let key = x.key(record.kind);
+                tx.remove_xref(&key)?;
+                tx.put_tombstone(
+                    &key,
+                    &Tombstone {
+                        record: record.id.clone(),
+                        variation: x.variation.clone(),
+                    },
+                )?;
             }
             reindex(tx, config, Some(&record), None)?;
             if let Some(parent) = &record.intended_parent {

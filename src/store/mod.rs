@@ -8,6 +8,7 @@
 //! | --- | --- | --- |
 //! | `r` | hub ID | [`HubRecord`] |
 //! | `x` | kind, application, accounting entity, application ID | hub ID |
+//! | `g` | the same as `x`, of a hard-deleted record | [`Tombstone`]: its last variationID |
 //! | `i` | match key, normalised value | hub IDs |
 //! | `m` | message id | [`Marker`] |
 //! | `o` | big-endian group sequence | the [`OutboxRow`]s one transaction emitted, LZ4-compressed |
@@ -95,6 +96,12 @@ fn xref_key(x: &XrefKey) -> Vec<u8> {
         b'x',
         &[x.kind.prefix(), &x.application, &x.accounting_entity, &x.id],
     )
+}
+
+fn tombstone_key(x: &XrefKey) -> Vec<u8> {
+    let mut k = xref_key(x);
+    k[0] = b'g';
+    k
 }
 
 fn seq_key(prefix: u8, seq: u64) -> Vec<u8> {
@@ -956,6 +963,20 @@ impl Tx<'_> {
 
     pub fn put_xref(&self, x: &XrefKey, hub_id: &str) -> TxResult<()> {
         self.put(xref_key(x), &hub_id)
+    }
+
+    /// What is left of a hard-deleted record's cross-reference.
+    pub fn tombstone(&self, x: &XrefKey) -> TxResult<Option<Tombstone>> {
+        self.get(&tombstone_key(x))
+    }
+
+    pub fn put_tombstone(&self, x: &XrefKey, t: &Tombstone) -> TxResult<()> {
+        self.put(tombstone_key(x), t)
+    }
+
+    pub fn remove_tombstone(&self, x: &XrefKey) -> TxResult<()> {
+        self.raw_remove(tombstone_key(x));
+        Ok(())
     }
 
     pub fn remove_xref(&self, x: &XrefKey) -> TxResult<()> {

@@ -369,6 +369,17 @@ impl ParkReason {
     }
 }
 
+/// A hard-deleted record's cross-reference, kept so that the variationID guard still works
+/// for its key: a document older than the delete (out of order, or replayed from the
+/// dead-letter queue) would otherwise find no record and create it again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tombstone {
+    /// The hub ID the key had.
+    pub record: String,
+    /// The last variationID applied for the key (the delete's, when it carried one).
+    pub variation: String,
+}
+
 /// A document's bytes, kept exactly. Stored as text when they are UTF-8 (nearly every
 /// document), else as `{"hex": …}`: a sender's iso-8859-1 document must come back as the same
 /// bytes, since its declaration decodes them again (a lossy UTF-8 copy would turn `ü` into
