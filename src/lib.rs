@@ -41,3 +41,12 @@ pub mod pipeline;
 pub mod reload;
 pub mod store;
 pub mod telemetry;
+
+/// The message of a caught panic (`panic!` with a literal or a formatted message).
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".to_string())
+}

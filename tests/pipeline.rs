@@ -322,25 +322,41 @@ fn after_a_hard_delete_only_a_newer_variation_brings_the_record_back() {
                 &format!(r#"<Sync><ActionCriteria><ActionExpression actionCode="{action}"/></ActionCriteria>"#),
             )
     };
-    let created = p.process(&input(at(6, "Change").as_bytes(), "m-6", false)).unwrap();
+    let created = p
+        .process(&input(at(6, "Change").as_bytes(), "m-6", false))
+        .unwrap();
     assert_eq!(created.outcome, Outcome::Applied);
-    let deleted = p.process(&input(at(7, "Delete").as_bytes(), "m-7", false)).unwrap();
+    let deleted = p
+        .process(&input(at(7, "Delete").as_bytes(), "m-7", false))
+        .unwrap();
     assert_eq!(deleted.outcome, Outcome::Applied, "{:?}", deleted.decisions);
-    assert!(p.store.record(created.record.as_deref().unwrap()).unwrap().is_none());
+    assert!(p
+        .store
+        .record(created.record.as_deref().unwrap())
+        .unwrap()
+        .is_none());
 
     // Older than the delete (out of order, or replayed from the dead-letter queue): stale.
-    let older = p.process(&input(at(5, "Change").as_bytes(), "m-5", false)).unwrap();
+    let older = p
+        .process(&input(at(5, "Change").as_bytes(), "m-5", false))
+        .unwrap();
     assert_eq!(older.outcome, Outcome::Stale, "{:?}", older.decisions);
     assert!(older.outputs.is_empty());
     assert!(p.store.records().next().is_none(), "not created again");
-    let same = p.process(&input(at(7, "Change").as_bytes(), "m-7b", false)).unwrap();
+    let same = p
+        .process(&input(at(7, "Change").as_bytes(), "m-7b", false))
+        .unwrap();
     assert_eq!(same.outcome, Outcome::Duplicate);
 
     // Newer: the application created it again.
-    let again = p.process(&input(at(8, "Add").as_bytes(), "m-8", false)).unwrap();
+    let again = p
+        .process(&input(at(8, "Add").as_bytes(), "m-8", false))
+        .unwrap();
     assert_eq!(again.outcome, Outcome::Applied);
     assert_ne!(again.record, created.record, "a new record");
     // And the key is live again: the guard works on its xref as usual.
-    let older = p.process(&input(at(5, "Change").as_bytes(), "m-5b", false)).unwrap();
+    let older = p
+        .process(&input(at(5, "Change").as_bytes(), "m-5b", false))
+        .unwrap();
     assert_eq!(older.outcome, Outcome::Stale);
 }

@@ -620,11 +620,7 @@ fn guarded(
     let stage = std::cell::Cell::new(Stage::Decode);
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&stage)));
     result.unwrap_or_else(|panic| {
-        let what = panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "a panic".to_string());
+        let what = crate::panic_message(&*panic);
         let mut ctx = context(config, input);
         tracing::error!(stage = stage.get().as_str(), message_id = %ctx.message_id, panic = %what, "bodflow failed on a document (a bug); it is refused with internal_error");
         ctx.area = emit::sniff_area(input.bytes);

@@ -344,11 +344,13 @@ fn communication(channels: &[Channel], path: &str) -> Result<Communication> {
     // The preferred entry of each kind goes first.
     let mut sorted: Vec<&Channel> = channels.iter().collect();
     sorted.sort_by_key(|ch| !ch.preferred);
+    // Each address once (a set: a document may list tens of thousands).
+    let mut seen = std::collections::HashSet::new();
     for ch in sorted {
         match ch.channel {
             ChannelKind::Email => {
                 check_email(&ch.value, &format!("{path}/URI"))?;
-                if !c.emails.contains(&ch.value) {
+                if seen.insert(ch.value.as_str()) {
                     c.emails.push(ch.value.clone());
                 }
             }

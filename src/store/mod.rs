@@ -54,6 +54,10 @@ pub enum StoreError {
     Io(#[from] sled::Error),
     #[error("store value under {key:?} is unreadable: {message}")]
     Corrupt { key: String, message: String },
+    /// bodflow failed (panicked) inside a transaction: a bug. Nothing of the transaction was
+    /// written; to a message it is a failure like the others (retried, then dead-lettered).
+    #[error("bodflow failed inside a store transaction (a bug, please report it): {0}")]
+    Internal(String),
     /// Another process (usually the running service) holds the store's lock.
     #[error("the store is in use by another process ({0})")]
     Locked(String),
@@ -65,6 +69,7 @@ impl StoreError {
             StoreError::Io(_) => "store_io",
             StoreError::Corrupt { .. } => "store_corrupt",
             StoreError::Locked(_) => "store_locked",
+            StoreError::Internal(_) => "internal_error",
         }
     }
 
@@ -485,7 +490,12 @@ impl Store {
     pub fn transact<T>(&self, f: impl FnOnce(&Tx<'_>) -> TxResult<T>) -> Result<T, StoreError> {
         let writer = locked(&self.writer);
         let tx = self.new_tx();
-        let out = f(&tx)?;
+        // A panic in `f` drops the write set like an error: nothing is applied, and the
+        // caller sees a failure instead of an unwinding that would end the service's session
+        // (and every later one, for the redelivered document). Sequence numbers it took are
+        // gaps; markers it looked up enter the filter only when applied.
+        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&tx)))
+            .map_err(|panic| StoreError::Internal(crate::panic_message(&*panic)))??;
         tx.write_outbox_group()?;
         tx.write_tracking_group()?;
         tx.note_markers();
@@ -1240,6 +1250,30 @@ mod tests {
             created_by: "lid://a".into(),
             revision: 1,
         }
+    }
+
+    #[test]
+    fn a_panic_inside_a_transaction_is_a_failure_that_writes_nothing() {
+        let store = Store::temporary().unwrap();
+        let failed = store.transact(|tx| -> TxResult<()> {
+            tx.put_record(&record("ACC-1"))?;
+            tx.push_outbox(&row(1))?;
+            panic!("boom {}", 7)
+        });
+        match failed {
+            Err(e @ StoreError::Internal(_)) => {
+                assert_eq!(e.code(), "internal_error");
+                assert!(e.to_string().contains("boom 7"), "{e}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(store.record("ACC-1").unwrap().is_none());
+        assert_eq!(store.outbox_len(), 0);
+        // The writer lock is not poisoned: the next transaction goes through.
+        store
+            .transact(|tx| tx.put_record(&record("ACC-2")))
+            .unwrap();
+        assert!(store.record("ACC-2").unwrap().is_some());
     }
 
     #[test]
