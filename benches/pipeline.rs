@@ -35,6 +35,7 @@ fn input(bytes: &[u8]) -> Input<'_> {
         reply_to: None,
         received_at: Utc::now(),
         retry: false,
+        envelope: None,
     }
 }
 

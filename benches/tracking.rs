@@ -79,6 +79,7 @@ fn templates() -> Vec<Run<'static>> {
                 reply_to: None,
                 received_at: Utc::now(),
                 retry: false,
+                envelope: None,
             })
             .unwrap();
         let track = pipeline.store.tracked(&report.message_id).unwrap().unwrap();

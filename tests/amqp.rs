@@ -94,6 +94,7 @@ fn offline(config: &Config, docs: &[Doc]) -> Offline {
             reply_to: d.reply_to.as_deref(),
             received_at: Utc::now(),
             retry: false,
+            envelope: None,
         };
         reports.push(pipeline.process(&input).unwrap());
     }
@@ -318,18 +319,38 @@ async fn replies_go_to_reply_to() {
         reply_to: Some("test.replies".into()),
     };
     publish(&config, std::slice::from_ref(&d)).await;
+    // An RPC client's request: its reply carries the client's correlation id.
+    let sender = Sender::connect(&config).await.unwrap();
+    sender
+        .send(&InboundMessage {
+            bytes: &d.bytes,
+            message_id: "reply-test-2",
+            document_name: amqp::document_name(&d.bytes).as_deref(),
+            reply_to: Some("test.replies"),
+            correlation_id: Some("rpc-call-2"),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .confirmed()
+        .await
+        .unwrap();
+    sender.close().await.unwrap();
     let store = Arc::new(Store::temporary().unwrap());
     let (stop, service) = start_service(&config, store.clone(), RunOptions::default());
-    wait_for("the reply", Duration::from_secs(20), async || {
-        broker::ready_count(&ch, "test.replies").await.unwrap() >= 1 && store.outbox_len() == 0
+    wait_for("the replies", Duration::from_secs(20), async || {
+        broker::ready_count(&ch, "test.replies").await.unwrap() >= 2 && store.outbox_len() == 0
     })
     .await;
     stop.send(()).unwrap();
     service.await.unwrap().unwrap();
 
-    let replies = drain_queue(&ch, "test.replies").await;
-    assert_eq!(replies.len(), 1, "{replies:?}");
+    let mut replies = drain_queue(&ch, "test.replies").await;
+    assert_eq!(replies.len(), 2, "{replies:?}");
+    replies.sort_by(|a, b| a.correlation_id.cmp(&b.correlation_id));
     assert_eq!(replies[0].correlation_id, "reply-test-1");
+    assert_eq!(replies[1].correlation_id, "rpc-call-2");
+    replies.truncate(1);
     assert_eq!(
         header(&replies[0].headers, "documentName").as_deref(),
         Some("Confirm.BOD")

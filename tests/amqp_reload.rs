@@ -278,6 +278,7 @@ async fn sighup_reactivating_an_application_releases_its_parked_documents() {
                 reply_to: None,
                 received_at: chrono::Utc::now(),
                 retry: false,
+                envelope: None,
             })
             .unwrap();
         want.insert(d.message_id.clone(), r.outcome);

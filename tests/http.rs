@@ -195,6 +195,7 @@ fn expected(config: &Config, docs: &[Doc]) -> Expected {
                 reply_to: None,
                 received_at: chrono::Utc::now(),
                 retry: false,
+                envelope: None,
             })
             .unwrap();
         *e.outcomes.entry(r.outcome.as_str()).or_default() += 1;

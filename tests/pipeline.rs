@@ -62,6 +62,7 @@ fn input<'a>(bytes: &'a [u8], message_id: &'a str, retry: bool) -> Input<'a> {
         reply_to: None,
         received_at: Utc::now(),
         retry,
+        envelope: None,
     }
 }
 

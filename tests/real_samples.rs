@@ -361,6 +361,7 @@ fn process_all(config: &str) -> (Pipeline, Vec<Processed>) {
                     reply_to: None,
                     received_at,
                     retry: false,
+                    envelope: None,
                 })
                 .unwrap();
             let outputs = report

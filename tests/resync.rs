@@ -420,6 +420,7 @@ fn resync_spans_chunks_with_distinct_bodids_and_counts_what_it_skips() {
                 reply_to: None,
                 received_at: chrono::Utc::now(),
                 retry: false,
+                envelope: None,
             })
             .unwrap();
         assert_eq!(r.outcome.as_str(), "applied");
@@ -532,6 +533,7 @@ fn resync_follows_the_promotion_and_classification_rules() {
                 reply_to: None,
                 received_at: chrono::Utc::now(),
                 retry: false,
+                envelope: None,
             })
             .unwrap();
     }

@@ -360,6 +360,7 @@ fn mutants_of_every_document_get_coded_results_and_emit_only_valid_documents() {
                 reply_to: (i % 7 == 0).then_some("amq.gen-fuzz-reply"),
                 received_at: now,
                 retry: false,
+                envelope: None,
             })
         }));
         let took = started.elapsed();
@@ -556,6 +557,7 @@ fn documents_built_to_cost_memory_or_work_are_refused_by_limits_with_a_path() {
                 reply_to: None,
                 received_at: Utc::now(),
                 retry: false,
+                envelope: None,
             })
             .unwrap();
         let error = report
@@ -575,6 +577,7 @@ fn documents_built_to_cost_memory_or_work_are_refused_by_limits_with_a_path() {
         reply_to: None,
         received_at: Utc::now(),
         retry: false,
+        envelope: None,
     });
     assert!(prepared.ctx.noun.is_some(), "{:?}", prepared.state);
 
@@ -593,6 +596,7 @@ fn documents_built_to_cost_memory_or_work_are_refused_by_limits_with_a_path() {
         reply_to: None,
         received_at: Utc::now(),
         retry: false,
+        envelope: None,
     });
     assert_eq!(prepared.ctx.tenant, None);
     let report = pipeline.commit(&prepared).unwrap();

@@ -83,6 +83,7 @@ fn input<'a>(bytes: &'a [u8], message_id: &'a str) -> Input<'a> {
         reply_to: None,
         received_at: Utc::now(),
         retry: false,
+        envelope: None,
     }
 }
 

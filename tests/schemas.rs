@@ -531,6 +531,7 @@ impl Run {
                 reply_to,
                 received_at,
                 retry: false,
+                envelope: None,
             })
             .unwrap()
     }

@@ -446,7 +446,8 @@ fn prepare(inbound: Inbound) -> Work {
 fn prepare_in(pipeline: &Pipeline, d: &Delivery, t: &Tracked) -> Prepared {
     let _span = t.span.enter();
     let started = std::time::Instant::now();
-    let mut p = pipeline.prepare(&input(d));
+    let envelope = envelope(d);
+    let mut p = pipeline.prepare(&input(d, &envelope));
     emit(StageTimed {
         stage: "prepare",
         seconds: started.elapsed().as_secs_f64(),
@@ -697,8 +698,25 @@ async fn flush(store: &Arc<Store>) -> Result<(), Error> {
         .map_err(Error::from)
 }
 
-fn input(d: &Delivery) -> Input<'_> {
+/// The delivery's `correlation_id` and ION headers (DESIGN §5.3).
+fn envelope(d: &Delivery) -> crate::store::Envelope {
+    let headers = d.properties.headers().as_ref();
+    crate::store::Envelope {
+        correlation_id: d
+            .properties
+            .correlation_id()
+            .as_ref()
+            .map(|c| c.as_str().to_string()),
+        from_logical_id: header_str(headers, "fromLogicalId"),
+        to_logical_id: header_str(headers, "toLogicalId"),
+        tenant_id: header_str(headers, "tenantId"),
+        variation_id: header_str(headers, "variationId"),
+    }
+}
+
+fn input<'d>(d: &'d Delivery, envelope: &'d crate::store::Envelope) -> Input<'d> {
     Input {
+        envelope: Some(envelope),
         bytes: &d.data,
         source: "amqp",
         message_id: d.properties.message_id().as_ref().map(|m| m.as_str()),

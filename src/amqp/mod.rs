@@ -445,6 +445,8 @@ pub struct InboundMessage<'a> {
     pub document_name: Option<&'a str>,
     pub from_logical_id: Option<&'a str>,
     pub reply_to: Option<&'a str>,
+    /// AMQP `correlation_id`: a reply to this message carries it.
+    pub correlation_id: Option<&'a str>,
     /// Routing key on the topic exchange (default: `document_name`, else `bod`).
     pub routing_key: Option<&'a str>,
     /// W3C `traceparent` / `tracestate` headers, sent as given.
@@ -509,6 +511,9 @@ impl Sender {
             .with_headers(headers);
         if let Some(reply_to) = message.reply_to {
             properties = properties.with_reply_to(short(reply_to)?);
+        }
+        if let Some(correlation_id) = message.correlation_id {
+            properties = properties.with_correlation_id(short(correlation_id)?);
         }
         let routing_key = message
             .routing_key

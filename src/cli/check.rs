@@ -32,6 +32,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 reply_to: None,
                 received_at: Utc::now(),
                 retry: false,
+                envelope: None,
             },
         );
         match &prepared.state {

@@ -157,6 +157,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                                         reply_to: None,
                                         received_at: now.unwrap_or_else(Utc::now),
                                         retry: false,
+                                        envelope: None,
                                     })
                                 })
                                 .collect();

@@ -162,7 +162,14 @@ impl<'a> Emitter<'a> {
             to,
             reply_to,
             bod_id,
-            correlation_id: self.ctx.message_id.clone(),
+            // A reply carries the requester's correlation id when it sent one (an RPC client
+            // matches replies on it), else the inbound message id, like every other output.
+            correlation_id: self
+                .ctx
+                .envelope
+                .correlation_id
+                .clone()
+                .unwrap_or_else(|| self.ctx.message_id.clone()),
             document_name,
             tenant: self.tenant().map(str::to_string),
             traceparent: self.traceparent(),

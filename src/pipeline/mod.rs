@@ -208,6 +208,8 @@ pub struct Input<'a> {
     /// document, replaying a dead letter): a `parked` or `rejected` marker of that id does not
     /// make it a duplicate. Plain redeliveries leave it false.
     pub retry: bool,
+    /// The delivery's `correlation_id` and ION headers; `None` for files.
+    pub envelope: Option<&'a crate::store::Envelope>,
 }
 
 /// The digest used as message id when a delivery has none (DESIGN §2).
@@ -249,6 +251,8 @@ pub struct Context {
     pub tenant: Option<String>,
     /// The document's bytes, kept for parking.
     pub payload: crate::store::Payload,
+    /// The delivery's `correlation_id` and ION headers (empty for files).
+    pub envelope: crate::store::Envelope,
     /// The trace this document's processing belongs to (set by the consumer from the
     /// delivery's `traceparent`; `None` offline): outbox rows carry it on.
     pub trace: Option<TraceContext>,
@@ -275,6 +279,7 @@ impl Context {
             noun: None,
             tenant: None,
             payload: Default::default(),
+            envelope: Default::default(),
             trace: None,
         }
     }
@@ -420,6 +425,7 @@ impl Pipeline {
     pub fn release(&self, parked: &Parked, now: DateTime<Utc>) -> Result<Report, StoreError> {
         let mut prepared = self.prepare(&Input {
             bytes: &parked.payload.0,
+            envelope: Some(&parked.envelope),
             source: &parked.source,
             message_id: Some(&parked.message_id),
             reply_to: None,
@@ -543,6 +549,7 @@ fn apply_in(
                 key: None,
                 source: ctx.source.clone(),
                 payload: ctx.payload.clone(),
+                envelope: ctx.envelope.clone(),
                 match_values: Vec::new(),
             })?;
             tx.put_marker(
@@ -650,6 +657,7 @@ fn context(config: &Config, input: &Input<'_>) -> Context {
         .unwrap_or_else(|| payload_digest(input.bytes));
     Context {
         reply_to: input.reply_to.map(str::to_string),
+        envelope: input.envelope.cloned().unwrap_or_default(),
         size: input.bytes.len(),
         track: config.tracking.enabled,
         retry: input.retry,
@@ -677,16 +685,21 @@ fn prepare_unguarded(
     let parsed = bod::parse(input.bytes, config.limits.into());
     lap(Stage::Decode, &mut clock);
     stage.set(Stage::Validate);
-    let bod = match parsed {
+    let mut bod = match parsed {
         Ok(bod) => bod,
         Err(e) => {
             // Best effort: a broken document may still name its sender, who asked for a
             // ConfirmBOD.
             ctx.area = emit::sniff_area(input.bytes);
+            if let Some(from) = &ctx.envelope.from_logical_id {
+                let area = ctx.area.get_or_insert_with(Default::default);
+                area.logical_id.get_or_insert_with(|| from.clone());
+            }
             let app = sender_app(config, ctx.area.as_ref());
             return reject(ctx, e.into(), app, None);
         }
     };
+    fill_from_envelope(&mut bod, &ctx.envelope);
     ctx.area = Some(bod.area.clone());
     ctx.verb = Some(bod.verb.clone());
     ctx.noun = Some(bod.noun.clone());
@@ -746,6 +759,33 @@ fn prepare_unguarded(
     }
 }
 
+/// What the document leaves out and its ION envelope says (DESIGN §5.3): the sender
+/// (`fromLogicalId`), the tenant (`tenantId`) and, for a document of one noun, that noun's
+/// variation (`variationId`). The document's own values always win; ION stamps the headers
+/// from the same document, so they only ever fill gaps (a sender that leaves
+/// `Sender/LogicalID` to the bus, say).
+fn fill_from_envelope(bod: &mut Bod, envelope: &crate::store::Envelope) {
+    fn fill(slot: &mut Option<String>, value: &Option<String>) {
+        if slot.as_deref().is_none_or(|s| s.trim().is_empty()) {
+            if let Some(v) = value.as_deref().map(str::trim).filter(|v| !v.is_empty()) {
+                *slot = Some(v.to_string());
+            }
+        }
+    }
+    fill(&mut bod.area.logical_id, &envelope.from_logical_id);
+    fill(&mut bod.header.tenant_id, &envelope.tenant_id);
+    if let [noun] = bod.nouns.as_mut_slice() {
+        let ids = match noun {
+            bod::Noun::Account(p) => &mut p.ids,
+            bod::Noun::Contact(c) => &mut c.ids,
+            bod::Noun::Other { .. } => return,
+        };
+        if let Some(id) = ids.first_mut() {
+            fill(&mut id.variation, &envelope.variation_id);
+        }
+    }
+}
+
 /// Policies that may park a document need its bytes in the transaction.
 fn needs_payload(app: &crate::config::Application) -> bool {
     use crate::config::CreatePolicy::*;
@@ -761,6 +801,78 @@ fn sender_app(config: &Config, area: Option<&ApplicationArea>) -> Option<usize> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ion_envelope_fills_what_the_document_leaves_out_and_never_overrides_it() {
+        let config = Config::from_toml(
+            "[[applications]]\nname = \"ln\"\nlogical_id = \"lid://ln\"\n",
+            "t",
+        )
+        .unwrap();
+        let doc = |sender: &str, tenant: &str, variation: &str| {
+            format!(
+                "<SyncCustomerPartyMaster><ApplicationArea>{sender}<BODID>b-1</BODID></ApplicationArea>\
+                 <DataArea><Sync>{tenant}</Sync><CustomerPartyMaster><PartyIDs><ID{variation}>C1</ID></PartyIDs>\
+                 <Name>Acme</Name></CustomerPartyMaster></DataArea></SyncCustomerPartyMaster>"
+            )
+        };
+        let envelope = crate::store::Envelope {
+            correlation_id: Some("rpc-7".into()),
+            from_logical_id: Some("lid://ln".into()),
+            to_logical_id: Some("lid://bodflow".into()),
+            tenant_id: Some("T1".into()),
+            variation_id: Some("42".into()),
+        };
+        let run = |bytes: &str, envelope: Option<&crate::store::Envelope>| {
+            prepare(
+                &config,
+                &Input {
+                    bytes: bytes.as_bytes(),
+                    source: "test",
+                    message_id: Some("m-1"),
+                    reply_to: None,
+                    received_at: Utc::now(),
+                    retry: false,
+                    envelope,
+                },
+            )
+        };
+        let bare = doc("", "", "");
+        let without = run(&bare, None);
+        assert!(
+            matches!(&without.state, State::Rejected { rejection, .. } if rejection.code == "missing_field" || rejection.code == "unknown_sender"),
+            "{:?}",
+            without.state
+        );
+        let filled = run(&bare, Some(&envelope));
+        let State::Ready(d) = &filled.state else {
+            panic!("{:?}", filled.state)
+        };
+        assert_eq!(d.items[0].variation.as_deref(), Some("42"));
+        assert_eq!(filled.ctx.tenant.as_deref(), Some("T1"));
+        assert_eq!(filled.ctx.envelope.correlation_id.as_deref(), Some("rpc-7"));
+        // The document's own values win.
+        let own = run(
+            &doc(
+                "<Sender><LogicalID>lid://ln</LogicalID></Sender>",
+                "<TenantID>T9</TenantID>",
+                " variationID=\"5\"",
+            ),
+            Some(&crate::store::Envelope {
+                from_logical_id: Some("lid://other".into()),
+                ..envelope.clone()
+            }),
+        );
+        let State::Ready(d) = &own.state else {
+            panic!("{:?}", own.state)
+        };
+        assert_eq!(d.items[0].variation.as_deref(), Some("5"));
+        assert_eq!(own.ctx.tenant.as_deref(), Some("T9"));
+        assert_eq!(
+            own.ctx.area.as_ref().and_then(|a| a.logical_id.as_deref()),
+            Some("lid://ln")
+        );
+    }
 
     #[test]
     fn a_panic_while_preparing_refuses_the_document_under_its_stage() {
@@ -781,6 +893,7 @@ logical_id = "lid://ln"
             reply_to: None,
             received_at: Utc::now(),
             retry: false,
+            envelope: None,
         };
         let prepared = guarded(&config, &input, |stage| {
             stage.set(Stage::Country);

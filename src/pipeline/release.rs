@@ -94,6 +94,7 @@ pub(super) fn rerun(
         config,
         &Input {
             bytes: &parked.payload.0,
+            envelope: Some(&parked.envelope),
             source: &parked.source,
             message_id: Some(&parked.message_id),
             reply_to: None,

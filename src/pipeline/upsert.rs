@@ -706,6 +706,7 @@ fn place_new(
             key: Some(item.key.clone()),
             source: ctx.source.clone(),
             payload: ctx.payload.clone(),
+            envelope: ctx.envelope.clone(),
             match_values,
         })?;
         Ok(ItemResult {

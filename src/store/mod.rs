@@ -1662,6 +1662,7 @@ mod tests {
             }),
             source: "s".into(),
             payload: "<x/>".into(),
+            envelope: Default::default(),
             match_values: values,
         };
         let (a, b, c) = store

@@ -369,6 +369,29 @@ impl ParkReason {
     }
 }
 
+/// What the transport says about a delivered document beside its bytes (DESIGN §5.3): the
+/// AMQP `correlation_id` and ION's envelope headers. Empty for files. Kept with a parked
+/// document, so that its release reads it as it was delivered.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_logical_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_logical_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variation_id: Option<String>,
+}
+
+impl Envelope {
+    pub fn is_empty(&self) -> bool {
+        *self == Envelope::default()
+    }
+}
+
 /// A hard-deleted record's cross-reference, kept so that the variationID guard still works
 /// for its key: a document older than the delete (out of order, or replayed from the
 /// dead-letter queue) would otherwise find no record and create it again.
@@ -447,6 +470,9 @@ pub struct Parked {
     pub key: Option<XrefKey>,
     pub source: String,
     pub payload: Payload,
+    /// The delivery's envelope (its ION headers).
+    #[serde(default, skip_serializing_if = "Envelope::is_empty")]
+    pub envelope: Envelope,
     /// `no_match` documents: the values they match on (the sender's `match_on` keys), under
     /// which the store indexes them so a record that comes to carry one releases them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

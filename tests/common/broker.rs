@@ -207,6 +207,7 @@ pub fn offline(config: &Config, docs: &[Doc]) -> Offline {
                     reply_to: None,
                     received_at,
                     retry: false,
+                    envelope: None,
                 })
             })
             .collect();
