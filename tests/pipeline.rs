@@ -361,3 +361,40 @@ fn after_a_hard_delete_only_a_newer_variation_brings_the_record_back() {
         .unwrap();
     assert_eq!(older.outcome, Outcome::Stale);
 }
+
+#[test]
+fn an_operator_link_to_the_placeholder_makes_it_the_applications_account() {
+    let p = pipeline();
+    let orphan = p
+        .process(&input(contact("P1", "").as_bytes(), "m-1", false))
+        .unwrap();
+    let con = p
+        .store
+        .record(orphan.record.as_deref().unwrap())
+        .unwrap()
+        .unwrap();
+    let placeholder = con.account.clone().unwrap();
+    let done = p
+        .link(&bodflow::pipeline::link::LinkRequest {
+            application: "lid://ln",
+            accounting_entity: "1",
+            id: "C-ORPHANS",
+            record: &placeholder,
+            kind: None,
+            operator: "jdoe",
+            now: Utc::now(),
+        })
+        .unwrap()
+        .unwrap();
+    assert!(
+        done.report
+            .decisions
+            .iter()
+            .any(|d| d.contains("no longer a placeholder")),
+        "{:?}",
+        done.report.decisions
+    );
+    let record = p.store.record(&placeholder).unwrap().unwrap();
+    assert!(!record.placeholder);
+    assert_eq!(record.created_by, "lid://ln");
+}

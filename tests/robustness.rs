@@ -506,13 +506,30 @@ fn documents_built_to_cost_memory_or_work_are_refused_by_limits_with_a_path() {
     let long = "N".repeat(200);
     let name_300 = "E".repeat(300);
     let attrs: String = (0..200).map(|i| format!(" a{i}=\"\"")).collect();
-    let xmlns: String = (0..200)
-        .map(|i| format!(" xmlns:p{i}=\"urn:{i}\""))
-        .collect();
+    // 200 declarations in scope, 100 on an element and 100 on its child: under the attribute
+    // limit on each.
+    let xmlns = |from: usize| -> String {
+        (from..from + 100)
+            .map(|i| format!(" xmlns:p{i}=\"urn:{i}\""))
+            .collect()
+    };
+    let namespaces = format!("<X{}><Y{}/></X>", xmlns(0), xmlns(100));
     let user_area = format!(
         "<UserArea><{long}>{}</{long}></UserArea>",
-        "<b>x</b>".repeat(5_000)
+        "<b>x</b>".repeat(6_000)
     );
+    // Six nested 200-byte names: a value's name (its path) of 1,205 bytes.
+    let deep_name = format!(
+        "<UserArea>{}x{}</UserArea>",
+        format!("<{long}>").repeat(6),
+        format!("</{long}>").repeat(6)
+    );
+    // The user-area budget is the document's: two nouns of 3,000 values each pass it.
+    let second = format!(
+        "<CustomerPartyMaster><PartyIDs><ID>C2</ID></PartyIDs><UserArea>{}</UserArea></CustomerPartyMaster>",
+        "<b>x</b>".repeat(3_000)
+    );
+    let half = format!("<UserArea>{}</UserArea>", "<b>x</b>".repeat(3_000));
     let root = "/SyncCustomerPartyMaster";
     let noun = "/SyncCustomerPartyMaster/DataArea/CustomerPartyMaster";
     let cases: Vec<(&str, Vec<u8>, &str, String)> = vec![
@@ -521,6 +538,18 @@ fn documents_built_to_cost_memory_or_work_are_refused_by_limits_with_a_path() {
             doc(sync, "", &user_area, ""),
             "too_complex",
             format!("{noun}/UserArea"),
+        ),
+        (
+            "a UserArea value name",
+            doc(sync, "", &deep_name, ""),
+            "too_complex",
+            format!("{noun}/UserArea"),
+        ),
+        (
+            "UserArea values of two nouns",
+            doc(sync, "", &half, &second),
+            "too_complex",
+            "/SyncCustomerPartyMaster/DataArea/CustomerPartyMaster[2]/UserArea".to_string(),
         ),
         (
             "a long element name",
@@ -536,9 +565,9 @@ fn documents_built_to_cost_memory_or_work_are_refused_by_limits_with_a_path() {
         ),
         (
             "namespace declarations",
-            doc(sync, "", &format!("<X{xmlns}/>"), ""),
+            doc(sync, "", &namespaces, ""),
             "too_complex",
-            format!("{noun}/X"),
+            format!("{noun}/X/Y"),
         ),
         (
             "nesting",
@@ -546,6 +575,12 @@ fn documents_built_to_cost_memory_or_work_are_refused_by_limits_with_a_path() {
             "too_deep",
             // The 65th open element is the one too deep.
             format!("{noun}{}", "/U".repeat(62)),
+        ),
+        (
+            "nesting, an empty element last",
+            doc(sync, "", &format!("{}<E/>", "<U>".repeat(61)), ""),
+            "too_deep",
+            format!("{noun}{}/E", "/U".repeat(61)),
         ),
     ];
     for (what, bytes, code, path) in cases {
@@ -565,6 +600,13 @@ fn documents_built_to_cost_memory_or_work_are_refused_by_limits_with_a_path() {
             .as_ref()
             .unwrap_or_else(|| panic!("{what}: accepted"));
         assert_eq!((what, error.code), (what, code), "{}", error.message);
+        if what.starts_with("namespace") {
+            assert!(
+                error.message.contains("namespace declarations"),
+                "{}",
+                error.message
+            );
+        }
         assert_eq!(error.path.as_deref(), Some(path.as_str()), "{what}");
     }
 

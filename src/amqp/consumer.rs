@@ -872,9 +872,11 @@ fn held_back(held: &[Option<u64>], key: Option<u64>) -> bool {
         }
 }
 
-/// The delivery's properties for its dead-letter copy, without its `expiration`: a sender's
-/// per-message TTL would otherwise expire the copy in `bodflow.dead`, which has no dead-letter
-/// exchange, and lose it (RabbitMQ drops `expiration` from the messages it dead-letters too).
+/// The delivery's properties for its dead-letter copy, without its `expiration` and `user_id`:
+/// a sender's per-message TTL would otherwise expire the copy in `bodflow.dead`, which has no
+/// dead-letter exchange, and lose it (RabbitMQ drops `expiration` from the messages it
+/// dead-letters too); and RabbitMQ refuses a publish whose `user_id` is not the publishing
+/// connection's user, closing the channel, so the copy could never be published.
 fn dead_letter_properties(p: &BasicProperties) -> BasicProperties {
     let mut out = BasicProperties::default();
     macro_rules! copy {
@@ -895,7 +897,6 @@ fn dead_letter_properties(p: &BasicProperties) -> BasicProperties {
         message_id => with_message_id,
         timestamp => with_timestamp,
         kind => with_type,
-        user_id => with_user_id,
         app_id => with_app_id,
         cluster_id => with_cluster_id
     );
@@ -947,7 +948,7 @@ mod tests {
     }
 
     #[test]
-    fn a_dead_letter_copy_keeps_the_properties_but_the_expiration() {
+    fn a_dead_letter_copy_keeps_the_properties_but_the_expiration_and_user() {
         let sent = BasicProperties::default()
             .with_content_type("application/xml".into())
             .with_message_id("m-1".into())
@@ -957,9 +958,16 @@ mod tests {
             .with_priority(3)
             .with_timestamp(1_700_000_000)
             .with_type("SyncCustomerPartyMaster".into())
-            .with_app_id("ln".into());
+            .with_app_id("ln".into())
+            .with_user_id("ln-publisher".into());
         let copy = dead_letter_properties(&sent);
         assert_eq!(copy.expiration(), &None);
-        assert_eq!(copy.clone().with_expiration("60000".into()), sent);
+        assert_eq!(copy.user_id(), &None);
+        assert_eq!(
+            copy.clone()
+                .with_expiration("60000".into())
+                .with_user_id("ln-publisher".into()),
+            sent
+        );
     }
 }

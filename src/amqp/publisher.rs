@@ -3,7 +3,8 @@
 //!
 //! A round reads up to [`RunOptions::outbox_batch`] durable rows in order, after the last row
 //! it has taken, and publishes them all (persistent, `mandatory`, `application/xml`,
-//! `message_id` = BODID, `correlation_id` = inbound message id, ION headers, W3C
+//! `message_id` = BODID, `correlation_id` = inbound message id (an RPC request's own for its
+//! reply), ION headers, W3C
 //! `traceparent`/`tracestate` continuing the inbound delivery's trace); the round is
 //! then *settled*: its confirms awaited and the acked rows removed. Two rounds are in flight,
 //! so the next round is published while the previous one's confirms come in. A Nack or a
@@ -379,7 +380,11 @@ impl Publisher {
             .with_content_type("application/xml".into())
             .with_delivery_mode(2)
             .with_message_id(short(&row.bod_id)?)
-            .with_correlation_id(short(&row.correlation_id)?)
+            .with_correlation_id(short(
+                row.reply_correlation_id
+                    .as_deref()
+                    .unwrap_or(&row.correlation_id),
+            )?)
             .with_headers(headers);
         let (exchange, routing_key) = match &row.reply_to {
             Some(queue) if !rerouted => ("", queue.as_str()),

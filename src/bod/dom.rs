@@ -343,25 +343,20 @@ fn located(error: DecodeError, text: &str, dom: &Dom<'_>, open: &[usize]) -> Dec
             position: Some(position),
             path: None,
         } => (message, position),
-        DecodeError::TooDeep { limit, path: None } => {
+        // A limit names the element that crossed it: an open one (`path: None`, the open
+        // elements end with it), or one not open yet (`too_complex_at`, a relative name
+        // below the open ones).
+        DecodeError::TooDeep { limit, path: at } if below_open(&at) => {
             return DecodeError::TooDeep {
                 limit,
-                path: path(),
+                path: under(path(), at),
             }
         }
-        // A limit of an element being read names it (see `too_complex_at`), below the open
-        // ones.
-        DecodeError::TooComplex { what, path: at }
-            if at.as_ref().is_none_or(|p| !p.starts_with('/')) =>
-        {
-            let open = path().unwrap_or_default();
+        DecodeError::TooComplex { what, path: at } if below_open(&at) => {
             return DecodeError::TooComplex {
                 what,
-                path: match at {
-                    Some(element) => Some(format!("{open}/{element}")),
-                    None => (!open.is_empty()).then_some(open),
-                },
-            };
+                path: under(path(), at),
+            }
         }
         error => return error,
     };
@@ -382,6 +377,19 @@ fn located(error: DecodeError, text: &str, dom: &Dom<'_>, open: &[usize]) -> Dec
         message,
         position: Some(position),
         path: path(),
+    }
+}
+
+/// Whether an error's path is still to be placed below the open elements ([`located`]).
+fn below_open(at: &Option<String>) -> bool {
+    at.as_ref().is_none_or(|p| !p.starts_with('/'))
+}
+
+/// The open elements' path, with `element` (not open) below it.
+fn under(open: Option<String>, element: Option<String>) -> Option<String> {
+    match element {
+        Some(element) => Some(format!("{}/{element}", open.unwrap_or_default())),
+        None => open,
     }
 }
 
@@ -511,12 +519,13 @@ fn read_events<'a>(
                 }
             }
             Event::Empty(start) => {
-                push_element(text, dom, stack, &mut namespaces, &start, position)?;
+                let idx = push_element(text, dom, stack, &mut namespaces, &start, position)?;
                 namespaces.leave(stack.len());
                 if stack.len() + 1 > max_depth {
+                    // Never opened: named below the open elements, as a `Start` one would be.
                     return Err(DecodeError::TooDeep {
                         limit: max_depth,
-                        path: None,
+                        path: Some(dom.nodes[idx].name.to_string()),
                     });
                 }
                 if stack.is_empty() {

@@ -46,6 +46,8 @@ pub fn read_bod(dom: &Dom<'_>) -> Result<Bod, DecodeError> {
         named.entry(dom.node(n).name).or_default().0 += 1;
     }
     let mut nouns = Vec::with_capacity(noun_idxs.len());
+    // `UserArea` values the document may still carry, over all its nouns.
+    let mut user_area = MAX_USER_AREA_VALUES;
     for &n in &noun_idxs {
         let name = dom.node(n).name;
         let (same_name, read) = named.entry(name).or_default();
@@ -56,8 +58,10 @@ pub fn read_bod(dom: &Dom<'_>) -> Result<Bod, DecodeError> {
             format!("/{root_name}/DataArea/{name}")
         };
         nouns.push(match name {
-            "CustomerPartyMaster" => Noun::Account(Box::new(read_party(dom, n, path)?)),
-            "ContactMaster" => Noun::Contact(Box::new(read_contact(dom, n, path)?)),
+            "CustomerPartyMaster" => {
+                Noun::Account(Box::new(read_party(dom, n, path, &mut user_area)?))
+            }
+            "ContactMaster" => Noun::Contact(Box::new(read_contact(dom, n, path, &mut user_area)?)),
             _ => Noun::Other {
                 name: name.to_string(),
                 path,
@@ -313,23 +317,33 @@ fn read_sales_persons(dom: &Dom<'_>, at: usize) -> Vec<SalesPerson> {
         .collect()
 }
 
-/// Most `UserArea` values one noun may carry. Real senders send a few dozen; a value's name is
-/// its path below `UserArea`, so without a bound a document of the allowed size could expand
-/// into gigabytes of names (a long element name on the way to many leaves).
-pub const MAX_USER_AREA_VALUES: usize = 1_000;
+/// Most `UserArea` values one document may carry, over all its nouns. Real senders send a few
+/// dozen a noun.
+pub const MAX_USER_AREA_VALUES: usize = 5_000;
+
+/// Longest name of a `UserArea` value, in bytes. A value's name is its path below `UserArea`
+/// (element names joined by `/`), so without this bound a document of the allowed size could
+/// expand into gigabytes of names: long element names nested deep, above many leaves.
+pub const MAX_USER_AREA_NAME_BYTES: usize = 1_024;
 
 /// Everything under `UserArea`: `Property/NameValue` pairs by name, any other leaf by its path.
-/// More than [`MAX_USER_AREA_VALUES`] is `too_complex` at `{path}/UserArea`.
-fn read_user_area(dom: &Dom<'_>, at: usize, path: &str) -> Result<Vec<NameValue>, DecodeError> {
+/// Each value is taken from `budget` (see [`MAX_USER_AREA_VALUES`]); going over it, or a name
+/// over [`MAX_USER_AREA_NAME_BYTES`], is `too_complex` at `{path}/UserArea`.
+fn read_user_area(
+    dom: &Dom<'_>,
+    at: usize,
+    path: &str,
+    budget: &mut usize,
+) -> Result<Vec<NameValue>, DecodeError> {
     let mut out = Vec::new();
     for ua in dom.all_children(at) {
         if dom.node(ua).name != "UserArea" {
             continue;
         }
         for child in dom.all_children(ua) {
-            if collect_user_area(dom, child, "", &mut out).is_none() {
+            if let Err(what) = collect_user_area(dom, child, "", &mut out, budget) {
                 return Err(DecodeError::TooComplex {
-                    what: format!("more than {MAX_USER_AREA_VALUES} UserArea values"),
+                    what,
                     path: Some(format!("{path}/UserArea")),
                 });
             }
@@ -338,15 +352,26 @@ fn read_user_area(dom: &Dom<'_>, at: usize, path: &str) -> Result<Vec<NameValue>
     Ok(out)
 }
 
-/// Adds the values below `at` to `out`; `None` when that would pass the limit.
+/// Adds the values below `at` to `out`, taking each from `budget`; `Err` names the limit
+/// crossed.
 fn collect_user_area(
     dom: &Dom<'_>,
     at: usize,
     prefix: &str,
     out: &mut Vec<NameValue>,
-) -> Option<()> {
+    budget: &mut usize,
+) -> Result<(), String> {
     let el = dom.node(at);
-    let mut push = |value: NameValue| (out.len() < MAX_USER_AREA_VALUES).then(|| out.push(value));
+    let mut push = |value: NameValue| {
+        if *budget == 0 {
+            return Err(format!(
+                "more than {MAX_USER_AREA_VALUES} UserArea values in the document"
+            ));
+        }
+        *budget -= 1;
+        out.push(value);
+        Ok(())
+    };
     if el.name == "NameValue" {
         return push(NameValue {
             name: dom.attr(at, "name").unwrap_or_default().to_string(),
@@ -354,31 +379,46 @@ fn collect_user_area(
             value: el.text.to_string(),
         });
     }
-    let path = if prefix.is_empty() {
-        el.name.to_string()
-    } else {
-        format!("{prefix}/{}", el.name)
-    };
-    if dom.all_children(at).next().is_none() {
-        if !el.text.is_empty() {
-            push(NameValue {
-                name: path,
-                kind: None,
-                value: el.text.to_string(),
-            })?;
+    let leaf = dom.all_children(at).next().is_none();
+    // `Property` wrappers add nothing to a name; an empty leaf has no value and needs none.
+    if (leaf && el.text.is_empty()) || (!leaf && el.name == "Property") {
+        for child in dom.all_children(at) {
+            collect_user_area(dom, child, prefix, out, budget)?;
         }
-        return Some(());
+        return Ok(());
     }
-    // `Property` wrappers add nothing to a name.
-    let next = if el.name == "Property" { prefix } else { &path };
+    let len = prefix.len() + usize::from(!prefix.is_empty()) + el.name.len();
+    if len > MAX_USER_AREA_NAME_BYTES {
+        return Err(format!(
+            "a UserArea value name (its path) longer than {MAX_USER_AREA_NAME_BYTES} bytes"
+        ));
+    }
+    let mut path = String::with_capacity(len);
+    if !prefix.is_empty() {
+        path.push_str(prefix);
+        path.push('/');
+    }
+    path.push_str(el.name);
+    if leaf {
+        return push(NameValue {
+            name: path,
+            kind: None,
+            value: el.text.to_string(),
+        });
+    }
     for child in dom.all_children(at) {
-        collect_user_area(dom, child, next, out)?;
+        collect_user_area(dom, child, &path, out, budget)?;
     }
-    Some(())
+    Ok(())
 }
 
-fn read_party(dom: &Dom<'_>, at: usize, path: String) -> Result<Party, DecodeError> {
-    let user_area = read_user_area(dom, at, &path)?;
+fn read_party(
+    dom: &Dom<'_>,
+    at: usize,
+    path: String,
+    user_area: &mut usize,
+) -> Result<Party, DecodeError> {
+    let user_area = read_user_area(dom, at, &path, user_area)?;
     let addresses = dom
         .children(at, "Location")
         .flat_map(|l| dom.children(l, "Address"))
@@ -411,8 +451,13 @@ fn read_party(dom: &Dom<'_>, at: usize, path: String) -> Result<Party, DecodeErr
     })
 }
 
-fn read_contact(dom: &Dom<'_>, at: usize, path: String) -> Result<Contact, DecodeError> {
-    let user_area = read_user_area(dom, at, &path)?;
+fn read_contact(
+    dom: &Dom<'_>,
+    at: usize,
+    path: String,
+    user_area: &mut usize,
+) -> Result<Contact, DecodeError> {
+    let user_area = read_user_area(dom, at, &path, user_area)?;
     let details: Vec<usize> = dom.children(at, "CommunicationDetail").collect();
     let address = details
         .iter()

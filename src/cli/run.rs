@@ -9,7 +9,8 @@
 //! Shutdown order: stop consuming → finish the deliveries taken → drain the outbox (all of it
 //! within [`crate::amqp::RunOptions::stop_timeout`]) → close the broker → flush the store →
 //! stop HTTP (so `/metrics` and `/readyz` answer until the very end, `/readyz` with 503 from
-//! the moment shutdown is requested). A second SIGINT/SIGTERM exits at once (status 130).
+//! the moment shutdown is requested). A second SIGINT/SIGTERM exits at once (status 128 + the
+//! signal: 130, 143).
 //!
 //! SIGHUP re-reads the configuration file resolved at start and swaps it between commit
 //! groups ([`crate::reload`]); an invalid file is refused and the running one kept.
@@ -135,12 +136,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .then(|| tokio::spawn(purge_tracking(store, tracking.retention.0, stop_http.clone())));
         let shutdown = async {
             shutdown_signal().await;
-            // A second signal: the operator will not wait. Exit at once; nothing is lost (what
-            // is not flushed was not acked and comes back, as after a crash).
+            // A second signal: the operator will not wait. Exit at once (128 + the signal, as
+            // the shell reports a process it killed); nothing is lost: what is not flushed
+            // was not acked and comes back, as after a crash.
             tokio::spawn(async {
-                shutdown_signal().await;
-                tracing::warn!("Second stop signal: exiting at once");
-                std::process::exit(130);
+                let signal = shutdown_signal().await;
+                tracing::warn!(signal, "Second stop signal: exiting at once");
+                std::process::exit(128 + signal);
             });
         };
         let result = amqp::run_live(live, options, readiness.clone(), shutdown).await;
@@ -312,26 +314,30 @@ async fn purge_tracking(
     }
 }
 
-/// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
+/// Completes on SIGINT or SIGTERM, with its number.
+async fn shutdown_signal() -> i32 {
+    const SIGINT: i32 = 2;
+    const SIGTERM: i32 = 15;
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
         match signal(SignalKind::terminate()) {
             Ok(mut term) => {
                 tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => SIGINT,
+                    _ = term.recv() => SIGTERM,
                 }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "Cannot listen for SIGTERM; SIGINT only");
                 let _ = tokio::signal::ctrl_c().await;
+                SIGINT
             }
         }
     }
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+        SIGINT
     }
 }

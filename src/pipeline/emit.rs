@@ -162,14 +162,14 @@ impl<'a> Emitter<'a> {
             to,
             reply_to,
             bod_id,
-            // A reply carries the requester's correlation id when it sent one (an RPC client
-            // matches replies on it), else the inbound message id, like every other output.
-            correlation_id: self
+            correlation_id: self.ctx.message_id.clone(),
+            // An RPC request (a `reply_to` and a `correlation_id`) gets its reply under its own
+            // correlation id: the client matches replies on it.
+            reply_correlation_id: self
                 .ctx
-                .envelope
-                .correlation_id
-                .clone()
-                .unwrap_or_else(|| self.ctx.message_id.clone()),
+                .reply_to
+                .as_ref()
+                .and(self.ctx.envelope.correlation_id.clone()),
             document_name,
             tenant: self.tenant().map(str::to_string),
             traceparent: self.traceparent(),
@@ -542,6 +542,7 @@ impl<'a> Emitter<'a> {
             reply_to: None,
             bod_id,
             correlation_id: self.ctx.message_id.clone(),
+            reply_correlation_id: None,
             document_name: ["Sync.", record.kind.noun()].concat(),
             tenant: self.tenant().map(str::to_string),
             traceparent: self.traceparent(),
@@ -620,6 +621,7 @@ impl<'a> Emitter<'a> {
             reply_to: None,
             bod_id: bod_id.clone(),
             correlation_id: self.ctx.message_id.clone(),
+            reply_correlation_id: None,
             document_name: ["Process.", record.kind.noun()].concat(),
             tenant: self.tenant().map(str::to_string),
             traceparent: self.traceparent(),

@@ -191,6 +191,13 @@ impl Pipeline {
                 variation: String::new(),
             });
             record.unlinked.retain(|a| *a != app.logical_id);
+            let mut notes = vec![format!(
+                "linked {} to {} by {}",
+                key.display(),
+                record.id,
+                request.operator
+            )];
+            upsert::take_over_placeholder(&mut record, app, &key, &mut notes);
             record.revision += 1;
             tx.put_record(&record)?;
             tx.put_xref(&key, &record.id)?;
@@ -198,12 +205,6 @@ impl Pipeline {
             let mut report = super::base_report(&ctx, Outcome::Applied);
             report.action = Some(super::Action::Linked);
             report.record = Some(record.id.clone());
-            let mut notes = vec![format!(
-                "linked {} to {} by {}",
-                key.display(),
-                record.id,
-                request.operator
-            )];
             let mut em = Emitter::new(config, &ctx);
             if kind == Kind::Account {
                 upsert::relink_waiting(tx, app_index, &key, &record.id, &mut em, &mut notes)?;

@@ -490,6 +490,19 @@ fn commit_in(tx: &Tx<'_>, config: &Config, prepared: &Prepared) -> TxResult<Repo
 fn commit_one(tx: &Tx<'_>, config: &Config, prepared: &Prepared) -> TxResult<Report> {
     let ctx = &prepared.ctx;
     if let Some(seq) = ctx.unpark {
+        // bodflow failed on the released document (a bug): its parked row is its only copy
+        // (a release has no delivery to dead-letter), so it stays parked.
+        if let State::Rejected { rejection, .. } = &prepared.state {
+            if rejection.code == INTERNAL_ERROR {
+                let mut report = base_report(ctx, Outcome::Parked);
+                report.error = Some(rejection.clone());
+                report.decisions.push(Decision::new(
+                    rejection.stage,
+                    format!("kept parked (row {seq}): bodflow failed on it"),
+                ));
+                return Ok(report);
+            }
+        }
         tx.unpark(seq)?;
     }
     let previous = tx.marker(&ctx.message_id)?;
@@ -637,7 +650,7 @@ fn guarded(
             state: State::Rejected {
                 rejection: Rejection {
                     stage: stage.get(),
-                    code: "internal_error",
+                    code: INTERNAL_ERROR,
                     message: format!("bodflow failed on this document (a bug, please report it): {what}"),
                     path: None,
                 },
@@ -647,6 +660,9 @@ fn guarded(
         }
     })
 }
+
+/// The code of a document bodflow failed on (a panic: a bug).
+pub const INTERNAL_ERROR: &str = "internal_error";
 
 /// The context every prepared document starts from.
 fn context(config: &Config, input: &Input<'_>) -> Context {
@@ -763,17 +779,23 @@ fn prepare_unguarded(
 /// (`fromLogicalId`), the tenant (`tenantId`) and, for a document of one noun, that noun's
 /// variation (`variationId`). The document's own values always win; ION stamps the headers
 /// from the same document, so they only ever fill gaps (a sender that leaves
-/// `Sender/LogicalID` to the bus, say).
+/// `Sender/LogicalID` to the bus, say). A header value the document's own element would be
+/// refused for is ignored, as if absent: a refusal would name a path the document does not
+/// have.
 fn fill_from_envelope(bod: &mut Bod, envelope: &crate::store::Envelope) {
-    fn fill(slot: &mut Option<String>, value: &Option<String>) {
+    fn fill(slot: &mut Option<String>, value: &Option<String>, takes: impl Fn(&str) -> bool) {
         if slot.as_deref().is_none_or(|s| s.trim().is_empty()) {
-            if let Some(v) = value.as_deref().map(str::trim).filter(|v| !v.is_empty()) {
+            if let Some(v) = value.as_deref().map(str::trim).filter(|v| takes(v)) {
                 *slot = Some(v.to_string());
             }
         }
     }
-    fill(&mut bod.area.logical_id, &envelope.from_logical_id);
-    fill(&mut bod.header.tenant_id, &envelope.tenant_id);
+    fill(&mut bod.area.logical_id, &envelope.from_logical_id, |v| {
+        bod::is_plain_logical_id(v)
+    });
+    fill(&mut bod.header.tenant_id, &envelope.tenant_id, |v| {
+        !v.is_empty() && v.chars().count() <= validate::MAX_ENTITY
+    });
     if let [noun] = bod.nouns.as_mut_slice() {
         let ids = match noun {
             bod::Noun::Account(p) => &mut p.ids,
@@ -781,7 +803,9 @@ fn fill_from_envelope(bod: &mut Bod, envelope: &crate::store::Envelope) {
             bod::Noun::Other { .. } => return,
         };
         if let Some(id) = ids.first_mut() {
-            fill(&mut id.variation, &envelope.variation_id);
+            fill(&mut id.variation, &envelope.variation_id, |v| {
+                !v.is_empty() && v.len() <= 38 && v.bytes().all(|b| b.is_ascii_digit())
+            });
         }
     }
 }
@@ -851,6 +875,20 @@ mod tests {
         assert_eq!(d.items[0].variation.as_deref(), Some("42"));
         assert_eq!(filled.ctx.tenant.as_deref(), Some("T1"));
         assert_eq!(filled.ctx.envelope.correlation_id.as_deref(), Some("rpc-7"));
+        // Header values the document's elements would be refused for are ignored.
+        let odd = run(
+            &bare,
+            Some(&crate::store::Envelope {
+                tenant_id: Some("T".repeat(40)),
+                variation_id: Some("abc".into()),
+                ..envelope.clone()
+            }),
+        );
+        let State::Ready(d) = &odd.state else {
+            panic!("{:?}", odd.state)
+        };
+        assert_eq!(d.items[0].variation, None);
+        assert_eq!(odd.ctx.tenant, None);
         // The document's own values win.
         let own = run(
             &doc(
@@ -912,6 +950,31 @@ logical_id = "lid://ln"
         // The sender is still named, so it gets the ConfirmBOD it asks for.
         assert_eq!(*app, Some(0));
         assert_eq!(prepared.ctx.message_id, "m-1");
+        // Released from parking, it stays parked: the row is its only copy.
+        let store = Arc::new(Store::temporary().unwrap());
+        let seq = store
+            .transact(|tx| {
+                tx.park(Parked {
+                    seq: 0,
+                    message_id: "m-1".into(),
+                    reason: ParkReason::InactiveApplication,
+                    application: "lid://ln".into(),
+                    key: None,
+                    source: "test".into(),
+                    payload: crate::store::Payload(bytes.to_vec()),
+                    envelope: Default::default(),
+                    match_values: Vec::new(),
+                })
+            })
+            .unwrap();
+        let pipeline = Pipeline::new(Arc::new(config.clone()), store.clone()).unwrap();
+        let mut released = guarded(&config, &input, |_| panic!("boom"));
+        released.ctx.unpark = Some(seq);
+        let report = pipeline.commit(&released).unwrap();
+        assert_eq!(report.outcome, Outcome::Parked);
+        assert_eq!(report.error.map(|e| e.code), Some(INTERNAL_ERROR));
+        assert_eq!(store.parked().count(), 1);
+        assert!(store.marker("m-1").unwrap().is_none());
         // Without a panic, the work's own result.
         let fine = guarded(&config, &input, |_| prepare(&config, &input));
         assert!(!matches!(

@@ -257,8 +257,9 @@ fn apply_item(
                         gone.variation
                     )
                 };
+                // A newer one goes on; the xref it gets clears the tombstone.
                 match guard(&gone.variation, item.variation.as_deref()) {
-                    Guard::Apply => tx.remove_tombstone(&item.key)?,
+                    Guard::Apply => {}
                     Guard::Stale => {
                         let why = format!(
                             "variationID {} is older",
@@ -864,17 +865,7 @@ fn link(
         variation: item.variation.clone().unwrap_or_default(),
     });
     record.unlinked.retain(|a| *a != app.logical_id);
-    if record.placeholder {
-        // An application's own account carries the default account's number: it is the
-        // account the placeholder stood for, and from now on a record like any other (synced,
-        // promoted, resynced).
-        record.placeholder = false;
-        record.created_by = app.logical_id.clone();
-        notes.push(format!(
-            "{} is no longer a placeholder: it is {}'s account {}",
-            record.id, app.name, key.id
-        ));
-    }
+    take_over_placeholder(&mut record, app, &key, &mut notes);
     merge(&mut record, item, app, &mut notes);
     if item.kind == Kind::Contact {
         stamp(&mut record.fields, app, false, &mut notes);
@@ -1076,6 +1067,25 @@ fn forget_waiting(tx: &Tx<'_>, parent: &XrefKey, contact: &str) -> TxResult<()> 
         tx.set_waiting_children(parent, &waiting)?;
     }
     Ok(())
+}
+
+/// A placeholder default account linked to an application's own account (by a match, or by
+/// an operator): it is the account the placeholder stood for, and from now on a record like
+/// any other (synced, promoted, resynced).
+pub(super) fn take_over_placeholder(
+    record: &mut HubRecord,
+    app: &Application,
+    key: &XrefKey,
+    notes: &mut Vec<String>,
+) {
+    if record.placeholder {
+        record.placeholder = false;
+        record.created_by = app.logical_id.clone();
+        notes.push(format!(
+            "{} is no longer a placeholder: it is {}'s account {}",
+            record.id, app.name, key.id
+        ));
+    }
 }
 
 /// The hub ID of the application's default account, created as a placeholder on first use.

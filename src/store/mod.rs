@@ -164,6 +164,8 @@ fn encode_outbox(row: &OutboxRow, tracked: Option<track::OutputAt>) -> Vec<u8> {
         reply_to: &'a Option<String>,
         bod_id: &'a str,
         correlation_id: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reply_correlation_id: &'a Option<String>,
         document_name: &'a str,
         tenant: &'a Option<String>,
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -184,6 +186,7 @@ fn encode_outbox(row: &OutboxRow, tracked: Option<track::OutputAt>) -> Vec<u8> {
             reply_to: &row.reply_to,
             bod_id: &row.bod_id,
             correlation_id: &row.correlation_id,
+            reply_correlation_id: &row.reply_correlation_id,
             document_name: &row.document_name,
             tenant: &row.tenant,
             traceparent: &row.traceparent,
@@ -204,6 +207,8 @@ fn decode_outbox(k: &[u8], bytes: &[u8]) -> Result<OutboxRow, StoreError> {
         reply_to: Option<String>,
         bod_id: String,
         correlation_id: String,
+        #[serde(default)]
+        reply_correlation_id: Option<String>,
         document_name: String,
         tenant: Option<String>,
         #[serde(default)]
@@ -231,6 +236,7 @@ fn decode_outbox(k: &[u8], bytes: &[u8]) -> Result<OutboxRow, StoreError> {
         reply_to: head.reply_to,
         bod_id: head.bod_id,
         correlation_id: head.correlation_id,
+        reply_correlation_id: head.reply_correlation_id,
         document_name: head.document_name,
         tenant: head.tenant,
         traceparent: head.traceparent,
@@ -971,7 +977,13 @@ impl Tx<'_> {
         self.get(&xref_key(x))
     }
 
+    /// Puts a cross-reference; a tombstone of its key (a hard delete) goes, whichever way the
+    /// key comes back (a newer document, an operator's link, an assigned ID).
     pub fn put_xref(&self, x: &XrefKey, hub_id: &str) -> TxResult<()> {
+        let gone = tombstone_key(x);
+        if self.raw_contains(&gone)? {
+            self.raw_remove(gone);
+        }
         self.put(xref_key(x), &hub_id)
     }
 
@@ -982,11 +994,6 @@ impl Tx<'_> {
 
     pub fn put_tombstone(&self, x: &XrefKey, t: &Tombstone) -> TxResult<()> {
         self.put(tombstone_key(x), t)
-    }
-
-    pub fn remove_tombstone(&self, x: &XrefKey) -> TxResult<()> {
-        self.raw_remove(tombstone_key(x));
-        Ok(())
     }
 
     pub fn remove_xref(&self, x: &XrefKey) -> TxResult<()> {
@@ -1432,6 +1439,7 @@ mod tests {
             reply_to: None,
             bod_id: format!("b{n}"),
             correlation_id: "m".into(),
+            reply_correlation_id: None,
             document_name: "Confirm.BOD".into(),
             tenant: None,
             traceparent: (n % 2 == 1)
@@ -1758,6 +1766,42 @@ mod tests {
             .unwrap();
         assert!(matches("old@acme.example").is_empty());
         assert_eq!(matches("new@acme.example"), vec!["ACC-1".to_string()]);
+    }
+
+    #[test]
+    fn a_tombstone_goes_when_its_key_gets_a_cross_reference_again() {
+        let store = Store::temporary().unwrap();
+        let key = XrefKey {
+            kind: Kind::Account,
+            application: "lid://a".into(),
+            accounting_entity: "1".into(),
+            id: "C1".into(),
+        };
+        let gone = Tombstone {
+            record: "ACC-1".into(),
+            variation: "7".into(),
+        };
+        store.transact(|tx| tx.put_tombstone(&key, &gone)).unwrap();
+        assert_eq!(
+            store.transact(|tx| tx.tombstone(&key)).unwrap(),
+            Some(gone.clone())
+        );
+        // In the same transaction as the tombstone, and in a later one.
+        for _ in 0..2 {
+            store
+                .transact(|tx| {
+                    tx.put_tombstone(&key, &gone)?;
+                    tx.put_xref(&key, "ACC-2")?;
+                    assert_eq!(tx.tombstone(&key)?, None);
+                    Ok(())
+                })
+                .unwrap();
+            assert_eq!(store.transact(|tx| tx.tombstone(&key)).unwrap(), None);
+        }
+        store.transact(|tx| tx.put_tombstone(&key, &gone)).unwrap();
+        store.transact(|tx| tx.put_xref(&key, "ACC-3")).unwrap();
+        assert_eq!(store.transact(|tx| tx.tombstone(&key)).unwrap(), None);
+        assert_eq!(store.resolve(&key).unwrap().as_deref(), Some("ACC-3"));
     }
 
     #[test]

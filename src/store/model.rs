@@ -302,8 +302,13 @@ pub struct OutboxRow {
     pub reply_to: Option<String>,
     /// Its BODID, also the AMQP `message_id`.
     pub bod_id: String,
-    /// The inbound message id it answers (AMQP `correlation_id`).
+    /// The inbound message id it answers (AMQP `correlation_id`, and the key of its
+    /// timeline).
     pub correlation_id: String,
+    /// A reply to an RPC request (one with `reply_to` and its own `correlation_id`): the AMQP
+    /// `correlation_id` to send instead, the request's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_correlation_id: Option<String>,
     /// ION `documentName` (`Sync.CustomerPartyMaster`).
     pub document_name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -334,6 +339,7 @@ impl OutboxRow {
             reply_to: None,
             bod_id: bod_id.into(),
             correlation_id: correlation_id.into(),
+            reply_correlation_id: None,
             document_name: "Confirm.BOD".into(),
             tenant: None,
             traceparent: None,
