@@ -32,6 +32,12 @@ pub fn read_bod(dom: &Dom<'_>) -> Result<Bod, DecodeError> {
         .next()
         .ok_or_else(|| unknown("DataArea has no verb"))?;
     let noun_idxs: Vec<usize> = content.collect();
+    if noun_idxs.len() > MAX_NOUNS {
+        return Err(DecodeError::TooComplex {
+            what: format!("more than {MAX_NOUNS} nouns"),
+            path: Some(format!("/{root_name}/DataArea")),
+        });
+    }
     let verb = dom.node(verb_idx).name.to_string();
     let noun = noun_idxs
         .first()
@@ -316,6 +322,10 @@ fn read_sales_persons(dom: &Dom<'_>, at: usize) -> Vec<SalesPerson> {
         })
         .collect()
 }
+
+/// Most nouns one document may carry. Real BODs carry one or a few dozen; each costs memory
+/// as it is read, before the sender is even known.
+pub const MAX_NOUNS: usize = 1_000;
 
 /// Most `UserArea` values one document may carry, over all its nouns. Real senders send a few
 /// dozen a noun.
