@@ -11,10 +11,10 @@
 //!
 //! [`run`] is the service: one cancellation tree (`shutdown` → stop consuming → finish the
 //! deliveries taken → drain the outbox within [`RunOptions::drain_timeout`], all of it within
-//! [`RunOptions::stop_timeout`] → close the connection → flush the store), and a reconnect loop around one broker *session* (connection,
-//! topology, channels). A session that fails is dropped whole, with its channels and
-//! ackers: nothing is ever acked with a tag of a dead channel; unacked deliveries come back
-//! and the message-id markers make them duplicates.
+//! [`RunOptions::stop_timeout`] → close the connection → flush the store), and a reconnect
+//! loop around one broker *session* (connection, topology, channels). A session that fails is
+//! dropped whole, with its channels and ackers: nothing is ever acked with a tag of a dead
+//! channel; unacked deliveries come back and the message-id markers make them duplicates.
 
 pub mod consumer;
 pub mod dlq;
