@@ -117,6 +117,7 @@ fn build(n: usize) -> Fixture {
                             record: run.record.as_ref().map(|r| r.to_string()),
                             bod_id: Some(bod),
                             tracked: vec![at],
+                            run: 0,
                         },
                     )?;
                 }

@@ -79,10 +79,28 @@ fn a_rejected_message_id_is_a_duplicate_unless_retried_on_purpose() {
     assert_eq!(again.outcome, Outcome::Duplicate);
     assert!(again.outputs.is_empty(), "a redelivery re-emits nothing");
 
+    // Replayed unchanged: rejected again, its ConfirmBOD with a BODID of its own (the
+    // message id's second run).
+    let replayed = p.process(&input(bad.as_bytes(), "m-1", true)).unwrap();
+    assert_eq!(replayed.outcome, Outcome::Rejected);
+    assert_eq!(replayed.outputs.len(), 1);
+    assert_ne!(replayed.outputs[0].bod_id, first.outputs[0].bod_id);
+    assert_eq!(p.store.marker("m-1").unwrap().unwrap().run, 1);
+
     // A corrected document replayed from the dead letters under the same message id.
     let fixed = account("C1", "Acme", "DEU");
     let retried = p.process(&input(fixed.as_bytes(), "m-1", true)).unwrap();
     assert_eq!(retried.outcome, Outcome::Applied);
+    assert_eq!(p.store.marker("m-1").unwrap().unwrap().run, 2);
+    let ids: std::collections::BTreeSet<&str> = [&first, &replayed, &retried]
+        .iter()
+        .flat_map(|r| r.outputs.iter().map(|o| o.bod_id.as_str()))
+        .collect();
+    assert_eq!(
+        ids.len(),
+        first.outputs.len() + replayed.outputs.len() + retried.outputs.len(),
+        "every run's outputs have BODIDs of their own"
+    );
     let once_more = p.process(&input(fixed.as_bytes(), "m-1", true)).unwrap();
     assert_eq!(
         once_more.outcome,

@@ -49,7 +49,13 @@ pub struct Emitter<'a> {
 
 impl<'a> Emitter<'a> {
     pub fn new(config: &'a Config, ctx: &'a Context) -> Emitter<'a> {
-        let digest = blake3::hash(ctx.message_id.as_bytes()).to_hex()[..20].to_string();
+        // The first run's BODIDs derive from the message id alone (a redelivery after a
+        // crash writes the same ones); a retry's from its run number too.
+        let digest = match ctx.run {
+            0 => blake3::hash(ctx.message_id.as_bytes()),
+            run => blake3::hash(format!("{}#{run}", ctx.message_id).as_bytes()),
+        };
+        let digest = digest.to_hex()[..20].to_string();
         Emitter {
             config,
             ctx,

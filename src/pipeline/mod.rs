@@ -253,6 +253,8 @@ pub struct Context {
     pub payload: crate::store::Payload,
     /// The delivery's `correlation_id` and ION headers (empty for files).
     pub envelope: crate::store::Envelope,
+    /// Which run of the message id this is ([`Marker::run`]): set by the commit.
+    pub run: u32,
     /// The trace this document's processing belongs to (set by the consumer from the
     /// delivery's `traceparent`; `None` offline): outbox rows carry it on.
     pub trace: Option<TraceContext>,
@@ -280,6 +282,7 @@ impl Context {
             tenant: None,
             payload: Default::default(),
             envelope: Default::default(),
+            run: 0,
             trace: None,
         }
     }
@@ -506,11 +509,23 @@ fn commit_one(tx: &Tx<'_>, config: &Config, prepared: &Prepared) -> TxResult<Rep
         tx.unpark(seq)?;
     }
     let previous = tx.marker(&ctx.message_id)?;
+    // A deliberate retry of a message id is its next run: its outputs get BODIDs of their own.
+    let retry;
+    let ctx = match &previous {
+        Some(m) if !upsert::blocks(m, ctx) => {
+            retry = Context {
+                run: m.run + 1,
+                ..ctx.clone()
+            };
+            &retry
+        }
+        _ => ctx,
+    };
     if ctx.track {
         let runs = previous.as_ref().map(|m| m.tracked.as_slice());
         tx.begin_run(&ctx.message_id, runs.unwrap_or_default(), ctx.received_ms)?;
     }
-    let report = apply_in(tx, config, prepared, previous.as_ref())?;
+    let report = apply_in(tx, config, ctx, &prepared.state, previous.as_ref())?;
     if ctx.track {
         track::record(tx, ctx, &report, previous)?;
     }
@@ -520,17 +535,17 @@ fn commit_one(tx: &Tx<'_>, config: &Config, prepared: &Prepared) -> TxResult<Rep
 fn apply_in(
     tx: &Tx<'_>,
     config: &Config,
-    prepared: &Prepared,
+    ctx: &Context,
+    state: &State,
     previous: Option<&Marker>,
 ) -> TxResult<Report> {
-    let ctx = &prepared.ctx;
     let bod_id = || ctx.area.as_ref().and_then(|a| a.bod_id.clone());
     if let Some(m) = previous {
         if upsert::blocks(m, ctx) {
             return Ok(upsert::duplicate_message(ctx, m).into_report(ctx, None));
         }
     }
-    match &prepared.state {
+    match state {
         State::Rejected {
             rejection,
             app,
@@ -545,6 +560,7 @@ fn apply_in(
                     record: None,
                     bod_id: bod_id(),
                     tracked: Vec::new(),
+                    run: ctx.run,
                 },
             )?;
             let mut report = base_report(ctx, Outcome::Rejected);
@@ -572,6 +588,7 @@ fn apply_in(
                     record: None,
                     bod_id: bod_id(),
                     tracked: Vec::new(),
+                    run: ctx.run,
                 },
             )?;
             let mut report = base_report(ctx, Outcome::Parked);

@@ -185,6 +185,7 @@ pub(super) fn put_marker(
             record,
             bod_id: ctx.area.as_ref().and_then(|a| a.bod_id.clone()),
             tracked: Vec::new(),
+            run: ctx.run,
         },
     )
 }

@@ -275,6 +275,15 @@ pub struct Marker {
     /// tracking was off.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tracked: Vec<super::track::TrackAt>,
+    /// Which run of the message id wrote it: 0 the first, n the nth deliberate retry (a
+    /// release from parking, a dead-letter replay). A retry's BODIDs derive from it, so that
+    /// every run's outputs have BODIDs of their own.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub run: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 #[cfg(test)]
@@ -286,6 +295,7 @@ impl Marker {
             record: None,
             bod_id: None,
             tracked: Vec::new(),
+            run: 0,
         }
     }
 }

@@ -780,6 +780,7 @@ mod tests {
                         record: None,
                         bod_id: run.bod_id.as_ref().map(|b| b.to_string()),
                         tracked: Vec::new(),
+                        run: 0,
                     });
                     tx.put_marker(message_id, &marker)?;
                     let at = tx.track_run(message_id, run)?;
