@@ -11,6 +11,7 @@
 
 #[path = "common/broker.rs"]
 mod broker;
+mod common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -85,6 +86,7 @@ async fn sigterm_while_the_broker_blocks_the_connection_stops_in_time_and_loses_
 
     let alarm = MemoryAlarm::raise();
     let mut child = spawn_service(binary, &config_path, &vhost.url());
+    let _kill = common::KillOnDrop(child.id());
     wait_until(
         "the service takes deliveries",
         Duration::from_secs(30),
@@ -115,17 +117,9 @@ async fn sigterm_while_the_broker_blocks_the_connection_stops_in_time_and_loses_
     drop(alarm);
 
     let mut child = spawn_service(binary, &config_path, &vhost.url());
+    let _kill_again = common::KillOnDrop(child.id());
     let (_conn, ch) = connect(&vhost.url()).await;
-    wait_until_settled(
-        &vhost,
-        &ch,
-        &config,
-        Duration::from_secs(2),
-        Duration::from_secs(120),
-    )
-    .await;
-    signal(&child, "-TERM");
-    assert!(child.wait().unwrap().success());
+    settle_and_stop(&vhost, &ch, &config, &mut child, Duration::from_secs(120)).await;
     let expected = replay.await.unwrap();
     assert_service_store(&store_dir, &docs, &expected);
     let published = drain_applications(&ch, &config).await;

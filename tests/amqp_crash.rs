@@ -95,17 +95,7 @@ async fn kill_9_at_several_points_then_finish_equals_offline_replay() {
 
     let mut child = spawn_service(binary, &config_path, &vhost.url());
     let _kill = common::KillOnDrop(child.id());
-    wait_until_settled(
-        &vhost,
-        &ch,
-        &config,
-        Duration::from_secs(2),
-        Duration::from_secs(120),
-    )
-    .await;
-    signal(&child, "-TERM");
-    let status = child.wait().unwrap();
-    assert!(status.success(), "last run: {status}");
+    settle_and_stop(&vhost, &ch, &config, &mut child, Duration::from_secs(120)).await;
     eprintln!("finished ({:.1?})", started.elapsed());
 
     let expected = replay.await.unwrap();

@@ -132,17 +132,7 @@ async fn broker_restart_mid_stream_resumes_and_equals_offline_replay() {
     let (_conn, ch) = connect(&vhost.url()).await;
     let left = ready_count(&ch, topology::INBOUND_QUEUE).await.unwrap();
     assert!(left > 0, "the restart came too late to be mid-stream");
-    wait_until_settled(
-        &vhost,
-        &ch,
-        &config,
-        Duration::from_secs(2),
-        Duration::from_secs(90),
-    )
-    .await;
-    signal(&child, "-TERM");
-    let status = child.wait().unwrap();
-    assert!(status.success(), "bodflow run: {status}");
+    settle_and_stop(&vhost, &ch, &config, &mut child, Duration::from_secs(90)).await;
     eprintln!(
         "finished ({:.1?}); {left} were left at the restart",
         started.elapsed()

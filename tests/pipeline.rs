@@ -26,8 +26,26 @@ logical_id = "lid://crm"
 "#;
 
 fn pipeline() -> Pipeline {
-    let config = Config::from_toml(CONFIG, "test").unwrap();
-    Pipeline::new(Arc::new(config), Arc::new(Store::temporary().unwrap())).unwrap()
+    pipeline_with(CONFIG)
+}
+
+/// A pipeline with `config` on a store of its own.
+fn pipeline_with(config: &str) -> Pipeline {
+    pipeline_on(config, &Arc::new(Store::temporary().unwrap()))
+}
+
+/// A pipeline with `config` on `store` (a store that outlives a configuration change).
+fn pipeline_on(config: &str, store: &Arc<Store>) -> Pipeline {
+    Pipeline::new(
+        Arc::new(Config::from_toml(config, "test").unwrap()),
+        store.clone(),
+    )
+    .unwrap()
+}
+
+/// [`CONFIG`] with LN inactive: its documents park.
+fn inactive_ln() -> String {
+    CONFIG.replace("name = \"LN\"\n", "name = \"LN\"\nactive = false\n")
 }
 
 fn account(id: &str, name: &str, country: &str) -> String {
@@ -174,9 +192,7 @@ fn a_contact_before_its_account_waits_on_the_default_account_and_is_relinked() {
 #[test]
 fn parked_documents_of_a_reactivated_application_are_released_once() {
     let store = Arc::new(Store::temporary().unwrap());
-    let inactive = CONFIG.replace("name = \"LN\"\n", "name = \"LN\"\nactive = false\n");
-    let cfg = Config::from_toml(&inactive, "test").unwrap();
-    let p = Pipeline::new(Arc::new(cfg), store.clone()).unwrap();
+    let p = pipeline_on(&inactive_ln(), &store);
     let doc = account("C5", "Delta", "ITA");
     let parked = p.process(&input(doc.as_bytes(), "m-5", false)).unwrap();
     assert_eq!(parked.outcome, Outcome::Parked);
@@ -194,11 +210,7 @@ fn parked_documents_of_a_reactivated_application_are_released_once() {
         "still inactive"
     );
 
-    let active = Pipeline::new(
-        Arc::new(Config::from_toml(CONFIG, "test").unwrap()),
-        store.clone(),
-    )
-    .unwrap();
+    let active = pipeline_on(CONFIG, &store);
     let released = active.release_reactivated(Utc::now()).unwrap();
     assert_eq!(released.len(), 1);
     assert_eq!(released[0].outcome, Outcome::Applied);
@@ -221,12 +233,7 @@ fn parked_documents_of_a_reactivated_application_are_released_once() {
 #[test]
 fn a_parked_iso_8859_1_document_is_released_with_the_bytes_it_came_with() {
     let store = Arc::new(Store::temporary().unwrap());
-    let inactive = CONFIG.replace("name = \"LN\"\n", "name = \"LN\"\nactive = false\n");
-    let p = Pipeline::new(
-        Arc::new(Config::from_toml(&inactive, "test").unwrap()),
-        store.clone(),
-    )
-    .unwrap();
+    let p = pipeline_on(&inactive_ln(), &store);
     // The real C# sender's encoding: `ü` is the single byte 0xFC.
     let text = format!(
         "<?xml version=\"1.0\" encoding=\"iso-8859-1\"?>\n{}",
@@ -239,11 +246,7 @@ fn a_parked_iso_8859_1_document_is_released_with_the_bytes_it_came_with() {
     let stored = store.parked().next().unwrap().unwrap();
     assert_eq!(stored.payload.0, latin1, "kept byte for byte");
 
-    let active = Pipeline::new(
-        Arc::new(Config::from_toml(CONFIG, "test").unwrap()),
-        store.clone(),
-    )
-    .unwrap();
+    let active = pipeline_on(CONFIG, &store);
     let released = active.release_reactivated(Utc::now()).unwrap();
     assert_eq!(
         released[0].outcome,
@@ -265,11 +268,7 @@ fn the_account_a_placeholder_stood_for_takes_it_over_and_is_then_a_record_like_a
         "default_account = \"ORPHANS\"\n",
         "default_account = \"ORPHANS\"\ncreate_policy = \"match_or_create\"\nmatch_on = [\"account_number\"]\n",
     );
-    let p = Pipeline::new(
-        Arc::new(Config::from_toml(&config, "test").unwrap()),
-        Arc::new(Store::temporary().unwrap()),
-    )
-    .unwrap();
+    let p = pipeline_with(&config);
     let orphan = p
         .process(&input(contact("P1", "").as_bytes(), "m-1", false))
         .unwrap();
@@ -328,11 +327,7 @@ fn after_a_hard_delete_only_a_newer_variation_brings_the_record_back() {
         "default_account = \"ORPHANS\"\n",
         "default_account = \"ORPHANS\"\n[applications.flows.CustomerPartyMaster]\ninbound = { create = true, update = true, delete = \"hard\" }\n",
     );
-    let p = Pipeline::new(
-        Arc::new(Config::from_toml(&config, "test").unwrap()),
-        Arc::new(Store::temporary().unwrap()),
-    )
-    .unwrap();
+    let p = pipeline_with(&config);
     let at = |variation: u32, action: &str| {
         account("C7", "Epsilon", "AUT")
             .replace(r#"variationID="1""#, &format!(r#"variationID="{variation}""#))

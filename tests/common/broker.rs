@@ -414,6 +414,21 @@ pub fn signal(child: &std::process::Child, signal: &str) {
     assert!(status.success(), "kill {signal} failed");
 }
 
+/// Lets a `bodflow run` child finish the stream ([`wait_until_settled`]: 2 s of quiet within
+/// `timeout`), then stops it with SIGTERM and asserts a clean exit.
+pub async fn settle_and_stop(
+    vhost: &Vhost,
+    ch: &Channel,
+    config: &Config,
+    child: &mut std::process::Child,
+    timeout: Duration,
+) {
+    wait_until_settled(vhost, ch, config, Duration::from_secs(2), timeout).await;
+    signal(child, "-TERM");
+    let status = child.wait().expect("wait for bodflow run");
+    assert!(status.success(), "bodflow run: {status}");
+}
+
 /// Waits until the inbound queue is empty (ready and unacked) and the application queues
 /// stopped growing for `quiet`; then the outbox is drained (the service publishes right
 /// after each commit).
