@@ -246,38 +246,8 @@ fn apply_item(
                 ),
             ));
         }
-        // A key whose record was hard-deleted: only a document newer than the delete brings
-        // it back (the application created it again).
-        if !item.key.id.is_empty() {
-            if let Some(gone) = tx.tombstone(&item.key)? {
-                let note = |what: &str| {
-                    format!(
-                        "{} was hard-deleted ({}) at variationID {}: {what}",
-                        gone.record,
-                        item.key.display(),
-                        gone.variation
-                    )
-                };
-                // A newer one goes on; the xref it gets clears the tombstone.
-                match guard(&gone.variation, item.variation.as_deref()) {
-                    Guard::Apply => {}
-                    Guard::Stale => {
-                        let why = format!(
-                            "variationID {} is older",
-                            item.variation.as_deref().unwrap_or("")
-                        );
-                        return Ok(ItemResult::new(Outcome::Stale, None, None, note(&why)));
-                    }
-                    Guard::Duplicate => {
-                        return Ok(ItemResult::new(
-                            Outcome::Duplicate,
-                            None,
-                            None,
-                            note("the same variationID again"),
-                        ))
-                    }
-                }
-            }
+        if let Some(refused) = before_delete(tx, item)? {
+            return Ok(refused);
         }
         // Inbound `create` governs new records, `update` a match with an existing one (a
         // link changes that record): an "update existing only" flow still links by match.
@@ -1068,6 +1038,41 @@ fn forget_waiting(tx: &Tx<'_>, parent: &XrefKey, contact: &str) -> TxResult<()> 
         tx.set_waiting_children(parent, &waiting)?;
     }
     Ok(())
+}
+
+/// A key whose record was hard-deleted: only a document newer than the delete brings it back
+/// (the application created it again; the cross-reference it gets clears the tombstone). An
+/// older or the same one is the result here.
+fn before_delete(tx: &Tx<'_>, item: &Item) -> TxResult<Option<ItemResult>> {
+    let Some(gone) = (!item.key.id.is_empty())
+        .then(|| tx.tombstone(&item.key))
+        .transpose()?
+        .flatten()
+    else {
+        return Ok(None);
+    };
+    let (outcome, what) = match guard(&gone.variation, item.variation.as_deref()) {
+        Guard::Apply => return Ok(None),
+        Guard::Stale => (
+            Outcome::Stale,
+            format!(
+                "variationID {} is older",
+                item.variation.as_deref().unwrap_or("")
+            ),
+        ),
+        Guard::Duplicate => (Outcome::Duplicate, "the same variationID again".into()),
+    };
+    Ok(Some(ItemResult::new(
+        outcome,
+        None,
+        None,
+        format!(
+            "{} was hard-deleted ({}) at variationID {}: {what}",
+            gone.record,
+            item.key.display(),
+            gone.variation
+        ),
+    )))
 }
 
 /// A placeholder default account linked to an application's own account (by a match, or by
