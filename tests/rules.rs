@@ -95,6 +95,16 @@ fn parked(p: &Pipeline) -> Vec<bodflow::store::Parked> {
     p.store.parked().collect::<Result<_, _>>().unwrap()
 }
 
+/// One document of `first`'s with the nouns of both (two documents of [`account`]).
+fn two_nouns(first: &str, second: &str) -> String {
+    let noun = |doc: &str| {
+        let start = doc.find("<CustomerPartyMaster>").unwrap();
+        let end = doc.find("</CustomerPartyMaster>").unwrap() + "</CustomerPartyMaster>".len();
+        doc[start..end].to_string()
+    };
+    first.replace(&noun(first), &format!("{}{}", noun(first), noun(second)))
+}
+
 // ------------------------------------------------------------------------------------------
 // 1. Automatic release of parked no_match documents
 // ------------------------------------------------------------------------------------------
@@ -189,6 +199,66 @@ fn a_record_that_comes_to_carry_the_number_releases_the_parked_document_and_link
     assert_eq!(erp_again.outcome, Outcome::Duplicate);
 }
 
+/// A document whose two nouns both park: each is released on its own when a record comes to
+/// carry its number. A release runs its own noun only: the noun released first is not
+/// parked again by the second one's release, the second one does not wait in two rows, and
+/// it is not taken for a duplicate of its message id, which the first release marked
+/// applied.
+#[test]
+fn each_parked_noun_of_a_document_is_released_on_its_own() {
+    let p = pipeline(CRM_FIRST);
+    let erp = two_nouns(
+        &account("lid://erp", "E-31", 1, Some("E-31"), None),
+        &account("lid://erp", "E-32", 1, Some("E-32"), None),
+    );
+    let first = run(&p, &erp, "erp-two");
+    assert_eq!(first.outcome, Outcome::Parked, "{:?}", first.decisions);
+    let rows = parked(&p);
+    assert_eq!(rows.len(), 2);
+    let waits_for = |row: &bodflow::store::Parked| row.key.as_ref().unwrap().id.clone();
+    assert_eq!(
+        rows.iter().map(waits_for).collect::<Vec<_>>(),
+        ["E-31", "E-32"]
+    );
+
+    let crm = run(
+        &p,
+        &account("lid://crm", "CRM-31", 1, Some("E-31"), None),
+        "crm-31",
+    );
+    assert_eq!(crm.released.len(), 1, "{:?}", crm.decisions);
+    let released = &crm.released[0];
+    assert_eq!(
+        (released.outcome, released.action),
+        (Outcome::Applied, Some(Action::Linked))
+    );
+    assert_eq!(released.record, crm.record);
+    let rows = parked(&p);
+    assert_eq!(
+        rows.iter().map(waits_for).collect::<Vec<_>>(),
+        ["E-32"],
+        "the other noun still waits, in its one row"
+    );
+
+    let crm = run(
+        &p,
+        &account("lid://crm", "CRM-32", 1, Some("E-32"), None),
+        "crm-32",
+    );
+    assert_eq!(crm.released.len(), 1, "{:?}", crm.decisions);
+    let released = &crm.released[0];
+    assert_eq!(
+        (released.outcome, released.action),
+        (Outcome::Applied, Some(Action::Linked)),
+        "{:?}",
+        released.decisions
+    );
+    assert_eq!(released.record, crm.record);
+    assert!(parked(&p).is_empty());
+    assert_eq!(p.store.records().count(), 2, "two accounts, no third");
+    assert_eq!(run(&p, &erp, "erp-two").outcome, Outcome::Duplicate);
+}
+
 /// A new record carrying the value releases too (e-mail here), and so does a document in the
 /// same group commit as the parked one's trigger; a record of the other kind does not.
 #[test]
@@ -235,13 +305,7 @@ fn a_released_document_that_now_finds_two_records_parks_again_ambiguous() {
     let seq = parked(&p)[0].seq;
     let one = account("lid://crm", "CRM-F", 1, Some("E-20"), None);
     let other = account("lid://crm", "CRM-G", 1, Some("E-20"), None);
-    let noun = |doc: &str| {
-        let start = doc.find("<CustomerPartyMaster>").unwrap();
-        let end = doc.find("</CustomerPartyMaster>").unwrap() + "</CustomerPartyMaster>".len();
-        doc[start..end].to_string()
-    };
-    let two = one.replace(&noun(&one), &format!("{}{}", noun(&one), noun(&other)));
-    let crm = run(&p, &two, "crm-two");
+    let crm = run(&p, &two_nouns(&one, &other), "crm-two");
     assert_eq!(crm.released.len(), 1, "{:?}", crm.decisions);
     let again = &crm.released[0];
     assert_eq!(again.outcome, Outcome::Parked);

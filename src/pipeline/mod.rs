@@ -422,20 +422,12 @@ impl Pipeline {
     }
 
     /// Re-runs a parked document through the whole pipeline under the current configuration,
-    /// as a deliberate retry of its message id. Its parked row goes in the same transaction;
+    /// as a deliberate retry of its message id — only the noun the row waits for, when one
+    /// noun parked it ([`release::prepare`]). Its parked row goes in the same transaction;
     /// if it parks again (its application is still inactive, still no match), it gets a new
     /// row. Its replies and Syncs go to the outbox like any other document's.
     pub fn release(&self, parked: &Parked, now: DateTime<Utc>) -> Result<Report, StoreError> {
-        let mut prepared = self.prepare(&Input {
-            bytes: &parked.payload.0,
-            envelope: Some(&parked.envelope),
-            source: &parked.source,
-            message_id: Some(&parked.message_id),
-            reply_to: None,
-            received_at: now,
-            retry: true,
-        });
-        prepared.ctx.unpark = Some(parked.seq);
+        let mut prepared = release::prepare(&self.config, parked, now);
         // Its delivery's trace is not kept with it: the release starts a trace of its own.
         prepared.ctx.trace = Some(TraceContext::root());
         self.commit(&prepared)
@@ -580,6 +572,7 @@ fn apply_in(
                 payload: ctx.payload.clone(),
                 envelope: ctx.envelope.clone(),
                 match_values: Vec::new(),
+                noun: None,
             })?;
             tx.put_marker(
                 &ctx.message_id,
@@ -981,6 +974,7 @@ logical_id = "lid://ln"
                     payload: crate::store::Payload(bytes.to_vec()),
                     envelope: Default::default(),
                     match_values: Vec::new(),
+                    noun: None,
                 })
             })
             .unwrap();

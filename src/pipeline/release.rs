@@ -26,7 +26,7 @@ use chrono::{DateTime, Utc};
 use crate::config::Config;
 use crate::store::{Parked, Tx, TxResult};
 
-use super::{Context, Decision, Input, Report, Stage};
+use super::{Context, Decision, Input, Prepared, Report, Stage, State};
 
 /// Rounds of releases one document may cause (a released document's change may release
 /// others). Bounds the work of one transaction; documents left over stay parked and indexed
@@ -82,14 +82,27 @@ pub(super) fn release_woken(
     Ok(())
 }
 
-/// Runs a parked document through the whole pipeline inside `tx`, as a deliberate retry of
-/// its message id; its parked row (and index entries) go in the same transaction.
+/// Runs a parked document through the pipeline inside `tx`, as a deliberate retry of its
+/// message id ([`prepare`]); its parked row (and index entries) go in the same transaction.
 pub(super) fn rerun(
     tx: &Tx<'_>,
     config: &Config,
     parked: &Parked,
     received_at: DateTime<Utc>,
 ) -> TxResult<Report> {
+    super::commit_one(tx, config, &prepare(config, parked, received_at))
+}
+
+/// A parked row's document prepared for its release: the whole pipeline again, under the
+/// current configuration, as a deliberate retry of its message id that removes the row in
+/// its transaction.
+///
+/// A row that one noun's upsert parked ([`Parked::noun`]) runs that noun only. The
+/// document's other nouns were applied when it came (again, a `Process` noun without an ID
+/// would create a second record) or wait in rows of their own (again, they would park
+/// twice). Should the noun not be found (the row of a version whose paths differed), the
+/// whole document runs, as it did before rows named their noun.
+pub(super) fn prepare(config: &Config, parked: &Parked, received_at: DateTime<Utc>) -> Prepared {
     let mut prepared = super::prepare(
         config,
         &Input {
@@ -103,7 +116,12 @@ pub(super) fn rerun(
         },
     );
     prepared.ctx.unpark = Some(parked.seq);
-    super::commit_one(tx, config, &prepared)
+    if let (Some(path), State::Ready(doc)) = (&parked.noun, &mut prepared.state) {
+        if let Some(at) = doc.items.iter().position(|item| &item.path == path) {
+            doc.items = vec![doc.items.swap_remove(at)];
+        }
+    }
+    prepared
 }
 
 /// The trigger's processing time, so a released document's replies carry the same time as

@@ -99,8 +99,13 @@ impl ItemResult {
 }
 
 /// Whether an existing marker makes this delivery a duplicate: always, except for a
-/// deliberate retry of a parked or rejected message id.
+/// deliberate retry of a parked or rejected message id and the release of a parked row.
 pub fn blocks(marker: &Marker, ctx: &Context) -> bool {
+    // A parked row is work still owed under its message id, whatever the marker says: the
+    // release of another noun of the same document may have marked it applied since.
+    if ctx.unpark.is_some() {
+        return false;
+    }
     let retryable =
         marker.outcome == Outcome::Parked.as_str() || marker.outcome == Outcome::Rejected.as_str();
     !(ctx.retry && retryable)
@@ -680,6 +685,7 @@ fn place_new(
             payload: ctx.payload.clone(),
             envelope: ctx.envelope.clone(),
             match_values,
+            noun: Some(item.path.clone()),
         })?;
         Ok(ItemResult {
             parked: Some(ParkedAs { reason, seq }),

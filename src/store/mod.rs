@@ -1672,6 +1672,7 @@ mod tests {
             payload: "<x/>".into(),
             envelope: Default::default(),
             match_values: values,
+            noun: None,
         };
         let (a, b, c) = store
             .transact(|tx| {

@@ -493,6 +493,12 @@ pub struct Parked {
     /// which the store indexes them so a record that comes to carry one releases them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub match_values: Vec<(crate::config::MatchKey, String)>,
+    /// The noun this row waits for (its path in the document), when the upsert of one noun
+    /// parked it: its release runs that noun only, as the document's other nouns were
+    /// applied, or wait in rows of their own. `None`: the whole document (an inactive
+    /// application's, or a row of a version before 2026-11-23).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub noun: Option<String>,
 }
 
 /// One operator action on a record (`bodflow link` / `unlink`), written in the action's
