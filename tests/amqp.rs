@@ -187,6 +187,22 @@ async fn wait_for(what: &str, timeout: Duration, mut done: impl AsyncFnMut() -> 
     }
 }
 
+/// Waits until the service on `store` has committed every one of `docs`, published every
+/// outbox row, and `bodflow.dead` holds at least `dead` messages.
+async fn wait_processed(ch: &Channel, store: &Store, docs: &[Doc], dead: usize) {
+    wait_for(
+        "every message processed and published",
+        Duration::from_secs(30),
+        async || {
+            docs.iter()
+                .all(|d| store.marker(&d.message_id).unwrap().is_some())
+                && store.outbox_len() == 0
+                && broker::ready_count(ch, topology::DEAD_QUEUE).await.unwrap() as usize >= dead
+        },
+    )
+    .await;
+}
+
 /// Publishes every fixture, runs the service until all are processed, and compares with an
 /// offline replay: same hub records, the same BODs (kind, receiver, BODID) on the
 /// `bodflow.to.*` queues as replay's outbox rows, and every rejected document in
@@ -206,20 +222,7 @@ async fn fixtures_end_to_end_equal_offline_replay_and_rejections_are_dead_letter
         .filter(|r| r.error.is_some())
         .collect();
     let (_conn, ch) = channel(&vhost.url()).await;
-    wait_for(
-        "every message processed and published",
-        Duration::from_secs(30),
-        async || {
-            docs.iter()
-                .all(|d| store.marker(&d.message_id).unwrap().is_some())
-                && store.outbox_len() == 0
-                && broker::ready_count(&ch, topology::DEAD_QUEUE)
-                    .await
-                    .unwrap() as usize
-                    >= rejected.len()
-        },
-    )
-    .await;
+    wait_processed(&ch, &store, &docs, rejected.len()).await;
     stop.send(()).unwrap();
     service.await.unwrap().unwrap();
 
@@ -290,6 +293,73 @@ async fn fixtures_end_to_end_equal_offline_replay_and_rejections_are_dead_letter
             .unwrap(),
         0
     );
+}
+
+/// A sender's headers larger than the 32 KiB frame bodflow asks for: the broker delivers the
+/// message in a frame that size cannot hold. The service takes it all the same (it
+/// reconnects with the broker's own frame size), the other messages are not held up, and the
+/// document — one refused by validation here — reaches `bodflow.dead` with the sender's
+/// headers intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_with_headers_larger_than_the_frame_does_not_stop_the_service() {
+    let vhost = Vhost::new("large-headers");
+    let config = fixture_config(&vhost);
+    let (mut docs, first) = fixture_docs(&config);
+    // The first document validation refuses goes first, with 60 KiB of headers.
+    let refused = first
+        .reports
+        .iter()
+        .position(|r| {
+            r.error
+                .as_ref()
+                .is_some_and(|e| e.stage.as_str() == "validate")
+        })
+        .unwrap();
+    let large = docs.remove(refused);
+    docs.insert(0, large);
+    let expected = offline(&config, &docs);
+
+    let note = "x".repeat(60 * 1024);
+    amqp::declare_topology(&config).await.unwrap();
+    let (_conn, ch) = channel(&vhost.url()).await;
+    let mut headers = FieldTable::default();
+    headers.insert(
+        "x-sender-note".into(),
+        AMQPValue::LongString(note.as_str().into()),
+    );
+    ch.basic_publish(
+        topology::IN_EXCHANGE.into(),
+        "bod".into(),
+        lapin::options::BasicPublishOptions::default(),
+        &docs[0].bytes,
+        lapin::BasicProperties::default()
+            .with_message_id(docs[0].message_id.as_str().into())
+            .with_delivery_mode(2)
+            .with_headers(headers),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    publish(&config, &docs[1..]).await;
+
+    let store = Arc::new(Store::temporary().unwrap());
+    let (stop, service) = start_service(&config, store.clone(), RunOptions::default());
+    wait_processed(&ch, &store, &docs, 1).await;
+    stop.send(()).unwrap();
+    service.await.unwrap().unwrap();
+    assert_eq!(comparable_records(&store), expected.records);
+
+    // `bodflow dlq list` reads it too.
+    let dead = amqp::dlq::DeadQueue::open(&config).await.unwrap();
+    let copy = dead
+        .messages
+        .iter()
+        .find(|m| m.message_id() == docs[0].message_id)
+        .expect("the refused document is dead-lettered");
+    assert_eq!(copy.header("x-sender-note"), Some(note));
+    assert!(copy.code().is_some());
+    dead.release().await.unwrap();
 }
 
 /// Declares the tests' reply queue `test.replies`; returns a fixture that gets a ConfirmBOD

@@ -36,7 +36,7 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection};
 
 use super::topology::{DEAD_QUEUE, IN_EXCHANGE};
-use super::{confirm_channel, confirmed, connect, header_str, short, topology, Error};
+use super::{confirm_channel, confirmed, connect, header_str, short, topology, Error, Frames};
 use crate::config::Config;
 
 /// Header that marks an inbound message as a deliberate retry of its message id.
@@ -176,7 +176,8 @@ impl DeadQueue {
     /// Connects, declares the topology and takes every message now ready in `bodflow.dead`
     /// (unacked, in queue order; see the module docs).
     pub async fn open(config: &Config) -> Result<DeadQueue, Error> {
-        let connection = connect(&config.amqp.url).await?;
+        // Dead letters keep their senders' headers, whatever their size.
+        let connection = connect(&config.amqp.url, Frames::Broker).await?;
         let admin = connection.create_channel().await?;
         topology::declare(&admin, config).await?;
         let _ = admin.close(200, "declared".into()).await;

@@ -147,7 +147,7 @@ pub(crate) async fn confirmed(confirm: lapin::PublisherConfirm, what: &str) -> R
 
 /// Connects, declares the topology of `config` (new applications' queues), disconnects.
 pub async fn declare_topology(config: &Config) -> Result<(), Error> {
-    let connection = connect(&config.amqp.url).await?;
+    let connection = connect(&config.amqp.url, Frames::Small).await?;
     let admin = connection.create_channel().await?;
     let declared = topology::declare(&admin, config).await;
     let _ = connection.close(200, "declared".into()).await;
@@ -160,13 +160,48 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Frames bodflow asks for unless the URL sets `frame_max`. lapin keeps 32 frames of buffer
 /// each way per connection, resident from the start: 8 MiB at RabbitMQ's default of 128 KiB,
 /// 2 MiB at this size, which still carries a typical BOD in one frame.
+///
+/// A delivery's properties travel in one frame, which the broker does not split: a sender's
+/// headers over this size (the broker took them under its own, larger `frame_max`) arrive in
+/// a frame lapin refuses, closing the connection — and the redelivered message would close
+/// every next one. After such a failure the service connects with the broker's frame size
+/// instead ([`Frames`]), which holds whatever the broker accepted.
 const FRAME_MAX: u32 = 32 * 1024;
 
-async fn connect(url: &str) -> Result<Connection, Error> {
+/// The frame size the next connection asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Frames {
+    /// [`FRAME_MAX`] (or the URL's `frame_max`).
+    Small,
+    /// The broker's `frame_max` (or the URL's), after a frame larger than [`FRAME_MAX`].
+    Broker,
+}
+
+/// Whether the connection whose `events` these are failed on a frame larger than the
+/// `frame_max` it had negotiated.
+async fn failed_on_large_frame(
+    events: &mut (impl futures_lite::Stream<Item = lapin::Event> + Unpin),
+) -> bool {
+    use futures_lite::StreamExt as _;
+    use lapin::protocol::{AMQPErrorKind, AMQPHardError};
+    let mut large = false;
+    while let Some(Some(event)) = futures_lite::future::poll_once(events.next()).await {
+        if let lapin::Event::Error(e) = event {
+            if let lapin::ErrorKind::ProtocolError(amqp) = e.kind() {
+                large |= *amqp.kind() == AMQPErrorKind::Hard(AMQPHardError::FRAMEERROR);
+            }
+        }
+    }
+    large
+}
+
+async fn connect(url: &str, frames: Frames) -> Result<Connection, Error> {
     let properties = ConnectionProperties::default().with_connection_name("bodflow".into());
     match url.parse::<lapin::uri::AMQPUri>() {
         Ok(mut uri) => {
-            uri.query.frame_max.get_or_insert(FRAME_MAX);
+            if frames == Frames::Small {
+                uri.query.frame_max.get_or_insert(FRAME_MAX);
+            }
             Ok(Connection::connect_uri(uri, properties).await?)
         }
         // lapin reports what is wrong with the URL.
@@ -287,13 +322,15 @@ async fn serve(
     let wake = Arc::new(Notify::new());
     let mut delay = options.reconnect_min;
     let mut reconnect = false;
+    let mut frames = Frames::Small;
     while !token.is_cancelled() {
         let connection = tokio::select! {
             () = token.cancelled() => break,
-            c = connect(&url) => c,
+            c = connect(&url, frames) => c,
         };
         match connection {
             Ok(connection) => {
+                let mut events = Box::pin(connection.events_listener());
                 emit(AmqpConnected {
                     url: &redact_url(&url),
                     reconnect,
@@ -325,6 +362,10 @@ async fn serve(
                 });
                 if result.is_ok() && shutdown {
                     break;
+                }
+                if frames == Frames::Small && failed_on_large_frame(&mut events).await {
+                    tracing::warn!(frame_max = FRAME_MAX, "A delivery came in a frame larger than bodflow's frame_max (a sender's large headers): reconnecting with the broker's frame size, which costs about 6 MB more memory");
+                    frames = Frames::Broker;
                 }
                 if started.elapsed() > options.reconnect_max {
                     delay = options.reconnect_min;
@@ -416,7 +457,7 @@ async fn session(
 /// would, and returns how many: for a command that holds the store while no service runs
 /// (`bodflow resync`). Declares the topology first, so every application queue exists.
 pub async fn publish_outbox(pipeline: Pipeline, options: RunOptions) -> Result<usize, Error> {
-    let connection = connect(&pipeline.config.amqp.url).await?;
+    let connection = connect(&pipeline.config.amqp.url, Frames::Small).await?;
     let admin = connection.create_channel().await?;
     topology::declare(&admin, &pipeline.config).await?;
     let _ = admin.close(200, "declared".into()).await;
@@ -477,7 +518,7 @@ impl Sender {
     /// Connects and declares the topology, so that messages sent before the service starts
     /// wait in `bodflow.inbound`.
     pub async fn connect(config: &Config) -> Result<Sender, Error> {
-        let connection = connect(&config.amqp.url).await?;
+        let connection = connect(&config.amqp.url, Frames::Small).await?;
         let admin = connection.create_channel().await?;
         topology::declare(&admin, config).await?;
         let _ = admin.close(200, "declared".into()).await;
