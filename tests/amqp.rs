@@ -516,29 +516,10 @@ async fn a_receiver_refusing_messages_does_not_hold_up_the_others() {
     let refused = count_to(&refusing.logical_id);
     assert!(refused >= 8, "{refused} BODs to {}", refusing.name);
     let refusing_queue = topology::application_queue(&refusing.slug());
-    let policy = r#"{"max-length":0,"overflow":"reject-publish"}"#;
-    broker::rabbitmqctl(&[
-        "set_policy",
-        "-p",
-        &vhost.name,
-        "--apply-to",
-        "queues",
-        "refuse",
-        &format!("^{}$", refusing_queue.replace('.', "\\.")),
-        policy,
-    ]);
+    refuse(&vhost, &refusing_queue);
 
     publish(&config, &docs).await;
-    let store = Arc::new(Store::temporary().unwrap());
-    // Rounds of 4 rows: fewer than the refused ones, which come first in the outbox.
-    let (stop, service) = start_service(
-        &config,
-        store.clone(),
-        RunOptions {
-            outbox_batch: 4,
-            ..RunOptions::default()
-        },
-    );
+    let (store, stop, service) = start_in_small_rounds(&config);
     let (_conn, ch) = channel(&vhost.url()).await;
     let others: Vec<(String, usize)> = config
         .applications
@@ -572,7 +553,7 @@ async fn a_receiver_refusing_messages_does_not_hold_up_the_others() {
     );
     assert_eq!(broker::ready_count(&ch, &refusing_queue).await, Some(0));
 
-    broker::rabbitmqctl(&["clear_policy", "-p", &vhost.name, "refuse"]);
+    stop_refusing(&vhost);
     wait_for(
         "the refused BODs once the queue takes them",
         Duration::from_secs(20),
@@ -594,6 +575,101 @@ async fn a_receiver_refusing_messages_does_not_hold_up_the_others() {
     got.sort();
     want.sort();
     assert_eq!(got, want, "every BOD once");
+}
+
+/// Makes `queue` refuse every message (a `reject-publish` policy at length 0, as a full queue
+/// would), until [`stop_refusing`].
+fn refuse(vhost: &Vhost, queue: &str) {
+    let policy = r#"{"max-length":0,"overflow":"reject-publish"}"#;
+    broker::rabbitmqctl(&[
+        "set_policy",
+        "-p",
+        &vhost.name,
+        "--apply-to",
+        "queues",
+        "refuse",
+        &format!("^{}$", queue.replace('.', "\\.")),
+        policy,
+    ]);
+}
+
+fn stop_refusing(vhost: &Vhost) {
+    broker::rabbitmqctl(&["clear_policy", "-p", &vhost.name, "refuse"]);
+}
+
+/// The service on a store of its own, publishing the outbox in rounds of 4 rows: fewer than
+/// the rows a refusing queue holds back, which come first in the outbox.
+fn start_in_small_rounds(
+    config: &Config,
+) -> (
+    Arc<Store>,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), amqp::Error>>,
+) {
+    let store = Arc::new(Store::temporary().unwrap());
+    let options = RunOptions {
+        outbox_batch: 4,
+        ..RunOptions::default()
+    };
+    let (stop, service) = start_service(config, store.clone(), options);
+    (store, stop, service)
+}
+
+/// A `bodflow.dead` that refuses messages holds up nothing but the dead-letter copies: every
+/// document is processed and acked and the receivers get their BODs, while the copies wait in
+/// the outbox; once the queue takes them, each rejected document is in it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_queue_refusing_messages_holds_up_nothing_else() {
+    let vhost = Vhost::new("dead-refusing");
+    let config = fixture_config(&vhost);
+    let (docs, expected) = fixture_docs(&config);
+    let rejected: BTreeSet<&str> = expected
+        .reports
+        .iter()
+        .filter(|r| r.error.is_some())
+        .map(|r| r.message_id.as_str())
+        .collect();
+    assert!(rejected.len() >= 10);
+    amqp::declare_topology(&config).await.unwrap();
+    refuse(&vhost, topology::DEAD_QUEUE);
+    publish(&config, &docs).await;
+    let (store, stop, service) = start_in_small_rounds(&config);
+    let (_conn, ch) = channel(&vhost.url()).await;
+    let to_receivers = expected.rows.len();
+    wait_for(
+        "every document processed and acked, its BODs out, while bodflow.dead refuses",
+        Duration::from_secs(30),
+        async || {
+            let mut out = 0;
+            for app in &config.applications {
+                let queue = topology::application_queue(&app.slug());
+                out += broker::ready_count(&ch, &queue).await.unwrap() as usize;
+            }
+            out == to_receivers
+                && store.outbox_len() == rejected.len()
+                && vhost.queue_total(topology::INBOUND_QUEUE) == Some(0)
+        },
+    )
+    .await;
+    assert_eq!(
+        broker::ready_count(&ch, topology::DEAD_QUEUE).await,
+        Some(0)
+    );
+
+    stop_refusing(&vhost);
+    wait_processed(&ch, &store, &docs, rejected.len()).await;
+    stop.send(()).unwrap();
+    service.await.unwrap().unwrap();
+    let dead: Vec<String> = drain_queue(&ch, topology::DEAD_QUEUE)
+        .await
+        .into_iter()
+        .map(|m| m.message_id)
+        .collect();
+    assert_eq!(dead.len(), rejected.len(), "each once: {dead:?}");
+    assert_eq!(
+        dead.iter().map(String::as_str).collect::<BTreeSet<_>>(),
+        rejected
+    );
 }
 
 fn generated(count: usize) -> Vec<Doc> {

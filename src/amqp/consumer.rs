@@ -11,7 +11,7 @@
 //! runs, the next documents are prepared and queue up behind it, so groups grow with load
 //! and stay small (low latency) when the queue is quiet. An acker task flushes the store
 //! once for everything committed so far (group commit), then wakes the outbox publisher,
-//! dead-letters and acks.
+//! and acks.
 //!
 //! # Ack discipline
 //!
@@ -27,24 +27,23 @@
 //!   `replay` applies the same inputs. Only a large document still being prepared, or one
 //!   whose commit failed and waits for its retry, is stepped over — by documents of *other*
 //!   keys only ([`super::lanes`]).
-//! - **Permanent failures** (the pipeline rejects the document): the ConfirmBOD is already in
-//!   the outbox (same transaction). The delivery is then dead-lettered *by us*: the original
-//!   payload and properties plus headers `x-bodflow-stage`, `x-bodflow-code`,
-//!   `x-bodflow-reason` are published to `bodflow.dlx` on a confirm-mode channel, and the
-//!   delivery is acked after that confirm *and* the flush of its commit. The copy is
-//!   published when the acker takes the delivery, before that flush, so its confirm comes
-//!   in while the store flushes instead of after it; a crash before the flush brings the
-//!   delivery back, and it is dead-lettered again (at least once, as below). Most
-//!   rejections are decided by `prepare`; the few only the commit can decide (an
-//!   Acknowledge with an unknown correlation) come from the commit's report. A broker
-//!   dead-letter (`basic.reject`, no requeue) cannot add headers, so we do not use it; the
-//!   queue's `x-dead-letter-exchange` remains as the broker's safety net (TTL, length
-//!   limits, an operator's reject). Whether a delivery is dead-lettered is decided from the
-//!   *prepared* document (pure, the same on every redelivery), not from the commit's
-//!   outcome — so a crash between commit and dead-letter still dead-letters it on
-//!   redelivery (at least once in `bodflow.dead`). A commit-time rejection redelivered
-//!   after a crash that followed the flush is a duplicate and is not dead-lettered again
-//!   (its ConfirmBOD was written and is published).
+//! - **Permanent failures** (the pipeline rejects the document): the delivery is
+//!   dead-lettered *through the outbox*. The transaction that records the rejection (its
+//!   message-id marker, its ConfirmBOD) also writes an outbox row holding the delivery as it
+//!   came — payload, routing key, properties — and the rejection; the outbox publisher
+//!   publishes it to `bodflow.dlx` with headers `x-bodflow-stage`, `x-bodflow-code`,
+//!   `x-bodflow-reason` (and `x-bodflow-path`) on its confirm-mode channel, and removes the
+//!   row after the broker's confirm ([`super::dead_letter`]). The delivery itself is acked
+//!   like any other, after the flush that makes its transaction durable. So a delivery is in
+//!   `bodflow.dead` exactly when its rejection is recorded, however the process stops in
+//!   between: a crash before the flush brings it back to be rejected again, one after it
+//!   leaves the row for the next start (at least once, like every row). This holds for the
+//!   rejections `prepare` decides and for the few only the commit can decide (an Acknowledge
+//!   with an unknown correlation), and a `bodflow.dead` that refuses messages (a
+//!   `reject-publish` policy, a full queue) holds up its own rows only, retried with
+//!   backoff, not the stream. A broker dead-letter (`basic.reject`, no requeue) cannot add
+//!   headers, so we do not use it; the queue's `x-dead-letter-exchange` remains as the
+//!   broker's safety net (TTL, length limits, an operator's reject).
 //! - **Replays** (`bodflow dlq replay`, [`super::dlq`]) carry header `x-bodflow-retry: true`
 //!   (bool or `"true"`): the delivery runs with [`Input::retry`], so a message id whose
 //!   marker is `rejected` or `parked` is processed again (a fixed document is applied once;
@@ -54,7 +53,9 @@
 //!   fails, its documents are committed one by one in order; those that still fail wait for
 //!   a retry (alone, doubling backoff from [`RunOptions::retry_base`]) and hold back later
 //!   deliveries of their own key only. After [`RunOptions::store_attempts`] failed attempts a
-//!   delivery is dead-lettered with code `retries_exhausted` and acked. Never dropped. When
+//!   delivery is dead-lettered with code `retries_exhausted` and acked. Never dropped. That
+//!   copy has no transaction to go in: the acker publishes it itself, on a confirm-mode
+//!   channel of its own, before the round's flush, and acks after its confirm. When
 //!   every document of a group fails (the store itself is failing), the committer also
 //!   pauses before the next group.
 //! - **Broker failures** (a failed ack, dead-letter publish or a closed channel) end the
@@ -75,7 +76,7 @@
 //!
 //! Every delivery gets an INFO span `delivery` (message id, redelivered, W3C trace and span
 //! ids; BODID, noun, verb, sender once prepared; outcome once committed) entered for its
-//! prepare, its commit report and its dead-letter. Its trace continues the delivery's
+//! prepare, its commit report and (one given up) its dead-letter. Its trace continues the delivery's
 //! `traceparent` header when that is valid, else starts a new one; the outbox rows of the
 //! document carry it on ([`crate::telemetry::trace`]).
 
@@ -84,11 +85,9 @@ use std::sync::Arc;
 use chrono::Utc;
 use futures_lite::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions,
-};
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions};
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel};
+use lapin::Channel;
 use tokio::sync::{mpsc, Notify, RwLockReadGuard};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -97,8 +96,8 @@ use tracing::field::Empty;
 use tracing::Instrument as _;
 
 use super::lanes::{self, Job, Lanes, Sequencer};
-use super::{all_in_order, confirmed, header_str, put_header, short, topology, Error, RunOptions};
-use crate::pipeline::{Input, Outcome, Pipeline, Prepared, Report, State};
+use super::{all_in_order, confirmed, dead_letter, header_str, short, topology, Error, RunOptions};
+use crate::pipeline::{Input, Outcome, Pipeline, Prepared, Report, State, Verb};
 use crate::reload::Live;
 use crate::store::{Store, StoreError};
 use crate::telemetry::events::{
@@ -110,9 +109,6 @@ use crate::telemetry::Readiness;
 
 const CONSUMER_TAG: &str = "bodflow";
 
-/// Reasons longer than this are cut in the `x-bodflow-reason` header.
-const MAX_REASON: usize = 1024;
-
 /// Commit retries never wait longer than this.
 const MAX_RETRY_DELAY: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -121,21 +117,13 @@ pub(super) struct Consumer<'a> {
     /// The pipeline in force, held by each commit (see the module docs).
     pub live: &'a Live,
     pub options: &'a RunOptions,
-    /// Confirm-mode channel for our own dead-letters.
+    /// Confirm-mode channel for the dead-letters of deliveries the store could not commit
+    /// (`retries_exhausted`); rejected ones go through the outbox.
     pub dead_letters: &'a Channel,
     /// Woken after each flush: there are outbox rows to publish.
     pub wake: &'a Arc<Notify>,
     /// Set once consuming has started (the session clears it when it ends).
     pub readiness: &'a Readiness,
-}
-
-/// Why a delivery goes to `bodflow.dead`.
-struct DeadLetter {
-    stage: &'static str,
-    code: &'static str,
-    reason: String,
-    /// The XML path the rejection names, if any (header `x-bodflow-path`).
-    path: Option<String>,
 }
 
 /// What the consumer keeps beside each delivery.
@@ -162,8 +150,6 @@ struct Work {
     /// The configuration it was prepared under.
     config: Arc<crate::config::Config>,
     prepared: Prepared,
-    /// Decided by `prepare` (rejections); the commit may add one.
-    dead: Option<DeadLetter>,
     /// Failed commit attempts so far.
     attempts: u32,
 }
@@ -172,7 +158,9 @@ struct Work {
 struct Finished {
     delivery: Delivery,
     tracked: Tracked,
-    dead: Option<DeadLetter>,
+    /// Given up: the store could not commit it (why). The acker dead-letters it
+    /// `retries_exhausted`.
+    exhausted: Option<String>,
 }
 
 /// What the committer hands the acker after each commit.
@@ -208,7 +196,6 @@ struct Shell {
     delivery: Delivery,
     tracked: Tracked,
     config: Arc<crate::config::Config>,
-    dead: Option<DeadLetter>,
     attempts: u32,
 }
 
@@ -433,7 +420,6 @@ fn record_prepared(span: &tracing::Span, p: &Prepared, had_message_id: bool) {
 fn prepare(inbound: Inbound) -> Work {
     let prepared = prepare_in(&inbound.pipeline, &inbound.delivery, &inbound.tracked);
     Work {
-        dead: rejected(&prepared),
         delivery: inbound.delivery,
         tracked: inbound.tracked,
         config: inbound.pipeline.config,
@@ -453,6 +439,20 @@ fn prepare_in(pipeline: &Pipeline, d: &Delivery, t: &Tracked) -> Prepared {
         seconds: started.elapsed().as_secs_f64(),
     });
     p.ctx.trace = Some(t.trace.clone());
+    // Kept for the outbox row that dead-letters it, should it be rejected: by `prepare`, or
+    // by the commit (an Acknowledge whose correlation is unknown).
+    let may_be_rejected = match &p.state {
+        State::Rejected { .. } => true,
+        State::Ready(doc) => doc.verb == Verb::Acknowledge,
+        State::Inactive { .. } => false,
+    };
+    if may_be_rejected {
+        p.ctx.delivered = Some(Arc::new(crate::store::Delivered {
+            routing_key: d.routing_key.to_string(),
+            properties: dead_letter::encode(&d.properties),
+            payload: d.data.clone(),
+        }));
+    }
     record_prepared(&t.span, &p, d.properties.message_id().is_some());
     p
 }
@@ -470,7 +470,6 @@ fn start_commit(pipeline: &Pipeline, group: Vec<(u64, Work)>) -> CommitTask {
                 delivery: w.delivery,
                 tracked: w.tracked,
                 config: w.config,
-                dead: w.dead,
                 attempts: w.attempts,
             },
         ));
@@ -482,7 +481,6 @@ fn start_commit(pipeline: &Pipeline, group: Vec<(u64, Work)>) -> CommitTask {
         for ((_, shell), p) in shells.iter_mut().zip(prepared.iter_mut()) {
             if !Arc::ptr_eq(&shell.config, &pipeline.config) {
                 *p = prepare_in(&pipeline, &shell.delivery, &shell.tracked);
-                shell.dead = rejected(p);
                 shell.config = pipeline.config.clone();
             }
         }
@@ -552,21 +550,17 @@ fn finish_commit(
             tracked: shell.tracked,
             config: shell.config,
             prepared,
-            dead: shell.dead,
             attempts: shell.attempts,
         };
         match result {
             Committed::Applied(report) => {
                 applied += 1;
                 trace_delivery(&work.tracked, &report);
-                if work.dead.is_none() {
-                    work.dead = rejected_at_commit(&report);
-                }
                 sequencer.done(seq);
                 finished.push(Finished {
                     delivery: work.delivery,
                     tracked: work.tracked,
-                    dead: work.dead,
+                    exhausted: None,
                 });
                 spent.push((work.prepared, report));
             }
@@ -582,12 +576,10 @@ fn finish_commit(
                     finished.push(Finished {
                         delivery: work.delivery,
                         tracked: work.tracked,
-                        dead: Some(DeadLetter {
-                            stage: "upsert",
-                            code: "retries_exhausted",
-                            reason: format!("store commit failed {} times: {e}", work.attempts),
-                            path: None,
-                        }),
+                        exhausted: Some(format!(
+                            "store commit failed {} times: {e}",
+                            work.attempts
+                        )),
                     });
                 } else {
                     let delay = backoff(options, work.attempts);
@@ -626,11 +618,12 @@ fn finish_commit(
 }
 
 impl Consumer<'_> {
-    /// Dead-letter the rejected → flush → wake the outbox publisher → await the dead-letter
-    /// confirms → ack, for everything finished since the last round (one flush covers it
-    /// all: group commit). No outbox row is published and nothing is acked before the flush
-    /// that makes it durable; the dead-letter copies go out first so that their confirms
-    /// overlap the flush (module docs).
+    /// Dead-letter what the store could not commit → flush → wake the outbox publisher →
+    /// await those dead-letter confirms → ack, for everything finished since the last round
+    /// (one flush covers it all: group commit). Nothing is acked before the flush that makes
+    /// its commit durable — a rejected delivery's dead-letter row included; the copies of
+    /// given-up deliveries go out first so that their confirms overlap the flush (module
+    /// docs).
     async fn acknowledge(&self, mut done: mpsc::Receiver<Done>) -> Result<(), Error> {
         while let Some(first) = done.recv().await {
             let mut wrote = first.wrote;
@@ -641,20 +634,30 @@ impl Consumer<'_> {
                 low = more.low;
                 finished.extend(more.finished);
             }
-            // All dead-letters out first, then their confirms: one round trip, not one each,
-            // and it runs while the store flushes.
-            let dead: Vec<(&Finished, &DeadLetter)> = finished
+            let exhausted: Vec<(&Finished, &str)> = finished
                 .iter()
-                .filter_map(|f| Some((f, f.dead.as_ref()?)))
+                .filter_map(|f| Some((f, f.exhausted.as_deref()?)))
                 .collect();
-            let published = all_in_order(dead.iter().map(|(f, dl)| {
-                publish_dead_letter(self.dead_letters, &f.delivery, dl)
-                    .instrument(f.tracked.span.clone())
+            let published = all_in_order(exhausted.iter().map(|(f, reason)| {
+                let why = dead_letter::Why {
+                    stage: "upsert",
+                    code: RETRIES_EXHAUSTED,
+                    reason,
+                    path: None,
+                };
+                let properties = dead_letter::properties(&f.delivery.properties, &why);
+                dead_letter::publish(
+                    self.dead_letters,
+                    f.delivery.routing_key.as_str(),
+                    &f.delivery.data,
+                    properties,
+                )
+                .instrument(f.tracked.span.clone())
             }))
             .await;
-            let mut confirms = Vec::with_capacity(dead.len());
-            for ((f, dl), confirm) in dead.into_iter().zip(published) {
-                confirms.push((f, dl, confirm?));
+            let mut confirms = Vec::with_capacity(exhausted.len());
+            for (f, confirm) in exhausted.into_iter().map(|(f, _)| f).zip(published) {
+                confirms.push((f, confirm?));
             }
             if wrote {
                 let started = Instant::now();
@@ -664,12 +667,12 @@ impl Consumer<'_> {
                 });
                 self.wake.notify_one();
             }
-            for (f, dl, confirm) in confirms {
+            for (f, confirm) in confirms {
                 confirmed(confirm, topology::DLX).await?;
                 let _span = f.tracked.span.enter();
                 emit(DeadLettered {
-                    stage: dl.stage,
-                    code: dl.code,
+                    stage: "upsert",
+                    code: RETRIES_EXHAUSTED,
                     message_id: f
                         .delivery
                         .properties
@@ -689,6 +692,9 @@ impl Consumer<'_> {
         Ok(())
     }
 }
+
+/// The code of a delivery the store could not commit within its attempts.
+const RETRIES_EXHAUSTED: &str = "retries_exhausted";
 
 /// Makes everything committed so far durable.
 async fn flush(store: &Arc<Store>) -> Result<(), Error> {
@@ -725,35 +731,6 @@ fn input<'d>(d: &'d Delivery, envelope: &'d crate::store::Envelope) -> Input<'d>
         // `bodflow dlq replay` marks its re-publishes: a rejected message id runs again.
         retry: super::dlq::is_retry(d.properties.headers().as_ref()),
     }
-}
-
-fn rejected(p: &Prepared) -> Option<DeadLetter> {
-    match &p.state {
-        State::Rejected { rejection, .. } => Some(DeadLetter {
-            stage: rejection.stage.as_str(),
-            code: rejection.code,
-            reason: rejection.message.chars().take(MAX_REASON).collect(),
-            path: rejection
-                .path
-                .as_ref()
-                .map(|p| p.chars().take(MAX_REASON).collect()),
-        }),
-        _ => None,
-    }
-}
-
-/// Rejections only the commit can decide (an Acknowledge whose correlation is unknown).
-fn rejected_at_commit(r: &Report) -> Option<DeadLetter> {
-    let e = r
-        .error
-        .as_ref()
-        .filter(|_| r.outcome == Outcome::Rejected)?;
-    Some(DeadLetter {
-        stage: e.stage.as_str(),
-        code: e.code,
-        reason: e.message.chars().take(MAX_REASON).collect(),
-        path: e.path.clone(),
-    })
 }
 
 /// Reports a committed delivery in its span (which gets the outcome).
@@ -820,47 +797,6 @@ fn promotion_events(r: &Report) {
     }
 }
 
-/// Publishes the delivery as it came, plus our three headers, to `bodflow.dlx`; the caller
-/// awaits the confirm.
-async fn publish_dead_letter(
-    channel: &Channel,
-    d: &Delivery,
-    dl: &DeadLetter,
-) -> Result<lapin::PublisherConfirm, Error> {
-    // The delivery's own headers, without a path it may carry from an earlier dead-lettering.
-    let mut headers: FieldTable = d
-        .properties
-        .headers()
-        .as_ref()
-        .map(|h| h.inner().clone())
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|(k, _)| k.as_str() != super::dlq::PATH_HEADER)
-        .collect::<std::collections::BTreeMap<_, _>>()
-        .into();
-    put_header(&mut headers, "x-bodflow-stage", dl.stage);
-    put_header(&mut headers, "x-bodflow-code", dl.code);
-    put_header(&mut headers, "x-bodflow-reason", &dl.reason);
-    if let Some(path) = &dl.path {
-        put_header(&mut headers, super::dlq::PATH_HEADER, path);
-    }
-    let properties = dead_letter_properties(&d.properties)
-        .with_headers(headers)
-        .with_delivery_mode(2);
-    Ok(channel
-        .basic_publish(
-            short(topology::DLX)?,
-            d.routing_key.clone(),
-            BasicPublishOptions {
-                mandatory: true,
-                ..Default::default()
-            },
-            &d.data,
-            properties,
-        )
-        .await?)
-}
-
 /// Whether a document of `key` must wait, in the one-by-one fallback, for the failed ones of
 /// `held` (their keys). As in `take_group`: a document waits for a failed one of its key, a
 /// barrier (no key) for any failed one, and everything for a failed barrier.
@@ -870,37 +806,6 @@ fn held_back(held: &[Option<u64>], key: Option<u64>) -> bool {
             Some(_) => held.contains(&key),
             None => !held.is_empty(),
         }
-}
-
-/// The delivery's properties for its dead-letter copy, without its `expiration` and `user_id`:
-/// a sender's per-message TTL would otherwise expire the copy in `bodflow.dead`, which has no
-/// dead-letter exchange, and lose it (RabbitMQ drops `expiration` from the messages it
-/// dead-letters too); and RabbitMQ refuses a publish whose `user_id` is not the publishing
-/// connection's user, closing the channel, so the copy could never be published.
-fn dead_letter_properties(p: &BasicProperties) -> BasicProperties {
-    let mut out = BasicProperties::default();
-    macro_rules! copy {
-        ($($get:ident => $with:ident),*) => {
-            $(if let Some(v) = p.$get().clone() {
-                out = out.$with(v);
-            })*
-        };
-    }
-    copy!(
-        content_type => with_content_type,
-        content_encoding => with_content_encoding,
-        headers => with_headers,
-        delivery_mode => with_delivery_mode,
-        priority => with_priority,
-        correlation_id => with_correlation_id,
-        reply_to => with_reply_to,
-        message_id => with_message_id,
-        timestamp => with_timestamp,
-        kind => with_type,
-        app_id => with_app_id,
-        cluster_id => with_cluster_id
-    );
-    out
 }
 
 /// Acks finished deliveries (sorted by tag): one `multiple` ack for those below `low` (every
@@ -945,29 +850,5 @@ mod tests {
         assert!(held_back(&[Some(1)], None));
         assert!(held_back(&[None], Some(2)));
         assert!(held_back(&[None], None));
-    }
-
-    #[test]
-    fn a_dead_letter_copy_keeps_the_properties_but_the_expiration_and_user() {
-        let sent = BasicProperties::default()
-            .with_content_type("application/xml".into())
-            .with_message_id("m-1".into())
-            .with_correlation_id("c-1".into())
-            .with_reply_to("replies".into())
-            .with_expiration("60000".into())
-            .with_priority(3)
-            .with_timestamp(1_700_000_000)
-            .with_type("SyncCustomerPartyMaster".into())
-            .with_app_id("ln".into())
-            .with_user_id("ln-publisher".into());
-        let copy = dead_letter_properties(&sent);
-        assert_eq!(copy.expiration(), &None);
-        assert_eq!(copy.user_id(), &None);
-        assert_eq!(
-            copy.clone()
-                .with_expiration("60000".into())
-                .with_user_id("ln-publisher".into()),
-            sent
-        );
     }
 }

@@ -17,6 +17,7 @@
 //! channel; unacked deliveries come back and the message-id markers make them duplicates.
 
 pub mod consumer;
+mod dead_letter;
 pub mod dlq;
 pub mod lanes;
 pub mod publisher;

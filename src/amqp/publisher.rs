@@ -15,7 +15,9 @@
 //! the receiver's logical ID. A reply returned because its `reply_to` queue does not exist
 //! (an RPC client's exclusive queue goes with its connection) is published again to
 //! `bodflow.out` with the receiver's logical ID, as if the sender had named no queue: kept
-//! for ever, it would be refused for ever.
+//! for ever, it would be refused for ever. A row that dead-letters a rejected delivery goes to
+//! `bodflow.dlx` as the delivery came, with the `x-bodflow-*` headers
+//! ([`super::dead_letter`]); it is counted in `bodflow_dead_lettered_total` once confirmed.
 //!
 //! Rounds run when the consumer commits (woken), at least every [`RunOptions::outbox_poll`],
 //! and — on shutdown — until the outbox is empty or [`RunOptions::drain_timeout`] passes.
@@ -37,12 +39,12 @@ use lapin::{BasicProperties, Channel};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::{all_in_order, confirmed, put_header, short, topology, Error, RunOptions};
+use super::{all_in_order, confirmed, dead_letter, put_header, short, topology, Error, RunOptions};
 use crate::pipeline::Pipeline;
 use crate::store::track::{Confirmed, Millis, OutputAt};
 use crate::store::OutboxRow;
 use crate::telemetry::events::{
-    emit, OutboxPublished, OutboxRowRefused, TrackingConfirmed, TrackingFailed,
+    emit, DeadLettered, OutboxPublished, OutboxRowRefused, TrackingConfirmed, TrackingFailed,
 };
 
 /// Everything the publisher task owns for one session.
@@ -79,6 +81,8 @@ struct Sent {
     reply_to: Option<String>,
     /// Its place on the timeline ([`OutboxRow::tracked`]).
     tracked: Option<OutputAt>,
+    /// A dead-letter row's stage and code (counted once confirmed).
+    dead: Option<(String, String)>,
     /// How often the broker refused it before.
     attempts: u32,
     confirm: lapin::PublisherConfirm,
@@ -273,6 +277,7 @@ impl Publisher {
                         to: row.to,
                         reply_to: row.reply_to,
                         tracked: row.tracked,
+                        dead: row.dead_letter.map(|d| (d.stage, d.code)),
                         attempts,
                         confirm,
                     });
@@ -307,7 +312,13 @@ impl Publisher {
                 Ok(()) => {
                     progress.rerouted.remove(&row.seq);
                     done.push(row.seq);
-                    if track {
+                    if let Some((stage, code)) = &row.dead {
+                        emit(DeadLettered {
+                            stage,
+                            code,
+                            message_id: Some(&row.correlation_id),
+                        });
+                    } else if track {
                         confirms.push((row.correlation_id, row.bod_id, Millis::now(), row.tracked));
                     }
                 }
@@ -359,6 +370,24 @@ impl Publisher {
         row: &OutboxRow,
         rerouted: bool,
     ) -> Result<lapin::PublisherConfirm, Error> {
+        if let Some(dead) = &row.dead_letter {
+            let why = dead_letter::Why {
+                stage: &dead.stage,
+                code: &dead.code,
+                reason: &dead.reason,
+                path: dead.path.as_deref(),
+            };
+            let delivered = &dead.delivered;
+            let properties =
+                dead_letter::properties(&dead_letter::decode(&delivered.properties), &why);
+            return dead_letter::publish(
+                &self.channel,
+                &delivered.routing_key,
+                &delivered.payload,
+                properties,
+            )
+            .await;
+        }
         let mut headers = FieldTable::default();
         put_header(&mut headers, "documentName", &row.document_name);
         put_header(

@@ -182,6 +182,7 @@ impl<'a> Emitter<'a> {
             tracestate: self.tracestate(),
             tracked: None,
             xml,
+            dead_letter: None,
         };
         self.push(tx, row)
     }
@@ -555,6 +556,7 @@ impl<'a> Emitter<'a> {
             tracestate: self.tracestate(),
             tracked: None,
             xml,
+            dead_letter: None,
         };
         self.push(tx, row)?;
         Ok(true)
@@ -634,6 +636,7 @@ impl<'a> Emitter<'a> {
             tracestate: self.tracestate(),
             tracked: None,
             xml,
+            dead_letter: None,
         };
         self.push(tx, row)?;
         Ok(bod_id)

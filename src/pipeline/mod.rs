@@ -258,6 +258,10 @@ pub struct Context {
     /// The trace this document's processing belongs to (set by the consumer from the
     /// delivery's `traceparent`; `None` offline): outbox rows carry it on.
     pub trace: Option<TraceContext>,
+    /// The delivery as it came (set by the consumer for a document that is or may be
+    /// rejected; `None` offline): a rejection dead-letters it through the outbox, in the
+    /// transaction that records the rejection ([`dead_letter`]).
+    pub delivered: Option<Arc<crate::store::Delivered>>,
 }
 
 impl Context {
@@ -284,6 +288,7 @@ impl Context {
             envelope: Default::default(),
             run: 0,
             trace: None,
+            delivered: None,
         }
     }
 }
@@ -518,11 +523,52 @@ fn commit_one(tx: &Tx<'_>, config: &Config, prepared: &Prepared) -> TxResult<Rep
         tx.begin_run(&ctx.message_id, runs.unwrap_or_default(), ctx.received_ms)?;
     }
     let report = apply_in(tx, config, ctx, &prepared.state, previous.as_ref())?;
+    dead_letter(tx, ctx, &report)?;
     if ctx.track {
         track::record(tx, ctx, &report, previous)?;
     }
     Ok(report)
 }
+
+/// A rejected delivery goes to the dead-letter queue through the outbox: a row holding the
+/// delivery as it came and the rejection, written with the rejection's marker and ConfirmBOD
+/// — so a delivery is dead-lettered exactly when its rejection is recorded, whether that was
+/// decided by `prepare` or by the commit (an Acknowledge with an unknown correlation), and a
+/// dead-letter queue that refuses messages holds up nothing but its own rows.
+fn dead_letter(tx: &Tx<'_>, ctx: &Context, report: &Report) -> TxResult<()> {
+    let (Some(delivered), Some(e)) = (&ctx.delivered, &report.error) else {
+        return Ok(());
+    };
+    if report.outcome != Outcome::Rejected {
+        return Ok(());
+    }
+    tx.push_outbox(&crate::store::OutboxRow {
+        kind: DEAD_LETTER.into(),
+        to: crate::amqp::topology::DEAD_QUEUE.into(),
+        reply_to: None,
+        bod_id: ctx.message_id.clone(),
+        correlation_id: ctx.message_id.clone(),
+        reply_correlation_id: None,
+        document_name: String::new(),
+        tenant: None,
+        // The copy keeps the delivery's own headers, its trace's among them.
+        traceparent: None,
+        tracestate: None,
+        tracked: None,
+        xml: String::new(),
+        dead_letter: Some(Box::new(crate::store::DeadLetterRow {
+            delivered: (**delivered).clone(),
+            stage: e.stage.as_str().into(),
+            code: e.code.into(),
+            reason: e.message.clone(),
+            path: e.path.clone(),
+        })),
+    })?;
+    Ok(())
+}
+
+/// The `kind` of an outbox row that dead-letters a delivery.
+pub const DEAD_LETTER: &str = "DeadLetter";
 
 fn apply_in(
     tx: &Tx<'_>,

@@ -174,9 +174,27 @@ fn encode_outbox(row: &OutboxRow, tracked: Option<track::OutputAt>) -> Vec<u8> {
         tracestate: &'a Option<String>,
         #[serde(skip_serializing_if = "Option::is_none")]
         tracked: Option<track::OutputAt>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        dead: Option<DeadHead<'a>>,
     }
+    /// A dead-letter row: the body is the delivery's properties (`properties` bytes), then
+    /// its payload.
+    #[derive(Serialize)]
+    struct DeadHead<'a> {
+        routing_key: &'a str,
+        stage: &'a str,
+        code: &'a str,
+        reason: &'a str,
+        path: &'a Option<String>,
+        properties: usize,
+    }
+    let dead = row.dead_letter.as_deref();
+    let body: [&[u8]; 2] = match dead {
+        Some(d) => [&d.delivered.properties, &d.delivered.payload],
+        None => [row.xml.as_bytes(), &[]],
+    };
     // Head and document in one allocation (the document is most of the row).
-    let mut out = Vec::with_capacity(256 + row.xml.len());
+    let mut out = Vec::with_capacity(256 + body[0].len() + body[1].len());
     // Serializing plain strings into a Vec cannot fail.
     let _ = serde_json::to_writer(
         &mut out,
@@ -192,10 +210,20 @@ fn encode_outbox(row: &OutboxRow, tracked: Option<track::OutputAt>) -> Vec<u8> {
             traceparent: &row.traceparent,
             tracestate: &row.tracestate,
             tracked,
+            dead: dead.map(|d| DeadHead {
+                routing_key: &d.delivered.routing_key,
+                stage: &d.stage,
+                code: &d.code,
+                reason: &d.reason,
+                path: &d.path,
+                properties: d.delivered.properties.len(),
+            }),
         },
     );
     out.push(b'\n');
-    out.extend_from_slice(row.xml.as_bytes());
+    for part in body {
+        out.extend_from_slice(part);
+    }
     out
 }
 
@@ -217,6 +245,17 @@ fn decode_outbox(k: &[u8], bytes: &[u8]) -> Result<OutboxRow, StoreError> {
         tracestate: Option<String>,
         #[serde(default)]
         tracked: Option<track::OutputAt>,
+        #[serde(default)]
+        dead: Option<DeadHead>,
+    }
+    #[derive(serde::Deserialize)]
+    struct DeadHead {
+        routing_key: String,
+        stage: String,
+        code: String,
+        reason: String,
+        path: Option<String>,
+        properties: usize,
     }
     let corrupt = |message: String| StoreError::Corrupt {
         key: String::from_utf8_lossy(k).into_owned(),
@@ -227,9 +266,31 @@ fn decode_outbox(k: &[u8], bytes: &[u8]) -> Result<OutboxRow, StoreError> {
         .position(|&b| b == b'\n')
         .ok_or_else(|| corrupt("outbox row without header".into()))?;
     let head: Head = decode(k, &bytes[..split])?;
-    let xml = std::str::from_utf8(&bytes[split + 1..])
-        .map_err(|e| corrupt(e.to_string()))?
-        .to_string();
+    let body = &bytes[split + 1..];
+    let (xml, dead_letter) = match head.dead {
+        Some(d) => {
+            let (properties, payload) = body
+                .split_at_checked(d.properties)
+                .ok_or_else(|| corrupt("dead-letter row shorter than its properties".into()))?;
+            let delivered = Delivered {
+                routing_key: d.routing_key,
+                properties: properties.to_vec(),
+                payload: payload.to_vec(),
+            };
+            let row = DeadLetterRow {
+                delivered,
+                stage: d.stage,
+                code: d.code,
+                reason: d.reason,
+                path: d.path,
+            };
+            (String::new(), Some(Box::new(row)))
+        }
+        None => {
+            let xml = std::str::from_utf8(body).map_err(|e| corrupt(e.to_string()))?;
+            (xml.to_string(), None)
+        }
+    };
     Ok(OutboxRow {
         kind: head.kind,
         to: head.to,
@@ -243,6 +304,7 @@ fn decode_outbox(k: &[u8], bytes: &[u8]) -> Result<OutboxRow, StoreError> {
         tracestate: head.tracestate,
         tracked: head.tracked,
         xml,
+        dead_letter,
     })
 }
 
@@ -1447,7 +1509,38 @@ mod tests {
             tracestate: (n == 1).then(|| "rojo=1".to_string()),
             tracked: None,
             xml: format!("<x n=\"{n}\">\n</x>"),
+            dead_letter: None,
         }
+    }
+
+    #[test]
+    fn a_dead_letter_row_keeps_the_delivery_byte_for_byte() {
+        let store = Store::temporary().unwrap();
+        let dead = OutboxRow {
+            kind: "DeadLetter".into(),
+            xml: String::new(),
+            dead_letter: Some(Box::new(DeadLetterRow {
+                delivered: Delivered {
+                    routing_key: "Sync.CustomerPartyMaster".into(),
+                    properties: vec![1, b'\n', 0, 255],
+                    payload: b"<x>M\xfcnchen\n</x>".to_vec(),
+                },
+                stage: "validate".into(),
+                code: "not_well_formed".into(),
+                reason: "line 1: \"bad\"\nthing".into(),
+                path: Some("/x".into()),
+            })),
+            ..row(1)
+        };
+        store
+            .transact(|tx| {
+                tx.push_outbox(&row(0))?;
+                tx.push_outbox(&dead)?;
+                tx.push_outbox(&row(2))
+            })
+            .unwrap();
+        let rows: Vec<OutboxRow> = store.outbox().map(|r| r.unwrap().1).collect();
+        assert_eq!(rows, [row(0), dead, row(2)]);
     }
 
     #[test]

@@ -336,6 +336,33 @@ pub struct OutboxRow {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracked: Option<super::track::OutputAt>,
     pub xml: String,
+    /// Set on a row that dead-letters a delivery rather than carrying a BOD of ours: the
+    /// delivery as it came, published to `bodflow.dlx` with headers naming why (`xml` is
+    /// empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter: Option<Box<DeadLetterRow>>,
+}
+
+/// A delivery as it came off the broker, kept with its document so that a rejection can
+/// dead-letter it through the outbox, in the transaction that records the rejection.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivered {
+    pub routing_key: String,
+    /// Its AMQP properties, encoded by the AMQP side ([`crate::amqp`]); opaque to the store.
+    pub properties: Vec<u8>,
+    pub payload: Vec<u8>,
+}
+
+/// What an outbox row that dead-letters a delivery holds: the delivery, and the rejection
+/// its `x-bodflow-*` headers name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetterRow {
+    pub delivered: Delivered,
+    pub stage: String,
+    pub code: String,
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
 }
 
 #[cfg(test)]
@@ -356,6 +383,7 @@ impl OutboxRow {
             tracestate: None,
             tracked: None,
             xml: "<x/>".into(),
+            dead_letter: None,
         }
     }
 }

@@ -175,8 +175,8 @@ impl Event for BodRejected<'_> {
 
 /// A delivery was published to `bodflow.dead` (and confirmed).
 pub struct DeadLettered<'a> {
-    pub stage: &'static str,
-    pub code: &'static str,
+    pub stage: &'a str,
+    pub code: &'a str,
     pub message_id: Option<&'a str>,
 }
 

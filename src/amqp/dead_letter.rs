@@ -1,0 +1,208 @@
+//! Dead-letter copies: a delivery as it came — payload, routing key, properties — published
+//! to `bodflow.dlx` with headers `x-bodflow-stage`, `x-bodflow-code`, `x-bodflow-reason` (and
+//! `x-bodflow-path` when the rejection names one).
+//!
+//! A rejected delivery's copy is an outbox row ([`crate::store::DeadLetterRow`]), written in
+//! the transaction that records the rejection and published by the outbox publisher like any
+//! row; its properties are stored as [`encode`] writes them. A delivery the store could not
+//! commit at all (`retries_exhausted`) has no transaction to go in: the consumer publishes
+//! its copy itself.
+
+use lapin::options::BasicPublishOptions;
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel};
+
+use super::{put_header, short, topology, Error};
+
+/// Reasons (and paths) longer than this are cut in the headers.
+pub(super) const MAX_REASON: usize = 1024;
+
+/// Why a delivery goes to `bodflow.dead`.
+pub(super) struct Why<'a> {
+    pub stage: &'a str,
+    pub code: &'a str,
+    pub reason: &'a str,
+    /// The XML path the rejection names, if any.
+    pub path: Option<&'a str>,
+}
+
+/// The delivery's properties as the store keeps them for its copy.
+pub(crate) fn encode(properties: &BasicProperties) -> Vec<u8> {
+    // Serializing plain data into a Vec cannot fail.
+    postcard::to_stdvec(properties).unwrap_or_default()
+}
+
+/// Properties written by [`encode`]; a row the store could not keep intact gets none (its
+/// copy still carries the payload and our headers).
+pub(super) fn decode(bytes: &[u8]) -> BasicProperties {
+    postcard::from_bytes(bytes).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "A dead-letter row's properties could not be read; the copy goes without them");
+        BasicProperties::default()
+    })
+}
+
+/// The copy's properties: the delivery's, persistent, with its headers plus ours.
+pub(super) fn properties(original: &BasicProperties, why: &Why<'_>) -> BasicProperties {
+    // The delivery's own headers, without a path it may carry from an earlier dead-lettering.
+    let mut headers: FieldTable = original
+        .headers()
+        .as_ref()
+        .map(|h| h.inner().clone())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(k, _)| k.as_str() != super::dlq::PATH_HEADER)
+        .collect::<std::collections::BTreeMap<_, _>>()
+        .into();
+    let cut = |s: &str| s.chars().take(MAX_REASON).collect::<String>();
+    put_header(&mut headers, "x-bodflow-stage", why.stage);
+    put_header(&mut headers, "x-bodflow-code", why.code);
+    put_header(&mut headers, "x-bodflow-reason", &cut(why.reason));
+    if let Some(path) = why.path {
+        put_header(&mut headers, super::dlq::PATH_HEADER, &cut(path));
+    }
+    kept(original).with_headers(headers).with_delivery_mode(2)
+}
+
+/// The properties a copy keeps: all but `expiration` (the copy would expire in
+/// `bodflow.dead`, which has no dead-letter exchange) and `user_id` (RabbitMQ refuses a
+/// publish whose user is not the connection's).
+fn kept(p: &BasicProperties) -> BasicProperties {
+    let mut out = BasicProperties::default();
+    macro_rules! copy {
+        ($($get:ident => $with:ident),*) => {
+            $(if let Some(v) = p.$get().clone() {
+                out = out.$with(v);
+            })*
+        };
+    }
+    copy!(
+        content_type => with_content_type,
+        content_encoding => with_content_encoding,
+        headers => with_headers,
+        delivery_mode => with_delivery_mode,
+        priority => with_priority,
+        correlation_id => with_correlation_id,
+        reply_to => with_reply_to,
+        message_id => with_message_id,
+        timestamp => with_timestamp,
+        kind => with_type,
+        app_id => with_app_id,
+        cluster_id => with_cluster_id
+    );
+    out
+}
+
+/// Publishes a copy to `bodflow.dlx` (mandatory: `bodflow.dead` missing is a return); the
+/// caller awaits the confirm.
+pub(super) async fn publish(
+    channel: &Channel,
+    routing_key: &str,
+    payload: &[u8],
+    properties: BasicProperties,
+) -> Result<lapin::PublisherConfirm, Error> {
+    Ok(channel
+        .basic_publish(
+            short(topology::DLX)?,
+            short(routing_key)?,
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            payload,
+            properties,
+        )
+        .await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lapin::types::{AMQPValue, FieldArray};
+
+    fn sent() -> BasicProperties {
+        let mut headers = FieldTable::default();
+        headers.insert(
+            "documentName".into(),
+            AMQPValue::LongString("Sync.X".into()),
+        );
+        headers.insert(
+            "x-bodflow-path".into(),
+            AMQPValue::LongString("/old".into()),
+        );
+        headers.insert("n".into(), AMQPValue::LongLongInt(-7));
+        headers.insert("f".into(), AMQPValue::Double(f64::NAN));
+        headers.insert("b".into(), AMQPValue::Boolean(true));
+        headers.insert(
+            "a".into(),
+            AMQPValue::FieldArray(FieldArray::from(vec![AMQPValue::ShortInt(3)])),
+        );
+        headers.insert(
+            "bytes".into(),
+            AMQPValue::ByteArray(vec![0, 255, 10].into()),
+        );
+        BasicProperties::default()
+            .with_content_type("application/xml".into())
+            .with_message_id("m-1".into())
+            .with_correlation_id("c-1".into())
+            .with_reply_to("replies".into())
+            .with_expiration("60000".into())
+            .with_priority(3)
+            .with_timestamp(1_700_000_000)
+            .with_type("SyncCustomerPartyMaster".into())
+            .with_app_id("ln".into())
+            .with_user_id("ln-publisher".into())
+            .with_headers(headers)
+    }
+
+    #[test]
+    fn stored_properties_read_back_as_they_were() {
+        let sent = sent();
+        let back = decode(&encode(&sent));
+        // NaN is not equal to itself: compare the rest, and that one by its bits.
+        let nan = |p: &BasicProperties| match p.headers().as_ref().unwrap().inner().get("f") {
+            Some(AMQPValue::Double(f)) => f.to_bits(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(nan(&back), nan(&sent));
+        let without_nan = |p: &BasicProperties| {
+            let mut h = p.headers().clone().unwrap();
+            h.insert("f".into(), AMQPValue::Void);
+            p.clone().with_headers(h)
+        };
+        assert_eq!(without_nan(&back), without_nan(&sent));
+        assert_eq!(
+            decode(b"\xff\xff not properties"),
+            BasicProperties::default()
+        );
+    }
+
+    #[test]
+    fn a_copy_keeps_the_properties_but_the_expiration_and_user_and_adds_why() {
+        let sent = sent();
+        let copy = properties(
+            &sent,
+            &Why {
+                stage: "validate",
+                code: "missing_field",
+                reason: &"r".repeat(5000),
+                path: Some("/SyncX/DataArea"),
+            },
+        );
+        assert_eq!(copy.expiration(), &None);
+        assert_eq!(copy.user_id(), &None);
+        assert_eq!(copy.delivery_mode(), &Some(2));
+        let headers = copy.headers().as_ref().unwrap().inner();
+        let text = |name: &str| match headers.get(name) {
+            Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+            other => panic!("{name}: {other:?}"),
+        };
+        assert_eq!(text("x-bodflow-stage"), "validate");
+        assert_eq!(text("x-bodflow-code"), "missing_field");
+        assert_eq!(text("x-bodflow-reason").len(), MAX_REASON);
+        assert_eq!(text("x-bodflow-path"), "/SyncX/DataArea");
+        assert_eq!(text("documentName"), "Sync.X");
+        assert!(matches!(headers.get("n"), Some(AMQPValue::LongLongInt(-7))));
+        assert_eq!(copy.message_id(), sent.message_id());
+        assert_eq!(copy.reply_to(), sent.reply_to());
+    }
+}
