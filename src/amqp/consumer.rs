@@ -43,7 +43,9 @@
 //!   `reject-publish` policy, a full queue) holds up its own rows only, retried with
 //!   backoff, not the stream. A broker dead-letter (`basic.reject`, no requeue) cannot add
 //!   headers, so we do not use it; the queue's `x-dead-letter-exchange` remains as the
-//!   broker's safety net (TTL, length limits, an operator's reject).
+//!   broker's safety net (TTL, length limits, an operator's reject). The row holds the
+//!   whole payload, also of a delivery rejected `too_large`: the broker's own
+//!   `max_message_size` bounds what a sender can make the store keep.
 //! - **Replays** (`bodflow dlq replay`, [`super::dlq`]) carry header `x-bodflow-retry: true`
 //!   (bool or `"true"`): the delivery runs with [`Input::retry`], so a message id whose
 //!   marker is `rejected` or `parked` is processed again (a fixed document is applied once;
@@ -158,9 +160,19 @@ struct Work {
 struct Finished {
     delivery: Delivery,
     tracked: Tracked,
-    /// Given up: the store could not commit it (why). The acker dead-letters it
-    /// `retries_exhausted`.
-    exhausted: Option<String>,
+    /// A dead-letter copy the acker publishes itself ([`Direct`]).
+    direct: Option<Direct>,
+}
+
+/// A dead-letter copy with no outbox row: of a delivery the store could not commit
+/// (`retries_exhausted`: no transaction to go in). The acker publishes it before the round's
+/// flush and acks the delivery after its confirm (after a crash in between, the delivery
+/// comes back and is retried).
+struct Direct {
+    stage: &'static str,
+    code: &'static str,
+    reason: String,
+    path: Option<String>,
 }
 
 /// What the committer hands the acker after each commit.
@@ -560,7 +572,7 @@ fn finish_commit(
                 finished.push(Finished {
                     delivery: work.delivery,
                     tracked: work.tracked,
-                    exhausted: None,
+                    direct: None,
                 });
                 spent.push((work.prepared, report));
             }
@@ -576,10 +588,12 @@ fn finish_commit(
                     finished.push(Finished {
                         delivery: work.delivery,
                         tracked: work.tracked,
-                        exhausted: Some(format!(
-                            "store commit failed {} times: {e}",
-                            work.attempts
-                        )),
+                        direct: Some(Direct {
+                            stage: "upsert",
+                            code: "retries_exhausted",
+                            reason: format!("store commit failed {} times: {e}", work.attempts),
+                            path: None,
+                        }),
                     });
                 } else {
                     let delay = backoff(options, work.attempts);
@@ -618,12 +632,11 @@ fn finish_commit(
 }
 
 impl Consumer<'_> {
-    /// Dead-letter what the store could not commit → flush → wake the outbox publisher →
+    /// Dead-letter what has no outbox row ([`Direct`]) → flush → wake the outbox publisher →
     /// await those dead-letter confirms → ack, for everything finished since the last round
     /// (one flush covers it all: group commit). Nothing is acked before the flush that makes
-    /// its commit durable — a rejected delivery's dead-letter row included; the copies of
-    /// given-up deliveries go out first so that their confirms overlap the flush (module
-    /// docs).
+    /// its commit durable — a rejected delivery's dead-letter row included; the direct copies
+    /// go out first so that their confirms overlap the flush (module docs).
     async fn acknowledge(&self, mut done: mpsc::Receiver<Done>) -> Result<(), Error> {
         while let Some(first) = done.recv().await {
             let mut wrote = first.wrote;
@@ -634,16 +647,16 @@ impl Consumer<'_> {
                 low = more.low;
                 finished.extend(more.finished);
             }
-            let exhausted: Vec<(&Finished, &str)> = finished
+            let direct: Vec<(&Finished, &Direct)> = finished
                 .iter()
-                .filter_map(|f| Some((f, f.exhausted.as_deref()?)))
+                .filter_map(|f| Some((f, f.direct.as_ref()?)))
                 .collect();
-            let published = all_in_order(exhausted.iter().map(|(f, reason)| {
+            let published = all_in_order(direct.iter().map(|(f, d)| {
                 let why = dead_letter::Why {
-                    stage: "upsert",
-                    code: RETRIES_EXHAUSTED,
-                    reason,
-                    path: None,
+                    stage: d.stage,
+                    code: d.code,
+                    reason: &d.reason,
+                    path: d.path.as_deref(),
                 };
                 let properties = dead_letter::properties(&f.delivery.properties, &why);
                 dead_letter::publish(
@@ -655,9 +668,9 @@ impl Consumer<'_> {
                 .instrument(f.tracked.span.clone())
             }))
             .await;
-            let mut confirms = Vec::with_capacity(exhausted.len());
-            for (f, confirm) in exhausted.into_iter().map(|(f, _)| f).zip(published) {
-                confirms.push((f, confirm?));
+            let mut confirms = Vec::with_capacity(direct.len());
+            for ((f, d), confirm) in direct.into_iter().zip(published) {
+                confirms.push((f, d, confirm?));
             }
             if wrote {
                 let started = Instant::now();
@@ -667,12 +680,12 @@ impl Consumer<'_> {
                 });
                 self.wake.notify_one();
             }
-            for (f, confirm) in confirms {
+            for (f, d, confirm) in confirms {
                 confirmed(confirm, topology::DLX).await?;
                 let _span = f.tracked.span.enter();
                 emit(DeadLettered {
-                    stage: "upsert",
-                    code: RETRIES_EXHAUSTED,
+                    stage: d.stage,
+                    code: d.code,
                     message_id: f
                         .delivery
                         .properties
@@ -692,9 +705,6 @@ impl Consumer<'_> {
         Ok(())
     }
 }
-
-/// The code of a delivery the store could not commit within its attempts.
-const RETRIES_EXHAUSTED: &str = "retries_exhausted";
 
 /// Makes everything committed so far durable.
 async fn flush(store: &Arc<Store>) -> Result<(), Error> {

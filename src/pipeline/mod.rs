@@ -969,6 +969,89 @@ mod tests {
     }
 
     #[test]
+    fn a_rejected_delivery_gets_one_dead_letter_row_a_run_beside_its_confirm() {
+        let config = Config::from_toml(
+            "[[applications]]\nname = \"ln\"\nlogical_id = \"lid://ln\"\n",
+            "t",
+        )
+        .unwrap();
+        assert!(config.tracking.enabled);
+        let store = Arc::new(Store::temporary().unwrap());
+        let pipeline = Pipeline::new(Arc::new(config), store.clone()).unwrap();
+        // No Name: rejected by validation.
+        let bytes = b"<SyncCustomerPartyMaster><ApplicationArea><Sender><LogicalID>lid://ln</LogicalID>\
+            </Sender><BODID>b-1</BODID></ApplicationArea><DataArea><Sync/><CustomerPartyMaster>\
+            <PartyIDs><ID>C1</ID></PartyIDs></CustomerPartyMaster></DataArea></SyncCustomerPartyMaster>";
+        let delivered = Arc::new(crate::store::Delivered {
+            routing_key: "Sync.CustomerPartyMaster".into(),
+            properties: vec![7, 8],
+            payload: bytes.to_vec(),
+        });
+        let run =
+            |message_id: &str, retry: bool, delivered: Option<Arc<crate::store::Delivered>>| {
+                let mut prepared = pipeline.prepare(&Input {
+                    bytes,
+                    source: "test",
+                    message_id: Some(message_id),
+                    reply_to: None,
+                    received_at: Utc::now(),
+                    retry,
+                    envelope: None,
+                });
+                prepared.ctx.delivered = delivered;
+                pipeline.commit(&prepared).unwrap()
+            };
+        let rows =
+            || -> Vec<crate::store::OutboxRow> { store.outbox().map(|r| r.unwrap().1).collect() };
+        let dead = || {
+            rows()
+                .into_iter()
+                .filter_map(|r| r.dead_letter)
+                .collect::<Vec<_>>()
+        };
+
+        let first = run("m-1", false, Some(delivered.clone()));
+        assert_eq!(first.outcome, Outcome::Rejected);
+        let error = first.error.clone().unwrap();
+        let copies = dead();
+        assert_eq!(copies.len(), 1);
+        assert_eq!(copies[0].delivered, *delivered);
+        assert_eq!(
+            (
+                copies[0].stage.as_str(),
+                copies[0].code.as_str(),
+                &copies[0].reason
+            ),
+            (error.stage.as_str(), error.code, &error.message)
+        );
+        assert_eq!(copies[0].path, error.path);
+        let all = rows();
+        let confirm = all.iter().find(|r| r.kind == "ConfirmBOD").unwrap();
+        assert!(
+            confirm.tracked.is_some(),
+            "the ConfirmBOD keeps its place on the timeline"
+        );
+        let copy = all.iter().find(|r| r.dead_letter.is_some()).unwrap();
+        assert_eq!((copy.kind.as_str(), copy.tracked), (DEAD_LETTER, None));
+
+        // A redelivery is a duplicate: no second copy.
+        assert_eq!(
+            run("m-1", false, Some(delivered.clone())).outcome,
+            Outcome::Duplicate
+        );
+        assert_eq!(dead().len(), 1);
+        // A deliberate retry is rejected again and dead-lettered again.
+        assert_eq!(
+            run("m-1", true, Some(delivered.clone())).outcome,
+            Outcome::Rejected
+        );
+        assert_eq!(dead().len(), 2);
+        // A file (no delivery) has nothing to dead-letter.
+        assert_eq!(run("m-2", false, None).outcome, Outcome::Rejected);
+        assert_eq!(dead().len(), 2);
+    }
+
+    #[test]
     fn a_panic_while_preparing_refuses_the_document_under_its_stage() {
         let config = Config::from_toml(
             r#"

@@ -1152,7 +1152,11 @@ impl Tx<'_> {
         let (group, rows) = pending
             .get_or_insert_with(|| (self.seqs.outbox.fetch_add(1, Ordering::Relaxed), Vec::new()));
         let seq = (*group << ROW_BITS) | rows.len() as u64;
-        let tracked = self.output_at(seq, &row.bod_id);
+        // A dead-letter row is not one of the run's outputs (they are BODs of ours).
+        let tracked = match row.dead_letter {
+            Some(_) => None,
+            None => self.output_at(seq, &row.bod_id),
+        };
         rows.push(encode_outbox(row, tracked));
         Ok(seq)
     }
