@@ -297,15 +297,28 @@ async fn fixtures_end_to_end_equal_offline_replay_and_rejections_are_dead_letter
 
 /// A sender's headers larger than the 32 KiB frame bodflow asks for: the broker delivers the
 /// message in a frame that size cannot hold. The service takes it all the same (it
-/// reconnects with the broker's own frame size), the other messages are not held up, and the
-/// document — one refused by validation here — reaches `bodflow.dead` with the sender's
-/// headers intact.
+/// reconnects with larger frames), the other messages are not held up, and the document —
+/// one refused by validation here — reaches `bodflow.dead` with the sender's headers intact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_with_headers_larger_than_the_frame_does_not_stop_the_service() {
-    let vhost = Vhost::new("large-headers");
+    large_headers("large-headers", 60 * 1024).await;
+}
+
+/// Headers that just fit the 32 KiB frame the delivery came in, but not with the
+/// `x-bodflow-*` headers its dead-letter copy adds: the broker would close the connection
+/// over the copy, for ever. The service reconnects with larger frames to publish it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_copy_that_outgrows_the_frame_does_not_stop_the_service() {
+    // The delivery's header frame: 111 bytes besides the note.
+    large_headers("outgrown-headers", 32 * 1024 - 168).await;
+}
+
+/// The fixtures, the first one that validation refuses going first with a header of
+/// `note_len` bytes: all processed as offline, that one in `bodflow.dead` with its header.
+async fn large_headers(test: &str, note_len: usize) {
+    let vhost = Vhost::new(test);
     let config = fixture_config(&vhost);
     let (mut docs, first) = fixture_docs(&config);
-    // The first document validation refuses goes first, with 60 KiB of headers.
     let refused = first
         .reports
         .iter()
@@ -319,7 +332,7 @@ async fn a_message_with_headers_larger_than_the_frame_does_not_stop_the_service(
     docs.insert(0, large);
     let expected = offline(&config, &docs);
 
-    let note = "x".repeat(60 * 1024);
+    let note = "x".repeat(note_len);
     amqp::declare_topology(&config).await.unwrap();
     let (_conn, ch) = channel(&vhost.url()).await;
     let mut headers = FieldTable::default();
@@ -349,6 +362,11 @@ async fn a_message_with_headers_larger_than_the_frame_does_not_stop_the_service(
     stop.send(()).unwrap();
     service.await.unwrap().unwrap();
     assert_eq!(comparable_records(&store), expected.records);
+    assert_eq!(
+        store.meta("amqp.frames").unwrap().as_deref(),
+        Some("large"),
+        "the next start asks for large frames at once"
+    );
 
     // `bodflow dlq list` reads it too.
     let dead = amqp::dlq::DeadQueue::open(&config).await.unwrap();

@@ -122,6 +122,8 @@ pub(super) struct Consumer<'a> {
     /// Confirm-mode channel for the dead-letters of deliveries the store could not commit
     /// (`retries_exhausted`); rejected ones go through the outbox.
     pub dead_letters: &'a Channel,
+    /// What those copies must fit in.
+    pub frames: super::FrameLimit,
     /// Woken after each flush: there are outbox rows to publish.
     pub wake: &'a Arc<Notify>,
     /// Set once consuming has started (the session clears it when it ends).
@@ -661,6 +663,7 @@ impl Consumer<'_> {
                 let properties = dead_letter::properties(&f.delivery.properties, &why);
                 dead_letter::publish(
                     self.dead_letters,
+                    self.frames,
                     f.delivery.routing_key.as_str(),
                     &f.delivery.data,
                     properties,

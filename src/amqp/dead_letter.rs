@@ -9,10 +9,10 @@
 //! its copy itself.
 
 use lapin::options::BasicPublishOptions;
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel};
 
-use super::{put_header, short, topology, Error};
+use super::{put_header, short, topology, Error, FrameLimit};
 
 /// Reasons (and paths) longer than this are cut in the headers.
 pub(super) const MAX_REASON: usize = 1024;
@@ -92,14 +92,113 @@ fn kept(p: &BasicProperties) -> BasicProperties {
     out
 }
 
-/// Publishes a copy to `bodflow.dlx` (mandatory: `bodflow.dead` missing is a return); the
-/// caller awaits the confirm.
+/// The headers every copy keeps when the sender's do not fit: ours and ION's.
+const KEPT_HEADERS: [&str; 9] = [
+    "x-bodflow-stage",
+    "x-bodflow-code",
+    "x-bodflow-reason",
+    super::dlq::PATH_HEADER,
+    "documentName",
+    "fromLogicalId",
+    "toLogicalId",
+    "tenantId",
+    "variationId",
+];
+
+/// The copy's properties as they fit in one frame of `limit`. A copy carries the sender's
+/// headers and ours, so it can outgrow the frame its delivery came in; the broker would close
+/// the connection over it (and again for the same row after every reconnect). When a larger
+/// frame can be asked for, the session ends with [`Error::FrameTooSmall`] and the next one
+/// asks for it; else the sender's other headers are left out (noted in
+/// `x-bodflow-headers-dropped`) rather than lose the copy.
+pub(super) fn fit(
+    properties: BasicProperties,
+    limit: FrameLimit,
+) -> Result<BasicProperties, Error> {
+    let needed = header_frame_len(&properties);
+    if needed <= limit.max {
+        return Ok(properties);
+    }
+    if limit.can_grow {
+        return Err(Error::FrameTooSmall(needed));
+    }
+    let mut headers: FieldTable = properties
+        .headers()
+        .as_ref()
+        .map(|h| h.inner().clone())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(k, _)| KEPT_HEADERS.contains(&k.as_str()))
+        .collect::<std::collections::BTreeMap<_, _>>()
+        .into();
+    put_header(
+        &mut headers,
+        "x-bodflow-headers-dropped",
+        &format!(
+            "the sender's headers needed a {needed}-byte frame; frame_max is {}",
+            limit.max
+        ),
+    );
+    tracing::warn!(
+        needed,
+        frame_max = limit.max,
+        "A dead-letter copy's headers do not fit a frame: the sender's own headers are left out"
+    );
+    Ok(properties.with_headers(headers))
+}
+
+/// At least the bytes of the content header frame that carries `p` (AMQP 0-9-1 §4.2.6):
+/// frame and class overhead, each short string property, the headers table.
+fn header_frame_len(p: &BasicProperties) -> usize {
+    let shorts = [
+        p.content_type(),
+        p.content_encoding(),
+        p.correlation_id(),
+        p.reply_to(),
+        p.expiration(),
+        p.message_id(),
+        p.kind(),
+        p.user_id(),
+        p.app_id(),
+        p.cluster_id(),
+    ];
+    let strings: usize = shorts
+        .iter()
+        .map(|s| s.as_ref().map_or(0, |s| 1 + s.as_str().len()))
+        .sum();
+    64 + strings + p.headers().as_ref().map_or(0, table_len)
+}
+
+fn table_len(table: &FieldTable) -> usize {
+    4 + table
+        .inner()
+        .iter()
+        .map(|(k, v)| 1 + k.as_str().len() + value_len(v))
+        .sum::<usize>()
+}
+
+fn value_len(v: &AMQPValue) -> usize {
+    1 + match v {
+        AMQPValue::ShortString(s) => 1 + s.as_str().len(),
+        AMQPValue::LongString(s) => 4 + s.len(),
+        AMQPValue::ByteArray(b) => 4 + b.as_slice().len(),
+        AMQPValue::FieldArray(a) => 4 + a.as_slice().iter().map(value_len).sum::<usize>(),
+        AMQPValue::FieldTable(t) => table_len(t),
+        // Scalars: at most 9 bytes (a decimal is 5, a long long or timestamp 8).
+        _ => 9,
+    }
+}
+
+/// Publishes a copy to `bodflow.dlx` (mandatory: `bodflow.dead` missing is a return), fitted
+/// to the connection's frames ([`fit`]); the caller awaits the confirm.
 pub(super) async fn publish(
     channel: &Channel,
+    limit: FrameLimit,
     routing_key: &str,
     payload: &[u8],
     properties: BasicProperties,
 ) -> Result<lapin::PublisherConfirm, Error> {
+    let properties = fit(properties, limit)?;
     Ok(channel
         .basic_publish(
             short(topology::DLX)?,
@@ -174,6 +273,67 @@ mod tests {
             decode(b"\xff\xff not properties"),
             BasicProperties::default()
         );
+    }
+
+    #[test]
+    fn a_copy_that_outgrows_the_frame_asks_for_larger_ones_else_leaves_the_senders_headers_out() {
+        let mut headers = FieldTable::default();
+        headers.insert(
+            "note".into(),
+            AMQPValue::LongString("x".repeat(40_000).into()),
+        );
+        headers.insert(
+            "documentName".into(),
+            AMQPValue::LongString("Sync.X".into()),
+        );
+        let why = Why {
+            stage: "validate",
+            code: "missing_field",
+            reason: "Name: required",
+            path: None,
+        };
+        let copy = properties(&sent().with_headers(headers), &why);
+        let needed = header_frame_len(&copy);
+        assert!(needed > 40_000 && needed < 41_000, "{needed}");
+        let small = |can_grow| FrameLimit {
+            max: 32 * 1024,
+            can_grow,
+        };
+        assert_eq!(
+            fit(
+                copy.clone(),
+                FrameLimit {
+                    max: 128 * 1024,
+                    can_grow: true
+                }
+            )
+            .unwrap(),
+            copy
+        );
+        assert!(
+            matches!(fit(copy.clone(), small(true)), Err(Error::FrameTooSmall(n)) if n == needed)
+        );
+        let trimmed = fit(copy.clone(), small(false)).unwrap();
+        assert!(header_frame_len(&trimmed) < 32 * 1024);
+        let names: Vec<&str> = trimmed
+            .headers()
+            .as_ref()
+            .unwrap()
+            .inner()
+            .keys()
+            .map(|k| k.as_str())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "documentName",
+                "x-bodflow-code",
+                "x-bodflow-headers-dropped",
+                "x-bodflow-reason",
+                "x-bodflow-stage"
+            ]
+        );
+        assert_eq!(trimmed.message_id(), copy.message_id());
     }
 
     #[test]

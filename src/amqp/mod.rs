@@ -68,6 +68,10 @@ pub enum Error {
     Store(#[from] StoreError),
     #[error("worker task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    #[error(
+        "a dead-letter copy needs a {0}-byte header frame, more than the connection's frame_max"
+    )]
+    FrameTooSmall(usize),
 }
 
 impl Error {
@@ -84,6 +88,7 @@ impl Error {
             Error::LaneFailed => "lane_failed",
             Error::Store(e) => e.code(),
             Error::Task(_) => "task",
+            Error::FrameTooSmall(_) => "frame_too_small",
         }
     }
 }
@@ -165,17 +170,45 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A delivery's properties travel in one frame, which the broker does not split: a sender's
 /// headers over this size (the broker took them under its own, larger `frame_max`) arrive in
 /// a frame lapin refuses, closing the connection — and the redelivered message would close
-/// every next one. After such a failure the service connects with the broker's frame size
-/// instead ([`Frames`]), which holds whatever the broker accepted.
+/// every next one. After such a failure — or before publishing a dead-letter copy whose
+/// headers (the sender's and ours) would not fit — the service connects with
+/// [`FRAME_MAX_LARGE`] instead ([`Frames`]), and keeps doing so after restarts (store meta
+/// [`FRAMES_META`]).
 const FRAME_MAX: u32 = 32 * 1024;
 
-/// The frame size the next connection asks for.
+/// Frames asked for after a frame larger than [`FRAME_MAX`]: RabbitMQ's default `frame_max`
+/// (the broker lowers it if its own is lower), which holds the headers of whatever it accepted
+/// under that default. Asked for explicitly: a broker without a limit would otherwise make
+/// lapin size its buffers for 4 GiB frames.
+const FRAME_MAX_LARGE: u32 = 128 * 1024;
+
+/// Store meta key set once the service has needed [`Frames::Large`].
+const FRAMES_META: &str = "amqp.frames";
+
+/// The frame size a connection asks for (the URL's `frame_max` wins over both).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Frames {
-    /// [`FRAME_MAX`] (or the URL's `frame_max`).
+    /// [`FRAME_MAX`].
     Small,
-    /// The broker's `frame_max` (or the URL's), after a frame larger than [`FRAME_MAX`].
-    Broker,
+    /// [`FRAME_MAX_LARGE`].
+    Large,
+}
+
+/// What a session's dead-letter copies must fit in: the connection's negotiated
+/// `frame_max`, and whether a larger one could be asked for ([`dead_letter::fit`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FrameLimit {
+    pub max: usize,
+    pub can_grow: bool,
+}
+
+impl FrameLimit {
+    fn of(connection: &Connection, frames: Frames) -> FrameLimit {
+        FrameLimit {
+            max: connection.configuration().frame_max() as usize,
+            can_grow: frames == Frames::Small,
+        }
+    }
 }
 
 /// Whether the connection whose `events` these are failed on a frame larger than the
@@ -200,9 +233,10 @@ async fn connect(url: &str, frames: Frames) -> Result<Connection, Error> {
     let properties = ConnectionProperties::default().with_connection_name("bodflow".into());
     match url.parse::<lapin::uri::AMQPUri>() {
         Ok(mut uri) => {
-            if frames == Frames::Small {
-                uri.query.frame_max.get_or_insert(FRAME_MAX);
-            }
+            uri.query.frame_max.get_or_insert(match frames {
+                Frames::Small => FRAME_MAX,
+                Frames::Large => FRAME_MAX_LARGE,
+            });
             Ok(Connection::connect_uri(uri, properties).await?)
         }
         // lapin reports what is wrong with the URL.
@@ -323,7 +357,10 @@ async fn serve(
     let wake = Arc::new(Notify::new());
     let mut delay = options.reconnect_min;
     let mut reconnect = false;
-    let mut frames = Frames::Small;
+    let mut frames = match live.store().meta(FRAMES_META) {
+        Ok(Some(v)) if v == "large" => Frames::Large,
+        _ => Frames::Small,
+    };
     while !token.is_cancelled() {
         let connection = tokio::select! {
             () = token.cancelled() => break,
@@ -340,7 +377,7 @@ async fn serve(
                 readiness.set_connected(true);
                 let started = Instant::now();
                 let result = tokio::select! {
-                    result = session(&connection, live, &options, &token, &wake, readiness) => result,
+                    result = session(&connection, frames, live, &options, &token, &wake, readiness) => result,
                     () = async {
                         token.cancelled().await;
                         tokio::time::sleep(options.stop_timeout).await;
@@ -364,9 +401,14 @@ async fn serve(
                 if result.is_ok() && shutdown {
                     break;
                 }
-                if frames == Frames::Small && failed_on_large_frame(&mut events).await {
-                    tracing::warn!(frame_max = FRAME_MAX, "A delivery came in a frame larger than bodflow's frame_max (a sender's large headers): reconnecting with the broker's frame size, which costs about 6 MB more memory");
-                    frames = Frames::Broker;
+                let outgrown = matches!(result, Err(Error::FrameTooSmall(_)))
+                    || failed_on_large_frame(&mut events).await;
+                if frames == Frames::Small && outgrown {
+                    tracing::warn!(frame_max = FRAME_MAX, large = FRAME_MAX_LARGE, "A sender's headers do not fit bodflow's frames: reconnecting with larger ones from now on (about 6 MB more memory)");
+                    frames = Frames::Large;
+                    if let Err(e) = live.store().set_meta(FRAMES_META, "large") {
+                        tracing::warn!(error = %e, "Could not note the larger frames in the store; the next start begins with small ones again");
+                    }
                 }
                 if started.elapsed() > options.reconnect_max {
                     delay = options.reconnect_min;
@@ -398,6 +440,7 @@ async fn serve(
 /// side by side until shutdown or the first failure of either.
 async fn session(
     connection: &Connection,
+    frames: Frames,
     live: &Live,
     options: &RunOptions,
     shutdown: &CancellationToken,
@@ -420,8 +463,10 @@ async fn session(
 
     let session = shutdown.child_token();
     let stop_publisher = CancellationToken::new();
+    let frames = FrameLimit::of(connection, frames);
     let publisher = tokio::spawn(publisher::run(publisher::Publisher {
         channel: outbound,
+        frames,
         pipeline: pipeline.clone(),
         options: options.clone(),
         wake: wake.clone(),
@@ -435,6 +480,7 @@ async fn session(
             live,
             options,
             dead_letters: &dead_letters,
+            frames,
             wake,
             readiness,
         },
@@ -458,7 +504,8 @@ async fn session(
 /// would, and returns how many: for a command that holds the store while no service runs
 /// (`bodflow resync`). Declares the topology first, so every application queue exists.
 pub async fn publish_outbox(pipeline: Pipeline, options: RunOptions) -> Result<usize, Error> {
-    let connection = connect(&pipeline.config.amqp.url, Frames::Small).await?;
+    // Dead-letter rows may carry a sender's large headers; memory does not matter here.
+    let connection = connect(&pipeline.config.amqp.url, Frames::Large).await?;
     let admin = connection.create_channel().await?;
     topology::declare(&admin, &pipeline.config).await?;
     let _ = admin.close(200, "declared".into()).await;
@@ -466,6 +513,7 @@ pub async fn publish_outbox(pipeline: Pipeline, options: RunOptions) -> Result<u
     let token = CancellationToken::new();
     let publisher = publisher::Publisher {
         channel,
+        frames: FrameLimit::of(&connection, Frames::Large),
         pipeline,
         options,
         wake: Arc::new(Notify::new()),

@@ -50,6 +50,8 @@ use crate::telemetry::events::{
 /// Everything the publisher task owns for one session.
 pub(super) struct Publisher {
     pub channel: Channel,
+    /// What dead-letter copies must fit in.
+    pub frames: super::FrameLimit,
     pub pipeline: Pipeline,
     pub options: RunOptions,
     pub wake: Arc<Notify>,
@@ -382,6 +384,7 @@ impl Publisher {
                 dead_letter::properties(&dead_letter::decode(&delivered.properties), &why);
             return dead_letter::publish(
                 &self.channel,
+                self.frames,
                 &delivered.routing_key,
                 &delivered.payload,
                 properties,
