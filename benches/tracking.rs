@@ -118,6 +118,7 @@ fn build(n: usize) -> Fixture {
                             bod_id: Some(bod),
                             tracked: vec![at],
                             run: 0,
+                            parked: Vec::new(),
                         },
                     )?;
                 }

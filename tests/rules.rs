@@ -259,6 +259,48 @@ fn each_parked_noun_of_a_document_is_released_on_its_own() {
     assert_eq!(run(&p, &erp, "erp-two").outcome, Outcome::Duplicate);
 }
 
+/// A `Process` noun without an ID (the ERP asks the hub to place it), parked: once its
+/// release has linked it, another row for it — parked again by a deliberate retry of the
+/// document, or a copy of the row read before the release — is a duplicate. Run again, the
+/// noun would find its record linked already and park once more.
+#[test]
+fn a_parked_noun_is_released_once_however_many_rows_wait_for_it() {
+    let p = pipeline(CRM_FIRST);
+    let process = account("lid://erp", "", 1, Some("E-40"), None)
+        .replace("SyncCustomerPartyMaster", "ProcessCustomerPartyMaster")
+        .replace("<Sync>", "<Process>")
+        .replace("</Sync>", "</Process>");
+    assert_eq!(run(&p, &process, "erp-40").outcome, Outcome::Parked);
+    let stale = parked(&p).remove(0);
+    let retry = Input {
+        retry: true,
+        ..input(process.as_bytes(), "erp-40")
+    };
+    assert_eq!(p.process(&retry).unwrap().outcome, Outcome::Parked);
+    assert_eq!(parked(&p).len(), 2, "the retry parked the noun again");
+
+    let crm = run(
+        &p,
+        &account("lid://crm", "CRM-40", 1, Some("E-40"), None),
+        "crm-40",
+    );
+    let outcomes: Vec<_> = crm.released.iter().map(|r| (r.outcome, r.action)).collect();
+    assert_eq!(
+        outcomes,
+        [
+            (Outcome::Applied, Some(Action::Linked)),
+            (Outcome::Duplicate, None)
+        ],
+        "{:?}",
+        crm.decisions
+    );
+    assert!(parked(&p).is_empty());
+    let again = p.release(&stale, Utc::now()).unwrap();
+    assert_eq!(again.outcome, Outcome::Duplicate);
+    assert!(parked(&p).is_empty());
+    assert_eq!(p.store.records().count(), 1);
+}
+
 /// A new record carrying the value releases too (e-mail here), and so does a document in the
 /// same group commit as the parked one's trigger; a record of the other kind does not.
 #[test]

@@ -243,6 +243,9 @@ pub struct Context {
     /// The parked row this run releases: removed in the same transaction (a document that
     /// parks again gets a new row).
     pub unpark: Option<u64>,
+    /// The noun (its path) that parked row waits for, when the release runs that noun only
+    /// ([`release::prepare`]).
+    pub released_noun: Option<String>,
     /// The sender's ApplicationArea when it could be read (decoded, or sniffed from a broken
     /// document) — needed to answer with a ConfirmBOD.
     pub area: Option<ApplicationArea>,
@@ -280,6 +283,7 @@ impl Context {
             track: false,
             retry: false,
             unpark: None,
+            released_noun: None,
             area: None,
             verb: None,
             noun: None,
@@ -523,11 +527,60 @@ fn commit_one(tx: &Tx<'_>, config: &Config, prepared: &Prepared) -> TxResult<Rep
         tx.begin_run(&ctx.message_id, runs.unwrap_or_default(), ctx.received_ms)?;
     }
     let report = apply_in(tx, config, ctx, &prepared.state, previous.as_ref())?;
+    if !previous.as_ref().is_some_and(|m| upsert::blocks(m, ctx)) {
+        note_parked_nouns(tx, ctx, &prepared.state, &report, previous.as_ref())?;
+    }
     dead_letter(tx, ctx, &report)?;
     if ctx.track {
         track::record(tx, ctx, &report, previous)?;
     }
     Ok(report)
+}
+
+/// Keeps [`Marker::parked`] of a run that wrote its marker: the nouns parked before that still
+/// wait (a release takes its own off; any other run of the whole document starts afresh),
+/// plus those this run parked.
+fn note_parked_nouns(
+    tx: &Tx<'_>,
+    ctx: &Context,
+    state: &State,
+    report: &Report,
+    previous: Option<&Marker>,
+) -> TxResult<()> {
+    let State::Ready(doc) = state else {
+        return Ok(());
+    };
+    let mut parked: Vec<String> = match (ctx.unpark, previous) {
+        (Some(_), Some(m)) => m.parked.clone(),
+        _ => Vec::new(),
+    };
+    if let Some(noun) = &ctx.released_noun {
+        parked.retain(|p| p != noun);
+    }
+    let now_parked: Vec<&str> = match doc.items.as_slice() {
+        [item] if report.parked.is_some() => vec![item.path.as_str()],
+        _ => report
+            .nouns
+            .iter()
+            .filter(|n| n.outcome == Outcome::Parked)
+            .map(|n| n.path.as_str())
+            .collect(),
+    };
+    for path in now_parked {
+        if !parked.iter().any(|p| p == path) {
+            parked.push(path.to_string());
+        }
+    }
+    if parked.is_empty() && previous.is_none_or(|m| m.parked.is_empty()) {
+        return Ok(());
+    }
+    if let Some(mut marker) = tx.marker(&ctx.message_id)? {
+        if marker.parked != parked {
+            marker.parked = parked;
+            tx.put_marker(&ctx.message_id, &marker)?;
+        }
+    }
+    Ok(())
 }
 
 /// A rejected delivery goes to the dead-letter queue through the outbox: a row holding the
@@ -599,6 +652,7 @@ fn apply_in(
                     bod_id: bod_id(),
                     tracked: Vec::new(),
                     run: ctx.run,
+                    parked: Vec::new(),
                 },
             )?;
             let mut report = base_report(ctx, Outcome::Rejected);
@@ -628,6 +682,7 @@ fn apply_in(
                     bod_id: bod_id(),
                     tracked: Vec::new(),
                     run: ctx.run,
+                    parked: Vec::new(),
                 },
             )?;
             let mut report = base_report(ctx, Outcome::Parked);

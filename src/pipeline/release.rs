@@ -101,7 +101,9 @@ pub(super) fn rerun(
 /// document's other nouns were applied when it came (again, a `Process` noun without an ID
 /// would create a second record) or wait in rows of their own (again, they would park
 /// twice). Should the noun not be found (the row of a version whose paths differed), the
-/// whole document runs, as it did before rows named their noun.
+/// whole document runs, as it did before rows named their noun. A row whose noun was
+/// released since it was read, or that a retry of the document made redundant, is a
+/// duplicate ([`crate::store::Marker::parked`]).
 pub(super) fn prepare(config: &Config, parked: &Parked, received_at: DateTime<Utc>) -> Prepared {
     let mut prepared = super::prepare(
         config,
@@ -119,6 +121,7 @@ pub(super) fn prepare(config: &Config, parked: &Parked, received_at: DateTime<Ut
     if let (Some(path), State::Ready(doc)) = (&parked.noun, &mut prepared.state) {
         if let Some(at) = doc.items.iter().position(|item| &item.path == path) {
             doc.items = vec![doc.items.swap_remove(at)];
+            prepared.ctx.released_noun = Some(path.clone());
         }
     }
     prepared

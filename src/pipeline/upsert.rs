@@ -99,12 +99,13 @@ impl ItemResult {
 }
 
 /// Whether an existing marker makes this delivery a duplicate: always, except for a
-/// deliberate retry of a parked or rejected message id and the release of a parked row.
+/// deliberate retry of a parked or rejected message id, and the release of a noun's parked
+/// row while that noun is still parked ([`Marker::parked`]).
 pub fn blocks(marker: &Marker, ctx: &Context) -> bool {
-    // A parked row is work still owed under its message id, whatever the marker says: the
-    // release of another noun of the same document may have marked it applied since.
-    if ctx.unpark.is_some() {
-        return false;
+    // The row of one noun is work still owed while the marker lists that noun as parked,
+    // whatever its outcome says (the release of another noun may have marked it applied).
+    if let (Some(_), Some(noun)) = (ctx.unpark, &ctx.released_noun) {
+        return !marker.parked.contains(noun);
     }
     let retryable =
         marker.outcome == Outcome::Parked.as_str() || marker.outcome == Outcome::Rejected.as_str();
@@ -191,6 +192,7 @@ pub(super) fn put_marker(
             bod_id: ctx.area.as_ref().and_then(|a| a.bod_id.clone()),
             tracked: Vec::new(),
             run: ctx.run,
+            parked: Vec::new(),
         },
     )
 }

@@ -280,6 +280,13 @@ pub struct Marker {
     /// every run's outputs have BODIDs of their own.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub run: u32,
+    /// The nouns of this message's document (their paths) that wait in parked rows of their
+    /// own ([`Parked::noun`]): the release of such a row runs while its noun is listed here,
+    /// and takes it off. A row whose noun is no longer listed is stale — its noun was
+    /// released already, by another row of the same noun (a retry parks the document again)
+    /// or by a release that read the row before — and its release is a duplicate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parked: Vec<String>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -296,6 +303,7 @@ impl Marker {
             bod_id: None,
             tracked: Vec::new(),
             run: 0,
+            parked: Vec::new(),
         }
     }
 }

@@ -781,6 +781,7 @@ mod tests {
                         bod_id: run.bod_id.as_ref().map(|b| b.to_string()),
                         tracked: Vec::new(),
                         run: 0,
+                        parked: Vec::new(),
                     });
                     tx.put_marker(message_id, &marker)?;
                     let at = tx.track_run(message_id, run)?;
