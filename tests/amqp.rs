@@ -364,7 +364,7 @@ async fn large_headers(test: &str, note_len: usize) {
     assert_eq!(comparable_records(&store), expected.records);
     assert_eq!(
         store.meta("amqp.frames").unwrap().as_deref(),
-        Some("large"),
+        Some("131072"),
         "the next start asks for large frames at once"
     );
 

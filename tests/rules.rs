@@ -301,6 +301,61 @@ fn a_parked_noun_is_released_once_however_many_rows_wait_for_it() {
     assert_eq!(p.store.records().count(), 1);
 }
 
+/// A noun's row released while its application is inactive parks again as that noun's row
+/// (not the whole document's), and the noun stays listed as waiting: re-activated, the row
+/// runs that noun only, parks `no_match` again, and is applied when its value appears.
+#[test]
+fn a_nouns_row_parked_again_for_an_inactive_application_stays_that_nouns_row() {
+    let p = pipeline(CRM_FIRST);
+    let inactive = CRM_FIRST.replace("name = \"ERP\"\n", "name = \"ERP\"\nactive = false\n");
+    let off = Pipeline::new(
+        Arc::new(Config::from_toml(&inactive, "test").unwrap()),
+        p.store.clone(),
+    )
+    .unwrap();
+    let erp = two_nouns(
+        &account("lid://erp", "E-51", 1, Some("E-51"), None),
+        &account("lid://erp", "E-52", 1, Some("E-52"), None),
+    );
+    assert_eq!(run(&p, &erp, "erp-5x").outcome, Outcome::Parked);
+    let crm = run(
+        &p,
+        &account("lid://crm", "CRM-51", 1, Some("E-51"), None),
+        "crm-51",
+    );
+    assert_eq!(crm.released[0].outcome, Outcome::Applied);
+
+    let row = parked(&p).remove(0);
+    let released = off.release(&row, Utc::now()).unwrap();
+    assert_eq!(released.outcome, Outcome::Parked);
+    let rows = parked(&p);
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].reason, ParkReason::InactiveApplication);
+    assert_eq!(rows[0].noun, row.noun, "still the row of that noun");
+
+    let again = p.release_reactivated(Utc::now()).unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(
+        again[0].outcome,
+        Outcome::Parked,
+        "{:?}",
+        again[0].decisions
+    );
+    assert_eq!(parked(&p)[0].reason, ParkReason::NoMatch);
+    let crm = run(
+        &p,
+        &account("lid://crm", "CRM-52", 1, Some("E-52"), None),
+        "crm-52",
+    );
+    assert_eq!(crm.released.len(), 1, "{:?}", crm.decisions);
+    assert_eq!(
+        (crm.released[0].outcome, crm.released[0].action),
+        (Outcome::Applied, Some(Action::Linked))
+    );
+    assert!(parked(&p).is_empty());
+    assert_eq!(p.store.records().count(), 2);
+}
+
 /// A new record carrying the value releases too (e-mail here), and so does a document in the
 /// same group commit as the parked one's trigger; a record of the other kind does not.
 #[test]

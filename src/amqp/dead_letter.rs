@@ -92,25 +92,36 @@ fn kept(p: &BasicProperties) -> BasicProperties {
     out
 }
 
-/// The headers every copy keeps when the sender's do not fit: ours and ION's.
-const KEPT_HEADERS: [&str; 9] = [
-    "x-bodflow-stage",
-    "x-bodflow-code",
-    "x-bodflow-reason",
-    super::dlq::PATH_HEADER,
-    "documentName",
-    "fromLogicalId",
-    "toLogicalId",
-    "tenantId",
-    "variationId",
+/// The headers a copy keeps when the sender's do not fit, less and less of them until it
+/// does: ours and ION's, then ours, then the stage and code alone.
+const KEPT_HEADERS: [&[&str]; 3] = [
+    &[
+        "x-bodflow-stage",
+        "x-bodflow-code",
+        "x-bodflow-reason",
+        super::dlq::PATH_HEADER,
+        "documentName",
+        "fromLogicalId",
+        "toLogicalId",
+        "tenantId",
+        "variationId",
+    ],
+    &[
+        "x-bodflow-stage",
+        "x-bodflow-code",
+        "x-bodflow-reason",
+        super::dlq::PATH_HEADER,
+    ],
+    &["x-bodflow-stage", "x-bodflow-code"],
 ];
 
 /// The copy's properties as they fit in one frame of `limit`. A copy carries the sender's
 /// headers and ours, so it can outgrow the frame its delivery came in; the broker would close
 /// the connection over it (and again for the same row after every reconnect). When a larger
 /// frame can be asked for, the session ends with [`Error::FrameTooSmall`] and the next one
-/// asks for it; else the sender's other headers are left out (noted in
-/// `x-bodflow-headers-dropped`) rather than lose the copy.
+/// asks for it; else headers are left out ([`KEPT_HEADERS`], noted in
+/// `x-bodflow-headers-dropped`) rather than lose the copy. The stage and code with the other
+/// properties (short strings, 2.6 KiB at most) fit any frame AMQP allows (4 KiB at least).
 pub(super) fn fit(
     properties: BasicProperties,
     limit: FrameLimit,
@@ -122,29 +133,35 @@ pub(super) fn fit(
     if limit.can_grow {
         return Err(Error::FrameTooSmall(needed));
     }
-    let mut headers: FieldTable = properties
-        .headers()
-        .as_ref()
-        .map(|h| h.inner().clone())
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|(k, _)| KEPT_HEADERS.contains(&k.as_str()))
-        .collect::<std::collections::BTreeMap<_, _>>()
-        .into();
-    put_header(
-        &mut headers,
-        "x-bodflow-headers-dropped",
-        &format!(
-            "the sender's headers needed a {needed}-byte frame; frame_max is {}",
-            limit.max
-        ),
-    );
+    let all = properties.headers().clone().unwrap_or_default();
+    let mut fitted = properties;
+    for keep in KEPT_HEADERS {
+        let mut headers: FieldTable = all
+            .inner()
+            .iter()
+            .filter(|(k, _)| keep.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect::<std::collections::BTreeMap<_, _>>()
+            .into();
+        put_header(
+            &mut headers,
+            "x-bodflow-headers-dropped",
+            &format!(
+                "the headers needed a {needed}-byte frame; frame_max is {}",
+                limit.max
+            ),
+        );
+        fitted = fitted.with_headers(headers);
+        if header_frame_len(&fitted) <= limit.max {
+            break;
+        }
+    }
     tracing::warn!(
         needed,
         frame_max = limit.max,
         "A dead-letter copy's headers do not fit a frame: the sender's own headers are left out"
     );
-    Ok(properties.with_headers(headers))
+    Ok(fitted)
 }
 
 /// At least the bytes of the content header frame that carries `p` (AMQP 0-9-1 §4.2.6):
@@ -334,6 +351,19 @@ mod tests {
             ]
         );
         assert_eq!(trimmed.message_id(), copy.message_id());
+
+        // A large ION header goes too; ours stay.
+        let mut headers = FieldTable::default();
+        headers.insert(
+            "tenantId".into(),
+            AMQPValue::LongString("t".repeat(40_000).into()),
+        );
+        let copy = properties(&sent().with_headers(headers), &why);
+        let trimmed = fit(copy, small(false)).unwrap();
+        assert!(header_frame_len(&trimmed) < 32 * 1024);
+        let headers = trimmed.headers().as_ref().unwrap().inner();
+        assert!(headers.get("tenantId").is_none());
+        assert!(headers.get("x-bodflow-reason").is_some());
     }
 
     #[test]

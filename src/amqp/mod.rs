@@ -153,7 +153,7 @@ pub(crate) async fn confirmed(confirm: lapin::PublisherConfirm, what: &str) -> R
 
 /// Connects, declares the topology of `config` (new applications' queues), disconnects.
 pub async fn declare_topology(config: &Config) -> Result<(), Error> {
-    let connection = connect(&config.amqp.url, Frames::Small).await?;
+    let connection = connect(&config.amqp.url, Frames::SMALL).await?;
     let admin = connection.create_channel().await?;
     let declared = topology::declare(&admin, config).await;
     let _ = connection.close(200, "declared".into()).await;
@@ -171,27 +171,52 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// headers over this size (the broker took them under its own, larger `frame_max`) arrive in
 /// a frame lapin refuses, closing the connection — and the redelivered message would close
 /// every next one. After such a failure — or before publishing a dead-letter copy whose
-/// headers (the sender's and ours) would not fit — the service connects with
-/// [`FRAME_MAX_LARGE`] instead ([`Frames`]), and keeps doing so after restarts (store meta
-/// [`FRAMES_META`]).
+/// headers (the sender's and ours) would not fit — the service connects with larger frames
+/// ([`Frames::grown`]), and keeps doing so after restarts (store meta [`FRAMES_META`]).
 const FRAME_MAX: u32 = 32 * 1024;
 
-/// Frames asked for after a frame larger than [`FRAME_MAX`]: RabbitMQ's default `frame_max`
-/// (the broker lowers it if its own is lower), which holds the headers of whatever it accepted
-/// under that default. Asked for explicitly: a broker without a limit would otherwise make
-/// lapin size its buffers for 4 GiB frames.
-const FRAME_MAX_LARGE: u32 = 128 * 1024;
+/// The largest frames the service grows to, asked for explicitly: a broker without a limit
+/// would otherwise make lapin size its buffers for 4 GiB frames. RabbitMQ's default is
+/// 128 KiB; a broker configured above this can deliver headers bodflow cannot take.
+const FRAME_MAX_CEILING: u32 = 1024 * 1024;
 
-/// Store meta key set once the service has needed [`Frames::Large`].
+/// Store meta key: the frame size the service last grew to.
 const FRAMES_META: &str = "amqp.frames";
 
-/// The frame size a connection asks for (the URL's `frame_max` wins over both).
+/// The frame size a connection asks for (the URL's `frame_max` wins; the broker lowers it to
+/// its own if that is smaller).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Frames {
-    /// [`FRAME_MAX`].
-    Small,
-    /// [`FRAME_MAX_LARGE`].
-    Large,
+pub(crate) struct Frames(u32);
+
+impl Frames {
+    /// The service's start: [`FRAME_MAX`].
+    pub(crate) const SMALL: Frames = Frames(FRAME_MAX);
+    /// For commands, whose memory matters less than taking whatever a queue holds.
+    pub(crate) const LARGEST: Frames = Frames(FRAME_MAX_CEILING);
+
+    /// The next size after a frame of `needed` bytes did not fit: four times larger, at least
+    /// `needed`, at most [`FRAME_MAX_CEILING`]; `None` at the ceiling.
+    fn grown(self, needed: usize) -> Option<Frames> {
+        if self.0 >= FRAME_MAX_CEILING {
+            return None;
+        }
+        let mut next = self.0.saturating_mul(4);
+        while (next as usize) < needed && next < FRAME_MAX_CEILING {
+            next = next.saturating_mul(4);
+        }
+        Some(Frames(next.min(FRAME_MAX_CEILING)))
+    }
+
+    /// The size the store notes for the next start, if any and within bounds.
+    fn stored(store: &crate::store::Store) -> Frames {
+        match store.meta(FRAMES_META) {
+            Ok(Some(v)) => match v.parse::<u32>() {
+                Ok(n) if (FRAME_MAX..=FRAME_MAX_CEILING).contains(&n) => Frames(n),
+                _ => Frames::SMALL,
+            },
+            _ => Frames::SMALL,
+        }
+    }
 }
 
 /// What a session's dead-letter copies must fit in: the connection's negotiated
@@ -206,7 +231,7 @@ impl FrameLimit {
     fn of(connection: &Connection, frames: Frames) -> FrameLimit {
         FrameLimit {
             max: connection.configuration().frame_max() as usize,
-            can_grow: frames == Frames::Small,
+            can_grow: frames.grown(0).is_some(),
         }
     }
 }
@@ -233,10 +258,7 @@ async fn connect(url: &str, frames: Frames) -> Result<Connection, Error> {
     let properties = ConnectionProperties::default().with_connection_name("bodflow".into());
     match url.parse::<lapin::uri::AMQPUri>() {
         Ok(mut uri) => {
-            uri.query.frame_max.get_or_insert(match frames {
-                Frames::Small => FRAME_MAX,
-                Frames::Large => FRAME_MAX_LARGE,
-            });
+            uri.query.frame_max.get_or_insert(frames.0);
             Ok(Connection::connect_uri(uri, properties).await?)
         }
         // lapin reports what is wrong with the URL.
@@ -357,10 +379,7 @@ async fn serve(
     let wake = Arc::new(Notify::new());
     let mut delay = options.reconnect_min;
     let mut reconnect = false;
-    let mut frames = match live.store().meta(FRAMES_META) {
-        Ok(Some(v)) if v == "large" => Frames::Large,
-        _ => Frames::Small,
-    };
+    let mut frames = Frames::stored(live.store());
     while !token.is_cancelled() {
         let connection = tokio::select! {
             () = token.cancelled() => break,
@@ -401,13 +420,21 @@ async fn serve(
                 if result.is_ok() && shutdown {
                     break;
                 }
-                let outgrown = matches!(result, Err(Error::FrameTooSmall(_)))
-                    || failed_on_large_frame(&mut events).await;
-                if frames == Frames::Small && outgrown {
-                    tracing::warn!(frame_max = FRAME_MAX, large = FRAME_MAX_LARGE, "A sender's headers do not fit bodflow's frames: reconnecting with larger ones from now on (about 6 MB more memory)");
-                    frames = Frames::Large;
-                    if let Err(e) = live.store().set_meta(FRAMES_META, "large") {
-                        tracing::warn!(error = %e, "Could not note the larger frames in the store; the next start begins with small ones again");
+                let needed = match result {
+                    Err(Error::FrameTooSmall(needed)) => Some(needed),
+                    _ if failed_on_large_frame(&mut events).await => Some(0),
+                    _ => None,
+                };
+                if let Some(needed) = needed {
+                    match frames.grown(needed) {
+                        Some(grown) => {
+                            tracing::warn!(frame_max = frames.0, next = grown.0, "A sender's headers do not fit bodflow's frames: reconnecting with larger ones from now on (lapin keeps 64 of them as buffers)");
+                            frames = grown;
+                            if let Err(e) = live.store().set_meta(FRAMES_META, &grown.0.to_string()) {
+                                tracing::warn!(error = %e, "Could not note the larger frames in the store; the next start begins with small ones again");
+                            }
+                        }
+                        None => tracing::error!(frame_max = frames.0, "A delivery's headers exceed the largest frames bodflow asks for: lower the broker's frame_max (RabbitMQ's default is 128 KiB) or set frame_max in amqp.url"),
                     }
                 }
                 if started.elapsed() > options.reconnect_max {
@@ -505,7 +532,7 @@ async fn session(
 /// (`bodflow resync`). Declares the topology first, so every application queue exists.
 pub async fn publish_outbox(pipeline: Pipeline, options: RunOptions) -> Result<usize, Error> {
     // Dead-letter rows may carry a sender's large headers; memory does not matter here.
-    let connection = connect(&pipeline.config.amqp.url, Frames::Large).await?;
+    let connection = connect(&pipeline.config.amqp.url, Frames::LARGEST).await?;
     let admin = connection.create_channel().await?;
     topology::declare(&admin, &pipeline.config).await?;
     let _ = admin.close(200, "declared".into()).await;
@@ -513,7 +540,7 @@ pub async fn publish_outbox(pipeline: Pipeline, options: RunOptions) -> Result<u
     let token = CancellationToken::new();
     let publisher = publisher::Publisher {
         channel,
-        frames: FrameLimit::of(&connection, Frames::Large),
+        frames: FrameLimit::of(&connection, Frames::LARGEST),
         pipeline,
         options,
         wake: Arc::new(Notify::new()),
@@ -567,7 +594,7 @@ impl Sender {
     /// Connects and declares the topology, so that messages sent before the service starts
     /// wait in `bodflow.inbound`.
     pub async fn connect(config: &Config) -> Result<Sender, Error> {
-        let connection = connect(&config.amqp.url, Frames::Small).await?;
+        let connection = connect(&config.amqp.url, Frames::SMALL).await?;
         let admin = connection.create_channel().await?;
         topology::declare(&admin, config).await?;
         let _ = admin.close(200, "declared".into()).await;
@@ -673,6 +700,16 @@ pub fn document_name(bytes: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn frames_grow_fourfold_or_to_what_was_needed_up_to_the_ceiling() {
+        assert_eq!(Frames::SMALL.grown(0), Some(Frames(128 * 1024)));
+        assert_eq!(Frames::SMALL.grown(40_000), Some(Frames(128 * 1024)));
+        assert_eq!(Frames::SMALL.grown(200_000), Some(Frames(512 * 1024)));
+        assert_eq!(Frames(512 * 1024).grown(0), Some(Frames::LARGEST));
+        assert_eq!(Frames::SMALL.grown(usize::MAX), Some(Frames::LARGEST));
+        assert_eq!(Frames::LARGEST.grown(0), None);
+    }
 
     #[tokio::test]
     async fn all_in_order_starts_every_future_in_order_and_keeps_their_order() {

@@ -494,6 +494,16 @@ fn commit_in(tx: &Tx<'_>, config: &Config, prepared: &Prepared) -> TxResult<Repo
 fn commit_one(tx: &Tx<'_>, config: &Config, prepared: &Prepared) -> TxResult<Report> {
     let ctx = &prepared.ctx;
     if let Some(seq) = ctx.unpark {
+        // Released already (an operator's list read before an automatic release took it):
+        // nothing left to do.
+        if tx.parked(seq)?.is_none() {
+            let mut report = base_report(ctx, Outcome::Duplicate);
+            report.decisions.push(Decision::new(
+                Stage::Upsert,
+                format!("parked row {seq} was released already"),
+            ));
+            return Ok(report);
+        }
         // bodflow failed on the released document (a bug): its parked row is its only copy
         // (a release has no delivery to dead-letter), so it stays parked.
         if let State::Rejected { rejection, .. } = &prepared.state {
@@ -538,8 +548,8 @@ fn commit_one(tx: &Tx<'_>, config: &Config, prepared: &Prepared) -> TxResult<Rep
 }
 
 /// Keeps [`Marker::parked`] of a run that wrote its marker: the nouns parked before that still
-/// wait (a release takes its own off; any other run of the whole document starts afresh),
-/// plus those this run parked.
+/// wait (a noun's release takes its own off; a run of the whole document starts afresh), plus
+/// those this run parked.
 fn note_parked_nouns(
     tx: &Tx<'_>,
     ctx: &Context,
@@ -547,24 +557,26 @@ fn note_parked_nouns(
     report: &Report,
     previous: Option<&Marker>,
 ) -> TxResult<()> {
-    let State::Ready(doc) = state else {
-        return Ok(());
-    };
-    let mut parked: Vec<String> = match (ctx.unpark, previous) {
-        (Some(_), Some(m)) => m.parked.clone(),
+    // A noun's release keeps the others listed; a run of the whole document lists afresh.
+    let mut parked: Vec<String> = match (&ctx.released_noun, previous) {
+        (Some(noun), Some(m)) if ctx.unpark.is_some() => {
+            m.parked.iter().filter(|p| *p != noun).cloned().collect()
+        }
         _ => Vec::new(),
     };
-    if let Some(noun) = &ctx.released_noun {
-        parked.retain(|p| p != noun);
-    }
-    let now_parked: Vec<&str> = match doc.items.as_slice() {
-        [item] if report.parked.is_some() => vec![item.path.as_str()],
-        _ => report
-            .nouns
-            .iter()
-            .filter(|n| n.outcome == Outcome::Parked)
-            .map(|n| n.path.as_str())
-            .collect(),
+    let now_parked: Vec<&str> = match state {
+        State::Ready(doc) => match doc.items.as_slice() {
+            [item] if report.parked.is_some() => vec![item.path.as_str()],
+            _ => report
+                .nouns
+                .iter()
+                .filter(|n| n.outcome == Outcome::Parked)
+                .map(|n| n.path.as_str())
+                .collect(),
+        },
+        // A noun's row parked again for an inactive application.
+        State::Inactive { .. } => ctx.released_noun.as_deref().into_iter().collect(),
+        State::Rejected { .. } => Vec::new(),
     };
     for path in now_parked {
         if !parked.iter().any(|p| p == path) {
@@ -672,7 +684,8 @@ fn apply_in(
                 payload: ctx.payload.clone(),
                 envelope: ctx.envelope.clone(),
                 match_values: Vec::new(),
-                noun: None,
+                // A noun's row stays that noun's row.
+                noun: ctx.released_noun.clone(),
             })?;
             tx.put_marker(
                 &ctx.message_id,

@@ -118,10 +118,19 @@ pub(super) fn prepare(config: &Config, parked: &Parked, received_at: DateTime<Ut
         },
     );
     prepared.ctx.unpark = Some(parked.seq);
-    if let (Some(path), State::Ready(doc)) = (&parked.noun, &mut prepared.state) {
-        if let Some(at) = doc.items.iter().position(|item| &item.path == path) {
-            doc.items = vec![doc.items.swap_remove(at)];
-            prepared.ctx.released_noun = Some(path.clone());
+    if let Some(path) = &parked.noun {
+        match &mut prepared.state {
+            State::Ready(doc) => {
+                if let Some(at) = doc.items.iter().position(|item| &item.path == path) {
+                    doc.items = vec![doc.items.swap_remove(at)];
+                    prepared.ctx.released_noun = Some(path.clone());
+                }
+            }
+            // Still the row of that noun: refused (the whole document), or parked again for
+            // an inactive application — as that noun's row ([`super::apply_in`]).
+            State::Rejected { .. } | State::Inactive { .. } => {
+                prepared.ctx.released_noun = Some(path.clone());
+            }
         }
     }
     prepared

@@ -104,8 +104,10 @@ impl ItemResult {
 pub fn blocks(marker: &Marker, ctx: &Context) -> bool {
     // The row of one noun is work still owed while the marker lists that noun as parked,
     // whatever its outcome says (the release of another noun may have marked it applied).
+    // (A marker of the version before the list, `parked` with none listed, lets it run.)
     if let (Some(_), Some(noun)) = (ctx.unpark, &ctx.released_noun) {
-        return !marker.parked.contains(noun);
+        let unlisted = marker.parked.is_empty() && marker.outcome == Outcome::Parked.as_str();
+        return !(marker.parked.contains(noun) || unlisted);
     }
     let retryable =
         marker.outcome == Outcome::Parked.as_str() || marker.outcome == Outcome::Rejected.as_str();
