@@ -43,6 +43,11 @@ fn pipeline_on(config: &str, store: &Arc<Store>) -> Pipeline {
     .unwrap()
 }
 
+/// The hub record `id` (a report's `record`), which must be stored.
+fn stored(p: &Pipeline, id: Option<&str>) -> bodflow::store::HubRecord {
+    p.store.record(id.expect("a record id")).unwrap().unwrap()
+}
+
 /// [`CONFIG`] with LN inactive: its documents park.
 fn inactive_ln() -> String {
     CONFIG.replace("name = \"LN\"\n", "name = \"LN\"\nactive = false\n")
@@ -142,11 +147,7 @@ fn group_commit_sees_earlier_documents_of_the_same_group() {
         outcomes,
         vec![Outcome::Applied, Outcome::Duplicate, Outcome::Applied]
     );
-    let contact = p
-        .store
-        .record(reports[2].record.as_deref().unwrap())
-        .unwrap()
-        .unwrap();
+    let contact = stored(&p, reports[2].record.as_deref());
     assert_eq!(contact.account.as_deref(), reports[0].record.as_deref());
 }
 
@@ -156,16 +157,8 @@ fn a_contact_before_its_account_waits_on_the_default_account_and_is_relinked() {
     let early = p
         .process(&input(contact("P9", "C9").as_bytes(), "m-1", false))
         .unwrap();
-    let con = p
-        .store
-        .record(early.record.as_deref().unwrap())
-        .unwrap()
-        .unwrap();
-    let placeholder = p
-        .store
-        .record(con.account.as_deref().unwrap())
-        .unwrap()
-        .unwrap();
+    let con = stored(&p, early.record.as_deref());
+    let placeholder = stored(&p, con.account.as_deref());
     assert!(placeholder.placeholder);
     assert_eq!(
         placeholder.fields.identity.account_number.as_deref(),
@@ -180,7 +173,7 @@ fn a_contact_before_its_account_waits_on_the_default_account_and_is_relinked() {
             false,
         ))
         .unwrap();
-    let con = p.store.record(&con.id).unwrap().unwrap();
+    let con = stored(&p, Some(&con.id));
     assert_eq!(con.account, acc.record, "re-linked to the arrived account");
     assert!(con.intended_parent.is_none());
     assert!(acc.decisions.iter().any(|d| d.contains("re-linked")));
@@ -272,19 +265,9 @@ fn the_account_a_placeholder_stood_for_takes_it_over_and_is_then_a_record_like_a
     let orphan = p
         .process(&input(contact("P1", "").as_bytes(), "m-1", false))
         .unwrap();
-    let con = p
-        .store
-        .record(orphan.record.as_deref().unwrap())
-        .unwrap()
-        .unwrap();
+    let con = stored(&p, orphan.record.as_deref());
     let placeholder_id = con.account.clone().unwrap();
-    assert!(
-        p.store
-            .record(&placeholder_id)
-            .unwrap()
-            .unwrap()
-            .placeholder
-    );
+    assert!(stored(&p, Some(&placeholder_id)).placeholder);
 
     // LN's own catch-all account: its account number is the default account's.
     let real = account("C1", "Orphans Ltd", "AUT").replace(
@@ -298,7 +281,7 @@ fn the_account_a_placeholder_stood_for_takes_it_over_and_is_then_a_record_like_a
         "{:?}",
         linked.decisions
     );
-    let record = p.store.record(&placeholder_id).unwrap().unwrap();
+    let record = stored(&p, Some(&placeholder_id));
     assert!(!record.placeholder);
     assert_eq!(record.created_by, "lid://ln");
     assert!(
@@ -313,11 +296,7 @@ fn the_account_a_placeholder_stood_for_takes_it_over_and_is_then_a_record_like_a
     let next = p
         .process(&input(contact("P2", "").as_bytes(), "m-3", false))
         .unwrap();
-    let con = p
-        .store
-        .record(next.record.as_deref().unwrap())
-        .unwrap()
-        .unwrap();
+    let con = stored(&p, next.record.as_deref());
     assert_eq!(con.account.as_deref(), Some(placeholder_id.as_str()));
 }
 
@@ -381,11 +360,7 @@ fn an_operator_link_to_the_placeholder_makes_it_the_applications_account() {
     let orphan = p
         .process(&input(contact("P1", "").as_bytes(), "m-1", false))
         .unwrap();
-    let con = p
-        .store
-        .record(orphan.record.as_deref().unwrap())
-        .unwrap()
-        .unwrap();
+    let con = stored(&p, orphan.record.as_deref());
     let placeholder = con.account.clone().unwrap();
     let done = p
         .link(&bodflow::pipeline::link::LinkRequest {
@@ -407,7 +382,7 @@ fn an_operator_link_to_the_placeholder_makes_it_the_applications_account() {
         "{:?}",
         done.report.decisions
     );
-    let record = p.store.record(&placeholder).unwrap().unwrap();
+    let record = stored(&p, Some(&placeholder));
     assert!(!record.placeholder);
     assert_eq!(record.created_by, "lid://ln");
 }

@@ -231,7 +231,7 @@ impl FrameLimit {
     fn of(connection: &Connection, frames: Frames) -> FrameLimit {
         FrameLimit {
             max: connection.configuration().frame_max() as usize,
-            can_grow: frames.grown(0).is_some(),
+            can_grow: frames.0 < FRAME_MAX_CEILING,
         }
     }
 }

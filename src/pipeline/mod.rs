@@ -520,10 +520,12 @@ fn commit_one(tx: &Tx<'_>, config: &Config, prepared: &Prepared) -> TxResult<Rep
         tx.unpark(seq)?;
     }
     let previous = tx.marker(&ctx.message_id)?;
+    // The marker that makes this a duplicate, if it does.
+    let blocking = previous.as_ref().filter(|m| upsert::blocks(m, ctx));
     // A deliberate retry of a message id is its next run: its outputs get BODIDs of their own.
     let retry;
     let ctx = match &previous {
-        Some(m) if !upsert::blocks(m, ctx) => {
+        Some(m) if blocking.is_none() => {
             retry = Context {
                 run: m.run + 1,
                 ..ctx.clone()
@@ -536,8 +538,8 @@ fn commit_one(tx: &Tx<'_>, config: &Config, prepared: &Prepared) -> TxResult<Rep
         let runs = previous.as_ref().map(|m| m.tracked.as_slice());
         tx.begin_run(&ctx.message_id, runs.unwrap_or_default(), ctx.received_ms)?;
     }
-    let report = apply_in(tx, config, ctx, &prepared.state, previous.as_ref())?;
-    if !previous.as_ref().is_some_and(|m| upsert::blocks(m, ctx)) {
+    let report = apply_in(tx, config, ctx, &prepared.state, blocking)?;
+    if blocking.is_none() {
         note_parked_nouns(tx, ctx, &prepared.state, &report, previous.as_ref())?;
     }
     dead_letter(tx, ctx, &report)?;
@@ -635,18 +637,18 @@ fn dead_letter(tx: &Tx<'_>, ctx: &Context, report: &Report) -> TxResult<()> {
 /// The `kind` of an outbox row that dead-letters a delivery.
 pub const DEAD_LETTER: &str = "DeadLetter";
 
+/// One document's effects; a duplicate's report when `blocking` (its message id's marker) says
+/// it was processed before.
 fn apply_in(
     tx: &Tx<'_>,
     config: &Config,
     ctx: &Context,
     state: &State,
-    previous: Option<&Marker>,
+    blocking: Option<&Marker>,
 ) -> TxResult<Report> {
     let bod_id = || ctx.area.as_ref().and_then(|a| a.bod_id.clone());
-    if let Some(m) = previous {
-        if upsert::blocks(m, ctx) {
-            return Ok(upsert::duplicate_message(ctx, m).into_report(ctx, None));
-        }
+    if let Some(m) = blocking {
+        return Ok(upsert::duplicate_message(ctx, m).into_report(ctx, None));
     }
     match state {
         State::Rejected {
