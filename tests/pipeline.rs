@@ -300,21 +300,39 @@ fn the_account_a_placeholder_stood_for_takes_it_over_and_is_then_a_record_like_a
     assert_eq!(con.account.as_deref(), Some(placeholder_id.as_str()));
 }
 
+/// [`CONFIG`] with LN's accounts and contacts deleted hard.
+fn hard_deletes() -> String {
+    CONFIG.replace(
+        "default_account = \"ORPHANS\"\n",
+        "default_account = \"ORPHANS\"\n[applications.flows.CustomerPartyMaster]\ninbound = { create = true, update = true, delete = \"hard\" }\n[applications.flows.ContactMaster]\ninbound = { create = true, update = true, delete = \"hard\" }\n",
+    )
+}
+
+/// `bod` with `actionCode` `action`.
+fn with_action(bod: &str, action: &str) -> String {
+    bod.replace(
+        "<Sync>",
+        &format!(
+            r#"<Sync><ActionCriteria><ActionExpression actionCode="{action}"/></ActionCriteria>"#
+        ),
+    )
+}
+
+/// LN's account C7 at `variation`, with `actionCode` `action`.
+fn c7_at(variation: u32, action: &str) -> String {
+    with_action(
+        &account("C7", "Epsilon", "AUT").replace(
+            r#"variationID="1""#,
+            &format!(r#"variationID="{variation}""#),
+        ),
+        action,
+    )
+}
+
 #[test]
 fn after_a_hard_delete_only_a_newer_variation_brings_the_record_back() {
-    let config = CONFIG.replace(
-        "default_account = \"ORPHANS\"\n",
-        "default_account = \"ORPHANS\"\n[applications.flows.CustomerPartyMaster]\ninbound = { create = true, update = true, delete = \"hard\" }\n",
-    );
-    let p = pipeline_with(&config);
-    let at = |variation: u32, action: &str| {
-        account("C7", "Epsilon", "AUT")
-            .replace(r#"variationID="1""#, &format!(r#"variationID="{variation}""#))
-            .replace(
-                "<Sync>",
-                &format!(r#"<Sync><ActionCriteria><ActionExpression actionCode="{action}"/></ActionCriteria>"#),
-            )
-    };
+    let p = pipeline_with(&hard_deletes());
+    let at = c7_at;
     let created = p
         .process(&input(at(6, "Change").as_bytes(), "m-6", false))
         .unwrap();
@@ -352,6 +370,88 @@ fn after_a_hard_delete_only_a_newer_variation_brings_the_record_back() {
         .process(&input(at(5, "Change").as_bytes(), "m-5b", false))
         .unwrap();
     assert_eq!(older.outcome, Outcome::Stale);
+}
+
+#[test]
+fn a_hard_deleted_accounts_contacts_wait_for_it_and_follow_it_when_it_comes_back() {
+    let p = pipeline_with(&hard_deletes());
+    let at = c7_at;
+    let run = |bod: String, id: &str| {
+        let report = p.process(&input(bod.as_bytes(), id, false)).unwrap();
+        assert_eq!(
+            report.outcome,
+            Outcome::Applied,
+            "{id}: {:?}",
+            report.decisions
+        );
+        report
+    };
+    let created = run(at(6, "Change"), "m-6");
+    let ada = run(contact("P1", "C7"), "m-p1").record;
+    let bob = run(contact("P2", "C7"), "m-p2").record;
+    assert_eq!(stored(&p, ada.as_deref()).account, created.record);
+
+    let deleted = run(at(7, "Delete"), "m-7");
+    let announced: Vec<&str> = deleted.outputs.iter().map(|o| o.kind.as_str()).collect();
+    assert_eq!(
+        announced,
+        ["SyncContactMaster", "SyncContactMaster"],
+        "the contacts' new employer to CRM (which never had the account to delete)"
+    );
+    for contact in [&ada, &bob] {
+        let con = stored(&p, contact.as_deref());
+        let kept_on = con.account.clone().expect("kept on LN's default account");
+        assert_ne!(
+            Some(&kept_on),
+            created.record.as_ref(),
+            "not the deleted account"
+        );
+        assert!(stored(&p, Some(&kept_on)).placeholder);
+        let waits_for = con.intended_parent.expect("waits for the account");
+        assert_eq!(
+            (waits_for.application.as_str(), waits_for.id.as_str()),
+            ("lid://ln", "C7")
+        );
+    }
+    assert!(
+        deleted
+            .decisions
+            .iter()
+            .any(|d| d.contains("wait for it again")),
+        "{:?}",
+        deleted.decisions
+    );
+
+    // LN creates the account again: its contacts follow it.
+    let again = run(at(8, "Add"), "m-8");
+    for contact in [&ada, &bob] {
+        let con = stored(&p, contact.as_deref());
+        assert_eq!(con.account, again.record);
+        assert_eq!(con.intended_parent, None);
+    }
+    let relinked = again
+        .outputs
+        .iter()
+        .filter(|o| o.kind == "SyncContactMaster")
+        .count();
+    assert_eq!(relinked, 2, "{:?}", again.outputs);
+
+    // A hard-deleted contact leaves its account's contacts: the next delete of the account
+    // releases only the other one.
+    run(with_action(&contact("P2", "C7"), "Delete"), "m-p2-delete");
+    let deleted = run(at(9, "Delete"), "m-9");
+    let released: Vec<&str> = deleted
+        .decisions
+        .iter()
+        .map(|d| d.text.as_str())
+        .filter(|d| d.contains("wait for it again"))
+        .collect();
+    assert_eq!(released.len(), 1, "{:?}", deleted.decisions);
+    let (ada, bob) = (ada.unwrap(), bob.unwrap());
+    assert!(
+        released[0].contains(ada.as_str()) && !released[0].contains(bob.as_str()),
+        "{released:?}"
+    );
 }
 
 #[test]

@@ -15,7 +15,8 @@
 //!    on first use) with the intended parent remembered, and the contact is re-linked when
 //!    that account arrives.
 //! 5. **Delete** per the inbound flow: soft (marked deleted, stops flowing), hard (removed with
-//!    its cross-references), or off (filtered).
+//!    its cross-references; a hard-deleted account's contacts wait for it again, as in 4), or
+//!    off (filtered).
 //! 6. **Classification**: contacts from an application with `stamp_classification` get it
 //!    (new ones become employees of their account).
 //!
@@ -629,10 +630,17 @@ fn delete(
             if let Some(parent) = &record.intended_parent {
                 forget_waiting(tx, parent, &record.id)?;
             }
+            tx.move_contact(&record.id, record.account.as_deref(), None);
             tx.remove_record(&record.id)?;
             format!("hard-deleted {} ({})", record.id, item.key.display())
         }
     };
+    let mut notes = vec![note];
+    if mode == DeleteMode::Hard && record.kind == Kind::Account {
+        // After the account left the store (and its number the match index): the contacts
+        // cannot fall back to it as their default account.
+        release_contacts(tx, config, doc, &record, &item.key, em, &mut notes)?;
+    }
     applied(
         tx,
         doc,
@@ -640,7 +648,7 @@ fn delete(
         Action::Deleted,
         &record,
         Announce::Deleted,
-        vec![note],
+        notes,
     )
 }
 
@@ -1004,7 +1012,7 @@ fn link_employer(
             if record.account.as_deref() != Some(account.as_str()) {
                 notes.push(format!("contact of {account}"));
             }
-            record.account = Some(account);
+            set_account(tx, record, Some(account));
         }
         (None, Some(parent)) => {
             if previous_intent.as_ref() != Some(parent) {
@@ -1018,7 +1026,8 @@ fn link_employer(
                 tx.set_waiting_children(parent, &waiting)?;
             }
             record.intended_parent = Some(parent.clone());
-            record.account = default_account(tx, config, app)?;
+            let account = default_account(tx, config, app)?;
+            set_account(tx, record, account);
             notes.push(format!(
                 "account {} unknown: {}, re-linked when it arrives",
                 parent.display(),
@@ -1030,12 +1039,91 @@ fn link_employer(
         }
         (None, None) => {
             if record.account.is_none() {
-                record.account = default_account(tx, config, app)?;
+                let account = default_account(tx, config, app)?;
+                set_account(tx, record, account);
                 if let Some(a) = &record.account {
                     notes.push(format!("no EmployerReference: default account {a}"));
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// Sets a contact's account, keeping the account→contacts index in step.
+fn set_account(tx: &Tx<'_>, record: &mut HubRecord, account: Option<String>) {
+    tx.move_contact(&record.id, record.account.as_deref(), account.as_deref());
+    record.account = account;
+}
+
+/// The contacts of a hard-deleted account wait for it again, as a contact waits for an
+/// account it names before the account arrives: each waits under the key its own
+/// application knew the account by (else the key the delete came by), is kept on that
+/// application's default account (or without an account) meanwhile, and is announced with
+/// its new employer. When the application creates the account again (a newer variationID),
+/// they are re-linked to it. A contact already waiting for another account keeps waiting
+/// for that one.
+fn release_contacts(
+    tx: &Tx<'_>,
+    config: &Config,
+    doc: &Doc,
+    account: &HubRecord,
+    deleted_by: &XrefKey,
+    em: &mut Emitter<'_>,
+    notes: &mut Vec<String>,
+) -> TxResult<()> {
+    let contacts = tx.contacts_of(&account.id)?;
+    let mut released = Vec::new();
+    for contact_id in &contacts {
+        let Some(mut contact) = tx.record(contact_id)? else {
+            tx.move_contact(contact_id, Some(&account.id), None);
+            continue;
+        };
+        let parent = match &contact.intended_parent {
+            Some(parent) => parent.clone(),
+            None => {
+                let parent = contact
+                    .xrefs
+                    .iter()
+                    .find_map(|c| {
+                        account
+                            .xrefs
+                            .iter()
+                            .find(|a| a.application == c.application)
+                    })
+                    .map_or_else(|| deleted_by.clone(), |a| a.key(Kind::Account));
+                let mut waiting = tx.waiting_children(&parent)?;
+                if !waiting.contains(&contact.id) {
+                    waiting.push(contact.id.clone());
+                }
+                tx.set_waiting_children(&parent, &waiting)?;
+                contact.intended_parent = Some(parent.clone());
+                parent
+            }
+        };
+        let fallback = match config
+            .applications
+            .iter()
+            .find(|a| a.logical_id == parent.application)
+        {
+            Some(app) => default_account(tx, config, app)?,
+            None => None,
+        };
+        set_account(tx, &mut contact, fallback);
+        contact.revision += 1;
+        tx.put_record(&contact)?;
+        em.fan_out(tx, doc.app, &contact, false)?;
+        released.push(match &contact.account {
+            Some(a) => format!("{} (kept on {a})", contact.id),
+            None => format!("{} (kept without account)", contact.id),
+        });
+    }
+    if !released.is_empty() {
+        notes.push(format!(
+            "contacts of {} wait for it again: {}",
+            account.id,
+            released.join(", ")
+        ));
     }
     Ok(())
 }
@@ -1172,7 +1260,7 @@ pub(super) fn relink_waiting(
         let Some(mut contact) = tx.record(contact_id)? else {
             continue;
         };
-        contact.account = Some(account.to_string());
+        set_account(tx, &mut contact, Some(account.to_string()));
         contact.intended_parent = None;
         contact.revision += 1;
         tx.put_record(&contact)?;

@@ -15,6 +15,7 @@
 //! | `p` | big-endian sequence | [`Parked`] |
 //! | `n` | kind, match key, normalised value | sequences of `no_match` parked documents carrying it |
 //! | `c` | parent xref key | contact hub IDs waiting for that account |
+//! | `e` | account hub ID, contact hub ID | nothing: the account's contacts ([`Tx::contacts_of`]) |
 //! | `s` | counter name | big-endian u64 |
 //! | `a` | hub ID, big-endian sequence | [`AuditEntry`] of an operator action on the record |
 //! | `b` | BODID of a Process bodflow sent | [`Correlation`]: what its Acknowledge answers |
@@ -22,9 +23,10 @@
 //!
 //! A transaction ([`Store::transact`]) is a write set applied as one atomic sled batch, with
 //! writers serialized: bodflow has one committer, and sled's optimistic transactions cost a
-//! third of the commit time for conflicts that cannot happen. Lookups are by key only, which
+//! third of the commit time for conflicts that cannot happen. Lookups are by key, which
 //! is why cross-references are also kept on the record and waiting contacts are a list under
-//! their parent's key.
+//! their parent's key; the one prefix a transaction walks is an account's contacts (`e`, one
+//! key a contact, so linking one writes one key however many the account has).
 //!
 //! Durability: sled writes go to its log and are flushed by [`Store::flush`] (group commit by
 //! the caller) and by sled's background flusher; nothing is durable before a flush.
@@ -436,6 +438,42 @@ fn scan_markers(hub: &sled::Tree, filter: &MarkerFilter) {
     tracing::debug!(bytes = filter.bytes(), "Message-id marker filter ready");
 }
 
+/// Store meta entry set once the account→contacts index (`e`) is complete.
+const CONTACT_INDEX_META: &str = "index.contacts";
+
+/// Builds the account→contacts index (`e`) of a store written before it existed, once: one
+/// pass over the records at the first open. Every transaction since keeps it.
+fn index_contacts(hub: &sled::Tree) -> Result<(), StoreError> {
+    let done = key(b's', &["meta", CONTACT_INDEX_META]);
+    if hub.contains_key(&done)? {
+        return Ok(());
+    }
+    let mut batch = sled::Batch::default();
+    let mut contacts = 0usize;
+    let prefix = key(b'r', &[&format!("{}-", Kind::Contact.prefix())]);
+    for item in hub.scan_prefix(prefix) {
+        let (k, v) = item?;
+        let record: HubRecord = decode(&k, &v)?;
+        if let Some(account) = &record.account {
+            batch.insert(employee_key(account, &record.id), &[] as &[u8]);
+            contacts += 1;
+        }
+    }
+    batch.insert(done, encode(&"1"));
+    hub.apply_batch(batch)?;
+    if contacts > 0 {
+        tracing::info!(
+            contacts,
+            "Indexed the contacts of every account (once, for hard deletes)"
+        );
+    }
+    Ok(())
+}
+
+fn employee_key(account: &str, contact: &str) -> Vec<u8> {
+    key(b'e', &[account, contact])
+}
+
 /// An outbox group: its sequence and its encoded rows (an empty row has been published).
 type OutboxGroup = (u64, Vec<Vec<u8>>);
 
@@ -512,6 +550,7 @@ impl Store {
             applied_outbox: AtomicU64::new(outbox),
             durable_outbox: AtomicU64::new(outbox),
         };
+        index_contacts(&hub)?;
         let markers = Arc::new(MarkerFilter::new());
         let marker_scan = {
             let (hub, markers) = (hub.clone(), markers.clone());
@@ -1295,6 +1334,42 @@ impl Tx<'_> {
             self.put(waiting_key(parent), &ids)
         }
     }
+
+    /// Keeps the account→contacts index in step with a contact's account changing from
+    /// `from` to `to` (`None`: none; a new contact comes from `None`, a removed one goes to it).
+    pub fn move_contact(&self, contact: &str, from: Option<&str>, to: Option<&str>) {
+        if from == to {
+            return;
+        }
+        if let Some(from) = from {
+            self.raw_remove(employee_key(from, contact));
+        }
+        if let Some(to) = to {
+            self.raw_insert(employee_key(to, contact), sled::IVec::default());
+        }
+    }
+
+    /// Hub IDs of the contacts whose account is `account`, in hub-ID order, this
+    /// transaction's own changes included.
+    pub fn contacts_of(&self, account: &str) -> TxResult<Vec<String>> {
+        let mut prefix = key(b'e', &[account]);
+        prefix.push(SEP);
+        let mut found = BTreeMap::new();
+        for item in self.tree.scan_prefix(&prefix) {
+            let (k, _) = item?;
+            found.insert(k.to_vec(), true);
+        }
+        let mut end = prefix.clone();
+        end.push(0xff);
+        for (k, v) in self.writes.borrow().range(prefix.clone()..end) {
+            found.insert(k.clone(), v.is_some());
+        }
+        Ok(found
+            .into_iter()
+            .filter(|(_, live)| *live)
+            .map(|(k, _)| String::from_utf8_lossy(&k[prefix.len()..]).into_owned())
+            .collect())
+    }
 }
 
 fn waiting_key(parent: &XrefKey) -> Vec<u8> {
@@ -1323,6 +1398,95 @@ mod tests {
             created_by: "lid://a".into(),
             revision: 1,
         }
+    }
+
+    fn contact(id: &str, account: &str) -> HubRecord {
+        HubRecord {
+            kind: Kind::Contact,
+            account: Some(account.into()),
+            ..record(id)
+        }
+    }
+
+    #[test]
+    fn an_accounts_contacts_are_listed_with_the_transactions_own_changes() {
+        let store = Store::temporary().unwrap();
+        store
+            .transact(|tx| {
+                tx.move_contact("CON-1", None, Some("ACC-1"));
+                tx.move_contact("CON-2", None, Some("ACC-1"));
+                tx.move_contact("CON-3", None, Some("ACC-10"));
+                assert_eq!(
+                    tx.contacts_of("ACC-1")?,
+                    ["CON-1", "CON-2"],
+                    "its own writes"
+                );
+                Ok(())
+            })
+            .unwrap();
+        store
+            .transact(|tx| {
+                tx.move_contact("CON-1", Some("ACC-1"), Some("ACC-10"));
+                assert_eq!(tx.contacts_of("ACC-1")?, ["CON-2"], "a removal it made");
+                assert_eq!(tx.contacts_of("ACC-10")?, ["CON-1", "CON-3"]);
+                tx.move_contact("CON-2", Some("ACC-1"), None);
+                Ok(())
+            })
+            .unwrap();
+        store
+            .transact(|tx| {
+                assert!(tx.contacts_of("ACC-1")?.is_empty());
+                assert_eq!(tx.contacts_of("ACC-10")?, ["CON-1", "CON-3"], "applied");
+                assert!(
+                    tx.contacts_of("ACC")?.is_empty(),
+                    "a prefix of an ID is another ID"
+                );
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn a_store_of_before_the_contact_index_is_indexed_at_its_first_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            // Records as an earlier version wrote them: no index keys, no meta entry.
+            store
+                .transact(|tx| {
+                    tx.put_record(&record("ACC-1"))?;
+                    tx.put_record(&contact("CON-1", "ACC-1"))?;
+                    tx.put_record(&contact("CON-2", "ACC-2"))?;
+                    tx.put_record(&HubRecord {
+                        account: None,
+                        ..contact("CON-3", "")
+                    })
+                })
+                .unwrap();
+            store
+                .hub
+                .remove(key(b's', &["meta", CONTACT_INDEX_META]))
+                .unwrap();
+            store
+                .transact(|tx| {
+                    assert!(tx.contacts_of("ACC-1")?.is_empty());
+                    Ok(())
+                })
+                .unwrap();
+            store.flush().unwrap();
+        }
+        let store = reopen(dir.path());
+        store
+            .transact(|tx| {
+                assert_eq!(tx.contacts_of("ACC-1")?, ["CON-1"]);
+                assert_eq!(tx.contacts_of("ACC-2")?, ["CON-2"]);
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(
+            store.meta(CONTACT_INDEX_META).unwrap().as_deref(),
+            Some("1")
+        );
     }
 
     #[test]
