@@ -102,6 +102,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout);
     let mut drained: Vec<u64> = Vec::new();
+    // Documents bodflow failed on inside their transaction ([`commit_group`]).
+    let mut failed = 0usize;
 
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 8));
     let window = workers * 2;
@@ -236,7 +238,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             })?;
         let committed = in_order.map(|batch| -> anyhow::Result<bool> {
             let (paths, prepared) = batch?;
-            let reports = commit_with_retry(&pipeline, &prepared)?;
+            let reports = commit_group(|b| pipeline.commit_batch(b), &prepared, &mut failed)?;
             // A closed channel means the output thread failed: its error is reported below.
             Ok(done_tx.send((paths, prepared, reports)).is_ok())
         });
@@ -288,6 +290,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         "Replayed: {}",
         summary.join(", ")
     );
+    if failed > 0 {
+        tracing::error!(
+            failed,
+            "Not every input was processed: bodflow failed on these documents (a bug, please report it) and stored nothing of them; replaying them again tries them again"
+        );
+        return Ok(ExitCode::from(1));
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -336,19 +345,50 @@ fn read_input(path: &Path, max_bytes: usize) -> anyhow::Result<InputFile> {
     Ok(InputFile { bytes, message_id })
 }
 
-/// Commits a group; store I/O errors are retried with backoff, a corrupt value is fatal.
-fn commit_with_retry(pipeline: &Pipeline, prepared: &[Prepared]) -> anyhow::Result<Vec<Report>> {
+/// Commits a group with `commit` ([`Pipeline::commit_batch`]). Store I/O errors are retried
+/// with backoff, and the run stops when they persist or a stored value is corrupt. A failure
+/// of bodflow's own inside the transaction (a bug some document triggers: `internal_error`)
+/// is that document's, not the store's: the group is committed again one document at a time,
+/// and a document that fails alone gets a `rejected` line with that code and nothing of it
+/// stored (replaying it again tries it again), counted in `failed`; the others go on.
+fn commit_group(
+    commit: impl Fn(&[Prepared]) -> Result<Vec<Report>, StoreError>,
+    prepared: &[Prepared],
+    failed: &mut usize,
+) -> anyhow::Result<Vec<Report>> {
+    match retried(|| commit(prepared)) {
+        Err(StoreError::Internal(_)) => {
+            let mut reports = Vec::with_capacity(prepared.len());
+            for one in prepared.chunks(1) {
+                match retried(|| commit(one)) {
+                    Ok(r) => reports.extend(r),
+                    Err(e @ StoreError::Internal(_)) => {
+                        tracing::error!(source = %one[0].ctx.source, message_id = %one[0].ctx.message_id, error = %e, "bodflow failed on a document inside its transaction (a bug); nothing of it was stored");
+                        *failed += 1;
+                        reports.extend(one.iter().map(|p| p.failed_commit(&e)));
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Ok(reports)
+        }
+        other => Ok(other?),
+    }
+}
+
+/// `commit`, retried with backoff while the store's I/O fails.
+fn retried(
+    commit: impl Fn() -> Result<Vec<Report>, StoreError>,
+) -> Result<Vec<Report>, StoreError> {
     let mut attempt = 0;
     loop {
-        match pipeline.commit_batch(prepared) {
-            Ok(r) => return Ok(r),
-            Err(e @ StoreError::Corrupt { .. }) => return Err(e.into()),
-            Err(e) if attempt + 1 >= STORE_ATTEMPTS => return Err(e.into()),
-            Err(e) => {
+        match commit() {
+            Err(e @ StoreError::Io(_)) if attempt + 1 < STORE_ATTEMPTS => {
                 attempt += 1;
                 tracing::warn!(error = %e, attempt, "Store commit failed, retrying");
                 std::thread::sleep(Duration::from_millis(50 << attempt));
             }
+            other => return other,
         }
     }
 }
@@ -432,4 +472,101 @@ fn text_line(r: &Report) -> String {
         line.push_str(&format!(" => {}", outs.join(", ")));
     }
     line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::generate::{Generator, Mix, CONFIG};
+
+    /// Three new accounts prepared by a pipeline on a store of its own.
+    fn three_new() -> (Pipeline, Vec<Prepared>) {
+        let config = crate::config::Config::from_toml(CONFIG, "generated").unwrap();
+        let pipeline =
+            Pipeline::new(Arc::new(config), Arc::new(Store::temporary().unwrap())).unwrap();
+        let prepared = Generator::new(7, Mix::NEW_ONLY)
+            .take(3)
+            .map(|g| {
+                pipeline.prepare(&Input {
+                    bytes: &g.bytes,
+                    source: &format!("doc-{}.xml", g.index),
+                    message_id: None,
+                    reply_to: None,
+                    received_at: Utc::now(),
+                    retry: false,
+                    envelope: None,
+                })
+            })
+            .collect();
+        (pipeline, prepared)
+    }
+
+    #[test]
+    fn a_document_bodflow_fails_on_inside_its_transaction_fails_alone() {
+        let (pipeline, prepared) = three_new();
+        let bad = prepared[1].ctx.message_id.clone();
+        let commit = |batch: &[Prepared]| {
+            if batch.iter().any(|p| p.ctx.message_id == bad) {
+                return Err(StoreError::Internal("index out of bounds".into()));
+            }
+            pipeline.commit_batch(batch)
+        };
+        let mut failed = 0;
+        let reports = commit_group(commit, &prepared, &mut failed).unwrap();
+        assert_eq!(failed, 1);
+        let outcomes: Vec<Outcome> = reports.iter().map(|r| r.outcome).collect();
+        assert_eq!(
+            outcomes,
+            [Outcome::Applied, Outcome::Rejected, Outcome::Applied],
+            "in input order"
+        );
+        let error = reports[1].error.as_ref().unwrap();
+        assert_eq!(
+            (error.stage.as_str(), error.code),
+            ("upsert", "internal_error")
+        );
+        assert!(
+            error.message.contains("index out of bounds"),
+            "{}",
+            error.message
+        );
+        assert_eq!(reports[1].message_id, bad);
+        // The others are stored; nothing of the failed one is.
+        for (i, report) in reports.iter().enumerate() {
+            let marker = pipeline.store.marker(&report.message_id).unwrap();
+            assert_eq!(marker.is_some(), i != 1, "{i}");
+        }
+        assert_eq!(pipeline.store.records().count(), 2);
+    }
+
+    #[test]
+    fn store_io_errors_are_retried_and_stop_the_run_when_they_persist() {
+        let (pipeline, prepared) = three_new();
+        let io = || StoreError::Io(sled::Error::Io(std::io::Error::other("disk gone")));
+        let calls = std::cell::Cell::new(0);
+        let flaky = |batch: &[Prepared]| {
+            calls.set(calls.get() + 1);
+            if calls.get() < 3 {
+                return Err(io());
+            }
+            pipeline.commit_batch(batch)
+        };
+        let mut failed = 0;
+        let reports = commit_group(flaky, &prepared, &mut failed).unwrap();
+        assert_eq!((reports.len(), calls.get(), failed), (3, 3, 0));
+        assert!(reports.iter().all(|r| r.outcome == Outcome::Applied));
+
+        let calls = std::cell::Cell::new(0);
+        let broken = |_: &[Prepared]| {
+            calls.set(calls.get() + 1);
+            Err(io())
+        };
+        let e = commit_group(broken, &prepared, &mut failed).unwrap_err();
+        assert!(e.to_string().contains("disk gone"), "{e}");
+        assert_eq!(
+            (calls.get(), failed),
+            (STORE_ATTEMPTS, 0),
+            "not taken for one document's"
+        );
+    }
 }

@@ -225,6 +225,22 @@ pub struct Prepared {
     pub state: State,
 }
 
+impl Prepared {
+    /// The report of a document whose transaction failed with `e` and was given up: nothing of
+    /// it is stored; `rejected` with the store error's code.
+    pub fn failed_commit(&self, e: &StoreError) -> Report {
+        Report {
+            error: Some(Rejection {
+                stage: Stage::Upsert,
+                code: e.code(),
+                message: format!("{e}; nothing of the document was stored"),
+                path: None,
+            }),
+            ..base_report(&self.ctx, Outcome::Rejected)
+        }
+    }
+}
+
 /// Delivery facts carried to commit and the report.
 #[derive(Debug, Clone)]
 pub struct Context {
