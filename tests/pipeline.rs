@@ -374,8 +374,17 @@ fn after_a_hard_delete_only_a_newer_variation_brings_the_record_back() {
 
 #[test]
 fn a_hard_deleted_accounts_contacts_wait_for_it_and_follow_it_when_it_comes_back() {
-    let p = pipeline_with(&hard_deletes());
-    let at = c7_at;
+    // CRM's default account is LN's account C7 (by its account number).
+    let p = pipeline_with(&hard_deletes().replace(
+        "logical_id = \"lid://crm\"\n",
+        "logical_id = \"lid://crm\"\ndefault_account = \"LNCATCH\"\n",
+    ));
+    let at = |variation: u32, action: &str| {
+        c7_at(variation, action).replace(
+            "</PartyIDs>",
+            "</PartyIDs><AccountIDs><ID>LNCATCH</ID></AccountIDs>",
+        )
+    };
     let run = |bod: String, id: &str| {
         let report = p.process(&input(bod.as_bytes(), id, false)).unwrap();
         assert_eq!(
@@ -389,24 +398,47 @@ fn a_hard_deleted_accounts_contacts_wait_for_it_and_follow_it_when_it_comes_back
     let created = run(at(6, "Change"), "m-6");
     let ada = run(contact("P1", "C7"), "m-p1").record;
     let bob = run(contact("P2", "C7"), "m-p2").record;
-    assert_eq!(stored(&p, ada.as_deref()).account, created.record);
+    let cara = run(contact("Q1", "").replace("lid://ln", "lid://crm"), "m-q1").record;
+    for contact in [&ada, &bob, &cara] {
+        assert_eq!(stored(&p, contact.as_deref()).account, created.record);
+    }
+    // An index entry its contact does not agree with (say, left by an older version) moves
+    // nobody.
+    let other = run(account("C8", "Zeta", "AUT"), "m-c8").record;
+    let dan = run(contact("P3", "C8"), "m-p3").record;
+    p.store
+        .transact(|tx| {
+            tx.move_contact(dan.as_deref().unwrap(), None, created.record.as_deref());
+            Ok(())
+        })
+        .unwrap();
 
     let deleted = run(at(7, "Delete"), "m-7");
+    assert_eq!(
+        stored(&p, dan.as_deref()).account,
+        other,
+        "stays on its account"
+    );
     let announced: Vec<&str> = deleted.outputs.iter().map(|o| o.kind.as_str()).collect();
     assert_eq!(
-        announced,
-        ["SyncContactMaster", "SyncContactMaster"],
+        announced, ["SyncContactMaster"; 3],
         "the contacts' new employer to CRM (which never had the account to delete)"
     );
-    for contact in [&ada, &bob] {
+    for (contact, default) in [(&ada, "ORPHANS"), (&bob, "ORPHANS"), (&cara, "LNCATCH")] {
         let con = stored(&p, contact.as_deref());
-        let kept_on = con.account.clone().expect("kept on LN's default account");
+        let kept_on = con.account.clone().expect("kept on a default account");
         assert_ne!(
             Some(&kept_on),
             created.record.as_ref(),
             "not the deleted account"
         );
-        assert!(stored(&p, Some(&kept_on)).placeholder);
+        let placeholder = stored(&p, Some(&kept_on));
+        assert!(placeholder.placeholder);
+        assert_eq!(
+            placeholder.fields.identity.account_number.as_deref(),
+            Some(default),
+            "its own application's default account"
+        );
         let waits_for = con.intended_parent.expect("waits for the account");
         assert_eq!(
             (waits_for.application.as_str(), waits_for.id.as_str()),
@@ -422,9 +454,9 @@ fn a_hard_deleted_accounts_contacts_wait_for_it_and_follow_it_when_it_comes_back
         deleted.decisions
     );
 
-    // LN creates the account again: its contacts follow it.
+    // LN creates the account again: its contacts follow it, CRM's too.
     let again = run(at(8, "Add"), "m-8");
-    for contact in [&ada, &bob] {
+    for contact in [&ada, &bob, &cara] {
         let con = stored(&p, contact.as_deref());
         assert_eq!(con.account, again.record);
         assert_eq!(con.intended_parent, None);
@@ -434,10 +466,10 @@ fn a_hard_deleted_accounts_contacts_wait_for_it_and_follow_it_when_it_comes_back
         .iter()
         .filter(|o| o.kind == "SyncContactMaster")
         .count();
-    assert_eq!(relinked, 2, "{:?}", again.outputs);
+    assert_eq!(relinked, 3, "{:?}", again.outputs);
 
     // A hard-deleted contact leaves its account's contacts: the next delete of the account
-    // releases only the other one.
+    // releases only the others.
     run(with_action(&contact("P2", "C7"), "Delete"), "m-p2-delete");
     let deleted = run(at(9, "Delete"), "m-9");
     let released: Vec<&str> = deleted
@@ -447,9 +479,11 @@ fn a_hard_deleted_accounts_contacts_wait_for_it_and_follow_it_when_it_comes_back
         .filter(|d| d.contains("wait for it again"))
         .collect();
     assert_eq!(released.len(), 1, "{:?}", deleted.decisions);
-    let (ada, bob) = (ada.unwrap(), bob.unwrap());
+    let (ada, bob, cara) = (ada.unwrap(), bob.unwrap(), cara.unwrap());
     assert!(
-        released[0].contains(ada.as_str()) && !released[0].contains(bob.as_str()),
+        released[0].contains(ada.as_str())
+            && released[0].contains(cara.as_str())
+            && !released[0].contains(bob.as_str()),
         "{released:?}"
     );
 }

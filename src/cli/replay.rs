@@ -6,8 +6,10 @@
 //! live in memory only (nothing publishes from a replay). The store is flushed before exit;
 //! without `--store` it is temporary.
 //!
-//! Exit 0 when every input was processed — rejections are results. Exit 2 on an I/O error
-//! (an unreadable input, an unwritable `--out`, a store that keeps failing).
+//! Exit 0 when every input was processed — rejections are results. Exit 1 when bodflow failed
+//! on a document inside its store transaction (a bug: see [`commit_group`]); the other inputs
+//! are processed. Exit 2 on an I/O error (an unreadable input, an unwritable `--out`, a store
+//! that keeps failing).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -350,30 +352,41 @@ fn read_input(path: &Path, max_bytes: usize) -> anyhow::Result<InputFile> {
 /// of bodflow's own inside the transaction (a bug some document triggers: `internal_error`)
 /// is that document's, not the store's: the group is committed again one document at a time,
 /// and a document that fails alone gets a `rejected` line with that code and nothing of it
-/// stored (replaying it again tries it again), counted in `failed`; the others go on.
+/// stored (replaying it again tries it again), counted in `failed`; the others go on. A
+/// parked document that the failing document releases in its transaction stays parked.
 fn commit_group(
     commit: impl Fn(&[Prepared]) -> Result<Vec<Report>, StoreError>,
     prepared: &[Prepared],
     failed: &mut usize,
 ) -> anyhow::Result<Vec<Report>> {
-    match retried(|| commit(prepared)) {
-        Err(StoreError::Internal(_)) => {
-            let mut reports = Vec::with_capacity(prepared.len());
-            for one in prepared.chunks(1) {
-                match retried(|| commit(one)) {
-                    Ok(r) => reports.extend(r),
-                    Err(e @ StoreError::Internal(_)) => {
-                        tracing::error!(source = %one[0].ctx.source, message_id = %one[0].ctx.message_id, error = %e, "bodflow failed on a document inside its transaction (a bug); nothing of it was stored");
-                        *failed += 1;
-                        reports.extend(one.iter().map(|p| p.failed_commit(&e)));
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            Ok(reports)
-        }
-        other => Ok(other?),
+    let group_failure = match retried(|| commit(prepared)) {
+        Err(e @ StoreError::Internal(_)) => e,
+        other => return Ok(other?),
+    };
+    let mut fail = |p: &Prepared, e: &StoreError| {
+        tracing::error!(source = %p.ctx.source, message_id = %p.ctx.message_id, error = %e, "bodflow failed on a document inside its transaction (a bug); nothing of it was stored");
+        *failed += 1;
+        p.failed_commit(e)
+    };
+    if let [one] = prepared {
+        return Ok(vec![fail(one, &group_failure)]);
     }
+    let mut reports = Vec::with_capacity(prepared.len());
+    let mut alone = 0;
+    for one in prepared {
+        match retried(|| commit(std::slice::from_ref(one))) {
+            Ok(r) => reports.extend(r),
+            Err(e @ StoreError::Internal(_)) => {
+                alone += 1;
+                reports.push(fail(one, &e));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if alone == 0 {
+        tracing::warn!(error = %group_failure, documents = prepared.len(), "bodflow failed on a group of documents inside its transaction (a bug), but on none of them alone; they were committed one by one");
+    }
+    Ok(reports)
 }
 
 /// `commit`, retried with backoff while the store's I/O fails.
@@ -537,6 +550,16 @@ mod tests {
             assert_eq!(marker.is_some(), i != 1, "{i}");
         }
         assert_eq!(pipeline.store.records().count(), 2);
+
+        // A group of one is not committed a second time to find the document.
+        let calls = std::cell::Cell::new(0);
+        let failing = |_: &[Prepared]| {
+            calls.set(calls.get() + 1);
+            Err(StoreError::Internal("boom".into()))
+        };
+        let reports = commit_group(failing, &prepared[1..2], &mut failed).unwrap();
+        assert_eq!((reports.len(), calls.get(), failed), (1, 1, 2));
+        assert_eq!(reports[0].outcome, Outcome::Rejected);
     }
 
     #[test]

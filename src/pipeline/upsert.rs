@@ -1057,12 +1057,13 @@ fn set_account(tx: &Tx<'_>, record: &mut HubRecord, account: Option<String>) {
 }
 
 /// The contacts of a hard-deleted account wait for it again, as a contact waits for an
-/// account it names before the account arrives: each waits under the key its own
-/// application knew the account by (else the key the delete came by), is kept on that
-/// application's default account (or without an account) meanwhile, and is announced with
-/// its new employer. When the application creates the account again (a newer variationID),
-/// they are re-linked to it. A contact already waiting for another account keeps waiting
-/// for that one.
+/// account it names before the account arrives: under the key the delete came by (all the
+/// account's keys are gone, and the application that deleted it is the one that may create
+/// it again), kept meanwhile on their own application's default account (or without an
+/// account), and announced with that employer. When that application creates the account
+/// again (a newer variationID), they are re-linked to it; a contact its application sends
+/// again, naming the account by a key of its own, waits under that key instead. A contact
+/// already waiting for another account keeps waiting for that one.
 fn release_contacts(
     tx: &Tx<'_>,
     config: &Config,
@@ -1072,40 +1073,29 @@ fn release_contacts(
     em: &mut Emitter<'_>,
     notes: &mut Vec<String>,
 ) -> TxResult<()> {
-    let contacts = tx.contacts_of(&account.id)?;
+    let mut waiting = tx.waiting_children(deleted_by)?;
+    let waited = waiting.len();
     let mut released = Vec::new();
-    for contact_id in &contacts {
-        let Some(mut contact) = tx.record(contact_id)? else {
-            tx.move_contact(contact_id, Some(&account.id), None);
+    for contact_id in tx.contacts_of(&account.id)? {
+        let contact = tx.record(&contact_id)?;
+        let Some(mut contact) =
+            contact.filter(|c| c.account.as_deref() == Some(account.id.as_str()))
+        else {
+            // An entry its record does not agree with: not this account's contact.
+            tx.move_contact(&contact_id, Some(&account.id), None);
             continue;
         };
-        let parent = match &contact.intended_parent {
-            Some(parent) => parent.clone(),
-            None => {
-                let parent = contact
-                    .xrefs
-                    .iter()
-                    .find_map(|c| {
-                        account
-                            .xrefs
-                            .iter()
-                            .find(|a| a.application == c.application)
-                    })
-                    .map_or_else(|| deleted_by.clone(), |a| a.key(Kind::Account));
-                let mut waiting = tx.waiting_children(&parent)?;
-                if !waiting.contains(&contact.id) {
-                    waiting.push(contact.id.clone());
-                }
-                tx.set_waiting_children(&parent, &waiting)?;
-                contact.intended_parent = Some(parent.clone());
-                parent
+        if contact.intended_parent.is_none() {
+            if !waiting.contains(&contact.id) {
+                waiting.push(contact.id.clone());
             }
-        };
-        let fallback = match config
-            .applications
-            .iter()
-            .find(|a| a.logical_id == parent.application)
-        {
+            contact.intended_parent = Some(deleted_by.clone());
+        }
+        // Its own application's default account, as when it named an unknown account.
+        let own = std::iter::once(contact.created_by.as_str())
+            .chain(contact.xrefs.iter().map(|x| x.application.as_str()))
+            .find_map(|lid| config.applications.iter().find(|a| a.logical_id == lid));
+        let fallback = match own {
             Some(app) => default_account(tx, config, app)?,
             None => None,
         };
@@ -1117,6 +1107,9 @@ fn release_contacts(
             Some(a) => format!("{} (kept on {a})", contact.id),
             None => format!("{} (kept without account)", contact.id),
         });
+    }
+    if waiting.len() != waited {
+        tx.set_waiting_children(deleted_by, &waiting)?;
     }
     if !released.is_empty() {
         notes.push(format!(

@@ -442,21 +442,36 @@ fn scan_markers(hub: &sled::Tree, filter: &MarkerFilter) {
 const CONTACT_INDEX_META: &str = "index.contacts";
 
 /// Builds the account→contacts index (`e`) of a store written before it existed, once: one
-/// pass over the records at the first open. Every transaction since keeps it.
+/// pass over the contacts at the first open, in batches (the keys are idempotent; the meta
+/// entry goes last, so an interrupted build starts again). Every transaction since keeps
+/// it. A contact that cannot be read is left out with a warning: the store must still open
+/// for an operator to look at it.
 fn index_contacts(hub: &sled::Tree) -> Result<(), StoreError> {
+    const BATCH: usize = 4_096;
     let done = key(b's', &["meta", CONTACT_INDEX_META]);
     if hub.contains_key(&done)? {
         return Ok(());
     }
     let mut batch = sled::Batch::default();
-    let mut contacts = 0usize;
+    let (mut contacts, mut pending) = (0usize, 0usize);
     let prefix = key(b'r', &[&format!("{}-", Kind::Contact.prefix())]);
     for item in hub.scan_prefix(prefix) {
         let (k, v) = item?;
-        let record: HubRecord = decode(&k, &v)?;
+        let record: HubRecord = match decode(&k, &v) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "A contact left out of the account index");
+                continue;
+            }
+        };
         if let Some(account) = &record.account {
             batch.insert(employee_key(account, &record.id), &[] as &[u8]);
             contacts += 1;
+            pending += 1;
+            if pending == BATCH {
+                hub.apply_batch(std::mem::take(&mut batch))?;
+                pending = 0;
+            }
         }
     }
     batch.insert(done, encode(&"1"));
