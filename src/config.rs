@@ -85,6 +85,9 @@ pub struct Hub {
     /// Outbound promotion of accounts to their system of record (`[hub.promotion]`); none
     /// when absent.
     pub promotion: Option<Promotion>,
+    /// How long the tombstone of a hard-deleted cross-reference is kept (the variationID
+    /// guard against documents older than the delete); the service removes older ones.
+    pub tombstone_retention: Period,
 }
 
 /// `[hub.promotion]`: when an account reaches `when_type` and the system of record has no ID
@@ -126,6 +129,7 @@ impl Default for Hub {
             store_cache_mb: None,
             account_number_format: "C{seq:06}".into(),
             promotion: None,
+            tombstone_retention: Period(std::time::Duration::from_secs(90 * 24 * 3600)),
         }
     }
 }
@@ -1154,6 +1158,15 @@ mod tests {
         let cfg = Config::from_toml("", "t.toml").unwrap();
         assert!(cfg.tracking.enabled);
         assert_eq!(cfg.tracking.retention.0.as_secs(), 7 * 86400);
+        assert_eq!(cfg.hub.tombstone_retention.0.as_secs(), 90 * 86400);
+        let cfg = Config::from_toml(
+            "[hub]
+tombstone_retention = '30d'
+",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(cfg.hub.tombstone_retention.0.as_secs(), 30 * 86400);
         let cfg = Config::from_toml("[tracking]\nenabled = false\nretention = '36h'\n", "t.toml")
             .unwrap();
         assert!(!cfg.tracking.enabled);

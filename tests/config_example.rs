@@ -86,6 +86,7 @@ fn fully_populated() -> Config {
                 system_of_record: "lid://a".into(),
                 accounting_entity: Some("1".into()),
             }),
+            tombstone_retention: Period(std::time::Duration::from_secs(3600)),
         },
         amqp: Amqp {
             url: "amqp://localhost".into(),

@@ -4,7 +4,7 @@
 //!   an applied, a rejected and a parked message (then released), by message id and by
 //!   BODID (several messages, newest first), as text and JSON.
 //! - Retention: timelines replayed with an old clock (`replay --now`) are purged by the
-//!   running service, young ones are kept.
+//!   running service, young ones are kept; so are the tombstones of hard deletes.
 //! - Live: the service against the real RabbitMQ (own vhost) answers `GET /messages/{id}` with
 //!   the timeline including the broker confirm time of every output, whose BODIDs are the
 //!   message ids that arrived on the queues; `bodflow track` asks the service while it holds
@@ -459,6 +459,103 @@ fn the_service_purges_timelines_older_than_the_retention_and_keeps_young_ones() 
     assert_exit(&track(tmp.path(), &config, &old_bod_id, false), 1);
     let kept = track_json(tmp.path(), &config, &young_id);
     assert_eq!(kept[0]["runs"][0]["outcome"], "applied");
+}
+
+/// The tombstones of hard deletes older than `hub.tombstone_retention` (replayed with a clock
+/// three days back, retention two days) are removed by the service: afterwards a document
+/// older than the delete creates the record again, where before it was `stale`; a young
+/// tombstone (one day back) still holds.
+#[test]
+fn the_service_removes_tombstones_older_than_their_retention() {
+    let vhost = broker::Vhost::new("tombstones");
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = write_config(tmp.path(), port, "");
+    // LN deletes accounts hard; tombstones are kept two days.
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replacen("[hub]\n", "[hub]\ntombstone_retention = \"2d\"\n", 1)
+        .replacen(
+            "inbound = { create = true, update = true, delete = \"soft\" }\noutbound",
+            "inbound = { create = true, update = true, delete = \"hard\" }\noutbound",
+            1,
+        );
+    assert!(text.contains("delete = \"hard\"") && text.contains("tombstone_retention"));
+    std::fs::write(&config, text).unwrap();
+    let docs = tmp.path().join("docs");
+    std::fs::create_dir(&docs).unwrap();
+    // LN's account `id` at `variation` with `action`; `name` tells otherwise equal bytes apart.
+    let doc = |id: &str, variation: u32, action: &str, name: &str| {
+        let text = std::fs::read_to_string(fixture(APPLIED))
+            .unwrap()
+            .replace("BPC000101", id)
+            .replace(
+                r#"variationID="1""#,
+                &format!(r#"variationID="{variation}""#),
+            )
+            .replace("variationID=1<", &format!("variationID={variation}<"))
+            .replace(r#"actionCode="Add""#, &format!(r#"actionCode="{action}""#))
+            .replace("Brandt Maschinenbau GmbH", name);
+        let path = docs.join(format!("{id}-{variation}-{action}-{name}.xml"));
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let at = |days: i64| {
+        (Utc::now() - chrono::Duration::days(days)).to_rfc3339_opts(SecondsFormat::Secs, true)
+    };
+    let outcomes = |reports: Vec<Value>| -> Vec<String> {
+        reports
+            .iter()
+            .map(|r| r["outcome"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let old = [
+        doc("OLD1", 2, "Add", "Old"),
+        doc("OLD1", 3, "Delete", "Old"),
+    ];
+    assert_eq!(
+        outcomes(replay(tmp.path(), &config, &old, &at(3))),
+        ["applied", "applied"]
+    );
+    let young = [
+        doc("NEW1", 2, "Add", "New"),
+        doc("NEW1", 3, "Delete", "New"),
+    ];
+    assert_eq!(
+        outcomes(replay(tmp.path(), &config, &young, &at(1))),
+        ["applied", "applied"]
+    );
+    // Older than the deletes: stale while the tombstones are there.
+    let late = [
+        doc("OLD1", 1, "Change", "Late"),
+        doc("NEW1", 1, "Change", "Late"),
+    ];
+    assert_eq!(
+        outcomes(replay(tmp.path(), &config, &late, &at(0))),
+        ["stale", "stale"]
+    );
+
+    let mut child = broker::spawn_configured_service(&config, &vhost.url());
+    let _kill = common::KillOnDrop(child.id());
+    wait_until(
+        "the old tombstone to be removed",
+        Duration::from_secs(30),
+        || {
+            http_get(port, "/metrics")
+                .is_some_and(|(_, m)| m.contains("bodflow_tombstones_purged_total 1\n"))
+        },
+    );
+    stop(&mut child);
+
+    // The old key is forgotten: a late document creates the record again; the young one holds.
+    let later = [
+        doc("OLD1", 1, "Change", "Later"),
+        doc("NEW1", 1, "Change", "Later"),
+    ];
+    assert_eq!(
+        outcomes(replay(tmp.path(), &config, &later, &at(0))),
+        ["applied", "stale"]
+    );
 }
 
 /// Documents published to the running service: `GET /messages/{id}` gives their timelines

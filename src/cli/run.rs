@@ -4,7 +4,8 @@
 //! [`crate::amqp::run_with`] with SIGINT/SIGTERM as its shutdown; exit 0 after a clean stop.
 //!
 //! With `tracking.enabled` it also serves `GET /messages/{id}` and purges message timelines
-//! older than `tracking.retention` every [`PURGE_EVERY`] (from the start).
+//! older than `tracking.retention` every [`PURGE_EVERY`] (from the start). The tombstones of
+//! hard deletes older than `hub.tombstone_retention` go on the same schedule.
 //!
 //! Shutdown order: stop consuming → finish the deliveries taken → drain the outbox (all of it
 //! within [`crate::amqp::RunOptions::stop_timeout`]) → close the broker → flush the store →
@@ -28,7 +29,9 @@ use crate::pipeline::Pipeline;
 use crate::reload::{self, Live};
 use crate::store::track::Millis;
 use crate::store::Store;
-use crate::telemetry::events::{emit, TrackingFailed, TrackingPurged};
+use crate::telemetry::events::{
+    emit, TombstonesFailed, TombstonesPurged, TrackingFailed, TrackingPurged,
+};
 use crate::telemetry::{self, Readiness};
 
 /// How often the store size and outbox length gauges are refreshed.
@@ -40,6 +43,9 @@ const PURGE_EVERY: Duration = Duration::from_secs(60);
 /// Tracking groups (one per commit, up to 64 runs each) removed per store batch while purging:
 /// each batch holds the store's writer lock briefly, so commits go on in between.
 const PURGE_CHUNK: usize = 16;
+
+/// Tombstones removed per store batch while purging (each batch holds the writer lock).
+const TOMBSTONE_CHUNK: usize = 512;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -131,6 +137,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             hangup,
             stop_http.clone(),
         ));
+        let tombstones = tokio::spawn(purge_tombstones(live.clone(), stop_http.clone()));
         let purger = tracking
             .enabled
             .then(|| tokio::spawn(purge_tracking(store, tracking.retention.0, stop_http.clone())));
@@ -154,6 +161,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         if let Some(purger) = purger {
             let _ = purger.await;
         }
+        let _ = tombstones.await;
         match http.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server failed"),
@@ -306,6 +314,38 @@ async fn purge_tracking(
                 action: "purge",
                 error: &e,
             }),
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(PURGE_EVERY) => {}
+        }
+    }
+}
+
+/// Removes the tombstones of hard deletes older than `hub.tombstone_retention` (read each
+/// round: a reload applies), now and every [`PURGE_EVERY`] until `stop`. Failures are
+/// logged; the next round tries again.
+async fn purge_tombstones(live: Live, stop: tokio_util::sync::CancellationToken) {
+    loop {
+        let retention = live.current().await.config.hub.tombstone_retention.0;
+        let store = live.store().clone();
+        let purged = tokio::task::spawn_blocking(move || {
+            let retention_ms = u64::try_from(retention.as_millis()).unwrap_or(u64::MAX);
+            let before = Millis::now().0.saturating_sub(retention_ms);
+            let mut removed = 0;
+            loop {
+                let n = store.purge_tombstones(before, TOMBSTONE_CHUNK)?;
+                removed += n;
+                if n < TOMBSTONE_CHUNK {
+                    return Ok::<_, crate::store::StoreError>(removed);
+                }
+            }
+        })
+        .await;
+        match purged {
+            Ok(Ok(removed)) => emit(TombstonesPurged { removed }),
+            Ok(Err(e)) => emit(TombstonesFailed { error: &e }),
+            Err(e) => emit(TombstonesFailed { error: &e }),
         }
         tokio::select! {
             () = stop.cancelled() => return,

@@ -48,6 +48,11 @@ pub struct Emitter<'a> {
 }
 
 impl<'a> Emitter<'a> {
+    /// When the document being applied was received (milliseconds since the Unix epoch).
+    pub fn received_ms(&self) -> u64 {
+        self.ctx.received_ms
+    }
+
     pub fn new(config: &'a Config, ctx: &'a Context) -> Emitter<'a> {
         // The first run's BODIDs derive from the message id alone (a redelivery after a
         // crash writes the same ones); a retry's from its run number too.

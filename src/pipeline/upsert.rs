@@ -623,6 +623,7 @@ fn delete(
                     &Tombstone {
                         record: record.id.clone(),
                         variation: x.variation.clone(),
+                        deleted_at: Some(em.received_ms()),
                     },
                 )?;
             }

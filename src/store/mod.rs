@@ -9,6 +9,7 @@
 //! | `r` | hub ID | [`HubRecord`] |
 //! | `x` | kind, application, accounting entity, application ID | hub ID |
 //! | `g` | the same as `x`, of a hard-deleted record | [`Tombstone`]: its last variationID |
+//! | `h` | big-endian time of the delete, then the `g` key | nothing: tombstones by age ([`Store::purge_tombstones`]) |
 //! | `i` | match key, normalised value | hub IDs |
 //! | `m` | message id | [`Marker`] |
 //! | `o` | big-endian group sequence | the [`OutboxRow`]s one transaction emitted, LZ4-compressed |
@@ -108,6 +109,15 @@ fn xref_key(x: &XrefKey) -> Vec<u8> {
 fn tombstone_key(x: &XrefKey) -> Vec<u8> {
     let mut k = xref_key(x);
     k[0] = b'g';
+    k
+}
+
+/// A tombstone's place among the tombstones by age: `h`, the time of the delete, its `g` key.
+fn tombstone_age_key(deleted_at: u64, gone: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9 + gone.len());
+    k.push(b'h');
+    k.extend_from_slice(&deleted_at.to_be_bytes());
+    k.extend_from_slice(gone);
     k
 }
 
@@ -438,35 +448,27 @@ fn scan_markers(hub: &sled::Tree, filter: &MarkerFilter) {
     tracing::debug!(bytes = filter.bytes(), "Message-id marker filter ready");
 }
 
-/// Store meta entry set once the account→contacts index (`e`) is complete.
-const CONTACT_INDEX_META: &str = "index.contacts";
-
-/// Builds the account→contacts index (`e`) of a store written before it existed, once: one
-/// pass over the contacts at the first open, in batches (the keys are idempotent; the meta
-/// entry goes last, so an interrupted build starts again). Every transaction since keeps
-/// it. A contact that cannot be read is left out with a warning: the store must still open
-/// for an operator to look at it.
-fn index_contacts(hub: &sled::Tree) -> Result<(), StoreError> {
+/// A one-off pass over the values under `prefix`, for a store written before meta entry
+/// `meta` existed: `each` adds what a value needs to the batch and says whether it needed
+/// anything. Applied in batches; the writes must be idempotent, since the meta entry goes
+/// last and an interrupted pass starts again. Returns how many values needed writes.
+fn migrate_once(
+    hub: &sled::Tree,
+    meta: &str,
+    prefix: &[u8],
+    mut each: impl FnMut(&[u8], &[u8], &mut sled::Batch) -> bool,
+) -> Result<usize, StoreError> {
     const BATCH: usize = 4_096;
-    let done = key(b's', &["meta", CONTACT_INDEX_META]);
+    let done = key(b's', &["meta", meta]);
     if hub.contains_key(&done)? {
-        return Ok(());
+        return Ok(0);
     }
     let mut batch = sled::Batch::default();
-    let (mut contacts, mut pending) = (0usize, 0usize);
-    let prefix = key(b'r', &[&format!("{}-", Kind::Contact.prefix())]);
+    let (mut changed, mut pending) = (0usize, 0usize);
     for item in hub.scan_prefix(prefix) {
         let (k, v) = item?;
-        let record: HubRecord = match decode(&k, &v) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(error = %e, "A contact left out of the account index");
-                continue;
-            }
-        };
-        if let Some(account) = &record.account {
-            batch.insert(employee_key(account, &record.id), &[] as &[u8]);
-            contacts += 1;
+        if each(&k, &v, &mut batch) {
+            changed += 1;
             pending += 1;
             if pending == BATCH {
                 hub.apply_batch(std::mem::take(&mut batch))?;
@@ -476,11 +478,71 @@ fn index_contacts(hub: &sled::Tree) -> Result<(), StoreError> {
     }
     batch.insert(done, encode(&"1"));
     hub.apply_batch(batch)?;
+    Ok(changed)
+}
+
+/// Store meta entry set once the account→contacts index (`e`) is complete.
+const CONTACT_INDEX_META: &str = "index.contacts";
+
+/// Builds the account→contacts index (`e`) of a store written before it existed, once, at
+/// its first open ([`migrate_once`]). Every transaction since keeps it. A contact that
+/// cannot be read is left out with a warning: the store must still open for an operator to
+/// look at it.
+fn index_contacts(hub: &sled::Tree) -> Result<(), StoreError> {
+    let prefix = key(b'r', &[&format!("{}-", Kind::Contact.prefix())]);
+    let contacts = migrate_once(
+        hub,
+        CONTACT_INDEX_META,
+        &prefix,
+        |k, v, batch| match decode::<HubRecord>(k, v) {
+            Ok(HubRecord {
+                id,
+                account: Some(account),
+                ..
+            }) => {
+                batch.insert(employee_key(&account, &id), &[] as &[u8]);
+                true
+            }
+            Ok(_) => false,
+            Err(e) => {
+                tracing::warn!(error = %e, "A contact left out of the account index");
+                false
+            }
+        },
+    )?;
     if contacts > 0 {
         tracing::info!(
             contacts,
             "Indexed the contacts of every account (once, for hard deletes)"
         );
+    }
+    Ok(())
+}
+
+/// Store meta entry set once every tombstone has a time ([`Tombstone::deleted_at`]).
+const TOMBSTONE_DATES_META: &str = "index.tombstones";
+
+/// Gives the tombstones of a store written before they expired the time of this first open,
+/// so that they expire `hub.tombstone_retention` from now, and lists them by age; once
+/// ([`migrate_once`]).
+fn date_tombstones(hub: &sled::Tree) -> Result<(), StoreError> {
+    let now = track::Millis::now().0;
+    let dated = migrate_once(
+        hub,
+        TOMBSTONE_DATES_META,
+        b"g",
+        |k, v, batch| match decode::<Tombstone>(k, v) {
+            Ok(mut tombstone) if tombstone.deleted_at.is_none() => {
+                tombstone.deleted_at = Some(now);
+                batch.insert(tombstone_age_key(now, k), &[] as &[u8]);
+                batch.insert(k, encode(&tombstone));
+                true
+            }
+            _ => false,
+        },
+    )?;
+    if dated > 0 {
+        tracing::info!(dated, "Dated the tombstones of hard deletes (once): they expire after hub.tombstone_retention from now");
     }
     Ok(())
 }
@@ -566,6 +628,7 @@ impl Store {
             durable_outbox: AtomicU64::new(outbox),
         };
         index_contacts(&hub)?;
+        date_tombstones(&hub)?;
         let markers = Arc::new(MarkerFilter::new());
         let marker_scan = {
             let (hub, markers) = (hub.clone(), markers.clone());
@@ -982,6 +1045,38 @@ impl Store {
         Ok(())
     }
 
+    /// Removes up to `max` tombstones of deletes before `before` (milliseconds since the Unix
+    /// epoch), oldest first; returns how many. Call again while it returns `max`. Holds the
+    /// writer lock for the batch, so a transaction never sees half of it.
+    pub fn purge_tombstones(&self, before: u64, max: usize) -> Result<usize, StoreError> {
+        let _writer = locked(&self.writer);
+        let mut batch = sled::Batch::default();
+        let mut removed = 0;
+        for item in self.hub.scan_prefix([b'h']).keys().take(max) {
+            let k = item?;
+            let (Some(at), Some(gone)) = (k.get(1..9), k.get(9..)) else {
+                batch.remove(k);
+                continue;
+            };
+            let at = u64::from_be_bytes(at.try_into().unwrap_or_default());
+            if at >= before {
+                break;
+            }
+            // Only the tombstone of that delete: one its key got since has an entry of its own.
+            let current = match self.hub.get(gone)? {
+                Some(v) => decode::<Tombstone>(gone, &v)?.deleted_at,
+                None => None,
+            };
+            if current == Some(at) {
+                batch.remove(gone);
+            }
+            batch.remove(k);
+            removed += 1;
+        }
+        self.hub.apply_batch(batch)?;
+        Ok(removed)
+    }
+
     /// The audit trail of a record (operator links and unlinks), oldest first.
     pub fn audit_for(&self, record: &str) -> Result<Vec<AuditEntry>, StoreError> {
         let mut prefix = key(b'a', &[record]);
@@ -1096,10 +1191,7 @@ impl Tx<'_> {
     /// Puts a cross-reference; a tombstone of its key (a hard delete) goes, whichever way the
     /// key comes back (a newer document, an operator's link, an assigned ID).
     pub fn put_xref(&self, x: &XrefKey, hub_id: &str) -> TxResult<()> {
-        let gone = tombstone_key(x);
-        if self.raw_contains(&gone)? {
-            self.raw_remove(gone);
-        }
+        self.remove_tombstone(x)?;
         self.put(xref_key(x), &hub_id)
     }
 
@@ -1108,8 +1200,26 @@ impl Tx<'_> {
         self.get(&tombstone_key(x))
     }
 
+    /// Puts a tombstone, listed by its age when it has one (see [`Store::purge_tombstones`]).
     pub fn put_tombstone(&self, x: &XrefKey, t: &Tombstone) -> TxResult<()> {
-        self.put(tombstone_key(x), t)
+        self.remove_tombstone(x)?;
+        let gone = tombstone_key(x);
+        if let Some(at) = t.deleted_at {
+            self.raw_insert(tombstone_age_key(at, &gone), sled::IVec::default());
+        }
+        self.put(gone, t)
+    }
+
+    /// Removes the tombstone of `x`, if there is one, with its place among them by age.
+    fn remove_tombstone(&self, x: &XrefKey) -> TxResult<()> {
+        let gone = tombstone_key(x);
+        if let Some(old) = self.get::<Tombstone>(&gone)? {
+            if let Some(at) = old.deleted_at {
+                self.raw_remove(tombstone_age_key(at, &gone));
+            }
+            self.raw_remove(gone);
+        }
+        Ok(())
     }
 
     pub fn remove_xref(&self, x: &XrefKey) -> TxResult<()> {
@@ -2057,6 +2167,7 @@ mod tests {
         let gone = Tombstone {
             record: "ACC-1".into(),
             variation: "7".into(),
+            deleted_at: Some(1_000),
         };
         store.transact(|tx| tx.put_tombstone(&key, &gone)).unwrap();
         assert_eq!(
@@ -2079,6 +2190,110 @@ mod tests {
         store.transact(|tx| tx.put_xref(&key, "ACC-3")).unwrap();
         assert_eq!(store.transact(|tx| tx.tombstone(&key)).unwrap(), None);
         assert_eq!(store.resolve(&key).unwrap().as_deref(), Some("ACC-3"));
+        assert_eq!(
+            store.hub.scan_prefix([b'h']).count(),
+            0,
+            "its place by age goes with it"
+        );
+    }
+
+    fn xref(id: &str) -> XrefKey {
+        XrefKey {
+            kind: Kind::Account,
+            application: "lid://a".into(),
+            accounting_entity: "1".into(),
+            id: id.into(),
+        }
+    }
+
+    fn deleted_at(at: u64) -> Tombstone {
+        Tombstone {
+            record: "ACC-1".into(),
+            variation: "7".into(),
+            deleted_at: Some(at),
+        }
+    }
+
+    #[test]
+    fn tombstones_older_than_the_retention_are_purged_oldest_first_in_chunks() {
+        let store = Store::temporary().unwrap();
+        store
+            .transact(|tx| {
+                for (id, at) in [("C3", 3_000), ("C1", 1_000), ("C2", 2_000), ("C9", 9_000)] {
+                    tx.put_tombstone(&xref(id), &deleted_at(at))?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        // C2 came back (a newer document) and was deleted again later.
+        store
+            .transact(|tx| {
+                tx.put_xref(&xref("C2"), "ACC-2")?;
+                tx.put_tombstone(&xref("C2"), &deleted_at(8_000))
+            })
+            .unwrap();
+        let left = |store: &Store| -> Vec<String> {
+            ["C1", "C2", "C3", "C9"]
+                .into_iter()
+                .filter(|id| {
+                    store
+                        .transact(|tx| tx.tombstone(&xref(id)))
+                        .unwrap()
+                        .is_some()
+                })
+                .map(str::to_string)
+                .collect()
+        };
+        assert_eq!(store.purge_tombstones(5_000, 1).unwrap(), 1);
+        assert_eq!(left(&store), ["C2", "C3", "C9"], "the oldest first");
+        assert_eq!(store.purge_tombstones(5_000, 10).unwrap(), 1);
+        assert_eq!(left(&store), ["C2", "C9"], "C2's delete is younger");
+        assert_eq!(store.purge_tombstones(5_000, 10).unwrap(), 0);
+        assert_eq!(store.purge_tombstones(8_001, 10).unwrap(), 1);
+        assert_eq!(left(&store), ["C9"]);
+        assert_eq!(store.hub.scan_prefix([b'h']).count(), 1);
+    }
+
+    #[test]
+    fn tombstones_of_an_earlier_version_are_dated_at_the_first_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let before = track::Millis::now().0;
+        {
+            let store = Store::open(dir.path()).unwrap();
+            // As an earlier version wrote it: no time, no place by age, no meta entry.
+            store
+                .hub
+                .insert(
+                    tombstone_key(&xref("C1")),
+                    encode(&Tombstone {
+                        deleted_at: None,
+                        ..deleted_at(0)
+                    }),
+                )
+                .unwrap();
+            store
+                .hub
+                .remove(key(b's', &["meta", TOMBSTONE_DATES_META]))
+                .unwrap();
+            store.flush().unwrap();
+        }
+        let store = reopen(dir.path());
+        let dated = store
+            .transact(|tx| tx.tombstone(&xref("C1")))
+            .unwrap()
+            .unwrap();
+        let at = dated.deleted_at.expect("dated");
+        assert!(at >= before, "{at} {before}");
+        assert_eq!(
+            store.purge_tombstones(at, 10).unwrap(),
+            0,
+            "not expired yet"
+        );
+        assert_eq!(store.purge_tombstones(at + 1, 10).unwrap(), 1);
+        assert!(store
+            .transact(|tx| tx.tombstone(&xref("C1")))
+            .unwrap()
+            .is_none());
     }
 
     #[test]

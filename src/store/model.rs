@@ -453,6 +453,11 @@ pub struct Tombstone {
     pub record: String,
     /// The last variationID applied for the key (the delete's, when it carried one).
     pub variation: String,
+    /// When the delete came (milliseconds since the Unix epoch): the service removes the
+    /// tombstone `hub.tombstone_retention` later. A tombstone of an earlier version gets the
+    /// time the store is first opened by this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_at: Option<u64>,
 }
 
 /// A document's bytes, kept exactly. Stored as text when they are UTF-8 (nearly every

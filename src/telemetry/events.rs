@@ -330,6 +330,34 @@ impl Event for TrackingPurged {
     }
 }
 
+/// The tombstones of hard deletes older than `hub.tombstone_retention` were removed.
+pub struct TombstonesPurged {
+    pub removed: usize,
+}
+
+impl Event for TombstonesPurged {
+    fn emit(self) {
+        if self.removed > 0 {
+            tracing::info!(
+                removed = self.removed,
+                "Removed the tombstones of hard deletes older than hub.tombstone_retention"
+            );
+        }
+        metrics().tombstones_purged.inc_by(self.removed as u64);
+    }
+}
+
+/// A tombstone purge failed; the next round tries again.
+pub struct TombstonesFailed<'a> {
+    pub error: &'a dyn std::fmt::Display,
+}
+
+impl Event for TombstonesFailed<'_> {
+    fn emit(self) {
+        tracing::warn!(error = %self.error, "Purging tombstones failed; the next round tries again");
+    }
+}
+
 /// Broker confirm times were written on the messages' timelines.
 pub struct TrackingConfirmed {
     pub outputs: usize,

@@ -62,6 +62,7 @@ pub struct Metrics {
     pub(crate) promotions: IntCounterVec,
     pub(crate) lanes_busy: IntGauge,
     pub(crate) tracking_purged: IntCounter,
+    pub(crate) tombstones_purged: IntCounter,
     pub(crate) tracking_errors: IntCounterVec,
 }
 
@@ -277,6 +278,13 @@ impl Metrics {
                     "Tracked runs (one processing of a message each) removed after tracking.retention.",
                 )?,
             )?,
+            tombstones_purged: reg(
+                &registry,
+                IntCounter::new(
+                    "bodflow_tombstones_purged_total",
+                    "Tombstones of hard-deleted cross-references removed after hub.tombstone_retention.",
+                )?,
+            )?,
             tracking_errors: reg(
                 &registry,
                 IntCounterVec::new(
@@ -485,6 +493,7 @@ mod tests {
             "bodflow_store_flush_seconds_bucket",
             "bodflow_store_size_bytes",
             "bodflow_tracking_purged_total",
+            "bodflow_tombstones_purged_total",
             "bodflow_tracking_errors_total",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
