@@ -10,7 +10,8 @@
 //! simply wait in the broker's prefetch meanwhile.
 //!
 //! What reloads: applications (new ones get their queue declared before the swap), users,
-//! country tables, policies, flows, limits, `hub.tenant` and `hub.account_number_format`.
+//! country tables, policies, flows, limits, `hub.tenant`, `hub.account_number_format` and
+//! `hub.tombstone_retention` (read by each purge round).
 //! What needs a restart ([`RESTART_ONLY`]): `hub.store`, `hub.store_cache_mb`,
 //! `hub.logical_id`, `amqp.url`, `amqp.prefetch`, `amqp.lanes`, `http.listen` — a changed
 //! value is reported (WARN, metric `bodflow_config_restart_required`) and the running value

@@ -334,9 +334,9 @@ async fn purge_tombstones(live: Live, stop: tokio_util::sync::CancellationToken)
             let before = Millis::now().0.saturating_sub(retention_ms);
             let mut removed = 0;
             loop {
-                let n = store.purge_tombstones(before, TOMBSTONE_CHUNK)?;
+                let (scanned, n) = store.purge_tombstones(before, TOMBSTONE_CHUNK)?;
                 removed += n;
-                if n < TOMBSTONE_CHUNK {
+                if scanned < TOMBSTONE_CHUNK {
                     return Ok::<_, crate::store::StoreError>(removed);
                 }
             }

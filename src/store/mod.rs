@@ -1045,36 +1045,46 @@ impl Store {
         Ok(())
     }
 
-    /// Removes up to `max` tombstones of deletes before `before` (milliseconds since the Unix
-    /// epoch), oldest first; returns how many. Call again while it returns `max`. Holds the
-    /// writer lock for the batch, so a transaction never sees half of it.
-    pub fn purge_tombstones(&self, before: u64, max: usize) -> Result<usize, StoreError> {
+    /// Goes through up to `max` entries of the tombstones by age, oldest first, removing the
+    /// tombstones of deletes before `before` (milliseconds since the Unix epoch); returns
+    /// the entries gone through and the tombstones removed. Call again while the first is
+    /// `max`. Holds the writer lock for the batch, so a transaction never sees half of it. An
+    /// entry whose tombstone is gone or cannot be read is removed (with that tombstone).
+    pub fn purge_tombstones(&self, before: u64, max: usize) -> Result<(usize, usize), StoreError> {
         let _writer = locked(&self.writer);
         let mut batch = sled::Batch::default();
-        let mut removed = 0;
+        let (mut scanned, mut removed) = (0, 0);
         for item in self.hub.scan_prefix([b'h']).keys().take(max) {
             let k = item?;
-            let (Some(at), Some(gone)) = (k.get(1..9), k.get(9..)) else {
+            let at = k
+                .get(1..9)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes);
+            let gone = k.get(9..).filter(|g| g.first() == Some(&b'g'));
+            let (Some(at), Some(gone)) = (at, gone) else {
                 batch.remove(k);
+                scanned += 1;
                 continue;
             };
-            let at = u64::from_be_bytes(at.try_into().unwrap_or_default());
             if at >= before {
                 break;
             }
+            scanned += 1;
+            batch.remove(&k);
             // Only the tombstone of that delete: one its key got since has an entry of its own.
-            let current = match self.hub.get(gone)? {
-                Some(v) => decode::<Tombstone>(gone, &v)?.deleted_at,
-                None => None,
-            };
-            if current == Some(at) {
-                batch.remove(gone);
+            match self.hub.get(gone)? {
+                Some(v) => match decode::<Tombstone>(gone, &v) {
+                    Ok(t) if t.deleted_at != Some(at) => continue,
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "An unreadable tombstone removed"),
+                },
+                None => continue,
             }
-            batch.remove(k);
+            batch.remove(gone);
             removed += 1;
         }
         self.hub.apply_batch(batch)?;
-        Ok(removed)
+        Ok((scanned, removed))
     }
 
     /// The audit trail of a record (operator links and unlinks), oldest first.
@@ -1211,10 +1221,15 @@ impl Tx<'_> {
     }
 
     /// Removes the tombstone of `x`, if there is one, with its place among them by age.
+    /// An unreadable tombstone goes too (its entry by age, if any, is dropped by the purge).
     fn remove_tombstone(&self, x: &XrefKey) -> TxResult<()> {
         let gone = tombstone_key(x);
-        if let Some(old) = self.get::<Tombstone>(&gone)? {
-            if let Some(at) = old.deleted_at {
+        if let Some(v) = self.raw_get(&gone)? {
+            if let Ok(Tombstone {
+                deleted_at: Some(at),
+                ..
+            }) = decode::<Tombstone>(&gone, &v)
+            {
                 self.raw_remove(tombstone_age_key(at, &gone));
             }
             self.raw_remove(gone);
@@ -2244,14 +2259,36 @@ mod tests {
                 .map(str::to_string)
                 .collect()
         };
-        assert_eq!(store.purge_tombstones(5_000, 1).unwrap(), 1);
+        assert_eq!(store.purge_tombstones(5_000, 1).unwrap(), (1, 1));
         assert_eq!(left(&store), ["C2", "C3", "C9"], "the oldest first");
-        assert_eq!(store.purge_tombstones(5_000, 10).unwrap(), 1);
+        assert_eq!(store.purge_tombstones(5_000, 10).unwrap(), (1, 1));
         assert_eq!(left(&store), ["C2", "C9"], "C2's delete is younger");
-        assert_eq!(store.purge_tombstones(5_000, 10).unwrap(), 0);
-        assert_eq!(store.purge_tombstones(8_001, 10).unwrap(), 1);
+        assert_eq!(store.purge_tombstones(5_000, 10).unwrap(), (0, 0));
+        assert_eq!(store.purge_tombstones(8_001, 10).unwrap(), (1, 1));
         assert_eq!(left(&store), ["C9"]);
         assert_eq!(store.hub.scan_prefix([b'h']).count(), 1);
+
+        // An unreadable tombstone neither stops the purge nor the key coming back.
+        store
+            .transact(|tx| tx.put_tombstone(&xref("C4"), &deleted_at(4_000)))
+            .unwrap();
+        store
+            .transact(|tx| tx.put_tombstone(&xref("C5"), &deleted_at(4_500)))
+            .unwrap();
+        store
+            .hub
+            .insert(tombstone_key(&xref("C4")), b"{broken".to_vec())
+            .unwrap();
+        assert_eq!(store.purge_tombstones(5_000, 10).unwrap(), (2, 2));
+        assert_eq!(left(&store), ["C9"]);
+        store
+            .hub
+            .insert(tombstone_key(&xref("C6")), b"{broken".to_vec())
+            .unwrap();
+        store
+            .transact(|tx| tx.put_xref(&xref("C6"), "ACC-6"))
+            .unwrap();
+        assert!(store.hub.get(tombstone_key(&xref("C6"))).unwrap().is_none());
     }
 
     #[test]
@@ -2286,10 +2323,10 @@ mod tests {
         assert!(at >= before, "{at} {before}");
         assert_eq!(
             store.purge_tombstones(at, 10).unwrap(),
-            0,
+            (0, 0),
             "not expired yet"
         );
-        assert_eq!(store.purge_tombstones(at + 1, 10).unwrap(), 1);
+        assert_eq!(store.purge_tombstones(at + 1, 10).unwrap(), (1, 1));
         assert!(store
             .transact(|tx| tx.tombstone(&xref("C1")))
             .unwrap()
