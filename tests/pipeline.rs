@@ -489,6 +489,49 @@ fn a_hard_deleted_accounts_contacts_wait_for_it_and_follow_it_when_it_comes_back
 }
 
 #[test]
+fn a_record_keeps_about_one_documents_worth_of_userarea_values() {
+    let p = pipeline();
+    // 3,000 UserArea values named `{prefix}0`.. in LN's account C5 at `variation`.
+    let with = |prefix: &str, variation: u32| {
+        let values: String = (0..3_000)
+            .map(|i| format!(r#"<Property><NameValue name="{prefix}{i}">v</NameValue></Property>"#))
+            .collect();
+        account("C5", "Delta", "AUT")
+            .replace(
+                r#"variationID="1""#,
+                &format!(r#"variationID="{variation}""#),
+            )
+            .replace(
+                "</CustomerPartyMaster>",
+                &format!("<UserArea>{values}</UserArea></CustomerPartyMaster>"),
+            )
+    };
+    let first = p
+        .process(&input(with("a", 1).as_bytes(), "m-1", false))
+        .unwrap();
+    let record = stored(&p, first.record.as_deref());
+    assert_eq!(record.fields.user_area.len(), 3_000);
+    let second = p
+        .process(&input(with("b", 2).as_bytes(), "m-2", false))
+        .unwrap();
+    assert_eq!(second.outcome, Outcome::Applied, "{:?}", second.decisions);
+    let values = stored(&p, second.record.as_deref()).fields.user_area;
+    assert_eq!(values.len(), 5_000, "as many as one document may carry");
+    assert_eq!(
+        values[0].name, "a1000",
+        "the values first seen longest ago went"
+    );
+    assert_eq!(values[4_999].name, "b2999");
+    assert!(
+        second.decisions.iter().any(|d| d
+            .text
+            .contains("the 1000 values first seen longest ago dropped")),
+        "{:?}",
+        second.decisions
+    );
+}
+
+#[test]
 fn an_operator_link_to_the_placeholder_makes_it_the_applications_account() {
     let p = pipeline();
     let orphan = p

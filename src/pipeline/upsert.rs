@@ -28,6 +28,7 @@
 //! [`Emitter`]. This module only reads and writes through the transaction: an error drops the
 //! whole write set, so nothing half-applied can remain.
 
+use crate::bod::read::MAX_USER_AREA_VALUES;
 use crate::config::{Application, Config, CreatePolicy, DeleteMode, FieldGroup, MatchKey};
 use crate::store::{
     Fields, HubRecord, Kind, Marker, Owner, ParkReason, Parked, Tombstone, Tx, TxResult, Xref,
@@ -465,6 +466,16 @@ fn merge(
             Some(c) => *c = nv.clone(),
             None => current.user_area.push(nv.clone()),
         }
+    }
+    // A record keeps at most as many values as one document may carry: a sender naming new
+    // values in every document (a date in the name, say) would otherwise grow it for ever.
+    // The values first seen longest ago go.
+    let over = current.user_area.len().saturating_sub(MAX_USER_AREA_VALUES);
+    if over > 0 {
+        current.user_area.drain(..over);
+        notes.push(format!(
+            "UserArea: the {over} values first seen longest ago dropped (a record keeps at most {MAX_USER_AREA_VALUES})"
+        ));
     }
     let skipped: Vec<&str> = FieldGroup::ALL
         .iter()

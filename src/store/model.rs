@@ -184,7 +184,8 @@ pub struct Fields {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub classification: Vec<String>,
     /// The sender's `UserArea` content, kept on the record (never interpreted, and not sent to
-    /// other applications: it holds the sender's private extensions).
+    /// other applications: it holds the sender's private extensions); merged by name, at most
+    /// [`crate::bod::read::MAX_USER_AREA_VALUES`] (the upsert stage drops the oldest names).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub user_area: Vec<NameValue>,
 }
