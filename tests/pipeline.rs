@@ -79,13 +79,9 @@ fn contact(id: &str, employer: &str) -> String {
 
 fn input<'a>(bytes: &'a [u8], message_id: &'a str, retry: bool) -> Input<'a> {
     Input {
-        bytes,
-        source: "test",
         message_id: Some(message_id),
-        reply_to: None,
-        received_at: Utc::now(),
         retry,
-        envelope: None,
+        ..Input::file(bytes, "test", Utc::now())
     }
 }
 

@@ -23,18 +23,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     for path in &inputs {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         let source = path.display().to_string();
-        let prepared = prepare(
-            &config,
-            &Input {
-                bytes: &bytes,
-                source: &source,
-                message_id: None,
-                reply_to: None,
-                received_at: Utc::now(),
-                retry: false,
-                envelope: None,
-            },
-        );
+        let prepared = prepare(&config, &Input::file(&bytes, &source, Utc::now()));
         match &prepared.state {
             State::Ready(doc) => println!(
                 "{source}: valid {}{} ({} noun{})",

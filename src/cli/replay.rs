@@ -155,13 +155,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                                 .map(|(path, file)| {
                                     let source = path.display().to_string();
                                     pipeline.prepare(&Input {
-                                        bytes: &file.bytes,
-                                        source: &source,
                                         message_id: file.message_id.as_deref(),
-                                        reply_to: None,
-                                        received_at: now.unwrap_or_else(Utc::now),
-                                        retry: false,
-                                        envelope: None,
+                                        ..Input::file(
+                                            &file.bytes,
+                                            &source,
+                                            now.unwrap_or_else(Utc::now),
+                                        )
                                     })
                                 })
                                 .collect();
@@ -500,15 +499,11 @@ mod tests {
         let prepared = Generator::new(7, Mix::NEW_ONLY)
             .take(3)
             .map(|g| {
-                pipeline.prepare(&Input {
-                    bytes: &g.bytes,
-                    source: &format!("doc-{}.xml", g.index),
-                    message_id: None,
-                    reply_to: None,
-                    received_at: Utc::now(),
-                    retry: false,
-                    envelope: None,
-                })
+                pipeline.prepare(&Input::file(
+                    &g.bytes,
+                    &format!("doc-{}.xml", g.index),
+                    Utc::now(),
+                ))
             })
             .collect();
         (pipeline, prepared)

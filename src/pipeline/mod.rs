@@ -212,6 +212,22 @@ pub struct Input<'a> {
     pub envelope: Option<&'a crate::store::Envelope>,
 }
 
+impl<'a> Input<'a> {
+    /// A file's document (`replay`, `check`): named by its payload digest, no `reply_to`, no
+    /// envelope, not a retry. Set the other fields with struct update syntax.
+    pub fn file(bytes: &'a [u8], source: &'a str, received_at: DateTime<Utc>) -> Input<'a> {
+        Input {
+            bytes,
+            source,
+            message_id: None,
+            reply_to: None,
+            received_at,
+            retry: false,
+            envelope: None,
+        }
+    }
+}
+
 /// The digest used as message id when a delivery has none (DESIGN §2).
 pub fn payload_digest(bytes: &[u8]) -> String {
     let hash = blake3::hash(bytes);
@@ -993,13 +1009,9 @@ mod tests {
             prepare(
                 &config,
                 &Input {
-                    bytes: bytes.as_bytes(),
-                    source: "test",
                     message_id: Some("m-1"),
-                    reply_to: None,
-                    received_at: Utc::now(),
-                    retry: false,
                     envelope,
+                    ..Input::file(bytes.as_bytes(), "test", Utc::now())
                 },
             )
         };
@@ -1076,13 +1088,9 @@ mod tests {
         let run =
             |message_id: &str, retry: bool, delivered: Option<Arc<crate::store::Delivered>>| {
                 let mut prepared = pipeline.prepare(&Input {
-                    bytes,
-                    source: "test",
                     message_id: Some(message_id),
-                    reply_to: None,
-                    received_at: Utc::now(),
                     retry,
-                    envelope: None,
+                    ..Input::file(bytes, "test", Utc::now())
                 });
                 prepared.ctx.delivered = delivered;
                 pipeline.commit(&prepared).unwrap()
@@ -1150,13 +1158,8 @@ logical_id = "lid://ln"
         .unwrap();
         let bytes = br#"<SyncCustomerPartyMaster><ApplicationArea><Sender><LogicalID>lid://ln</LogicalID></Sender><BODID>b-1</BODID></ApplicationArea><DataArea/></SyncCustomerPartyMaster>"#;
         let input = Input {
-            bytes,
-            source: "test",
             message_id: Some("m-1"),
-            reply_to: None,
-            received_at: Utc::now(),
-            retry: false,
-            envelope: None,
+            ..Input::file(bytes, "test", Utc::now())
         };
         let prepared = guarded(&config, &input, |stage| {
             stage.set(Stage::Country);

@@ -1088,6 +1088,7 @@ fn release_contacts(
     let mut waiting = tx.waiting_children(deleted_by)?;
     let waited = waiting.len();
     let mut released = Vec::new();
+    let mut fallbacks: std::collections::BTreeMap<&str, Option<String>> = Default::default();
     for contact_id in tx.contacts_of(&account.id)? {
         let contact = tx.record(&contact_id)?;
         let Some(mut contact) =
@@ -1108,7 +1109,15 @@ fn release_contacts(
             .chain(contact.xrefs.iter().map(|x| x.application.as_str()))
             .find_map(|lid| config.applications.iter().find(|a| a.logical_id == lid));
         let fallback = match own {
-            Some(app) => default_account(tx, config, app)?,
+            // Looked up once an application: the contacts of one account mostly share it.
+            Some(app) => match fallbacks.get(app.logical_id.as_str()) {
+                Some(known) => known.clone(),
+                None => {
+                    let found = default_account(tx, config, app)?;
+                    fallbacks.insert(app.logical_id.as_str(), found.clone());
+                    found
+                }
+            },
             None => None,
         };
         set_account(tx, &mut contact, fallback);
