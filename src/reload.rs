@@ -160,15 +160,9 @@ async fn reload_inner(live: &Live, explicit: Option<PathBuf>) -> Result<Reloaded
     let store = live.store.clone();
     let (pipeline, released) = tokio::task::spawn_blocking(move || {
         let pipeline = Pipeline::new(Arc::new(config), store)?;
-        let released = match pipeline.release_reactivated(chrono::Utc::now()) {
-            Ok(reports) => reports.len(),
-            Err(e) => {
-                // The new configuration is in force either way; what stayed parked is
-                // released by the next reload or start.
-                tracing::warn!(error = %e, code = e.code(), "Releasing documents of re-activated applications failed");
-                0
-            }
-        };
+        // The new configuration is in force either way; what stayed parked (with a warning)
+        // is released by the next reload or start.
+        let released = pipeline.release_reactivated(chrono::Utc::now()).0.len();
         pipeline.store.flush()?;
         Ok::<_, StoreError>((pipeline, released))
     })

@@ -776,6 +776,64 @@ fn parked_list_shows_the_inactive_applications_document_and_release_applies_it()
     assert!(parked("list", &reactivated, &inactive).is_empty());
 }
 
+/// A parked row that cannot be read is named on stderr and skipped: `parked list` and
+/// `parked release` go on with the others and exit 1; the row stays in the store.
+#[test]
+fn a_parked_row_that_cannot_be_read_holds_up_no_other() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    replay_into_store(tmp.path(), &store);
+    let config = fixtures().join("bodflow.toml");
+    let parked = |action: &str, exit: i32| {
+        let out = run_in(
+            tmp.path(),
+            bodflow()
+                .args(["parked", action, "--json", "--store"])
+                .arg(&store)
+                .arg("--config")
+                .arg(&config),
+        );
+        assert_exit(&out, exit);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.contains("unreadable"), exit == 1, "{stderr}");
+        json_lines(&out)
+    };
+    // The fixtures leave one document parked; the same document as another message (one
+    // byte more) parks a second row.
+    let listed = parked("list", 0);
+    let source = str_of(&listed[0], "source").unwrap().to_string();
+    let again = tmp.path().join("again.xml");
+    let mut bytes =
+        std::fs::read(fixtures().join(Path::new(&source).file_name().unwrap())).unwrap();
+    bytes.push(b'\n');
+    std::fs::write(&again, bytes).unwrap();
+    let out = run_in(
+        tmp.path(),
+        bodflow()
+            .arg("replay")
+            .arg(&again)
+            .args(["--json", "--config"])
+            .arg(fixtures().join("bodflow.toml"))
+            .arg("--store")
+            .arg(&store),
+    );
+    assert_exit(&out, 0);
+    let parked_count = parked("list", 0).len();
+    assert_eq!(parked_count, listed.len() + 1);
+    {
+        // The store's own layout: `p`, big-endian sequence.
+        let db = sled::open(&store).unwrap();
+        let hub = db.open_tree("hub").unwrap();
+        let (first, _) = hub.scan_prefix(b"p").next().unwrap().unwrap();
+        hub.insert(first, b"not a parked row".as_slice()).unwrap();
+        db.flush().unwrap();
+    }
+    assert_eq!(parked("list", 1).len(), parked_count - 1);
+    let released = parked("release", 1);
+    assert!(released.len() >= parked_count - 1, "the others re-ran");
+    assert_eq!(parked("list", 1).len(), parked_count - 1, "nothing lost");
+}
+
 /// A file over `limits.max_bytes` is refused from its first bytes, but named by the digest of
 /// the whole payload — the message id the service computes for the same document.
 #[test]

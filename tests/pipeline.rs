@@ -195,12 +195,13 @@ fn parked_documents_of_a_reactivated_application_are_released_once() {
     );
     assert_eq!(store.parked().count(), 1);
     assert!(
-        p.release_reactivated(Utc::now()).unwrap().is_empty(),
+        p.release_reactivated(Utc::now()).0.is_empty(),
         "still inactive"
     );
 
     let active = pipeline_on(CONFIG, &store);
-    let released = active.release_reactivated(Utc::now()).unwrap();
+    let (released, failed) = active.release_reactivated(Utc::now());
+    assert_eq!(failed, 0);
     assert_eq!(released.len(), 1);
     assert_eq!(released[0].outcome, Outcome::Applied);
     assert_eq!(
@@ -212,11 +213,84 @@ fn parked_documents_of_a_reactivated_application_are_released_once() {
         .record(released[0].record.as_deref().unwrap())
         .unwrap()
         .is_some());
-    assert!(active.release_reactivated(Utc::now()).unwrap().is_empty());
+    assert!(active.release_reactivated(Utc::now()).0.is_empty());
     let redelivered = active
         .process(&input(doc.as_bytes(), "m-5", false))
         .unwrap();
     assert_eq!(redelivered.outcome, Outcome::Duplicate);
+}
+
+/// A delivery's document parked for an inactive application is checked in full only when it
+/// is released; should that reject it, its parked row — its only copy, the delivery was acked
+/// — becomes a dead-letter row like a rejected delivery's. A parked row that cannot be read
+/// stays where it is and does not stop the others (nor the service's start).
+#[test]
+fn a_released_delivery_that_is_rejected_is_dead_lettered_and_a_bad_row_holds_up_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store");
+    let invalid = account("C9", "Beta", "XXX");
+    {
+        let store = Arc::new(Store::open(&path).unwrap());
+        let p = pipeline_on(&inactive_ln(), &store);
+        for (id, doc, source) in [
+            ("m-a", account("C8", "Alpha", "ITA"), "amqp"),
+            ("m-b", invalid.clone(), "amqp"),
+            ("m-c", account("C10", "Gamma", "DEU"), "amqp"),
+            ("m-d", account("C11", "Delta", "XXX"), "fixtures/c11.xml"),
+        ] {
+            let r = p
+                .process(&Input {
+                    source,
+                    ..input(doc.as_bytes(), id, false)
+                })
+                .unwrap();
+            assert_eq!(r.outcome, Outcome::Parked, "{id}");
+        }
+        store.flush().unwrap();
+    }
+    {
+        // The store's own layout: `p`, big-endian sequence. The first row becomes unreadable.
+        let db = sled::open(&path).unwrap();
+        let hub = db.open_tree("hub").unwrap();
+        let (first, _) = hub.scan_prefix(b"p").next().unwrap().unwrap();
+        hub.insert(first, b"not a parked row".as_slice()).unwrap();
+        db.flush().unwrap();
+    }
+    let store = Arc::new(Store::open(&path).unwrap());
+    let active = pipeline_on(CONFIG, &store);
+    let (released, failed) = active.release_reactivated(Utc::now());
+    assert_eq!(failed, 1, "the unreadable row");
+    let outcomes: Vec<(&str, Outcome)> = released
+        .iter()
+        .map(|r| (r.message_id.as_str(), r.outcome))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("m-b", Outcome::Rejected),
+            ("m-c", Outcome::Applied),
+            ("m-d", Outcome::Rejected)
+        ]
+    );
+    assert_eq!(store.parked().count(), 1, "the unreadable row stays");
+    let error = released[0].error.clone().unwrap();
+    let dead: Vec<_> = store
+        .outbox()
+        .map(|r| r.unwrap().1)
+        .filter_map(|row| Some((row.correlation_id.clone(), row.dead_letter?)))
+        .collect();
+    assert_eq!(
+        dead.len(),
+        1,
+        "the delivery's document only: a file stays a file"
+    );
+    let (message_id, row) = &dead[0];
+    assert_eq!(message_id, "m-b");
+    assert_eq!(row.delivered.payload, invalid.as_bytes(), "byte for byte");
+    assert_eq!(
+        (row.stage.as_str(), row.code.as_str(), row.path.as_deref()),
+        (error.stage.as_str(), error.code, error.path.as_deref())
+    );
 }
 
 #[test]
@@ -236,7 +310,8 @@ fn a_parked_iso_8859_1_document_is_released_with_the_bytes_it_came_with() {
     assert_eq!(stored.payload.0, latin1, "kept byte for byte");
 
     let active = pipeline_on(CONFIG, &store);
-    let released = active.release_reactivated(Utc::now()).unwrap();
+    let (released, failed) = active.release_reactivated(Utc::now());
+    assert_eq!(failed, 0);
     assert_eq!(
         released[0].outcome,
         Outcome::Applied,

@@ -333,7 +333,7 @@ fn a_nouns_row_parked_again_for_an_inactive_application_stays_that_nouns_row() {
     assert_eq!(rows[0].reason, ParkReason::InactiveApplication);
     assert_eq!(rows[0].noun, row.noun, "still the row of that noun");
 
-    let again = p.release_reactivated(Utc::now()).unwrap();
+    let (again, _) = p.release_reactivated(Utc::now());
     assert_eq!(again.len(), 1);
     assert_eq!(
         again[0].outcome,

@@ -737,7 +737,7 @@ fn input<'d>(d: &'d Delivery, envelope: &'d crate::store::Envelope) -> Input<'d>
     Input {
         envelope: Some(envelope),
         bytes: &d.data,
-        source: "amqp",
+        source: super::SOURCE,
         message_id: d.properties.message_id().as_ref().map(|m| m.as_str()),
         reply_to: d.properties.reply_to().as_ref().map(|r| r.as_str()),
         received_at: Utc::now(),

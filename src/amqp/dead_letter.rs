@@ -32,6 +32,45 @@ pub(crate) fn encode(properties: &BasicProperties) -> Vec<u8> {
     postcard::to_stdvec(properties).unwrap_or_default()
 }
 
+/// What a parked document's delivery is rebuilt as, for its copy should its release reject it
+/// (its parked row is its only copy): a parked row keeps the bytes, the message id and the
+/// envelope (`correlation_id`, ION headers), not the delivery's routing key or its other
+/// properties. An empty routing key is routed by `bodflow dlq replay` as a delivery without
+/// one.
+pub(crate) fn parked_delivery(
+    message_id: &str,
+    envelope: &crate::store::Envelope,
+    payload: &[u8],
+) -> crate::store::Delivered {
+    let mut headers = FieldTable::default();
+    for (name, value) in [
+        ("fromLogicalId", &envelope.from_logical_id),
+        ("toLogicalId", &envelope.to_logical_id),
+        ("tenantId", &envelope.tenant_id),
+        ("variationId", &envelope.variation_id),
+    ] {
+        if let Some(value) = value {
+            put_header(&mut headers, name, value);
+        }
+    }
+    let mut properties = BasicProperties::default()
+        .with_content_type("application/xml".into())
+        .with_delivery_mode(2)
+        .with_headers(headers);
+    // Both came in a delivery's properties, so they fit in them again.
+    if let Ok(id) = short(message_id) {
+        properties = properties.with_message_id(id);
+    }
+    if let Some(Ok(id)) = envelope.correlation_id.as_deref().map(short) {
+        properties = properties.with_correlation_id(id);
+    }
+    crate::store::Delivered {
+        routing_key: String::new(),
+        properties: encode(&properties),
+        payload: payload.to_vec(),
+    }
+}
+
 /// Properties written by [`encode`]; a row the store could not keep intact gets none (its
 /// copy still carries the payload and our headers).
 pub(super) fn decode(bytes: &[u8]) -> BasicProperties {
@@ -234,6 +273,35 @@ pub(super) async fn publish(
 mod tests {
     use super::*;
     use lapin::types::{AMQPValue, FieldArray};
+
+    #[test]
+    fn a_parked_delivery_is_rebuilt_with_its_message_id_and_envelope() {
+        let envelope = crate::store::Envelope {
+            correlation_id: Some("c-1".into()),
+            from_logical_id: Some("lid://ln".into()),
+            tenant_id: Some("ACME".into()),
+            variation_id: Some("7".into()),
+            ..Default::default()
+        };
+        let d = parked_delivery("m-1", &envelope, b"<x/>");
+        assert_eq!(
+            (d.routing_key.as_str(), d.payload.as_slice()),
+            ("", b"<x/>".as_slice())
+        );
+        let p = decode(&d.properties);
+        assert_eq!(p.message_id().as_ref().map(|m| m.as_str()), Some("m-1"));
+        assert_eq!(p.correlation_id().as_ref().map(|m| m.as_str()), Some("c-1"));
+        assert_eq!(p.delivery_mode(), &Some(2));
+        let headers = p.headers().as_ref().unwrap().inner();
+        let header = |name: &str| match headers.get(name) {
+            Some(AMQPValue::LongString(v)) => Some(v.to_string()),
+            _ => None,
+        };
+        assert_eq!(header("fromLogicalId").as_deref(), Some("lid://ln"));
+        assert_eq!(header("tenantId").as_deref(), Some("ACME"));
+        assert_eq!(header("variationId").as_deref(), Some("7"));
+        assert_eq!(header("toLogicalId"), None);
+    }
 
     fn sent() -> BasicProperties {
         let mut headers = FieldTable::default();

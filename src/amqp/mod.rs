@@ -18,6 +18,10 @@
 
 pub mod consumer;
 mod dead_letter;
+pub(crate) use dead_letter::parked_delivery;
+
+/// The `source` of a document that came as a delivery (in reports, parked rows, timelines).
+pub const SOURCE: &str = "amqp";
 pub mod dlq;
 pub mod lanes;
 pub mod publisher;

@@ -26,20 +26,32 @@
 //! Neither the removal nor the confirm times wait for the store's writer or go through a
 //! sled batch (each costs two log-buffer writes): a round never holds up a commit.
 //!
+//! **Which row a returned message belongs to** is read from the message itself, not from the
+//! confirm lapin hands it with: lapin gives a `basic.return` to whichever confirm it completes
+//! next, and the broker may ack other publishes between a return and the ack of the message it
+//! returned (a `multiple` ack completes its confirms in no particular order, possibly those of
+//! the next round). So every published row keeps a fingerprint of its exchange, routing key
+//! and payload; the returns that confirms carry are collected (from the round being settled
+//! and from whatever of the next round has already been confirmed), and a row is returned when
+//! a collected return has its fingerprint. A return always comes before the ack of its own
+//! message, so by the time a row's confirm is in, its return has been collected.
+//!
 //! Rows left over are published by the next start; a row published but not yet removed when
 //! the process dies is published again (at least once; receivers dedupe by BODID).
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
+use lapin::message::BasicReturnMessage;
 use lapin::options::BasicPublishOptions;
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel};
+use lapin::{BasicProperties, Channel, Confirmation};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::{all_in_order, confirmed, dead_letter, put_header, short, topology, Error, RunOptions};
+use super::{all_in_order, dead_letter, put_header, short, topology, Error, RunOptions};
 use crate::pipeline::Pipeline;
 use crate::store::track::{Confirmed, Millis, OutputAt};
 use crate::store::OutboxRow;
@@ -87,7 +99,90 @@ struct Sent {
     dead: Option<(String, String)>,
     /// How often the broker refused it before.
     attempts: u32,
-    confirm: lapin::PublisherConfirm,
+    /// Its exchange, routing key and payload, to recognise it when it is returned.
+    fingerprint: u64,
+    confirm: Confirm,
+}
+
+/// A publish's confirm, awaited or already in.
+enum Confirm {
+    Waiting(lapin::PublisherConfirm),
+    In(Box<lapin::Result<Confirmation>>),
+}
+
+impl Confirm {
+    /// The confirm, once in; a returned message it carries goes to `returned` (it may be
+    /// another row's).
+    async fn wait(&mut self, returned: &mut Returned) {
+        if let Confirm::Waiting(confirm) = self {
+            let outcome = confirm.await;
+            *self = Confirm::In(Box::new(outcome));
+        }
+        self.take_return(returned);
+    }
+
+    /// Like [`Confirm::wait`], if the confirm is already in.
+    async fn peek(&mut self, returned: &mut Returned) {
+        if let Confirm::Waiting(confirm) = self {
+            if let Some(outcome) = futures_lite::future::poll_once(confirm).await {
+                *self = Confirm::In(Box::new(outcome));
+            }
+        }
+        self.take_return(returned);
+    }
+
+    fn take_return(&mut self, returned: &mut Returned) {
+        let Confirm::In(outcome) = self else {
+            return;
+        };
+        if let Ok(Confirmation::Ack(message) | Confirmation::Nack(message)) = outcome.as_mut() {
+            if let Some(message) = message.take() {
+                returned.add(&message);
+            }
+        }
+    }
+}
+
+/// Returned messages not yet matched to their row, by fingerprint.
+#[derive(Default)]
+struct Returned(HashMap<u64, usize>);
+
+impl Returned {
+    fn add(&mut self, message: &BasicReturnMessage) {
+        let d = &message.delivery;
+        *self
+            .0
+            .entry(fingerprint(
+                d.exchange.as_str(),
+                d.routing_key.as_str(),
+                &d.data,
+            ))
+            .or_default() += 1;
+    }
+
+    /// Whether a message with this fingerprint was returned (matching it to one row).
+    fn take(&mut self, fingerprint: u64) -> bool {
+        match self.0.get_mut(&fingerprint) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                true
+            }
+            Some(_) => {
+                self.0.remove(&fingerprint);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// What identifies a published message among those in flight.
+fn fingerprint(exchange: &str, routing_key: &str, payload: &[u8]) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    exchange.hash(&mut h);
+    routing_key.hash(&mut h);
+    payload.hash(&mut h);
+    h.finish()
 }
 
 /// A refused row waiting for its next attempt.
@@ -110,6 +205,8 @@ struct Progress {
     /// Replies whose `reply_to` queue was missing: published to `bodflow.out` from now on.
     /// Not stored: after a restart such a row is returned once more.
     rerouted: HashSet<u64>,
+    /// Returns collected from confirms, not yet matched to their rows (module docs).
+    returned: Returned,
 }
 
 /// What one [`Publisher::step`] did.
@@ -270,8 +367,8 @@ impl Publisher {
                         .map(|(seq, row, _)| self.publish(row, progress.rerouted.contains(seq))),
                 )
                 .await;
-                for ((seq, row, attempts), confirm) in rows.into_iter().zip(confirms) {
-                    let confirm = confirm?;
+                for ((seq, row, attempts), published) in rows.into_iter().zip(confirms) {
+                    let (fingerprint, confirm) = published?;
                     sent.push(Sent {
                         seq,
                         bod_id: row.bod_id,
@@ -281,7 +378,8 @@ impl Publisher {
                         tracked: row.tracked,
                         dead: row.dead_letter.map(|d| (d.stage, d.code)),
                         attempts,
-                        confirm,
+                        fingerprint,
+                        confirm: Confirm::Waiting(confirm),
                     });
                 }
                 progress.rounds.push_back(Round {
@@ -304,13 +402,14 @@ impl Publisher {
     /// Awaits a round's confirms and removes the rows the broker acked, noting their confirm
     /// times in their messages' timelines; returns how many it refused (kept for the retry).
     async fn settle(&self, round: Round, progress: &mut Progress) -> Result<usize, Error> {
-        let mut done = Vec::with_capacity(round.rows.len());
+        let judged = verdicts(round.rows, &mut progress.rounds, &mut progress.returned).await;
+        let mut done = Vec::with_capacity(judged.len());
         let track = self.pipeline.config.tracking.enabled;
         // (message id, BODID, confirm time, place) of the confirmed rows, for their timelines.
         let mut confirms: Vec<(String, String, Millis, Option<OutputAt>)> = Vec::new();
         let mut failed = 0;
-        for row in round.rows {
-            match confirmed(row.confirm, &row.bod_id).await {
+        for (row, verdict) in judged {
+            match verdict {
                 Ok(()) => {
                     progress.rerouted.remove(&row.seq);
                     done.push(row.seq);
@@ -367,11 +466,12 @@ impl Publisher {
     }
 
     /// Publishes `row`; `rerouted`: to `bodflow.out` even when it names a `reply_to` queue.
+    /// Returns the message's fingerprint with its confirm.
     async fn publish(
         &self,
         row: &OutboxRow,
         rerouted: bool,
-    ) -> Result<lapin::PublisherConfirm, Error> {
+    ) -> Result<(u64, lapin::PublisherConfirm), Error> {
         if let Some(dead) = &row.dead_letter {
             let why = dead_letter::Why {
                 stage: &dead.stage,
@@ -382,14 +482,16 @@ impl Publisher {
             let delivered = &dead.delivered;
             let properties =
                 dead_letter::properties(&dead_letter::decode(&delivered.properties), &why);
-            return dead_letter::publish(
+            let confirm = dead_letter::publish(
                 &self.channel,
                 self.frames,
                 &delivered.routing_key,
                 &delivered.payload,
                 properties,
             )
-            .await;
+            .await?;
+            let published = fingerprint(topology::DLX, &delivered.routing_key, &delivered.payload);
+            return Ok((published, confirm));
         }
         let mut headers = FieldTable::default();
         put_header(&mut headers, "documentName", &row.document_name);
@@ -422,7 +524,7 @@ impl Publisher {
             Some(queue) if !rerouted => ("", queue.as_str()),
             _ => (topology::OUT_EXCHANGE, row.to.as_str()),
         };
-        Ok(self
+        let confirm = self
             .channel
             .basic_publish(
                 short(exchange)?,
@@ -434,8 +536,51 @@ impl Publisher {
                 row.xml.as_bytes(),
                 properties,
             )
-            .await?)
+            .await?;
+        Ok((
+            fingerprint(exchange, routing_key, row.xml.as_bytes()),
+            confirm,
+        ))
     }
+}
+
+/// Awaits the confirms of a round's rows, collecting the returns they carry and those that
+/// came with confirms of the `later` rounds already in, and gives each row its verdict: only
+/// an Ack for a message that was not returned is a success (module docs).
+async fn verdicts(
+    mut rows: Vec<Sent>,
+    later: &mut VecDeque<Round>,
+    returned: &mut Returned,
+) -> Vec<(Sent, Result<(), Error>)> {
+    for row in &mut rows {
+        row.confirm.wait(returned).await;
+    }
+    for round in later.iter_mut() {
+        for row in &mut round.rows {
+            row.confirm.peek(returned).await;
+        }
+    }
+    rows.into_iter()
+        .map(|row| {
+            let verdict = match &row.confirm {
+                Confirm::In(outcome) => match outcome.as_ref() {
+                    Ok(Confirmation::Ack(_)) if returned.take(row.fingerprint) => {
+                        Err(Error::Returned(row.bod_id.clone()))
+                    }
+                    Ok(Confirmation::Ack(_)) => Ok(()),
+                    Ok(Confirmation::Nack(_)) => {
+                        // Returned and then nacked: refused either way.
+                        returned.take(row.fingerprint);
+                        Err(Error::Nacked(row.bod_id.clone()))
+                    }
+                    Ok(Confirmation::NotRequested) => Err(Error::NotConfirmed),
+                    Err(e) => Err(e.clone().into()),
+                },
+                Confirm::Waiting(_) => Err(Error::NotConfirmed),
+            };
+            (row, verdict)
+        })
+        .collect()
 }
 
 /// How long until the first refused row is due again; `None` when none waits.
@@ -468,5 +613,103 @@ fn track_confirms(
             action: "confirm",
             error: &e,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sent(seq: u64, exchange: &str, queue: &str, confirm: Confirmation) -> Sent {
+        Sent {
+            seq,
+            bod_id: format!("bod-{seq}"),
+            correlation_id: format!("m-{seq}"),
+            to: "lid://app".into(),
+            reply_to: None,
+            tracked: None,
+            dead: None,
+            attempts: 0,
+            fingerprint: fingerprint(exchange, queue, format!("<x>{seq}</x>").as_bytes()),
+            confirm: Confirm::In(Box::new(Ok(confirm))),
+        }
+    }
+
+    /// What the broker gives back for the row `seq` of [`sent`].
+    fn returned(seq: u64, exchange: &str, queue: &str) -> Option<BasicReturnMessage> {
+        Some(BasicReturnMessage {
+            delivery: lapin::message::Delivery::mock(
+                0,
+                exchange.into(),
+                queue.into(),
+                false,
+                format!("<x>{seq}</x>").into_bytes(),
+            ),
+            reply_code: 312,
+            reply_text: "NO_ROUTE".into(),
+        })
+    }
+
+    fn outcomes(verdicts: &[(Sent, Result<(), Error>)]) -> Vec<(u64, &'static str)> {
+        verdicts
+            .iter()
+            .map(|(row, v)| (row.seq, v.as_ref().err().map_or("ok", Error::code)))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_return_belongs_to_the_message_it_carries_not_to_the_confirm_it_came_with() {
+        // Row 3 was returned, but lapin handed its return to the confirm of row 1 (the
+        // broker acked 1 and 2 between the return and 3's ack).
+        let round = vec![
+            sent(1, "", "reply.a", Confirmation::Ack(returned(3, "", "gone"))),
+            sent(2, "", "reply.b", Confirmation::Ack(None)),
+            sent(3, "", "gone", Confirmation::Ack(None)),
+        ];
+        let mut returned_ = Returned::default();
+        let judged = verdicts(round, &mut VecDeque::new(), &mut returned_).await;
+        assert_eq!(outcomes(&judged), [(1, "ok"), (2, "ok"), (3, "unroutable")]);
+        assert!(returned_.0.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_return_that_came_with_the_next_rounds_confirm_is_found() {
+        let round = vec![
+            sent(1, "", "reply.a", Confirmation::Ack(None)),
+            sent(2, "bodflow.out", "lid://crm", Confirmation::Ack(None)),
+        ];
+        let mut later = VecDeque::from([Round {
+            started: std::time::Instant::now(),
+            rows: vec![sent(
+                3,
+                "",
+                "reply.c",
+                Confirmation::Ack(returned(2, "bodflow.out", "lid://crm")),
+            )],
+        }]);
+        let mut returned_ = Returned::default();
+        let judged = verdicts(round, &mut later, &mut returned_).await;
+        assert_eq!(outcomes(&judged), [(1, "ok"), (2, "unroutable")]);
+        // Row 3's own confirm is kept, without the return it carried.
+        let next = later.pop_front().unwrap().rows;
+        let judged = verdicts(next, &mut later, &mut returned_).await;
+        assert_eq!(outcomes(&judged), [(3, "ok")]);
+    }
+
+    #[tokio::test]
+    async fn a_return_matches_its_route_as_well_as_its_payload_and_one_row_only() {
+        // The same payload to two queues, one of them returned; and two identical rows of
+        // which one was returned: one retry, not two.
+        let round = vec![
+            sent(1, "", "kept", Confirmation::Ack(returned(1, "", "gone"))),
+            sent(2, "", "same", Confirmation::Nack(None)),
+            sent(4, "", "same", Confirmation::Ack(returned(4, "", "same"))),
+            sent(4, "", "same", Confirmation::Ack(None)),
+        ];
+        let judged = verdicts(round, &mut VecDeque::new(), &mut Returned::default()).await;
+        assert_eq!(
+            outcomes(&judged),
+            [(1, "ok"), (2, "nacked"), (4, "unroutable"), (4, "ok")]
+        );
     }
 }

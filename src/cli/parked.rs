@@ -65,10 +65,20 @@ pub fn run(action: Action) -> anyhow::Result<ExitCode> {
     let (Action::List(select) | Action::Release(select)) = &action;
     let (config, _) = Config::resolve(select.config.as_deref(), &[])?;
     let store = super::open_store(select.store.as_deref(), &config)?;
+    // A row that cannot be read is named and skipped (it stays in the store); the command
+    // then exits 1.
+    let mut failed = 0;
     let chosen: Vec<Parked> = store
         .parked()
-        .filter(|p| p.as_ref().map_or(true, |p| select.matches(p)))
-        .collect::<Result<_, _>>()?;
+        .filter_map(|p| {
+            p.inspect_err(|e| {
+                failed += 1;
+                eprintln!("error: {e}");
+            })
+            .ok()
+        })
+        .filter(|p| select.matches(p))
+        .collect();
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     match action {
@@ -102,8 +112,18 @@ pub fn run(action: Action) -> anyhow::Result<ExitCode> {
         }
         Action::Release(_) => {
             let pipeline = Pipeline::new(Arc::new(config), Arc::new(store))?;
+            let mut released_rows = 0;
             for p in &chosen {
-                let mut report = pipeline.release(p, select.now.unwrap_or_else(Utc::now))?;
+                let mut report = match pipeline.release(p, select.now.unwrap_or_else(Utc::now)) {
+                    Ok(report) => report,
+                    Err(e) => {
+                        // Stays parked; the next rows go on.
+                        failed += 1;
+                        eprintln!("error: parked row {}: {e}", p.seq);
+                        continue;
+                    }
+                };
+                released_rows += 1;
                 // Documents this release's change released in turn (no_match ones it made
                 // placeable) follow it.
                 let released = std::mem::take(&mut report.released);
@@ -131,8 +151,13 @@ pub fn run(action: Action) -> anyhow::Result<ExitCode> {
             }
             pipeline.store.flush()?;
             out.flush()?;
-            eprintln!("{} released", chosen.len());
+            eprintln!("{released_rows} released");
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("{failed} parked rows could not be read or released; they stay parked");
+        ExitCode::FAILURE
+    })
 }

@@ -90,11 +90,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let pipeline = Pipeline::new(Arc::new(config), Arc::new(store))?;
     // Documents parked while their application was inactive go through now that it is active;
     // their replies wait in the outbox for the publisher.
-    let released = pipeline.release_reactivated(chrono::Utc::now())?;
+    let (released, failed) = pipeline.release_reactivated(chrono::Utc::now());
     pipeline.store.flush()?;
-    if !released.is_empty() {
+    if !released.is_empty() || failed > 0 {
         tracing::info!(
             documents = released.len(),
+            failed,
             "Released documents of re-activated applications"
         );
     }

@@ -475,22 +475,38 @@ impl Pipeline {
     }
 
     /// Releases every document parked because its application was inactive, for the
-    /// applications active now (after a configuration change). Returns the reports.
-    pub fn release_reactivated(&self, now: DateTime<Utc>) -> Result<Vec<Report>, StoreError> {
-        let waiting: Vec<Parked> = self
-            .store
-            .parked()
-            .filter(|p| {
-                p.as_ref().map_or(true, |p| {
-                    p.reason == ParkReason::InactiveApplication
-                        && self
-                            .config
-                            .application(&p.application)
-                            .is_some_and(|(_, a)| a.active)
-                })
-            })
-            .collect::<Result<_, _>>()?;
-        waiting.iter().map(|p| self.release(p, now)).collect()
+    /// applications active now (after a configuration change). A row that cannot be read or
+    /// released stays parked, with a warning, and the others go on: one bad row must not keep
+    /// the service from starting. Returns the reports and how many rows failed.
+    pub fn release_reactivated(&self, now: DateTime<Utc>) -> (Vec<Report>, usize) {
+        let mut failed = 0;
+        let mut reports = Vec::new();
+        for parked in self.store.parked() {
+            let parked = match parked {
+                Ok(p) => p,
+                Err(e) => {
+                    failed += 1;
+                    tracing::warn!(error = %e, code = e.code(), "A parked row cannot be read; it stays in the store");
+                    continue;
+                }
+            };
+            let reactivated = parked.reason == ParkReason::InactiveApplication
+                && self
+                    .config
+                    .application(&parked.application)
+                    .is_some_and(|(_, a)| a.active);
+            if !reactivated {
+                continue;
+            }
+            match self.release(&parked, now) {
+                Ok(report) => reports.push(report),
+                Err(e) => {
+                    failed += 1;
+                    tracing::warn!(seq = parked.seq, message_id = %parked.message_id, error = %e, code = e.code(), "A parked document could not be released; it stays parked");
+                }
+            }
+        }
+        (reports, failed)
     }
 }
 

@@ -118,6 +118,15 @@ pub(super) fn prepare(config: &Config, parked: &Parked, received_at: DateTime<Ut
         },
     );
     prepared.ctx.unpark = Some(parked.seq);
+    // A delivery's document: its row is its only copy, so a release that rejects it
+    // dead-letters it as its delivery would have been (a file's document is still its file).
+    if parked.source == crate::amqp::SOURCE {
+        prepared.ctx.delivered = Some(std::sync::Arc::new(crate::amqp::parked_delivery(
+            &parked.message_id,
+            &parked.envelope,
+            &parked.payload.0,
+        )));
+    }
     if let Some(path) = &parked.noun {
         match &mut prepared.state {
             State::Ready(doc) => {
