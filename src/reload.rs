@@ -33,7 +33,7 @@ use crate::store::{Store, StoreError};
 use crate::telemetry::events::{emit, ConfigReloadRefused, ConfigReloaded};
 
 /// Settings a running service cannot change; a reload keeps their running value.
-pub const RESTART_ONLY: [&str; 7] = [
+pub const RESTART_ONLY: [&str; 8] = [
     "hub.store",
     "hub.store_cache_mb",
     "hub.logical_id",
@@ -41,6 +41,7 @@ pub const RESTART_ONLY: [&str; 7] = [
     "amqp.prefetch",
     "amqp.lanes",
     "http.listen",
+    "tracking.enabled",
 ];
 
 /// The running pipeline, shared by the consumer, the outbox publisher and the reloader
@@ -158,13 +159,16 @@ async fn reload_inner(live: &Live, explicit: Option<PathBuf>) -> Result<Reloaded
 
     let mut guard = live.pipeline.write().await;
     let store = live.store.clone();
+    let running = guard.config.clone();
     let (pipeline, released) = tokio::task::spawn_blocking(move || {
-        let pipeline = Pipeline::new(Arc::new(config), store)?;
-        // The new configuration is in force either way; what stayed parked (with a warning)
-        // is released by the next reload or start.
-        let released = pipeline.release_reactivated(chrono::Utc::now()).0.len();
-        pipeline.store.flush()?;
-        Ok::<_, StoreError>((pipeline, released))
+        build_or_restore(&store, &running, || {
+            let pipeline = Pipeline::new(Arc::new(config), store.clone())?;
+            // The new configuration is in force either way; what stayed parked (with a
+            // warning) is released by the next reload or start.
+            let released = pipeline.release_reactivated(chrono::Utc::now()).0.len();
+            pipeline.store.flush()?;
+            Ok((pipeline, released))
+        })
     })
     .await??;
     *guard = pipeline;
@@ -173,6 +177,22 @@ async fn reload_inner(live: &Live, explicit: Option<PathBuf>) -> Result<Reloaded
         path,
         restart_needed,
         released,
+    })
+}
+
+/// The new configuration's pipeline, from `build`. Should that fail, the reload is refused and
+/// the `running` configuration stays — but building may have dropped match indexes it
+/// matches on (or listed ones it does not keep up to date), so they are put back as it has
+/// them before the error is returned.
+fn build_or_restore<T>(
+    store: &Store,
+    running: &Config,
+    build: impl FnOnce() -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    build().inspect_err(|_| {
+        if let Err(e) = store.ensure_indexes(&running.indexed_keys()) {
+            tracing::error!(error = %e, code = e.code(), "The running configuration's match indexes could not be restored after a refused reload; restart bodflow to rebuild them");
+        }
     })
 }
 
@@ -198,11 +218,17 @@ pub fn keep_running(new: &mut Config, running: &Config) -> Vec<&'static str> {
     keep("amqp.prefetch", new.amqp.prefetch != running.amqp.prefetch);
     keep("amqp.lanes", new.amqp.lanes != running.amqp.lanes);
     keep("http.listen", new.http.listen != running.http.listen);
+    keep(
+        "tracking.enabled",
+        new.tracking.enabled != running.tracking.enabled,
+    );
     new.hub.store = running.hub.store.clone();
     new.hub.store_cache_mb = running.hub.store_cache_mb;
     new.hub.logical_id = running.hub.logical_id.clone();
     new.amqp = running.amqp.clone();
     new.http = running.http.clone();
+    // Whether `/messages/{id}` is served and timelines purged is decided at start.
+    new.tracking.enabled = running.tracking.enabled;
     changed
 }
 
@@ -211,10 +237,74 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_refused_reload_puts_back_the_match_indexes_of_the_running_configuration() {
+        let store = Arc::new(Store::temporary().unwrap());
+        let config = |key: &str| {
+            Config::from_toml(
+                &format!(
+                    "[[applications]]\nname = 'LN'\nlogical_id = 'lid://infor.ln.ln01'\n\
+                     country_code_format = 'iso3'\ncreate_policy = 'match_or_create'\n\
+                     match_on = ['{key}']\n"
+                ),
+                "t",
+            )
+            .unwrap()
+        };
+        let running = Pipeline::new(Arc::new(config("email")), store.clone()).unwrap();
+        let bytes = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/fixtures/010-ln-sync-account-new-iso3-owner-by-personnel-number.xml"
+        ))
+        .unwrap();
+        let report = running
+            .process(&crate::pipeline::Input::file(
+                &bytes,
+                "010",
+                chrono::Utc::now(),
+            ))
+            .unwrap();
+        assert_eq!(
+            report.outcome,
+            crate::pipeline::Outcome::Applied,
+            "{:?}",
+            report.error
+        );
+        let matched = || {
+            store
+                .transact(|tx| {
+                    tx.matches(
+                        crate::store::Kind::Account,
+                        crate::config::MatchKey::Email,
+                        "einkauf@brandt-maschinenbau.de",
+                    )
+                })
+                .unwrap()
+        };
+        assert_eq!(
+            matched(),
+            report.record.clone().into_iter().collect::<Vec<_>>()
+        );
+
+        // The new configuration matches on account numbers only: building its pipeline drops
+        // the e-mail index; then the reload fails (say, the flush).
+        let refused = build_or_restore(&store, &running.config, || {
+            Pipeline::new(Arc::new(config("account_number")), store.clone())?;
+            assert!(matched().is_empty(), "dropped by the new configuration");
+            Err::<(), _>(StoreError::Internal("the flush failed".into()))
+        });
+        assert!(refused.is_err());
+        assert_eq!(
+            matched(),
+            report.record.into_iter().collect::<Vec<_>>(),
+            "the running configuration matches on e-mail again"
+        );
+    }
+
+    #[test]
     fn restart_only_settings_keep_their_running_value_and_are_reported() {
         let running = Config::default();
         let mut new = Config::from_toml(
-            "[hub]\nstore = 'elsewhere'\nstore_cache_mb = 64\ntenant = 'T2'\n[amqp]\nprefetch = 7\n[http]\nlisten = '0.0.0.0:1'\n[[users]]\nid = 'U-NEW'\n",
+            "[hub]\nstore = 'elsewhere'\nstore_cache_mb = 64\ntenant = 'T2'\n[amqp]\nprefetch = 7\n[http]\nlisten = '0.0.0.0:1'\n[tracking]\nenabled = false\nretention = '1d'\n[[users]]\nid = 'U-NEW'\n",
             "t",
         )
         .unwrap();
@@ -225,8 +315,14 @@ mod tests {
                 "hub.store",
                 "hub.store_cache_mb",
                 "amqp.prefetch",
-                "http.listen"
+                "http.listen",
+                "tracking.enabled"
             ]
+        );
+        assert_eq!(new.tracking.enabled, running.tracking.enabled);
+        assert_ne!(
+            new.tracking.retention, running.tracking.retention,
+            "reloads"
         );
         assert_eq!(new.hub.store, running.hub.store);
         assert_eq!(new.hub.store_cache_mb, running.hub.store_cache_mb);

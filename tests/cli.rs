@@ -497,16 +497,30 @@ fn check_of_a_folder_of_only_valid_fixtures_exits_0() {
     );
 }
 
+/// Also as DESIGN §5.2 spells it: `check --config F` without paths checks the file only;
+/// `check` with neither is a usage error.
 #[test]
 fn check_config_accepts_the_documented_example_config() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = run_in(
-        tmp.path(),
-        bodflow()
-            .args(["check-config", "--config"])
-            .arg(common::root().join("deploy/bodflow.example.toml")),
-    );
-    assert_exit(&out, 0);
+    let example = common::root().join("deploy/bodflow.example.toml");
+    for command in ["check-config", "check"] {
+        let out = run_in(
+            tmp.path(),
+            bodflow().args([command, "--config"]).arg(&example),
+        );
+        assert_exit(&out, 0);
+        assert!(
+            stdout(&out).contains(": valid ("),
+            "{command}: {}",
+            stdout(&out)
+        );
+    }
+    let bad = tmp.path().join("bad.toml");
+    std::fs::write(&bad, "[limits]\nmax_byte = 10\n").unwrap();
+    let out = run_in(tmp.path(), bodflow().args(["check", "--config"]).arg(&bad));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("limits.max_byte"));
+    assert_exit(&run_in(tmp.path(), bodflow().arg("check")), 2);
 }
 
 #[test]

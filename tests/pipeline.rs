@@ -128,6 +128,115 @@ fn a_rejected_message_id_is_a_duplicate_unless_retried_on_purpose() {
     );
 }
 
+/// A refused value as long as the document is echoed in part: neither the rejection's message
+/// nor the ConfirmBOD grows with it (quoted, then escaped as XML, 100,000 `"` made a reply of
+/// about 1.3 MB).
+#[test]
+fn a_refused_value_is_echoed_in_part_however_long_it_is() {
+    let p = pipeline();
+    let doc = account("C1", "Alpha", "ITA").replace(
+        "<LogicalID>lid://ln</LogicalID>",
+        &format!(
+            "<LogicalID>lid://ln</LogicalID><ConfirmationCode>{}</ConfirmationCode>",
+            "&quot;".repeat(100_000)
+        ),
+    );
+    let r = p.process(&input(doc.as_bytes(), "m-long", false)).unwrap();
+    assert_eq!(r.outcome, Outcome::Rejected);
+    let e = r.error.as_ref().unwrap();
+    assert_eq!(e.code, "invalid_code");
+    assert!(
+        e.message.len() <= bodflow::bod::MAX_MESSAGE,
+        "{}",
+        e.message.len()
+    );
+    assert!(e.message.ends_with('…'));
+    assert_eq!(r.outputs.len(), 1, "the ConfirmBOD");
+    let (_, row) = p
+        .store
+        .outbox()
+        .map(|r| r.unwrap())
+        .find(|(_, row)| row.kind == "ConfirmBOD")
+        .unwrap();
+    assert!(row.xml.len() < 32 * 1024, "{} bytes", row.xml.len());
+    assert!(row.xml.contains(&format!("{}…", "&quot;".repeat(100))));
+    assert!(100_000 > 3 * row.xml.len());
+}
+
+/// A rejection names the element the refused value is in, wherever the reader found it: the
+/// second of two locations, a street name that became an address line, the second
+/// communication, a contact's address under `Location`, an employer under `PartyIDs`.
+#[test]
+fn a_rejection_names_the_element_the_value_came_from() {
+    let p = pipeline();
+    let long = "x".repeat(300);
+    let noun = "/SyncCustomerPartyMaster/DataArea/CustomerPartyMaster";
+    let in_account = |body: &str| {
+        account("C1", "Alpha", "ITA").replace(
+            "<Location><Address><CountryCode>ITA</CountryCode></Address></Location>",
+            body,
+        )
+    };
+    let contact_noun = "/SyncContactMaster/DataArea/ContactMaster";
+    let in_contact = |body: &str| {
+        contact("P1", "C1").replace(
+            "<GivenName>Ada</GivenName>",
+            &format!("{body}<GivenName>Ada</GivenName>"),
+        )
+    };
+    let cases = [
+        (
+            in_account(&format!(
+                "<Location><Address><CountryCode>ITA</CountryCode></Address></Location>\
+                 <Location><Address><CityName>{long}</CityName></Address></Location>"
+            )),
+            format!("{noun}/Location[2]/Address/CityName"),
+        ),
+        (
+            in_account(&format!(
+                "<Location><Address><StreetName>{long}</StreetName><CountryCode>ITA</CountryCode></Address></Location>"
+            )),
+            format!("{noun}/Location/Address/StreetName"),
+        ),
+        (
+            in_account(&format!(
+                "<Location><Address><AddressLine>a</AddressLine><AddressLine>{long}</AddressLine>\
+                 <CountryCode>ITA</CountryCode></Address></Location>"
+            )),
+            format!("{noun}/Location/Address/AddressLine[2]"),
+        ),
+        (
+            in_account(
+                "<Location><Address><CountryCode>ITA</CountryCode></Address></Location>\
+                 <Communication><ChannelCode>EMail</ChannelCode><URI>a@b.it</URI></Communication>\
+                 <Communication><ChannelCode>EMail</ChannelCode><URI>not an address</URI></Communication>",
+            ),
+            format!("{noun}/Communication[2]/URI"),
+        ),
+        (
+            in_contact(
+                "<Location><Address><CountryCode>XQZ</CountryCode></Address></Location>",
+            ),
+            format!("{contact_noun}/Location/Address/CountryCode"),
+        ),
+        (
+            contact("P1", "C1").replace(
+                "<EmployerReference><DocumentID><ID>C1</ID></DocumentID></EmployerReference>",
+                &format!("<EmployerReference><PartyIDs><ID>{long}</ID></PartyIDs></EmployerReference>"),
+            ),
+            format!("{contact_noun}/EmployerReference/PartyIDs/ID"),
+        ),
+    ];
+    for (i, (doc, path)) in cases.iter().enumerate() {
+        let r = p
+            .process(&input(doc.as_bytes(), &format!("m-path-{i}"), false))
+            .unwrap();
+        assert_eq!(r.outcome, Outcome::Rejected, "{path}: {:?}", r.decisions);
+        let e = r.error.unwrap();
+        assert_eq!(e.path.as_deref(), Some(path.as_str()), "{}", e.message);
+    }
+}
+
 #[test]
 fn group_commit_sees_earlier_documents_of_the_same_group() {
     let p = pipeline();

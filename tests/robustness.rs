@@ -506,6 +506,7 @@ fn documents_built_to_cost_memory_or_work_are_refused_by_limits_with_a_path() {
     let long = "N".repeat(200);
     let name_300 = "E".repeat(300);
     let attrs: String = (0..200).map(|i| format!(" a{i}=\"\"")).collect();
+    let attrs_101: String = (0..101).map(|i| format!(" a{i}=\"\"")).collect();
     // 200 declarations in scope, 100 on an element and 100 on its child: under the attribute
     // limit on each.
     let xmlns = |from: usize| -> String {
@@ -564,6 +565,18 @@ fn documents_built_to_cost_memory_or_work_are_refused_by_limits_with_a_path() {
             root.to_string(),
         ),
         (
+            "elements",
+            doc(sync, "", &"<Z/>".repeat(100_001), ""),
+            "too_complex",
+            format!("{noun}/Z"),
+        ),
+        (
+            "attributes in the document",
+            doc(sync, "", &format!("<Z{attrs_101}/>").repeat(2_000), ""),
+            "too_complex",
+            format!("{noun}/Z"),
+        ),
+        (
             "namespace declarations",
             doc(sync, "", &namespaces, ""),
             "too_complex",
@@ -611,7 +624,8 @@ fn documents_built_to_cost_memory_or_work_are_refused_by_limits_with_a_path() {
     }
 
     // Nouns: read in one pass (each one's path needs the count of its name), at most 1,000.
-    for (count, refused) in [(1_000, false), (200_000, true)] {
+    // (90,000: under the limit on elements, which 200,000 would hit first.)
+    for (count, refused) in [(1_000, false), (90_000, true)] {
         let many = doc(sync, "", "", &"<a/>".repeat(count - 1));
         let prepared = pipeline.prepare(&Input {
             bytes: &many,

@@ -47,6 +47,15 @@ pub const MAX_ATTRIBUTES: usize = 128;
 /// all of them.
 pub const MAX_NAMESPACES: usize = 128;
 
+/// Most elements in one document. A node takes 64 bytes and `<a/>` 4 of the document, so
+/// without a bound a document of the allowed size would take 16 times its size in memory
+/// (in every lane at once). 1,000 nouns of 50 elements or 5,000 `UserArea` values of a few
+/// elements each stay well below it; the largest real sample has 436.
+pub const MAX_ELEMENTS: usize = 100_000;
+
+/// Most attributes in one document (40 bytes each in memory, against 5 in the document).
+pub const MAX_DOCUMENT_ATTRIBUTES: usize = 200_000;
+
 /// No node (end of a sibling chain).
 const NONE: u32 = u32::MAX;
 
@@ -640,6 +649,12 @@ fn push_element<'a>(
         // Only a non-`from_str` reader would hand out copies; names must borrow.
         Cow::Owned(_) => return Err(not_well_formed("unreadable element name", position)),
     };
+    if dom.nodes.len() >= MAX_ELEMENTS {
+        return Err(too_complex_at(
+            name,
+            format!("more than {MAX_ELEMENTS} elements in the document"),
+        ));
+    }
     let depth = stack.len();
     let attrs_from = dom.attrs.len() as u32;
     namespaces.keys.clear();
@@ -724,6 +739,12 @@ fn push_element<'a>(
         let Some(key) = reslice(text, attr.key.as_ref()) else {
             return Err(not_well_formed("unreadable attribute name", position));
         };
+        if dom.attrs.len() >= MAX_DOCUMENT_ATTRIBUTES {
+            return Err(too_complex_at(
+                name,
+                format!("more than {MAX_DOCUMENT_ATTRIBUTES} attributes in the document"),
+            ));
+        }
         dom.attrs.push((key, value));
     }
     let ns = namespaces.resolve(start.name().prefix().map_or(&b""[..], |p| p.into_inner()));

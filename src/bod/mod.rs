@@ -207,6 +207,13 @@ pub struct Address {
     pub country: Option<String>,
     pub postal_code: Option<String>,
     pub preferred: bool,
+    /// Its path below the noun (`Location/Address`, `Location[2]/Address`,
+    /// `CommunicationDetail/Address`), for the paths of rejections.
+    #[serde(skip)]
+    pub path: String,
+    /// The path step of each of `lines` (`AddressLine`, `AddressLine[3]`).
+    #[serde(skip)]
+    pub line_steps: Vec<String>,
 }
 
 /// A `Communication` (party) or `CommunicationDetail` (contact) entry.
@@ -218,6 +225,13 @@ pub struct Channel {
     pub use_code: Option<String>,
     pub value: String,
     pub preferred: bool,
+    /// The element's path below the noun (`Communication[2]`, `CommunicationDetail`), for the
+    /// paths of rejections.
+    #[serde(skip)]
+    pub path: String,
+    /// Where `value` was: `DialNumber` or `URI`.
+    #[serde(skip)]
+    pub value_element: &'static str,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -287,12 +301,35 @@ pub struct Contact {
     pub address: Option<Address>,
     /// `EmployerReference/(DocumentID|PartyIDs|IDs)/ID`: the account this person works for.
     pub employer: Option<Id>,
+    /// Which of those it was, below `EmployerReference` (`DocumentID/ID`, ...).
+    pub employer_at: &'static str,
     pub classifications: Vec<String>,
     pub status: Option<String>,
     pub sales_persons: Vec<SalesPerson>,
     pub user_area: Vec<NameValue>,
     /// `@type`: the person's relationship to the account (OAGIS `ContactType/@type`).
     pub relationship: Option<String>,
+}
+
+/// Most bytes bodflow echoes of one value a sender sent (in a ConfirmBOD's
+/// `OriginalApplicationArea`, say): a value the pipeline refuses may be as long as the document.
+pub const MAX_ECHO: usize = 1_024;
+
+/// Most bytes of a rejection's message; it quotes the sender's values.
+pub const MAX_MESSAGE: usize = 2_048;
+
+/// `value` cut to at most `max` bytes (at a character boundary, ending in `…`) when longer:
+/// what bodflow echoes of a sender's value, so that no value — escaped again in a message,
+/// then in XML — makes a reply many times the size of the document.
+pub fn clipped(value: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if value.len() <= max {
+        return value.into();
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &value[..end]).into()
 }
 
 /// Most characters of a logical ID (`LogicalIDType` in `schemas/common.xsd`).
@@ -332,6 +369,21 @@ pub fn parse(bytes: &[u8], limits: Limits) -> Result<Bod, DecodeError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_long_value_is_clipped_at_a_character_boundary() {
+        assert_eq!(clipped("abc", 3), "abc");
+        assert_eq!(clipped("abcd", 3), "…");
+        assert_eq!(clipped("abcdefgh", 6), "abc…");
+        // `é` is two bytes: the cut falls before it rather than inside it.
+        let cut = clipped("abééé", 6);
+        assert_eq!(cut, "ab…");
+        assert!(cut.len() <= 6);
+        assert!(matches!(
+            clipped("short", 100),
+            std::borrow::Cow::Borrowed(_)
+        ));
+    }
+
     use super::*;
 
     #[test]

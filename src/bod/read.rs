@@ -243,7 +243,41 @@ fn is_true(value: Option<&str>) -> bool {
     value.is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
 }
 
-fn read_address(dom: &Dom<'_>, at: usize) -> Address {
+/// `name` as a path step: with its position among its `count` siblings of that name when
+/// there is more than one (`Location[2]`), as rejections name elements.
+fn step(name: &str, pos: usize, count: usize) -> String {
+    if count > 1 {
+        format!("{name}[{}]", pos + 1)
+    } else {
+        name.to_string()
+    }
+}
+
+/// The children of `at` named `name`, each with its path step.
+fn named_children(dom: &Dom<'_>, at: usize, name: &str) -> Vec<(usize, String)> {
+    let all: Vec<usize> = dom.children(at, name).collect();
+    let count = all.len();
+    all.into_iter()
+        .enumerate()
+        .map(|(pos, c)| (c, step(name, pos, count)))
+        .collect()
+}
+
+/// The `Address` children of each `container` child of `at` (`Location`), with their paths.
+fn addresses_under(dom: &Dom<'_>, at: usize, container: &str) -> Vec<Address> {
+    named_children(dom, at, container)
+        .into_iter()
+        .flat_map(|(c, c_step)| {
+            named_children(dom, c, "Address")
+                .into_iter()
+                .map(move |(a, a_step)| (a, format!("{c_step}/{a_step}")))
+        })
+        .map(|(a, path)| read_address(dom, a, path))
+        .collect()
+}
+
+fn read_address(dom: &Dom<'_>, at: usize, path: String) -> Address {
+    let count = dom.children(at, "AddressLine").count();
     let mut lines: Vec<(u32, usize, String)> = dom
         .children(at, "AddressLine")
         .enumerate()
@@ -263,6 +297,10 @@ fn read_address(dom: &Dom<'_>, at: usize) -> Address {
             .filter(|v| !v.is_empty())
             .map(str::to_string),
         attention: owned(dom, at, "AttentionOfName"),
+        line_steps: lines
+            .iter()
+            .map(|(_, pos, _)| step("AddressLine", *pos, count))
+            .collect(),
         lines: lines.into_iter().map(|(_, _, t)| t).collect(),
         building_number: owned(dom, at, "BuildingNumber"),
         building_name: owned(dom, at, "BuildingName"),
@@ -277,6 +315,7 @@ fn read_address(dom: &Dom<'_>, at: usize) -> Address {
         postal_code: owned(dom, at, "PostalCode"),
         preferred: is_true(dom.attr(at, "preferredIndicator"))
             || is_true(dom.text(at, "Preference/Indicator")),
+        path,
     }
 }
 
@@ -295,13 +334,15 @@ fn channel_kind(code: Option<&str>, uri: bool, value: &str) -> ChannelKind {
 
 /// A `Communication`/`CommunicationDetail` carrying a number or URI; `None` when it carries
 /// neither (an address-only detail, or empty placeholders as in the SX.e samples).
-fn read_channel(dom: &Dom<'_>, at: usize) -> Option<Channel> {
+fn read_channel(dom: &Dom<'_>, at: usize, path: String) -> Option<Channel> {
     let (value, uri) = match (dom.text(at, "DialNumber"), dom.text(at, "URI")) {
         (Some(d), _) => (d, false),
         (None, Some(u)) => (u, true),
         (None, None) => return None,
     };
     Some(Channel {
+        path,
+        value_element: if uri { "URI" } else { "DialNumber" },
         channel: channel_kind(dom.text(at, "ChannelCode"), uri, value),
         use_code: owned(dom, at, "UseCode"),
         value: value.to_string(),
@@ -429,11 +470,7 @@ fn read_party(
     user_area: &mut usize,
 ) -> Result<Party, DecodeError> {
     let user_area = read_user_area(dom, at, &path, user_area)?;
-    let addresses = dom
-        .children(at, "Location")
-        .flat_map(|l| dom.children(l, "Address"))
-        .map(|a| read_address(dom, a))
-        .collect();
+    let addresses = addresses_under(dom, at, "Location");
     let (classifications, account_type) = party_classifications(dom, at);
     Ok(Party {
         path,
@@ -452,9 +489,9 @@ fn read_party(
         account_type,
         sales_persons: read_sales_persons(dom, at),
         addresses,
-        channels: dom
-            .children(at, "Communication")
-            .filter_map(|c| read_channel(dom, c))
+        channels: named_children(dom, at, "Communication")
+            .into_iter()
+            .filter_map(|(c, path)| read_channel(dom, c, path))
             .collect(),
         user_area,
         last_modified: owned(dom, at, "LastModificationDateTime"),
@@ -468,17 +505,15 @@ fn read_contact(
     user_area: &mut usize,
 ) -> Result<Contact, DecodeError> {
     let user_area = read_user_area(dom, at, &path, user_area)?;
-    let details: Vec<usize> = dom.children(at, "CommunicationDetail").collect();
-    let address = details
-        .iter()
-        .find_map(|&d| dom.child(d, "Address"))
-        .or_else(|| dom.find(at, "Location/Address"))
-        .map(|a| read_address(dom, a));
+    let details = named_children(dom, at, "CommunicationDetail");
+    let address = addresses_under(dom, at, "CommunicationDetail")
+        .into_iter()
+        .next()
+        .or_else(|| addresses_under(dom, at, "Location").into_iter().next());
     let employer = dom.child(at, "EmployerReference").and_then(|e| {
         ["DocumentID/ID", "PartyIDs/ID", "IDs/ID", "ID"]
-            .iter()
-            .find_map(|p| dom.find(e, p))
-            .map(|i| read_id(dom, i))
+            .into_iter()
+            .find_map(|p| dom.find(e, p).map(|i| (read_id(dom, i), p)))
     });
     Ok(Contact {
         path,
@@ -488,12 +523,13 @@ fn read_contact(
         family_name: owned(dom, at, "FamilyName"),
         job_title: owned(dom, at, "JobTitle"),
         channels: details
-            .iter()
-            .chain(dom.children(at, "Communication").collect::<Vec<_>>().iter())
-            .filter_map(|&d| read_channel(dom, d))
+            .into_iter()
+            .chain(named_children(dom, at, "Communication"))
+            .filter_map(|(d, path)| read_channel(dom, d, path))
             .collect(),
         address,
-        employer,
+        employer_at: employer.as_ref().map_or("DocumentID/ID", |(_, p)| p),
+        employer: employer.map(|(id, _)| id),
         classifications: classifications(dom, at),
         status: owned(dom, at, "Status/Code"),
         sales_persons: read_sales_persons(dom, at),

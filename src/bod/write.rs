@@ -221,19 +221,27 @@ impl Envelope<'_> {
 
 fn original_area(out: &mut Out, area: &ApplicationArea) {
     out.open(tag!("OriginalApplicationArea"));
+    // The sender's values as it sent them, however long (they may be why it is refused) —
+    // up to MAX_ECHO bytes each.
+    fn echo(v: &Option<String>) -> Option<std::borrow::Cow<'_, str>> {
+        v.as_deref().map(|v| super::clipped(v, super::MAX_ECHO))
+    }
     if area.logical_id.is_some() || area.component_id.is_some() {
         out.open(tag!("Sender"));
-        out.opt(tag!("LogicalID"), area.logical_id.as_deref());
-        out.opt(tag!("ComponentID"), area.component_id.as_deref());
-        out.opt(tag!("ConfirmationCode"), area.confirmation_code.as_deref());
+        out.opt(tag!("LogicalID"), echo(&area.logical_id).as_deref());
+        out.opt(tag!("ComponentID"), echo(&area.component_id).as_deref());
+        out.opt(
+            tag!("ConfirmationCode"),
+            echo(&area.confirmation_code).as_deref(),
+        );
         out.close(tag!("Sender"));
     }
     // Required by the schema; an absent original time is written empty rather than invented.
     out.leaf(
         tag!("CreationDateTime"),
-        area.creation.as_deref().unwrap_or(""),
+        echo(&area.creation).as_deref().unwrap_or(""),
     );
-    out.opt(tag!("BODID"), area.bod_id.as_deref());
+    out.opt(tag!("BODID"), echo(&area.bod_id).as_deref());
     out.close(tag!("OriginalApplicationArea"));
 }
 

@@ -1,5 +1,5 @@
 //! `bodflow check PATH...` (decode + validate + country codes, no store) and
-//! `bodflow check-config`.
+//! `bodflow check-config` (also `bodflow check --config F` without paths, DESIGN §5.2).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,14 +12,26 @@ use crate::pipeline::{prepare, Input, State};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    #[command(flatten)]
-    inputs: super::Inputs,
+    /// BOD files or folders. None, with `--config F`: check the configuration file only (as
+    /// `bodflow check-config --config F`).
+    #[arg(required_unless_present = "config")]
+    paths: Vec<PathBuf>,
+    /// Configuration file (default: ./bodflow.toml, else PATH/bodflow.toml, else built-in).
+    #[arg(long)]
+    config: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let (config, _) = args.inputs.config()?;
+    if args.paths.is_empty() {
+        return run_config(args.config);
+    }
+    let args = super::Inputs {
+        paths: args.paths,
+        config: args.config,
+    };
+    let (config, _) = args.config()?;
     let mut invalid = 0usize;
-    let inputs = super::collect_inputs(&args.inputs.paths)?;
+    let inputs = super::collect_inputs(&args.paths)?;
     for path in &inputs {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         let source = path.display().to_string();

@@ -141,7 +141,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let tombstones = tokio::spawn(purge_tombstones(live.clone(), stop_http.clone()));
         let purger = tracking
             .enabled
-            .then(|| tokio::spawn(purge_tracking(store, tracking.retention.0, stop_http.clone())));
+            .then(|| tokio::spawn(purge_tracking(live.clone(), stop_http.clone())));
         let shutdown = async {
             shutdown_signal().await;
             // A second signal: the operator will not wait. Exit at once (128 + the signal, as
@@ -281,13 +281,11 @@ async fn reload_on_sighup(
 
 /// Removes the message timelines last processed more than `retention` ago, now and every
 /// [`PURGE_EVERY`] until `stop`. Failures are logged; the next round tries again.
-async fn purge_tracking(
-    store: Arc<Store>,
-    retention: Duration,
-    stop: tokio_util::sync::CancellationToken,
-) {
+async fn purge_tracking(live: Live, stop: tokio_util::sync::CancellationToken) {
     loop {
-        let s = store.clone();
+        // Read at every pass: `tracking.retention` reloads.
+        let retention = live.current().await.config.tracking.retention.0;
+        let s = live.store().clone();
         let started = std::time::Instant::now();
         let purged = tokio::task::spawn_blocking(move || {
             let retention_ms = u64::try_from(retention.as_millis()).unwrap_or(u64::MAX);

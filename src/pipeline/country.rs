@@ -8,6 +8,7 @@
 //!
 //! Failure: an unmappable code is rejected `unknown_country_code`, naming the code and path.
 
+use crate::bod::{clipped, MAX_MESSAGE};
 use crate::config::{Application, CountryCodeFormat};
 
 use super::{Decision, Doc, Rejection, Stage};
@@ -26,7 +27,7 @@ impl From<CountryError> for Rejection {
             stage: Stage::Country,
             code: "unknown_country_code",
             path: Some(e.path.clone()),
-            message: e.to_string(),
+            message: clipped(&e.to_string(), MAX_MESSAGE).into_owned(),
         }
     }
 }

@@ -30,7 +30,7 @@ use std::time::Instant;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 
-use crate::bod::{self, ApplicationArea, Bod, DecodeError};
+use crate::bod::{self, clipped, ApplicationArea, Bod, DecodeError, MAX_MESSAGE};
 use crate::config::Config;
 use crate::store::{
     Fields, Kind, Marker, Owner, ParkReason, Parked, Store, StoreError, Tx, TxResult, XrefKey,
@@ -80,7 +80,7 @@ impl From<DecodeError> for Rejection {
         Rejection {
             stage: Stage::Decode,
             code: e.code(),
-            message: e.to_string(),
+            message: clipped(&e.to_string(), MAX_MESSAGE).into_owned(),
             path: e.path().map(str::to_string),
         }
     }

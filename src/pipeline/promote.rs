@@ -20,6 +20,7 @@
 //! - Anything else — an unknown BODID, another sender, a record gone — is rejected
 //!   `unknown_correlation`, as before.
 
+use crate::bod::{clipped, MAX_MESSAGE};
 use crate::config::Config;
 use crate::store::{Correlation, HubRecord, Kind, PromotionState, SyncStatus, Tx, TxResult, Xref};
 
@@ -125,7 +126,7 @@ pub(super) fn acknowledge(
         let rejection = Rejection {
             stage: Stage::Upsert,
             code,
-            message,
+            message: clipped(&message, MAX_MESSAGE).into_owned(),
             path: Some(path),
         };
         em.rejection(tx, Some(doc.app), &rejection, None)?;

@@ -8,7 +8,9 @@
 //! Real senders are sloppy (bod-format.md §11): values arrive trimmed from the reader, text is
 //! picked per the application's `language_code`, unknown action codes are refused by name.
 
-use crate::bod::{self, pick_language, Address, Bod, Channel, ChannelKind, Id, Noun};
+use crate::bod::{
+    self, clipped, pick_language, Address, Bod, Channel, ChannelKind, Id, Noun, MAX_MESSAGE,
+};
 use crate::config::{Application, Config, MatchKey};
 use crate::store::{Commercial, Communication, Fields, HubAddress, Identity, Kind, Phone, XrefKey};
 
@@ -83,7 +85,7 @@ impl From<ValidationError> for Rejection {
             stage: Stage::Validate,
             code: e.code(),
             path: Some(e.path().to_string()),
-            message: e.to_string(),
+            message: clipped(&e.to_string(), MAX_MESSAGE).into_owned(),
         }
     }
 }
@@ -339,7 +341,8 @@ fn check_email(value: &str, path: &str) -> Result<()> {
     check_len(value, MAX_TEXT, || path.to_string())
 }
 
-fn communication(channels: &[Channel], path: &str) -> Result<Communication> {
+/// A noun's channels (`noun`: the noun's path; each channel knows its element's below it).
+fn communication(channels: &[Channel], noun: &str) -> Result<Communication> {
     let mut c = Communication::default();
     // The preferred entry of each kind goes first.
     let mut sorted: Vec<&Channel> = channels.iter().collect();
@@ -347,19 +350,24 @@ fn communication(channels: &[Channel], path: &str) -> Result<Communication> {
     // Each address once (a set: a document may list tens of thousands).
     let mut seen = std::collections::HashSet::new();
     for ch in sorted {
+        let at = |element: &str| format!("{noun}/{}/{element}", ch.path);
+        let value_at = || at(ch.value_element);
+        if let Some(u) = &ch.use_code {
+            check_len(u, MAX_CODE, || at("UseCode"))?;
+        }
         match ch.channel {
             ChannelKind::Email => {
-                check_email(&ch.value, &format!("{path}/URI"))?;
+                check_email(&ch.value, &value_at())?;
                 if seen.insert(ch.value.as_str()) {
                     c.emails.push(ch.value.clone());
                 }
             }
             ChannelKind::Web => {
-                check_len(&ch.value, MAX_TEXT, || format!("{path}/URI"))?;
+                check_len(&ch.value, MAX_TEXT, value_at)?;
                 c.web.get_or_insert_with(|| ch.value.clone());
             }
             ChannelKind::Phone => {
-                check_len(&ch.value, MAX_ID, || format!("{path}/DialNumber"))?;
+                check_len(&ch.value, MAX_ID, value_at)?;
                 c.phones.push(Phone {
                     use_code: ch.use_code.clone(),
                     number: ch.value.clone(),
@@ -370,24 +378,38 @@ fn communication(channels: &[Channel], path: &str) -> Result<Communication> {
     Ok(c)
 }
 
+/// A merged address, and its country code as sent with the path it was read from.
+type Merged = (HubAddress, Option<(String, String)>);
+
 /// One hub address from a location's address views: the preferred one, completed from its
-/// siblings (a `Text` view has lines, a `Discrete` one street and number).
-fn hub_address(addresses: &[Address]) -> Option<(HubAddress, Option<String>)> {
-    let base = addresses
+/// siblings (a `Text` view has lines, a `Discrete` one street and number), with its country
+/// code as sent; each value's length checked, under the path of the element it came from
+/// (`noun`: the noun's path).
+fn hub_address(addresses: &[Address], noun: &str) -> Result<Option<Merged>> {
+    let Some(base) = addresses
         .iter()
         .find(|a| a.preferred)
-        .or_else(|| addresses.first())?;
-    let from_any = |f: fn(&Address) -> Option<&String>| {
-        f(base).or_else(|| addresses.iter().find_map(f)).cloned()
+        .or_else(|| addresses.first())
+    else {
+        return Ok(None);
     };
-    let mut lines = base.lines.clone();
-    if lines.is_empty() {
-        lines = addresses
-            .iter()
-            .find(|a| !a.lines.is_empty())
-            .map(|a| a.lines.clone())
-            .unwrap_or_default();
-    }
+    // The value and the path of `element`, from the base view, else the first that has one.
+    let from_any = |f: fn(&Address) -> Option<&String>, element: &str| {
+        std::iter::once(base)
+            .chain(addresses)
+            .find_map(|a| Some((f(a)?.clone(), format!("{noun}/{}/{element}", a.path))))
+    };
+    let mut lines: Vec<(String, String)> = std::iter::once(base)
+        .chain(addresses)
+        .find(|a| !a.lines.is_empty())
+        .map(|a| {
+            a.lines
+                .iter()
+                .zip(&a.line_steps)
+                .map(|(l, s)| (l.clone(), format!("{noun}/{}/{s}", a.path)))
+                .collect()
+        })
+        .unwrap_or_default();
     if lines.is_empty() {
         let street = [base.street_name.as_deref(), base.building_number.as_deref()]
             .into_iter()
@@ -395,21 +417,56 @@ fn hub_address(addresses: &[Address]) -> Option<(HubAddress, Option<String>)> {
             .collect::<Vec<_>>()
             .join(" ");
         if !street.is_empty() {
-            lines.push(street);
+            let element = if base.street_name.is_some() {
+                "StreetName"
+            } else {
+                "BuildingNumber"
+            };
+            lines.push((street, format!("{noun}/{}/{element}", base.path)));
         }
         if let Some(po) = &base.post_office_box {
-            lines.push(format!("PO Box {po}"));
+            lines.push((
+                format!("PO Box {po}"),
+                format!("{noun}/{}/PostOfficeBox", base.path),
+            ));
         }
     }
+    for (line, path) in &lines {
+        check_len(line, MAX_TEXT, || path.clone())?;
+    }
+    let field = |f: fn(&Address) -> Option<&String>, element: &str, max: usize| {
+        from_any(f, element)
+            .map(|(value, path)| check_len(&value, max, || path).map(|()| value))
+            .transpose()
+    };
     let address = HubAddress {
-        lines,
-        city: from_any(|a| a.city.as_ref()),
-        subdivision: from_any(|a| a.subdivision.as_ref()),
-        subdivision2: from_any(|a| a.subdivision2.as_ref()),
-        postal_code: from_any(|a| a.postal_code.as_ref()),
+        lines: lines.into_iter().map(|(l, _)| l).collect(),
+        city: field(|a| a.city.as_ref(), "CityName", MAX_TEXT)?,
+        subdivision: field(
+            |a| a.subdivision.as_ref(),
+            "CountrySubDivisionCode",
+            MAX_CODE,
+        )?,
+        subdivision2: field(
+            |a| a.subdivision2.as_ref(),
+            "CountrySubDivision2Code",
+            MAX_CODE,
+        )?,
+        postal_code: field(|a| a.postal_code.as_ref(), "PostalCode", MAX_CODE)?,
         country: None,
     };
-    Some((address, from_any(|a| a.country.as_ref())))
+    Ok(Some((
+        address,
+        from_any(|a| a.country.as_ref(), "CountryCode"),
+    )))
+}
+
+/// Where the country code of a merged address came from, else where it would be.
+fn country_path(address: Option<&Merged>, noun: &str, container: &str) -> String {
+    match address.and_then(|(_, c)| c.as_ref()) {
+        Some((_, path)) => path.clone(),
+        None => format!("{noun}/{container}/Address/CountryCode"),
+    }
 }
 
 fn check_text(value: Option<String>, path: impl FnOnce() -> String) -> Result<Option<String>> {
@@ -437,30 +494,8 @@ fn check_fields(f: &Fields, path: &str) -> Result<()> {
     for c in &f.classification {
         check_len(c, MAX_CODE, || format!("{path}/Classification/Codes/Code"))?;
     }
-    for p in &f.communication.phones {
-        if let Some(u) = &p.use_code {
-            check_len(u, MAX_CODE, || format!("{path}/Communication/UseCode"))?;
-        }
-    }
-    if let Some(a) = &f.address {
-        for line in &a.lines {
-            check_len(line, MAX_TEXT, || format!("{path}/Address/AddressLine"))?;
-        }
-        for (value, at, max) in [
-            (a.city.as_deref(), "CityName", MAX_TEXT),
-            (a.postal_code.as_deref(), "PostalCode", MAX_CODE),
-            (a.subdivision.as_deref(), "CountrySubDivisionCode", MAX_CODE),
-            (
-                a.subdivision2.as_deref(),
-                "CountrySubDivision2Code",
-                MAX_CODE,
-            ),
-        ] {
-            if let Some(v) = value {
-                check_len(v, max, || format!("{path}/Address/{at}"))?;
-            }
-        }
-    }
+    // Channels and addresses are checked as they are read ([`communication`],
+    // [`hub_address`]), where the element each value came from is known.
     Ok(())
 }
 
@@ -525,8 +560,8 @@ fn party_item(
         })
         .map(|i| i.value.clone())
         .filter(|v| !v.is_empty());
-    let communication = communication(&p.channels, &format!("{}/Communication", p.path))?;
-    let address = hub_address(&p.addresses);
+    let communication = communication(&p.channels, &p.path)?;
+    let address = hub_address(&p.addresses, &p.path)?;
     let account_number = p
         .account_ids
         .first()
@@ -566,8 +601,10 @@ fn party_item(
             classification: p.classifications.clone(),
             user_area: p.user_area.clone(),
         },
-        raw_country: address.and_then(|(_, c)| c),
-        country_path: format!("{}/Location/Address/CountryCode", p.path),
+        raw_country: address
+            .as_ref()
+            .and_then(|(_, c)| Some(c.as_ref()?.0.clone())),
+        country_path: country_path(address.as_ref(), &p.path, "Location"),
         employer: None,
         sales_persons: p.sales_persons.clone(),
         match_values,
@@ -596,16 +633,16 @@ fn contact_item(
     let given = check_text(c.given_name.clone(), || format!("{}/GivenName", c.path))?;
     let family = check_text(c.family_name.clone(), || format!("{}/FamilyName", c.path))?;
     let job = check_text(c.job_title.clone(), || format!("{}/JobTitle", c.path))?;
-    let communication = communication(&c.channels, &format!("{}/CommunicationDetail", c.path))?;
-    let address = c
-        .address
-        .as_ref()
-        .and_then(|a| hub_address(std::slice::from_ref(a)));
+    let communication = communication(&c.channels, &c.path)?;
+    let address = match &c.address {
+        Some(a) => hub_address(std::slice::from_ref(a), &c.path)?,
+        None => None,
+    };
     let employer = match &c.employer {
         Some(e) if !e.value.is_empty() => {
             check_id(
                 Some(e),
-                &format!("{}/EmployerReference/DocumentID/ID", c.path),
+                &format!("{}/EmployerReference/{}", c.path, c.employer_at),
                 false,
             )?;
             Some(XrefKey {
@@ -646,8 +683,10 @@ fn contact_item(
             classification: c.classifications.clone(),
             user_area: c.user_area.clone(),
         },
-        raw_country: address.and_then(|(_, c)| c),
-        country_path: format!("{}/CommunicationDetail/Address/CountryCode", c.path),
+        raw_country: address
+            .as_ref()
+            .and_then(|(_, c)| Some(c.as_ref()?.0.clone())),
+        country_path: country_path(address.as_ref(), &c.path, "CommunicationDetail"),
         employer,
         sales_persons: c.sales_persons.clone(),
         match_values,

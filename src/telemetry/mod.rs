@@ -339,6 +339,13 @@ impl Metrics {
                 vec.with_label_values(&[*v]);
             }
         }
+        // The documents bodflow handles: a service that has received nothing since it started
+        // shows zero (what the alert on a queue nobody consumes compares with), not no data.
+        for noun in ["CustomerPartyMaster", "ContactMaster"] {
+            for verb in ["Sync", "Process", "Acknowledge"] {
+                self.bods_received.with_label_values(&[noun, verb]);
+            }
+        }
         self
     }
 
@@ -465,6 +472,12 @@ mod tests {
         m.traceparent_ignored.with_label_values(&["shape"]);
         m.config_reloads.with_label_values(&["applied"]);
         let text = encode();
+        assert!(
+            text.contains(
+                "bodflow_bods_received_total{noun=\"ContactMaster\",verb=\"Acknowledge\"}"
+            ),
+            "known documents' series exist from the start:\n{text}"
+        );
         for stage in STAGES {
             let line = format!("bodflow_stage_duration_seconds_count{{stage=\"{stage}\"}}");
             assert!(text.contains(&line), "{line} missing from:\n{text}");
