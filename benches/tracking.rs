@@ -119,6 +119,7 @@ fn build(n: usize) -> Fixture {
                             tracked: vec![at],
                             run: 0,
                             parked: Vec::new(),
+                            retry: None,
                         },
                     )?;
                 }

@@ -111,6 +111,10 @@ pub struct Promotion {
 /// The largest `hub.store_cache_mb` accepted (64 GiB): a larger figure is a typo.
 const MAX_STORE_CACHE_MB: u32 = 65_536;
 
+/// Highest `limits.max_depth`: reading a `UserArea` recurses once a level, and a lane's stack
+/// holds a few thousand levels; BODs nest about a dozen.
+pub const MAX_DEPTH_LIMIT: usize = 1_000;
+
 impl Hub {
     /// The page cache to open the store with: `hub.store_cache_mb`, else `default` (the
     /// command's own figure).
@@ -734,6 +738,12 @@ impl Config {
                 "max_bytes and max_depth must be at least 1 (0 would reject every document)".into(),
             ));
         }
+        if self.limits.max_depth > MAX_DEPTH_LIMIT {
+            return Err(err(
+                "limits.max_depth".into(),
+                format!("must be at most {MAX_DEPTH_LIMIT}"),
+            ));
+        }
         if let Some(p) = &self.hub.promotion {
             if p.when_type.trim().is_empty() {
                 return Err(err(
@@ -998,6 +1008,9 @@ mod tests {
         assert!(err.contains("amqp.prefetch"), "{err}");
         let err = refusal("[amqp]\nlanes = 0\n");
         assert!(err.contains("amqp.lanes"), "{err}");
+        let err = refusal("[limits]\nmax_depth = 1001\n");
+        assert!(err.contains("limits.max_depth"), "{err}");
+        assert!(Config::from_toml("[limits]\nmax_depth = 1000\n", "t").is_ok());
         assert!(Config::from_toml("[amqp]\nlanes = 3\n", "t").is_ok_and(|c| c.amqp.lanes == 3));
         let err = refusal("[[applications]]\nname='a'\nlogical_id='lid://bodflow.hub'\n");
         assert!(err.contains("hub.logical_id"), "{err}");

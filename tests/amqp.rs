@@ -151,6 +151,7 @@ struct Got {
     message_id: String,
     correlation_id: String,
     headers: Option<FieldTable>,
+    body: String,
 }
 
 /// Takes every message off `queue` (acking them).
@@ -174,6 +175,7 @@ async fn drain_queue(ch: &Channel, queue: &str) -> Vec<Got> {
                 .map(|s| s.to_string())
                 .unwrap_or_default(),
             headers: p.headers().clone(),
+            body: String::from_utf8_lossy(&m.delivery.data).into_owned(),
         });
     }
     out
@@ -242,6 +244,19 @@ async fn fixtures_end_to_end_equal_offline_replay_and_rejections_are_dead_letter
                 Some(&*config.hub.logical_id)
             );
             assert!(!m.correlation_id.is_empty());
+            // A Sync or Process names the variation of the noun it carries (DESIGN §5.3: the
+            // same ION headers); a reply carries no noun.
+            let name = header(&m.headers, "documentName").unwrap_or_default();
+            match header(&m.headers, "variationId") {
+                Some(v) => assert!(
+                    m.body.contains(&format!("variationID=\"{v}\"")),
+                    "{name}: variationId {v} not in the document"
+                ),
+                None => assert!(
+                    !name.starts_with("Sync.") && !name.starts_with("Process."),
+                    "{name} without variationId"
+                ),
+            }
             got.push((
                 header(&m.headers, "documentName").unwrap_or_default(),
                 app.logical_id.clone(),

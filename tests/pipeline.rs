@@ -226,6 +226,22 @@ fn a_rejection_names_the_element_the_value_came_from() {
             ),
             format!("{contact_noun}/EmployerReference/PartyIDs/ID"),
         ),
+        // Checked like the IDs they are (an external number may be a match key; an employer's
+        // entity is part of the key it waits under).
+        (
+            account("C1", "Alpha", "ITA").replace(
+                "<ID variationID=\"1\">C1</ID>",
+                &format!("<ID variationID=\"1\">C1</ID><ID schemeName=\"External\">{long}</ID>"),
+            ),
+            format!("{noun}/PartyIDs/ID[2]"),
+        ),
+        (
+            contact("P1", "C1").replace(
+                "<DocumentID><ID>C1</ID>",
+                &format!("<DocumentID><ID accountingEntity=\"{}\">C1</ID>", "E".repeat(23)),
+            ),
+            format!("{contact_noun}/EmployerReference/DocumentID/ID/@accountingEntity"),
+        ),
     ];
     for (i, (doc, path)) in cases.iter().enumerate() {
         let r = p

@@ -730,6 +730,7 @@ fn envelope(d: &Delivery) -> crate::store::Envelope {
         to_logical_id: header_str(headers, "toLogicalId"),
         tenant_id: header_str(headers, "tenantId"),
         variation_id: header_str(headers, "variationId"),
+        retry: super::dlq::retry_of(headers),
     }
 }
 

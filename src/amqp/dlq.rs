@@ -58,15 +58,36 @@ const CONSUMER_TAG: &str = "bodflow-dlq";
 /// How long to wait for the broker to hand over the counted messages.
 const TAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Whether a delivery asks for a retry: header [`RETRY_HEADER`] true (bool or `"true"`).
+/// Whether a delivery asks for a retry: header [`RETRY_HEADER`] true (bool or `"true"`), or
+/// the token of one replay ([`retry_of`]).
 pub fn is_retry(headers: Option<&FieldTable>) -> bool {
     match headers.and_then(|h| h.inner().get(RETRY_HEADER)) {
         Some(AMQPValue::Boolean(b)) => *b,
-        Some(_) => {
-            header_str(headers, RETRY_HEADER).is_some_and(|s| s.eq_ignore_ascii_case("true"))
-        }
+        Some(_) => header_str(headers, RETRY_HEADER)
+            .is_some_and(|s| !s.is_empty() && !s.eq_ignore_ascii_case("false")),
         None => false,
     }
+}
+
+/// The token naming one replay of a dead letter ([`RETRY_HEADER`]'s value, when it is not
+/// plain `true`): the broker may deliver that replay again (a crash after its commit, before
+/// its ack), and the message id's marker keeps the token of the replay that ran, so the
+/// redelivery is a duplicate rather than a second run.
+pub fn retry_of(headers: Option<&FieldTable>) -> Option<String> {
+    header_str(headers, RETRY_HEADER).filter(|s| {
+        !s.is_empty() && !s.eq_ignore_ascii_case("true") && !s.eq_ignore_ascii_case("false")
+    })
+}
+
+/// A token for one replay: this process, the time, and a count (unique per replayed message).
+fn retry_token() -> String {
+    static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    format!("{now:x}-{:x}-{n}", std::process::id())
 }
 
 /// One message of `bodflow.dead`, held unacked.
@@ -248,7 +269,10 @@ impl DeadQueue {
                 }
             }
         }
-        headers.insert(ShortString::from(RETRY_HEADER), AMQPValue::Boolean(true));
+        headers.insert(
+            ShortString::from(RETRY_HEADER),
+            AMQPValue::LongString(retry_token().into()),
+        );
         let properties: BasicProperties = d
             .properties
             .clone()
@@ -325,5 +349,36 @@ impl DeadQueue {
         let _ = self.publish.close(200, "bye".into()).await;
         self.connection.close(200, "bye".into()).await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(value: AMQPValue) -> FieldTable {
+        let mut h = FieldTable::default();
+        h.insert(ShortString::from(RETRY_HEADER), value);
+        h
+    }
+
+    #[test]
+    fn a_replay_token_asks_for_a_retry_and_names_it() {
+        let token = retry_token();
+        assert_ne!(token, retry_token(), "one token a replayed message");
+        let named = with(AMQPValue::LongString(token.clone().into()));
+        assert!(is_retry(Some(&named)));
+        assert_eq!(retry_of(Some(&named)), Some(token));
+        for (value, retry) in [
+            (AMQPValue::Boolean(true), true),
+            (AMQPValue::LongString("true".into()), true),
+            (AMQPValue::LongString("false".into()), false),
+            (AMQPValue::Boolean(false), false),
+        ] {
+            let h = with(value);
+            assert_eq!(is_retry(Some(&h)), retry);
+            assert_eq!(retry_of(Some(&h)), None, "no token");
+        }
+        assert!(!is_retry(None));
     }
 }

@@ -504,6 +504,9 @@ impl Publisher {
         if let Some(tenant) = &row.tenant {
             put_header(&mut headers, "tenantId", tenant);
         }
+        if let Some(variation) = &row.variation {
+            put_header(&mut headers, "variationId", variation);
+        }
         if let Some(traceparent) = &row.traceparent {
             put_header(&mut headers, "traceparent", traceparent);
         }

@@ -208,6 +208,19 @@ fn decode_text(bytes: &[u8]) -> Result<Cow<'_, str>, DecodeError> {
     }
     if let Some(label) = declared_encoding(bytes) {
         match encoding_rs::Encoding::for_label(label.as_bytes()) {
+            // The declaration was read one byte a character, so the document is not UTF-16
+            // (which needs a byte order mark, and two bytes a character); .NET's StringWriter
+            // declares "utf-16" over text it then saves in another encoding.
+            Some(enc) if enc == encoding_rs::UTF_16LE || enc == encoding_rs::UTF_16BE => {
+                return Err(DecodeError::NotWellFormed {
+                    message: format!(
+                        "the document declares encoding {label:?} but is not UTF-16 (no byte order \
+                         mark, one byte a character): fix the declaration or the encoding"
+                    ),
+                    position: None,
+                    path: None,
+                });
+            }
             Some(enc) if enc != encoding_rs::UTF_8 => {
                 let (text, _, had_errors) = enc.decode(bytes);
                 if had_errors {
@@ -975,6 +988,31 @@ mod tests {
         assert_eq!(
             Dom::parse(&text, Limits::default()).unwrap().root().text,
             "München"
+        );
+    }
+
+    #[test]
+    fn utf16_declared_over_single_byte_text_says_so_and_real_utf16_is_read() {
+        let err = decode(
+            b"<?xml version=\"1.0\" encoding=\"utf-16\"?><A>x</A>",
+            Limits::default(),
+        )
+        .unwrap_err();
+        assert_eq!(err.code(), "not_well_formed");
+        assert!(
+            err.to_string()
+                .contains("declares encoding \"utf-16\" but is not UTF-16"),
+            "{err}"
+        );
+        // With its byte order mark, UTF-16 is read whatever the declaration says.
+        let mut utf16 = vec![0xFF, 0xFE];
+        for u in "<?xml version=\"1.0\" encoding=\"utf-16\"?><A>ü</A>".encode_utf16() {
+            utf16.extend_from_slice(&u.to_le_bytes());
+        }
+        let text = decode(&utf16, Limits::default()).unwrap();
+        assert_eq!(
+            Dom::parse(&text, Limits::default()).unwrap().root().text,
+            "ü"
         );
     }
 

@@ -186,6 +186,7 @@ impl<'a> Emitter<'a> {
             traceparent: self.traceparent(),
             tracestate: self.tracestate(),
             tracked: None,
+            variation: None,
             xml,
             dead_letter: None,
         };
@@ -560,6 +561,7 @@ impl<'a> Emitter<'a> {
             traceparent: self.traceparent(),
             tracestate: self.tracestate(),
             tracked: None,
+            variation: Some(record.revision.to_string()),
             xml,
             dead_letter: None,
         };
@@ -640,6 +642,7 @@ impl<'a> Emitter<'a> {
             traceparent: self.traceparent(),
             tracestate: self.tracestate(),
             tracked: None,
+            variation: Some(record.revision.to_string()),
             xml,
             dead_letter: None,
         };

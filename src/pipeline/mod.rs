@@ -589,12 +589,28 @@ fn commit_one(tx: &Tx<'_>, config: &Config, prepared: &Prepared) -> TxResult<Rep
     let report = apply_in(tx, config, ctx, &prepared.state, blocking)?;
     if blocking.is_none() {
         note_parked_nouns(tx, ctx, &prepared.state, &report, previous.as_ref())?;
+        note_replay(tx, ctx)?;
     }
     dead_letter(tx, ctx, &report)?;
     if ctx.track {
         track::record(tx, ctx, &report, previous)?;
     }
     Ok(report)
+}
+
+/// Notes on the marker the token of the dead-letter replay this run is, so that the same
+/// replay delivered again is a duplicate ([`upsert::blocks`]).
+fn note_replay(tx: &Tx<'_>, ctx: &Context) -> TxResult<()> {
+    let Some(token) = upsert::replay_of(ctx) else {
+        return Ok(());
+    };
+    if let Some(mut marker) = tx.marker(&ctx.message_id)? {
+        if marker.retry.as_ref() != Some(&token) {
+            marker.retry = Some(token);
+            tx.put_marker(&ctx.message_id, &marker)?;
+        }
+    }
+    Ok(())
 }
 
 /// Keeps [`Marker::parked`] of a run that wrote its marker: the nouns parked before that still
@@ -670,6 +686,7 @@ fn dead_letter(tx: &Tx<'_>, ctx: &Context, report: &Report) -> TxResult<()> {
         traceparent: None,
         tracestate: None,
         tracked: None,
+        variation: None,
         xml: String::new(),
         dead_letter: Some(Box::new(crate::store::DeadLetterRow {
             delivered: (**delivered).clone(),
@@ -715,6 +732,7 @@ fn apply_in(
                     tracked: Vec::new(),
                     run: ctx.run,
                     parked: Vec::new(),
+                    retry: upsert::replay_of(ctx),
                 },
             )?;
             let mut report = base_report(ctx, Outcome::Rejected);
@@ -746,6 +764,7 @@ fn apply_in(
                     tracked: Vec::new(),
                     run: ctx.run,
                     parked: Vec::new(),
+                    retry: upsert::replay_of(ctx),
                 },
             )?;
             let mut report = base_report(ctx, Outcome::Parked);
@@ -1020,6 +1039,7 @@ mod tests {
             to_logical_id: Some("lid://bodflow".into()),
             tenant_id: Some("T1".into()),
             variation_id: Some("42".into()),
+            retry: None,
         };
         let run = |bytes: &str, envelope: Option<&crate::store::Envelope>| {
             prepare(
@@ -1159,6 +1179,35 @@ mod tests {
         // A file (no delivery) has nothing to dead-letter.
         assert_eq!(run("m-2", false, None).outcome, Outcome::Rejected);
         assert_eq!(dead().len(), 2);
+
+        // A dead-letter replay names itself (`x-bodflow-retry`): the same replay delivered
+        // again (a crash after its commit, before its ack) is a duplicate, another replay runs.
+        let replay = |token: &str| {
+            let envelope = crate::store::Envelope {
+                retry: Some(token.into()),
+                ..Default::default()
+            };
+            let mut prepared = pipeline.prepare(&Input {
+                message_id: Some("m-1"),
+                retry: true,
+                envelope: Some(&envelope),
+                ..Input::file(bytes, "test", Utc::now())
+            });
+            prepared.ctx.delivered = Some(delivered.clone());
+            pipeline.commit(&prepared).unwrap()
+        };
+        assert_eq!(replay("r-1").outcome, Outcome::Rejected);
+        assert_eq!(dead().len(), 3);
+        let again = replay("r-1");
+        assert_eq!(again.outcome, Outcome::Duplicate);
+        assert!(again.outputs.is_empty());
+        assert_eq!(dead().len(), 3, "no second copy of the same replay");
+        assert_eq!(replay("r-2").outcome, Outcome::Rejected);
+        assert_eq!(dead().len(), 4);
+        assert_eq!(
+            store.marker("m-1").unwrap().unwrap().retry.as_deref(),
+            Some("r-2")
+        );
     }
 
     #[test]

@@ -165,10 +165,11 @@ pub(super) fn acknowledge(
     let response = header.response_code.as_deref().unwrap_or("");
     let mut notes = Vec::new();
     let action = if response == "Rejected" {
-        let reason = header
-            .response_reason
-            .clone()
-            .unwrap_or_else(|| "no reason given".into());
+        // Kept on the record: as much of the sender's text as a rejection's message.
+        let reason = header.response_reason.as_deref().map_or_else(
+            || "no reason given".to_string(),
+            |r| clipped(r, MAX_MESSAGE).into_owned(),
+        );
         notes.push(format!(
             "promotion of {} rejected by {} ({original}): {reason}",
             record.id, app.name

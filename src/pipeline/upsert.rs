@@ -111,6 +111,12 @@ pub fn blocks(marker: &Marker, ctx: &Context) -> bool {
         let unlisted = marker.parked.is_empty() && marker.outcome == Outcome::Parked.as_str();
         return !(marker.parked.contains(noun) || unlisted);
     }
+    // The replay that wrote the marker, delivered again: done already.
+    if let Some(token) = replay_of(ctx) {
+        if marker.retry.as_ref() == Some(&token) {
+            return true;
+        }
+    }
     let retryable =
         marker.outcome == Outcome::Parked.as_str() || marker.outcome == Outcome::Rejected.as_str();
     !(ctx.retry && retryable)
@@ -197,8 +203,15 @@ pub(super) fn put_marker(
             tracked: Vec::new(),
             run: ctx.run,
             parked: Vec::new(),
+            retry: replay_of(ctx),
         },
     )
+}
+
+/// The token of the dead-letter replay a run is ([`crate::store::Envelope::retry`]); a
+/// release from parking is a run of its own, whatever delivery parked the document.
+pub(super) fn replay_of(ctx: &Context) -> Option<String> {
+    ctx.envelope.retry.clone().filter(|_| ctx.unpark.is_none())
 }
 
 /// variationID guard: incoming vs stored for the same cross-reference.

@@ -549,17 +549,19 @@ fn party_item(
     for (i, a) in p.account_ids.iter().enumerate() {
         check_len(a, MAX_ID, || format!("{}/AccountIDs/ID[{}]", p.path, i + 1))?;
     }
-    let external = p
-        .ids
-        .iter()
-        .skip(1)
-        .find(|i| {
-            i.scheme_name
-                .as_deref()
-                .is_some_and(|s| s.to_ascii_lowercase().starts_with("external"))
-        })
-        .map(|i| i.value.clone())
-        .filter(|v| !v.is_empty());
+    // An ID like the others (it may become a match key): checked as one.
+    let external = match p.ids.iter().enumerate().skip(1).find(|(_, i)| {
+        i.scheme_name
+            .as_deref()
+            .is_some_and(|s| s.to_ascii_lowercase().starts_with("external"))
+    }) {
+        Some((at, id)) => check_id(
+            Some(id),
+            &format!("{}/PartyIDs/ID[{}]", p.path, at + 1),
+            true,
+        )?,
+        None => None,
+    };
     let communication = communication(&p.channels, &p.path)?;
     let address = hub_address(&p.addresses, &p.path)?;
     let account_number = p
@@ -640,18 +642,19 @@ fn contact_item(
     };
     let employer = match &c.employer {
         Some(e) if !e.value.is_empty() => {
-            check_id(
-                Some(e),
-                &format!("{}/EmployerReference/{}", c.path, c.employer_at),
-                false,
-            )?;
+            let path = format!("{}/EmployerReference/{}", c.path, c.employer_at);
+            check_id(Some(e), &path, false)?;
+            let accounting_entity = e
+                .accounting_entity
+                .clone()
+                .unwrap_or_else(|| ae.to_string());
+            check_len(&accounting_entity, MAX_ENTITY, || {
+                format!("{path}/@accountingEntity")
+            })?;
             Some(XrefKey {
                 kind: Kind::Account,
                 application: app.logical_id.clone(),
-                accounting_entity: e
-                    .accounting_entity
-                    .clone()
-                    .unwrap_or_else(|| ae.to_string()),
+                accounting_entity,
                 id: e.value.clone(),
             })
         }

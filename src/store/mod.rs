@@ -187,6 +187,8 @@ fn encode_outbox(row: &OutboxRow, tracked: Option<track::OutputAt>) -> Vec<u8> {
         #[serde(skip_serializing_if = "Option::is_none")]
         tracked: Option<track::OutputAt>,
         #[serde(skip_serializing_if = "Option::is_none")]
+        variation: &'a Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
         dead: Option<DeadHead<'a>>,
     }
     /// A dead-letter row: the body is the delivery's properties (`properties` bytes), then
@@ -222,6 +224,7 @@ fn encode_outbox(row: &OutboxRow, tracked: Option<track::OutputAt>) -> Vec<u8> {
             traceparent: &row.traceparent,
             tracestate: &row.tracestate,
             tracked,
+            variation: &row.variation,
             dead: dead.map(|d| DeadHead {
                 routing_key: &d.delivered.routing_key,
                 stage: &d.stage,
@@ -257,6 +260,8 @@ fn decode_outbox(k: &[u8], bytes: &[u8]) -> Result<OutboxRow, StoreError> {
         tracestate: Option<String>,
         #[serde(default)]
         tracked: Option<track::OutputAt>,
+        #[serde(default)]
+        variation: Option<String>,
         #[serde(default)]
         dead: Option<DeadHead>,
     }
@@ -315,6 +320,7 @@ fn decode_outbox(k: &[u8], bytes: &[u8]) -> Result<OutboxRow, StoreError> {
         traceparent: head.traceparent,
         tracestate: head.tracestate,
         tracked: head.tracked,
+        variation: head.variation,
         xml,
         dead_letter,
     })
@@ -1308,11 +1314,17 @@ impl Tx<'_> {
     /// Increments and returns a named counter (first value 1).
     pub fn next(&self, counter: &str) -> TxResult<u64> {
         let k = key(b's', &[counter]);
-        let current = self
-            .raw_get(&k)?
-            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
-            .map(u64::from_be_bytes)
-            .unwrap_or(0);
+        // A value that is not 8 bytes is an error, not a first value: starting again at 1
+        // would hand out hub IDs that records already have.
+        let current = match self.raw_get(&k)? {
+            None => 0,
+            Some(v) => u64::from_be_bytes(<[u8; 8]>::try_from(v.as_ref()).map_err(|_| {
+                StoreError::Corrupt {
+                    key: String::from_utf8_lossy(&k).into_owned(),
+                    message: format!("a counter of {} bytes (8 expected)", v.len()),
+                }
+            })?),
+        };
         let next = current + 1;
         self.raw_insert(k, next.to_be_bytes().to_vec());
         Ok(next)
@@ -1816,6 +1828,7 @@ mod tests {
                 .then(|| format!("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902{n:02x}-01")),
             tracestate: (n == 1).then(|| "rojo=1".to_string()),
             tracked: None,
+            variation: n.is_multiple_of(3).then(|| n.to_string()),
             xml: format!("<x n=\"{n}\">\n</x>"),
             dead_letter: None,
         }
@@ -2340,6 +2353,14 @@ mod tests {
             .transact(|tx| Ok((tx.next("acc")?, tx.next("acc")?)))
             .unwrap();
         assert_eq!((a, b), (1, 2));
+        // A damaged counter is an error, never a first value again.
+        store.hub.insert(key(b's', &["acc"]), &b"\x01"[..]).unwrap();
+        let e = store.transact(|tx| tx.next("acc")).unwrap_err();
+        assert_eq!(e.code(), "store_corrupt", "{e}");
+        store
+            .hub
+            .insert(key(b's', &["acc"]), &2u64.to_be_bytes()[..])
+            .unwrap();
         store
             .transact(|tx| {
                 tx.index(

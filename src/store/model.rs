@@ -288,6 +288,10 @@ pub struct Marker {
     /// or by a release that read the row before — and its release is a duplicate.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub parked: Vec<String>,
+    /// The token of the dead-letter replay whose run wrote it ([`Envelope::retry`]): the same
+    /// replay delivered again is a duplicate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<String>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -299,6 +303,7 @@ impl Marker {
     /// An `applied` marker with nothing else in it (for store tests).
     pub(crate) fn applied() -> Marker {
         Marker {
+            retry: None,
             outcome: "applied".into(),
             record: None,
             bod_id: None,
@@ -344,6 +349,10 @@ pub struct OutboxRow {
     /// there without looking the message up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracked: Option<super::track::OutputAt>,
+    /// The variationID of the noun it carries (a Sync's or Process's record revision), sent
+    /// as the ION header `variationId`; replies have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variation: Option<String>,
     pub xml: String,
     /// Set on a row that dead-letters a delivery rather than carrying a BOD of ours: the
     /// delivery as it came, published to `bodflow.dlx` with headers naming why (`xml` is
@@ -391,6 +400,7 @@ impl OutboxRow {
             traceparent: None,
             tracestate: None,
             tracked: None,
+            variation: None,
             xml: "<x/>".into(),
             dead_letter: None,
         }
@@ -437,6 +447,9 @@ pub struct Envelope {
     pub tenant_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub variation_id: Option<String>,
+    /// The token of the dead-letter replay this delivery is (`x-bodflow-retry`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<String>,
 }
 
 impl Envelope {

@@ -616,6 +616,10 @@ impl Store {
             }
             let body = group_body(&k, &v);
             let slots = body.as_ref().map(|b| group_slots(&k, b));
+            // Its confirms go with it, readable or not (their key is the group's number).
+            if let Some(number) = group_of(&k) {
+                batch.remove(&group_key(b'k', number));
+            }
             if let (Some(number), Ok(Ok(slots))) = (group_of(&k), slots) {
                 for (i, bytes) in slots.iter().enumerate() {
                     purged.runs += 1;
@@ -632,7 +636,6 @@ impl Store {
                         batch.remove(&bod_key(&b, TrackAt(number, slot)));
                     }
                 }
-                batch.remove(&group_key(b'k', number));
             }
             batch.remove(k);
             purged.groups += 1;
@@ -782,6 +785,7 @@ mod tests {
                         tracked: Vec::new(),
                         run: 0,
                         parked: Vec::new(),
+                        retry: None,
                     });
                     tx.put_marker(message_id, &marker)?;
                     let at = tx.track_run(message_id, run)?;
@@ -971,7 +975,13 @@ mod tests {
         let t = store.tracked("m1").unwrap().unwrap();
         let confirmed: Vec<_> = t.runs[0].outputs.iter().map(|o| o.confirmed_at).collect();
         assert_eq!(confirmed, [None, Some(Millis(1_700))]);
-        // A place in a purged group notes nothing.
+        // A place in a purged group notes nothing; a group whose runs cannot be read (of
+        // another version, say) goes with its confirms all the same.
+        let (k, v) = store.hub.scan_prefix([b't']).next().unwrap().unwrap();
+        let mut damaged = v[..9].to_vec();
+        damaged.extend_from_slice(b"not lz4");
+        store.hub.insert(k, damaged).unwrap();
+        assert_eq!(store.hub.scan_prefix([b'k']).count(), 1);
         store.purge_tracked(Millis(5_000), 10).unwrap();
         assert_eq!(store.track_confirms(&[confirm]).unwrap(), 0);
         assert_eq!(store.hub.scan_prefix([b'k']).count(), 0);
