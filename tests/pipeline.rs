@@ -226,6 +226,11 @@ fn a_rejection_names_the_element_the_value_came_from() {
             ),
             format!("{contact_noun}/EmployerReference/PartyIDs/ID"),
         ),
+        // Every reply repeats the BODID: refused when it could not come back whole.
+        (
+            account("C1", "Alpha", "ITA").replace("<BODID>b-C1</BODID>", &format!("<BODID>{long}</BODID>")),
+            "/SyncCustomerPartyMaster/ApplicationArea/BODID".to_string(),
+        ),
         // Checked like the IDs they are (an external number may be a match key; an employer's
         // entity is part of the key it waits under).
         (

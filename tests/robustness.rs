@@ -507,6 +507,9 @@ fn documents_built_to_cost_memory_or_work_are_refused_by_limits_with_a_path() {
     let name_300 = "E".repeat(300);
     let attrs: String = (0..200).map(|i| format!(" a{i}=\"\"")).collect();
     let attrs_101: String = (0..101).map(|i| format!(" a{i}=\"\"")).collect();
+    // The document-wide limits under the default `limits.max_bytes` (4 MiB).
+    let max_elements = bodflow::bod::dom::max_elements(4 << 20);
+    let max_attributes = bodflow::bod::dom::max_attributes(4 << 20);
     // 200 declarations in scope, 100 on an element and 100 on its child: under the attribute
     // limit on each.
     let xmlns = |from: usize| -> String {
@@ -566,13 +569,18 @@ fn documents_built_to_cost_memory_or_work_are_refused_by_limits_with_a_path() {
         ),
         (
             "elements",
-            doc(sync, "", &"<Z/>".repeat(100_001), ""),
+            doc(sync, "", &"<Z/>".repeat(max_elements + 1), ""),
             "too_complex",
             format!("{noun}/Z"),
         ),
         (
             "attributes in the document",
-            doc(sync, "", &format!("<Z{attrs_101}/>").repeat(2_000), ""),
+            doc(
+                sync,
+                "",
+                &format!("<Z{attrs_101}/>").repeat(max_attributes / 101 + 1),
+                "",
+            ),
             "too_complex",
             format!("{noun}/Z"),
         ),
@@ -625,6 +633,7 @@ fn documents_built_to_cost_memory_or_work_are_refused_by_limits_with_a_path() {
 
     // Nouns: read in one pass (each one's path needs the count of its name), at most 1,000.
     // (90,000: under the limit on elements, which 200,000 would hit first.)
+    assert!(bodflow::bod::dom::max_elements(4 << 20) > 90_000);
     for (count, refused) in [(1_000, false), (90_000, true)] {
         let many = doc(sync, "", "", &"<a/>".repeat(count - 1));
         let prepared = pipeline.prepare(&Input {

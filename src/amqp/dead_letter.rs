@@ -43,6 +43,9 @@ pub(crate) fn parked_delivery(
     payload: &[u8],
 ) -> crate::store::Delivered {
     let mut headers = FieldTable::default();
+    if let Some(name) = super::document_name(payload) {
+        put_header(&mut headers, "documentName", &name);
+    }
     for (name, value) in [
         ("fromLogicalId", &envelope.from_logical_id),
         ("toLogicalId", &envelope.to_logical_id),
@@ -301,6 +304,13 @@ mod tests {
         assert_eq!(header("tenantId").as_deref(), Some("ACME"));
         assert_eq!(header("variationId").as_deref(), Some("7"));
         assert_eq!(header("toLogicalId"), None);
+        let d = parked_delivery("m-1", &envelope, b"<SyncCustomerPartyMaster/>");
+        let p = decode(&d.properties);
+        let headers = p.headers().as_ref().unwrap().inner();
+        assert_eq!(
+            headers.get("documentName"),
+            Some(&AMQPValue::LongString("Sync.CustomerPartyMaster".into()))
+        );
     }
 
     fn sent() -> BasicProperties {

@@ -18,11 +18,15 @@
 //! A replayed message is published to [`IN_EXCHANGE`] with its original routing key, body (or
 //! the operator's fixed body), message id, correlation id, reply-to and headers — minus ours
 //! (`x-bodflow-stage|code|reason`) and the broker's `x-death` — plus
-//! [`RETRY_HEADER`]` = true`: the consumer then runs it as a deliberate retry, so a message id
-//! whose marker is `rejected` (or `parked`) is processed again, while one that was applied is
-//! still a duplicate. The dead message is acked only after the publisher confirm: a crash in
-//! between leaves it in `bodflow.dead` (at least once), and replaying it a second time is a
-//! duplicate.
+//! [`RETRY_HEADER`] with a token naming this replay: the consumer then runs it as a deliberate
+//! retry, so a message id whose marker is `rejected` (or `parked`) is processed again, while one
+//! that was applied is still a duplicate. The token is derived from the dead message (its
+//! message id, the body published, and the token of the replay it came from, if it did), and
+//! the marker keeps the token of the replay that ran: the same replay delivered twice, or the
+//! same dead message replayed twice, runs once. The dead message is acked only after the
+//! publisher confirm: a crash in between leaves it in `bodflow.dead` (at least once), and
+//! replaying it again is a duplicate. A dead letter of that replay (rejected again) carries
+//! its token, so replaying it is a new run; so is a replay with a fixed body.
 
 use std::time::Duration;
 
@@ -79,15 +83,19 @@ pub fn retry_of(headers: Option<&FieldTable>) -> Option<String> {
     })
 }
 
-/// A token for one replay: this process, the time, and a count (unique per replayed message).
-fn retry_token() -> String {
-    static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos();
-    format!("{now:x}-{:x}-{n}", std::process::id())
+/// The token of a replay of a dead message: a digest of its message id, the body published
+/// and the token of the replay the dead message came from (module docs).
+fn retry_token(message_id: Option<&str>, body: &[u8], came_from: Option<&str>) -> String {
+    let mut h = blake3::Hasher::new();
+    for part in [
+        message_id.unwrap_or("").as_bytes(),
+        came_from.unwrap_or("").as_bytes(),
+    ] {
+        h.update(&(part.len() as u64).to_be_bytes());
+        h.update(part);
+    }
+    h.update(body);
+    h.finalize().to_hex()[..32].to_string()
 }
 
 /// One message of `bodflow.dead`, held unacked.
@@ -269,9 +277,15 @@ impl DeadQueue {
                 }
             }
         }
+        let body = payload.unwrap_or(&d.data);
+        let token = retry_token(
+            d.properties.message_id().as_ref().map(|m| m.as_str()),
+            body,
+            retry_of(d.properties.headers().as_ref()).as_deref(),
+        );
         headers.insert(
             ShortString::from(RETRY_HEADER),
-            AMQPValue::LongString(retry_token().into()),
+            AMQPValue::LongString(token.into()),
         );
         let properties: BasicProperties = d
             .properties
@@ -364,8 +378,17 @@ mod tests {
 
     #[test]
     fn a_replay_token_asks_for_a_retry_and_names_it() {
-        let token = retry_token();
-        assert_ne!(token, retry_token(), "one token a replayed message");
+        let token = retry_token(Some("m-1"), b"<x/>", None);
+        // The same dead message replayed twice: one replay.
+        assert_eq!(token, retry_token(Some("m-1"), b"<x/>", None));
+        // A fixed body, the dead letter of an earlier replay, another message: new runs.
+        for other in [
+            retry_token(Some("m-1"), b"<y/>", None),
+            retry_token(Some("m-1"), b"<x/>", Some(&token)),
+            retry_token(Some("m-2"), b"<x/>", None),
+        ] {
+            assert_ne!(token, other);
+        }
         let named = with(AMQPValue::LongString(token.clone().into()));
         assert!(is_retry(Some(&named)));
         assert_eq!(retry_of(Some(&named)), Some(token));

@@ -47,14 +47,20 @@ pub const MAX_ATTRIBUTES: usize = 128;
 /// all of them.
 pub const MAX_NAMESPACES: usize = 128;
 
-/// Most elements in one document. A node takes 64 bytes and `<a/>` 4 of the document, so
-/// without a bound a document of the allowed size would take 16 times its size in memory
-/// (in every lane at once). 1,000 nouns of 50 elements or 5,000 `UserArea` values of a few
-/// elements each stay well below it; the largest real sample has 436.
-pub const MAX_ELEMENTS: usize = 100_000;
+/// Most elements in a document of at most `max_bytes` (`limits.max_bytes`): one for every 24
+/// bytes allowed, and at least 100,000. A node takes 64 bytes and `<a/>` 4 of the document,
+/// so without a bound a document of the allowed size would take 16 times its size in memory
+/// (in every lane at once); with it, at most 2.7 times. Real BODs take 50–150 bytes an
+/// element indented, 40 or more minified; the largest real sample has 436 elements.
+pub fn max_elements(max_bytes: usize) -> usize {
+    (max_bytes / 24).max(100_000)
+}
 
-/// Most attributes in one document (40 bytes each in memory, against 5 in the document).
-pub const MAX_DOCUMENT_ATTRIBUTES: usize = 200_000;
+/// Most attributes in a document of at most `max_bytes`: one for every 16 bytes allowed, and
+/// at least 200,000 (40 bytes each in memory, against 5 in the document).
+pub fn max_attributes(max_bytes: usize) -> usize {
+    (max_bytes / 16).max(200_000)
+}
 
 /// No node (end of a sibling chain).
 const NONE: u32 = u32::MAX;
@@ -77,6 +83,9 @@ pub struct Element<'a> {
 pub struct Dom<'a> {
     nodes: Vec<Element<'a>>,
     attrs: Vec<(&'a str, Cow<'a, str>)>,
+    /// [`max_elements`] and [`max_attributes`] of the limits it was read under.
+    max_elements: usize,
+    max_attributes: usize,
 }
 
 /// Limits enforced while reading.
@@ -177,7 +186,7 @@ impl<'a> Dom<'a> {
     /// names another encoding that encoding_rs knows (one real C# sender sends iso-8859-1).
     /// `text` is the decoded document (see [`decode_text`]); the tree borrows from it.
     pub fn parse(text: &'a str, limits: Limits) -> Result<Dom<'a>, DecodeError> {
-        read_tree(text, limits.max_depth)
+        read_tree(text, limits)
     }
 }
 
@@ -488,10 +497,13 @@ fn append<'a>(slot: &mut Cow<'a, str>, piece: Cow<'a, str>) {
     }
 }
 
-fn read_tree(text: &str, max_depth: usize) -> Result<Dom<'_>, DecodeError> {
+fn read_tree(text: &str, limits: Limits) -> Result<Dom<'_>, DecodeError> {
+    let max_depth = limits.max_depth;
     let mut dom = Dom {
         nodes: Vec::with_capacity(128),
         attrs: Vec::with_capacity(64),
+        max_elements: max_elements(limits.max_bytes),
+        max_attributes: max_attributes(limits.max_bytes),
     };
     // Open elements, each with its held-back whitespace (see `push_text`).
     let mut stack: Vec<(usize, Cow<'_, str>)> = Vec::with_capacity(16);
@@ -662,10 +674,10 @@ fn push_element<'a>(
         // Only a non-`from_str` reader would hand out copies; names must borrow.
         Cow::Owned(_) => return Err(not_well_formed("unreadable element name", position)),
     };
-    if dom.nodes.len() >= MAX_ELEMENTS {
+    if dom.nodes.len() >= dom.max_elements {
         return Err(too_complex_at(
             name,
-            format!("more than {MAX_ELEMENTS} elements in the document"),
+            format!("more than {} elements in the document", dom.max_elements),
         ));
     }
     let depth = stack.len();
@@ -752,10 +764,13 @@ fn push_element<'a>(
         let Some(key) = reslice(text, attr.key.as_ref()) else {
             return Err(not_well_formed("unreadable attribute name", position));
         };
-        if dom.attrs.len() >= MAX_DOCUMENT_ATTRIBUTES {
+        if dom.attrs.len() >= dom.max_attributes {
             return Err(too_complex_at(
                 name,
-                format!("more than {MAX_DOCUMENT_ATTRIBUTES} attributes in the document"),
+                format!(
+                    "more than {} attributes in the document",
+                    dom.max_attributes
+                ),
             ));
         }
         dom.attrs.push((key, value));

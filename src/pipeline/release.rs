@@ -118,9 +118,12 @@ pub(super) fn prepare(config: &Config, parked: &Parked, received_at: DateTime<Ut
         },
     );
     prepared.ctx.unpark = Some(parked.seq);
-    // A delivery's document: its row is its only copy, so a release that rejects it
+    // A delivery's whole document: its row is its only copy, so a release that rejects it
     // dead-letters it as its delivery would have been (a file's document is still its file).
-    if parked.source == crate::amqp::SOURCE {
+    // Not a noun's row: the document's other nouns were applied when it came, and a replay of
+    // the dead letter would run them all again (a `Process` noun without an ID would create a
+    // second record); its rejection is answered and recorded, as before.
+    if parked.source == crate::amqp::SOURCE && parked.noun.is_none() {
         prepared.ctx.delivered = Some(std::sync::Arc::new(crate::amqp::parked_delivery(
             &parked.message_id,
             &parked.envelope,

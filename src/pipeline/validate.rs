@@ -26,6 +26,8 @@ pub const MAX_CODE: usize = 64;
 pub const MAX_ENTITY: usize = 22;
 /// variationID digits (u128 holds 38).
 const MAX_VARIATION_DIGITS: usize = 38;
+/// Longest BODID, in characters: what a reply repeats of it fits in [`bod::MAX_ECHO`] bytes.
+pub const MAX_BOD_ID: usize = bod::MAX_ECHO / 4;
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum ValidationError {
@@ -149,6 +151,14 @@ pub fn validate(bod: Bod, config: &Config) -> Result<Checked> {
         return Ok(Checked::Inactive { app: app_idx });
     }
 
+    // The BODID comes back in every reply (`OriginalApplicationArea`), where one over
+    // MAX_ECHO bytes would be cut: refused rather than answered with one the sender cannot
+    // match (256 characters of up to 4 bytes each; real ones are under 100).
+    if let Some(bod_id) = &bod.area.bod_id {
+        check_len(bod_id, MAX_BOD_ID, || {
+            format!("{root}/ApplicationArea/BODID")
+        })?;
+    }
     if let Some(code) = &bod.area.confirmation_code {
         if !["Never", "OnError", "Always"].contains(&code.as_str()) {
             return Err(ValidationError::InvalidCode {
@@ -352,9 +362,6 @@ fn communication(channels: &[Channel], noun: &str) -> Result<Communication> {
     for ch in sorted {
         let at = |element: &str| format!("{noun}/{}/{element}", ch.path);
         let value_at = || at(ch.value_element);
-        if let Some(u) = &ch.use_code {
-            check_len(u, MAX_CODE, || at("UseCode"))?;
-        }
         match ch.channel {
             ChannelKind::Email => {
                 check_email(&ch.value, &value_at())?;
@@ -368,6 +375,10 @@ fn communication(channels: &[Channel], noun: &str) -> Result<Communication> {
             }
             ChannelKind::Phone => {
                 check_len(&ch.value, MAX_ID, value_at)?;
+                // Kept with the number (an e-mail's or web site's use code is not).
+                if let Some(u) = &ch.use_code {
+                    check_len(u, MAX_CODE, || at("UseCode"))?;
+                }
                 c.phones.push(Phone {
                     use_code: ch.use_code.clone(),
                     number: ch.value.clone(),
