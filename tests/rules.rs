@@ -109,6 +109,51 @@ fn two_nouns(first: &str, second: &str) -> String {
 // 1. Automatic release of parked no_match documents
 // ------------------------------------------------------------------------------------------
 
+/// Two versions of one ERP account park `no_match`, each under the number it carried. When a
+/// record comes to carry the first number, the first version links the key — and the second,
+/// parked under a number no record carries, is now an update of that record: it is released
+/// in the same transaction instead of waiting for ever.
+#[test]
+fn a_later_version_parked_under_another_value_follows_when_its_key_is_linked() {
+    let p = pipeline(CRM_FIRST);
+    let v1 = run(
+        &p,
+        &account("lid://erp", "E-7", 1, Some("N-1"), None),
+        "erp-1",
+    );
+    let v2 = run(
+        &p,
+        &account("lid://erp", "E-7", 2, Some("N-2"), None),
+        "erp-2",
+    );
+    assert_eq!((v1.outcome, v2.outcome), (Outcome::Parked, Outcome::Parked));
+    assert_eq!(parked(&p).len(), 2);
+
+    let crm = run(
+        &p,
+        &account("lid://crm", "CRM-7", 1, Some("N-1"), None),
+        "crm-1",
+    );
+    let released: Vec<(&str, Outcome)> = crm
+        .released
+        .iter()
+        .map(|r| (r.message_id.as_str(), r.outcome))
+        .collect();
+    assert_eq!(
+        released,
+        [("erp-1", Outcome::Applied), ("erp-2", Outcome::Applied)],
+        "{:?}",
+        crm.decisions
+    );
+    assert!(parked(&p).is_empty());
+    let record = p
+        .store
+        .record(crm.record.as_deref().unwrap())
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.xref_for("lid://erp").unwrap().variation, "2");
+}
+
 /// The CRM-first story: the ERP's account parks (no record has its number); the CRM user
 /// types the ERP number on the CRM account; the CRM's Sync releases the ERP document in the
 /// same transaction, which links to the CRM's record; later ERP updates are plain updates.

@@ -847,6 +847,16 @@ fn find_matches(
     Ok((Vec::new(), String::new()))
 }
 
+/// `key` was just linked (created or matched): documents of it parked for want of a match
+/// (a later version parked under another value while an earlier one waited) are released in
+/// this transaction, as updates of the record. Only matching configurations park so.
+fn wake_waiting_for(tx: &Tx<'_>, config: &Config, key: &XrefKey) -> TxResult<()> {
+    if !config.indexed_keys().is_empty() {
+        tx.wake_parked_for(key)?;
+    }
+    Ok(())
+}
+
 fn match_name(k: MatchKey) -> &'static str {
     match k {
         MatchKey::AccountNumber => "account_number",
@@ -889,6 +899,7 @@ fn link(
     tx.put_xref(&key, &record.id)?;
     tx.put_record(&record)?;
     reindex(tx, config, Some(&before), Some(&record))?;
+    wake_waiting_for(tx, config, &key)?;
     applied(
         tx,
         doc,
@@ -1001,6 +1012,7 @@ fn create(
     tx.put_record(&record)?;
     tx.put_xref(&key, &id)?;
     reindex(tx, config, None, Some(&record))?;
+    wake_waiting_for(tx, config, &key)?;
     notes.insert(0, format!("created {id} for {}", key.display()));
     applied(
         tx,

@@ -15,6 +15,7 @@
 //! | `o` | big-endian group sequence | the [`OutboxRow`]s one transaction emitted, LZ4-compressed |
 //! | `p` | big-endian sequence | [`Parked`] |
 //! | `n` | kind, match key, normalised value | sequences of `no_match` parked documents carrying it |
+//! | `q` | the `x` key a parked document waits to be linked, big-endian sequence | nothing: `no_match` and `ambiguous_match` documents by their key ([`Tx::wake_parked_for`]) |
 //! | `c` | parent xref key | contact hub IDs waiting for that account |
 //! | `e` | account hub ID, contact hub ID | nothing: the account's contacts ([`Tx::contacts_of`]) |
 //! | `s` | counter name | big-endian u64 |
@@ -553,6 +554,59 @@ fn date_tombstones(hub: &sled::Tree) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Store meta entry set once the parked documents' key index (`q`) is complete.
+const PARKED_KEYS_META: &str = "index.parked_keys";
+
+/// Lists the waiting parked documents of a store written before `q` existed by their key,
+/// once ([`migrate_once`]).
+fn index_parked_keys(hub: &sled::Tree) -> Result<(), StoreError> {
+    let indexed = migrate_once(hub, PARKED_KEYS_META, b"p", |k, v, batch| {
+        match decode::<Parked>(k, v) {
+            Ok(parked) => match parked_key_key(&parked) {
+                Some(q) => {
+                    batch.insert(q, &[] as &[u8]);
+                    true
+                }
+                None => false,
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "A parked row left out of the key index");
+                false
+            }
+        }
+    })?;
+    if indexed > 0 {
+        tracing::info!(
+            indexed,
+            "Indexed the parked documents waiting for their key (once)"
+        );
+    }
+    Ok(())
+}
+
+/// The `q` entry of a parked document that waits for its key to be linked (`no_match`,
+/// `ambiguous_match`, with an ID); `None` for the others.
+fn parked_key_key(parked: &Parked) -> Option<Vec<u8>> {
+    let key = parked.key.as_ref().filter(|k| !k.id.is_empty())?;
+    if !matches!(
+        parked.reason,
+        ParkReason::NoMatch | ParkReason::AmbiguousMatch
+    ) {
+        return None;
+    }
+    let mut k = parked_key_prefix(key);
+    k.extend_from_slice(&parked.seq.to_be_bytes());
+    Some(k)
+}
+
+/// `q`, the `x` key, a separator: where the parked documents waiting for `key` are listed.
+fn parked_key_prefix(key: &XrefKey) -> Vec<u8> {
+    let mut k = xref_key(key);
+    k[0] = b'q';
+    k.push(SEP);
+    k
+}
+
 fn employee_key(account: &str, contact: &str) -> Vec<u8> {
     key(b'e', &[account, contact])
 }
@@ -635,6 +689,7 @@ impl Store {
         };
         index_contacts(&hub)?;
         date_tombstones(&hub)?;
+        index_parked_keys(&hub)?;
         let markers = Arc::new(MarkerFilter::new());
         let marker_scan = {
             let (hub, markers) = (hub.clone(), markers.clone());
@@ -1402,6 +1457,13 @@ impl Tx<'_> {
     }
 
     fn index_parked(&self, parked: &Parked, add: bool) -> TxResult<()> {
+        if let Some(q) = parked_key_key(parked) {
+            if add {
+                self.raw_insert(q, &[] as &[u8]);
+            } else {
+                self.raw_remove(q);
+            }
+        }
         let Some(kind) = parked.key.as_ref().map(|k| k.kind) else {
             return Ok(());
         };
@@ -1438,13 +1500,31 @@ impl Tx<'_> {
         let seqs = self
             .get::<Vec<u64>>(&key(b'n', &[kind.prefix(), match_tag(k), &norm]))?
             .unwrap_or_default();
+        Ok(self.wake(&seqs))
+    }
+
+    /// Notes parked sequences for release in this transaction (each once); returns how many.
+    fn wake(&self, seqs: &[u64]) -> usize {
         let mut woken = self.woken.borrow_mut();
-        for s in &seqs {
+        for s in seqs {
             if !woken.contains(s) {
                 woken.push(*s);
             }
         }
-        Ok(seqs.len())
+        seqs.len()
+    }
+
+    /// `key` was just linked to a record (created or matched): the `no_match` and
+    /// `ambiguous_match` documents parked for it are noted for release in this transaction —
+    /// they are now updates of that record. Returns how many were found.
+    pub fn wake_parked_for(&self, key: &XrefKey) -> TxResult<usize> {
+        let prefix = parked_key_prefix(key);
+        let seqs: Vec<u64> = self
+            .keys_under(&prefix)?
+            .iter()
+            .filter_map(|k| Some(u64::from_be_bytes(k.get(prefix.len()..)?.try_into().ok()?)))
+            .collect();
+        Ok(self.wake(&seqs))
     }
 
     /// The parked documents woken so far (in parking order), emptying the list.
@@ -1506,20 +1586,29 @@ impl Tx<'_> {
     pub fn contacts_of(&self, account: &str) -> TxResult<Vec<String>> {
         let mut prefix = key(b'e', &[account]);
         prefix.push(SEP);
+        Ok(self
+            .keys_under(&prefix)?
+            .iter()
+            .map(|k| String::from_utf8_lossy(&k[prefix.len()..]).into_owned())
+            .collect())
+    }
+
+    /// The keys under `prefix` as this transaction sees them: the tree's, with those it
+    /// wrote and without those it removed, in order.
+    fn keys_under(&self, prefix: &[u8]) -> TxResult<Vec<Vec<u8>>> {
         let mut found = BTreeMap::new();
-        for item in self.tree.scan_prefix(&prefix) {
+        for item in self.tree.scan_prefix(prefix) {
             let (k, _) = item?;
             found.insert(k.to_vec(), true);
         }
-        let mut end = prefix.clone();
+        let mut end = prefix.to_vec();
         end.push(0xff);
-        for (k, v) in self.writes.borrow().range(prefix.clone()..end) {
+        for (k, v) in self.writes.borrow().range(prefix.to_vec()..end) {
             found.insert(k.clone(), v.is_some());
         }
         Ok(found
             .into_iter()
-            .filter(|(_, live)| *live)
-            .map(|(k, _)| String::from_utf8_lossy(&k[prefix.len()..]).into_owned())
+            .filter_map(|(k, live)| live.then_some(k))
             .collect())
     }
 }
@@ -1639,6 +1728,55 @@ mod tests {
             store.meta(CONTACT_INDEX_META).unwrap().as_deref(),
             Some("1")
         );
+    }
+
+    #[test]
+    fn a_store_of_before_the_parked_key_index_is_indexed_at_its_first_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let waiting = XrefKey {
+            kind: Kind::Account,
+            application: "lid://erp".into(),
+            accounting_entity: String::new(),
+            id: "E-1".into(),
+        };
+        let seq = {
+            let store = Store::open(dir.path()).unwrap();
+            let seq = store
+                .transact(|tx| {
+                    tx.park(Parked {
+                        seq: 0,
+                        message_id: "m-1".into(),
+                        reason: ParkReason::NoMatch,
+                        application: "lid://erp".into(),
+                        key: Some(waiting.clone()),
+                        source: "s".into(),
+                        payload: "<x/>".into(),
+                        envelope: Default::default(),
+                        match_values: Vec::new(),
+                        noun: None,
+                    })
+                })
+                .unwrap();
+            // As an earlier version left it: no `q` entry, no meta entry.
+            for k in store.hub.scan_prefix([b'q']).keys() {
+                store.hub.remove(k.unwrap()).unwrap();
+            }
+            store
+                .hub
+                .remove(key(b's', &["meta", PARKED_KEYS_META]))
+                .unwrap();
+            store.flush().unwrap();
+            seq
+        };
+        let store = reopen(dir.path());
+        let woken = store
+            .transact(|tx| {
+                tx.wake_parked_for(&waiting)?;
+                Ok(tx.take_woken())
+            })
+            .unwrap();
+        assert_eq!(woken, vec![seq]);
+        assert_eq!(store.meta(PARKED_KEYS_META).unwrap().as_deref(), Some("1"));
     }
 
     #[test]
@@ -2128,6 +2266,23 @@ mod tests {
             })
             .unwrap();
         assert_eq!(woken, vec![a, b], "each once, in parking order");
+        // By their key too: a `no_match` row waits for its key to be linked; a
+        // `manual_link` one for an operator (`bodflow link` finds it).
+        let key_of = |id: &str| XrefKey {
+            kind: Kind::Account,
+            application: "lid://erp".into(),
+            accounting_entity: String::new(),
+            id: id.into(),
+        };
+        let by_key = store
+            .transact(|tx| {
+                assert_eq!(tx.wake_parked_for(&key_of("C"))?, 0);
+                assert_eq!(tx.wake_parked_for(&key_of(""))?, 0, "a prefix of every key");
+                tx.wake_parked_for(&key_of("A"))?;
+                Ok(tx.take_woken())
+            })
+            .unwrap();
+        assert_eq!(by_key, vec![a]);
         store.transact(|tx| tx.unpark(b)).unwrap();
         let left = store
             .transact(|tx| {
@@ -2139,6 +2294,7 @@ mod tests {
         assert_eq!(left, vec![a], "a released row leaves every index entry");
         store.transact(|tx| tx.unpark(a)).unwrap();
         assert_eq!(store.hub.scan_prefix([b'n']).count(), 0);
+        assert_eq!(store.hub.scan_prefix([b'q']).count(), 0);
         assert_eq!(store.parked().count(), 1);
         assert!(store.transact(|tx| tx.parked(c)).unwrap().is_some());
     }
