@@ -285,6 +285,19 @@ fn replay_into_store(dir: &Path, store: &Path) -> Vec<Map<String, Value>> {
     replay_fixtures_json(dir, &["--store".as_ref(), store.as_os_str()])
 }
 
+/// `bodflow parked ACTION --json --store STORE --config CONFIG [extra...]` in `dir`.
+fn parked_cli(dir: &Path, store: &Path, config: &Path, action: &str, extra: &[&str]) -> Output {
+    run_in(
+        dir,
+        bodflow()
+            .args(["parked", action, "--json", "--store"])
+            .arg(store)
+            .arg("--config")
+            .arg(config)
+            .args(extra),
+    )
+}
+
 fn records_json(dir: &Path, store: &Path) -> Vec<Map<String, Value>> {
     let out = run_in(
         dir,
@@ -741,17 +754,9 @@ fn parked_list_shows_the_inactive_applications_document_and_release_applies_it()
         .expect("the fixtures park a document");
     let parked_id = str_of(parked_line, "message_id").unwrap().to_string();
     let config = fixtures().join("bodflow.toml");
-    // `bodflow parked ACTION --json --store STORE --config CONFIG [extra...]`, exit 0.
+    // Exit 0.
     let parked = |action: &str, config: &Path, extra: &[&str]| {
-        let out = run_in(
-            tmp.path(),
-            bodflow()
-                .args(["parked", action, "--json", "--store"])
-                .arg(&store)
-                .arg("--config")
-                .arg(config)
-                .args(extra),
-        );
+        let out = parked_cli(tmp.path(), &store, config, action, extra);
         assert_exit(&out, 0);
         json_lines(&out)
     };
@@ -799,14 +804,7 @@ fn a_parked_row_that_cannot_be_read_holds_up_no_other() {
     replay_into_store(tmp.path(), &store);
     let config = fixtures().join("bodflow.toml");
     let parked = |action: &str, exit: i32| {
-        let out = run_in(
-            tmp.path(),
-            bodflow()
-                .args(["parked", action, "--json", "--store"])
-                .arg(&store)
-                .arg("--config")
-                .arg(&config),
-        );
+        let out = parked_cli(tmp.path(), &store, &config, action, &[]);
         assert_exit(&out, exit);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(stderr.contains("unreadable"), exit == 1, "{stderr}");

@@ -353,7 +353,8 @@ fn parked_documents_of_a_reactivated_application_are_released_once() {
 /// A delivery's document parked for an inactive application is checked in full only when it
 /// is released; should that reject it, its parked row — its only copy, the delivery was acked
 /// — becomes a dead-letter row like a rejected delivery's. A parked row that cannot be read
-/// stays where it is and does not stop the others (nor the service's start).
+/// stays where it is and does not stop the others (`release_reactivated` is what the service
+/// runs when it starts).
 #[test]
 fn a_released_delivery_that_is_rejected_is_dead_lettered_and_a_bad_row_holds_up_nothing() {
     let dir = tempfile::tempdir().unwrap();

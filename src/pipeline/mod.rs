@@ -589,28 +589,12 @@ fn commit_one(tx: &Tx<'_>, config: &Config, prepared: &Prepared) -> TxResult<Rep
     let report = apply_in(tx, config, ctx, &prepared.state, blocking)?;
     if blocking.is_none() {
         note_parked_nouns(tx, ctx, &prepared.state, &report, previous.as_ref())?;
-        note_replay(tx, ctx)?;
     }
     dead_letter(tx, ctx, &report)?;
     if ctx.track {
         track::record(tx, ctx, &report, previous)?;
     }
     Ok(report)
-}
-
-/// Notes on the marker the token of the dead-letter replay this run is, so that the same
-/// replay delivered again is a duplicate ([`upsert::blocks`]).
-fn note_replay(tx: &Tx<'_>, ctx: &Context) -> TxResult<()> {
-    let Some(token) = upsert::replay_of(ctx) else {
-        return Ok(());
-    };
-    if let Some(mut marker) = tx.marker(&ctx.message_id)? {
-        if marker.retry.as_ref() != Some(&token) {
-            marker.retry = Some(token);
-            tx.put_marker(&ctx.message_id, &marker)?;
-        }
-    }
-    Ok(())
 }
 
 /// Keeps [`Marker::parked`] of a run that wrote its marker: the nouns parked before that still
