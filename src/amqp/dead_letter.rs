@@ -33,13 +33,14 @@ pub(crate) fn encode(properties: &BasicProperties) -> Vec<u8> {
 }
 
 /// What a parked document's delivery is rebuilt as, for its copy should its release reject it
-/// (its parked row is its only copy): a parked row keeps the bytes, the message id and the
-/// envelope (`correlation_id`, ION headers), not the delivery's routing key or its other
-/// properties. An empty routing key is routed by `bodflow dlq replay` as a delivery without
+/// (its parked row is its only copy): a parked row keeps the bytes, the message id, the
+/// envelope (`correlation_id`, ION headers) and the `reply_to`, not the delivery's routing key
+/// or its other properties. An empty routing key is routed by `bodflow dlq replay` as a delivery without
 /// one.
 pub(crate) fn parked_delivery(
     message_id: &str,
     envelope: &crate::store::Envelope,
+    reply_to: Option<&str>,
     payload: &[u8],
 ) -> crate::store::Delivered {
     let mut headers = FieldTable::default();
@@ -66,6 +67,9 @@ pub(crate) fn parked_delivery(
     }
     if let Some(Ok(id)) = envelope.correlation_id.as_deref().map(short) {
         properties = properties.with_correlation_id(id);
+    }
+    if let Some(Ok(queue)) = reply_to.map(short) {
+        properties = properties.with_reply_to(queue);
     }
     crate::store::Delivered {
         routing_key: String::new(),
@@ -286,7 +290,7 @@ mod tests {
             variation_id: Some("7".into()),
             ..Default::default()
         };
-        let d = parked_delivery("m-1", &envelope, b"<x/>");
+        let d = parked_delivery("m-1", &envelope, Some("amq.gen-reply"), b"<x/>");
         assert_eq!(
             (d.routing_key.as_str(), d.payload.as_slice()),
             ("", b"<x/>".as_slice())
@@ -294,6 +298,10 @@ mod tests {
         let p = decode(&d.properties);
         assert_eq!(p.message_id().as_ref().map(|m| m.as_str()), Some("m-1"));
         assert_eq!(p.correlation_id().as_ref().map(|m| m.as_str()), Some("c-1"));
+        assert_eq!(
+            p.reply_to().as_ref().map(|m| m.as_str()),
+            Some("amq.gen-reply")
+        );
         assert_eq!(p.delivery_mode(), &Some(2));
         let headers = p.headers().as_ref().unwrap().inner();
         let header = |name: &str| match headers.get(name) {
@@ -304,8 +312,9 @@ mod tests {
         assert_eq!(header("tenantId").as_deref(), Some("ACME"));
         assert_eq!(header("variationId").as_deref(), Some("7"));
         assert_eq!(header("toLogicalId"), None);
-        let d = parked_delivery("m-1", &envelope, b"<SyncCustomerPartyMaster/>");
+        let d = parked_delivery("m-1", &envelope, None, b"<SyncCustomerPartyMaster/>");
         let p = decode(&d.properties);
+        assert_eq!(p.reply_to(), &None);
         let headers = p.headers().as_ref().unwrap().inner();
         assert_eq!(
             headers.get("documentName"),

@@ -147,12 +147,30 @@ pub(crate) async fn all_in_order<F: Future>(
 
 /// Waits for one publisher confirm: only an Ack without a returned message is a success.
 pub(crate) async fn confirmed(confirm: lapin::PublisherConfirm, what: &str) -> Result<(), Error> {
-    match confirm.await? {
+    confirmation(confirm.await?, what)
+}
+
+/// A confirm of the message `what` as a result. A returned message is named by its own
+/// message id where it has one: lapin hands a return to whichever confirm completes next,
+/// which, with several messages in flight, may be another message's.
+fn confirmation(confirmation: Confirmation, what: &str) -> Result<(), Error> {
+    match confirmation {
         Confirmation::Ack(None) => Ok(()),
-        Confirmation::Ack(Some(_)) => Err(Error::Returned(what.to_string())),
+        Confirmation::Ack(Some(returned)) => Err(Error::Returned(
+            returned_id(&returned).unwrap_or(what).to_string(),
+        )),
         Confirmation::Nack(_) => Err(Error::Nacked(what.to_string())),
         Confirmation::NotRequested => Err(Error::NotConfirmed),
     }
+}
+
+fn returned_id(returned: &lapin::message::BasicReturnMessage) -> Option<&str> {
+    returned
+        .delivery
+        .properties
+        .message_id()
+        .as_ref()
+        .map(|m| m.as_str())
 }
 
 /// Connects, declares the topology of `config` (new applications' queues), disconnects.
@@ -664,12 +682,7 @@ impl Sender {
         let returned = self.channel.wait_for_confirms().await?;
         if let Some(r) = returned.first() {
             return Err(Error::Returned(
-                r.delivery
-                    .properties
-                    .message_id()
-                    .as_ref()
-                    .map(|m| m.as_str().to_string())
-                    .unwrap_or_default(),
+                returned_id(r).unwrap_or_default().to_string(),
             ));
         }
         self.connection.close(200, "done".into()).await?;
@@ -703,6 +716,35 @@ pub fn document_name(bytes: &[u8]) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_returned_message_is_named_by_its_own_message_id_whichever_confirm_carries_it() {
+        let returned = |message_id: Option<&str>| {
+            let mut delivery = lapin::message::Delivery::mock(
+                0,
+                "bodflow.in".into(),
+                "Sync.CustomerPartyMaster".into(),
+                false,
+                b"<x/>".to_vec(),
+            );
+            if let Some(id) = message_id {
+                delivery.properties = BasicProperties::default().with_message_id(id.into());
+            }
+            Confirmation::Ack(Some(lapin::message::BasicReturnMessage {
+                delivery,
+                reply_code: 312,
+                reply_text: "NO_ROUTE".into(),
+            }))
+        };
+        let named = |c| match super::confirmation(c, "m-1") {
+            Err(Error::Returned(id)) => id,
+            other => panic!("{other:?}"),
+        };
+        // The confirm of m-1 carries the return of m-2.
+        assert_eq!(named(returned(Some("m-2"))), "m-2");
+        assert_eq!(named(returned(None)), "m-1");
+        assert!(super::confirmation(Confirmation::Ack(None), "m-1").is_ok());
+    }
+
     use super::*;
 
     #[test]

@@ -3,8 +3,8 @@
 //! `documentName` (from the root element) and `fromLogicalId` (the Sender's LogicalID), with
 //! publisher confirms and up to [`WINDOW`] messages awaiting theirs.
 
-use std::collections::VecDeque;
-use std::path::PathBuf;
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -62,6 +62,8 @@ async fn publish(config: &Config, inputs: &[PathBuf], rate: Option<u32>) -> anyh
         t
     });
     let mut pending = VecDeque::with_capacity(WINDOW);
+    // The file of each message id sent: a returned message is reported by its own id.
+    let mut files: HashMap<String, &Path> = HashMap::with_capacity(inputs.len());
     for path in inputs {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         let message_id = payload_digest(&bytes);
@@ -80,18 +82,54 @@ async fn publish(config: &Config, inputs: &[PathBuf], rate: Option<u32>) -> anyh
             })
             .await
             .with_context(|| format!("publishing {}", path.display()))?;
+        files.insert(message_id, path);
         pending.push_back(sent);
         if pending.len() >= WINDOW {
             if let Some(p) = pending.pop_front() {
-                p.confirmed().await?;
+                p.confirmed().await.map_err(|e| named(e, &files))?;
             }
         }
         progress.inc(1);
     }
     for p in pending {
-        p.confirmed().await?;
+        p.confirmed().await.map_err(|e| named(e, &files))?;
     }
-    sender.close().await?;
+    sender.close().await.map_err(|e| named(e, &files))?;
     progress.finish_and_clear();
     Ok(())
+}
+
+/// A publish error, with the file of a returned message.
+fn named(e: amqp::Error, files: &HashMap<String, &Path>) -> anyhow::Error {
+    let file = match &e {
+        amqp::Error::Returned(id) => files.get(id).map(|path| (id.clone(), *path)),
+        _ => None,
+    };
+    match file {
+        Some((id, path)) => anyhow::Error::new(e).context(format!(
+            "{} (message id {id}) was returned unroutable: is {} bound to {}?",
+            path.display(),
+            amqp::topology::IN_EXCHANGE,
+            amqp::topology::INBOUND_QUEUE
+        )),
+        None => e.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_returned_message_is_reported_with_its_file() {
+        let path = Path::new("fixtures/b.xml");
+        let files = HashMap::from([("m-b".to_string(), path)]);
+        let message = format!("{:#}", named(amqp::Error::Returned("m-b".into()), &files));
+        assert!(
+            message.starts_with("fixtures/b.xml (message id m-b) was returned unroutable"),
+            "{message}"
+        );
+        let other = format!("{:#}", named(amqp::Error::Returned("m-x".into()), &files));
+        assert_eq!(other, "message for m-x was returned unroutable");
+    }
 }

@@ -735,6 +735,7 @@ fn apply_in(
                 source: ctx.source.clone(),
                 payload: ctx.payload.clone(),
                 envelope: ctx.envelope.clone(),
+                reply_to: ctx.reply_to.clone(),
                 match_values: Vec::new(),
                 // A noun's row stays that noun's row.
                 noun: ctx.released_noun.clone(),
@@ -1240,6 +1241,7 @@ logical_id = "lid://ln"
                     source: "test".into(),
                     payload: crate::store::Payload(bytes.to_vec()),
                     envelope: Default::default(),
+                    reply_to: None,
                     match_values: Vec::new(),
                     noun: None,
                 })

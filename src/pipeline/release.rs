@@ -112,7 +112,7 @@ pub(super) fn prepare(config: &Config, parked: &Parked, received_at: DateTime<Ut
             envelope: Some(&parked.envelope),
             source: &parked.source,
             message_id: Some(&parked.message_id),
-            reply_to: None,
+            reply_to: parked.reply_to.as_deref(),
             received_at,
             retry: true,
         },
@@ -127,6 +127,7 @@ pub(super) fn prepare(config: &Config, parked: &Parked, received_at: DateTime<Ut
         prepared.ctx.delivered = Some(std::sync::Arc::new(crate::amqp::parked_delivery(
             &parked.message_id,
             &parked.envelope,
+            parked.reply_to.as_deref(),
             &parked.payload.0,
         )));
     }

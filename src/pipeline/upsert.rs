@@ -721,6 +721,7 @@ fn place_new(
             source: ctx.source.clone(),
             payload: ctx.payload.clone(),
             envelope: ctx.envelope.clone(),
+            reply_to: ctx.reply_to.clone(),
             match_values,
             noun: Some(item.path.clone()),
         })?;

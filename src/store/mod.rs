@@ -1752,6 +1752,7 @@ mod tests {
                         source: "s".into(),
                         payload: "<x/>".into(),
                         envelope: Default::default(),
+                        reply_to: None,
                         match_values: Vec::new(),
                         noun: None,
                     })
@@ -2223,6 +2224,7 @@ mod tests {
             source: "s".into(),
             payload: "<x/>".into(),
             envelope: Default::default(),
+            reply_to: None,
             match_values: values,
             noun: None,
         };

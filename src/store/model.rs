@@ -544,6 +544,10 @@ pub struct Parked {
     /// The delivery's envelope (its ION headers).
     #[serde(default, skip_serializing_if = "Envelope::is_empty")]
     pub envelope: Envelope,
+    /// The delivery's AMQP `reply_to`: a released document's replies go there, as they would
+    /// have when it came (rows of versions before 2026-11-24 have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<String>,
     /// `no_match` documents: the values they match on (the sender's `match_on` keys), under
     /// which the store indexes them so a record that comes to carry one releases them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
