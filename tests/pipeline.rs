@@ -11,6 +11,8 @@ use bodflow::config::Config;
 use bodflow::pipeline::{Input, Outcome, Pipeline};
 use bodflow::store::Store;
 
+mod common;
+
 const CONFIG: &str = r#"
 [[users]]
 id = "U-ADMIN"
@@ -350,20 +352,6 @@ fn parked_documents_of_a_reactivated_application_are_released_once() {
     assert_eq!(redelivered.outcome, Outcome::Duplicate);
 }
 
-/// Opens a store this process has just closed: sled's own background threads may hold its
-/// file lock a moment longer (seen in CI).
-fn unlocked<T, E: std::fmt::Display>(open: impl Fn() -> Result<T, E>) -> T {
-    let started = std::time::Instant::now();
-    loop {
-        match open() {
-            Err(e) if e.to_string().contains("lock") && started.elapsed().as_secs() < 10 => {
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-            other => return other.unwrap_or_else(|e| panic!("cannot open the store: {e}")),
-        }
-    }
-}
-
 /// A delivery's document parked for an inactive application is checked in full only when it
 /// is released; should that reject it, its parked row — its only copy, the delivery was acked
 /// — becomes a dead-letter row like a rejected delivery's. A parked row that cannot be read
@@ -396,13 +384,14 @@ fn a_released_delivery_that_is_rejected_is_dead_lettered_and_a_bad_row_holds_up_
     }
     {
         // The store's own layout: `p`, big-endian sequence. The first row becomes unreadable.
-        let db = unlocked(|| sled::open(&path));
+        let db = common::open_sled(&path);
         let hub = db.open_tree("hub").unwrap();
         let (first, _) = hub.scan_prefix(b"p").next().unwrap().unwrap();
         hub.insert(first, b"not a parked row".as_slice()).unwrap();
         db.flush().unwrap();
     }
-    let store = Arc::new(unlocked(|| Store::open(&path)));
+    // Just closed by this process: sled's own threads may hold its lock a moment longer.
+    let store = Arc::new(common::open_store(&path));
     let active = pipeline_on(CONFIG, &store);
     let (released, failed) = active.release_reactivated(Utc::now());
     assert_eq!(failed, 1, "the unreadable row");
@@ -433,21 +422,60 @@ fn a_released_delivery_that_is_rejected_is_dead_lettered_and_a_bad_row_holds_up_
     let (message_id, row) = &dead[0];
     assert_eq!(message_id, "m-b");
     assert_eq!(row.delivered.payload, invalid.as_bytes(), "byte for byte");
-    // Its ConfirmBOD goes where the delivery asked for replies, as it would have when it came.
+    // Its ConfirmBOD goes where the delivery asked for replies, as it would have when it came;
+    // the file's, which had no `reply_to`, to its sender's queue.
     let confirms: Vec<_> = store
         .outbox()
         .map(|r| r.unwrap().1)
         .filter(|row| row.kind == "ConfirmBOD")
-        .map(|row| (row.correlation_id, row.reply_to))
+        .map(|row| (row.correlation_id, row.to, row.reply_to))
         .collect();
-    assert!(
-        confirms.contains(&("m-b".into(), Some("amq.gen-reply".into()))),
-        "{confirms:?}"
+    assert_eq!(
+        confirms,
+        [
+            (
+                "m-b".into(),
+                "lid://ln".into(),
+                Some("amq.gen-reply".into())
+            ),
+            ("m-d".into(), "lid://ln".into(), None)
+        ]
     );
     assert_eq!(
         (row.stage.as_str(), row.code.as_str(), row.path.as_deref()),
         (error.stage.as_str(), error.code, error.path.as_deref())
     );
+}
+
+/// A parked delivery keeps its `reply_to` when it parks again, and a released document whose
+/// sender is no longer an application gets no reply at all: its `reply_to` is long gone, most
+/// likely, and there is no application queue to fall back on.
+#[test]
+fn a_parked_reply_to_survives_a_second_park_and_is_dropped_for_a_sender_no_longer_configured() {
+    let store = Arc::new(Store::temporary().unwrap());
+    let p = pipeline_on(&inactive_ln(), &store);
+    let doc = account("C12", "Epsilon", "XXX");
+    let parked = p
+        .process(&Input {
+            source: "amqp",
+            reply_to: Some("amq.gen-rpc"),
+            ..input(doc.as_bytes(), "m-12", false)
+        })
+        .unwrap();
+    assert_eq!(parked.outcome, Outcome::Parked);
+    let row = store.parked().next().unwrap().unwrap();
+    assert_eq!(row.reply_to.as_deref(), Some("amq.gen-rpc"));
+    // Released while still inactive: parked again, with its reply_to.
+    let again = p.release(&row, Utc::now()).unwrap();
+    assert_eq!(again.outcome, Outcome::Parked);
+    let row = store.parked().next().unwrap().unwrap();
+    assert_eq!(row.reply_to.as_deref(), Some("amq.gen-rpc"));
+    // LN is no longer configured: rejected (unknown sender), no ConfirmBOD anywhere.
+    let without_ln = pipeline_on(&CONFIG.replace("lid://ln", "lid://erp"), &store);
+    let released = without_ln.release(&row, Utc::now()).unwrap();
+    assert_eq!(released.outcome, Outcome::Rejected);
+    assert!(released.outputs.is_empty(), "{:?}", released.outputs);
+    assert!(store.outbox().all(|r| r.unwrap().1.kind != "ConfirmBOD"));
 }
 
 #[test]

@@ -35,8 +35,8 @@ pub(crate) fn encode(properties: &BasicProperties) -> Vec<u8> {
 /// What a parked document's delivery is rebuilt as, for its copy should its release reject it
 /// (its parked row is its only copy): a parked row keeps the bytes, the message id, the
 /// envelope (`correlation_id`, ION headers) and the `reply_to`, not the delivery's routing key
-/// or its other properties. An empty routing key is routed by `bodflow dlq replay` as a delivery without
-/// one.
+/// or its other properties. An empty routing key is routed by `bodflow dlq replay` as a
+/// delivery without one.
 pub(crate) fn parked_delivery(
     message_id: &str,
     envelope: &crate::store::Envelope,

@@ -150,17 +150,25 @@ pub(crate) async fn confirmed(confirm: lapin::PublisherConfirm, what: &str) -> R
     confirmation(confirm.await?, what)
 }
 
-/// A confirm of the message `what` as a result. A returned message is named by its own
-/// message id where it has one: lapin hands a return to whichever confirm completes next,
-/// which, with several messages in flight, may be another message's.
+/// A confirm of the message `what` as a result.
 fn confirmation(confirmation: Confirmation, what: &str) -> Result<(), Error> {
     match confirmation {
         Confirmation::Ack(None) => Ok(()),
-        Confirmation::Ack(Some(returned)) => Err(Error::Returned(
-            returned_id(&returned).unwrap_or(what).to_string(),
-        )),
+        Confirmation::Ack(Some(_)) => Err(Error::Returned(what.to_string())),
         Confirmation::Nack(_) => Err(Error::Nacked(what.to_string())),
         Confirmation::NotRequested => Err(Error::NotConfirmed),
+    }
+}
+
+/// The confirm of a message sent with many in flight ([`Sender`]), named by message id. A
+/// returned message is named by its own: lapin hands a return to whichever confirm completes
+/// next, which may be another message's.
+fn sent_confirmation(confirmation: Confirmation, message_id: &str) -> Result<(), Error> {
+    match confirmation {
+        Confirmation::Ack(Some(returned)) => Err(Error::Returned(
+            returned_id(&returned).unwrap_or(message_id).to_string(),
+        )),
+        other => self::confirmation(other, message_id),
     }
 }
 
@@ -608,7 +616,7 @@ pub struct Pending {
 impl Pending {
     /// Waits for the broker's confirm; a Nack or a return is an error.
     pub async fn confirmed(self) -> Result<(), Error> {
-        confirmed(self.confirm, &self.message_id).await
+        sent_confirmation(self.confirm.await?, &self.message_id)
     }
 }
 
@@ -735,14 +743,18 @@ mod tests {
                 reply_text: "NO_ROUTE".into(),
             }))
         };
-        let named = |c| match super::confirmation(c, "m-1") {
+        let named = |c| match super::sent_confirmation(c, "m-1") {
             Err(Error::Returned(id)) => id,
             other => panic!("{other:?}"),
         };
         // The confirm of m-1 carries the return of m-2.
         assert_eq!(named(returned(Some("m-2"))), "m-2");
         assert_eq!(named(returned(None)), "m-1");
-        assert!(super::confirmation(Confirmation::Ack(None), "m-1").is_ok());
+        assert!(super::sent_confirmation(Confirmation::Ack(None), "m-1").is_ok());
+        assert!(matches!(
+            super::sent_confirmation(Confirmation::Nack(None), "m-1"),
+            Err(Error::Nacked(id)) if id == "m-1"
+        ));
     }
 
     use super::*;

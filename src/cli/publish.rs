@@ -102,18 +102,26 @@ async fn publish(config: &Config, inputs: &[PathBuf], rate: Option<u32>) -> anyh
 /// A publish error, with the file of a returned message.
 fn named(e: amqp::Error, files: &HashMap<String, &Path>) -> anyhow::Error {
     let file = match &e {
-        amqp::Error::Returned(id) => files.get(id).map(|path| (id.clone(), *path)),
+        amqp::Error::Returned(id) | amqp::Error::Nacked(id) => {
+            files.get(id).map(|path| (id.clone(), *path))
+        }
         _ => None,
     };
-    match file {
-        Some((id, path)) => anyhow::Error::new(e).context(format!(
-            "{} (message id {id}) was returned unroutable: is {} bound to {}?",
-            path.display(),
+    let Some((id, path)) = file else {
+        return e.into();
+    };
+    let hint = match e {
+        amqp::Error::Returned(_) => format!(
+            ": is {} bound to {}?",
             amqp::topology::IN_EXCHANGE,
             amqp::topology::INBOUND_QUEUE
-        )),
-        None => e.into(),
-    }
+        ),
+        _ => String::new(),
+    };
+    anyhow::Error::new(e).context(format!(
+        "publishing {} (message id {id}){hint}",
+        path.display()
+    ))
 }
 
 #[cfg(test)]
@@ -121,13 +129,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_returned_message_is_reported_with_its_file() {
+    fn a_returned_or_refused_message_is_reported_with_its_file() {
         let path = Path::new("fixtures/b.xml");
         let files = HashMap::from([("m-b".to_string(), path)]);
         let message = format!("{:#}", named(amqp::Error::Returned("m-b".into()), &files));
+        assert_eq!(
+            message,
+            "publishing fixtures/b.xml (message id m-b): is bodflow.in bound to \
+             bodflow.inbound?: message for m-b was returned unroutable"
+        );
+        let nacked = format!("{:#}", named(amqp::Error::Nacked("m-b".into()), &files));
         assert!(
-            message.starts_with("fixtures/b.xml (message id m-b) was returned unroutable"),
-            "{message}"
+            nacked.starts_with("publishing fixtures/b.xml (message id m-b): "),
+            "{nacked}"
         );
         let other = format!("{:#}", named(amqp::Error::Returned("m-x".into()), &files));
         assert_eq!(other, "message for m-x was returned unroutable");

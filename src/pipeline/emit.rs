@@ -147,9 +147,16 @@ impl<'a> Emitter<'a> {
     }
 
     /// Where a reply to the sender goes: (routing logical ID, explicit reply queue).
+    ///
+    /// Not the `reply_to` of a released document whose sender is not (or no longer) an
+    /// application: that queue was named by a delivery taken long ago, most likely by a client
+    /// gone since, and with no application queue to fall back on, a reply it refuses could
+    /// never be delivered (it would be retried for ever).
     fn reply_route(&self, app: Option<usize>) -> Option<(String, Option<String>)> {
         let to = app.map(|i| self.config.applications[i].logical_id.clone());
+        let released = self.ctx.unpark.is_some();
         match (&self.ctx.reply_to, to) {
+            (Some(_), None) if released => None,
             (Some(r), to) => Some((to.unwrap_or_default(), Some(r.clone()))),
             (None, Some(to)) => Some((to, None)),
             (None, None) => None,

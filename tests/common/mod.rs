@@ -205,6 +205,24 @@ pub fn open_store(path: &Path) -> bodflow::store::Store {
     }
 }
 
+/// The store's sled database itself (to damage it as a test needs), waiting as
+/// [`open_store`] does for a process that has just closed it to let go of its lock.
+pub fn open_sled(path: &Path) -> sled::Db {
+    let start = std::time::Instant::now();
+    loop {
+        match sled::open(path) {
+            Ok(db) => return db,
+            Err(e)
+                if e.to_string().contains("could not acquire lock")
+                    && start.elapsed() < std::time::Duration::from_secs(10) =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(e) => panic!("opening {}: {e}", path.display()),
+        }
+    }
+}
+
 /// `cmd.output()` with the spawn under [`fork_guard`].
 pub fn output_guarded(cmd: &mut Command) -> std::process::Output {
     let child = {
