@@ -724,6 +724,8 @@ pub fn document_name(bytes: &[u8]) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn a_returned_message_is_named_by_its_own_message_id_whichever_confirm_carries_it() {
         let returned = |message_id: Option<&str>| {
@@ -756,8 +758,6 @@ mod tests {
             Err(Error::Nacked(id)) if id == "m-1"
         ));
     }
-
-    use super::*;
 
     #[test]
     fn frames_grow_fourfold_or_to_what_was_needed_up_to_the_ceiling() {

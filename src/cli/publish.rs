@@ -99,7 +99,7 @@ async fn publish(config: &Config, inputs: &[PathBuf], rate: Option<u32>) -> anyh
     Ok(())
 }
 
-/// A publish error, with the file of a returned message.
+/// A publish error, with the file of a returned or refused (Nacked) message.
 fn named(e: amqp::Error, files: &HashMap<String, &Path>) -> anyhow::Error {
     let file = match &e {
         amqp::Error::Returned(id) | amqp::Error::Nacked(id) => {
