@@ -617,10 +617,11 @@ impl Store {
             let body = group_body(&k, &v);
             let slots = body.as_ref().map(|b| group_slots(&k, b));
             // Its confirms go with it, readable or not (their key is the group's number).
-            if let Some(number) = group_of(&k) {
+            let number = group_of(&k);
+            if let Some(number) = number {
                 batch.remove(&group_key(b'k', number));
             }
-            if let (Some(number), Ok(Ok(slots))) = (group_of(&k), slots) {
+            if let (Some(number), Ok(Ok(slots))) = (number, slots) {
                 for (i, bytes) in slots.iter().enumerate() {
                     purged.runs += 1;
                     // An unreadable run's index key, if any, leads nowhere and is skipped.
