@@ -6,6 +6,10 @@
 //! fixed.xml` applies the fix once and empties the queue of it; a second replay of the same
 //! message id (the dead letter put back, as after a crash between confirm and ack) is a
 //! duplicate; `dlq discard` removes another dead letter.
+//!
+//! An outbound message no queue takes goes to `bodflow.dead` (stage `publish`, code
+//! `unroutable`) after a few returns, and `dlq replay` delivers it once its receiver has a
+//! queue again.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -21,7 +25,7 @@ use bodflow::config::Config;
 use bodflow::pipeline::Pipeline;
 use bodflow::store::Store;
 use broker::{connect, ready_count, Vhost};
-use lapin::options::BasicPublishOptions;
+use lapin::options::{BasicGetOptions, BasicPublishOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::BasicProperties;
 
@@ -33,6 +37,17 @@ async fn wait_for(what: &str, timeout: Duration, mut check: impl AsyncFnMut() ->
         assert!(start.elapsed() < timeout, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Sends `message` to `bodflow.in` and waits for its confirm.
+async fn send(sender: &Sender, message: InboundMessage<'_>) {
+    sender
+        .send(&message)
+        .await
+        .unwrap()
+        .confirmed()
+        .await
+        .unwrap();
 }
 
 /// `bodflow dlq ARGS --config fixtures/bodflow.toml` against the vhost; (exit code, stdout).
@@ -81,19 +96,17 @@ async fn replay_of_a_fixed_dead_letter_applies_it_once_and_discard_removes() {
     // Two rejected documents: dlq-1 (to be fixed) and dlq-2 (to be discarded).
     let sender = Sender::connect(&config).await.unwrap();
     for id in ["dlq-1", "dlq-2"] {
-        sender
-            .send(&InboundMessage {
+        send(
+            &sender,
+            InboundMessage {
                 bytes: &broken,
                 message_id: id,
                 document_name: amqp::document_name(&broken).as_deref(),
                 from_logical_id: Some("lid://infor.crm.crm01"),
                 ..Default::default()
-            })
-            .await
-            .unwrap()
-            .confirmed()
-            .await
-            .unwrap();
+            },
+        )
+        .await;
     }
     sender.close().await.unwrap();
 
@@ -221,4 +234,185 @@ async fn replay_of_a_fixed_dead_letter_applies_it_once_and_discard_removes() {
 
     stop.send(()).unwrap();
     service.await.unwrap().unwrap();
+}
+
+/// A ConfirmBOD whose application queue is unbound from `bodflow.out` (as when an application
+/// was removed from the configuration), and one to a `reply_to` queue that is gone from a
+/// sender that is no application: `bodflow.out` returns them, and after
+/// `unroutable_attempts` returns each goes to `bodflow.dead` as the message it would have
+/// been, with stage `publish`, code `unroutable` and a reason naming its receiver — not
+/// retried for ever, not dropped. `dlq replay` sends them to `bodflow.out` again: the
+/// first arrives on its application queue (bound again by the topology `dlq` declares),
+/// without our headers; the second, with no receiver at all, is returned and stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outbound_message_no_queue_takes_is_dead_lettered_and_replayed_to_its_receiver() {
+    let vhost = Vhost::new("dlq-unroutable");
+    let mut config = Config::load(&common::root().join("fixtures/bodflow.toml")).unwrap();
+    config.amqp.url = vhost.url();
+    let crm = "lid://infor.crm.crm01";
+    let crm_queue = topology::application_queue(
+        &config
+            .applications
+            .iter()
+            .find(|a| a.logical_id == crm)
+            .unwrap()
+            .slug(),
+    );
+    // Connecting declares the topology (the service does too): before the unbinding.
+    let sender = Sender::connect(&config).await.unwrap();
+    let store = Arc::new(Store::temporary().unwrap());
+    let pipeline = Pipeline::new(Arc::new(config.clone()), store.clone()).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let options = RunOptions {
+        unroutable_attempts: 3,
+        retry_base: Duration::from_millis(10),
+        ..RunOptions::default()
+    };
+    let service = tokio::spawn(amqp::run(pipeline, options, async move {
+        let _ = stopped.await;
+    }));
+    // Unbound once the service has declared its topology and consumes.
+    let (conn, ch) = connect(&vhost.url()).await;
+    wait_for(
+        "the service consuming",
+        Duration::from_secs(10),
+        async || consumers(&conn, topology::INBOUND_QUEUE).await > 0,
+    )
+    .await;
+    ch.queue_unbind(
+        crm_queue.as_str().into(),
+        topology::OUT_EXCHANGE.into(),
+        crm.into(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+
+    let broken = std::fs::read(common::root().join(BROKEN)).unwrap();
+    let stranger = String::from_utf8(broken.clone())
+        .unwrap()
+        .replace(crm, "lid://nobody.we.know")
+        .into_bytes();
+    for (id, bytes, reply_to) in [
+        ("crm-unbound", &broken, None),
+        ("stranger-gone", &stranger, Some("amq.gen-no-such-queue")),
+    ] {
+        send(
+            &sender,
+            InboundMessage {
+                bytes,
+                message_id: id,
+                document_name: amqp::document_name(bytes).as_deref(),
+                reply_to,
+                ..Default::default()
+            },
+        )
+        .await;
+    }
+    sender.close().await.unwrap();
+    // Each document's own dead letter, then its ConfirmBOD's.
+    wait_for(
+        "four dead letters and an empty outbox",
+        Duration::from_secs(20),
+        async || ready_count(&ch, topology::DEAD_QUEUE).await == Some(4) && store.outbox_len() == 0,
+    )
+    .await;
+    let listed = list(&vhost);
+    let outbound: Vec<&serde_json::Value> =
+        listed.iter().filter(|m| m["stage"] == "publish").collect();
+    assert_eq!(outbound.len(), 2, "{listed:?}");
+    for m in &outbound {
+        assert_eq!(m["code"], "unroutable", "{m}");
+        assert_eq!(m["outbound"], true, "{m}");
+        assert_eq!(m["document_name"], "Confirm.BOD", "{m}");
+        assert!(
+            m["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("returned it 3 times")),
+            "{m}"
+        );
+    }
+    let to_crm = outbound
+        .iter()
+        .find(|m| m["correlation_id"] == "crm-unbound")
+        .unwrap();
+    assert!(to_crm["reason"].as_str().unwrap().contains(crm), "{to_crm}");
+    let to_stranger = outbound
+        .iter()
+        .find(|m| m["correlation_id"] == "stranger-gone")
+        .unwrap();
+    assert!(
+        to_stranger["reason"]
+            .as_str()
+            .unwrap()
+            .contains("amq.gen-no-such-queue"),
+        "{to_stranger}"
+    );
+    let rejected: Vec<&serde_json::Value> =
+        listed.iter().filter(|m| m["stage"] != "publish").collect();
+    assert_eq!(rejected.len(), 2, "{listed:?}");
+    assert!(rejected.iter().all(|m| m["outbound"] == false));
+
+    // The stranger's reply has no receiver at all: its replay is returned, and it stays.
+    let stranger_id = to_stranger["message_id"].as_str().unwrap().to_string();
+    let refused = common::bodflow()
+        .args(["dlq", "replay", &stranger_id, "--config"])
+        .arg(common::root().join("fixtures/bodflow.toml"))
+        .env("BODFLOW_AMQP_URL", vhost.url())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("bodflow.out"), "{stderr}");
+    wait_for(
+        "the dead letter put back",
+        Duration::from_secs(5),
+        async || ready_count(&ch, topology::DEAD_QUEUE).await == Some(4),
+    )
+    .await;
+
+    // CRM is configured: `dlq` declares the topology, which binds its queue again, and the
+    // replay delivers the ConfirmBOD there as bodflow sent it.
+    let confirm_id = to_crm["message_id"].as_str().unwrap().to_string();
+    let (code, out) = dlq(&vhost, &["replay", &confirm_id]);
+    assert_eq!(code, 0, "{out}");
+    let got = ch
+        .basic_get(crm_queue.as_str().into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .expect("the replayed ConfirmBOD on the application queue");
+    let p = &got.delivery.properties;
+    assert_eq!(p.message_id().as_ref().unwrap().as_str(), confirm_id);
+    assert_eq!(p.correlation_id().as_ref().unwrap().as_str(), "crm-unbound");
+    let headers = p.headers().as_ref().unwrap().inner();
+    assert!(
+        headers.keys().all(|k| !k.as_str().starts_with("x-bodflow")),
+        "{headers:?}"
+    );
+    assert!(String::from_utf8_lossy(&got.delivery.data).contains("<ConfirmBOD"));
+    assert_eq!(ready_count(&ch, topology::DEAD_QUEUE).await, Some(3));
+
+    stop.send(()).unwrap();
+    service.await.unwrap().unwrap();
+}
+
+/// Consumers of `queue` (a passive declare, on a channel of its own: the broker closes the
+/// channel when the queue does not exist yet).
+async fn consumers(conn: &lapin::Connection, queue: &str) -> u32 {
+    let Ok(ch) = conn.create_channel().await else {
+        return 0;
+    };
+    let count = ch
+        .queue_declare(
+            queue.into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_or(0, |q| q.consumer_count());
+    let _ = ch.close(200, "counted".into()).await;
+    count
 }

@@ -27,6 +27,13 @@
 //! publisher confirm: a crash in between leaves it in `bodflow.dead` (at least once), and
 //! replaying it again is a duplicate. A dead letter of that replay (rejected again) carries
 //! its token, so replaying it is a new run; so is a replay with a fixed body.
+//!
+//! A dead letter of an *outbound* message (`x-bodflow-stage: publish`, code `unroutable`: no
+//! queue was bound for its receiver, see [`super::publisher`]) is not an input: its replay
+//! publishes it to [`OUT_EXCHANGE`] again, with its routing key (the receiver's logical ID)
+//! and properties minus our headers, and no retry token. Once the receiver's queue exists (the
+//! application is configured again), it arrives there; until then the broker returns it and it
+//! stays in `bodflow.dead`.
 
 use std::time::Duration;
 
@@ -39,7 +46,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection};
 
-use super::topology::{DEAD_QUEUE, IN_EXCHANGE};
+use super::topology::{DEAD_QUEUE, IN_EXCHANGE, OUT_EXCHANGE};
 use super::{confirm_channel, confirmed, connect, header_str, short, topology, Error, Frames};
 use crate::config::Config;
 
@@ -56,6 +63,9 @@ const OUR_HEADERS: [&str; 4] = [
     "x-bodflow-reason",
     PATH_HEADER,
 ];
+
+/// `x-bodflow-stage` of an outbound message no queue took (module docs).
+pub const OUTBOUND_STAGE: &str = "publish";
 
 const CONSUMER_TAG: &str = "bodflow-dlq";
 
@@ -176,6 +186,21 @@ impl DeadMessage {
         self.header(PATH_HEADER)
     }
 
+    /// Whether it is an outbound message bodflow could not deliver (stage `publish`), not a
+    /// delivery it rejected: a replay sends it to `bodflow.out`.
+    pub fn outbound(&self) -> bool {
+        self.stage().as_deref() == Some(OUTBOUND_STAGE)
+    }
+
+    /// Where a replay publishes it.
+    pub fn replay_exchange(&self) -> &'static str {
+        if self.outbound() {
+            OUT_EXCHANGE
+        } else {
+            IN_EXCHANGE
+        }
+    }
+
     /// Whether it was dead-lettered from a replay (it carries [`RETRY_HEADER`]).
     pub fn replayed(&self) -> bool {
         is_retry(self.delivery.properties.headers().as_ref())
@@ -265,8 +290,9 @@ impl DeadQueue {
         Ok(queue)
     }
 
-    /// Re-publishes a message to `bodflow.in` as a retry (module docs), with `payload` instead
-    /// of its body when given, waits for the confirm, then removes it from `bodflow.dead`.
+    /// Re-publishes a message to `bodflow.in` as a retry (module docs) — an outbound one to
+    /// `bodflow.out` — with `payload` instead of its body when given, waits for the confirm,
+    /// then removes it from `bodflow.dead`.
     pub async fn replay(&self, message: &DeadMessage, payload: Option<&[u8]>) -> Result<(), Error> {
         let d = &message.delivery;
         let mut headers = FieldTable::default();
@@ -278,21 +304,24 @@ impl DeadQueue {
             }
         }
         let body = payload.unwrap_or(&d.data);
-        let token = retry_token(
-            d.properties.message_id().as_ref().map(|m| m.as_str()),
-            body,
-            retry_of(d.properties.headers().as_ref()).as_deref(),
-        );
-        headers.insert(
-            ShortString::from(RETRY_HEADER),
-            AMQPValue::LongString(token.into()),
-        );
+        let exchange = message.replay_exchange();
+        if !message.outbound() {
+            let token = retry_token(
+                d.properties.message_id().as_ref().map(|m| m.as_str()),
+                body,
+                retry_of(d.properties.headers().as_ref()).as_deref(),
+            );
+            headers.insert(
+                ShortString::from(RETRY_HEADER),
+                AMQPValue::LongString(token.into()),
+            );
+        }
         let properties: BasicProperties = d
             .properties
             .clone()
             .with_headers(headers)
             .with_delivery_mode(2);
-        let routing_key = if d.routing_key.as_str().is_empty() {
+        let routing_key = if d.routing_key.as_str().is_empty() && !message.outbound() {
             message
                 .header("documentName")
                 .unwrap_or_else(|| "bod".to_string())
@@ -302,17 +331,17 @@ impl DeadQueue {
         let confirm = self
             .publish
             .basic_publish(
-                short(IN_EXCHANGE)?,
+                short(exchange)?,
                 short(&routing_key)?,
                 BasicPublishOptions {
                     mandatory: true,
                     ..Default::default()
                 },
-                payload.unwrap_or(&d.data),
+                body,
                 properties,
             )
             .await?;
-        confirmed(confirm, IN_EXCHANGE).await?;
+        confirmed(confirm, exchange).await?;
         self.remove(message).await
     }
 

@@ -334,6 +334,10 @@ pub struct RunOptions {
     /// Reconnect backoff, doubling from `reconnect_min` up to `reconnect_max`.
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
+    /// Times in a row `bodflow.out` may return an outbox row (no queue bound for its
+    /// receiver) before the row goes to `bodflow.dead` instead ([`publisher`]). At the
+    /// default retry backoff, 10 returns take about 20 s.
+    pub unroutable_attempts: u32,
 }
 
 impl Default for RunOptions {
@@ -349,6 +353,7 @@ impl Default for RunOptions {
             stop_timeout: Duration::from_secs(20),
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(10),
+            unroutable_attempts: 10,
         }
     }
 }

@@ -15,9 +15,15 @@
 //! the receiver's logical ID. A reply returned because its `reply_to` queue does not exist
 //! (an RPC client's exclusive queue goes with its connection) is published again to
 //! `bodflow.out` with the receiver's logical ID, as if the sender had named no queue: kept
-//! for ever, it would be refused for ever. A row that dead-letters a rejected delivery goes to
+//! for ever, it would be refused for ever. A row that `bodflow.out` returns
+//! [`RunOptions::unroutable_attempts`] times in a row (no queue is bound for its receiver: an
+//! application removed from the configuration, a reply to a sender that is none) goes to
+//! `bodflow.dead` instead, as the message it would have been, with `x-bodflow-stage: publish`,
+//! `x-bodflow-code: unroutable` and a reason naming the receiver, and is removed once that is
+//! confirmed: never dropped, and not retried for ever (`bodflow dlq replay` sends it to
+//! `bodflow.out` again). A row that dead-letters a rejected delivery goes to
 //! `bodflow.dlx` as the delivery came, with the `x-bodflow-*` headers
-//! ([`super::dead_letter`]); it is counted in `bodflow_dead_lettered_total` once confirmed.
+//! ([`super::dead_letter`]); both are counted in `bodflow_dead_lettered_total` once confirmed.
 //!
 //! Rounds run when the consumer commits (woken), at least every [`RunOptions::outbox_poll`],
 //! and — on shutdown — until the outbox is empty or [`RunOptions::drain_timeout`] passes.
@@ -39,7 +45,7 @@
 //! Rows left over are published by the next start; a row published but not yet removed when
 //! the process dies is published again (at least once; receivers dedupe by BODID).
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,7 +62,7 @@ use crate::pipeline::Pipeline;
 use crate::store::track::{Confirmed, Millis, OutputAt};
 use crate::store::OutboxRow;
 use crate::telemetry::events::{
-    emit, DeadLettered, OutboxPublished, OutboxRowRefused, TrackingConfirmed, TrackingFailed,
+    emit, DeadLettered, Next, OutboxPublished, OutboxRowRefused, TrackingConfirmed, TrackingFailed,
 };
 
 /// Everything the publisher task owns for one session.
@@ -95,7 +101,10 @@ struct Sent {
     reply_to: Option<String>,
     /// Its place on the timeline ([`OutboxRow::tracked`]).
     tracked: Option<OutputAt>,
-    /// A dead-letter row's stage and code (counted once confirmed).
+    /// Where it went.
+    via: Via,
+    /// A dead-letter row's stage and code, or those of a row sent to `bodflow.dead` because
+    /// no queue takes it (counted once confirmed).
     dead: Option<(String, String)>,
     /// How often the broker refused it before.
     attempts: u32,
@@ -185,6 +194,55 @@ fn fingerprint(exchange: &str, routing_key: &str, payload: &[u8]) -> u64 {
     h.finish()
 }
 
+/// Where a row is published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    /// The default exchange, to the `reply_to` queue the inbound delivery named.
+    ReplyTo,
+    /// `bodflow.out`, routed by the receiver's logical ID.
+    Out,
+    /// `bodflow.dlx`: a rejected delivery's copy, or a row no queue takes.
+    Dead,
+}
+
+/// Where a returned row goes from now on. Not stored: after a restart such a row is returned
+/// once more for each step.
+#[derive(Debug, Default, Clone, Copy)]
+struct Unroutable {
+    /// Its `reply_to` queue was missing: published to `bodflow.out` instead.
+    rerouted: bool,
+    /// Times in a row `bodflow.out` returned it.
+    returns: u32,
+}
+
+impl Unroutable {
+    /// Notes that the broker refused the row published `via` with `e`, and tells where it
+    /// goes next: a missing `reply_to` queue sends it to `bodflow.out`, and `limit` returns
+    /// in a row from `bodflow.out` to `bodflow.dead`. A Nack from `bodflow.out` means a queue
+    /// took the route (and refused the message): the returns start again.
+    fn refused(&mut self, via: Via, e: &Error, limit: u32) -> Next {
+        match (e, via) {
+            (Error::Returned(_), Via::ReplyTo) => {
+                self.rerouted = true;
+                Next::Out
+            }
+            (Error::Returned(_), Via::Out) => {
+                self.returns += 1;
+                if self.returns >= limit {
+                    Next::Dead
+                } else {
+                    Next::Again
+                }
+            }
+            (Error::Nacked(_), Via::Out) => {
+                self.returns = 0;
+                Next::Again
+            }
+            _ => Next::Again,
+        }
+    }
+}
+
 /// A refused row waiting for its next attempt.
 struct Retry {
     attempts: u32,
@@ -202,9 +260,8 @@ struct Progress {
     refused: BTreeMap<u64, Retry>,
     /// Rows published and confirmed so far.
     published: usize,
-    /// Replies whose `reply_to` queue was missing: published to `bodflow.out` from now on.
-    /// Not stored: after a restart such a row is returned once more.
-    rerouted: HashSet<u64>,
+    /// Rows the broker returned, by sequence.
+    unroutable: HashMap<u64, Unroutable>,
     /// Returns collected from confirms, not yet matched to their rows (module docs).
     returned: Returned,
 }
@@ -362,13 +419,20 @@ impl Publisher {
                 let started = std::time::Instant::now();
                 let mut sent = Vec::with_capacity(rows.len());
                 // Handed to lapin all at once (in order), not one write at a time.
-                let confirms = all_in_order(
-                    rows.iter()
-                        .map(|(seq, row, _)| self.publish(row, progress.rerouted.contains(seq))),
-                )
+                let confirms = all_in_order(rows.iter().map(|(seq, row, _)| {
+                    let unroutable = progress.unroutable.get(seq).copied().unwrap_or_default();
+                    self.publish(row, unroutable)
+                }))
                 .await;
                 for ((seq, row, attempts), published) in rows.into_iter().zip(confirms) {
-                    let (fingerprint, confirm) = published?;
+                    let (via, fingerprint, confirm) = published?;
+                    let dead = match row.dead_letter {
+                        Some(d) => Some((d.stage, d.code)),
+                        None if via == Via::Dead => {
+                            Some((UNROUTABLE_STAGE.to_string(), UNROUTABLE.to_string()))
+                        }
+                        None => None,
+                    };
                     sent.push(Sent {
                         seq,
                         bod_id: row.bod_id,
@@ -376,7 +440,8 @@ impl Publisher {
                         to: row.to,
                         reply_to: row.reply_to,
                         tracked: row.tracked,
-                        dead: row.dead_letter.map(|d| (d.stage, d.code)),
+                        via,
+                        dead,
                         attempts,
                         fingerprint,
                         confirm: Confirm::Waiting(confirm),
@@ -411,7 +476,7 @@ impl Publisher {
         for (row, verdict) in judged {
             match verdict {
                 Ok(()) => {
-                    progress.rerouted.remove(&row.seq);
+                    progress.unroutable.remove(&row.seq);
                     done.push(row.seq);
                     if let Some((stage, code)) = &row.dead {
                         emit(DeadLettered {
@@ -433,16 +498,15 @@ impl Publisher {
                             due: std::time::Instant::now() + self.backoff(attempts),
                         },
                     );
-                    let reroute = matches!(e, Error::Returned(_))
-                        && row.reply_to.is_some()
-                        && progress.rerouted.insert(row.seq);
+                    let unroutable = progress.unroutable.entry(row.seq).or_default();
+                    let next = unroutable.refused(row.via, &e, self.options.unroutable_attempts);
                     emit(OutboxRowRefused {
                         code: e.code(),
                         error: &e,
                         bod_id: &row.bod_id,
                         to: &row.to,
                         reply_to: row.reply_to.as_deref(),
-                        rerouted: reroute,
+                        next,
                     });
                 }
                 Err(e) => return Err(e),
@@ -465,13 +529,13 @@ impl Publisher {
         Ok(failed)
     }
 
-    /// Publishes `row`; `rerouted`: to `bodflow.out` even when it names a `reply_to` queue.
-    /// Returns the message's fingerprint with its confirm.
+    /// Publishes `row` where it goes after the returns so far (module docs). Returns where it
+    /// went and the message's fingerprint with its confirm.
     async fn publish(
         &self,
         row: &OutboxRow,
-        rerouted: bool,
-    ) -> Result<(u64, lapin::PublisherConfirm), Error> {
+        unroutable: Unroutable,
+    ) -> Result<(Via, u64, lapin::PublisherConfirm), Error> {
         if let Some(dead) = &row.dead_letter {
             let why = dead_letter::Why {
                 stage: &dead.stage,
@@ -491,7 +555,7 @@ impl Publisher {
             )
             .await?;
             let published = fingerprint(topology::DLX, &delivered.routing_key, &delivered.payload);
-            return Ok((published, confirm));
+            return Ok((Via::Dead, published, confirm));
         }
         let mut headers = FieldTable::default();
         put_header(&mut headers, "documentName", &row.document_name);
@@ -523,9 +587,25 @@ impl Publisher {
                     .unwrap_or(&row.correlation_id),
             )?)
             .with_headers(headers);
-        let (exchange, routing_key) = match &row.reply_to {
-            Some(queue) if !rerouted => ("", queue.as_str()),
-            _ => (topology::OUT_EXCHANGE, row.to.as_str()),
+        if unroutable.returns >= self.options.unroutable_attempts {
+            let reason = unroutable_reason(row, unroutable);
+            let why = dead_letter::Why {
+                stage: UNROUTABLE_STAGE,
+                code: UNROUTABLE,
+                reason: &reason,
+                path: None,
+            };
+            let properties = dead_letter::properties(&properties, &why);
+            let payload = row.xml.as_bytes();
+            let confirm =
+                dead_letter::publish(&self.channel, self.frames, &row.to, payload, properties)
+                    .await?;
+            let published = fingerprint(topology::DLX, &row.to, payload);
+            return Ok((Via::Dead, published, confirm));
+        }
+        let (via, exchange, routing_key) = match &row.reply_to {
+            Some(queue) if !unroutable.rerouted => (Via::ReplyTo, "", queue.as_str()),
+            _ => (Via::Out, topology::OUT_EXCHANGE, row.to.as_str()),
         };
         let confirm = self
             .channel
@@ -541,10 +621,34 @@ impl Publisher {
             )
             .await?;
         Ok((
+            via,
             fingerprint(exchange, routing_key, row.xml.as_bytes()),
             confirm,
         ))
     }
+}
+
+/// `x-bodflow-stage` and `x-bodflow-code` of a row no queue takes.
+const UNROUTABLE_STAGE: &str = super::dlq::OUTBOUND_STAGE;
+const UNROUTABLE: &str = "unroutable";
+
+/// `x-bodflow-reason` of a row no queue takes.
+fn unroutable_reason(row: &OutboxRow, unroutable: Unroutable) -> String {
+    let receiver = if row.to.is_empty() {
+        "the sender, which is not a configured application".to_string()
+    } else {
+        format!("{:?}", row.to)
+    };
+    let gone = match &row.reply_to {
+        Some(queue) if unroutable.rerouted => {
+            format!("its reply_to queue {queue:?} does not exist and ")
+        }
+        _ => String::new(),
+    };
+    format!(
+        "{} {}: {gone}bodflow.out returned it {} times in a row (no queue is bound for {receiver})",
+        row.kind, row.bod_id, unroutable.returns
+    )
 }
 
 /// Awaits the confirms of a round's rows, collecting the returns they carry and those that
@@ -631,6 +735,7 @@ mod tests {
             to: "lid://app".into(),
             reply_to: None,
             tracked: None,
+            via: Via::Out,
             dead: None,
             attempts: 0,
             fingerprint: fingerprint(exchange, queue, format!("<x>{seq}</x>").as_bytes()),
@@ -697,6 +802,59 @@ mod tests {
         let next = later.pop_front().unwrap().rows;
         let judged = verdicts(next, &mut later, &mut returned_).await;
         assert_eq!(outcomes(&judged), [(3, "ok")]);
+    }
+
+    #[test]
+    fn a_row_bodflow_out_returns_in_a_row_goes_to_bodflow_dead() {
+        let returned = || Error::Returned("x".into());
+        let nacked = || Error::Nacked("x".into());
+        // A reply whose queue is gone goes to bodflow.out, then to bodflow.dead after three
+        // returns there; a Nack in between (a queue took the route) starts them again.
+        let mut u = Unroutable::default();
+        assert_eq!(u.refused(Via::ReplyTo, &returned(), 3), Next::Out);
+        assert!(u.rerouted);
+        assert_eq!(u.refused(Via::Out, &returned(), 3), Next::Again);
+        assert_eq!(u.refused(Via::Out, &returned(), 3), Next::Again);
+        assert_eq!(u.refused(Via::Out, &nacked(), 3), Next::Again);
+        assert_eq!(u.returns, 0);
+        assert_eq!(u.refused(Via::Out, &returned(), 3), Next::Again);
+        assert_eq!(u.refused(Via::Out, &returned(), 3), Next::Again);
+        assert_eq!(u.refused(Via::Out, &returned(), 3), Next::Dead);
+        // Refused on its way to bodflow.dead (a full queue): it stays on that way.
+        assert_eq!(u.refused(Via::Dead, &nacked(), 3), Next::Again);
+        assert_eq!(u.returns, 3);
+        // A Nack from a reply queue, a lost confirm: nothing changes.
+        let mut u = Unroutable::default();
+        assert_eq!(u.refused(Via::ReplyTo, &nacked(), 3), Next::Again);
+        assert_eq!(u.refused(Via::Out, &Error::NotConfirmed, 3), Next::Again);
+        assert!(!u.rerouted);
+        assert_eq!(u.returns, 0);
+    }
+
+    #[test]
+    fn the_reason_of_an_unroutable_row_names_its_receiver_and_its_gone_queue() {
+        let mut row = OutboxRow::confirm("B-1", "lid://crm", "m-1");
+        let plain = Unroutable {
+            rerouted: false,
+            returns: 10,
+        };
+        assert_eq!(
+            unroutable_reason(&row, plain),
+            "ConfirmBOD B-1: bodflow.out returned it 10 times in a row \
+             (no queue is bound for \"lid://crm\")"
+        );
+        row.to.clear();
+        row.reply_to = Some("amq.gen-x".into());
+        let rerouted = Unroutable {
+            rerouted: true,
+            ..plain
+        };
+        assert_eq!(
+            unroutable_reason(&row, rerouted),
+            "ConfirmBOD B-1: its reply_to queue \"amq.gen-x\" does not exist and bodflow.out \
+             returned it 10 times in a row (no queue is bound for the sender, which is not a \
+             configured application)"
+        );
     }
 
     #[tokio::test]

@@ -3,7 +3,8 @@
 //! Every command takes all messages ready in the queue (unacked, in order), acts on the
 //! selected ones and gives the rest back to their places (see [`crate::amqp::dlq`]): `list`
 //! and `show` leave the queue as it was (the messages only get the `redelivered` flag).
-//! `replay` re-publishes to `bodflow.in` as a retry of the same message id and removes a
+//! `replay` re-publishes to `bodflow.in` as a retry of the same message id (an outbound
+//! message no queue took, stage `publish`, to `bodflow.out` for its receiver) and removes a
 //! message only after the broker confirmed its re-publish; `discard` removes.
 
 use std::io::Write;
@@ -34,8 +35,9 @@ pub enum Action {
     },
     /// Re-publish dead letters to bodflow.in with their message id, correlation id, reply-to
     /// and headers, marked `x-bodflow-retry: true` (a rejected message id is processed
-    /// again; an applied one stays a duplicate); each is removed from bodflow.dead once its
-    /// re-publish is confirmed.
+    /// again; an applied one stays a duplicate); outbound messages no queue took (stage
+    /// `publish`) go to bodflow.out for their receiver instead. Each is removed from
+    /// bodflow.dead once its re-publish is confirmed.
     Replay {
         #[command(flatten)]
         common: Common,
@@ -134,6 +136,7 @@ fn summary(m: &DeadMessage) -> serde_json::Value {
         "sender": m.header("fromLogicalId"),
         "size": m.payload().len(),
         "replayed": m.replayed(),
+        "outbound": m.outbound(),
     })
 }
 

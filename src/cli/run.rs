@@ -59,6 +59,10 @@ pub struct Args {
     /// Most deliveries per store transaction (group commit).
     #[arg(long, default_value_t = RunOptions::default().group_max)]
     group_max: usize,
+    /// Times in a row bodflow.out may return an outbound message (no queue bound for its
+    /// receiver) before it goes to bodflow.dead with code `unroutable`.
+    #[arg(long, default_value_t = RunOptions::default().unroutable_attempts)]
+    unroutable_attempts: u32,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -102,6 +106,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let options = RunOptions {
         store_attempts: args.store_attempts.max(1),
         group_max: args.group_max.max(1),
+        unroutable_attempts: args.unroutable_attempts.max(1),
         ..Default::default()
     };
     runtime.block_on(async {

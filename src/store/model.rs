@@ -386,7 +386,7 @@ pub struct DeadLetterRow {
 #[cfg(test)]
 impl OutboxRow {
     /// A ConfirmBOD `<x/>` with BODID `bod_id` to `to`, answering `correlation_id` (for
-    /// store tests).
+    /// tests).
     pub(crate) fn confirm(bod_id: &str, to: &str, correlation_id: &str) -> OutboxRow {
         OutboxRow {
             kind: "ConfirmBOD".into(),

@@ -477,15 +477,26 @@ pub struct OutboxRowRefused<'a> {
     pub bod_id: &'a str,
     pub to: &'a str,
     pub reply_to: Option<&'a str>,
-    pub rerouted: bool,
+    pub next: Next,
+}
+
+/// What becomes of a refused outbox row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Published again where it went, after its backoff.
+    Again,
+    /// Its `reply_to` queue does not exist: published to `bodflow.out` instead.
+    Out,
+    /// No queue takes it: published to `bodflow.dead` instead.
+    Dead,
 }
 
 impl Event for OutboxRowRefused<'_> {
     fn emit(self) {
-        let message = if self.rerouted {
-            "Reply queue does not exist; the reply goes to the receiver's application queue instead"
-        } else {
-            "Outbox row not accepted by the broker; kept for retry"
+        let message = match self.next {
+            Next::Out => "Reply queue does not exist; the reply goes to the receiver's application queue instead",
+            Next::Dead => "No queue is bound for the receiver of this outbox row; it goes to bodflow.dead instead",
+            Next::Again => "Outbox row not accepted by the broker; kept for retry",
         };
         tracing::warn!(
             error = %self.error,
