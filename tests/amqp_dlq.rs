@@ -236,8 +236,8 @@ async fn replay_of_a_fixed_dead_letter_applies_it_once_and_discard_removes() {
     service.await.unwrap().unwrap();
 }
 
-/// A ConfirmBOD whose application queue is unbound from `bodflow.out` (as when an application
-/// was removed from the configuration), and one to a `reply_to` queue that is gone from a
+/// A ConfirmBOD whose application queue was unbound from `bodflow.out` (by an operator, while
+/// the service runs), and one to a `reply_to` queue that is gone from a
 /// sender that is no application: `bodflow.out` returns them, and after
 /// `unroutable_attempts` returns each goes to `bodflow.dead` as the message it would have
 /// been, with stage `publish`, code `unroutable` and a reason naming its receiver — not
@@ -293,9 +293,10 @@ async fn an_outbound_message_no_queue_takes_is_dead_lettered_and_replayed_to_its
         .unwrap()
         .replace(crm, "lid://nobody.we.know")
         .into_bytes();
-    for (id, bytes, reply_to) in [
-        ("crm-unbound", &broken, None),
-        ("stranger-gone", &stranger, Some("amq.gen-no-such-queue")),
+    // The stranger's first: its dead letters come before CRM's in bodflow.dead.
+    for (id, bytes, reply_to, dead) in [
+        ("stranger-gone", &stranger, Some("amq.gen-no-such-queue"), 2),
+        ("crm-unbound", &broken, None, 4),
     ] {
         send(
             &sender,
@@ -308,15 +309,18 @@ async fn an_outbound_message_no_queue_takes_is_dead_lettered_and_replayed_to_its
             },
         )
         .await;
+        // The document's own dead letter, then its ConfirmBOD's.
+        wait_for(
+            "its dead letters and an empty outbox",
+            Duration::from_secs(20),
+            async || {
+                ready_count(&ch, topology::DEAD_QUEUE).await == Some(dead)
+                    && store.outbox_len() == 0
+            },
+        )
+        .await;
     }
     sender.close().await.unwrap();
-    // Each document's own dead letter, then its ConfirmBOD's.
-    wait_for(
-        "four dead letters and an empty outbox",
-        Duration::from_secs(20),
-        async || ready_count(&ch, topology::DEAD_QUEUE).await == Some(4) && store.outbox_len() == 0,
-    )
-    .await;
     let listed = list(&vhost);
     let outbound: Vec<&serde_json::Value> =
         listed.iter().filter(|m| m["stage"] == "publish").collect();
@@ -353,29 +357,35 @@ async fn an_outbound_message_no_queue_takes_is_dead_lettered_and_replayed_to_its
     assert_eq!(rejected.len(), 2, "{listed:?}");
     assert!(rejected.iter().all(|m| m["outbound"] == false));
 
-    // The stranger's reply has no receiver at all: its replay is returned, and it stays.
+    // Both replayed: the stranger's reply has no receiver at all, so it is returned and stays,
+    // and the replay goes on to CRM's. CRM is configured: `dlq` declares the topology (the
+    // listing above already did), which binds its queue again, and its ConfirmBOD is delivered
+    // there as bodflow sent it.
     let stranger_id = to_stranger["message_id"].as_str().unwrap().to_string();
-    let refused = common::bodflow()
-        .args(["dlq", "replay", &stranger_id, "--config"])
+    let confirm_id = to_crm["message_id"].as_str().unwrap().to_string();
+    let replayed = common::bodflow()
+        .args(["dlq", "replay", "--code", "unroutable", "--config"])
         .arg(common::root().join("fixtures/bodflow.toml"))
         .env("BODFLOW_AMQP_URL", vhost.url())
         .output()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert_eq!(refused.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("bodflow.out"), "{stderr}");
-    wait_for(
-        "the dead letter put back",
-        Duration::from_secs(5),
-        async || ready_count(&ch, topology::DEAD_QUEUE).await == Some(4),
-    )
-    .await;
-
-    // CRM is configured: `dlq` declares the topology, which binds its queue again, and the
-    // replay delivers the ConfirmBOD there as bodflow sent it.
-    let confirm_id = to_crm["message_id"].as_str().unwrap().to_string();
-    let (code, out) = dlq(&vhost, &["replay", &confirm_id]);
-    assert_eq!(code, 0, "{out}");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&replayed.stdout),
+        String::from_utf8_lossy(&replayed.stderr),
+    );
+    assert_eq!(replayed.status.code(), Some(2), "{stdout}{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert!(
+        lines[0].starts_with("refused") && lines[0].contains(&stranger_id),
+        "{stdout}"
+    );
+    assert!(lines[0].contains("bodflow.out"), "{stdout}");
+    assert!(
+        lines[1].starts_with("replayed") && lines[1].contains(&confirm_id),
+        "{stdout}"
+    );
+    assert!(stderr.contains("1 not replayed"), "{stderr}");
     let got = ch
         .basic_get(crm_queue.as_str().into(), BasicGetOptions { no_ack: true })
         .await

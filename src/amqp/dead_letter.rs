@@ -161,6 +161,9 @@ const KEPT_HEADERS: [&[&str]; 3] = [
     &["x-bodflow-stage", "x-bodflow-code"],
 ];
 
+/// Header naming why a copy's headers were left out ([`fit`]).
+pub(super) const HEADERS_DROPPED: &str = "x-bodflow-headers-dropped";
+
 /// The copy's properties as they fit in one frame of `limit`. A copy carries the sender's
 /// headers and ours, so it can outgrow the frame its delivery came in; the broker would close
 /// the connection over it (and again for the same row after every reconnect). When a larger
@@ -191,7 +194,7 @@ pub(super) fn fit(
             .into();
         put_header(
             &mut headers,
-            "x-bodflow-headers-dropped",
+            HEADERS_DROPPED,
             &format!(
                 "the headers needed a {needed}-byte frame; frame_max is {}",
                 limit.max

@@ -57,11 +57,12 @@ pub const RETRY_HEADER: &str = "x-bodflow-retry";
 pub const PATH_HEADER: &str = "x-bodflow-path";
 
 /// Headers the consumer adds when it dead-letters (removed on replay).
-const OUR_HEADERS: [&str; 4] = [
+const OUR_HEADERS: [&str; 5] = [
     "x-bodflow-stage",
     "x-bodflow-code",
     "x-bodflow-reason",
     PATH_HEADER,
+    super::dead_letter::HEADERS_DROPPED,
 ];
 
 /// `x-bodflow-stage` of an outbound message no queue took (module docs).

@@ -335,8 +335,9 @@ pub struct RunOptions {
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
     /// Times in a row `bodflow.out` may return an outbox row (no queue bound for its
-    /// receiver) before the row goes to `bodflow.dead` instead ([`publisher`]). At the
-    /// default retry backoff, 10 returns take about 20 s.
+    /// receiver) before the row goes to `bodflow.dead` instead ([`publisher`]); at least 1.
+    /// At the default retry backoff, 10 returns take about 20 s (more for a row that was
+    /// refused before: its backoff has grown), counted again by each new session.
     pub unroutable_attempts: u32,
 }
 

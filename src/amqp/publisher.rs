@@ -16,8 +16,8 @@
 //! (an RPC client's exclusive queue goes with its connection) is published again to
 //! `bodflow.out` with the receiver's logical ID, as if the sender had named no queue: kept
 //! for ever, it would be refused for ever. A row that `bodflow.out` returns
-//! [`RunOptions::unroutable_attempts`] times in a row (no queue is bound for its receiver: an
-//! application removed from the configuration, a reply to a sender that is none) goes to
+//! [`RunOptions::unroutable_attempts`] times in a row (no queue is bound for its receiver: its
+//! queue was deleted or unbound, or it is a reply to a sender that is no application) goes to
 //! `bodflow.dead` instead, as the message it would have been, with `x-bodflow-stage: publish`,
 //! `x-bodflow-code: unroutable` and a reason naming the receiver, and is removed once that is
 //! confirmed: never dropped, and not retried for ever (`bodflow dlq replay` sends it to
@@ -205,8 +205,8 @@ enum Via {
     Dead,
 }
 
-/// Where a returned row goes from now on. Not stored: after a restart such a row is returned
-/// once more for each step.
+/// Where a returned row goes from now on. Kept for the session: a new session (a restart, a
+/// reconnect) counts a row's returns from the start again.
 #[derive(Debug, Default, Clone, Copy)]
 struct Unroutable {
     /// Its `reply_to` queue was missing: published to `bodflow.out` instead.
@@ -316,6 +316,12 @@ impl Publisher {
             }
         }
         Ok(())
+    }
+
+    /// [`RunOptions::unroutable_attempts`], at least 1 (0 would send every row to
+    /// `bodflow.dead`).
+    fn unroutable_attempts(&self) -> u32 {
+        self.options.unroutable_attempts.max(1)
     }
 
     fn backoff(&self, failures: u32) -> Duration {
@@ -479,10 +485,17 @@ impl Publisher {
                     progress.unroutable.remove(&row.seq);
                     done.push(row.seq);
                     if let Some((stage, code)) = &row.dead {
+                        // The dead letter's own message id: the delivery's for a rejected
+                        // delivery's copy, the BODID for an outbound message.
+                        let message_id = if stage == UNROUTABLE_STAGE {
+                            &row.bod_id
+                        } else {
+                            &row.correlation_id
+                        };
                         emit(DeadLettered {
                             stage,
                             code,
-                            message_id: Some(&row.correlation_id),
+                            message_id: Some(message_id),
                         });
                     } else if track {
                         confirms.push((row.correlation_id, row.bod_id, Millis::now(), row.tracked));
@@ -490,16 +503,24 @@ impl Publisher {
                 }
                 Err(e @ (Error::Nacked(_) | Error::Returned(_) | Error::NotConfirmed)) => {
                     failed += 1;
+                    let unroutable = progress.unroutable.entry(row.seq).or_default();
+                    let next = unroutable.refused(row.via, &e, self.unroutable_attempts());
+                    if !unroutable.rerouted && unroutable.returns == 0 {
+                        progress.unroutable.remove(&row.seq);
+                    }
                     let attempts = row.attempts + 1;
+                    // Off to bodflow.dead at once: its backoff was waited out between returns.
+                    let wait = match next {
+                        Next::Dead => Duration::ZERO,
+                        Next::Again | Next::Out => self.backoff(attempts),
+                    };
                     progress.refused.insert(
                         row.seq,
                         Retry {
                             attempts,
-                            due: std::time::Instant::now() + self.backoff(attempts),
+                            due: std::time::Instant::now() + wait,
                         },
                     );
-                    let unroutable = progress.unroutable.entry(row.seq).or_default();
-                    let next = unroutable.refused(row.via, &e, self.options.unroutable_attempts);
                     emit(OutboxRowRefused {
                         code: e.code(),
                         error: &e,
@@ -587,7 +608,7 @@ impl Publisher {
                     .unwrap_or(&row.correlation_id),
             )?)
             .with_headers(headers);
-        if unroutable.returns >= self.options.unroutable_attempts {
+        if unroutable.returns >= self.unroutable_attempts() {
             let reason = unroutable_reason(row, unroutable);
             let why = dead_letter::Why {
                 stage: UNROUTABLE_STAGE,

@@ -450,6 +450,53 @@ fn legal_char(c: char) -> bool {
     matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
 }
 
+/// XML 1.0 NameStartChar.
+fn name_start_char(c: char) -> bool {
+    matches!(c, ':' | 'A'..='Z' | '_' | 'a'..='z' | '\u{C0}'..='\u{D6}' | '\u{D8}'..='\u{F6}'
+        | '\u{F8}'..='\u{2FF}' | '\u{370}'..='\u{37D}' | '\u{37F}'..='\u{1FFF}'
+        | '\u{200C}'..='\u{200D}' | '\u{2070}'..='\u{218F}' | '\u{2C00}'..='\u{2FEF}'
+        | '\u{3001}'..='\u{D7FF}' | '\u{F900}'..='\u{FDCF}' | '\u{FDF0}'..='\u{FFFD}'
+        | '\u{10000}'..='\u{EFFFF}')
+}
+
+/// XML 1.0 NameChar.
+fn name_char(c: char) -> bool {
+    name_start_char(c)
+        || matches!(c, '-' | '.' | '0'..='9' | '\u{B7}' | '\u{300}'..='\u{36F}' | '\u{203F}'..='\u{2040}')
+}
+
+/// Whether `name` is an XML 1.0 Name. quick-xml takes everything up to the first blank as an
+/// element's name and up to `=` as an attribute's, so `<a;b>` or `<a b<c="1">` would pass.
+fn is_xml_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    // Fast path: the names of BODs are ASCII.
+    if bytes.is_ascii() {
+        return bytes.split_first().is_some_and(|(first, rest)| {
+            (first.is_ascii_alphabetic() || matches!(first, b'_' | b':'))
+                && rest
+                    .iter()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b':' | b'-' | b'.'))
+        });
+    }
+    let mut chars = name.chars();
+    chars.next().is_some_and(name_start_char) && chars.all(name_char)
+}
+
+/// `name` (of an element or of one of `element`'s attributes) as an XML Name.
+fn check_name(name: &str, element: Option<&str>, position: u64) -> Result<(), DecodeError> {
+    if is_xml_name(name) {
+        return Ok(());
+    }
+    let what = match element {
+        None => format!("element name {name:?}"),
+        Some(element) => format!("attribute name {name:?} of <{element}>"),
+    };
+    Err(not_well_formed(
+        format!("{what} is not an XML name"),
+        position,
+    ))
+}
+
 fn check_chars(text: &str, position: u64) -> Result<(), DecodeError> {
     // Fast path: only control bytes other than tab/LF/CR and U+FFFE/FFFF (EF BF BE/BF) can be
     // illegal in valid UTF-8.
@@ -636,6 +683,10 @@ fn read_events<'a>(
                 }
             }
             Event::DocType(_) => return Err(DecodeError::DoctypeForbidden),
+            // XML forbids `--` inside a comment, and so a `-` right before its `-->`.
+            Event::Comment(c) if c.windows(2).any(|w| w == b"--") || c.ends_with(b"-") => {
+                return Err(not_well_formed("'--' inside a comment", position));
+            }
             Event::Decl(_) | Event::PI(_) | Event::Comment(_) => {}
             Event::Eof => {
                 if let Some(open) = stack.last().map(|(o, _)| *o) {
@@ -669,11 +720,14 @@ fn push_element<'a>(
             "an element name longer than {MAX_NAME_BYTES} bytes"
         )));
     }
-    let name = match owned_or_borrowed(text, start.local_name().into_inner(), position)? {
-        Cow::Borrowed(b) => b,
+    let (Some(qualified), Cow::Borrowed(name)) = (
+        reslice(text, start.name().as_ref()),
+        owned_or_borrowed(text, start.local_name().into_inner(), position)?,
+    ) else {
         // Only a non-`from_str` reader would hand out copies; names must borrow.
-        Cow::Owned(_) => return Err(not_well_formed("unreadable element name", position)),
+        return Err(not_well_formed("unreadable element name", position));
     };
+    check_name(qualified, None, position)?;
     if dom.nodes.len() >= dom.max_elements {
         return Err(too_complex_at(
             name,
@@ -692,6 +746,7 @@ fn push_element<'a>(
         let Some(key) = reslice(text, attr.key.as_ref()) else {
             return Err(not_well_formed("unreadable attribute name", position));
         };
+        check_name(key, Some(qualified), position)?;
         let key = key.as_bytes();
         if key.len() > MAX_NAME_BYTES {
             return Err(too_complex_at(
@@ -867,6 +922,40 @@ mod tests {
         );
         let dom = parse(r#"<A lid="a&lt;b>c]]>d">x</A>"#).unwrap();
         assert_eq!(dom.attr(0, "lid"), Some("a<b>c]]>d"));
+    }
+
+    #[test]
+    fn names_that_are_not_xml_names_and_double_hyphens_in_comments_are_not_xml() {
+        for (doc, says) in [
+            ("<a;b>x</a;b>", r#"element name "a;b" is not an XML name"#),
+            (r#"<a"b>x</a"b>"#, "is not an XML name"),
+            ("<A><1B/></A>", r#"element name "1B" is not an XML name"#),
+            (
+                "<A><\u{B7}B/></A>",
+                r#"element name "·B" is not an XML name"#,
+            ),
+            (
+                r#"<A b<c="1"/>"#,
+                r#"attribute name "b<c" of <A> is not an XML name"#,
+            ),
+            (
+                r#"<A -b="1"/>"#,
+                r#"attribute name "-b" of <A> is not an XML name"#,
+            ),
+            ("<A><!-- a -- b --></A>", "'--' inside a comment"),
+            ("<A><!-- a ---></A>", "'--' inside a comment"),
+        ] {
+            let err = parse(doc).unwrap_err();
+            assert_eq!(err.code(), "not_well_formed", "{doc}");
+            assert!(err.to_string().contains(says), "{doc}: {err}");
+        }
+        // Letters of any script, digits, `.`, `-`, `_`, `·` after the first, prefixes.
+        for doc in [
+            r#"<Ä-b.c_1 xmlns:p="urn:p" p:x-y="1"><p:Ωmega/><_a/><B·C/></Ä-b.c_1>"#,
+            "<A><!-- a - b --><!----></A>",
+        ] {
+            assert!(parse(doc).is_ok(), "{doc}: {:?}", parse(doc).err());
+        }
     }
 
     #[test]

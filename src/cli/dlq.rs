@@ -14,6 +14,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 
 use crate::amqp::dlq::{DeadMessage, DeadQueue};
+use crate::amqp::Error;
 use crate::config::{redact_url, Config};
 
 #[derive(Debug, clap::Subcommand)]
@@ -235,17 +236,43 @@ async fn act(queue: &DeadQueue, action: &Action, json: bool) -> anyhow::Result<E
                 }
                 None => None,
             };
-            let mut n = 0;
+            let (mut n, mut refused) = (0, 0);
             for m in queue.messages.iter().filter(|m| select.matches(m)) {
-                queue
-                    .replay(m, fixed.as_deref())
-                    .await
-                    .with_context(|| format!("replaying {}", m.message_id()))?;
-                n += 1;
-                report(&mut out, json, "replayed", m)?;
+                match queue.replay(m, fixed.as_deref()).await {
+                    Ok(()) => {
+                        n += 1;
+                        report(&mut out, json, "replayed", m)?;
+                    }
+                    // The broker refused this one (an outbound message whose receiver has no
+                    // queue yet): it stays in bodflow.dead, and the others go on.
+                    Err(e @ (Error::Returned(_) | Error::Nacked(_))) => {
+                        refused += 1;
+                        if json {
+                            let mut v = summary(m);
+                            v["action"] = "refused".into();
+                            v["error"] = e.to_string().into();
+                            serde_json::to_writer(&mut out, &v)?;
+                            writeln!(out)?;
+                        } else {
+                            writeln!(out, "refused {}  ({e})", line(m))?;
+                        }
+                    }
+                    Err(e) => {
+                        return Err(
+                            anyhow::Error::new(e).context(format!("replaying {}", m.message_id()))
+                        )
+                    }
+                }
             }
             out.flush()?;
             eprintln!("{n} replayed");
+            if refused > 0 {
+                anyhow::bail!(
+                    "{refused} not replayed: refused by the broker (left in bodflow.dead); \
+                     an outbound message is returned while no queue of bodflow.out is bound \
+                     for its receiver"
+                );
+            }
             if n == 0 {
                 return Ok(ExitCode::from(1));
             }
