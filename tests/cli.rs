@@ -795,6 +795,65 @@ fn parked_list_shows_the_inactive_applications_document_and_release_applies_it()
     assert!(parked("list", &reactivated, &inactive).is_empty());
 }
 
+/// `parked reject SEQ --note --by`: the document is refused (`rejected_by_operator`, the note
+/// and the operator in the reason) and leaves the list; naming no row, or a row that is not
+/// parked, is an error.
+#[test]
+fn parked_reject_refuses_the_named_document_and_names_the_operator() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    replay_into_store(tmp.path(), &store);
+    let config = fixtures().join("bodflow.toml");
+    let list = || {
+        let out = parked_cli(tmp.path(), &store, &config, "list", &[]);
+        assert_exit(&out, 0);
+        json_lines(&out)
+    };
+    let before = list();
+    assert!(!before.is_empty(), "the fixtures park documents");
+    let seq = before[0]["seq"].as_u64().unwrap().to_string();
+    let message_id = str_of(&before[0], "message_id").unwrap().to_string();
+
+    let out = parked_cli(
+        tmp.path(),
+        &store,
+        &config,
+        "reject",
+        &[&seq, "--note", "test data", "--by", "ops.jdoe"],
+    );
+    assert_exit(&out, 0);
+    let reports = json_lines(&out);
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    assert_eq!(str_of(&reports[0], "message_id"), Some(message_id.as_str()));
+    assert_eq!(str_of(&reports[0], "outcome"), Some("rejected"));
+    let error = reports[0]["error"].as_object().unwrap();
+    assert_eq!(str_of(error, "code"), Some("rejected_by_operator"));
+    let message = str_of(error, "message").unwrap();
+    assert!(
+        message.starts_with("rejected by operator ops.jdoe while parked (")
+            && message.ends_with("): test data"),
+        "{message}"
+    );
+    let after = list();
+    assert_eq!(after.len(), before.len() - 1);
+    assert!(after.iter().all(|p| p["seq"] != before[0]["seq"]));
+
+    // No row named: refused before anything is done. A row that is not parked: exit 1.
+    let out = parked_cli(tmp.path(), &store, &config, "reject", &[]);
+    assert_exit(&out, 2);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("by sequence number"),
+        "{out:?}"
+    );
+    let out = parked_cli(tmp.path(), &store, &config, "reject", &[&seq]);
+    assert_exit(&out, 1);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!("no parked row {seq}")),
+        "{out:?}"
+    );
+    assert_eq!(list().len(), after.len());
+}
+
 /// A parked row that cannot be read is named on stderr and skipped: `parked list` and
 /// `parked release` go on with the others and exit 1; the row stays in the store.
 #[test]

@@ -820,6 +820,78 @@ fn link_applies_the_parked_documents_refuses_conflicts_and_unlink_stops_the_flow
     assert_eq!(actions, ["link", "unlink", "link"]);
 }
 
+/// `parked reject`: a `Process` without an ID from an application under `manual` has no ID an
+/// operator could link, so it would wait for ever; the operator refuses it instead. Its row
+/// goes, the sender hears it (`Acknowledge` Rejected and, as it asked, a ConfirmBOD, naming
+/// the operator and the note), the marker says rejected; the same row again is a duplicate,
+/// and a deliberate retry of the message id (its dead letter replayed) runs it again.
+#[test]
+fn an_operator_rejects_a_parked_process_that_no_link_can_place() {
+    let p = pipeline(MANUAL);
+    let process = account("lid://billing", "", 1, None, None)
+        .replace("SyncCustomerPartyMaster", "ProcessCustomerPartyMaster")
+        .replace("<Sync>", "<Process>")
+        .replace("</Sync>", "</Process>");
+    assert_eq!(run(&p, &process, "bill-p").outcome, Outcome::Parked);
+    let row = parked(&p).remove(0);
+    assert_eq!(row.reason, ParkReason::ManualLink);
+    let outbox_before = p.store.outbox_len();
+
+    let report = p
+        .reject_parked(&row, "jdoe", Some("a duplicate of ACC-000007"), Utc::now())
+        .unwrap();
+    assert_eq!(report.outcome, Outcome::Rejected);
+    let e = report.error.as_ref().unwrap();
+    assert_eq!(
+        (e.stage.as_str(), e.code),
+        ("upsert", "rejected_by_operator")
+    );
+    assert_eq!(
+        e.message,
+        "rejected by operator jdoe while parked (manual_link): a duplicate of ACC-000007"
+    );
+    assert!(parked(&p).is_empty());
+    assert_eq!(
+        p.store.marker("bill-p").unwrap().unwrap().outcome,
+        "rejected"
+    );
+    let mut told: Vec<(&str, &str)> = report
+        .outputs
+        .iter()
+        .map(|o| (o.kind.as_str(), o.to.as_str()))
+        .collect();
+    told.sort();
+    assert_eq!(
+        told,
+        [
+            ("AcknowledgeCustomerPartyMaster", "lid://billing"),
+            ("ConfirmBOD", "lid://billing")
+        ]
+    );
+    let rows: Vec<String> = p
+        .store
+        .outbox()
+        .skip(outbox_before)
+        .map(|r| r.unwrap().1.xml)
+        .collect();
+    assert_eq!(rows.len(), 2);
+    for xml in &rows {
+        assert!(xml.contains("rejected by operator jdoe"), "{xml}");
+    }
+
+    // The same row again (read before the rejection): a duplicate, nothing more.
+    let again = p.reject_parked(&row, "jdoe", None, Utc::now()).unwrap();
+    assert_eq!(again.outcome, Outcome::Duplicate);
+    assert_eq!(p.store.outbox().count(), outbox_before + 2);
+    // A deliberate retry of the message id runs it again: parked again, nothing created.
+    let retry = Input {
+        retry: true,
+        ..input(process.as_bytes(), "bill-p")
+    };
+    assert_eq!(p.process(&retry).unwrap().outcome, Outcome::Parked);
+    assert_eq!(p.store.records().count(), 0);
+}
+
 /// A matching application (`match_or_create` on account number) unlinked by an operator does
 /// not match its way back onto that record: its next document for the key creates a record of
 /// its own (`match_only`: parks), and says why; only `bodflow link` joins them again.

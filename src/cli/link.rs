@@ -73,11 +73,7 @@ struct Common {
 
 impl Common {
     fn operator(&self) -> String {
-        self.by
-            .clone()
-            .or_else(|| std::env::var("USER").ok())
-            .filter(|u| !u.trim().is_empty())
-            .unwrap_or_else(|| "unknown".into())
+        super::operator(self.by.as_deref())
     }
 
     fn pipeline(&self) -> anyhow::Result<Pipeline> {

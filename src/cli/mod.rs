@@ -135,6 +135,14 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// The operator an action is recorded under: `--by`, else `$USER`, else `unknown`.
+fn operator(by: Option<&str>) -> String {
+    by.map(str::to_string)
+        .or_else(|| std::env::var("USER").ok())
+        .filter(|u| !u.trim().is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}
+
 /// The inputs of `replay` and `check`.
 #[derive(Debug, clap::Args)]
 pub struct Inputs {

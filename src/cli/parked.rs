@@ -1,8 +1,9 @@
-//! `bodflow parked list|release`: documents parked by an inactive application or a create
-//! policy (`match_only` without a match, `manual`, an ambiguous match), and releasing them
-//! through the pipeline under the current configuration.
+//! `bodflow parked list|release|reject`: documents parked by an inactive application or a
+//! create policy (`match_only` without a match, `manual`, an ambiguous match), releasing them
+//! through the pipeline under the current configuration, and refusing those an operator
+//! decides should not be placed.
 //!
-//! Releasing works on the store offline; the replies and Syncs it produces wait in the outbox
+//! Releasing and refusing work on the store offline; the replies and Syncs it produces wait in the outbox
 //! for the service to publish. The service itself releases documents of re-activated
 //! applications when it starts.
 
@@ -24,6 +25,22 @@ pub enum Action {
     /// Re-run parked documents through the pipeline; each is applied, rejected, or parked
     /// again with its current reason.
     Release(Select),
+    /// Refuse parked documents (by sequence number): each is rejected with code
+    /// `rejected_by_operator` — the sender answered as it asked, a delivered document
+    /// dead-lettered — and leaves the parked list.
+    Reject(Reject),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Reject {
+    #[command(flatten)]
+    select: Select,
+    /// Why, for the sender's ConfirmBOD and the dead letter.
+    #[arg(long)]
+    note: Option<String>,
+    /// Operator named in the refusal (default: $USER).
+    #[arg(long)]
+    by: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -62,7 +79,13 @@ impl Select {
 }
 
 pub fn run(action: Action) -> anyhow::Result<ExitCode> {
-    let (Action::List(select) | Action::Release(select)) = &action;
+    let (Action::List(select) | Action::Release(select) | Action::Reject(Reject { select, .. })) =
+        &action;
+    if matches!(action, Action::Reject(_)) && select.seqs.is_empty() {
+        anyhow::bail!(
+            "name the parked documents to reject by sequence number (as `list` shows them)"
+        );
+    }
     let (config, _) = Config::resolve(select.config.as_deref(), &[])?;
     let store = super::open_store(select.store.as_deref(), &config)?;
     // A row that cannot be read is named and skipped (it stays in the store); the command
@@ -79,6 +102,14 @@ pub fn run(action: Action) -> anyhow::Result<ExitCode> {
         })
         .filter(|p| select.matches(p))
         .collect();
+    if matches!(action, Action::Reject(_)) {
+        for seq in &select.seqs {
+            if !chosen.iter().any(|p| p.seq == *seq) {
+                failed += 1;
+                eprintln!("error: no parked row {seq} (of this application and reason)");
+            }
+        }
+    }
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     match action {
@@ -110,11 +141,21 @@ pub fn run(action: Action) -> anyhow::Result<ExitCode> {
             out.flush()?;
             eprintln!("{} parked", chosen.len());
         }
-        Action::Release(_) => {
+        Action::Release(_) | Action::Reject(_) => {
             let pipeline = Pipeline::new(Arc::new(config), Arc::new(store))?;
+            let now = select.now.unwrap_or_else(Utc::now);
             let mut released_rows = 0;
             for p in &chosen {
-                let mut report = match pipeline.release(p, select.now.unwrap_or_else(Utc::now)) {
+                let outcome = match &action {
+                    Action::Reject(reject) => pipeline.reject_parked(
+                        p,
+                        &super::operator(reject.by.as_deref()),
+                        reject.note.as_deref(),
+                        now,
+                    ),
+                    _ => pipeline.release(p, now),
+                };
+                let mut report = match outcome {
                     Ok(report) => report,
                     Err(e) => {
                         // Stays parked; the next rows go on.
@@ -151,13 +192,16 @@ pub fn run(action: Action) -> anyhow::Result<ExitCode> {
             }
             pipeline.store.flush()?;
             out.flush()?;
-            eprintln!("{released_rows} released");
+            match action {
+                Action::Reject(_) => eprintln!("{released_rows} rejected"),
+                _ => eprintln!("{released_rows} released"),
+            }
         }
     }
     Ok(if failed == 0 {
         ExitCode::SUCCESS
     } else {
-        eprintln!("{failed} parked rows could not be read or released; they stay parked");
+        eprintln!("{failed} parked rows could not be read, found or handled; they stay parked");
         ExitCode::FAILURE
     })
 }

@@ -468,8 +468,42 @@ impl Pipeline {
     /// if it parks again (its application is still inactive, still no match), it gets a new
     /// row. Its replies and Syncs go to the outbox like any other document's.
     pub fn release(&self, parked: &Parked, now: DateTime<Utc>) -> Result<Report, StoreError> {
-        let mut prepared = release::prepare(&self.config, parked, now);
+        let mut prepared = release::prepare(&self.config, parked, now, None);
         // Its delivery's trace is not kept with it: the release starts a trace of its own.
+        prepared.ctx.trace = Some(TraceContext::root());
+        self.commit(&prepared)
+    }
+
+    /// Refuses a parked document for an operator (`bodflow parked reject`): in one
+    /// transaction its row goes, and it is refused like any document bodflow cannot take —
+    /// stage `upsert`, code [`REJECTED_BY_OPERATOR`], `note` in the reason — as a deliberate
+    /// retry of its message id: the sender gets its ConfirmBOD as it asked (a `Process`, its
+    /// `Acknowledge` Rejected), a delivered document's copy goes to `bodflow.dead` (so
+    /// `bodflow dlq replay` can bring it back), and its marker says `rejected`. For the
+    /// documents no release can place (a `Process` without an ID under `manual`) or that
+    /// should never be (test data).
+    pub fn reject_parked(
+        &self,
+        parked: &Parked,
+        operator: &str,
+        note: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<Report, StoreError> {
+        let refusal = Rejection {
+            stage: Stage::Upsert,
+            code: REJECTED_BY_OPERATOR,
+            message: clipped(
+                &format!(
+                    "rejected by operator {operator} while parked ({}){}",
+                    parked.reason.code(),
+                    note.map(|n| format!(": {n}")).unwrap_or_default()
+                ),
+                MAX_MESSAGE,
+            )
+            .into_owned(),
+            path: None,
+        };
+        let mut prepared = release::prepare(&self.config, parked, now, Some(&refusal));
         prepared.ctx.trace = Some(TraceContext::root());
         self.commit(&prepared)
     }
@@ -798,13 +832,19 @@ fn base_report(ctx: &Context, outcome: Outcome) -> Report {
 
 /// The stateless stages.
 pub fn prepare(config: &Config, input: &Input<'_>) -> Prepared {
+    prepare_refusing(config, input, None)
+}
+
+/// [`prepare`]; with `refusal`, the document is refused with it once its header is read (an
+/// operator's refusal of a parked document: [`release::prepare`]).
+fn prepare_refusing(config: &Config, input: &Input<'_>, refusal: Option<&Rejection>) -> Prepared {
     // A panic here is a bug of bodflow's that this document triggers. Left to unwind, it would
     // end the service's session, and the redelivered document would end the next one, for
     // ever. It is refused instead, like any document bodflow cannot take, under the stage it
     // was in and code `internal_error`: the sender gets its ConfirmBOD, the document goes to
     // the dead-letter queue, and the others go on.
     guarded(config, input, |stage| {
-        prepare_unguarded(config, input, stage)
+        prepare_unguarded(config, input, refusal, stage)
     })
 }
 
@@ -842,6 +882,9 @@ fn guarded(
 /// The code of a document bodflow failed on (a panic: a bug).
 pub const INTERNAL_ERROR: &str = "internal_error";
 
+/// The code of a parked document an operator refused ([`Pipeline::reject_parked`]).
+pub const REJECTED_BY_OPERATOR: &str = "rejected_by_operator";
+
 /// The context every prepared document starts from.
 fn context(config: &Config, input: &Input<'_>) -> Context {
     let message_id = input
@@ -863,6 +906,7 @@ fn context(config: &Config, input: &Input<'_>) -> Context {
 fn prepare_unguarded(
     config: &Config,
     input: &Input<'_>,
+    refusal: Option<&Rejection>,
     stage: &std::cell::Cell<Stage>,
 ) -> Prepared {
     let mut ctx = context(config, input);
@@ -917,6 +961,9 @@ fn prepare_unguarded(
                 _ => Vec::new(),
             },
         });
+    if let Some(refusal) = refusal {
+        return reject(ctx, refusal.clone(), app, process);
+    }
 
     let checked = validate::validate(bod, config);
     lap(Stage::Validate, &mut clock);

@@ -26,7 +26,7 @@ use chrono::{DateTime, Utc};
 use crate::config::Config;
 use crate::store::{Parked, Tx, TxResult};
 
-use super::{Context, Decision, Input, Prepared, Report, Stage, State};
+use super::{Context, Decision, Input, Prepared, Rejection, Report, Stage, State};
 
 /// Rounds of releases one document may cause (a released document's change may release
 /// others). Bounds the work of one transaction; documents left over stay parked and indexed
@@ -90,7 +90,7 @@ pub(super) fn rerun(
     parked: &Parked,
     received_at: DateTime<Utc>,
 ) -> TxResult<Report> {
-    super::commit_one(tx, config, &prepare(config, parked, received_at))
+    super::commit_one(tx, config, &prepare(config, parked, received_at, None))
 }
 
 /// A parked row's document prepared for its release: the whole pipeline again, under the
@@ -104,19 +104,26 @@ pub(super) fn rerun(
 /// whole document runs, as it did before rows named their noun. A row whose noun was
 /// released since it was read, or that a retry of the document made redundant, is a
 /// duplicate ([`crate::store::Marker::parked`]).
-pub(super) fn prepare(config: &Config, parked: &Parked, received_at: DateTime<Utc>) -> Prepared {
-    let mut prepared = super::prepare(
-        config,
-        &Input {
-            bytes: &parked.payload.0,
-            envelope: Some(&parked.envelope),
-            source: &parked.source,
-            message_id: Some(&parked.message_id),
-            reply_to: parked.reply_to.as_deref(),
-            received_at,
-            retry: true,
-        },
-    );
+///
+/// With `refusal` (an operator's), the document is refused with it as soon as its header is
+/// read, instead of being checked and placed: answered, recorded and dead-lettered like any
+/// refusal ([`super::Pipeline::reject_parked`]).
+pub(super) fn prepare(
+    config: &Config,
+    parked: &Parked,
+    received_at: DateTime<Utc>,
+    refusal: Option<&Rejection>,
+) -> Prepared {
+    let input = Input {
+        bytes: &parked.payload.0,
+        envelope: Some(&parked.envelope),
+        source: &parked.source,
+        message_id: Some(&parked.message_id),
+        reply_to: parked.reply_to.as_deref(),
+        received_at,
+        retry: true,
+    };
+    let mut prepared = super::prepare_refusing(config, &input, refusal);
     prepared.ctx.unpark = Some(parked.seq);
     // A delivery's whole document: its row is its only copy, so a release that rejects it
     // dead-letters it as its delivery would have been (a file's document is still its file).
