@@ -820,11 +820,13 @@ fn link_applies_the_parked_documents_refuses_conflicts_and_unlink_stops_the_flow
     assert_eq!(actions, ["link", "unlink", "link"]);
 }
 
-/// `parked reject`: a `Process` without an ID from an application under `manual` has no ID an
-/// operator could link, so it would wait for ever; the operator refuses it instead. Its row
-/// goes, the sender hears it (`Acknowledge` Rejected and, as it asked, a ConfirmBOD, naming
-/// the operator and the note), the marker says rejected; the same row again is a duplicate,
-/// and a deliberate retry of the message id (its dead letter replayed) runs it again.
+/// `parked reject`: a `Process` without an ID, delivered from an application under `manual`,
+/// has no ID an operator could link, so it would wait for ever; the operator refuses it
+/// instead. Its row goes, the sender hears it (`Acknowledge` Rejected and, as it asked, a
+/// ConfirmBOD, naming the operator and the note), the delivery is dead-lettered (its row was
+/// its only copy), the marker says rejected; the same row again is a duplicate, and a
+/// deliberate retry of the message id (its dead letter replayed) runs it again. The row of
+/// one noun of a document with two is not refused alone.
 #[test]
 fn an_operator_rejects_a_parked_process_that_no_link_can_place() {
     let p = pipeline(MANUAL);
@@ -832,13 +834,19 @@ fn an_operator_rejects_a_parked_process_that_no_link_can_place() {
         .replace("SyncCustomerPartyMaster", "ProcessCustomerPartyMaster")
         .replace("<Sync>", "<Process>")
         .replace("</Sync>", "</Process>");
-    assert_eq!(run(&p, &process, "bill-p").outcome, Outcome::Parked);
+    let delivered = Input {
+        source: bodflow::amqp::SOURCE,
+        ..input(process.as_bytes(), "bill-p")
+    };
+    assert_eq!(p.process(&delivered).unwrap().outcome, Outcome::Parked);
     let row = parked(&p).remove(0);
     assert_eq!(row.reason, ParkReason::ManualLink);
+    assert!(row.noun.is_some(), "a create policy parks the noun");
     let outbox_before = p.store.outbox_len();
 
     let report = p
         .reject_parked(&row, "jdoe", Some("a duplicate of ACC-000007"), Utc::now())
+        .unwrap()
         .unwrap();
     assert_eq!(report.outcome, Outcome::Rejected);
     let e = report.error.as_ref().unwrap();
@@ -868,21 +876,34 @@ fn an_operator_rejects_a_parked_process_that_no_link_can_place() {
             ("ConfirmBOD", "lid://billing")
         ]
     );
-    let rows: Vec<String> = p
+    let rows: Vec<bodflow::store::OutboxRow> = p
         .store
         .outbox()
         .skip(outbox_before)
-        .map(|r| r.unwrap().1.xml)
+        .map(|r| r.unwrap().1)
         .collect();
-    assert_eq!(rows.len(), 2);
-    for xml in &rows {
-        assert!(xml.contains("rejected by operator jdoe"), "{xml}");
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    for row in &rows {
+        match &row.dead_letter {
+            Some(dead) => {
+                assert_eq!(
+                    (dead.stage.as_str(), dead.code.as_str()),
+                    ("upsert", "rejected_by_operator")
+                );
+                assert_eq!(dead.delivered.payload, process.as_bytes());
+            }
+            None => assert!(row.xml.contains("rejected by operator jdoe"), "{}", row.xml),
+        }
     }
+    assert_eq!(rows.iter().filter(|r| r.dead_letter.is_some()).count(), 1);
 
     // The same row again (read before the rejection): a duplicate, nothing more.
-    let again = p.reject_parked(&row, "jdoe", None, Utc::now()).unwrap();
+    let again = p
+        .reject_parked(&row, "jdoe", None, Utc::now())
+        .unwrap()
+        .unwrap();
     assert_eq!(again.outcome, Outcome::Duplicate);
-    assert_eq!(p.store.outbox().count(), outbox_before + 2);
+    assert_eq!(p.store.outbox().count(), outbox_before + 3);
     // A deliberate retry of the message id runs it again: parked again, nothing created.
     let retry = Input {
         retry: true,
@@ -890,6 +911,32 @@ fn an_operator_rejects_a_parked_process_that_no_link_can_place() {
     };
     assert_eq!(p.process(&retry).unwrap().outcome, Outcome::Parked);
     assert_eq!(p.store.records().count(), 0);
+
+    // Two nouns, both parked: neither row is refused alone, both stay.
+    let two = two_nouns(
+        &account("lid://billing", "B-8", 1, None, None),
+        &account("lid://billing", "B-9", 1, None, None),
+    );
+    assert_eq!(run(&p, &two, "bill-two").outcome, Outcome::Parked);
+    let rows: Vec<_> = parked(&p)
+        .into_iter()
+        .filter(|r| r.message_id == "bill-two")
+        .collect();
+    assert_eq!(rows.len(), 2);
+    let refused = p.reject_parked(&rows[0], "jdoe", None, Utc::now()).unwrap();
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|why| why.contains("one of the 2 nouns")),
+        "{refused:?}"
+    );
+    assert_eq!(
+        parked(&p)
+            .iter()
+            .filter(|r| r.message_id == "bill-two")
+            .count(),
+        2
+    );
 }
 
 /// A matching application (`match_or_create` on account number) unlinked by an operator does

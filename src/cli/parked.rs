@@ -15,7 +15,7 @@ use std::sync::Arc;
 use chrono::Utc;
 
 use crate::config::Config;
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Pipeline, Report};
 use crate::store::Parked;
 
 #[derive(Debug, clap::Subcommand)]
@@ -106,7 +106,14 @@ pub fn run(action: Action) -> anyhow::Result<ExitCode> {
         for seq in &select.seqs {
             if !chosen.iter().any(|p| p.seq == *seq) {
                 failed += 1;
-                eprintln!("error: no parked row {seq} (of this application and reason)");
+                eprintln!(
+                    "error: no parked row {seq}{}",
+                    if select.application.is_some() || select.reason.is_some() {
+                        " of this application and reason"
+                    } else {
+                        ""
+                    }
+                );
             }
         }
     }
@@ -146,14 +153,18 @@ pub fn run(action: Action) -> anyhow::Result<ExitCode> {
             let now = select.now.unwrap_or_else(Utc::now);
             let mut released_rows = 0;
             for p in &chosen {
-                let outcome = match &action {
-                    Action::Reject(reject) => pipeline.reject_parked(
+                let outcome: Result<Report, String> = match &action {
+                    Action::Reject(reject) => match pipeline.reject_parked(
                         p,
                         &super::operator(reject.by.as_deref()),
                         reject.note.as_deref(),
                         now,
-                    ),
-                    _ => pipeline.release(p, now),
+                    ) {
+                        Ok(Ok(report)) => Ok(report),
+                        Ok(Err(why)) => Err(format!("not rejected: {why}")),
+                        Err(e) => Err(e.to_string()),
+                    },
+                    _ => pipeline.release(p, now).map_err(|e| e.to_string()),
                 };
                 let mut report = match outcome {
                     Ok(report) => report,
@@ -164,7 +175,19 @@ pub fn run(action: Action) -> anyhow::Result<ExitCode> {
                         continue;
                     }
                 };
-                released_rows += 1;
+                // Kept parked (bodflow failed on it), or released meanwhile.
+                let not_refused = matches!(action, Action::Reject(_))
+                    && report.outcome != crate::pipeline::Outcome::Rejected;
+                if not_refused {
+                    failed += 1;
+                    eprintln!(
+                        "error: parked row {}: not rejected: {}",
+                        p.seq,
+                        report.outcome.as_str()
+                    );
+                } else {
+                    released_rows += 1;
+                }
                 // Documents this release's change released in turn (no_match ones it made
                 // placeable) follow it.
                 let released = std::mem::take(&mut report.released);

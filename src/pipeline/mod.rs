@@ -482,13 +482,29 @@ impl Pipeline {
     /// `bodflow dlq replay` can bring it back), and its marker says `rejected`. For the
     /// documents no release can place (a `Process` without an ID under `manual`) or that
     /// should never be (test data).
+    ///
+    /// A refusal is of a whole document, so the row of one noun of a document that has others
+    /// is not refused (`Ok(Err(..))`): they were applied or wait in rows of their own, and a
+    /// refusal would answer for them too (and a replay of its dead letter run them again).
     pub fn reject_parked(
         &self,
         parked: &Parked,
         operator: &str,
         note: Option<&str>,
         now: DateTime<Utc>,
-    ) -> Result<Report, StoreError> {
+    ) -> Result<Result<Report, String>, StoreError> {
+        if parked.noun.is_some() {
+            let nouns = bod::parse(&parked.payload.0, self.config.limits.into())
+                .map_or(1, |bod| bod.nouns.len());
+            if nouns > 1 {
+                return Ok(Err(format!(
+                    "row {} is one of the {nouns} nouns of message {}: the others were applied \
+                     or wait in rows of their own, so it cannot be refused alone (link or \
+                     release it)",
+                    parked.seq, parked.message_id
+                )));
+            }
+        }
         let refusal = Rejection {
             stage: Stage::Upsert,
             code: REJECTED_BY_OPERATOR,
@@ -505,7 +521,7 @@ impl Pipeline {
         };
         let mut prepared = release::prepare(&self.config, parked, now, Some(&refusal));
         prepared.ctx.trace = Some(TraceContext::root());
-        self.commit(&prepared)
+        self.commit(&prepared).map(Ok)
     }
 
     /// Releases every document parked because its application was inactive, for the
@@ -934,7 +950,10 @@ fn prepare_unguarded(
                 area.logical_id.get_or_insert_with(|| from.clone());
             }
             let app = sender_app(config, ctx.area.as_ref());
-            return reject(ctx, e.into(), app, None);
+            // An operator's refusal stands even when the bytes no longer parse (limits
+            // lowered since the document was parked).
+            let rejection = refusal.cloned().unwrap_or_else(|| e.into());
+            return reject(ctx, rejection, app, None);
         }
     };
     fill_from_envelope(&mut bod, &ctx.envelope);

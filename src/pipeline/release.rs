@@ -129,8 +129,10 @@ pub(super) fn prepare(
     // dead-letters it as its delivery would have been (a file's document is still its file).
     // Not a noun's row: the document's other nouns were applied when it came, and a replay of
     // the dead letter would run them all again (a `Process` noun without an ID would create a
-    // second record); its rejection is answered and recorded, as before.
-    if parked.source == crate::amqp::SOURCE && parked.noun.is_none() {
+    // second record); its rejection is answered and recorded, as before. An operator's
+    // refusal is of a whole document: a noun's row is refused only when its document has no
+    // other noun ([`super::Pipeline::reject_parked`]).
+    if parked.source == crate::amqp::SOURCE && (parked.noun.is_none() || refusal.is_some()) {
         prepared.ctx.delivered = Some(std::sync::Arc::new(crate::amqp::parked_delivery(
             &parked.message_id,
             &parked.envelope,
