@@ -465,18 +465,38 @@ fn name_char(c: char) -> bool {
         || matches!(c, '-' | '.' | '0'..='9' | '\u{B7}' | '\u{300}'..='\u{36F}' | '\u{203F}'..='\u{2040}')
 }
 
+/// Per ASCII byte: bit 1 if it may start an XML name, bit 2 if it may continue one.
+const NAME_BYTES: [u8; 128] = {
+    let mut table = [0u8; 128];
+    let mut b = 0;
+    while b < 128 {
+        let c = b as u8;
+        table[b] = if c.is_ascii_alphabetic() || c == b'_' || c == b':' {
+            3
+        } else if c.is_ascii_digit() || c == b'-' || c == b'.' {
+            2
+        } else {
+            0
+        };
+        b += 1;
+    }
+    table
+};
+
 /// Whether `name` is an XML 1.0 Name. quick-xml takes everything up to the first blank as an
 /// element's name and up to `=` as an attribute's, so `<a;b>` or `<a b<c="1">` would pass.
 fn is_xml_name(name: &str) -> bool {
     let bytes = name.as_bytes();
-    // Fast path: the names of BODs are ASCII.
+    let Some((&first, rest)) = bytes.split_first() else {
+        return false;
+    };
+    let ascii = |b: u8, bit: u8| b < 0x80 && NAME_BYTES[usize::from(b)] & bit != 0;
+    // Fast path, one table look-up a byte: the names of BODs are ASCII.
+    if ascii(first, 1) && rest.iter().all(|&b| ascii(b, 2)) {
+        return true;
+    }
     if bytes.is_ascii() {
-        return bytes.split_first().is_some_and(|(first, rest)| {
-            (first.is_ascii_alphabetic() || matches!(first, b'_' | b':'))
-                && rest
-                    .iter()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b':' | b'-' | b'.'))
-        });
+        return false;
     }
     let mut chars = name.chars();
     chars.next().is_some_and(name_start_char) && chars.all(name_char)
