@@ -766,14 +766,15 @@ fn push_element<'a>(
         let Some(key) = reslice(text, attr.key.as_ref()) else {
             return Err(not_well_formed("unreadable attribute name", position));
         };
-        check_name(key, Some(qualified), position)?;
-        let key = key.as_bytes();
         if key.len() > MAX_NAME_BYTES {
             return Err(too_complex_at(
                 name,
                 format!("an attribute name of <{name}> longer than {MAX_NAME_BYTES} bytes"),
             ));
         }
+        // After the length: a refusal quotes the name.
+        check_name(key, Some(qualified), position)?;
+        let key = key.as_bytes();
         if namespaces.keys.len() == MAX_ATTRIBUTES {
             return Err(too_complex_at(
                 name,
