@@ -150,8 +150,8 @@ impl<'a> Emitter<'a> {
     ///
     /// Not the `reply_to` of a released document whose sender is not (or no longer) an
     /// application: that queue was named by a delivery taken long ago, most likely by a client
-    /// gone since, and with no application queue to fall back on, a reply it refuses could
-    /// never be delivered (it would be retried for ever).
+    /// gone since, and with no application queue to fall back on, the reply would only end in
+    /// `bodflow.dead` as `unroutable` (and raise its alert) after its returns.
     fn reply_route(&self, app: Option<usize>) -> Option<(String, Option<String>)> {
         let to = app.map(|i| self.config.applications[i].logical_id.clone());
         let released = self.ctx.unpark.is_some();
