@@ -809,3 +809,41 @@ async fn sigterm_mid_stream_exits_0_and_a_restart_processes_everything_once() {
         missing.first()
     );
 }
+
+/// A SIGTERM that comes while the service is still starting (its store just opened, not yet
+/// consuming) stops it cleanly once it runs: exit 0, not killed by the signal's default
+/// action. (`.ci/run` once saw a test's SIGTERM, sent as soon as the service's start-up purge
+/// showed in `/metrics`, kill it.)
+#[test]
+fn sigterm_while_the_service_starts_is_a_clean_stop() {
+    use std::io::BufRead as _;
+    let vhost = Vhost::new("sigterm-start");
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = write_generated_config(dir.path(), &dir.path().join("store"));
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_bodflow"))
+        .args(["run", "--config"])
+        .arg(&config_path)
+        .env("BODFLOW_AMQP_URL", vhost.url())
+        .env("BODFLOW_HTTP_LISTEN", "127.0.0.1:0")
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _kill = common::KillOnDrop(child.id());
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    // "Starting" is logged once the store is open, before the service runs.
+    assert!(
+        lines.by_ref().any(|l| l.unwrap().contains("Starting")),
+        "bodflow run never logged Starting"
+    );
+    broker::signal(&child, "-TERM");
+    let drain = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
+    let status = child.wait().unwrap();
+    let log = drain.join().unwrap();
+    assert!(
+        status.success(),
+        "bodflow run: {status}\n{}",
+        log.join("\n")
+    );
+}

@@ -72,8 +72,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     // Listening from the very start: a SIGHUP while the store opens becomes a reload once
-    // the service runs, instead of the default action (terminate).
+    // the service runs, and a SIGTERM a clean stop, instead of the default action
+    // (terminate).
     let hangup = listen_hangup(&runtime);
+    let mut stop_signals = listen_stop(&runtime);
     let (config, config_path) = Config::resolve(args.config.as_deref(), &[])?;
     if config_path.is_none() {
         tracing::warn!("No bodflow.toml found: built-in defaults, no applications configured");
@@ -147,13 +149,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let purger = tracking
             .enabled
             .then(|| tokio::spawn(purge_tracking(live.clone(), stop_http.clone())));
-        let shutdown = async {
-            shutdown_signal().await;
+        let shutdown = async move {
+            stop_signals.next().await;
             // A second signal: the operator will not wait. Exit at once (128 + the signal, as
             // the shell reports a process it killed); nothing is lost: what is not flushed
             // was not acked and comes back, as after a crash.
-            tokio::spawn(async {
-                let signal = shutdown_signal().await;
+            tokio::spawn(async move {
+                let signal = stop_signals.next().await;
                 tracing::warn!(signal, "Second stop signal: exiting at once");
                 std::process::exit(128 + signal);
             });
@@ -358,30 +360,71 @@ async fn purge_tombstones(live: Live, stop: tokio_util::sync::CancellationToken)
     }
 }
 
-/// Completes on SIGINT or SIGTERM, with its number.
-async fn shutdown_signal() -> i32 {
-    const SIGINT: i32 = 2;
-    const SIGTERM: i32 = 15;
+/// SIGTERM and SIGINT, listened for from the start: one that comes while the store opens or
+/// the service starts stops it cleanly once it runs, instead of killing it (the default
+/// action), and a second one ends it at once.
+struct StopSignals {
+    #[cfg(unix)]
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+/// Starts listening for SIGTERM and SIGINT (a stream that cannot be had is logged and left
+/// out; with neither, SIGINT is still caught by `ctrl_c` when waited for).
+fn listen_stop(runtime: &tokio::runtime::Runtime) -> StopSignals {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => SIGINT,
-                    _ = term.recv() => SIGTERM,
-                }
-            }
+        let _context = runtime.enter();
+        let listen = |kind: SignalKind, name: &str| match signal(kind) {
+            Ok(s) => Some(s),
             Err(e) => {
-                tracing::warn!(error = %e, "Cannot listen for SIGTERM; SIGINT only");
-                let _ = tokio::signal::ctrl_c().await;
-                SIGINT
+                tracing::warn!(error = %e, signal = name, "Cannot listen for a stop signal");
+                None
             }
+        };
+        StopSignals {
+            term: listen(SignalKind::terminate(), "SIGTERM"),
+            int: listen(SignalKind::interrupt(), "SIGINT"),
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
-        SIGINT
+        let _ = runtime;
+        StopSignals {}
+    }
+}
+
+impl StopSignals {
+    /// Completes on the next SIGINT or SIGTERM, with its number.
+    async fn next(&mut self) -> i32 {
+        const SIGINT: i32 = 2;
+        #[cfg(unix)]
+        {
+            const SIGTERM: i32 = 15;
+            // A stream that cannot be had (or has ended) never completes.
+            async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
+                if let Some(s) = s {
+                    if s.recv().await.is_some() {
+                        return;
+                    }
+                }
+                std::future::pending().await
+            }
+            if self.term.is_none() && self.int.is_none() {
+                let _ = tokio::signal::ctrl_c().await;
+                return SIGINT;
+            }
+            tokio::select! {
+                () = recv(&mut self.int) => SIGINT,
+                () = recv(&mut self.term) => SIGTERM,
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            SIGINT
+        }
     }
 }
