@@ -21,7 +21,7 @@
 //! | `s` | counter name | big-endian u64 |
 //! | `a` | hub ID, big-endian sequence | [`AuditEntry`] of an operator action on the record |
 //! | `b` | BODID of a Process bodflow sent | [`Correlation`]: what its Acknowledge answers |
-//! | `t`, `k`, `d` | message tracking: runs per commit, their confirms, the BODID index | see [`track`] |
+//! | `t`, `k`, `j` | message tracking: runs per commit, their confirms, the BODID index | see [`track`] |
 //!
 //! A transaction ([`Store::transact`]) is a write set applied as one atomic sled batch, with
 //! writers serialized: bodflow has one committer, and sled's optimistic transactions cost a
@@ -425,6 +425,8 @@ pub struct Store {
     /// The scan that adds the markers present at open to `markers`; stopped and joined when
     /// the store is dropped (it holds the tree).
     marker_scan: Option<std::thread::JoinHandle<()>>,
+    /// The BODID index's runs not yet in a block ([`track`]).
+    bod_index: Mutex<track::BodIndex>,
 }
 
 impl Drop for Store {
@@ -690,6 +692,7 @@ impl Store {
         index_contacts(&hub)?;
         date_tombstones(&hub)?;
         index_parked_keys(&hub)?;
+        let bod_index = Mutex::new(track::load_bod_index(&hub, track::INDEX_BLOCK)?);
         let markers = Arc::new(MarkerFilter::new());
         let marker_scan = {
             let (hub, markers) = (hub.clone(), markers.clone());
@@ -709,6 +712,7 @@ impl Store {
             cache_bytes,
             markers,
             marker_scan,
+            bod_index,
         })
     }
 
@@ -745,6 +749,7 @@ impl Store {
         tx.write_outbox_group()?;
         tx.write_tracking_group()?;
         tx.note_markers();
+        let indexed = tx.indexed.take();
         let mut batch = sled::Batch::default();
         for (k, v) in tx.writes.into_inner() {
             match v {
@@ -762,6 +767,8 @@ impl Store {
         if let (Some(groups), Some(mut memory)) = (tx.detached, self.memory_outbox()) {
             memory.extend(groups.into_inner());
         }
+        // Under the writer lock: blocks are written in commit order.
+        self.index_bod_ids(indexed);
         // Outside the lock: reclaiming may free hundreds of nodes.
         drop(writer);
         release_deferred();
@@ -804,6 +811,7 @@ impl Store {
             tracking: RefCell::new(None),
             tracked_runs: RefCell::new(None),
             run_outputs: RefCell::new(Vec::new()),
+            indexed: RefCell::new(Vec::new()),
         }
     }
 
@@ -1195,6 +1203,9 @@ pub struct Tx<'a> {
     /// The outbox rows pushed since [`Tx::begin_run`] (sequence, BODID): the outputs of the
     /// run being tracked, in order.
     run_outputs: RefCell<Vec<(u64, String)>>,
+    /// The runs tracked in this transaction with a BODID: where, and the BODID's hash; added
+    /// to the BODID index once applied ([`Store::index_bod_ids`]).
+    indexed: RefCell<Vec<(track::TrackAt, u32)>>,
 }
 
 impl Tx<'_> {

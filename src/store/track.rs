@@ -6,22 +6,30 @@
 //! | --- | --- | --- |
 //! | `t` | big-endian group number | the runs one transaction committed: a version byte, the big-endian ms of its first run, then LZ4 of the length-prefixed postcard slots (message id, [`Run`]) |
 //! | `k` | big-endian group number | publish confirms of that group's outputs: 12-byte records (slot, output, ms) |
-//! | `d` | 8 bytes of the BODID's hash, group number, slot | empty: a BODID's runs in commit order |
+//! | `j` | big-endian number of the first group it covers | a BODID index block: the version, the last group it covers, then per group its number, its run count and (slot, 4 bytes of the run's BODID hash) per run with a BODID |
 //!
-//! The commit path writes one key per message, the BODID index, plus one group key per
-//! transaction: sled's cost is per key, and a key per run would double what tracking costs
-//! (the outbox groups its rows the same way). Groups are compressed (runs of one commit repeat
-//! one another's decisions, about 5:1): sled rewrites a leaf with all its values each time the
-//! leaf changes, so every byte stored costs several times over. Index keys are 19 bytes whatever the BODID (a
-//! BODID is often 80 characters): sled keeps keys that short inline, and a lookup checks the
-//! run's BODID, so a hash collision costs a read, never a wrong answer. Group numbers come from
-//! sled's persistent ID generator: increasing, in commit order.
+//! The commit path writes one key per transaction, the group: sled's cost is per key, and a
+//! key per run would double what tracking costs (the outbox groups its rows the same way).
+//! Groups are compressed (runs of one commit repeat one another's decisions, about 5:1): sled
+//! rewrites a leaf with all its values each time the leaf changes, so every byte stored costs
+//! several times over. Group numbers come from sled's persistent ID generator: increasing, in
+//! commit order.
+//!
+//! The BODID index is written in blocks of [`INDEX_BLOCK`] runs, not a key per run: a key
+//! per run, at a random place in the tree (a hash), was a leaf rewrite per message and about a
+//! quarter of the tree's nodes (benches/README.md). The runs committed since the newest block
+//! (the *tail*) are held in memory ([`BodIndex`]); a commit that fills the tail writes it as a
+//! block, after the groups it covers, and opening the store rebuilds the tail from the groups
+//! after the newest block — the groups are the truth, so a crash between the two loses
+//! nothing. A lookup checks the run's BODID, so a collision of the 4-byte hashes costs a read,
+//! never a wrong answer.
 //!
 //! The message id's marker lists where its runs are ([`TrackAt`] in
 //! [`Marker::tracked`](super::Marker)), so a lookup by message id is a marker read plus a
-//! group read per run, and a lookup by BODID a prefix scan plus the same per message —
-//! whatever the number of tracked messages. BODIDs are not unique (LN and CSI reuse one per
-//! record), hence an index rather than a key.
+//! group read per run. A lookup by BODID goes through the tail and the blocks newest first
+//! (6 bytes a tracked run: 6 MB for a million) and reads the runs whose hash matches until it
+//! has enough. BODIDs are not unique (LN and CSI reuse one per record), hence an index rather
+//! than a key.
 //!
 //! A message id that comes back (a redelivery found duplicate, a released parked document, a
 //! replayed dead letter) gets a new run in its commit's group and its marker lists it too; at
@@ -268,33 +276,163 @@ fn group_key(prefix: u8, number: u64) -> [u8; 9] {
     k
 }
 
-/// `d` and 8 bytes of the BODID's hash.
-fn bod_prefix(bod_id: &str) -> [u8; 9] {
-    let mut k = [b'd'; 9];
-    k[1..].copy_from_slice(&blake3::hash(bod_id.as_bytes()).as_bytes()[..8]);
-    k
+/// Runs a BODID index block holds (about 25 KB).
+pub const INDEX_BLOCK: usize = 4_096;
+
+/// First byte of every BODID index block.
+const INDEX_VERSION: u8 = 1;
+
+/// 4 bytes of the BODID's hash, as the index keeps it.
+fn bod_hash(bod_id: &str) -> u32 {
+    let h = blake3::hash(bod_id.as_bytes());
+    u32::from_be_bytes([
+        h.as_bytes()[0],
+        h.as_bytes()[1],
+        h.as_bytes()[2],
+        h.as_bytes()[3],
+    ])
 }
 
-fn bod_key(bod_id: &str, at: TrackAt) -> [u8; BOD_KEY] {
-    let mut k = [0u8; BOD_KEY];
-    k[..9].copy_from_slice(&bod_prefix(bod_id));
-    k[9..17].copy_from_slice(&at.0.to_be_bytes());
-    k[17..].copy_from_slice(&at.1.to_be_bytes());
-    k
+/// The BODID index of the runs committed since the newest block, in commit order (see the
+/// module documentation).
+#[derive(Debug)]
+pub(super) struct BodIndex {
+    tail: Vec<(TrackAt, u32)>,
+    /// Runs a block takes: [`INDEX_BLOCK`], fewer in tests.
+    block: usize,
 }
 
-/// Length of a `d` key.
-const BOD_KEY: usize = 19;
-
-/// The [`TrackAt`] of a `d` key.
-fn bod_key_at(k: &[u8]) -> Option<TrackAt> {
-    if k.len() != BOD_KEY {
-        return None;
+impl BodIndex {
+    pub(super) fn new(block: usize) -> BodIndex {
+        BodIndex {
+            tail: Vec::new(),
+            block: block.max(1),
+        }
     }
-    Some(TrackAt(
-        u64::from_be_bytes(k.get(9..17)?.try_into().ok()?),
-        u16::from_be_bytes(k.get(17..)?.try_into().ok()?),
-    ))
+}
+
+/// A block of index entries (in commit order) as stored under its `j` key.
+fn encode_block(entries: &[(TrackAt, u32)]) -> Option<(Vec<u8>, Vec<u8>)> {
+    let (first, last) = (entries.first()?.0 .0, entries.last()?.0 .0);
+    let mut out = Vec::with_capacity(9 + entries.len() * 7);
+    out.push(INDEX_VERSION);
+    out.extend_from_slice(&last.to_be_bytes());
+    // A group's runs under one head (a group of 65,536 runs takes two).
+    for runs in entries
+        .chunk_by(|a, b| a.0 .0 == b.0 .0)
+        .flat_map(|g| g.chunks(usize::from(u16::MAX)))
+    {
+        out.extend_from_slice(&runs[0].0 .0.to_be_bytes());
+        out.extend_from_slice(&slot_index(runs.len()).to_be_bytes());
+        for (at, hash) in runs {
+            out.extend_from_slice(&at.1.to_be_bytes());
+            out.extend_from_slice(&hash.to_be_bytes());
+        }
+    }
+    Some((group_key(b'j', first).to_vec(), out))
+}
+
+/// The last group a block covers, from its header.
+fn block_last(k: &[u8], v: &[u8]) -> Result<u64, StoreError> {
+    match v.split_first() {
+        Some((&INDEX_VERSION, rest)) => rest
+            .get(..8)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(u64::from_be_bytes)
+            .ok_or_else(|| corrupt(k, "truncated BODID index block".into())),
+        Some((v, _)) => Err(corrupt(
+            k,
+            format!("BODID index block of format version {v}"),
+        )),
+        None => Err(corrupt(k, "empty BODID index block".into())),
+    }
+}
+
+/// The places in a block whose hash is `hash`, in commit order.
+fn block_matches(k: &[u8], v: &[u8], hash: u32) -> Result<Vec<TrackAt>, StoreError> {
+    block_last(k, v)?;
+    let truncated = || corrupt(k, "truncated BODID index block".into());
+    let mut found = Vec::new();
+    let mut rest = v.get(9..).unwrap_or_default();
+    while !rest.is_empty() {
+        let head = rest.get(..10).ok_or_else(truncated)?;
+        let group = u64::from_be_bytes(head[..8].try_into().map_err(|_| truncated())?);
+        let count = usize::from(u16::from_be_bytes([head[8], head[9]]));
+        let runs = rest.get(10..10 + count * 6).ok_or_else(truncated)?;
+        for e in runs.chunks_exact(6) {
+            if u32::from_be_bytes([e[2], e[3], e[4], e[5]]) == hash {
+                found.push(TrackAt(group, u16::from_be_bytes([e[0], e[1]])));
+            }
+        }
+        rest = &rest[10 + count * 6..];
+    }
+    Ok(found)
+}
+
+/// Store meta entry set once a store's per-run BODID index keys (`d`, before blocks) are gone.
+const BOD_BLOCKS_META: &str = "index.bodid-blocks";
+
+/// The BODID index as the store holds it: the tail rebuilt from the groups after the newest
+/// block, written as blocks while it fills them (a store whose runs were indexed a key per run
+/// gets its blocks so at its first open, and then loses those keys).
+pub(super) fn load_bod_index(hub: &sled::Tree, block: usize) -> Result<BodIndex, StoreError> {
+    let mut index = BodIndex::new(block);
+    let from = match hub.scan_prefix([b'j']).next_back() {
+        None => 0,
+        Some(item) => {
+            let (k, v) = item?;
+            block_last(&k, &v).map(|last| last + 1).unwrap_or_else(|e| {
+                // Its runs are indexed again, in a block under the same key.
+                tracing::warn!(error = %e, "The newest BODID index block is rebuilt");
+                group_of(&k).unwrap_or(0)
+            })
+        }
+    };
+    for item in hub.range(group_key(b't', from).to_vec()..vec![b't' + 1]) {
+        let (k, v) = item?;
+        let Some(number) = group_of(&k) else {
+            continue;
+        };
+        let runs = group_body(&k, &v).and_then(|body| {
+            group_slots(&k, &body)?
+                .iter()
+                .map(|bytes| decode_slot(&k, bytes).map(|slot| slot.run.bod_id))
+                .collect::<Result<Vec<_>, _>>()
+        });
+        match runs {
+            Ok(runs) => {
+                for (slot, bod_id) in runs.iter().enumerate() {
+                    if let Some(b) = bod_id {
+                        index
+                            .tail
+                            .push((TrackAt(number, slot_index(slot)), bod_hash(b)));
+                    }
+                }
+            }
+            // Its runs cannot be read, so they cannot be found either.
+            Err(e) => tracing::warn!(error = %e, "A tracking group left out of the BODID index"),
+        }
+        if index.tail.len() >= index.block {
+            write_block(hub, &mut index)?;
+        }
+    }
+    let removed = super::migrate_once(hub, BOD_BLOCKS_META, b"d", |k, _, batch| {
+        batch.remove(k);
+        true
+    })?;
+    if removed > 0 {
+        tracing::info!(removed, "BODID index keys replaced by index blocks");
+    }
+    Ok(index)
+}
+
+/// Writes the index's tail as a block and empties it.
+fn write_block(hub: &sled::Tree, index: &mut BodIndex) -> Result<(), StoreError> {
+    if let Some((k, v)) = encode_block(&index.tail) {
+        hub.insert(k, v)?;
+    }
+    index.tail.clear();
+    Ok(())
 }
 
 /// The group number of a `t` or `k` key.
@@ -455,8 +593,8 @@ impl Tx<'_> {
         f(group)
     }
 
-    /// Adds `run` of `message_id` to this transaction's tracking group, indexed under its
-    /// BODID, and ends [`Tx::begin_run`]; returns where the run is.
+    /// Adds `run` of `message_id` to this transaction's tracking group, to be indexed under
+    /// its BODID once applied, and ends [`Tx::begin_run`]; returns where the run is.
     pub fn track_run(&self, message_id: &str, run: &Run<'_>) -> TxResult<TrackAt> {
         let at = self.with_group(run.received_at.0, |group| {
             let at = TrackAt(group.number, slot_index(group.slots));
@@ -467,7 +605,7 @@ impl Tx<'_> {
         self.tracked_runs.borrow_mut().take();
         self.unplace_unless_outputs(run)?;
         if let Some(b) = &run.bod_id {
-            self.raw_insert(bod_key(b, at).to_vec(), sled::IVec::default());
+            self.indexed.borrow_mut().push((at, bod_hash(b)));
         }
         Ok(at)
     }
@@ -560,20 +698,64 @@ impl Store {
         }))
     }
 
+    /// Adds the runs of a transaction just applied to the BODID index; writes a block when the
+    /// tail is full. Called under the writer lock, so blocks follow the commits they cover. A
+    /// block that cannot be written stays in the tail (tried again at the next commit; the
+    /// groups are the truth, and the next open rebuilds it).
+    pub(super) fn index_bod_ids(&self, runs: Vec<(TrackAt, u32)>) {
+        if runs.is_empty() {
+            return;
+        }
+        let mut index = super::locked(&self.bod_index);
+        index.tail.extend(runs);
+        if index.tail.len() >= index.block {
+            if let Err(e) = write_block(&self.hub, &mut index) {
+                tracing::warn!(error = %e, "Cannot write a BODID index block; it is tried again");
+            }
+        }
+    }
+
     /// The timelines of the messages that carried `bod_id`, newest first, at most `limit`.
     pub fn tracked_by_bod_id(&self, bod_id: &str, limit: usize) -> Result<Vec<Track>, StoreError> {
+        let hash = bod_hash(bod_id);
+        // The tail before the blocks: a run that moves into a block meanwhile is seen twice
+        // (and counted once), never missed.
+        let tail: Vec<TrackAt> = super::locked(&self.bod_index)
+            .tail
+            .iter()
+            .filter(|(_, h)| *h == hash)
+            .map(|(at, _)| *at)
+            .collect();
         let mut ids: Vec<String> = Vec::new();
-        for item in self.hub.scan_prefix(bod_prefix(bod_id)).keys().rev() {
+        let mut take = |at: TrackAt| -> Result<bool, StoreError> {
             if ids.len() >= limit {
-                break;
+                return Ok(false);
             }
-            let k = item?;
-            let Some(at) = bod_key_at(&k) else {
-                continue;
-            };
             if let Some((id, run)) = self.run_at(at, false)? {
                 if run.bod_id.as_deref() == Some(bod_id) && !ids.contains(&id) {
                     ids.push(id);
+                }
+            }
+            Ok(true)
+        };
+        let mut more = true;
+        for at in tail.into_iter().rev() {
+            more = take(at)?;
+            if !more {
+                break;
+            }
+        }
+        if more {
+            'blocks: for item in self.hub.scan_prefix([b'j']).rev() {
+                let (k, v) = item?;
+                let found = block_matches(&k, &v, hash).unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "A BODID index block is skipped");
+                    Vec::new()
+                });
+                for at in found.into_iter().rev() {
+                    if !take(at)? {
+                        break 'blocks;
+                    }
                 }
             }
         }
@@ -600,17 +782,18 @@ impl Store {
     }
 
     /// Removes up to `max_groups` tracking groups, oldest first, as long as their first run
-    /// is older than `before`, with their confirms and BODID index keys. Call again while it
-    /// removes `max_groups`.
+    /// is older than `before`, with their confirms and the BODID index blocks that cover only
+    /// them. Call again while it removes `max_groups`.
     pub fn purge_tracked(&self, before: Millis, max_groups: usize) -> Result<Purged, StoreError> {
         let _writer = super::locked(&self.writer);
         // A confirm time must not land in a group's confirms as the group goes.
         let _confirms = super::locked(&self.confirms);
         let mut batch = sled::Batch::default();
         let mut purged = Purged::default();
+        let mut last = None;
         for item in self.hub.scan_prefix([b't']).take(max_groups) {
             let (k, v) = item?;
-            // An unreadable group goes too (its index keys, if any, lead nowhere).
+            // An unreadable group goes too (its runs in index blocks, if any, lead nowhere).
             if group_ms(&k, &v).is_ok_and(|ms| ms >= before.0) {
                 break;
             }
@@ -621,25 +804,23 @@ impl Store {
             if let Some(number) = number {
                 batch.remove(&group_key(b'k', number));
             }
-            if let (Some(number), Ok(Ok(slots))) = (number, slots) {
-                for (i, bytes) in slots.iter().enumerate() {
-                    purged.runs += 1;
-                    // An unreadable run's index key, if any, leads nowhere and is skipped.
-                    if let Ok(Slot {
-                        run:
-                            Run {
-                                bod_id: Some(b), ..
-                            },
-                        ..
-                    }) = decode_slot(&k, bytes)
-                    {
-                        let slot = u16::try_from(i).unwrap_or(u16::MAX);
-                        batch.remove(&bod_key(&b, TrackAt(number, slot)));
-                    }
-                }
+            if let Ok(Ok(slots)) = slots {
+                purged.runs += slots.len();
             }
+            last = number.or(last);
             batch.remove(k);
             purged.groups += 1;
+        }
+        // Index blocks go with the last group they cover.
+        if let Some(last) = last {
+            for item in self.hub.scan_prefix([b'j']) {
+                let (k, v) = item?;
+                // An unreadable block goes once its first group has.
+                if block_last(&k, &v).unwrap_or(0) > last || group_of(&k).unwrap_or(0) > last {
+                    break;
+                }
+                batch.remove(k);
+            }
         }
         self.hub.apply_batch(batch)?;
         Ok(purged)
@@ -801,50 +982,145 @@ mod tests {
         tracks.into_iter().map(|t| t.message_id).collect()
     }
 
-    #[test]
-    fn runs_are_found_by_message_id_and_by_bod_id_newest_first() {
+    /// A temporary store whose BODID index blocks take `block` runs.
+    fn store_with_blocks(block: usize) -> Store {
         let store = Store::temporary().unwrap();
-        commit(
-            &store,
-            &[
-                ("m1", run(1_000, "B", "applied")),
-                ("m4", run(1_000, "other", "applied")),
-            ],
-        );
-        commit(&store, &[("m3", run(2_000, "B", "applied"))]);
-        commit(&store, &[("m2", run(3_000, "B", "applied"))]);
-        let t = store.tracked("m1").unwrap().unwrap();
-        assert_eq!(t.runs, vec![run(1_000, "B", "applied")]);
-        assert_eq!(
-            ids(store.tracked_by_bod_id("B", 10).unwrap()),
-            ["m2", "m3", "m1"]
-        );
-        assert_eq!(store.tracked_by_bod_id("B", 2).unwrap().len(), 2);
-        assert!(store.tracked_by_bod_id("", 10).unwrap().is_empty());
-        assert!(store.tracked("nope").unwrap().is_none());
-        assert_eq!(ids(store.lookup_tracked("m4", 10).unwrap()), ["m4"]);
-        // One group key per transaction, one index key per run.
-        assert_eq!(store.hub.scan_prefix([b't']).count(), 3);
-        assert_eq!(store.hub.scan_prefix([b'd']).count(), 4);
+        super::super::locked(&store.bod_index).block = block;
+        store
+    }
+
+    fn blocks(store: &Store) -> usize {
+        store.hub.scan_prefix([b'j']).count()
     }
 
     #[test]
-    fn index_keys_are_short_whatever_the_bod_id() {
-        let store = Store::temporary().unwrap();
+    fn runs_are_found_by_message_id_and_by_bod_id_newest_first() {
+        // All in the tail, all in blocks, and a mix of both.
+        for (block, written) in [(INDEX_BLOCK, 0), (1, 3), (2, 2), (3, 1)] {
+            let store = store_with_blocks(block);
+            commit(
+                &store,
+                &[
+                    ("m1", run(1_000, "B", "applied")),
+                    ("m4", run(1_000, "other", "applied")),
+                ],
+            );
+            commit(&store, &[("m3", run(2_000, "B", "applied"))]);
+            commit(&store, &[("m2", run(3_000, "B", "applied"))]);
+            let t = store.tracked("m1").unwrap().unwrap();
+            assert_eq!(t.runs, vec![run(1_000, "B", "applied")]);
+            assert_eq!(
+                ids(store.tracked_by_bod_id("B", 10).unwrap()),
+                ["m2", "m3", "m1"],
+                "blocks of {block}"
+            );
+            assert_eq!(store.tracked_by_bod_id("B", 2).unwrap().len(), 2);
+            assert!(store.tracked_by_bod_id("", 10).unwrap().is_empty());
+            assert!(store.tracked("nope").unwrap().is_none());
+            assert_eq!(ids(store.lookup_tracked("m4", 10).unwrap()), ["m4"]);
+            // One group key per transaction; a block when a commit fills the tail.
+            assert_eq!(store.hub.scan_prefix([b't']).count(), 3);
+            assert_eq!(blocks(&store), written, "blocks of {block}");
+        }
+    }
+
+    #[test]
+    fn index_entries_are_short_whatever_the_bod_id() {
+        let store = store_with_blocks(1);
         let long = format!(
             "infor-nid:ACME_PRD:3555::{}:?CustomerPartyMaster",
             "X".repeat(200)
         );
         commit(&store, &[("m1", run(1_000, &long, "applied"))]);
-        let keys: Vec<usize> = store
+        let sizes: Vec<usize> = store
             .hub
-            .scan_prefix([b'd'])
-            .keys()
-            .map(|k| k.unwrap().len())
+            .scan_prefix([b'j'])
+            .values()
+            .map(|v| v.unwrap().len())
             .collect();
-        assert_eq!(keys, [BOD_KEY]);
+        // Version and last group; the group's number and run count; slot and hash.
+        assert_eq!(sizes, [9 + 10 + 6]);
         assert_eq!(ids(store.tracked_by_bod_id(&long, 10).unwrap()), ["m1"]);
         assert!(store.tracked_by_bod_id(&long[1..], 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_block_reads_back_what_was_written_even_past_65535_runs_of_a_group() {
+        let mut entries: Vec<(TrackAt, u32)> = (0..=u16::MAX)
+            .map(|slot| (TrackAt(7, slot), u32::from(slot % 3)))
+            .collect();
+        entries.push((TrackAt(9, 0), 2));
+        let (k, v) = encode_block(&entries).unwrap();
+        assert_eq!(group_of(&k), Some(7));
+        assert_eq!(block_last(&k, &v).unwrap(), 9);
+        let found = block_matches(&k, &v, 2).unwrap();
+        assert_eq!(found.len(), 65_536 / 3 + 1);
+        assert_eq!(found.first(), Some(&TrackAt(7, 2)));
+        assert_eq!(found.last(), Some(&TrackAt(9, 0)));
+        assert!(block_matches(&k, &v[..v.len() - 1], 2).is_err());
+        assert!(block_matches(&k, &[2], 2).is_err());
+    }
+
+    #[test]
+    fn the_index_tail_is_rebuilt_from_the_groups_when_the_store_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            super::super::locked(&store.bod_index).block = 2;
+            for i in 0..5u64 {
+                commit(
+                    &store,
+                    &[(&format!("m{i}"), run(1_000 + i, "B", "applied"))],
+                );
+            }
+            assert_eq!(blocks(&store), 2);
+            // A crash after the groups of the newest block, before the block.
+            let newest = store.hub.scan_prefix([b'j']).keys().next_back().unwrap();
+            store.hub.remove(newest.unwrap()).unwrap();
+            store.flush().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(blocks(&store), 1);
+        assert_eq!(super::super::locked(&store.bod_index).tail.len(), 3);
+        assert_eq!(
+            ids(store.tracked_by_bod_id("B", 10).unwrap()),
+            ["m4", "m3", "m2", "m1", "m0"]
+        );
+    }
+
+    #[test]
+    fn a_store_indexed_a_key_per_run_gets_blocks_and_loses_the_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            for i in 0..(INDEX_BLOCK as u64 + 3) {
+                let id = format!("m{i}");
+                commit(
+                    &store,
+                    &[(&id, run(1_000 + i, &format!("B{}", i % 2), "applied"))],
+                );
+            }
+            // The store as an earlier version left it: a key per run, no blocks.
+            let old = [b'd'; 19];
+            store.hub.insert(old, &[] as &[u8]).unwrap();
+            for k in store.hub.scan_prefix([b'j']).keys() {
+                store.hub.remove(k.unwrap()).unwrap();
+            }
+            store
+                .hub
+                .remove(super::super::key(b's', &["meta", BOD_BLOCKS_META]))
+                .unwrap();
+            store.flush().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.hub.scan_prefix([b'd']).count(), 0);
+        assert_eq!(blocks(&store), 1);
+        assert_eq!(super::super::locked(&store.bod_index).tail.len(), 3);
+        let newest = format!("m{}", INDEX_BLOCK + 2);
+        let found = ids(store.tracked_by_bod_id("B0", INDEX_BLOCK).unwrap());
+        assert_eq!(found.len(), INDEX_BLOCK / 2 + 2);
+        assert_eq!(found[0], newest);
+        assert_eq!(found.last().map(String::as_str), Some("m0"));
     }
 
     #[test]
@@ -887,7 +1163,7 @@ mod tests {
 
     #[test]
     fn purge_removes_old_groups_with_their_index_and_confirms_in_chunks() {
-        let store = Store::temporary().unwrap();
+        let store = store_with_blocks(21);
         for i in 0..10u64 {
             commit(
                 &store,
@@ -910,9 +1186,38 @@ mod tests {
         assert!(store.tracked("old3a").unwrap().is_none());
         assert!(store.marker("old3a").unwrap().is_some(), "markers stay");
         assert_eq!(ids(store.tracked_by_bod_id("B", 100).unwrap()), ["young"]);
-        assert_eq!(store.hub.scan_prefix([b'd']).count(), 1);
+        // One block of all 21 runs: it covers the young group too, so it stays.
+        assert_eq!(blocks(&store), 1);
         assert_eq!(store.hub.scan_prefix([b'k']).count(), 0);
         assert_eq!(store.hub.scan_prefix([b't']).count(), 1);
+    }
+
+    #[test]
+    fn purge_removes_the_blocks_of_purged_groups_only() {
+        let store = store_with_blocks(2);
+        for i in 0..3u64 {
+            commit(
+                &store,
+                &[
+                    (format!("old{i}").as_str(), run(1_000 + i, "B", "applied")),
+                    (format!("old{i}x").as_str(), run(1_000 + i, "C", "applied")),
+                ],
+            );
+        }
+        commit(
+            &store,
+            &[
+                ("young", run(50_000, "B", "applied")),
+                ("young2", run(50_000, "B", "applied")),
+            ],
+        );
+        assert_eq!(blocks(&store), 4);
+        assert_eq!(store.purge_tracked(Millis(50_000), 100).unwrap().groups, 3);
+        assert_eq!(blocks(&store), 1);
+        assert_eq!(
+            ids(store.tracked_by_bod_id("B", 10).unwrap()),
+            ["young2", "young"]
+        );
     }
 
     /// One tracked run of `message_id` that pushes an outbox row per BODID in `pushed` and
