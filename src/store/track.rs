@@ -6,7 +6,7 @@
 //! | --- | --- | --- |
 //! | `t` | big-endian group number | the runs one transaction committed: a version byte, the big-endian ms of its first run, then LZ4 of the length-prefixed postcard slots (message id, [`Run`]) |
 //! | `k` | big-endian group number | publish confirms of that group's outputs: 12-byte records (slot, output, ms) |
-//! | `j` | big-endian number of the first group it covers | a BODID index block: the version, the last group it covers, then per group its number, its run count and (slot, 4 bytes of the run's BODID hash) per run with a BODID |
+//! | `j` | bucket (the top 4 bits of a BODID's hash), big-endian number of the first group it covers | a BODID index block: the version, the last group it covers, then per group its number, its run count and (slot, 4 bytes of the BODID's hash) per run of the bucket |
 //!
 //! The commit path writes one key per transaction, the group: sled's cost is per key, and a
 //! key per run would double what tracking costs (the outbox groups its rows the same way).
@@ -15,21 +15,21 @@
 //! several times over. Group numbers come from sled's persistent ID generator: increasing, in
 //! commit order.
 //!
-//! The BODID index is written in blocks of [`INDEX_BLOCK`] runs, not a key per run: a key
-//! per run, at a random place in the tree (a hash), was a leaf rewrite per message and about a
-//! quarter of the tree's nodes (benches/README.md). The runs committed since the newest block
-//! (the *tail*) are held in memory ([`BodIndex`]); a commit that fills the tail writes it as a
-//! block, after the groups it covers, and opening the store rebuilds the tail from the groups
-//! after the newest block — the groups are the truth, so a crash between the two loses
-//! nothing. A lookup checks the run's BODID, so a collision of the 4-byte hashes costs a read,
-//! never a wrong answer.
+//! The BODID index is written [`INDEX_BLOCK`] runs at a time, as one block per bucket, not a
+//! key per run: a key per run, at a random place in the tree (a hash), was a leaf rewrite per
+//! message (benches/README.md has what it cost). The runs committed since the newest blocks
+//! (the *tail*) are held in memory ([`BodIndex`]); a commit that fills the tail writes it as
+//! blocks, in one batch after the groups they cover, and opening the store rebuilds the tail
+//! from the groups after the newest blocks — the groups are the truth, so a crash between the
+//! two loses nothing. A lookup checks the run's BODID, so a collision of the 4-byte hashes
+//! costs a read, never a wrong answer.
 //!
 //! The message id's marker lists where its runs are ([`TrackAt`] in
 //! [`Marker::tracked`](super::Marker)), so a lookup by message id is a marker read plus a
-//! group read per run. A lookup by BODID goes through the tail and the blocks newest first
-//! (6 bytes a tracked run: 6 MB for a million) and reads the runs whose hash matches until it
-//! has enough. BODIDs are not unique (LN and CSI reuse one per record), hence an index rather
-//! than a key.
+//! group read per run. A lookup by BODID goes through the tail and its bucket's blocks newest
+//! first (a sixteenth of the index: 6 bytes a run, plus 10 a group that has runs in the
+//! bucket) and reads the runs whose hash matches until it has enough. BODIDs are not unique
+//! (LN and CSI reuse one per record), hence an index rather than a key.
 //!
 //! A message id that comes back (a redelivery found duplicate, a released parked document, a
 //! replayed dead letter) gets a new run in its commit's group and its marker lists it too; at
@@ -276,8 +276,12 @@ fn group_key(prefix: u8, number: u64) -> [u8; 9] {
     k
 }
 
-/// Runs a BODID index block holds (about 25 KB).
+/// Runs the BODID index takes into blocks at a time: the tail in memory holds fewer.
 pub const INDEX_BLOCK: usize = 4_096;
+
+/// The index is split by the top 4 bits of the BODID's hash into this many buckets, each
+/// with its own blocks: a lookup reads one of them.
+const BUCKETS: u8 = 16;
 
 /// First byte of every BODID index block.
 const INDEX_VERSION: u8 = 1;
@@ -293,12 +297,30 @@ fn bod_hash(bod_id: &str) -> u32 {
     ])
 }
 
-/// The BODID index of the runs committed since the newest block, in commit order (see the
+/// The bucket of a hash: its top 4 bits.
+fn bucket(hash: u32) -> u8 {
+    (hash >> 28) as u8
+}
+
+/// `j`, the bucket, the big-endian number of the first group the block covers.
+fn block_key(bucket: u8, first: u64) -> [u8; 10] {
+    let mut k = [b'j'; 10];
+    k[1] = bucket;
+    k[2..].copy_from_slice(&first.to_be_bytes());
+    k
+}
+
+/// The first group a block covers, from its key.
+fn block_first(k: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(k.get(2..10)?.try_into().ok()?))
+}
+
+/// The BODID index of the runs committed since the newest blocks, in commit order (see the
 /// module documentation).
 #[derive(Debug)]
 pub(super) struct BodIndex {
     tail: Vec<(TrackAt, u32)>,
-    /// Runs a block takes: [`INDEX_BLOCK`], fewer in tests.
+    /// Runs the tail holds before it is written: [`INDEX_BLOCK`], fewer in tests.
     block: usize,
 }
 
@@ -311,25 +333,38 @@ impl BodIndex {
     }
 }
 
-/// A block of index entries (in commit order) as stored under its `j` key.
-fn encode_block(entries: &[(TrackAt, u32)]) -> Option<(Vec<u8>, Vec<u8>)> {
-    let (first, last) = (entries.first()?.0 .0, entries.last()?.0 .0);
-    let mut out = Vec::with_capacity(9 + entries.len() * 7);
-    out.push(INDEX_VERSION);
-    out.extend_from_slice(&last.to_be_bytes());
-    // A group's runs under one head (a group of 65,536 runs takes two).
-    for runs in entries
-        .chunk_by(|a, b| a.0 .0 == b.0 .0)
-        .flat_map(|g| g.chunks(usize::from(u16::MAX)))
-    {
-        out.extend_from_slice(&runs[0].0 .0.to_be_bytes());
-        out.extend_from_slice(&slot_index(runs.len()).to_be_bytes());
-        for (at, hash) in runs {
-            out.extend_from_slice(&at.1.to_be_bytes());
-            out.extend_from_slice(&hash.to_be_bytes());
-        }
-    }
-    Some((group_key(b'j', first).to_vec(), out))
+/// The blocks of index entries (in commit order), one per bucket that has any, as stored
+/// under their `j` keys: each covers the entries' first group to their last, so the newest
+/// blocks of all buckets say together how far the index goes.
+fn encode_blocks(entries: &[(TrackAt, u32)]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+        return Vec::new();
+    };
+    let (first, last) = (first.0 .0, last.0 .0);
+    let mut sorted = entries.to_vec();
+    // Stable: commit order within a bucket.
+    sorted.sort_by_key(|(_, hash)| bucket(*hash));
+    sorted
+        .chunk_by(|a, b| bucket(a.1) == bucket(b.1))
+        .map(|entries| {
+            let mut v = Vec::with_capacity(9 + entries.len() * 8);
+            v.push(INDEX_VERSION);
+            v.extend_from_slice(&last.to_be_bytes());
+            // A group's runs under one head (a group of 65,536 runs takes two).
+            for runs in entries
+                .chunk_by(|a, b| a.0 .0 == b.0 .0)
+                .flat_map(|g| g.chunks(usize::from(u16::MAX)))
+            {
+                v.extend_from_slice(&runs[0].0 .0.to_be_bytes());
+                v.extend_from_slice(&slot_index(runs.len()).to_be_bytes());
+                for (at, hash) in runs {
+                    v.extend_from_slice(&at.1.to_be_bytes());
+                    v.extend_from_slice(&hash.to_be_bytes());
+                }
+            }
+            (block_key(bucket(entries[0].1), first).to_vec(), v)
+        })
+        .collect()
 }
 
 /// The last group a block covers, from its header.
@@ -373,21 +408,29 @@ fn block_matches(k: &[u8], v: &[u8], hash: u32) -> Result<Vec<TrackAt>, StoreErr
 const BOD_BLOCKS_META: &str = "index.bodid-blocks";
 
 /// The BODID index as the store holds it: the tail rebuilt from the groups after the newest
-/// block, written as blocks while it fills them (a store whose runs were indexed a key per run
-/// gets its blocks so at its first open, and then loses those keys).
+/// blocks, written as blocks while it fills them. A store whose runs were indexed a key per
+/// run gets its blocks so at its first open (every retained run is read once), and then loses
+/// those keys. A damaged newest block is removed (its runs can still be found by message id).
 pub(super) fn load_bod_index(hub: &sled::Tree, block: usize) -> Result<BodIndex, StoreError> {
     let mut index = BodIndex::new(block);
-    let from = match hub.scan_prefix([b'j']).next_back() {
-        None => 0,
-        Some(item) => {
-            let (k, v) = item?;
-            block_last(&k, &v).map(|last| last + 1).unwrap_or_else(|e| {
-                // Its runs are indexed again, in a block under the same key.
-                tracing::warn!(error = %e, "The newest BODID index block is rebuilt");
-                group_of(&k).unwrap_or(0)
-            })
+    let upgrade = !hub.contains_key(super::key(b's', &["meta", BOD_BLOCKS_META]))?;
+    let mut from = 0;
+    for bucket in 0..BUCKETS {
+        let Some(item) = hub.scan_prefix([b'j', bucket]).next_back() else {
+            continue;
+        };
+        let (k, v) = item?;
+        match block_matches(&k, &v, 0).and_then(|_| block_last(&k, &v)) {
+            Ok(last) => from = from.max(last.saturating_add(1)),
+            Err(e) => {
+                tracing::warn!(error = %e, "A damaged BODID index block is removed");
+                hub.remove(k)?;
+            }
         }
-    };
+    }
+    if upgrade && hub.scan_prefix([b'd']).next().is_some() {
+        tracing::info!("Indexing the tracked runs by BODID in blocks (once, after an upgrade)");
+    }
     for item in hub.range(group_key(b't', from).to_vec()..vec![b't' + 1]) {
         let (k, v) = item?;
         let Some(number) = group_of(&k) else {
@@ -413,7 +456,7 @@ pub(super) fn load_bod_index(hub: &sled::Tree, block: usize) -> Result<BodIndex,
             Err(e) => tracing::warn!(error = %e, "A tracking group left out of the BODID index"),
         }
         if index.tail.len() >= index.block {
-            write_block(hub, &mut index)?;
+            write_blocks(hub, &mut index)?;
         }
     }
     let removed = super::migrate_once(hub, BOD_BLOCKS_META, b"d", |k, _, batch| {
@@ -426,11 +469,13 @@ pub(super) fn load_bod_index(hub: &sled::Tree, block: usize) -> Result<BodIndex,
     Ok(index)
 }
 
-/// Writes the index's tail as a block and empties it.
-fn write_block(hub: &sled::Tree, index: &mut BodIndex) -> Result<(), StoreError> {
-    if let Some((k, v)) = encode_block(&index.tail) {
-        hub.insert(k, v)?;
+/// Writes the index's tail as blocks, in one batch, and empties it.
+fn write_blocks(hub: &sled::Tree, index: &mut BodIndex) -> Result<(), StoreError> {
+    let mut batch = sled::Batch::default();
+    for (k, v) in encode_blocks(&index.tail) {
+        batch.insert(k, v);
     }
+    hub.apply_batch(batch)?;
     index.tail.clear();
     Ok(())
 }
@@ -709,8 +754,8 @@ impl Store {
         let mut index = super::locked(&self.bod_index);
         index.tail.extend(runs);
         if index.tail.len() >= index.block {
-            if let Err(e) = write_block(&self.hub, &mut index) {
-                tracing::warn!(error = %e, "Cannot write a BODID index block; it is tried again");
+            if let Err(e) = write_blocks(&self.hub, &mut index) {
+                tracing::warn!(error = %e, "Cannot write BODID index blocks; they are tried again");
             }
         }
     }
@@ -719,7 +764,9 @@ impl Store {
     pub fn tracked_by_bod_id(&self, bod_id: &str, limit: usize) -> Result<Vec<Track>, StoreError> {
         let hash = bod_hash(bod_id);
         // The tail before the blocks: a run that moves into a block meanwhile is seen twice
-        // (and counted once), never missed.
+        // (and counted once), never missed; a commit running meanwhile may list a newer run
+        // after older ones. A run is indexed just after its batch is applied: a lookup at that
+        // moment finds it by message id only.
         let tail: Vec<TrackAt> = super::locked(&self.bod_index)
             .tail
             .iter()
@@ -746,7 +793,7 @@ impl Store {
             }
         }
         if more {
-            'blocks: for item in self.hub.scan_prefix([b'j']).rev() {
+            'blocks: for item in self.hub.scan_prefix([b'j', bucket(hash)]).rev() {
                 let (k, v) = item?;
                 let found = block_matches(&k, &v, hash).unwrap_or_else(|e| {
                     tracing::warn!(error = %e, "A BODID index block is skipped");
@@ -770,6 +817,9 @@ impl Store {
     /// the BODID's messages newest first, at most `limit` in all.
     pub fn lookup_tracked(&self, id: &str, limit: usize) -> Result<Vec<Track>, StoreError> {
         let mut out: Vec<Track> = self.tracked(id)?.into_iter().collect();
+        if out.len() >= limit {
+            return Ok(out);
+        }
         for t in self.tracked_by_bod_id(id, limit)? {
             if out.len() >= limit {
                 break;
@@ -813,13 +863,16 @@ impl Store {
         }
         // Index blocks go with the last group they cover.
         if let Some(last) = last {
-            for item in self.hub.scan_prefix([b'j']) {
-                let (k, v) = item?;
-                // An unreadable block goes once its first group has.
-                if block_last(&k, &v).unwrap_or(0) > last || group_of(&k).unwrap_or(0) > last {
-                    break;
+            for bucket in 0..BUCKETS {
+                for item in self.hub.scan_prefix([b'j', bucket]) {
+                    let (k, v) = item?;
+                    // An unreadable block goes once its first group has.
+                    let first = block_first(&k).unwrap_or(0);
+                    if block_last(&k, &v).unwrap_or(0) > last || first > last {
+                        break;
+                    }
+                    batch.remove(k);
                 }
-                batch.remove(k);
             }
         }
         self.hub.apply_batch(batch)?;
@@ -989,8 +1042,15 @@ mod tests {
         store
     }
 
+    /// How many times the index's tail was written as blocks: distinct first groups.
     fn blocks(store: &Store) -> usize {
-        store.hub.scan_prefix([b'j']).count()
+        let firsts: std::collections::BTreeSet<u64> = store
+            .hub
+            .scan_prefix([b'j'])
+            .keys()
+            .map(|k| block_first(&k.unwrap()).unwrap())
+            .collect();
+        firsts.len()
     }
 
     #[test]
@@ -1050,15 +1110,40 @@ mod tests {
             .map(|slot| (TrackAt(7, slot), u32::from(slot % 3)))
             .collect();
         entries.push((TrackAt(9, 0), 2));
-        let (k, v) = encode_block(&entries).unwrap();
-        assert_eq!(group_of(&k), Some(7));
-        assert_eq!(block_last(&k, &v).unwrap(), 9);
-        let found = block_matches(&k, &v, 2).unwrap();
+        let blocks = encode_blocks(&entries);
+        assert_eq!(blocks.len(), 1, "all in bucket 0");
+        let (k, v) = &blocks[0];
+        assert_eq!(block_first(k), Some(7));
+        assert_eq!(block_last(k, v).unwrap(), 9);
+        let found = block_matches(k, v, 2).unwrap();
         assert_eq!(found.len(), 65_536 / 3 + 1);
         assert_eq!(found.first(), Some(&TrackAt(7, 2)));
         assert_eq!(found.last(), Some(&TrackAt(9, 0)));
-        assert!(block_matches(&k, &v[..v.len() - 1], 2).is_err());
-        assert!(block_matches(&k, &[2], 2).is_err());
+        assert!(block_matches(k, &v[..v.len() - 1], 2).is_err());
+        assert!(block_matches(k, &[2], 2).is_err());
+    }
+
+    #[test]
+    fn blocks_are_split_by_bucket_and_cover_the_same_groups() {
+        let entries = [
+            (TrackAt(3, 0), 0xf000_0001),
+            (TrackAt(3, 1), 0x1000_0001),
+            (TrackAt(4, 0), 0xf000_0002),
+            (TrackAt(5, 0), 0xf000_0001),
+        ];
+        let blocks = encode_blocks(&entries);
+        let keys: Vec<(u8, Option<u64>)> =
+            blocks.iter().map(|(k, _)| (k[1], block_first(k))).collect();
+        assert_eq!(keys, [(1, Some(3)), (15, Some(3))]);
+        for (k, v) in &blocks {
+            assert_eq!(block_last(k, v).unwrap(), 5);
+        }
+        let (k, v) = &blocks[1];
+        assert_eq!(
+            block_matches(k, v, 0xf000_0001).unwrap(),
+            [TrackAt(3, 0), TrackAt(5, 0)]
+        );
+        assert!(block_matches(k, v, 0x1000_0001).unwrap().is_empty());
     }
 
     #[test]
@@ -1074,9 +1159,20 @@ mod tests {
                 );
             }
             assert_eq!(blocks(&store), 2);
-            // A crash after the groups of the newest block, before the block.
-            let newest = store.hub.scan_prefix([b'j']).keys().next_back().unwrap();
-            store.hub.remove(newest.unwrap()).unwrap();
+            // A crash after the groups of the newest blocks, before the blocks.
+            let newest = store
+                .hub
+                .scan_prefix([b'j'])
+                .keys()
+                .map(|k| block_first(&k.unwrap()).unwrap())
+                .max()
+                .unwrap();
+            for k in store.hub.scan_prefix([b'j']).keys() {
+                let k = k.unwrap();
+                if block_first(&k) == Some(newest) {
+                    store.hub.remove(k).unwrap();
+                }
+            }
             store.flush().unwrap();
         }
         let store = Store::open(dir.path()).unwrap();
@@ -1086,6 +1182,31 @@ mod tests {
             ids(store.tracked_by_bod_id("B", 10).unwrap()),
             ["m4", "m3", "m2", "m1", "m0"]
         );
+    }
+
+    #[test]
+    fn a_damaged_newest_block_is_removed_and_its_runs_indexed_again_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            super::super::locked(&store.bod_index).block = 1;
+            commit(&store, &[("m1", run(1_000, "B1", "applied"))]);
+            commit(&store, &[("m2", run(2_000, "B2", "applied"))]);
+            let newest = store.hub.scan_prefix([b'j']).keys().map(|k| k.unwrap());
+            let newest = newest.max_by_key(|k| block_first(k)).unwrap();
+            // A header that reads, entries that do not.
+            let v = store.hub.get(&newest).unwrap().unwrap();
+            let damaged = [&v[..9], &[0, 0, 0][..]].concat();
+            store.hub.insert(newest, damaged).unwrap();
+            store.flush().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        for item in store.hub.scan_prefix([b'j']) {
+            let (k, v) = item.unwrap();
+            block_matches(&k, &v, 0).unwrap();
+        }
+        assert_eq!(ids(store.tracked_by_bod_id("B2", 10).unwrap()), ["m2"]);
+        assert_eq!(ids(store.tracked_by_bod_id("B1", 10).unwrap()), ["m1"]);
     }
 
     #[test]
