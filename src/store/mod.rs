@@ -1909,7 +1909,7 @@ mod tests {
 
     /// Opens a store that was just dropped: sled's own background threads may hold its file
     /// (and lock) a moment longer (seen in CI, whatever bodflow's threads do).
-    fn reopen(dir: &Path) -> Store {
+    pub(super) fn reopen(dir: &Path) -> Store {
         let started = std::time::Instant::now();
         loop {
             match Store::open(dir) {

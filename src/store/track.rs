@@ -276,7 +276,8 @@ fn group_key(prefix: u8, number: u64) -> [u8; 9] {
     k
 }
 
-/// Runs the BODID index takes into blocks at a time: the tail in memory holds fewer.
+/// Runs the BODID index writes as blocks at a time: the commit that brings the tail in memory
+/// to this many or more writes it.
 pub const INDEX_BLOCK: usize = 4_096;
 
 /// The index is split by the top 4 bits of the BODID's hash into this many buckets, each
@@ -384,14 +385,22 @@ fn block_last(k: &[u8], v: &[u8]) -> Result<u64, StoreError> {
 }
 
 /// The places in a block whose hash is `hash`, in commit order.
+/// A block whose groups are not all within the ones its key and header say it covers is
+/// damaged.
 fn block_matches(k: &[u8], v: &[u8], hash: u32) -> Result<Vec<TrackAt>, StoreError> {
-    block_last(k, v)?;
+    let covered = block_first(k).unwrap_or(u64::MAX)..=block_last(k, v)?;
     let truncated = || corrupt(k, "truncated BODID index block".into());
     let mut found = Vec::new();
     let mut rest = v.get(9..).unwrap_or_default();
     while !rest.is_empty() {
         let head = rest.get(..10).ok_or_else(truncated)?;
         let group = u64::from_be_bytes(head[..8].try_into().map_err(|_| truncated())?);
+        if !covered.contains(&group) {
+            return Err(corrupt(
+                k,
+                format!("BODID index block lists group {group} outside {covered:?}"),
+            ));
+        }
         let count = usize::from(u16::from_be_bytes([head[8], head[9]]));
         let runs = rest.get(10..10 + count * 6).ok_or_else(truncated)?;
         for e in runs.chunks_exact(6) {
@@ -410,11 +419,12 @@ const BOD_BLOCKS_META: &str = "index.bodid-blocks";
 /// The BODID index as the store holds it: the tail rebuilt from the groups after the newest
 /// blocks, written as blocks while it fills them. A store whose runs were indexed a key per
 /// run gets its blocks so at its first open (every retained run is read once), and then loses
-/// those keys. A damaged newest block is removed (its runs can still be found by message id).
+/// those keys. A damaged newest block is removed and the runs of its write indexed again
+/// (under the same keys: a lookup counts a run found twice once).
 pub(super) fn load_bod_index(hub: &sled::Tree, block: usize) -> Result<BodIndex, StoreError> {
     let mut index = BodIndex::new(block);
     let upgrade = !hub.contains_key(super::key(b's', &["meta", BOD_BLOCKS_META]))?;
-    let mut from = 0;
+    let (mut from, mut damaged) = (0, u64::MAX);
     for bucket in 0..BUCKETS {
         let Some(item) = hub.scan_prefix([b'j', bucket]).next_back() else {
             continue;
@@ -423,11 +433,13 @@ pub(super) fn load_bod_index(hub: &sled::Tree, block: usize) -> Result<BodIndex,
         match block_matches(&k, &v, 0).and_then(|_| block_last(&k, &v)) {
             Ok(last) => from = from.max(last.saturating_add(1)),
             Err(e) => {
-                tracing::warn!(error = %e, "A damaged BODID index block is removed");
+                tracing::warn!(error = %e, "A damaged BODID index block is indexed again");
+                damaged = damaged.min(block_first(&k).unwrap_or(0));
                 hub.remove(k)?;
             }
         }
     }
+    let from = from.min(damaged);
     if upgrade && hub.scan_prefix([b'd']).next().is_some() {
         tracing::info!("Indexing the tracked runs by BODID in blocks (once, after an upgrade)");
     }
@@ -745,8 +757,8 @@ impl Store {
 
     /// Adds the runs of a transaction just applied to the BODID index; writes a block when the
     /// tail is full. Called under the writer lock, so blocks follow the commits they cover. A
-    /// block that cannot be written stays in the tail (tried again at the next commit; the
-    /// groups are the truth, and the next open rebuilds it).
+    /// block that cannot be written stays in the tail (tried again at the next commit that
+    /// tracks a run with a BODID; the groups are the truth, and the next open rebuilds it).
     pub(super) fn index_bod_ids(&self, runs: Vec<(TrackAt, u32)>) {
         if runs.is_empty() {
             return;
@@ -1175,7 +1187,7 @@ mod tests {
             }
             store.flush().unwrap();
         }
-        let store = Store::open(dir.path()).unwrap();
+        let store = crate::store::tests::reopen(dir.path());
         assert_eq!(blocks(&store), 1);
         assert_eq!(super::super::locked(&store.bod_index).tail.len(), 3);
         assert_eq!(
@@ -1187,25 +1199,38 @@ mod tests {
     #[test]
     fn a_damaged_newest_block_is_removed_and_its_runs_indexed_again_at_open() {
         let dir = tempfile::tempdir().unwrap();
-        {
+        let other = {
             let store = Store::open(dir.path()).unwrap();
             super::super::locked(&store.bod_index).block = 1;
             commit(&store, &[("m1", run(1_000, "B1", "applied"))]);
-            commit(&store, &[("m2", run(2_000, "B2", "applied"))]);
-            let newest = store.hub.scan_prefix([b'j']).keys().map(|k| k.unwrap());
-            let newest = newest.max_by_key(|k| block_first(k)).unwrap();
+            // One write across two buckets.
+            let other = (0..)
+                .map(|i| format!("C{i}"))
+                .find(|c| bucket(bod_hash(c)) != bucket(bod_hash("B2")))
+                .unwrap();
+            commit(
+                &store,
+                &[
+                    ("m2", run(2_000, "B2", "applied")),
+                    ("m3", run(2_000, &other, "applied")),
+                ],
+            );
+            let group = store.marker("m2").unwrap().unwrap().tracked[0].0;
+            let newest = block_key(bucket(bod_hash("B2")), group);
             // A header that reads, entries that do not.
-            let v = store.hub.get(&newest).unwrap().unwrap();
+            let v = store.hub.get(newest).unwrap().unwrap();
             let damaged = [&v[..9], &[0, 0, 0][..]].concat();
             store.hub.insert(newest, damaged).unwrap();
             store.flush().unwrap();
-        }
-        let store = Store::open(dir.path()).unwrap();
+            other
+        };
+        let store = crate::store::tests::reopen(dir.path());
         for item in store.hub.scan_prefix([b'j']) {
             let (k, v) = item.unwrap();
             block_matches(&k, &v, 0).unwrap();
         }
         assert_eq!(ids(store.tracked_by_bod_id("B2", 10).unwrap()), ["m2"]);
+        assert_eq!(ids(store.tracked_by_bod_id(&other, 10).unwrap()), ["m3"]);
         assert_eq!(ids(store.tracked_by_bod_id("B1", 10).unwrap()), ["m1"]);
     }
 
@@ -1233,7 +1258,7 @@ mod tests {
                 .unwrap();
             store.flush().unwrap();
         }
-        let store = Store::open(dir.path()).unwrap();
+        let store = crate::store::tests::reopen(dir.path());
         assert_eq!(store.hub.scan_prefix([b'd']).count(), 0);
         assert_eq!(blocks(&store), 1);
         assert_eq!(super::super::locked(&store.bod_index).tail.len(), 3);
