@@ -321,6 +321,23 @@ async fn an_outbound_message_no_queue_takes_is_dead_lettered_and_replayed_to_its
         .await;
     }
     sender.close().await.unwrap();
+    // Each message's timeline says where its ConfirmBOD went (noted once confirmed).
+    for id in ["stranger-gone", "crm-unbound"] {
+        let dead_lettered = || {
+            let track = store.tracked(id).unwrap().unwrap();
+            let run = track.runs.last().unwrap().clone();
+            run.outputs
+                .iter()
+                .find(|o| o.kind == "ConfirmBOD")
+                .map(|o| (o.confirmed_at, o.dead_lettered_at.is_some()))
+        };
+        wait_for(
+            "the timeline noting the dead-lettered output",
+            Duration::from_secs(10),
+            async || dead_lettered() == Some((None, true)),
+        )
+        .await;
+    }
     let listed = list(&vhost);
     let outbound: Vec<&serde_json::Value> =
         listed.iter().filter(|m| m["stage"] == "publish").collect();

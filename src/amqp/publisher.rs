@@ -477,7 +477,7 @@ impl Publisher {
         let mut done = Vec::with_capacity(judged.len());
         let track = self.pipeline.config.tracking.enabled;
         // (message id, BODID, confirm time, place) of the confirmed rows, for their timelines.
-        let mut confirms: Vec<(String, String, Millis, Option<OutputAt>)> = Vec::new();
+        let mut confirms: Vec<TrackedConfirm> = Vec::new();
         let mut failed = 0;
         for (row, verdict) in judged {
             match verdict {
@@ -497,8 +497,24 @@ impl Publisher {
                             code,
                             message_id: Some(message_id),
                         });
+                        // An output no queue took: its timeline says where it went.
+                        if track && stage == UNROUTABLE_STAGE {
+                            confirms.push(TrackedConfirm {
+                                message_id: row.correlation_id,
+                                bod_id: row.bod_id,
+                                at: Millis::now(),
+                                output: row.tracked,
+                                dead_lettered: true,
+                            });
+                        }
                     } else if track {
-                        confirms.push((row.correlation_id, row.bod_id, Millis::now(), row.tracked));
+                        confirms.push(TrackedConfirm {
+                            message_id: row.correlation_id,
+                            bod_id: row.bod_id,
+                            at: Millis::now(),
+                            output: row.tracked,
+                            dead_lettered: false,
+                        });
                     }
                 }
                 Err(e @ (Error::Nacked(_) | Error::Returned(_) | Error::NotConfirmed)) => {
@@ -717,22 +733,30 @@ fn until_due(progress: &Progress) -> Option<Duration> {
     Some(first.saturating_duration_since(std::time::Instant::now()))
 }
 
+/// A broker confirm of an outbox row that is a tracked output (or its dead letter), kept until
+/// the round's rows are removed.
+struct TrackedConfirm {
+    message_id: String,
+    bod_id: String,
+    at: Millis,
+    output: Option<OutputAt>,
+    dead_lettered: bool,
+}
+
 /// Notes publish confirm times in the messages' timelines; a failure only costs the timeline
 /// its confirm times (the rows are published and removed either way).
-fn track_confirms(
-    store: &crate::store::Store,
-    confirms: &[(String, String, Millis, Option<OutputAt>)],
-) {
+fn track_confirms(store: &crate::store::Store, confirms: &[TrackedConfirm]) {
     if confirms.is_empty() {
         return;
     }
     let confirms: Vec<Confirmed<'_>> = confirms
         .iter()
-        .map(|(message_id, bod_id, at, output)| Confirmed {
-            message_id,
-            bod_id,
-            at: *at,
-            output: *output,
+        .map(|c| Confirmed {
+            message_id: &c.message_id,
+            bod_id: &c.bod_id,
+            at: c.at,
+            output: c.output,
+            dead_lettered: c.dead_lettered,
         })
         .collect();
     match store.track_confirms(&confirms) {

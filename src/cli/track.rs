@@ -189,13 +189,18 @@ fn write_run(out: &mut impl Write, run: &Run<'_>) -> std::io::Result<()> {
     }
     writeln!(out, "    {:<9} {outcome}", "outcome")?;
     for o in &run.outputs {
-        let confirmed = match o.confirmed_at {
-            Some(at) => format!("confirmed {}{}", at.rfc3339(), after(run.received_at, at)),
+        let confirmed = match (o.confirmed_at, o.dead_lettered_at) {
+            (Some(at), _) => format!("confirmed {}{}", at.rfc3339(), after(run.received_at, at)),
+            (None, Some(at)) => format!(
+                "no queue took it: dead-lettered {}{} (`bodflow dlq list --code unroutable`)",
+                at.rfc3339(),
+                after(run.received_at, at)
+            ),
             // `replay` writes its outputs to files (or nowhere); only the service publishes.
-            None if run.trigger == Trigger::Received && run.source != "amqp" => {
+            (None, None) if run.trigger == Trigger::Received && run.source != "amqp" => {
                 "not published (offline replay)".into()
             }
-            None => "not confirmed by the broker (yet)".into(),
+            (None, None) => "not confirmed by the broker (yet)".into(),
         };
         writeln!(
             out,
@@ -245,6 +250,7 @@ mod tests {
                 to: "lid://infor.crm.crm01".into(),
                 bod_id: "bodflow:abc:1".into(),
                 confirmed_at: Some(Millis(1_714_564_800_042)),
+                dead_lettered_at: None,
             }],
         }
     }

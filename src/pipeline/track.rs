@@ -133,6 +133,7 @@ fn run<'a>(ctx: &'a Context, report: &'a Report) -> Run<'a> {
                 to: Cow::Borrowed(&o.to),
                 bod_id: Cow::Borrowed(&o.bod_id),
                 confirmed_at: None,
+                dead_lettered_at: None,
             })
             .collect(),
     }

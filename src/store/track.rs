@@ -206,7 +206,8 @@ pub struct TrackedPark<'a> {
     pub seq: u64,
 }
 
-/// An emitted document and, once the broker confirmed its publish, when.
+/// An emitted document and, once the broker confirmed its publish, when; or, when no queue
+/// took it and it went to `bodflow.dead` instead (`unroutable`), when that was confirmed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TrackedOutput<'a> {
     pub kind: Text<'a>,
@@ -214,6 +215,47 @@ pub struct TrackedOutput<'a> {
     pub to: Text<'a>,
     pub bod_id: Text<'a>,
     pub confirmed_at: Option<Millis>,
+    /// Known only from the group's confirm records, never stored in the run: in JSON when set,
+    /// nothing at all in the store's encoding (runs written before it read as they are).
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "read_only")]
+    pub dead_lettered_at: Option<Millis>,
+}
+
+/// A field that exists in human-readable forms (JSON) only: the store's binary encoding
+/// writes and reads it as nothing (a unit, zero bytes in postcard).
+mod read_only {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<T: Serialize, S: Serializer>(v: &Option<T>, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            v.serialize(s)
+        } else {
+            s.serialize_unit()
+        }
+    }
+
+    pub fn deserialize<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<T>, D::Error> {
+        if d.is_human_readable() {
+            Option::<T>::deserialize(d)
+        } else {
+            <()>::deserialize(d).map(|()| None)
+        }
+    }
+}
+
+/// The flag on a confirm record's output index: the output went to `bodflow.dead`.
+const DEAD_LETTERED: u16 = 0x8000;
+
+/// A confirm record's output field: the output's index, flagged when dead-lettered (`None`
+/// for an index the flag would hide; no run has 32,768 outputs).
+fn record_output(index: u16, dead_lettered: bool) -> Option<u16> {
+    (index < DEAD_LETTERED).then_some(if dead_lettered {
+        index | DEAD_LETTERED
+    } else {
+        index
+    })
 }
 
 /// A broker confirm of an output, as the publisher saw it.
@@ -226,6 +268,8 @@ pub struct Confirmed<'a> {
     /// Where the output is, when its outbox row says ([`OutputAt`]); else it is looked up
     /// through the message's marker.
     pub output: Option<OutputAt>,
+    /// The confirm is of the output's copy in `bodflow.dead` (no queue took it).
+    pub dead_lettered: bool,
 }
 
 #[cfg(test)]
@@ -237,6 +281,7 @@ impl<'a> Confirmed<'a> {
             bod_id,
             at: Millis(at),
             output: None,
+            dead_lettered: false,
         }
     }
 }
@@ -726,9 +771,15 @@ impl Store {
         }
         if let Some(confirmed) = self.hub.get(group_key(b'k', at.0))? {
             for (slot, output, ms) in decode_confirms(&confirmed) {
-                if slot == at.1 {
-                    if let Some(o) = run.outputs.get_mut(usize::from(output)) {
+                if slot != at.1 {
+                    continue;
+                }
+                let index = usize::from(output & !DEAD_LETTERED);
+                if let Some(o) = run.outputs.get_mut(index) {
+                    if output & DEAD_LETTERED == 0 {
                         o.confirmed_at.get_or_insert(ms);
+                    } else {
+                        o.dead_lettered_at.get_or_insert(ms);
                     }
                 }
             }
@@ -911,10 +962,12 @@ impl Store {
         for c in confirms {
             match c.output {
                 Some(OutputAt(group, slot, output)) => {
-                    by_group
-                        .entry(group)
-                        .or_default()
-                        .push((slot, output, c.at));
+                    if let Some(output) = record_output(output, c.dead_lettered) {
+                        by_group
+                            .entry(group)
+                            .or_default()
+                            .push((slot, output, c.at));
+                    }
                 }
                 None => by_message.entry(c.message_id).or_default().push(c),
             }
@@ -949,7 +1002,9 @@ impl Store {
                         match run.outputs.iter().position(|o| o.bod_id == c.bod_id) {
                             Some(i) => {
                                 let output = u16::try_from(i).unwrap_or(u16::MAX);
-                                by_group.entry(at.0).or_default().push((at.1, output, c.at));
+                                if let Some(output) = record_output(output, c.dead_lettered) {
+                                    by_group.entry(at.0).or_default().push((at.1, output, c.at));
+                                }
                                 false
                             }
                             None => true,
@@ -1013,6 +1068,7 @@ mod tests {
                 to: "lid://b".into(),
                 bod_id: format!("out-{at}").into(),
                 confirmed_at: None,
+                dead_lettered_at: None,
             }],
         }
     }
@@ -1094,6 +1150,21 @@ mod tests {
             assert_eq!(store.hub.scan_prefix([b't']).count(), 3);
             assert_eq!(blocks(&store), written, "blocks of {block}");
         }
+    }
+
+    #[test]
+    fn the_dead_lettered_time_is_not_part_of_a_stored_run() {
+        let mut r = run(1_000, "B", "applied");
+        let stored = postcard::to_allocvec(&r).unwrap();
+        r.outputs[0].dead_lettered_at = Some(Millis(5));
+        assert_eq!(postcard::to_allocvec(&r).unwrap(), stored);
+        let read: Run<'static> = postcard::from_bytes(&stored).unwrap();
+        assert_eq!(read.outputs[0].dead_lettered_at, None);
+        let json = serde_json::to_string(&r).unwrap();
+        let back: Run<'static> = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.outputs[0].dead_lettered_at, Some(Millis(5)));
+        assert_eq!(record_output(3, true), Some(0x8003));
+        assert_eq!(record_output(0x8000, false), None);
     }
 
     #[test]
@@ -1392,6 +1463,7 @@ mod tests {
                         to: "lid://b".into(),
                         bod_id: b.to_string().into(),
                         confirmed_at: None,
+                        dead_lettered_at: None,
                     })
                     .collect();
                 tx.track_run(message_id, &r)?;
@@ -1421,12 +1493,36 @@ mod tests {
             bod_id: "o-2",
             at: Millis(1_700),
             output: places[1],
+            dead_lettered: false,
         };
         assert_eq!(store.track_confirms(&[confirm]).unwrap(), 1);
         assert_eq!(store.track_confirms(&[confirm]).unwrap(), 0, "first wins");
+        // The other output went to bodflow.dead (by place, and once more through the marker).
+        let dead = Confirmed {
+            bod_id: "o-1",
+            at: Millis(1_800),
+            output: places[0],
+            dead_lettered: true,
+            ..confirm
+        };
+        assert_eq!(store.track_confirms(&[dead]).unwrap(), 1);
+        let by_marker = Confirmed {
+            dead_lettered: true,
+            ..Confirmed::by_marker("m1", "o-1", 1_900)
+        };
+        assert_eq!(store.track_confirms(&[by_marker]).unwrap(), 0, "first wins");
         let t = store.tracked("m1").unwrap().unwrap();
         let confirmed: Vec<_> = t.runs[0].outputs.iter().map(|o| o.confirmed_at).collect();
         assert_eq!(confirmed, [None, Some(Millis(1_700))]);
+        let dead: Vec<_> = t.runs[0]
+            .outputs
+            .iter()
+            .map(|o| o.dead_lettered_at)
+            .collect();
+        assert_eq!(dead, [Some(Millis(1_800)), None]);
+        let json = serde_json::to_value(&t.runs[0].outputs).unwrap();
+        assert_eq!(json[0]["dead_lettered_at"], "1970-01-01T00:00:01.800Z");
+        assert!(json[1].get("dead_lettered_at").is_none(), "{json}");
         // A place in a purged group notes nothing; a group whose runs cannot be read (of
         // another version, say) goes with its confirms all the same.
         let (k, v) = store.hub.scan_prefix([b't']).next().unwrap().unwrap();
