@@ -476,7 +476,7 @@ impl Publisher {
         let judged = verdicts(round.rows, &mut progress.rounds, &mut progress.returned).await;
         let mut done = Vec::with_capacity(judged.len());
         let track = self.pipeline.config.tracking.enabled;
-        // (message id, BODID, confirm time, place) of the confirmed rows, for their timelines.
+        // The confirmed rows that are tracked outputs (or their dead letters), for timelines.
         let mut confirms: Vec<TrackedConfirm> = Vec::new();
         let mut failed = 0;
         for (row, verdict) in judged {

@@ -324,4 +324,19 @@ mod tests {
             "{t}"
         );
     }
+
+    #[test]
+    fn an_output_no_queue_took_says_it_was_dead_lettered() {
+        let mut r = run();
+        r.outputs[0].confirmed_at = None;
+        r.outputs[0].dead_lettered_at = Some(Millis(1_714_564_820_000));
+        let t = text(&Track {
+            message_id: "m3".into(),
+            runs: vec![r],
+        });
+        assert!(
+            t.contains("bodflow:abc:1  no queue took it: dead-lettered 2024-05-01T12:00:20.000Z (+20.0 s) (`bodflow dlq list --code unroutable`)"),
+            "{t}"
+        );
+    }
 }

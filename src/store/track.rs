@@ -5,7 +5,7 @@
 //! | prefix | key | value |
 //! | --- | --- | --- |
 //! | `t` | big-endian group number | the runs one transaction committed: a version byte, the big-endian ms of its first run, then LZ4 of the length-prefixed postcard slots (message id, [`Run`]) |
-//! | `k` | big-endian group number | publish confirms of that group's outputs: 12-byte records (slot, output, ms) |
+//! | `k` | big-endian group number | publish confirms of that group's outputs: 12-byte records (slot, output index — its top bit set when the output went to `bodflow.dead` instead —, ms) |
 //! | `j` | bucket (the top 4 bits of a BODID's hash), big-endian number of the first group it covers | a BODID index block: the version, the last group it covers, then per group its number, its run count and (slot, 4 bytes of the BODID's hash) per run of the bucket |
 //!
 //! The commit path writes one key per transaction, the group: sled's cost is per key, and a
@@ -950,7 +950,8 @@ impl Store {
             .try_fold(0, |sum, v| Ok(sum + v?.len()))
     }
 
-    /// Records broker confirms of published outputs (the first confirm of an output wins);
+    /// Records broker confirms of published outputs and of outputs dead-lettered instead (the
+    /// first of each for an output wins);
     /// returns how many outputs were found. Outputs of purged or untracked messages are
     /// skipped. It does not hold up commits: confirm times are written key by key under
     /// their own lock, which the purge also takes (a crash half-way loses some confirm
