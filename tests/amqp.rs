@@ -8,7 +8,9 @@
 mod broker;
 mod common;
 
-use broker::{connect as channel, start_service, write_generated_config, Vhost};
+use broker::{
+    connect as channel, send_confirmed, start_service, wait_for, write_generated_config, Vhost,
+};
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -179,14 +181,6 @@ async fn drain_queue(ch: &Channel, queue: &str) -> Vec<Got> {
         });
     }
     out
-}
-
-async fn wait_for(what: &str, timeout: Duration, mut done: impl AsyncFnMut() -> bool) {
-    let start = Instant::now();
-    while !done().await {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Waits until the service on `store` has committed every one of `docs`, published every
@@ -424,20 +418,18 @@ async fn replies_go_to_reply_to() {
     publish(&config, std::slice::from_ref(&d)).await;
     // An RPC client's request: its reply carries the client's correlation id.
     let sender = Sender::connect(&config).await.unwrap();
-    sender
-        .send(&InboundMessage {
+    send_confirmed(
+        &sender,
+        InboundMessage {
             bytes: &d.bytes,
             message_id: "reply-test-2",
             document_name: amqp::document_name(&d.bytes).as_deref(),
             reply_to: Some("test.replies"),
             correlation_id: Some("rpc-call-2"),
             ..Default::default()
-        })
-        .await
-        .unwrap()
-        .confirmed()
-        .await
-        .unwrap();
+        },
+    )
+    .await;
     sender.close().await.unwrap();
     let store = Arc::new(Store::temporary().unwrap());
     let (stop, service) = start_service(&config, store.clone(), RunOptions::default());

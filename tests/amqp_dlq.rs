@@ -18,37 +18,18 @@ mod broker;
 mod common;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bodflow::amqp::{self, topology, InboundMessage, RunOptions, Sender};
 use bodflow::config::Config;
 use bodflow::pipeline::Pipeline;
 use bodflow::store::Store;
-use broker::{connect, ready_count, Vhost};
+use broker::{connect, ready_count, send_confirmed, wait_for, Vhost};
 use lapin::options::{BasicGetOptions, BasicPublishOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::BasicProperties;
 
 const BROKEN: &str = "fixtures/111-crm-sync-account-missing-name.xml";
-
-async fn wait_for(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) {
-    let start = Instant::now();
-    while !check().await {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Sends `message` to `bodflow.in` and waits for its confirm.
-async fn send(sender: &Sender, message: InboundMessage<'_>) {
-    sender
-        .send(&message)
-        .await
-        .unwrap()
-        .confirmed()
-        .await
-        .unwrap();
-}
 
 /// `bodflow dlq ARGS --config fixtures/bodflow.toml` against the vhost; (exit code, stdout).
 fn dlq(vhost: &Vhost, args: &[&str]) -> (i32, String) {
@@ -96,7 +77,7 @@ async fn replay_of_a_fixed_dead_letter_applies_it_once_and_discard_removes() {
     // Two rejected documents: dlq-1 (to be fixed) and dlq-2 (to be discarded).
     let sender = Sender::connect(&config).await.unwrap();
     for id in ["dlq-1", "dlq-2"] {
-        send(
+        send_confirmed(
             &sender,
             InboundMessage {
                 bytes: &broken,
@@ -298,7 +279,7 @@ async fn an_outbound_message_no_queue_takes_is_dead_lettered_and_replayed_to_its
         ("stranger-gone", &stranger, Some("amq.gen-no-such-queue"), 2),
         ("crm-unbound", &broken, None, 4),
     ] {
-        send(
+        send_confirmed(
             &sender,
             InboundMessage {
                 bytes,

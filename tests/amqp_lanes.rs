@@ -79,14 +79,6 @@ fn setup(test: &str, lanes: usize) -> (Vhost, tempfile::TempDir, Config) {
     (vhost, dir, config)
 }
 
-async fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn outcome(store: &Store, d: &Doc) -> Option<String> {
     store.marker(&d.message_id).unwrap().map(|m| m.outcome)
 }
@@ -121,9 +113,11 @@ async fn updates_of_a_key_apply_in_arrival_order_across_parallel_lanes() {
     let store = Arc::new(Store::temporary().unwrap());
     let (stop, service) = start_service(&config, store.clone(), RunOptions::default());
     let (_conn, ch) = connect(&vhost.url()).await;
-    wait_for("every document processed", Duration::from_secs(90), || {
-        docs.iter().all(|d| outcome(&store, d).is_some()) && store.outbox_len() == 0
-    })
+    wait_for(
+        "every document processed",
+        Duration::from_secs(90),
+        async || docs.iter().all(|d| outcome(&store, d).is_some()) && store.outbox_len() == 0,
+    )
     .await;
     let start = Instant::now();
     while vhost.queue_total(topology::INBOUND_QUEUE) != Some(0) {
@@ -210,7 +204,7 @@ async fn a_failing_key_does_not_hold_back_other_keys() {
     wait_for(
         "the other keys' documents while one key fails",
         Duration::from_secs(60),
-        || others.iter().all(|d| outcome(&store, d).is_some()),
+        async || others.iter().all(|d| outcome(&store, d).is_some()),
     )
     .await;
     for d in &stuck {
@@ -235,7 +229,7 @@ async fn a_failing_key_does_not_hold_back_other_keys() {
 
     // An operator repairs the value: the retries go through, in order.
     store.transact(|tx| tx.remove_xref(&key(STUCK))).unwrap();
-    wait_for("the repaired key", Duration::from_secs(30), || {
+    wait_for("the repaired key", Duration::from_secs(30), async || {
         stuck.iter().all(|d| outcome(&store, d).is_some())
     })
     .await;

@@ -102,19 +102,18 @@ async fn traceparent_continues_on_every_output_and_json_logs_carry_the_delivery_
     let out = Sender::connect(&config).await.unwrap();
     for (id, bytes, traceparent, tracestate) in &docs {
         let name = amqp::document_name(bytes);
-        out.send(&InboundMessage {
-            bytes,
-            message_id: id,
-            document_name: name.as_deref(),
-            traceparent: *traceparent,
-            tracestate: *tracestate,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .confirmed()
-        .await
-        .unwrap();
+        send_confirmed(
+            &out,
+            InboundMessage {
+                bytes,
+                message_id: id,
+                document_name: name.as_deref(),
+                traceparent: *traceparent,
+                tracestate: *tracestate,
+                ..Default::default()
+            },
+        )
+        .await;
     }
     out.close().await.unwrap();
     assert_ne!(payload_digest(&applied), payload_digest(&plain));

@@ -28,7 +28,7 @@ use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use serde_json::Value;
 
-use broker::{free_port, http_get, wait_until};
+use broker::{free_port, http_get, send_confirmed, wait_until};
 use common::{bodflow, root};
 
 fn fixture(name: &str) -> PathBuf {
@@ -600,13 +600,7 @@ async fn the_service_serves_timelines_with_the_publish_confirm_times_of_the_outp
             ..Default::default()
         },
     ] {
-        sender
-            .send(&message)
-            .await
-            .unwrap()
-            .confirmed()
-            .await
-            .unwrap();
+        send_confirmed(&sender, message).await;
     }
     sender.close().await.unwrap();
 

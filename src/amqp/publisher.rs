@@ -484,36 +484,29 @@ impl Publisher {
                 Ok(()) => {
                     progress.unroutable.remove(&row.seq);
                     done.push(row.seq);
+                    // An output no queue took (its timeline says where it went), not a
+                    // rejected delivery's copy.
+                    let outbound = row.dead.as_ref().is_none_or(|(s, _)| s == UNROUTABLE_STAGE);
                     if let Some((stage, code)) = &row.dead {
-                        // The dead letter's own message id: the delivery's for a rejected
-                        // delivery's copy, the BODID for an outbound message.
-                        let message_id = if stage == UNROUTABLE_STAGE {
-                            &row.bod_id
-                        } else {
-                            &row.correlation_id
-                        };
+                        // The dead letter's own message id: the BODID for an outbound
+                        // message, the delivery's for a rejected delivery's copy.
                         emit(DeadLettered {
                             stage,
                             code,
-                            message_id: Some(message_id),
+                            message_id: Some(if outbound {
+                                &row.bod_id
+                            } else {
+                                &row.correlation_id
+                            }),
                         });
-                        // An output no queue took: its timeline says where it went.
-                        if track && stage == UNROUTABLE_STAGE {
-                            confirms.push(TrackedConfirm {
-                                message_id: row.correlation_id,
-                                bod_id: row.bod_id,
-                                at: Millis::now(),
-                                output: row.tracked,
-                                dead_lettered: true,
-                            });
-                        }
-                    } else if track {
+                    }
+                    if track && outbound {
                         confirms.push(TrackedConfirm {
                             message_id: row.correlation_id,
                             bod_id: row.bod_id,
                             at: Millis::now(),
                             output: row.tracked,
-                            dead_lettered: false,
+                            dead_lettered: row.dead.is_some(),
                         });
                     }
                 }

@@ -227,19 +227,34 @@ type Hangup = tokio::signal::unix::Signal;
 #[cfg(not(unix))]
 type Hangup = std::convert::Infallible;
 
+/// The stream of signal `kind`, listened for from now on; `None`, with a warning naming what
+/// is off without it, when it cannot be had.
+#[cfg(unix)]
+fn listen_signal(
+    runtime: &tokio::runtime::Runtime,
+    kind: tokio::signal::unix::SignalKind,
+    name: &str,
+    without: &str,
+) -> Option<tokio::signal::unix::Signal> {
+    let _context = runtime.enter();
+    tokio::signal::unix::signal(kind)
+        .map_err(
+            |e| tracing::warn!(error = %e, signal = name, without, "Cannot listen for a signal"),
+        )
+        .ok()
+}
+
 /// The SIGHUP stream (`None`, with a warning, when it cannot be had: reload is then off).
 fn listen_hangup(runtime: &tokio::runtime::Runtime) -> Option<Hangup> {
     #[cfg(unix)]
     {
-        use tokio::signal::unix::{signal, SignalKind};
-        let _context = runtime.enter();
-        match signal(SignalKind::hangup()) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::warn!(error = %e, "Cannot listen for SIGHUP; configuration reload is off");
-                None
-            }
-        }
+        use tokio::signal::unix::SignalKind;
+        listen_signal(
+            runtime,
+            SignalKind::hangup(),
+            "SIGHUP",
+            "configuration reload is off",
+        )
     }
     #[cfg(not(unix))]
     {
@@ -375,18 +390,11 @@ struct StopSignals {
 fn listen_stop(runtime: &tokio::runtime::Runtime) -> StopSignals {
     #[cfg(unix)]
     {
-        use tokio::signal::unix::{signal, SignalKind};
-        let _context = runtime.enter();
-        let listen = |kind: SignalKind, name: &str| match signal(kind) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::warn!(error = %e, signal = name, "Cannot listen for a stop signal");
-                None
-            }
-        };
+        use tokio::signal::unix::SignalKind;
+        let stops = "it kills the service instead of stopping it";
         StopSignals {
-            term: listen(SignalKind::terminate(), "SIGTERM"),
-            int: listen(SignalKind::interrupt(), "SIGINT"),
+            term: listen_signal(runtime, SignalKind::terminate(), "SIGTERM", stops),
+            int: listen_signal(runtime, SignalKind::interrupt(), "SIGINT", stops),
         }
     }
     #[cfg(not(unix))]

@@ -278,6 +278,26 @@ pub fn assert_store_equals_offline(store: &Store, expected: &Offline) {
     }
 }
 
+/// Sends `message` to `bodflow.in` and waits for its confirm.
+pub async fn send_confirmed(sender: &Sender, message: InboundMessage<'_>) {
+    sender
+        .send(&message)
+        .await
+        .expect("publish")
+        .confirmed()
+        .await
+        .expect("confirm");
+}
+
+/// Checks `done` every 50 ms until it holds; fails naming `what` after `timeout`.
+pub async fn wait_for(what: &str, timeout: Duration, mut done: impl AsyncFnMut() -> bool) {
+    let start = Instant::now();
+    while !done().await {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 pub async fn connect(url: &str) -> (Connection, Channel) {
     let conn = Connection::connect(url, ConnectionProperties::default())
         .await
