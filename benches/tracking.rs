@@ -120,6 +120,7 @@ fn build(n: usize) -> Fixture {
                             run: 0,
                             parked: Vec::new(),
                             retry: None,
+                            at: None,
                         },
                     )?;
                 }

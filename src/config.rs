@@ -88,6 +88,11 @@ pub struct Hub {
     /// How long the tombstone of a hard-deleted cross-reference is kept (the variationID
     /// guard against documents older than the delete); the service removes older ones.
     pub tombstone_retention: Period,
+    /// The dedup window: how long a message id is remembered after its last processing. A
+    /// delivery of it within the window is a duplicate; the service removes older markers,
+    /// and a delivery after that is processed as a new message. At least
+    /// `tracking.retention` while tracking is on (a timeline is found through its marker).
+    pub dedup_window: Period,
 }
 
 /// `[hub.promotion]`: when an account reaches `when_type` and the system of record has no ID
@@ -134,6 +139,7 @@ impl Default for Hub {
             account_number_format: "C{seq:06}".into(),
             promotion: None,
             tombstone_retention: Period(std::time::Duration::from_secs(90 * 24 * 3600)),
+            dedup_window: Period(std::time::Duration::from_secs(30 * 24 * 3600)),
         }
     }
 }
@@ -732,6 +738,16 @@ impl Config {
                 format!("must be between 1 and {MAX_STORE_CACHE_MB} (MiB)"),
             ));
         }
+        if self.tracking.enabled && self.hub.dedup_window.0 < self.tracking.retention.0 {
+            return Err(err(
+                "hub.dedup_window".into(),
+                format!(
+                    "{} is shorter than tracking.retention ({}): a message's timeline is found \
+                     through its message id, which is forgotten at the end of the window",
+                    self.hub.dedup_window, self.tracking.retention
+                ),
+            ));
+        }
         if self.limits.max_bytes == 0 || self.limits.max_depth == 0 {
             return Err(err(
                 "limits".into(),
@@ -1172,6 +1188,7 @@ mod tests {
         assert!(cfg.tracking.enabled);
         assert_eq!(cfg.tracking.retention.0.as_secs(), 7 * 86400);
         assert_eq!(cfg.hub.tombstone_retention.0.as_secs(), 90 * 86400);
+        assert_eq!(cfg.hub.dedup_window.0.as_secs(), 30 * 86400);
         let cfg = Config::from_toml(
             "[hub]
 tombstone_retention = '30d'
@@ -1212,6 +1229,23 @@ tombstone_retention = '30d'
             .unwrap_err()
             .to_string();
         assert!(err.contains("tracking.retention"), "{err}");
+        // The dedup window holds at least the timelines (their way in is the marker).
+        let cfg = Config::from_toml("[hub]\ndedup_window = '90d'\n", "t.toml").unwrap();
+        assert_eq!(cfg.hub.dedup_window.0.as_secs(), 90 * 86400);
+        let err = Config::from_toml("[hub]\ndedup_window = '6d'\n", "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("hub.dedup_window") && err.contains("6d") && err.contains("(7d)"),
+            "{err}"
+        );
+        for ok in [
+            "[hub]\ndedup_window = '7d'\n",
+            "[hub]\ndedup_window = '1h'\n[tracking]\nretention = '1h'\n",
+            "[hub]\ndedup_window = '1h'\n[tracking]\nenabled = false\n",
+        ] {
+            Config::from_toml(ok, "t.toml").unwrap();
+        }
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //!   an applied, a rejected and a parked message (then released), by message id and by
 //!   BODID (several messages, newest first), as text and JSON.
 //! - Retention: timelines replayed with an old clock (`replay --now`) are purged by the
-//!   running service, young ones are kept; so are the tombstones of hard deletes.
+//!   running service, young ones are kept; so are the tombstones of hard deletes and the
+//!   message-id markers (the dedup window).
 //! - Live: the service against the real RabbitMQ (own vhost) answers `GET /messages/{id}` with
 //!   the timeline including the broker confirm time of every output, whose BODIDs are the
 //!   message ids that arrived on the queues; `bodflow track` asks the service while it holds
@@ -555,6 +556,73 @@ fn the_service_removes_tombstones_older_than_their_retention() {
     assert_eq!(
         outcomes(replay(tmp.path(), &config, &later, &at(0))),
         ["applied", "stale"]
+    );
+}
+
+/// Message ids last processed before `hub.dedup_window` (replayed with a clock three days
+/// back, window two days) are forgotten by the service: the same file replayed again is
+/// processed anew (and found `duplicate` by the record's variationID guard), where a young
+/// one (one day back) is still a duplicate message id. (Replaying them
+/// before the service ran would have made both young: with tracking on, a duplicate delivery
+/// is a run of its message and writes its marker again.)
+#[test]
+fn the_service_forgets_message_ids_older_than_the_dedup_window() {
+    let vhost = broker::Vhost::new("dedup-window");
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = write_config(tmp.path(), port, "[tracking]\nretention = \"2d\"\n");
+    let text = std::fs::read_to_string(&config).unwrap().replacen(
+        "[hub]\n",
+        "[hub]\ndedup_window = \"2d\"\n",
+        1,
+    );
+    std::fs::write(&config, text).unwrap();
+    let at = |days: i64| {
+        (Utc::now() - chrono::Duration::days(days)).to_rfc3339_opts(SecondsFormat::Secs, true)
+    };
+    let young_file = fixture("020-ln-sync-account-owner-by-external-personnel-number.xml");
+    let old = replay(tmp.path(), &config, &[fixture(APPLIED)], &at(3));
+    let young = replay(
+        tmp.path(),
+        &config,
+        std::slice::from_ref(&young_file),
+        &at(1),
+    );
+    assert_eq!(old[0]["outcome"], "applied");
+    assert_eq!(young[0]["outcome"], "applied");
+
+    let mut child = broker::spawn_configured_service(&config, &vhost.url());
+    let _kill = common::KillOnDrop(child.id());
+    wait_until("the old marker to expire", Duration::from_secs(30), || {
+        http_get(port, "/metrics")
+            .is_some_and(|(_, m)| m.contains("bodflow_markers_expired_total 1\n"))
+    });
+    let metrics = http_get(port, "/metrics").unwrap().1;
+    assert!(
+        metrics.contains("bodflow_marker_filter_bytes 524288\n"),
+        "{metrics}"
+    );
+    stop(&mut child);
+
+    let after = replay(tmp.path(), &config, &[fixture(APPLIED), young_file], &at(0));
+    // Processed anew: the record's variationID guard answers, not the message id.
+    let last_decision = |line: &Value| {
+        let decisions = line["decisions"].as_array().unwrap();
+        decisions.last().unwrap().as_str().unwrap().to_string()
+    };
+    assert_eq!(after[0]["message_id"], old[0]["message_id"]);
+    assert_eq!(
+        last_decision(&after[0]),
+        "variationID 1 was already applied",
+        "{}",
+        after[0]
+    );
+    assert_eq!(after[1]["outcome"], "duplicate");
+    assert!(
+        last_decision(&after[1]).starts_with("message id ")
+            && last_decision(&after[1]).ends_with(" already processed (applied)"),
+        "{}",
+        after[1]
     );
 }
 

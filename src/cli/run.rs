@@ -28,9 +28,10 @@ use crate::config::{redact_url, Config};
 use crate::pipeline::Pipeline;
 use crate::reload::{self, Live};
 use crate::store::track::Millis;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use crate::telemetry::events::{
-    emit, TombstonesFailed, TombstonesPurged, TrackingFailed, TrackingPurged,
+    emit, MarkersExpired, MarkersFailed, TombstonesFailed, TombstonesPurged, TrackingFailed,
+    TrackingPurged,
 };
 use crate::telemetry::{self, Readiness};
 
@@ -40,8 +41,9 @@ const SAMPLE_EVERY: Duration = Duration::from_secs(5);
 /// How often expired message timelines are purged.
 const PURGE_EVERY: Duration = Duration::from_secs(60);
 
-/// Tracking groups (one per commit, up to 64 runs each) removed per store batch while purging:
-/// each batch holds the store's writer lock briefly, so commits go on in between.
+/// Tracking groups (one per commit, up to 64 runs each) removed, or marker lists (one per
+/// commit) gone through, per store batch while purging: each batch holds the store's writer
+/// lock briefly, so commits go on in between.
 const PURGE_CHUNK: usize = 16;
 
 /// Tombstones removed per store batch while purging (each batch holds the writer lock).
@@ -146,6 +148,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             stop_http.clone(),
         ));
         let tombstones = tokio::spawn(purge_tombstones(live.clone(), stop_http.clone()));
+        let markers = tokio::spawn(expire_markers(live.clone(), stop_http.clone()));
         let purger = tracking
             .enabled
             .then(|| tokio::spawn(purge_tracking(live.clone(), stop_http.clone())));
@@ -170,6 +173,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             let _ = purger.await;
         }
         let _ = tombstones.await;
+        let _ = markers.await;
         match http.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server failed"),
@@ -301,40 +305,31 @@ async fn reload_on_sighup(
     }
 }
 
-/// Removes the message timelines last processed more than `retention` ago, now and every
-/// [`PURGE_EVERY`] until `stop`. Failures are logged; the next round tries again.
-async fn purge_tracking(live: Live, stop: tokio_util::sync::CancellationToken) {
+/// Runs `purge` on the blocking pool with the cut-off "`retention` of the configuration
+/// before now" (read at every round: a reload applies), now and every [`PURGE_EVERY`] until
+/// `stop`; `report` gets its outcome and the seconds it took. A failure is reported and the
+/// next round tries again.
+async fn purge_every<T: Send + 'static>(
+    live: Live,
+    stop: tokio_util::sync::CancellationToken,
+    retention: fn(&Config) -> Duration,
+    purge: fn(&Store, Millis) -> Result<T, StoreError>,
+    report: fn(Result<T, &dyn std::fmt::Display>, f64),
+) {
     loop {
-        // Read at every pass: `tracking.retention` reloads.
-        let retention = live.current().await.config.tracking.retention.0;
-        let s = live.store().clone();
+        let retention = retention(&live.current().await.config);
+        let store = live.store().clone();
         let started = std::time::Instant::now();
-        let purged = tokio::task::spawn_blocking(move || {
+        let outcome = tokio::task::spawn_blocking(move || {
             let retention_ms = u64::try_from(retention.as_millis()).unwrap_or(u64::MAX);
-            let before = Millis(Millis::now().0.saturating_sub(retention_ms));
-            let mut removed = 0;
-            loop {
-                let purged = s.purge_tracked(before, PURGE_CHUNK)?;
-                removed += purged.runs;
-                if purged.groups < PURGE_CHUNK {
-                    return Ok::<_, crate::store::StoreError>(removed);
-                }
-            }
+            purge(&store, Millis(Millis::now().0.saturating_sub(retention_ms)))
         })
         .await;
-        match purged {
-            Ok(Ok(removed)) => emit(TrackingPurged {
-                removed,
-                seconds: started.elapsed().as_secs_f64(),
-            }),
-            Ok(Err(e)) => emit(TrackingFailed {
-                action: "purge",
-                error: &e,
-            }),
-            Err(e) => emit(TrackingFailed {
-                action: "purge",
-                error: &e,
-            }),
+        let seconds = started.elapsed().as_secs_f64();
+        match outcome {
+            Ok(Ok(done)) => report(Ok(done), seconds),
+            Ok(Err(e)) => report(Err(&e), seconds),
+            Err(e) => report(Err(&e), seconds),
         }
         tokio::select! {
             () = stop.cancelled() => return,
@@ -343,36 +338,88 @@ async fn purge_tracking(live: Live, stop: tokio_util::sync::CancellationToken) {
     }
 }
 
-/// Removes the tombstones of hard deletes older than `hub.tombstone_retention` (read each
-/// round: a reload applies), now and every [`PURGE_EVERY`] until `stop`. Failures are
-/// logged; the next round tries again.
-async fn purge_tombstones(live: Live, stop: tokio_util::sync::CancellationToken) {
+/// Calls `step` (one store batch: entries gone through, items removed) until it goes through
+/// fewer than `chunk` entries; returns the items removed.
+fn in_chunks(
+    chunk: usize,
+    mut step: impl FnMut() -> Result<(usize, usize), StoreError>,
+) -> Result<usize, StoreError> {
+    let mut removed = 0;
     loop {
-        let retention = live.current().await.config.hub.tombstone_retention.0;
-        let store = live.store().clone();
-        let purged = tokio::task::spawn_blocking(move || {
-            let retention_ms = u64::try_from(retention.as_millis()).unwrap_or(u64::MAX);
-            let before = Millis::now().0.saturating_sub(retention_ms);
-            let mut removed = 0;
-            loop {
-                let (scanned, n) = store.purge_tombstones(before, TOMBSTONE_CHUNK)?;
-                removed += n;
-                if scanned < TOMBSTONE_CHUNK {
-                    return Ok::<_, crate::store::StoreError>(removed);
-                }
-            }
-        })
-        .await;
-        match purged {
-            Ok(Ok(removed)) => emit(TombstonesPurged { removed }),
-            Ok(Err(e)) => emit(TombstonesFailed { error: &e }),
-            Err(e) => emit(TombstonesFailed { error: &e }),
-        }
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(PURGE_EVERY) => {}
+        let (through, n) = step()?;
+        removed += n;
+        if through < chunk {
+            return Ok(removed);
         }
     }
+}
+
+/// Removes the message timelines last processed more than `tracking.retention` ago.
+async fn purge_tracking(live: Live, stop: tokio_util::sync::CancellationToken) {
+    purge_every(
+        live,
+        stop,
+        |config| config.tracking.retention.0,
+        |store, before| {
+            in_chunks(PURGE_CHUNK, || {
+                let purged = store.purge_tracked(before, PURGE_CHUNK)?;
+                Ok((purged.groups, purged.runs))
+            })
+        },
+        |outcome, seconds| match outcome {
+            Ok(removed) => emit(TrackingPurged { removed, seconds }),
+            Err(error) => emit(TrackingFailed {
+                action: "purge",
+                error,
+            }),
+        },
+    )
+    .await;
+}
+
+/// Removes the tombstones of hard deletes older than `hub.tombstone_retention`.
+async fn purge_tombstones(live: Live, stop: tokio_util::sync::CancellationToken) {
+    purge_every(
+        live,
+        stop,
+        |config| config.hub.tombstone_retention.0,
+        |store, before| {
+            in_chunks(TOMBSTONE_CHUNK, || {
+                store.purge_tombstones(before.0, TOMBSTONE_CHUNK)
+            })
+        },
+        |outcome, _| match outcome {
+            Ok(removed) => emit(TombstonesPurged { removed }),
+            Err(error) => emit(TombstonesFailed { error }),
+        },
+    )
+    .await;
+}
+
+/// Removes the message-id markers last written more than `hub.dedup_window` ago, then
+/// rebuilds the marker filter if enough of it has expired.
+async fn expire_markers(live: Live, stop: tokio_util::sync::CancellationToken) {
+    purge_every(
+        live,
+        stop,
+        |config| config.hub.dedup_window.0,
+        |store, before| {
+            let removed = in_chunks(PURGE_CHUNK, || {
+                let expired = store.expire_markers(before, PURGE_CHUNK)?;
+                Ok((expired.lists, expired.markers))
+            })?;
+            Ok((removed, store.rebuild_marker_filter_if_due()?))
+        },
+        |outcome, seconds| match outcome {
+            Ok((removed, filter_bytes)) => emit(MarkersExpired {
+                removed,
+                filter_bytes,
+                seconds,
+            }),
+            Err(error) => emit(MarkersFailed { error }),
+        },
+    )
+    .await;
 }
 
 /// SIGTERM and SIGINT, listened for from the start: one that comes while the store opens or

@@ -591,6 +591,8 @@ fn commit_in(tx: &Tx<'_>, config: &Config, prepared: &Prepared) -> TxResult<Repo
 /// One document's effects inside a transaction.
 fn commit_one(tx: &Tx<'_>, config: &Config, prepared: &Prepared) -> TxResult<Report> {
     let ctx = &prepared.ctx;
+    // The markers it writes are dated by the pipeline's clock (`replay --now` included).
+    tx.set_clock(crate::store::track::Millis(ctx.received_ms));
     if let Some(seq) = ctx.unpark {
         // Released already (an operator's list read before an automatic release took it):
         // nothing left to do.
@@ -767,6 +769,7 @@ fn apply_in(
                     run: ctx.run,
                     parked: Vec::new(),
                     retry: upsert::replay_of(ctx),
+                    at: None,
                 },
             )?;
             let mut report = base_report(ctx, Outcome::Rejected);
@@ -800,6 +803,7 @@ fn apply_in(
                     run: ctx.run,
                     parked: Vec::new(),
                     retry: upsert::replay_of(ctx),
+                    at: None,
                 },
             )?;
             let mut report = base_report(ctx, Outcome::Parked);

@@ -204,6 +204,7 @@ pub(super) fn put_marker(
             run: ctx.run,
             parked: Vec::new(),
             retry: replay_of(ctx),
+            at: None,
         },
     )
 }

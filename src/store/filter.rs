@@ -9,8 +9,12 @@
 //!
 //! The filter is a Bloom filter that grows by layers (each twice the capacity of the one
 //! before, ~1 % false positives each), so it needs no size up front. It answers "certainly
-//! not there" or "maybe": a "maybe" is looked up in sled as before. It never forgets a key:
-//! markers are never removed, and a key a failed transaction added only costs a lookup.
+//! not there" or "maybe": a "maybe" is looked up in sled as before. It cannot forget a key:
+//! a key a failed transaction added, or a marker the dedup window expired
+//! ([`super::expire`]), only costs a lookup — until the filter is **rebuilt**: once about
+//! half of what it holds has expired, the service builds a new one from the markers in the
+//! store ([`MarkerFilter::begin_rebuild`]) while the old one goes on answering, so that its
+//! memory follows the markers kept, not every message ever seen.
 //!
 //! **No false negatives**, which is what makes it safe to skip the read:
 //! - every marker a transaction writes is added *before* its batch is applied, so a key in
@@ -19,11 +23,15 @@
 //!   ([`Store`](super::Store) starts it); until the scan has finished, the filter answers
 //!   "maybe" to everything. A scan that fails or cannot start leaves it so: slower, never
 //!   wrong.
+//! - a rebuild starts while no transaction is between adding its markers and applying its
+//!   batch (the caller holds the store's writer and confirm locks), every marker added from
+//!   then on goes into both filters, and the scan adds every marker in the store; the new
+//!   filter replaces the old one only when the scan has finished.
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{RwLock, RwLockReadGuard};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// The first layer is sized for at least this many keys (it gets 512 KiB of bits, which
 /// hold ~419,000 keys at [`BITS_PER_KEY`]); each next layer for twice the one before.
@@ -78,6 +86,48 @@ impl Layer {
     }
 }
 
+/// Layers of a filter, the last one taking new keys.
+struct Layers(Vec<Layer>);
+
+impl Layers {
+    /// One layer for at least `keys` keys (at least [`FIRST_CAPACITY`]).
+    fn new(keys: usize) -> Layers {
+        Layers(vec![Layer::new(keys.max(FIRST_CAPACITY))])
+    }
+
+    /// Adds a key unless the last layer is full; `false`: it is, and a new layer is needed.
+    fn try_insert(&self, h: (u64, u64)) -> bool {
+        match self.0.last() {
+            Some(last) if last.count.load(Ordering::Relaxed) < last.capacity => {
+                last.insert(h);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Adds a key, opening a layer of twice the last one's capacity when it is full.
+    fn insert(&mut self, h: (u64, u64)) {
+        if !self.try_insert(h) {
+            let capacity = self.0.last().map_or(FIRST_CAPACITY, |l| l.capacity * 2);
+            self.0.push(Layer::new(capacity));
+            self.try_insert(h);
+        }
+    }
+
+    fn may_contain(&self, h: (u64, u64)) -> bool {
+        self.0.iter().any(|l| l.may_contain(h))
+    }
+
+    fn keys(&self) -> usize {
+        self.0.iter().map(|l| l.count.load(Ordering::Relaxed)).sum()
+    }
+
+    fn bytes(&self) -> usize {
+        self.0.iter().map(|l| l.bits.len() * 8).sum()
+    }
+}
+
 /// Two independent 64-bit hashes of a key (double hashing makes the others).
 fn hashes(key: &[u8]) -> (u64, u64) {
     let mut a = DefaultHasher::new();
@@ -90,48 +140,49 @@ fn hashes(key: &[u8]) -> (u64, u64) {
 
 /// The filter (module docs).
 pub(super) struct MarkerFilter {
-    layers: RwLock<Vec<Layer>>,
+    layers: RwLock<Layers>,
+    /// The filter being rebuilt: fed with every key added meanwhile, and by the scan.
+    next: RwLock<Option<Layers>>,
+    /// A rebuild is under way: `insert` feeds `next` too.
+    rebuilding: AtomicBool,
+    /// Markers expired since the filter was built (they still set its bits).
+    expired: AtomicUsize,
     /// Every marker of the store is in the filter: the scan at open has finished.
     complete: AtomicBool,
     /// Asks the scan to stop (the store is being closed).
     stop: AtomicBool,
 }
 
+fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|p| p.into_inner())
+}
+
+fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|p| p.into_inner())
+}
+
 impl MarkerFilter {
     pub(super) fn new() -> MarkerFilter {
         MarkerFilter {
-            layers: RwLock::new(vec![Layer::new(FIRST_CAPACITY)]),
+            layers: RwLock::new(Layers::new(FIRST_CAPACITY)),
+            next: RwLock::new(None),
+            rebuilding: AtomicBool::new(false),
+            expired: AtomicUsize::new(0),
             complete: AtomicBool::new(false),
             stop: AtomicBool::new(false),
         }
     }
 
-    fn read(&self) -> RwLockReadGuard<'_, Vec<Layer>> {
-        self.layers.read().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Adds a key (before it is written to sled).
     pub(super) fn insert(&self, key: &[u8]) {
         let h = hashes(key);
-        {
-            let layers = self.read();
-            if let Some(last) = layers.last() {
-                if last.count.load(Ordering::Relaxed) < last.capacity {
-                    last.insert(h);
-                    return;
-                }
+        if self.rebuilding.load(Ordering::Acquire) {
+            if let Some(next) = write(&self.next).as_mut() {
+                next.insert(h);
             }
         }
-        let mut layers = self.layers.write().unwrap_or_else(|p| p.into_inner());
-        let full = layers
-            .last()
-            .is_none_or(|l| l.count.load(Ordering::Relaxed) >= l.capacity);
-        if full {
-            let capacity = layers.last().map_or(FIRST_CAPACITY, |l| l.capacity * 2);
-            layers.push(Layer::new(capacity));
-        }
-        if let Some(last) = layers.last() {
-            last.insert(h);
+        if !read(&self.layers).try_insert(h) {
+            write(&self.layers).insert(h);
         }
     }
 
@@ -140,8 +191,7 @@ impl MarkerFilter {
         if !self.complete.load(Ordering::Acquire) {
             return true;
         }
-        let h = hashes(key);
-        self.read().iter().any(|l| l.may_contain(h))
+        read(&self.layers).may_contain(hashes(key))
     }
 
     /// The scan at open has added every marker that was there.
@@ -149,7 +199,6 @@ impl MarkerFilter {
         self.complete.store(true, Ordering::Release);
     }
 
-    #[cfg(test)]
     pub(super) fn is_complete(&self) -> bool {
         self.complete.load(Ordering::Acquire)
     }
@@ -162,9 +211,56 @@ impl MarkerFilter {
         self.stop.load(Ordering::Relaxed)
     }
 
-    /// Bytes of bits held (all layers).
+    /// Bytes of bits held (all layers; during a rebuild, of both filters).
     pub(super) fn bytes(&self) -> usize {
-        self.read().iter().map(|l| l.bits.len() * 8).sum()
+        read(&self.layers).bytes() + read(&self.next).as_ref().map_or(0, Layers::bytes)
+    }
+
+    /// Notes markers removed from the store.
+    pub(super) fn note_expired(&self, n: usize) {
+        self.expired.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Whether a rebuild would pay: the filter is complete, has grown beyond one layer, and
+    /// at least half of the keys it was given have expired since it was built.
+    pub(super) fn wants_rebuild(&self) -> bool {
+        let layers = read(&self.layers);
+        self.is_complete()
+            && layers.0.len() > 1
+            && self.expired.load(Ordering::Relaxed) * 2 >= layers.keys()
+    }
+
+    /// Starts a rebuild: from now on every key added also goes into a new filter, sized for
+    /// the keys the old one holds minus those expired. The caller must hold off every
+    /// writer between this call and its scan's start (module docs), feed the scan's keys
+    /// through [`MarkerFilter::rebuild_insert`] and end with [`MarkerFilter::finish_rebuild`].
+    pub(super) fn begin_rebuild(&self) {
+        let live = read(&self.layers)
+            .keys()
+            .saturating_sub(self.expired.load(Ordering::Relaxed));
+        // Room for a quarter more than the markers kept before a second layer opens.
+        *write(&self.next) = Some(Layers::new(live + live / 4));
+        self.rebuilding.store(true, Ordering::Release);
+    }
+
+    /// Adds a key the rebuild's scan found.
+    pub(super) fn rebuild_insert(&self, key: &[u8]) {
+        if let Some(next) = write(&self.next).as_mut() {
+            next.insert(hashes(key));
+        }
+    }
+
+    /// Ends a rebuild: with `done` (the scan went through every marker) the new filter
+    /// replaces the old one; otherwise it is dropped and the old one stays.
+    pub(super) fn finish_rebuild(&self, done: bool) {
+        let mut next = write(&self.next);
+        self.rebuilding.store(false, Ordering::Release);
+        if let (true, Some(fresh)) = (done, next.take()) {
+            // Under `next`'s lock: no insert is between the two filters.
+            *write(&self.layers) = fresh;
+            self.expired.store(0, Ordering::Relaxed);
+        }
+        *next = None;
     }
 }
 
@@ -186,7 +282,7 @@ mod tests {
         f.set_complete();
         // Until a third layer is in use, and some more.
         let mut n = 0;
-        while f.read().len() < 3 {
+        while read(&f.layers).0.len() < 3 {
             f.insert(format!("mmsg-{n}").as_bytes());
             n += 1;
         }
@@ -194,7 +290,7 @@ mod tests {
             f.insert(format!("mmsg-{n}").as_bytes());
             n += 1;
         }
-        let capacities: Vec<usize> = f.read().iter().map(|l| l.capacity).collect();
+        let capacities: Vec<usize> = read(&f.layers).0.iter().map(|l| l.capacity).collect();
         // The key that opened the third layer, then 1,000 more.
         assert_eq!(
             n,
@@ -218,5 +314,31 @@ mod tests {
         );
         // 512 KiB, then 1 and 2 MiB of bits.
         assert_eq!(f.bytes(), 7 << 19);
+    }
+
+    #[test]
+    fn a_rebuild_keeps_what_is_added_meanwhile_and_replaces_the_filter_only_when_done() {
+        let f = MarkerFilter::new();
+        f.set_complete();
+        f.insert(b"mold");
+        f.begin_rebuild();
+        // Added while the scan runs (a transaction's markers): in both filters.
+        f.insert(b"mduring");
+        f.rebuild_insert(b"mscanned");
+        assert!(f.bytes() > 512 * 1024, "both filters held meanwhile");
+        // Until the scan is done, the old filter answers.
+        assert!(f.may_contain(b"mold") && !f.may_contain(b"mscanned"));
+        f.finish_rebuild(true);
+        assert!(f.may_contain(b"mduring") && f.may_contain(b"mscanned"));
+        assert!(!f.may_contain(b"mold"), "not scanned: gone");
+        assert_eq!(f.bytes(), 512 * 1024);
+        // An interrupted rebuild leaves the filter as it was.
+        f.begin_rebuild();
+        f.insert(b"mlater");
+        f.finish_rebuild(false);
+        assert!(f.may_contain(b"mscanned") && f.may_contain(b"mlater"));
+        f.insert(b"mafter");
+        assert!(f.may_contain(b"mafter"));
+        assert_eq!(f.bytes(), 512 * 1024);
     }
 }

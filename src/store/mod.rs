@@ -22,6 +22,7 @@
 //! | `a` | hub ID, big-endian sequence | [`AuditEntry`] of an operator action on the record |
 //! | `b` | BODID of a Process bodflow sent | [`Correlation`]: what its Acknowledge answers |
 //! | `t`, `k`, `j` | message tracking: runs per commit, their confirms, the BODID index | see [`track`] |
+//! | `w` | big-endian number from sled's ID generator | the time and message ids of the markers one transaction wrote: markers by age ([`expire`]) |
 //!
 //! A transaction ([`Store::transact`]) is a write set applied as one atomic sled batch, with
 //! writers serialized: bodflow has one committer, and sled's optimistic transactions cost a
@@ -33,11 +34,12 @@
 //! Durability: sled writes go to its log and are flushed by [`Store::flush`] (group commit by
 //! the caller) and by sled's background flusher; nothing is durable before a flush.
 
+pub mod expire;
 mod filter;
 pub mod model;
 pub mod track;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -692,6 +694,7 @@ impl Store {
         index_contacts(&hub)?;
         date_tombstones(&hub)?;
         index_parked_keys(&hub)?;
+        expire::list_old_markers(&db, &hub, track::Millis::now())?;
         let bod_index = Mutex::new(track::load_bod_index(&hub, track::INDEX_BLOCK)?);
         let markers = Arc::new(MarkerFilter::new());
         let marker_scan = {
@@ -748,6 +751,7 @@ impl Store {
             .map_err(|panic| StoreError::Internal(crate::panic_message(&*panic)))??;
         tx.write_outbox_group()?;
         tx.write_tracking_group()?;
+        tx.write_marker_list()?;
         tx.note_markers();
         let indexed = tx.indexed.take();
         let mut batch = sled::Batch::default();
@@ -784,6 +788,7 @@ impl Store {
         let tx = self.new_tx();
         let out = f(&tx)?;
         debug_assert!(tx.outbox.borrow().is_none() && tx.tracking.borrow().is_none());
+        tx.write_marker_list()?;
         tx.note_markers();
         for (k, v) in tx.writes.into_inner() {
             match v {
@@ -812,6 +817,8 @@ impl Store {
             tracked_runs: RefCell::new(None),
             run_outputs: RefCell::new(Vec::new()),
             indexed: RefCell::new(Vec::new()),
+            now: Cell::new(track::Millis::now()),
+            latest: Cell::new(track::Millis(0)),
         }
     }
 
@@ -1206,6 +1213,11 @@ pub struct Tx<'a> {
     /// The runs tracked in this transaction with a BODID: where, and the BODID's hash; added
     /// to the BODID index once applied ([`Store::index_bod_ids`]).
     indexed: RefCell<Vec<(track::TrackAt, u32)>>,
+    /// The time of the markers it writes ([`expire`]): when it began, or what the pipeline
+    /// set for the document it is processing ([`Tx::set_clock`]).
+    now: Cell<track::Millis>,
+    /// The latest time its markers were written at: its marker list's time.
+    latest: Cell<track::Millis>,
 }
 
 impl Tx<'_> {
@@ -1361,20 +1373,24 @@ impl Tx<'_> {
         self.get(&k)
     }
 
-    /// Writes a message id's marker; while a run of that message is being tracked
-    /// ([`Tx::begin_run`]), the marker lists its runs.
+    /// Dates the markers written from now on (the document being processed was received at
+    /// `at`).
+    pub fn set_clock(&self, at: track::Millis) {
+        self.now.set(at);
+    }
+
+    /// Writes a message id's marker, dated now (the dedup window starts again: [`expire`]);
+    /// while a run of that message is being tracked ([`Tx::begin_run`]), the marker lists its
+    /// runs.
     pub fn put_marker(&self, message_id: &str, marker: &Marker) -> TxResult<()> {
-        let k = key(b'm', &[message_id]);
-        match self.runs_of(message_id) {
-            Some(tracked) => self.put(
-                k,
-                &Marker {
-                    tracked,
-                    ..marker.clone()
-                },
-            ),
-            None => self.put(k, marker),
+        let mut marker = marker.clone();
+        if let Some(tracked) = self.runs_of(message_id) {
+            marker.tracked = tracked;
         }
+        let now = self.now.get();
+        marker.at = Some(now.0);
+        self.latest.set(self.latest.get().max(now));
+        self.put(key(b'm', &[message_id]), &marker)
     }
 
     /// Increments and returns a named counter (first value 1).
@@ -1840,7 +1856,7 @@ mod tests {
         assert_eq!(store.outbox().count(), 1);
     }
 
-    fn wait_for_marker_filter(store: &Store) {
+    pub(super) fn wait_for_marker_filter(store: &Store) {
         let started = std::time::Instant::now();
         while !store.markers.is_complete() {
             assert!(started.elapsed() < std::time::Duration::from_secs(30));
@@ -2394,7 +2410,7 @@ mod tests {
         );
     }
 
-    fn xref(id: &str) -> XrefKey {
+    pub(super) fn xref(id: &str) -> XrefKey {
         XrefKey {
             kind: Kind::Account,
             application: "lid://a".into(),

@@ -292,6 +292,11 @@ pub struct Marker {
     /// replay delivered again is a duplicate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<String>,
+    /// When it was last written (milliseconds since the Unix epoch; set by
+    /// [`super::Tx::put_marker`]): the dedup window runs from here ([`super::expire`]).
+    /// `None` in markers of earlier versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<u64>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -310,6 +315,7 @@ impl Marker {
             tracked: Vec::new(),
             run: 0,
             parked: Vec::new(),
+            at: None,
         }
     }
 }

@@ -1090,6 +1090,7 @@ mod tests {
                         run: 0,
                         parked: Vec::new(),
                         retry: None,
+                        at: None,
                     });
                     tx.put_marker(message_id, &marker)?;
                     let at = tx.track_run(message_id, run)?;

@@ -292,6 +292,7 @@ pub struct StoreSampled {
     /// `None` when the size could not be read (the gauge keeps its last value).
     pub size_bytes: Option<u64>,
     pub outbox_pending: usize,
+    pub marker_filter_bytes: usize,
 }
 
 impl Event for StoreSampled {
@@ -307,6 +308,8 @@ impl Event for StoreSampled {
         }
         m.outbox_pending
             .set(i64::try_from(self.outbox_pending).unwrap_or(i64::MAX));
+        m.marker_filter_bytes
+            .set(i64::try_from(self.marker_filter_bytes).unwrap_or(i64::MAX));
     }
 }
 
@@ -344,6 +347,48 @@ impl Event for TombstonesPurged {
             );
         }
         metrics().tombstones_purged.inc_by(self.removed as u64);
+    }
+}
+
+/// The markers last written before `hub.dedup_window` were removed (and the marker filter
+/// rebuilt, when enough of it had expired).
+pub struct MarkersExpired {
+    pub removed: usize,
+    /// The rebuilt filter's bytes; `None`: no rebuild this round.
+    pub filter_bytes: Option<usize>,
+    pub seconds: f64,
+}
+
+impl Event for MarkersExpired {
+    fn emit(self) {
+        if self.removed > 0 {
+            tracing::info!(
+                removed = self.removed,
+                seconds = self.seconds,
+                "Removed the message-id markers older than hub.dedup_window"
+            );
+        }
+        if let Some(bytes) = self.filter_bytes {
+            tracing::info!(
+                bytes,
+                "Rebuilt the message-id marker filter without the expired markers"
+            );
+            metrics()
+                .marker_filter_bytes
+                .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        }
+        metrics().markers_expired.inc_by(self.removed as u64);
+    }
+}
+
+/// Expiring markers failed; the next round tries again.
+pub struct MarkersFailed<'a> {
+    pub error: &'a dyn std::fmt::Display,
+}
+
+impl Event for MarkersFailed<'_> {
+    fn emit(self) {
+        tracing::warn!(error = %self.error, "Expiring message-id markers failed; the next round tries again");
     }
 }
 

@@ -63,6 +63,8 @@ pub struct Metrics {
     pub(crate) lanes_busy: IntGauge,
     pub(crate) tracking_purged: IntCounter,
     pub(crate) tombstones_purged: IntCounter,
+    pub(crate) markers_expired: IntCounter,
+    pub(crate) marker_filter_bytes: IntGauge,
     pub(crate) tracking_errors: IntCounterVec,
 }
 
@@ -285,6 +287,20 @@ impl Metrics {
                     "Tombstones of hard-deleted cross-references removed after hub.tombstone_retention.",
                 )?,
             )?,
+            markers_expired: reg(
+                &registry,
+                IntCounter::new(
+                    "bodflow_markers_expired_total",
+                    "Message-id markers removed after hub.dedup_window (their message ids are no longer duplicates).",
+                )?,
+            )?,
+            marker_filter_bytes: reg(
+                &registry,
+                IntGauge::new(
+                    "bodflow_marker_filter_bytes",
+                    "Memory of the in-memory message-id marker filter (sampled; shrinks when it is rebuilt after markers expire).",
+                )?,
+            )?,
             tracking_errors: reg(
                 &registry,
                 IntCounterVec::new(
@@ -435,15 +451,19 @@ impl Readiness {
     }
 }
 
-/// Refreshes the sampled gauges (store size, outbox pending) now and every `every` until
+/// Refreshes the sampled gauges (store size, outbox pending, marker filter) now and every `every` until
 /// `stop`. Errors are logged and the gauges keep their last value.
 pub async fn sample(store: Arc<Store>, every: Duration, stop: CancellationToken) {
     loop {
         let s = store.clone();
-        match tokio::task::spawn_blocking(move || (s.size_on_disk(), s.outbox_len())).await {
-            Ok((size, pending)) => events::emit(events::StoreSampled {
+        let sampled = tokio::task::spawn_blocking(move || {
+            (s.size_on_disk(), s.outbox_len(), s.marker_filter_bytes())
+        });
+        match sampled.await {
+            Ok((size, pending, filter)) => events::emit(events::StoreSampled {
                 size_bytes: size.ok(),
                 outbox_pending: pending,
+                marker_filter_bytes: filter,
             }),
             Err(e) => tracing::warn!(error = %e, "Sampling the store failed"),
         }
@@ -507,6 +527,8 @@ mod tests {
             "bodflow_store_size_bytes",
             "bodflow_tracking_purged_total",
             "bodflow_tombstones_purged_total",
+            "bodflow_markers_expired_total",
+            "bodflow_marker_filter_bytes",
             "bodflow_tracking_errors_total",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
