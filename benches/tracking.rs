@@ -14,6 +14,9 @@
 //! them. Building takes a minute or two; the build time, store size and run size are printed
 //! first.
 //!
+//! Last, the dedup window's purge ([`expiry`]): the older half of the markers expired as the
+//! service does it, and the marker filter rebuilt from the rest.
+//!
 //! Under `cargo test --all-targets` (no `--bench` argument) the same code runs as a smoke test
 //! with 5,000 messages.
 
@@ -110,6 +113,7 @@ fn build(n: usize) -> Fixture {
                         o.confirmed_at = Some(Millis(run.received_at.0 + 12));
                     }
                     let at = tx.track_run(&id, &run)?;
+                    tx.set_clock(run.received_at);
                     tx.put_marker(
                         &id,
                         &Marker {
@@ -200,10 +204,67 @@ fn lookups(c: &mut Criterion, f: &Fixture) {
     g.finish();
 }
 
+/// The dedup window's purge as the service runs it (`hub.dedup_window`): the older half of
+/// the markers expired in batches of 16 commits' lists, then the marker filter rebuilt from
+/// the half kept. Prints the time, the rate and how long each batch held the writer lock.
+fn expiry(f: &Fixture) {
+    const CHUNK: usize = 16;
+    let store = &f.store;
+    let half = f.n / 2;
+    // Message `i` was received at `start + 50 ms × i`: the first half is before this.
+    let before = Millis(
+        store
+            .marker(&message_id(half))
+            .unwrap()
+            .unwrap()
+            .at
+            .unwrap(),
+    );
+    let started = Instant::now();
+    let parked = store.parked_marker_keys().unwrap();
+    let (mut removed, mut batches, mut longest) = (0, 0, 0f64);
+    loop {
+        let batch = Instant::now();
+        let expired = store.expire_markers(before, CHUNK, &parked).unwrap();
+        longest = longest.max(batch.elapsed().as_secs_f64());
+        removed += expired.markers;
+        batches += 1;
+        if expired.lists < CHUNK {
+            break;
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    println!(
+        "expired {removed} of {} markers in {seconds:.1} s ({:.0} markers/s); {batches} batches held the writer lock {:.1} ms on average, {:.1} ms at most",
+        f.n,
+        removed as f64 / seconds,
+        seconds * 1e3 / batches as f64,
+        longest * 1e3,
+    );
+    // A list goes once its newest marker is outside the window: the commit that straddles
+    // the cut-off keeps its older markers until then.
+    let whole = half - half % BATCH;
+    assert_eq!(removed, whole);
+    assert!(store.marker(&message_id(whole - 1)).unwrap().is_none());
+    assert!(store.marker(&message_id(whole)).unwrap().is_some());
+    let filter = store.marker_filter_bytes();
+    let started = Instant::now();
+    match store.rebuild_marker_filter_if_due().unwrap() {
+        Some(bytes) => println!(
+            "rebuilt the marker filter from the {} markers kept in {:.2} s: {filter} → {bytes} bytes",
+            f.n - whole,
+            started.elapsed().as_secs_f64()
+        ),
+        None => println!("marker filter ({filter} bytes) not due for a rebuild"),
+    }
+    assert!(store.marker(&message_id(f.n - 1)).unwrap().is_some());
+}
+
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let fixture = build(if full { 1_000_000 } else { 5_000 });
     let mut c = Criterion::default().configure_from_args();
     lookups(&mut c, &fixture);
     c.final_summary();
+    expiry(&fixture);
 }

@@ -113,6 +113,9 @@ pub struct Promotion {
     pub accounting_entity: Option<String>,
 }
 
+/// The shortest `hub.dedup_window` accepted.
+const MIN_DEDUP_WINDOW: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// The largest `hub.store_cache_mb` accepted (64 GiB): a larger figure is a typo.
 const MAX_STORE_CACHE_MB: u32 = 65_536;
 
@@ -738,6 +741,14 @@ impl Config {
                 format!("must be between 1 and {MAX_STORE_CACHE_MB} (MiB)"),
             ));
         }
+        if self.hub.dedup_window.0 < MIN_DEDUP_WINDOW {
+            return Err(err(
+                "hub.dedup_window".into(),
+                "must be at least 1h: a delivery not acked before a crash or a broker restart \
+                 comes back later, and must still be a duplicate"
+                    .into(),
+            ));
+        }
         if self.tracking.enabled && self.hub.dedup_window.0 < self.tracking.retention.0 {
             return Err(err(
                 "hub.dedup_window".into(),
@@ -1246,6 +1257,13 @@ tombstone_retention = '30d'
         ] {
             Config::from_toml(ok, "t.toml").unwrap();
         }
+        let err = Config::from_toml(
+            "[hub]\ndedup_window = '59m'\n[tracking]\nenabled = false\n",
+            "t.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("at least 1h"), "{err}");
     }
 
     #[test]

@@ -404,8 +404,9 @@ async fn expire_markers(live: Live, stop: tokio_util::sync::CancellationToken) {
         stop,
         |config| config.hub.dedup_window.0,
         |store, before| {
+            let parked = store.parked_marker_keys()?;
             let removed = in_chunks(PURGE_CHUNK, || {
-                let expired = store.expire_markers(before, PURGE_CHUNK)?;
+                let expired = store.expire_markers(before, PURGE_CHUNK, &parked)?;
                 Ok((expired.lists, expired.markers))
             })?;
             Ok((removed, store.rebuild_marker_filter_if_due()?))

@@ -12,13 +12,20 @@
 //! generator (increasing), holding the latest time its markers were written at (the
 //! pipeline's clock: a document's receipt, `replay --now`) and the message ids of the
 //! markers it wrote — one key a transaction, appended at the end of the tree. The purge
-//! reads the lists oldest first and stops at the first one inside the window. A marker
+//! reads the lists oldest first and stops at the first one inside the window (a list is
+//! taken once its newest marker is outside it). A marker
 //! written again since (a release from parking, a retry, a tracked run) carries the time of
 //! its last write ([`Marker::at`]) and is in a later list: an older list leaves it alone.
 //!
 //! Markers that still have work attached stay whatever their age: a document parked whole
-//! (`outcome` `parked`) or with nouns parked ([`Marker::parked`]); its release writes the
-//! marker again, and the window starts over.
+//! (`outcome` `parked`), with nouns parked ([`Marker::parked`]), or with any parked row left
+//! under its message id (a retry applied it meanwhile: the row's release is a duplicate only
+//! while the marker is there); a release writes the marker again, and the window starts over.
+//!
+//! Markers are dated by the pipeline's clock but never later than the wall clock when written,
+//! so a `replay --now` ahead of the clock cannot hold a window open. Lists are taken in the
+//! order they were written: one dated later than those after it (a replay with an old
+//! `--now` after newer documents) holds them up until it is due itself — late, never early.
 //!
 //! A list is `at` (u64, big-endian milliseconds since the Unix epoch), then for each message
 //! id its length (u16, big-endian) and its bytes.
@@ -34,8 +41,9 @@ const LIST: u8 = b'w';
 /// Store meta entry set once every marker of a store written before the lists is in one.
 const LISTS_META: &str = "index.marker_lists";
 
-/// Message ids a list written by the migration holds.
-const MIGRATION_LIST: usize = 4_096;
+/// Message ids a list written by the migration holds: a commit's worth, so that a purge
+/// batch of these lists holds the writer lock no longer than one of the service's.
+const MIGRATION_LIST: usize = 64;
 
 fn encode_list<'k>(at: u64, ids: impl Iterator<Item = &'k [u8]>) -> Vec<u8> {
     let mut v = at.to_be_bytes().to_vec();
@@ -83,9 +91,16 @@ fn marker_key(id: &[u8]) -> Vec<u8> {
 }
 
 /// Whether a marker must stay whatever its age: its document, or some of its nouns, wait
-/// parked.
-fn holds_parked(m: &Marker) -> bool {
-    m.outcome == "parked" || !m.parked.is_empty()
+/// parked — as the marker says, or as a parked row of its message id says (a row its marker
+/// no longer lists is a duplicate when released, because the marker is there).
+fn holds_parked(k: &[u8], m: &Marker, parked: &HashSet<Vec<u8>>) -> bool {
+    m.outcome == "parked" || !m.parked.is_empty() || parked.contains(k)
+}
+
+/// Only the message id of a parked row (its payload is not read into a string).
+#[derive(serde::Deserialize)]
+struct ParkedId {
+    message_id: String,
 }
 
 impl Tx<'_> {
@@ -102,7 +117,7 @@ impl Tx<'_> {
                 return Ok(());
             }
             // Markers written without [`Tx::put_marker`] (tests) are dated by the transaction.
-            let at = self.latest.get().max(self.now.get());
+            let at = self.latest.get().max(self.now.get().min(self.wall));
             encode_list(at.0, ids)
         };
         self.raw_insert(seq_key(LIST, self.db.generate_id()?).to_vec(), list);
@@ -125,13 +140,33 @@ impl Store {
         self.markers.bytes()
     }
 
+    /// The marker keys of the message ids that have parked rows: markers
+    /// [`Store::expire_markers`] keeps. Read once for a purge round (a row parked later comes
+    /// with a fresh marker).
+    pub fn parked_marker_keys(&self) -> Result<HashSet<Vec<u8>>, StoreError> {
+        self.hub
+            .scan_prefix([b'p'])
+            .map(|item| {
+                let (k, v) = item?;
+                let row: ParkedId = decode(&k, &v)?;
+                Ok(marker_key(row.message_id.as_bytes()))
+            })
+            .collect()
+    }
+
     /// Goes through up to `max_lists` marker lists, oldest first, written before `before`,
     /// removing them and the markers they list that were last written before `before` and
-    /// hold nothing parked. Call again while it goes through `max_lists`. Holds the writer
+    /// hold nothing parked (`parked`: [`Store::parked_marker_keys`]). Call again while it
+    /// goes through `max_lists`. Holds the writer
     /// lock for the batch, so no transaction reads a marker between its check here and its
     /// removal. A list that cannot be read is removed (its markers stay: they cannot be
     /// named); a marker that cannot be read stays.
-    pub fn expire_markers(&self, before: Millis, max_lists: usize) -> Result<Expired, StoreError> {
+    pub fn expire_markers(
+        &self,
+        before: Millis,
+        max_lists: usize,
+        parked: &HashSet<Vec<u8>>,
+    ) -> Result<Expired, StoreError> {
         let _writer = locked(&self.writer);
         let mut batch = sled::Batch::default();
         let mut expired = Expired::default();
@@ -157,7 +192,7 @@ impl Store {
                 };
                 match decode::<Marker>(&mk, &mv) {
                     // Markers of earlier versions have no time: their list's is theirs.
-                    Ok(m) if m.at.unwrap_or(at) < before.0 && !holds_parked(&m) => {}
+                    Ok(m) if m.at.unwrap_or(at) < before.0 && !holds_parked(&mk, &m, parked) => {}
                     Ok(_) => continue,
                     Err(e) => {
                         tracing::warn!(error = %e, "An unreadable marker kept");
@@ -177,16 +212,23 @@ impl Store {
 
     /// Rebuilds the marker filter from the markers in the store when about half of what it
     /// holds has expired ([`super::filter`]); returns the new filter's bytes, or `None` when
-    /// no rebuild was due (or the store is closing). The old filter answers meanwhile.
+    /// no rebuild was due (or another one is under way). The old filter answers meanwhile.
     pub fn rebuild_marker_filter_if_due(&self) -> Result<Option<usize>, StoreError> {
         if !self.markers.wants_rebuild() {
             return Ok(None);
         }
+        self.rebuild_marker_filter()
+    }
+
+    /// [`Store::rebuild_marker_filter_if_due`] without the "due".
+    fn rebuild_marker_filter(&self) -> Result<Option<usize>, StoreError> {
         {
             // No transaction between noting its markers and applying them.
             let _writer = locked(&self.writer);
             let _confirms = locked(&self.confirms);
-            self.markers.begin_rebuild();
+            if !self.markers.begin_rebuild() {
+                return Ok(None);
+            }
         }
         for item in self.hub.scan_prefix([b'm']).keys() {
             if self.markers.stopped() {
@@ -285,6 +327,11 @@ mod tests {
             .collect()
     }
 
+    /// One purge call as the service makes it (the parked rows' markers kept).
+    fn expire(store: &Store, before: Millis, max_lists: usize) -> Result<Expired, StoreError> {
+        store.expire_markers(before, max_lists, &store.parked_marker_keys()?)
+    }
+
     fn expired(lists: usize, markers: usize) -> Expired {
         Expired { lists, markers }
     }
@@ -327,28 +374,19 @@ mod tests {
 
         // Before the first list: nothing to do.
         assert_eq!(
-            store.expire_markers(Millis(1_000), 16).unwrap(),
+            expire(&store, Millis(1_000), 16).unwrap(),
             Expired::default()
         );
         // One list a call.
-        assert_eq!(
-            store.expire_markers(Millis(3_000), 1).unwrap(),
-            expired(1, 1)
-        );
+        assert_eq!(expire(&store, Millis(3_000), 1).unwrap(), expired(1, 1));
         assert_eq!(kept(&store, &all), [false, true, true, true]);
-        assert_eq!(
-            store.expire_markers(Millis(3_000), 16).unwrap(),
-            expired(1, 1)
-        );
+        assert_eq!(expire(&store, Millis(3_000), 16).unwrap(), expired(1, 1));
         assert_eq!(kept(&store, &all), [false, true, false, true]);
         assert_eq!(lists(&store).len(), 2);
         // "again"'s own list, and both of its lists in one call are one marker.
         mark(&store, 7_000, &["x"], "applied", &[]);
         mark(&store, 7_500, &["x"], "applied", &[]);
-        assert_eq!(
-            store.expire_markers(Millis(8_000), 16).unwrap(),
-            expired(4, 3)
-        );
+        assert_eq!(expire(&store, Millis(8_000), 16).unwrap(), expired(4, 3));
         assert_eq!(kept(&store, &all), [false, false, false, false]);
         assert!(lists(&store).is_empty());
         // An expired id is new again: the filter may say "maybe", sled says no.
@@ -372,18 +410,94 @@ mod tests {
             &["/Sync/DataArea/X[2]"],
         );
         mark(&store, 1_000, &["done"], "applied", &[]);
-        assert_eq!(
-            store.expire_markers(Millis(9_000), 16).unwrap(),
-            expired(3, 1)
-        );
+        assert_eq!(expire(&store, Millis(9_000), 16).unwrap(), expired(3, 1));
         assert_eq!(
             kept(&store, &["parked", "noun-parked", "done"]),
             [true, true, false]
         );
         // Released later: written again, listed again, and then it expires.
         mark(&store, 10_000, &["parked"], "applied", &[]);
-        store.expire_markers(Millis(20_000), 16).unwrap();
+        expire(&store, Millis(20_000), 16).unwrap();
         assert_eq!(kept(&store, &["parked", "noun-parked"]), [false, true]);
+    }
+
+    #[test]
+    fn a_marker_is_never_dated_after_the_clock_of_its_transaction() {
+        let store = Store::temporary().unwrap();
+        let before = Millis::now();
+        mark(&store, before.0 + 86_400_000, &["ahead"], "applied", &[]);
+        let at = store.marker("ahead").unwrap().unwrap().at.unwrap();
+        assert!(at >= before.0 && at <= Millis::now().0, "{at}");
+        assert_eq!(lists(&store)[0].0, at);
+    }
+
+    #[test]
+    fn markers_committed_during_a_rebuild_are_in_the_new_filter() {
+        let store = std::sync::Arc::new(Store::temporary().unwrap());
+        wait_for_marker_filter(&store);
+        // Markers for the rebuilds' scans to go through while another thread commits.
+        let ids: Vec<String> = (0..5_000).map(|i| format!("kept-{i}")).collect();
+        for chunk in ids.chunks(64) {
+            let chunk: Vec<&str> = chunk.iter().map(String::as_str).collect();
+            mark(&store, 1_000, &chunk, "applied", &[]);
+        }
+        // Commits, one marker each, until five rebuilds have run meanwhile.
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = std::thread::spawn({
+            let (store, done) = (store.clone(), done.clone());
+            move || {
+                let mut n = 0;
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    mark(&store, 2_000, &[&format!("during-{n}")], "applied", &[]);
+                    n += 1;
+                }
+                n
+            }
+        });
+        for _ in 0..5 {
+            assert!(store.rebuild_marker_filter().unwrap().is_some());
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let written = writer.join().unwrap();
+        assert!(written > 5, "only {written} commits");
+        let missing: Vec<String> = ids
+            .iter()
+            .cloned()
+            .chain((0..written).map(|i| format!("during-{i}")))
+            .filter(|id| !store.markers.may_contain(&marker_key(id.as_bytes())))
+            .collect();
+        assert!(missing.is_empty(), "lost from the filter: {missing:?}");
+    }
+
+    #[test]
+    fn a_marker_stays_while_a_parked_row_of_its_message_id_is_left() {
+        let store = Store::temporary().unwrap();
+        // Parked, then applied by a retry: the marker no longer says parked, the row stays
+        // (its release is a duplicate while the marker is there).
+        store
+            .transact(|tx| {
+                tx.park(crate::store::Parked {
+                    seq: 0,
+                    message_id: "retried".into(),
+                    reason: crate::store::ParkReason::InactiveApplication,
+                    application: "lid://erp".into(),
+                    key: None,
+                    source: "s".into(),
+                    payload: "<x/>".into(),
+                    envelope: Default::default(),
+                    reply_to: None,
+                    match_values: Vec::new(),
+                    noun: None,
+                })
+            })
+            .unwrap();
+        mark(&store, 1_000, &["retried", "done"], "applied", &[]);
+        assert_eq!(
+            store.parked_marker_keys().unwrap(),
+            HashSet::from([marker_key(b"retried")])
+        );
+        assert_eq!(expire(&store, Millis(9_000), 16).unwrap(), expired(1, 1));
+        assert_eq!(kept(&store, &["retried", "done"]), [true, false]);
     }
 
     #[test]
@@ -398,10 +512,7 @@ mod tests {
         assert!(decode_list(&damaged, &store.hub.get(&damaged).unwrap().unwrap()).is_err());
         assert!(decode_list(b"w", &[1, 2]).is_err());
         assert!(decode_list(b"w", &[0, 0, 0, 0, 0, 0, 0, 1, 0]).is_err());
-        assert_eq!(
-            store.expire_markers(Millis(2_000), 16).unwrap(),
-            expired(3, 2)
-        );
+        assert_eq!(expire(&store, Millis(2_000), 16).unwrap(), expired(3, 2));
         assert!(lists(&store).is_empty() && store.hub.get(&damaged).unwrap().is_none());
     }
 
@@ -429,9 +540,9 @@ mod tests {
         assert!(listed[0].0 >= before_open.0, "dated at the upgrade");
         assert_eq!(listed[0].1, ["a", "b"]);
         // Young: kept; one window later (here: past the list's time) they go.
-        store.expire_markers(before_open, 16).unwrap();
+        expire(&store, before_open, 16).unwrap();
         assert_eq!(kept(&store, &["a", "b"]), [true, true]);
-        let gone = store.expire_markers(Millis(listed[0].0 + 1), 16).unwrap();
+        let gone = expire(&store, Millis(listed[0].0 + 1), 16).unwrap();
         assert_eq!(gone.markers, 2);
         drop(store);
         // Listed once.

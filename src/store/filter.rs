@@ -230,17 +230,23 @@ impl MarkerFilter {
             && self.expired.load(Ordering::Relaxed) * 2 >= layers.keys()
     }
 
-    /// Starts a rebuild: from now on every key added also goes into a new filter, sized for
-    /// the keys the old one holds minus those expired. The caller must hold off every
-    /// writer between this call and its scan's start (module docs), feed the scan's keys
-    /// through [`MarkerFilter::rebuild_insert`] and end with [`MarkerFilter::finish_rebuild`].
-    pub(super) fn begin_rebuild(&self) {
+    /// Starts a rebuild, unless one is under way (`false`): from now on every key added also
+    /// goes into a new filter, sized for the keys the old one holds minus those expired. The
+    /// caller must hold off every writer between this call and its scan's start (module
+    /// docs), feed the scan's keys through [`MarkerFilter::rebuild_insert`] and end with
+    /// [`MarkerFilter::finish_rebuild`].
+    pub(super) fn begin_rebuild(&self) -> bool {
+        let mut next = write(&self.next);
+        if next.is_some() {
+            return false;
+        }
         let live = read(&self.layers)
             .keys()
             .saturating_sub(self.expired.load(Ordering::Relaxed));
         // Room for a quarter more than the markers kept before a second layer opens.
-        *write(&self.next) = Some(Layers::new(live + live / 4));
+        *next = Some(Layers::new(live + live / 4));
         self.rebuilding.store(true, Ordering::Release);
+        true
     }
 
     /// Adds a key the rebuild's scan found.
@@ -321,7 +327,8 @@ mod tests {
         let f = MarkerFilter::new();
         f.set_complete();
         f.insert(b"mold");
-        f.begin_rebuild();
+        assert!(f.begin_rebuild());
+        assert!(!f.begin_rebuild(), "one at a time");
         // Added while the scan runs (a transaction's markers): in both filters.
         f.insert(b"mduring");
         f.rebuild_insert(b"mscanned");
@@ -333,7 +340,7 @@ mod tests {
         assert!(!f.may_contain(b"mold"), "not scanned: gone");
         assert_eq!(f.bytes(), 512 * 1024);
         // An interrupted rebuild leaves the filter as it was.
-        f.begin_rebuild();
+        assert!(f.begin_rebuild());
         f.insert(b"mlater");
         f.finish_rebuild(false);
         assert!(f.may_contain(b"mscanned") && f.may_contain(b"mlater"));

@@ -782,14 +782,19 @@ impl Store {
     /// Runs `f` with a [`Tx`] whose writes are applied key by key when it returns `Ok`, not
     /// as one atomic batch, and without the writer lock (it holds [`Store::confirms`]
     /// instead): for small writes that need neither, so they never hold up a commit. `f`
-    /// must not write outbox rows or tracking runs.
+    /// must not write outbox rows, tracking runs or markers.
     fn transact_loose<T>(&self, f: impl FnOnce(&Tx<'_>) -> TxResult<T>) -> Result<T, StoreError> {
         let _confirms = locked(&self.confirms);
         let tx = self.new_tx();
         let out = f(&tx)?;
         debug_assert!(tx.outbox.borrow().is_none() && tx.tracking.borrow().is_none());
-        tx.write_marker_list()?;
-        tx.note_markers();
+        // Markers are written only under the writer lock, with their list ([`expire`]).
+        debug_assert!(tx
+            .writes
+            .borrow()
+            .range(vec![b'm']..vec![b'm' + 1])
+            .next()
+            .is_none());
         for (k, v) in tx.writes.into_inner() {
             match v {
                 Some(v) => self.hub.insert(k, v)?,
@@ -817,6 +822,7 @@ impl Store {
             tracked_runs: RefCell::new(None),
             run_outputs: RefCell::new(Vec::new()),
             indexed: RefCell::new(Vec::new()),
+            wall: track::Millis::now(),
             now: Cell::new(track::Millis::now()),
             latest: Cell::new(track::Millis(0)),
         }
@@ -1218,6 +1224,8 @@ pub struct Tx<'a> {
     now: Cell<track::Millis>,
     /// The latest time its markers were written at: its marker list's time.
     latest: Cell<track::Millis>,
+    /// The clock when it began: no marker is dated later.
+    wall: track::Millis,
 }
 
 impl Tx<'_> {
@@ -1387,7 +1395,9 @@ impl Tx<'_> {
         if let Some(tracked) = self.runs_of(message_id) {
             marker.tracked = tracked;
         }
-        let now = self.now.get();
+        // Never in the future (`replay --now` ahead of the clock): a marker's window cannot
+        // start after the purge's clock.
+        let now = self.now.get().min(self.wall);
         marker.at = Some(now.0);
         self.latest.set(self.latest.get().max(now));
         self.put(key(b'm', &[message_id]), &marker)
