@@ -476,19 +476,11 @@ mod tests {
         // (its release is a duplicate while the marker is there).
         store
             .transact(|tx| {
-                tx.park(crate::store::Parked {
-                    seq: 0,
-                    message_id: "retried".into(),
-                    reason: crate::store::ParkReason::InactiveApplication,
-                    application: "lid://erp".into(),
-                    key: None,
-                    source: "s".into(),
-                    payload: "<x/>".into(),
-                    envelope: Default::default(),
-                    reply_to: None,
-                    match_values: Vec::new(),
-                    noun: None,
-                })
+                tx.park(crate::store::Parked::for_test(
+                    "retried",
+                    crate::store::ParkReason::InactiveApplication,
+                    None,
+                ))
             })
             .unwrap();
         mark(&store, 1_000, &["retried", "done"], "applied", &[]);

@@ -1780,19 +1780,11 @@ mod tests {
             let store = Store::open(dir.path()).unwrap();
             let seq = store
                 .transact(|tx| {
-                    tx.park(Parked {
-                        seq: 0,
-                        message_id: "m-1".into(),
-                        reason: ParkReason::NoMatch,
-                        application: "lid://erp".into(),
-                        key: Some(waiting.clone()),
-                        source: "s".into(),
-                        payload: "<x/>".into(),
-                        envelope: Default::default(),
-                        reply_to: None,
-                        match_values: Vec::new(),
-                        noun: None,
-                    })
+                    tx.park(Parked::for_test(
+                        "m-1",
+                        ParkReason::NoMatch,
+                        Some(waiting.clone()),
+                    ))
                 })
                 .unwrap();
             // As an earlier version left it: no `q` entry, no meta entry.

@@ -304,6 +304,26 @@ fn is_zero(n: &u32) -> bool {
 }
 
 #[cfg(test)]
+impl Parked {
+    /// A parked row of `message_id` with a small payload (for store tests).
+    pub(crate) fn for_test(message_id: &str, reason: ParkReason, key: Option<XrefKey>) -> Parked {
+        Parked {
+            seq: 0,
+            message_id: message_id.into(),
+            reason,
+            application: "lid://erp".into(),
+            key,
+            source: "s".into(),
+            payload: "<x/>".into(),
+            envelope: Default::default(),
+            reply_to: None,
+            match_values: Vec::new(),
+            noun: None,
+        }
+    }
+}
+
+#[cfg(test)]
 impl Marker {
     /// An `applied` marker with nothing else in it (for store tests).
     pub(crate) fn applied() -> Marker {
