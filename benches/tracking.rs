@@ -14,8 +14,8 @@
 //! them. Building takes a minute or two; the build time, store size and run size are printed
 //! first.
 //!
-//! Last, the dedup window's purge ([`expiry`]): the older half of the markers expired as the
-//! service does it, and the marker filter rebuilt from the rest.
+//! Last, the dedup window's purge ([`expiry`]): the older 60 % of the markers expired as the
+//! service does it, beside a thread committing, and the marker filter rebuilt from the rest.
 //!
 //! Under `cargo test --all-targets` (no `--bench` argument) the same code runs as a smoke test
 //! with 5,000 messages.
@@ -204,46 +204,75 @@ fn lookups(c: &mut Criterion, f: &Fixture) {
     g.finish();
 }
 
-/// The dedup window's purge as the service runs it (`hub.dedup_window`): the older half of
-/// the markers expired in batches of 16 commits' lists, then the marker filter rebuilt from
-/// the half kept. Prints the time, the rate and how long each batch held the writer lock.
+/// A thread committing one small transaction after another while `during` runs: the
+/// commit times it saw (ms), sorted.
+fn commit_times_while(store: &Store, during: impl FnOnce()) -> Vec<f64> {
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let committer = scope.spawn(|| {
+            let mut times = Vec::new();
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let started = Instant::now();
+                store.transact(|tx| tx.next("bench.commits")).unwrap();
+                times.push(started.elapsed().as_secs_f64() * 1e3);
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            times
+        });
+        during();
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut times = committer.join().unwrap();
+        times.sort_by(f64::total_cmp);
+        times
+    })
+}
+
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * q) as usize]
+}
+
+/// The dedup window's purge as the service runs it (`hub.dedup_window`): the older 60 % of
+/// the markers expired in batches of 16 commits' lists while another thread commits (as the
+/// committer would), then the marker filter rebuilt from the rest. Prints the time, the rate,
+/// and the commit times seen meanwhile against those seen before.
 fn expiry(f: &Fixture) {
     const CHUNK: usize = 16;
     let store = &f.store;
-    let half = f.n / 2;
-    // Message `i` was received at `start + 50 ms × i`: the first half is before this.
-    let before = Millis(
-        store
-            .marker(&message_id(half))
-            .unwrap()
-            .unwrap()
-            .at
-            .unwrap(),
-    );
-    let started = Instant::now();
+    let cut = f.n * 3 / 5;
+    // Message `i` was received at `start + 50 ms × i`: the first 60 % are before this.
+    let before = Millis(store.marker(&message_id(cut)).unwrap().unwrap().at.unwrap());
+    let idle = commit_times_while(store, || {
+        std::thread::sleep(std::time::Duration::from_secs(2))
+    });
     let parked = store.parked_marker_keys().unwrap();
-    let (mut removed, mut batches, mut longest) = (0, 0, 0f64);
-    loop {
-        let batch = Instant::now();
-        let expired = store.expire_markers(before, CHUNK, &parked).unwrap();
-        longest = longest.max(batch.elapsed().as_secs_f64());
-        removed += expired.markers;
-        batches += 1;
-        if expired.lists < CHUNK {
-            break;
+    let (mut removed, mut batches, mut seconds) = (0, 0, 0.0);
+    let busy = commit_times_while(store, || {
+        let started = Instant::now();
+        loop {
+            let expired = store.expire_markers(before, CHUNK, &parked).unwrap();
+            removed += expired.markers;
+            batches += 1;
+            if expired.lists < CHUNK {
+                break;
+            }
         }
-    }
-    let seconds = started.elapsed().as_secs_f64();
+        seconds = started.elapsed().as_secs_f64();
+    });
     println!(
-        "expired {removed} of {} markers in {seconds:.1} s ({:.0} markers/s); {batches} batches held the writer lock {:.1} ms on average, {:.1} ms at most",
+        "expired {removed} of {} markers in {seconds:.1} s ({:.0} markers/s, {batches} batches); a commit beside it took p50 {:.2} / p99 {:.2} / max {:.1} ms ({} commits; before: p50 {:.2} / p99 {:.2} / max {:.1} ms)",
         f.n,
         removed as f64 / seconds,
-        seconds * 1e3 / batches as f64,
-        longest * 1e3,
+        quantile(&busy, 0.5),
+        quantile(&busy, 0.99),
+        quantile(&busy, 1.0),
+        busy.len(),
+        quantile(&idle, 0.5),
+        quantile(&idle, 0.99),
+        quantile(&idle, 1.0),
     );
     // A list goes once its newest marker is outside the window: the commit that straddles
     // the cut-off keeps its older markers until then.
-    let whole = half - half % BATCH;
+    let whole = cut - cut % BATCH;
     assert_eq!(removed, whole);
     assert!(store.marker(&message_id(whole - 1)).unwrap().is_none());
     assert!(store.marker(&message_id(whole)).unwrap().is_some());

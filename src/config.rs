@@ -91,8 +91,9 @@ pub struct Hub {
     /// The dedup window: how long a message id is remembered after its last processing. A
     /// delivery of it within the window is a duplicate; the service removes older markers,
     /// and a delivery after that is processed as a new message. At least
-    /// `tracking.retention` while tracking is on (a timeline is found through its marker).
-    pub dedup_window: Period,
+    /// `tracking.retention` while tracking is on (a timeline is found through its marker);
+    /// unset: 7 days, or `tracking.retention` if that is longer ([`Config::dedup_window`]).
+    pub dedup_window: Option<Period>,
 }
 
 /// `[hub.promotion]`: when an account reaches `when_type` and the system of record has no ID
@@ -112,6 +113,9 @@ pub struct Promotion {
     #[serde(default)]
     pub accounting_entity: Option<String>,
 }
+
+/// `hub.dedup_window` when unset (and `tracking.retention` is not longer).
+const DEFAULT_DEDUP_WINDOW: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
 
 /// The shortest `hub.dedup_window` accepted.
 const MIN_DEDUP_WINDOW: std::time::Duration = std::time::Duration::from_secs(3600);
@@ -142,7 +146,7 @@ impl Default for Hub {
             account_number_format: "C{seq:06}".into(),
             promotion: None,
             tombstone_retention: Period(std::time::Duration::from_secs(90 * 24 * 3600)),
-            dedup_window: Period(std::time::Duration::from_secs(30 * 24 * 3600)),
+            dedup_window: None,
         }
     }
 }
@@ -709,6 +713,18 @@ impl Config {
         Ok((config, None))
     }
 
+    /// The dedup window in force: `hub.dedup_window`, else 7 days or `tracking.retention`
+    /// (while tracking is on) if that is longer.
+    pub fn dedup_window(&self) -> std::time::Duration {
+        self.hub.dedup_window.map_or_else(
+            || {
+                let retention = self.tracking.enabled.then_some(self.tracking.retention.0);
+                DEFAULT_DEDUP_WINDOW.max(retention.unwrap_or_default())
+            },
+            |p| p.0,
+        )
+    }
+
     /// Checks references between sections (done by [`Config::from_toml`]; again by a reload
     /// after it kept the running values of restart-only settings).
     pub fn check(&self, origin: &str) -> Result<(), ConfigError> {
@@ -741,7 +757,8 @@ impl Config {
                 format!("must be between 1 and {MAX_STORE_CACHE_MB} (MiB)"),
             ));
         }
-        if self.hub.dedup_window.0 < MIN_DEDUP_WINDOW {
+        let window = self.dedup_window();
+        if window < MIN_DEDUP_WINDOW {
             return Err(err(
                 "hub.dedup_window".into(),
                 "must be at least 1h: a delivery not acked before a crash or a broker restart \
@@ -749,13 +766,14 @@ impl Config {
                     .into(),
             ));
         }
-        if self.tracking.enabled && self.hub.dedup_window.0 < self.tracking.retention.0 {
+        if self.tracking.enabled && window < self.tracking.retention.0 {
             return Err(err(
                 "hub.dedup_window".into(),
                 format!(
                     "{} is shorter than tracking.retention ({}): a message's timeline is found \
                      through its message id, which is forgotten at the end of the window",
-                    self.hub.dedup_window, self.tracking.retention
+                    Period(window),
+                    self.tracking.retention
                 ),
             ));
         }
@@ -1199,7 +1217,10 @@ mod tests {
         assert!(cfg.tracking.enabled);
         assert_eq!(cfg.tracking.retention.0.as_secs(), 7 * 86400);
         assert_eq!(cfg.hub.tombstone_retention.0.as_secs(), 90 * 86400);
-        assert_eq!(cfg.hub.dedup_window.0.as_secs(), 30 * 86400);
+        assert_eq!(cfg.dedup_window().as_secs(), 7 * 86400);
+        // Unset, it follows a longer tracking retention.
+        let cfg = Config::from_toml("[tracking]\nretention = '30d'\n", "t.toml").unwrap();
+        assert_eq!(cfg.dedup_window().as_secs(), 30 * 86400);
         let cfg = Config::from_toml(
             "[hub]
 tombstone_retention = '30d'
@@ -1242,7 +1263,7 @@ tombstone_retention = '30d'
         assert!(err.contains("tracking.retention"), "{err}");
         // The dedup window holds at least the timelines (their way in is the marker).
         let cfg = Config::from_toml("[hub]\ndedup_window = '90d'\n", "t.toml").unwrap();
-        assert_eq!(cfg.hub.dedup_window.0.as_secs(), 90 * 86400);
+        assert_eq!(cfg.dedup_window().as_secs(), 90 * 86400);
         let err = Config::from_toml("[hub]\ndedup_window = '6d'\n", "t.toml")
             .unwrap_err()
             .to_string();

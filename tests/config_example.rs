@@ -87,7 +87,7 @@ fn fully_populated() -> Config {
                 accounting_entity: Some("1".into()),
             }),
             tombstone_retention: Period(std::time::Duration::from_secs(3600)),
-            dedup_window: Period(std::time::Duration::from_secs(7200)),
+            dedup_window: Some(Period(std::time::Duration::from_secs(7200))),
         },
         amqp: Amqp {
             url: "amqp://localhost".into(),

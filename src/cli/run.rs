@@ -402,7 +402,7 @@ async fn expire_markers(live: Live, stop: tokio_util::sync::CancellationToken) {
     purge_every(
         live,
         stop,
-        |config| config.hub.dedup_window.0,
+        Config::dedup_window,
         |store, before| {
             let parked = store.parked_marker_keys()?;
             let removed = in_chunks(PURGE_CHUNK, || {

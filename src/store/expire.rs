@@ -1,4 +1,5 @@
-//! The dedup window: message-id markers expire (`hub.dedup_window`, default 30 days).
+//! The dedup window: message-id markers expire (`hub.dedup_window`, default 7 days or the
+//! tracking retention if longer).
 //!
 //! Every delivery leaves a marker under its message id, and the duplicate check reads it, so
 //! without an end the store — and the in-memory marker filter ([`super::filter`]) — would
@@ -40,6 +41,10 @@ const LIST: u8 = b'w';
 
 /// Store meta entry set once every marker of a store written before the lists is in one.
 const LISTS_META: &str = "index.marker_lists";
+
+/// Markers checked again and removed per store batch, each holding the writer lock (a
+/// commit waits for at most one).
+const REMOVE_BATCH: usize = 64;
 
 /// Message ids a list written by the migration holds: a commit's worth, so that a purge
 /// batch of these lists holds the writer lock no longer than one of the service's.
@@ -157,20 +162,21 @@ impl Store {
     /// Goes through up to `max_lists` marker lists, oldest first, written before `before`,
     /// removing them and the markers they list that were last written before `before` and
     /// hold nothing parked (`parked`: [`Store::parked_marker_keys`]). Call again while it
-    /// goes through `max_lists`. Holds the writer
-    /// lock for the batch, so no transaction reads a marker between its check here and its
-    /// removal. A list that cannot be read is removed (its markers stay: they cannot be
-    /// named); a marker that cannot be read stays.
+    /// goes through `max_lists`. The markers are read first without the writer lock, then
+    /// checked again and removed under it, [`REMOVE_BATCH`] at a time, so no transaction
+    /// writes a marker between its last check and its removal. A list that cannot be read is removed (its markers stay:
+    /// they cannot be named); a marker that cannot be read stays.
     pub fn expire_markers(
         &self,
         before: Millis,
         max_lists: usize,
         parked: &HashSet<Vec<u8>>,
     ) -> Result<Expired, StoreError> {
-        let _writer = locked(&self.writer);
-        let mut batch = sled::Batch::default();
-        let mut expired = Expired::default();
-        let mut gone = HashSet::new();
+        // First without the writer lock: reading the markers (a leaf each, rarely cached) is
+        // most of the work, and commits go on meanwhile.
+        let mut lists = Vec::new();
+        let mut candidates: Vec<(Vec<u8>, u64)> = Vec::new();
+        let mut seen = HashSet::new();
         for item in self.hub.scan_prefix([LIST]).take(max_lists) {
             let (k, v) = item?;
             let (at, ids) = match decode_list(&k, &v) {
@@ -181,33 +187,61 @@ impl Store {
                     (0, Vec::new())
                 }
             };
-            expired.lists += 1;
             for id in ids {
                 let mk = marker_key(id);
-                if gone.contains(&mk) {
-                    continue;
+                if seen.insert(mk.clone()) && self.outside_window(&mk, at, before, parked)? {
+                    candidates.push((mk, at));
                 }
-                let Some(mv) = self.hub.get(&mk)? else {
-                    continue;
-                };
-                match decode::<Marker>(&mk, &mv) {
-                    // Markers of earlier versions have no time: their list's is theirs.
-                    Ok(m) if m.at.unwrap_or(at) < before.0 && !holds_parked(&mk, &m, parked) => {}
-                    Ok(_) => continue,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "An unreadable marker kept");
-                        continue;
-                    }
-                }
-                batch.remove(mk.as_slice());
-                gone.insert(mk);
             }
+            lists.push(k);
+        }
+        // Then under it, a few at a time, each candidate checked again: a commit since may
+        // have written it again. The lists go last (a crash before leaves them to the next
+        // round, whose markers are gone or young).
+        let mut expired = Expired {
+            lists: lists.len(),
+            markers: 0,
+        };
+        for chunk in candidates.chunks(REMOVE_BATCH) {
+            let _writer = locked(&self.writer);
+            let mut batch = sled::Batch::default();
+            for (mk, at) in chunk {
+                if self.outside_window(mk, *at, before, parked)? {
+                    batch.remove(mk.as_slice());
+                    expired.markers += 1;
+                }
+            }
+            self.hub.apply_batch(batch)?;
+        }
+        let mut batch = sled::Batch::default();
+        for k in lists {
             batch.remove(k);
         }
         self.hub.apply_batch(batch)?;
-        expired.markers = gone.len();
         self.markers.note_expired(expired.markers);
         Ok(expired)
+    }
+
+    /// Whether the marker `mk`, listed at `at`, is there and may go: last written before
+    /// `before` (a marker of an earlier version has no time: its list's is its own) and
+    /// holding nothing parked. A marker that cannot be read stays.
+    fn outside_window(
+        &self,
+        mk: &[u8],
+        at: u64,
+        before: Millis,
+        parked: &HashSet<Vec<u8>>,
+    ) -> Result<bool, StoreError> {
+        let Some(mv) = self.hub.get(mk)? else {
+            return Ok(false);
+        };
+        Ok(match decode::<Marker>(mk, &mv) {
+            Ok(m) => m.at.unwrap_or(at) < before.0 && !holds_parked(mk, &m, parked),
+            Err(e) => {
+                tracing::warn!(error = %e, "An unreadable marker kept");
+                false
+            }
+        })
     }
 
     /// Rebuilds the marker filter from the markers in the store when about half of what it
