@@ -559,12 +559,13 @@ fn the_service_removes_tombstones_older_than_their_retention() {
     );
 }
 
-/// Message ids last processed before `hub.dedup_window` (replayed with a clock three days
-/// back, window two days) are forgotten by the service: the same file replayed again is
-/// processed anew (and found `duplicate` by the record's variationID guard), where a young
-/// one (one day back) is still a duplicate message id. (Replaying them
-/// before the service ran would have made both young: with tracking on, a duplicate delivery
-/// is a run of its message and writes its marker again.)
+/// Message ids last processed before `hub.dedup_window` are forgotten by the service: one
+/// replayed with a clock four days back, window two days, the last processing a day back
+/// (the window counts up to it: three days back is the cut-off). The same file replayed
+/// again is processed anew (and found `duplicate` by the record's variationID guard), where
+/// the young one is still a duplicate message id. (Replaying them before the service ran
+/// would have made both young: with tracking on, a duplicate delivery is a run of its
+/// message and writes its marker again.)
 #[test]
 fn the_service_forgets_message_ids_older_than_the_dedup_window() {
     let vhost = broker::Vhost::new("dedup-window");
@@ -581,7 +582,7 @@ fn the_service_forgets_message_ids_older_than_the_dedup_window() {
         (Utc::now() - chrono::Duration::days(days)).to_rfc3339_opts(SecondsFormat::Secs, true)
     };
     let young_file = fixture("020-ln-sync-account-owner-by-external-personnel-number.xml");
-    let old = replay(tmp.path(), &config, &[fixture(APPLIED)], &at(3));
+    let old = replay(tmp.path(), &config, &[fixture(APPLIED)], &at(4));
     let young = replay(
         tmp.path(),
         &config,

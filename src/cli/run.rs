@@ -404,6 +404,7 @@ async fn expire_markers(live: Live, stop: tokio_util::sync::CancellationToken) {
         stop,
         Config::dedup_window,
         |store, before| {
+            let before = store.marker_cutoff(before, Millis::now())?;
             let parked = store.parked_marker_keys()?;
             let removed = in_chunks(PURGE_CHUNK, || {
                 let expired = store.expire_markers(before, PURGE_CHUNK, &parked)?;

@@ -21,7 +21,12 @@
 //! Markers that still have work attached stay whatever their age: a document parked whole
 //! (`outcome` `parked`), with nouns parked ([`Marker::parked`]), or with any parked row left
 //! under its message id (a retry applied it meanwhile: the row's release is a duplicate only
-//! while the marker is there); a release writes the marker again, and the window starts over.
+//! while the marker is there); the purge lists such a marker again, dated then, and looks at
+//! it a window later (a release may or may not write it again).
+//!
+//! The service measures the window up to the newest list ([`Store::marker_cutoff`]): the time
+//! it was stopped or idle does not count, so deliveries committed but not acked before a stop
+//! still find their markers when they come back.
 //!
 //! Markers are dated by the pipeline's clock but never later than the wall clock when written,
 //! so a `replay --now` ahead of the clock cannot hold a window open. Lists are taken in the
@@ -130,6 +135,18 @@ impl Tx<'_> {
     }
 }
 
+/// A listed marker against the window.
+enum Standing {
+    /// Not in the store (expired before, or never applied).
+    Gone,
+    /// Written within the window (again, since the list).
+    Young,
+    /// Outside the window but held: a parked document needs it, or it cannot be read.
+    Held,
+    /// Outside the window: it goes.
+    Expired,
+}
+
 /// What one [`Store::expire_markers`] call did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Expired {
@@ -149,14 +166,18 @@ impl Store {
     /// [`Store::expire_markers`] keeps. Read once for a purge round (a row parked later comes
     /// with a fresh marker).
     pub fn parked_marker_keys(&self) -> Result<HashSet<Vec<u8>>, StoreError> {
-        self.hub
-            .scan_prefix([b'p'])
-            .map(|item| {
-                let (k, v) = item?;
-                let row: ParkedId = decode(&k, &v)?;
-                Ok(marker_key(row.message_id.as_bytes()))
-            })
-            .collect()
+        let mut keys = HashSet::new();
+        for item in self.hub.scan_prefix([b'p']) {
+            let (k, v) = item?;
+            match decode::<ParkedId>(&k, &v) {
+                Ok(row) => {
+                    keys.insert(marker_key(row.message_id.as_bytes()));
+                }
+                // Its message id cannot be known; it cannot be released either.
+                Err(e) => tracing::warn!(error = %e, "An unreadable parked row skipped"),
+            }
+        }
+        Ok(keys)
     }
 
     /// Goes through up to `max_lists` marker lists, oldest first, written before `before`,
@@ -176,6 +197,7 @@ impl Store {
         // most of the work, and commits go on meanwhile.
         let mut lists = Vec::new();
         let mut candidates: Vec<(Vec<u8>, u64)> = Vec::new();
+        let mut held = Vec::new();
         let mut seen = HashSet::new();
         for item in self.hub.scan_prefix([LIST]).take(max_lists) {
             let (k, v) = item?;
@@ -189,15 +211,19 @@ impl Store {
             };
             for id in ids {
                 let mk = marker_key(id);
-                if seen.insert(mk.clone()) && self.outside_window(&mk, at, before, parked)? {
-                    candidates.push((mk, at));
+                if !seen.insert(mk.clone()) {
+                    continue;
+                }
+                match self.standing(&mk, at, before, parked)? {
+                    Standing::Expired => candidates.push((mk, at)),
+                    Standing::Held => held.push(mk),
+                    Standing::Gone | Standing::Young => {}
                 }
             }
             lists.push(k);
         }
         // Then under it, a few at a time, each candidate checked again: a commit since may
-        // have written it again. The lists go last (a crash before leaves them to the next
-        // round, whose markers are gone or young).
+        // have written it again.
         let mut expired = Expired {
             lists: lists.len(),
             markers: 0,
@@ -205,43 +231,71 @@ impl Store {
         for chunk in candidates.chunks(REMOVE_BATCH) {
             let _writer = locked(&self.writer);
             let mut batch = sled::Batch::default();
+            let mut removed = 0;
             for (mk, at) in chunk {
-                if self.outside_window(mk, *at, before, parked)? {
-                    batch.remove(mk.as_slice());
-                    expired.markers += 1;
+                match self.standing(mk, *at, before, parked)? {
+                    Standing::Expired => {
+                        batch.remove(mk.as_slice());
+                        removed += 1;
+                    }
+                    Standing::Held => held.push(mk.clone()),
+                    Standing::Gone | Standing::Young => {}
                 }
             }
             self.hub.apply_batch(batch)?;
+            expired.markers += removed;
+            self.markers.note_expired(removed);
         }
+        // The lists go last (a crash before leaves them to the next round, whose markers are
+        // gone or young). A marker held (parked, or unreadable) goes into a list of now: it
+        // is looked at again a window later, whether or not its release writes it again.
         let mut batch = sled::Batch::default();
         for k in lists {
             batch.remove(k);
         }
+        if !held.is_empty() {
+            let now = Millis::now();
+            let list = encode_list(now.0, held.iter().map(|k| &k[1..]));
+            batch.insert(seq_key(LIST, self.db.generate_id()?).to_vec(), list);
+        }
         self.hub.apply_batch(batch)?;
-        self.markers.note_expired(expired.markers);
         Ok(expired)
     }
 
-    /// Whether the marker `mk`, listed at `at`, is there and may go: last written before
-    /// `before` (a marker of an earlier version has no time: its list's is its own) and
-    /// holding nothing parked. A marker that cannot be read stays.
-    fn outside_window(
+    /// Where the marker `mk`, listed at `at`, stands against the cut-off `before` (a marker
+    /// of an earlier version has no time: its list's is its own).
+    fn standing(
         &self,
         mk: &[u8],
         at: u64,
         before: Millis,
         parked: &HashSet<Vec<u8>>,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Standing, StoreError> {
         let Some(mv) = self.hub.get(mk)? else {
-            return Ok(false);
+            return Ok(Standing::Gone);
         };
         Ok(match decode::<Marker>(mk, &mv) {
-            Ok(m) => m.at.unwrap_or(at) < before.0 && !holds_parked(mk, &m, parked),
+            Ok(m) if m.at.unwrap_or(at) >= before.0 => Standing::Young,
+            Ok(m) if holds_parked(mk, &m, parked) => Standing::Held,
+            Ok(_) => Standing::Expired,
             Err(e) => {
                 tracing::warn!(error = %e, "An unreadable marker kept");
-                false
+                Standing::Held
             }
         })
+    }
+
+    /// The cut-off "`before` as of `now`" moved back by the time since markers were last
+    /// written (the newest list): the window counts only up to the last processing, so the
+    /// time a service was stopped (or idle) does not expire the markers of deliveries it
+    /// committed but had not acked — they come back when it starts.
+    pub fn marker_cutoff(&self, before: Millis, now: Millis) -> Result<Millis, StoreError> {
+        let Some(item) = self.hub.scan_prefix([LIST]).next_back() else {
+            return Ok(before);
+        };
+        let (k, v) = item?;
+        let idle = decode_list(&k, &v).map_or(0, |(newest, _)| now.0.saturating_sub(newest));
+        Ok(Millis(before.0.saturating_sub(idle)))
     }
 
     /// Rebuilds the marker filter from the markers in the store when about half of what it
@@ -449,10 +503,33 @@ mod tests {
             kept(&store, &["parked", "noun-parked", "done"]),
             [true, true, false]
         );
+        // The held ones are listed again, dated now: looked at again a window later.
+        let relisted = lists(&store);
+        assert_eq!(relisted.len(), 1);
+        assert_eq!(relisted[0].1, ["parked", "noun-parked"]);
+        assert!(relisted[0].0 > 1_000_000_000_000, "the clock's now");
         // Released later: written again, listed again, and then it expires.
         mark(&store, 10_000, &["parked"], "applied", &[]);
-        expire(&store, Millis(20_000), 16).unwrap();
+        let later = Millis(Millis::now().0 + 1);
+        assert_eq!(expire(&store, later, 16).unwrap(), expired(2, 1));
         assert_eq!(kept(&store, &["parked", "noun-parked"]), [false, true]);
+        assert_eq!(lists(&store)[0].1, ["noun-parked"]);
+    }
+
+    #[test]
+    fn the_cutoff_does_not_count_the_time_since_markers_were_last_written() {
+        let store = Store::temporary().unwrap();
+        let (before, now) = (Millis(6_000), Millis(8_000));
+        assert_eq!(
+            store.marker_cutoff(before, now).unwrap(),
+            before,
+            "no lists"
+        );
+        mark(&store, 5_000, &["a"], "applied", &[]);
+        // Idle (or stopped) for 3 s: the cut-off moves back 3 s.
+        assert_eq!(store.marker_cutoff(before, now).unwrap(), Millis(3_000));
+        mark(&store, 8_000, &["b"], "applied", &[]);
+        assert_eq!(store.marker_cutoff(before, now).unwrap(), before);
     }
 
     #[test]
