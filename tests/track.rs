@@ -563,7 +563,8 @@ fn the_service_removes_tombstones_older_than_their_retention() {
 /// replayed with a clock four days back, window two days, the last processing a day back
 /// (the window counts up to it: three days back is the cut-off). The same file replayed
 /// again is processed anew (and found `duplicate` by the record's variationID guard), where
-/// the young one is still a duplicate message id. (Replaying them before the service ran
+/// the young one, and one of two and a half days back (outside the window by the wall clock
+/// alone), are still duplicate message ids. (Replaying them before the service ran
 /// would have made both young: with tracking on, a duplicate delivery is a run of its
 /// message and writes its marker again.)
 #[test]
@@ -578,11 +579,22 @@ fn the_service_forgets_message_ids_older_than_the_dedup_window() {
         1,
     );
     std::fs::write(&config, text).unwrap();
-    let at = |days: i64| {
-        (Utc::now() - chrono::Duration::days(days)).to_rfc3339_opts(SecondsFormat::Secs, true)
+    let hours_back = |hours: i64| {
+        (Utc::now() - chrono::Duration::hours(hours)).to_rfc3339_opts(SecondsFormat::Secs, true)
     };
+    let at = |days: i64| hours_back(days * 24);
     let young_file = fixture("020-ln-sync-account-owner-by-external-personnel-number.xml");
+    let middle_file = fixture("021-ln-sync-account-owner-by-first-and-last-name.xml");
     let old = replay(tmp.path(), &config, &[fixture(APPLIED)], &at(4));
+    // Two and a half days back: outside the window by the wall clock, inside it counted up to
+    // the last processing (a day back).
+    let middle = replay(
+        tmp.path(),
+        &config,
+        std::slice::from_ref(&middle_file),
+        &hours_back(60),
+    );
+    assert_eq!(middle[0]["outcome"], "applied");
     let young = replay(
         tmp.path(),
         &config,
@@ -605,7 +617,12 @@ fn the_service_forgets_message_ids_older_than_the_dedup_window() {
     );
     stop(&mut child);
 
-    let after = replay(tmp.path(), &config, &[fixture(APPLIED), young_file], &at(0));
+    let after = replay(
+        tmp.path(),
+        &config,
+        &[fixture(APPLIED), young_file, middle_file],
+        &at(0),
+    );
     // Processed anew: the record's variationID guard answers, not the message id.
     let last_decision = |line: &Value| {
         let decisions = line["decisions"].as_array().unwrap();
@@ -618,13 +635,15 @@ fn the_service_forgets_message_ids_older_than_the_dedup_window() {
         "{}",
         after[0]
     );
-    assert_eq!(after[1]["outcome"], "duplicate");
-    assert!(
-        last_decision(&after[1]).starts_with("message id ")
-            && last_decision(&after[1]).ends_with(" already processed (applied)"),
-        "{}",
-        after[1]
-    );
+    assert_eq!(after.len(), 3);
+    for kept in &after[1..] {
+        assert_eq!(kept["outcome"], "duplicate");
+        assert!(
+            last_decision(kept).starts_with("message id ")
+                && last_decision(kept).ends_with(" already processed (applied)"),
+            "{kept}"
+        );
+    }
 }
 
 /// Documents published to the running service: `GET /messages/{id}` gives their timelines

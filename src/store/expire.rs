@@ -21,8 +21,8 @@
 //! Markers that still have work attached stay whatever their age: a document parked whole
 //! (`outcome` `parked`), with nouns parked ([`Marker::parked`]), or with any parked row left
 //! under its message id (a retry applied it meanwhile: the row's release is a duplicate only
-//! while the marker is there); the purge lists such a marker again, dated then, and looks at
-//! it a window later (a release may or may not write it again).
+//! while the marker is there); the purge lists such a marker again, dated as the newest list,
+//! and looks at it a window of processing later (a release may or may not write it again).
 //!
 //! The service measures the window up to the newest list ([`Store::marker_cutoff`]): the time
 //! it was stopped or idle does not count, so deliveries committed but not acked before a stop
@@ -51,9 +51,9 @@ const LISTS_META: &str = "index.marker_lists";
 /// commit waits for at most one).
 const REMOVE_BATCH: usize = 64;
 
-/// Message ids a list written by the migration holds: a commit's worth, so that a purge
-/// batch of these lists holds the writer lock no longer than one of the service's.
-const MIGRATION_LIST: usize = 64;
+/// Message ids a list written by the migration or the purge (held markers listed again)
+/// holds: a commit's worth, so that 16 lists are about as many markers as 16 commits'.
+const LIST_IDS: usize = 64;
 
 fn encode_list<'k>(at: u64, ids: impl Iterator<Item = &'k [u8]>) -> Vec<u8> {
     let mut v = at.to_be_bytes().to_vec();
@@ -247,16 +247,20 @@ impl Store {
             self.markers.note_expired(removed);
         }
         // The lists go last (a crash before leaves them to the next round, whose markers are
-        // gone or young). A marker held (parked, or unreadable) goes into a list of now: it
-        // is looked at again a window later, whether or not its release writes it again.
+        // gone or young). A marker held (parked, or unreadable) goes into a list dated as the
+        // newest one (the last processing, not the clock: a list of now would end the idle
+        // time [`Store::marker_cutoff`] leaves out): it is looked at again a window of
+        // processing later, whether or not its release writes it again.
         let mut batch = sled::Batch::default();
         for k in lists {
             batch.remove(k);
         }
         if !held.is_empty() {
-            let now = Millis::now();
-            let list = encode_list(now.0, held.iter().map(|k| &k[1..]));
-            batch.insert(seq_key(LIST, self.db.generate_id()?).to_vec(), list);
+            let at = self.newest_list_at()?.unwrap_or(Millis::now());
+            for ids in held.chunks(LIST_IDS) {
+                let list = encode_list(at.0, ids.iter().map(|k| &k[1..]));
+                batch.insert(seq_key(LIST, self.db.generate_id()?).to_vec(), list);
+            }
         }
         self.hub.apply_batch(batch)?;
         Ok(expired)
@@ -290,12 +294,21 @@ impl Store {
     /// time a service was stopped (or idle) does not expire the markers of deliveries it
     /// committed but had not acked — they come back when it starts.
     pub fn marker_cutoff(&self, before: Millis, now: Millis) -> Result<Millis, StoreError> {
-        let Some(item) = self.hub.scan_prefix([LIST]).next_back() else {
-            return Ok(before);
-        };
-        let (k, v) = item?;
-        let idle = decode_list(&k, &v).map_or(0, |(newest, _)| now.0.saturating_sub(newest));
+        let idle = self
+            .newest_list_at()?
+            .map_or(0, |newest| now.0.saturating_sub(newest.0));
         Ok(Millis(before.0.saturating_sub(idle)))
+    }
+
+    /// The time of the newest readable marker list.
+    fn newest_list_at(&self) -> Result<Option<Millis>, StoreError> {
+        for item in self.hub.scan_prefix([LIST]).rev() {
+            let (k, v) = item?;
+            if let Ok((at, _)) = decode_list(&k, &v) {
+                return Ok(Some(Millis(at)));
+            }
+        }
+        Ok(None)
     }
 
     /// Rebuilds the marker filter from the markers in the store when about half of what it
@@ -349,7 +362,7 @@ pub(super) fn list_old_markers(
         return Ok(0);
     }
     let mut listed = 0;
-    let mut ids: Vec<sled::IVec> = Vec::with_capacity(MIGRATION_LIST);
+    let mut ids: Vec<sled::IVec> = Vec::with_capacity(LIST_IDS);
     let mut write = |ids: &mut Vec<sled::IVec>| -> Result<(), StoreError> {
         let list = encode_list(now.0, ids.iter().map(|k| &k[1..]));
         hub.insert(seq_key(LIST, db.generate_id()?), list)?;
@@ -359,7 +372,7 @@ pub(super) fn list_old_markers(
     };
     for k in hub.scan_prefix([b'm']).keys() {
         ids.push(k?);
-        if ids.len() == MIGRATION_LIST {
+        if ids.len() == LIST_IDS {
             write(&mut ids)?;
         }
     }
@@ -503,17 +516,52 @@ mod tests {
             kept(&store, &["parked", "noun-parked", "done"]),
             [true, true, false]
         );
-        // The held ones are listed again, dated now: looked at again a window later.
+        // The held ones are listed again, dated as the newest list (the last processing):
+        // looked at again a window of processing later.
         let relisted = lists(&store);
-        assert_eq!(relisted.len(), 1);
-        assert_eq!(relisted[0].1, ["parked", "noun-parked"]);
-        assert!(relisted[0].0 > 1_000_000_000_000, "the clock's now");
+        assert_eq!(
+            relisted,
+            [(1_000, vec!["parked".to_string(), "noun-parked".to_string()])]
+        );
         // Released later: written again, listed again, and then it expires.
         mark(&store, 10_000, &["parked"], "applied", &[]);
-        let later = Millis(Millis::now().0 + 1);
-        assert_eq!(expire(&store, later, 16).unwrap(), expired(2, 1));
+        assert_eq!(expire(&store, Millis(20_000), 16).unwrap(), expired(2, 1));
         assert_eq!(kept(&store, &["parked", "noun-parked"]), [false, true]);
-        assert_eq!(lists(&store)[0].1, ["noun-parked"]);
+        assert_eq!(
+            lists(&store),
+            [(10_000, vec!["noun-parked".to_string()])],
+            "dated as the newest list, which went"
+        );
+    }
+
+    #[test]
+    fn held_markers_listed_again_leave_the_cutoff_where_it_was() {
+        let store = Store::temporary().unwrap();
+        mark(&store, 1_000, &["parked"], "parked", &[]);
+        mark(&store, 5_000, &["other"], "applied", &[]);
+        // As the service computes it at 6_000 with a window of 0 (the last processing 5_000).
+        let cutoff = store.marker_cutoff(Millis(6_000), Millis(6_000)).unwrap();
+        assert_eq!(cutoff, Millis(5_000));
+        assert_eq!(expire(&store, cutoff, 16).unwrap(), expired(1, 0));
+        assert_eq!(
+            lists(&store),
+            [
+                (5_000, vec!["other".to_string()]),
+                (5_000, vec!["parked".to_string()])
+            ]
+        );
+        assert_eq!(
+            store.marker_cutoff(Millis(6_000), Millis(6_000)).unwrap(),
+            cutoff
+        );
+        // Held markers beyond a list's worth go into several lists.
+        let many: Vec<String> = (0..LIST_IDS + 1).map(|i| format!("p{i:03}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        mark(&store, 5_500, &many, "parked", &[]);
+        mark(&store, 9_000, &["last"], "applied", &[]);
+        expire(&store, Millis(8_000), 16).unwrap();
+        let sizes: Vec<usize> = lists(&store).iter().map(|(_, ids)| ids.len()).collect();
+        assert_eq!(sizes, [1, LIST_IDS, 2]);
     }
 
     #[test]

@@ -260,12 +260,15 @@ impl MarkerFilter {
     /// replaces the old one; otherwise it is dropped and the old one stays.
     pub(super) fn finish_rebuild(&self, done: bool) {
         let mut next = write(&self.next);
-        self.rebuilding.store(false, Ordering::Release);
         if let (true, Some(fresh)) = (done, next.take()) {
-            // Under `next`'s lock: no insert is between the two filters.
+            // The new filter is in place before inserts stop feeding it: an insert that finds
+            // `rebuilding` off goes into it. (Turning the flag off first let an insert that
+            // saw it off land in the old filter just before the swap: caught by
+            // `markers_committed_during_a_rebuild_are_in_the_new_filter`.)
             *write(&self.layers) = fresh;
             self.expired.store(0, Ordering::Relaxed);
         }
+        self.rebuilding.store(false, Ordering::Release);
         *next = None;
     }
 }
