@@ -185,8 +185,9 @@ impl Store {
     /// hold nothing parked (`parked`: [`Store::parked_marker_keys`]). Call again while it
     /// goes through `max_lists`. The markers are read first without the writer lock, then
     /// checked again and removed under it, [`REMOVE_BATCH`] at a time, so no transaction
-    /// writes a marker between its last check and its removal. A list that cannot be read is removed (its markers stay:
-    /// they cannot be named); a marker that cannot be read stays.
+    /// writes a marker between its last check and its removal. A list that cannot be read
+    /// is removed (its markers stay: they cannot be named); a marker that cannot be read, or
+    /// that a parked document holds, stays and is listed again.
     pub fn expire_markers(
         &self,
         before: Millis,
