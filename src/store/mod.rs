@@ -806,6 +806,7 @@ impl Store {
     }
 
     fn new_tx(&self) -> Tx<'_> {
+        let wall = track::Millis::now();
         Tx {
             tree: &self.hub,
             writes: RefCell::new(BTreeMap::new()),
@@ -822,8 +823,8 @@ impl Store {
             tracked_runs: RefCell::new(None),
             run_outputs: RefCell::new(Vec::new()),
             indexed: RefCell::new(Vec::new()),
-            wall: track::Millis::now(),
-            now: Cell::new(track::Millis::now()),
+            wall,
+            now: Cell::new(wall),
             latest: Cell::new(track::Millis(0)),
         }
     }
