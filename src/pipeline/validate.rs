@@ -338,17 +338,17 @@ fn is_delete_status(status: Option<&str>) -> bool {
     })
 }
 
-fn check_email(value: &str, path: &str) -> Result<()> {
+fn check_email(value: &str, path: impl FnOnce() -> String) -> Result<()> {
     let ok = value.split_once('@').is_some_and(|(local, domain)| {
         !local.is_empty() && domain.contains('.') && !domain.contains('@')
     }) && !value.chars().any(char::is_whitespace);
     if !ok {
         return Err(ValidationError::InvalidValue {
-            path: path.to_string(),
+            path: path(),
             why: format!("{value:?} is not an e-mail address"),
         });
     }
-    check_len(value, MAX_TEXT, || path.to_string())
+    check_len(value, MAX_TEXT, path)
 }
 
 /// A noun's channels (`noun`: the noun's path; each channel knows its element's below it).
@@ -364,7 +364,7 @@ fn communication(channels: &[Channel], noun: &str) -> Result<Communication> {
         let value_at = || at(ch.value_element);
         match ch.channel {
             ChannelKind::Email => {
-                check_email(&ch.value, &value_at())?;
+                check_email(&ch.value, value_at)?;
                 if seen.insert(ch.value.as_str()) {
                     c.emails.push(ch.value.clone());
                 }
@@ -404,20 +404,23 @@ fn hub_address(addresses: &[Address], noun: &str) -> Result<Option<Merged>> {
     else {
         return Ok(None);
     };
-    // The value and the path of `element`, from the base view, else the first that has one.
-    let from_any = |f: fn(&Address) -> Option<&String>, element: &str| {
+    // The value from the base view, else from the first view that has one, with that view. The
+    // paths are only for errors: formatted when a check fails, not for every value.
+    let from_any = |f: fn(&Address) -> Option<&String>| {
         std::iter::once(base)
             .chain(addresses)
-            .find_map(|a| Some((f(a)?.clone(), format!("{noun}/{}/{element}", a.path))))
+            .find_map(|a| Some((f(a)?, a)))
     };
-    let mut lines: Vec<(String, String)> = std::iter::once(base)
+    let path = |a: &Address, element: &str| format!("{noun}/{}/{element}", a.path);
+    // Each line with the view and the element it came from.
+    let mut lines: Vec<(String, &Address, &str)> = std::iter::once(base)
         .chain(addresses)
         .find(|a| !a.lines.is_empty())
         .map(|a| {
             a.lines
                 .iter()
                 .zip(&a.line_steps)
-                .map(|(l, s)| (l.clone(), format!("{noun}/{}/{s}", a.path)))
+                .map(|(l, s)| (l.clone(), a, s.as_str()))
                 .collect()
         })
         .unwrap_or_default();
@@ -433,25 +436,22 @@ fn hub_address(addresses: &[Address], noun: &str) -> Result<Option<Merged>> {
             } else {
                 "BuildingNumber"
             };
-            lines.push((street, format!("{noun}/{}/{element}", base.path)));
+            lines.push((street, base, element));
         }
         if let Some(po) = &base.post_office_box {
-            lines.push((
-                format!("PO Box {po}"),
-                format!("{noun}/{}/PostOfficeBox", base.path),
-            ));
+            lines.push((format!("PO Box {po}"), base, "PostOfficeBox"));
         }
     }
-    for (line, path) in &lines {
-        check_len(line, MAX_TEXT, || path.clone())?;
+    for (line, a, element) in &lines {
+        check_len(line, MAX_TEXT, || path(a, element))?;
     }
     let field = |f: fn(&Address) -> Option<&String>, element: &str, max: usize| {
-        from_any(f, element)
-            .map(|(value, path)| check_len(&value, max, || path).map(|()| value))
+        from_any(f)
+            .map(|(value, a)| check_len(value, max, || path(a, element)).map(|()| value.clone()))
             .transpose()
     };
     let address = HubAddress {
-        lines: lines.into_iter().map(|(l, _)| l).collect(),
+        lines: lines.into_iter().map(|(l, _, _)| l).collect(),
         city: field(|a| a.city.as_ref(), "CityName", MAX_TEXT)?,
         subdivision: field(
             |a| a.subdivision.as_ref(),
@@ -466,17 +466,20 @@ fn hub_address(addresses: &[Address], noun: &str) -> Result<Option<Merged>> {
         postal_code: field(|a| a.postal_code.as_ref(), "PostalCode", MAX_CODE)?,
         country: None,
     };
-    Ok(Some((
-        address,
-        from_any(|a| a.country.as_ref(), "CountryCode"),
-    )))
+    let country =
+        from_any(|a| a.country.as_ref()).map(|(c, a)| (c.clone(), path(a, "CountryCode")));
+    Ok(Some((address, country)))
 }
 
-/// Where the country code of a merged address came from, else where it would be.
-fn country_path(address: Option<&Merged>, noun: &str, container: &str) -> String {
-    match address.and_then(|(_, c)| c.as_ref()) {
-        Some((_, path)) => path.clone(),
-        None => format!("{noun}/{container}/Address/CountryCode"),
+/// A merged address's country code as sent, and where it came from, else where it would be.
+fn country_of(
+    country: Option<(String, String)>,
+    noun: &str,
+    container: &str,
+) -> (Option<String>, String) {
+    match country {
+        Some((code, path)) => (Some(code), path),
+        None => (None, format!("{noun}/{container}/Address/CountryCode")),
     }
 }
 
@@ -575,6 +578,8 @@ fn party_item(
     };
     let communication = communication(&p.channels, &p.path)?;
     let address = hub_address(&p.addresses, &p.path)?;
+    let (address, country) = address.map_or((None, None), |(a, c)| (Some(a), c));
+    let (raw_country, country_path) = country_of(country, &p.path, "Location");
     let account_number = p
         .account_ids
         .first()
@@ -604,7 +609,7 @@ fn party_item(
                 status: p.status.clone(),
                 ..Default::default()
             },
-            address: address.as_ref().map(|(a, _)| a.clone()),
+            address,
             communication,
             commercial: Commercial {
                 currency: p.currency.clone(),
@@ -614,10 +619,8 @@ fn party_item(
             classification: p.classifications.clone(),
             user_area: p.user_area.clone(),
         },
-        raw_country: address
-            .as_ref()
-            .and_then(|(_, c)| Some(c.as_ref()?.0.clone())),
-        country_path: country_path(address.as_ref(), &p.path, "Location"),
+        raw_country,
+        country_path,
         employer: None,
         sales_persons: p.sales_persons.clone(),
         match_values,
@@ -651,6 +654,8 @@ fn contact_item(
         Some(a) => hub_address(std::slice::from_ref(a), &c.path)?,
         None => None,
     };
+    let (address, country) = address.map_or((None, None), |(a, c)| (Some(a), c));
+    let (raw_country, country_path) = country_of(country, &c.path, "CommunicationDetail");
     let employer = match &c.employer {
         Some(e) if !e.value.is_empty() => {
             let path = format!("{}/EmployerReference/{}", c.path, c.employer_at);
@@ -691,16 +696,14 @@ fn contact_item(
                 relationship: c.relationship.clone(),
                 ..Default::default()
             },
-            address: address.as_ref().map(|(a, _)| a.clone()),
+            address,
             communication,
             commercial: Commercial::default(),
             classification: c.classifications.clone(),
             user_area: c.user_area.clone(),
         },
-        raw_country: address
-            .as_ref()
-            .and_then(|(_, c)| Some(c.as_ref()?.0.clone())),
-        country_path: country_path(address.as_ref(), &c.path, "CommunicationDetail"),
+        raw_country,
+        country_path,
         employer,
         sales_persons: c.sales_persons.clone(),
         match_values,
