@@ -839,3 +839,49 @@ fn sigterm_while_the_service_starts_is_a_clean_stop() {
         log.join("\n")
     );
 }
+
+/// A peer that accepts TCP and then says nothing (a broker still starting, a half-open
+/// proxy) must not hold the service for ever: the attempt is abandoned after
+/// `connect_timeout` and retried with the backoff, and a shutdown meanwhile is a clean stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_accepts_and_says_nothing_is_abandoned_and_retried() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    // Accepts and keeps every connection open, never answering the AMQP header.
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { break };
+            counter.fetch_add(1, Ordering::SeqCst);
+            held.push(stream);
+        }
+    });
+    let mut config = Config::load(&common::root().join("fixtures/bodflow.toml")).unwrap();
+    config.amqp.url = format!("amqp://guest:guest@127.0.0.1:{port}/%2f");
+    let options = RunOptions {
+        connect_timeout: Duration::from_millis(300),
+        reconnect_min: Duration::from_millis(50),
+        reconnect_max: Duration::from_millis(200),
+        ..RunOptions::default()
+    };
+    let (stop, service) = start_service(&config, Arc::new(Store::temporary().unwrap()), options);
+    let start = Instant::now();
+    while accepted.load(Ordering::SeqCst) < 3 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the service stayed in its first connection attempt ({} accepted)",
+            accepted.load(Ordering::SeqCst)
+        );
+        assert!(!service.is_finished(), "the service stopped");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), service)
+        .await
+        .expect("the service did not stop")
+        .unwrap()
+        .unwrap();
+}

@@ -76,6 +76,8 @@ pub enum Error {
         "a dead-letter copy needs a {0}-byte header frame, more than the connection's frame_max"
     )]
     FrameTooSmall(usize),
+    #[error("the broker did not complete the connection within {0:?}")]
+    ConnectTimeout(Duration),
 }
 
 impl Error {
@@ -92,6 +94,7 @@ impl Error {
             Error::LaneFailed => "lane_failed",
             Error::Store(e) => e.code(),
             Error::Task(_) => "task",
+            Error::ConnectTimeout(_) => "connect_timeout",
             Error::FrameTooSmall(_) => "frame_too_small",
         }
     }
@@ -334,6 +337,11 @@ pub struct RunOptions {
     /// Reconnect backoff, doubling from `reconnect_min` up to `reconnect_max`.
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
+    /// How long one connection attempt (TCP and the AMQP handshake), and then the session's
+    /// setup (topology, prefetch, channels), may each take before the attempt is abandoned
+    /// and retried with the backoff: a broker still starting, or a peer that accepts TCP and
+    /// then says nothing, would otherwise hold the service for ever.
+    pub connect_timeout: Duration,
     /// Times in a row `bodflow.out` may return an outbox row (no queue bound for its
     /// receiver) before the row goes to `bodflow.dead` instead ([`publisher`]); at least 1.
     /// At the default retry backoff, 10 returns take about 20 s (more for a row that was
@@ -354,6 +362,7 @@ impl Default for RunOptions {
             stop_timeout: Duration::from_secs(20),
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(15),
             unroutable_attempts: 10,
         }
     }
@@ -419,7 +428,9 @@ async fn serve(
     while !token.is_cancelled() {
         let connection = tokio::select! {
             () = token.cancelled() => break,
-            c = connect(&url, frames) => c,
+            c = tokio::time::timeout(options.connect_timeout, connect(&url, frames)) => {
+                c.unwrap_or(Err(Error::ConnectTimeout(options.connect_timeout)))
+            }
         };
         match connection {
             Ok(connection) => {
@@ -513,16 +524,23 @@ async fn session(
     // The configuration in force now: reloaded applications get their queues; the consumer
     // reads `live` per group, the publisher needs only restart-only settings.
     let pipeline = &live.current().await;
-    let admin = connection.create_channel().await?;
-    topology::declare(&admin, &pipeline.config).await?;
-    let _ = admin.close(200, "declared".into()).await;
-
-    let inbound = connection.create_channel().await?;
-    inbound
-        .basic_qos(pipeline.config.amqp.prefetch, BasicQosOptions::default())
-        .await?;
-    let dead_letters = confirm_channel(connection).await?;
-    let outbound = confirm_channel(connection).await?;
+    // Bounded like the connection itself: a broker that stops answering here would
+    // otherwise hold the session before it consumes anything.
+    let setup = async {
+        let admin = connection.create_channel().await?;
+        topology::declare(&admin, &pipeline.config).await?;
+        let _ = admin.close(200, "declared".into()).await;
+        let inbound = connection.create_channel().await?;
+        inbound
+            .basic_qos(pipeline.config.amqp.prefetch, BasicQosOptions::default())
+            .await?;
+        let dead_letters = confirm_channel(connection).await?;
+        let outbound = confirm_channel(connection).await?;
+        Ok::<_, Error>((inbound, dead_letters, outbound))
+    };
+    let (inbound, dead_letters, outbound) = tokio::time::timeout(options.connect_timeout, setup)
+        .await
+        .unwrap_or(Err(Error::ConnectTimeout(options.connect_timeout)))?;
 
     let session = shutdown.child_token();
     let stop_publisher = CancellationToken::new();
