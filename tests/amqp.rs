@@ -848,15 +848,22 @@ async fn a_broker_that_accepts_and_says_nothing_is_abandoned_and_retried() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
     let accepted = Arc::new(AtomicUsize::new(0));
-    let counter = accepted.clone();
-    // Accepts and keeps every connection open, never answering the AMQP header.
-    std::thread::spawn(move || {
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (counter, finished) = (accepted.clone(), done.clone());
+    // Accepts and keeps every connection open, never answering the AMQP header, until the
+    // test is done: then the sockets close, which ends the abandoned attempts' I/O loops.
+    let silent = std::thread::spawn(move || {
         let mut held = Vec::new();
-        for stream in listener.incoming() {
-            let Ok(stream) = stream else { break };
-            counter.fetch_add(1, Ordering::SeqCst);
-            held.push(stream);
+        while !finished.load(Ordering::SeqCst) {
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    held.push(stream);
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
         }
     });
     let mut config = Config::load(&common::root().join("fixtures/bodflow.toml")).unwrap();
@@ -884,4 +891,6 @@ async fn a_broker_that_accepts_and_says_nothing_is_abandoned_and_retried() {
         .expect("the service did not stop")
         .unwrap()
         .unwrap();
+    done.store(true, Ordering::SeqCst);
+    silent.join().unwrap();
 }
