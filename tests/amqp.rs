@@ -842,28 +842,46 @@ fn sigterm_while_the_service_starts_is_a_clean_stop() {
 
 /// A peer that accepts TCP and then says nothing (a broker still starting, a half-open
 /// proxy) must not hold the service for ever: the attempt is abandoned after
-/// `connect_timeout` and retried with the backoff, and a shutdown meanwhile is a clean stop.
+/// `connect_timeout` and retried with the backoff, the abandoned attempt's socket is shut
+/// down (lapin's I/O thread would otherwise wait on it until the peer closes), and a shutdown
+/// meanwhile is a clean stop that leaves no socket open either.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_that_accepts_and_says_nothing_is_abandoned_and_retried() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     listener.set_nonblocking(true).unwrap();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (counter, finished) = (accepted.clone(), done.clone());
-    // Accepts and keeps every connection open, never answering the AMQP header, until the
-    // test is done: then the sockets close, which ends the abandoned attempts' I/O loops.
+    let (accepted, closed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let done = Arc::new(AtomicBool::new(false));
+    let (counter, closures, finished) = (accepted.clone(), closed.clone(), done.clone());
+    // Accepts every connection and never answers the AMQP header; counts the connections the
+    // service closes (end of stream) until the test is done.
     let silent = std::thread::spawn(move || {
-        let mut held = Vec::new();
+        let mut held: Vec<std::net::TcpStream> = Vec::new();
         while !finished.load(Ordering::SeqCst) {
-            match listener.accept() {
-                Ok((stream, _)) => {
-                    counter.fetch_add(1, Ordering::SeqCst);
-                    held.push(stream);
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            if let Ok((stream, _)) = listener.accept() {
+                stream.set_nonblocking(true).unwrap();
+                counter.fetch_add(1, Ordering::SeqCst);
+                held.push(stream);
             }
+            held.retain_mut(|stream| {
+                let mut buf = [0u8; 64];
+                loop {
+                    match std::io::Read::read(stream, &mut buf) {
+                        Ok(0) => {
+                            closures.fetch_add(1, Ordering::SeqCst);
+                            return false;
+                        }
+                        Ok(_) => continue,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+                        Err(_) => {
+                            closures.fetch_add(1, Ordering::SeqCst);
+                            return false;
+                        }
+                    }
+                }
+            });
+            std::thread::sleep(Duration::from_millis(10));
         }
     });
     let mut config = Config::load(&common::root().join("fixtures/bodflow.toml")).unwrap();
@@ -876,11 +894,12 @@ async fn a_broker_that_accepts_and_says_nothing_is_abandoned_and_retried() {
     };
     let (stop, service) = start_service(&config, Arc::new(Store::temporary().unwrap()), options);
     let start = Instant::now();
-    while accepted.load(Ordering::SeqCst) < 3 {
+    while accepted.load(Ordering::SeqCst) < 3 || closed.load(Ordering::SeqCst) < 2 {
         assert!(
             start.elapsed() < Duration::from_secs(20),
-            "the service stayed in its first connection attempt ({} accepted)",
-            accepted.load(Ordering::SeqCst)
+            "after 20 s: {} attempts accepted, {} of them closed by the service",
+            accepted.load(Ordering::SeqCst),
+            closed.load(Ordering::SeqCst)
         );
         assert!(!service.is_finished(), "the service stopped");
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -891,6 +910,148 @@ async fn a_broker_that_accepts_and_says_nothing_is_abandoned_and_retried() {
         .expect("the service did not stop")
         .unwrap()
         .unwrap();
+    // The attempt in flight at the stop is shut down as well.
+    let stopped = Instant::now();
+    while closed.load(Ordering::SeqCst) < accepted.load(Ordering::SeqCst) {
+        assert!(
+            stopped.elapsed() < Duration::from_secs(5),
+            "{} of {} connections still open 5 s after the service stopped",
+            accepted.load(Ordering::SeqCst) - closed.load(Ordering::SeqCst),
+            accepted.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     done.store(true, Ordering::SeqCst);
     silent.join().unwrap();
+}
+
+/// A TCP proxy to the real broker on 127.0.0.1:5672 that passes the AMQP handshake both ways
+/// and then stops passing the broker's frames to the client (those after `Connection.OpenOk`
+/// are read and dropped): a broker that completes the connection and then says nothing.
+/// Counts the handshakes completed and the client connections that ended.
+struct StallingProxy {
+    port: u16,
+    handshakes: Arc<std::sync::atomic::AtomicUsize>,
+    closed: Arc<std::sync::atomic::AtomicUsize>,
+    done: Arc<std::sync::atomic::AtomicBool>,
+    accept: Option<std::thread::JoinHandle<()>>,
+}
+
+impl StallingProxy {
+    fn start() -> StallingProxy {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let handshakes = Arc::new(AtomicUsize::new(0));
+        let closed = Arc::new(AtomicUsize::new(0));
+        let done = Arc::new(AtomicBool::new(false));
+        let (h, c, d) = (handshakes.clone(), closed.clone(), done.clone());
+        let accept = std::thread::spawn(move || {
+            while !d.load(Ordering::SeqCst) {
+                let Ok((client, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                client.set_nonblocking(false).unwrap();
+                let broker = std::net::TcpStream::connect("127.0.0.1:5672").unwrap();
+                let (client_r, broker_w) =
+                    (client.try_clone().unwrap(), broker.try_clone().unwrap());
+                let closed = c.clone();
+                // Client to broker, untouched; its end is the client closing the connection.
+                std::thread::spawn(move || {
+                    let (mut from, mut to) = (client_r, broker_w);
+                    let _ = std::io::copy(&mut from, &mut to);
+                    closed.fetch_add(1, Ordering::SeqCst);
+                    let _ = to.shutdown(std::net::Shutdown::Both);
+                });
+                let handshakes = h.clone();
+                // Broker to client, frame by frame, until OpenOk has gone through.
+                std::thread::spawn(move || {
+                    let (mut from, mut to) = (broker, client);
+                    let mut stalled = false;
+                    loop {
+                        let mut head = [0u8; 7];
+                        if std::io::Read::read_exact(&mut from, &mut head).is_err() {
+                            break;
+                        }
+                        let size = u32::from_be_bytes(head[3..7].try_into().unwrap()) as usize;
+                        let mut rest = vec![0u8; size + 1];
+                        if std::io::Read::read_exact(&mut from, &mut rest).is_err() {
+                            break;
+                        }
+                        if stalled {
+                            continue;
+                        }
+                        let frame = [&head[..], &rest[..]].concat();
+                        if std::io::Write::write_all(&mut to, &frame).is_err() {
+                            break;
+                        }
+                        // A method frame of class 10 (connection), method 41 (open-ok).
+                        if head[0] == 1 && size >= 4 && rest[..4] == [0, 10, 0, 41] {
+                            stalled = true;
+                            handshakes.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                    let _ = to.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        StallingProxy {
+            port,
+            handshakes,
+            closed,
+            done,
+            accept: Some(accept),
+        }
+    }
+}
+
+impl Drop for StallingProxy {
+    fn drop(&mut self) {
+        self.done.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(accept) = self.accept.take() {
+            let _ = accept.join();
+        }
+    }
+}
+
+/// A broker that completes the connection and then stops answering (a stalled proxy, a
+/// broker that hangs after the handshake): the session's setup — channels, topology, qos — is
+/// abandoned after `connect_timeout`, its socket shut down, and the service connects again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_stalls_after_the_handshake_is_abandoned_and_retried() {
+    use std::sync::atomic::Ordering;
+    let vhost = Vhost::new("stall");
+    let proxy = StallingProxy::start();
+    let mut config = fixture_config(&vhost);
+    config.amqp.url = config
+        .amqp
+        .url
+        .replace("127.0.0.1:5672", &format!("127.0.0.1:{}", proxy.port));
+    let options = RunOptions {
+        connect_timeout: Duration::from_millis(500),
+        reconnect_min: Duration::from_millis(50),
+        reconnect_max: Duration::from_millis(200),
+        ..RunOptions::default()
+    };
+    let (stop, service) = start_service(&config, Arc::new(Store::temporary().unwrap()), options);
+    let start = Instant::now();
+    // Two handshakes, the first of them given up and its connection closed by the service.
+    while proxy.handshakes.load(Ordering::SeqCst) < 2 || proxy.closed.load(Ordering::SeqCst) < 1 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "after 20 s: {} handshakes completed, {} connections closed by the service",
+            proxy.handshakes.load(Ordering::SeqCst),
+            proxy.closed.load(Ordering::SeqCst)
+        );
+        assert!(!service.is_finished(), "the service stopped");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(20), service)
+        .await
+        .expect("the service did not stop")
+        .unwrap()
+        .unwrap();
 }

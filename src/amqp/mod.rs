@@ -288,14 +288,77 @@ async fn failed_on_large_frame(
 }
 
 async fn connect(url: &str, frames: Frames) -> Result<Connection, Error> {
+    connect_keeping(url, frames, None).await
+}
+
+/// [`connect`], keeping the connection's TCP socket in `socket` when given.
+async fn connect_keeping(
+    url: &str,
+    frames: Frames,
+    socket: Option<&Socket>,
+) -> Result<Connection, Error> {
     let properties = ConnectionProperties::default().with_connection_name("bodflow".into());
-    match url.parse::<lapin::uri::AMQPUri>() {
-        Ok(mut uri) => {
-            uri.query.frame_max.get_or_insert(frames.0);
-            Ok(Connection::connect_uri(uri, properties).await?)
-        }
+    let mut uri = match url.parse::<lapin::uri::AMQPUri>() {
+        Ok(uri) => uri,
         // lapin reports what is wrong with the URL.
-        Err(_) => Ok(Connection::connect(url, properties).await?),
+        Err(_) => return Ok(Connection::connect(url, properties).await?),
+    };
+    uri.query.frame_max.get_or_insert(frames.0);
+    let runtime = lapin::runtime::default_runtime()?;
+    let socket = socket.cloned();
+    // What lapin's own `connect_uri` does, keeping a handle on the socket.
+    let connection = Connection::connector(
+        uri,
+        runtime,
+        async move |uri, runtime| {
+            let stream = lapin::tcp::AMQPUriTcpExt::connect_async(&uri, &runtime).await?;
+            #[cfg(unix)]
+            #[allow(irrefutable_let_patterns)]
+            // the one variant without lapin's TLS features
+            if let (Some(socket), lapin::AsyncTcpStream::Plain(plain)) = (&socket, &stream) {
+                socket.keep(std::os::fd::AsFd::as_fd(plain.get_ref()));
+            }
+            #[cfg(not(unix))]
+            let _ = &socket;
+            Ok(stream)
+        },
+        properties,
+    );
+    Ok(connection.await?)
+}
+
+/// The TCP socket of one connection (a duplicate of its descriptor), so that a connection
+/// bodflow gives up on can be shut down. lapin gives no way to stop a connection's I/O thread:
+/// one whose peer says nothing more (an attempt that timed out, a close that was never
+/// answered) would otherwise wait on it, with its socket, until the peer closes.
+#[derive(Clone, Default)]
+struct Socket(Arc<std::sync::Mutex<Option<std::net::TcpStream>>>);
+
+impl Socket {
+    #[cfg(unix)]
+    fn keep(&self, fd: std::os::fd::BorrowedFd<'_>) {
+        match fd.try_clone_to_owned() {
+            Ok(fd) => *self.slot() = Some(std::net::TcpStream::from(fd)),
+            Err(e) => tracing::debug!(error = %e, "Cannot keep the connection's socket"),
+        }
+    }
+
+    /// Shuts the socket down: the connection's I/O thread sees the end of it and stops.
+    fn shut_down(&self) {
+        if let Some(socket) = self.slot().take() {
+            let _ = socket.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// Lets go of the socket of a connection closed cleanly (lapin closes its own).
+    fn release(&self) {
+        self.slot().take();
+    }
+
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<std::net::TcpStream>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -426,9 +489,13 @@ async fn serve(
     let mut reconnect = false;
     let mut frames = Frames::stored(live.store());
     while !token.is_cancelled() {
+        let socket = Socket::default();
         let connection = tokio::select! {
-            () = token.cancelled() => break,
-            c = tokio::time::timeout(options.connect_timeout, connect(&url, frames)) => {
+            () = token.cancelled() => {
+                socket.shut_down();
+                break;
+            }
+            c = tokio::time::timeout(options.connect_timeout, connect_keeping(&url, frames, Some(&socket))) => {
                 c.unwrap_or(Err(Error::ConnectTimeout(options.connect_timeout)))
             }
         };
@@ -453,9 +520,20 @@ async fn serve(
                     }
                 };
                 readiness.set_connected(false);
-                // A blocked connection would not send the close either.
-                let _ =
-                    tokio::time::timeout(CLOSE_TIMEOUT, connection.close(200, "bye".into())).await;
+                // A broker that did not answer the setup would not answer a close; a blocked
+                // connection would not send it either.
+                let silent = matches!(result, Err(Error::ConnectTimeout(_)));
+                let closed = !silent
+                    && matches!(
+                        tokio::time::timeout(CLOSE_TIMEOUT, connection.close(200, "bye".into()))
+                            .await,
+                        Ok(Ok(()))
+                    );
+                if closed {
+                    socket.release();
+                } else {
+                    socket.shut_down();
+                }
                 let shutdown = token.is_cancelled();
                 emit(AmqpDisconnected {
                     error: result
@@ -488,11 +566,14 @@ async fn serve(
                     delay = options.reconnect_min;
                 }
             }
-            Err(e) => emit(AmqpConnectFailed {
-                code: e.code(),
-                error: &e,
-                delay_ms: delay.as_millis() as u64,
-            }),
+            Err(e) => {
+                socket.shut_down();
+                emit(AmqpConnectFailed {
+                    code: e.code(),
+                    error: &e,
+                    delay_ms: delay.as_millis() as u64,
+                });
+            }
         }
         tokio::select! {
             () = token.cancelled() => break,
