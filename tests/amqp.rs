@@ -928,13 +928,33 @@ async fn a_broker_that_accepts_and_says_nothing_is_abandoned_and_retried() {
 /// A TCP proxy to the real broker on 127.0.0.1:5672 that passes the AMQP handshake both ways
 /// and then stops passing the broker's frames to the client (those after `Connection.OpenOk`
 /// are read and dropped): a broker that completes the connection and then says nothing.
-/// Counts the handshakes completed and the client connections that ended.
+/// Counts the handshakes completed and the connections the client *abandoned*: ended by the
+/// client without a `Connection.Close`, while the proxy still held both sides open.
 struct StallingProxy {
     port: u16,
     handshakes: Arc<std::sync::atomic::AtomicUsize>,
-    closed: Arc<std::sync::atomic::AtomicUsize>,
+    abandoned: Arc<std::sync::atomic::AtomicUsize>,
+    /// Connections to the broker that failed (the accepted client is then dropped).
+    failures: Arc<std::sync::atomic::AtomicUsize>,
     done: Arc<std::sync::atomic::AtomicBool>,
     accept: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Reads one AMQP frame (header, payload, end octet) whole.
+fn read_frame(from: &mut std::net::TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut frame = vec![0u8; 7];
+    std::io::Read::read_exact(from, &mut frame)?;
+    let size = u32::from_be_bytes(frame[3..7].try_into().unwrap()) as usize;
+    frame.resize(7 + size + 1, 0);
+    std::io::Read::read_exact(from, &mut frame[7..])?;
+    Ok(frame)
+}
+
+/// Whether `frame` is the method `class`.`method` (a method frame's payload starts with them).
+fn is_method(frame: &[u8], class: u16, method: u16) -> bool {
+    frame[0] == 1
+        && frame.len() >= 12
+        && frame[7..11] == [class.to_be_bytes(), method.to_be_bytes()].concat()
 }
 
 impl StallingProxy {
@@ -944,9 +964,15 @@ impl StallingProxy {
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
         let handshakes = Arc::new(AtomicUsize::new(0));
-        let closed = Arc::new(AtomicUsize::new(0));
+        let abandoned = Arc::new(AtomicUsize::new(0));
+        let failures = Arc::new(AtomicUsize::new(0));
         let done = Arc::new(AtomicBool::new(false));
-        let (h, c, d) = (handshakes.clone(), closed.clone(), done.clone());
+        let (h, a, f, d) = (
+            handshakes.clone(),
+            abandoned.clone(),
+            failures.clone(),
+            done.clone(),
+        );
         let accept = std::thread::spawn(move || {
             while !d.load(Ordering::SeqCst) {
                 let Ok((client, _)) = listener.accept() else {
@@ -954,45 +980,53 @@ impl StallingProxy {
                     continue;
                 };
                 client.set_nonblocking(false).unwrap();
-                let broker = std::net::TcpStream::connect("127.0.0.1:5672").unwrap();
+                let Ok(broker) = std::net::TcpStream::connect("127.0.0.1:5672") else {
+                    f.fetch_add(1, Ordering::SeqCst);
+                    continue;
+                };
+                // Set before the proxy ends the client's side itself.
+                let proxy_closed = Arc::new(AtomicBool::new(false));
                 let (client_r, broker_w) =
                     (client.try_clone().unwrap(), broker.try_clone().unwrap());
-                let closed = c.clone();
-                // Client to broker, untouched; its end is the client closing the connection.
+                let (abandoned, closed_here) = (a.clone(), proxy_closed.clone());
+                // Client to broker, frame by frame after the protocol header, all passed on.
                 std::thread::spawn(move || {
                     let (mut from, mut to) = (client_r, broker_w);
-                    let _ = std::io::copy(&mut from, &mut to);
-                    closed.fetch_add(1, Ordering::SeqCst);
+                    let mut header = [0u8; 8];
+                    let mut close_sent = false;
+                    if std::io::Read::read_exact(&mut from, &mut header).is_ok()
+                        && std::io::Write::write_all(&mut to, &header).is_ok()
+                    {
+                        while let Ok(frame) = read_frame(&mut from) {
+                            close_sent |= is_method(&frame, 10, 50);
+                            if std::io::Write::write_all(&mut to, &frame).is_err() {
+                                break;
+                            }
+                        }
+                    }
+                    if !close_sent && !closed_here.load(Ordering::SeqCst) {
+                        abandoned.fetch_add(1, Ordering::SeqCst);
+                    }
                     let _ = to.shutdown(std::net::Shutdown::Both);
                 });
                 let handshakes = h.clone();
-                // Broker to client, frame by frame, until OpenOk has gone through.
+                // Broker to client until OpenOk has gone through; then read and dropped.
                 std::thread::spawn(move || {
                     let (mut from, mut to) = (broker, client);
                     let mut stalled = false;
-                    loop {
-                        let mut head = [0u8; 7];
-                        if std::io::Read::read_exact(&mut from, &mut head).is_err() {
-                            break;
-                        }
-                        let size = u32::from_be_bytes(head[3..7].try_into().unwrap()) as usize;
-                        let mut rest = vec![0u8; size + 1];
-                        if std::io::Read::read_exact(&mut from, &mut rest).is_err() {
-                            break;
-                        }
+                    while let Ok(frame) = read_frame(&mut from) {
                         if stalled {
                             continue;
                         }
-                        let frame = [&head[..], &rest[..]].concat();
                         if std::io::Write::write_all(&mut to, &frame).is_err() {
                             break;
                         }
-                        // A method frame of class 10 (connection), method 41 (open-ok).
-                        if head[0] == 1 && size >= 4 && rest[..4] == [0, 10, 0, 41] {
+                        if is_method(&frame, 10, 41) {
                             stalled = true;
                             handshakes.fetch_add(1, Ordering::SeqCst);
                         }
                     }
+                    proxy_closed.store(true, Ordering::SeqCst);
                     let _ = to.shutdown(std::net::Shutdown::Both);
                 });
             }
@@ -1000,7 +1034,8 @@ impl StallingProxy {
         StallingProxy {
             port,
             handshakes,
-            closed,
+            abandoned,
+            failures,
             done,
             accept: Some(accept),
         }
@@ -1037,13 +1072,17 @@ async fn a_broker_that_stalls_after_the_handshake_is_abandoned_and_retried() {
     };
     let (stop, service) = start_service(&config, Arc::new(Store::temporary().unwrap()), options);
     let start = Instant::now();
-    // Two handshakes, the first of them given up and its connection closed by the service.
-    while proxy.handshakes.load(Ordering::SeqCst) < 2 || proxy.closed.load(Ordering::SeqCst) < 1 {
+    // Two handshakes, the first of them given up: its connection ended by the service
+    // without a Connection.Close (the broker had stopped answering).
+    while proxy.handshakes.load(Ordering::SeqCst) < 2 || proxy.abandoned.load(Ordering::SeqCst) < 1
+    {
         assert!(
             start.elapsed() < Duration::from_secs(20),
-            "after 20 s: {} handshakes completed, {} connections closed by the service",
+            "after 20 s: {} handshakes completed, {} connections abandoned by the service, {} \
+             connections to the broker failed",
             proxy.handshakes.load(Ordering::SeqCst),
-            proxy.closed.load(Ordering::SeqCst)
+            proxy.abandoned.load(Ordering::SeqCst),
+            proxy.failures.load(Ordering::SeqCst)
         );
         assert!(!service.is_finished(), "the service stopped");
         tokio::time::sleep(Duration::from_millis(20)).await;

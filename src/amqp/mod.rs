@@ -313,10 +313,13 @@ async fn connect_keeping(
         async move |uri, runtime| {
             let stream = lapin::tcp::AMQPUriTcpExt::connect_async(&uri, &runtime).await?;
             #[cfg(unix)]
-            #[allow(irrefutable_let_patterns)]
-            // the one variant without lapin's TLS features
-            if let (Some(socket), lapin::AsyncTcpStream::Plain(plain)) = (&socket, &stream) {
-                socket.keep(std::os::fd::AsFd::as_fd(plain.get_ref()));
+            match (&socket, &stream) {
+                (None, _) => {}
+                (Some(socket), lapin::AsyncTcpStream::Plain(plain)) => {
+                    socket.keep(std::os::fd::AsFd::as_fd(plain.get_ref()));
+                }
+                // Only with one of lapin's TLS features, which bodflow does not enable.
+                (Some(_), _) => tracing::warn!("A TLS connection's socket is not kept: if bodflow gives this connection up, its I/O thread waits until the broker closes it"),
             }
             #[cfg(not(unix))]
             let _ = &socket;
@@ -332,30 +335,52 @@ async fn connect_keeping(
 /// one whose peer says nothing more (an attempt that timed out, a close that was never
 /// answered) would otherwise wait on it, with its socket, until the peer closes.
 #[derive(Clone, Default)]
-struct Socket(Arc<std::sync::Mutex<Option<std::net::TcpStream>>>);
+struct Socket(Arc<std::sync::Mutex<Slot>>);
+
+#[derive(Default)]
+enum Slot {
+    /// Not connected yet.
+    #[default]
+    Empty,
+    Kept(std::net::TcpStream),
+    /// Given up, or closed cleanly: a socket that connects only now (lapin's I/O thread was
+    /// still in the TCP connect) is shut down at once.
+    Done,
+}
 
 impl Socket {
     #[cfg(unix)]
     fn keep(&self, fd: std::os::fd::BorrowedFd<'_>) {
-        match fd.try_clone_to_owned() {
-            Ok(fd) => *self.slot() = Some(std::net::TcpStream::from(fd)),
-            Err(e) => tracing::debug!(error = %e, "Cannot keep the connection's socket"),
+        let socket = match fd.try_clone_to_owned() {
+            Ok(fd) => std::net::TcpStream::from(fd),
+            Err(e) => {
+                tracing::warn!(error = %e, "Cannot keep the connection's socket: if bodflow gives this connection up, its I/O thread waits until the broker closes it");
+                return;
+            }
+        };
+        let mut slot = self.slot();
+        match *slot {
+            Slot::Done => {
+                let _ = socket.shutdown(std::net::Shutdown::Both);
+            }
+            _ => *slot = Slot::Kept(socket),
         }
     }
 
-    /// Shuts the socket down: the connection's I/O thread sees the end of it and stops.
+    /// Shuts the socket down, now or as soon as it connects: the connection's I/O thread sees
+    /// the end of it and stops.
     fn shut_down(&self) {
-        if let Some(socket) = self.slot().take() {
+        if let Slot::Kept(socket) = std::mem::replace(&mut *self.slot(), Slot::Done) {
             let _ = socket.shutdown(std::net::Shutdown::Both);
         }
     }
 
     /// Lets go of the socket of a connection closed cleanly (lapin closes its own).
     fn release(&self) {
-        self.slot().take();
+        *self.slot() = Slot::Done;
     }
 
-    fn slot(&self) -> std::sync::MutexGuard<'_, Option<std::net::TcpStream>> {
+    fn slot(&self) -> std::sync::MutexGuard<'_, Slot> {
         self.0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -529,11 +554,6 @@ async fn serve(
                             .await,
                         Ok(Ok(()))
                     );
-                if closed {
-                    socket.release();
-                } else {
-                    socket.shut_down();
-                }
                 let shutdown = token.is_cancelled();
                 emit(AmqpDisconnected {
                     error: result
@@ -542,6 +562,11 @@ async fn serve(
                         .map(|e| (e.code(), e as &dyn std::fmt::Display)),
                     shutdown,
                 });
+                if closed {
+                    socket.release();
+                } else {
+                    socket.shut_down();
+                }
                 if result.is_ok() && shutdown {
                     break;
                 }
@@ -562,17 +587,19 @@ async fn serve(
                         None => tracing::error!(frame_max = frames.0, "A delivery's headers exceed the largest frames bodflow asks for: lower the broker's frame_max (RabbitMQ's default is 128 KiB) or set frame_max in amqp.url"),
                     }
                 }
-                if started.elapsed() > options.reconnect_max {
+                // A session that ran a while starts the backoff again; one whose setup the
+                // broker never answered did not run, however long it waited.
+                if !silent && started.elapsed() > options.reconnect_max {
                     delay = options.reconnect_min;
                 }
             }
             Err(e) => {
-                socket.shut_down();
                 emit(AmqpConnectFailed {
                     code: e.code(),
                     error: &e,
                     delay_ms: delay.as_millis() as u64,
                 });
+                socket.shut_down();
             }
         }
         tokio::select! {
