@@ -568,6 +568,79 @@ fn check_config_rejects_a_misspelled_key_naming_its_full_path() {
     }
 }
 
+/// `bodflow run` would otherwise wait for a broker it can never reach (a URL lapin cannot
+/// read), or reach it in plain text (`amqps` without TLS in this build): both are
+/// configuration errors at the start, named without the URL's password, and `check-config`
+/// reports them too.
+#[test]
+fn an_amqp_url_no_connection_could_honour_is_a_configuration_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("bodflow.toml");
+    let with_url = |url: &str| {
+        std::fs::write(&config, format!("[amqp]\nurl = \"{url}\"\n")).unwrap();
+    };
+    let run = |env_url: Option<&str>| {
+        let mut cmd = bodflow();
+        cmd.args(["run", "--config"])
+            .arg(&config)
+            .current_dir(tmp.path())
+            .env_remove("BODFLOW_AMQP_URL")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        if let Some(url) = env_url {
+            cmd.env("BODFLOW_AMQP_URL", url);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let start = std::time::Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if start.elapsed() > std::time::Duration::from_secs(20) {
+                child.kill().unwrap();
+                panic!("bodflow run kept running with a URL it cannot use");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        child.wait_with_output().unwrap()
+    };
+    let cases = [
+        (
+            "amqps://bodflow:s3cret@rabbit.example/%2f",
+            "amqps (TLS) is not supported",
+        ),
+        ("amqp://bodflow:s3cret@[::1]:5672/%2f", "IPv6"),
+        ("amqp:bodflow:s3cret@rabbit.example", "not an AMQP URL"),
+    ];
+    for (url, says) in cases {
+        with_url(url);
+        for out in [
+            run(None),
+            run_in(
+                tmp.path(),
+                bodflow().args(["check-config", "--config"]).arg(&config),
+            ),
+        ] {
+            assert_exit(&out, 2);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                stderr.contains("amqp.url") && stderr.contains(says),
+                "{url}: {stderr}"
+            );
+            assert!(
+                !stderr.contains("s3cret"),
+                "{url}: the password is shown: {stderr}"
+            );
+        }
+    }
+    assert!(
+        !tmp.path().join("data").exists(),
+        "the store was opened before the URL was checked"
+    );
+    // The environment's URL is checked as well as the file's.
+    with_url("amqp://guest:guest@127.0.0.1:5672/%2f");
+    let out = run(Some("garbage"));
+    assert_exit(&out, 2);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not an AMQP URL"));
+}
+
 #[test]
 fn replay_of_a_missing_path_exits_2_and_names_the_path() {
     let tmp = tempfile::tempdir().unwrap();

@@ -78,6 +78,8 @@ pub enum Error {
     FrameTooSmall(usize),
     #[error("the broker did not complete the connection within {0:?}")]
     ConnectTimeout(Duration),
+    #[error("amqp.url: {0}")]
+    Url(String),
 }
 
 impl Error {
@@ -96,6 +98,7 @@ impl Error {
             Error::Task(_) => "task",
             Error::ConnectTimeout(_) => "connect_timeout",
             Error::FrameTooSmall(_) => "frame_too_small",
+            Error::Url(_) => "bad_url",
         }
     }
 }
@@ -287,6 +290,38 @@ async fn failed_on_large_frame(
     large
 }
 
+/// `amqp.url` as lapin reads it, refused before any connection when bodflow cannot honour it:
+/// a URL lapin cannot read, or one for `amqps`. This build has none of lapin's TLS features,
+/// and lapin would then connect to an `amqps` URL's host and port in plain text. The error
+/// names what is wrong, never the URL (it may hold a password).
+pub fn check_url(url: &str) -> Result<lapin::uri::AMQPUri, Error> {
+    let uri = url.parse::<lapin::uri::AMQPUri>().map_err(|e| {
+        // lapin quotes a URL it cannot take as a base, password and all.
+        let e = e.replace(url, "…");
+        Error::Url(format!("not an AMQP URL ({e})"))
+    })?;
+    let authority = url.split_once("://").map_or("", |(_, rest)| {
+        rest.split(['/', '?', '#']).next().unwrap_or_default()
+    });
+    if authority.contains('[') {
+        // lapin reads the host of such a URL as `localhost`.
+        return Err(Error::Url(
+            "an IPv6 address as the host is not supported (lapin would connect to localhost): \
+             use a host name"
+                .into(),
+        ));
+    }
+    if uri.scheme == lapin::uri::AMQPScheme::AMQPS {
+        return Err(Error::Url(
+            "amqps (TLS) is not supported: this build would connect in plain text. Use an \
+             amqp:// URL, with a local TLS tunnel (stunnel, a sidecar) to reach a broker that \
+             only accepts TLS"
+                .into(),
+        ));
+    }
+    Ok(uri)
+}
+
 async fn connect(url: &str, frames: Frames) -> Result<Connection, Error> {
     connect_keeping(url, frames, None).await
 }
@@ -298,11 +333,7 @@ async fn connect_keeping(
     socket: Option<&Socket>,
 ) -> Result<Connection, Error> {
     let properties = ConnectionProperties::default().with_connection_name("bodflow".into());
-    let mut uri = match url.parse::<lapin::uri::AMQPUri>() {
-        Ok(uri) => uri,
-        // lapin reports what is wrong with the URL.
-        Err(_) => return Ok(Connection::connect(url, properties).await?),
-    };
+    let mut uri = check_url(url)?;
     uri.query.frame_max.get_or_insert(frames.0);
     let runtime = lapin::runtime::default_runtime()?;
     let socket = socket.cloned();
@@ -857,6 +888,38 @@ pub fn document_name(bytes: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_no_connection_could_honour_are_refused_without_their_password() {
+        let refused = |url: &str| match check_url(url) {
+            Err(e @ Error::Url(_)) => {
+                assert_eq!(e.code(), "bad_url");
+                let message = e.to_string();
+                assert!(!message.contains("s3cret"), "{message}");
+                message
+            }
+            other => panic!("{url}: {other:?}"),
+        };
+        assert!(refused("amqps://guest:s3cret@rabbit.example/%2f").contains("amqps (TLS)"));
+        assert!(refused("amqps://rabbit.example:5671").contains("plain text"));
+        assert!(refused("garbage").contains("not an AMQP URL"));
+        assert!(refused("amqp:guest:s3cret@rabbit.example").contains("not an AMQP URL"));
+        assert!(refused("http://rabbit.example/").contains("not an AMQP URL"));
+        assert!(refused("amqp://guest:s3cret@[::1]:5672/%2f").contains("IPv6"));
+
+        let uri = check_url("amqp://bodflow:s3cret@10.1.2.3:5673/erp?frame_max=65536").unwrap();
+        assert_eq!(
+            (
+                uri.authority.host.as_str(),
+                uri.authority.port,
+                uri.vhost.as_str()
+            ),
+            ("10.1.2.3", 5673, "erp")
+        );
+        assert_eq!(uri.query.frame_max, Some(65536));
+        check_url("amqp://guest:guest@127.0.0.1:5672/%2f").unwrap();
+        check_url("amqp://rabbit.example").unwrap();
+    }
 
     #[test]
     fn a_returned_message_is_named_by_its_own_message_id_whichever_confirm_carries_it() {

@@ -79,6 +79,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let hangup = listen_hangup(&runtime);
     let mut stop_signals = listen_stop(&runtime);
     let (config, config_path) = Config::resolve(args.config.as_deref(), &[])?;
+    // A URL no connection could use is a configuration error, not a broker to wait for.
+    amqp::check_url(&config.amqp.url)?;
     if config_path.is_none() {
         tracing::warn!("No bodflow.toml found: built-in defaults, no applications configured");
     }
