@@ -606,7 +606,7 @@ fn an_amqp_url_no_connection_could_honour_is_a_configuration_error() {
             "amqps://bodflow:s3cret@rabbit.example/%2f",
             "amqps (TLS) is not supported",
         ),
-        ("amqp://bodflow:s3cret@[::1]:5672/%2f", "IPv6"),
+        ("amqp://bodflow:s3cret@[::1x]:5672/%2f", "not an AMQP URL"),
         ("amqp:bodflow:s3cret@rabbit.example", "not an AMQP URL"),
     ];
     for (url, says) in cases {
@@ -615,7 +615,10 @@ fn an_amqp_url_no_connection_could_honour_is_a_configuration_error() {
             run(None),
             run_in(
                 tmp.path(),
-                bodflow().args(["check-config", "--config"]).arg(&config),
+                bodflow()
+                    .args(["check-config", "--config"])
+                    .arg(&config)
+                    .env_remove("BODFLOW_AMQP_URL"),
             ),
         ] {
             assert_exit(&out, 2);
@@ -634,11 +637,15 @@ fn an_amqp_url_no_connection_could_honour_is_a_configuration_error() {
         !tmp.path().join("data").exists(),
         "the store was opened before the URL was checked"
     );
-    // The environment's URL is checked as well as the file's.
+    // The environment's URL is checked as well as the file's, and named.
     with_url("amqp://guest:guest@127.0.0.1:5672/%2f");
     let out = run(Some("garbage"));
     assert_exit(&out, 2);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not an AMQP URL"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("BODFLOW_AMQP_URL") && stderr.contains("not an AMQP URL"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -78,7 +78,7 @@ pub enum Error {
     FrameTooSmall(usize),
     #[error("the broker did not complete the connection within {0:?}")]
     ConnectTimeout(Duration),
-    #[error("amqp.url: {0}")]
+    #[error("{0}")]
     Url(String),
 }
 
@@ -292,32 +292,43 @@ async fn failed_on_large_frame(
 
 /// `amqp.url` as lapin reads it, refused before any connection when bodflow cannot honour it:
 /// a URL lapin cannot read, or one for `amqps`. This build has none of lapin's TLS features,
-/// and lapin would then connect to an `amqps` URL's host and port in plain text. The error
-/// names what is wrong, never the URL (it may hold a password).
+/// and lapin would then connect to an `amqps` URL's host and port in plain text. An IPv6
+/// address as the host (`[::1]`), which lapin reads as `localhost`, is put right. The error
+/// names where the URL came from and what is wrong with it, never the URL (it may hold a
+/// password).
 pub fn check_url(url: &str) -> Result<lapin::uri::AMQPUri, Error> {
-    let uri = url.parse::<lapin::uri::AMQPUri>().map_err(|e| {
+    let refuse = |why: String| {
+        let from = match std::env::var(crate::config::AMQP_URL_ENV) {
+            Ok(env) if !env.is_empty() => "BODFLOW_AMQP_URL (which overrides amqp.url)",
+            _ => "amqp.url",
+        };
+        Error::Url(format!("{from}: {why}"))
+    };
+    let mut uri = url.parse::<lapin::uri::AMQPUri>().map_err(|e| {
         // lapin quotes a URL it cannot take as a base, password and all.
-        let e = e.replace(url, "…");
-        Error::Url(format!("not an AMQP URL ({e})"))
+        refuse(format!("not an AMQP URL ({})", e.replace(url, "…")))
     })?;
-    let authority = url.split_once("://").map_or("", |(_, rest)| {
-        rest.split(['/', '?', '#']).next().unwrap_or_default()
-    });
-    if authority.contains('[') {
-        // lapin reads the host of such a URL as `localhost`.
-        return Err(Error::Url(
-            "an IPv6 address as the host is not supported (lapin would connect to localhost): \
-             use a host name"
-                .into(),
-        ));
-    }
     if uri.scheme == lapin::uri::AMQPScheme::AMQPS {
-        return Err(Error::Url(
+        return Err(refuse(
             "amqps (TLS) is not supported: this build would connect in plain text. Use an \
              amqp:// URL, with a local TLS tunnel (stunnel, a sidecar) to reach a broker that \
              only accepts TLS"
                 .into(),
         ));
+    }
+    // The host as the URL writes it: after the user info (which ends at the last `@`).
+    let authority = url.trim().split_once("://").map_or("", |(_, rest)| {
+        rest.split(['/', '?', '#']).next().unwrap_or_default()
+    });
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    if let Some(literal) = host.strip_prefix('[') {
+        let address = literal
+            .split_once(']')
+            .and_then(|(address, _)| address.parse::<std::net::Ipv6Addr>().ok())
+            .ok_or_else(|| refuse("the host is not an IPv6 address in brackets".into()))?;
+        uri.authority.host = address.to_string();
     }
     Ok(uri)
 }
@@ -905,7 +916,24 @@ mod tests {
         assert!(refused("garbage").contains("not an AMQP URL"));
         assert!(refused("amqp:guest:s3cret@rabbit.example").contains("not an AMQP URL"));
         assert!(refused("http://rabbit.example/").contains("not an AMQP URL"));
-        assert!(refused("amqp://guest:s3cret@[::1]:5672/%2f").contains("IPv6"));
+        assert!(refused("amqp://guest:s3cret@[::1x]:5672/%2f").contains("not an AMQP URL"));
+        assert!(refused("amqps://h").contains("amqp.url"));
+
+        // An IPv6 host is read as written (lapin alone reads `localhost`).
+        let uri = check_url("amqp://guest:s3cret@[::1]:5672/%2f").unwrap();
+        assert_eq!(
+            (uri.authority.host.as_str(), uri.authority.port),
+            ("::1", 5672)
+        );
+        let uri = check_url("amqp://[fd00::5]/ion").unwrap();
+        assert_eq!(
+            (uri.authority.host.as_str(), uri.authority.port),
+            ("fd00::5", 5672)
+        );
+        // Brackets in a password are a password's.
+        let uri = check_url("amqp://bodflow:pa[ss]@mq.example:5672/%2f").unwrap();
+        assert_eq!(uri.authority.host, "mq.example");
+        assert_eq!(uri.authority.userinfo.password, "pa[ss]");
 
         let uri = check_url("amqp://bodflow:s3cret@10.1.2.3:5673/erp?frame_max=65536").unwrap();
         assert_eq!(

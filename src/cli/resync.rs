@@ -61,6 +61,10 @@ fn parse_noun(noun: &str) -> Result<Kind, String> {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let (config, _) = Config::resolve(args.config.as_deref(), &[])?;
+    if args.out.is_none() {
+        // Before the run, not after it: without --out its Syncs go to the broker.
+        amqp::check_url(&config.amqp.url)?;
+    }
     let nouns: Vec<Kind> = args.noun.into_iter().collect();
     let path = args
         .store
