@@ -840,6 +840,43 @@ fn sigterm_while_the_service_starts_is_a_clean_stop() {
     );
 }
 
+/// Options for the connection tests: a short `connect_timeout` and a fast backoff.
+fn quick_reconnects(connect_timeout: Duration) -> RunOptions {
+    RunOptions {
+        connect_timeout,
+        reconnect_min: Duration::from_millis(50),
+        reconnect_max: Duration::from_millis(200),
+        ..RunOptions::default()
+    }
+}
+
+type Service = tokio::task::JoinHandle<Result<(), amqp::Error>>;
+
+/// Waits up to 20 s for `done`, the service running all along; `state` says where things
+/// stood if it never came.
+async fn while_serving(service: &Service, done: impl Fn() -> bool, state: impl Fn() -> String) {
+    let start = Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "after 20 s: {}",
+            state()
+        );
+        assert!(!service.is_finished(), "the service stopped");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Stops the service and expects a clean end `within`.
+async fn stop_cleanly(stop: tokio::sync::oneshot::Sender<()>, service: Service, within: Duration) {
+    stop.send(()).unwrap();
+    tokio::time::timeout(within, service)
+        .await
+        .expect("the service did not stop")
+        .unwrap()
+        .unwrap();
+}
+
 /// A peer that accepts TCP and then says nothing (a broker still starting, a half-open
 /// proxy) must not hold the service for ever: the attempt is abandoned after
 /// `connect_timeout` and retried with the backoff, the abandoned attempt's socket is shut
@@ -886,30 +923,21 @@ async fn a_broker_that_accepts_and_says_nothing_is_abandoned_and_retried() {
     });
     let mut config = Config::load(&common::root().join("fixtures/bodflow.toml")).unwrap();
     config.amqp.url = format!("amqp://guest:guest@127.0.0.1:{port}/%2f");
-    let options = RunOptions {
-        connect_timeout: Duration::from_millis(300),
-        reconnect_min: Duration::from_millis(50),
-        reconnect_max: Duration::from_millis(200),
-        ..RunOptions::default()
-    };
+    let options = quick_reconnects(Duration::from_millis(300));
     let (stop, service) = start_service(&config, Arc::new(Store::temporary().unwrap()), options);
-    let start = Instant::now();
-    while accepted.load(Ordering::SeqCst) < 3 || closed.load(Ordering::SeqCst) < 2 {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "after 20 s: {} attempts accepted, {} of them closed by the service",
-            accepted.load(Ordering::SeqCst),
-            closed.load(Ordering::SeqCst)
-        );
-        assert!(!service.is_finished(), "the service stopped");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(10), service)
-        .await
-        .expect("the service did not stop")
-        .unwrap()
-        .unwrap();
+    while_serving(
+        &service,
+        || accepted.load(Ordering::SeqCst) >= 3 && closed.load(Ordering::SeqCst) >= 2,
+        || {
+            format!(
+                "{} attempts accepted, {} of them closed by the service",
+                accepted.load(Ordering::SeqCst),
+                closed.load(Ordering::SeqCst)
+            )
+        },
+    )
+    .await;
+    stop_cleanly(stop, service, Duration::from_secs(10)).await;
     // The attempt in flight at the stop is shut down as well.
     let stopped = Instant::now();
     while closed.load(Ordering::SeqCst) < accepted.load(Ordering::SeqCst) {
@@ -1064,33 +1092,26 @@ async fn a_broker_that_stalls_after_the_handshake_is_abandoned_and_retried() {
         .amqp
         .url
         .replace("127.0.0.1:5672", &format!("127.0.0.1:{}", proxy.port));
-    let options = RunOptions {
-        connect_timeout: Duration::from_millis(500),
-        reconnect_min: Duration::from_millis(50),
-        reconnect_max: Duration::from_millis(200),
-        ..RunOptions::default()
-    };
+    let options = quick_reconnects(Duration::from_millis(500));
     let (stop, service) = start_service(&config, Arc::new(Store::temporary().unwrap()), options);
-    let start = Instant::now();
     // Two handshakes, the first of them given up: its connection ended by the service
     // without a Connection.Close (the broker had stopped answering).
-    while proxy.handshakes.load(Ordering::SeqCst) < 2 || proxy.abandoned.load(Ordering::SeqCst) < 1
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "after 20 s: {} handshakes completed, {} connections abandoned by the service, {} \
-             connections to the broker failed",
-            proxy.handshakes.load(Ordering::SeqCst),
-            proxy.abandoned.load(Ordering::SeqCst),
-            proxy.failures.load(Ordering::SeqCst)
-        );
-        assert!(!service.is_finished(), "the service stopped");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(20), service)
-        .await
-        .expect("the service did not stop")
-        .unwrap()
-        .unwrap();
+    while_serving(
+        &service,
+        || {
+            proxy.handshakes.load(Ordering::SeqCst) >= 2
+                && proxy.abandoned.load(Ordering::SeqCst) >= 1
+        },
+        || {
+            format!(
+                "{} handshakes completed, {} connections abandoned by the service, {} \
+                 connections to the broker failed",
+                proxy.handshakes.load(Ordering::SeqCst),
+                proxy.abandoned.load(Ordering::SeqCst),
+                proxy.failures.load(Ordering::SeqCst)
+            )
+        },
+    )
+    .await;
+    stop_cleanly(stop, service, Duration::from_secs(20)).await;
 }

@@ -471,15 +471,21 @@ fn hub_address(addresses: &[Address], noun: &str) -> Result<Option<Merged>> {
     Ok(Some((address, country)))
 }
 
-/// A merged address's country code as sent, and where it came from, else where it would be.
+/// A merged address apart from its country code as sent, and where that came from, else
+/// where it would be.
 fn country_of(
-    country: Option<(String, String)>,
+    address: Option<Merged>,
     noun: &str,
     container: &str,
-) -> (Option<String>, String) {
+) -> (Option<HubAddress>, Option<String>, String) {
+    let (address, country) = address.map_or((None, None), |(a, c)| (Some(a), c));
     match country {
-        Some((code, path)) => (Some(code), path),
-        None => (None, format!("{noun}/{container}/Address/CountryCode")),
+        Some((code, path)) => (address, Some(code), path),
+        None => (
+            address,
+            None,
+            format!("{noun}/{container}/Address/CountryCode"),
+        ),
     }
 }
 
@@ -578,8 +584,7 @@ fn party_item(
     };
     let communication = communication(&p.channels, &p.path)?;
     let address = hub_address(&p.addresses, &p.path)?;
-    let (address, country) = address.map_or((None, None), |(a, c)| (Some(a), c));
-    let (raw_country, country_path) = country_of(country, &p.path, "Location");
+    let (address, raw_country, country_path) = country_of(address, &p.path, "Location");
     let account_number = p
         .account_ids
         .first()
@@ -654,8 +659,7 @@ fn contact_item(
         Some(a) => hub_address(std::slice::from_ref(a), &c.path)?,
         None => None,
     };
-    let (address, country) = address.map_or((None, None), |(a, c)| (Some(a), c));
-    let (raw_country, country_path) = country_of(country, &c.path, "CommunicationDetail");
+    let (address, raw_country, country_path) = country_of(address, &c.path, "CommunicationDetail");
     let employer = match &c.employer {
         Some(e) if !e.value.is_empty() => {
             let path = format!("{}/EmployerReference/{}", c.path, c.employer_at);
