@@ -165,6 +165,31 @@ pub struct Amqp {
     /// Documents prepared (parsed, validated, mapped) in parallel. Deliveries of one document
     /// key are still applied in arrival order. Default: the number of CPU cores.
     pub lanes: usize,
+    /// TLS for an `amqps://` URL (`[amqp.tls]`).
+    pub tls: Tls,
+}
+
+/// `[amqp.tls]`: what an `amqps://` connection trusts and presents. The broker's certificate
+/// is checked against the system's CA certificates plus `ca_file`, and against the URL's host.
+/// The files are read at every connection, so renewed certificates are picked up on the next
+/// reconnect.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tls {
+    /// PEM file of CA certificates trusted besides the system's (a private CA).
+    pub ca_file: Option<PathBuf>,
+    /// PEM file of the client certificate (and its chain) for mutual TLS; with `key_file`.
+    pub cert_file: Option<PathBuf>,
+    /// PEM file of the client certificate's private key (PKCS#8, PKCS#1 or SEC1; not
+    /// encrypted).
+    pub key_file: Option<PathBuf>,
+}
+
+impl Tls {
+    /// Whether anything is set.
+    pub fn is_set(&self) -> bool {
+        *self != Tls::default()
+    }
 }
 
 /// More lanes than this is a typo, not a machine.
@@ -181,6 +206,7 @@ impl Default for Amqp {
             url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
             prefetch: 256,
             lanes: default_lanes(),
+            tls: Tls::default(),
         }
     }
 }
@@ -191,6 +217,7 @@ impl fmt::Debug for Amqp {
             .field("url", &redact_url(&self.url))
             .field("prefetch", &self.prefetch)
             .field("lanes", &self.lanes)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -745,6 +772,12 @@ impl Config {
             return Err(err(
                 "amqp.lanes".into(),
                 format!("must be between 1 and {MAX_LANES}"),
+            ));
+        }
+        if self.amqp.tls.cert_file.is_some() != self.amqp.tls.key_file.is_some() {
+            return Err(err(
+                "amqp.tls".into(),
+                "cert_file and key_file go together (the client certificate and its key)".into(),
             ));
         }
         if self

@@ -13,9 +13,9 @@
 //! country tables, policies, flows, limits, `hub.tenant`, `hub.account_number_format` and
 //! `hub.tombstone_retention` (read by each purge round).
 //! What needs a restart ([`RESTART_ONLY`]): `hub.store`, `hub.store_cache_mb`,
-//! `hub.logical_id`, `amqp.url`, `amqp.prefetch`, `amqp.lanes`, `http.listen` — a changed
-//! value is reported (WARN, metric `bodflow_config_restart_required`) and the running value
-//! kept.
+//! `hub.logical_id`, `amqp.url`, `amqp.prefetch`, `amqp.lanes`, `amqp.tls`, `http.listen` — a
+//! changed value is reported (WARN, metric `bodflow_config_restart_required`) and the running
+//! value kept.
 //!
 //! An invalid file (syntax, unknown key, broken reference) is refused with the error logged
 //! (`bodflow_config_reloads_total{result="invalid"}`); a valid one that cannot be applied
@@ -33,13 +33,14 @@ use crate::store::{Store, StoreError};
 use crate::telemetry::events::{emit, ConfigReloadRefused, ConfigReloaded};
 
 /// Settings a running service cannot change; a reload keeps their running value.
-pub const RESTART_ONLY: [&str; 8] = [
+pub const RESTART_ONLY: [&str; 9] = [
     "hub.store",
     "hub.store_cache_mb",
     "hub.logical_id",
     "amqp.url",
     "amqp.prefetch",
     "amqp.lanes",
+    "amqp.tls",
     "http.listen",
     "tracking.enabled",
 ];
@@ -217,6 +218,7 @@ pub fn keep_running(new: &mut Config, running: &Config) -> Vec<&'static str> {
     keep("amqp.url", new.amqp.url != running.amqp.url);
     keep("amqp.prefetch", new.amqp.prefetch != running.amqp.prefetch);
     keep("amqp.lanes", new.amqp.lanes != running.amqp.lanes);
+    keep("amqp.tls", new.amqp.tls != running.amqp.tls);
     keep("http.listen", new.http.listen != running.http.listen);
     keep(
         "tracking.enabled",

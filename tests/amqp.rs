@@ -7,6 +7,8 @@
 #[path = "common/broker.rs"]
 mod broker;
 mod common;
+#[path = "common/tls.rs"]
+mod tls;
 
 use broker::{
     connect as channel, send_confirmed, start_service, wait_for, write_generated_config, Vhost,
@@ -921,33 +923,41 @@ async fn a_broker_that_accepts_and_says_nothing_is_abandoned_and_retried() {
             std::thread::sleep(Duration::from_millis(10));
         }
     });
-    let mut config = Config::load(&common::root().join("fixtures/bodflow.toml")).unwrap();
-    config.amqp.url = format!("amqp://guest:guest@127.0.0.1:{port}/%2f");
-    let options = quick_reconnects(Duration::from_millis(300));
-    let (stop, service) = start_service(&config, Arc::new(Store::temporary().unwrap()), options);
-    while_serving(
-        &service,
-        || accepted.load(Ordering::SeqCst) >= 3 && closed.load(Ordering::SeqCst) >= 2,
-        || {
-            format!(
-                "{} attempts accepted, {} of them closed by the service",
-                accepted.load(Ordering::SeqCst),
-                closed.load(Ordering::SeqCst)
-            )
-        },
-    )
-    .await;
-    stop_cleanly(stop, service, Duration::from_secs(10)).await;
-    // The attempt in flight at the stop is shut down as well.
-    let stopped = Instant::now();
-    while closed.load(Ordering::SeqCst) < accepted.load(Ordering::SeqCst) {
-        assert!(
-            stopped.elapsed() < Duration::from_secs(5),
-            "{} of {} connections still open 5 s after the service stopped",
-            accepted.load(Ordering::SeqCst) - closed.load(Ordering::SeqCst),
-            accepted.load(Ordering::SeqCst)
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    // A TLS connection waits for the server's hello instead, within the same bound.
+    for scheme in ["amqp", "amqps"] {
+        let before = accepted.load(Ordering::SeqCst);
+        let mut config = Config::load(&common::root().join("fixtures/bodflow.toml")).unwrap();
+        config.amqp.url = format!("{scheme}://guest:guest@127.0.0.1:{port}/%2f");
+        let options = quick_reconnects(Duration::from_millis(300));
+        let (stop, service) =
+            start_service(&config, Arc::new(Store::temporary().unwrap()), options);
+        while_serving(
+            &service,
+            || {
+                accepted.load(Ordering::SeqCst) >= before + 3
+                    && closed.load(Ordering::SeqCst) >= before + 2
+            },
+            || {
+                format!(
+                    "{scheme}: {} attempts accepted, {} of them closed by the service",
+                    accepted.load(Ordering::SeqCst) - before,
+                    closed.load(Ordering::SeqCst) - before
+                )
+            },
+        )
+        .await;
+        stop_cleanly(stop, service, Duration::from_secs(10)).await;
+        // The attempt in flight at the stop is shut down as well.
+        let stopped = Instant::now();
+        while closed.load(Ordering::SeqCst) < accepted.load(Ordering::SeqCst) {
+            assert!(
+                stopped.elapsed() < Duration::from_secs(5),
+                "{scheme}: {} of {} connections still open 5 s after the service stopped",
+                accepted.load(Ordering::SeqCst) - closed.load(Ordering::SeqCst),
+                accepted.load(Ordering::SeqCst)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
     done.store(true, Ordering::SeqCst);
     silent.join().unwrap();
@@ -1114,4 +1124,115 @@ async fn a_broker_that_stalls_after_the_handshake_is_abandoned_and_retried() {
     )
     .await;
     stop_cleanly(stop, service, Duration::from_secs(20)).await;
+}
+
+/// `amqps://` with a private CA: the sender and the service reach the broker only through a
+/// TLS listener (the proxy; the broker behind it speaks plain AMQP), trusting the test CA from
+/// `[amqp.tls] ca_file` and checking the host name the URL gives. What they do there is what
+/// they do over plain AMQP: the fixtures give the records and as many BODs as an offline
+/// replay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqps_with_a_private_ca_processes_the_fixtures_as_plain_amqp_does() {
+    let vhost = Vhost::new("tls");
+    let pki = tls::Pki::new();
+    let proxy = tls::TlsProxy::start(&pki, false).await;
+    let mut config = fixture_config(&vhost);
+    config.amqp.url = proxy.url(&vhost.name);
+    config.amqp.tls = pki.tls(false);
+    let (docs, expected) = fixture_docs(&config);
+    publish(&config, &docs).await;
+    assert_eq!(proxy.seen.sessions(), 1, "the sender did not use TLS");
+
+    let store = Arc::new(Store::temporary().unwrap());
+    let (stop, service) = start_service(&config, store.clone(), RunOptions::default());
+    let rejected = expected
+        .reports
+        .iter()
+        .filter(|r| r.error.is_some())
+        .count();
+    // The test's own view of the broker, in plain AMQP.
+    let (_conn, ch) = channel(&vhost.url()).await;
+    wait_processed(&ch, &store, &docs, rejected).await;
+    stop.send(()).unwrap();
+    service.await.unwrap().unwrap();
+
+    assert_eq!(comparable_records(&store), expected.records);
+    let mut published = broker::drain_applications(&ch, &config).await;
+    let mut want: Vec<String> = expected.rows.iter().map(|r| r.3.clone()).collect();
+    published.sort();
+    want.sort();
+    assert_eq!(
+        published, want,
+        "published BODs differ from replay's outbox"
+    );
+    assert!(
+        proxy.seen.sessions() >= 2,
+        "the service did not connect through TLS"
+    );
+    assert_eq!(proxy.seen.refused(), 0);
+    assert_eq!(proxy.seen.with_client_certificate(), 0);
+}
+
+/// A broker certificate the client cannot trust (a private CA, not in `[amqp.tls]`) or one for
+/// another host is refused: no session, never a plain-text fallback. The service keeps
+/// retrying (not ready meanwhile) and stops cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_broker_certificate_is_refused_and_retried_never_bypassed() {
+    let vhost = Vhost::new("tls-untrusted");
+    let pki = tls::Pki::new();
+    let proxy = tls::TlsProxy::start(&pki, false).await;
+    let mut config = fixture_config(&vhost);
+    config.amqp.url = proxy.url(&vhost.name);
+    let error = Sender::connect(&config).await.err().expect("connected");
+    assert!(error.to_string().contains("certificate"), "{error}");
+    // The CA is trusted, but the certificate is for `localhost`, not the address the URL names.
+    config.amqp.tls = pki.tls(false);
+    config.amqp.url = proxy.url(&vhost.name).replace("localhost", "127.0.0.1");
+    let error = Sender::connect(&config).await.err().expect("connected");
+    assert!(error.to_string().contains("certificate"), "{error}");
+
+    config.amqp.url = proxy.url(&vhost.name);
+    config.amqp.tls = bodflow::config::Tls::default();
+    let (stop, service) = start_service(
+        &config,
+        Arc::new(Store::temporary().unwrap()),
+        quick_reconnects(Duration::from_secs(5)),
+    );
+    while_serving(
+        &service,
+        || proxy.seen.refused() >= 6,
+        || format!("{} handshakes refused", proxy.seen.refused()),
+    )
+    .await;
+    assert_eq!(proxy.seen.sessions(), 0, "a session without trust");
+    stop_cleanly(stop, service, Duration::from_secs(10)).await;
+}
+
+/// Mutual TLS: a broker that asks for a client certificate gets the one of `[amqp.tls]`
+/// (`cert_file`, `key_file`); without one it refuses the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_presents_the_client_certificate() {
+    let vhost = Vhost::new("tls-mutual");
+    let pki = tls::Pki::new();
+    let proxy = tls::TlsProxy::start(&pki, true).await;
+    let mut config = fixture_config(&vhost);
+    config.amqp.url = proxy.url(&vhost.name);
+    config.amqp.tls = pki.tls(false);
+    assert!(
+        Sender::connect(&config).await.is_err(),
+        "no client certificate"
+    );
+    assert_eq!(proxy.seen.with_client_certificate(), 0);
+
+    config.amqp.tls = pki.tls(true);
+    let (docs, _) = fixture_docs(&config);
+    publish(&config, &docs[..1]).await;
+    assert_eq!(proxy.seen.with_client_certificate(), 1);
+    let (_conn, ch) = channel(&vhost.url()).await;
+    assert_eq!(
+        broker::ready_count(&ch, topology::INBOUND_QUEUE)
+            .await
+            .unwrap(),
+        1
+    );
 }

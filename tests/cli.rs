@@ -576,9 +576,8 @@ fn check_config_rejects_a_misspelled_key_naming_its_full_path() {
 fn an_amqp_url_no_connection_could_honour_is_a_configuration_error() {
     let tmp = tempfile::tempdir().unwrap();
     let config = tmp.path().join("bodflow.toml");
-    let with_url = |url: &str| {
-        std::fs::write(&config, format!("[amqp]\nurl = \"{url}\"\n")).unwrap();
-    };
+    let with_amqp = |amqp: &str| std::fs::write(&config, format!("[amqp]\n{amqp}\n")).unwrap();
+    let with_url = |url: &str| with_amqp(&format!("url = \"{url}\""));
     let run = |env_url: Option<&str>| {
         let mut cmd = bodflow();
         cmd.args(["run", "--config"])
@@ -601,16 +600,33 @@ fn an_amqp_url_no_connection_could_honour_is_a_configuration_error() {
         }
         child.wait_with_output().unwrap()
     };
+    let url = |url: &str| format!("url = \"{url}\"");
     let cases = [
         (
-            "amqps://bodflow:s3cret@rabbit.example/%2f",
-            "amqps (TLS) is not supported",
+            url("amqp://bodflow:s3cret@[::1x]:5672/%2f"),
+            "amqp.url: not an AMQP URL",
         ),
-        ("amqp://bodflow:s3cret@[::1x]:5672/%2f", "not an AMQP URL"),
-        ("amqp:bodflow:s3cret@rabbit.example", "not an AMQP URL"),
+        (
+            url("amqp:bodflow:s3cret@rabbit.example"),
+            "amqp.url: not an AMQP URL",
+        ),
+        // TLS settings that would not be used, or files that cannot be.
+        (
+            url("amqp://bodflow:s3cret@rabbit.example/%2f") + "\n[amqp.tls]\nca_file = \"ca.pem\"",
+            "[amqp.tls] is set, but amqp.url is not an amqps:// URL",
+        ),
+        (
+            url("amqps://bodflow:s3cret@rabbit.example/%2f") + "\n[amqp.tls]\nca_file = \"ca.pem\"",
+            "amqp.tls.ca_file: cannot read ca.pem",
+        ),
+        (
+            url("amqps://bodflow:s3cret@rabbit.example/%2f")
+                + "\n[amqp.tls]\ncert_file = \"bodflow.toml\"\nkey_file = \"bodflow.toml\"",
+            "amqp.tls.cert_file: bodflow.toml: no PEM certificate",
+        ),
     ];
-    for (url, says) in cases {
-        with_url(url);
+    for (amqp, says) in &cases {
+        with_amqp(amqp);
         for out in [
             run(None),
             run_in(
@@ -623,13 +639,10 @@ fn an_amqp_url_no_connection_could_honour_is_a_configuration_error() {
         ] {
             assert_exit(&out, 2);
             let stderr = String::from_utf8_lossy(&out.stderr);
-            assert!(
-                stderr.contains("amqp.url") && stderr.contains(says),
-                "{url}: {stderr}"
-            );
+            assert!(stderr.contains(says), "{amqp}: {stderr}");
             assert!(
                 !stderr.contains("s3cret"),
-                "{url}: the password is shown: {stderr}"
+                "{amqp}: the password is shown: {stderr}"
             );
         }
     }

@@ -1,13 +1,16 @@
 //! `deploy/bodflow.example.toml` is the documented reference configuration (DESIGN §5.2): it
 //! must load, it must show every key `src/config.rs` accepts, and its key facts must survive
-//! parsing.
+//! parsing. A section that only works in some deployments (`[amqp.tls]`, which needs an
+//! `amqps://` URL and certificate files) is shown switched off: its header and keys commented
+//! out as `# [section]` and `# key = value` lines, which must load once switched on.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use bodflow::config::{
     Amqp, Application, Config, CountryCodeFormat, CreatePolicy, DeleteMode, DeleteModeOrBool,
-    Direction, FieldGroup, Flows, Http, Hub, Limits, MatchKey, Period, Promotion, Tracking, User,
+    Direction, FieldGroup, Flows, Http, Hub, Limits, MatchKey, Period, Promotion, Tls, Tracking,
+    User,
 };
 
 /// Stands for "any key" where a configuration table is a map (nouns, country codes).
@@ -19,6 +22,26 @@ fn example_path() -> PathBuf {
 
 fn example_text() -> String {
     std::fs::read_to_string(example_path()).unwrap_or_else(|e| panic!("reading example: {e}"))
+}
+
+/// The switched-off sections of the example (module docs), switched on: each `# [section]`
+/// line and the `# key = value` lines right after it, uncommented.
+fn switched_off() -> String {
+    let text = example_text();
+    let mut on = String::new();
+    let mut in_section = false;
+    for line in text.lines() {
+        let body = line.strip_prefix("# ").unwrap_or_default();
+        if body.starts_with('[') && body.ends_with(']') {
+            in_section = true;
+        } else if !(in_section && body.contains(" = ")) {
+            in_section = false;
+            continue;
+        }
+        on.push_str(body);
+        on.push('\n');
+    }
+    on
 }
 
 fn example() -> Config {
@@ -93,6 +116,11 @@ fn fully_populated() -> Config {
             url: "amqp://localhost".into(),
             prefetch: 1,
             lanes: 1,
+            tls: Tls {
+                ca_file: Some(PathBuf::from("ca.pem")),
+                cert_file: Some(PathBuf::from("client.pem")),
+                key_file: Some(PathBuf::from("client.key")),
+            },
         },
         http: Http {
             listen: "127.0.0.1:1".into(),
@@ -211,6 +239,10 @@ fn expected_and_documented() -> (BTreeSet<String>, BTreeSet<String>) {
         .unwrap_or_else(|e| panic!("example is not TOML: {e}"));
     let mut present = BTreeSet::new();
     example_paths(&toml::Value::Table(table), "", &expected, &mut present);
+    let off: toml::Table = switched_off()
+        .parse()
+        .unwrap_or_else(|e| panic!("a switched-off section is not TOML: {e}"));
+    example_paths(&toml::Value::Table(off), "", &expected, &mut present);
     let generalise = |set: BTreeSet<String>| -> BTreeSet<String> {
         set.iter().map(|p| generalise_direction(p)).collect()
     };
@@ -352,6 +384,17 @@ fn crm_and_mobile_app_are_modelled() {
         .map(|a| a.name.as_str())
         .collect();
     assert_eq!(inactive, ["Marketing Cloud"]);
+}
+
+#[test]
+fn the_switched_off_tls_section_loads_once_switched_on() {
+    let off = switched_off();
+    assert!(off.starts_with("[amqp.tls]\n"), "{off}");
+    let on = format!("[amqp]\nurl = \"amqps://bodflow@mq.acme.internal/ion\"\n{off}");
+    let config = Config::from_toml(&on, "switched-on.toml").unwrap_or_else(|e| panic!("{e}\n{on}"));
+    assert!(config.amqp.tls.ca_file.is_some() && config.amqp.tls.key_file.is_some());
+    // Switched off, it is off.
+    assert_eq!(example().amqp.tls, Tls::default());
 }
 
 #[test]

@@ -232,7 +232,7 @@ impl DeadQueue {
     /// (unacked, in queue order; see the module docs).
     pub async fn open(config: &Config) -> Result<DeadQueue, Error> {
         // Dead letters keep their senders' headers, whatever their size.
-        let connection = connect(&config.amqp.url, Frames::LARGEST).await?;
+        let connection = connect(&config.amqp, Frames::LARGEST).await?;
         let admin = connection.create_channel().await?;
         topology::declare(&admin, config).await?;
         let _ = admin.close(200, "declared".into()).await;

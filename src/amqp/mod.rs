@@ -80,6 +80,8 @@ pub enum Error {
     ConnectTimeout(Duration),
     #[error("{0}")]
     Url(String),
+    #[error("{0}")]
+    Tls(String),
 }
 
 impl Error {
@@ -99,6 +101,7 @@ impl Error {
             Error::ConnectTimeout(_) => "connect_timeout",
             Error::FrameTooSmall(_) => "frame_too_small",
             Error::Url(_) => "bad_url",
+            Error::Tls(_) => "bad_tls",
         }
     }
 }
@@ -189,7 +192,7 @@ fn returned_id(returned: &lapin::message::BasicReturnMessage) -> Option<&str> {
 
 /// Connects, declares the topology of `config` (new applications' queues), disconnects.
 pub async fn declare_topology(config: &Config) -> Result<(), Error> {
-    let connection = connect(&config.amqp.url, Frames::SMALL).await?;
+    let connection = connect(&config.amqp, Frames::SMALL).await?;
     let admin = connection.create_channel().await?;
     let declared = topology::declare(&admin, config).await;
     let _ = connection.close(200, "declared".into()).await;
@@ -290,32 +293,124 @@ async fn failed_on_large_frame(
     large
 }
 
-/// `amqp.url` as lapin reads it, refused before any connection when bodflow cannot honour it:
-/// a URL lapin cannot read, or one for `amqps`. This build has none of lapin's TLS features,
-/// and lapin would then connect to an `amqps` URL's host and port in plain text. An IPv6
-/// address as the host (`[::1]`), which lapin reads as `localhost`, is put right. The error
-/// names where the URL came from and what is wrong with it, never the URL (it may hold a
-/// password).
-pub fn check_url(url: &str) -> Result<lapin::uri::AMQPUri, Error> {
-    let refuse = |why: String| {
-        let from = match std::env::var(crate::config::AMQP_URL_ENV) {
-            Ok(env) if !env.is_empty() => "BODFLOW_AMQP_URL (which overrides amqp.url)",
-            _ => "amqp.url",
-        };
-        Error::Url(format!("{from}: {why}"))
+/// Where the broker is and how to reach it: `amqp.url` as lapin reads it and, for `amqps`,
+/// the TLS settings of `[amqp.tls]` with their files read.
+#[derive(Clone)]
+pub struct Endpoint {
+    uri: lapin::uri::AMQPUri,
+    tls: lapin::tcp::OwnedTLSConfig,
+}
+
+impl Endpoint {
+    /// Whether connections use TLS.
+    pub fn tls(&self) -> bool {
+        self.uri.scheme == lapin::uri::AMQPScheme::AMQPS
+    }
+}
+
+/// Checks `[amqp]` before any connection, so that what no connection could honour is a
+/// configuration error rather than a broker to wait for: a URL lapin cannot read,
+/// `[amqp.tls]` set for a plain `amqp://` URL (it would not be used), and TLS files that
+/// cannot be read or hold no PEM certificate or key. Reads the files, so a connection made
+/// with the result presents the certificates as they are now. The error names the setting
+/// and what is wrong, never the URL (it may hold a password).
+pub fn endpoint(amqp: &crate::config::Amqp) -> Result<Endpoint, Error> {
+    let uri = check_url(&amqp.url)?;
+    let tls = &amqp.tls;
+    if uri.scheme != lapin::uri::AMQPScheme::AMQPS {
+        if tls.is_set() {
+            return Err(Error::Url(format!(
+                "[amqp.tls] is set, but {} is not an amqps:// URL: the connection would not \
+                 use TLS",
+                url_source()
+            )));
+        }
+        return Ok(Endpoint {
+            uri,
+            tls: lapin::tcp::OwnedTLSConfig::default(),
+        });
+    }
+    let read = |key: &str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| {
+            Error::Tls(format!(
+                "amqp.tls.{key}: cannot read {}: {e}",
+                path.display()
+            ))
+        })
     };
+    let certificates = |key: &str, path: &std::path::Path| {
+        use rustls_pki_types::pem::PemObject as _;
+        let pem = read(key, path)?;
+        let found = rustls_pki_types::CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Error::Tls(format!("amqp.tls.{key}: {}: not PEM: {e}", path.display())))?;
+        if found.is_empty() {
+            return Err(Error::Tls(format!(
+                "amqp.tls.{key}: {}: no PEM certificate (-----BEGIN CERTIFICATE-----) in it",
+                path.display()
+            )));
+        }
+        Ok(pem)
+    };
+    let cert_chain = match &tls.ca_file {
+        Some(path) => Some(
+            String::from_utf8(certificates("ca_file", path)?).map_err(|_| {
+                Error::Tls(format!(
+                    "amqp.tls.ca_file: {}: not PEM text",
+                    path.display()
+                ))
+            })?,
+        ),
+        None => None,
+    };
+    let identity = match (&tls.cert_file, &tls.key_file) {
+        (Some(cert), Some(key)) => {
+            use rustls_pki_types::pem::PemObject as _;
+            let pem = certificates("cert_file", cert)?;
+            let key_pem = read("key_file", key)?;
+            rustls_pki_types::PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+                Error::Tls(format!(
+                    "amqp.tls.key_file: {}: no unencrypted PEM private key in it ({e})",
+                    key.display()
+                ))
+            })?;
+            Some(lapin::tcp::OwnedIdentity::PKCS8 { pem, key: key_pem })
+        }
+        (None, None) => None,
+        _ => {
+            return Err(Error::Tls(
+                "amqp.tls: cert_file and key_file go together (the client certificate and its \
+                 key)"
+                    .into(),
+            ))
+        }
+    };
+    Ok(Endpoint {
+        uri,
+        tls: lapin::tcp::OwnedTLSConfig {
+            identity,
+            cert_chain,
+        },
+    })
+}
+
+/// Names the setting the broker URL came from.
+fn url_source() -> &'static str {
+    match std::env::var(crate::config::AMQP_URL_ENV) {
+        Ok(env) if !env.is_empty() => "BODFLOW_AMQP_URL (which overrides amqp.url)",
+        _ => "amqp.url",
+    }
+}
+
+/// `amqp.url` as lapin reads it, refused when lapin cannot read it. An IPv6 address as the
+/// host (`[::1]`), which lapin reads as `localhost`, is put right. The error names where the
+/// URL came from and what is wrong with it, never the URL (it may hold a password).
+pub fn check_url(url: &str) -> Result<lapin::uri::AMQPUri, Error> {
+    let refuse = |why: String| Error::Url(format!("{}: {why}", url_source()));
     let mut uri = url.parse::<lapin::uri::AMQPUri>().map_err(|e| {
         // lapin quotes a URL it cannot take as a base, password and all.
         refuse(format!("not an AMQP URL ({})", e.replace(url, "…")))
     })?;
-    if uri.scheme == lapin::uri::AMQPScheme::AMQPS {
-        return Err(refuse(
-            "amqps (TLS) is not supported: this build would connect in plain text. Use an \
-             amqp:// URL, with a local TLS tunnel (stunnel, a sidecar) to reach a broker that \
-             only accepts TLS"
-                .into(),
-        ));
-    }
     // The host as the URL writes it: after the user info (which ends at the last `@`).
     let authority = url.trim().split_once("://").map_or("", |(_, rest)| {
         rest.split(['/', '?', '#']).next().unwrap_or_default()
@@ -333,39 +428,45 @@ pub fn check_url(url: &str) -> Result<lapin::uri::AMQPUri, Error> {
     Ok(uri)
 }
 
-async fn connect(url: &str, frames: Frames) -> Result<Connection, Error> {
-    connect_keeping(url, frames, None).await
+async fn connect(amqp: &crate::config::Amqp, frames: Frames) -> Result<Connection, Error> {
+    connect_keeping(&endpoint(amqp)?, frames, None).await
 }
 
 /// [`connect`], keeping the connection's TCP socket in `socket` when given.
 async fn connect_keeping(
-    url: &str,
+    endpoint: &Endpoint,
     frames: Frames,
     socket: Option<&Socket>,
 ) -> Result<Connection, Error> {
     let properties = ConnectionProperties::default().with_connection_name("bodflow".into());
-    let mut uri = check_url(url)?;
+    let mut uri = endpoint.uri.clone();
     uri.query.frame_max.get_or_insert(frames.0);
     let runtime = lapin::runtime::default_runtime()?;
     let socket = socket.cloned();
-    // What lapin's own `connect_uri` does, keeping a handle on the socket.
+    let tls = endpoint.tls.clone();
+    // What lapin's own `connect_uri_with_config` does, keeping a handle on the socket: the
+    // TCP connection first, then (amqps) the TLS handshake over it.
     let connection = Connection::connector(
         uri,
         runtime,
         async move |uri, runtime| {
-            let stream = lapin::tcp::AMQPUriTcpExt::connect_async(&uri, &runtime).await?;
+            let plain = lapin::uri::AMQPUri {
+                scheme: lapin::uri::AMQPScheme::AMQP,
+                ..uri.clone()
+            };
+            let stream = lapin::tcp::AMQPUriTcpExt::connect_async(&plain, &runtime).await?;
             #[cfg(unix)]
-            match (&socket, &stream) {
-                (None, _) => {}
-                (Some(socket), lapin::AsyncTcpStream::Plain(plain)) => {
-                    socket.keep(std::os::fd::AsFd::as_fd(plain.get_ref()));
-                }
-                // Only with one of lapin's TLS features, which bodflow does not enable.
-                (Some(_), _) => tracing::warn!("A TLS connection's socket is not kept: if bodflow gives this connection up, its I/O thread waits until the broker closes it"),
+            if let (Some(socket), lapin::AsyncTcpStream::Plain(tcp)) = (&socket, &stream) {
+                socket.keep(std::os::fd::AsFd::as_fd(tcp.get_ref()));
             }
             #[cfg(not(unix))]
             let _ = &socket;
-            Ok(stream)
+            Ok(match uri.scheme {
+                lapin::uri::AMQPScheme::AMQP => stream,
+                lapin::uri::AMQPScheme::AMQPS => {
+                    stream.into_tls(&uri.authority.host, tls.as_ref()).await?
+                }
+            })
         },
         properties,
     );
@@ -549,8 +650,9 @@ async fn serve(
     token: CancellationToken,
     readiness: &Readiness,
 ) -> Result<(), Error> {
-    // Restart-only (a reload keeps it).
-    let url = live.current().await.config.amqp.url.clone();
+    // Restart-only (a reload keeps it). The TLS files are read again at every connection.
+    let amqp = live.current().await.config.amqp.clone();
+    let url = &amqp.url;
     let wake = Arc::new(Notify::new());
     let mut delay = options.reconnect_min;
     let mut reconnect = false;
@@ -562,7 +664,9 @@ async fn serve(
                 socket.shut_down();
                 break;
             }
-            c = tokio::time::timeout(options.connect_timeout, connect_keeping(&url, frames, Some(&socket))) => {
+            c = tokio::time::timeout(options.connect_timeout, async {
+                connect_keeping(&endpoint(&amqp)?, frames, Some(&socket)).await
+            }) => {
                 c.unwrap_or(Err(Error::ConnectTimeout(options.connect_timeout)))
             }
         };
@@ -570,7 +674,7 @@ async fn serve(
             Ok(connection) => {
                 let mut events = Box::pin(connection.events_listener());
                 emit(AmqpConnected {
-                    url: &redact_url(&url),
+                    url: &redact_url(url),
                     reconnect,
                 });
                 reconnect = true;
@@ -736,7 +840,7 @@ async fn session(
 /// (`bodflow resync`). Declares the topology first, so every application queue exists.
 pub async fn publish_outbox(pipeline: Pipeline, options: RunOptions) -> Result<usize, Error> {
     // Dead-letter rows may carry a sender's large headers; memory does not matter here.
-    let connection = connect(&pipeline.config.amqp.url, Frames::LARGEST).await?;
+    let connection = connect(&pipeline.config.amqp, Frames::LARGEST).await?;
     let admin = connection.create_channel().await?;
     topology::declare(&admin, &pipeline.config).await?;
     let _ = admin.close(200, "declared".into()).await;
@@ -798,7 +902,7 @@ impl Sender {
     /// Connects and declares the topology, so that messages sent before the service starts
     /// wait in `bodflow.inbound`.
     pub async fn connect(config: &Config) -> Result<Sender, Error> {
-        let connection = connect(&config.amqp.url, Frames::SMALL).await?;
+        let connection = connect(&config.amqp, Frames::SMALL).await?;
         let admin = connection.create_channel().await?;
         topology::declare(&admin, config).await?;
         let _ = admin.close(200, "declared".into()).await;
@@ -901,7 +1005,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn urls_no_connection_could_honour_are_refused_without_their_password() {
+    fn urls_lapin_cannot_read_are_refused_without_their_password() {
         let refused = |url: &str| match check_url(url) {
             Err(e @ Error::Url(_)) => {
                 assert_eq!(e.code(), "bad_url");
@@ -911,13 +1015,11 @@ mod tests {
             }
             other => panic!("{url}: {other:?}"),
         };
-        assert!(refused("amqps://guest:s3cret@rabbit.example/%2f").contains("amqps (TLS)"));
-        assert!(refused("amqps://rabbit.example:5671").contains("plain text"));
         assert!(refused("garbage").contains("not an AMQP URL"));
         assert!(refused("amqp:guest:s3cret@rabbit.example").contains("not an AMQP URL"));
         assert!(refused("http://rabbit.example/").contains("not an AMQP URL"));
         assert!(refused("amqp://guest:s3cret@[::1x]:5672/%2f").contains("not an AMQP URL"));
-        assert!(refused("amqps://h").contains("amqp.url"));
+        assert!(refused("amqp://s3cret@[x]/").contains("amqp.url"));
 
         // An IPv6 host is read as written (lapin alone reads `localhost`).
         let uri = check_url("amqp://guest:s3cret@[::1]:5672/%2f").unwrap();
@@ -947,6 +1049,89 @@ mod tests {
         assert_eq!(uri.query.frame_max, Some(65536));
         check_url("amqp://guest:guest@127.0.0.1:5672/%2f").unwrap();
         check_url("amqp://rabbit.example").unwrap();
+        let uri = check_url("amqps://bodflow:s3cret@rabbit.example/ion").unwrap();
+        assert_eq!(uri.authority.port, 5671, "the amqps port");
+    }
+
+    #[test]
+    fn amqps_reads_its_tls_files_and_what_it_could_not_use_is_refused() {
+        use crate::config::{Amqp, Tls};
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            Some(path)
+        };
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["bodflow".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let ca = file("ca.pem", &cert.pem());
+        let cert_file = file("client.pem", &cert.pem());
+        let key_file = file("client.key", &key.serialize_pem());
+        let garbage = file("garbage.pem", "not a certificate\n");
+        let amqp = |url: &str, tls: Tls| Amqp {
+            url: url.into(),
+            tls,
+            ..Amqp::default()
+        };
+        let refused = |amqp: Amqp| match endpoint(&amqp) {
+            Ok(_) => panic!("{amqp:?} accepted"),
+            Err(e) => (e.code(), e.to_string()),
+        };
+
+        let plain = endpoint(&amqp("amqp://guest:s3cret@h/%2f", Tls::default())).unwrap();
+        assert!(!plain.tls() && plain.tls == lapin::tcp::OwnedTLSConfig::default());
+        let system = endpoint(&amqp("amqps://guest:s3cret@h/%2f", Tls::default())).unwrap();
+        assert!(system.tls() && system.tls == lapin::tcp::OwnedTLSConfig::default());
+        let full = Tls {
+            ca_file: ca.clone(),
+            cert_file: cert_file.clone(),
+            key_file: key_file.clone(),
+        };
+        let mutual = endpoint(&amqp("amqps://h", full.clone())).unwrap();
+        assert_eq!(mutual.tls.cert_chain.as_deref(), Some(cert.pem().as_str()));
+        assert_eq!(
+            mutual.tls.identity,
+            Some(lapin::tcp::OwnedIdentity::PKCS8 {
+                pem: cert.pem().into_bytes(),
+                key: key.serialize_pem().into_bytes(),
+            })
+        );
+
+        let (code, message) = refused(amqp("amqp://guest:s3cret@h", full.clone()));
+        assert_eq!(code, "bad_url");
+        assert!(message.contains("is not an amqps:// URL"), "{message}");
+        assert!(!message.contains("s3cret"), "{message}");
+        let missing = Tls {
+            ca_file: Some(dir.path().join("nowhere.pem")),
+            ..Tls::default()
+        };
+        let (code, message) = refused(amqp("amqps://h", missing));
+        assert_eq!(code, "bad_tls");
+        assert!(
+            message.contains("amqp.tls.ca_file: cannot read"),
+            "{message}"
+        );
+        let not_pem = Tls {
+            ca_file: garbage.clone(),
+            ..Tls::default()
+        };
+        let (_, message) = refused(amqp("amqps://h", not_pem));
+        assert!(message.contains("amqp.tls.ca_file") && message.contains("no PEM certificate"));
+        let key_is_a_certificate = Tls {
+            key_file: cert_file.clone(),
+            ..full.clone()
+        };
+        let (_, message) = refused(amqp("amqps://h", key_is_a_certificate));
+        assert!(message.contains("amqp.tls.key_file"), "{message}");
+        let no_key = Tls {
+            key_file: None,
+            ..full
+        };
+        let (_, message) = refused(amqp("amqps://h", no_key));
+        assert!(message.contains("go together"), "{message}");
     }
 
     #[test]

@@ -70,7 +70,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 pub fn run_config(path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let path = path.unwrap_or_else(|| PathBuf::from("bodflow.toml"));
     let config = Config::load(&path)?;
-    crate::amqp::check_url(&config.amqp.url)?;
+    crate::amqp::endpoint(&config.amqp)?;
     println!(
         "{}: valid ({} applications, {} users)",
         path.display(),

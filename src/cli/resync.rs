@@ -63,7 +63,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let (config, _) = Config::resolve(args.config.as_deref(), &[])?;
     if args.out.is_none() {
         // Before the run, not after it: without --out its Syncs go to the broker.
-        amqp::check_url(&config.amqp.url)?;
+        amqp::endpoint(&config.amqp)?;
     }
     let nouns: Vec<Kind> = args.noun.into_iter().collect();
     let path = args

@@ -80,7 +80,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut stop_signals = listen_stop(&runtime);
     let (config, config_path) = Config::resolve(args.config.as_deref(), &[])?;
     // A URL no connection could use is a configuration error, not a broker to wait for.
-    amqp::check_url(&config.amqp.url)?;
+    let endpoint = amqp::endpoint(&config.amqp)?;
     if config_path.is_none() {
         tracing::warn!("No bodflow.toml found: built-in defaults, no applications configured");
     }
@@ -91,6 +91,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         store = %store_path.display(),
         store_cache_mb = store.cache_bytes() >> 20,
         broker = %redact_url(&config.amqp.url),
+        tls = endpoint.tls(),
         applications = config.applications.len(),
         prefetch = config.amqp.prefetch,
         "Starting"
