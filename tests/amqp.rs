@@ -891,19 +891,22 @@ async fn a_broker_that_accepts_and_says_nothing_is_abandoned_and_retried() {
     let port = listener.local_addr().unwrap().port();
     listener.set_nonblocking(true).unwrap();
     let (accepted, closed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let tls_hellos = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(AtomicBool::new(false));
     let (counter, closures, finished) = (accepted.clone(), closed.clone(), done.clone());
-    // Accepts every connection and never answers the AMQP header; counts the connections the
-    // service closes (end of stream) until the test is done.
+    let hellos = tls_hellos.clone();
+    // Accepts every connection and never answers the AMQP header or the TLS hello; counts the
+    // connections that began with a TLS handshake record and those the service closes (end of
+    // stream) until the test is done.
     let silent = std::thread::spawn(move || {
-        let mut held: Vec<std::net::TcpStream> = Vec::new();
+        let mut held: Vec<(std::net::TcpStream, bool)> = Vec::new();
         while !finished.load(Ordering::SeqCst) {
             if let Ok((stream, _)) = listener.accept() {
                 stream.set_nonblocking(true).unwrap();
                 counter.fetch_add(1, Ordering::SeqCst);
-                held.push(stream);
+                held.push((stream, false));
             }
-            held.retain_mut(|stream| {
+            held.retain_mut(|(stream, heard)| {
                 let mut buf = [0u8; 64];
                 loop {
                     match std::io::Read::read(stream, &mut buf) {
@@ -911,7 +914,12 @@ async fn a_broker_that_accepts_and_says_nothing_is_abandoned_and_retried() {
                             closures.fetch_add(1, Ordering::SeqCst);
                             return false;
                         }
-                        Ok(_) => continue,
+                        Ok(_) => {
+                            if !*heard && buf[0] == 0x16 {
+                                hellos.fetch_add(1, Ordering::SeqCst);
+                            }
+                            *heard = true;
+                        }
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
                         Err(_) => {
                             closures.fetch_add(1, Ordering::SeqCst);
@@ -947,6 +955,11 @@ async fn a_broker_that_accepts_and_says_nothing_is_abandoned_and_retried() {
         )
         .await;
         stop_cleanly(stop, service, Duration::from_secs(10)).await;
+        assert_eq!(
+            tls_hellos.load(Ordering::SeqCst) > 0,
+            scheme == "amqps",
+            "{scheme}: TLS hellos"
+        );
         // The attempt in flight at the stop is shut down as well.
         let stopped = Instant::now();
         while closed.load(Ordering::SeqCst) < accepted.load(Ordering::SeqCst) {
@@ -959,6 +972,19 @@ async fn a_broker_that_accepts_and_says_nothing_is_abandoned_and_retried() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+    // A command's connection (`publish`, `dlq`, `resync`) is bounded as well, and shut down.
+    let mut config = Config::load(&common::root().join("fixtures/bodflow.toml")).unwrap();
+    config.amqp.url = format!("amqp://guest:guest@127.0.0.1:{port}/%2f");
+    let started = Instant::now();
+    let error = Sender::connect(&config).await.err().expect("connected");
+    assert!(matches!(error, amqp::Error::ConnectTimeout(_)), "{error}");
+    assert!(started.elapsed() < Duration::from_secs(20));
+    wait_for(
+        "the command's socket closed",
+        Duration::from_secs(5),
+        async || closed.load(Ordering::SeqCst) == accepted.load(Ordering::SeqCst),
+    )
+    .await;
     done.store(true, Ordering::SeqCst);
     silent.join().unwrap();
 }
@@ -1169,7 +1195,7 @@ async fn amqps_with_a_private_ca_processes_the_fixtures_as_plain_amqp_does() {
         proxy.seen.sessions() >= 2,
         "the service did not connect through TLS"
     );
-    assert_eq!(proxy.seen.refused(), 0);
+    assert_eq!((proxy.seen.refused(), proxy.seen.not_tls()), (0, 0));
     assert_eq!(proxy.seen.with_client_certificate(), 0);
 }
 
@@ -1205,6 +1231,11 @@ async fn an_untrusted_broker_certificate_is_refused_and_retried_never_bypassed()
     )
     .await;
     assert_eq!(proxy.seen.sessions(), 0, "a session without trust");
+    assert_eq!(
+        proxy.seen.not_tls(),
+        0,
+        "plain text after a refused certificate"
+    );
     stop_cleanly(stop, service, Duration::from_secs(10)).await;
 }
 
@@ -1222,12 +1253,20 @@ async fn mutual_tls_presents_the_client_certificate() {
         Sender::connect(&config).await.is_err(),
         "no client certificate"
     );
-    assert_eq!(proxy.seen.with_client_certificate(), 0);
+    wait_for("the refusal", Duration::from_secs(5), async || {
+        proxy.seen.refused() == 1
+    })
+    .await;
+    assert_eq!(proxy.seen.sessions(), 0);
 
     config.amqp.tls = pki.tls(true);
     let (docs, _) = fixture_docs(&config);
     publish(&config, &docs[..1]).await;
-    assert_eq!(proxy.seen.with_client_certificate(), 1);
+    assert_eq!(
+        (proxy.seen.sessions(), proxy.seen.with_client_certificate()),
+        (1, 1)
+    );
+    assert_eq!(proxy.seen.not_tls(), 0);
     let (_conn, ch) = channel(&vhost.url()).await;
     assert_eq!(
         broker::ready_count(&ch, topology::INBOUND_QUEUE)

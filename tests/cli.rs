@@ -617,7 +617,7 @@ fn an_amqp_url_no_connection_could_honour_is_a_configuration_error() {
         ),
         (
             url("amqps://bodflow:s3cret@rabbit.example/%2f") + "\n[amqp.tls]\nca_file = \"ca.pem\"",
-            "amqp.tls.ca_file: cannot read ca.pem",
+            "amqp.tls.ca_file: ca.pem: cannot read it",
         ),
         (
             url("amqps://bodflow:s3cret@rabbit.example/%2f")
@@ -650,6 +650,37 @@ fn an_amqp_url_no_connection_could_honour_is_a_configuration_error() {
         !tmp.path().join("data").exists(),
         "the store was opened before the URL was checked"
     );
+    // amqps with no CA certificate to trust: none in the system's store (here: SSL_CERT_FILE
+    // names an empty bundle) and no ca_file. With a ca_file, the same is valid.
+    let empty = tmp.path().join("empty-bundle.pem");
+    std::fs::write(&empty, "").unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let ca = rcgen::CertificateParams::new(vec!["test CA".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    std::fs::write(tmp.path().join("ca.pem"), ca.pem()).unwrap();
+    let check_config = || {
+        run_in(
+            tmp.path(),
+            bodflow()
+                .args(["check-config", "--config"])
+                .arg(&config)
+                .env_remove("BODFLOW_AMQP_URL")
+                .env_remove("SSL_CERT_DIR")
+                .env("SSL_CERT_FILE", &empty),
+        )
+    };
+    with_url("amqps://bodflow:s3cret@rabbit.example/%2f");
+    let out = check_config();
+    assert_exit(&out, 2);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no CA certificate"), "{stderr}");
+    with_amqp(
+        "url = \"amqps://bodflow:s3cret@rabbit.example/%2f\"\n[amqp.tls]\nca_file = \"ca.pem\"",
+    );
+    assert_exit(&check_config(), 0);
+
     // The environment's URL is checked as well as the file's, and named.
     with_url("amqp://guest:guest@127.0.0.1:5672/%2f");
     let out = run(Some("garbage"));

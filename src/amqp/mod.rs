@@ -294,89 +294,120 @@ async fn failed_on_large_frame(
 }
 
 /// Where the broker is and how to reach it: `amqp.url` as lapin reads it and, for `amqps`,
-/// the TLS settings of `[amqp.tls]` with their files read.
+/// the TLS client built from the system's CA certificates and `[amqp.tls]`.
 #[derive(Clone)]
 pub struct Endpoint {
     uri: lapin::uri::AMQPUri,
-    tls: lapin::tcp::OwnedTLSConfig,
+    /// `amqps` only.
+    tls: Option<lapin::tcp::RustlsConnector>,
 }
 
 impl Endpoint {
     /// Whether connections use TLS.
     pub fn tls(&self) -> bool {
-        self.uri.scheme == lapin::uri::AMQPScheme::AMQPS
+        self.tls.is_some()
     }
 }
 
 /// Checks `[amqp]` before any connection, so that what no connection could honour is a
 /// configuration error rather than a broker to wait for: a URL lapin cannot read,
-/// `[amqp.tls]` set for a plain `amqp://` URL (it would not be used), and TLS files that
-/// cannot be read or hold no PEM certificate or key. Reads the files, so a connection made
-/// with the result presents the certificates as they are now. The error names the setting
-/// and what is wrong, never the URL (it may hold a password).
+/// `[amqp.tls]` set for a plain `amqp://` URL (it would not be used), and for `amqps` no CA
+/// certificate to trust, TLS files that cannot be read or used, a CA certificate that cannot
+/// be one, a key that does not match its certificate. Builds the TLS client from the files as
+/// they are now. The error names the setting and what is wrong, never the URL (it may hold a
+/// password).
 pub fn endpoint(amqp: &crate::config::Amqp) -> Result<Endpoint, Error> {
     let uri = check_url(&amqp.url)?;
-    let tls = &amqp.tls;
     if uri.scheme != lapin::uri::AMQPScheme::AMQPS {
-        if tls.is_set() {
+        if amqp.tls.is_set() {
             return Err(Error::Url(format!(
                 "[amqp.tls] is set, but {} is not an amqps:// URL: the connection would not \
                  use TLS",
                 url_source()
             )));
         }
-        return Ok(Endpoint {
-            uri,
-            tls: lapin::tcp::OwnedTLSConfig::default(),
-        });
+        return Ok(Endpoint { uri, tls: None });
     }
+    Ok(Endpoint {
+        uri,
+        tls: Some(tls_client(&amqp.tls)?),
+    })
+}
+
+/// The TLS client of an `amqps` connection: rustls with *ring*, trusting the system's CA
+/// certificates (as rustls-native-certs finds them: `SSL_CERT_FILE`, `SSL_CERT_DIR`, else the
+/// system's store) and `ca_file`, presenting `cert_file` when given.
+fn tls_client(tls: &crate::config::Tls) -> Result<lapin::tcp::RustlsConnector, Error> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let fail = |key: &str, path: &std::path::Path, why: String| {
+        Error::Tls(format!("amqp.tls.{key}: {}: {why}", path.display()))
+    };
     let read = |key: &str, path: &std::path::Path| {
-        std::fs::read(path).map_err(|e| {
-            Error::Tls(format!(
-                "amqp.tls.{key}: cannot read {}: {e}",
-                path.display()
-            ))
-        })
+        std::fs::read(path).map_err(|e| fail(key, path, format!("cannot read it: {e}")))
     };
     let certificates = |key: &str, path: &std::path::Path| {
-        use rustls_pki_types::pem::PemObject as _;
-        let pem = read(key, path)?;
-        let found = rustls_pki_types::CertificateDer::pem_slice_iter(&pem)
+        let found = CertificateDer::pem_slice_iter(&read(key, path)?)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| Error::Tls(format!("amqp.tls.{key}: {}: not PEM: {e}", path.display())))?;
+            .map_err(|e| fail(key, path, format!("not PEM: {e}")))?;
         if found.is_empty() {
-            return Err(Error::Tls(format!(
-                "amqp.tls.{key}: {}: no PEM certificate (-----BEGIN CERTIFICATE-----) in it",
-                path.display()
-            )));
+            return Err(fail(
+                key,
+                path,
+                "no PEM certificate (-----BEGIN CERTIFICATE-----) in it".into(),
+            ));
         }
-        Ok(pem)
+        Ok(found)
     };
-    let cert_chain = match &tls.ca_file {
-        Some(path) => Some(
-            String::from_utf8(certificates("ca_file", path)?).map_err(|_| {
-                Error::Tls(format!(
-                    "amqp.tls.ca_file: {}: not PEM text",
-                    path.display()
-                ))
-            })?,
-        ),
-        None => None,
-    };
-    let identity = match (&tls.cert_file, &tls.key_file) {
+    let mut roots = rustls::RootCertStore::empty();
+    // Certificates of the system's store that cannot be used are skipped, as rustls does.
+    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    if let Some(path) = &tls.ca_file {
+        let cas = certificates("ca_file", path)?;
+        let total = cas.len();
+        let (_, unusable) = roots.add_parsable_certificates(cas);
+        if unusable > 0 {
+            return Err(fail(
+                "ca_file",
+                path,
+                format!("{unusable} of its {total} certificates cannot be used as a CA"),
+            ));
+        }
+    }
+    if roots.is_empty() {
+        return Err(Error::Tls(
+            "amqps: no CA certificate to check the broker's against: the system has none \
+             (install ca-certificates, or point SSL_CERT_FILE at a bundle) and amqp.tls.ca_file \
+             is not set"
+                .into(),
+        ));
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| Error::Tls(format!("amqps: {e}")))?
+    .with_root_certificates(roots);
+    let config = match (&tls.cert_file, &tls.key_file) {
         (Some(cert), Some(key)) => {
-            use rustls_pki_types::pem::PemObject as _;
-            let pem = certificates("cert_file", cert)?;
-            let key_pem = read("key_file", key)?;
-            rustls_pki_types::PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
-                Error::Tls(format!(
-                    "amqp.tls.key_file: {}: no unencrypted PEM private key in it ({e})",
-                    key.display()
-                ))
+            let chain = certificates("cert_file", cert)?;
+            let key_der = PrivateKeyDer::from_pem_slice(&read("key_file", key)?).map_err(|e| {
+                fail(
+                    "key_file",
+                    key,
+                    format!("no unencrypted PEM private key in it ({e})"),
+                )
             })?;
-            Some(lapin::tcp::OwnedIdentity::PKCS8 { pem, key: key_pem })
+            builder.with_client_auth_cert(chain, key_der).map_err(|e| {
+                Error::Tls(format!(
+                    "amqp.tls: the key of key_file ({}) cannot be used with the certificate of \
+                     cert_file ({}): {e}",
+                    key.display(),
+                    cert.display()
+                ))
+            })?
         }
-        (None, None) => None,
+        (None, None) => builder.with_no_client_auth(),
         _ => {
             return Err(Error::Tls(
                 "amqp.tls: cert_file and key_file go together (the client certificate and its \
@@ -385,13 +416,7 @@ pub fn endpoint(amqp: &crate::config::Amqp) -> Result<Endpoint, Error> {
             ))
         }
     };
-    Ok(Endpoint {
-        uri,
-        tls: lapin::tcp::OwnedTLSConfig {
-            identity,
-            cert_chain,
-        },
-    })
+    Ok(config.into())
 }
 
 /// Names the setting the broker URL came from.
@@ -428,8 +453,30 @@ pub fn check_url(url: &str) -> Result<lapin::uri::AMQPUri, Error> {
     Ok(uri)
 }
 
+/// How long a connection attempt (TCP, TLS, the AMQP handshake) may take by default.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// One connection for a command (`publish`, `dlq`, `resync`, topology declarations): given up,
+/// with its socket shut down, after [`CONNECT_TIMEOUT`] (a peer that accepts and says nothing
+/// would otherwise hold the command for ever).
 async fn connect(amqp: &crate::config::Amqp, frames: Frames) -> Result<Connection, Error> {
-    connect_keeping(&endpoint(amqp)?, frames, None).await
+    let endpoint = endpoint(amqp)?;
+    let socket = Socket::default();
+    let attempt = connect_keeping(&endpoint, frames, Some(&socket));
+    match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
+        Ok(Ok(connection)) => {
+            socket.release();
+            Ok(connection)
+        }
+        Ok(Err(e)) => {
+            socket.shut_down();
+            Err(e)
+        }
+        Err(_) => {
+            socket.shut_down();
+            Err(Error::ConnectTimeout(CONNECT_TIMEOUT))
+        }
+    }
 }
 
 /// [`connect`], keeping the connection's TCP socket in `socket` when given.
@@ -461,11 +508,9 @@ async fn connect_keeping(
             }
             #[cfg(not(unix))]
             let _ = &socket;
-            Ok(match uri.scheme {
-                lapin::uri::AMQPScheme::AMQP => stream,
-                lapin::uri::AMQPScheme::AMQPS => {
-                    stream.into_tls(&uri.authority.host, tls.as_ref()).await?
-                }
+            Ok(match &tls {
+                None => stream,
+                Some(tls) => stream.into_rustls(tls, &uri.authority.host).await?,
             })
         },
         properties,
@@ -518,7 +563,8 @@ impl Socket {
         }
     }
 
-    /// Lets go of the socket of a connection closed cleanly (lapin closes its own).
+    /// Lets go of the socket of a connection that connected, or closed cleanly (lapin closes
+    /// its own).
     fn release(&self) {
         *self.slot() = Slot::Done;
     }
@@ -593,7 +639,7 @@ impl Default for RunOptions {
             stop_timeout: Duration::from_secs(20),
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(10),
-            connect_timeout: Duration::from_secs(15),
+            connect_timeout: CONNECT_TIMEOUT,
             unroutable_attempts: 10,
         }
     }
@@ -1082,23 +1128,16 @@ mod tests {
         };
 
         let plain = endpoint(&amqp("amqp://guest:s3cret@h/%2f", Tls::default())).unwrap();
-        assert!(!plain.tls() && plain.tls == lapin::tcp::OwnedTLSConfig::default());
+        assert!(!plain.tls());
+        // The system's CA certificates alone (this machine has them).
         let system = endpoint(&amqp("amqps://guest:s3cret@h/%2f", Tls::default())).unwrap();
-        assert!(system.tls() && system.tls == lapin::tcp::OwnedTLSConfig::default());
+        assert!(system.tls());
         let full = Tls {
             ca_file: ca.clone(),
             cert_file: cert_file.clone(),
             key_file: key_file.clone(),
         };
-        let mutual = endpoint(&amqp("amqps://h", full.clone())).unwrap();
-        assert_eq!(mutual.tls.cert_chain.as_deref(), Some(cert.pem().as_str()));
-        assert_eq!(
-            mutual.tls.identity,
-            Some(lapin::tcp::OwnedIdentity::PKCS8 {
-                pem: cert.pem().into_bytes(),
-                key: key.serialize_pem().into_bytes(),
-            })
-        );
+        assert!(endpoint(&amqp("amqps://h", full.clone())).unwrap().tls());
 
         let (code, message) = refused(amqp("amqp://guest:s3cret@h", full.clone()));
         assert_eq!(code, "bad_url");
@@ -1111,7 +1150,7 @@ mod tests {
         let (code, message) = refused(amqp("amqps://h", missing));
         assert_eq!(code, "bad_tls");
         assert!(
-            message.contains("amqp.tls.ca_file: cannot read"),
+            message.starts_with("amqp.tls.ca_file: ") && message.contains("cannot read it"),
             "{message}"
         );
         let not_pem = Tls {
@@ -1126,6 +1165,19 @@ mod tests {
         };
         let (_, message) = refused(amqp("amqps://h", key_is_a_certificate));
         assert!(message.contains("amqp.tls.key_file"), "{message}");
+        let other_key = file(
+            "other.key",
+            &rcgen::KeyPair::generate().unwrap().serialize_pem(),
+        );
+        let mismatched = Tls {
+            key_file: other_key,
+            ..full.clone()
+        };
+        let (_, message) = refused(amqp("amqps://h", mismatched));
+        assert!(
+            message.contains("cannot be used with the certificate"),
+            "{message}"
+        );
         let no_key = Tls {
             key_file: None,
             ..full

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bodflow::config::Tls;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 /// A CA and the certificates it signed, as PEM files in a temporary folder.
 pub struct Pki {
@@ -82,9 +82,11 @@ pub struct Seen {
     pub sessions: AtomicUsize,
     /// Of those, the ones whose client presented a certificate.
     pub with_client_certificate: AtomicUsize,
-    /// Connections whose handshake failed (a client that does not trust the server, one
-    /// that presents no certificate when required, one that speaks plain AMQP).
+    /// TLS handshakes that failed (a client that does not trust the server, one that
+    /// presents no certificate when required).
     pub refused: AtomicUsize,
+    /// Connections whose first byte was not a TLS handshake record (plain AMQP, say).
+    pub not_tls: AtomicUsize,
 }
 
 impl Seen {
@@ -96,6 +98,9 @@ impl Seen {
     }
     pub fn refused(&self) -> usize {
         self.refused.load(Ordering::SeqCst)
+    }
+    pub fn not_tls(&self) -> usize {
+        self.not_tls.load(Ordering::SeqCst)
     }
 }
 
@@ -138,6 +143,16 @@ impl TlsProxy {
                 let acceptor = acceptor.clone();
                 let seen = counts.clone();
                 tokio::spawn(async move {
+                    // A TLS record of type 22 (handshake) comes first; AMQP's header is "AMQP".
+                    let mut first = [0u8; 1];
+                    match client.peek(&mut first).await {
+                        Ok(1) if first[0] == 0x16 => {}
+                        Ok(1) => {
+                            seen.not_tls.fetch_add(1, Ordering::SeqCst);
+                            return;
+                        }
+                        _ => return,
+                    }
                     let mut client = match acceptor.accept(client).await {
                         Ok(client) => client,
                         Err(_) => {
