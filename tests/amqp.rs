@@ -1208,17 +1208,30 @@ async fn an_untrusted_broker_certificate_is_refused_and_retried_never_bypassed()
     let pki = tls::Pki::new();
     let proxy = tls::TlsProxy::start(&pki, false).await;
     let mut config = fixture_config(&vhost);
+    // Trusting another CA (and the system's, which did not sign it either).
+    let other = tls::Pki::new();
     config.amqp.url = proxy.url(&vhost.name);
+    config.amqp.tls = other.tls(false);
     let error = Sender::connect(&config).await.err().expect("connected");
-    assert!(error.to_string().contains("certificate"), "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains("invalid peer certificate: UnknownIssuer"),
+        "{error}"
+    );
     // The CA is trusted, but the certificate is for `localhost`, not the address the URL names.
     config.amqp.tls = pki.tls(false);
     config.amqp.url = proxy.url(&vhost.name).replace("localhost", "127.0.0.1");
     let error = Sender::connect(&config).await.err().expect("connected");
-    assert!(error.to_string().contains("certificate"), "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains("invalid peer certificate: certificate not valid for name"),
+        "{error}"
+    );
 
     config.amqp.url = proxy.url(&vhost.name);
-    config.amqp.tls = bodflow::config::Tls::default();
+    config.amqp.tls = other.tls(false);
     let (stop, service) = start_service(
         &config,
         Arc::new(Store::temporary().unwrap()),
@@ -1254,10 +1267,10 @@ async fn mutual_tls_presents_the_client_certificate() {
         "no client certificate"
     );
     wait_for("the refusal", Duration::from_secs(5), async || {
-        proxy.seen.refused() == 1
+        proxy.seen.refused() >= 1
     })
     .await;
-    assert_eq!(proxy.seen.sessions(), 0);
+    assert_eq!((proxy.seen.refused(), proxy.seen.sessions()), (1, 0));
 
     config.amqp.tls = pki.tls(true);
     let (docs, _) = fixture_docs(&config);

@@ -660,7 +660,7 @@ fn an_amqp_url_no_connection_could_honour_is_a_configuration_error() {
         .self_signed(&key)
         .unwrap();
     std::fs::write(tmp.path().join("ca.pem"), ca.pem()).unwrap();
-    let check_config = || {
+    let check_config = |system_bundle: &std::path::Path| {
         run_in(
             tmp.path(),
             bodflow()
@@ -668,18 +668,20 @@ fn an_amqp_url_no_connection_could_honour_is_a_configuration_error() {
                 .arg(&config)
                 .env_remove("BODFLOW_AMQP_URL")
                 .env_remove("SSL_CERT_DIR")
-                .env("SSL_CERT_FILE", &empty),
+                .env("SSL_CERT_FILE", system_bundle),
         )
     };
     with_url("amqps://bodflow:s3cret@rabbit.example/%2f");
-    let out = check_config();
+    let out = check_config(&empty);
     assert_exit(&out, 2);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("no CA certificate"), "{stderr}");
+    // The system's certificates alone are enough.
+    assert_exit(&check_config(&tmp.path().join("ca.pem")), 0);
     with_amqp(
         "url = \"amqps://bodflow:s3cret@rabbit.example/%2f\"\n[amqp.tls]\nca_file = \"ca.pem\"",
     );
-    assert_exit(&check_config(), 0);
+    assert_exit(&check_config(&empty), 0);
 
     // The environment's URL is checked as well as the file's, and named.
     with_url("amqp://guest:guest@127.0.0.1:5672/%2f");

@@ -47,7 +47,9 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection};
 
 use super::topology::{DEAD_QUEUE, IN_EXCHANGE, OUT_EXCHANGE};
-use super::{confirm_channel, confirmed, connect, header_str, short, topology, Error, Frames};
+use super::{
+    confirm_channel, confirmed, connect_with, declare_on, header_str, short, Error, Frames,
+};
 use crate::config::Config;
 
 /// Header that marks an inbound message as a deliberate retry of its message id.
@@ -232,24 +234,25 @@ impl DeadQueue {
     /// (unacked, in queue order; see the module docs).
     pub async fn open(config: &Config) -> Result<DeadQueue, Error> {
         // Dead letters keep their senders' headers, whatever their size.
-        let connection = connect(&config.amqp, Frames::LARGEST).await?;
-        let admin = connection.create_channel().await?;
-        topology::declare(&admin, config).await?;
-        let _ = admin.close(200, "declared".into()).await;
-        let channel = connection.create_channel().await?;
-        let count = channel
-            .queue_declare(
-                short(DEAD_QUEUE)?,
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?
-            .message_count() as usize;
+        let (connection, (channel, count, publish)) =
+            connect_with(&config.amqp, Frames::LARGEST, async |c| {
+                declare_on(c, config).await?;
+                let channel = c.create_channel().await?;
+                let count = channel
+                    .queue_declare(
+                        short(DEAD_QUEUE)?,
+                        QueueDeclareOptions {
+                            passive: true,
+                            ..Default::default()
+                        },
+                        FieldTable::default(),
+                    )
+                    .await?
+                    .message_count() as usize;
+                Ok((channel, count, confirm_channel(c).await?))
+            })
+            .await?;
         let count = count.min(usize::from(u16::MAX));
-        let publish = confirm_channel(&connection).await?;
         let mut queue = DeadQueue {
             connection,
             channel,

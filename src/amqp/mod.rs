@@ -192,11 +192,21 @@ fn returned_id(returned: &lapin::message::BasicReturnMessage) -> Option<&str> {
 
 /// Connects, declares the topology of `config` (new applications' queues), disconnects.
 pub async fn declare_topology(config: &Config) -> Result<(), Error> {
-    let connection = connect(&config.amqp, Frames::SMALL).await?;
-    let admin = connection.create_channel().await?;
-    let declared = topology::declare(&admin, config).await;
-    let _ = connection.close(200, "declared".into()).await;
+    let (connection, declared) = connect_with(&config.amqp, Frames::SMALL, async |c| {
+        let admin = c.create_channel().await?;
+        Ok(topology::declare(&admin, config).await)
+    })
+    .await?;
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, connection.close(200, "declared".into())).await;
     declared
+}
+
+/// Declares the topology of `config` on a channel of its own, closed afterwards.
+async fn declare_on(connection: &Connection, config: &Config) -> Result<(), Error> {
+    let admin = connection.create_channel().await?;
+    topology::declare(&admin, config).await?;
+    let _ = admin.close(200, "declared".into()).await;
+    Ok(())
 }
 
 /// How long closing a connection may take before it is dropped.
@@ -312,8 +322,8 @@ impl Endpoint {
 /// Checks `[amqp]` before any connection, so that what no connection could honour is a
 /// configuration error rather than a broker to wait for: a URL lapin cannot read,
 /// `[amqp.tls]` set for a plain `amqp://` URL (it would not be used), and for `amqps` no CA
-/// certificate to trust, TLS files that cannot be read or used, a CA certificate that cannot
-/// be one, a key that does not match its certificate. Builds the TLS client from the files as
+/// certificate to trust, TLS files that cannot be read or parsed, a key that does not match
+/// its certificate. Builds the TLS client from the files as
 /// they are now. The error names the setting and what is wrong, never the URL (it may hold a
 /// password).
 pub fn endpoint(amqp: &crate::config::Amqp) -> Result<Endpoint, Error> {
@@ -359,36 +369,12 @@ fn tls_client(tls: &crate::config::Tls) -> Result<lapin::tcp::RustlsConnector, E
         }
         Ok(found)
     };
-    let mut roots = rustls::RootCertStore::empty();
-    // Certificates of the system's store that cannot be used are skipped, as rustls does.
-    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
-    if let Some(path) = &tls.ca_file {
-        let cas = certificates("ca_file", path)?;
-        let total = cas.len();
-        let (_, unusable) = roots.add_parsable_certificates(cas);
-        if unusable > 0 {
-            return Err(fail(
-                "ca_file",
-                path,
-                format!("{unusable} of its {total} certificates cannot be used as a CA"),
-            ));
-        }
-    }
-    if roots.is_empty() {
-        return Err(Error::Tls(
-            "amqps: no CA certificate to check the broker's against: the system has none \
-             (install ca-certificates, or point SSL_CERT_FILE at a bundle) and amqp.tls.ca_file \
-             is not set"
-                .into(),
-        ));
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| Error::Tls(format!("amqps: {e}")))?
-    .with_root_certificates(roots);
-    let config = match (&tls.cert_file, &tls.key_file) {
+    // The files first: what is wrong with them does not depend on the machine.
+    let cas = match &tls.ca_file {
+        Some(path) => Some((path, certificates("ca_file", path)?)),
+        None => None,
+    };
+    let identity = match (&tls.cert_file, &tls.key_file) {
         (Some(cert), Some(key)) => {
             let chain = certificates("cert_file", cert)?;
             let key_der = PrivateKeyDer::from_pem_slice(&read("key_file", key)?).map_err(|e| {
@@ -398,6 +384,53 @@ fn tls_client(tls: &crate::config::Tls) -> Result<lapin::tcp::RustlsConnector, E
                     format!("no unencrypted PEM private key in it ({e})"),
                 )
             })?;
+            Some((cert, key, chain, key_der))
+        }
+        (None, None) => None,
+        _ => {
+            return Err(Error::Tls(
+                "amqp.tls: cert_file and key_file go together (the client certificate and its \
+                 key)"
+                    .into(),
+            ))
+        }
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    let system = rustls_native_certs::load_native_certs();
+    for e in &system.errors {
+        tracing::warn!(error = %e, "Could not read some of the system's CA certificates (SSL_CERT_FILE, SSL_CERT_DIR or the system's store)");
+    }
+    // Certificates of the system's store that cannot be parsed are skipped, as rustls does.
+    roots.add_parsable_certificates(system.certs);
+    if let Some((path, cas)) = cas {
+        let total = cas.len();
+        let (_, unusable) = roots.add_parsable_certificates(cas);
+        if unusable > 0 {
+            return Err(fail(
+                "ca_file",
+                path,
+                format!("{unusable} of its {total} certificates cannot be parsed"),
+            ));
+        }
+    }
+    if roots.is_empty() {
+        let why = system
+            .errors
+            .first()
+            .map_or_else(|| "the system has none".to_string(), |e| e.to_string());
+        return Err(Error::Tls(format!(
+            "amqps: no CA certificate to check the broker's against ({why}; install \
+             ca-certificates, or point SSL_CERT_FILE at a bundle) and amqp.tls.ca_file is not set"
+        )));
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| Error::Tls(format!("amqps: {e}")))?
+    .with_root_certificates(roots);
+    let config = match identity {
+        Some((cert, key, chain, key_der)) => {
             builder.with_client_auth_cert(chain, key_der).map_err(|e| {
                 Error::Tls(format!(
                     "amqp.tls: the key of key_file ({}) cannot be used with the certificate of \
@@ -407,14 +440,7 @@ fn tls_client(tls: &crate::config::Tls) -> Result<lapin::tcp::RustlsConnector, E
                 ))
             })?
         }
-        (None, None) => builder.with_no_client_auth(),
-        _ => {
-            return Err(Error::Tls(
-                "amqp.tls: cert_file and key_file go together (the client certificate and its \
-                 key)"
-                    .into(),
-            ))
-        }
+        None => builder.with_no_client_auth(),
     };
     Ok(config.into())
 }
@@ -456,17 +482,26 @@ pub fn check_url(url: &str) -> Result<lapin::uri::AMQPUri, Error> {
 /// How long a connection attempt (TCP, TLS, the AMQP handshake) may take by default.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// One connection for a command (`publish`, `dlq`, `resync`, topology declarations): given up,
-/// with its socket shut down, after [`CONNECT_TIMEOUT`] (a peer that accepts and says nothing
-/// would otherwise hold the command for ever).
-async fn connect(amqp: &crate::config::Amqp, frames: Frames) -> Result<Connection, Error> {
+/// One connection for a command (`publish`, `dlq`, `resync`, a reload's topology), with
+/// `setup` run on it (declarations, channels): the two together are given up, with the socket
+/// shut down, after [`CONNECT_TIMEOUT`] — a peer that accepts and says nothing, or a broker
+/// that stops answering during the setup, would otherwise hold the command for ever.
+async fn connect_with<T>(
+    amqp: &crate::config::Amqp,
+    frames: Frames,
+    setup: impl AsyncFnOnce(&Connection) -> Result<T, Error>,
+) -> Result<(Connection, T), Error> {
     let endpoint = endpoint(amqp)?;
     let socket = Socket::default();
-    let attempt = connect_keeping(&endpoint, frames, Some(&socket));
+    let attempt = async {
+        let connection = connect_keeping(&endpoint, frames, Some(&socket)).await?;
+        let value = setup(&connection).await?;
+        Ok((connection, value))
+    };
     match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
-        Ok(Ok(connection)) => {
+        Ok(Ok(connected)) => {
             socket.release();
-            Ok(connection)
+            Ok(connected)
         }
         Ok(Err(e)) => {
             socket.shut_down();
@@ -827,9 +862,7 @@ async fn session(
     // Bounded like the connection itself: a broker that stops answering here would
     // otherwise hold the session before it consumes anything.
     let setup = async {
-        let admin = connection.create_channel().await?;
-        topology::declare(&admin, &pipeline.config).await?;
-        let _ = admin.close(200, "declared".into()).await;
+        declare_on(connection, &pipeline.config).await?;
         let inbound = connection.create_channel().await?;
         inbound
             .basic_qos(pipeline.config.amqp.prefetch, BasicQosOptions::default())
@@ -886,11 +919,11 @@ async fn session(
 /// (`bodflow resync`). Declares the topology first, so every application queue exists.
 pub async fn publish_outbox(pipeline: Pipeline, options: RunOptions) -> Result<usize, Error> {
     // Dead-letter rows may carry a sender's large headers; memory does not matter here.
-    let connection = connect(&pipeline.config.amqp, Frames::LARGEST).await?;
-    let admin = connection.create_channel().await?;
-    topology::declare(&admin, &pipeline.config).await?;
-    let _ = admin.close(200, "declared".into()).await;
-    let channel = confirm_channel(&connection).await?;
+    let (connection, channel) = connect_with(&pipeline.config.amqp, Frames::LARGEST, async |c| {
+        declare_on(c, &pipeline.config).await?;
+        confirm_channel(c).await
+    })
+    .await?;
     let token = CancellationToken::new();
     let publisher = publisher::Publisher {
         channel,
@@ -948,11 +981,11 @@ impl Sender {
     /// Connects and declares the topology, so that messages sent before the service starts
     /// wait in `bodflow.inbound`.
     pub async fn connect(config: &Config) -> Result<Sender, Error> {
-        let connection = connect(&config.amqp, Frames::SMALL).await?;
-        let admin = connection.create_channel().await?;
-        topology::declare(&admin, config).await?;
-        let _ = admin.close(200, "declared".into()).await;
-        let channel = confirm_channel(&connection).await?;
+        let (connection, channel) = connect_with(&config.amqp, Frames::SMALL, async |c| {
+            declare_on(c, config).await?;
+            confirm_channel(c).await
+        })
+        .await?;
         Ok(Sender {
             connection,
             channel,
@@ -1129,9 +1162,7 @@ mod tests {
 
         let plain = endpoint(&amqp("amqp://guest:s3cret@h/%2f", Tls::default())).unwrap();
         assert!(!plain.tls());
-        // The system's CA certificates alone (this machine has them).
-        let system = endpoint(&amqp("amqps://guest:s3cret@h/%2f", Tls::default())).unwrap();
-        assert!(system.tls());
+        // (The system's CA certificates alone: tests/cli.rs, with SSL_CERT_FILE.)
         let full = Tls {
             ca_file: ca.clone(),
             cert_file: cert_file.clone(),
@@ -1151,6 +1182,21 @@ mod tests {
         assert_eq!(code, "bad_tls");
         assert!(
             message.starts_with("amqp.tls.ca_file: ") && message.contains("cannot read it"),
+            "{message}"
+        );
+        let unparsable = Tls {
+            ca_file: file(
+                "unparsable.pem",
+                &format!(
+                    "{}-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+                    cert.pem()
+                ),
+            ),
+            ..Tls::default()
+        };
+        let (_, message) = refused(amqp("amqps://h", unparsable));
+        assert!(
+            message.contains("1 of its 2 certificates cannot be parsed"),
             "{message}"
         );
         let not_pem = Tls {

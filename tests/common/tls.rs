@@ -33,9 +33,10 @@ impl Pki {
         let ca_key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "bodflow test CA");
+        // A name of its own: another test CA is another issuer, not a forgery of this one.
+        static CAS: AtomicUsize = AtomicUsize::new(0);
+        let name = format!("bodflow test CA {}", CAS.fetch_add(1, Ordering::SeqCst));
+        params.distinguished_name.push(DnType::CommonName, name);
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         let ca = params.self_signed(&ca_key).unwrap();
         let issue = |names: &[&str], usage: ExtendedKeyUsagePurpose| {
