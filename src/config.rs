@@ -165,7 +165,9 @@ pub struct Amqp {
     /// Documents prepared (parsed, validated, mapped) in parallel. Deliveries of one document
     /// key are still applied in arrival order. Default: the number of CPU cores.
     pub lanes: usize,
-    /// TLS for an `amqps://` URL (`[amqp.tls]`).
+    /// TLS for an `amqps://` URL (`[amqp.tls]`). Not written out when unset, so a written
+    /// configuration stays readable by versions without it.
+    #[serde(skip_serializing_if = "Tls::is_unset")]
     pub tls: Tls,
 }
 
@@ -189,6 +191,10 @@ impl Tls {
     /// Whether anything is set.
     pub fn is_set(&self) -> bool {
         *self != Tls::default()
+    }
+
+    fn is_unset(&self) -> bool {
+        !self.is_set()
     }
 }
 
