@@ -323,9 +323,8 @@ impl Endpoint {
 /// configuration error rather than a broker to wait for: a URL lapin cannot read,
 /// `[amqp.tls]` set for a plain `amqp://` URL (it would not be used), and for `amqps` no CA
 /// certificate to trust, TLS files that cannot be read or parsed, a key that does not match
-/// its certificate. Builds the TLS client from the files as
-/// they are now. The error names the setting and what is wrong, never the URL (it may hold a
-/// password).
+/// its certificate. Builds the TLS client from the files as they are now. The error names the
+/// setting and what is wrong, never the URL (it may hold a password).
 pub fn endpoint(amqp: &crate::config::Amqp) -> Result<Endpoint, Error> {
     let uri = check_url(&amqp.url)?;
     if uri.scheme != lapin::uri::AMQPScheme::AMQPS {
