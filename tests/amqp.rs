@@ -1155,6 +1155,19 @@ async fn a_broker_that_stalls_after_the_handshake_is_abandoned_and_retried() {
     stop_cleanly(stop, service, Duration::from_secs(20)).await;
 }
 
+/// A throw-away vhost reached through a [`tls::TlsProxy`] of a fresh test CA (asking for a
+/// client certificate when `mutual`), and the fixture configuration connecting to it by
+/// `amqps://`, trusting that CA and presenting no client certificate.
+async fn behind_tls(test: &str, mutual: bool) -> (Vhost, tls::Pki, tls::TlsProxy, Config) {
+    let vhost = Vhost::new(test);
+    let pki = tls::Pki::new();
+    let proxy = tls::TlsProxy::start(&pki, mutual).await;
+    let mut config = fixture_config(&vhost);
+    config.amqp.url = proxy.url(&vhost.name);
+    config.amqp.tls = pki.tls(false);
+    (vhost, pki, proxy, config)
+}
+
 /// `amqps://` with a private CA: the sender and the service reach the broker only through a
 /// TLS listener (the proxy; the broker behind it speaks plain AMQP), trusting the test CA from
 /// `[amqp.tls] ca_file` and checking the host name the URL gives. What they do there is what
@@ -1162,12 +1175,7 @@ async fn a_broker_that_stalls_after_the_handshake_is_abandoned_and_retried() {
 /// replay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn amqps_with_a_private_ca_processes_the_fixtures_as_plain_amqp_does() {
-    let vhost = Vhost::new("tls");
-    let pki = tls::Pki::new();
-    let proxy = tls::TlsProxy::start(&pki, false).await;
-    let mut config = fixture_config(&vhost);
-    config.amqp.url = proxy.url(&vhost.name);
-    config.amqp.tls = pki.tls(false);
+    let (vhost, _pki, proxy, config) = behind_tls("tls", false).await;
     let (docs, expected) = fixture_docs(&config);
     publish(&config, &docs).await;
     assert_eq!(proxy.seen.sessions(), 1, "the sender did not use TLS");
@@ -1207,13 +1215,9 @@ async fn amqps_with_a_private_ca_processes_the_fixtures_as_plain_amqp_does() {
 /// retrying (not ready meanwhile) and stops cleanly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_untrusted_broker_certificate_is_refused_and_retried_never_bypassed() {
-    let vhost = Vhost::new("tls-untrusted");
-    let pki = tls::Pki::new();
-    let proxy = tls::TlsProxy::start(&pki, false).await;
-    let mut config = fixture_config(&vhost);
+    let (vhost, pki, proxy, mut config) = behind_tls("tls-untrusted", false).await;
     // Trusting another CA (and the system's, which did not sign it either).
     let other = tls::Pki::new();
-    config.amqp.url = proxy.url(&vhost.name);
     config.amqp.tls = other.tls(false);
     let error = Sender::connect(&config).await.err().expect("connected");
     assert!(
@@ -1259,12 +1263,7 @@ async fn an_untrusted_broker_certificate_is_refused_and_retried_never_bypassed()
 /// (`cert_file`, `key_file`); without one it refuses the connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutual_tls_presents_the_client_certificate() {
-    let vhost = Vhost::new("tls-mutual");
-    let pki = tls::Pki::new();
-    let proxy = tls::TlsProxy::start(&pki, true).await;
-    let mut config = fixture_config(&vhost);
-    config.amqp.url = proxy.url(&vhost.name);
-    config.amqp.tls = pki.tls(false);
+    let (vhost, pki, proxy, mut config) = behind_tls("tls-mutual", true).await;
     assert!(
         Sender::connect(&config).await.is_err(),
         "no client certificate"
