@@ -7,8 +7,12 @@
 #[path = "common/broker.rs"]
 mod broker;
 mod common;
+#[path = "common/raw_amqp.rs"]
+mod raw_amqp;
 #[path = "common/tls.rs"]
 mod tls;
+
+use raw_amqp::{is_method, read_frame};
 
 use broker::{
     connect as channel, send_confirmed, start_service, wait_for, write_generated_config, Vhost,
@@ -324,23 +328,33 @@ async fn a_dead_letter_copy_that_outgrows_the_frame_does_not_stop_the_service() 
     large_headers("outgrown-headers", 32 * 1024 - 168).await;
 }
 
+/// The fixtures, reordered so that they begin with, for each of `first` in turn, the first
+/// document rejected at that stage (`None`: the first one applied).
+fn fixtures_in_order(config: &Config, first: &[Option<&str>]) -> Vec<Doc> {
+    let (docs, offline) = fixture_docs(config);
+    let mut docs: Vec<Option<Doc>> = docs.into_iter().map(Some).collect();
+    let mut ordered = Vec::new();
+    for stage in first {
+        let at = offline
+            .reports
+            .iter()
+            .enumerate()
+            .position(|(i, r)| {
+                docs[i].is_some() && r.error.as_ref().map(|e| e.stage.as_str()) == *stage
+            })
+            .unwrap_or_else(|| panic!("no fixture is {stage:?}"));
+        ordered.push(docs[at].take().unwrap());
+    }
+    ordered.extend(docs.into_iter().flatten());
+    ordered
+}
+
 /// The fixtures, the first one that validation refuses going first with a header of
 /// `note_len` bytes: all processed as offline, that one in `bodflow.dead` with its header.
 async fn large_headers(test: &str, note_len: usize) {
     let vhost = Vhost::new(test);
     let config = fixture_config(&vhost);
-    let (mut docs, first) = fixture_docs(&config);
-    let refused = first
-        .reports
-        .iter()
-        .position(|r| {
-            r.error
-                .as_ref()
-                .is_some_and(|e| e.stage.as_str() == "validate")
-        })
-        .unwrap();
-    let large = docs.remove(refused);
-    docs.insert(0, large);
+    let docs = fixtures_in_order(&config, &[Some("validate")]);
     let expected = offline(&config, &docs);
 
     let note = "x".repeat(note_len);
@@ -388,6 +402,81 @@ async fn large_headers(test: &str, note_len: usize) {
         .expect("the refused document is dead-lettered");
     assert_eq!(copy.header("x-sender-note"), Some(note));
     assert!(copy.code().is_some());
+    dead.release().await.unwrap();
+}
+
+/// Properties lapin could not read, as a sender can write them and RabbitMQ passes them on: a
+/// `message_id` and a header name that are not UTF-8, and a header nested 24,000 arrays deep
+/// (120 KB, within the broker's 128 KiB frames). Before bodflow's patch of lapin's parser
+/// (`vendor/amq-protocol-types`) the first closed every connection for ever (the message is
+/// redelivered first) and the second overflowed the I/O thread's stack, aborting the process
+/// at every start. Now both are processed like any other message — the invalid bytes read as
+/// U+FFFD, the nesting cut at 64 levels — the documents behind them too, and the rejected one
+/// reaches `bodflow.dead`, where `bodflow dlq` reads it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn properties_lapin_could_not_read_are_read_lossily_and_hold_nothing_up() {
+    let vhost = Vhost::new("raw-properties");
+    let config = fixture_config(&vhost);
+    let mut docs = fixtures_in_order(&config, &[Some("validate"), None]);
+    // How the service reads the two ids written with invalid bytes.
+    docs[0].message_id = "deep-\u{FFFD}".to_string();
+    docs[1].message_id = "bad-\u{FFFD}\u{FFFD}-id".to_string();
+    let expected = offline(&config, &docs);
+
+    amqp::declare_topology(&config).await.unwrap();
+    let mut raw = raw_amqp::RawPublisher::connect(&vhost.name);
+    let mut deep = raw_amqp::nested_entry(b"x-deep", 24_000);
+    deep.extend(raw_amqp::string_entry(b"x-note-\xff", b"kept"));
+    raw.publish(
+        topology::IN_EXCHANGE,
+        "bod",
+        &raw_amqp::properties(b"deep-\xff", &deep),
+        &docs[0].bytes,
+    );
+    raw.publish(
+        topology::IN_EXCHANGE,
+        "bod",
+        &raw_amqp::properties(b"bad-\xff\xfe-id", &[]),
+        &docs[1].bytes,
+    );
+    raw.close();
+    publish(&config, &docs[2..]).await;
+
+    let store = Arc::new(Store::temporary().unwrap());
+    let (stop, service) = start_service(&config, store.clone(), RunOptions::default());
+    let (_conn, ch) = channel(&vhost.url()).await;
+    let dead = expected
+        .reports
+        .iter()
+        .filter(|r| r.error.is_some())
+        .count();
+    wait_processed(&ch, &store, &docs, dead).await;
+    stop.send(()).unwrap();
+    service.await.unwrap().unwrap();
+    assert_eq!(comparable_records(&store), expected.records);
+    let mut got: Vec<String> = Vec::new();
+    for app in &config.applications {
+        let queue = topology::application_queue(&app.slug());
+        got.extend(
+            drain_queue(&ch, &queue)
+                .await
+                .into_iter()
+                .map(|m| m.message_id),
+        );
+    }
+    let mut want: Vec<String> = expected.rows.iter().map(|r| r.3.clone()).collect();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want, "the BODs of an offline replay, once each");
+
+    let dead = amqp::dlq::DeadQueue::open(&config).await.unwrap();
+    let copy = dead
+        .messages
+        .iter()
+        .find(|m| m.message_id() == docs[0].message_id)
+        .expect("the rejected document is dead-lettered");
+    assert_eq!(copy.stage().as_deref(), Some("validate"));
+    assert_eq!(copy.header("x-note-\u{FFFD}").as_deref(), Some("kept"));
     dead.release().await.unwrap();
 }
 
@@ -1005,23 +1094,6 @@ struct StallingProxy {
     failures: Arc<std::sync::atomic::AtomicUsize>,
     done: Arc<std::sync::atomic::AtomicBool>,
     accept: Option<std::thread::JoinHandle<()>>,
-}
-
-/// Reads one AMQP frame (header, payload, end octet) whole.
-fn read_frame(from: &mut std::net::TcpStream) -> std::io::Result<Vec<u8>> {
-    let mut frame = vec![0u8; 7];
-    std::io::Read::read_exact(from, &mut frame)?;
-    let size = u32::from_be_bytes(frame[3..7].try_into().unwrap()) as usize;
-    frame.resize(7 + size + 1, 0);
-    std::io::Read::read_exact(from, &mut frame[7..])?;
-    Ok(frame)
-}
-
-/// Whether `frame` is the method `class`.`method` (a method frame's payload starts with them).
-fn is_method(frame: &[u8], class: u16, method: u16) -> bool {
-    frame[0] == 1
-        && frame.len() >= 12
-        && frame[7..11] == [class.to_be_bytes(), method.to_be_bytes()].concat()
 }
 
 impl StallingProxy {
