@@ -619,7 +619,19 @@ async fn a_reply_to_queue_that_is_gone_gets_the_reply_on_the_application_queue()
 /// too, and nothing is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_refusing_messages_does_not_hold_up_the_others() {
-    let vhost = Vhost::new("refusing");
+    refusing_receiver("refusing", RunOptions::default().retry_base).await;
+}
+
+/// The same with no backoff at all, so the refused rows are due again at every round — as
+/// a backlog of refused rows larger than a round can publish within the longest backoff is:
+/// new rows still get their share of every round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_rows_due_again_at_every_round_do_not_starve_the_others() {
+    refusing_receiver("refusing-no-backoff", Duration::ZERO).await;
+}
+
+async fn refusing_receiver(test: &str, retry_base: Duration) {
+    let vhost = Vhost::new(test);
     let config = fixture_config(&vhost);
     let (docs, expected) = fixture_docs(&config);
     // The receiver with the most BODs refuses them all.
@@ -635,7 +647,7 @@ async fn a_receiver_refusing_messages_does_not_hold_up_the_others() {
     refuse(&vhost, &refusing_queue);
 
     publish(&config, &docs).await;
-    let (store, stop, service) = start_in_small_rounds(&config);
+    let (store, stop, service) = start_in_small_rounds(&config, retry_base);
     let (_conn, ch) = channel(&vhost.url()).await;
     let others: Vec<(String, usize)> = config
         .applications
@@ -727,9 +739,11 @@ fn stop_refusing(vhost: &Vhost) {
 }
 
 /// The service on a store of its own, publishing the outbox in rounds of 4 rows: fewer than
-/// the rows a refusing queue holds back, which come first in the outbox.
+/// the rows a refusing queue holds back, which come first in the outbox. `retry_base`: the
+/// first backoff of a refused row.
 fn start_in_small_rounds(
     config: &Config,
+    retry_base: Duration,
 ) -> (
     Arc<Store>,
     tokio::sync::oneshot::Sender<()>,
@@ -738,6 +752,7 @@ fn start_in_small_rounds(
     let store = Arc::new(Store::temporary().unwrap());
     let options = RunOptions {
         outbox_batch: 4,
+        retry_base,
         ..RunOptions::default()
     };
     let (stop, service) = start_service(config, store.clone(), options);
@@ -762,7 +777,7 @@ async fn a_dead_letter_queue_refusing_messages_holds_up_nothing_else() {
     amqp::declare_topology(&config).await.unwrap();
     refuse(&vhost, topology::DEAD_QUEUE);
     publish(&config, &docs).await;
-    let (store, stop, service) = start_in_small_rounds(&config);
+    let (store, stop, service) = start_in_small_rounds(&config, RunOptions::default().retry_base);
     let (_conn, ch) = channel(&vhost.url()).await;
     let to_receivers = expected.rows.len();
     wait_for(

@@ -59,7 +59,13 @@
 //!   copy has no transaction to go in: the acker publishes it itself, on a confirm-mode
 //!   channel of its own, before the round's flush, and acks after its confirm. When
 //!   every document of a group fails (the store itself is failing), the committer also
-//!   pauses before the next group.
+//!   pauses before the next group. **A store that cannot write at all is not a document's
+//!   failure:** before giving a delivery up, the commit probes the store with a small
+//!   flushed write ([`Store::probe`]); if that fails too (sled writes nothing more after an
+//!   I/O error, a full disk say, until it is opened again), nothing is dead-lettered or acked:
+//!   the session ends with the store error, and `serve` — probing once more — stops the
+//!   service, so a restart (by its supervisor) opens the store again once the cause is
+//!   fixed. The deliveries go back to the queue meanwhile.
 //! - **Broker failures** (a failed ack, dead-letter publish or a closed channel) end the
 //!   session: unacked deliveries are redelivered on the next session and the message-id
 //!   markers make them duplicates. Ackers of a dead channel are never used again: the
@@ -199,8 +205,17 @@ enum Committed {
 }
 
 /// What a commit gives back: the group's sequence numbers and work (without their prepared
-/// documents), the prepared documents, how each came out, and the seconds it took.
-type CommitResult = (Vec<(u64, Shell)>, Vec<Prepared>, Vec<Committed>, f64);
+/// documents), the prepared documents, how each came out, the seconds it took, and — when a
+/// document failed its last attempt — whether the store failed a probe write too
+/// ([`Store::probe`]: then the store as a whole cannot write, and that is no reason to
+/// dead-letter anything).
+type CommitResult = (
+    Vec<(u64, Shell)>,
+    Vec<Prepared>,
+    Vec<Committed>,
+    f64,
+    Option<StoreError>,
+);
 
 /// A commit running on the blocking pool.
 type CommitTask = JoinHandle<CommitResult>;
@@ -254,7 +269,7 @@ pub(super) async fn run(
                     // Held until this commit is done: a reload waits for it.
                     let guard = consumer.live.read().await;
                     snapshot = guard.clone();
-                    commit = Some((start_commit(&guard, group), guard));
+                    commit = Some((start_commit(&guard, group, options.store_attempts), guard));
                 } else if stopping && !sequencer.preparing() {
                     break;
                 }
@@ -273,7 +288,13 @@ pub(super) async fn run(
                 joined = join(&mut commit) => {
                     // Drops the guard: a waiting reload may swap now.
                     commit = None;
-                    let (shells, prepared, results, seconds) = joined?;
+                    let (shells, prepared, results, seconds, store_down) = joined?;
+                    if let Some(e) = store_down {
+                        // Nothing of this group is acked or dead-lettered: the session ends,
+                        // the deliveries go back to the queue, and `serve` stops the service.
+                        tracing::error!(error = %e, code = e.code(), "A delivery failed its last commit attempt and the store fails a probe write too: the store cannot write");
+                        return Err(Error::Store(e));
+                    }
                     let outcome = finish_commit(
                         &mut sequencer,
                         options,
@@ -474,7 +495,7 @@ fn prepare_in(pipeline: &Pipeline, d: &Delivery, t: &Tracked) -> Prepared {
 /// Commits a group on the blocking pool: in one transaction, or — when that fails — one by
 /// one in order, not trying a document after a failed one of the same key (nor anything
 /// after a failed barrier).
-fn start_commit(pipeline: &Pipeline, group: Vec<(u64, Work)>) -> CommitTask {
+fn start_commit(pipeline: &Pipeline, group: Vec<(u64, Work)>, store_attempts: u32) -> CommitTask {
     let mut shells = Vec::with_capacity(group.len());
     let mut prepared = Vec::with_capacity(group.len());
     for (seq, w) in group {
@@ -507,12 +528,12 @@ fn start_commit(pipeline: &Pipeline, group: Vec<(u64, Work)>) -> CommitTask {
             Err(e) if prepared.len() == 1 => vec![Committed::Failed(e)],
             Err(e) => {
                 tracing::warn!(error = %e, code = e.code(), deliveries = prepared.len(), "Group commit failed; committing one by one");
-                let mut held: Vec<Option<u64>> = Vec::new();
+                let mut held = Held::default();
                 let mut results = Vec::with_capacity(prepared.len());
                 for (i, (_, shell)) in shells.iter().enumerate() {
                     let _span = shell.tracked.span.enter();
                     let key = lanes::document_key(&shell.delivery.data);
-                    if held_back(&held, key) {
+                    if !held.admits(key) {
                         results.push(Committed::Skipped);
                         continue;
                     }
@@ -522,7 +543,7 @@ fn start_commit(pipeline: &Pipeline, group: Vec<(u64, Work)>) -> CommitTask {
                             None => results.push(Committed::Skipped),
                         },
                         Err(e) => {
-                            held.push(key);
+                            held.failed(key);
                             results.push(Committed::Failed(e));
                         }
                     }
@@ -530,7 +551,17 @@ fn start_commit(pipeline: &Pipeline, group: Vec<(u64, Work)>) -> CommitTask {
                 results
             }
         };
-        (shells, prepared, results, started.elapsed().as_secs_f64())
+        let seconds = started.elapsed().as_secs_f64();
+        // A document about to be given up: is it this document, or the store?
+        let last_attempt = shells.iter().zip(&results).any(|((_, shell), result)| {
+            matches!(result, Committed::Failed(_)) && shell.attempts + 1 >= store_attempts
+        });
+        let store_down = if last_attempt {
+            pipeline.store.probe().err()
+        } else {
+            None
+        };
+        (shells, prepared, results, seconds, store_down)
     })
 }
 
@@ -811,15 +842,32 @@ fn promotion_events(r: &Report) {
     }
 }
 
-/// Whether a document of `key` must wait, in the one-by-one fallback, for the failed ones of
-/// `held` (their keys). As in `take_group`: a document waits for a failed one of its key, a
-/// barrier (no key) for any failed one, and everything for a failed barrier.
-fn held_back(held: &[Option<u64>], key: Option<u64>) -> bool {
-    held.contains(&None)
-        || match key {
-            Some(_) => held.contains(&key),
-            None => !held.is_empty(),
+/// The keys the one-by-one fallback holds back: those of the documents that failed and of
+/// those skipped behind them (`None`: a barrier, a document without a key).
+#[derive(Default)]
+struct Held(Vec<Option<u64>>);
+
+impl Held {
+    /// Whether a document of `key` may be committed now. As in `take_group`: a document waits
+    /// for a held one of its key, a barrier for any held one, and everything for a held
+    /// barrier. One that must wait is held itself, so nothing overtakes it either: a skipped
+    /// barrier holds back every document after it.
+    fn admits(&mut self, key: Option<u64>) -> bool {
+        let held = &self.0;
+        let waits = held.contains(&None)
+            || match key {
+                Some(_) => held.contains(&key),
+                None => !held.is_empty(),
+            };
+        if waits {
+            self.0.push(key);
         }
+        !waits
+    }
+
+    fn failed(&mut self, key: Option<u64>) {
+        self.0.push(key);
+    }
 }
 
 /// Acks finished deliveries (sorted by tag): one `multiple` ack for those below `low` (every
@@ -857,12 +905,33 @@ mod tests {
 
     #[test]
     fn in_the_fallback_a_barrier_waits_for_any_failed_document_and_keys_for_their_own() {
-        assert!(!held_back(&[], None));
-        assert!(!held_back(&[], Some(1)));
-        assert!(held_back(&[Some(1)], Some(1)));
-        assert!(!held_back(&[Some(1)], Some(2)));
-        assert!(held_back(&[Some(1)], None));
-        assert!(held_back(&[None], Some(2)));
-        assert!(held_back(&[None], None));
+        let held = |failed: &[Option<u64>], key| {
+            let mut held = Held::default();
+            failed.iter().for_each(|&k| held.failed(k));
+            !held.admits(key)
+        };
+        assert!(!held(&[], None));
+        assert!(!held(&[], Some(1)));
+        assert!(held(&[Some(1)], Some(1)));
+        assert!(!held(&[Some(1)], Some(2)));
+        assert!(held(&[Some(1)], None));
+        assert!(held(&[None], Some(2)));
+        assert!(held(&[None], None));
+    }
+
+    /// A group [A (key 1), B (no key), C (key 2)] whose transaction failed, A failing again
+    /// alone: B waits for A, and C for B — a later document never overtakes a barrier.
+    #[test]
+    fn in_the_fallback_nothing_overtakes_a_skipped_barrier() {
+        let mut held = Held::default();
+        assert!(held.admits(Some(1)));
+        held.failed(Some(1));
+        assert!(!held.admits(None));
+        assert!(!held.admits(Some(2)));
+        // A document of another key waits behind a skipped keyed one only for its own key.
+        let mut held = Held::default();
+        held.failed(Some(1));
+        assert!(!held.admits(Some(1)));
+        assert!(held.admits(Some(3)));
     }
 }

@@ -109,10 +109,11 @@ pub(super) fn properties(original: &BasicProperties, why: &Why<'_>) -> BasicProp
     kept(original).with_headers(headers).with_delivery_mode(2)
 }
 
-/// The properties a copy keeps: all but `expiration` (the copy would expire in
-/// `bodflow.dead`, which has no dead-letter exchange) and `user_id` (RabbitMQ refuses a
-/// publish whose user is not the connection's).
-fn kept(p: &BasicProperties) -> BasicProperties {
+/// The properties a copy keeps (a dead-letter copy, and a replay of one): all but
+/// `expiration` (the copy would expire in `bodflow.dead`, which has no dead-letter exchange,
+/// and a replay again on its way) and `user_id` (RabbitMQ refuses a publish whose user is not
+/// the connection's: a message the broker dead-lettered keeps its sender's).
+pub(super) fn kept(p: &BasicProperties) -> BasicProperties {
     let mut out = BasicProperties::default();
     macro_rules! copy {
         ($($get:ident => $with:ident),*) => {

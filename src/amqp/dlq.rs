@@ -320,9 +320,7 @@ impl DeadQueue {
                 AMQPValue::LongString(token.into()),
             );
         }
-        let properties: BasicProperties = d
-            .properties
-            .clone()
+        let properties: BasicProperties = super::dead_letter::kept(&d.properties)
             .with_headers(headers)
             .with_delivery_mode(2);
         let routing_key = if d.routing_key.as_str().is_empty() && !message.outbound() {

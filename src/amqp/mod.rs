@@ -70,6 +70,10 @@ pub enum Error {
     LaneFailed,
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The store fails even a probe write after a store error ended a session: sled writes
+    /// nothing more until it is opened again, so the service stops instead of retrying.
+    #[error("the store cannot write: {0}")]
+    StoreDown(StoreError),
     #[error("worker task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
     #[error(
@@ -97,6 +101,7 @@ impl Error {
             Error::ConsumerCancelled => "consumer_cancelled",
             Error::LaneFailed => "lane_failed",
             Error::Store(e) => e.code(),
+            Error::StoreDown(_) => "store_down",
             Error::Task(_) => "task",
             Error::ConnectTimeout(_) => "connect_timeout",
             Error::FrameTooSmall(_) => "frame_too_small",
@@ -109,6 +114,25 @@ impl Error {
 /// A short string, refusing (rather than panicking on) anything over 255 bytes.
 pub(crate) fn short(s: &str) -> Result<ShortString, Error> {
     ShortString::try_new(s).map_err(|_| Error::TooLong(s.chars().take(64).collect()))
+}
+
+/// An id bodflow derives (a BODID, a correlation id) as a short string, whatever its length:
+/// as it is when it fits 255 bytes, else its first bytes (cut at a character boundary), `~`
+/// and 16 hex digits of its BLAKE3 hash — 255 bytes in all, the same for the same id and
+/// distinct for distinct ones. A longer one (made of configured logical IDs of up to 255
+/// characters and a sender's IDs) would otherwise fail its row's publish at every attempt,
+/// and the rows behind it with it.
+pub(crate) fn short_id(s: &str) -> ShortString {
+    const MAX: usize = 255;
+    if s.len() <= MAX {
+        return ShortString::from(s);
+    }
+    let hash = blake3::hash(s.as_bytes()).to_hex();
+    let mut end = MAX - 17;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    ShortString::from(format!("{}~{}", &s[..end], &hash[..16]))
 }
 
 /// A header value as text (ION sends long strings; short strings are accepted too).
@@ -796,6 +820,13 @@ async fn serve(
                 if result.is_ok() && shutdown {
                     break;
                 }
+                if let Err(Error::Store(cause)) = &result {
+                    let store = live.store().clone();
+                    if let Err(down) = tokio::task::spawn_blocking(move || store.probe()).await? {
+                        tracing::error!(error = %down, code = down.code(), %cause, "The store cannot write (a full disk, a failing device?): stopping. Nothing that is not durable was acked; those deliveries are back in the queue. Start bodflow again once the cause is fixed (the systemd unit and the compose file do)");
+                        return Err(Error::StoreDown(down));
+                    }
+                }
                 let needed = match result {
                     Err(Error::FrameTooSmall(needed)) => Some(needed),
                     _ if failed_on_large_frame(&mut events).await => Some(0),
@@ -1325,5 +1356,17 @@ mod tests {
     fn overlong_short_strings_are_errors_not_panics() {
         assert!(short(&"x".repeat(256)).is_err());
         assert!(short("bodflow.in").is_ok());
+    }
+
+    #[test]
+    fn a_derived_id_longer_than_a_short_string_is_cut_and_stays_distinct() {
+        let fits = "é".repeat(127);
+        assert_eq!(short_id(&fits).as_str(), fits);
+        let long = |tail: &str| format!("link:lid://{}|{tail}", "é".repeat(150));
+        let (a, b) = (short_id(&long("A")), short_id(&long("B")));
+        assert!(a.as_str().len() <= 255 && b.as_str().len() <= 255);
+        assert_ne!(a, b);
+        assert_eq!(a, short_id(&long("A")));
+        assert!(long("A").starts_with(a.as_str().split('~').next().unwrap()));
     }
 }

@@ -9,8 +9,9 @@
 //! then *settled*: its confirms awaited and the acked rows removed. Two rounds are in flight,
 //! so the next round is published while the previous one's confirms come in. A Nack or a
 //! returned (unroutable) message keeps its row, and that row alone is published again after a
-//! doubling backoff of its own (100 ms to 5 s) while the rows after it go on: a receiver whose
-//! queue refuses messages does not hold up the others. Rows go to their `reply_to`
+//! doubling backoff of its own (100 ms to 5 s) while the rows after it go on, and refused rows
+//! due again take at most half of a round while new rows wait: a receiver whose queue refuses
+//! messages, however many, does not hold up the others. Rows go to their `reply_to`
 //! queue through the default exchange when the inbound named one, else to `bodflow.out` with
 //! the receiver's logical ID. A reply returned because its `reply_to` queue does not exist
 //! (an RPC client's exclusive queue goes with its connection) is published again to
@@ -57,7 +58,7 @@ use lapin::{BasicProperties, Channel, Confirmation};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::{all_in_order, dead_letter, put_header, short, topology, Error, RunOptions};
+use super::{all_in_order, dead_letter, put_header, short, short_id, topology, Error, RunOptions};
 use crate::pipeline::Pipeline;
 use crate::store::track::{Confirmed, Millis, OutputAt};
 use crate::store::OutboxRow;
@@ -364,56 +365,60 @@ impl Publisher {
         }
     }
 
-    /// The rows to publish next: refused rows that are due (with their attempts so far), else
-    /// the next durable rows after the cursor.
+    /// The rows to publish next: refused rows that are due again (with their attempts so
+    /// far), then the next durable rows after the cursor, shared as [`fresh_room`] says: a
+    /// backlog of refused rows (a receiver's queue full for hours) never keeps new rows — the
+    /// other receivers' BODs, the replies — from going out.
     async fn next_rows(
         &self,
         progress: &mut Progress,
     ) -> Result<Vec<(u64, OutboxRow, u32)>, Error> {
         let store = self.pipeline.store.clone();
-        let batch = self.options.outbox_batch;
+        let batch = self.options.outbox_batch.max(1);
         let now = std::time::Instant::now();
-        let due: Vec<(u64, u32)> = progress
+        let mut due: Vec<(u64, u32)> = progress
             .refused
             .iter()
             .filter(|(_, r)| r.due <= now)
             .map(|(seq, r)| (*seq, r.attempts))
             .take(batch)
             .collect();
-        if !due.is_empty() {
-            for (seq, _) in &due {
-                progress.refused.remove(seq);
-            }
-            // A row no longer there (nothing else removes rows, but a missing one is no
-            // reason to stop) is dropped.
+        let room = fresh_room(batch, due.len());
+        let from = progress.cursor;
+        let fresh = if room == 0 {
+            Vec::new()
+        } else {
             let store = store.clone();
-            let rows = tokio::task::spawn_blocking(move || {
-                due.into_iter()
-                    .filter_map(|(seq, attempts)| {
-                        store
-                            .outbox_row(seq)
-                            .transpose()
-                            .map(|row| row.map(|row| (seq, row, attempts)))
-                    })
+            tokio::task::spawn_blocking(move || {
+                store
+                    .durable_outbox_from(from)
+                    .take(room)
                     .collect::<Result<Vec<_>, _>>()
             })
-            .await??;
-            if !rows.is_empty() {
-                return Ok(rows);
-            }
+            .await??
+        };
+        if let Some((last, _)) = fresh.last() {
+            progress.cursor = last + 1;
         }
-        let from = progress.cursor;
-        let rows = tokio::task::spawn_blocking(move || {
-            store
-                .durable_outbox_from(from)
-                .take(batch)
+        due.truncate(batch - fresh.len());
+        for (seq, _) in &due {
+            progress.refused.remove(seq);
+        }
+        // A row no longer there (nothing else removes rows, but a missing one is no reason to
+        // stop) is dropped.
+        let mut rows = tokio::task::spawn_blocking(move || {
+            due.into_iter()
+                .filter_map(|(seq, attempts)| {
+                    store
+                        .outbox_row(seq)
+                        .transpose()
+                        .map(|row| row.map(|row| (seq, row, attempts)))
+                })
                 .collect::<Result<Vec<_>, _>>()
         })
         .await??;
-        if let Some((last, _)) = rows.last() {
-            progress.cursor = last + 1;
-        }
-        Ok(rows.into_iter().map(|(seq, row)| (seq, row, 0)).collect())
+        rows.extend(fresh.into_iter().map(|(seq, row)| (seq, row, 0)));
+        Ok(rows)
     }
 
     /// Publishes the next durable rows when fewer than [`ROUNDS_IN_FLIGHT`] rounds are out,
@@ -479,6 +484,9 @@ impl Publisher {
         // The confirmed rows that are tracked outputs (or their dead letters), for timelines.
         let mut confirms: Vec<TrackedConfirm> = Vec::new();
         let mut failed = 0;
+        // A channel error (the connection dropped mid-round) ends the session, but only after
+        // the rows acked before it are removed: else the next session publishes them again.
+        let mut fatal = None;
         for (row, verdict) in judged {
             match verdict {
                 Ok(()) => {
@@ -539,7 +547,9 @@ impl Publisher {
                         next,
                     });
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    fatal.get_or_insert(e);
+                }
             }
         }
         progress.published += done.len();
@@ -556,7 +566,10 @@ impl Publisher {
             })
             .await??;
         }
-        Ok(failed)
+        match fatal {
+            Some(e) => Err(e),
+            None => Ok(failed),
+        }
     }
 
     /// Publishes `row` where it goes after the returns so far (module docs). Returns where it
@@ -610,12 +623,12 @@ impl Publisher {
         let properties = BasicProperties::default()
             .with_content_type("application/xml".into())
             .with_delivery_mode(2)
-            .with_message_id(short(&row.bod_id)?)
-            .with_correlation_id(short(
+            .with_message_id(short_id(&row.bod_id))
+            .with_correlation_id(short_id(
                 row.reply_correlation_id
                     .as_deref()
                     .unwrap_or(&row.correlation_id),
-            )?)
+            ))
             .with_headers(headers);
         if unroutable.returns >= self.unroutable_attempts() {
             let reason = unroutable_reason(row, unroutable);
@@ -718,6 +731,13 @@ async fn verdicts(
             (row, verdict)
         })
         .collect()
+}
+
+/// How many new rows a round of `batch` takes when `due` refused rows are due again: the
+/// retries get at most half of it (rounded up) while new rows wait, and whatever the new rows
+/// leave.
+fn fresh_room(batch: usize, due: usize) -> usize {
+    batch - due.min(batch.div_ceil(2))
 }
 
 /// How long until the first refused row is due again; `None` when none waits.
@@ -840,6 +860,16 @@ mod tests {
         let next = later.pop_front().unwrap().rows;
         let judged = verdicts(next, &mut later, &mut returned_).await;
         assert_eq!(outcomes(&judged), [(3, "ok")]);
+    }
+
+    #[test]
+    fn refused_rows_due_again_take_at_most_half_a_round_from_new_ones() {
+        assert_eq!(fresh_room(512, 0), 512);
+        assert_eq!(fresh_room(512, 100), 412);
+        assert_eq!(fresh_room(512, 512), 256);
+        assert_eq!(fresh_room(4, 9), 2);
+        assert_eq!(fresh_room(5, 9), 2);
+        assert_eq!(fresh_room(1, 1), 0);
     }
 
     #[test]

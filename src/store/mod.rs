@@ -1116,6 +1116,16 @@ impl Store {
         })
     }
 
+    /// Whether the store can still write: a small write, flushed. sled stops writing for good
+    /// after an I/O error (a full disk, say) until the store is opened again, so a failure
+    /// here means no commit can succeed in this process.
+    pub fn probe(&self) -> Result<(), StoreError> {
+        let now = chrono::Utc::now().timestamp_millis().to_string();
+        self.set_meta("probe", &now)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
     /// A small named value kept beside the data (e.g. when a resync last ran).
     pub fn meta(&self, name: &str) -> Result<Option<String>, StoreError> {
         let k = key(b's', &["meta", name]);

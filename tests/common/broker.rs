@@ -83,6 +83,41 @@ impl Drop for Vhost {
     }
 }
 
+/// A throw-away broker user with every permission on `vhost`, deleted on drop: another
+/// sender than the `guest` bodflow connects as.
+pub struct User {
+    pub name: String,
+}
+
+impl User {
+    pub fn new(vhost: &Vhost) -> User {
+        let name = format!("{}-user", vhost.name);
+        rabbitmqctl(&["add_user", &name, "secret"]);
+        rabbitmqctl(&[
+            "set_permissions",
+            "-p",
+            &vhost.name,
+            &name,
+            ".*",
+            ".*",
+            ".*",
+        ]);
+        User { name }
+    }
+
+    pub fn url(&self, vhost: &Vhost) -> String {
+        format!("amqp://{}:secret@127.0.0.1:5672/{}", self.name, vhost.name)
+    }
+}
+
+impl Drop for User {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl")
+            .args(["delete_user", &self.name])
+            .output();
+    }
+}
+
 /// One input as the tests send it.
 pub struct Doc {
     pub bytes: Vec<u8>,
