@@ -411,16 +411,19 @@ async fn large_headers(test: &str, note_len: usize) {
 /// (`vendor/amq-protocol-types`) the first closed every connection for ever (the message is
 /// redelivered first) and the second overflowed the I/O thread's stack, aborting the process
 /// at every start. Now both are processed like any other message — the invalid bytes read as
-/// U+FFFD, the nesting cut at 64 levels — the documents behind them too, and the rejected one
-/// reaches `bodflow.dead`, where `bodflow dlq` reads it.
+/// U+FFFD plus a hash of the bytes, the nesting cut at 64 levels — the documents behind them
+/// too, and the rejected one reaches `bodflow.dead`, where `bodflow dlq` reads it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn properties_lapin_could_not_read_are_read_lossily_and_hold_nothing_up() {
     let vhost = Vhost::new("raw-properties");
     let config = fixture_config(&vhost);
-    let mut docs = fixtures_in_order(&config, &[Some("validate"), None]);
-    // How the service reads the two ids written with invalid bytes.
-    docs[0].message_id = "deep-\u{FFFD}".to_string();
-    docs[1].message_id = "bad-\u{FFFD}\u{FFFD}-id".to_string();
+    let mut docs = fixtures_in_order(&config, &[Some("validate"), None, None]);
+    // How the service reads the ids written with invalid bytes: U+FFFD for those, then `~`
+    // and the FNV-1a hash of the bytes as sent, so that the last two (the same text once
+    // lossy) stay two messages, not one and its duplicate.
+    docs[0].message_id = "deep-\u{FFFD}~c9251a247c1a44fb".to_string();
+    docs[1].message_id = "bad-\u{FFFD}\u{FFFD}-id~b18501328ce05ba0".to_string();
+    docs[2].message_id = "bad-\u{FFFD}\u{FFFD}-id~e00f456963ca47d6".to_string();
     let expected = offline(&config, &docs);
 
     amqp::declare_topology(&config).await.unwrap();
@@ -439,8 +442,14 @@ async fn properties_lapin_could_not_read_are_read_lossily_and_hold_nothing_up() 
         &raw_amqp::properties(b"bad-\xff\xfe-id", &[]),
         &docs[1].bytes,
     );
+    raw.publish(
+        topology::IN_EXCHANGE,
+        "bod",
+        &raw_amqp::properties(b"bad-\xfe\xff-id", &[]),
+        &docs[2].bytes,
+    );
     raw.close();
-    publish(&config, &docs[2..]).await;
+    publish(&config, &docs[3..]).await;
 
     let store = Arc::new(Store::temporary().unwrap());
     let (stop, service) = start_service(&config, store.clone(), RunOptions::default());
@@ -476,7 +485,10 @@ async fn properties_lapin_could_not_read_are_read_lossily_and_hold_nothing_up() 
         .find(|m| m.message_id() == docs[0].message_id)
         .expect("the rejected document is dead-lettered");
     assert_eq!(copy.stage().as_deref(), Some("validate"));
-    assert_eq!(copy.header("x-note-\u{FFFD}").as_deref(), Some("kept"));
+    assert_eq!(
+        copy.header("x-note-\u{FFFD}~cc52a7b4063e38be").as_deref(),
+        Some("kept")
+    );
     dead.release().await.unwrap();
 }
 

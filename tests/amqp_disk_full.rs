@@ -123,7 +123,7 @@ async fn a_full_disk_stops_the_service_without_dead_lettering_and_a_restart_resu
 
     publish(&config, &docs[..BEFORE]).await;
     let mut child = spawn_logged(binary, &config_path, &vhost.url(), &log);
-    let _first = common::KillOnDrop(child.id());
+    let first = common::KillOnDrop(child.id());
     let (_conn, ch) = connect(&vhost.url()).await;
     wait_until_settled(
         &vhost,
@@ -149,6 +149,8 @@ async fn a_full_disk_stops_the_service_without_dead_lettering_and_a_restart_resu
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    // Reaped: its pid is no longer ours to kill.
+    std::mem::forget(first);
     let logged = std::fs::read_to_string(&log).unwrap();
     assert_eq!(status.code(), Some(2), "{logged}");
     assert!(

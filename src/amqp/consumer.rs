@@ -57,7 +57,7 @@
 //!   deliveries of their own key only. After [`RunOptions::store_attempts`] failed attempts a
 //!   delivery is dead-lettered with code `retries_exhausted` and acked. Never dropped. That
 //!   copy has no transaction to go in: the acker publishes it itself, on a confirm-mode
-//!   channel of its own, before the round's flush, and acks after its confirm. When
+//!   channel of its own, after the round's flush, and acks after its confirm. When
 //!   every document of a group fails (the store itself is failing), the committer also
 //!   pauses before the next group. **A store that cannot write at all is not a document's
 //!   failure:** before giving a delivery up, the commit probes the store with a small
@@ -665,11 +665,11 @@ fn finish_commit(
 }
 
 impl Consumer<'_> {
-    /// Dead-letter what has no outbox row ([`Direct`]) → flush → wake the outbox publisher →
+    /// Flush → wake the outbox publisher → dead-letter what has no outbox row ([`Direct`]) →
     /// await those dead-letter confirms → ack, for everything finished since the last round
     /// (one flush covers it all: group commit). Nothing is acked before the flush that makes
-    /// its commit durable — a rejected delivery's dead-letter row included; the direct copies
-    /// go out first so that their confirms overlap the flush (module docs).
+    /// its commit durable — a rejected delivery's dead-letter row included — and nothing is
+    /// given up (`retries_exhausted`) by a round whose flush failed (module docs).
     async fn acknowledge(&self, mut done: mpsc::Receiver<Done>) -> Result<(), Error> {
         while let Some(first) = done.recv().await {
             let mut wrote = first.wrote;
@@ -679,6 +679,16 @@ impl Consumer<'_> {
                 wrote |= more.wrote;
                 low = more.low;
                 finished.extend(more.finished);
+            }
+            // The flush first: a store that fails it ends the session before a delivery
+            // given up (below) is dead-lettered — its failure may have been the store's.
+            if wrote {
+                let started = Instant::now();
+                flush(self.live.store()).await?;
+                emit(StoreFlushed {
+                    seconds: started.elapsed().as_secs_f64(),
+                });
+                self.wake.notify_one();
             }
             let direct: Vec<(&Finished, &Direct)> = finished
                 .iter()
@@ -705,14 +715,6 @@ impl Consumer<'_> {
             let mut confirms = Vec::with_capacity(direct.len());
             for ((f, d), confirm) in direct.into_iter().zip(published) {
                 confirms.push((f, d, confirm?));
-            }
-            if wrote {
-                let started = Instant::now();
-                flush(self.live.store()).await?;
-                emit(StoreFlushed {
-                    seconds: started.elapsed().as_secs_f64(),
-                });
-                self.wake.notify_one();
             }
             for (f, d, confirm) in confirms {
                 confirmed(confirm, topology::DLX).await?;

@@ -497,12 +497,14 @@ impl Publisher {
                     let outbound = row.dead.as_ref().is_none_or(|(s, _)| s == UNROUTABLE_STAGE);
                     if let Some((stage, code)) = &row.dead {
                         // The dead letter's own message id: the BODID for an outbound
-                        // message, the delivery's for a rejected delivery's copy.
+                        // message (as published: `short_id`), the delivery's for a rejected
+                        // delivery's copy.
+                        let bod_id = short_id(&row.bod_id);
                         emit(DeadLettered {
                             stage,
                             code,
                             message_id: Some(if outbound {
-                                &row.bod_id
+                                bod_id.as_str()
                             } else {
                                 &row.correlation_id
                             }),

@@ -216,21 +216,29 @@ pub fn parse_decimal_value<I: ParsableInput>(i: I) -> ParserResult<I, DecimalVal
 }
 
 // bodflow's patch: a short string that is not UTF-8 is read with U+FFFD for its invalid bytes
-// (cut to 255 bytes at a character boundary) instead of failing the frame. RabbitMQ passes a
-// publisher's short strings (message_id, a header name, a routing key) through unchecked, and
-// a frame that cannot be parsed ends the whole connection: the message would be redelivered
-// to every next one, and nothing behind it would ever be consumed.
+// instead of failing the frame. RabbitMQ passes a publisher's short strings (message_id, a
+// header name, a routing key) through unchecked, and a frame that cannot be parsed ends the
+// whole connection: the message would be redelivered to every next one, and nothing behind it
+// would ever be consumed. Distinct byte strings must stay distinct (a message id is what
+// duplicates are found by), so the lossy text, cut to 238 bytes at a character boundary, is
+// followed by `~` and 16 hex digits of the FNV-1a hash of the bytes as they came: 255 bytes at
+// most, as a short string must be.
 fn make_str<I: Input<Item = u8>>(i: I) -> Result<String, std::convert::Infallible> {
     let bytes: Vec<u8> = i.iter_elements().collect();
     Ok(match String::from_utf8(bytes) {
         Ok(s) => s,
         Err(e) => {
-            let mut s = String::from_utf8_lossy(e.as_bytes()).into_owned();
-            let mut end = s.len().min(255);
+            let raw = e.as_bytes();
+            let hash = raw.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+            });
+            let mut s = String::from_utf8_lossy(raw).into_owned();
+            let mut end = s.len().min(238);
             while !s.is_char_boundary(end) {
                 end -= 1;
             }
             s.truncate(end);
+            s.push_str(&format!("~{hash:016x}"));
             s
         }
     })
