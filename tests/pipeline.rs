@@ -228,6 +228,61 @@ fn a_rejection_names_the_element_the_value_came_from() {
             ),
             format!("{contact_noun}/EmployerReference/PartyIDs/ID"),
         ),
+        // An empty ID before it still counts in the position.
+        (
+            in_account(&format!(
+                "<Location><Address><CountryCode>ITA</CountryCode></Address></Location>\
+                 <AccountIDs><ID/><ID>{long}</ID></AccountIDs>"
+            )),
+            format!("{noun}/AccountIDs/ID[2]"),
+        ),
+        // The account type read from a classification is refused there, not as `@role`.
+        (
+            in_account(&format!(
+                "<Location><Address><CountryCode>ITA</CountryCode></Address></Location>\
+                 <Classification type=\"AccountType\"><Codes><Code>{long}</Code></Codes></Classification>"
+            )),
+            format!("{noun}/Classification/Codes/Code"),
+        ),
+        (
+            in_account(&format!(
+                "<Location><Address><CountryCode>ITA</CountryCode></Address></Location>\
+                 <Classification><Code>A</Code></Classification>\
+                 <Classification><Codes><Code>B</Code><Code>{long}</Code></Codes></Classification>"
+            )),
+            format!("{noun}/Classification[2]/Codes/Code[2]"),
+        ),
+        (
+            in_contact(&format!("<Classification><Code>{long}</Code></Classification>")),
+            format!("{contact_noun}/Classification/Code"),
+        ),
+        // The name picked (no language: the application's is not among them) is the second.
+        (
+            account("C1", "Alpha", "ITA").replace(
+                "<Name>Alpha</Name>",
+                &format!("<Name languageID=\"xx-XX\">Alpha</Name><Name>{long}</Name>"),
+            ),
+            format!("{noun}/Name[2]"),
+        ),
+        // Street and number make one line: the number that does not fit is refused, not the
+        // street that does; a post office box leaves room for `PO Box `.
+        (
+            in_account(&format!(
+                "<Location><Address><StreetName>{}</StreetName><BuildingNumber>{}</BuildingNumber>\
+                 <CountryCode>ITA</CountryCode></Address></Location>",
+                "s".repeat(200),
+                "1".repeat(60)
+            )),
+            format!("{noun}/Location/Address/BuildingNumber"),
+        ),
+        (
+            in_account(&format!(
+                "<Location><Address><PostOfficeBox>{}</PostOfficeBox>\
+                 <CountryCode>ITA</CountryCode></Address></Location>",
+                "9".repeat(250)
+            )),
+            format!("{noun}/Location/Address/PostOfficeBox"),
+        ),
         // Every reply repeats the BODID: refused when it could not come back whole.
         (
             account("C1", "Alpha", "ITA").replace("<BODID>b-C1</BODID>", &format!("<BODID>{long}</BODID>")),

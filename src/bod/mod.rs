@@ -169,9 +169,14 @@ pub struct LangText {
 /// Picks the text for `language` (case-insensitive), else one without a language, else the
 /// first. This is CRM's documented XPath rule, made configurable.
 pub fn pick_language<'a>(texts: &'a [LangText], language: &str) -> Option<&'a str> {
+    pick_language_at(texts, language).map(|i| texts[i].text.as_str())
+}
+
+/// The position in `texts` of what [`pick_language`] picks.
+pub fn pick_language_at(texts: &[LangText], language: &str) -> Option<usize> {
     texts
         .iter()
-        .find(|t| {
+        .position(|t| {
             t.lang
                 .as_deref()
                 .is_some_and(|l| l.eq_ignore_ascii_case(language))
@@ -179,11 +184,10 @@ pub fn pick_language<'a>(texts: &'a [LangText], language: &str) -> Option<&'a st
         .or_else(|| {
             texts
                 .iter()
-                .find(|t| t.lang.as_deref().is_none_or(str::is_empty))
+                .position(|t| t.lang.as_deref().is_none_or(str::is_empty))
         })
-        .or_else(|| texts.first())
-        .map(|t| t.text.as_str())
-        .filter(|t| !t.is_empty())
+        .or_else(|| (!texts.is_empty()).then_some(0))
+        .filter(|&i| !texts[i].text.is_empty())
 }
 
 /// A postal address (`Location/Address`, `CommunicationDetail/Address`).
@@ -268,18 +272,25 @@ pub struct Party {
     pub path: String,
     /// `PartyIDs/ID` (the first is the sender's key; more may carry other schemes).
     pub ids: Vec<Id>,
-    /// `AccountIDs/ID`.
+    /// `AccountIDs/ID` (the non-empty ones).
     pub account_ids: Vec<String>,
+    /// The path step of each of `account_ids` below the party (`AccountIDs/ID[2]`).
+    pub account_id_steps: Vec<String>,
     pub names: Vec<LangText>,
     pub currency: Option<String>,
     pub status: Option<String>,
     pub payment_term: Option<String>,
     /// `Classification/Codes/Code` values (except the account type's).
     pub classifications: Vec<String>,
+    /// The path step of each of `classifications` below the party
+    /// (`Classification[2]/Codes/Code`).
+    pub classification_steps: Vec<String>,
     /// The account type (Customer, Prospect, ...): `@role` (OAGIS `PartyType/@role`), else a
     /// classification code marked as the account type (`Classification/@type` or
     /// `Code/@listID` / `Code/@name` = `AccountType`).
     pub account_type: Option<String>,
+    /// Where `account_type` was read, below the party (`@role`, or a code's path step).
+    pub account_type_at: Option<String>,
     pub sales_persons: Vec<SalesPerson>,
     pub addresses: Vec<Address>,
     pub channels: Vec<Channel>,
@@ -304,6 +315,8 @@ pub struct Contact {
     /// Which of those it was, below `EmployerReference` (`DocumentID/ID`, ...).
     pub employer_at: &'static str,
     pub classifications: Vec<String>,
+    /// The path step of each of `classifications` below the contact.
+    pub classification_steps: Vec<String>,
     pub status: Option<String>,
     pub sales_persons: Vec<SalesPerson>,
     pub user_area: Vec<NameValue>,

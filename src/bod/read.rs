@@ -181,18 +181,32 @@ fn lang_texts(dom: &Dom<'_>, at: usize, name: &str) -> Vec<LangText> {
         .collect()
 }
 
-fn classifications(dom: &Dom<'_>, at: usize) -> Vec<String> {
-    dom.children(at, "Classification")
-        .flat_map(|c| {
-            let direct = dom.children(c, "Code");
-            let coded = dom
-                .children(c, "Codes")
-                .flat_map(|cs| dom.children(cs, "Code"));
-            direct.chain(coded).collect::<Vec<_>>()
-        })
-        .map(|c| dom.node(c).text.to_string())
-        .filter(|t| !t.is_empty())
-        .collect()
+/// Every `Code` of `at`'s classifications (`Classification/Code` and
+/// `Classification/Codes/Code`, in that order per classification) with its path step below
+/// `at` and whether its classification is typed as the account type.
+fn classification_codes(dom: &Dom<'_>, at: usize) -> Vec<(usize, bool, String)> {
+    let mut out = Vec::new();
+    for (c, c_step) in named_children(dom, at, "Classification") {
+        let typed = is_account_type_label(dom.attr(c, "type"));
+        for (code, step) in named_children(dom, c, "Code") {
+            out.push((code, typed, format!("{c_step}/{step}")));
+        }
+        for (codes, codes_step) in named_children(dom, c, "Codes") {
+            for (code, step) in named_children(dom, codes, "Code") {
+                out.push((code, typed, format!("{c_step}/{codes_step}/{step}")));
+            }
+        }
+    }
+    out
+}
+
+/// The non-empty classification codes of `at` and their path steps.
+fn classifications(dom: &Dom<'_>, at: usize) -> (Vec<String>, Vec<String>) {
+    classification_codes(dom, at)
+        .into_iter()
+        .map(|(c, _, step)| (dom.node(c).text.to_string(), step))
+        .filter(|(t, _)| !t.is_empty())
+        .unzip()
 }
 
 /// Whether an attribute value names the account type list (`AccountType`, `Account Type`,
@@ -206,37 +220,41 @@ fn is_account_type_label(value: Option<&str>) -> bool {
     })
 }
 
-/// A party's classification codes and its account type: `@role` of the party, else the first
-/// code marked as the account type (which is then not a classification).
-fn party_classifications(dom: &Dom<'_>, at: usize) -> (Vec<String>, Option<String>) {
-    let mut codes = Vec::new();
-    let mut account_type = dom
-        .attr(at, "role")
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
-        .map(str::to_string);
-    for c in dom.children(at, "Classification") {
-        let typed = is_account_type_label(dom.attr(c, "type"));
-        let direct = dom.children(c, "Code");
-        let coded = dom
-            .children(c, "Codes")
-            .flat_map(|cs| dom.children(cs, "Code"));
-        for code in direct.chain(coded).collect::<Vec<_>>() {
-            let text = dom.node(code).text.to_string();
-            if text.is_empty() {
-                continue;
-            }
-            let marked = typed
-                || is_account_type_label(dom.attr(code, "listID"))
-                || is_account_type_label(dom.attr(code, "name"));
-            if marked {
-                account_type.get_or_insert(text);
-            } else {
-                codes.push(text);
-            }
+/// A party's classification codes (with their path steps) and its account type with where
+/// it was read: `@role` of the party, else the first code marked as the account type (which
+/// is then not a classification).
+struct PartyClassifications {
+    codes: Vec<String>,
+    steps: Vec<String>,
+    account_type: Option<(String, String)>,
+}
+
+fn party_classifications(dom: &Dom<'_>, at: usize) -> PartyClassifications {
+    let mut out = PartyClassifications {
+        codes: Vec::new(),
+        steps: Vec::new(),
+        account_type: dom
+            .attr(at, "role")
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(|v| (v.to_string(), "@role".to_string())),
+    };
+    for (code, typed, step) in classification_codes(dom, at) {
+        let text = dom.node(code).text.to_string();
+        if text.is_empty() {
+            continue;
+        }
+        let marked = typed
+            || is_account_type_label(dom.attr(code, "listID"))
+            || is_account_type_label(dom.attr(code, "name"));
+        if marked {
+            out.account_type.get_or_insert((text, step));
+        } else {
+            out.codes.push(text);
+            out.steps.push(step);
         }
     }
-    (codes, account_type)
+    out
 }
 
 fn is_true(value: Option<&str>) -> bool {
@@ -471,22 +489,31 @@ fn read_party(
 ) -> Result<Party, DecodeError> {
     let user_area = read_user_area(dom, at, &path, user_area)?;
     let addresses = addresses_under(dom, at, "Location");
-    let (classifications, account_type) = party_classifications(dom, at);
+    let classified = party_classifications(dom, at);
+    let (account_type, account_type_at) = classified.account_type.unzip();
+    let (account_ids, account_id_steps) = named_children(dom, at, "AccountIDs")
+        .into_iter()
+        .flat_map(|(c, c_step)| {
+            named_children(dom, c, "ID")
+                .into_iter()
+                .map(move |(i, step)| (read_id(dom, i).value, format!("{c_step}/{step}")))
+        })
+        .filter(|(v, _)| !v.is_empty())
+        .unzip();
     Ok(Party {
         path,
         ids: read_ids(dom, at, "PartyIDs"),
-        account_ids: read_ids(dom, at, "AccountIDs")
-            .into_iter()
-            .map(|i| i.value)
-            .filter(|v| !v.is_empty())
-            .collect(),
+        account_ids,
+        account_id_steps,
         names: lang_texts(dom, at, "Name"),
         currency: owned(dom, at, "CurrencyCode"),
         status: owned(dom, at, "Status/Code"),
         payment_term: owned(dom, at, "PaymentTermID")
             .or_else(|| owned(dom, at, "PaymentTerm/IDs/ID")),
-        classifications,
+        classifications: classified.codes,
+        classification_steps: classified.steps,
         account_type,
+        account_type_at,
         sales_persons: read_sales_persons(dom, at),
         addresses,
         channels: named_children(dom, at, "Communication")
@@ -515,6 +542,7 @@ fn read_contact(
             .into_iter()
             .find_map(|p| dom.find(e, p).map(|i| (read_id(dom, i), p)))
     });
+    let (classifications, classification_steps) = classifications(dom, at);
     Ok(Contact {
         path,
         ids: read_ids(dom, at, "IDs"),
@@ -530,7 +558,8 @@ fn read_contact(
         address,
         employer_at: employer.as_ref().map_or("DocumentID/ID", |(_, p)| p),
         employer: employer.map(|(id, _)| id),
-        classifications: classifications(dom, at),
+        classifications,
+        classification_steps,
         status: owned(dom, at, "Status/Code"),
         sales_persons: read_sales_persons(dom, at),
         user_area,

@@ -425,6 +425,19 @@ fn hub_address(addresses: &[Address], noun: &str) -> Result<Option<Merged>> {
         })
         .unwrap_or_default();
     if lines.is_empty() {
+        // Each element against what is left of the line it goes into, so that a refusal
+        // names the element that does not fit: the street and number make one line, the post
+        // office box another after `PO Box `.
+        let mut room = MAX_TEXT;
+        for (value, element) in [
+            (&base.street_name, "StreetName"),
+            (&base.building_number, "BuildingNumber"),
+        ] {
+            if let Some(v) = value {
+                check_len(v, room, || path(base, element))?;
+                room = room.saturating_sub(v.chars().count() + 1);
+            }
+        }
         let street = [base.street_name.as_deref(), base.building_number.as_deref()]
             .into_iter()
             .flatten()
@@ -439,7 +452,9 @@ fn hub_address(addresses: &[Address], noun: &str) -> Result<Option<Merged>> {
             lines.push((street, base, element));
         }
         if let Some(po) = &base.post_office_box {
-            lines.push((format!("PO Box {po}"), base, "PostOfficeBox"));
+            const PREFIX: &str = "PO Box ";
+            check_len(po, MAX_TEXT - PREFIX.len(), || path(base, "PostOfficeBox"))?;
+            lines.push((format!("{PREFIX}{po}"), base, "PostOfficeBox"));
         }
     }
     for (line, a, element) in &lines {
@@ -504,19 +519,36 @@ fn check_fields(f: &Fields, path: &str) -> Result<()> {
         (f.commercial.currency.as_deref(), "CurrencyCode"),
         (f.commercial.payment_term.as_deref(), "PaymentTermID"),
         (f.identity.relationship.as_deref(), "@type"),
-        (f.commercial.account_type.as_deref(), "@role"),
     ];
     for (value, at) in codes {
         if let Some(v) = value {
             check_len(v, MAX_CODE, || format!("{path}/{at}"))?;
         }
     }
-    for c in &f.classification {
-        check_len(c, MAX_CODE, || format!("{path}/Classification/Codes/Code"))?;
-    }
-    // Channels and addresses are checked as they are read ([`communication`],
-    // [`hub_address`]), where the element each value came from is known.
+    // Channels, addresses, classifications and the account type are checked as they are
+    // read ([`communication`], [`hub_address`], [`check_codes`]), where the element each
+    // value came from is known.
     Ok(())
+}
+
+/// Code values (classifications, the account type) against [`MAX_CODE`], each under its own
+/// element: `steps` are their path steps below the noun at `path`.
+fn check_codes<'a>(
+    values: impl IntoIterator<Item = (&'a String, &'a String)>,
+    path: &str,
+) -> Result<()> {
+    for (value, step) in values {
+        check_len(value, MAX_CODE, || format!("{path}/{step}"))?;
+    }
+    Ok(())
+}
+
+/// The path of the `Name` [`pick_language`] picks: with its position when there are several.
+fn name_path(noun: &str, names: &[bod::LangText], language: &str) -> String {
+    match bod::pick_language_at(names, language) {
+        Some(i) if names.len() > 1 => format!("{noun}/Name[{}]", i + 1),
+        _ => format!("{noun}/Name"),
+    }
 }
 
 /// The sender's key and variationID of a noun from its first ID (`ids`), checked.
@@ -565,10 +597,15 @@ fn party_item(
     if name.is_none() && !delete && verb != Verb::Acknowledge {
         return Err(missing(format!("{}/Name", p.path)));
     }
-    let name = check_text(name, || format!("{}/Name", p.path))?;
-    for (i, a) in p.account_ids.iter().enumerate() {
-        check_len(a, MAX_ID, || format!("{}/AccountIDs/ID[{}]", p.path, i + 1))?;
+    let name = check_text(name, || name_path(&p.path, &p.names, &app.language_code))?;
+    for (a, step) in p.account_ids.iter().zip(&p.account_id_steps) {
+        check_len(a, MAX_ID, || format!("{}/{step}", p.path))?;
     }
+    check_codes(
+        p.classifications.iter().zip(&p.classification_steps),
+        &p.path,
+    )?;
+    check_codes(p.account_type.iter().zip(&p.account_type_at), &p.path)?;
     // An ID like the others (it may become a match key): checked as one.
     let external = match p.ids.iter().enumerate().skip(1).find(|(_, i)| {
         i.scheme_name
@@ -650,7 +687,11 @@ fn contact_item(
     if name.is_none() && c.family_name.is_none() && !delete && verb != Verb::Acknowledge {
         return Err(missing(format!("{}/FamilyName", c.path)));
     }
-    let name = check_text(name, || format!("{}/Name", c.path))?;
+    let name = check_text(name, || name_path(&c.path, &c.names, &app.language_code))?;
+    check_codes(
+        c.classifications.iter().zip(&c.classification_steps),
+        &c.path,
+    )?;
     let given = check_text(c.given_name.clone(), || format!("{}/GivenName", c.path))?;
     let family = check_text(c.family_name.clone(), || format!("{}/FamilyName", c.path))?;
     let job = check_text(c.job_title.clone(), || format!("{}/JobTitle", c.path))?;
