@@ -87,6 +87,19 @@ pub struct Bod {
     pub area: ApplicationArea,
     pub header: VerbHeader,
     pub nouns: Vec<Noun>,
+    /// Values taken from the AMQP envelope because the document left them out.
+    pub from_envelope: FromEnvelope,
+}
+
+/// Which of a document's values came from the AMQP envelope (ION's headers) rather than from
+/// the document, so that a refusal of one says so: the path it names is where the document
+/// would have carried it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FromEnvelope {
+    /// `Sender/LogicalID`, from `fromLogicalId`.
+    pub sender: bool,
+    /// `TenantID`, from `tenantId`.
+    pub tenant: bool,
 }
 
 impl Bod {

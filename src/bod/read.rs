@@ -84,6 +84,7 @@ pub fn read_bod(dom: &Dom<'_>) -> Result<Bod, DecodeError> {
         area: read_area(dom, area_idx),
         header: read_verb(dom, verb_idx),
         nouns,
+        from_envelope: Default::default(),
     })
 }
 

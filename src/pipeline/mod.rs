@@ -949,9 +949,16 @@ fn prepare_unguarded(
             // Best effort: a broken document may still name its sender, who asked for a
             // ConfirmBOD.
             ctx.area = emit::sniff_area(input.bytes);
-            if let Some(from) = &ctx.envelope.from_logical_id {
+            // As `fill_from_envelope` takes it: only a value a document could carry.
+            if let Some(from) = ctx
+                .envelope
+                .from_logical_id
+                .as_deref()
+                .map(str::trim)
+                .filter(|v| bod::is_plain_logical_id(v))
+            {
                 let area = ctx.area.get_or_insert_with(Default::default);
-                area.logical_id.get_or_insert_with(|| from.clone());
+                area.logical_id.get_or_insert_with(|| from.to_string());
             }
             let app = sender_app(config, ctx.area.as_ref());
             // An operator's refusal stands even when the bytes no longer parse (limits
@@ -1031,17 +1038,24 @@ fn prepare_unguarded(
 /// refused for is ignored, as if absent: a refusal would name a path the document does not
 /// have.
 fn fill_from_envelope(bod: &mut Bod, envelope: &crate::store::Envelope) {
-    fn fill(slot: &mut Option<String>, value: &Option<String>, takes: impl Fn(&str) -> bool) {
+    /// Whether it filled the slot.
+    fn fill(
+        slot: &mut Option<String>,
+        value: &Option<String>,
+        takes: impl Fn(&str) -> bool,
+    ) -> bool {
         if slot.as_deref().is_none_or(|s| s.trim().is_empty()) {
             if let Some(v) = value.as_deref().map(str::trim).filter(|v| takes(v)) {
                 *slot = Some(v.to_string());
+                return true;
             }
         }
+        false
     }
-    fill(&mut bod.area.logical_id, &envelope.from_logical_id, |v| {
+    bod.from_envelope.sender = fill(&mut bod.area.logical_id, &envelope.from_logical_id, |v| {
         bod::is_plain_logical_id(v)
     });
-    fill(&mut bod.header.tenant_id, &envelope.tenant_id, |v| {
+    bod.from_envelope.tenant = fill(&mut bod.header.tenant_id, &envelope.tenant_id, |v| {
         !v.is_empty() && v.chars().count() <= validate::MAX_ENTITY
     });
     if let [noun] = bod.nouns.as_mut_slice() {
@@ -1155,6 +1169,86 @@ mod tests {
             own.ctx.area.as_ref().and_then(|a| a.logical_id.as_deref()),
             Some("lid://ln")
         );
+        // A header value refused for what it says names the header, under the path where the
+        // document would have carried it.
+        let refused = |envelope: crate::store::Envelope| {
+            let config = Config::from_toml(
+                "[hub]\ntenant = \"T1\"\n[[applications]]\nname = \"ln\"\nlogical_id = \"lid://ln\"\n",
+                "t",
+            )
+            .unwrap();
+            let prepared = prepare(
+                &config,
+                &Input {
+                    message_id: Some("m-2"),
+                    envelope: Some(&envelope),
+                    ..Input::file(bare.as_bytes(), "test", Utc::now())
+                },
+            );
+            match prepared.state {
+                State::Rejected { rejection, .. } => rejection,
+                other => panic!("{other:?}"),
+            }
+        };
+        let r = refused(crate::store::Envelope {
+            tenant_id: Some("OTHER".into()),
+            ..envelope.clone()
+        });
+        assert_eq!(r.code, "wrong_tenant");
+        assert_eq!(
+            r.path.as_deref(),
+            Some("/SyncCustomerPartyMaster/DataArea/Sync/TenantID")
+        );
+        assert!(r.message.contains("AMQP header tenantId"), "{}", r.message);
+        let r = refused(crate::store::Envelope {
+            from_logical_id: Some("lid://nobody".into()),
+            ..envelope.clone()
+        });
+        assert_eq!(r.code, "unknown_sender");
+        assert!(
+            r.message.contains("AMQP header fromLogicalId"),
+            "{}",
+            r.message
+        );
+        // The document's own TenantID is refused without the note.
+        let own_tenant = prepare(
+            &Config::from_toml(
+                "[hub]\ntenant = \"T1\"\n[[applications]]\nname = \"ln\"\nlogical_id = \"lid://ln\"\n",
+                "t",
+            )
+            .unwrap(),
+            &Input {
+                message_id: Some("m-3"),
+                envelope: Some(&envelope),
+                ..Input::file(
+                    doc("", "<TenantID>OTHER</TenantID>", "").as_bytes(),
+                    "test",
+                    Utc::now(),
+                )
+            },
+        );
+        let State::Rejected { rejection, .. } = &own_tenant.state else {
+            panic!("{:?}", own_tenant.state)
+        };
+        assert!(
+            !rejection.message.contains("AMQP header"),
+            "{}",
+            rejection.message
+        );
+        // A document that cannot be read takes its sender from the header only when it could
+        // be a logical ID.
+        let broken = |from: &str| {
+            let prepared = run(
+                "<SyncCustomerPartyMaster><Broken",
+                Some(&crate::store::Envelope {
+                    from_logical_id: Some(from.into()),
+                    ..envelope.clone()
+                }),
+            );
+            prepared.ctx.area.and_then(|a| a.logical_id)
+        };
+        assert_eq!(broken("lid://ln").as_deref(), Some("lid://ln"));
+        assert_eq!(broken(&"x".repeat(4000)), None);
     }
 
     #[test]

@@ -33,8 +33,13 @@ pub const MAX_BOD_ID: usize = bod::MAX_ECHO / 4;
 pub enum ValidationError {
     #[error("{path}: required")]
     MissingField { path: String },
-    #[error("sender {logical_id:?} is not a configured application")]
-    UnknownSender { logical_id: String, path: String },
+    #[error("sender {logical_id:?}{via} is not a configured application")]
+    UnknownSender {
+        logical_id: String,
+        path: String,
+        /// Where the value came from when not from the document ([`via_header`]).
+        via: &'static str,
+    },
     #[error("{what} is not supported (bodflow handles Sync, Process and Acknowledge of CustomerPartyMaster and ContactMaster)")]
     UnsupportedDocument { what: String, path: String },
     #[error("{path}: {value:?} is not one of {expected}")]
@@ -47,11 +52,12 @@ pub enum ValidationError {
     TooLong { path: String, max: usize },
     #[error("{path}: {why}")]
     InvalidValue { path: String, why: String },
-    #[error("tenant {tenant:?} is not this hub's tenant {expected:?}")]
+    #[error("tenant {tenant:?}{via} is not this hub's tenant {expected:?}")]
     WrongTenant {
         tenant: String,
         expected: String,
         path: String,
+        via: &'static str,
     },
 }
 
@@ -104,6 +110,21 @@ pub enum Checked {
 
 type Result<T> = std::result::Result<T, ValidationError>;
 
+/// How a refusal names a value taken from an AMQP header because the document left it out
+/// (the path it gives is where the document would have carried it).
+const SENDER_FROM_HEADER: &str =
+    " (from the AMQP header fromLogicalId: the document names no sender)";
+const TENANT_FROM_HEADER: &str = " (from the AMQP header tenantId: the document has no TenantID)";
+
+/// `note` when the value came from a header, else nothing.
+fn via_header(from_header: bool, note: &'static str) -> &'static str {
+    if from_header {
+        note
+    } else {
+        ""
+    }
+}
+
 fn missing(path: String) -> ValidationError {
     ValidationError::MissingField { path }
 }
@@ -123,6 +144,7 @@ pub fn validate(bod: Bod, config: &Config) -> Result<Checked> {
             .ok_or_else(|| ValidationError::UnknownSender {
                 logical_id: sender.clone(),
                 path: sender_path,
+                via: via_header(bod.from_envelope.sender, SENDER_FROM_HEADER),
             })?;
 
     let verb = match bod.verb.as_str() {
@@ -181,6 +203,7 @@ pub fn validate(bod: Bod, config: &Config) -> Result<Checked> {
                 tenant: tenant.clone(),
                 expected: expected.clone(),
                 path: format!("{verb_path}/TenantID"),
+                via: via_header(bod.from_envelope.tenant, TENANT_FROM_HEADER),
             });
         }
     }
