@@ -1205,6 +1205,10 @@ mod tests {
             ..envelope.clone()
         });
         assert_eq!(r.code, "unknown_sender");
+        assert_eq!(
+            r.path.as_deref(),
+            Some("/SyncCustomerPartyMaster/ApplicationArea/Sender/LogicalID")
+        );
         assert!(
             r.message.contains("AMQP header fromLogicalId"),
             "{}",
@@ -1230,6 +1234,7 @@ mod tests {
         let State::Rejected { rejection, .. } = &own_tenant.state else {
             panic!("{:?}", own_tenant.state)
         };
+        assert_eq!(rejection.code, "wrong_tenant");
         assert!(
             !rejection.message.contains("AMQP header"),
             "{}",

@@ -548,9 +548,9 @@ fn check_fields(f: &Fields, path: &str) -> Result<()> {
             check_len(v, MAX_CODE, || format!("{path}/{at}"))?;
         }
     }
-    // Channels, addresses, classifications and the account type are checked as they are
-    // read ([`communication`], [`hub_address`], [`check_codes`]), where the element each
-    // value came from is known.
+    // Channels and addresses are checked as they are read ([`communication`],
+    // [`hub_address`]), the account type and classifications right after this
+    // ([`check_codes`]): each where the element its value came from is known.
     Ok(())
 }
 
@@ -693,6 +693,11 @@ fn party_item(
         notes: Vec::new(),
     };
     check_fields(&item.fields, &item.path)?;
+    check_codes(p.account_type.iter().zip(&p.account_type_at), &p.path)?;
+    check_codes(
+        p.classifications.iter().zip(&p.classification_steps),
+        &p.path,
+    )?;
     Ok(item)
 }
 
@@ -779,5 +784,9 @@ fn contact_item(
         notes: Vec::new(),
     };
     check_fields(&item.fields, &item.path)?;
+    check_codes(
+        c.classifications.iter().zip(&c.classification_steps),
+        &c.path,
+    )?;
     Ok(item)
 }
