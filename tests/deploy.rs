@@ -266,6 +266,38 @@ fn dockerfile_builds_from_what_the_context_holds_and_its_runtime_settings_agree(
         );
     }
 
+    // The crates Cargo.toml patches by path are in the context and copied before the
+    // dependency layer's build, which needs them.
+    let first_build = file
+        .iter()
+        .position(|(k, a)| k == "RUN" && a.contains("cargo build"))
+        .unwrap();
+    let patches = manifest
+        .get("patch")
+        .and_then(|p| p.get("crates-io"))
+        .and_then(|p| p.as_table())
+        .cloned()
+        .unwrap_or_default();
+    assert!(!patches.is_empty(), "Cargo.toml patches lapin's parser");
+    for (name, patch) in &patches {
+        let path = patch["path"].as_str().unwrap();
+        assert!(
+            docker_context_includes(path),
+            "{name}: {path} excluded by .dockerignore"
+        );
+        let copied = file[..first_build].iter().any(|(k, a)| {
+            k == "COPY"
+                && a.split_whitespace()
+                    .rev()
+                    .skip(1)
+                    .any(|source| Path::new(path).starts_with(source.trim_end_matches('/')))
+        });
+        assert!(
+            copied,
+            "{name}: {path} is not copied before the first cargo build"
+        );
+    }
+
     // The runtime stage: non-root user, default config valid, store on the volume, port.
     let user = instructions(&file, "USER").last().unwrap().to_string();
     assert!(
