@@ -173,7 +173,7 @@ struct Finished {
 }
 
 /// A dead-letter copy with no outbox row: of a delivery the store could not commit
-/// (`retries_exhausted`: no transaction to go in). The acker publishes it before the round's
+/// (`retries_exhausted`: no transaction to go in). The acker publishes it after the round's
 /// flush and acks the delivery after its confirm (after a crash in between, the delivery
 /// comes back and is retried).
 struct Direct {

@@ -1170,76 +1170,68 @@ mod tests {
             Some("lid://ln")
         );
         // A header value refused for what it says names the header, under the path where the
-        // document would have carried it.
-        let refused = |envelope: crate::store::Envelope| {
-            let config = Config::from_toml(
-                "[hub]\ntenant = \"T1\"\n[[applications]]\nname = \"ln\"\nlogical_id = \"lid://ln\"\n",
-                "t",
-            )
-            .unwrap();
+        // document would have carried it; the document's own value is refused without the
+        // note.
+        let tenanted = Config::from_toml(
+            "[hub]\ntenant = \"T1\"\n[[applications]]\nname = \"ln\"\nlogical_id = \"lid://ln\"\n",
+            "t",
+        )
+        .unwrap();
+        let own_tenant = doc("", "<TenantID>OTHER</TenantID>", "");
+        let tenant: fn(&mut crate::store::Envelope) = |e| e.tenant_id = Some("OTHER".into());
+        let sender: fn(&mut crate::store::Envelope) =
+            |e| e.from_logical_id = Some("lid://nobody".into());
+        let cases = [
+            (
+                &bare,
+                tenant,
+                "wrong_tenant",
+                "DataArea/Sync/TenantID",
+                Some("tenantId"),
+            ),
+            (
+                &bare,
+                sender,
+                "unknown_sender",
+                "ApplicationArea/Sender/LogicalID",
+                Some("fromLogicalId"),
+            ),
+            (
+                &own_tenant,
+                tenant,
+                "wrong_tenant",
+                "DataArea/Sync/TenantID",
+                None,
+            ),
+        ];
+        for (bytes, set, code, path, header) in cases {
+            let mut sent = envelope.clone();
+            set(&mut sent);
             let prepared = prepare(
-                &config,
+                &tenanted,
                 &Input {
                     message_id: Some("m-2"),
-                    envelope: Some(&envelope),
-                    ..Input::file(bare.as_bytes(), "test", Utc::now())
+                    envelope: Some(&sent),
+                    ..Input::file(bytes.as_bytes(), "test", Utc::now())
                 },
             );
-            match prepared.state {
-                State::Rejected { rejection, .. } => rejection,
-                other => panic!("{other:?}"),
+            let State::Rejected { rejection: r, .. } = prepared.state else {
+                panic!("{code}: {:?}", prepared.state)
+            };
+            assert_eq!(r.code, code);
+            assert_eq!(
+                r.path.as_deref(),
+                Some(format!("/SyncCustomerPartyMaster/{path}").as_str())
+            );
+            match header {
+                Some(h) => assert!(
+                    r.message.contains(&format!("AMQP header {h}")),
+                    "{}",
+                    r.message
+                ),
+                None => assert!(!r.message.contains("AMQP header"), "{}", r.message),
             }
-        };
-        let r = refused(crate::store::Envelope {
-            tenant_id: Some("OTHER".into()),
-            ..envelope.clone()
-        });
-        assert_eq!(r.code, "wrong_tenant");
-        assert_eq!(
-            r.path.as_deref(),
-            Some("/SyncCustomerPartyMaster/DataArea/Sync/TenantID")
-        );
-        assert!(r.message.contains("AMQP header tenantId"), "{}", r.message);
-        let r = refused(crate::store::Envelope {
-            from_logical_id: Some("lid://nobody".into()),
-            ..envelope.clone()
-        });
-        assert_eq!(r.code, "unknown_sender");
-        assert_eq!(
-            r.path.as_deref(),
-            Some("/SyncCustomerPartyMaster/ApplicationArea/Sender/LogicalID")
-        );
-        assert!(
-            r.message.contains("AMQP header fromLogicalId"),
-            "{}",
-            r.message
-        );
-        // The document's own TenantID is refused without the note.
-        let own_tenant = prepare(
-            &Config::from_toml(
-                "[hub]\ntenant = \"T1\"\n[[applications]]\nname = \"ln\"\nlogical_id = \"lid://ln\"\n",
-                "t",
-            )
-            .unwrap(),
-            &Input {
-                message_id: Some("m-3"),
-                envelope: Some(&envelope),
-                ..Input::file(
-                    doc("", "<TenantID>OTHER</TenantID>", "").as_bytes(),
-                    "test",
-                    Utc::now(),
-                )
-            },
-        );
-        let State::Rejected { rejection, .. } = &own_tenant.state else {
-            panic!("{:?}", own_tenant.state)
-        };
-        assert_eq!(rejection.code, "wrong_tenant");
-        assert!(
-            !rejection.message.contains("AMQP header"),
-            "{}",
-            rejection.message
-        );
+        }
         // A document that cannot be read takes its sender from the header only when it could
         // be a logical ID.
         let broken = |from: &str| {
