@@ -347,7 +347,47 @@ fn one_vs_five_apps(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, stages, whole, one_vs_five_apps);
+/// Documents in the parked backlog of `store/parked_marker_keys` (a few hundred under `cargo
+/// test`, where the bench only has to run).
+fn parked_count() -> usize {
+    if std::env::args().any(|a| a == "--bench") {
+        10_000
+    } else {
+        500
+    }
+}
+
+/// `store/parked_marker_keys`: what the service's marker purge reads every minute to keep the
+/// markers of parked documents, over a backlog of 10,000 generated documents parked whole
+/// (every application inactive), each row holding its ~3.4 KB document.
+fn parked_backlog(c: &mut Criterion) {
+    let mut cfg = config();
+    for app in &mut cfg.applications {
+        app.active = false;
+    }
+    let store = Arc::new(Store::temporary().expect("store"));
+    let pipe = Pipeline::new(Arc::new(cfg), store.clone()).expect("pipeline");
+    let parked = parked_count();
+    let docs: Vec<Vec<u8>> = Generator::new(7, Mix::REALISTIC)
+        .take(parked)
+        .map(|g| g.bytes)
+        .collect();
+    for chunk in prepared(&pipe, &docs).chunks(64) {
+        pipe.commit_batch(chunk).expect("commit");
+    }
+    let held = store.parked_marker_keys().expect("parked").len();
+    // The realistic mix holds some documents no inactive application could have sent.
+    assert!(held > parked * 9 / 10, "{held} of {parked} parked");
+    let mut g = c.benchmark_group("store");
+    g.throughput(Throughput::Elements(parked as u64));
+    g.sample_size(10);
+    g.bench_function("parked_marker_keys", |b| {
+        b.iter(|| black_box(store.parked_marker_keys().expect("parked")))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, stages, whole, one_vs_five_apps, parked_backlog);
 
 /// `BODFLOW_BENCH_ONE_PASS=replay_five_apps` (any of the `policies` names, or `service_one_app`
 /// and `service_five_apps`: [`StoreMode::Service`]) runs exactly one

@@ -2,7 +2,9 @@
 //! scheduled resyncs of `resync_every` / `resync_at`.
 //!
 //! Both work on the running configuration ([`Live`]: a resync takes a snapshot of it when it
-//! starts, and the schedules are re-read after every SIGHUP reload).
+//! starts, and the schedules are re-read after every SIGHUP reload). While the service opens
+//! its store again after it could not write ([`Slot`] empty), a request gets 503 and the
+//! schedules wait.
 //!
 //! Why in the service: sled lets one process open a store, so while `bodflow run` holds it,
 //! `bodflow resync` cannot. The CLI then asks the service through [`resync_over_http`]; the
@@ -12,7 +14,8 @@
 //!
 //! `POST /resync?application=LID[&noun=CustomerPartyMaster|ContactMaster]` answers 200 with the
 //! [`Summary`] as JSON, 400 (unknown application or noun, inactive application) or 409 (a resync
-//! is already running) with `{"error": ..., "code": ...}`, 500 on a store error. The listener is
+//! is already running) with `{"error": ..., "code": ...}`, 500 on a store error, 503 while the
+//! store is being opened again. The listener is
 //! `http.listen`, loopback by default: whoever can reach it can start a resync (which only
 //! re-sends what the hub holds), so keep it on loopback or behind an authenticating proxy.
 
@@ -30,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ResyncSchedule;
 use crate::pipeline::resync::{self, Request, ResyncError, Summary, Trigger};
-use crate::reload::Live;
+use crate::reload::Slot;
 use crate::store::Kind;
 use crate::telemetry::events::{emit, ResyncFailed};
 
@@ -38,14 +41,14 @@ use crate::telemetry::events::{emit, ResyncFailed};
 /// guard.
 #[derive(Clone)]
 pub struct Admin {
-    live: Live,
+    slot: Slot,
     running: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Admin {
-    pub fn new(live: Live) -> Admin {
+    pub fn new(slot: Slot) -> Admin {
         Admin {
-            live,
+            slot,
             running: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
@@ -57,8 +60,11 @@ impl Admin {
     }
 
     async fn resync_locked(&self, request: Request) -> Result<Summary, ResyncError> {
+        let Some(live) = self.slot.get() else {
+            return Err(ResyncError::StoreReopening);
+        };
         // A snapshot: a reload meanwhile does not change what this resync sends.
-        let pipeline = self.live.current().await;
+        let pipeline = live.current().await;
         let known = pipeline
             .config
             .applications
@@ -146,6 +152,9 @@ async fn resync_handler(State(admin): State<Admin>, RawQuery(query): RawQuery) -
         Err(e @ (ResyncError::UnknownApplication(_) | ResyncError::Inactive(_))) => {
             error_response(StatusCode::BAD_REQUEST, e.code(), &e.to_string())
         }
+        Err(e @ ResyncError::StoreReopening) => {
+            error_response(StatusCode::SERVICE_UNAVAILABLE, e.code(), &e.to_string())
+        }
         Err(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, e.code(), &e.to_string()),
     }
 }
@@ -184,7 +193,15 @@ pub async fn schedules(admin: Admin, stop: CancellationToken) {
     let mut failed_at: std::collections::BTreeMap<String, DateTime<Utc>> = Default::default();
     let mut announced = 0;
     loop {
-        let pipeline = admin.live.current().await;
+        let Some(live) = admin.slot.get() else {
+            // The store is being opened again: look again shortly.
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+            }
+        };
+        let pipeline = live.current().await;
+        drop(live);
         let scheduled: Vec<(String, ResyncSchedule)> = pipeline
             .config
             .applications
@@ -227,6 +244,8 @@ pub async fn schedules(admin: Admin, stop: CancellationToken) {
             }
             soonest = soonest.min(due);
         }
+        // Not held while waiting: the store must be free to open again if it fails meanwhile.
+        drop(pipeline);
         let wait = (soonest - Utc::now())
             .to_std()
             .unwrap_or(Duration::ZERO)

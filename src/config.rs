@@ -904,10 +904,22 @@ impl Config {
                     ),
                 ));
             }
-            if app.slug().is_empty() {
+            let slug = app.slug();
+            if slug.is_empty() {
                 return Err(err(
                     key("name"),
                     "needs at least one letter or digit".into(),
+                ));
+            }
+            // Its queue `bodflow.to.<slug>`: two applications on one queue would each take
+            // the other's documents.
+            if let Some(other) = self.applications[..i].iter().find(|o| o.slug() == slug) {
+                return Err(err(
+                    key("name"),
+                    format!(
+                        "{:?} makes the queue name bodflow.to.{slug}, as application {:?} does: give each application a name of its own",
+                        app.name, other.name
+                    ),
                 ));
             }
             for (field, value) in [
@@ -1225,6 +1237,36 @@ mod tests {
             let err = refusal(&format!("[hub.promotion]\n{toml}{apps}"));
             assert!(err.contains(key), "{err}");
         }
+    }
+
+    #[test]
+    fn two_applications_cannot_share_a_queue_name() {
+        let app = |name: &str, lid: &str| {
+            format!("[[applications]]\nname='{name}'\nlogical_id='{lid}'\n")
+        };
+        for (first, second) in [("Infor CRM", "Infor-CRM"), ("CRM", "crm"), ("ERP", " erp!")] {
+            let err = refusal(&format!(
+                "{}{}",
+                app(first, "lid://a"),
+                app(second, "lid://b")
+            ));
+            assert!(
+                err.contains("applications[1].name")
+                    && err.contains("bodflow.to.")
+                    && err.contains(first),
+                "{first} / {second}: {err}"
+            );
+        }
+        let ok = Config::from_toml(
+            &format!(
+                "{}{}",
+                app("Infor CRM", "lid://a"),
+                app("Infor CRM 2", "lid://b")
+            ),
+            "t",
+        )
+        .unwrap();
+        assert_eq!(ok.applications[1].slug(), "infor-crm-2");
     }
 
     #[test]

@@ -75,9 +75,28 @@ impl Live {
         self.pipeline.read().await.clone()
     }
 
-    /// The store; it never changes while the process runs.
+    /// The store; it never changes under a `Live` (`bodflow run` makes a new one when it
+    /// opens the store again, see [`Slot`]).
     pub fn store(&self) -> &Arc<Store> {
         &self.store
+    }
+}
+
+/// The service's [`Live`] pipeline while its store is open, for what outlives one store: the
+/// HTTP endpoints, the reloader and the resync scheduler of `bodflow run`. Empty while the
+/// service lets go of a store that cannot write and opens it again (DESIGN §6: the process
+/// stays up), so that nothing holds the old one open meanwhile.
+#[derive(Clone, Default)]
+pub struct Slot(Arc<std::sync::RwLock<Option<Live>>>);
+
+impl Slot {
+    /// The running pipeline, if the store is open.
+    pub fn get(&self) -> Option<Live> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn set(&self, live: Option<Live>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = live;
     }
 }
 

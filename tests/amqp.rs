@@ -189,6 +189,69 @@ async fn drain_queue(ch: &Channel, queue: &str) -> Vec<Got> {
     out
 }
 
+/// `bodflow publish` (the binary) sends each file to `bodflow.in` as ION would: its payload
+/// digest as message id, persistent, with the ION headers stamped from the document —
+/// `documentName`, `fromLogicalId`, `toLogicalId` (the hub), `tenantId` and `variationId` —
+/// and, for a file that is not well-formed, the name and the sender it could make out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodflow_publish_sends_each_file_with_the_ion_headers_of_its_document() {
+    let vhost = Vhost::new("publish-cli");
+    let fixtures = common::root().join("fixtures");
+    let files = [
+        "011-ln-sync-account-update-higher-variation.xml",
+        "100-ln-sync-account-truncated-not-well-formed.xml",
+    ];
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bodflow"))
+        .args(["publish", "--config"])
+        .arg(fixtures.join("bodflow.toml"))
+        .args(files.map(|f| fixtures.join(f)))
+        .env("BODFLOW_AMQP_URL", vhost.url())
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_conn, ch) = channel(&vhost.url()).await;
+    let got = drain_queue(&ch, topology::INBOUND_QUEUE).await;
+    assert_eq!(got.len(), 2, "{got:?}");
+    let headers = |m: &Got| {
+        [
+            "documentName",
+            "fromLogicalId",
+            "toLogicalId",
+            "tenantId",
+            "variationId",
+        ]
+        .map(|name| header(&m.headers, name))
+    };
+    let some = |v: &str| Some(v.to_string());
+    let sync = std::fs::read(fixtures.join(files[0])).unwrap();
+    assert_eq!(got[0].message_id, payload_digest(&sync));
+    assert_eq!(
+        headers(&got[0]),
+        [
+            some("Sync.CustomerPartyMaster"),
+            some("lid://infor.ln.ln01/3555"),
+            some("lid://bodflow.hub"),
+            some("ACME_PRD"),
+            some("2"),
+        ]
+    );
+    assert_eq!(
+        headers(&got[1]),
+        [
+            some("Sync.CustomerPartyMaster"),
+            some("lid://infor.ln.ln01/3555"),
+            some("lid://bodflow.hub"),
+            None,
+            None,
+        ]
+    );
+}
+
 /// Waits until the service on `store` has committed every one of `docs`, published every
 /// outbox row, and `bodflow.dead` holds at least `dead` messages.
 async fn wait_processed(ch: &Channel, store: &Store, docs: &[Doc], dead: usize) {

@@ -462,6 +462,41 @@ fn the_service_purges_timelines_older_than_the_retention_and_keeps_young_ones() 
     assert_eq!(kept[0]["runs"][0]["outcome"], "applied");
 }
 
+/// Tracking turned off later: the service still purges the timelines an earlier
+/// configuration tracked once they are older than the retention (they used to stay for ever).
+#[test]
+fn with_tracking_turned_off_the_service_still_purges_old_timelines() {
+    let vhost = broker::Vhost::new("track-purge-off");
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let tracked = write_config(tmp.path(), port, "[tracking]\nretention = \"2d\"\n");
+    let three_days_ago =
+        (Utc::now() - chrono::Duration::days(3)).to_rfc3339_opts(SecondsFormat::Secs, true);
+    let old = replay(tmp.path(), &tracked, &[fixture(APPLIED)], &three_days_ago);
+    let old_id = old[0]["message_id"].as_str().unwrap().to_string();
+    assert_exit(&track(tmp.path(), &tracked, &old_id, false), 0);
+    let off = tmp.path().join("off.toml");
+    let text = std::fs::read_to_string(&tracked).unwrap().replacen(
+        "[tracking]\n",
+        "[tracking]\nenabled = false\n",
+        1,
+    );
+    std::fs::write(&off, text).unwrap();
+
+    let mut child = broker::spawn_configured_service(&off, &vhost.url());
+    let _kill = common::KillOnDrop(child.id());
+    wait_until(
+        "the old timeline to be purged",
+        Duration::from_secs(30),
+        || {
+            http_get(port, "/metrics")
+                .is_some_and(|(_, m)| m.contains("bodflow_tracking_purged_total 1\n"))
+        },
+    );
+    stop(&mut child);
+    assert_exit(&track(tmp.path(), &tracked, &old_id, false), 1);
+}
+
 /// The tombstones of hard deletes older than `hub.tombstone_retention` (replayed with a clock
 /// three days back, retention two days) are removed by the service: afterwards a document
 /// older than the delete creates the record again, where before it was `stale`; a young

@@ -71,7 +71,8 @@ pub enum Error {
     #[error(transparent)]
     Store(#[from] StoreError),
     /// The store fails even a probe write after a store error ended a session: sled writes
-    /// nothing more until it is opened again, so the service stops instead of retrying.
+    /// nothing more until it is opened again, so the service returns this instead of
+    /// retrying on the same store (`bodflow run` opens it again and goes on).
     #[error("the store cannot write: {0}")]
     StoreDown(StoreError),
     #[error("worker task failed: {0}")]
@@ -704,8 +705,8 @@ impl Default for RunOptions {
 }
 
 /// The service: runs until `shutdown` completes, then stops in order (module docs). Broker
-/// failures are retried forever with backoff; the only `Err` is a store that cannot flush
-/// at the end.
+/// failures are retried forever with backoff; the only `Err`s are a store that cannot write
+/// ([`Error::StoreDown`]: open it again) and one that cannot flush at the end.
 pub async fn run(
     pipeline: Pipeline,
     options: RunOptions,
@@ -823,7 +824,9 @@ async fn serve(
                 if let Err(Error::Store(cause)) = &result {
                     let store = live.store().clone();
                     if let Err(down) = tokio::task::spawn_blocking(move || store.probe()).await? {
-                        tracing::error!(error = %down, code = down.code(), %cause, "The store cannot write (a full disk, a failing device?): stopping. Nothing that is not durable was acked; those deliveries are back in the queue. Start bodflow again once the cause is fixed (the systemd unit and the compose file do)");
+                        // sled writes nothing more until it is opened again: the caller
+                        // (`bodflow run`) lets go of this store and opens it again.
+                        tracing::debug!(error = %down, %cause, "The store fails a probe write");
                         return Err(Error::StoreDown(down));
                     }
                 }
@@ -978,6 +981,10 @@ pub struct InboundMessage<'a> {
     /// ION `documentName`, `Verb.Noun`.
     pub document_name: Option<&'a str>,
     pub from_logical_id: Option<&'a str>,
+    /// ION `toLogicalId`, `tenantId` and `variationId`.
+    pub to_logical_id: Option<&'a str>,
+    pub tenant_id: Option<&'a str>,
+    pub variation_id: Option<&'a str>,
     pub reply_to: Option<&'a str>,
     /// AMQP `correlation_id`: a reply to this message carries it.
     pub correlation_id: Option<&'a str>,
@@ -1029,8 +1036,15 @@ impl Sender {
         if let Some(name) = message.document_name {
             put_header(&mut headers, "documentName", name);
         }
-        if let Some(from) = message.from_logical_id {
-            put_header(&mut headers, "fromLogicalId", from);
+        for (name, value) in [
+            ("fromLogicalId", message.from_logical_id),
+            ("toLogicalId", message.to_logical_id),
+            ("tenantId", message.tenant_id),
+            ("variationId", message.variation_id),
+        ] {
+            if let Some(value) = value {
+                put_header(&mut headers, name, value);
+            }
         }
         if let Some(traceparent) = message.traceparent {
             put_header(&mut headers, "traceparent", traceparent);

@@ -50,12 +50,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             ),
             State::Rejected { rejection, .. } => {
                 invalid += 1;
-                println!(
-                    "{source}: invalid [{}/{}] {}",
-                    rejection.stage.as_str(),
-                    rejection.code,
-                    rejection.message
-                );
+                println!("{source}: invalid {}", rejection.summary());
             }
         }
     }

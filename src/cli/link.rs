@@ -161,7 +161,8 @@ fn released_line(r: &Report) -> String {
         line.push_str(&format!(" {rec}"));
     }
     if let Some(e) = &r.error {
-        line.push_str(&format!(" [{}/{}] {}", e.stage.as_str(), e.code, e.message));
+        line.push(' ');
+        line.push_str(&e.summary());
     }
     line
 }

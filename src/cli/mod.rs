@@ -170,19 +170,33 @@ impl Inputs {
 /// entered, only named directly.
 pub fn collect_inputs(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
     let mut out = Vec::new();
+    let mut scenarios = Vec::new();
     for p in paths {
         if p.is_dir() {
-            walk(p, &mut out)?;
+            walk(p, &mut out, &mut scenarios)?;
         } else if p.exists() {
             out.push(p.clone());
         } else {
             anyhow::bail!("{}: no such file or folder", p.display());
         }
     }
+    if let Some(first) = scenarios.first() {
+        tracing::info!(
+            folders = scenarios.len(),
+            first = %first.display(),
+            "Folders with a bodflow.toml of their own not entered (each is a scenario: name it to run it)"
+        );
+    }
     Ok(out)
 }
 
-fn walk(dir: &std::path::Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+/// Adds the `*.xml` files under `dir` to `out`, and to `scenarios` the folders it does not
+/// enter because they hold a `bodflow.toml` of their own.
+fn walk(
+    dir: &std::path::Path,
+    out: &mut Vec<PathBuf>,
+    scenarios: &mut Vec<PathBuf>,
+) -> anyhow::Result<()> {
     // Names and types come from the directory listing itself (no `stat` per file: a replay
     // folder holds tens of thousands); siblings sort by name, which is their path order.
     let mut entries: Vec<(std::ffi::OsString, bool)> = std::fs::read_dir(dir)
@@ -201,8 +215,10 @@ fn walk(dir: &std::path::Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
     for (name, is_dir) in entries {
         let p = dir.join(name);
         if is_dir {
-            if !p.join("bodflow.toml").is_file() {
-                walk(&p, out)?;
+            if p.join("bodflow.toml").is_file() {
+                scenarios.push(p);
+            } else {
+                walk(&p, out, scenarios)?;
             }
         } else if p.extension().is_some_and(|e| e.eq_ignore_ascii_case("xml")) {
             out.push(p);

@@ -1,7 +1,7 @@
-//! `bodflow publish PATH...`: sends BOD files to `bodflow.in` as ION would (DESIGN §5.1):
-//! persistent, `message_id` = payload digest (so a resend is a duplicate), headers
-//! `documentName` (from the root element) and `fromLogicalId` (the Sender's LogicalID), with
-//! publisher confirms and up to [`WINDOW`] messages awaiting theirs.
+//! `bodflow publish PATH...`: sends BOD files to `bodflow.in` as ION would (DESIGN §5.1,
+//! §5.3): persistent, `message_id` = payload digest (so a resend is a duplicate), the ION
+//! headers stamped from the document ([`ion_headers`]), with publisher confirms and up to
+//! [`WINDOW`] messages awaiting theirs.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -67,8 +67,7 @@ async fn publish(config: &Config, inputs: &[PathBuf], rate: Option<u32>) -> anyh
     for path in inputs {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         let message_id = payload_digest(&bytes);
-        let document_name = amqp::document_name(&bytes);
-        let from = emit::sniff_area(&bytes).and_then(|a| a.logical_id);
+        let ion = ion_headers(&bytes, config);
         if let Some(t) = ticker.as_mut() {
             t.tick().await;
         }
@@ -76,8 +75,11 @@ async fn publish(config: &Config, inputs: &[PathBuf], rate: Option<u32>) -> anyh
             .send(&InboundMessage {
                 bytes: &bytes,
                 message_id: &message_id,
-                document_name: document_name.as_deref(),
-                from_logical_id: from.as_deref(),
+                document_name: ion.document_name.as_deref(),
+                from_logical_id: ion.from.as_deref(),
+                to_logical_id: Some(&config.hub.logical_id),
+                tenant_id: ion.tenant.as_deref(),
+                variation_id: ion.variation.as_deref(),
                 ..Default::default()
             })
             .await
@@ -97,6 +99,43 @@ async fn publish(config: &Config, inputs: &[PathBuf], rate: Option<u32>) -> anyh
     sender.close().await.map_err(|e| named(e, &files))?;
     progress.finish_and_clear();
     Ok(())
+}
+
+/// The ION headers of a document besides `toLogicalId` (bodflow's own `hub.logical_id`), as
+/// ION stamps them from the document: `documentName` (`Verb.Noun`, from the root element),
+/// `fromLogicalId` (`Sender/LogicalID`), `tenantId` (the verb's `TenantID`) and, for a
+/// document of one noun, `variationId` (its first ID's `@variationID`). A document the
+/// pipeline cannot read still gets its name and, if it can be made out, its sender (so its
+/// ConfirmBOD reaches it).
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Ion {
+    document_name: Option<String>,
+    from: Option<String>,
+    tenant: Option<String>,
+    variation: Option<String>,
+}
+
+fn ion_headers(bytes: &[u8], config: &Config) -> Ion {
+    let present = |v: Option<String>| v.map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+    let document_name = amqp::document_name(bytes);
+    let Ok(bod) = crate::bod::parse(bytes, config.limits.into()) else {
+        return Ion {
+            document_name,
+            from: present(emit::sniff_area(bytes).and_then(|a| a.logical_id)),
+            ..Ion::default()
+        };
+    };
+    let variation = match bod.nouns.as_slice() {
+        [crate::bod::Noun::Account(p)] => p.ids.first().and_then(|id| id.variation.clone()),
+        [crate::bod::Noun::Contact(c)] => c.ids.first().and_then(|id| id.variation.clone()),
+        _ => None,
+    };
+    Ion {
+        document_name,
+        from: present(bod.area.logical_id),
+        tenant: present(bod.header.tenant_id),
+        variation: present(variation),
+    }
 }
 
 /// A publish error, with the file of a returned or refused (Nacked) message.
@@ -127,6 +166,54 @@ fn named(e: amqp::Error, files: &HashMap<String, &Path>) -> anyhow::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ion_headers_come_from_the_document() {
+        let config = Config::from_toml("", "t").unwrap();
+        let doc = |area: &str, verb: &str, ids: &str| {
+            format!(
+                "<SyncCustomerPartyMaster><ApplicationArea>{area}</ApplicationArea><DataArea>\
+                 <Sync>{verb}</Sync><CustomerPartyMaster><PartyIDs>{ids}</PartyIDs>\
+                 <Name>A</Name></CustomerPartyMaster></DataArea></SyncCustomerPartyMaster>"
+            )
+        };
+        let sender = "<Sender><LogicalID>lid://infor.ln.ln01</LogicalID></Sender>";
+        let ion = ion_headers(
+            doc(
+                sender,
+                "<TenantID> ACME </TenantID>",
+                "<ID variationID=\"7\">C-1</ID>",
+            )
+            .as_bytes(),
+            &config,
+        );
+        assert_eq!(
+            ion,
+            Ion {
+                document_name: Some("Sync.CustomerPartyMaster".into()),
+                from: Some("lid://infor.ln.ln01".into()),
+                tenant: Some("ACME".into()),
+                variation: Some("7".into()),
+            }
+        );
+        // Left out by the document: no header.
+        let bare = ion_headers(doc(sender, "", "<ID>C-1</ID>").as_bytes(), &config);
+        assert_eq!((bare.tenant, bare.variation), (None, None));
+        // Not well-formed: the name and the sender as far as they can be made out.
+        let broken = ion_headers(
+            format!("<SyncCustomerPartyMaster><ApplicationArea>{sender}<BODID>x</BODID><DataArea>")
+                .as_bytes(),
+            &config,
+        );
+        assert_eq!(
+            broken,
+            Ion {
+                document_name: Some("Sync.CustomerPartyMaster".into()),
+                from: Some("lid://infor.ln.ln01".into()),
+                ..Ion::default()
+            }
+        );
+    }
 
     #[test]
     fn a_returned_or_refused_message_is_reported_with_its_file() {

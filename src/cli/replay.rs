@@ -467,7 +467,8 @@ fn text_line(r: &Report) -> String {
         line.push_str(&format!(" {rec}"));
     }
     if let Some(e) = &r.error {
-        line.push_str(&format!(" [{}/{}] {}", e.stage.as_str(), e.code, e.message));
+        line.push(' ');
+        line.push_str(&e.summary());
     }
     if let Some(o) = &r.owner {
         line.push_str(&format!(" owner={o}"));

@@ -3,8 +3,8 @@
 //! `POST /resync`, and the configured resync schedules run beside it), then hands over to
 //! [`crate::amqp::run_with`] with SIGINT/SIGTERM as its shutdown; exit 0 after a clean stop.
 //!
-//! With `tracking.enabled` it also serves `GET /messages/{id}` and purges message timelines
-//! older than `tracking.retention` every [`PURGE_EVERY`] (from the start). The tombstones of
+//! With `tracking.enabled` it also serves `GET /messages/{id}`; message timelines older than
+//! `tracking.retention` are purged every [`PURGE_EVERY`] (from the start) either way. The tombstones of
 //! hard deletes older than `hub.tombstone_retention` go on the same schedule.
 //!
 //! Shutdown order: stop consuming → finish the deliveries taken → drain the outbox (all of it
@@ -12,6 +12,9 @@
 //! stop HTTP (so `/metrics` and `/readyz` answer until the very end, `/readyz` with 503 from
 //! the moment shutdown is requested). A second SIGINT/SIGTERM exits at once (status 128 + the
 //! signal: 130, 143).
+//!
+//! A store that cannot write (a full disk) does not stop the process (DESIGN §6): the service
+//! lets go of it and opens it again until it can write, then goes on ([`Service`]).
 //!
 //! SIGHUP re-reads the configuration file resolved at start and swaps it between commit
 //! groups ([`crate::reload`]); an invalid file is refused and the running one kept.
@@ -26,12 +29,12 @@ use anyhow::Context as _;
 use crate::amqp::{self, RunOptions};
 use crate::config::{redact_url, Config};
 use crate::pipeline::Pipeline;
-use crate::reload::{self, Live};
+use crate::reload::{self, Live, Slot};
 use crate::store::track::Millis;
 use crate::store::{Store, StoreError};
 use crate::telemetry::events::{
-    emit, MarkersExpired, MarkersFailed, TombstonesFailed, TombstonesPurged, TrackingFailed,
-    TrackingPurged,
+    emit, MarkersExpired, MarkersFailed, StoreDown, StoreReopenFailed, StoreReopened,
+    TombstonesFailed, TombstonesPurged, TrackingFailed, TrackingPurged,
 };
 use crate::telemetry::{self, Readiness};
 
@@ -98,18 +101,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     );
     let listen = config.http.listen.clone();
     let tracking = config.tracking;
-    let pipeline = Pipeline::new(Arc::new(config), Arc::new(store))?;
-    // Documents parked while their application was inactive go through now that it is active;
-    // their replies wait in the outbox for the publisher.
-    let (released, failed) = pipeline.release_reactivated(chrono::Utc::now());
-    pipeline.store.flush()?;
-    if !released.is_empty() || failed > 0 {
-        tracing::info!(
-            documents = released.len(),
-            failed,
-            "Released documents of re-activated applications"
-        );
-    }
     let options = RunOptions {
         store_attempts: args.store_attempts.max(1),
         group_max: args.group_max.max(1),
@@ -121,19 +112,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .await
             .with_context(|| format!("binding http.listen {listen}"))?;
         let readiness = Readiness::default();
-        readiness.set_store_open(true);
         let stop_http = tokio_util::sync::CancellationToken::new();
-        let sampler = tokio::spawn(telemetry::sample(
-            pipeline.store.clone(),
-            SAMPLE_EVERY,
-            stop_http.clone(),
-        ));
-        let live = Live::new(pipeline);
-        let admin = crate::admin::Admin::new(live.clone());
-        let store = live.store().clone();
+        // What outlives one store: the HTTP endpoints, the reloader and the resync schedules
+        // find the running pipeline here (none while the store is opened again).
+        let slot = Slot::default();
+        let admin = crate::admin::Admin::new(slot.clone());
         let router = if tracking.enabled {
             tracing::info!(listen = %listener.local_addr()?, "Serving /metrics, /healthz, /readyz, /messages/{{id}}, /resync");
-            telemetry::http::router_with_store(readiness.clone(), store.clone())
+            telemetry::http::router_with_store(readiness.clone(), slot.clone())
         } else {
             tracing::info!(listen = %listener.local_addr()?, "Serving /metrics, /healthz, /readyz, /resync");
             telemetry::http::router(readiness.clone())
@@ -145,46 +131,227 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         ));
         let schedules = tokio::spawn(crate::admin::schedules(admin, stop_http.clone()));
         let reloader = tokio::spawn(reload_on_sighup(
-            live.clone(),
+            slot.clone(),
             config_path,
             hangup,
             stop_http.clone(),
         ));
-        let tombstones = tokio::spawn(purge_tombstones(live.clone(), stop_http.clone()));
-        let markers = tokio::spawn(expire_markers(live.clone(), stop_http.clone()));
-        let purger = tracking
-            .enabled
-            .then(|| tokio::spawn(purge_tracking(live.clone(), stop_http.clone())));
-        let shutdown = async move {
-            stop_signals.next().await;
-            // A second signal: the operator will not wait. Exit at once (128 + the signal, as
-            // the shell reports a process it killed); nothing is lost: what is not flushed
-            // was not acked and comes back, as after a crash.
-            tokio::spawn(async move {
+        let stopping = tokio_util::sync::CancellationToken::new();
+        tokio::spawn({
+            let stopping = stopping.clone();
+            async move {
+                stop_signals.next().await;
+                stopping.cancel();
+                // A second signal: the operator will not wait. Exit at once (128 + the
+                // signal, as the shell reports a process it killed); nothing is lost: what is
+                // not flushed was not acked and comes back, as after a crash.
                 let signal = stop_signals.next().await;
                 tracing::warn!(signal, "Second stop signal: exiting at once");
                 std::process::exit(128 + signal);
-            });
+            }
+        });
+        let service = Service {
+            slot,
+            readiness: readiness.clone(),
+            options,
+            stopping,
         };
-        let result = amqp::run_live(live, options, readiness.clone(), shutdown).await;
-        readiness.set_store_open(false);
+        let result = service.run(store, Arc::new(config)).await;
         stop_http.cancel();
         let _ = reloader.await;
-        let _ = sampler.await;
         let _ = schedules.await;
-        if let Some(purger) = purger {
-            let _ = purger.await;
-        }
-        let _ = tombstones.await;
-        let _ = markers.await;
         match http.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server failed"),
             Err(e) => tracing::warn!(error = %e, "HTTP server task failed"),
         }
-        result.map_err(anyhow::Error::from)
+        result
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The first wait before opening a store that could not write again; it doubles up to
+/// [`REOPEN_MAX`].
+const REOPEN_MIN: Duration = Duration::from_secs(1);
+const REOPEN_MAX: Duration = Duration::from_secs(30);
+
+/// The service over one store after another: the store it opened at start, and, whenever that
+/// store cannot write (a full disk, a failing device: [`amqp::Error::StoreDown`]), the same
+/// store opened again. sled writes nothing more after an I/O error until it is opened again,
+/// so the service lets go of it — the broker session is closed (what was not durable was not
+/// acked and is back in the queue), the store's tasks stop, and [`Slot`] is emptied so that
+/// nothing holds it open — then opens it again with backoff until it opens and takes a
+/// flushed write, and resumes. The process, its HTTP endpoint and its metrics stay up
+/// throughout (DESIGN §6), `/readyz` answering 503 "store not open" meanwhile. A reload's
+/// configuration carries over to the next store.
+struct Service {
+    slot: Slot,
+    readiness: Readiness,
+    options: RunOptions,
+    stopping: tokio_util::sync::CancellationToken,
+}
+
+impl Service {
+    /// Runs until a stop is requested (`Ok`, also while the store is being opened again),
+    /// or until an error that opening the store again would not cure.
+    async fn run(&self, mut store: Store, mut config: Arc<Config>) -> anyhow::Result<()> {
+        let mut delay = REOPEN_MIN;
+        loop {
+            let started = std::time::Instant::now();
+            let (result, running) = self.serve(store, config).await?;
+            config = running;
+            match result {
+                // Reported (`report_down`) as it happened.
+                Err(amqp::Error::StoreDown(_)) => {}
+                other => return other.map_err(anyhow::Error::from),
+            }
+            if started.elapsed() > REOPEN_MAX {
+                delay = REOPEN_MIN;
+            }
+            store = match self.reopen(&config, &mut delay).await {
+                Some(store) => store,
+                None => return Ok(()),
+            };
+        }
+    }
+
+    /// One store's run: the pipeline and the store's own tasks (sampling, purges), then the
+    /// broker service until it ends; returns how it ended and the configuration then in force.
+    /// Everything that holds the store is dropped when it returns.
+    async fn serve(
+        &self,
+        store: Store,
+        config: Arc<Config>,
+    ) -> anyhow::Result<(Result<(), amqp::Error>, Arc<Config>)> {
+        // A store that fails here has acked nothing: it is opened again like one the service
+        // found failing.
+        let down = |e: StoreError, config: Arc<Config>| {
+            report_down(&config, &e);
+            Ok((Err(amqp::Error::StoreDown(e)), config))
+        };
+        let pipeline = match Pipeline::new(config.clone(), Arc::new(store)) {
+            Ok(pipeline) => pipeline,
+            Err(e) => return down(e, config),
+        };
+        // Documents parked while their application was inactive go through now that it is
+        // active; their replies wait in the outbox for the publisher.
+        let releasing = pipeline.clone();
+        let released = tokio::task::spawn_blocking(move || {
+            let released = releasing.release_reactivated(chrono::Utc::now());
+            releasing.store.flush().map(|_| released)
+        })
+        .await?;
+        let (released, failed) = match released {
+            Ok(released) => released,
+            Err(e) => return down(e, config),
+        };
+        if !released.is_empty() || failed > 0 {
+            tracing::info!(
+                documents = released.len(),
+                failed,
+                "Released documents of re-activated applications"
+            );
+        }
+        let live = Live::new(pipeline);
+        self.readiness.set_store_open(true);
+        self.slot.set(Some(live.clone()));
+        let stop_tasks = tokio_util::sync::CancellationToken::new();
+        let mut tasks = vec![
+            tokio::spawn(telemetry::sample(
+                live.store().clone(),
+                SAMPLE_EVERY,
+                stop_tasks.clone(),
+            )),
+            tokio::spawn(purge_tombstones(live.clone(), stop_tasks.clone())),
+            tokio::spawn(expire_markers(live.clone(), stop_tasks.clone())),
+        ];
+        // Also with tracking off: timelines an earlier run tracked still expire.
+        tasks.push(tokio::spawn(purge_tracking(
+            live.clone(),
+            stop_tasks.clone(),
+        )));
+        let result = amqp::run_live(
+            live.clone(),
+            self.options.clone(),
+            self.readiness.clone(),
+            self.stopping.cancelled(),
+        )
+        .await;
+        if let Err(amqp::Error::StoreDown(e)) = &result {
+            report_down(&live.current().await.config, e);
+            // A marker filter rebuild under way would hold its task (and the store) until it
+            // has read every marker: stop it, the filter goes with the store.
+            live.store().interrupt();
+        }
+        self.readiness.set_store_open(false);
+        self.slot.set(None);
+        stop_tasks.cancel();
+        for task in tasks {
+            let _ = task.await;
+        }
+        let config = live.current().await.config.clone();
+        Ok((result, config))
+    }
+
+    /// Opens the store again, waiting `delay` (doubled each time, up to [`REOPEN_MAX`]) before
+    /// each try, until it opens and takes a flushed write; `None` when a stop is requested
+    /// first.
+    async fn reopen(&self, config: &Config, delay: &mut Duration) -> Option<Store> {
+        let path = config.hub.store.clone();
+        let since = std::time::Instant::now();
+        let mut attempts = 0u32;
+        loop {
+            tokio::select! {
+                () = self.stopping.cancelled() => {
+                    tracing::info!("Stopped while the store could not write");
+                    return None;
+                }
+                () = tokio::time::sleep(*delay) => {}
+            }
+            *delay = (*delay * 2).min(REOPEN_MAX);
+            attempts += 1;
+            let (path, hub) = (path.clone(), config.hub.clone());
+            let opened = tokio::task::spawn_blocking(move || {
+                let store = Store::open_configured(&path, &hub)?;
+                store.probe()?;
+                Ok::<_, StoreError>(store)
+            })
+            .await;
+            match opened {
+                Ok(Ok(_)) if self.stopping.is_cancelled() => {
+                    tracing::info!("Stopped while the store was being opened again");
+                    return None;
+                }
+                Ok(Ok(store)) => {
+                    emit(StoreReopened {
+                        attempts,
+                        seconds: since.elapsed().as_secs_f64(),
+                    });
+                    return Some(store);
+                }
+                Ok(Err(error)) => emit(StoreReopenFailed {
+                    error: &error,
+                    code: error.code(),
+                    retry_s: delay.as_secs_f64(),
+                }),
+                Err(error) => emit(StoreReopenFailed {
+                    error: &error,
+                    code: "task_failed",
+                    retry_s: delay.as_secs_f64(),
+                }),
+            }
+        }
+    }
+}
+
+/// The store cannot write: the ERROR line and `bodflow_store_down` (as soon as it is known,
+/// before the store's tasks are stopped).
+fn report_down(config: &Config, error: &StoreError) {
+    emit(StoreDown {
+        error,
+        code: error.code(),
+        store: &config.hub.store,
+    });
 }
 
 /// Arenas glibc's malloc may create (`MALLOC_ARENA_MAX`) unless the environment says
@@ -285,7 +452,7 @@ async fn next_hangup(hangup: &mut Hangup) -> bool {
 /// Reloads the configuration on every SIGHUP until `stop`. `path` is the file resolved at
 /// start (`None`: none was found, so a reload resolves again and may find one).
 async fn reload_on_sighup(
-    live: Live,
+    slot: Slot,
     path: Option<PathBuf>,
     hangup: Option<Hangup>,
     stop: tokio_util::sync::CancellationToken,
@@ -303,6 +470,10 @@ async fn reload_on_sighup(
             }
         }
         tracing::info!("SIGHUP: reloading the configuration");
+        let Some(live) = slot.get() else {
+            tracing::warn!("SIGHUP while the store is being opened again: the configuration is not reloaded; send SIGHUP again once /readyz answers 200");
+            continue;
+        };
         // Outcome logged and counted by the reload's events.
         let _ = reload::reload(&live, path.clone()).await;
     }

@@ -75,6 +75,19 @@ pub struct Rejection {
     pub path: Option<String>,
 }
 
+impl Rejection {
+    /// `[stage/code] message`, then ` at PATH` when the message does not name its path: how
+    /// a text line shows a rejection (the JSON carries the path on its own).
+    pub fn summary(&self) -> String {
+        let mut s = format!("[{}/{}] {}", self.stage.as_str(), self.code, self.message);
+        if let Some(path) = self.path.as_deref().filter(|p| !self.message.contains(p)) {
+            s.push_str(" at ");
+            s.push_str(path);
+        }
+        s
+    }
+}
+
 impl From<DecodeError> for Rejection {
     fn from(e: DecodeError) -> Rejection {
         Rejection {
@@ -1087,6 +1100,29 @@ fn sender_app(config: &Config, area: Option<&ApplicationArea>) -> Option<usize> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_text_line_names_the_path_a_message_leaves_out() {
+        let rejection = |message: &str, path: Option<&str>| Rejection {
+            stage: Stage::Validate,
+            code: "wrong_tenant",
+            message: message.into(),
+            path: path.map(str::to_string),
+        };
+        let at = "/SyncCustomerPartyMaster/DataArea/Sync/TenantID";
+        assert_eq!(
+            rejection("TenantID \"X\" is not hub.tenant", Some(at)).summary(),
+            format!("[validate/wrong_tenant] TenantID \"X\" is not hub.tenant at {at}")
+        );
+        assert_eq!(
+            rejection(&format!("{at}: required"), Some(at)).summary(),
+            format!("[validate/wrong_tenant] {at}: required")
+        );
+        assert_eq!(
+            rejection("not XML", None).summary(),
+            "[validate/wrong_tenant] not XML"
+        );
+    }
 
     #[test]
     fn the_ion_envelope_fills_what_the_document_leaves_out_and_never_overrides_it() {

@@ -79,6 +79,17 @@ pub(super) fn after_change(
         return Ok(None);
     }
     let bod_id = em.process(tx, sor, record, promotion.accounting_entity.as_deref())?;
+    // The Process this one replaces — the system of record rejected it — is forgotten, so
+    // the store keeps one per record however often a promotion is refused; a late answer to
+    // it is `unknown_correlation`. One another system of record accepted (before a reload
+    // changed `system_of_record`) stays: its `Modified` still applies.
+    if let Some(previous) = record.promotion.as_ref().filter(|p| {
+        p.status == SyncStatus::PromotionRejected
+            && p.application == app.logical_id
+            && p.bod_id != bod_id
+    }) {
+        tx.remove_correlation(&previous.bod_id)?;
+    }
     let now = em.context().now.clone();
     tx.put_correlation(
         &bod_id,
@@ -311,7 +322,18 @@ mod tests {
         store: &Store,
         record: &HubRecord,
     ) -> (Option<HubRecord>, Vec<String>, usize) {
-        let ctx = super::super::link::operator_context("test", "m-1".into(), chrono::Utc::now());
+        promote_for(config, store, record, "m-1")
+    }
+
+    /// [`promote`] as the change of message `message_id`.
+    fn promote_for(
+        config: &Config,
+        store: &Store,
+        record: &HubRecord,
+        message_id: &str,
+    ) -> (Option<HubRecord>, Vec<String>, usize) {
+        let ctx =
+            super::super::link::operator_context("test", message_id.into(), chrono::Utc::now());
         store
             .transact(|tx| {
                 let mut em = Emitter::new(config, &ctx);
@@ -320,6 +342,57 @@ mod tests {
                 Ok((promoted, notes, em.finish().0.len()))
             })
             .unwrap()
+    }
+
+    #[test]
+    fn a_promotion_sent_again_after_a_rejection_replaces_the_process_it_remembers() {
+        let config = Config::from_toml(CONFIG, "t").unwrap();
+        let store = Store::temporary().unwrap();
+        let correlation = |bod_id: &str| store.transact(|tx| tx.correlation(bod_id)).unwrap();
+        let mut record = account("Customer");
+        let mut sent = Vec::new();
+        for i in 0..3 {
+            let (promoted, _, outputs) = promote_for(&config, &store, &record, &format!("m-{i}"));
+            assert_eq!(outputs, 1, "round {i}");
+            record = promoted.unwrap();
+            let state = record.promotion.as_mut().unwrap();
+            sent.push(state.bod_id.clone());
+            // The system of record refuses it.
+            state.status = SyncStatus::PromotionRejected;
+        }
+        assert!(sent[0] != sent[1] && sent[1] != sent[2], "{sent:?}");
+        assert!(correlation(&sent[0]).is_none() && correlation(&sent[1]).is_none());
+        assert_eq!(correlation(&sent[2]).unwrap().record, record.id);
+
+        // Accepted by another system of record (the configured one changed since): its
+        // Process stays remembered, a `Modified` from it still applies.
+        let mut elsewhere = account("Customer");
+        elsewhere.promotion = Some(PromotionState {
+            status: SyncStatus::Promoted,
+            application: "lid://old-erp".into(),
+            bod_id: "bodflow:old:1".into(),
+            at: "2026-01-01T00:00:00Z".into(),
+            reason: None,
+        });
+        store
+            .transact(|tx| {
+                tx.put_correlation(
+                    "bodflow:old:1",
+                    &Correlation {
+                        kind: Kind::Account,
+                        record: elsewhere.id.clone(),
+                        application: "lid://old-erp".into(),
+                        sent_at: "2026-01-01T00:00:00Z".into(),
+                    },
+                )
+            })
+            .unwrap();
+        let (promoted, _, _) = promote_for(&config, &store, &elsewhere, "m-9");
+        assert!(
+            promoted.is_some(),
+            "due for the configured system of record"
+        );
+        assert!(correlation("bodflow:old:1").is_some());
     }
 
     #[test]

@@ -80,6 +80,9 @@ pub enum ResyncError {
     /// The service's blocking task running the resync failed (a panic, or shutdown).
     #[error("the resync task failed: {0}")]
     Task(String),
+    /// The service is opening its store again after it could not write.
+    #[error("the store is being opened again (it could not write); try again shortly")]
+    StoreReopening,
 }
 
 impl ResyncError {
@@ -89,6 +92,7 @@ impl ResyncError {
             ResyncError::Inactive(_) => "inactive_application",
             ResyncError::Store(e) => e.code(),
             ResyncError::Task(_) => "resync_task_failed",
+            ResyncError::StoreReopening => "store_reopening",
         }
     }
 }

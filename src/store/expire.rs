@@ -107,12 +107,6 @@ fn holds_parked(k: &[u8], m: &Marker, parked: &HashSet<Vec<u8>>) -> bool {
     m.outcome == "parked" || !m.parked.is_empty() || parked.contains(k)
 }
 
-/// Only the message id of a parked row (its payload is not read into a string).
-#[derive(serde::Deserialize)]
-struct ParkedId {
-    message_id: String,
-}
-
 impl Tx<'_> {
     /// Writes this transaction's marker list (module docs), if it writes markers.
     pub(super) fn write_marker_list(&self) -> TxResult<()> {
@@ -157,6 +151,13 @@ pub struct Expired {
 }
 
 impl Store {
+    /// Stops the store's background scans (a marker filter rebuild, the scan at open) where
+    /// they are: for a store that is being let go (it could not write), whose filter goes
+    /// with it. Lookups stay correct (an unfinished scan leaves the filter answering "maybe").
+    pub fn interrupt(&self) {
+        self.markers.stop();
+    }
+
     /// Bytes of the in-memory marker filter (during a rebuild, of both filters).
     pub fn marker_filter_bytes(&self) -> usize {
         self.markers.bytes()
@@ -165,16 +166,15 @@ impl Store {
     /// The marker keys of the message ids that have parked rows: markers
     /// [`Store::expire_markers`] keeps. Read once for a purge round (a row parked later comes
     /// with a fresh marker).
+    ///
+    /// Read from the parked documents' message-id index (`u`), not from the rows: a large
+    /// parked backlog (each row holds its whole document) costs its keys a round, not its
+    /// payloads.
     pub fn parked_marker_keys(&self) -> Result<HashSet<Vec<u8>>, StoreError> {
         let mut keys = HashSet::new();
-        for item in self.hub.scan_prefix([b'p']) {
-            let (k, v) = item?;
-            match decode::<ParkedId>(&k, &v) {
-                Ok(row) => {
-                    keys.insert(marker_key(row.message_id.as_bytes()));
-                }
-                // Its message id cannot be known; it cannot be released either.
-                Err(e) => tracing::warn!(error = %e, "An unreadable parked row skipped"),
+        for k in self.hub.scan_prefix([b'u']).keys() {
+            if let Some(id) = super::parked_id_of(&k?) {
+                keys.insert(marker_key(id));
             }
         }
         Ok(keys)

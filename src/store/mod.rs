@@ -16,6 +16,7 @@
 //! | `p` | big-endian sequence | [`Parked`] |
 //! | `n` | kind, match key, normalised value | sequences of `no_match` parked documents carrying it |
 //! | `q` | the `x` key a parked document waits to be linked, big-endian sequence | nothing: `no_match` and `ambiguous_match` documents by their key ([`Tx::wake_parked_for`]) |
+//! | `u` | message id, a separator, big-endian sequence | nothing: parked documents by message id (the markers they hold, [`Store::parked_marker_keys`]) |
 //! | `c` | parent xref key | contact hub IDs waiting for that account |
 //! | `e` | account hub ID, contact hub ID | nothing: the account's contacts ([`Tx::contacts_of`]) |
 //! | `s` | counter name | big-endian u64 |
@@ -588,6 +589,46 @@ fn index_parked_keys(hub: &sled::Tree) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Store meta entry set once every parked document has its `u` entry.
+const PARKED_IDS_META: &str = "index.parked_ids";
+
+/// Lists the parked documents of a store written before `u` existed by their message id,
+/// once ([`migrate_once`]).
+fn index_parked_ids(hub: &sled::Tree) -> Result<(), StoreError> {
+    let indexed = migrate_once(hub, PARKED_IDS_META, b"p", |k, v, batch| {
+        match decode::<Parked>(k, v) {
+            Ok(parked) => {
+                batch.insert(parked_id_key(&parked), &[] as &[u8]);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "A parked row left out of the message-id index");
+                false
+            }
+        }
+    })?;
+    if indexed > 0 {
+        tracing::info!(indexed, "Indexed the parked documents by message id (once)");
+    }
+    Ok(())
+}
+
+/// The `u` entry of a parked document: its message id, [`SEP`], its sequence (the last nine
+/// bytes are always those two, whatever bytes the message id holds).
+fn parked_id_key(parked: &Parked) -> Vec<u8> {
+    let mut k = Vec::with_capacity(10 + parked.message_id.len());
+    k.push(b'u');
+    k.extend_from_slice(parked.message_id.as_bytes());
+    k.push(SEP);
+    k.extend_from_slice(&parked.seq.to_be_bytes());
+    k
+}
+
+/// The message id of a `u` entry.
+fn parked_id_of(k: &[u8]) -> Option<&[u8]> {
+    k.get(1..k.len().checked_sub(9)?)
+}
+
 /// The `q` entry of a parked document that waits for its key to be linked (`no_match`,
 /// `ambiguous_match`, with an ID); `None` for the others.
 fn parked_key_key(parked: &Parked) -> Option<Vec<u8>> {
@@ -694,6 +735,7 @@ impl Store {
         index_contacts(&hub)?;
         date_tombstones(&hub)?;
         index_parked_keys(&hub)?;
+        index_parked_ids(&hub)?;
         expire::list_old_markers(&db, &hub, track::Millis::now())?;
         let bod_index = Mutex::new(track::load_bod_index(&hub, track::INDEX_BLOCK)?);
         let markers = Arc::new(MarkerFilter::new());
@@ -1505,6 +1547,11 @@ impl Tx<'_> {
     }
 
     fn index_parked(&self, parked: &Parked, add: bool) -> TxResult<()> {
+        if add {
+            self.raw_insert(parked_id_key(parked), &[] as &[u8]);
+        } else {
+            self.raw_remove(parked_id_key(parked));
+        }
         if let Some(q) = parked_key_key(parked) {
             if add {
                 self.raw_insert(q, &[] as &[u8]);
@@ -1590,6 +1637,13 @@ impl Tx<'_> {
     /// Remembers a Process bodflow sends, for its Acknowledge.
     pub fn put_correlation(&self, bod_id: &str, c: &Correlation) -> TxResult<()> {
         self.put(key(b'b', &[bod_id]), c)
+    }
+
+    /// Forgets a Process (one a newer Process of the same record replaces): its Acknowledge
+    /// is then `unknown_correlation`.
+    pub fn remove_correlation(&self, bod_id: &str) -> TxResult<()> {
+        self.raw_remove(key(b'b', &[bod_id]));
+        Ok(())
     }
 
     /// Appends an entry to the record's audit trail.
@@ -1818,6 +1872,42 @@ mod tests {
             .unwrap();
         assert_eq!(woken, vec![seq]);
         assert_eq!(store.meta(PARKED_KEYS_META).unwrap().as_deref(), Some("1"));
+    }
+
+    #[test]
+    fn a_store_of_before_the_parked_id_index_is_indexed_at_its_first_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            for id in ["m-1", "m\u{1f}2"] {
+                store
+                    .transact(|tx| {
+                        tx.park(Parked::for_test(id, ParkReason::InactiveApplication, None))
+                    })
+                    .unwrap();
+            }
+            // As an earlier version left it: no `u` entries, no meta entry.
+            for k in store.hub.scan_prefix([b'u']).keys() {
+                store.hub.remove(k.unwrap()).unwrap();
+            }
+            store
+                .hub
+                .remove(key(b's', &["meta", PARKED_IDS_META]))
+                .unwrap();
+            store.flush().unwrap();
+            assert!(store.parked_marker_keys().unwrap().is_empty());
+        }
+        let store = reopen(dir.path());
+        let held = store.parked_marker_keys().unwrap();
+        assert_eq!(
+            held,
+            std::collections::HashSet::from([b"mm-1".to_vec(), b"mm\x1f2".to_vec()])
+        );
+        assert_eq!(store.meta(PARKED_IDS_META).unwrap().as_deref(), Some("1"));
+        // Released: its entry goes with it.
+        let seq = store.parked().next().unwrap().unwrap().seq;
+        store.transact(|tx| tx.unpark(seq)).unwrap();
+        assert_eq!(store.parked_marker_keys().unwrap().len(), 1);
     }
 
     #[test]

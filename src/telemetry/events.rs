@@ -238,6 +238,53 @@ impl Event for StoreFlushed {
     }
 }
 
+/// The store could not write (a probe write failed after a store error): the service let go
+/// of it and opens it again ([`StoreReopened`] when it can write).
+pub struct StoreDown<'a> {
+    pub error: &'a dyn std::fmt::Display,
+    pub code: &'static str,
+    pub store: &'a std::path::Path,
+}
+
+impl Event for StoreDown<'_> {
+    fn emit(self) {
+        tracing::error!(error = %self.error, code = self.code, store = %self.store.display(), "The store cannot write (a full disk, a failing device?): consuming stopped, and bodflow opens the store again until it can write. Nothing that was not durable was acked; those deliveries are back in the queue");
+        metrics().store_down.set(1);
+    }
+}
+
+/// An attempt to open the store again failed (it is tried again after `retry_s`).
+pub struct StoreReopenFailed<'a> {
+    pub error: &'a dyn std::fmt::Display,
+    pub code: &'static str,
+    pub retry_s: f64,
+}
+
+impl Event for StoreReopenFailed<'_> {
+    fn emit(self) {
+        tracing::warn!(error = %self.error, code = self.code, retry_s = self.retry_s, "The store still cannot be opened or written");
+    }
+}
+
+/// The store opened again and took a flushed write: the service resumes.
+pub struct StoreReopened {
+    pub attempts: u32,
+    pub seconds: f64,
+}
+
+impl Event for StoreReopened {
+    fn emit(self) {
+        tracing::warn!(
+            attempts = self.attempts,
+            down_s = self.seconds,
+            "The store can write again: resuming"
+        );
+        let m = metrics();
+        m.store_down.set(0);
+        m.store_reopens.inc();
+    }
+}
+
 /// A delivery was acked, `seconds` after it was received (end-to-end latency).
 pub struct BodAcked {
     pub seconds: f64,

@@ -8,13 +8,12 @@
 //!   `id` as a message id or a BODID (percent-encode it: BODIDs hold `:`, `?`, `&`, `/`), as
 //!   JSON `{"id": ..., "messages": [...]}` — the message first, then the BODID's messages
 //!   newest first, at most `?limit=N` (default [`DEFAULT_LIMIT`]); 404 with an empty list when
-//!   nothing is tracked under it. `bodflow track` uses it while the service holds the store.
+//!   nothing is tracked under it; 503 while the service opens its store again after it could
+//!   not write. `bodflow track` uses it while the service holds the store.
 //!
 //! [`router`] is driven without a socket in the tests; [`serve`] stops (graceful: requests in
 //! flight finish) when its token is cancelled, which `bodflow run` does last, after the
 //! broker is closed.
-
-use std::sync::Arc;
 
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, StatusCode};
@@ -26,8 +25,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::events::{emit, TrackingFailed};
 use super::Readiness;
+use crate::reload::Slot;
 use crate::store::track::Track;
-use crate::store::Store;
 
 /// Timelines returned for one `GET /messages/{id}` unless `?limit=` says otherwise.
 pub const DEFAULT_LIMIT: usize = 20;
@@ -50,12 +49,12 @@ pub fn router(readiness: Readiness) -> Router {
         .with_state(readiness)
 }
 
-/// [`router`] plus `GET /messages/{id}` over `store`.
-pub fn router_with_store(readiness: Readiness, store: Arc<Store>) -> Router {
+/// [`router`] plus `GET /messages/{id}` over the store of the pipeline in `slot`.
+pub fn router_with_store(readiness: Readiness, slot: Slot) -> Router {
     router(readiness).merge(
         Router::new()
             .route("/messages/{id}", get(messages))
-            .with_state(store),
+            .with_state(slot),
     )
 }
 
@@ -92,10 +91,18 @@ fn limit(query: Option<&str>) -> usize {
 }
 
 async fn messages(
-    State(store): State<Arc<Store>>,
+    State(slot): State<Slot>,
     Path(id): Path<String>,
     RawQuery(query): RawQuery,
 ) -> impl IntoResponse {
+    let json = [(header::CONTENT_TYPE, "application/json")];
+    let Some(store) = slot.get().map(|live| live.store().clone()) else {
+        let body = serde_json::json!({
+            "id": id,
+            "error": "the store is being opened again (it could not write); try again shortly",
+        });
+        return (StatusCode::SERVICE_UNAVAILABLE, json, body.to_string());
+    };
     let limit = limit(query.as_deref());
     let lookup_id = id.clone();
     let found = tokio::task::spawn_blocking(move || store.lookup_tracked(&lookup_id, limit)).await;
@@ -126,7 +133,7 @@ async fn messages(
         Ok(Err(e)) => failed(&e),
         Err(e) => failed(&e),
     };
-    (status, [(header::CONTENT_TYPE, "application/json")], body)
+    (status, json, body)
 }
 
 /// Serves [`router`] on `listener` until `stop` is cancelled.

@@ -51,6 +51,8 @@ pub struct Metrics {
     pub(crate) store_flush: Histogram,
     pub(crate) store_size: IntGauge,
     pub(crate) store_retries: IntCounter,
+    pub(crate) store_down: IntGauge,
+    pub(crate) store_reopens: IntCounter,
     pub(crate) amqp_connect_failures: IntCounter,
     pub(crate) publish_failures: IntCounterVec,
     pub(crate) traceparent_ignored: IntCounterVec,
@@ -186,6 +188,20 @@ impl Metrics {
             store_retries: reg(
                 &registry,
                 IntCounter::new("bodflow_store_commit_retries_total", "Group commits retried after a store error.")?,
+            )?,
+            store_down: reg(
+                &registry,
+                IntGauge::new(
+                    "bodflow_store_down",
+                    "1 while the store cannot write and the service is opening it again (nothing is consumed meanwhile).",
+                )?,
+            )?,
+            store_reopens: reg(
+                &registry,
+                IntCounter::new(
+                    "bodflow_store_reopens_total",
+                    "Times the service opened its store again after it could not write.",
+                )?,
             )?,
             amqp_connect_failures: reg(
                 &registry,
