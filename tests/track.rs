@@ -621,6 +621,9 @@ fn the_service_forgets_message_ids_older_than_the_dedup_window() {
     let young_file = fixture("020-ln-sync-account-owner-by-external-personnel-number.xml");
     let middle_file = fixture("021-ln-sync-account-owner-by-first-and-last-name.xml");
     let old = replay(tmp.path(), &config, &[fixture(APPLIED)], &at(4));
+    // Parked as long ago: its marker stays whatever its age, and it is counted as waiting.
+    let parked = replay(tmp.path(), &config, &[fixture(PARKED)], &at(4));
+    assert_eq!(parked[0]["outcome"], "parked");
     // Two and a half days back: outside the window by the wall clock, inside it counted up to
     // the last processing (a day back).
     let middle = replay(
@@ -647,7 +650,8 @@ fn the_service_forgets_message_ids_older_than_the_dedup_window() {
     });
     let metrics = http_get(port, "/metrics").unwrap().1;
     assert!(
-        metrics.contains("bodflow_marker_filter_bytes 524288\n"),
+        metrics.contains("bodflow_marker_filter_bytes 524288\n")
+            && metrics.contains("bodflow_parked_messages 1\n"),
         "{metrics}"
     );
     stop(&mut child);

@@ -584,11 +584,12 @@ async fn expire_markers(live: Live, stop: tokio_util::sync::CancellationToken) {
                 let expired = store.expire_markers(before, PURGE_CHUNK, &parked)?;
                 Ok((expired.lists, expired.markers))
             })?;
-            Ok((removed, store.rebuild_marker_filter_if_due()?))
+            Ok((removed, parked.len(), store.rebuild_marker_filter_if_due()?))
         },
         |outcome, seconds| match outcome {
-            Ok((removed, filter_bytes)) => emit(MarkersExpired {
+            Ok((removed, parked, filter_bytes)) => emit(MarkersExpired {
                 removed,
+                parked,
                 filter_bytes,
                 seconds,
             }),

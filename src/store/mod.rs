@@ -595,13 +595,24 @@ const PARKED_IDS_META: &str = "index.parked_ids";
 /// Lists the parked documents of a store written before `u` existed by their message id,
 /// once ([`migrate_once`]).
 fn index_parked_ids(hub: &sled::Tree) -> Result<(), StoreError> {
+    /// Only what the entry needs: a row the current model could not read in full keeps its
+    /// marker as long as before.
+    #[derive(serde::Deserialize)]
+    struct Ids {
+        message_id: String,
+    }
     let indexed = migrate_once(hub, PARKED_IDS_META, b"p", |k, v, batch| {
-        match decode::<Parked>(k, v) {
-            Ok(parked) => {
-                batch.insert(parked_id_key(&parked), &[] as &[u8]);
+        let seq = k
+            .get(1..9)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_be_bytes);
+        match (decode::<Ids>(k, v), seq) {
+            (Ok(ids), Some(seq)) => {
+                batch.insert(parked_id_key(&ids.message_id, seq), &[] as &[u8]);
                 true
             }
-            Err(e) => {
+            (_, None) => false,
+            (Err(e), _) => {
                 tracing::warn!(error = %e, "A parked row left out of the message-id index");
                 false
             }
@@ -615,12 +626,12 @@ fn index_parked_ids(hub: &sled::Tree) -> Result<(), StoreError> {
 
 /// The `u` entry of a parked document: its message id, [`SEP`], its sequence (the last nine
 /// bytes are always those two, whatever bytes the message id holds).
-fn parked_id_key(parked: &Parked) -> Vec<u8> {
-    let mut k = Vec::with_capacity(10 + parked.message_id.len());
+fn parked_id_key(message_id: &str, seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(10 + message_id.len());
     k.push(b'u');
-    k.extend_from_slice(parked.message_id.as_bytes());
+    k.extend_from_slice(message_id.as_bytes());
     k.push(SEP);
-    k.extend_from_slice(&parked.seq.to_be_bytes());
+    k.extend_from_slice(&seq.to_be_bytes());
     k
 }
 
@@ -1523,7 +1534,7 @@ impl Tx<'_> {
         Ok(())
     }
 
-    /// Removes a parked document (it is being released), with its match-value index entries.
+    /// Removes a parked document (it is being released), with its index entries.
     pub fn unpark(&self, seq: u64) -> TxResult<()> {
         if let Some(parked) = self.parked(seq)? {
             self.index_parked(&parked, false)?;
@@ -1547,10 +1558,11 @@ impl Tx<'_> {
     }
 
     fn index_parked(&self, parked: &Parked, add: bool) -> TxResult<()> {
+        let id_key = parked_id_key(&parked.message_id, parked.seq);
         if add {
-            self.raw_insert(parked_id_key(parked), &[] as &[u8]);
+            self.raw_insert(id_key, &[] as &[u8]);
         } else {
-            self.raw_remove(parked_id_key(parked));
+            self.raw_remove(id_key);
         }
         if let Some(q) = parked_key_key(parked) {
             if add {

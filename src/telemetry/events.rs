@@ -401,6 +401,8 @@ impl Event for TombstonesPurged {
 /// rebuilt, when enough of it had expired).
 pub struct MarkersExpired {
     pub removed: usize,
+    /// Message ids with a parked document (whose markers stay whatever their age).
+    pub parked: usize,
     /// The rebuilt filter's bytes; `None`: no rebuild this round.
     pub filter_bytes: Option<usize>,
     pub seconds: f64,
@@ -424,7 +426,10 @@ impl Event for MarkersExpired {
                 .marker_filter_bytes
                 .set(i64::try_from(bytes).unwrap_or(i64::MAX));
         }
-        metrics().markers_expired.inc_by(self.removed as u64);
+        let m = metrics();
+        m.markers_expired.inc_by(self.removed as u64);
+        m.parked_messages
+            .set(i64::try_from(self.parked).unwrap_or(i64::MAX));
     }
 }
 

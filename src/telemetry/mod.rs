@@ -67,6 +67,7 @@ pub struct Metrics {
     pub(crate) tombstones_purged: IntCounter,
     pub(crate) markers_expired: IntCounter,
     pub(crate) marker_filter_bytes: IntGauge,
+    pub(crate) parked_messages: IntGauge,
     pub(crate) tracking_errors: IntCounterVec,
 }
 
@@ -317,6 +318,13 @@ impl Metrics {
                     "Memory of the in-memory message-id marker filter (sampled; shrinks when it is rebuilt after markers expire).",
                 )?,
             )?,
+            parked_messages: reg(
+                &registry,
+                IntGauge::new(
+                    "bodflow_parked_messages",
+                    "Messages with a document (or some of its nouns) waiting parked, counted by the marker purge once a minute.",
+                )?,
+            )?,
             tracking_errors: reg(
                 &registry,
                 IntCounterVec::new(
@@ -545,6 +553,7 @@ mod tests {
             "bodflow_tombstones_purged_total",
             "bodflow_markers_expired_total",
             "bodflow_marker_filter_bytes",
+            "bodflow_parked_messages",
             "bodflow_tracking_errors_total",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
