@@ -6,7 +6,9 @@
 //! stream as `retries_exhausted` — the documents are fine, the disk is not. It stops consuming
 //! with those deliveries back in the queue, stays up (`/healthz` 200, `/readyz` 503 "store not
 //! open", `bodflow_store_down` 1) and opens the store again until it can write; once the disk
-//! has room again it resumes by itself, and the result equals an offline replay of all inputs.
+//! has room again it resumes by itself. A second outage ends with SIGTERM while the store is
+//! being opened again: a clean stop (exit 0, nothing given up), and a restart with room
+//! finishes. The result equals an offline replay of all inputs.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -24,9 +26,13 @@ use bodflow::config::Config;
 use broker::*;
 use lapin::options::BasicGetOptions;
 
-/// Documents before the disk fills, and after.
+/// Documents before the disk fills, after, and at most, in chunks, until a second outage
+/// (sled reuses the log space it freed, so the full disk shows only once that is used up),
+/// which ends in SIGTERM.
 const BEFORE: usize = 400;
 const AFTER: usize = 400;
+const LAST: usize = 3_000;
+const LAST_CHUNK: usize = 200;
 const SEED: u64 = 77;
 
 /// A tmpfs of `size` mounted at a folder, unmounted on drop.
@@ -114,12 +120,7 @@ async fn a_full_disk_pauses_the_service_without_dead_lettering_and_it_resumes_by
     let config_path = write_generated_config(dir.path(), &store_dir);
     let mut config = Config::load(&config_path).unwrap();
     config.amqp.url = vhost.url();
-    let docs = generated(SEED, BEFORE + AFTER);
-    let expected = tokio::task::spawn_blocking({
-        let config = config.clone();
-        let docs = generated(SEED, BEFORE + AFTER);
-        move || offline(&config, &docs)
-    });
+    let docs = generated(SEED, BEFORE + AFTER + LAST);
     let binary = Path::new(env!("CARGO_BIN_EXE_bodflow"));
     let log = dir.path().join("service.log");
     let port = free_port();
@@ -139,7 +140,7 @@ async fn a_full_disk_pauses_the_service_without_dead_lettering_and_it_resumes_by
     assert_none_given_up(&ch, "before the disk filled").await;
 
     fill(&disk.0.join("filler"));
-    publish(&config, &docs[BEFORE..]).await;
+    publish(&config, &docs[BEFORE..BEFORE + AFTER]).await;
     let logged = || std::fs::read_to_string(&log).unwrap_or_default();
     let started = Instant::now();
     tokio::task::block_in_place(|| {
@@ -228,14 +229,61 @@ async fn a_full_disk_pauses_the_service_without_dead_lettering_and_it_resumes_by
         "{}",
         logged()
     );
+    assert_none_given_up(&ch, "after the store was opened again").await;
+
+    // A second outage, ended by SIGTERM while the store is being opened again: a clean stop.
+    fill(&disk.0.join("filler"));
+    let store_not_open = || {
+        http_get(port, "/readyz")
+            .is_some_and(|(s, body)| s == 503 && body.contains("store not open"))
+    };
+    let mut sent = BEFORE + AFTER;
+    'outage: while sent < docs.len() {
+        let next = (sent + LAST_CHUNK).min(docs.len());
+        publish(&config, &docs[sent..next]).await;
+        sent = next;
+        let published = Instant::now();
+        while published.elapsed() < Duration::from_secs(3) {
+            if store_not_open() {
+                break 'outage;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    assert!(
+        store_not_open(),
+        "no second outage after {sent} documents: {}",
+        logged()
+    );
+    eprintln!(
+        "the second outage came with {} more documents",
+        sent - BEFORE - AFTER
+    );
     signal(&child, "-TERM");
+    let stopping = Instant::now();
     let status = child.wait().unwrap();
     // Reaped: its pid is no longer ours to kill.
     std::mem::forget(service);
     assert!(status.success(), "bodflow run: {status}: {}", logged());
-    assert_none_given_up(&ch, "after the store was opened again").await;
-    let expected = expected.await.unwrap();
-    assert_service_store(&store_dir, &docs, &expected);
+    assert!(
+        stopping.elapsed() < Duration::from_secs(10),
+        "{:?} to stop",
+        stopping.elapsed()
+    );
+    assert_none_given_up(&ch, "in the second outage").await;
+    std::fs::remove_file(disk.0.join("filler")).unwrap();
+    let mut child = spawn_logged(binary, &config_path, &vhost.url(), &log, port);
+    let _restarted = common::KillOnDrop(child.id());
+    settle_and_stop(&vhost, &ch, &config, &mut child, Duration::from_secs(60)).await;
+    // What was sent: the generator makes the same documents again.
+    let docs = &docs[..sent];
+    let expected = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || offline(&config, &generated(SEED, sent)))
+            .await
+            .unwrap()
+    };
+    assert_service_store(&store_dir, docs, &expected);
     let published = drain_applications(&ch, &config).await;
     assert_all_published(&expected, &published);
     eprintln!("{waiting} of {AFTER} were waiting in the queue while the disk was full");
