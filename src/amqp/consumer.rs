@@ -63,9 +63,10 @@
 //!   failure:** before giving a delivery up, the commit probes the store with a small
 //!   flushed write ([`Store::probe`]); if that fails too (sled writes nothing more after an
 //!   I/O error, a full disk say, until it is opened again), nothing is dead-lettered or acked:
-//!   the session ends with the store error, and `serve` — probing once more — stops the
-//!   service, so a restart (by its supervisor) opens the store again once the cause is
-//!   fixed. The deliveries go back to the queue meanwhile.
+//!   the session ends with the store error, and `serve` — probing once more — returns
+//!   [`Error::StoreDown`], on which `bodflow run` lets go of the store and opens it again,
+//!   in the same process, until it can write. The deliveries go back to the queue
+//!   meanwhile.
 //! - **Broker failures** (a failed ack, dead-letter publish or a closed channel) end the
 //!   session: unacked deliveries are redelivered on the next session and the message-id
 //!   markers make them duplicates. Ackers of a dead channel are never used again: the
@@ -291,7 +292,8 @@ pub(super) async fn run(
                     let (shells, prepared, results, seconds, store_down) = joined?;
                     if let Some(e) = store_down {
                         // Nothing of this group is acked or dead-lettered: the session ends,
-                        // the deliveries go back to the queue, and `serve` stops the service.
+                        // the deliveries go back to the queue, and `serve` returns
+                        // `StoreDown` (the store is opened again).
                         tracing::error!(error = %e, code = e.code(), "A delivery failed its last commit attempt and the store fails a probe write too: the store cannot write");
                         return Err(Error::Store(e));
                     }

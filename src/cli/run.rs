@@ -1,11 +1,12 @@
 //! `bodflow run`: the broker service (DESIGN §4, §5.3, §5.5). Opens the store, binds the
 //! HTTP endpoint on `http.listen` (a busy address fails the start; it also takes
-//! `POST /resync`, and the configured resync schedules run beside it), then hands over to
-//! [`crate::amqp::run_with`] with SIGINT/SIGTERM as its shutdown; exit 0 after a clean stop.
+//! `POST /resync`, and the configured resync schedules run beside it), then runs the service
+//! ([`Service`], [`crate::amqp::run_live`]) with SIGINT/SIGTERM as its shutdown; exit 0 after
+//! a clean stop.
 //!
 //! With `tracking.enabled` it also serves `GET /messages/{id}`; message timelines older than
-//! `tracking.retention` are purged every [`PURGE_EVERY`] (from the start) either way. The tombstones of
-//! hard deletes older than `hub.tombstone_retention` go on the same schedule.
+//! `tracking.retention` are purged every [`PURGE_EVERY`] (from the start) either way. The
+//! tombstones of hard deletes older than `hub.tombstone_retention` go on the same schedule.
 //!
 //! Shutdown order: stop consuming → finish the deliveries taken → drain the outbox (all of it
 //! within [`crate::amqp::RunOptions::stop_timeout`]) → close the broker → flush the store →
@@ -196,9 +197,10 @@ impl Service {
     /// or until an error that opening the store again would not cure.
     async fn run(&self, mut store: Store, mut config: Arc<Config>) -> anyhow::Result<()> {
         let mut delay = REOPEN_MIN;
+        let mut reopened = None;
         loop {
             let started = std::time::Instant::now();
-            let (result, running) = self.serve(store, config).await?;
+            let (result, running) = self.serve(store, config, reopened.take()).await?;
             config = running;
             match result {
                 // Reported (`report_down`) as it happened.
@@ -208,8 +210,8 @@ impl Service {
             if started.elapsed() > REOPEN_MAX {
                 delay = REOPEN_MIN;
             }
-            store = match self.reopen(&config, &mut delay).await {
-                Some(store) => store,
+            (store, reopened) = match self.reopen(&config, &mut delay).await {
+                Some((store, how)) => (store, Some(how)),
                 None => return Ok(()),
             };
         }
@@ -217,21 +219,28 @@ impl Service {
 
     /// One store's run: the pipeline and the store's own tasks (sampling, purges), then the
     /// broker service until it ends; returns how it ended and the configuration then in force.
-    /// Everything that holds the store is dropped when it returns.
+    /// Everything that holds the store is dropped when it returns. `reopened`: the store was
+    /// opened again after it could not write (reported once the service runs on it).
     async fn serve(
         &self,
         store: Store,
         config: Arc<Config>,
+        reopened: Option<Reopened>,
     ) -> anyhow::Result<(Result<(), amqp::Error>, Arc<Config>)> {
-        // A store that fails here has acked nothing: it is opened again like one the service
-        // found failing.
-        let down = |e: StoreError, config: Arc<Config>| {
+        let store = Arc::new(store);
+        // A store error here has acked nothing. If the store cannot write, it is opened again
+        // like one the service found failing; any other error (a row it cannot read) ends
+        // the process, as at start.
+        let failed = |e: StoreError, config: Arc<Config>| {
+            if store.probe().is_ok() {
+                return Err(anyhow::Error::from(e).context("preparing the store"));
+            }
             report_down(&config, &e);
             Ok((Err(amqp::Error::StoreDown(e)), config))
         };
-        let pipeline = match Pipeline::new(config.clone(), Arc::new(store)) {
+        let pipeline = match Pipeline::new(config.clone(), store.clone()) {
             Ok(pipeline) => pipeline,
-            Err(e) => return down(e, config),
+            Err(e) => return failed(e, config),
         };
         // Documents parked while their application was inactive go through now that it is
         // active; their replies wait in the outbox for the publisher.
@@ -241,22 +250,30 @@ impl Service {
             releasing.store.flush().map(|_| released)
         })
         .await?;
-        let (released, failed) = match released {
+        let (released, unreleased) = match released {
             Ok(released) => released,
-            Err(e) => return down(e, config),
+            Err(e) => return failed(e, config),
         };
-        if !released.is_empty() || failed > 0 {
+        // The pipeline holds the store from here on.
+        drop(store);
+        if !released.is_empty() || unreleased > 0 {
             tracing::info!(
                 documents = released.len(),
-                failed,
+                failed = unreleased,
                 "Released documents of re-activated applications"
             );
         }
         let live = Live::new(pipeline);
         self.readiness.set_store_open(true);
         self.slot.set(Some(live.clone()));
+        if let Some(how) = reopened {
+            emit(StoreReopened {
+                attempts: how.attempts,
+                seconds: how.since.elapsed().as_secs_f64(),
+            });
+        }
         let stop_tasks = tokio_util::sync::CancellationToken::new();
-        let mut tasks = vec![
+        let tasks = [
             tokio::spawn(telemetry::sample(
                 live.store().clone(),
                 SAMPLE_EVERY,
@@ -264,12 +281,9 @@ impl Service {
             )),
             tokio::spawn(purge_tombstones(live.clone(), stop_tasks.clone())),
             tokio::spawn(expire_markers(live.clone(), stop_tasks.clone())),
+            // Also with tracking off: timelines an earlier run tracked still expire.
+            tokio::spawn(purge_tracking(live.clone(), stop_tasks.clone())),
         ];
-        // Also with tracking off: timelines an earlier run tracked still expire.
-        tasks.push(tokio::spawn(purge_tracking(
-            live.clone(),
-            stop_tasks.clone(),
-        )));
         let result = amqp::run_live(
             live.clone(),
             self.options.clone(),
@@ -296,7 +310,7 @@ impl Service {
     /// Opens the store again, waiting `delay` (doubled each time, up to [`REOPEN_MAX`]) before
     /// each try, until it opens and takes a flushed write; `None` when a stop is requested
     /// first.
-    async fn reopen(&self, config: &Config, delay: &mut Duration) -> Option<Store> {
+    async fn reopen(&self, config: &Config, delay: &mut Duration) -> Option<(Store, Reopened)> {
         let path = config.hub.store.clone();
         let since = std::time::Instant::now();
         let mut attempts = 0u32;
@@ -322,13 +336,7 @@ impl Service {
                     tracing::info!("Stopped while the store was being opened again");
                     return None;
                 }
-                Ok(Ok(store)) => {
-                    emit(StoreReopened {
-                        attempts,
-                        seconds: since.elapsed().as_secs_f64(),
-                    });
-                    return Some(store);
-                }
+                Ok(Ok(store)) => return Some((store, Reopened { attempts, since })),
                 Ok(Err(error)) => emit(StoreReopenFailed {
                     error: &error,
                     code: error.code(),
@@ -342,6 +350,12 @@ impl Service {
             }
         }
     }
+}
+
+/// How a store was opened again: after how many attempts, since when it could not write.
+struct Reopened {
+    attempts: u32,
+    since: std::time::Instant,
 }
 
 /// The store cannot write: the ERROR line and `bodflow_store_down` (as soon as it is known,
