@@ -288,13 +288,6 @@ async fn a_full_disk_pauses_the_service_without_dead_lettering_and_it_resumes_by
     eprintln!("{waiting} of {AFTER} were waiting in the queue while the disk was full");
 }
 
-/// The value of an unlabelled metric in the service's scrape on `port`.
-fn metric(port: u16, name: &str) -> Option<f64> {
-    let text = http_get(port, "/metrics")?.1;
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-}
-
 /// `bodflow run` with its log (warnings and up) appended to `log`, HTTP on `port`.
 fn spawn_logged(
     binary: &Path,

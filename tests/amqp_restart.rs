@@ -60,12 +60,6 @@ fn wait_ready(port: u16, status: u16, reason: &str) -> Duration {
     }
 }
 
-fn metric(port: u16, name: &str) -> Option<f64> {
-    let (_, body) = http_get(port, "/metrics")?;
-    body.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restart_mid_stream_resumes_and_equals_offline_replay() {
     let started = Instant::now();

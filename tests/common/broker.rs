@@ -555,6 +555,14 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     http_request(port, "GET", path)
 }
 
+/// The value of an unlabelled metric in the scrape of the service on `port` (`None` while
+/// nothing listens or the metric is not there).
+pub fn metric(port: u16, name: &str) -> Option<f64> {
+    let (_, body) = http_get(port, "/metrics")?;
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
 /// `method path` (no body) over HTTP/1.0 on 127.0.0.1: (status, body); `None` while nothing
 /// listens.
 pub fn http_request(port: u16, method: &str, path: &str) -> Option<(u16, String)> {
