@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use bodflow::amqp::{self, topology, InboundMessage, Sender};
 use bodflow::config::{Config, DeleteMode, DeleteModeOrBool, Direction, Flows};
-use bodflow::generate::{Generator, Mix};
+use bodflow::generate::{Generator, Kind, Mix};
 use bodflow::pipeline::payload_digest;
 use broker::*;
 use futures_lite::StreamExt;
@@ -120,7 +120,10 @@ async fn bench(sizes: &Sizes, full: bool) {
     }
 
     let mut generator = Generator::new(SEED, Mix::REALISTIC);
-    let docs: Vec<Doc> = (&mut generator).take(sizes.n).map(doc).collect();
+    let (kinds, docs): (Vec<Kind>, Vec<Doc>) = (&mut generator)
+        .take(sizes.n)
+        .map(|g| (g.kind, doc(g)))
+        .unzip();
     let mean = docs.iter().map(|d| d.bytes.len()).sum::<usize>() / docs.len().max(1);
 
     // (a) + (b)
@@ -149,6 +152,8 @@ async fn bench(sizes: &Sizes, full: bool) {
 
     // (a) again + (c): the same broker I/O as (b), one reply a message
     let asking: Vec<Doc> = docs.iter().map(asking_always).collect();
+    let expected = Expected::of(&asking, &kinds);
+    purge(&ch, topology::DEAD_QUEUE).await;
     fill(&config, &asking).await;
     let reply_only_dir = tempfile::tempdir().unwrap();
     let reply_only = write_bench_config(
@@ -156,15 +161,17 @@ async fn bench(sizes: &Sizes, full: bool) {
         &reply_only_dir.path().join("store"),
         no_sync,
     );
+    let prefetch = Config::load(&reply_only).unwrap().amqp.prefetch;
     let mut service = spawn_service(binary, &reply_only, &vhost.url());
-    let processed = time_service(&ch, &config, sizes.n, (broker, service.id())).await;
+    let processed = time_service(&ch, &vhost, &config, sizes.n, (broker, service.id())).await;
     let bodflow_rate = rate(sizes.n, processed.elapsed);
     let reply_bytes = mean_ready_size(&vhost, &config);
-    // One ConfirmBOD a document, none for a re-delivery (5 % of the mix): never a fan-out.
-    let replies = usize::try_from(processed.published).unwrap();
-    assert!(
-        replies <= sizes.n && replies >= sizes.n * 4 / 5,
-        "(c) sent {replies} BODs for {} documents: not one reply a document",
+    // One ConfirmBOD a message id (a re-delivery gets none), and a copy in bodflow.dead for
+    // each invalid document: exactly, or the ratio would compare different work.
+    assert_eq!(
+        (processed.published, processed.dead_lettered),
+        (expected.replies, expected.dead_lettered),
+        "(c): (ConfirmBODs, dead letters) for {} documents",
         sizes.n
     );
     // BODFLOW_BENCH_ONLY=c stops here: (a), (b) and (c), the ratio, in about a minute.
@@ -175,7 +182,7 @@ async fn bench(sizes: &Sizes, full: bool) {
         println!("| measure | value |");
         println!("| --- | --- |");
         println!("| (b) bare lapin loop | {bare_rate:.0} msg/s |");
-        println!("| (c) bodflow run, one ConfirmBOD a message | {bodflow_rate:.0} msg/s |");
+        println!("| (c) bodflow run, prefetch {prefetch}, one ConfirmBOD a message id | {bodflow_rate:.0} msg/s |");
         println!(
             "| ratio (target ≥ 0.90) | {:.2} |",
             bodflow_rate / bare_rate
@@ -193,7 +200,10 @@ async fn bench(sizes: &Sizes, full: bool) {
     }
     let target = (bodflow_rate / 2.0).max(10.0);
     let count = (target * sizes.latency_secs) as usize;
+    // Not the generator's re-sent bytes: under a message id of their own (`lat-<i>`) their
+    // variationID is that of the record and its answer depends on the order of lanes.
     let latency_docs: Vec<Doc> = (&mut generator)
+        .filter(|g| g.kind != Kind::Duplicate)
         .take(count)
         .map(|g| asking_always(&doc(g)))
         .collect();
@@ -205,9 +215,15 @@ async fn bench(sizes: &Sizes, full: bool) {
     }
 
     // (a) again + (c'): the generated configuration, every change sent to the other two
+    purge(&ch, topology::DEAD_QUEUE).await;
     fill(&config, &docs).await;
     let mut service = spawn_service(binary, &config_path, &vhost.url());
-    let fan_out = time_service(&ch, &config, sizes.n, (broker, service.id())).await;
+    let fan_out = time_service(&ch, &vhost, &config, sizes.n, (broker, service.id())).await;
+    assert_eq!(
+        fan_out.dead_lettered, expected.dead_lettered,
+        "(c'): dead letters for {} documents",
+        sizes.n
+    );
     let fan_out_rate = rate(sizes.n, fan_out.elapsed);
     let rss_c = rss(service.id());
     signal(&service, "-TERM");
@@ -226,9 +242,10 @@ async fn bench(sizes: &Sizes, full: bool) {
     println!("| (a) fill rate, publisher confirms | {fill_rate:.0} msg/s |");
     println!("| (b) bare lapin loop (prefetch 256, 600 B reply + confirm, ack) | {bare_rate:.0} msg/s ({:.2} s) |", bare.as_secs_f64());
     println!(
-        "| (c) bodflow run, durable store, one ConfirmBOD a message (the I/O of (b)) | {bodflow_rate:.0} msg/s ({:.2} s, {} BODs out, mean {reply_bytes} B) |",
+        "| (c) bodflow run, durable store, prefetch {prefetch}, one ConfirmBOD a message id (the I/O of (b)) | {bodflow_rate:.0} msg/s ({:.2} s, {} BODs out, mean {reply_bytes} B; {} dead letters) |",
         processed.elapsed.as_secs_f64(),
-        processed.published
+        processed.published,
+        processed.dead_lettered
     );
     println!(
         "| ratio bodflow / bare loop (target ≥ 0.90) | {:.2} |",
@@ -727,7 +744,10 @@ async fn bare_loop(url: &str, n: usize) -> Duration {
 
 struct Processed {
     elapsed: Duration,
+    /// BODs on the `bodflow.to.*` queues at the end.
     published: u64,
+    /// Copies on `bodflow.dead` at the end.
+    dead_lettered: u64,
     /// CPU clock ticks of (the broker, bodflow) over `elapsed`.
     cpu: (Option<u64>, Option<u64>),
     /// [`thread_stats`] of bodflow at the start and the end of `elapsed`.
@@ -736,10 +756,41 @@ struct Processed {
 
 type ThreadStats = HashMap<u64, (String, u64, u64, u64)>;
 
+/// The BODs a service run on [`asking_always`] documents must publish.
+struct Expected {
+    /// One ConfirmBOD a message id: a re-delivered one (same bytes) is a duplicate.
+    replies: u64,
+    /// One copy in `bodflow.dead` for each invalid document's message id.
+    dead_lettered: u64,
+}
+
+impl Expected {
+    fn of(docs: &[Doc], kinds: &[Kind]) -> Expected {
+        let mut ids = std::collections::HashSet::new();
+        let mut invalid = std::collections::HashSet::new();
+        for (d, kind) in docs.iter().zip(kinds) {
+            ids.insert(d.message_id.as_str());
+            if *kind == Kind::Invalid {
+                invalid.insert(d.message_id.as_str());
+            }
+        }
+        assert!(
+            !invalid.is_empty() || docs.len() < 100,
+            "no invalid documents"
+        );
+        Expected {
+            replies: ids.len() as u64,
+            dead_lettered: invalid.len() as u64,
+        }
+    }
+}
+
 /// (c): from the first consumed message until the inbound queue is empty and the
-/// application queues stopped growing (the last change is the end; 1.5 s of quiet decides).
+/// application queues and `bodflow.dead` stopped growing (the last change is the end; 1.5 s
+/// of quiet decides). Then nothing may be left unacked on the inbound queue.
 async fn time_service(
     ch: &Channel,
+    vhost: &Vhost,
     config: &Config,
     n: usize,
     (broker, service): (Option<u32>, u32),
@@ -767,15 +818,16 @@ async fn time_service(
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
-    let mut last = 0;
+    let mut last = (0, 0);
     let mut last_change = start;
     let mut ticks_at_change = ticks_at_start.clone();
     loop {
         tokio::time::sleep(Duration::from_millis(20)).await;
         let inbound = ready_count(ch, topology::INBOUND_QUEUE).await.unwrap();
         let out = applications_ready(ch, config).await.unwrap();
-        if out != last {
-            last = out;
+        let dead = u64::from(ready_count(ch, topology::DEAD_QUEUE).await.unwrap());
+        if (out, dead) != last {
+            last = (out, dead);
             last_change = Instant::now();
             ticks_at_change = ticks();
         }
@@ -787,9 +839,15 @@ async fn time_service(
             "service too slow"
         );
     }
+    assert_eq!(
+        vhost.queue_total(topology::INBOUND_QUEUE),
+        Some(0),
+        "deliveries left on bodflow.inbound (ready or unacked) after the service went quiet"
+    );
     Processed {
         elapsed: last_change - start,
-        published: last,
+        published: last.0,
+        dead_lettered: last.1,
         // Over the same window as `elapsed`: not the start-up wait nor the quiet tail.
         cpu: (
             ticks_between(ticks_at_start.0, ticks_at_change.0),
@@ -878,15 +936,17 @@ async fn latency(url: &str, config: &Config, docs: &[Doc], rate: f64) -> Latency
         p.confirmed().await.unwrap();
     }
     sender.close().await.unwrap();
-    // Replies still in flight: wait until none arrived for a second.
-    let mut seen = 0;
-    loop {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let now = first.lock().unwrap().len();
-        if now == seen {
-            break;
-        }
-        seen = now;
+    // Every document asked for a ConfirmBOD: wait for all of them, or fail. A missing reply
+    // is never left out of the percentiles.
+    let waited = Instant::now();
+    while first.lock().unwrap().len() < docs.len() {
+        assert!(
+            waited.elapsed() < Duration::from_secs(60),
+            "(e): {} of {} documents got no reply within 60 s of the last send",
+            docs.len() - first.lock().unwrap().len(),
+            docs.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let _ = conn.close(200, "done".into()).await;
     for c in consumers {
@@ -899,13 +959,8 @@ async fn latency(url: &str, config: &Config, docs: &[Doc], rate: f64) -> Latency
         .map(|d| d.as_secs_f64() * 1000.0)
         .collect();
     all.sort_by(f64::total_cmp);
-    let pick = |q: f64| {
-        if all.is_empty() {
-            f64::NAN
-        } else {
-            all[((all.len() - 1) as f64 * q).round() as usize]
-        }
-    };
+    assert_eq!(all.len(), docs.len(), "(e): one reply a document");
+    let pick = |q: f64| all[((all.len() - 1) as f64 * q).round() as usize];
     Latency {
         sent: docs.len(),
         samples: all.len(),

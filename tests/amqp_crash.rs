@@ -21,7 +21,7 @@ const SEED: u64 = 20_260_301;
 /// `kill -9` this many times.
 const KILLS: usize = 3;
 
-/// Kill points derived from the seed: after a random share of the backlog (within each of
+/// Kill points drawn from `rng`: after a random share of the backlog (within each of
 /// `KILLS` consecutive bands of 10–80 %) has been consumed, plus a random 0–300 ms.
 fn kill_points(rng: &mut Rng) -> Vec<(usize, Duration)> {
     let band = 70 / KILLS as u64;
@@ -58,8 +58,19 @@ async fn kill_9_at_several_points_then_finish_equals_offline_replay() {
     let (_conn, ch) = connect(&vhost.url()).await;
     let binary = Path::new(env!("CARGO_BIN_EXE_bodflow"));
 
-    let mut rng = Rng(SEED);
-    for (i, (consumed, jitter)) in kill_points(&mut rng).into_iter().enumerate() {
+    // The kill points differ from run to run; a failure is reproduced with its seed.
+    let kill_seed = std::env::var("BODFLOW_CRASH_SEED")
+        .ok()
+        .map(|s| s.parse().expect("BODFLOW_CRASH_SEED is a number"))
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    let kills = kill_points(&mut Rng(kill_seed));
+    eprintln!("kill points {kills:?} (BODFLOW_CRASH_SEED={kill_seed} repeats them)");
+    for (i, (consumed, jitter)) in kills.into_iter().enumerate() {
         let mut child = spawn_service(binary, &config_path, &vhost.url());
         let _kill = common::KillOnDrop(child.id());
         let wait = Instant::now();
@@ -109,21 +120,7 @@ async fn kill_9_at_several_points_then_finish_equals_offline_replay() {
 
     let published = drain_applications(&ch, &config).await;
     assert_all_published(&expected, &published);
-    let dead: std::collections::HashSet<String> = drain_ids(&ch, topology::DEAD_QUEUE)
-        .await
-        .into_iter()
-        .collect();
-    let undead: Vec<&String> = expected
-        .rejected
-        .iter()
-        .filter(|id| !dead.contains(*id))
-        .collect();
-    assert!(
-        undead.is_empty(),
-        "{} rejected documents not dead-lettered, e.g. {:?}",
-        undead.len(),
-        undead.first()
-    );
+    assert_all_dead_lettered(&ch, &expected).await;
     eprintln!(
         "{} BODs published for {} expected; total {:.1?}",
         published.len(),

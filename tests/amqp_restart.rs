@@ -136,6 +136,7 @@ async fn broker_restart_mid_stream_resumes_and_equals_offline_replay() {
     assert_service_store(&store_dir, &docs, &expected);
     let published = drain_applications(&ch, &config).await;
     assert_all_published(&expected, &published);
+    assert_all_dead_lettered(&ch, &expected).await;
     eprintln!(
         "{} BODs published for {} expected; total {:.1?}",
         published.len(),

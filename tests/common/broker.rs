@@ -414,6 +414,31 @@ pub fn assert_all_published(expected: &Offline, published: &[String]) {
     );
 }
 
+/// Every document the offline replay rejected is in `bodflow.dead` at least once (drained);
+/// the workload must have some.
+pub async fn assert_all_dead_lettered(ch: &Channel, expected: &Offline) {
+    assert!(
+        !expected.rejected.is_empty(),
+        "the workload has no rejected documents: nothing to check"
+    );
+    let dead: std::collections::HashSet<String> = drain_ids(ch, amqp::topology::DEAD_QUEUE)
+        .await
+        .into_iter()
+        .collect();
+    let undead: Vec<&String> = expected
+        .rejected
+        .iter()
+        .filter(|id| !dead.contains(*id))
+        .collect();
+    assert!(
+        undead.is_empty(),
+        "{} of {} rejected documents not dead-lettered, e.g. {:?}",
+        undead.len(),
+        expected.rejected.len(),
+        undead.first()
+    );
+}
+
 /// Message ids on every `bodflow.to.*` queue of the configuration (drained).
 pub async fn drain_applications(ch: &Channel, config: &Config) -> Vec<String> {
     let mut ids = Vec::new();
