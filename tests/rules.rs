@@ -401,6 +401,111 @@ fn a_nouns_row_parked_again_for_an_inactive_application_stays_that_nouns_row() {
     assert_eq!(p.store.records().count(), 2);
 }
 
+/// A noun's row of a delivery whose release is refused (its sender is no longer configured)
+/// is dead-lettered, as a rejected delivery is — the row was the document's only copy — with
+/// the whole document and the noun's path (`x-bodflow-noun`). A replay of that dead letter
+/// runs that noun only, and the other noun, applied when its own value appeared, is not run
+/// again; the message id is then applied.
+#[test]
+fn a_nouns_row_refused_at_its_release_is_dead_lettered_and_its_replay_runs_that_noun() {
+    let p = pipeline(CRM_FIRST);
+    let erp = two_nouns(
+        &account("lid://erp", "E-61", 1, Some("E-61"), None),
+        &account("lid://erp", "E-62", 1, Some("E-62"), None),
+    );
+    let delivery = Input {
+        source: "amqp",
+        ..input(erp.as_bytes(), "erp-6x")
+    };
+    assert_eq!(p.process(&delivery).unwrap().outcome, Outcome::Parked);
+    let crm = run(
+        &p,
+        &account("lid://crm", "CRM-61", 1, Some("E-61"), None),
+        "crm-61",
+    );
+    assert_eq!(crm.released[0].outcome, Outcome::Applied);
+
+    // The ERP removed from the configuration: its documents are refused `unknown_sender`.
+    let without_erp = Pipeline::new(
+        Arc::new(
+            Config::from_toml(
+                &CRM_FIRST.replace(
+                    "name = \"ERP\"\nlogical_id = \"lid://erp\"",
+                    "name = \"ERP\"\nlogical_id = \"lid://erp-gone\"",
+                ),
+                "test",
+            )
+            .unwrap(),
+        ),
+        p.store.clone(),
+    )
+    .unwrap();
+    let row = parked(&p).remove(0);
+    let noun = row.noun.clone().expect("a noun's row");
+    let refused = without_erp.release(&row, Utc::now()).unwrap();
+    assert_eq!(
+        refused.outcome,
+        Outcome::Rejected,
+        "{:?}",
+        refused.decisions
+    );
+    assert!(parked(&p).is_empty());
+    let dead: Vec<_> = p
+        .store
+        .outbox()
+        .map(|r| r.unwrap().1)
+        .filter_map(|row| row.dead_letter)
+        .collect();
+    assert_eq!(
+        dead.len(),
+        1,
+        "the refused noun's document is dead-lettered"
+    );
+    assert_eq!(
+        dead[0].delivered.payload,
+        erp.as_bytes(),
+        "the whole document"
+    );
+    assert_eq!(dead[0].code, "unknown_sender");
+
+    // The ERP back, and a record that carries the second number: the dead letter replayed.
+    run(
+        &p,
+        &account("lid://crm", "CRM-62", 1, Some("E-62"), None),
+        "crm-62",
+    );
+    let envelope = bodflow::store::Envelope {
+        noun: Some(noun),
+        retry: Some("replay-1".into()),
+        ..Default::default()
+    };
+    let replay = Input {
+        source: "amqp",
+        retry: true,
+        envelope: Some(&envelope),
+        ..input(&dead[0].delivered.payload, "erp-6x")
+    };
+    let replayed = p.process(&replay).unwrap();
+    assert_eq!(
+        (replayed.outcome, replayed.action),
+        (Outcome::Applied, Some(Action::Linked)),
+        "{:?}",
+        replayed.decisions
+    );
+    // A report lists its nouns when it ran more than one.
+    assert!(
+        replayed.nouns.is_empty(),
+        "that noun only: {:?}",
+        replayed.nouns
+    );
+    assert_eq!(
+        replayed.record,
+        p.store.records().nth(1).unwrap().unwrap().id.into()
+    );
+    assert_eq!(p.store.records().count(), 2, "two accounts, no third");
+    assert_eq!(run(&p, &erp, "erp-6x").outcome, Outcome::Duplicate);
+}
+
 /// A new record carrying the value releases too (e-mail here), and so does a document in the
 /// same group commit as the parked one's trigger; a record of the other kind does not.
 #[test]

@@ -766,6 +766,10 @@ fn envelope(d: &Delivery) -> crate::store::Envelope {
         tenant_id: header_str(headers, "tenantId"),
         variation_id: header_str(headers, "variationId"),
         retry: super::dlq::retry_of(headers),
+        // Honoured only on a deliberate retry: a plain delivery runs its whole document.
+        noun: super::dlq::is_retry(headers)
+            .then(|| header_str(headers, super::dlq::NOUN_HEADER))
+            .flatten(),
     }
 }
 
@@ -906,6 +910,40 @@ async fn ack(finished: &[Finished], low: Option<u64>) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lapin::types::{AMQPValue, FieldTable};
+
+    /// `x-bodflow-noun` restricts a run to one noun only on a deliberate retry (a replayed
+    /// dead letter); on any other delivery the whole document runs.
+    #[test]
+    fn the_noun_header_counts_only_on_a_retry() {
+        let delivered = |retry: bool| {
+            let mut headers = FieldTable::default();
+            headers.insert(
+                super::super::dlq::NOUN_HEADER.into(),
+                AMQPValue::LongString("Sync/DataArea/CustomerPartyMaster[2]".into()),
+            );
+            if retry {
+                headers.insert(
+                    super::super::dlq::RETRY_HEADER.into(),
+                    AMQPValue::LongString("token-1".into()),
+                );
+            }
+            let mut d = Delivery::mock(0, "bodflow.in".into(), "".into(), false, b"<x/>".to_vec());
+            d.properties = lapin::BasicProperties::default().with_headers(headers);
+            d
+        };
+        let replayed = delivered(true);
+        let e = envelope(&replayed);
+        assert_eq!(
+            e.noun.as_deref(),
+            Some("Sync/DataArea/CustomerPartyMaster[2]")
+        );
+        assert!(input(&replayed, &e).retry);
+        let sent = delivered(false);
+        let e = envelope(&sent);
+        assert_eq!(e.noun, None, "a sender's own header runs nothing less");
+        assert!(!input(&sent, &e).retry);
+    }
 
     #[test]
     fn in_the_fallback_a_barrier_waits_for_any_failed_document_and_keys_for_their_own() {

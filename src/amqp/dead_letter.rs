@@ -36,16 +36,21 @@ pub(crate) fn encode(properties: &BasicProperties) -> Vec<u8> {
 /// (its parked row is its only copy): a parked row keeps the bytes, the message id, the
 /// envelope (`correlation_id`, ION headers) and the `reply_to`, not the delivery's routing key
 /// or its other properties. An empty routing key is routed by `bodflow dlq replay` as a
-/// delivery without one.
+/// delivery without one. The row of one noun names it in [`super::dlq::NOUN_HEADER`], so that
+/// a replay runs that noun only.
 pub(crate) fn parked_delivery(
     message_id: &str,
     envelope: &crate::store::Envelope,
     reply_to: Option<&str>,
     payload: &[u8],
+    noun: Option<&str>,
 ) -> crate::store::Delivered {
     let mut headers = FieldTable::default();
     if let Some(name) = super::document_name(payload) {
         put_header(&mut headers, "documentName", &name);
+    }
+    if let Some(noun) = noun {
+        put_header(&mut headers, super::dlq::NOUN_HEADER, noun);
     }
     for (name, value) in [
         ("fromLogicalId", &envelope.from_logical_id),
@@ -294,7 +299,7 @@ mod tests {
             variation_id: Some("7".into()),
             ..Default::default()
         };
-        let d = parked_delivery("m-1", &envelope, Some("amq.gen-reply"), b"<x/>");
+        let d = parked_delivery("m-1", &envelope, Some("amq.gen-reply"), b"<x/>", None);
         assert_eq!(
             (d.routing_key.as_str(), d.payload.as_slice()),
             ("", b"<x/>".as_slice())
@@ -316,13 +321,30 @@ mod tests {
         assert_eq!(header("tenantId").as_deref(), Some("ACME"));
         assert_eq!(header("variationId").as_deref(), Some("7"));
         assert_eq!(header("toLogicalId"), None);
-        let d = parked_delivery("m-1", &envelope, None, b"<SyncCustomerPartyMaster/>");
+        assert_eq!(
+            header(super::super::dlq::NOUN_HEADER),
+            None,
+            "a whole document's row"
+        );
+        let noun = "SyncCustomerPartyMaster/DataArea/CustomerPartyMaster[2]";
+        let d = parked_delivery(
+            "m-1",
+            &envelope,
+            None,
+            b"<SyncCustomerPartyMaster/>",
+            Some(noun),
+        );
         let p = decode(&d.properties);
         assert_eq!(p.reply_to(), &None);
         let headers = p.headers().as_ref().unwrap().inner();
         assert_eq!(
             headers.get("documentName"),
             Some(&AMQPValue::LongString("Sync.CustomerPartyMaster".into()))
+        );
+        assert_eq!(
+            headers.get(super::super::dlq::NOUN_HEADER),
+            Some(&AMQPValue::LongString(noun.into())),
+            "a noun's row names its noun"
         );
     }
 

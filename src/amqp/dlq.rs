@@ -58,6 +58,12 @@ pub const RETRY_HEADER: &str = "x-bodflow-retry";
 /// Header with the XML path a rejection names, when it names one.
 pub const PATH_HEADER: &str = "x-bodflow-path";
 
+/// Header naming the one noun (its XML path) of a document a replay runs: set on the dead
+/// letter of a parked noun's row whose release was refused, kept on replay. The document's
+/// other nouns were applied when it came, or wait in rows of their own; a retry runs the
+/// named noun only (`crate::pipeline::Input::retry`), as the row's release did.
+pub const NOUN_HEADER: &str = "x-bodflow-noun";
+
 /// Headers the consumer adds when it dead-letters (removed on replay).
 const OUR_HEADERS: [&str; 5] = [
     "x-bodflow-stage",

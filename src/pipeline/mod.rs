@@ -289,7 +289,8 @@ pub struct Context {
     /// parks again gets a new row).
     pub unpark: Option<u64>,
     /// The noun (its path) that parked row waits for, when the release runs that noun only
-    /// ([`release::prepare`]).
+    /// ([`release::prepare`]), or that a replay of the row's dead letter runs
+    /// ([`crate::store::Envelope::noun`]).
     pub released_noun: Option<String>,
     /// The sender's ApplicationArea when it could be read (decoded, or sniffed from a broken
     /// document) — needed to answer with a ConfirmBOD.
@@ -672,11 +673,10 @@ fn note_parked_nouns(
     report: &Report,
     previous: Option<&Marker>,
 ) -> TxResult<()> {
-    // A noun's release keeps the others listed; a run of the whole document lists afresh.
+    // A run of one noun (its row's release, a replay of that row's dead letter) keeps the
+    // others listed; a run of the whole document lists afresh.
     let mut parked: Vec<String> = match (&ctx.released_noun, previous) {
-        (Some(noun), Some(m)) if ctx.unpark.is_some() => {
-            m.parked.iter().filter(|p| *p != noun).cloned().collect()
-        }
+        (Some(noun), Some(m)) => m.parked.iter().filter(|p| *p != noun).cloned().collect(),
         _ => Vec::new(),
     };
     let now_parked: Vec<&str> = match state {
@@ -876,9 +876,35 @@ fn prepare_refusing(config: &Config, input: &Input<'_>, refusal: Option<&Rejecti
     // ever. It is refused instead, like any document bodflow cannot take, under the stage it
     // was in and code `internal_error`: the sender gets its ConfirmBOD, the document goes to
     // the dead-letter queue, and the others go on.
-    guarded(config, input, |stage| {
+    let mut prepared = guarded(config, input, |stage| {
         prepare_unguarded(config, input, refusal, stage)
-    })
+    });
+    // A replay of a noun's dead letter (`x-bodflow-noun`) runs that noun, as its row would.
+    if let Some(noun) = input.envelope.and_then(|e| e.noun.as_deref()) {
+        if input.retry {
+            only_noun(&mut prepared, noun);
+        }
+    }
+    prepared
+}
+
+/// Restricts a document to its noun at `path` (the row of one noun, released or replayed) and
+/// notes it in [`Context::released_noun`]. Should the document have no such noun (a row of a
+/// version whose paths differed, a replay with another body), it runs whole. A document
+/// refused before its nouns were read, or parked again for an inactive application, is still
+/// that noun's.
+fn only_noun(prepared: &mut Prepared, path: &str) {
+    match &mut prepared.state {
+        State::Ready(doc) => {
+            if let Some(at) = doc.items.iter().position(|item| item.path == path) {
+                doc.items = vec![doc.items.swap_remove(at)];
+                prepared.ctx.released_noun = Some(path.to_string());
+            }
+        }
+        State::Rejected { .. } | State::Inactive { .. } => {
+            prepared.ctx.released_noun = Some(path.to_string());
+        }
+    }
 }
 
 /// Runs `work` (a prepare that sets the stage it is in), turning its panic into the refusal
@@ -1145,6 +1171,7 @@ mod tests {
             tenant_id: Some("T1".into()),
             variation_id: Some("42".into()),
             retry: None,
+            noun: None,
         };
         let run = |bytes: &str, envelope: Option<&crate::store::Envelope>| {
             prepare(

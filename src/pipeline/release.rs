@@ -26,7 +26,7 @@ use chrono::{DateTime, Utc};
 use crate::config::Config;
 use crate::store::{Parked, Tx, TxResult};
 
-use super::{Context, Decision, Input, Prepared, Rejection, Report, Stage, State};
+use super::{Context, Decision, Input, Prepared, Rejection, Report, Stage};
 
 /// Rounds of releases one document may cause (a released document's change may release
 /// others). Bounds the work of one transaction; documents left over stay parked and indexed
@@ -125,35 +125,23 @@ pub(super) fn prepare(
     };
     let mut prepared = super::prepare_refusing(config, &input, refusal);
     prepared.ctx.unpark = Some(parked.seq);
-    // A delivery's whole document: its row is its only copy, so a release that rejects it
-    // dead-letters it as its delivery would have been (a file's document is still its file).
-    // Not a noun's row: the document's other nouns were applied when it came, and a replay of
-    // the dead letter would run them all again (a `Process` noun without an ID would create a
-    // second record); its rejection is answered and recorded, as before. An operator's
-    // refusal is of a whole document: a noun's row is refused only when its document has no
-    // other noun ([`super::Pipeline::reject_parked`]).
-    if parked.source == crate::amqp::SOURCE && (parked.noun.is_none() || refusal.is_some()) {
+    // A delivery's row is its only copy (the delivery was acked when it parked), so a release
+    // that rejects it dead-letters it as its delivery would have been (a file's document is
+    // still its file). A noun's row is dead-lettered with the whole document and the noun's
+    // path in `x-bodflow-noun`: a replay of it runs that noun only, as the release did — the
+    // document's other nouns were applied when it came (a `Process` noun without an ID would
+    // create a second record) or wait in rows of their own.
+    if parked.source == crate::amqp::SOURCE {
         prepared.ctx.delivered = Some(std::sync::Arc::new(crate::amqp::parked_delivery(
             &parked.message_id,
             &parked.envelope,
             parked.reply_to.as_deref(),
             &parked.payload.0,
+            parked.noun.as_deref(),
         )));
     }
     if let Some(path) = &parked.noun {
-        match &mut prepared.state {
-            State::Ready(doc) => {
-                if let Some(at) = doc.items.iter().position(|item| &item.path == path) {
-                    doc.items = vec![doc.items.swap_remove(at)];
-                    prepared.ctx.released_noun = Some(path.clone());
-                }
-            }
-            // Still the row of that noun: refused (the whole document), or parked again for
-            // an inactive application — as that noun's row ([`super::apply_in`]).
-            State::Rejected { .. } | State::Inactive { .. } => {
-                prepared.ctx.released_noun = Some(path.clone());
-            }
-        }
+        super::only_noun(&mut prepared, path);
     }
     prepared
 }

@@ -476,6 +476,11 @@ pub struct Envelope {
     /// The token of the dead-letter replay this delivery is (`x-bodflow-retry`), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<String>,
+    /// The one noun (its XML path) a deliberate retry runs (`x-bodflow-noun`): the dead letter
+    /// of a parked noun's row whose release was refused. Only read with [`Self::retry`]'s
+    /// header (`crate::pipeline::Input::retry`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub noun: Option<String>,
 }
 
 impl Envelope {
