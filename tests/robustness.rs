@@ -679,3 +679,50 @@ fn documents_built_to_cost_memory_or_work_are_refused_by_limits_with_a_path() {
     let report = pipeline.commit(&prepared).unwrap();
     assert_eq!(report.error.as_ref().map(|e| e.code), Some("too_long"));
 }
+
+/// A bulk Sync of 500 nouns (2 MiB) to an application that creates nothing by itself: every
+/// noun parks in a row of its own, and the document's bytes are stored once, not once a row
+/// (500 copies would be a gigabyte written in one transaction, and held in memory until it
+/// commits). Each row still reads back the whole document.
+#[test]
+fn a_document_whose_many_nouns_park_is_stored_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::from_toml(
+        "[[applications]]\nname = \"ln\"\nlogical_id = \"lid://ln\"\ncreate_policy = \"manual\"\n",
+        "t",
+    )
+    .unwrap();
+    let store = Arc::new(Store::open(&dir.path().join("store")).unwrap());
+    let pipeline = Pipeline::new(Arc::new(config), store.clone()).unwrap();
+    let nouns: String = (0..500)
+        .map(|i| {
+            format!(
+                "<CustomerPartyMaster><PartyIDs><ID>C{i}</ID></PartyIDs><Name>Acme {i}</Name></CustomerPartyMaster>"
+            )
+        })
+        .collect();
+    let doc = format!(
+        "<SyncCustomerPartyMaster><ApplicationArea><Sender><LogicalID>lid://ln</LogicalID></Sender>\
+         <BODID>b-bulk</BODID></ApplicationArea><DataArea><Sync/>{nouns}</DataArea><!-- {} --></SyncCustomerPartyMaster>",
+        "p".repeat(2 << 20)
+    );
+    let started = Instant::now();
+    let report = pipeline
+        .process(&Input::file(doc.as_bytes(), "bulk.xml", Utc::now()))
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(report.outcome, Outcome::Parked, "{:?}", report.decisions);
+    let rows: Vec<_> = store.parked().map(|r| r.unwrap()).collect();
+    assert_eq!(rows.len(), 500, "a row a noun");
+    assert!(rows.iter().all(|r| r.payload.0 == doc.as_bytes()));
+    store.flush().unwrap();
+    let size = store.size_on_disk().unwrap();
+    eprintln!(
+        "500 nouns of a {} byte document parked in {took:.1?}; store {size} bytes",
+        doc.len()
+    );
+    assert!(
+        size < 64 << 20,
+        "the store holds {size} bytes for one 2 MiB document"
+    );
+}

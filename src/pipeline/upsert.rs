@@ -721,6 +721,7 @@ fn place_new(
             key: Some(item.key.clone()),
             source: ctx.source.clone(),
             payload: ctx.payload.clone(),
+            payload_ref: None,
             envelope: ctx.envelope.clone(),
             reply_to: ctx.reply_to.clone(),
             match_values,

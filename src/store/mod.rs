@@ -13,7 +13,9 @@
 //! | `i` | match key, normalised value | hub IDs |
 //! | `m` | message id | [`Marker`] |
 //! | `o` | big-endian group sequence | the [`OutboxRow`]s one transaction emitted, LZ4-compressed |
-//! | `p` | big-endian sequence | [`Parked`] |
+//! | `p` | big-endian sequence | [`Parked`] (its payload in `d`) |
+//! | `d` | BLAKE3 digest (hex) of a parked document's bytes | the bytes, once however many rows share them ([`Parked::payload_ref`]) |
+//! | `f` | that digest, big-endian sequence | nothing: the parked rows that share the `d` value (it goes with the last) |
 //! | `n` | kind, match key, normalised value | sequences of `no_match` parked documents carrying it |
 //! | `q` | the `x` key a parked document waits to be linked, big-endian sequence | nothing: `no_match` and `ambiguous_match` documents by their key ([`Tx::wake_parked_for`]) |
 //! | `u` | message id, a separator, big-endian sequence | nothing: parked documents by message id (the markers they hold, [`Store::parked_marker_keys`]) |
@@ -635,6 +637,28 @@ fn parked_id_key(message_id: &str, seq: u64) -> Vec<u8> {
     k
 }
 
+/// Where the bytes with this digest are kept (`d`).
+fn payload_key(digest: &str) -> Vec<u8> {
+    key(b'd', &[digest])
+}
+
+/// `f`, the digest, a separator: where the rows sharing those bytes are listed.
+fn payload_refs_prefix(digest: &str) -> Vec<u8> {
+    let mut k = key(b'f', &[digest]);
+    k.push(SEP);
+    k
+}
+
+/// A parked row's payload as read, or the error that names the row whose payload is gone.
+fn payload_or_missing(row: &[u8], bytes: Option<sled::IVec>) -> Result<Vec<u8>, StoreError> {
+    bytes
+        .map(|b| b.to_vec())
+        .ok_or_else(|| StoreError::Corrupt {
+            key: String::from_utf8_lossy(row).into_owned(),
+            message: "its payload is missing".into(),
+        })
+}
+
 /// The message id of a `u` entry.
 fn parked_id_of(k: &[u8]) -> Option<&[u8]> {
     k.get(1..k.len().checked_sub(9)?)
@@ -1154,9 +1178,16 @@ impl Store {
         Ok(())
     }
 
-    /// Parked documents in parking order.
+    /// Parked documents in parking order, with their payloads.
     pub fn parked(&self) -> impl Iterator<Item = Result<Parked, StoreError>> + '_ {
-        self.scan::<Parked>(b'p').map(|r| r.map(|(_, v)| v))
+        self.scan::<Parked>(b'p').map(|r| {
+            let (k, mut parked) = r?;
+            if let Some(digest) = &parked.payload_ref {
+                let bytes = self.hub.get(payload_key(digest))?;
+                parked.payload = Payload(payload_or_missing(&k, bytes)?);
+            }
+            Ok(parked)
+        })
     }
 
     /// Hub IDs of the records of one kind, in hub-ID order (keys only: cheap to count and to
@@ -1534,27 +1565,58 @@ impl Tx<'_> {
         Ok(())
     }
 
-    /// Removes a parked document (it is being released), with its index entries.
+    /// Removes a parked document (it is being released), with its index entries, and its
+    /// payload when no other row shares it.
     pub fn unpark(&self, seq: u64) -> TxResult<()> {
-        if let Some(parked) = self.parked(seq)? {
+        // The row alone: its payload is not needed to remove it.
+        if let Some(parked) = self.get::<Parked>(&seq_key(b'p', seq))? {
             self.index_parked(&parked, false)?;
+            if let Some(digest) = &parked.payload_ref {
+                let mut refs = payload_refs_prefix(digest);
+                refs.extend_from_slice(&seq.to_be_bytes());
+                self.raw_remove(refs);
+                if !self.any_key_under(&payload_refs_prefix(digest))? {
+                    self.raw_remove(payload_key(digest));
+                }
+            }
         }
         self.raw_remove(seq_key(b'p', seq));
         Ok(())
     }
 
-    /// Parks a document; a `no_match` document is indexed under its match values.
+    /// Parks a document; a `no_match` document is indexed under its match values. Its bytes
+    /// are stored once, under their digest, however many of the document's nouns park: a
+    /// bulk Sync of a thousand nouns of a 4 MiB document would otherwise write a thousand
+    /// copies in one transaction.
     pub fn park(&self, mut parked: Parked) -> TxResult<u64> {
         let seq = self.seqs.parked.fetch_add(1, Ordering::Relaxed);
         parked.seq = seq;
         self.index_parked(&parked, true)?;
+        let payload = std::mem::take(&mut parked.payload);
+        let digest = blake3::hash(&payload.0).to_hex().to_string();
+        let at = payload_key(&digest);
+        if !self.raw_contains(&at)? {
+            self.raw_insert(at, payload.0);
+        }
+        let mut refs = payload_refs_prefix(&digest);
+        refs.extend_from_slice(&seq.to_be_bytes());
+        self.raw_insert(refs, &[] as &[u8]);
+        parked.payload_ref = Some(digest);
         self.put(seq_key(b'p', seq), &parked)?;
         Ok(seq)
     }
 
-    /// The parked document with this sequence, if still parked.
+    /// The parked document with this sequence, if still parked, with its payload.
     pub fn parked(&self, seq: u64) -> TxResult<Option<Parked>> {
-        self.get(&seq_key(b'p', seq))
+        let k = seq_key(b'p', seq);
+        let Some(mut parked) = self.get::<Parked>(&k)? else {
+            return Ok(None);
+        };
+        if let Some(digest) = &parked.payload_ref {
+            let bytes = self.raw_get(&payload_key(digest))?;
+            parked.payload = Payload(payload_or_missing(&k, bytes)?);
+        }
+        Ok(Some(parked))
     }
 
     fn index_parked(&self, parked: &Parked, add: bool) -> TxResult<()> {
@@ -1705,6 +1767,26 @@ impl Tx<'_> {
             .iter()
             .map(|k| String::from_utf8_lossy(&k[prefix.len()..]).into_owned())
             .collect())
+    }
+
+    /// Whether any key under `prefix` is there as this transaction sees it (stops at the
+    /// first).
+    fn any_key_under(&self, prefix: &[u8]) -> TxResult<bool> {
+        let writes = self.writes.borrow();
+        let written = writes
+            .range(prefix.to_vec()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .any(|(_, v)| v.is_some());
+        if written {
+            return Ok(true);
+        }
+        for k in self.tree.scan_prefix(prefix).keys() {
+            let k = k?;
+            if !matches!(writes.get(k.as_ref()), Some(None)) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// The keys under `prefix` as this transaction sees them: the tree's, with those it
@@ -2350,6 +2432,80 @@ mod tests {
     }
 
     #[test]
+    fn rows_of_one_document_share_its_payload_which_goes_with_the_last_of_them() {
+        let store = Store::temporary().unwrap();
+        let big = format!("<x>{}</x>", "y".repeat(100_000));
+        let row = |id: &str, payload: &str| Parked {
+            payload: payload.into(),
+            ..Parked::for_test(id, ParkReason::ManualLink, None)
+        };
+        let count = |prefix: u8| store.hub.scan_prefix([prefix]).count();
+        let (a, b, c) = store
+            .transact(|tx| {
+                let a = tx.park(row("m-1", &big))?;
+                let b = tx.park(row("m-1", &big))?;
+                // Read back in the transaction that wrote it.
+                assert_eq!(tx.parked(b)?.unwrap().payload.0, big.as_bytes());
+                Ok((a, b, tx.park(row("m-2", "<other/>"))?))
+            })
+            .unwrap();
+        assert_eq!(count(b'd'), 2, "one copy of each document's bytes");
+        assert_eq!(count(b'f'), 3);
+        let stored = store.hub.get(seq_key(b'p', a)).unwrap().unwrap();
+        assert!(
+            stored.len() < 1_000,
+            "the row holds no copy: {} bytes",
+            stored.len()
+        );
+        let payloads: Vec<Vec<u8>> = store.parked().map(|p| p.unwrap().payload.0).collect();
+        assert_eq!(
+            payloads,
+            [big.as_bytes(), big.as_bytes(), b"<other/>".as_slice()]
+        );
+
+        store.transact(|tx| tx.unpark(a)).unwrap();
+        assert_eq!(count(b'd'), 2, "the other row still needs it");
+        assert_eq!(
+            store
+                .transact(|tx| tx.parked(b))
+                .unwrap()
+                .unwrap()
+                .payload
+                .0,
+            big.as_bytes()
+        );
+        // The last row and the one of other bytes, in one transaction.
+        store
+            .transact(|tx| {
+                tx.unpark(b)?;
+                tx.unpark(c)
+            })
+            .unwrap();
+        assert_eq!((count(b'd'), count(b'f'), count(b'p')), (0, 0, 0));
+
+        // A row of an earlier version holds its payload inline, and is read as it was.
+        let old = Parked {
+            seq: 9,
+            ..row("m-3", "<inline/>")
+        };
+        store
+            .hub
+            .insert(seq_key(b'p', 9), serde_json::to_vec(&old).unwrap())
+            .unwrap();
+        assert_eq!(store.parked().next().unwrap().unwrap(), old);
+        store.transact(|tx| tx.unpark(9)).unwrap();
+        assert_eq!(count(b'p'), 0);
+
+        // A row whose payload is gone is a named error, not an empty document.
+        let lost = store.transact(|tx| tx.park(row("m-4", "<lost/>"))).unwrap();
+        let digest = blake3::hash(b"<lost/>").to_hex().to_string();
+        store.hub.remove(payload_key(&digest)).unwrap();
+        let e = store.parked().next().unwrap().unwrap_err();
+        assert!(e.to_string().contains("payload is missing"), "{e}");
+        assert!(store.transact(|tx| tx.parked(lost)).is_err());
+    }
+
+    #[test]
     fn no_match_parked_rows_are_indexed_woken_once_and_unindexed_on_release() {
         let store = Store::temporary().unwrap();
         let parked = |id: &str, reason, values: Vec<(MatchKey, String)>| Parked {
@@ -2365,6 +2521,7 @@ mod tests {
             }),
             source: "s".into(),
             payload: "<x/>".into(),
+            payload_ref: None,
             envelope: Default::default(),
             reply_to: None,
             match_values: values,

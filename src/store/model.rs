@@ -315,6 +315,7 @@ impl Parked {
             key,
             source: "s".into(),
             payload: "<x/>".into(),
+            payload_ref: None,
             envelope: Default::default(),
             reply_to: None,
             match_values: Vec::new(),
@@ -512,6 +513,12 @@ pub struct Tombstone {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Payload(pub Vec<u8>);
 
+impl Payload {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 impl From<&str> for Payload {
     fn from(text: &str) -> Payload {
         Payload(text.as_bytes().to_vec())
@@ -571,7 +578,17 @@ pub struct Parked {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<XrefKey>,
     pub source: String,
+    /// The document's bytes. Stored once per document ([`Self::payload_ref`]) however many of
+    /// its nouns park: a row holds it inline only when an earlier version wrote it.
+    #[serde(default, skip_serializing_if = "Payload::is_empty")]
     pub payload: Payload,
+    /// Where the store keeps [`Self::payload`]: the BLAKE3 digest of the bytes (hex), the key
+    /// of one copy that every row of the same bytes shares. Filled in by the store; a row
+    /// without it (an earlier version's) holds its payload inline. A version before this
+    /// field finds no `payload` in such a row and leaves it parked as unreadable, never
+    /// releasing an empty document.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_ref: Option<String>,
     /// The delivery's envelope (its ION headers).
     #[serde(default, skip_serializing_if = "Envelope::is_empty")]
     pub envelope: Envelope,
