@@ -806,11 +806,8 @@ fn a_hard_deleted_accounts_contacts_wait_for_it_and_follow_it_when_it_comes_back
 #[test]
 fn a_record_keeps_about_one_documents_worth_of_userarea_values() {
     let p = pipeline();
-    // 3,000 UserArea values named `{prefix}0`.. in LN's account C5 at `variation`.
-    let with = |prefix: &str, variation: u32| {
-        let values: String = (0..3_000)
-            .map(|i| format!(r#"<Property><NameValue name="{prefix}{i}">v</NameValue></Property>"#))
-            .collect();
+    // LN's account C5 at `variation` with `values` in its UserArea.
+    let carrying = |values: &str, variation: u32| {
         account("C5", "Delta", "AUT")
             .replace(
                 r#"variationID="1""#,
@@ -820,6 +817,13 @@ fn a_record_keeps_about_one_documents_worth_of_userarea_values() {
                 "</CustomerPartyMaster>",
                 &format!("<UserArea>{values}</UserArea></CustomerPartyMaster>"),
             )
+    };
+    // 3,000 UserArea values named `{prefix}0`..
+    let with = |prefix: &str, variation: u32| {
+        let values: String = (0..3_000)
+            .map(|i| format!(r#"<Property><NameValue name="{prefix}{i}">v</NameValue></Property>"#))
+            .collect();
+        carrying(&values, variation)
     };
     let first = p
         .process(&input(with("a", 1).as_bytes(), "m-1", false))
@@ -843,6 +847,44 @@ fn a_record_keeps_about_one_documents_worth_of_userarea_values() {
             .contains("the 1000 values first seen longest ago dropped")),
         "{:?}",
         second.decisions
+    );
+
+    // And as many bytes (1 MiB): values of 300,000 bytes, three a document.
+    let large = |prefix: &str, count: usize, variation: u32| {
+        let values: String = (0..count)
+            .map(|i| format!("<{prefix}{i}>{}</{prefix}{i}>", "x".repeat(300_000)))
+            .collect();
+        carrying(&values, variation)
+    };
+    let third = p
+        .process(&input(large("c", 3, 3).as_bytes(), "m-3", false))
+        .unwrap();
+    assert_eq!(third.outcome, Outcome::Applied, "{:?}", third.decisions);
+    let fourth = p
+        .process(&input(large("d", 3, 4).as_bytes(), "m-4", false))
+        .unwrap();
+    assert_eq!(fourth.outcome, Outcome::Applied, "{:?}", fourth.decisions);
+    let names: Vec<String> = stored(&p, fourth.record.as_deref())
+        .fields
+        .user_area
+        .into_iter()
+        .map(|v| v.name)
+        .collect();
+    assert_eq!(names, ["d0", "d1", "d2"], "the newest MiB");
+    let too_much = p
+        .process(&input(large("e", 4, 5).as_bytes(), "m-5", false))
+        .unwrap();
+    let e = too_much
+        .error
+        .expect("1.2 MB of UserArea values are refused");
+    assert_eq!(
+        (e.code, e.path.as_deref()),
+        (
+            "too_complex",
+            Some("/SyncCustomerPartyMaster/DataArea/CustomerPartyMaster/UserArea")
+        ),
+        "{}",
+        e.message
     );
 }
 

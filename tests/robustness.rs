@@ -726,3 +726,48 @@ fn a_document_whose_many_nouns_park_is_stored_once() {
         "the store holds {size} bytes for one 2 MiB document"
     );
 }
+
+/// One document of 1,000 nouns of the same account, the first carrying a MiB of UserArea
+/// values (the most a document may): each noun reads and writes that record, which the
+/// transaction keeps decoded, so the document costs about a thousand copies of it in memory,
+/// not a thousand JSON decodes and encodes. Before, it held the committer for seconds.
+#[test]
+fn many_nouns_of_one_record_with_a_mib_of_user_area_take_little_time() {
+    let config = Config::from_toml(
+        "[[applications]]\nname = \"ln\"\nlogical_id = \"lid://ln\"\n",
+        "t",
+    )
+    .unwrap();
+    let pipeline = Pipeline::new(Arc::new(config), Arc::new(Store::temporary().unwrap())).unwrap();
+    let values: String = (0..16)
+        .map(|i| format!("<V{i}>{}</V{i}>", "x".repeat(65_000)))
+        .collect();
+    let noun = |variation: usize, user_area: &str| {
+        format!(
+            "<CustomerPartyMaster><PartyIDs><ID variationID=\"{variation}\">C1</ID></PartyIDs>\
+             <Name>Acme {variation}</Name>{user_area}</CustomerPartyMaster>"
+        )
+    };
+    let nouns: String = std::iter::once(noun(1, &format!("<UserArea>{values}</UserArea>")))
+        .chain((2..=1_000).map(|v| noun(v, "")))
+        .collect();
+    let doc = format!(
+        "<SyncCustomerPartyMaster><ApplicationArea><Sender><LogicalID>lid://ln</LogicalID></Sender>\
+         <BODID>b-same</BODID></ApplicationArea><DataArea><Sync/>{nouns}</DataArea></SyncCustomerPartyMaster>"
+    );
+    let started = Instant::now();
+    let report = pipeline
+        .process(&Input::file(doc.as_bytes(), "same.xml", Utc::now()))
+        .unwrap();
+    let took = started.elapsed();
+    eprintln!("1,000 nouns of one record with a MiB of UserArea: {took:.1?}");
+    assert_eq!(report.outcome, Outcome::Applied, "{:?}", report.error);
+    let record = pipeline.store.records().next().unwrap().unwrap();
+    assert_eq!(record.fields.user_area.len(), 16);
+    assert_eq!(
+        record.fields.identity.name.as_deref(),
+        Some("Acme 1000"),
+        "the last noun is the record's state"
+    );
+    assert!(took < SLOW, "took {took:?}");
+}

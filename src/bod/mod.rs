@@ -278,6 +278,13 @@ pub struct NameValue {
     pub value: String,
 }
 
+impl NameValue {
+    /// Its bytes: name, type and value.
+    pub fn size(&self) -> usize {
+        self.name.len() + self.kind.as_ref().map_or(0, String::len) + self.value.len()
+    }
+}
+
 /// `CustomerPartyMaster`.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Party {

@@ -53,7 +53,7 @@ pub fn read_bod(dom: &Dom<'_>) -> Result<Bod, DecodeError> {
     }
     let mut nouns = Vec::with_capacity(noun_idxs.len());
     // `UserArea` values the document may still carry, over all its nouns.
-    let mut user_area = MAX_USER_AREA_VALUES;
+    let mut user_area = UserAreaBudget::default();
     for &n in &noun_idxs {
         let name = dom.node(n).name;
         let (same_name, read) = named.entry(name).or_default();
@@ -396,14 +396,36 @@ pub const MAX_USER_AREA_VALUES: usize = 5_000;
 /// expand into gigabytes of names: long element names nested deep, above many leaves.
 pub const MAX_USER_AREA_NAME_BYTES: usize = 1_024;
 
+/// Most bytes of `UserArea` values (names, types and values) one document may carry, over all
+/// its nouns. bodflow keeps them on the record, which every change reads and writes whole: a
+/// document of the allowed size whose UserArea is one 3.5 MB value would make each later
+/// change of that record cost as much (a record keeps at most this much, too).
+pub const MAX_USER_AREA_BYTES: usize = 1 << 20;
+
+/// What a document may still carry of `UserArea` values, over all its nouns.
+pub(crate) struct UserAreaBudget {
+    values: usize,
+    bytes: usize,
+}
+
+impl Default for UserAreaBudget {
+    fn default() -> Self {
+        UserAreaBudget {
+            values: MAX_USER_AREA_VALUES,
+            bytes: MAX_USER_AREA_BYTES,
+        }
+    }
+}
+
 /// Everything under `UserArea`: `Property/NameValue` pairs by name, any other leaf by its path.
-/// Each value is taken from `budget` (see [`MAX_USER_AREA_VALUES`]); going over it, or a name
-/// over [`MAX_USER_AREA_NAME_BYTES`], is `too_complex` at `{path}/UserArea`.
+/// Each value is taken from `budget` ([`MAX_USER_AREA_VALUES`], [`MAX_USER_AREA_BYTES`]);
+/// going over it, or a name over [`MAX_USER_AREA_NAME_BYTES`], is `too_complex` at
+/// `{path}/UserArea`.
 fn read_user_area(
     dom: &Dom<'_>,
     at: usize,
     path: &str,
-    budget: &mut usize,
+    budget: &mut UserAreaBudget,
 ) -> Result<Vec<NameValue>, DecodeError> {
     let mut out = Vec::new();
     for ua in dom.all_children(at) {
@@ -429,16 +451,24 @@ fn collect_user_area(
     at: usize,
     prefix: &str,
     out: &mut Vec<NameValue>,
-    budget: &mut usize,
+    budget: &mut UserAreaBudget,
 ) -> Result<(), String> {
     let el = dom.node(at);
     let mut push = |value: NameValue| {
-        if *budget == 0 {
+        if budget.values == 0 {
             return Err(format!(
                 "more than {MAX_USER_AREA_VALUES} UserArea values in the document"
             ));
         }
-        *budget -= 1;
+        let size = value.size();
+        if size > budget.bytes {
+            return Err(format!(
+                "UserArea values of more than {} KiB in the document",
+                MAX_USER_AREA_BYTES / 1024
+            ));
+        }
+        budget.values -= 1;
+        budget.bytes -= size;
         out.push(value);
         Ok(())
     };
@@ -486,7 +516,7 @@ fn read_party(
     dom: &Dom<'_>,
     at: usize,
     path: String,
-    user_area: &mut usize,
+    user_area: &mut UserAreaBudget,
 ) -> Result<Party, DecodeError> {
     let user_area = read_user_area(dom, at, &path, user_area)?;
     let addresses = addresses_under(dom, at, "Location");
@@ -530,7 +560,7 @@ fn read_contact(
     dom: &Dom<'_>,
     at: usize,
     path: String,
-    user_area: &mut usize,
+    user_area: &mut UserAreaBudget,
 ) -> Result<Contact, DecodeError> {
     let user_area = read_user_area(dom, at, &path, user_area)?;
     let details = named_children(dom, at, "CommunicationDetail");

@@ -28,7 +28,7 @@
 //! [`Emitter`]. This module only reads and writes through the transaction: an error drops the
 //! whole write set, so nothing half-applied can remain.
 
-use crate::bod::read::MAX_USER_AREA_VALUES;
+use crate::bod::read::{MAX_USER_AREA_BYTES, MAX_USER_AREA_VALUES};
 use crate::config::{Application, Config, CreatePolicy, DeleteMode, FieldGroup, MatchKey};
 use crate::store::{
     Fields, HubRecord, Kind, Marker, Owner, ParkReason, Parked, Tombstone, Tx, TxResult, Xref,
@@ -475,22 +475,7 @@ fn merge(
     {
         record.owner.owner = item.owner.owner.clone();
     }
-    for nv in &incoming.user_area {
-        match current.user_area.iter_mut().find(|c| c.name == nv.name) {
-            Some(c) => *c = nv.clone(),
-            None => current.user_area.push(nv.clone()),
-        }
-    }
-    // A record keeps at most as many values as one document may carry: a sender naming new
-    // values in every document (a date in the name, say) would otherwise grow it for ever.
-    // The values first seen longest ago go.
-    let over = current.user_area.len().saturating_sub(MAX_USER_AREA_VALUES);
-    if over > 0 {
-        current.user_area.drain(..over);
-        notes.push(format!(
-            "UserArea: the {over} values first seen longest ago dropped (a record keeps at most {MAX_USER_AREA_VALUES})"
-        ));
-    }
+    merge_user_area(&mut current.user_area, &incoming.user_area, notes);
     let skipped: Vec<&str> = FieldGroup::ALL
         .iter()
         .filter(|g| !groups.contains(g))
@@ -1368,6 +1353,46 @@ impl Applied {
         }
         report.decisions.extend(self.emitted);
         report
+    }
+}
+
+/// Merges a document's `UserArea` values into a record's by name (a value named again
+/// replaces the one kept, a new name is added at the end), looking names up in a map: a
+/// document of 5,000 values on a record of 5,000 would otherwise compare names 25 million
+/// times. A record keeps at most as many values, and as many bytes, as one document may
+/// carry: a sender naming new values in every document (a date in the name, say) would
+/// otherwise grow it for ever. The values first seen longest ago go.
+fn merge_user_area(
+    kept: &mut Vec<crate::bod::NameValue>,
+    incoming: &[crate::bod::NameValue],
+    notes: &mut Vec<String>,
+) {
+    let mut at: std::collections::HashMap<String, usize> = kept
+        .iter()
+        .enumerate()
+        .map(|(i, nv)| (nv.name.clone(), i))
+        .collect();
+    for nv in incoming {
+        match at.get(&nv.name) {
+            Some(&i) => kept[i] = nv.clone(),
+            None => {
+                at.insert(nv.name.clone(), kept.len());
+                kept.push(nv.clone());
+            }
+        }
+    }
+    let mut over = kept.len().saturating_sub(MAX_USER_AREA_VALUES);
+    let mut bytes: usize = kept[over..].iter().map(crate::bod::NameValue::size).sum();
+    while bytes > MAX_USER_AREA_BYTES && over < kept.len() {
+        bytes -= kept[over].size();
+        over += 1;
+    }
+    if over > 0 {
+        kept.drain(..over);
+        notes.push(format!(
+            "UserArea: the {over} values first seen longest ago dropped (a record keeps at most {MAX_USER_AREA_VALUES}, of {} KiB)",
+            MAX_USER_AREA_BYTES / 1024
+        ));
     }
 }
 

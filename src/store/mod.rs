@@ -43,7 +43,7 @@ pub mod model;
 pub mod track;
 
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -826,6 +826,7 @@ impl Store {
         // gaps; markers it looked up enter the filter only when applied.
         let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&tx)))
             .map_err(|panic| StoreError::Internal(crate::panic_message(&*panic)))??;
+        tx.write_records()?;
         tx.write_outbox_group()?;
         tx.write_tracking_group()?;
         tx.write_marker_list()?;
@@ -864,6 +865,7 @@ impl Store {
         let _confirms = locked(&self.confirms);
         let tx = self.new_tx();
         let out = f(&tx)?;
+        tx.write_records()?;
         debug_assert!(tx.outbox.borrow().is_none() && tx.tracking.borrow().is_none());
         // Markers are written only under the writer lock, with their list ([`expire`]).
         debug_assert!(tx
@@ -887,6 +889,7 @@ impl Store {
         Tx {
             tree: &self.hub,
             writes: RefCell::new(BTreeMap::new()),
+            records: RefCell::new(HashMap::new()),
             seqs: &self.seqs,
             outbox: RefCell::new(None),
             detached: self
@@ -1291,6 +1294,10 @@ pub struct Tx<'a> {
     tree: &'a sled::Tree,
     /// Pending writes (`None`: removal), applied atomically by [`Store::transact`].
     writes: RefCell<BTreeMap<Vec<u8>, Option<sled::IVec>>>,
+    /// The records it wrote (`None`: removed), by hub ID, encoded into [`Self::writes`] once
+    /// at its end: a document of many nouns of one key reads and writes that record once a
+    /// noun, and a record may hold a MiB of UserArea values.
+    records: RefCell<HashMap<String, Option<HubRecord>>>,
     seqs: &'a Sequences,
     /// This transaction's outbox group: its sequence and encoded rows, written at the end.
     outbox: RefCell<Option<(u64, Vec<Vec<u8>>)>>,
@@ -1369,15 +1376,32 @@ impl Tx<'_> {
     }
 
     pub fn record(&self, id: &str) -> TxResult<Option<HubRecord>> {
+        if let Some(written) = self.records.borrow().get(id) {
+            return Ok(written.clone());
+        }
         self.get(&key(b'r', &[id]))
     }
 
     pub fn put_record(&self, record: &HubRecord) -> TxResult<()> {
-        self.put(key(b'r', &[&record.id]), record)
+        self.records
+            .borrow_mut()
+            .insert(record.id.clone(), Some(record.clone()));
+        Ok(())
     }
 
     pub fn remove_record(&self, id: &str) -> TxResult<()> {
-        self.raw_remove(key(b'r', &[id]));
+        self.records.borrow_mut().insert(id.to_string(), None);
+        Ok(())
+    }
+
+    /// Encodes the records it wrote into its writes (at its end).
+    fn write_records(&self) -> TxResult<()> {
+        for (id, record) in self.records.take() {
+            match record {
+                Some(record) => self.put(key(b'r', &[&id]), &record)?,
+                None => self.raw_remove(key(b'r', &[&id])),
+            }
+        }
         Ok(())
     }
 
