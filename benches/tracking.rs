@@ -123,6 +123,7 @@ fn build(n: usize) -> Fixture {
                             tracked: vec![at],
                             run: 0,
                             parked: Vec::new(),
+                            refused: Vec::new(),
                             retry: None,
                             at: None,
                         },

@@ -403,9 +403,9 @@ fn a_nouns_row_parked_again_for_an_inactive_application_stays_that_nouns_row() {
 
 /// A noun's row of a delivery whose release is refused (its sender is no longer configured)
 /// is dead-lettered, as a rejected delivery is — the row was the document's only copy — with
-/// the whole document and the noun's path (`x-bodflow-noun`). A replay of that dead letter
-/// runs that noun only, and the other noun, applied when its own value appeared, is not run
-/// again; the message id is then applied.
+/// the whole document and the noun's path (`x-bodflow-noun`). The document's other noun is
+/// released and applied afterwards, which makes the message id `applied`; a replay of the
+/// dead letter still runs — that noun only — and is then a duplicate like the message id.
 #[test]
 fn a_nouns_row_refused_at_its_release_is_dead_lettered_and_its_replay_runs_that_noun() {
     let p = pipeline(CRM_FIRST);
@@ -418,14 +418,9 @@ fn a_nouns_row_refused_at_its_release_is_dead_lettered_and_its_replay_runs_that_
         ..input(erp.as_bytes(), "erp-6x")
     };
     assert_eq!(p.process(&delivery).unwrap().outcome, Outcome::Parked);
-    let crm = run(
-        &p,
-        &account("lid://crm", "CRM-61", 1, Some("E-61"), None),
-        "crm-61",
-    );
-    assert_eq!(crm.released[0].outcome, Outcome::Applied);
 
-    // The ERP removed from the configuration: its documents are refused `unknown_sender`.
+    // The ERP's logical ID changed in the configuration: its documents are refused
+    // `unknown_sender`.
     let without_erp = Pipeline::new(
         Arc::new(
             Config::from_toml(
@@ -449,7 +444,7 @@ fn a_nouns_row_refused_at_its_release_is_dead_lettered_and_its_replay_runs_that_
         "{:?}",
         refused.decisions
     );
-    assert!(parked(&p).is_empty());
+    assert_eq!(parked(&p).len(), 1, "the other noun still waits");
     let dead: Vec<_> = p
         .store
         .outbox()
@@ -468,11 +463,23 @@ fn a_nouns_row_refused_at_its_release_is_dead_lettered_and_its_replay_runs_that_
     );
     assert_eq!(dead[0].code, "unknown_sender");
 
-    // The ERP back, and a record that carries the second number: the dead letter replayed.
-    run(
+    // The ERP back: the other noun is released and applied.
+    let crm = run(
         &p,
         &account("lid://crm", "CRM-62", 1, Some("E-62"), None),
         "crm-62",
+    );
+    assert_eq!(
+        (crm.released[0].outcome, crm.released[0].action),
+        (Outcome::Applied, Some(Action::Linked))
+    );
+    assert!(parked(&p).is_empty());
+
+    // A record that carries the refused noun's number, and the dead letter replayed.
+    run(
+        &p,
+        &account("lid://crm", "CRM-61", 1, Some("E-61"), None),
+        "crm-61",
     );
     let envelope = bodflow::store::Envelope {
         noun: Some(noun),
@@ -498,12 +505,72 @@ fn a_nouns_row_refused_at_its_release_is_dead_lettered_and_its_replay_runs_that_
         "that noun only: {:?}",
         replayed.nouns
     );
-    assert_eq!(
-        replayed.record,
-        p.store.records().nth(1).unwrap().unwrap().id.into()
-    );
+    let crm_61 = p.store.records().nth(1).unwrap().unwrap();
+    assert_eq!(replayed.record.as_deref(), Some(crm_61.id.as_str()));
     assert_eq!(p.store.records().count(), 2, "two accounts, no third");
+    // The same replay delivered again, another one, and the message id sent again: done.
+    assert_eq!(p.process(&replay).unwrap().outcome, Outcome::Duplicate);
+    let second = bodflow::store::Envelope {
+        retry: Some("replay-2".into()),
+        ..envelope.clone()
+    };
+    let again = Input {
+        envelope: Some(&second),
+        ..replay
+    };
+    assert_eq!(p.process(&again).unwrap().outcome, Outcome::Duplicate);
     assert_eq!(run(&p, &erp, "erp-6x").outcome, Outcome::Duplicate);
+}
+
+/// A parked row that cannot be read (its document's bytes gone from the store) is left
+/// parked when a change wakes it: the change is applied, says so in its decisions, and the
+/// other row it woke is released.
+#[test]
+fn a_woken_row_that_cannot_be_read_stays_parked_and_holds_up_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store");
+    let config = Arc::new(Config::from_toml(CRM_FIRST, "test").unwrap());
+    {
+        let store = Arc::new(Store::open(&path).unwrap());
+        let p = Pipeline::new(config.clone(), store.clone()).unwrap();
+        for (id, message) in [("E-71", "erp-71"), ("E-72", "erp-72")] {
+            let doc = account("lid://erp", id, 1, Some("N-7"), None);
+            assert_eq!(run(&p, &doc, message).outcome, Outcome::Parked);
+        }
+        store.flush().unwrap();
+    }
+    {
+        // The store's own layout: `v` and the digest hold a parked document's bytes.
+        let db = common::open_sled(&path);
+        let hub = db.open_tree("hub").unwrap();
+        let (first, _) = hub.scan_prefix(b"v").next().unwrap().unwrap();
+        hub.remove(first).unwrap();
+        db.flush().unwrap();
+    }
+    let store = Arc::new(common::open_store(&path));
+    let p = Pipeline::new(config, store.clone()).unwrap();
+    let crm = run(
+        &p,
+        &account("lid://crm", "CRM-7", 1, Some("N-7"), None),
+        "crm-7",
+    );
+    assert_eq!(crm.outcome, Outcome::Applied, "{:?}", crm.decisions);
+    assert_eq!(crm.released.len(), 1, "{:?}", crm.decisions);
+    assert_eq!(crm.released[0].outcome, Outcome::Applied);
+    assert!(
+        crm.decisions
+            .iter()
+            .any(|d| d.text.contains("cannot be read and stays parked")),
+        "{:?}",
+        crm.decisions
+    );
+    let left: Vec<_> = store.parked().collect();
+    assert_eq!(left.len(), 1);
+    assert!(left[0]
+        .as_ref()
+        .unwrap_err()
+        .to_string()
+        .contains("payload is missing"));
 }
 
 /// A new record carrying the value releases too (e-mail here), and so does a document in the

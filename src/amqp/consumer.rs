@@ -486,7 +486,7 @@ fn prepare_in(pipeline: &Pipeline, d: &Delivery, t: &Tracked) -> Prepared {
     if may_be_rejected {
         p.ctx.delivered = Some(Arc::new(crate::store::Delivered {
             routing_key: d.routing_key.to_string(),
-            properties: dead_letter::encode(&d.properties),
+            properties: dead_letter::encode(&dead_letter::as_sent(&d.properties)),
             payload: d.data.clone(),
         }));
     }

@@ -32,6 +32,32 @@ pub(crate) fn encode(properties: &BasicProperties) -> Vec<u8> {
     postcard::to_stdvec(properties).unwrap_or_default()
 }
 
+/// A delivery's properties as its dead-letter copy keeps them: without a sender's own
+/// [`super::dlq::NOUN_HEADER`] when the delivery was not a deliberate retry. The consumer ran
+/// the whole document, and a replay of the copy must too.
+pub(crate) fn as_sent(p: &BasicProperties) -> std::borrow::Cow<'_, BasicProperties> {
+    let headers = p.headers().as_ref();
+    let foreign = headers.is_some_and(|h| h.inner().contains_key(super::dlq::NOUN_HEADER))
+        && !super::dlq::is_retry(headers);
+    if !foreign {
+        return std::borrow::Cow::Borrowed(p);
+    }
+    let kept = headers_without(p, super::dlq::NOUN_HEADER);
+    std::borrow::Cow::Owned(p.clone().with_headers(kept))
+}
+
+/// The headers of `p` but `name`.
+fn headers_without(p: &BasicProperties, name: &str) -> FieldTable {
+    p.headers()
+        .as_ref()
+        .map(|h| h.inner().clone())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(k, _)| k.as_str() != name)
+        .collect::<std::collections::BTreeMap<_, _>>()
+        .into()
+}
+
 /// What a parked document's delivery is rebuilt as, for its copy should its release reject it
 /// (its parked row is its only copy): a parked row keeps the bytes, the message id, the
 /// envelope (`correlation_id`, ION headers) and the `reply_to`, not the delivery's routing key
@@ -95,15 +121,7 @@ pub(super) fn decode(bytes: &[u8]) -> BasicProperties {
 /// The copy's properties: the delivery's, persistent, with its headers plus ours.
 pub(super) fn properties(original: &BasicProperties, why: &Why<'_>) -> BasicProperties {
     // The delivery's own headers, without a path it may carry from an earlier dead-lettering.
-    let mut headers: FieldTable = original
-        .headers()
-        .as_ref()
-        .map(|h| h.inner().clone())
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|(k, _)| k.as_str() != super::dlq::PATH_HEADER)
-        .collect::<std::collections::BTreeMap<_, _>>()
-        .into();
+    let mut headers = headers_without(original, super::dlq::PATH_HEADER);
     let cut = |s: &str| s.chars().take(MAX_REASON).collect::<String>();
     put_header(&mut headers, "x-bodflow-stage", why.stage);
     put_header(&mut headers, "x-bodflow-code", why.code);
@@ -346,6 +364,29 @@ mod tests {
             Some(&AMQPValue::LongString(noun.into())),
             "a noun's row names its noun"
         );
+        // A sender's own header is not kept on its delivery's copy; a replay's is.
+        let with = |retry: bool| {
+            let mut h = FieldTable::default();
+            h.insert(
+                super::super::dlq::NOUN_HEADER.into(),
+                AMQPValue::LongString(noun.into()),
+            );
+            if retry {
+                h.insert(
+                    super::super::dlq::RETRY_HEADER.into(),
+                    AMQPValue::Boolean(true),
+                );
+            }
+            BasicProperties::default().with_headers(h)
+        };
+        let kept = |p: &BasicProperties| {
+            as_sent(p)
+                .headers()
+                .as_ref()
+                .is_some_and(|h| h.inner().contains_key(super::super::dlq::NOUN_HEADER))
+        };
+        assert!(!kept(&with(false)));
+        assert!(kept(&with(true)));
     }
 
     fn sent() -> BasicProperties {

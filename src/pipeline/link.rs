@@ -216,7 +216,7 @@ impl Pipeline {
             (report.outputs, emitted) = em.finish();
             report.decisions.extend(emitted);
             for seq in &waiting {
-                let Some(parked) = tx.parked(*seq)? else {
+                let Some(parked) = release::woken_row(tx, *seq, &mut report)? else {
                     continue;
                 };
                 let mut released = release::rerun(tx, config, &parked, request.now)?;

@@ -610,7 +610,7 @@ fn commit_one(tx: &Tx<'_>, config: &Config, prepared: &Prepared) -> TxResult<Rep
     if let Some(seq) = ctx.unpark {
         // Released already (an operator's list read before an automatic release took it):
         // nothing left to do.
-        if tx.parked(seq)?.is_none() {
+        if !tx.is_parked(seq)? {
             let mut report = base_report(ctx, Outcome::Duplicate);
             report.decisions.push(Decision::new(
                 Stage::Upsert,
@@ -698,12 +698,25 @@ fn note_parked_nouns(
             parked.push(path.to_string());
         }
     }
-    if parked.is_empty() && previous.is_none_or(|m| m.parked.is_empty()) {
+    // The nouns whose rows a release refused and dead-lettered ([`Marker::refused`]): a run of
+    // one noun takes it off, and adds it again when refused with a dead letter.
+    let mut refused: Vec<String> = previous.map(|m| m.refused.clone()).unwrap_or_default();
+    if let Some(noun) = &ctx.released_noun {
+        refused.retain(|n| n != noun);
+        if report.outcome == Outcome::Rejected && ctx.delivered.is_some() {
+            refused.push(noun.clone());
+        }
+    }
+    if parked.is_empty()
+        && refused.is_empty()
+        && previous.is_none_or(|m| m.parked.is_empty() && m.refused.is_empty())
+    {
         return Ok(());
     }
     if let Some(mut marker) = tx.marker(&ctx.message_id)? {
-        if marker.parked != parked {
+        if marker.parked != parked || marker.refused != refused {
             marker.parked = parked;
+            marker.refused = refused;
             tx.put_marker(&ctx.message_id, &marker)?;
         }
     }
@@ -781,6 +794,7 @@ fn apply_in(
                     tracked: Vec::new(),
                     run: ctx.run,
                     parked: Vec::new(),
+                    refused: Vec::new(),
                     retry: upsert::replay_of(ctx),
                     at: None,
                 },
@@ -816,6 +830,7 @@ fn apply_in(
                     tracked: Vec::new(),
                     run: ctx.run,
                     parked: Vec::new(),
+                    refused: Vec::new(),
                     retry: upsert::replay_of(ctx),
                     at: None,
                 },

@@ -47,8 +47,7 @@ pub(super) fn release_woken(
             return Ok(());
         }
         for seq in woken {
-            // Released (or re-parked under a new sequence) earlier in this transaction.
-            let Some(parked) = tx.parked(seq)? else {
+            let Some(parked) = woken_row(tx, seq, report)? else {
                 continue;
             };
             let mut released = rerun(tx, config, &parked, received_at(trigger))?;
@@ -80,6 +79,25 @@ pub(super) fn release_woken(
         );
     }
     Ok(())
+}
+
+/// A parked row a change woke, to release in this transaction: `None` when it was released
+/// (or re-parked under a new sequence) earlier in it, or cannot be read — that row stays
+/// parked, named in `report`'s decisions and a warning, and holds up neither the change that
+/// woke it nor the other rows (`bodflow parked list` names it too).
+pub(super) fn woken_row(tx: &Tx<'_>, seq: u64, report: &mut Report) -> TxResult<Option<Parked>> {
+    match tx.parked(seq) {
+        Ok(row) => Ok(row),
+        Err(e @ crate::store::StoreError::Corrupt { .. }) => {
+            tracing::warn!(seq, error = %e, "A parked row that cannot be read stays parked");
+            report.decisions.push(Decision::new(
+                Stage::Upsert,
+                format!("parked row {seq} cannot be read and stays parked: {e}"),
+            ));
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Runs a parked document through the pipeline inside `tx`, as a deliberate retry of its

@@ -117,6 +117,13 @@ pub fn blocks(marker: &Marker, ctx: &Context) -> bool {
             return true;
         }
     }
+    // A replay of a noun's dead letter runs while that noun is listed as refused, whatever the
+    // document's other nouns made of the marker's outcome since.
+    if let (true, None, Some(noun)) = (ctx.retry, ctx.unpark, &ctx.released_noun) {
+        if marker.refused.contains(noun) {
+            return false;
+        }
+    }
     let retryable =
         marker.outcome == Outcome::Parked.as_str() || marker.outcome == Outcome::Rejected.as_str();
     !(ctx.retry && retryable)
@@ -203,6 +210,7 @@ pub(super) fn put_marker(
             tracked: Vec::new(),
             run: ctx.run,
             parked: Vec::new(),
+            refused: Vec::new(),
             retry: replay_of(ctx),
             at: None,
         },

@@ -13,9 +13,9 @@
 //! | `i` | match key, normalised value | hub IDs |
 //! | `m` | message id | [`Marker`] |
 //! | `o` | big-endian group sequence | the [`OutboxRow`]s one transaction emitted, LZ4-compressed |
-//! | `p` | big-endian sequence | [`Parked`] (its payload in `d`) |
-//! | `d` | BLAKE3 digest (hex) of a parked document's bytes | the bytes, once however many rows share them ([`Parked::payload_ref`]) |
-//! | `f` | that digest, big-endian sequence | nothing: the parked rows that share the `d` value (it goes with the last) |
+//! | `p` | big-endian sequence | [`Parked`] (its payload in `v`) |
+//! | `v` | BLAKE3 digest (hex) of a parked document's bytes | the bytes, once however many rows share them ([`Parked::payload_ref`]) |
+//! | `f` | that digest, big-endian sequence | nothing: the parked rows that share the `v` value (it goes with the last) |
 //! | `n` | kind, match key, normalised value | sequences of `no_match` parked documents carrying it |
 //! | `q` | the `x` key a parked document waits to be linked, big-endian sequence | nothing: `no_match` and `ambiguous_match` documents by their key ([`Tx::wake_parked_for`]) |
 //! | `u` | message id, a separator, big-endian sequence | nothing: parked documents by message id (the markers they hold, [`Store::parked_marker_keys`]) |
@@ -637,9 +637,9 @@ fn parked_id_key(message_id: &str, seq: u64) -> Vec<u8> {
     k
 }
 
-/// Where the bytes with this digest are kept (`d`).
+/// Where the bytes with this digest are kept (`v`).
 fn payload_key(digest: &str) -> Vec<u8> {
-    key(b'd', &[digest])
+    key(b'v', &[digest])
 }
 
 /// `f`, the digest, a separator: where the rows sharing those bytes are listed.
@@ -653,10 +653,14 @@ fn payload_refs_prefix(digest: &str) -> Vec<u8> {
 fn payload_or_missing(row: &[u8], bytes: Option<sled::IVec>) -> Result<Vec<u8>, StoreError> {
     bytes
         .map(|b| b.to_vec())
-        .ok_or_else(|| StoreError::Corrupt {
-            key: String::from_utf8_lossy(row).into_owned(),
-            message: "its payload is missing".into(),
-        })
+        .ok_or_else(|| missing_payload(row))
+}
+
+fn missing_payload(row: &[u8]) -> StoreError {
+    StoreError::Corrupt {
+        key: String::from_utf8_lossy(row).into_owned(),
+        message: "its payload is missing".into(),
+    }
 }
 
 /// The message id of a `u` entry.
@@ -1183,13 +1187,22 @@ impl Store {
 
     /// Parked documents in parking order, with their payloads.
     pub fn parked(&self) -> impl Iterator<Item = Result<Parked, StoreError>> + '_ {
-        self.scan::<Parked>(b'p').map(|r| {
-            let (k, mut parked) = r?;
+        self.scan::<Parked>(b'p').filter_map(|r| {
+            let (k, mut parked) = match r {
+                Ok(row) => row,
+                Err(e) => return Some(Err(e)),
+            };
             if let Some(digest) = &parked.payload_ref {
-                let bytes = self.hub.get(payload_key(digest))?;
-                parked.payload = Payload(payload_or_missing(&k, bytes)?);
+                match self.hub.get(payload_key(digest)) {
+                    Ok(Some(bytes)) => parked.payload = Payload(bytes.to_vec()),
+                    // Released by a commit since the scan read the row (the bytes went with
+                    // its last row): no longer parked.
+                    Ok(None) if matches!(self.hub.contains_key(&k), Ok(false)) => return None,
+                    Ok(None) => return Some(Err(missing_payload(&k))),
+                    Err(e) => return Some(Err(e.into())),
+                }
             }
-            Ok(parked)
+            Some(Ok(parked))
         })
     }
 
@@ -1628,6 +1641,11 @@ impl Tx<'_> {
         parked.payload_ref = Some(digest);
         self.put(seq_key(b'p', seq), &parked)?;
         Ok(seq)
+    }
+
+    /// Whether the row with this sequence is still parked (without reading it).
+    pub fn is_parked(&self, seq: u64) -> TxResult<bool> {
+        self.raw_contains(&seq_key(b'p', seq))
     }
 
     /// The parked document with this sequence, if still parked, with its payload.
@@ -2473,7 +2491,7 @@ mod tests {
                 Ok((a, b, tx.park(row("m-2", "<other/>"))?))
             })
             .unwrap();
-        assert_eq!(count(b'd'), 2, "one copy of each document's bytes");
+        assert_eq!(count(b'v'), 2, "one copy of each document's bytes");
         assert_eq!(count(b'f'), 3);
         let stored = store.hub.get(seq_key(b'p', a)).unwrap().unwrap();
         assert!(
@@ -2488,7 +2506,7 @@ mod tests {
         );
 
         store.transact(|tx| tx.unpark(a)).unwrap();
-        assert_eq!(count(b'd'), 2, "the other row still needs it");
+        assert_eq!(count(b'v'), 2, "the other row still needs it");
         assert_eq!(
             store
                 .transact(|tx| tx.parked(b))
@@ -2505,7 +2523,7 @@ mod tests {
                 tx.unpark(c)
             })
             .unwrap();
-        assert_eq!((count(b'd'), count(b'f'), count(b'p')), (0, 0, 0));
+        assert_eq!((count(b'v'), count(b'f'), count(b'p')), (0, 0, 0));
 
         // A row of an earlier version holds its payload inline, and is read as it was.
         let old = Parked {

@@ -288,6 +288,12 @@ pub struct Marker {
     /// or by a release that read the row before — and its release is a duplicate.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub parked: Vec<String>,
+    /// The nouns (their paths) whose parked rows a release refused and dead-lettered with
+    /// `x-bodflow-noun`: a replay of such a dead letter runs that noun even after other nouns
+    /// of the document were applied since (which made the marker's outcome `applied`), and
+    /// takes it off once it ran.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused: Vec<String>,
     /// The token of the dead-letter replay whose run wrote it ([`Envelope::retry`]): the same
     /// replay delivered again is a duplicate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -336,6 +342,7 @@ impl Marker {
             tracked: Vec::new(),
             run: 0,
             parked: Vec::new(),
+            refused: Vec::new(),
             at: None,
         }
     }

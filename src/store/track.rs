@@ -1089,6 +1089,7 @@ mod tests {
                         tracked: Vec::new(),
                         run: 0,
                         parked: Vec::new(),
+                        refused: Vec::new(),
                         retry: None,
                         at: None,
                     });
