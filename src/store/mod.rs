@@ -1307,10 +1307,11 @@ pub struct Tx<'a> {
     tree: &'a sled::Tree,
     /// Pending writes (`None`: removal), applied atomically by [`Store::transact`].
     writes: RefCell<BTreeMap<Vec<u8>, Option<sled::IVec>>>,
-    /// The records it wrote (`None`: removed), by hub ID, encoded into [`Self::writes`] once
-    /// at its end: a document of many nouns of one key reads and writes that record once a
-    /// noun, and a record may hold a MiB of UserArea values.
-    records: RefCell<HashMap<String, Option<HubRecord>>>,
+    /// The large records it wrote ([`LARGE_RECORD`]), by hub ID, kept decoded and encoded
+    /// into [`Self::writes`] once, at its end: a document of many nouns of one key reads and
+    /// writes that record once a noun, and a record may hold a MiB of UserArea values. The
+    /// others are encoded as they are written (a copy would cost more than it saves).
+    records: RefCell<HashMap<String, HubRecord>>,
     seqs: &'a Sequences,
     /// This transaction's outbox group: its sequence and encoded rows, written at the end.
     outbox: RefCell<Option<(u64, Vec<Vec<u8>>)>>,
@@ -1389,31 +1390,46 @@ impl Tx<'_> {
     }
 
     pub fn record(&self, id: &str) -> TxResult<Option<HubRecord>> {
-        if let Some(written) = self.records.borrow().get(id) {
-            return Ok(written.clone());
+        {
+            let large = self.records.borrow();
+            if let Some(written) = large.get(id) {
+                return Ok(Some(written.clone()));
+            }
         }
         self.get(&key(b'r', &[id]))
     }
 
     pub fn put_record(&self, record: &HubRecord) -> TxResult<()> {
-        self.records
-            .borrow_mut()
-            .insert(record.id.clone(), Some(record.clone()));
-        Ok(())
+        let k = key(b'r', &[&record.id]);
+        if record.fields.user_area_bytes() > LARGE_RECORD {
+            // Its bytes are written at the end; until then the tree's are stale.
+            self.raw_remove(k);
+            self.records
+                .borrow_mut()
+                .insert(record.id.clone(), record.clone());
+            return Ok(());
+        }
+        self.forget_large(&record.id);
+        self.put(k, record)
     }
 
     pub fn remove_record(&self, id: &str) -> TxResult<()> {
-        self.records.borrow_mut().insert(id.to_string(), None);
+        self.forget_large(id);
+        self.raw_remove(key(b'r', &[id]));
         Ok(())
     }
 
-    /// Encodes the records it wrote into its writes (at its end).
+    fn forget_large(&self, id: &str) {
+        let mut large = self.records.borrow_mut();
+        if !large.is_empty() {
+            large.remove(id);
+        }
+    }
+
+    /// Encodes the large records it wrote into its writes (at its end).
     fn write_records(&self) -> TxResult<()> {
         for (id, record) in self.records.take() {
-            match record {
-                Some(record) => self.put(key(b'r', &[&id]), &record)?,
-                None => self.raw_remove(key(b'r', &[&id])),
-            }
+            self.put(key(b'r', &[&id]), &record)?;
         }
         Ok(())
     }
@@ -1851,6 +1867,10 @@ impl Tx<'_> {
     }
 }
 
+/// A record whose UserArea values take more bytes than this is kept decoded by the
+/// transaction that writes it ([`Tx::put_record`]).
+const LARGE_RECORD: usize = 64 * 1024;
+
 fn waiting_key(parent: &XrefKey) -> Vec<u8> {
     let mut k = xref_key(parent);
     k[0] = b'c';
@@ -1877,6 +1897,60 @@ mod tests {
             created_by: "lid://a".into(),
             revision: 1,
         }
+    }
+
+    /// A large record (its UserArea over [`LARGE_RECORD`]) is kept decoded until its
+    /// transaction ends, a small one written as it comes; either way a read in the same
+    /// transaction sees the last write, a removal included, and the store the last one.
+    #[test]
+    fn records_written_in_a_transaction_read_back_as_last_written() {
+        let store = Store::temporary().unwrap();
+        let large = |revision| {
+            let mut r = record("ACC-1");
+            r.revision = revision;
+            r.fields.user_area = vec![crate::bod::NameValue {
+                name: "big".into(),
+                kind: None,
+                value: "x".repeat(LARGE_RECORD + 1),
+            }];
+            r
+        };
+        let small = |revision| HubRecord {
+            revision,
+            ..record("ACC-1")
+        };
+        store
+            .transact(|tx| {
+                tx.put_record(&large(1))?;
+                assert_eq!(tx.record("ACC-1")?, Some(large(1)));
+                tx.put_record(&small(2))?;
+                assert_eq!(
+                    tx.record("ACC-1")?,
+                    Some(small(2)),
+                    "the large copy forgotten"
+                );
+                tx.put_record(&large(3))?;
+                assert_eq!(tx.record("ACC-1")?, Some(large(3)));
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(store.record("ACC-1").unwrap(), Some(large(3)));
+        store
+            .transact(|tx| {
+                tx.put_record(&large(4))?;
+                tx.remove_record("ACC-1")?;
+                assert_eq!(tx.record("ACC-1")?, None);
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(store.record("ACC-1").unwrap(), None);
+        store
+            .transact(|tx| {
+                tx.put_record(&small(5))?;
+                tx.put_record(&large(6))
+            })
+            .unwrap();
+        assert_eq!(store.record("ACC-1").unwrap(), Some(large(6)));
     }
 
     fn contact(id: &str, account: &str) -> HubRecord {

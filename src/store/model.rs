@@ -190,6 +190,14 @@ pub struct Fields {
     pub user_area: Vec<NameValue>,
 }
 
+impl Fields {
+    /// The bytes of its UserArea values: what may make a record large (the other fields are a
+    /// few hundred bytes).
+    pub fn user_area_bytes(&self) -> usize {
+        self.user_area.iter().map(NameValue::size).sum()
+    }
+}
+
 /// A golden record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HubRecord {
