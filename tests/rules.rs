@@ -571,6 +571,33 @@ fn a_woken_row_that_cannot_be_read_stays_parked_and_holds_up_nothing() {
         .unwrap_err()
         .to_string()
         .contains("payload is missing"));
+
+    // Nor an operator's link of another key, which releases that key's document.
+    let doc = account("lid://erp", "E-73", 1, Some("N-9"), None);
+    assert_eq!(run(&p, &doc, "erp-73").outcome, Outcome::Parked);
+    let other = run(
+        &p,
+        &account("lid://crm", "CRM-9", 1, Some("N-10"), None),
+        "crm-9",
+    );
+    let hub = other.record.clone().unwrap();
+    let request = bodflow::pipeline::link::LinkRequest {
+        application: "lid://erp",
+        accounting_entity: "",
+        id: "E-73",
+        record: &hub,
+        kind: None,
+        operator: "jdoe",
+        now: Utc::now(),
+    };
+    let done = p.link(&request).unwrap().unwrap();
+    let released: Vec<_> = done
+        .report
+        .released
+        .iter()
+        .map(|r| (r.message_id.as_str(), r.outcome))
+        .collect();
+    assert_eq!(released, [("erp-73", Outcome::Applied)]);
 }
 
 /// A new record carrying the value releases too (e-mail here), and so does a document in the

@@ -703,7 +703,8 @@ impl Consumer<'_> {
                     reason: &d.reason,
                     path: d.path.as_deref(),
                 };
-                let properties = dead_letter::properties(&f.delivery.properties, &why);
+                let sent = dead_letter::as_sent(&f.delivery.properties);
+                let properties = dead_letter::properties(&sent, &why);
                 dead_letter::publish(
                     self.dead_letters,
                     self.frames,

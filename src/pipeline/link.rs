@@ -144,13 +144,18 @@ impl Pipeline {
             id: request.id.trim().to_string(),
         };
         // Documents parked for exactly this key; read before the transaction (the writer
-        // lock is not held for a scan), re-read by sequence inside it.
+        // lock is not held for a scan), without their payloads, re-read by sequence inside
+        // it. A row that cannot be read is no other key's concern.
         let waiting: Vec<u64> = self
             .store
-            .parked()
+            .parked_rows()
             .filter_map(|p| match p {
                 Ok(p) if waits_for(&p, &key) => Some(Ok(p.seq)),
                 Ok(_) => None,
+                Err(e @ crate::store::StoreError::Corrupt { .. }) => {
+                    tracing::warn!(error = %e, "A parked row that cannot be read is left out");
+                    None
+                }
                 Err(e) => Some(Err(e)),
             })
             .collect::<Result<_, _>>()?;

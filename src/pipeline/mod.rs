@@ -699,8 +699,13 @@ fn note_parked_nouns(
         }
     }
     // The nouns whose rows a release refused and dead-lettered ([`Marker::refused`]): a run of
-    // one noun takes it off, and adds it again when refused with a dead letter.
-    let mut refused: Vec<String> = previous.map(|m| m.refused.clone()).unwrap_or_default();
+    // one noun takes it off, and adds it again when refused with a dead letter; a run of the
+    // whole document ran them all, and starts afresh (a replay of such a noun's dead letter
+    // is then a duplicate).
+    let mut refused: Vec<String> = match (&ctx.released_noun, previous) {
+        (Some(_), Some(m)) => m.refused.clone(),
+        _ => Vec::new(),
+    };
     if let Some(noun) = &ctx.released_noun {
         refused.retain(|n| n != noun);
         if report.outcome == Outcome::Rejected && ctx.delivered.is_some() {

@@ -1185,6 +1185,12 @@ impl Store {
         Ok(())
     }
 
+    /// Parked rows in parking order without their payloads (rows of earlier versions hold
+    /// theirs inline): for scans that look at the reason and the key.
+    pub fn parked_rows(&self) -> impl Iterator<Item = Result<Parked, StoreError>> + '_ {
+        self.scan::<Parked>(b'p').map(|r| r.map(|(_, v)| v))
+    }
+
     /// Parked documents in parking order, with their payloads.
     pub fn parked(&self) -> impl Iterator<Item = Result<Parked, StoreError>> + '_ {
         self.scan::<Parked>(b'p').filter_map(|r| {
@@ -1197,8 +1203,13 @@ impl Store {
                     Ok(Some(bytes)) => parked.payload = Payload(bytes.to_vec()),
                     // Released by a commit since the scan read the row (the bytes went with
                     // its last row): no longer parked.
-                    Ok(None) if matches!(self.hub.contains_key(&k), Ok(false)) => return None,
-                    Ok(None) => return Some(Err(missing_payload(&k))),
+                    Ok(None) => {
+                        return match self.hub.contains_key(&k) {
+                            Ok(false) => None,
+                            Ok(true) => Some(Err(missing_payload(&k))),
+                            Err(e) => Some(Err(e.into())),
+                        }
+                    }
                     Err(e) => return Some(Err(e.into())),
                 }
             }
