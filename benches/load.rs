@@ -197,10 +197,11 @@ async fn bench(sizes: &Sizes, full: bool) {
     }
     let target = (bodflow_rate / 2.0).max(10.0);
     let count = (target * sizes.latency_secs) as usize;
-    // Not the generator's re-sent bytes: under a message id of their own (`lat-<i>`) their
-    // variationID is that of the record and its answer depends on the order of lanes.
+    // New, updated and invalid documents, each answered by a ConfirmBOD. Not the generator's
+    // re-sent bytes nor its stale versions: under a message id of their own (`lat-<i>`) one
+    // may carry the variationID the record has, a duplicate that gets no ConfirmBOD.
     let latency_docs: Vec<Doc> = (&mut generator)
-        .filter(|g| g.kind != Kind::Duplicate)
+        .filter(|g| matches!(g.kind, Kind::New | Kind::Update | Kind::Invalid))
         .take(count)
         .map(|g| asking_always(&doc(g)))
         .collect();
