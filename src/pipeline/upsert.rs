@@ -1375,11 +1375,15 @@ fn merge_user_area(
     incoming: &[crate::bod::NameValue],
     notes: &mut Vec<String>,
 ) {
-    let mut at: std::collections::HashMap<String, usize> = kept
-        .iter()
-        .enumerate()
-        .map(|(i, nv)| (nv.name.clone(), i))
-        .collect();
+    // The map only when there is something to merge: most updates carry no values.
+    let mut at: std::collections::HashMap<String, usize> = if incoming.is_empty() {
+        Default::default()
+    } else {
+        kept.iter()
+            .enumerate()
+            .map(|(i, nv)| (nv.name.clone(), i))
+            .collect()
+    };
     for nv in incoming {
         match at.get(&nv.name) {
             Some(&i) => kept[i] = nv.clone(),
