@@ -2250,9 +2250,14 @@ mod tests {
     /// Opens a store that was just dropped: sled's own background threads may hold its file
     /// (and lock) a moment longer (seen in CI, whatever bodflow's threads do).
     pub(super) fn reopen(dir: &Path) -> Store {
+        reopen_with(|| Store::open(dir))
+    }
+
+    /// [`reopen`] with `open`.
+    fn reopen_with(open: impl Fn() -> Result<Store, StoreError>) -> Store {
         let started = std::time::Instant::now();
         loop {
-            match Store::open(dir) {
+            match open() {
                 Err(StoreError::Locked(_)) if started.elapsed().as_secs() < 10 => {
                     std::thread::sleep(std::time::Duration::from_millis(10));
                 }
@@ -2488,7 +2493,7 @@ mod tests {
         assert_eq!(store.cache_bytes(), CACHE_BYTES);
         drop(store);
         hub.store_cache_mb = Some(16);
-        let store = Store::open_configured(&path, &hub).unwrap();
+        let store = reopen_with(|| Store::open_configured(&path, &hub));
         assert_eq!(store.cache_bytes(), 16 * 1024 * 1024);
     }
 
