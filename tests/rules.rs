@@ -1901,3 +1901,79 @@ fn a_rejected_promotion_is_recorded_with_its_reason_and_retried_on_the_next_chan
     assert_ne!(second.bod_id, first);
     validate_outbox(&p);
 }
+
+/// `masters = []` masters nothing: once the record is linked to another application, the
+/// application's documents change no field of it (each group said in the decisions), while
+/// leaving `masters` out masters everything.
+#[test]
+fn an_empty_masters_list_masters_nothing_and_no_list_masters_everything() {
+    let config = |masters: &str| {
+        format!(
+            r#"
+[[applications]]
+name = "CRM"
+logical_id = "lid://crm"
+[[applications]]
+name = "Marketing"
+logical_id = "lid://mkt"
+create_policy = "match_or_create"
+match_on = ["account_number"]
+{masters}
+"#
+        )
+    };
+    for (masters, changes) in [("masters = []", false), ("", true)] {
+        let p = pipeline(&config(masters));
+        let created = run(
+            &p,
+            &account("lid://crm", "CRM-1", 1, Some("N-1"), None),
+            "crm-1",
+        );
+        let hub = created.record.clone().unwrap();
+        let linked = run(
+            &p,
+            &account("lid://mkt", "M-1", 1, Some("N-1"), Some("a@x.test")),
+            "mkt-1",
+        );
+        assert_eq!(
+            linked.action,
+            Some(Action::Linked),
+            "{:?}",
+            linked.decisions
+        );
+        let update = account("lid://mkt", "M-1", 2, Some("N-1"), Some("b@x.test")).replace(
+            "<CountryCode>DE</CountryCode>",
+            "<CountryCode>AT</CountryCode>",
+        );
+        let updated = run(&p, &update, "mkt-2");
+        let record = p.store.record(&hub).unwrap().unwrap();
+        let country = record
+            .fields
+            .address
+            .as_ref()
+            .and_then(|a| a.country.as_deref());
+        let notes = updated
+            .decisions
+            .iter()
+            .map(|d| d.text.as_str())
+            .collect::<Vec<_>>()
+            .join(" · ");
+        if changes {
+            assert_eq!(country, Some("AT"), "{notes}");
+            assert!(!notes.contains("does not master"), "{notes}");
+        } else {
+            assert_eq!(country, Some("DE"), "{notes}");
+            assert!(
+                notes.contains(
+                    "mastership: Marketing does not master identity, address, communication, \
+                     commercial, owner, classification (ignored)"
+                ),
+                "{notes}"
+            );
+            assert!(
+                record.xrefs.iter().any(|x| x.application == "lid://mkt"),
+                "the read-only application is still cross-referenced"
+            );
+        }
+    }
+}
