@@ -275,6 +275,15 @@ fn a_rejection_names_the_element_the_value_came_from() {
             )),
             format!("{noun}/Location/Address/BuildingNumber"),
         ),
+        // A street that fills the line leaves no room for any number.
+        (
+            in_account(&format!(
+                "<Location><Address><StreetName>{}</StreetName><BuildingNumber>5</BuildingNumber>\
+                 <CountryCode>ITA</CountryCode></Address></Location>",
+                "s".repeat(255)
+            )),
+            format!("{noun}/Location/Address/BuildingNumber"),
+        ),
         (
             in_account(&format!(
                 "<Location><Address><PostOfficeBox>{}</PostOfficeBox>\
@@ -314,7 +323,20 @@ fn a_rejection_names_the_element_the_value_came_from() {
         assert_eq!(e.path.as_deref(), Some(path.as_str()), "{}", e.message);
         // What is left of the line for it, not the line's own limit.
         if path.ends_with("/PostOfficeBox") {
-            assert!(e.message.contains("longer than 248"), "{}", e.message);
+            assert!(
+                e.message.contains("longer than 248 characters (what is left of the 255-character address line it shares with \"PO Box \")"),
+                "{}",
+                e.message
+            );
+        }
+        if path.ends_with("/BuildingNumber") {
+            assert!(
+                e.message.contains(
+                    " characters (what is left of the 255-character address line it shares with StreetName)"
+                ),
+                "{}",
+                e.message
+            );
         }
     }
 }

@@ -48,8 +48,14 @@ pub enum ValidationError {
         value: String,
         expected: &'static str,
     },
-    #[error("{path}: longer than {max} characters")]
-    TooLong { path: String, max: usize },
+    #[error("{path}: longer than {max} characters{}", shared_line(*.shares_with))]
+    TooLong {
+        path: String,
+        max: usize,
+        /// What else goes into the address line the value is part of (`max` is what is left
+        /// of the line for it).
+        shares_with: Option<&'static str>,
+    },
     #[error("{path}: {why}")]
     InvalidValue { path: String, why: String },
     #[error("tenant {tenant:?}{via} is not this hub's tenant {expected:?}")]
@@ -304,10 +310,35 @@ fn root_noun(bod: &Bod) -> String {
 }
 
 fn check_len(value: &str, max: usize, path: impl FnOnce() -> String) -> Result<()> {
-    if value.chars().count() > max {
-        return Err(ValidationError::TooLong { path: path(), max });
+    check_in_line(value, max, None, path)
+}
+
+/// [`check_len`] of a value that shares an address line with `shares_with`: `room` is what is
+/// left of the line for it.
+fn check_in_line(
+    value: &str,
+    room: usize,
+    shares_with: Option<&'static str>,
+    path: impl FnOnce() -> String,
+) -> Result<()> {
+    if value.chars().count() > room {
+        return Err(ValidationError::TooLong {
+            path: path(),
+            max: room,
+            shares_with,
+        });
     }
     Ok(())
+}
+
+fn shared_line(shares_with: Option<&str>) -> String {
+    shares_with
+        .map(|other| {
+            format!(
+                " (what is left of the {MAX_TEXT}-character address line it shares with {other})"
+            )
+        })
+        .unwrap_or_default()
 }
 
 /// The sender's key for a noun: its first ID, checked. `None` when empty and allowed to be
@@ -452,13 +483,15 @@ fn hub_address(addresses: &[Address], noun: &str) -> Result<Option<Merged>> {
         // names the element that does not fit: the street and number make one line, the post
         // office box another after `PO Box `.
         let mut room = MAX_TEXT;
+        let mut before = None;
         for (value, element) in [
             (&base.street_name, "StreetName"),
             (&base.building_number, "BuildingNumber"),
         ] {
             if let Some(v) = value {
-                check_len(v, room, || path(base, element))?;
+                check_in_line(v, room, before, || path(base, element))?;
                 room = room.saturating_sub(v.chars().count() + 1);
+                before = Some(element);
             }
         }
         let street = [base.street_name.as_deref(), base.building_number.as_deref()]
@@ -476,7 +509,9 @@ fn hub_address(addresses: &[Address], noun: &str) -> Result<Option<Merged>> {
         }
         if let Some(po) = &base.post_office_box {
             const PREFIX: &str = "PO Box ";
-            check_len(po, MAX_TEXT - PREFIX.len(), || path(base, "PostOfficeBox"))?;
+            check_in_line(po, MAX_TEXT - PREFIX.len(), Some("\"PO Box \""), || {
+                path(base, "PostOfficeBox")
+            })?;
             lines.push((format!("{PREFIX}{po}"), base, "PostOfficeBox"));
         }
     }
