@@ -550,10 +550,9 @@ pub struct Application {
     /// Keys for `match_or_create` / `match_only`.
     #[serde(default)]
     pub match_on: Vec<MatchKey>,
-    /// Field groups it masters once a record is linked to another application: absent, all of
-    /// them; `[]`, none (its documents then change nothing of a shared record).
+    /// Field groups it masters once a record is linked (empty: all).
     #[serde(default)]
-    pub masters: Option<Vec<FieldGroup>>,
+    pub masters: Vec<FieldGroup>,
     /// Per noun flows; a noun without an entry flows fully in both directions.
     #[serde(default)]
     pub flows: BTreeMap<String, Flows>,

@@ -153,7 +153,7 @@ fn fully_populated() -> Config {
             language_code: "en-US".into(),
             create_policy: CreatePolicy::MatchOrCreate,
             match_on: vec![MatchKey::Email],
-            masters: Some(FieldGroup::ALL.to_vec()),
+            masters: FieldGroup::ALL.to_vec(),
             flows: BTreeMap::from([(
                 ANY.into(),
                 Flows {

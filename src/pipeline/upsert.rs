@@ -9,7 +9,7 @@
 //!    `stale`, equal is `duplicate`; a message id already applied is `duplicate` and emits
 //!    nothing.
 //! 3. **Mastership**: once a record is linked to other applications, a sender changes only the
-//!    field groups it `masters` (all without the setting, none with `masters = []`).
+//!    field groups it `masters` (all when it lists none).
 //! 4. **Contacts** resolve their account through the sender's cross-references; an unknown
 //!    account leaves the contact on the application's `default_account` (a placeholder created
 //!    on first use) with the intended parent remembered, and the contact is re-linked when
@@ -433,9 +433,10 @@ fn content_changed(a: &HubRecord, b: &HubRecord) -> bool {
 /// Field groups `app` may change on `record` now.
 fn writable_groups(record: &HubRecord, app: &Application) -> Vec<FieldGroup> {
     let linked_elsewhere = record.xrefs.iter().any(|x| x.application != app.logical_id);
-    match &app.masters {
-        Some(groups) if linked_elsewhere => groups.clone(),
-        _ => FieldGroup::ALL.to_vec(),
+    if !linked_elsewhere || app.masters.is_empty() {
+        FieldGroup::ALL.to_vec()
+    } else {
+        app.masters.clone()
     }
 }
 
