@@ -786,16 +786,25 @@ fn import_definitions(definitions: &Value, vhost: &Vhost) -> Vec<(String, User)>
     users
 }
 
+/// The broker's definitions as JSON. `export_definitions` exits 0 but prints something else
+/// now and then while other tests create and delete their vhosts (CI saw `{` followed by no
+/// JSON key once), so an export that is not JSON is asked for again, a few times.
+fn definitions() -> Value {
+    let mut last = String::new();
+    for _ in 0..20 {
+        last = rabbitmqctl(&["export_definitions", "-", "--format", "json"]);
+        if let Ok(export) = serde_json::from_str(&last) {
+            return export;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    panic!("export_definitions never printed JSON; the last output: {last}");
+}
+
 /// Exchanges, queues and bindings of a vhost with every property the broker compares on a
 /// declare (type, durable, auto_delete, internal, arguments), as the broker exports them, sorted.
 fn topology_of(vhost: &Vhost) -> Value {
-    let export: Value = serde_json::from_str(&rabbitmqctl(&[
-        "export_definitions",
-        "-",
-        "--format",
-        "json",
-    ]))
-    .unwrap();
+    let export = definitions();
     let mut topology = serde_json::Map::new();
     for key in ["exchanges", "queues", "bindings"] {
         let mut rows: Vec<Value> = export[key]
