@@ -157,8 +157,9 @@ async fn bench(sizes: &Sizes, full: bool) {
         &reply_only_dir.path().join("store"),
         no_sync,
     );
-    let expected = Expected::of(&Config::load(&reply_only).unwrap(), &asking);
-    let prefetch = Config::load(&reply_only).unwrap().amqp.prefetch;
+    let reply_config = Config::load(&reply_only).unwrap();
+    let expected = Expected::of(&reply_config, &asking);
+    let prefetch = reply_config.amqp.prefetch;
     let mut service = spawn_service(binary, &reply_only, &vhost.url());
     let processed = time_service(&ch, &vhost, &config, sizes.n, (broker, service.id())).await;
     let bodflow_rate = rate(sizes.n, processed.elapsed);

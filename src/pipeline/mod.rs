@@ -778,7 +778,6 @@ fn apply_in(
     state: &State,
     blocking: Option<&Marker>,
 ) -> TxResult<Report> {
-    let bod_id = || ctx.area.as_ref().and_then(|a| a.bod_id.clone());
     if let Some(m) = blocking {
         return Ok(upsert::duplicate_message(ctx, m).into_report(ctx, None));
     }
@@ -790,20 +789,7 @@ fn apply_in(
         } => {
             let mut em = emit::Emitter::new(config, ctx);
             em.rejection(tx, *app, rejection, process.as_ref())?;
-            tx.put_marker(
-                &ctx.message_id,
-                &Marker {
-                    outcome: Outcome::Rejected.as_str().into(),
-                    record: None,
-                    bod_id: bod_id(),
-                    tracked: Vec::new(),
-                    run: ctx.run,
-                    parked: Vec::new(),
-                    refused: Vec::new(),
-                    retry: upsert::replay_of(ctx),
-                    at: None,
-                },
-            )?;
+            upsert::put_marker(tx, ctx, Outcome::Rejected, None)?;
             let mut report = base_report(ctx, Outcome::Rejected);
             report.error = Some(rejection.clone());
             (report.outputs, report.decisions) = em.finish();
@@ -826,20 +812,7 @@ fn apply_in(
                 // A noun's row stays that noun's row.
                 noun: ctx.released_noun.clone(),
             })?;
-            tx.put_marker(
-                &ctx.message_id,
-                &Marker {
-                    outcome: Outcome::Parked.as_str().into(),
-                    record: None,
-                    bod_id: bod_id(),
-                    tracked: Vec::new(),
-                    run: ctx.run,
-                    parked: Vec::new(),
-                    refused: Vec::new(),
-                    retry: upsert::replay_of(ctx),
-                    at: None,
-                },
-            )?;
+            upsert::put_marker(tx, ctx, Outcome::Parked, None)?;
             let mut report = base_report(ctx, Outcome::Parked);
             report.decisions.push(Decision::new(
                 Stage::Validate,

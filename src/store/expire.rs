@@ -404,7 +404,6 @@ mod tests {
                     let marker = Marker {
                         outcome: outcome.into(),
                         parked: parked.iter().map(|p| p.to_string()).collect(),
-                        refused: Vec::new(),
                         ..Marker::applied()
                     };
                     tx.put_marker(id, &marker)?;
