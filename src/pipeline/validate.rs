@@ -136,7 +136,7 @@ fn missing(path: String) -> ValidationError {
 }
 
 /// Validates a document against the configuration.
-pub fn validate(bod: Bod, config: &Config) -> Result<Checked> {
+pub fn validate(mut bod: Bod, config: &Config) -> Result<Checked> {
     let root = bod.path();
     let sender_path = format!("{root}/ApplicationArea/Sender/LogicalID");
     let sender = bod
@@ -261,11 +261,14 @@ pub fn validate(bod: Bod, config: &Config) -> Result<Checked> {
     }
 
     let ae = bod.header.accounting_entity_id.clone().unwrap_or_default();
-    let mut items = Vec::with_capacity(bod.nouns.len());
-    for noun in &bod.nouns {
+    // The typed nouns are not needed once their items are made: their values move into the
+    // items instead of being copied.
+    let nouns = std::mem::take(&mut bod.nouns);
+    let mut items = Vec::with_capacity(nouns.len());
+    for noun in nouns {
         items.push(match noun {
-            Noun::Account(p) => party_item(p, app, verb, intent, &ae)?,
-            Noun::Contact(c) => contact_item(c, app, verb, intent, &ae)?,
+            Noun::Account(p) => party_item(*p, app, verb, intent, &ae)?,
+            Noun::Contact(c) => contact_item(*c, app, verb, intent, &ae)?,
             Noun::Other { .. } => continue,
         });
     }
@@ -642,7 +645,7 @@ fn noun_key(
 }
 
 fn party_item(
-    p: &bod::Party,
+    p: bod::Party,
     app: &Application,
     verb: Verb,
     intent: Intent,
@@ -680,14 +683,14 @@ fn party_item(
     let communication = communication(&p.channels, &p.path)?;
     let address = hub_address(&p.addresses, &p.path)?;
     let (address, raw_country, country_path) = country_of(address, &p.path, "Location");
-    let account_number = p
-        .account_ids
-        .first()
-        .cloned()
-        .or_else(|| Some(key.id.clone()).filter(|id| !id.is_empty()));
+    let mut account_ids = p.account_ids;
+    let account_id = (!account_ids.is_empty()).then(|| account_ids.swap_remove(0));
     let mut match_values = Vec::new();
-    if let Some(n) = &account_number {
-        match_values.push((MatchKey::AccountNumber, n.clone()));
+    if let Some(n) = account_id
+        .clone()
+        .or_else(|| Some(key.id.clone()).filter(|id| !id.is_empty()))
+    {
+        match_values.push((MatchKey::AccountNumber, n));
     }
     if let Some(x) = &external {
         match_values.push((MatchKey::ExternalNumber, x.clone()));
@@ -697,47 +700,42 @@ fn party_item(
     }
     let item = Item {
         kind: Kind::Account,
-        path: p.path.clone(),
+        path: p.path,
         key,
         variation,
         intent: if delete { Intent::Delete } else { intent },
         fields: Fields {
             identity: Identity {
                 name,
-                account_number: p.account_ids.first().cloned(),
+                account_number: account_id,
                 external_number: external,
-                status: p.status.clone(),
+                status: p.status,
                 ..Default::default()
             },
             address,
             communication,
             commercial: Commercial {
-                currency: p.currency.clone(),
-                payment_term: p.payment_term.clone(),
-                account_type: p.account_type.clone(),
+                currency: p.currency,
+                payment_term: p.payment_term,
+                account_type: p.account_type,
             },
-            classification: p.classifications.clone(),
-            user_area: p.user_area.clone(),
+            classification: p.classifications,
+            user_area: p.user_area,
         },
         raw_country,
         country_path,
         employer: None,
-        sales_persons: p.sales_persons.clone(),
+        sales_persons: p.sales_persons,
         match_values,
         owner: Default::default(),
         notes: Vec::new(),
     };
     check_fields(&item.fields, &item.path)?;
-    check_codes(p.account_type.iter().zip(&p.account_type_at), &p.path)?;
-    check_codes(
-        p.classifications.iter().zip(&p.classification_steps),
-        &p.path,
-    )?;
     Ok(item)
 }
 
 fn contact_item(
-    c: &bod::Contact,
+    c: bod::Contact,
     app: &Application,
     verb: Verb,
     intent: Intent,
@@ -755,9 +753,9 @@ fn contact_item(
         c.classifications.iter().zip(&c.classification_steps),
         &c.path,
     )?;
-    let given = check_text(c.given_name.clone(), || format!("{}/GivenName", c.path))?;
-    let family = check_text(c.family_name.clone(), || format!("{}/FamilyName", c.path))?;
-    let job = check_text(c.job_title.clone(), || format!("{}/JobTitle", c.path))?;
+    let given = check_text(c.given_name, || format!("{}/GivenName", c.path))?;
+    let family = check_text(c.family_name, || format!("{}/FamilyName", c.path))?;
+    let job = check_text(c.job_title, || format!("{}/JobTitle", c.path))?;
     let communication = communication(&c.channels, &c.path)?;
     let address = match &c.address {
         Some(a) => hub_address(std::slice::from_ref(a), &c.path)?,
@@ -790,7 +788,7 @@ fn contact_item(
     }
     let item = Item {
         kind: Kind::Contact,
-        path: c.path.clone(),
+        path: c.path,
         key,
         variation,
         intent: if delete { Intent::Delete } else { intent },
@@ -800,28 +798,24 @@ fn contact_item(
                 given_name: given,
                 family_name: family,
                 job_title: job,
-                status: c.status.clone(),
-                relationship: c.relationship.clone(),
+                status: c.status,
+                relationship: c.relationship,
                 ..Default::default()
             },
             address,
             communication,
             commercial: Commercial::default(),
-            classification: c.classifications.clone(),
-            user_area: c.user_area.clone(),
+            classification: c.classifications,
+            user_area: c.user_area,
         },
         raw_country,
         country_path,
         employer,
-        sales_persons: c.sales_persons.clone(),
+        sales_persons: c.sales_persons,
         match_values,
         owner: Default::default(),
         notes: Vec::new(),
     };
     check_fields(&item.fields, &item.path)?;
-    check_codes(
-        c.classifications.iter().zip(&c.classification_steps),
-        &c.path,
-    )?;
     Ok(item)
 }
