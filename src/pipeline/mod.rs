@@ -1051,9 +1051,6 @@ fn prepare_unguarded(
     }
     owner::assign(&mut doc, application, config);
     lap(Stage::Owner, &mut clock);
-    // The items carry everything the commit needs; the typed nouns are freed here, on the
-    // preparing thread, rather than on the committing one.
-    doc.bod.nouns = Vec::new();
     if needs_payload(application) {
         ctx.payload = crate::store::Payload(input.bytes.to_vec());
     }

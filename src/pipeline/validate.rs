@@ -261,8 +261,9 @@ pub fn validate(mut bod: Bod, config: &Config) -> Result<Checked> {
     }
 
     let ae = bod.header.accounting_entity_id.clone().unwrap_or_default();
-    // The typed nouns are not needed once their items are made: their values move into the
-    // items instead of being copied.
+    // The typed nouns are not needed once their items are made (the items carry everything
+    // the commit needs): their values move into the items instead of being copied, and what
+    // is left of them is freed here, on the preparing thread, not on the committing one.
     let nouns = std::mem::take(&mut bod.nouns);
     let mut items = Vec::with_capacity(nouns.len());
     for noun in nouns {
@@ -587,7 +588,7 @@ fn check_fields(f: &Fields, path: &str) -> Result<()> {
         }
     }
     // Channels and addresses are checked as they are read ([`communication`],
-    // [`hub_address`]), the account type and classifications right after this
+    // [`hub_address`]), the account type and classifications before the item is built
     // ([`check_codes`]): each where the element its value came from is known.
     Ok(())
 }
