@@ -684,8 +684,7 @@ fn party_item(
     let communication = communication(&p.channels, &p.path)?;
     let address = hub_address(&p.addresses, &p.path)?;
     let (address, raw_country, country_path) = country_of(address, &p.path, "Location");
-    let mut account_ids = p.account_ids;
-    let account_id = (!account_ids.is_empty()).then(|| account_ids.swap_remove(0));
+    let account_id = p.account_ids.into_iter().next();
     let mut match_values = Vec::new();
     if let Some(n) = account_id
         .clone()
