@@ -338,7 +338,7 @@ fn apply_item(
     }
     let before = record.clone();
     let mut notes = Vec::new();
-    let groups = merge(&mut record, item, app, &mut notes);
+    merge(&mut record, item, app, &mut notes);
     if item.kind == Kind::Contact {
         stamp(&mut record.fields, app, false, &mut notes);
         link_employer(tx, config, app, item, &mut record, &mut notes)?;
@@ -350,7 +350,11 @@ fn apply_item(
     tx.put_record(&record)?;
     if changed {
         reindex(tx, config, Some(&before), Some(&record))?;
-        notes.push(format!("updated {} ({groups})", record.id));
+        notes.push(format!(
+            "updated {} ({})",
+            record.id,
+            changed_parts(&before, &record).join(", ")
+        ));
     } else {
         notes.push(format!("{} unchanged", record.id));
     }
@@ -430,6 +434,38 @@ fn content_changed(a: &HubRecord, b: &HubRecord) -> bool {
         || a.xrefs.len() != b.xrefs.len()
 }
 
+/// What differs between `a` and `b`, for the update note: the field groups of
+/// `[applications.masters]` whose values changed, then the parts outside them (the UserArea
+/// values, a contact's account, the cross-references). Empty when nothing
+/// [`content_changed`].
+fn changed_parts(a: &HubRecord, b: &HubRecord) -> Vec<&'static str> {
+    let (x, y) = (&a.fields, &b.fields);
+    let group_changed = |g: FieldGroup| match g {
+        FieldGroup::Identity => x.identity != y.identity,
+        FieldGroup::Address => x.address != y.address,
+        FieldGroup::Communication => x.communication != y.communication,
+        FieldGroup::Commercial => x.commercial != y.commercial,
+        FieldGroup::Owner => a.owner != b.owner,
+        FieldGroup::Classification => x.classification != y.classification,
+    };
+    let mut parts: Vec<&'static str> = FieldGroup::ALL
+        .into_iter()
+        .filter(|&g| group_changed(g))
+        .map(group_name)
+        .collect();
+    for (differs, name) in [
+        (x.user_area != y.user_area, "UserArea"),
+        (a.account != b.account, "account"),
+        (a.deleted != b.deleted, "deleted"),
+        (a.xrefs.len() != b.xrefs.len(), "cross-references"),
+    ] {
+        if differs {
+            parts.push(name);
+        }
+    }
+    parts
+}
+
 /// Field groups `app` may change on `record` now.
 fn writable_groups(record: &HubRecord, app: &Application) -> Vec<FieldGroup> {
     let linked_elsewhere = record.xrefs.iter().any(|x| x.application != app.logical_id);
@@ -440,13 +476,8 @@ fn writable_groups(record: &HubRecord, app: &Application) -> Vec<FieldGroup> {
     }
 }
 
-/// Applies the item's content group by group; returns the groups written, for the notes.
-fn merge(
-    record: &mut HubRecord,
-    item: &Item,
-    app: &Application,
-    notes: &mut Vec<String>,
-) -> String {
+/// Applies the item's content to the groups `app` may write (a note names those it may not).
+fn merge(record: &mut HubRecord, item: &Item, app: &Application, notes: &mut Vec<String>) {
     let groups = writable_groups(record, app);
     let has = |g| groups.contains(&g);
     let incoming = &item.fields;
@@ -496,11 +527,6 @@ fn merge(
             skipped.join(", ")
         ));
     }
-    groups
-        .iter()
-        .map(|g| group_name(*g))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 fn group_name(g: FieldGroup) -> &'static str {
@@ -1428,6 +1454,32 @@ mod tests {
             guard("99999999999999999999999", Some("100000000000000000000000")),
             Guard::Apply,
             "beyond u64"
+        );
+    }
+
+    #[test]
+    fn the_update_note_names_what_changed_not_what_the_sender_may_write() {
+        let before: HubRecord = serde_json::from_str(
+            r#"{"id":"ACC-000001","kind":"account","fields":{"identity":{"name":"Nordwind"},
+                "commercial":{"payment_term":"N30"}},"xrefs":[],"revision":3}"#,
+        )
+        .unwrap();
+        assert!(changed_parts(&before, &before).is_empty());
+
+        let mut after = before.clone();
+        after.fields.user_area.push(crate::bod::NameValue {
+            name: "Segment".into(),
+            kind: None,
+            value: "B2B".into(),
+        });
+        assert_eq!(changed_parts(&before, &after), ["UserArea"]);
+
+        after.fields.commercial.payment_term = Some("N45".into());
+        after.owner.owner = Some("U-JSMITH".into());
+        after.account = Some("ACC-000002".into());
+        assert_eq!(
+            changed_parts(&before, &after),
+            ["commercial", "owner", "UserArea", "account"]
         );
     }
 
