@@ -436,8 +436,10 @@ fn content_changed(a: &HubRecord, b: &HubRecord) -> bool {
 
 /// What differs between `a` and `b`, for the update note: the field groups of
 /// `[applications.masters]` whose values changed, then the parts outside them (the UserArea
-/// values, a contact's account, the cross-references). Empty when nothing
-/// [`content_changed`].
+/// values, a contact's account, the deleted mark, the number of cross-references). Empty
+/// exactly when nothing [`content_changed`]. An update never changes the last two (a deleted
+/// record is not updated, and only a link adds a cross-reference); they are named so that
+/// the note cannot read "()" if that changes.
 fn changed_parts(a: &HubRecord, b: &HubRecord) -> Vec<&'static str> {
     let (x, y) = (&a.fields, &b.fields);
     let group_changed = |g: FieldGroup| match g {
@@ -1464,7 +1466,6 @@ mod tests {
                 "commercial":{"payment_term":"N30"}},"xrefs":[],"revision":3}"#,
         )
         .unwrap();
-        assert!(changed_parts(&before, &before).is_empty());
 
         let mut after = before.clone();
         after.fields.user_area.push(crate::bod::NameValue {
@@ -1477,10 +1478,26 @@ mod tests {
         after.fields.commercial.payment_term = Some("N45".into());
         after.owner.owner = Some("U-JSMITH".into());
         after.account = Some("ACC-000002".into());
-        assert_eq!(
-            changed_parts(&before, &after),
-            ["commercial", "owner", "UserArea", "account"]
-        );
+
+        // Named exactly when the update counts as a change, in this order.
+        let mut marked = before.clone();
+        marked.deleted = true;
+        let mut linked = before.clone();
+        linked.xrefs.push(Xref {
+            application: "lid://infor.crm.crm01".into(),
+            accounting_entity: String::new(),
+            id: "AKXW4D000120".into(),
+            variation: String::new(),
+        });
+        for (other, named) in [
+            (&before, &[][..]),
+            (&after, &["commercial", "owner", "UserArea", "account"][..]),
+            (&marked, &["deleted"][..]),
+            (&linked, &["cross-references"][..]),
+        ] {
+            assert_eq!(changed_parts(&before, other), named);
+            assert_eq!(content_changed(&before, other), !named.is_empty());
+        }
     }
 
     #[test]
