@@ -93,6 +93,18 @@ async fn bench(sizes: &Sizes, full: bool) {
         .as_deref()
         .unwrap_or(Path::new(env!("CARGO_BIN_EXE_bodflow")));
     let vhost = Vhost::new("load");
+    if let Some(mode) = queue_mode() {
+        rabbitmqctl(&[
+            "set_policy",
+            "-p",
+            &vhost.name,
+            "mode",
+            ".*",
+            &format!(r#"{{"queue-mode":"{mode}"}}"#),
+            "--apply-to",
+            "queues",
+        ]);
+    }
     let dir = tempfile::tempdir().unwrap();
     let store_dir = dir.path().join("store");
     let config_path = write_bench_config(dir.path(), &store_dir, |_| {});
@@ -316,6 +328,12 @@ struct Backlog {
     elapsed: Duration,
 }
 
+/// BODFLOW_BENCH_QUEUE_MODE (`lazy`, `default`): the classic-queue mode every queue of the
+/// run's vhost gets by policy, the bare loop's and bodflow's alike (RabbitMQ before 3.12).
+fn queue_mode() -> Option<String> {
+    std::env::var("BODFLOW_BENCH_QUEUE_MODE").ok()
+}
+
 /// (d): a fresh service on a fresh store with `backlog` documents waiting; runs until the
 /// inbound queue is empty. With BODFLOW_BENCH_TRACE set, prints VmRSS and the inbound queue
 /// every 2 s (to see whether the RSS grows with the documents processed).
@@ -327,13 +345,18 @@ async fn backlog_rss(
     backlog: usize,
 ) -> Backlog {
     let trace = std::env::var_os("BODFLOW_BENCH_TRACE").is_some();
+    // One policy applies to a queue (the highest priority): this one keeps the queue mode of
+    // BODFLOW_BENCH_QUEUE_MODE.
+    let mode = queue_mode().map_or(String::new(), |m| format!(r#","queue-mode":"{m}""#));
     rabbitmqctl(&[
         "set_policy",
         "-p",
         &vhost.name,
         "sink",
         r"^bodflow\.to\.",
-        r#"{"max-length":10000}"#,
+        &format!(r#"{{"max-length":10000{mode}}}"#),
+        "--priority",
+        "1",
         "--apply-to",
         "queues",
     ]);
