@@ -331,7 +331,9 @@ struct Backlog {
 /// BODFLOW_BENCH_QUEUE_MODE (`lazy`, `default`): the classic-queue mode every queue of the
 /// run's vhost gets by policy, the bare loop's and bodflow's alike (RabbitMQ before 3.12).
 fn queue_mode() -> Option<String> {
-    std::env::var("BODFLOW_BENCH_QUEUE_MODE").ok()
+    std::env::var("BODFLOW_BENCH_QUEUE_MODE")
+        .ok()
+        .filter(|m| !m.is_empty())
 }
 
 /// (d): a fresh service on a fresh store with `backlog` documents waiting; runs until the
