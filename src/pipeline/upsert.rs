@@ -343,22 +343,18 @@ fn apply_item(
         stamp(&mut record.fields, app, false, &mut notes);
         link_employer(tx, config, app, item, &mut record, &mut notes)?;
     }
-    let changed = content_changed(&before, &record);
-    if changed {
+    let changed = changed_parts(&before, &record);
+    if !changed.is_empty() {
         record.revision += 1;
     }
     tx.put_record(&record)?;
-    if changed {
+    if !changed.is_empty() {
         reindex(tx, config, Some(&before), Some(&record))?;
-        notes.push(format!(
-            "updated {} ({})",
-            record.id,
-            changed_parts(&before, &record).join(", ")
-        ));
+        notes.push(format!("updated {} ({})", record.id, changed.join(", ")));
     } else {
         notes.push(format!("{} unchanged", record.id));
     }
-    let announce = if changed {
+    let announce = if !changed.is_empty() {
         Announce::Change
     } else {
         Announce::AnswerOnly
@@ -425,30 +421,30 @@ fn set_variation(record: &mut HubRecord, item: &Item) {
     }
 }
 
-/// Everything but cross-reference bookkeeping.
-fn content_changed(a: &HubRecord, b: &HubRecord) -> bool {
-    a.fields != b.fields
-        || a.owner != b.owner
-        || a.account != b.account
-        || a.deleted != b.deleted
-        || a.xrefs.len() != b.xrefs.len()
-}
-
-/// What differs between `a` and `b`, for the update note: the field groups of
-/// `[applications.masters]` whose values changed, then the parts outside them (the UserArea
-/// values, a contact's account, the deleted mark, the number of cross-references). Empty
-/// exactly when nothing [`content_changed`]. An update never changes the last two (a deleted
-/// record is not updated, and only a link adds a cross-reference); they are named so that
-/// the note cannot read "()" if that changes.
+/// What an update changed in the record's content (everything but cross-reference
+/// bookkeeping), for its decision: the field groups of `[applications.masters]` whose values
+/// differ, then the parts outside them (the UserArea values, a contact's account, the deleted
+/// mark, the number of cross-references). Empty when nothing changed: no new revision, no
+/// fan-out. An update never changes the last two today (a deleted record is not updated, and
+/// only a link adds a cross-reference).
 fn changed_parts(a: &HubRecord, b: &HubRecord) -> Vec<&'static str> {
-    let (x, y) = (&a.fields, &b.fields);
+    // Destructured so that a new field of `Fields` cannot be left out of the comparison.
+    let Fields {
+        identity,
+        address,
+        communication,
+        commercial,
+        classification,
+        user_area,
+    } = &a.fields;
+    let y = &b.fields;
     let group_changed = |g: FieldGroup| match g {
-        FieldGroup::Identity => x.identity != y.identity,
-        FieldGroup::Address => x.address != y.address,
-        FieldGroup::Communication => x.communication != y.communication,
-        FieldGroup::Commercial => x.commercial != y.commercial,
+        FieldGroup::Identity => *identity != y.identity,
+        FieldGroup::Address => *address != y.address,
+        FieldGroup::Communication => *communication != y.communication,
+        FieldGroup::Commercial => *commercial != y.commercial,
         FieldGroup::Owner => a.owner != b.owner,
-        FieldGroup::Classification => x.classification != y.classification,
+        FieldGroup::Classification => *classification != y.classification,
     };
     let mut parts: Vec<&'static str> = FieldGroup::ALL
         .into_iter()
@@ -456,7 +452,7 @@ fn changed_parts(a: &HubRecord, b: &HubRecord) -> Vec<&'static str> {
         .map(group_name)
         .collect();
     for (differs, name) in [
-        (x.user_area != y.user_area, "UserArea"),
+        (*user_area != y.user_area, "UserArea"),
         (a.account != b.account, "account"),
         (a.deleted != b.deleted, "deleted"),
         (a.xrefs.len() != b.xrefs.len(), "cross-references"),
@@ -1479,7 +1475,7 @@ mod tests {
         after.owner.owner = Some("U-JSMITH".into());
         after.account = Some("ACC-000002".into());
 
-        // Named exactly when the update counts as a change, in this order.
+        // In this order; nothing named when nothing changed.
         let mut marked = before.clone();
         marked.deleted = true;
         let mut linked = before.clone();
@@ -1496,7 +1492,6 @@ mod tests {
             (&linked, &["cross-references"][..]),
         ] {
             assert_eq!(changed_parts(&before, other), named);
-            assert_eq!(content_changed(&before, other), !named.is_empty());
         }
     }
 
