@@ -957,8 +957,7 @@ async fn sigterm_mid_stream_exits_0_and_a_restart_processes_everything_once() {
             < docs.len() * 9 / 10
     })
     .await;
-    broker::signal(&child, "-TERM");
-    let status = child.wait().unwrap();
+    let status = broker::terminate(&mut child, broker::STOP_WITHIN);
     assert!(status.success(), "first run: {status}");
     let left = broker::ready_count(&ch, topology::INBOUND_QUEUE)
         .await
@@ -1011,9 +1010,8 @@ fn sigterm_while_the_service_starts_is_a_clean_stop() {
         lines.by_ref().any(|l| l.unwrap().contains("Starting")),
         "bodflow run never logged Starting"
     );
-    broker::signal(&child, "-TERM");
     let drain = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
-    let status = child.wait().unwrap();
+    let status = broker::terminate(&mut child, broker::STOP_WITHIN);
     let log = drain.join().unwrap();
     assert!(
         status.success(),
@@ -1449,4 +1447,95 @@ async fn mutual_tls_presents_the_client_certificate() {
             .unwrap(),
         1
     );
+}
+
+/// lapin 4.12 deadlocks when a connection closes with deliveries still arriving on a
+/// consuming channel whose last handle is gone (`amqp::close_holding`): the service holds
+/// its channels through the close. With the handles let go of before the close, this test
+/// fails at its first round (the close errs), and a loop like it that ignored the errors hung
+/// within 60 closes in each of three tries (a runtime worker and lapin's I/O thread stuck for
+/// good); with them held, every close completes cleanly. On a runtime of its own, let go of
+/// with a timeout, so that a deadlock fails the test instead of hanging it.
+#[test]
+fn closing_with_deliveries_in_flight_never_deadlocks() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let vhost = Vhost::new("close");
+    let closes = runtime.block_on(close_with_deliveries_in_flight(&vhost.url()));
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    if let Err(round) = closes {
+        panic!("round {round}: the connection did not close cleanly within 20 s");
+    }
+}
+
+/// Rounds of: consume on a fresh connection, take a few deliveries, let go of every handle
+/// but those passed to [`amqp::close_holding`], close. The first round whose connection did
+/// not close cleanly.
+async fn close_with_deliveries_in_flight(url: &str) -> Result<(), usize> {
+    use futures_lite::StreamExt;
+    use lapin::options::{BasicConsumeOptions, BasicQosOptions};
+
+    const ROUNDS: usize = 150;
+    let (_conn, ch) = channel(url).await;
+    ch.queue_declare(
+        "close.test".into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.confirm_select(Default::default()).await.unwrap();
+    let body = vec![b'x'; 3_400];
+    let mut confirms = Vec::new();
+    for _ in 0..5_000 {
+        let confirm = ch
+            .basic_publish(
+                "".into(),
+                "close.test".into(),
+                Default::default(),
+                &body,
+                Default::default(),
+            )
+            .await
+            .unwrap();
+        confirms.push(confirm);
+    }
+    for confirm in confirms {
+        assert!(confirm.await.unwrap().is_ack());
+    }
+    for round in 0..ROUNDS {
+        let conn = lapin::Connection::connect(url, Default::default())
+            .await
+            .unwrap();
+        let inbound = conn.create_channel().await.unwrap();
+        let other = conn.create_channel().await.unwrap();
+        inbound
+            .basic_qos(256, BasicQosOptions::default())
+            .await
+            .unwrap();
+        let mut consumer = inbound
+            .basic_consume(
+                "close.test".into(),
+                "close-test".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        // Taken, never acked: the rest of the prefetch is arriving as the connection closes.
+        for _ in 0..5 {
+            consumer.next().await.unwrap().unwrap();
+        }
+        let held = vec![inbound.clone(), other.clone()];
+        drop((consumer, inbound, other));
+        let closed =
+            tokio::time::timeout(Duration::from_secs(20), amqp::close_holding(&conn, held)).await;
+        if closed != Ok(true) {
+            return Err(round);
+        }
+    }
+    Ok(())
 }

@@ -95,18 +95,8 @@ async fn sigterm_while_the_broker_blocks_the_connection_stops_in_time_and_loses_
     // Long enough to commit what it took and be blocked publishing the replies.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(child.try_wait().unwrap().is_none(), "bodflow run exited");
-    signal(&child, "-TERM");
     let stopping = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if stopping.elapsed() > Duration::from_secs(60) {
-            let _ = child.kill();
-            panic!("bodflow run did not stop within 60 s of SIGTERM while blocked");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let status = terminate(&mut child, STOP_WITHIN);
     let took = stopping.elapsed();
     eprintln!("stopped {took:.1?} after SIGTERM, blocked");
     assert!(status.success(), "bodflow run: {status}");

@@ -265,9 +265,8 @@ async fn a_full_disk_pauses_the_service_without_dead_lettering_and_it_resumes_by
         "the second outage came with {} more documents",
         sent - BEFORE - AFTER
     );
-    signal(&child, "-TERM");
     let stopping = Instant::now();
-    let status = child.wait().unwrap();
+    let status = terminate(&mut child, STOP_WITHIN);
     // Reaped: its pid is no longer ours to kill.
     std::mem::forget(service);
     assert!(status.success(), "bodflow run: {status}: {}", logged());

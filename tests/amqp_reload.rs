@@ -197,8 +197,7 @@ async fn sighup_reloads_under_load_lose_nothing_and_apply_nothing_twice() {
     assert_eq!(processed, N as f64, "every delivery processed exactly once");
     assert_eq!(sample(&scraped, "bodflow_redeliveries_total"), 0.0);
 
-    signal(&child, "-TERM");
-    assert!(child.wait().unwrap().success());
+    assert!(terminate(&mut child, STOP_WITHIN).success());
     let logged = std::fs::read_to_string(&log).unwrap();
     assert!(
         logged.contains("Configuration reload refused") && logged.contains("max_bytez"),
@@ -341,8 +340,7 @@ async fn sighup_reactivating_an_application_releases_its_parked_documents() {
             }
         }
     }
-    signal(&child, "-TERM");
-    assert!(child.wait().unwrap().success());
+    assert!(terminate(&mut child, STOP_WITHIN).success());
     let logged = std::fs::read_to_string(&log).unwrap();
     assert!(logged.contains("Configuration reloaded"), "{logged}");
 

@@ -142,8 +142,7 @@ async fn traceparent_continues_on_every_output_and_json_logs_carry_the_delivery_
     // The outbox publishes right after the commit; give it its round, then stop (the
     // shutdown drains what is left).
     tokio::time::sleep(Duration::from_millis(500)).await;
-    signal(&child, "-TERM");
-    assert!(child.wait().unwrap().success());
+    assert!(terminate(&mut child, STOP_WITHIN).success());
 
     let mut by_correlation: BTreeMap<String, Vec<Trace>> = BTreeMap::new();
     for app in &config.applications {

@@ -329,8 +329,7 @@ async fn running_service_is_ready_and_its_scraped_metrics_move_with_the_document
     assert_eq!(http_get(port, "/healthz").map(|(s, _)| s), Some(200));
     assert_eq!(http_get(port, "/readyz").map(|(s, _)| s), Some(200));
 
-    signal(&child, "-TERM");
-    let status = child.wait().unwrap();
+    let status = terminate(&mut child, STOP_WITHIN);
     assert!(status.success(), "bodflow run: {status}");
     assert!(
         http_get(port, "/healthz").is_none(),

@@ -813,8 +813,7 @@ async fn the_service_releases_the_parked_document_and_publishes_what_it_emits() 
         std::time::Duration::from_secs(60),
     )
     .await;
-    broker::signal(&child, "-TERM");
-    assert!(child.wait().unwrap().success());
+    assert!(broker::terminate(&mut child, broker::STOP_WITHIN).success());
 
     let crm_queue = bodflow::amqp::topology::application_queue("crm");
     let to_crm = broker::drain_ids(&ch, &crm_queue).await;

@@ -237,6 +237,25 @@ async fn declare_on(connection: &Connection, config: &Config) -> Result<(), Erro
 /// How long closing a connection may take before it is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Closes `connection` (within [`CLOSE_TIMEOUT`]; whether it closed cleanly), and only then
+/// lets go of `held`, handles of its channels. lapin 4.12 deadlocks when the last handle of a
+/// consuming channel is gone as the connection closes with deliveries still arriving: its I/O
+/// thread, holding the channel's state to take in a delivery, waits for the consumers, while
+/// the connection's error handler, holding the consumers to fail them, drops the consumer,
+/// whose last channel handle waits for the channel's state to close the channel. Both stay
+/// stuck for good (a runtime worker and the I/O thread; seen once in the disk-full test, and
+/// within 60 closes every time in a loop). With a handle held through the close, no channel
+/// is closed from inside lapin's handlers (`tests/amqp.rs`,
+/// `closing_with_deliveries_in_flight_never_deadlocks`).
+pub async fn close_holding(connection: &Connection, held: Vec<lapin::Channel>) -> bool {
+    let closed = matches!(
+        tokio::time::timeout(CLOSE_TIMEOUT, connection.close(200, "bye".into())).await,
+        Ok(Ok(()))
+    );
+    drop(held);
+    closed
+}
+
 /// Frames bodflow asks for unless the URL sets `frame_max`. lapin keeps 32 frames of buffer
 /// each way per connection, resident from the start: 8 MiB at RabbitMQ's default of 128 KiB,
 /// 2 MiB at this size, which still carries a typical BOD in one frame.
@@ -785,8 +804,11 @@ async fn serve(
                 reconnect = true;
                 readiness.set_connected(true);
                 let started = Instant::now();
+                // The session's channels, held until the connection is closed
+                // ([`close_holding`]).
+                let mut held = Vec::new();
                 let result = tokio::select! {
-                    result = session(&connection, frames, live, &options, &token, &wake, readiness) => result,
+                    result = session(&connection, frames, live, &options, &token, &wake, readiness, &mut held) => result,
                     () = async {
                         token.cancelled().await;
                         tokio::time::sleep(options.stop_timeout).await;
@@ -799,12 +821,7 @@ async fn serve(
                 // A broker that did not answer the setup would not answer a close; a blocked
                 // connection would not send it either.
                 let silent = matches!(result, Err(Error::ConnectTimeout(_)));
-                let closed = !silent
-                    && matches!(
-                        tokio::time::timeout(CLOSE_TIMEOUT, connection.close(200, "bye".into()))
-                            .await,
-                        Ok(Ok(()))
-                    );
+                let closed = !silent && close_holding(&connection, held).await;
                 let shutdown = token.is_cancelled();
                 emit(AmqpDisconnected {
                     error: result
@@ -880,6 +897,10 @@ async fn serve(
 
 /// One connection's worth of work: topology, then the consumer and the outbox publisher
 /// side by side until shutdown or the first failure of either.
+///
+/// `held` gets a handle of each channel, for the caller to let go of only once the
+/// connection is closed ([`close_holding`]).
+#[allow(clippy::too_many_arguments)]
 async fn session(
     connection: &Connection,
     frames: Frames,
@@ -888,6 +909,7 @@ async fn session(
     shutdown: &CancellationToken,
     wake: &Arc<Notify>,
     readiness: &Readiness,
+    held: &mut Vec<lapin::Channel>,
 ) -> Result<(), Error> {
     // The configuration in force now: reloaded applications get their queues; the consumer
     // reads `live` per group, the publisher needs only restart-only settings.
@@ -907,6 +929,7 @@ async fn session(
     let (inbound, dead_letters, outbound) = tokio::time::timeout(options.connect_timeout, setup)
         .await
         .unwrap_or(Err(Error::ConnectTimeout(options.connect_timeout)))?;
+    held.extend([inbound.clone(), dead_letters.clone(), outbound.clone()]);
 
     let session = shutdown.child_token();
     let stop_publisher = CancellationToken::new();

@@ -108,7 +108,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         unroutable_attempts: args.unroutable_attempts.max(1),
         ..Default::default()
     };
-    runtime.block_on(async {
+    let result = runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(&listen)
             .await
             .with_context(|| format!("binding http.listen {listen}"))?;
@@ -167,9 +167,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             Err(e) => tracing::warn!(error = %e, "HTTP server task failed"),
         }
         result
-    })?;
+    });
+    // Everything of ours has ended (the store is flushed); a thread stuck inside a library
+    // (a lapin deadlock was seen once, see `amqp::session`) must not hold up the exit.
+    runtime.shutdown_timeout(RUNTIME_EXIT);
+    result?;
     Ok(ExitCode::SUCCESS)
 }
+
+/// How long the exit waits for the runtime's threads once the service has stopped.
+const RUNTIME_EXIT: Duration = Duration::from_secs(5);
 
 /// The first wait before opening a store that could not write again; it doubles up to
 /// [`REOPEN_MAX`].

@@ -486,12 +486,33 @@ fn service_command(binary: &Path, config: &Path, url: &str) -> Command {
     command
 }
 
+/// How long a test gives `bodflow run` to stop after SIGTERM (its own stop timeout is 20 s).
+pub const STOP_WITHIN: Duration = Duration::from_secs(60);
+
 pub fn signal(child: &std::process::Child, signal: &str) {
     let status = Command::new("kill")
         .args([signal, &child.id().to_string()])
         .status()
         .expect("kill");
     assert!(status.success(), "kill {signal} failed");
+}
+
+/// Sends SIGTERM to a `bodflow run` child and waits for it to exit, at most `within`: a
+/// service that does not stop is killed and fails the test (rather than hanging the suite).
+pub fn terminate(child: &mut std::process::Child, within: Duration) -> std::process::ExitStatus {
+    signal(child, "-TERM");
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for bodflow run") {
+            return status;
+        }
+        if start.elapsed() > within {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("bodflow run did not stop within {within:?} of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Lets a `bodflow run` child finish the stream ([`wait_until_settled`]: 2 s of quiet within
@@ -504,8 +525,7 @@ pub async fn settle_and_stop(
     timeout: Duration,
 ) {
     wait_until_settled(vhost, ch, config, Duration::from_secs(2), timeout).await;
-    signal(child, "-TERM");
-    let status = child.wait().expect("wait for bodflow run");
+    let status = terminate(child, STOP_WITHIN);
     assert!(status.success(), "bodflow run: {status}");
 }
 
