@@ -292,6 +292,31 @@ fn a_rejection_names_the_element_the_value_came_from() {
             )),
             format!("{noun}/Location/Address/PostOfficeBox"),
         ),
+        // A unit or floor given as a number is written after its label; one that begins with
+        // a word is its own label and has the whole line. A building's name has its own line.
+        (
+            in_account(&format!(
+                "<Location><Address type=\"Discrete\"><Unit>{}</Unit>\
+                 <CountryCode>ITA</CountryCode></Address></Location>",
+                "4".repeat(251)
+            )),
+            format!("{noun}/Location/Address/Unit"),
+        ),
+        (
+            in_account(&format!(
+                "<Location><Address type=\"Discrete\"><Floor>Level {}</Floor>\
+                 <CountryCode>ITA</CountryCode></Address></Location>",
+                "2".repeat(250)
+            )),
+            format!("{noun}/Location/Address/Floor"),
+        ),
+        (
+            in_account(&format!(
+                "<Location><Address type=\"Text\"><CountryCode>ITA</CountryCode></Address>\
+                 <Address type=\"Discrete\"><BuildingName>{long}</BuildingName></Address></Location>"
+            )),
+            format!("{noun}/Location/Address[2]/BuildingName"),
+        ),
         // Every reply repeats the BODID: refused when it could not come back whole.
         (
             account("C1", "Alpha", "ITA").replace("<BODID>b-C1</BODID>", &format!("<BODID>{long}</BODID>")),
@@ -329,6 +354,20 @@ fn a_rejection_names_the_element_the_value_came_from() {
                 e.message
             );
         }
+        if path.ends_with("/Unit") {
+            assert!(
+                e.message.contains("longer than 250 characters (what is left of the 255-character address line it shares with \"Unit \")"),
+                "{}",
+                e.message
+            );
+        }
+        if path.ends_with("/Floor") {
+            assert!(
+                e.message.contains("longer than 255 characters") && !e.message.contains("shares"),
+                "{}",
+                e.message
+            );
+        }
         if path.ends_with("/BuildingNumber") {
             // 255 - 201 after the 200-character street; nothing after one of 255.
             let room = if doc.contains(&"s".repeat(255)) {
@@ -351,6 +390,157 @@ fn a_rejection_names_the_element_the_value_came_from() {
             );
         }
     }
+}
+
+/// A `Discrete` view alone keeps every part the sender gave, as the hub's address lines;
+/// with a `Text` view that has lines, those are the address.
+#[test]
+fn a_discrete_address_alone_keeps_its_building_unit_floor_and_box() {
+    let p = pipeline();
+    let with_location = |id: &str, location: &str| {
+        account(id, "Alpha", "ITA").replace(
+            "<Location><Address><CountryCode>ITA</CountryCode></Address></Location>",
+            location,
+        )
+    };
+    let cases = [
+        (
+            "<Location><Address type=\"Discrete\"><BuildingName>Rose House</BuildingName>\
+             <StreetName>Via Roma</StreetName><BuildingNumber>12</BuildingNumber>\
+             <Unit>4</Unit><Floor>2</Floor><PostOfficeBox>17</PostOfficeBox>\
+             <CityName>Torino</CityName><CountryCode>ITA</CountryCode></Address></Location>",
+            vec!["Rose House", "Via Roma 12", "Unit 4", "Floor 2", "PO Box 17"],
+        ),
+        // Labels the sender wrote are not doubled.
+        (
+            "<Location><Address type=\"Discrete\"><StreetName>Via Roma</StreetName>\
+             <Unit>Suite 200</Unit><Floor>Ground floor</Floor>\
+             <CountryCode>ITA</CountryCode></Address></Location>",
+            vec!["Via Roma", "Suite 200", "Ground floor"],
+        ),
+        // One word (a letter, a level below ground) gets its label.
+        (
+            "<Location><Address type=\"Discrete\"><Unit>B</Unit><Floor>-1</Floor>\
+             <CountryCode>ITA</CountryCode></Address></Location>",
+            vec!["Unit B", "Floor -1"],
+        ),
+        // The preferred `Text` view has no lines: the parts come from its `Discrete` sibling,
+        // the city from the preferred view.
+        (
+            "<Location><Address type=\"Text\"><Preference><Indicator>true</Indicator></Preference>\
+             <CityName>Torino</CityName><CountryCode>ITA</CountryCode></Address>\
+             <Address type=\"Discrete\"><BuildingName>Rose House</BuildingName><Floor>3</Floor>\
+             <CityName>Turin</CityName></Address></Location>",
+            vec!["Rose House", "Floor 3"],
+        ),
+        // A `Text` view's lines are the address; the `Discrete` view's parts say the same.
+        (
+            "<Location><Address type=\"Text\"><AddressLine sequence=\"1\">Rose House, Via Roma 12</AddressLine>\
+             <CityName>Torino</CityName><CountryCode>ITA</CountryCode></Address>\
+             <Address type=\"Discrete\"><BuildingName>Rose House</BuildingName>\
+             <StreetName>Via Roma</StreetName><BuildingNumber>12</BuildingNumber></Address></Location>",
+            vec!["Rose House, Via Roma 12"],
+        ),
+    ];
+    for (i, (location, lines)) in cases.iter().enumerate() {
+        let doc = with_location(&format!("D{i}"), location);
+        assert_ne!(doc, account(&format!("D{i}"), "Alpha", "ITA"), "case {i}");
+        let r = p
+            .process(&input(doc.as_bytes(), &format!("m-discrete-{i}"), false))
+            .unwrap();
+        assert_eq!(r.outcome, Outcome::Applied, "case {i}: {:?}", r.decisions);
+        let address = stored(&p, r.record.as_deref()).fields.address.unwrap();
+        assert_eq!(address.lines, *lines, "case {i}");
+        assert_eq!(address.country.as_deref(), Some("IT"), "case {i}");
+        if [0, 3, 4].contains(&i) {
+            assert_eq!(address.city.as_deref(), Some("Torino"), "case {i}");
+        }
+    }
+}
+
+/// A link sends the other applications the record only when it changed what they have: a
+/// second application's copy of an account that adds nothing is linked (and its waiting
+/// contacts follow) without a Sync back to the first; one that brings a value it masters is
+/// sent on.
+#[test]
+fn a_link_that_changes_nothing_is_not_sent_on() {
+    let p = pipeline_with(&CONFIG.replace(
+        "logical_id = \"lid://crm\"\n",
+        r#"logical_id = "lid://crm"
+default_record_owner = "U-ADMIN"
+default_account = "CRM-ORPHANS"
+create_policy = "match_or_create"
+match_on = ["account_number"]
+masters = ["communication"]
+"#,
+    ));
+    let ln = |id: &str| account(id, "Alpha", "ITA");
+    // The CRM's copy of LN's account `id` under its own ID, LN's number typed in, with
+    // `extra` in the noun.
+    let crm = |crm_id: &str, id: &str, extra: &str| {
+        account(crm_id, "Alpha", "IT")
+            .replace("lid://ln", "lid://crm")
+            .replace(
+                "</PartyIDs>",
+                &format!("</PartyIDs><AccountIDs><ID>{id}</ID></AccountIDs>{extra}"),
+            )
+    };
+    let run = |doc: String, id: &str| p.process(&input(doc.as_bytes(), id, false)).unwrap();
+    for (i, id) in ["C1", "C2"].iter().enumerate() {
+        let created = run(ln(id), &format!("m-ln-{id}"));
+        assert_eq!(created.outcome, Outcome::Applied, "{:?}", created.decisions);
+        let to: Vec<&str> = created.outputs.iter().map(|o| o.to.as_str()).collect();
+        assert_eq!(to, ["lid://crm"], "{i}: the new account goes to the CRM");
+    }
+    // A contact of the CRM's, waiting for its account K1 on the CRM's default account.
+    let waiting = run(
+        contact("P1", "K1").replace("lid://ln", "lid://crm"),
+        "m-crm-p1",
+    );
+    assert_eq!(waiting.outcome, Outcome::Applied, "{:?}", waiting.decisions);
+
+    let same = run(crm("K1", "C1", ""), "m-crm-k1");
+    assert_eq!(same.outcome, Outcome::Applied, "{:?}", same.decisions);
+    assert!(
+        same.decisions.iter().any(|d| d.text
+            == format!(
+                "{} unchanged by the link: not sent to other applications",
+                same.record.as_deref().unwrap()
+            )),
+        "{:?}",
+        same.decisions
+    );
+    let record = stored(&p, same.record.as_deref());
+    assert_eq!(record.xrefs.len(), 2);
+    // No account to LN; the link still moves the contact that waited for K1 to it, and LN
+    // learns of that contact, now under an account it knows.
+    let sent: Vec<(&str, &str)> = same
+        .outputs
+        .iter()
+        .map(|o| (o.kind.as_str(), o.to.as_str()))
+        .collect();
+    assert_eq!(sent, [("SyncContactMaster", "lid://ln")]);
+    assert!(
+        same.decisions.iter().any(|d| d.contains("re-linked")),
+        "{:?}",
+        same.decisions
+    );
+    let contact = stored(&p, waiting.record.as_deref());
+    assert_eq!(contact.account, same.record);
+
+    let phone = "<Communication><ChannelCode>Phone</ChannelCode><DialNumber>+39 011 555 0100</DialNumber></Communication>";
+    let more = run(crm("K2", "C2", phone), "m-crm-k2");
+    assert_eq!(more.outcome, Outcome::Applied, "{:?}", more.decisions);
+    assert!(
+        !more
+            .decisions
+            .iter()
+            .any(|d| d.contains("unchanged by the link")),
+        "{:?}",
+        more.decisions
+    );
+    let to: Vec<&str> = more.outputs.iter().map(|o| o.to.as_str()).collect();
+    assert_eq!(to, ["lid://ln"], "the phone the CRM masters goes to LN");
 }
 
 #[test]

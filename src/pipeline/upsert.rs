@@ -368,6 +368,9 @@ enum Announce<'k> {
     Change,
     /// Fan the account out, then move the contacts waiting for this key to it.
     NewKey(&'k XrefKey),
+    /// A link that changed nothing but the cross-references: move the contacts waiting for
+    /// this key, without sending the other applications what they already have.
+    LinkOnly(&'k XrefKey),
     /// The record was just deleted: tell the applications that know it and take deletes.
     Deleted,
     /// Nothing changed: only the sender's Acknowledge, if it asked.
@@ -386,17 +389,17 @@ fn applied(
     mut notes: Vec<String>,
 ) -> TxResult<ItemResult> {
     match announce {
-        Announce::AnswerOnly => {}
+        Announce::AnswerOnly | Announce::LinkOnly(_) => {}
         Announce::Deleted => em.fan_out(tx, doc.app, record, true)?,
         Announce::Change | Announce::NewKey(_) => em.fan_out(tx, doc.app, record, false)?,
     }
-    if let Announce::NewKey(key) = announce {
+    if let Announce::NewKey(key) | Announce::LinkOnly(key) = announce {
         if record.kind == Kind::Account {
             relink_waiting(tx, doc.app, key, &record.id, em, &mut notes)?;
         }
     }
     let promoted = match announce {
-        Announce::Change | Announce::NewKey(_) => {
+        Announce::Change | Announce::NewKey(_) | Announce::LinkOnly(_) => {
             super::promote::after_change(tx, em, record, &mut notes)?
         }
         Announce::Deleted | Announce::AnswerOnly => None,
@@ -420,6 +423,9 @@ fn set_variation(record: &mut HubRecord, item: &Item) {
         }
     }
 }
+
+/// The part [`changed_parts`] names when the number of cross-references differs.
+const CROSS_REFERENCES: &str = "cross-references";
 
 /// What an update changed in the record's content (everything but cross-reference
 /// bookkeeping), for its decision: the field groups of `[applications.masters]` whose values
@@ -455,7 +461,7 @@ fn changed_parts(a: &HubRecord, b: &HubRecord) -> Vec<&'static str> {
         (*user_area != y.user_area, "UserArea"),
         (a.account != b.account, "account"),
         (a.deleted != b.deleted, "deleted"),
-        (a.xrefs.len() != b.xrefs.len(), "cross-references"),
+        (a.xrefs.len() != b.xrefs.len(), CROSS_REFERENCES),
     ] {
         if differs {
             parts.push(name);
@@ -915,20 +921,28 @@ fn link(
         stamp(&mut record.fields, app, false, &mut notes);
         link_employer(tx, config, app, item, &mut record, &mut notes)?;
     }
+    // What the other applications have of the record changes only with its content (a
+    // placeholder taken over becomes content they may receive); the new cross-reference is
+    // bodflow's own bookkeeping.
+    let content_changed = before.placeholder != record.placeholder
+        || changed_parts(&before, &record)
+            .iter()
+            .any(|&part| part != CROSS_REFERENCES);
     record.revision += 1;
     tx.put_xref(&key, &record.id)?;
     tx.put_record(&record)?;
     reindex(tx, config, Some(&before), Some(&record))?;
     wake_waiting_for(tx, config, &key)?;
-    applied(
-        tx,
-        doc,
-        em,
-        Action::Linked,
-        &record,
-        Announce::NewKey(&key),
-        notes,
-    )
+    let announce = if content_changed {
+        Announce::NewKey(&key)
+    } else {
+        notes.push(format!(
+            "{} unchanged by the link: not sent to other applications",
+            record.id
+        ));
+        Announce::LinkOnly(&key)
+    };
+    applied(tx, doc, em, Action::Linked, &record, announce, notes)
 }
 
 fn format_account_number(pattern: &str, seq: u64) -> String {

@@ -483,9 +483,33 @@ fn hub_address(addresses: &[Address], noun: &str) -> Result<Option<Merged>> {
         })
         .unwrap_or_default();
     if lines.is_empty() {
-        // Each element against what is left of the line it goes into, so that a refusal
-        // names the element that does not fit: the street and number make one line, the post
-        // office box another after `PO Box `.
+        // A `Discrete` view alone: its elements become lines, in the order a label prints
+        // them — the building's name, the street and number, the unit, the floor, the post
+        // office box — so that nothing the sender gave is lost. Each element is checked
+        // against what is left of the line it goes into, so that a refusal names the element
+        // that does not fit: the street and number share one line, and a unit, floor or box
+        // number is written after its label (`Unit 4B`, `Floor 2`, `PO Box 17`; a unit or
+        // floor of several words that begins with one, `Suite 200`, is written as sent).
+        // The view with the parts: the base, else a sibling (a preferred `Text` view with
+        // neither lines nor parts, next to a `Discrete` one).
+        let base = std::iter::once(base)
+            .chain(addresses)
+            .find(|a| {
+                [
+                    &a.building_name,
+                    &a.street_name,
+                    &a.building_number,
+                    &a.unit,
+                    &a.floor,
+                    &a.post_office_box,
+                ]
+                .iter()
+                .any(|v| v.is_some())
+            })
+            .unwrap_or(base);
+        if let Some(name) = &base.building_name {
+            lines.push((name.clone(), base, "BuildingName"));
+        }
         let mut room = MAX_TEXT;
         let mut before = None;
         for (value, element) in [
@@ -511,12 +535,27 @@ fn hub_address(addresses: &[Address], noun: &str) -> Result<Option<Merged>> {
             };
             lines.push((street, base, element));
         }
-        if let Some(po) = &base.post_office_box {
-            const PREFIX: &str = "PO Box ";
-            check_in_line(po, MAX_TEXT - PREFIX.len(), Some("\"PO Box \""), || {
-                path(base, "PostOfficeBox")
+        // (value, label, the label as a refusal names it, element, whether a value of
+        // several words that begins with one is its own label)
+        for (value, label, quoted, element, word_labels) in [
+            (&base.unit, "Unit ", "\"Unit \"", "Unit", true),
+            (&base.floor, "Floor ", "\"Floor \"", "Floor", true),
+            (
+                &base.post_office_box,
+                "PO Box ",
+                "\"PO Box \"",
+                "PostOfficeBox",
+                false,
+            ),
+        ] {
+            let Some(value) = value else { continue };
+            let own_label = value.starts_with(char::is_alphabetic) && value.contains(' ');
+            let label = if word_labels && own_label { "" } else { label };
+            let shares_with = (!label.is_empty()).then_some(quoted);
+            check_in_line(value, MAX_TEXT - label.len(), shares_with, || {
+                path(base, element)
             })?;
-            lines.push((format!("{PREFIX}{po}"), base, "PostOfficeBox"));
+            lines.push((format!("{label}{value}"), base, element));
         }
     }
     for (line, a, element) in &lines {
