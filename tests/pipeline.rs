@@ -317,6 +317,13 @@ fn a_rejection_names_the_element_the_value_came_from() {
             )),
             format!("{noun}/Location/Address[2]/BuildingName"),
         ),
+        (
+            in_account(&format!(
+                "<Location><Address><AttentionOfName>{long}</AttentionOfName>\
+                 <CountryCode>ITA</CountryCode></Address></Location>"
+            )),
+            format!("{noun}/Location/Address/AttentionOfName"),
+        ),
         // Every reply repeats the BODID: refused when it could not come back whole.
         (
             account("C1", "Alpha", "ITA").replace("<BODID>b-C1</BODID>", &format!("<BODID>{long}</BODID>")),
@@ -392,10 +399,11 @@ fn a_rejection_names_the_element_the_value_came_from() {
     }
 }
 
-/// A `Discrete` view alone keeps every part the sender gave, as the hub's address lines;
-/// with a `Text` view that has lines, those are the address.
+/// A `Discrete` view alone keeps every part the sender gave, as the hub's address lines (and
+/// the `AttentionOfName` beside them); with a `Text` view that has lines, those are the
+/// address.
 #[test]
-fn a_discrete_address_alone_keeps_its_building_unit_floor_and_box() {
+fn a_discrete_address_alone_keeps_its_building_unit_floor_box_and_attention() {
     let p = pipeline();
     let with_location = |id: &str, location: &str| {
         account(id, "Alpha", "ITA").replace(
@@ -405,7 +413,8 @@ fn a_discrete_address_alone_keeps_its_building_unit_floor_and_box() {
     };
     let cases = [
         (
-            "<Location><Address type=\"Discrete\"><BuildingName>Rose House</BuildingName>\
+            "<Location><Address type=\"Discrete\"><AttentionOfName>Accounts payable</AttentionOfName>\
+             <BuildingName>Rose House</BuildingName>\
              <StreetName>Via Roma</StreetName><BuildingNumber>12</BuildingNumber>\
              <Unit>4</Unit><Floor>2</Floor><PostOfficeBox>17</PostOfficeBox>\
              <CityName>Torino</CityName><CountryCode>ITA</CountryCode></Address></Location>",
@@ -455,6 +464,8 @@ fn a_discrete_address_alone_keeps_its_building_unit_floor_and_box() {
         if [0, 3, 4].contains(&i) {
             assert_eq!(address.city.as_deref(), Some("Torino"), "case {i}");
         }
+        let attention = (i == 0).then_some("Accounts payable");
+        assert_eq!(address.attention.as_deref(), attention, "case {i}");
     }
 }
 

@@ -407,6 +407,7 @@ impl<K: PartialEq> Default for Shared<K> {
 
 fn address(out: &mut Out, a: &HubAddress, country: Option<&str>) {
     out.open(tag!("Address"));
+    out.opt(tag!("AttentionOfName"), a.attention.as_deref());
     for (i, line) in a.lines.iter().enumerate() {
         let seq = SEQUENCES
             .get(i)

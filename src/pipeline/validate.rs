@@ -567,6 +567,7 @@ fn hub_address(addresses: &[Address], noun: &str) -> Result<Option<Merged>> {
             .transpose()
     };
     let address = HubAddress {
+        attention: field(|a| a.attention.as_ref(), "AttentionOfName", MAX_TEXT)?,
         lines: lines.into_iter().map(|(l, _, _)| l).collect(),
         city: field(|a| a.city.as_ref(), "CityName", MAX_TEXT)?,
         subdivision: field(

@@ -113,6 +113,9 @@ pub struct Identity {
 /// Field group `address`; the country is always ISO 3166-1 alpha-2 in the hub.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HubAddress {
+    /// `AttentionOfName`: the person or department the post is for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attention: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub lines: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
