@@ -1346,20 +1346,11 @@ async fn dashboard_and_alerts_query_only_metrics_and_labels_that_real_scrapes_sh
     assert!(dead > 0.0, "the workload dead-lettered nothing");
     assert_eq!(listed.lines().count() as f64, dead, "dlq list:\n{listed}");
 
-    signal_term(&child);
-    assert!(child.wait().unwrap().success());
+    assert!(broker::terminate(&mut child, broker::STOP_WITHIN).success());
     assert!(
         !healthcheck(port),
         "the HEALTHCHECK passes with the service stopped"
     );
-}
-
-fn signal_term(child: &std::process::Child) {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
 }
 
 #[test]

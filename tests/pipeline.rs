@@ -420,12 +420,12 @@ fn a_discrete_address_alone_keeps_its_building_unit_floor_box_and_attention() {
              <CityName>Torino</CityName><CountryCode>ITA</CountryCode></Address></Location>",
             vec!["Rose House", "Via Roma 12", "Unit 4", "Floor 2", "PO Box 17"],
         ),
-        // Labels the sender wrote are not doubled.
+        // Labels the sender wrote are not doubled, nor added to several words.
         (
             "<Location><Address type=\"Discrete\"><StreetName>Via Roma</StreetName>\
-             <Unit>Suite 200</Unit><Floor>Ground floor</Floor>\
+             <Unit>Suite 200</Unit><Floor>3rd floor</Floor><PostOfficeBox>P.O. Box 17</PostOfficeBox>\
              <CountryCode>ITA</CountryCode></Address></Location>",
-            vec!["Via Roma", "Suite 200", "Ground floor"],
+            vec!["Via Roma", "Suite 200", "3rd floor", "P.O. Box 17"],
         ),
         // One word (a letter, a level below ground) gets its label.
         (

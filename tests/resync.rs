@@ -304,8 +304,7 @@ fn wait_ready(listen: &str) {
 }
 
 fn stop(service: &mut Service) {
-    broker::signal(&service.0, "-TERM");
-    let status = service.0.wait().unwrap();
+    let status = broker::terminate(&mut service.0, broker::STOP_WITHIN);
     assert!(status.success(), "service exit {status}");
 }
 

@@ -409,8 +409,7 @@ fn a_bodid_shows_every_message_that_carried_it_newest_first() {
 // ---------------------------------------------------------------------------------------------
 
 fn stop(child: &mut std::process::Child) {
-    broker::signal(child, "-TERM");
-    let status = child.wait().unwrap();
+    let status = broker::terminate(child, broker::STOP_WITHIN);
     assert!(status.success(), "bodflow run: {status}");
 }
 

@@ -237,23 +237,49 @@ async fn declare_on(connection: &Connection, config: &Config) -> Result<(), Erro
 /// How long closing a connection may take before it is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Closes `connection` (within [`CLOSE_TIMEOUT`]; whether it closed cleanly), and only then
-/// lets go of `held`, handles of its channels. lapin 4.12 deadlocks when the last handle of a
-/// consuming channel is gone as the connection closes with deliveries still arriving: its I/O
-/// thread, holding the channel's state to take in a delivery, waits for the consumers, while
-/// the connection's error handler, holding the consumers to fail them, drops the consumer,
-/// whose last channel handle waits for the channel's state to close the channel. Both stay
-/// stuck for good (a runtime worker and the I/O thread; seen once in the disk-full test, and
-/// within 60 closes every time in a loop). With a handle held through the close, no channel
-/// is closed from inside lapin's handlers (`tests/amqp.rs`,
-/// `closing_with_deliveries_in_flight_never_deadlocks`).
-pub async fn close_holding(connection: &Connection, held: Vec<lapin::Channel>) -> bool {
-    let closed = matches!(
+/// Closes `connection` (within [`CLOSE_TIMEOUT`]); whether it closed cleanly.
+async fn close_connection(connection: &Connection) -> bool {
+    matches!(
         tokio::time::timeout(CLOSE_TIMEOUT, connection.close(200, "bye".into())).await,
         Ok(Ok(()))
-    );
+    )
+}
+
+/// How long [`release_channels`] waits for lapin to be done with a connection, and the grace
+/// after it is.
+const RELEASE_WAIT: Duration = Duration::from_secs(5);
+const RELEASE_GRACE: Duration = Duration::from_millis(100);
+
+/// Lets go of `held`, handles of `connection`'s channels, once lapin is done with the
+/// connection (closed, or failed after a close that did not complete and the socket was shut
+/// down).
+///
+/// lapin 4.12 deadlocks when the last handle of a consuming channel is gone as the connection
+/// closes or fails with deliveries still arriving: its I/O thread, holding the channel's state
+/// to take in a delivery, waits for the consumers, while the connection's handler, holding the
+/// consumers to fail or cancel them, drops its copy of the consumer, whose last channel handle
+/// waits for the channel's state to close the channel. Both stay stuck for good (a runtime
+/// worker and the I/O thread; seen once in the disk-full test, and within 60 closes every
+/// time in a loop). So the handles are held until lapin says the connection is closed or
+/// failed — it fails the consumers right after, in the same call, hence the grace — and a
+/// connection lapin never lets go of within [`RELEASE_WAIT`] keeps them: a few handles
+/// leaked rather than a worker lost (`tests/amqp.rs`,
+/// `closing_with_deliveries_in_flight_never_deadlocks`).
+pub async fn release_channels(connection: &Connection, held: Vec<lapin::Channel>) {
+    if held.is_empty() {
+        return;
+    }
+    let start = Instant::now();
+    while !(connection.status().closed() || connection.status().errored()) {
+        if start.elapsed() > RELEASE_WAIT {
+            tracing::debug!("lapin has not let go of a connection: keeping its channels' handles");
+            std::mem::forget(held);
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(RELEASE_GRACE).await;
     drop(held);
-    closed
 }
 
 /// Frames bodflow asks for unless the URL sets `frame_max`. lapin keeps 32 frames of buffer
@@ -804,8 +830,8 @@ async fn serve(
                 reconnect = true;
                 readiness.set_connected(true);
                 let started = Instant::now();
-                // The session's channels, held until the connection is closed
-                // ([`close_holding`]).
+                // The session's channels, held until lapin is done with the connection
+                // ([`release_channels`]).
                 let mut held = Vec::new();
                 let result = tokio::select! {
                     result = session(&connection, frames, live, &options, &token, &wake, readiness, &mut held) => result,
@@ -821,7 +847,7 @@ async fn serve(
                 // A broker that did not answer the setup would not answer a close; a blocked
                 // connection would not send it either.
                 let silent = matches!(result, Err(Error::ConnectTimeout(_)));
-                let closed = !silent && close_holding(&connection, held).await;
+                let closed = !silent && close_connection(&connection).await;
                 let shutdown = token.is_cancelled();
                 emit(AmqpDisconnected {
                     error: result
@@ -835,6 +861,7 @@ async fn serve(
                 } else {
                     socket.shut_down();
                 }
+                release_channels(&connection, held).await;
                 if result.is_ok() && shutdown {
                     break;
                 }
@@ -898,8 +925,8 @@ async fn serve(
 /// One connection's worth of work: topology, then the consumer and the outbox publisher
 /// side by side until shutdown or the first failure of either.
 ///
-/// `held` gets a handle of each channel, for the caller to let go of only once the
-/// connection is closed ([`close_holding`]).
+/// `held` gets a handle of each channel, for the caller to let go of only once lapin is done
+/// with the connection ([`release_channels`]).
 #[allow(clippy::too_many_arguments)]
 async fn session(
     connection: &Connection,

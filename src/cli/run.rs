@@ -169,7 +169,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         result
     });
     // Everything of ours has ended (the store is flushed); a thread stuck inside a library
-    // (a lapin deadlock was seen once, see `amqp::session`) must not hold up the exit.
+    // (a lapin deadlock was seen once, see `amqp::release_channels`) must not hold up the exit.
     runtime.shutdown_timeout(RUNTIME_EXIT);
     result?;
     Ok(ExitCode::SUCCESS)

@@ -447,6 +447,14 @@ fn communication(channels: &[Channel], noun: &str) -> Result<Communication> {
     Ok(c)
 }
 
+/// Whether an address part is written as sent, without its label: it has the label's `word`
+/// (`Unit 4`, `3rd floor`, `P.O. Box 17`), or is several words beginning with a letter (`Suite
+/// 200`, `Ground level`). One word or number gets the label (`4B` → `Unit 4B`).
+fn names_itself(value: &str, word: &str) -> bool {
+    value.to_lowercase().contains(word)
+        || (value.starts_with(char::is_alphabetic) && value.contains(char::is_whitespace))
+}
+
 /// A merged address, and its country code as sent with the path it was read from.
 type Merged = (HubAddress, Option<(String, String)>);
 
@@ -488,8 +496,7 @@ fn hub_address(addresses: &[Address], noun: &str) -> Result<Option<Merged>> {
         // office box — so that nothing the sender gave is lost. Each element is checked
         // against what is left of the line it goes into, so that a refusal names the element
         // that does not fit: the street and number share one line, and a unit, floor or box
-        // number is written after its label (`Unit 4B`, `Floor 2`, `PO Box 17`; a unit or
-        // floor of several words that begins with one, `Suite 200`, is written as sent).
+        // is written after its label unless it names itself ([`names_itself`]).
         // The view with the parts: the base, else a sibling (a preferred `Text` view with
         // neither lines nor parts, next to a `Discrete` one).
         let base = std::iter::once(base)
@@ -535,22 +542,21 @@ fn hub_address(addresses: &[Address], noun: &str) -> Result<Option<Merged>> {
             };
             lines.push((street, base, element));
         }
-        // (value, label, the label as a refusal names it, element, whether a value of
-        // several words that begins with one is its own label)
-        for (value, label, quoted, element, word_labels) in [
-            (&base.unit, "Unit ", "\"Unit \"", "Unit", true),
-            (&base.floor, "Floor ", "\"Floor \"", "Floor", true),
+        // (value, label, the label as a refusal names it, element, the word that shows a
+        // value names itself)
+        for (value, label, quoted, element, word) in [
+            (&base.unit, "Unit ", "\"Unit \"", "Unit", "unit"),
+            (&base.floor, "Floor ", "\"Floor \"", "Floor", "floor"),
             (
                 &base.post_office_box,
                 "PO Box ",
                 "\"PO Box \"",
                 "PostOfficeBox",
-                false,
+                "box",
             ),
         ] {
             let Some(value) = value else { continue };
-            let own_label = value.starts_with(char::is_alphabetic) && value.contains(' ');
-            let label = if word_labels && own_label { "" } else { label };
+            let label = if names_itself(value, word) { "" } else { label };
             let shares_with = (!label.is_empty()).then_some(quoted);
             check_in_line(value, MAX_TEXT - label.len(), shares_with, || {
                 path(base, element)
